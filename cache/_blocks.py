@@ -1,0 +1,285 @@
+"""Blocks of file content kept on local disk, least-recently-used first out, under a byte limit.
+
+A block is up to 4 MiB of a file's content, named by the lower-case hex SHA-256
+of its bytes.  Blocks never go stale, so the cache holds no versions or
+timestamps, only bytes: a name either has its bytes here or it does not.
+
+Entry states
+------------
+For one hash, as seen by one process::
+
+                   put                           protect (refs 0 -> 1)
+      absent ──────────────────► clean ───────────────────────────► protected
+        ▲  ▲                      │  ◄───────────────────────────      │
+        │  │ get/verify find      │     unprotect (refs -> 0)         │ never evicted,
+        │  └─ damaged bytes ──────┤                                   │ never counted
+        │                         │ evict: least recently used        │ as reclaimable
+        └─────── evicted ◄────────┘ first, while usage > limit        │
+
+*Protected* is an in-memory reference count kept by this process, separate
+from presence: the owner may protect a hash before putting it (the write path
+protects and then puts, so a fresh dirty block is never evictable, not even for
+a moment), and protecting an absent hash keeps nothing until it is put.  A get
+refreshes a block's LRU position, as does a put of a block already present.
+
+What a crash leaves, state by state:
+
+=================  ==========================================  ============================================
+State at crash     On disk                                     After restart
+=================  ==========================================  ============================================
+absent             nothing                                     absent
+mid-put            at most a block file that no index row      absent: get misses, usage does not count it;
+                   points at (rows are inserted only after     `verify` deletes such orphans once they are
+                   their file is complete)                     an hour old
+clean              index row + file                            clean, LRU position kept
+protected          the same as clean: protection is not        clean until the owner rebuilds its counts
+                   persisted                                   from its own durable records (write-back
+                                                               journal, pins) -- which it must do before
+                                                               its first put, evict or set_limit
+mid-evict          rows are deleted in one transaction, files  before the commit: unchanged; after it:
+                   after it commits                            evicted, with orphans for `verify`
+power loss         SQLite runs WAL with synchronous=NORMAL     the last rows may be gone (absent again), or
+                   and block files are not fsync'd             a row may outlive its file's bytes; the get
+                                                               that finds bad bytes drops them and misses
+=================  ==========================================  ============================================
+
+Damaged bytes are never returned: every get rehashes what it read.
+
+Eviction
+--------
+Evicting walks the index by last access and deletes unprotected blocks until
+usage is at or under the target.  A put evicts to the limit but never evicts the
+block it has just stored, so a put followed by a get always hits, and a block
+larger than the whole limit can still be used; hence after any put, usage <=
+limit + that one block, unless protected blocks alone exceed the limit, in
+which case everything unprotected is evicted and the cache stays over the limit
+(``stats().over_limit``).
+
+Concurrency
+-----------
+Methods are synchronous and thread-safe; the FUSE client calls them from trio
+worker threads.  Several processes may use one directory at once (SQLite in WAL
+mode underneath).  Locks, always taken in this order: ``BlockCache._lock``
+(reference counts) -> ``BlockStore._write_lock`` (one SQLite writer per
+process) -> SQLite's write lock.  An eviction holds ``_lock`` from choosing
+victims until they are deleted, so a `protect` that has returned is honoured by
+every later eviction, and one that is called meanwhile waits for it.  File
+writes, reads and hashing run outside every lock.
+
+Protection is per process: an eviction honours only the counts of the process
+that runs it.  A second process on the same directory (the CLI) that puts or
+evicts without first protecting the owner's dirty and pinned blocks can evict
+them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+
+from ._exceptions import CacheError, CorruptBlock, InvalidBlockHash
+from ._stats import CacheStats
+from ._store import BlockStore, Loaded
+
+log = logging.getLogger(__name__)
+
+_HASH = re.compile(r"[0-9a-f]{64}")
+
+ORPHAN_AGE = 3600.0
+"""Seconds an unindexed block file must be left alone before `verify` deletes it."""
+
+
+class BlockCache:
+    """Blocks of file content named by their SHA-256, kept under a byte limit, LRU evicted."""
+
+    def __init__(self, directory: Path | str, limit: int) -> None:
+        _check_size("limit", limit)
+        self._store = BlockStore(os.fspath(directory))
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._refs: dict[str, int] = {}  # guarded by _lock
+
+    @property
+    def directory(self) -> Path:
+        """The cache directory."""
+        return Path(self._store.directory)
+
+    @property
+    def limit(self) -> int:
+        """The byte limit evictions aim for."""
+        return self._limit
+
+    def get(self, h: str) -> bytes | None:
+        """Return block *h*, or None if it is absent or its stored bytes were damaged.
+
+        A hit refreshes the block's LRU position.  Damaged bytes are dropped,
+        logged as a warning naming the hash, and counted as a miss.
+        """
+        _check_hash(h)
+        loaded = self._store.load(h)
+        if loaded is None:
+            return None
+        data = loaded.data
+        if data is not None and _sha256(data) == h:
+            return data
+        log.warning("dropping corrupt cache block %s: %s", h, _damage(loaded))
+        try:
+            self._store.drop(h, loaded.filename, counted_as_hit=True)
+        except CacheError as exc:
+            # Still a miss; the next get or verify tries the drop again.
+            log.warning("could not drop corrupt cache block %s: %s", h, exc)
+        return None
+
+    def put(self, h: str, data: bytes) -> None:
+        """Store *data* as block *h*, then evict to the limit (sparing this block).
+
+        Raises `CorruptBlock` if *data* does not hash to *h*, and `CacheFull` if
+        the disk is full; either way nothing is stored.  Putting a block that is
+        present only refreshes its LRU position.
+        """
+        _check_hash(h)
+        actual = _sha256(data)
+        if actual != h:
+            raise CorruptBlock(h, actual)
+        if not self._store.refresh(h):
+            self._store.insert(h, data)
+        self._evict(self._limit, spare=h)
+
+    def contains(self, h: str) -> bool:
+        """True if block *h* is present; neither reads its bytes nor refreshes it."""
+        _check_hash(h)
+        return self._store.contains(h)
+
+    def protect(self, hashes: Iterable[str]) -> None:
+        """Count one more reference on each of *hashes*; referenced blocks are never evicted.
+
+        A hash listed twice gets two references.  Counts live in memory only: the
+        owner rebuilds them at start-up from its durable records.
+        """
+        counts = Counter(_check_hash(h) for h in hashes)  # validate all before changing any
+        with self._lock:
+            for h, n in counts.items():
+                self._refs[h] = self._refs.get(h, 0) + n
+
+    def unprotect(self, hashes: Iterable[str]) -> None:
+        """Drop one reference on each of *hashes*, then evict to the limit if usage is over it.
+
+        Raises ValueError, changing nothing, if a hash has fewer references than
+        it is listed here.
+        """
+        counts = Counter(_check_hash(h) for h in hashes)
+        with self._lock:
+            for h, n in counts.items():
+                if self._refs.get(h, 0) < n:
+                    raise ValueError(f"block {h} unprotected more often than it was protected")
+            for h, n in counts.items():
+                left = self._refs[h] - n
+                if left:
+                    self._refs[h] = left
+                else:
+                    del self._refs[h]
+        self._evict(self._limit)
+
+    def set_limit(self, limit: int) -> None:
+        """Change the byte limit and evict down to it at once."""
+        _check_size("limit", limit)
+        self._limit = limit
+        self._evict(limit)
+
+    def evict(self, target: int | None = None) -> int:
+        """Evict unprotected blocks, least recently used first, until usage <= *target*.
+
+        *target* defaults to the limit; 0 removes everything not protected.
+        Returns the bytes freed.
+        """
+        if target is None:
+            target = self._limit
+        _check_size("target", target)
+        return self._evict(target)
+
+    def stats(self) -> CacheStats:
+        """Usage, limit, protected bytes, entry count and the (persisted, shared) hit counters."""
+        totals = self._store.totals()
+        with self._lock:
+            protected = list(self._refs)
+        return CacheStats(
+            used=totals.size,
+            limit=self._limit,
+            protected_bytes=self._store.size_of(protected),
+            count=totals.entries,
+            hits=totals.hits,
+            misses=totals.misses,
+        )
+
+    def verify(self) -> list[str]:
+        """Rehash every block, drop the damaged ones and return their hashes.
+
+        Protected blocks are checked too: damaged bytes are useless to their
+        owner, who learns of the loss from the next get.  Also deletes block files
+        no entry points at (left by a crash) once they are `ORPHAN_AGE` old.
+        """
+        corrupt: list[str] = []
+        for h, filename in self._store.entries():
+            loaded = self._store.read(filename)
+            if loaded.data is not None and _sha256(loaded.data) == h:
+                continue
+            # drop() is conditional on the file: an entry evicted or re-put since it
+            # was listed is not reported.
+            if self._store.drop(h, filename):
+                log.warning("dropped corrupt cache block %s: %s", h, _damage(loaded))
+                corrupt.append(h)
+        orphans = self._store.remove_orphans(older_than=ORPHAN_AGE)
+        if orphans:
+            log.info("removed %d orphaned block files from %s", orphans, self._store.directory)
+        return corrupt
+
+    def close(self) -> None:
+        """Close the cache; any later call raises `CacheUnavailable`."""
+        self._store.close()
+
+    def __enter__(self) -> BlockCache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _evict(self, target: int, spare: str | None = None) -> int:
+        if self._store.used() <= target:
+            return 0  # the common case takes neither lock
+        with self._lock:
+            refs = self._refs
+            return self._store.evict(target, keep=lambda key: key in refs or key == spare)
+
+
+def _check_hash(h: str) -> str:
+    if not isinstance(h, str) or not _HASH.fullmatch(h):
+        raise InvalidBlockHash(h)
+    return h
+
+
+def _check_size(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a whole number of bytes >= 0, not {value!r}")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _damage(loaded: Loaded) -> str:
+    """Say what is wrong with a block that failed its check."""
+    if loaded.data is None:
+        return loaded.problem or "its bytes cannot be read"
+    return f"its {len(loaded.data)} bytes hash to {_sha256(loaded.data)}"

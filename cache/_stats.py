@@ -1,0 +1,34 @@
+"""A snapshot of the cache's usage and counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """Usage and hit counters of a `BlockCache` at one moment.
+
+    ``used`` counts block contents in bytes (not file-system overhead or the
+    index database).  ``protected_bytes`` is the part of ``used`` held by blocks
+    this process has protected; it is never reclaimable, so ``used`` may exceed
+    ``limit`` when protected data alone does.  ``hits`` and ``misses`` are
+    persisted in the cache directory and shared by every process that opens it.
+    """
+
+    used: int
+    limit: int
+    protected_bytes: int
+    count: int
+    hits: int
+    misses: int
+
+    @property
+    def reclaimable(self) -> int:
+        """Bytes an eviction to zero would free."""
+        return max(self.used - self.protected_bytes, 0)
+
+    @property
+    def over_limit(self) -> bool:
+        """True when usage exceeds the limit (only protected data can cause this for long)."""
+        return self.used > self.limit

@@ -1,0 +1,485 @@
+"""Block files and their index on disk: diskcache, and exactly what we rely on in it.
+
+`BlockStore` is the only module that touches diskcache, SQLite or the block
+files; `BlockCache` above it holds the policy (hash checks, protection, when to
+evict).  Every error from below is translated here, once, into the tree in
+`_exceptions`.
+
+Layout of a cache directory::
+
+    cache.db (+ -wal, -shm)       diskcache's SQLite index, WAL mode: one row per block
+    ab/cd/<hash>.<random>.val     one file per block, named after its hash so an
+                                  operator can find it; the random part lets two
+                                  processes put the same block at once without
+                                  sharing a file
+
+Settings (persisted by diskcache in its ``Settings`` table, re-applied on every
+open): ``eviction_policy='least-recently-used'`` so that diskcache's own
+``get`` stamps the row's ``access_time`` inside the write transaction that
+counts the hit -- an LRU refresh costs no extra SQLite write;
+``cull_limit=0`` switches off diskcache's automatic culling, which cannot know
+which blocks are protected (we evict ourselves, below); ``statistics=1`` keeps
+hit and miss counters in the database, shared by every process;
+``disk_min_file_size=0`` makes every block a file, so usage counts every block
+(diskcache counts zero bytes for values kept inline in SQLite).
+
+What we rely on beyond diskcache's documented API (checked against 5.6.3; a
+major diskcache release needs these rechecked):
+
+* the ``Cache`` table's columns ``rowid, key, raw, access_time, size,
+  filename`` (str keys are stored with ``raw = 1``) and its triggers that keep
+  the ``Settings`` rows ``size`` and ``count`` current;
+* the ``Settings`` rows ``hits`` and ``misses``;
+* ``Cache._sql``, the calling thread's connection, used inside the public
+  ``Cache.transact()`` so that our statements join diskcache's transaction.
+
+A block is written to its file before its row is inserted, and a row is deleted
+before its file; so a row never points at a file that is still being written,
+and a crash leaves at worst an unreferenced file (an orphan), which
+`remove_orphans` reclaims.
+
+A full disk: a put fails with `CacheFull` and removes what it wrote.  Reads go
+on -- if the LRU stamp cannot be written (the WAL cannot grow), `load` reads
+the block without it -- and eviction checkpoints the WAL to get room for its
+deletions, so the owner can always make space (both seen on a full tmpfs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gc
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any, NamedTuple
+
+import diskcache
+from diskcache.core import MODE_BINARY
+
+from ._exceptions import CacheError, CacheFull, CacheUnavailable
+
+DEFAULT_TIMEOUT = 60.0
+"""Seconds a statement waits for another process's SQLite write lock before failing."""
+
+_SETTINGS: dict[str, Any] = {
+    "eviction_policy": "least-recently-used",
+    "cull_limit": 0,
+    # Belt and braces next to cull_limit=0: an explicit Cache.cull() by some other
+    # tool opening this directory must not evict protected blocks either.
+    "size_limit": 2**62,
+    "statistics": 1,
+    "disk_min_file_size": 0,
+}
+
+_SQLITE_FULL = getattr(sqlite3, "SQLITE_FULL", 13)
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+_PAGE = 512  # rows per round trip when scanning the index
+
+
+class Totals(NamedTuple):
+    """The counters diskcache keeps in its ``Settings`` table."""
+
+    size: int
+    entries: int
+    hits: int
+    misses: int
+
+
+@dataclass(slots=True)
+class Loaded:
+    """A block's bytes as found on disk, or why they could not be read."""
+
+    filename: str | None
+    data: bytes | None
+    problem: str | None = None
+
+
+@dataclass(slots=True)
+class _Written:
+    """A block file already on disk that a new row should point at."""
+
+    filename: str
+    size: int
+
+
+@dataclass(slots=True)
+class _Opened:
+    """A block file opened inside diskcache's ``get`` transaction (None if it has vanished)."""
+
+    filename: str
+    reader: IO[bytes] | None
+
+
+class _BlockDisk(diskcache.Disk):
+    """diskcache's serializer, taught to index files we wrote and to open them for reading."""
+
+    def __init__(self, directory: str, **kwargs: Any) -> None:
+        super().__init__(directory, **kwargs)
+        self._root = directory
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.UNKNOWN) -> Any:
+        if isinstance(value, _Written):
+            return value.size, MODE_BINARY, value.filename, None
+        return super().store(value, read, key=key)
+
+    def fetch(self, mode: int, filename: str, value: Any, read: bool) -> Any:
+        if mode == MODE_BINARY and read:
+            # Opened while diskcache's transaction still holds the write lock, so an
+            # eviction (which deletes the row first and the file after its commit)
+            # cannot remove the file between our finding the row and opening it.
+            try:
+                reader: IO[bytes] | None = open(os.path.join(self._root, filename), "rb", buffering=0)
+            except FileNotFoundError:
+                reader = None
+            return _Opened(filename, reader)
+        return super().fetch(mode, filename, value, read)
+
+
+class BlockStore:
+    """Block files under one directory, indexed by diskcache; safe across threads and processes.
+
+    diskcache gives every thread its own SQLite connection.  Our write
+    transactions are also serialized within the process by ``_write_lock``, so
+    worker threads queue on a mutex (woken at once) rather than in SQLite's
+    busy handler (which sleeps and polls); the lock never covers file I/O.
+    """
+
+    def __init__(self, directory: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._directory = directory
+        self._write_lock = threading.Lock()
+        with _translated("open the cache"):
+            self._cache: diskcache.Cache | None = diskcache.Cache(
+                directory, timeout=timeout, disk=_BlockDisk, **_SETTINGS
+            )
+
+    @property
+    def directory(self) -> str:
+        """The cache directory."""
+        return self._directory
+
+    @property
+    def _db(self) -> diskcache.Cache:
+        cache = self._cache
+        if cache is None:
+            raise CacheUnavailable("the cache is closed", errno.EBADF)
+        return cache
+
+    def close(self) -> None:
+        """Close the database, including the connections other threads opened."""
+        with self._write_lock:
+            cache, self._cache = self._cache, None
+        if cache is None:
+            return
+        cache.close()  # this thread's connection
+        # diskcache keeps one connection per thread in a threading.local, and only the
+        # owning thread may close it.  Dropping the last reference to the Cache frees
+        # them, but CPython's sqlite3.Connection sits in a reference cycle with its
+        # statement cache (checked on 3.11: `del conn` leaves the file open until
+        # gc.collect()), so collect now: the files must be closed when close() returns
+        # (unmount, removing the directory, Windows' sharing rules).
+        del cache
+        gc.collect()
+
+    # -- one block ---------------------------------------------------------------
+
+    def load(self, h: str) -> Loaded | None:
+        """Return block *h* as stored, or None; counts a hit or miss and refreshes its LRU stamp.
+
+        On a full disk, where even that small write can fail (the WAL cannot
+        grow), the block is still read, without refreshing or counting it.
+        """
+        try:
+            with _translated(f"read block {h}"):
+                with self._write_lock:
+                    found = self._db.get(h, read=True)
+        except CacheFull:
+            with _translated(f"read block {h}"):
+                row = self._db._sql(
+                    "SELECT filename FROM Cache WHERE key = ? AND raw = 1", (h,)
+                ).fetchone()
+            return None if row is None else self.read(row[0])
+        if found is None:
+            return None
+        if isinstance(found, bytes):  # kept inline in SQLite: not written by this package
+            return Loaded(None, found)
+        if not isinstance(found, _Opened):
+            return Loaded(None, None, f"unexpected value of type {type(found).__name__}")
+        if found.reader is None:
+            return Loaded(found.filename, None, "its file is missing")
+        try:
+            with found.reader as reader:
+                data = reader.read()  # one allocation, sized by fstat
+        except OSError as exc:
+            return Loaded(found.filename, None, f"its file cannot be read: {exc}")
+        return Loaded(found.filename, data)
+
+    def read(self, filename: str | None) -> Loaded:
+        """Read a block file directly, without touching the index."""
+        if filename is None:
+            return Loaded(None, None, "kept inline in the index, not written by this package")
+        try:
+            with open(os.path.join(self._directory, filename), "rb", buffering=0) as reader:
+                return Loaded(filename, reader.read())
+        except OSError as exc:
+            return Loaded(filename, None, f"its file cannot be read: {exc}")
+
+    def contains(self, h: str) -> bool:
+        """True if an entry for *h* exists (its bytes are not checked)."""
+        with _translated(f"look up block {h}"):
+            return bool(h in self._db)
+
+    def refresh(self, h: str) -> bool:
+        """Stamp *h* as just used; False if it is absent."""
+        with _translated(f"refresh block {h}"):
+            with self._write_lock:
+                cursor = self._db._sql(
+                    "UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1", (time.time(), h)
+                )
+        return bool(cursor.rowcount > 0)
+
+    def insert(self, h: str, data: bytes) -> None:
+        """Write *data* to a new file and index it as *h*; on any failure leave no trace."""
+        name = os.path.join(h[:2], h[2:4], f"{h}.{secrets.token_hex(4)}.val")
+        try:
+            with _translated(f"store block {h}"):
+                _write_new_file(os.path.join(self._directory, name), data)
+                with self._write_lock:
+                    self._db.set(h, _Written(name, len(data)))
+        except BaseException:
+            self._discard(h, name)
+            raise
+
+    def drop(self, h: str, filename: str | None, *, counted_as_hit: bool = False) -> bool:
+        """Delete the entry *h* if it still points at *filename*; True if it did.
+
+        With *counted_as_hit*, turn the hit diskcache counted for the read that
+        found the block damaged into a miss, in the same transaction.
+        """
+        with _translated(f"drop block {h}"):
+            with self._write_lock:
+                db = self._db
+                with db.transact():
+                    if filename is None:
+                        cursor = db._sql("DELETE FROM Cache WHERE key = ? AND raw = 1", (h,))
+                    else:
+                        cursor = db._sql(
+                            "DELETE FROM Cache WHERE key = ? AND raw = 1 AND filename = ?",
+                            (h, filename),
+                        )
+                    dropped = bool(cursor.rowcount > 0)
+                    if counted_as_hit:
+                        db._sql("UPDATE Settings SET value = value - 1 WHERE key = 'hits'")
+                        db._sql("UPDATE Settings SET value = value + 1 WHERE key = 'misses'")
+            if filename is not None:
+                # If the row had already moved on (re-put or evicted elsewhere), whoever
+                # moved it removed this file or will; removing twice is harmless.
+                db.disk.remove(filename)
+        return dropped
+
+    def _discard(self, h: str, filename: str) -> None:
+        """Remove a file a failed insert wrote, unless its row was committed after all."""
+        cache = self._cache
+        if cache is None:
+            return
+        with contextlib.suppress(Exception):
+            row = cache._sql("SELECT filename FROM Cache WHERE key = ? AND raw = 1", (h,)).fetchone()
+            if row is not None and row[0] == filename:
+                return
+        cache.disk.remove(filename)
+
+    # -- the whole cache ---------------------------------------------------------
+
+    def used(self) -> int:
+        """Bytes of block content indexed."""
+        with _translated("read the cache size"):
+            row = self._db._sql("SELECT value FROM Settings WHERE key = 'size'").fetchone()
+        return int(row[0])
+
+    def totals(self) -> Totals:
+        """Size, count, hits and misses, read in one statement."""
+        with _translated("read the cache statistics"):
+            rows = dict(
+                self._db._sql(
+                    "SELECT key, value FROM Settings WHERE key IN ('size', 'count', 'hits', 'misses')"
+                ).fetchall()
+            )
+        return Totals(int(rows["size"]), int(rows["count"]), int(rows["hits"]), int(rows["misses"]))
+
+    def size_of(self, hashes: Iterable[str]) -> int:
+        """Total bytes of those of *hashes* that are present."""
+        keys = list(hashes)
+        total = 0
+        with _translated("measure blocks"):
+            for start in range(0, len(keys), _PAGE):
+                chunk = keys[start : start + _PAGE]
+                marks = ",".join("?" * len(chunk))
+                (size,) = self._db._sql(
+                    f"SELECT COALESCE(SUM(size), 0) FROM Cache WHERE raw = 1 AND key IN ({marks})",
+                    chunk,
+                ).fetchone()
+                total += int(size)
+        return total
+
+    def evict(self, target: int, keep: Callable[[str], bool]) -> int:
+        """Delete least-recently-used entries, skipping those *keep* names, until usage <= *target*.
+
+        Returns the bytes freed.  Victims are chosen and deleted in one write
+        transaction, so no get or put of another thread or process interleaves;
+        their files are removed after it commits.
+        """
+        with _translated("evict blocks"):
+            with self._write_lock:
+                db = self._db
+                try:
+                    victims, freed = self._delete_lru(db, target, keep)
+                except sqlite3.OperationalError as exc:
+                    if not _is_disk_full(exc):
+                        raise
+                    # The disk is so full that the WAL cannot take the deletions -- the
+                    # moment eviction matters most.  Checkpointing with TRUNCATE hands
+                    # the WAL's space back to the file system; then it can grow again.
+                    db._sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                    victims, freed = self._delete_lru(db, target, keep)
+            for filename in victims:
+                if filename is not None:
+                    db.disk.remove(filename)
+        return freed
+
+    @staticmethod
+    def _delete_lru(
+        db: diskcache.Cache, target: int, keep: Callable[[str], bool]
+    ) -> tuple[list[str | None], int]:
+        """Delete the rows `evict` chooses in one transaction; return their files and size."""
+        victims: list[str | None] = []
+        rowids: list[int] = []
+        freed = 0
+        with db.transact():
+            (used,) = db._sql("SELECT value FROM Settings WHERE key = 'size'").fetchone()
+            excess = int(used) - target
+            cursor = db._sql("SELECT rowid, key, size, filename FROM Cache ORDER BY access_time, rowid")
+            try:
+                while freed < excess and (rows := cursor.fetchmany(_PAGE)):
+                    for rowid, key, size, filename in rows:
+                        if freed >= excess:
+                            break
+                        if keep(key):
+                            continue
+                        rowids.append(rowid)
+                        victims.append(filename)
+                        freed += size
+            finally:
+                cursor.close()
+            for rowid in rowids:
+                db._sql("DELETE FROM Cache WHERE rowid = ?", (rowid,))
+        return victims, freed
+
+    def entries(self) -> Iterator[tuple[str, str | None]]:
+        """Yield (hash, filename) of every entry, a page at a time, holding no lock between pages."""
+        last = -1
+        while True:
+            with _translated("list blocks"):
+                rows = self._db._sql(
+                    "SELECT rowid, key, filename FROM Cache WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                    (last, _PAGE),
+                ).fetchall()
+            if not rows:
+                return
+            for _rowid, key, filename in rows:
+                yield key, filename
+            last = rows[-1][0]
+
+    def remove_orphans(self, older_than: float) -> int:
+        """Delete block files no entry points at and untouched for *older_than* seconds.
+
+        The age guard spares files that a put in some process has written but not
+        yet indexed.  Returns how many files were removed.
+        """
+        with _translated("list block files"):
+            referenced = {
+                name
+                for (name,) in self._db._sql(
+                    "SELECT filename FROM Cache WHERE filename IS NOT NULL"
+                ).fetchall()
+            }
+        disk = self._db.disk
+        now = time.time()
+        removed = 0
+        for dirpath, _dirnames, filenames in os.walk(self._directory):
+            for name in filenames:
+                if not name.endswith(".val"):
+                    continue
+                path = os.path.join(dirpath, name)
+                relative = os.path.relpath(path, self._directory)
+                if relative in referenced:
+                    continue
+                try:
+                    if now - os.stat(path).st_mtime < older_than:
+                        continue
+                except FileNotFoundError:
+                    continue
+                disk.remove(relative)
+                removed += 1
+        return removed
+
+
+def _write_new_file(path: str, data: bytes) -> None:
+    """Create *path* exclusively and write *data*; remove what was written if that fails."""
+    directory = os.path.dirname(path)
+    for attempt in range(10):
+        try:
+            os.makedirs(directory, exist_ok=True)
+            writer = open(path, "xb")
+            break
+        except FileNotFoundError:
+            # diskcache's Disk.remove prunes the directories it empties (os.removedirs),
+            # and another thread or process may do so in the middle of our makedirs or
+            # between it and the open; diskcache's own writer retries the same way.
+            if attempt == 9:
+                raise
+    try:
+        with writer:
+            writer.write(data)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        raise
+
+
+def _is_disk_full(exc: BaseException | None) -> bool:
+    """True if *exc*, or an error it arose from, says the disk or the database is full."""
+    for _ in range(8):  # a failed statement can be followed by a failed ROLLBACK
+        if exc is None:
+            return False
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+            return True
+        if isinstance(exc, sqlite3.Error):
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is not None and code & 0xFF == _SQLITE_FULL:
+                return True
+            if "database or disk is full" in str(exc):
+                return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@contextlib.contextmanager
+def _translated(doing: str) -> Iterator[None]:
+    """Turn diskcache, sqlite3 and OS errors into the cache's own, once."""
+    try:
+        yield
+    except CacheError:
+        raise
+    except diskcache.Timeout as exc:
+        raise CacheUnavailable(
+            f"could not {doing}: the cache database stayed locked by another process", errno.EBUSY
+        ) from exc
+    except (OSError, sqlite3.Error) as exc:
+        if _is_disk_full(exc):
+            raise CacheFull(f"could not {doing}: no space left on the cache's disk") from exc
+        code = exc.errno if isinstance(exc, OSError) else None
+        raise CacheUnavailable(f"could not {doing}: {exc}", code or None) from exc

@@ -1,0 +1,558 @@
+"""BlockCache on a real diskcache directory: storage, integrity, LRU, protection, sharing.
+
+Every test uses real files in a temporary directory; the multi-process test
+uses real processes, and the concurrency test real worker threads driven from
+trio, as the FUSE client does.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import multiprocessing
+import os
+import random
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import cache._store
+from cache import (
+    BlockCache,
+    CacheError,
+    CacheFull,
+    CacheStats,
+    CacheUnavailable,
+    CorruptBlock,
+    InvalidBlockHash,
+)
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def make_block(seed: int, size: int = 64 * KiB) -> tuple[str, bytes]:
+    """Return (hash, bytes) of a reproducible pseudo-random block."""
+    data = random.Random(seed).randbytes(size)
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def block_files(directory: Path, h: str | None = None) -> list[Path]:
+    """The block files in a cache directory (those of block *h* if given)."""
+    return sorted(directory.rglob(f"{h or '*'}.*.val"))
+
+
+def stored_bytes(directory: Path) -> int:
+    return sum(path.stat().st_size for path in block_files(directory))
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def bc(directory: Path) -> Iterator[BlockCache]:
+    block_cache = BlockCache(directory, limit=1 * MiB)
+    yield block_cache
+    block_cache.close()
+
+
+# -- storing and reading --------------------------------------------------------
+
+
+def test_put_then_get_returns_the_same_bytes_from_one_file(directory: Path) -> None:
+    h, data = make_block(1, 4 * MiB)
+    absent, _ = make_block(2)
+    with BlockCache(directory, limit=8 * MiB) as bc:
+        bc.put(h, data)
+
+        assert bc.get(h) == data
+        assert bc.contains(h)
+        assert bc.get(absent) is None
+        assert not bc.contains(absent)
+        (path,) = block_files(directory, h)
+        assert path.stat().st_size == 4 * MiB  # a block is one file, not a blob in SQLite
+        assert bc.stats() == CacheStats(
+            used=4 * MiB, limit=8 * MiB, protected_bytes=0, count=1, hits=1, misses=1
+        )
+
+
+def test_put_of_a_present_block_keeps_one_copy(bc: BlockCache, directory: Path) -> None:
+    h, data = make_block(1)
+    bc.put(h, data)
+    bc.put(h, data)
+
+    assert len(block_files(directory, h)) == 1
+    assert bc.stats().used == len(data)
+
+
+def test_put_refuses_bytes_that_do_not_match_their_hash(bc: BlockCache, directory: Path) -> None:
+    h, _ = make_block(1)
+    _, other = make_block(2)
+
+    with pytest.raises(CorruptBlock) as caught:
+        bc.put(h, other)
+
+    assert isinstance(caught.value, ValueError)
+    assert caught.value.actual == hashlib.sha256(other).hexdigest()
+    assert not bc.contains(h)
+    assert block_files(directory) == []
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "A" * 64, "g" * 64, "0" * 63, "0" * 65])
+def test_malformed_hashes_are_refused_by_every_method(bc: BlockCache, bad: str) -> None:
+    for call in (bc.get, bc.contains, lambda h: bc.put(h, b""), lambda h: bc.protect([h])):
+        with pytest.raises(InvalidBlockHash):
+            call(bad)
+
+
+def test_the_empty_block_is_a_block(bc: BlockCache) -> None:
+    h = hashlib.sha256(b"").hexdigest()
+    bc.put(h, b"")
+    assert bc.get(h) == b""
+
+
+def _flip_a_byte(path: Path) -> None:
+    with path.open("r+b") as f:
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _truncate(path: Path) -> None:
+    with path.open("r+b") as f:
+        f.truncate(10)
+
+
+@pytest.mark.parametrize("damage", [_flip_a_byte, _truncate, Path.unlink])
+def test_get_drops_a_block_damaged_on_disk_and_logs_its_hash(
+    bc: BlockCache, directory: Path, damage: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    h, data = make_block(1)
+    bc.put(h, data)
+    (path,) = block_files(directory, h)
+    damage(path)
+
+    assert bc.get(h) is None
+
+    (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert h in record.getMessage()
+    caplog.clear()
+    assert not bc.contains(h)
+    assert block_files(directory, h) == []
+    stats = bc.stats()
+    assert (stats.used, stats.count, stats.hits, stats.misses) == (0, 0, 0, 1)
+    bc.put(h, data)  # a good copy can come back
+    assert bc.get(h) == data
+
+
+# -- eviction ---------------------------------------------------------------------
+
+
+def test_get_refreshes_lru_position_so_a_touched_block_survives_eviction(
+    directory: Path,
+) -> None:
+    a, b, c, d = (make_block(seed) for seed in range(4))
+    with BlockCache(directory, limit=3 * 64 * KiB) as bc:
+        for h, data in (a, b, c):
+            bc.put(h, data)
+        assert bc.get(a[0]) == a[1]  # a is now the most recently used
+
+        bc.put(*d)
+
+        assert [bc.contains(h) for h, _ in (a, b, c, d)] == [True, False, True, True]
+
+
+def test_usage_stays_within_one_block_of_the_limit_over_200_puts(
+    bc: BlockCache, directory: Path
+) -> None:
+    blocks = [make_block(seed) for seed in range(200)]
+    for h, data in blocks:
+        bc.put(h, data)
+        assert bc.stats().used <= bc.limit + 64 * KiB
+
+    stats = bc.stats()
+    assert stats.used <= stats.limit
+    assert stats.count == stats.used // (64 * KiB)
+    assert stored_bytes(directory) == stats.used  # evicted files are really gone
+    assert all(bc.contains(h) for h, _ in blocks[-stats.count :])
+    assert not any(bc.contains(h) for h, _ in blocks[: -stats.count])
+
+
+def test_a_block_larger_than_the_limit_stays_until_the_next_put(directory: Path) -> None:
+    big, small = make_block(1, 256 * KiB), make_block(2, 16 * KiB)
+    with BlockCache(directory, limit=100 * KiB) as bc:
+        bc.put(*big)
+        assert bc.get(big[0]) == big[1]  # put spares the block it stored
+
+        bc.put(*small)
+        assert not bc.contains(big[0])
+        assert bc.get(small[0]) == small[1]
+
+
+def test_protected_blocks_are_never_evicted_even_under_a_one_byte_limit(
+    bc: BlockCache, directory: Path
+) -> None:
+    pinned = [make_block(seed) for seed in range(3)]
+    bc.protect(h for h, _ in pinned[:2])  # protected before it is put: never evictable
+    bc.put(*pinned[0])
+    bc.put(*pinned[1])
+    bc.protect([pinned[2][0]])
+    bc.put(*pinned[2])
+    for seed in range(100, 130):  # enough to push every unprotected block out
+        bc.put(*make_block(seed))
+
+    bc.set_limit(1)
+
+    stats = bc.stats()
+    assert stats.used == stats.protected_bytes == 3 * 64 * KiB
+    assert stats.count == 3 and stats.over_limit and stats.reclaimable == 0
+    assert all(bc.get(h) == data for h, data in pinned)
+    assert bc.evict(0) == 0
+    assert stored_bytes(directory) == stats.used
+
+
+def test_unprotect_makes_blocks_reclaimable_and_evicts_to_the_limit(bc: BlockCache) -> None:
+    blocks = [make_block(seed) for seed in range(4)]
+    hashes = [h for h, _ in blocks]
+    bc.protect(hashes)
+    bc.protect(hashes[:1])  # a second reference
+    for block in blocks:
+        bc.put(*block)
+    bc.set_limit(0)
+
+    bc.unprotect(hashes)
+
+    assert [bc.contains(h) for h in hashes] == [True, False, False, False]
+    assert bc.stats().protected_bytes == 64 * KiB
+    bc.unprotect(hashes[:1])
+    assert bc.stats().used == 0
+
+
+def test_unprotect_more_often_than_protect_raises_and_changes_nothing(bc: BlockCache) -> None:
+    (a, data_a), (b, data_b) = make_block(1), make_block(2)
+    bc.protect([a, b])
+    bc.put(a, data_a)
+    bc.put(b, data_b)
+
+    with pytest.raises(ValueError):
+        bc.unprotect([a, b, b])
+
+    assert bc.evict(0) == 0
+    assert bc.stats().protected_bytes == 2 * 64 * KiB
+
+
+def test_set_limit_evicts_at_once_oldest_first(bc: BlockCache) -> None:
+    blocks = [make_block(seed) for seed in range(10)]
+    for block in blocks:
+        bc.put(*block)
+    assert bc.stats().used == 10 * 64 * KiB
+
+    bc.set_limit(256 * KiB)
+
+    assert bc.stats().used == 256 * KiB
+    assert [bc.contains(h) for h, _ in blocks] == [False] * 6 + [True] * 4
+
+
+def test_evict_to_zero_frees_everything_unprotected(bc: BlockCache, directory: Path) -> None:
+    keep = make_block(0)
+    bc.protect([keep[0]])
+    for seed in range(6):
+        bc.put(*make_block(seed))
+
+    assert bc.evict(0) == 5 * 64 * KiB
+    assert bc.stats().used == 64 * KiB
+    assert block_files(directory) == block_files(directory, keep[0])
+    assert bc.evict() == 0  # already under the limit
+
+
+# -- integrity and recovery -------------------------------------------------------
+
+
+def test_verify_drops_and_reports_every_damaged_block(
+    bc: BlockCache, directory: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocks = [make_block(seed) for seed in range(6)]
+    for block in blocks:
+        bc.put(*block)
+    _flip_a_byte(block_files(directory, blocks[1][0])[0])
+    block_files(directory, blocks[4][0])[0].unlink()
+
+    corrupt = bc.verify()
+
+    assert sorted(corrupt) == sorted([blocks[1][0], blocks[4][0]])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2
+    assert all(any(h in message for message in warnings) for h in corrupt)
+    caplog.clear()
+    assert [bc.get(h) == data for h, data in blocks] == [True, False, True, True, False, True]
+    assert bc.stats().count == 4
+    assert bc.verify() == []
+
+
+def test_verify_removes_old_orphan_files_but_not_fresh_ones(
+    bc: BlockCache, directory: Path
+) -> None:
+    h, data = make_block(1)
+    bc.put(h, data)
+    (kept,) = block_files(directory, h)
+    # What a crash between writing a block file and indexing it leaves behind:
+    old_orphan = kept.parent / f"{'a' * 64}.deadbeef.val"
+    fresh_orphan = kept.parent / f"{'b' * 64}.deadbeef.val"  # a put in flight elsewhere
+    old_orphan.write_bytes(b"x" * 100)
+    fresh_orphan.write_bytes(b"y" * 100)
+    two_hours_ago = time.time() - 7200
+    os.utime(old_orphan, (two_hours_ago, two_hours_ago))
+
+    assert bc.verify() == []
+
+    assert not old_orphan.exists()
+    assert fresh_orphan.exists()
+    assert bc.get(h) == data
+
+
+def test_reopening_keeps_blocks_and_counters_but_not_protection(directory: Path) -> None:
+    (a, data_a), (b, data_b) = make_block(1), make_block(2)
+    with BlockCache(directory, limit=1 * MiB) as bc:
+        bc.put(a, data_a)
+        bc.put(b, data_b)
+        bc.protect([a])
+        assert bc.get(a) == data_a
+
+    with BlockCache(directory, limit=1 * MiB) as reopened:
+        stats = reopened.stats()
+        assert (stats.count, stats.hits, stats.protected_bytes) == (2, 1, 0)
+        assert reopened.get(b) == data_b
+        # Protection is the owner's to rebuild: until it does, nothing is held.
+        assert reopened.evict(0) == 2 * 64 * KiB
+
+
+def test_close_releases_every_thread_connection(directory: Path) -> None:
+    def open_database_files() -> int:
+        fds = Path("/proc/self/fd")
+        return sum(
+            1 for fd in fds.iterdir() if str(directory) in os.path.realpath(fd)
+        )
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd")
+    h, data = make_block(1)
+    bc = BlockCache(directory, limit=1 * MiB)
+    bc.put(h, data)
+    threads = [threading.Thread(target=bc.get, args=(h,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert open_database_files() >= 5  # one connection per thread that used it
+
+    bc.close()
+
+    assert open_database_files() == 0
+    with pytest.raises(CacheUnavailable):
+        bc.get(h)
+
+
+# -- a full disk ------------------------------------------------------------------
+
+
+def test_disk_full_while_writing_a_block_raises_cache_full_and_leaves_no_file(
+    bc: BlockCache, directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h, data = make_block(1)
+
+    class HalfWriter:
+        """A block file on a disk that fills up half way through the write."""
+
+        def __init__(self, path: str, mode: str) -> None:
+            self._file = open(path, mode)  # noqa: SIM115
+
+        def __enter__(self) -> HalfWriter:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self._file.close()
+
+        def write(self, data: bytes) -> int:
+            self._file.write(data[: len(data) // 2])
+            self._file.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def fake_open(path: str, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if mode == "xb":
+            return HalfWriter(path, mode)
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(cache._store, "open", fake_open, raising=False)
+
+    with pytest.raises(CacheFull) as caught:
+        bc.put(h, data)
+
+    assert caught.value.errno == errno.ENOSPC
+    assert block_files(directory) == []
+    assert not bc.contains(h)
+    monkeypatch.undo()
+    bc.put(h, data)
+    assert bc.get(h) == data
+
+
+def test_database_full_raises_cache_full_and_removes_the_block_file(
+    bc: BlockCache, directory: Path
+) -> None:
+    # SQLITE_FULL is what SQLite reports when its file cannot grow; max_page_count
+    # produces the same error without filling a real disk.  This thread's
+    # connection is the one put() will use.
+    db = bc._store._db  # noqa: SLF001 - fault injection
+    (pages,) = db._sql("PRAGMA page_count").fetchone()
+    db._sql(f"PRAGMA max_page_count = {pages}")
+    stored: list[str] = []
+    with pytest.raises(CacheFull) as caught:
+        for seed in range(5000):
+            h, data = make_block(seed, 16)
+            bc.put(h, data)
+            stored.append(h)
+
+    assert caught.value.errno == errno.ENOSPC
+    assert not bc.contains(h)  # the block that did not fit
+    assert block_files(directory, h) == []
+    assert len(block_files(directory)) == len(stored) == bc.stats().count
+    db._sql("PRAGMA max_page_count = 1073741823")
+    bc.put(h, data)
+    assert bc.get(h) == data
+
+
+def test_a_really_full_disk_raises_cache_full_yet_reads_and_evicts(tmp_path: Path) -> None:
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
+        capture_output=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        directory = mount_point / "cache"
+        stored: list[tuple[str, bytes]] = []
+        with BlockCache(directory, limit=1024 * MiB) as bc:
+            with pytest.raises(CacheFull) as caught:
+                for seed in range(100):
+                    block = make_block(seed, 256 * KiB)
+                    bc.put(*block)
+                    stored.append(block)
+            h, data = block
+
+            assert caught.value.errno == errno.ENOSPC
+            assert stored, "the disk was full before the first block"
+            assert not bc.contains(h)
+            assert block_files(directory, h) == []
+            assert stored_bytes(directory) == bc.stats().used == len(stored) * 256 * KiB
+
+            # Take the last free byte, so that SQLite's WAL cannot grow either.
+            with pytest.raises(OSError), (mount_point / "filler").open("wb") as filler:
+                while True:
+                    filler.write(b"\0" * 64 * KiB)
+                    filler.flush()
+            for _ in range(20):  # enough LRU refreshes to need more WAL than there is
+                assert all(bc.get(h) == data for h, data in stored)
+
+            assert bc.evict(0) == len(stored) * 256 * KiB
+            assert block_files(directory) == []
+            (mount_point / "filler").unlink()
+            bc.put(h, data)
+            assert bc.get(h) == data
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+# -- sharing: threads and processes ------------------------------------------------
+
+
+def _put_and_read_back(directory: str, seeds: list[int]) -> int:
+    """Run in a child process: put blocks into the shared cache and read them back."""
+    with BlockCache(directory, limit=64 * MiB) as bc:
+        for seed in seeds:
+            h, data = make_block(seed)
+            bc.put(h, data)
+            assert bc.get(h) == data
+        # Blocks the parent put before starting us are visible here.
+        h, data = make_block(0)
+        assert bc.get(h) == data
+        return bc.stats().count
+
+
+def test_two_processes_on_one_directory_see_each_others_puts(directory: Path) -> None:
+    first = make_block(0)
+    with BlockCache(directory, limit=64 * MiB) as bc:
+        bc.put(*first)
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(2) as pool:
+            children = [
+                pool.apply_async(_put_and_read_back, (str(directory), list(range(start, start + 20))))
+                for start in (100, 200)
+            ]
+            for seed in range(300, 320):  # the parent writes at the same time
+                bc.put(*make_block(seed))
+            counts = [child.get(timeout=60) for child in children]
+
+        assert all(count >= 21 for count in counts)
+        for seed in [*range(100, 120), *range(200, 220), *range(300, 320)]:
+            h, data = make_block(seed)
+            assert bc.get(h) == data
+        assert bc.stats().count == 61
+        assert stored_bytes(directory) == 61 * 64 * KiB
+
+
+async def test_worker_threads_put_and_get_concurrently(directory: Path) -> None:
+    size = 16 * KiB
+    pool = [make_block(seed, size) for seed in range(64)]
+    pinned = pool[:4]
+    workers = 8
+    bc = BlockCache(directory, limit=16 * size)
+    bc.protect(h for h, _ in pinned)
+    for block in pinned:
+        bc.put(*block)
+    wrong: list[str] = []
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(60):
+            h, data = rng.choice(pool)
+            if rng.random() < 0.5:
+                bc.put(h, data)
+            else:
+                got = bc.get(h)
+                if got is not None and got != data:
+                    wrong.append(h)
+            assert bc.stats().used <= bc.limit + workers * size
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for seed in range(workers):
+                nursery.start_soon(trio.to_thread.run_sync, work, seed)
+
+        assert wrong == []
+        assert all(bc.get(h) == data for h, data in pinned)
+        stats = bc.stats()
+        assert stats.protected_bytes == len(pinned) * size
+        assert stats.count == len(block_files(directory))
+        assert stats.used == stored_bytes(directory)
+        bc.evict()
+        assert bc.stats().used <= bc.limit
+        assert bc.verify() == []
+    finally:
+        bc.close()
+
+
+def test_errors_share_one_base_class() -> None:
+    assert issubclass(CacheFull, CacheError) and issubclass(CacheFull, OSError)
+    assert issubclass(CacheUnavailable, CacheError) and issubclass(CacheUnavailable, OSError)
+    assert issubclass(CorruptBlock, CacheError) and issubclass(InvalidBlockHash, CacheError)
+    assert CacheFull().errno == errno.ENOSPC

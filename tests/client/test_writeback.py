@@ -1,0 +1,141 @@
+"""The write-back queue: order, coalescing, the state machine and crash recovery."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from websync_fs.statedb import StateDb
+from websync_fs.writeback import WriteBackQueue
+
+
+class Protection:
+    def __init__(self) -> None:
+        self.count: Counter[str] = Counter()
+
+    def protect(self, hashes: object) -> None:
+        self.count.update(hashes)  # type: ignore[arg-type]
+
+    def unprotect(self, hashes: object) -> None:
+        self.count.subtract(hashes)  # type: ignore[arg-type]
+
+    def held(self) -> set[str]:
+        return {h for h, n in self.count.items() if n > 0}
+
+
+def make(tmp_path: Path, quiet: float = 0.0) -> tuple[WriteBackQueue, Protection, StateDb]:
+    db = StateDb(tmp_path / "state.db")
+    prot = Protection()
+    return WriteBackQueue(db, quiet=quiet, protect=prot.protect, unprotect=prot.unprotect), prot, db
+
+
+def create(node: str, name: str, blocks: list[str] | None = None, parent: str = "root") -> dict[str, object]:
+    blocks = blocks or []
+    return {"op": "create", "id": node, "parent": parent, "name": name, "mode": 0o644, "mtime_ns": 1,
+            "size": len(blocks), "blocks": blocks}
+
+
+def test_items_keep_their_order(tmp_path: Path) -> None:
+    q, _, _ = make(tmp_path)
+    q.enqueue({"op": "mkdir", "id": "d", "parent": "root", "name": "dir", "mode": 0o755, "mtime_ns": 1})
+    q.enqueue(create("f", "file", parent="d"))
+    assert [i.op["op"] for i in q.take()] == ["mkdir", "create"]
+
+
+def test_updates_coalesce_into_the_create(tmp_path: Path) -> None:
+    q, prot, _ = make(tmp_path)
+    q.enqueue(create("f", "a.txt", ["h1"]))
+    q.enqueue({"op": "update", "id": "f", "size": 2, "blocks": ["h2"], "mtime_ns": 5})
+    q.enqueue({"op": "update", "id": "f", "size": 3, "blocks": ["h3"], "mtime_ns": 6})
+    items = q.items()
+    assert len(items) == 1
+    assert items[0].op["op"] == "create" and items[0].op["blocks"] == ["h3"] and items[0].op["mtime_ns"] == 6
+    assert prot.held() == {"h3"}
+
+
+def test_temporary_file_costs_nothing(tmp_path: Path) -> None:
+    q, prot, _ = make(tmp_path)
+    q.enqueue(create("t", "~WRD0000.tmp", ["h1"]))
+    q.enqueue({"op": "rename", "id": "t", "parent": "root", "name": "~WRD0000.tmp",
+               "new_parent": "root", "new_name": "x.tmp"})
+    q.enqueue({"op": "delete", "id": "t", "parent": "root", "name": "x.tmp"})
+    assert len(q) == 0
+    assert prot.held() == set()
+
+
+def test_rename_of_unsent_file_moves_its_create_to_the_end(tmp_path: Path) -> None:
+    q, _, _ = make(tmp_path)
+    q.enqueue(create("f", "a"))
+    q.enqueue({"op": "mkdir", "id": "d", "parent": "root", "name": "dir", "mode": 0o755, "mtime_ns": 1})
+    q.enqueue({"op": "rename", "id": "f", "parent": "root", "name": "a", "new_parent": "d", "new_name": "b"})
+    ops = [i.op for i in q.items()]
+    assert [o["op"] for o in ops] == ["mkdir", "create"]
+    assert (ops[1]["parent"], ops[1]["name"]) == ("d", "b")
+
+
+def test_delete_of_folder_that_queued_children_use_is_kept(tmp_path: Path) -> None:
+    q, _, _ = make(tmp_path)
+    q.enqueue({"op": "mkdir", "id": "d", "parent": "root", "name": "dir", "mode": 0o755, "mtime_ns": 1})
+    q.enqueue({"op": "mkdir", "id": "e", "parent": "d", "name": "sub", "mode": 0o755, "mtime_ns": 1})
+    q.enqueue({"op": "rename", "id": "e", "parent": "d", "name": "sub", "new_parent": "root", "new_name": "sub"})
+    q.enqueue({"op": "delete", "id": "d", "parent": "root", "name": "dir"})
+    assert [i.op["op"] for i in q.items()] == ["mkdir", "mkdir", "rename", "delete"]
+
+
+def test_no_coalescing_into_an_item_being_uploaded(tmp_path: Path) -> None:
+    q, prot, _ = make(tmp_path)
+    q.enqueue(create("f", "a", ["h1"]))
+    batch = q.take()
+    q.enqueue({"op": "update", "id": "f", "size": 1, "blocks": ["h2"], "mtime_ns": 2})
+    assert len(q) == 2
+    q.done(batch)
+    assert [i.op["op"] for i in q.items()] == ["update"]
+    assert prot.held() == {"h2"}
+
+
+def test_quiet_period_holds_back_later_items(tmp_path: Path) -> None:
+    q, _, _ = make(tmp_path, quiet=60)
+    q.enqueue(create("f", "a"))
+    assert q.take() == []
+    assert q.next_ready_at() is not None
+
+
+def test_failed_batch_returns_to_queued_with_backoff(tmp_path: Path) -> None:
+    q, _, _ = make(tmp_path)
+    q.enqueue(create("f", "a"))
+    batch = q.take()
+    q.fail(batch, 30, "offline")
+    assert q.take() == []
+    item = q.items()[0]
+    assert item.state == "queued" and item.attempts == 1
+
+
+def test_batch_in_flight_survives_a_crash_with_its_id(tmp_path: Path) -> None:
+    q, _, db = make(tmp_path)
+    q.enqueue(create("f", "a", ["h1"]))
+    q.enqueue(create("g", "b", ["h2"]))
+    batch = q.take()
+    db.close()  # the process dies here
+    q2, _, _ = make(tmp_path)
+    again = q2.inflight()
+    assert [i.n for i in again] == [i.n for i in batch]
+    assert {i.batch for i in again} == {batch[0].batch}
+    assert sorted(q2.all_blocks()) == ["h1", "h2"]
+
+
+def test_pending_keys_name_nodes_and_entries(tmp_path: Path) -> None:
+    q, _, _ = make(tmp_path)
+    q.enqueue(create("f", "a"))
+    q.enqueue({"op": "rename", "id": "x", "parent": "root", "name": "old", "new_parent": "root", "new_name": "new"})
+    assert q.pending_nodes() == {"f", "x"}
+    assert q.pending_entries() == {("root", "a"), ("root", "old"), ("root", "new")}
+
+
+def test_remap_rewrites_every_reference(tmp_path: Path) -> None:
+    q, _, _ = make(tmp_path)
+    q.enqueue({"op": "mkdir", "id": "d", "parent": "root", "name": "dir", "mode": 0o755, "mtime_ns": 1})
+    q.take()  # sent: no coalescing with what follows
+    q.enqueue(create("f", "a", parent="d"))
+    q.remap("d", "e")
+    ops = [i.op for i in q.items()]
+    assert ops[0]["id"] == "e" and ops[1]["parent"] == "e"

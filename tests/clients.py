@@ -1,0 +1,131 @@
+"""Client machines for tests: one home and one mount point each, driven by the CLI.
+
+Two `Machine`s on one computer are two independent WebSync clients (their own
+replica, queue and cache) mounted through the kernel.  Teardown unmounts what
+was mounted and ends the mount process by its own pid, even after a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+BIN = Path(sys.executable).parent
+T = TypeVar("T")
+
+
+class Machine:
+    def __init__(self, name: str, root: Path, server_url: str) -> None:
+        self.name = name
+        self.home = root / name / "home"
+        self.mnt = root / name / "mnt"
+        self.server_url = server_url
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        self.mounted_pid: int | None = None
+
+    def cli(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+            ) -> subprocess.CompletedProcess[str]:
+        cmd = [str(BIN / "websync"), "--home", str(self.home), *args]
+        result = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(cmd)} exited {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+            )
+        return result
+
+    def login(self, user: str, password: str) -> None:
+        self.cli("login", self.server_url, "--user", user, "--device", self.name, "--password-stdin",
+                 input=password + "\n")
+
+    def mount(self) -> None:
+        self.cli("mount", str(self.mnt))
+        assert os.path.ismount(self.mnt), f"{self.mnt} is not mounted"
+        self.mounted_pid = self.pid()
+
+    def pid(self) -> int | None:
+        try:
+            return int((self.home / "state" / "mount.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def unmount(self) -> None:
+        self.cli("unmount", str(self.mnt))
+        self.mounted_pid = None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """End the mount process abruptly, then clear the dead mount point."""
+        pid = self.mounted_pid or self.pid()
+        if pid:
+            _kill(pid, sig)
+        subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
+        self.mounted_pid = None
+
+    def cleanup(self) -> None:
+        pid = self.mounted_pid or self.pid()
+        if os.path.ismount(self.mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
+        if pid:
+            _kill(pid, signal.SIGTERM, wait=10)
+            _kill(pid, signal.SIGKILL)
+        self.mounted_pid = None
+
+    def path(self, *parts: str) -> Path:
+        return self.mnt.joinpath(*parts)
+
+    def log(self) -> str:
+        try:
+            return (self.home / "state" / "websync.log").read_text()
+        except FileNotFoundError:
+            return ""
+
+
+def _kill(pid: int, sig: int, wait: float = 5) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        try:
+            # Reap it if it is our child (the CLI's background mount is not).
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.02)
+
+
+def eventually(probe: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
+    """Wait until *probe* returns a truthy value (or stops raising) and return it.
+
+    Used to wait for a change to arrive through the change notification: the
+    bound is generous because CI machines are shared and slow; the typical wait
+    is well under a second.
+    """
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            value = probe()
+            if value:
+                return value
+        except (OSError, AssertionError) as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last error: {last!r}")
+        time.sleep(0.02)
+
+
+def read_bytes(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()

@@ -1,0 +1,96 @@
+"""Fixtures shared by every layer's tests: a real server and real mounted machines.
+
+One server process serves the whole session; every test gets a user of its
+own (so its own store), and machines (client homes, mounted through the
+kernel) that are unmounted and ended by pid when the test ends, pass or fail.
+A test fails if a machine's log shows an unexpected error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.clients import Machine
+from tests.servers import ServerProcess, add_user
+
+_users = itertools.count(1)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", help="also run the long soak tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--slow"):
+        return
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="soak test: run with --slow"))
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    if not os.path.exists("/dev/fuse"):
+        pytest.fail("/dev/fuse is missing: mount tests need FUSE (see platform/setup-debian.sh)")
+    proc = ServerProcess.start(tmp_path_factory.mktemp("server") / "data")
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def account(server: ServerProcess) -> tuple[str, str]:
+    name = f"user{next(_users)}"
+    password = f"pw-{name}"
+    add_user(server.data_dir, name, password)
+    return name, password
+
+
+#: Settings written into each test machine's config before it mounts.
+MACHINE_SETTINGS = {"quiet_period": 0.2}
+
+
+@pytest.fixture
+def new_machine(
+    tmp_path: Path, server: ServerProcess, account: tuple[str, str]
+) -> Iterator[Callable[..., Machine]]:
+    made: list[Machine] = []
+
+    def make(name: str, mount: bool = True, **settings: object) -> Machine:
+        machine = Machine(name, tmp_path, server.url)
+        made.append(machine)
+        machine.login(*account)
+        config = machine.home / "config.json"
+        data = json.loads(config.read_text())
+        data.update(MACHINE_SETTINGS, **settings)
+        config.write_text(json.dumps(data))
+        if mount:
+            machine.mount()
+        return machine
+
+    yield make
+    for machine in made:
+        machine.cleanup()
+    for machine in made:
+        unexpected = [
+            line for line in machine.log().splitlines()
+            if " ERROR " in line or "Traceback" in line or "unexpected error" in line
+        ]
+        assert not unexpected, f"machine {machine.name} logged errors:\n" + "\n".join(unexpected[:20])
+
+
+@pytest.fixture
+def a(new_machine: Callable[..., Machine]) -> Machine:
+    return new_machine("A")
+
+
+@pytest.fixture
+def b(new_machine: Callable[..., Machine], a: Machine) -> Machine:
+    return new_machine("B")

@@ -1,0 +1,154 @@
+"""The change journal: listings, incremental changes, paging on whole commits, resets."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from sqlalchemy import event, update
+
+from tests.server.conftest import Components
+from tests.server.ops import create, delete, mkdir, rename, setattr_
+from websync_server.protocol import ROOT_ID, Changes
+from websync_server.schema import stores
+
+
+def seqs(changes: Changes) -> Counter[int]:
+    """How many records of each commit a page holds."""
+    return Counter([n.seq for n in changes.nodes] + [e.seq for e in changes.entries])
+
+
+def test_listing_from_zero_has_no_tombstones(components: Components) -> None:
+    c = components
+    keep, gone, moved = create("keep"), create("gone"), create("old-name")
+    c.commit(keep, gone, moved)
+    c.commit(delete(gone["id"], "gone"), rename(moved["id"], "old-name", "new-name"))
+    listing = c.store.changes(c.store_id, 0)
+    assert {n.id for n in listing.nodes} == {ROOT_ID, keep["id"], moved["id"]}
+    assert not any(n.deleted for n in listing.nodes)
+    assert {(e.name, e.node) for e in listing.entries} == {("keep", keep["id"]), ("new-name", moved["id"])}
+    assert listing.cursor == 3 and not listing.more and not listing.reset
+
+
+def test_changes_since_a_cursor_include_tombstones_once_in_latest_state(components: Components) -> None:
+    c = components
+    f = create("f")
+    cursor = c.commit(f)
+    c.commit(setattr_(f["id"], mode=0o600))
+    c.commit(setattr_(f["id"], mode=0o640))
+    last = c.commit(delete(f["id"], "f"))
+    changes = c.store.changes(c.store_id, cursor)
+    assert [(n.id, n.deleted, n.seq, n.mode) for n in changes.nodes] == [(f["id"], True, last, 0o640)]
+    assert [(e.name, e.node, e.seq) for e in changes.entries] == [("f", None, last)]
+    assert changes.cursor == last
+
+
+def test_changes_at_the_latest_cursor_are_empty(components: Components) -> None:
+    c = components
+    seq = c.commit(mkdir("d"))
+    changes = c.store.changes(c.store_id, seq)
+    assert (changes.nodes, changes.entries, changes.cursor, changes.more) == ((), (), seq, False)
+
+
+def test_pages_end_on_whole_commits(components: Components) -> None:
+    c = components
+    commit_sizes = {}
+    for n in range(6):
+        # 3 creates: 6 records per commit, so a page of 10 can't hold two.
+        seq = c.commit(*(create(f"f{n}-{i}") for i in range(3)))
+        commit_sizes[seq] = 6
+    cursor, seen, pages = 1, Counter[int](), 0
+    while True:
+        page = c.store.changes(c.store_id, cursor, limit=10)
+        pages += 1
+        for seq, count in seqs(page).items():
+            assert count == commit_sizes[seq], f"page after {cursor} splits commit {seq}"
+        assert page.cursor == max(seqs(page))
+        seen.update(seqs(page))
+        cursor = page.cursor
+        if not page.more:
+            break
+    assert pages == 6 and dict(seen) == commit_sizes
+
+
+def test_a_commit_bigger_than_a_page_comes_whole(components: Components) -> None:
+    c = components
+    big = c.commit(*(create(f"f{i}") for i in range(10)))
+    after = c.commit(mkdir("d"))
+    page = c.store.changes(c.store_id, 1, limit=5)
+    assert dict(seqs(page)) == {big: 20} and page.more and page.cursor == big
+    rest = c.store.changes(c.store_id, page.cursor, limit=5)
+    assert dict(seqs(rest)) == {after: 2} and not rest.more and rest.cursor == after
+
+
+def test_paged_listing_from_zero_ends_at_the_store_seq(components: Components) -> None:
+    c = components
+    files = [create(f"f{i}") for i in range(4)]
+    for f in files:
+        c.commit(f)
+    last = c.commit(delete(files[0]["id"], "f0"))
+    page = c.store.changes(c.store_id, 0, limit=3)
+    names = {e.name for e in page.entries}
+    while page.more:
+        page = c.store.changes(c.store_id, page.cursor, limit=3)
+        names |= {e.name for e in page.entries if e.node is not None}
+        names -= {e.name for e in page.entries if e.node is None}
+    assert names == {"f1", "f2", "f3"} and page.cursor == last
+
+
+def test_one_change_in_a_big_store_costs_as_little_as_in_a_small_one(components: Components) -> None:
+    """O(changes): the work for "what changed" must not grow with the store."""
+    c = components
+    target = create("target")
+    c.commit(target)
+    steps = _count_sqlite_steps(c)
+
+    def cost_of_one_change() -> int:
+        cursor = c.commit(setattr_(target["id"], mtime_ns=cursor_seed()))
+        steps[0] = 0
+        changes = c.store.changes(c.store_id, cursor - 1)
+        assert [n.id for n in changes.nodes] == [target["id"]] and changes.entries == ()
+        return steps[0]
+
+    small = cost_of_one_change()
+    for batch in range(10):
+        c.commit(*(create(f"filler-{batch}-{i}") for i in range(500)))
+    big = cost_of_one_change()
+    # 5,000 more files and 10,000 more rows: a scan would cost 1000s of times more.
+    assert big < small * 2, (small, big)
+
+
+def cursor_seed(counter: list[int] = [0]) -> int:
+    counter[0] += 1
+    return counter[0]
+
+
+def _count_sqlite_steps(c: Components) -> list[int]:
+    """Count SQLite virtual machine steps (in units of 100) on every new connection."""
+    steps = [0]
+
+    def on_connect(dbapi_connection: object, _record: object) -> None:
+        def tick() -> int:
+            steps[0] += 1
+            return 0
+
+        dbapi_connection.set_progress_handler(tick, 100)  # type: ignore[attr-defined]
+
+    c.db.engine.dispose()
+    event.listen(c.db.engine, "connect", on_connect)
+    return steps
+
+
+def test_a_cursor_ahead_of_the_store_resets(components: Components) -> None:
+    changes = components.store.changes(components.store_id, 999)
+    assert changes.reset and changes.cursor == 0 and changes.nodes == ()
+
+
+def test_a_cursor_below_the_tombstone_horizon_resets(components: Components) -> None:
+    c = components
+    for name in "abcd":
+        c.commit(mkdir(name))
+    with c.db.write() as conn:
+        conn.execute(update(stores).where(stores.c.id == c.store_id).values(horizon=3))
+    assert c.store.changes(c.store_id, 2).reset
+    assert not c.store.changes(c.store_id, 3).reset
+    assert not c.store.changes(c.store_id, 0).reset  # a listing is always possible

@@ -1,0 +1,78 @@
+"""Errors of the WebSync client, one tree per layer.
+
+::
+
+    WebSyncError                 a user-facing problem: a title-free sentence for the CLI
+    ├── ConfigError              no login yet, bad home directory, bad settings
+    ├── RemoteError              talking to the server failed
+    │   ├── Offline              no answer: connection refused, reset, timed out
+    │   ├── Unauthorized         401: the device token is wrong or revoked
+    │   ├── ServerFull           507: the server's disk is full
+    │   ├── NotFound             404
+    │   ├── BadRequest           400: the server refused the request as invalid
+    │   └── CommitConflict       409: a commit precondition failed (carries the Conflict)
+    └── FsError                  a filesystem operation fails with an errno
+
+httpx exceptions become `RemoteError`s in `remote.py` only; `FsError` becomes
+`FUSEError` in the FUSE adapter only; `WebSyncError` becomes a CLI message and exit
+code in `cli.py` only.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from websync_server.protocol import Conflict
+
+
+class WebSyncError(Exception):
+    """Base of every error the client reports to a person."""
+
+    exit_code = 1
+
+
+class ConfigError(WebSyncError):
+    exit_code = 2
+
+
+class RemoteError(WebSyncError):
+    exit_code = 3
+
+
+class Offline(RemoteError):
+    """The server did not answer; the request may be retried later."""
+
+
+class Unauthorized(RemoteError):
+    exit_code = 4
+
+
+class ServerFull(RemoteError):
+    pass
+
+
+class NotFound(RemoteError):
+    pass
+
+
+class BadRequest(RemoteError):
+    pass
+
+
+class CommitConflict(RemoteError):
+    def __init__(self, conflict: Conflict) -> None:
+        super().__init__(f"commit refused: op {conflict.index} {conflict.reason}: {conflict.message}")
+        self.conflict = conflict
+
+
+class FsError(WebSyncError):
+    """A filesystem operation failed; ``errno`` is what a local disk would give."""
+
+    def __init__(self, code: int, message: str = "") -> None:
+        super().__init__(message or os.strerror(code))
+        self.errno = code
+
+
+def enoent(what: str = "") -> FsError:
+    return FsError(errno.ENOENT, what)

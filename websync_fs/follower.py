@@ -1,0 +1,199 @@
+"""The change follower: keeps the replica current from the server's journal.
+
+State machine::
+
+    listing --(whole tree applied)--> following --(reset answer)--> listing
+                                        |   ^
+                            (no answer) v   | (answer)
+                                       offline   (retries with backoff, the mount keeps working)
+
+Each answer is applied in one transaction together with the new cursor, so a
+crash at any point either re-applies the same changes (they are states, not
+deltas: applying twice is harmless) or none.
+
+A record that has local changes still waiting for the server (a queued item, or
+a file open for writing here) is not applied: local work wins locally until the
+queue settles it.  Such a record is *deferred* and applied by `settle()` once it
+is no longer busy, unless the queue's own commit has already moved past it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+
+import trio
+
+from websync_server.protocol import ROOT_ID, Changes, Entry, Node
+
+from .errors import Offline, RemoteError, Unauthorized
+from .remote import Remote
+from .replica import Replica
+from .vfs import Invalidation, Notify
+from .writeback import WriteBackQueue
+
+log = logging.getLogger(__name__)
+
+WAIT = 30.0
+
+
+class Applier:
+    """Applies server records to the replica and tells the kernel what changed."""
+
+    def __init__(self, replica: Replica, queue: WriteBackQueue, busy: Callable[[str], bool], notify: Notify) -> None:
+        self.replica = replica
+        self.queue = queue
+        self.busy = busy
+        self.notify = notify
+
+    def _ino(self, node: str) -> int | None:
+        row = self.replica.by_id(node)
+        return row.ino if row else None
+
+    def apply(self, nodes: tuple[Node, ...] | list[Node], entries: tuple[Entry, ...] | list[Entry],
+              cursor: int | None = None) -> None:
+        pending_nodes = self.queue.pending_nodes()
+        pending_entries = self.queue.pending_entries()
+        inv = Invalidation()
+        with self.replica.tx():
+            for node in nodes:
+                if node.id == ROOT_ID:
+                    continue
+                if node.id in pending_nodes or self.busy(node.id):
+                    self.replica.defer_node(node)
+                    continue
+                self._apply_node(node, inv)
+            for entry in entries:
+                if self._entry_busy(entry, pending_nodes, pending_entries):
+                    self.replica.defer_entry(entry)
+                    continue
+                self._apply_entry(entry, inv)
+            if cursor is not None:
+                self.replica.cursor = cursor
+        if inv:
+            self.notify(inv)
+
+    def _entry_busy(self, entry: Entry, pending_nodes: set[str], pending_entries: set[tuple[str, str]]) -> bool:
+        """True if applying *entry* would hide or replace something not yet uploaded."""
+        if (entry.parent, entry.name) in pending_entries:
+            return True
+        local = self.replica.lookup(entry.parent, entry.name)
+        return local is not None and local.id != entry.node and (local.id in pending_nodes or self.busy(local.id))
+
+    def _apply_node(self, node: Node, inv: Invalidation) -> None:
+        old, changed = self.replica.apply_node(node)
+        self.replica.forget_deferred_node(node.id)
+        if old is None:
+            return
+        if changed:
+            inv.inodes.append(old.ino)
+        elif old.mode != node.mode or old.mtime_ns != node.mtime_ns:
+            inv.attrs.append(old.ino)
+
+    def _apply_entry(self, entry: Entry, inv: Invalidation) -> None:
+        before = self.replica.apply_entry(entry)
+        self.replica.forget_deferred_entry(entry.parent, entry.name)
+        if before == entry.node:
+            return
+        parent = self._ino(entry.parent)
+        if parent is not None:
+            inv.entries.append((parent, entry.name))
+            inv.attrs.append(parent)
+        if before is not None and not self.replica.entries_of(before):
+            self.replica.set_orphan(before)
+            ino = self._ino(before)
+            if ino is not None:
+                inv.attrs.append(ino)
+
+    def settle(self) -> None:
+        """Apply deferred records that are no longer busy and still newer than ours."""
+        nodes, entries = self.replica.deferred()
+        if not nodes and not entries:
+            return
+        pending_nodes = self.queue.pending_nodes()
+        pending_entries = self.queue.pending_entries()
+        inv = Invalidation()
+        with self.replica.tx():
+            for node in nodes:
+                if node.id in pending_nodes or self.busy(node.id):
+                    continue
+                row = self.replica.by_id(node.id)
+                if row is not None and row.seq >= node.seq:
+                    self.replica.forget_deferred_node(node.id)
+                    continue
+                self._apply_node(node, inv)
+            for entry in entries:
+                if self._entry_busy(entry, pending_nodes, pending_entries):
+                    continue
+                if self.replica.entry_seq(entry.parent, entry.name) >= entry.seq:
+                    self.replica.forget_deferred_entry(entry.parent, entry.name)
+                    continue
+                self._apply_entry(entry, inv)
+        if inv:
+            self.notify(inv)
+
+    def reset(self) -> None:
+        """Forget what came from the server before listing the whole tree again."""
+        self.replica.clear_remote_state()
+        self.replica.cursor = 0
+
+
+class Follower:
+    """Long-polls the journal and applies what it returns."""
+
+    def __init__(self, remote: Remote, applier: Applier, on_state: Callable[[bool, str], None]) -> None:
+        self.remote = remote
+        self.applier = applier
+        self.on_state = on_state
+        self.online = False
+        self.last_contact = 0.0
+
+    def _mark(self, online: bool, error: str = "") -> None:
+        if online != self.online or error:
+            log.info("server is %s%s", "reachable" if online else "unreachable", f": {error}" if error else "")
+        self.online = online
+        if online:
+            self.last_contact = time.time()
+        self.on_state(online, error)
+
+    async def catch_up(self, wait: float = 0) -> bool:
+        """Fetch and apply changes once (all pages); True if any arrived."""
+        cursor = self.applier.replica.cursor
+        got = False
+        while True:
+            changes: Changes = await self.remote.changes(cursor, wait=wait)
+            self._mark(True)
+            if changes.reset:
+                log.warning("journal cursor %d is too old; listing the whole tree again", cursor)
+                self.applier.reset()
+                cursor = 0
+                continue
+            if changes.nodes or changes.entries:
+                got = True
+            self.applier.apply(changes.nodes, changes.entries, changes.cursor)
+            cursor = changes.cursor
+            if not changes.more:
+                return got
+            wait = 0
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        failures = 0
+        while True:
+            try:
+                await self.catch_up(wait=WAIT)
+                failures = 0
+            except Unauthorized as exc:
+                self._mark(False, str(exc))
+                await trio.sleep(60)
+            except (Offline, RemoteError) as exc:
+                failures += 1
+                self._mark(False, str(exc))
+                await trio.sleep(backoff(failures))
+
+
+def backoff(failures: int, base: float = 0.25, cap: float = 30.0) -> float:
+    """Exponential backoff with a cap (0.25 s, 0.5 s, 1 s, ... 30 s)."""
+    return min(cap, base * math.pow(2, max(0, failures - 1)))

@@ -1,0 +1,249 @@
+"""The pyfuse3 adapter: decode arguments, call one core method, translate errors once.
+
+Nothing here knows SQL, HTTP or cache policy.  The kernel is told about remote
+changes through `notify()`, which hands the work to a thread: pyfuse3's
+invalidate calls block until the kernel is done and must not run inside a
+request handler.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import math
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from .errors import FsError
+from .vfs import FileAttr, Invalidation, Vfs
+
+log = logging.getLogger(__name__)
+
+#: Attributes and entries stay in the kernel this long; remote changes
+#: invalidate them at once, so the timeout only bounds a missed notification.
+TIMEOUT = 60.0
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def translate(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Turn core errors into `FUSEError`; only FUSEError may leave a handler."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except FsError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as exc:
+            log.error("%s failed: %s", fn.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("unexpected error in %s", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def _name(raw: bytes) -> str:
+    return os.fsdecode(raw)
+
+
+class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, vfs: Vfs) -> None:
+        super().__init__()
+        self.vfs = vfs
+        self._dirs: dict[int, list[tuple[str, FileAttr]]] = {}
+        self._next_dir = 0
+        self._send, self._receive = trio.open_memory_channel[Invalidation](math.inf)
+
+    # -- kernel cache invalidation -------------------------------------------
+    def notify(self, inv: Invalidation) -> None:
+        self._send.send_nowait(inv)
+
+    async def invalidator(self) -> None:
+        async for inv in self._receive:
+            await trio.to_thread.run_sync(_invalidate, inv)
+
+    def _entry(self, attr: FileAttr) -> pyfuse3.EntryAttributes:
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = attr.ino
+        entry.generation = 0
+        entry.entry_timeout = TIMEOUT
+        entry.attr_timeout = TIMEOUT
+        entry.st_mode = attr.mode
+        entry.st_nlink = attr.nlink
+        entry.st_uid = self.vfs.uid
+        entry.st_gid = self.vfs.gid
+        entry.st_rdev = 0
+        entry.st_size = attr.size
+        entry.st_blksize = 128 * 1024
+        entry.st_blocks = (attr.size + 511) // 512
+        entry.st_atime_ns = attr.mtime_ns
+        entry.st_mtime_ns = attr.mtime_ns
+        entry.st_ctime_ns = attr.ctime_ns
+        return entry
+
+    def _remembered(self, attr: FileAttr) -> pyfuse3.EntryAttributes:
+        self.vfs.inodes.remember(attr.ino)
+        return self._entry(attr)
+
+    # -- metadata --------------------------------------------------------------
+    @translate
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self._remembered(self.vfs.lookup(parent_inode, _name(name)))
+
+    @translate
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self._entry(self.vfs.getattr(inode))
+
+    @translate
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
+        result = await self.vfs.setattr(
+            inode,
+            mode=attr.st_mode if fields.update_mode else None,
+            size=attr.st_size if fields.update_size else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            fh=fh,
+        )
+        return self._entry(result)
+
+    @translate
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        return os.fsencode(self.vfs.readlink(inode))
+
+    @translate
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        listing = self.vfs.listdir(inode)
+        self._next_dir += 1
+        self._dirs[self._next_dir] = listing
+        return self._next_dir
+
+    @translate
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        listing = self._dirs.get(fh, [])
+        for index in range(start_id, len(listing)):
+            name, attr = listing[index]
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._entry(attr), index + 1):
+                break
+            self.vfs.inodes.remember(attr.ino)
+
+    @translate
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    @translate
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        st = self.vfs.statfs()
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = st.f_bsize
+        data.f_frsize = st.f_frsize
+        data.f_blocks = st.f_blocks
+        data.f_bfree = st.f_bfree
+        data.f_bavail = st.f_bavail
+        data.f_files = st.f_files
+        data.f_ffree = st.f_ffree
+        data.f_favail = st.f_favail
+        data.f_namemax = 255
+        return data
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for inode, count in inode_list:
+            try:
+                self.vfs.forget(inode, count)
+            except Exception:  # forget cannot report errors; never let it kill the loop
+                log.exception("forget(%d) failed", inode)
+
+    # -- namespace ---------------------------------------------------------------
+    @translate
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        return self._remembered(self.vfs.mkdir(parent_inode, _name(name), mode))
+
+    @translate
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self.vfs.rmdir(parent_inode, _name(name))
+
+    @translate
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self.vfs.unlink(parent_inode, _name(name))
+
+    @translate
+    async def rename(
+        self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int, ctx: Any
+    ) -> None:
+        self.vfs.rename(parent_inode_old, _name(name_old), parent_inode_new, _name(name_new), flags)
+
+    @translate
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        return self._remembered(self.vfs.symlink(parent_inode, _name(name), os.fsdecode(target)))
+
+    @translate
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        raise FsError(errno.EPERM, "hard links are not supported yet")
+
+    @translate
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        raise FsError(errno.EPERM, "special files are not supported yet")
+
+    # -- files -------------------------------------------------------------------
+    @translate
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        fh, attr = self.vfs.create(parent_inode, _name(name), mode, flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._remembered(attr)
+
+    @translate
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        fh = await self.vfs.open(inode, flags)
+        # The page cache stays valid across opens: remote changes invalidate it.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @translate
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.vfs.read(fh, off, size)
+
+    @translate
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self.vfs.write(fh, off, buf)
+
+    @translate
+    async def flush(self, fh: int) -> None:
+        await self.vfs.flush(fh)
+
+    @translate
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.vfs.fsync(fh)
+
+    @translate
+    async def release(self, fh: int) -> None:
+        await self.vfs.release(fh)
+
+
+def _invalidate(inv: Invalidation) -> None:
+    for parent, name in inv.entries:
+        _quietly(pyfuse3.invalidate_entry, parent, os.fsencode(name))
+    for ino in inv.inodes:
+        _quietly(pyfuse3.invalidate_inode, ino, False)
+    for ino in set(inv.attrs) - set(inv.inodes):
+        _quietly(pyfuse3.invalidate_inode, ino, True)
+
+
+def _quietly(fn: Callable[..., None], *args: Any) -> None:
+    try:
+        fn(*args)
+    except OSError as exc:
+        # ENOENT: the kernel does not know this inode or entry: nothing to drop.
+        if exc.errno != errno.ENOENT:
+            log.warning("%s%r failed: %s", fn.__name__, args, exc)

@@ -1,0 +1,137 @@
+"""Where one machine's WebSync keeps its config, state and cache.
+
+A *home* is one independent machine: two homes on one computer are two clients
+with their own login, replica, queue and cache (that is how tests run several
+machines on one box).  ``--home DIR`` or ``$WEBSYNC_HOME`` puts everything under
+DIR; otherwise the XDG base directories are used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_CACHE_LIMIT = 10 * 1024**3
+
+
+@dataclass
+class Settings:
+    """The user-editable part of the config (``config.json``)."""
+
+    server: str = ""
+    user: str = ""
+    device: str = field(default_factory=socket.gethostname)
+    store: str = ""
+    cache_limit: int = DEFAULT_CACHE_LIMIT
+    #: Seconds a change waits for more changes before it is uploaded.
+    quiet_period: float = 0.2
+
+
+@dataclass(frozen=True)
+class Home:
+    config_dir: Path
+    state_dir: Path
+    cache_dir: Path
+
+    @classmethod
+    def locate(cls, home: str | os.PathLike[str] | None = None) -> Home:
+        root = home or os.environ.get("WEBSYNC_HOME")
+        if root:
+            base = Path(root).expanduser().absolute()
+            return cls(base, base / "state", base / "cache")
+        xdg = os.environ.get
+        config = Path(xdg("XDG_CONFIG_HOME") or Path.home() / ".config") / "websync"
+        state = Path(xdg("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "websync"
+        cache = Path(xdg("XDG_CACHE_HOME") or Path.home() / ".cache") / "websync"
+        return cls(config, state, cache)
+
+    # -- paths ---------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.config_dir / "config.json"
+
+    @property
+    def token_file(self) -> Path:
+        return self.config_dir / "token"
+
+    @property
+    def replica_db(self) -> Path:
+        return self.state_dir / "replica.db"
+
+    @property
+    def queue_db(self) -> Path:
+        return self.state_dir / "queue.db"
+
+    @property
+    def status_file(self) -> Path:
+        return self.state_dir / "status.json"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "mount.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "websync.log"
+
+    @property
+    def work_dir(self) -> Path:
+        """Working copies of files open for writing."""
+        return self.cache_dir / "work"
+
+    @property
+    def blocks_dir(self) -> Path:
+        return self.cache_dir / "blocks"
+
+    def ensure(self) -> None:
+        for path in (self.config_dir, self.state_dir, self.cache_dir, self.work_dir):
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    # -- settings and token --------------------------------------------------
+    def load_settings(self) -> Settings:
+        try:
+            data = json.loads(self.config_file.read_text())
+        except FileNotFoundError:
+            return Settings()
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read {self.config_file}: {exc}") from exc
+        known = {k: v for k, v in data.items() if k in Settings.__dataclass_fields__}
+        return Settings(**known)
+
+    def save_settings(self, settings: Settings) -> None:
+        self.ensure()
+        _write_private(self.config_file, json.dumps(asdict(settings), indent=2) + "\n")
+
+    def load_token(self) -> str:
+        try:
+            return self.token_file.read_text().strip()
+        except FileNotFoundError:
+            raise ConfigError("this machine is not logged in; run 'websync login URL --user NAME' first") from None
+
+    def save_token(self, token: str) -> None:
+        self.ensure()
+        _write_private(self.token_file, token + "\n")
+
+    def logged_in(self) -> tuple[Settings, str]:
+        settings = self.load_settings()
+        token = self.load_token()
+        if not settings.server:
+            raise ConfigError("this machine is not logged in; run 'websync login URL --user NAME' first")
+        return settings, token
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write *text* atomically to *path* with mode 0600 (it may hold a token)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)

@@ -1,0 +1,197 @@
+"""The one place that wires every layer together and runs a mount.
+
+Order of start-up: state database, cache (with every queued block protected
+again), remote, core, first catch-up with the journal, kernel mount, then the
+background tasks (follower, uploader, invalidator, status writer).  Shutdown
+runs in reverse; pending uploads stay in the queue for the next mount.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from cache import BlockCache
+
+from .blocksource import BlockSource
+from .errors import ConfigError, Offline
+from .follower import Applier, Follower
+from .fuse_ops import FuseOperations
+from .home import Home
+from .remote import Remote
+from .replica import Replica
+from .statedb import StateDb
+from .uploader import Uploader
+from .vfs import Vfs
+from .writeback import WriteBackQueue
+
+log = logging.getLogger(__name__)
+
+#: How long an unmount waits for pending uploads while the server answers.
+DRAIN_ON_UNMOUNT = 15.0
+
+
+class Mount:
+    """Every component of one mounted store, built by `build()`."""
+
+    def __init__(self, home: Home, mountpoint: Path) -> None:
+        self.home = home
+        self.mountpoint = mountpoint
+        settings, token = home.logged_in()
+        self.settings = settings
+        home.ensure()
+        self.db = StateDb(home.replica_db)
+        self.replica = Replica(self.db)
+        self.cache = BlockCache(home.blocks_dir, settings.cache_limit)
+        self.queue = WriteBackQueue(
+            self.db, quiet=settings.quiet_period, protect=self.cache.protect, unprotect=self.cache.unprotect
+        )
+        self.cache.protect(self.queue.all_blocks())
+        self.remote = Remote(settings.server, token, settings.store)
+        self.source = BlockSource(self.cache, self.remote)
+
+        def store_block(h: str, data: bytes) -> None:
+            self.cache.protect([h])  # held until the queue item protects it
+            self.cache.put(h, data)
+
+        self.vfs = Vfs(
+            self.db, self.replica, self.queue, self.source, store_block,
+            self.cache.unprotect, home.work_dir,
+        )
+        self.ops = FuseOperations(self.vfs)
+        self.applier = Applier(self.replica, self.queue, self.vfs.busy, self.ops.notify)
+        self.follower = Follower(self.remote, self.applier, self._on_state)
+        self.uploader = Uploader(
+            self.queue, self.replica, self.remote, self.cache.get, self.applier, self.ops.notify,
+            settings.device, self._on_state,
+        )
+        self.vfs.notify = self.ops.notify
+        self.vfs.on_settled = self.applier.settle
+        self.queue.on_enqueue(self.uploader.wake)
+        self.online = False
+        self.error = ""
+        self.closed = False
+        self._status_dirty = trio.Event()
+
+    def _on_state(self, online: bool, error: str) -> None:
+        if (online, error) != (self.online, self.error):
+            self.online, self.error = online, error
+            self._status_dirty.set()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "mountpoint": str(self.mountpoint),
+            "server": self.settings.server,
+            "user": self.settings.user,
+            "device": self.settings.device,
+            "online": self.online,
+            "error": self.error,
+            "last_contact": self.follower.last_contact,
+            "pending": len(self.queue),
+            "pending_bytes": self.queue.pending_bytes(),
+            "cursor": self.replica.cursor,
+            "updated": time.time(),
+        }
+
+    def write_status(self) -> None:
+        tmp = self.home.status_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status()))
+        os.replace(tmp, self.home.status_file)
+
+    async def _status_writer(self) -> None:
+        while True:
+            self.write_status()
+            self._status_dirty = trio.Event()
+            with trio.move_on_after(2.0):
+                await self._status_dirty.wait()
+
+    async def _first_sync(self) -> None:
+        """Bring the replica up to date before the kernel sees the tree."""
+        try:
+            with trio.fail_after(30):
+                await self.follower.catch_up()
+        except (Offline, trio.TooSlowError) as exc:
+            if self.replica.cursor == 0:
+                raise ConfigError(
+                    f"cannot reach {self.settings.server} and this machine has no copy of the tree yet: {exc}"
+                ) from exc
+            log.warning("server unreachable (%s): mounting offline from the local replica", exc)
+            self._on_state(False, str(exc))
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                log.info("signal %d: unmounting", signum)
+                pyfuse3.terminate()
+                return
+
+    async def _drain(self) -> None:
+        """Give pending uploads a short chance to go out before the process ends."""
+        with trio.move_on_after(DRAIN_ON_UNMOUNT):
+            while len(self.queue) and self.uploader.failures == 0:
+                await trio.sleep(0.1)
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        await self._first_sync()
+        options = set(pyfuse3.default_options)
+        options |= {"fsname=websync", "subtype=websync"}
+        if os.getuid() == 0:
+            options.add("allow_other")
+        pyfuse3.init(self.ops, str(self.mountpoint), options)
+        unmounted = False
+        try:
+            async with trio.open_nursery() as nursery:
+                self.vfs.start(nursery)
+                nursery.start_soon(self.ops.invalidator)
+                nursery.start_soon(self.follower.run)
+                nursery.start_soon(self.uploader.run)
+                nursery.start_soon(self._status_writer)
+                nursery.start_soon(self._signals)
+                self.home.pid_file.write_text(str(os.getpid()))
+                log.info("mounted %s at %s", self.settings.server, self.mountpoint)
+                ready()
+                await pyfuse3.main()
+                unmounted = True
+                await self._drain()
+                nursery.cancel_scope.cancel()
+        finally:
+            pyfuse3.close(unmount=not unmounted)
+            self.write_status_final()
+            await self.close()
+
+    def write_status_final(self) -> None:
+        try:
+            self.home.pid_file.unlink()
+        except FileNotFoundError:
+            pass
+        status = self.status()
+        status["pid"] = None
+        status["online"] = False
+        status["mountpoint"] = ""
+        self.home.status_file.write_text(json.dumps(status))
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        await self.remote.aclose()
+        self.cache.close()
+        self.db.close()
+
+
+async def run_mount(home: Home, mountpoint: Path, ready: Callable[[], None]) -> None:
+    mount = Mount(home, mountpoint)
+    try:
+        await mount.run(ready)
+    finally:
+        await mount.close()

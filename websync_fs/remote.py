@@ -1,0 +1,118 @@
+"""The client's view of the server: one method per HTTP call of docs/protocol.md.
+
+This is the only module that knows httpx.  Transport failures become `Offline`,
+HTTP error statuses become the matching `RemoteError`; nothing else escapes.
+The transport is injectable so tests can route calls anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+
+from websync_server.protocol import API, BlockHash, Changes, Conflict, NodeId, NodeState
+
+from .errors import BadRequest, CommitConflict, NotFound, Offline, RemoteError, ServerFull, Unauthorized
+
+log = logging.getLogger(__name__)
+
+_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+
+
+def _raise_for(resp: httpx.Response) -> None:
+    if resp.status_code < 400:
+        return
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {}
+    message = body.get("message") or resp.reason_phrase
+    status = resp.status_code
+    if status == 401:
+        raise Unauthorized("the server refused this device's token; run 'websync login' again")
+    if status == 409 and body.get("error") == "conflict":
+        raise CommitConflict(Conflict.from_wire(body))
+    if status == 404:
+        raise NotFound(message)
+    if status == 507:
+        raise ServerFull("the server's disk is full; changes stay queued")
+    if status in (400, 403, 413):
+        raise BadRequest(f"the server refused the request: {message}")
+    if status >= 500:
+        raise Offline(f"server error {status}: {message}")
+    raise RemoteError(f"unexpected answer {status}: {message}")
+
+
+async def login(
+    server: str, user: str, password: str, device: str, transport: httpx.AsyncBaseTransport | None = None
+) -> dict[str, Any]:
+    """Trade a password for a device token (``POST /v1/login``)."""
+    async with httpx.AsyncClient(base_url=server, timeout=_TIMEOUT, transport=transport) as client:
+        try:
+            resp = await client.post(f"{API}/login", json={"user": user, "password": password, "device": device})
+        except httpx.HTTPError as exc:
+            raise Offline(f"cannot reach {server}: {exc}") from exc
+    if resp.status_code == 401:
+        raise Unauthorized("wrong user name or password")
+    _raise_for(resp)
+    return resp.json()  # type: ignore[no-any-return]
+
+
+class Remote:
+    """Authenticated calls to one store on one server."""
+
+    def __init__(
+        self, server: str, token: str, store: str, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.server = server
+        self.store = store
+        limits = httpx.Limits(max_connections=16, max_keepalive_connections=8)
+        self._client = httpx.AsyncClient(
+            base_url=server,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=_TIMEOUT,
+            transport=transport,
+            limits=limits,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _request(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        try:
+            resp = await self._client.request(method, url, **kw)
+        except httpx.HTTPError as exc:
+            raise Offline(f"cannot reach {self.server}: {exc.__class__.__name__} {exc}") from exc
+        _raise_for(resp)
+        return resp
+
+    async def whoami(self) -> dict[str, Any]:
+        return (await self._request("GET", f"{API}/whoami")).json()  # type: ignore[no-any-return]
+
+    async def changes(self, cursor: int, wait: float = 0, limit: int = 10000) -> Changes:
+        params = {"cursor": cursor, "wait": wait, "limit": limit}
+        timeout = httpx.Timeout(wait + 30.0, connect=5.0)
+        resp = await self._request("GET", f"{API}/stores/{self.store}/changes", params=params, timeout=timeout)
+        return Changes.from_wire(resp.json())
+
+    async def node_state(self, node: NodeId) -> NodeState:
+        resp = await self._request("GET", f"{API}/stores/{self.store}/nodes/{node}")
+        return NodeState.from_wire(resp.json())
+
+    async def missing(self, hashes: list[BlockHash]) -> list[BlockHash]:
+        if not hashes:
+            return []
+        resp = await self._request("POST", f"{API}/blocks/missing", json={"hashes": hashes})
+        return [BlockHash(h) for h in resp.json()["missing"]]
+
+    async def put_block(self, h: BlockHash, data: bytes) -> None:
+        await self._request("PUT", f"{API}/blocks/{h}", content=data)
+
+    async def get_block(self, h: BlockHash) -> bytes:
+        return (await self._request("GET", f"{API}/blocks/{h}")).content
+
+    async def commit(self, batch: str, ops: list[dict[str, Any]]) -> int:
+        resp = await self._request("POST", f"{API}/stores/{self.store}/commit", json={"batch": batch, "ops": ops})
+        return int(resp.json()["seq"])

@@ -1,0 +1,297 @@
+"""The local metadata replica: the whole tree of the store, without contents.
+
+Every lookup, getattr, readdir and statfs is answered from here, so browsing is
+instant and works offline.  The change follower keeps it current from the
+server's journal; local operations change it at once and queue the same change
+for the server.
+
+Schema (tables of the state database, statedb.py):
+
+``nodes``   one row per node.  ``ino`` is the local inode number: assigned once,
+            never reused (AUTOINCREMENT), stable across restarts.  ``id`` is the
+            server's node id; it can be *remapped* (a conflict turns the local
+            file into a new server node) without the kernel seeing a new inode.
+            ``seq`` is the last server seq seen for the node (0: not yet on the
+            server) and is the precondition of the next update.  ``orphan`` marks
+            a node with no entries left that an open handle or the kernel still
+            uses; it is purged on forget and at start-up.
+``entries`` (parent id, name) -> node id, with the entry's server seq.
+``deferred_nodes``, ``deferred_entries``  remote states the follower received
+            for records that have local changes waiting for upload; applied
+            when the queue settles them (see follower.py).
+``meta``    the journal cursor and other small values.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+from typing import Any
+
+from websync_server.protocol import ROOT_ID, BlockHash, Entry, Node, NodeId
+
+from .statedb import StateDb
+
+ROOT_INO = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+    ino INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    mode INTEGER NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    blocks TEXT NOT NULL DEFAULT '[]',
+    target TEXT NOT NULL DEFAULT '',
+    seq INTEGER NOT NULL DEFAULT 0,
+    orphan INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS entries (
+    parent TEXT NOT NULL,
+    name TEXT NOT NULL,
+    node TEXT NOT NULL,
+    seq INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (parent, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entries_node ON entries (node);
+CREATE TABLE IF NOT EXISTS deferred_nodes (id TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deferred_entries (
+    parent TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (parent, name)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    ino: int
+    id: NodeId
+    kind: str
+    mode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    blocks: tuple[BlockHash, ...]
+    target: str
+    seq: int
+    orphan: bool
+
+
+_COLS = "ino, id, kind, mode, size, mtime_ns, ctime_ns, blocks, target, seq, orphan"
+
+
+def _row(r: tuple[Any, ...] | None) -> NodeRow | None:
+    if r is None:
+        return None
+    return NodeRow(
+        ino=r[0], id=NodeId(r[1]), kind=r[2], mode=r[3], size=r[4], mtime_ns=r[5], ctime_ns=r[6],
+        blocks=tuple(json.loads(r[7])), target=r[8], seq=r[9], orphan=bool(r[10]),
+    )
+
+
+class Replica:
+    """Synchronous access to the replica database (called on the event loop: fast, local)."""
+
+    def __init__(self, db: StateDb) -> None:
+        self.state = db
+        self._db = db.conn
+        self._db.executescript(_SCHEMA)
+        if self.get(ROOT_INO) is None:
+            now = time.time_ns()
+            self._db.execute(
+                f"INSERT INTO nodes ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (ROOT_INO, ROOT_ID, "dir", 0o755, 0, now, now, "[]", "", 0, 0),
+            )
+
+    def tx(self) -> AbstractContextManager[None]:
+        return self.state.tx()
+
+    # -- reading -------------------------------------------------------------
+    def get(self, ino: int) -> NodeRow | None:
+        return _row(self._db.execute(f"SELECT {_COLS} FROM nodes WHERE ino=?", (ino,)).fetchone())
+
+    def by_id(self, node: str) -> NodeRow | None:
+        return _row(self._db.execute(f"SELECT {_COLS} FROM nodes WHERE id=?", (node,)).fetchone())
+
+    def lookup(self, parent: str, name: str) -> NodeRow | None:
+        return _row(
+            self._db.execute(
+                f"SELECT {', '.join('n.' + c.strip() for c in _COLS.split(','))} FROM entries e "
+                "JOIN nodes n ON n.id = e.node WHERE e.parent=? AND e.name=?",
+                (parent, name),
+            ).fetchone()
+        )
+
+    def children(self, parent: str, after: str = "", limit: int = -1) -> list[tuple[str, NodeRow]]:
+        cols = ", ".join("n." + c.strip() for c in _COLS.split(","))
+        rows = self._db.execute(
+            f"SELECT e.name, {cols} FROM entries e JOIN nodes n ON n.id = e.node "
+            "WHERE e.parent=? AND e.name > ? ORDER BY e.name LIMIT ?",
+            (parent, after, limit),
+        ).fetchall()
+        return [(r[0], _row(r[1:])) for r in rows]  # type: ignore[misc]
+
+    def has_children(self, parent: str) -> bool:
+        return self._db.execute("SELECT 1 FROM entries WHERE parent=? LIMIT 1", (parent,)).fetchone() is not None
+
+    def count_subdirs(self, parent: str) -> int:
+        row = self._db.execute(
+            "SELECT count(*) FROM entries e JOIN nodes n ON n.id=e.node WHERE e.parent=? AND n.kind='dir'",
+            (parent,),
+        ).fetchone()
+        return int(row[0])
+
+    def entries_of(self, node: str) -> list[tuple[NodeId, str]]:
+        rows = self._db.execute("SELECT parent, name FROM entries WHERE node=?", (node,)).fetchall()
+        return [(NodeId(p), n) for p, n in rows]
+
+    def entry_seq(self, parent: str, name: str) -> int:
+        row = self._db.execute("SELECT seq FROM entries WHERE parent=? AND name=?", (parent, name)).fetchone()
+        return int(row[0]) if row else 0
+
+    def totals(self) -> tuple[int, int]:
+        """Number of live nodes and their total size."""
+        row = self._db.execute("SELECT count(*), coalesce(sum(size), 0) FROM nodes WHERE orphan=0").fetchone()
+        return int(row[0]), int(row[1])
+
+    # -- writing -------------------------------------------------------------
+    def add_node(
+        self, node: NodeId, kind: str, mode: int, *, size: int = 0, mtime_ns: int | None = None,
+        blocks: tuple[BlockHash, ...] = (), target: str = "", seq: int = 0,
+    ) -> NodeRow:
+        now = time.time_ns()
+        mtime = now if mtime_ns is None else mtime_ns
+        cur = self._db.execute(
+            "INSERT INTO nodes (id, kind, mode, size, mtime_ns, ctime_ns, blocks, target, seq) "
+            "VALUES (?,?,?,?,?,?,?,?,?)",
+            (node, kind, mode, size, mtime, now, json.dumps(blocks), target, seq),
+        )
+        row = self.get(int(cur.lastrowid or 0))
+        assert row is not None
+        return row
+
+    def update_node(self, node: str, **fields: Any) -> None:
+        if "blocks" in fields:
+            fields["blocks"] = json.dumps(list(fields["blocks"]))
+        fields.setdefault("ctime_ns", time.time_ns())
+        assigns = ", ".join(f"{k}=?" for k in fields)
+        self._db.execute(f"UPDATE nodes SET {assigns} WHERE id=?", (*fields.values(), node))
+
+    def set_entry(self, parent: str, name: str, node: str, seq: int = 0) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO entries (parent, name, node, seq) VALUES (?,?,?,?)", (parent, name, node, seq)
+        )
+        # A node named again is no orphan (a rename can remove its old entry first).
+        self._db.execute("UPDATE nodes SET orphan=0 WHERE id=? AND orphan=1", (node,))
+
+    def set_entry_seq(self, parent: str, name: str, seq: int) -> None:
+        self._db.execute("UPDATE entries SET seq=? WHERE parent=? AND name=?", (seq, parent, name))
+
+    def remove_entry(self, parent: str, name: str) -> None:
+        self._db.execute("DELETE FROM entries WHERE parent=? AND name=?", (parent, name))
+
+    def drop_node(self, node: str) -> None:
+        self._db.execute("DELETE FROM nodes WHERE id=?", (node,))
+        self._db.execute("DELETE FROM deferred_nodes WHERE id=?", (node,))
+
+    def set_orphan(self, node: str, orphan: bool = True) -> None:
+        self._db.execute("UPDATE nodes SET orphan=? WHERE id=?", (int(orphan), node))
+
+    def purge_orphans(self) -> int:
+        return self._db.execute("DELETE FROM nodes WHERE orphan=1").rowcount
+
+    def remap(self, old: str, new: NodeId, seq: int = 0) -> None:
+        """Give node *old* the server id *new*, keeping its inode number."""
+        with self.tx():
+            self._db.execute("UPDATE nodes SET id=?, seq=? WHERE id=?", (new, seq, old))
+            self._db.execute("UPDATE entries SET node=? WHERE node=?", (new, old))
+            self._db.execute("UPDATE entries SET parent=? WHERE parent=?", (new, old))
+
+    # -- remote state ------------------------------------------------------------
+    def apply_node(self, node: Node) -> tuple[NodeRow | None, bool]:
+        """Make the replica hold the server's *node*; return (old row, content changed)."""
+        old = self.by_id(node.id)
+        if node.deleted:
+            if old is not None:
+                if self.entries_of(node.id):
+                    # Entries still naming it are removed by their own records.
+                    pass
+                self.set_orphan(node.id)
+            return old, old is not None
+        if old is None:
+            self.add_node(
+                node.id, node.kind, node.mode, size=node.size, mtime_ns=node.mtime_ns,
+                blocks=node.blocks, target=node.target, seq=node.seq,
+            )
+            return None, False
+        changed = old.blocks != node.blocks or old.size != node.size or old.target != node.target
+        self.update_node(
+            node.id, kind=node.kind, mode=node.mode, size=node.size, mtime_ns=node.mtime_ns,
+            blocks=node.blocks, target=node.target, seq=node.seq, orphan=0,
+        )
+        return old, changed
+
+    def apply_entry(self, entry: Entry) -> NodeId | None:
+        """Make the replica hold the server's *entry*; return the node it named before."""
+        row = self._db.execute(
+            "SELECT node FROM entries WHERE parent=? AND name=?", (entry.parent, entry.name)
+        ).fetchone()
+        before = NodeId(row[0]) if row else None
+        if entry.node is None:
+            self.remove_entry(entry.parent, entry.name)
+        else:
+            self.set_entry(entry.parent, entry.name, entry.node, entry.seq)
+        return before
+
+    def defer_node(self, node: Node) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO deferred_nodes (id, data) VALUES (?, ?)", (node.id, json.dumps(node.to_wire()))
+        )
+
+    def defer_entry(self, entry: Entry) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO deferred_entries (parent, name, data) VALUES (?,?,?)",
+            (entry.parent, entry.name, json.dumps(entry.to_wire())),
+        )
+
+    def deferred(self) -> tuple[list[Node], list[Entry]]:
+        nodes = [Node.from_wire(json.loads(d)) for (d,) in self._db.execute("SELECT data FROM deferred_nodes")]
+        entries = [Entry.from_wire(json.loads(d)) for (d,) in self._db.execute("SELECT data FROM deferred_entries")]
+        return nodes, entries
+
+    def forget_deferred_node(self, node: str) -> None:
+        self._db.execute("DELETE FROM deferred_nodes WHERE id=?", (node,))
+
+    def forget_deferred_entry(self, parent: str, name: str) -> None:
+        self._db.execute("DELETE FROM deferred_entries WHERE parent=? AND name=?", (parent, name))
+
+    def clear_remote_state(self) -> None:
+        """Forget everything that came from the server (a journal reset)."""
+        with self.tx():
+            self._db.execute("DELETE FROM deferred_nodes")
+            self._db.execute("DELETE FROM deferred_entries")
+            self._db.execute("DELETE FROM entries WHERE seq > 0")
+
+    # -- meta ------------------------------------------------------------------------
+    def meta(self, key: str, default: str = "") -> str:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return str(row[0]) if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    @property
+    def cursor(self) -> int:
+        return int(self.meta("cursor", "0"))
+
+    @cursor.setter
+    def cursor(self, value: int) -> None:
+        self.set_meta("cursor", str(value))
+
+
+def with_seq(row: NodeRow, seq: int) -> NodeRow:
+    return replace(row, seq=seq)

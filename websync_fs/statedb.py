@@ -1,0 +1,65 @@
+"""The client's state database: one SQLite file for the replica and the queue.
+
+Both live in one database so that a local change and the queue item that sends
+it to the server are written in one transaction: after a crash either both are
+there or neither is.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class StateDb:
+    def __init__(self, path: Path | str) -> None:
+        self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: a killed process loses nothing (the log is in the page
+        # cache); `sync()` covers power loss and is called for fsync().
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self._depth = 0
+        self._after: list[Callable[[], None]] = []
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def execute(self, sql: str, params: tuple[object, ...] | list[object] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)
+
+    @contextmanager
+    def tx(self) -> Iterator[None]:
+        """One transaction; nested uses join the outer one.
+
+        Callbacks registered with `after_commit` run once the outermost
+        transaction has committed, and are dropped if it rolls back.
+        """
+        if self._depth == 0:
+            self.conn.execute("BEGIN IMMEDIATE")
+        self._depth += 1
+        try:
+            yield
+        except BaseException:
+            self._depth -= 1
+            if self._depth == 0:
+                self.conn.execute("ROLLBACK")
+                self._after.clear()
+            raise
+        self._depth -= 1
+        if self._depth == 0:
+            self.conn.execute("COMMIT")
+            after, self._after = self._after, []
+            for fn in after:
+                fn()
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        if self._depth == 0:
+            fn()
+        else:
+            self._after.append(fn)
+
+    def sync(self) -> None:
+        """Make everything committed so far durable against power loss."""
+        self.conn.execute("PRAGMA wal_checkpoint(FULL)")

@@ -1,0 +1,309 @@
+"""Sends the write-back queue to the server and settles conflicts.
+
+One task takes batches from the queue in order, uploads the blocks the server
+lacks, and commits the batch.  A refused commit (409) is settled here so that
+nobody's bytes are lost:
+
+==========  ===========  =====================================================
+op          reason       what happens
+==========  ===========  =====================================================
+update      changed      the server's version stays at the path; ours becomes
+                         a conflict copy beside it (a new file)
+update      missing      deleted elsewhere while edited here: the edit wins,
+                         the file is created again at its path
+create,     exists       the name was taken elsewhere: ours takes a conflict
+mkdir,                   name beside it
+symlink
+create ...  missing,     the folder was deleted elsewhere: ours goes to the
+            not_dir      top folder under a conflict name
+delete      changed      edited elsewhere: the edit wins, the file comes back
+delete      not_empty    files were added elsewhere: the folder comes back
+delete      missing      already gone: nothing to do
+rename      exists       the new name was taken elsewhere: a conflict name
+rename      other        the source moved or vanished elsewhere: the server's
+                         placement is taken
+setattr     missing      the node is gone: nothing to do
+==========  ===========  =====================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from websync_server.protocol import (
+    CONFLICT_CHANGED,
+    CONFLICT_EXISTS,
+    CONFLICT_MISSING,
+    KIND_DIR,
+    OP_CREATE,
+    OP_DELETE,
+    OP_MKDIR,
+    OP_RENAME,
+    OP_SETATTR,
+    OP_SYMLINK,
+    OP_UPDATE,
+    ROOT_ID,
+    BlockHash,
+    Conflict,
+    NodeId,
+    new_node_id,
+)
+
+from .conflicts import conflict_name
+from .errors import BadRequest, CommitConflict, NotFound, Offline, RemoteError, ServerFull, Unauthorized
+from .follower import Applier, backoff
+from .remote import Remote
+from .replica import Replica
+from .vfs import Invalidation, Notify
+from .writeback import Item, WriteBackQueue
+
+log = logging.getLogger(__name__)
+
+_NODE_OPS = (OP_CREATE, OP_MKDIR, OP_SYMLINK, OP_UPDATE, OP_SETATTR)
+
+
+class Uploader:
+    def __init__(
+        self, queue: WriteBackQueue, replica: Replica, remote: Remote, read_block: Callable[[str], bytes | None],
+        applier: Applier, notify: Notify, device: str, on_state: Callable[[bool, str], None],
+    ) -> None:
+        self.queue = queue
+        self.replica = replica
+        self.remote = remote
+        self._read_block = read_block
+        self.applier = applier
+        self.notify = notify
+        self.device = device
+        self.on_state = on_state
+        self._wake = trio.Event()
+        self.failures = 0
+        self.last_error = ""
+        self.uploaded_bytes = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        batch = self.queue.inflight()  # a batch cut short by a crash is resent as it was
+        while True:
+            if not batch:
+                batch = self.queue.take()
+            if not batch:
+                await self._sleep()
+                continue
+            await self.send(batch)
+            batch = []
+
+    async def _sleep(self) -> None:
+        self._wake = trio.Event()
+        ready = self.queue.next_ready_at()
+        timeout = float("inf") if ready is None else max(0.0, ready - time.time())
+        with trio.move_on_after(timeout):
+            await self._wake.wait()
+
+    async def send(self, batch: list[Item]) -> bool:
+        """Try to commit *batch*; True when it was committed."""
+        try:
+            await self._commit(batch)
+        except CommitConflict as exc:
+            log.info("commit refused: %s", exc)
+            await self._settle_conflict(batch, exc.conflict)
+            self.queue.fail(batch, 0, str(exc))
+            return False
+        except (Offline, ServerFull, NotFound, BadRequest, Unauthorized, RemoteError) as exc:
+            self.failures += 1
+            self.last_error = str(exc)
+            delay = backoff(self.failures, cap=60.0)
+            if isinstance(exc, (BadRequest, NotFound)):
+                log.error("server refused batch %s: %s (retrying in %.0f s)", batch[0].batch, exc, delay)
+            else:
+                log.info("upload deferred (%s); retrying in %.1f s", exc, delay)
+            self.queue.fail(batch, delay, str(exc))
+            self.on_state(False, str(exc))
+            return False
+        self.failures = 0
+        self.last_error = ""
+        self.on_state(True, "")
+        return True
+
+    def _op(self, item: Item) -> dict[str, Any]:
+        op = dict(item.op)
+        if op["op"] in (OP_UPDATE, OP_DELETE):
+            row = self.replica.by_id(op["id"])
+            if row is not None:
+                op["base"] = row.seq
+        return op
+
+    async def _commit(self, batch: list[Item]) -> None:
+        ops = [self._op(item) for item in batch]
+        hashes = list(dict.fromkeys(h for op in ops for h in op.get("blocks", ())))
+        missing = await self.remote.missing([BlockHash(h) for h in hashes])
+        if missing:
+            async with trio.open_nursery() as nursery:
+                limiter = trio.CapacityLimiter(4)
+                for h in missing:
+                    nursery.start_soon(self._upload, h, limiter)
+        batch_id = batch[0].batch or ""
+        seq = await self.remote.commit(batch_id, ops)
+        with self.replica.tx():
+            for op in ops:
+                if op["op"] in _NODE_OPS:
+                    self.replica.update_node(op["id"], seq=seq)
+                if op["op"] in (OP_CREATE, OP_MKDIR, OP_SYMLINK):
+                    self.replica.set_entry_seq(op["parent"], op["name"], seq)
+                elif op["op"] == OP_RENAME:
+                    self.replica.set_entry_seq(op["new_parent"], op["new_name"], seq)
+            self.queue.done(batch)
+        self.applier.settle()
+
+    async def _upload(self, h: BlockHash, limiter: trio.CapacityLimiter) -> None:
+        async with limiter:
+            data = await trio.to_thread.run_sync(self._read_block, h)
+            if data is None:
+                # Queued blocks are protected in the cache; losing one is a bug or disk damage.
+                raise RemoteError(f"block {h} waiting for upload is missing from the local cache")
+            await self.remote.put_block(h, data)
+            self.uploaded_bytes += len(data)
+
+    # -- conflicts -------------------------------------------------------------
+    def _free_name(self, parent: str, name: str) -> str:
+        return conflict_name(name, self.device, taken=lambda n: self.replica.lookup(parent, n) is not None)
+
+    def _ino(self, node: str) -> int | None:
+        row = self.replica.by_id(node)
+        return row.ino if row else None
+
+    async def _settle_conflict(self, batch: list[Item], conflict: Conflict) -> None:
+        if not 0 <= conflict.index < len(batch):
+            raise RemoteError(f"conflict names op {conflict.index} of a batch of {len(batch)}")
+        item = batch[conflict.index]
+        op = dict(item.op)
+        kind, reason = op["op"], conflict.reason
+        inv = Invalidation()
+        log.warning("conflict on %s of %s (%s): settling", kind, op.get("name") or op["id"], reason)
+        if kind == OP_UPDATE:
+            self._update_conflict(item, op, conflict, inv)
+        elif kind in (OP_CREATE, OP_MKDIR, OP_SYMLINK):
+            self._create_conflict(item, op, reason, inv)
+        elif kind == OP_DELETE:
+            with self.replica.tx():
+                if reason != CONFLICT_MISSING and conflict.node is not None:
+                    self._restore(op, conflict, inv)
+                self.queue.replace(item, None)
+        elif kind == OP_RENAME and reason == CONFLICT_EXISTS:
+            with self.replica.tx():
+                new_name = self._free_name(op["new_parent"], op["new_name"])
+                self._move_entry(op["new_parent"], op["new_name"], new_name, op["id"], inv)
+                self.queue.replace(item, dict(op, new_name=new_name))
+        elif kind == OP_RENAME:
+            await self._take_server_placement(item, op["id"], inv)
+        else:
+            self.queue.replace(item, None)
+        self.notify(inv)
+        self.applier.settle()
+
+    def _update_conflict(self, item: Item, op: dict[str, Any], conflict: Conflict, inv: Invalidation) -> None:
+        row = self.replica.by_id(op["id"])
+        places = self.replica.entries_of(op["id"])
+        if row is None or not places:
+            log.info("dropping the update of %s: it was deleted here too", op["id"])
+            self.queue.replace(item, None)
+            return
+        parent, name = places[0]
+        with self.replica.tx():
+            if conflict.reason == CONFLICT_CHANGED and conflict.node is not None and not conflict.node.deleted:
+                # The server's version stays at the path; ours goes beside it.
+                copy = new_node_id()
+                copy_name = self._free_name(parent, name)
+                self.replica.add_node(
+                    copy, row.kind, row.mode, size=op["size"], mtime_ns=op["mtime_ns"], blocks=tuple(op["blocks"])
+                )
+                self.replica.set_entry(parent, copy_name, copy)
+                self.replica.apply_node(conflict.node)
+                self.replica.forget_deferred_node(op["id"])
+                self.queue.replace(
+                    item,
+                    {"op": OP_CREATE, "id": copy, "parent": parent, "name": copy_name, "mode": row.mode,
+                     "mtime_ns": op["mtime_ns"], "size": op["size"], "blocks": op["blocks"]},
+                )
+                inv.inodes.append(row.ino)
+                self._entry_changed(parent, copy_name, inv)
+                log.warning("%s was changed on another machine too: this machine's version is now %r",
+                            name, copy_name)
+            else:
+                # Deleted elsewhere while edited here: the edit wins under a new id.
+                fresh = new_node_id()
+                self.replica.remap(op["id"], fresh)
+                self.queue.remap(op["id"], fresh)
+                self.queue.replace(
+                    item,
+                    {"op": OP_CREATE, "id": fresh, "parent": parent, "name": name, "mode": row.mode,
+                     "mtime_ns": op["mtime_ns"], "size": op["size"], "blocks": op["blocks"]},
+                )
+                log.warning("%s was deleted on another machine while edited here: keeping the edit", name)
+
+    def _create_conflict(self, item: Item, op: dict[str, Any], reason: str, inv: Invalidation) -> None:
+        with self.replica.tx():
+            parent = op["parent"]
+            if reason != CONFLICT_EXISTS:
+                # The folder is gone on the server: keep ours at the top.
+                new_parent = NodeId(ROOT_ID)
+            else:
+                new_parent = parent
+            new_name = self._free_name(new_parent, op["name"])
+            self.replica.remove_entry(parent, op["name"])
+            self.replica.set_entry(new_parent, new_name, op["id"])
+            self._entry_changed(parent, op["name"], inv)
+            self._entry_changed(new_parent, new_name, inv)
+            self.queue.replace(item, dict(op, parent=new_parent, name=new_name))
+            self.queue.remap_entry(parent, op["name"], new_parent, new_name)
+
+    def _restore(self, op: dict[str, Any], conflict: Conflict, inv: Invalidation) -> None:
+        node = conflict.node
+        assert node is not None
+        self.replica.apply_node(node)
+        self.replica.set_orphan(node.id, False)
+        name = op["name"]
+        if self.replica.lookup(op["parent"], name) is not None:
+            name = self._free_name(op["parent"], name)
+        self.replica.set_entry(op["parent"], name, node.id, node.seq)
+        self._entry_changed(op["parent"], name, inv)
+        log.warning("%s was changed on another machine after it was deleted here: restored", name)
+
+    def _move_entry(self, parent: str, old: str, new: str, node: str, inv: Invalidation) -> None:
+        self.replica.remove_entry(parent, old)
+        self.replica.set_entry(parent, new, node)
+        self._entry_changed(parent, old, inv)
+        self._entry_changed(parent, new, inv)
+
+    def _entry_changed(self, parent: str, name: str, inv: Invalidation) -> None:
+        ino = self._ino(parent)
+        if ino is not None:
+            inv.entries.append((ino, name))
+            inv.attrs.append(ino)
+
+    async def _take_server_placement(self, item: Item, node: str, inv: Invalidation) -> None:
+        try:
+            state = await self.remote.node_state(NodeId(node))
+        except NotFound:
+            state = None
+        with self.replica.tx():
+            for parent, name in self.replica.entries_of(node):
+                self.replica.remove_entry(parent, name)
+                self._entry_changed(parent, name, inv)
+            if state is None or state.node.deleted:
+                self.replica.set_orphan(node)
+            else:
+                row = self.replica.by_id(node)
+                kind = row.kind if row else KIND_DIR
+                for entry in state.entries:
+                    self.replica.set_entry(entry.parent, entry.name, node, entry.seq)
+                    self._entry_changed(entry.parent, entry.name, inv)
+                log.info("kept the server's placement of %s (%s)", node, kind)
+            self.queue.replace(item, None)

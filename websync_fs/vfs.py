@@ -1,0 +1,522 @@
+"""The platform-neutral filesystem core.
+
+Every mount adapter (pyfuse3, winfspy) decodes its arguments and calls one method
+here.  Metadata comes from the replica and never waits on the network; file
+content comes from working copies (open for writing) or the block source.
+Every change is applied to the replica and queued for the server in one
+transaction of the state database.
+
+Errors leave as `FsError` carrying the errno a local filesystem would give.
+
+Concurrency: all methods run on the trio loop.  A stretch without ``await`` is
+atomic with respect to other requests and to the follower; the replica
+transactions below rely on that (no ``await`` inside ``with self._db.tx()``).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from websync_server.protocol import (
+    BLOCK_SIZE,
+    KIND_DIR,
+    KIND_FILE,
+    KIND_SYMLINK,
+    NAME_MAX,
+    OP_CREATE,
+    OP_DELETE,
+    OP_MKDIR,
+    OP_RENAME,
+    OP_SETATTR,
+    OP_SYMLINK,
+    OP_UPDATE,
+    InvalidName,
+    NodeId,
+    new_node_id,
+    validate_name,
+)
+
+from .blocksource import BlockSource
+from .errors import FsError, Offline, RemoteError
+from .handles import Handle, HandleTable
+from .inodes import InodeTable
+from .replica import ROOT_INO, NodeRow, Replica
+from .statedb import StateDb
+from .workcopy import WorkingCopy
+from .writeback import WriteBackQueue
+
+log = logging.getLogger(__name__)
+
+_TYPE = {KIND_FILE: stat.S_IFREG, KIND_DIR: stat.S_IFDIR, KIND_SYMLINK: stat.S_IFLNK}
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+@dataclass(frozen=True)
+class FileAttr:
+    ino: int
+    mode: int  # with the S_IF* type bits
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    nlink: int
+
+
+@dataclass
+class Invalidation:
+    """Kernel caches to drop: inodes whose data/attributes changed, entries renamed/removed."""
+
+    inodes: list[int] = field(default_factory=list)
+    attrs: list[int] = field(default_factory=list)
+    entries: list[tuple[int, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.inodes or self.attrs or self.entries)
+
+
+Notify = Callable[[Invalidation], None]
+
+
+def check_name(name: str) -> str:
+    if len(os.fsencode(name)) > NAME_MAX:
+        raise FsError(errno.ENAMETOOLONG)
+    try:
+        return validate_name(name)
+    except InvalidName as exc:
+        raise FsError(errno.EINVAL, str(exc)) from exc
+
+
+class Vfs:
+    def __init__(
+        self, db: StateDb, replica: Replica, queue: WriteBackQueue, source: BlockSource,
+        store_block: Callable[[str, bytes], None], release_blocks: Callable[[list[str]], None],
+        work_dir: Path, *, uid: int | None = None, gid: int | None = None,
+    ) -> None:
+        self._db = db
+        self.replica = replica
+        self.queue = queue
+        self.source = source
+        self._store_block = store_block
+        self._release_blocks = release_blocks
+        self._work_dir = work_dir
+        self.inodes = InodeTable()
+        self.handles = HandleTable()
+        self._work: dict[int, WorkingCopy] = {}
+        self._mtime: dict[int, int] = {}  # mtime of working copies, set on write
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self.notify: Notify = lambda inv: None
+        self.on_settled: Callable[[], None] = lambda: None
+        self._nursery: trio.Nursery | None = None
+
+    def start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        for leftover in self._work_dir.glob("*"):
+            # Unsealed bytes of a killed session: what was closed is queued already.
+            leftover.unlink()
+        with self._db.tx():
+            self.replica.purge_orphans()
+
+    # -- helpers -------------------------------------------------------------
+    def _row(self, ino: int) -> NodeRow:
+        row = self.replica.get(ino)
+        if row is None:
+            raise FsError(errno.ENOENT)
+        return row
+
+    def _dir(self, ino: int) -> NodeRow:
+        row = self._row(ino)
+        if row.kind != KIND_DIR:
+            raise FsError(errno.ENOTDIR)
+        if row.orphan:
+            raise FsError(errno.ENOENT)
+        return row
+
+    def attr(self, row: NodeRow) -> FileAttr:
+        size, mtime = row.size, row.mtime_ns
+        work = self._work.get(row.ino)
+        if work is not None:
+            size = work.size
+            mtime = self._mtime.get(row.ino, mtime)
+        if row.kind == KIND_DIR:
+            nlink = 2 + self.replica.count_subdirs(row.id)
+        else:
+            nlink = 0 if row.orphan else max(1, len(self.replica.entries_of(row.id)))
+        if row.kind == KIND_SYMLINK:
+            size = len(os.fsencode(row.target))
+        return FileAttr(row.ino, _TYPE[row.kind] | row.mode, size, mtime, max(row.ctime_ns, mtime), nlink)
+
+    def busy(self, node: str) -> bool:
+        """True while *node* has a local writer: remote changes to it must wait."""
+        row = self.replica.by_id(node)
+        return row is not None and row.ino in self._work
+
+    def is_dirty(self, ino: int) -> bool:
+        return ino in self._work
+
+    # -- metadata ------------------------------------------------------------
+    def lookup(self, parent: int, name: str) -> FileAttr:
+        pdir = self._dir(parent)
+        if name == ".":
+            return self.attr(pdir)
+        row = self.replica.lookup(pdir.id, name)
+        if row is None:
+            if len(os.fsencode(name)) > NAME_MAX:
+                raise FsError(errno.ENAMETOOLONG)
+            raise FsError(errno.ENOENT)
+        return self.attr(row)
+
+    def getattr(self, ino: int) -> FileAttr:
+        return self.attr(self._row(ino))
+
+    def listdir(self, ino: int) -> list[tuple[str, FileAttr]]:
+        pdir = self._dir(ino)
+        return [(name, self.attr(row)) for name, row in self.replica.children(pdir.id)]
+
+    def readlink(self, ino: int) -> str:
+        row = self._row(ino)
+        if row.kind != KIND_SYMLINK:
+            raise FsError(errno.EINVAL)
+        return row.target
+
+    def forget(self, ino: int, count: int) -> None:
+        if self.inodes.forget(ino, count):
+            self._maybe_drop(ino)
+
+    def _maybe_drop(self, ino: int) -> None:
+        row = self.replica.get(ino)
+        if (
+            row and row.orphan and not self.inodes.known(ino) and not self.handles.open_on(ino)
+            and not self.queue.items(row.id)  # the queue still needs its seq
+        ):
+            with self._db.tx():
+                self.replica.drop_node(row.id)
+
+    # -- namespace changes ---------------------------------------------------
+    def _new_entry_checks(self, parent: int, name: str) -> NodeRow:
+        pdir = self._dir(parent)
+        check_name(name)
+        if self.replica.lookup(pdir.id, name) is not None:
+            raise FsError(errno.EEXIST)
+        return pdir
+
+    def mkdir(self, parent: int, name: str, mode: int) -> FileAttr:
+        pdir = self._new_entry_checks(parent, name)
+        node = new_node_id()
+        with self._db.tx():
+            row = self.replica.add_node(node, KIND_DIR, mode & 0o7777)
+            self.replica.set_entry(pdir.id, name, node)
+            self._touch_dir(pdir)
+            self.queue.enqueue(
+                {"op": OP_MKDIR, "id": node, "parent": pdir.id, "name": name, "mode": row.mode, "mtime_ns": row.mtime_ns}
+            )
+        return self.attr(row)
+
+    def symlink(self, parent: int, name: str, target: str) -> FileAttr:
+        pdir = self._new_entry_checks(parent, name)
+        if not target or len(os.fsencode(target)) > 4095:
+            raise FsError(errno.ENAMETOOLONG if target else errno.ENOENT)
+        node = new_node_id()
+        with self._db.tx():
+            row = self.replica.add_node(node, KIND_SYMLINK, 0o777, target=target)
+            self.replica.set_entry(pdir.id, name, node)
+            self._touch_dir(pdir)
+            self.queue.enqueue(
+                {"op": OP_SYMLINK, "id": node, "parent": pdir.id, "name": name, "target": target,
+                 "mtime_ns": row.mtime_ns}
+            )
+        return self.attr(row)
+
+    def _touch_dir(self, pdir: NodeRow) -> None:
+        # Directory times are local: the server keeps no directory mtimes.
+        now = time.time_ns()
+        self.replica.update_node(pdir.id, mtime_ns=now, ctime_ns=now)
+
+    def _unlink_entry(self, pdir: NodeRow, name: str, row: NodeRow) -> None:
+        """Remove ``pdir/name`` (naming *row*) here and on the server; call inside a transaction."""
+        self.replica.remove_entry(pdir.id, name)
+        if not self.replica.entries_of(row.id):
+            self.replica.set_orphan(row.id)
+        self.queue.enqueue({"op": OP_DELETE, "id": row.id, "parent": pdir.id, "name": name})
+        self._touch_dir(pdir)
+
+    def unlink(self, parent: int, name: str) -> None:
+        pdir = self._dir(parent)
+        row = self.replica.lookup(pdir.id, name)
+        if row is None:
+            raise FsError(errno.ENOENT)
+        if row.kind == KIND_DIR:
+            raise FsError(errno.EISDIR)
+        with self._db.tx():
+            self._unlink_entry(pdir, name, row)
+        self._maybe_drop(row.ino)
+
+    def rmdir(self, parent: int, name: str) -> None:
+        pdir = self._dir(parent)
+        row = self.replica.lookup(pdir.id, name)
+        if row is None:
+            raise FsError(errno.ENOENT)
+        if row.kind != KIND_DIR:
+            raise FsError(errno.ENOTDIR)
+        if self.replica.has_children(row.id):
+            raise FsError(errno.ENOTEMPTY)
+        with self._db.tx():
+            self._unlink_entry(pdir, name, row)
+        self._maybe_drop(row.ino)
+
+    def _is_inside(self, node: str, ancestor: str) -> bool:
+        """True if directory *node* is *ancestor* or below it."""
+        seen = 0
+        while node != ancestor:
+            parents = self.replica.entries_of(node)
+            if not parents or seen > 4096:
+                return False
+            node = parents[0][0]
+            seen += 1
+        return True
+
+    def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str, flags: int = 0) -> None:
+        src_dir = self._dir(old_parent)
+        dst_dir = self._dir(new_parent)
+        check_name(new_name)
+        row = self.replica.lookup(src_dir.id, old_name)
+        if row is None:
+            raise FsError(errno.ENOENT)
+        if flags & RENAME_EXCHANGE:
+            raise FsError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+        target = self.replica.lookup(dst_dir.id, new_name)
+        if row.kind == KIND_DIR and self._is_inside(dst_dir.id, row.id):
+            raise FsError(errno.EINVAL)
+        if target is not None:
+            if target.id == row.id:
+                return
+            if flags & RENAME_NOREPLACE:
+                raise FsError(errno.EEXIST)
+            if row.kind == KIND_DIR and target.kind != KIND_DIR:
+                raise FsError(errno.ENOTDIR)
+            if row.kind != KIND_DIR and target.kind == KIND_DIR:
+                raise FsError(errno.EISDIR)
+            if target.kind == KIND_DIR and self.replica.has_children(target.id):
+                raise FsError(errno.ENOTEMPTY)
+        with self._db.tx():
+            if target is not None:
+                self._unlink_entry(dst_dir, new_name, target)
+            self.replica.remove_entry(src_dir.id, old_name)
+            self.replica.set_entry(dst_dir.id, new_name, row.id)
+            self._touch_dir(src_dir)
+            self._touch_dir(dst_dir)
+            self.replica.update_node(row.id)  # ctime
+            self.queue.enqueue(
+                {"op": OP_RENAME, "id": row.id, "parent": src_dir.id, "name": old_name,
+                 "new_parent": dst_dir.id, "new_name": new_name}
+            )
+        if target is not None:
+            self._maybe_drop(target.ino)
+
+    # -- attributes ------------------------------------------------------------
+    async def setattr(
+        self, ino: int, *, mode: int | None = None, size: int | None = None, mtime_ns: int | None = None,
+        fh: int | None = None,
+    ) -> FileAttr:
+        row = self._row(ino)
+        if size is not None:
+            if row.kind == KIND_DIR:
+                raise FsError(errno.EISDIR)
+            if row.kind != KIND_FILE:
+                raise FsError(errno.EINVAL)
+            if size < 0:
+                raise FsError(errno.EINVAL)
+            temporary = ino not in self._work
+            work = self._working_copy(row)
+            try:
+                await work.truncate(size)
+                self._mtime[ino] = time.time_ns() if mtime_ns is None else mtime_ns
+                if temporary:
+                    await self._seal(ino)
+            finally:
+                if temporary:
+                    self._close_working_copy(ino)
+        changes: dict[str, Any] = {}
+        if mode is not None:
+            changes["mode"] = mode & 0o7777
+        if mtime_ns is not None:
+            if ino in self._work:
+                self._mtime[ino] = mtime_ns
+            changes["mtime_ns"] = mtime_ns
+        if changes:
+            with self._db.tx():
+                self.replica.update_node(row.id, **changes)
+                if row.kind != KIND_DIR or "mode" in changes:
+                    # Directory mtimes stay local (see _touch_dir).
+                    op = {"op": OP_SETATTR, "id": row.id, **changes}
+                    if row.kind == KIND_DIR:
+                        op.pop("mtime_ns", None)
+                    if not row.orphan:
+                        self.queue.enqueue(op)
+        return self.getattr(ino)
+
+    # -- files -----------------------------------------------------------------
+    def _working_copy(self, row: NodeRow) -> WorkingCopy:
+        work = self._work.get(row.ino)
+        if work is None:
+            path = self._work_dir / str(row.ino)
+            work = WorkingCopy(path, row.size, row.blocks, self._load)
+            self._work[row.ino] = work
+        return work
+
+    def _close_working_copy(self, ino: int) -> None:
+        work = self._work.get(ino)
+        if work is not None and work.handles == 0:
+            work.close()
+            del self._work[ino]
+            self._mtime.pop(ino, None)
+            self.on_settled()
+
+    async def _load(self, h: Any) -> bytes:
+        try:
+            return await self.source.get(h)
+        except Offline as exc:
+            raise FsError(errno.ENETUNREACH, "file content is not available offline") from exc
+        except RemoteError as exc:
+            log.error("cannot fetch block %s: %s", h, exc)
+            raise FsError(errno.EIO) from exc
+
+    def _open_handle(self, row: NodeRow, flags: int) -> Handle:
+        acc = flags & os.O_ACCMODE
+        writable = acc in (os.O_WRONLY, os.O_RDWR)
+        handle = self.handles.open(
+            row.ino, readable=acc != os.O_WRONLY, writable=writable, append=bool(flags & os.O_APPEND),
+            size=row.size, blocks=row.blocks,
+        )
+        if writable:
+            self._working_copy(row).handles += 1
+        return handle
+
+    def create(self, parent: int, name: str, mode: int, flags: int) -> tuple[int, FileAttr]:
+        pdir = self._new_entry_checks(parent, name)
+        node = new_node_id()
+        with self._db.tx():
+            row = self.replica.add_node(node, KIND_FILE, mode & 0o7777)
+            self.replica.set_entry(pdir.id, name, node)
+            self._touch_dir(pdir)
+            self.queue.enqueue(
+                {"op": OP_CREATE, "id": node, "parent": pdir.id, "name": name, "mode": row.mode,
+                 "mtime_ns": row.mtime_ns, "size": 0, "blocks": []}
+            )
+        handle = self._open_handle(row, flags)
+        return handle.fh, self.attr(row)
+
+    async def open(self, ino: int, flags: int) -> int:
+        row = self._row(ino)
+        if row.kind == KIND_DIR:
+            raise FsError(errno.EISDIR)
+        if row.kind != KIND_FILE:
+            raise FsError(errno.EINVAL)
+        handle = self._open_handle(row, flags)
+        if flags & os.O_TRUNC and handle.writable:
+            await self._work[ino].truncate(0)
+            self._mtime[ino] = time.time_ns()
+        return handle.fh
+
+    async def read(self, fh: int, offset: int, length: int) -> bytes:
+        handle = self.handles.get(fh)
+        if not handle.readable:
+            raise FsError(errno.EBADF)
+        work = self._work.get(handle.ino)
+        if work is not None:
+            return await work.read(offset, length)
+        end = min(offset + length, handle.size)
+        if offset >= end:
+            return b""
+        first, last = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
+        if self._nursery is not None:
+            # Read-ahead: the next two blocks start loading while this one is served.
+            self.source.prefetch(self._nursery, list(handle.blocks[last + 1 : last + 3]))
+        parts = []
+        for index in range(first, last + 1):
+            data = await self._load(handle.blocks[index])
+            start = index * BLOCK_SIZE
+            parts.append(data[max(0, offset - start) : end - start])
+        return b"".join(parts)
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        handle = self.handles.get(fh)
+        if not handle.writable:
+            raise FsError(errno.EBADF)
+        work = self._work[handle.ino]
+        written = await work.write(offset, data)
+        self._mtime[handle.ino] = time.time_ns()
+        return written
+
+    async def _seal(self, ino: int) -> None:
+        """Turn a working copy's changes into a queued update of its node."""
+        work = self._work.get(ino)
+        if work is None or not (work.changed or ino in self._mtime):
+            return
+        stored: list[str] = []
+
+        def store(h: str, data: bytes) -> None:
+            stored.append(h)
+            self._store_block(h, data)
+
+        try:
+            size, blocks = await work.seal(store)
+            row = self.replica.get(ino)
+            if row is None:
+                return
+            mtime = self._mtime.pop(ino, row.mtime_ns)
+            with self._db.tx():
+                self.replica.update_node(row.id, size=size, blocks=blocks, mtime_ns=mtime)
+                if not row.orphan:
+                    self.queue.enqueue(
+                        {"op": OP_UPDATE, "id": row.id, "size": size, "blocks": list(blocks), "mtime_ns": mtime}
+                    )
+        finally:
+            # The queue item protects the blocks now; drop the seal's own hold.
+            self._release_blocks(stored)
+
+    async def flush(self, fh: int) -> None:
+        handle = self.handles.get(fh)
+        if handle.writable:
+            await self._seal(handle.ino)
+
+    async def fsync(self, fh: int) -> None:
+        handle = self.handles.get(fh)
+        if handle.writable:
+            await self._seal(handle.ino)
+            work = self._work.get(handle.ino)
+            if work is not None:
+                await trio.to_thread.run_sync(work.fsync)
+        await trio.to_thread.run_sync(self._db.sync)
+
+    async def release(self, fh: int) -> None:
+        handle = self.handles.close(fh)
+        if handle.writable:
+            work = self._work.get(handle.ino)
+            if work is not None:
+                try:
+                    await self._seal(handle.ino)
+                finally:
+                    work.handles -= 1
+                    self._close_working_copy(handle.ino)
+        self._maybe_drop(handle.ino)
+
+    def statfs(self) -> os.statvfs_result:
+        return os.statvfs(self._work_dir)
+
+    def node_id(self, ino: int) -> NodeId:
+        return self._row(ino).id
+
+    @staticmethod
+    def root() -> int:
+        return ROOT_INO

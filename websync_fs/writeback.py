@@ -1,0 +1,305 @@
+"""The durable write-back queue: changes waiting for the server.
+
+Each item is one commit operation of docs/protocol.md (``mkdir``, ``create``,
+``update``, ...) for one node, kept in order in SQLite.  The queue knows the
+operations' shapes, so it can coalesce them, but nothing about files, blocks or
+HTTP: the uploader takes batches from it and reports back.
+
+Item state machine::
+
+    (file open, unsealed writes: "dirty", in the working copy, not here)
+        |  close / fsync seals the file and enqueues
+        v
+    queued --take()--> uploading --done()--> (row deleted: committed)
+       ^                   |
+       +------fail()-------+   back to queued, attempts+1, ready_at = now + backoff
+
+What happens on a crash (kill -9, power cut) in each state:
+
+* dirty     -- bytes written since the last close/fsync are in the working copy
+               only; they are dropped at start-up (close-to-open: what was
+               closed or fsync'd is in the queue, that is the promise).
+* queued    -- the row is durable; it is sent after start-up.
+* uploading -- the row keeps its batch id; start-up resends the *same* batch
+               first.  The server applies a batch id once, so a batch that was
+               committed just before the crash is not applied twice.
+* committed -- the row is gone; the follower brings the server's state.
+
+Coalescing (only into items still ``queued``, never into one being uploaded):
+
+* update after create/update of the same node -> one item with the newest content;
+* setattr after create/mkdir/symlink/update/setattr -> merged into that item;
+* delete of a node created here and never sent -> every item of the node is
+  dropped and nothing is sent (a temporary file costs no traffic);
+* rename of a file or symlink created here and never sent -> its create moves
+  to the new name (and to the end of the queue, after whatever made the new parent).
+
+The queue is a table of the state database (statedb.py), so a local change and
+its queue item commit in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from websync_server.protocol import OP_CREATE, OP_DELETE, OP_MKDIR, OP_RENAME, OP_SETATTR, OP_SYMLINK, OP_UPDATE
+
+from .statedb import StateDb
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    node TEXT NOT NULL,
+    op TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued',
+    batch TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    ready_at REAL NOT NULL,
+    error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS items_node ON items (node);
+"""
+
+_BORN = (OP_CREATE, OP_MKDIR, OP_SYMLINK)
+_CONTENT = (OP_CREATE, OP_UPDATE)
+
+
+@dataclass
+class Item:
+    n: int
+    node: str
+    op: dict[str, Any]
+    state: str
+    batch: str | None
+    attempts: int
+    ready_at: float
+
+    @property
+    def blocks(self) -> list[str]:
+        return list(self.op.get("blocks", ()))
+
+
+def _item(r: tuple[Any, ...]) -> Item:
+    return Item(n=r[0], node=r[1], op=json.loads(r[2]), state=r[3], batch=r[4], attempts=r[5], ready_at=r[6])
+
+
+_ICOLS = "n, node, op, state, batch, attempts, ready_at"
+BlocksCallback = Callable[[Iterable[str]], None]
+
+
+class WriteBackQueue:
+    def __init__(
+        self, db: StateDb, quiet: float = 0.2, *,
+        protect: BlocksCallback | None = None, unprotect: BlocksCallback | None = None,
+    ) -> None:
+        self.state = db
+        self._db = db.conn
+        self._db.executescript(_SCHEMA)
+        self.quiet = quiet
+        self._protect_cb = protect or (lambda h: None)
+        self._unprotect_cb = unprotect or (lambda h: None)
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_enqueue(self, fn: Callable[[], None]) -> None:
+        self._listeners.append(fn)
+
+    def _protect(self, hashes: Iterable[str]) -> None:
+        # Protect at once: a block must never be evictable while an item may need it.
+        self._protect_cb(list(hashes))
+
+    def _unprotect(self, hashes: Iterable[str]) -> None:
+        # Unprotect only once the item's removal is committed.
+        hashes = list(hashes)
+        if hashes:
+            self.state.after_commit(lambda: self._unprotect_cb(hashes))
+
+    # -- reading -------------------------------------------------------------
+    def items(self, node: str | None = None) -> list[Item]:
+        if node is None:
+            rows = self._db.execute(f"SELECT {_ICOLS} FROM items ORDER BY n")
+        else:
+            rows = self._db.execute(f"SELECT {_ICOLS} FROM items WHERE node=? ORDER BY n", (node,))
+        return [_item(r) for r in rows]
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM items").fetchone()[0])
+
+    def pending_bytes(self) -> int:
+        total = 0
+        for (op,) in self._db.execute("SELECT op FROM items"):
+            total += int(json.loads(op).get("size", 0))
+        return total
+
+    def all_blocks(self) -> list[str]:
+        """Every block a queued item needs: to protect in the cache after a restart."""
+        out: list[str] = []
+        for item in self.items():
+            out.extend(item.blocks)
+        return out
+
+    def pending_nodes(self) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT DISTINCT node FROM items")}
+
+    def pending_entries(self) -> set[tuple[str, str]]:
+        keys: set[tuple[str, str]] = set()
+        for item in self.items():
+            op = item.op
+            if "parent" in op and "name" in op:
+                keys.add((op["parent"], op["name"]))
+            if "new_parent" in op:
+                keys.add((op["new_parent"], op["new_name"]))
+        return keys
+
+    def next_ready_at(self) -> float | None:
+        row = self._db.execute("SELECT min(ready_at) FROM items WHERE state='queued'").fetchone()
+        return row[0]
+
+    # -- enqueueing ----------------------------------------------------------
+    def enqueue(self, op: dict[str, Any]) -> None:
+        """Add *op* for the server, coalescing it with what is already queued."""
+        with self.state.tx():
+            if not self._coalesce(op):
+                self._append(op)
+            for fn in self._listeners:
+                self.state.after_commit(fn)
+
+    def _append(self, op: dict[str, Any]) -> None:
+        self._db.execute(
+            "INSERT INTO items (node, op, ready_at) VALUES (?, ?, ?)",
+            (op["id"], json.dumps(op), time.time() + self.quiet),
+        )
+        self._protect(op.get("blocks", ()))
+
+    def _rewrite(self, item: Item, op: dict[str, Any]) -> None:
+        self._db.execute(
+            "UPDATE items SET op=?, ready_at=? WHERE n=?", (json.dumps(op), time.time() + self.quiet, item.n)
+        )
+        self._protect(op.get("blocks", ()))
+        self._unprotect(item.blocks)
+
+    def _coalesce(self, op: dict[str, Any]) -> bool:
+        kind = op["op"]
+        node = op["id"]
+        items = self.items(node)
+        last = items[-1] if items else None
+        mergeable = last is not None and last.state == "queued"
+        if kind == OP_UPDATE and mergeable and last and last.op["op"] in _CONTENT:
+            merged = dict(last.op)
+            merged.update({k: op[k] for k in ("size", "blocks", "mtime_ns", "mode") if k in op})
+            self._rewrite(last, merged)
+            return True
+        if kind == OP_SETATTR and mergeable and last and last.op["op"] in (*_BORN, OP_UPDATE, OP_SETATTR):
+            merged = dict(last.op)
+            merged.update({k: op[k] for k in ("mode", "mtime_ns") if k in op})
+            self._rewrite(last, merged)
+            return True
+        never_sent = bool(items) and all(i.state == "queued" for i in items) and items[0].op["op"] in _BORN
+        if kind == OP_DELETE and never_sent and not self._is_parent_of_queued(node):
+            for item in items:
+                self._db.execute("DELETE FROM items WHERE n=?", (item.n,))
+                self._unprotect(item.blocks)
+            return True
+        if kind == OP_RENAME and never_sent and len(items) == 1 and items[0].op["op"] != OP_MKDIR:
+            moved = dict(items[0].op, parent=op["new_parent"], name=op["new_name"])
+            self._db.execute("DELETE FROM items WHERE n=?", (items[0].n,))
+            self._db.execute(
+                "INSERT INTO items (node, op, ready_at) VALUES (?, ?, ?)",
+                (node, json.dumps(moved), time.time() + self.quiet),
+            )
+            return True
+        return False
+
+    def _is_parent_of_queued(self, node: str) -> bool:
+        for (raw,) in self._db.execute("SELECT op FROM items WHERE node != ?", (node,)):
+            op = json.loads(raw)
+            if op.get("parent") == node or op.get("new_parent") == node:
+                return True
+        return False
+
+    # -- the uploader's side -------------------------------------------------
+    def inflight(self) -> list[Item]:
+        """Items of a batch that was being sent when the client stopped."""
+        rows = self._db.execute(f"SELECT {_ICOLS} FROM items WHERE state='uploading' ORDER BY n")
+        return [_item(r) for r in rows]
+
+    def take(self, max_ops: int = 1000, max_bytes: int = 256 * 1024 * 1024) -> list[Item]:
+        """Mark the longest ready prefix of the queue as one batch and return it.
+
+        Only a prefix: a later item may depend on an earlier one (a file in a new
+        folder), so an item that is not ready holds back everything behind it.
+        """
+        now = time.time()
+        batch_id = uuid.uuid4().hex
+        taken: list[Item] = []
+        size = 0
+        for item in self.items():
+            if item.state != "queued" or item.ready_at > now:
+                break
+            item_size = int(item.op.get("size", 0))
+            if taken and (len(taken) >= max_ops or size + item_size > max_bytes):
+                break
+            taken.append(item)
+            size += item_size
+        if taken:
+            with self._tx():
+                for item in taken:
+                    self._db.execute("UPDATE items SET state='uploading', batch=? WHERE n=?", (batch_id, item.n))
+                    item.state, item.batch = "uploading", batch_id
+        return taken
+
+    def done(self, items: list[Item]) -> None:
+        with self._tx():
+            for item in items:
+                self._db.execute("DELETE FROM items WHERE n=?", (item.n,))
+                self._unprotect(item.blocks)
+
+    def fail(self, items: list[Item], delay: float, error: str) -> None:
+        """Put a batch back to queued; it is retried as a new batch after *delay*."""
+        with self._tx():
+            for item in items:
+                self._db.execute(
+                    "UPDATE items SET state='queued', batch=NULL, attempts=attempts+1, ready_at=?, error=? WHERE n=?",
+                    (time.time() + delay, error, item.n),
+                )
+
+    def replace(self, item: Item, op: dict[str, Any] | None) -> None:
+        """Swap the op of *item* (conflict resolution) or drop it with None."""
+        with self._tx():
+            if op is None:
+                self._db.execute("DELETE FROM items WHERE n=?", (item.n,))
+            else:
+                self._db.execute("UPDATE items SET op=?, node=? WHERE n=?", (json.dumps(op), op["id"], item.n))
+                self._protect(op.get("blocks", ()))
+            self._unprotect(item.blocks)
+
+    def remap(self, old: str, new: str) -> None:
+        """Rewrite every queued reference to node *old* as *new*."""
+        with self._tx():
+            for item in self.items():
+                op = item.op
+                changed = False
+                for key in ("id", "parent", "new_parent", "replace"):
+                    if op.get(key) == old:
+                        op[key] = new
+                        changed = True
+                if changed:
+                    self._db.execute("UPDATE items SET op=?, node=? WHERE n=?", (json.dumps(op), op["id"], item.n))
+
+    def remap_entry(self, parent: str, name: str, new_parent: str, new_name: str) -> None:
+        """Later items that name the entry ``parent/name`` now name ``new_parent/new_name``."""
+        with self._tx():
+            for item in self.items():
+                op = item.op
+                if op["op"] in ("rename", "delete") and (
+                    op.get("parent"), op.get("name")) == (parent, name):
+                    op.update(parent=new_parent, name=new_name)
+                    self._db.execute("UPDATE items SET op=? WHERE n=?", (json.dumps(op), item.n))
+
+    def _tx(self) -> AbstractContextManager[None]:
+        return self.state.tx()

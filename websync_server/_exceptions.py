@@ -1,0 +1,137 @@
+"""The errors the WebSync server raises on purpose, and the HTTP answer of each.
+
+Every layer below the HTTP boundary (store, journal, blocks, accounts) raises one
+of these; ``app.py`` turns them into ``{"error": CODE, "message": ...}`` answers in
+exactly one place, and the CLI turns them into one sentence and an exit code.
+Anything else that escapes a handler is a bug and answers 500.
+
+::
+
+    ServerError                      status, code, message
+    ├── InvalidRequest               400 invalid
+    ├── Unauthorized                 401 unauthorized
+    ├── Forbidden                    403 forbidden
+    ├── NotFound                     404 not_found
+    ├── Conflict                     409 conflict
+    │   ├── CommitConflict           carries a protocol.Conflict (index, reason, node)
+    │   └── UserExists               ``user add`` of a name that is taken
+    ├── TooLarge                     413 too_large
+    ├── RangeNotSatisfiable          416 range_not_satisfiable
+    ├── InsufficientStorage          507 insufficient_storage
+    └── DatabaseError                500 internal: the database can't be used
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .protocol import Conflict as ConflictModel
+
+__all__ = [
+    "CommitConflict",
+    "Conflict",
+    "DatabaseError",
+    "Forbidden",
+    "InsufficientStorage",
+    "InvalidRequest",
+    "NotFound",
+    "RangeNotSatisfiable",
+    "ServerError",
+    "TooLarge",
+    "Unauthorized",
+    "UserExists",
+]
+
+
+class ServerError(Exception):
+    """Base of every error the server raises on purpose; knows its HTTP answer."""
+
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON body of the HTTP answer."""
+        return {"error": self.code, "message": self.message}
+
+
+class InvalidRequest(ServerError):
+    """Malformed JSON, a bad id, name, hash or field: the client has a bug."""
+
+    status = 400
+    code = "invalid"
+
+
+class Unauthorized(ServerError):
+    """A missing, unknown or revoked token, or a wrong user or password."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ServerError):
+    """The caller is authenticated but the store belongs to someone else."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ServerError):
+    """An unknown store, node or block."""
+
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ServerError):
+    """The request contradicts the current state on the server."""
+
+    status = 409
+    code = "conflict"
+
+
+class CommitConflict(Conflict):
+    """A commit precondition failed; nothing of the batch was applied."""
+
+    def __init__(self, conflict: ConflictModel) -> None:
+        super().__init__(conflict.message or f"op {conflict.index}: {conflict.reason}")
+        self.conflict = conflict
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.conflict.to_wire()
+
+
+class UserExists(Conflict):
+    """A user of that name already exists."""
+
+
+class TooLarge(ServerError):
+    """A body over the size the endpoint takes (4 MiB for a block)."""
+
+    status = 413
+    code = "too_large"
+
+
+class RangeNotSatisfiable(ServerError):
+    """A ``Range`` header that starts beyond the end of the block."""
+
+    status = 416
+    code = "range_not_satisfiable"
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
+class InsufficientStorage(ServerError):
+    """The server's disk is full; nothing was stored."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
+class DatabaseError(ServerError):
+    """The metadata database can't be opened or has a schema this server doesn't know."""

@@ -1,0 +1,201 @@
+"""Users, their passwords and their devices' bearer tokens.
+
+Passwords are kept only as argon2id hashes.  A login creates a device: a fresh
+random token (``secrets.token_urlsafe(32)``, 256 bits) of which the database
+keeps only the SHA-256, so a stolen copy of the database yields no token.  A
+fast hash is right for tokens (unlike passwords they are random and long) and
+lets every request be authenticated by one indexed lookup.
+
+Each login makes a new device row, so two clients on one host that log in with
+the same device name both keep working.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from functools import cached_property
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ._exceptions import InvalidRequest, Unauthorized, UserExists
+from .database import Database
+from .schema import devices, stores, users
+from .store import new_store
+
+__all__ = ["Accounts", "Identity", "Login", "UserInfo", "validate_user_name"]
+
+# User names become directory names (blocks/<user>/), on file systems that may
+# ignore case: lower-case ASCII only, and never a dot-file.
+_USER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+DEVICE_NAME_MAX = 255
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a token belongs to: a device of a user, and that user's store."""
+
+    user_id: int
+    user: str
+    device_id: int
+    device: str
+    store: str
+
+
+@dataclass(frozen=True)
+class Login:
+    """A successful login: the new device's token (shown once) and its identity."""
+
+    token: str
+    identity: Identity
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """A user as ``websync-server user list`` shows it."""
+
+    name: str
+    store: str
+    devices: int
+    created_ns: int
+
+
+def validate_user_name(name: str) -> str:
+    """Return *name* if it can name a user, else raise `InvalidRequest`."""
+    if not _USER_NAME_RE.match(name):
+        raise InvalidRequest(
+            f"{name!r} can't be a user name: use 1 to 64 lower-case letters, digits, '.', '_' or '-',"
+            " starting with a letter or digit"
+        )
+    return name
+
+
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class Accounts:
+    """Users and devices in the metadata database."""
+
+    def __init__(self, db: Database, hasher: PasswordHasher | None = None) -> None:
+        self._db = db
+        self._hasher = hasher or PasswordHasher()
+
+    @cached_property
+    def _dummy_hash(self) -> str:
+        # Verified against when the user is unknown, so a wrong user name costs
+        # as long as a wrong password and can't be told apart by timing.
+        return self._hasher.hash(secrets.token_hex(16))
+
+    def add_user(self, name: str, password: str) -> str:
+        """Create a user with *password* and an empty store; return the store id."""
+        validate_user_name(name)
+        if not password:
+            raise InvalidRequest("the password must not be empty")
+        password_hash = self._hasher.hash(password)
+        try:
+            with self._db.write() as conn:
+                user_id = conn.execute(
+                    insert(users)
+                    .values(name=name, password_hash=password_hash, created_ns=time.time_ns())
+                    .returning(users.c.id)
+                ).scalar_one()
+                return new_store(conn, user_id)
+        except IntegrityError as exc:
+            raise UserExists(f"a user named {name!r} already exists") from exc
+
+    def users(self) -> list[UserInfo]:
+        """Every user with their store and number of devices, by name."""
+        device_count = (
+            select(func.count(devices.c.id))
+            .where(devices.c.user_id == users.c.id, devices.c.revoked.is_(False))
+            .scalar_subquery()
+        )
+        query = (
+            select(users.c.name, stores.c.id.label("store"), device_count.label("devices"), users.c.created_ns)
+            .join(stores, stores.c.owner == users.c.id)
+            .order_by(users.c.name)
+        )
+        with self._db.read() as conn:
+            return [UserInfo(r.name, r.store, r.devices, r.created_ns) for r in conn.execute(query)]
+
+    def login(self, user: object, password: object, device: object) -> Login:
+        """Check a user's password and register a new device; `Unauthorized` if wrong."""
+        if not isinstance(user, str) or not isinstance(password, str):
+            raise InvalidRequest("user and password must be strings")
+        device_name = _check_device_name(device)
+        row = None
+        if _USER_NAME_RE.match(user):
+            with self._db.read() as conn:
+                row = conn.execute(
+                    select(users.c.id, users.c.password_hash, stores.c.id.label("store"))
+                    .join(stores, stores.c.owner == users.c.id)
+                    .where(users.c.name == user)
+                ).first()
+        if not self._verify(row.password_hash if row else None, password):
+            raise Unauthorized("wrong user name or password")
+        assert row is not None
+        token = secrets.token_urlsafe(32)
+        with self._db.write() as conn:
+            device_id = conn.execute(
+                insert(devices)
+                .values(
+                    user_id=row.id, name=device_name, token_sha256=_token_digest(token),
+                    created_ns=time.time_ns(), revoked=False,
+                )
+                .returning(devices.c.id)
+            ).scalar_one()  # fmt: skip
+            if self._hasher.check_needs_rehash(row.password_hash):
+                # Hash parameters were raised since this password was set.
+                conn.execute(
+                    update(users).where(users.c.id == row.id).values(password_hash=self._hasher.hash(password))
+                )
+        return Login(token, Identity(row.id, user, device_id, device_name, row.store))
+
+    def authenticate(self, token: str) -> Identity:
+        """The identity a bearer token belongs to; `Unauthorized` for an unknown or revoked one."""
+        query = (
+            select(
+                users.c.id.label("user_id"), users.c.name.label("user"), devices.c.id.label("device_id"),
+                devices.c.name.label("device"), stores.c.id.label("store"),
+            )
+            .join(users, users.c.id == devices.c.user_id)
+            .join(stores, stores.c.owner == users.c.id)
+            .where(devices.c.token_sha256 == _token_digest(token), devices.c.revoked.is_(False))
+        )  # fmt: skip
+        with self._db.read() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            raise Unauthorized("the token is unknown or was revoked; log in again")
+        return Identity(row.user_id, row.user, row.device_id, row.device, row.store)
+
+    def revoke_devices(self, name: str) -> int:
+        """Revoke every token of user *name*; return how many were live."""
+        with self._db.write() as conn:
+            user_id = conn.execute(select(users.c.id).where(users.c.name == name)).scalar()
+            if user_id is None:
+                raise InvalidRequest(f"there is no user named {name!r}")
+            result = conn.execute(
+                update(devices).where(devices.c.user_id == user_id, devices.c.revoked.is_(False)).values(revoked=True)
+            )
+            return result.rowcount
+
+    def _verify(self, password_hash: str | None, password: str) -> bool:
+        try:
+            return self._hasher.verify(password_hash or self._dummy_hash, password) and password_hash is not None
+        except (VerificationError, InvalidHashError):
+            return False
+
+
+def _check_device_name(device: object) -> str:
+    if not isinstance(device, str) or not device or not device.isprintable():
+        raise InvalidRequest("device must be a non-empty printable name")
+    if len(device.encode("utf-8")) > DEVICE_NAME_MAX:
+        raise InvalidRequest(f"device name is longer than {DEVICE_NAME_MAX} bytes")
+    return device

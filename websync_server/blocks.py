@@ -1,0 +1,211 @@
+"""The block store: content-addressed file blocks in a directory tree, durable before acknowledged.
+
+Layout: ``ROOT/<user>/ab/cd/<hash>`` where ``ab`` and ``cd`` are the hash's first
+two byte pairs, so no directory grows past 65,536 children per level.  Blocks
+are shared by all stores of one user and never by two users: knowing a hash
+must not let anyone read another user's bytes.
+
+Crash safety.  `BlockStore.put` writes the bytes to a temporary file in
+``ROOT/.incoming``, fsyncs it, renames it to its final name and fsyncs the
+directory that now holds it (and any directory it had to create).  After a
+crash a block is therefore either absent or whole; never a torn file under its
+hash's name.  The PUT answers only after that, and the metadata store refuses
+commits naming blocks that are not there, so a committed node never points at
+a block a crash could lose.  Leftover temporary files are removed at start.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._exceptions import InsufficientStorage, InvalidRequest, NotFound, RangeNotSatisfiable, TooLarge
+from .protocol import BLOCK_SIZE, BlockHash, is_block_hash
+
+__all__ = ["BlockStore", "Extent"]
+
+log = logging.getLogger(__name__)
+
+_INCOMING = ".incoming"
+# A temporary file older than this at start belongs to no running upload.
+_STALE_TEMP_S = 3600.0
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class BlockStore:
+    """Users' blocks under one root directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._incoming = root / _INCOMING
+        # Held while creating directories: a put must not see a directory
+        # another put made but has not yet fsynced into its parent.
+        self._mkdir_lock = threading.Lock()
+
+    def open(self) -> None:
+        """Create the directories and remove temporary files left by a crash."""
+        with self._mkdir_lock:
+            _make_dirs_durably(self._incoming)
+        cutoff = time.time() - _STALE_TEMP_S
+        for temp in self._incoming.iterdir():
+            try:
+                if temp.stat().st_mtime < cutoff:
+                    temp.unlink()
+            except FileNotFoundError:
+                pass
+
+    def path(self, user: str, block: BlockHash) -> Path:
+        """Where the block lives (whether or not it is there)."""
+        if not user or user.startswith(".") or "/" in user or "\\" in user or "\0" in user:
+            raise ValueError(f"{user!r} can't name a block directory")
+        if not is_block_hash(block):
+            raise InvalidRequest(f"{block!r} is not a block hash (64 lower-case hex digits)")
+        return self.root / user / block[:2] / block[2:4] / block
+
+    def put(self, user: str, block: BlockHash, data: bytes) -> bool:
+        """Store *data* as *block* durably; True if it is new, False if it was already there.
+
+        Raises `InvalidRequest` when the data's SHA-256 is not *block* (nothing
+        is stored), `TooLarge` for more than one block of data, and
+        `InsufficientStorage` when the disk is full.
+        """
+        final = self.path(user, block)
+        if len(data) > BLOCK_SIZE:
+            raise TooLarge(f"a block holds at most {BLOCK_SIZE} bytes, this body has {len(data)}")
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != block:
+            raise InvalidRequest(f"the body's SHA-256 is {actual}, not {block}")
+        if final.exists():
+            return False
+        temp = self._incoming / f"{block}.{uuid.uuid4().hex}"
+        try:
+            _write_durably(temp, data)
+            with self._mkdir_lock:
+                _make_dirs_durably(final.parent)
+            # Two concurrent PUTs of one block both rename identical bytes into
+            # place; whichever lands last wins, and both answers are right.
+            os.replace(temp, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            _remove_quietly(temp)
+            if exc.errno in _NO_SPACE:
+                raise InsufficientStorage("the server's disk is full; the block was not stored") from exc
+            raise
+        return True
+
+    def read(self, user: str, block: BlockHash, first: int | None = None, last: int | None = None) -> Extent:
+        """Read a block, or the bytes *first* to *last* of it (inclusive, as in HTTP ranges).
+
+        With only *first*, read from there to the end; with only *last*, read
+        the final *last* bytes.  `RangeNotSatisfiable` when the range starts
+        at or beyond the end, `NotFound` when the block is not there.
+        """
+        try:
+            with open(self.path(user, block), "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                start, stop = _resolve_range(size, first, last)
+                f.seek(start)
+                return Extent(f.read(stop - start), start, size)
+        except FileNotFoundError:
+            raise NotFound(f"there is no block {block}") from None
+
+    def size(self, user: str, block: BlockHash) -> int | None:
+        """The size of a block, or None when the server lacks it."""
+        try:
+            return self.path(user, block).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def missing(self, user: str, blocks: Iterable[BlockHash]) -> list[BlockHash]:
+        """Those of *blocks* the server lacks, each once, in the order given."""
+        seen: set[BlockHash] = set()
+        lacking: list[BlockHash] = []
+        for block in blocks:
+            if block not in seen:
+                seen.add(block)
+                if not self.path(user, block).exists():
+                    lacking.append(block)
+        return lacking
+
+
+@dataclass(frozen=True)
+class Extent:
+    """Bytes read from a block: the data, its offset in the block, and the block's size."""
+
+    data: bytes
+    start: int
+    size: int
+
+
+def _resolve_range(size: int, first: int | None, last: int | None) -> tuple[int, int]:
+    """Start and stop (exclusive) of an inclusive byte range within *size* bytes."""
+    if first is None and last is None:
+        return 0, size
+    if first is None:
+        assert last is not None
+        if last <= 0:
+            raise RangeNotSatisfiable("a suffix range must ask for at least one byte", size)
+        return max(0, size - last), size
+    if first >= size:
+        raise RangeNotSatisfiable(f"the range starts at byte {first} of a {size} byte block", size)
+    stop = size if last is None else min(last + 1, size)
+    return first, stop
+
+
+def _fsync_file(fd: int) -> None:
+    # On macOS fsync() leaves the data in the drive's cache; only F_FULLFSYNC
+    # survives a power cut (fsync(2) man page, "Mac OS X").
+    if sys.platform == "darwin":
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_FULLFSYNC)  # type: ignore[attr-defined]
+    else:
+        os.fsync(fd)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        _fsync_file(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the names in directory *path* durable (a rename or a new entry)."""
+    if os.name == "nt":
+        return  # Windows can't open a directory; NTFS journals its metadata.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs_durably(path: Path) -> None:
+    """Create *path* and missing parents, fsyncing each parent that gained an entry."""
+    if path.is_dir():
+        return
+    _make_dirs_durably(path.parent)
+    path.mkdir(exist_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass

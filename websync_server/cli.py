@@ -1,0 +1,217 @@
+"""The ``websync-server`` command: run the server and manage its users.
+
+Commands only compose: they parse options, call the components and print.
+Every failure becomes one sentence on stderr and exit code 1 (`_friendly_errors`);
+``-v`` adds the traceback.  Heavy imports (uvicorn, starlette, SQLAlchemy) happen
+inside the commands so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import logging.handlers
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from .services import Services
+
+__all__ = ["main"]
+
+log = logging.getLogger("websync_server")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DATA_ENV = "WEBSYNC_SERVER_DATA"
+DEFAULT_DATA = Path("~/.local/share/websync-server")
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_LOG_MAX_BYTES = 10 * 1024 * 1024
+_LOG_BACKUPS = 5
+
+
+def _friendly_errors(func: F) -> F:
+    """Turn any failure into one sentence and exit code 1; the traceback only with -v."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (click.ClickException, click.Abort, click.exceptions.Exit):
+            raise
+        except Exception as exc:
+            if kwargs.get("verbose"):
+                traceback.print_exc()
+            raise click.ClickException(_describe(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _describe(exc: Exception) -> str:
+    from ._exceptions import ServerError
+
+    if isinstance(exc, ServerError):
+        return exc.message
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return f"unexpected {type(exc).__name__}: {exc} (run with -v for details)"
+
+
+def _data_option(func: F) -> F:
+    return click.option(
+        "--data",
+        "data",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar=DATA_ENV,
+        default=DEFAULT_DATA,
+        show_default=f"${DATA_ENV} or {DEFAULT_DATA}",
+        help="The server's data directory: database, blocks and log.",
+    )(func)
+
+
+def _verbose_option(func: F) -> F:
+    return click.option(
+        "-v", "--verbose", count=True, help="Log to the terminal too and show tracebacks; -vv for debug logs."
+    )(func)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """WebSync server: keeps every machine's files the same over HTTP."""
+
+
+@main.command()
+@_data_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
+@click.option("--port", default=8080, type=click.IntRange(0, 65535), show_default=True, help="0 picks a free port.")
+@_verbose_option
+@_friendly_errors
+def serve(data: Path, host: str, port: int, verbose: int) -> None:
+    """Run the server until SIGTERM or Ctrl-C.
+
+    Prints "websync-server listening on http://HOST:PORT" once it accepts
+    connections.  Serve TLS through a reverse proxy: see docs/operations.md.
+    """
+    from . import runner
+    from .app import create_app
+    from .services import LOG_FILENAME, prepare_data_dir
+
+    data_dir = prepare_data_dir(data)
+    _setup_logging(data_dir / LOG_FILENAME, verbose)
+    app = create_app(data_dir)
+    sock = runner.listen(host, port)
+    url = runner.url_of(host, sock)
+
+    def listening() -> None:
+        click.echo(f"websync-server listening on {url}")
+        sys.stdout.flush()
+        log.info("listening on %s, data in %s", url, data_dir)
+
+    started = runner.serve(app, sock, on_listening=listening, on_exit_signal=app.state.services.notifier.close)
+    if not started:
+        raise click.ClickException(f"the server failed to start; see {data_dir / LOG_FILENAME}")
+    log.info("stopped")
+
+
+@main.group()
+def user() -> None:
+    """Add, list and lock out users."""
+
+
+@user.command("add")
+@click.argument("name")
+@_data_option
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
+@_verbose_option
+@_friendly_errors
+def user_add(name: str, data: Path, password_stdin: bool, verbose: int) -> None:
+    """Create user NAME with a password and an empty store.
+
+    Prompts for the password twice unless --password-stdin is given.  The
+    server may be running meanwhile.
+    """
+    from .accounts import validate_user_name
+
+    validate_user_name(name)  # before asking for a password it can't use
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        raise click.ClickException("the password must not be empty")
+    with _services(data) as services:
+        store = services.accounts.add_user(name, password)
+    click.echo(f"created user {name} with store {store}")
+
+
+@user.command("list")
+@_data_option
+@_verbose_option
+@_friendly_errors
+def user_list(data: Path, verbose: int) -> None:
+    """List the users with their store and number of logged-in devices."""
+    with _services(data) as services:
+        users = services.accounts.users()
+    if not users:
+        click.echo("no users yet; add one with: websync-server user add NAME")
+        return
+    width = max(len(u.name) for u in users)
+    click.echo(f"{'USER':<{width}}  {'STORE':<32}  DEVICES")
+    for info in users:
+        click.echo(f"{info.name:<{width}}  {info.store:<32}  {info.devices}")
+
+
+@user.command("revoke")
+@click.argument("name")
+@_data_option
+@_verbose_option
+@_friendly_errors
+def user_revoke(name: str, data: Path, verbose: int) -> None:
+    """Log out every device of user NAME (e.g. after a laptop was lost)."""
+    with _services(data) as services:
+        count = services.accounts.revoke_devices(name)
+    click.echo(f"revoked {count} device token(s) of {name}")
+
+
+class _services:
+    """The server's components for one CLI command, closed afterwards."""
+
+    def __init__(self, data: Path) -> None:
+        self._data = data
+
+    def __enter__(self) -> Services:
+        from .services import Services
+
+        self._services = Services.open(self._data)
+        return self._services
+
+    def __exit__(self, *exc: object) -> None:
+        self._services.close()
+
+
+def _setup_logging(path: Path, verbose: int) -> None:
+    """Log to *path* always (rotated), and to stderr with -v; -vv logs debug records."""
+    level = logging.DEBUG if verbose >= 2 else logging.INFO
+    formatter = logging.Formatter(_LOG_FORMAT)
+    handlers: list[logging.Handler] = [
+        logging.handlers.RotatingFileHandler(
+            path, maxBytes=_LOG_MAX_BYTES, backupCount=_LOG_BACKUPS, encoding="utf-8"
+        )
+    ]
+    if verbose:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    root = logging.getLogger()
+    root.setLevel(level)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""The metadata database: one engine, its dialect quirks, and two kinds of transaction.
+
+Everything above this module uses portable SQLAlchemy Core inside either a
+`Database.read` transaction (a consistent snapshot) or a `Database.write`
+transaction (serialized with every other writer).  The dialect differences live
+here and nowhere else:
+
+SQLite (the embedded default)
+    WAL mode, so readers never block the writer and vice versa.
+    ``synchronous=FULL``: in WAL mode that fsyncs the log on every commit.
+    ``NORMAL`` would keep the file consistent but can lose the last commits on a
+    power cut -- after the client was told ``200`` and dropped its own queue
+    entry, i.e. lost user data.  One fsync per commit is the price of the 200.
+    Writers open with ``BEGIN IMMEDIATE``: a deferred transaction that first
+    reads and then writes fails with SQLITE_BUSY (no retry) when another writer
+    committed in between.  Writers in this process also queue on a lock first,
+    so they wait in FIFO order instead of in SQLite's sleep-and-poll busy handler.
+
+PostgreSQL
+    Reads run at REPEATABLE READ so a multi-statement read sees one snapshot.
+    Writers rely on the caller's ``SELECT ... FOR UPDATE`` of the store row,
+    which serializes commits per store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, insert, select
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from ._exceptions import DatabaseError, InsufficientStorage
+from .schema import SCHEMA_VERSION, meta, metadata
+
+__all__ = ["DB_FILENAME", "Database", "sqlite_url"]
+
+log = logging.getLogger(__name__)
+
+DB_FILENAME = "websync.db"
+
+# How long a writer in another process (e.g. ``websync-server user add`` while
+# the server runs) may hold SQLite's write lock before we give up.
+_SQLITE_BUSY_TIMEOUT_S = 30.0
+
+# Execution option that marks a connection as a writer (see _sqlite_begin).
+_WRITE_OPTION = "websync_write"
+
+
+class Database:
+    """The metadata database behind one engine; create with `Database.open`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        # Only SQLite needs it: one writer at a time per database file anyway.
+        self._write_lock = threading.Lock() if self.is_sqlite else None
+
+    @classmethod
+    def open(cls, url: str) -> Database:
+        """Connect to *url*, create the schema on first use, and check its version."""
+        try:
+            engine = _create_engine(url)
+        except (SQLAlchemyError, ImportError) as exc:
+            raise DatabaseError(f"can't open the database {url}: {exc}") from exc
+        db = cls(engine)
+        try:
+            db._initialize()
+        except SQLAlchemyError as exc:
+            engine.dispose()
+            raise DatabaseError(f"can't open the database {url}: {exc}") from exc
+        except DatabaseError:
+            engine.dispose()
+            raise
+        return db
+
+    @classmethod
+    def open_in(cls, data_dir: Path) -> Database:
+        """The embedded SQLite database in a server data directory."""
+        return cls.open(sqlite_url(data_dir / DB_FILENAME))
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction that sees one consistent snapshot."""
+        with self.engine.connect() as conn:
+            if not self.is_sqlite:
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction: committed when the block ends, rolled back on any error."""
+        lock = self._write_lock
+        if lock is not None:
+            lock.acquire()
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(**{_WRITE_OPTION: True})
+                with conn.begin():
+                    yield conn
+        except OperationalError as exc:
+            if _is_disk_full(exc):
+                raise InsufficientStorage("the server's disk is full; nothing was changed") from exc
+            raise
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _initialize(self) -> None:
+        with self.write() as conn:
+            # checkfirst: a second process starting at the same time (serve and
+            # ``user add``) finds the tables the first one made under this lock.
+            metadata.create_all(conn, checkfirst=True)
+            found = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+            if found is None:
+                conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+                conn.execute(insert(meta).values(key="created_ns", value=str(time.time_ns())))
+                log.info("created metadata schema version %d", SCHEMA_VERSION)
+            elif int(found) != SCHEMA_VERSION:
+                raise DatabaseError(
+                    f"the database has schema version {found}, this server knows version {SCHEMA_VERSION}"
+                )
+
+
+def sqlite_url(path: Path) -> str:
+    """The SQLAlchemy URL of an SQLite database file."""
+    return f"sqlite:///{path}"
+
+
+def _create_engine(url: str) -> Engine:
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(
+        url,
+        connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+        # Commits run in a thread pool of up to 40 threads; more pooled
+        # connections than writers is pointless for SQLite but readers benefit.
+        pool_size=8,
+        max_overflow=32,
+    )
+    event.listen(engine, "connect", _sqlite_connect)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _is_disk_full(exc: OperationalError) -> bool:
+    # SQLITE_FULL is 13 (sqlite3 sets sqlite_errorcode since Python 3.11);
+    # PostgreSQL's disk_full is SQLSTATE 53100 (psycopg 3: sqlstate, psycopg2: pgcode).
+    orig = exc.orig
+    if getattr(orig, "sqlite_errorcode", None) == 13:
+        return True
+    return "53100" in (getattr(orig, "sqlstate", None), getattr(orig, "pgcode", None))
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take transaction control away from the sqlite3 module (it would issue a
+    # deferred BEGIN on its own); _sqlite_begin issues the right BEGIN instead.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    writer = conn.get_execution_options().get(_WRITE_OPTION, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")

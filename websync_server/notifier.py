@@ -1,0 +1,106 @@
+"""Wakes long-polling ``changes`` requests when a store's seq moves.
+
+The notifier lives on the server's asyncio loop.  `Notifier.notify` may be
+called from any thread (commits run in worker threads) and hands the news to the
+loop with ``call_soon_threadsafe``; everything else runs on the loop, so the
+waiter table needs no lock: each method is one run of statements without an
+``await``.
+
+No lost wake-ups.  The notifier remembers the highest seq it was told of per
+store, and `Notifier.wait` returns at once when that is already past the
+caller's cursor.  A long-poll reads the journal first and waits second; a commit
+that lands between the two has either been delivered already (the seq check
+catches it) or is still queued on the loop (and wakes the waiter when it runs),
+because a commit is notified only after its transaction committed.
+
+This covers one server process.  Several processes on PostgreSQL will feed
+`notify` from LISTEN/NOTIFY instead of from their own commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+__all__ = ["Notifier"]
+
+
+class Notifier:
+    """Per-store wake-ups for long polls, bound to one running event loop."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._seqs: dict[str, int] = {}
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._closed = False
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attach to the loop the server runs on; call from that loop's thread."""
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._closed = False
+
+    def notify(self, store: str, seq: int) -> None:
+        """Tell every waiter on *store* that its seq is now *seq*; safe from any thread."""
+        self._call_on_loop(self._deliver, store, seq)
+
+    def close(self) -> None:
+        """Release every waiter now and from now on (server shutdown).
+
+        Safe from any thread and from a signal handler: it only schedules the
+        work on the loop, since a signal handler runs between two statements of
+        whatever the loop thread was doing.
+        """
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._release_all)
+
+    async def wait(self, store: str, after: int, timeout: float) -> bool:
+        """Wait until *store*'s seq passes *after*; False when *timeout* ran out or on shutdown."""
+        if self._seqs.get(store, 0) > after:
+            return True
+        if self._closed or timeout <= 0:
+            return False
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(store, set())
+        waiters.add(future)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            waiters.discard(future)
+            if not waiters and self._waiters.get(store) is waiters:
+                del self._waiters[store]
+        return self._seqs.get(store, 0) > after
+
+    def waiting(self, store: str) -> int:
+        """How many requests wait on *store* (for tests and diagnostics)."""
+        return len(self._waiters.get(store, ()))
+
+    def _call_on_loop(self, func: Callable[..., None], *args: object) -> None:
+        loop = self._loop
+        if loop is None:
+            return  # not serving: nobody can be waiting
+        if threading.get_ident() == self._loop_thread:
+            func(*args)
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(func, *args)
+
+    def _deliver(self, store: str, seq: int) -> None:
+        if seq <= self._seqs.get(store, 0):
+            return
+        self._seqs[store] = seq
+        for future in self._waiters.pop(store, ()):
+            if not future.done():
+                future.set_result(None)
+
+    def _release_all(self) -> None:
+        self._closed = True
+        waiters, self._waiters = self._waiters, {}
+        for group in waiters.values():
+            for future in group:
+                if not future.done():
+                    future.set_result(None)

@@ -1,0 +1,243 @@
+"""Wire models and rules shared by the WebSync server and client.
+
+This module is the whole contract between ``websync_server`` and ``websync_fs``:
+neither imports the other's internals.  It must stay free of third-party imports
+so the client can load it without the server's dependencies.
+
+See ``docs/protocol.md`` for the HTTP API built on these models.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, NewType
+
+API = "/v1"
+BLOCK_SIZE = 4 * 1024 * 1024
+NAME_MAX = 255
+#: Longest long-poll a server will hold, in seconds.
+WAIT_MAX = 60.0
+
+NodeId = NewType("NodeId", str)
+BlockHash = NewType("BlockHash", str)
+
+ROOT_ID = NodeId("root")
+
+KIND_FILE = "file"
+KIND_DIR = "dir"
+KIND_SYMLINK = "symlink"
+KINDS = frozenset({KIND_FILE, KIND_DIR, KIND_SYMLINK})
+
+_NODE_ID_RE = re.compile(r"^(root|[0-9a-f]{32})$")
+_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class InvalidName(ValueError):
+    """A path component the store refuses; the message says why."""
+
+
+def validate_name(name: str) -> str:
+    """Return *name* if it may be a directory entry, else raise `InvalidName`.
+
+    Names are any UTF-8 string of 1..255 bytes without ``/`` or NUL, and not
+    ``.`` or ``..`` -- the same rule as Linux filesystems, so every name a local
+    disk accepts is stored faithfully.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidName("a name must not be empty")
+    if name in (".", ".."):
+        raise InvalidName(f"{name!r} is not a valid name")
+    if "/" in name or "\0" in name:
+        raise InvalidName(f"{name!r} contains '/' or NUL")
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidName(f"{name!r} is not valid UTF-8") from exc
+    if len(encoded) > NAME_MAX:
+        raise InvalidName(f"name is {len(encoded)} bytes long, the limit is {NAME_MAX}")
+    return name
+
+
+def is_node_id(value: object) -> bool:
+    return isinstance(value, str) and bool(_NODE_ID_RE.match(value))
+
+
+def is_block_hash(value: object) -> bool:
+    return isinstance(value, str) and bool(_HASH_RE.match(value))
+
+
+def new_node_id() -> NodeId:
+    """A fresh node id; clients choose ids so they can create while offline."""
+    return NodeId(uuid.uuid4().hex)
+
+
+def block_count(size: int) -> int:
+    return (size + BLOCK_SIZE - 1) // BLOCK_SIZE
+
+
+@dataclass(frozen=True)
+class Node:
+    """A file, directory or symlink as the journal reports it.
+
+    ``seq`` is the store sequence number of the commit that last changed the node;
+    clients send it back as the precondition of their next change.
+    """
+
+    id: NodeId
+    kind: str
+    mode: int
+    size: int
+    mtime_ns: int
+    seq: int
+    blocks: tuple[BlockHash, ...] = ()
+    target: str = ""
+    deleted: bool = False
+    device: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["blocks"] = list(self.blocks)
+        return data
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Node:
+        return cls(
+            id=NodeId(data["id"]),
+            kind=data["kind"],
+            mode=int(data["mode"]),
+            size=int(data["size"]),
+            mtime_ns=int(data["mtime_ns"]),
+            seq=int(data["seq"]),
+            blocks=tuple(BlockHash(h) for h in data.get("blocks", ())),
+            target=data.get("target", ""),
+            deleted=bool(data.get("deleted", False)),
+            device=data.get("device", ""),
+        )
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A directory entry ``parent/name``; ``node`` is None for a removed entry."""
+
+    parent: NodeId
+    name: str
+    node: NodeId | None
+    seq: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Entry:
+        node = data.get("node")
+        return cls(
+            parent=NodeId(data["parent"]),
+            name=data["name"],
+            node=NodeId(node) if node is not None else None,
+            seq=int(data["seq"]),
+        )
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Answer to "what changed since cursor C".
+
+    With ``reset`` set the client's cursor is older than the server keeps
+    tombstones for: it must drop its replica and list again from cursor 0.
+    A listing from cursor 0 holds only live nodes and entries.  ``more`` says
+    another page follows; pages always end on a whole commit.
+    """
+
+    cursor: int
+    nodes: tuple[Node, ...] = ()
+    entries: tuple[Entry, ...] = ()
+    reset: bool = False
+    more: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "cursor": self.cursor,
+            "reset": self.reset,
+            "more": self.more,
+            "nodes": [n.to_wire() for n in self.nodes],
+            "entries": [e.to_wire() for e in self.entries],
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Changes:
+        return cls(
+            cursor=int(data["cursor"]),
+            reset=bool(data.get("reset", False)),
+            more=bool(data.get("more", False)),
+            nodes=tuple(Node.from_wire(n) for n in data.get("nodes", ())),
+            entries=tuple(Entry.from_wire(e) for e in data.get("entries", ())),
+        )
+
+
+# Commit operations.  A batch is a list of these dicts, applied atomically in
+# order; see docs/protocol.md for each one's precondition and 409 reasons.
+OP_MKDIR = "mkdir"
+OP_CREATE = "create"
+OP_SYMLINK = "symlink"
+OP_UPDATE = "update"
+OP_SETATTR = "setattr"
+OP_RENAME = "rename"
+OP_DELETE = "delete"
+OPS = frozenset({OP_MKDIR, OP_CREATE, OP_SYMLINK, OP_UPDATE, OP_SETATTR, OP_RENAME, OP_DELETE})
+
+# Reasons a commit is refused with 409.
+CONFLICT_EXISTS = "exists"  # the target name is taken
+CONFLICT_MISSING = "missing"  # the node or entry the op names is gone
+CONFLICT_CHANGED = "changed"  # the node's seq is not the precondition's
+CONFLICT_NOT_EMPTY = "not_empty"  # deleting a directory that has entries
+CONFLICT_NOT_DIR = "not_dir"  # a parent that is not a directory
+CONFLICT_CYCLE = "cycle"  # moving a directory into itself
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Why a commit batch was refused: which op and for what reason."""
+
+    index: int
+    reason: str
+    message: str = ""
+    node: Node | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "error": "conflict",
+            "index": self.index,
+            "reason": self.reason,
+            "message": self.message,
+            "node": self.node.to_wire() if self.node else None,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Conflict:
+        node = data.get("node")
+        return cls(
+            index=int(data["index"]),
+            reason=data["reason"],
+            message=data.get("message", ""),
+            node=Node.from_wire(node) if node else None,
+        )
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """A node with the live entries that name it (GET .../nodes/{id})."""
+
+    node: Node
+    entries: tuple[Entry, ...] = field(default_factory=tuple)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"node": self.node.to_wire(), "entries": [e.to_wire() for e in self.entries]}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> NodeState:
+        return cls(
+            node=Node.from_wire(data["node"]),
+            entries=tuple(Entry.from_wire(e) for e in data.get("entries", ())),
+        )

@@ -1,0 +1,97 @@
+"""Running the app under uvicorn: the listening socket, the announcement, clean shutdown.
+
+`serve` binds the socket itself, so a taken port is an ordinary `OSError` the
+CLI can report in one sentence (uvicorn would log it and exit), and so port 0
+works: the announcement names the port the kernel picked.
+
+Shutdown on SIGTERM or SIGINT: uvicorn stops accepting, waits for requests in
+flight (at most `GRACEFUL_SHUTDOWN_S`), then runs the app's lifespan exit.  Long
+polls would hold that wait for up to a minute, so the signal also releases them
+at once: they answer "no changes" and the clients poll again elsewhere.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+
+__all__ = ["GRACEFUL_SHUTDOWN_S", "listen", "serve", "url_of"]
+
+GRACEFUL_SHUTDOWN_S = 10
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on *host*:*port* (0: any free port)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    if not infos:
+        raise OSError(f"can't resolve {host}")
+    family = infos[0][0]
+    try:
+        return socket.create_server((host, port), family=family, backlog=1024)
+    except OSError as exc:
+        raise OSError(exc.errno, f"can't listen on {host}:{port}: {exc.strerror}") from exc
+
+
+def url_of(host: str, sock: socket.socket) -> str:
+    """The http:// URL of a listening socket, as clients on *host* reach it."""
+    port = sock.getsockname()[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def serve(
+    app: Starlette,
+    sock: socket.socket,
+    *,
+    on_listening: Callable[[], None],
+    on_exit_signal: Callable[[], None],
+) -> bool:
+    """Serve *app* on *sock* until SIGTERM or SIGINT; False if it never started."""
+    config = uvicorn.Config(
+        app,
+        loop="asyncio",
+        http="h11",
+        lifespan="on",
+        log_config=None,  # the CLI's handlers (server.log, -v) get uvicorn's records too
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+    server = _Server(config, on_listening=on_listening, on_exit_signal=on_exit_signal)
+    # uvicorn restores the previous handlers after its graceful shutdown and
+    # re-raises the signal; with these no-ops the process then ends with status
+    # 0 instead of dying by SIGTERM or printing a KeyboardInterrupt traceback.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _ignore)
+    server.run(sockets=[sock])
+    return server.started
+
+
+def _ignore(_sig: int, _frame: Any) -> None:
+    pass
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, announcing when it listens and releasing long polls on a signal."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        on_listening: Callable[[], None],
+        on_exit_signal: Callable[[], None],
+    ) -> None:
+        super().__init__(config)
+        self._on_listening = on_listening
+        self._on_exit_signal = on_exit_signal
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and not self.should_exit:
+            self._on_listening()
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        self._on_exit_signal()

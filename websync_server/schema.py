@@ -1,0 +1,216 @@
+"""The metadata schema: SQLAlchemy Core tables, and rows turned into wire models.
+
+The same tables serve SQLite (the embedded default) and PostgreSQL, so everything
+here is portable Core: no SQLite-only types, defaults or SQL.  Version 1 of the
+schema is created with ``create_all`` on first start; the ``meta`` table records
+the version so a later server can migrate (or refuse) an older database.
+
+Invariants the store keeps (``store.py`` is the only writer):
+
+- Every store has a ``root`` dir node that is never deleted or renamed.
+- An entry with ``node = NULL`` is a tombstone: a removed name, kept so the
+  journal can report the removal.  A node with ``deleted`` true is a tombstone
+  for the node; it keeps its last content (size, blocks) so it can be restored.
+- A node is ``deleted`` exactly when no live entry names it (root excepted).
+- ``seq`` of every row is the store seq of the commit that last changed the row,
+  and ``stores.seq`` is the highest of them: the journal is "rows with
+  ``seq > cursor``", served from the ``(store, seq)`` indexes.
+- A directory has at most one live entry (no hard links to directories), which is
+  what lets ``rename`` find a directory's ancestors for the cycle check.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.engine import Row
+
+from .protocol import BlockHash, Entry, Node, NodeId
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "batches",
+    "blocks_from_text",
+    "blocks_to_text",
+    "devices",
+    "entries",
+    "entry_from_row",
+    "meta",
+    "metadata",
+    "node_from_row",
+    "nodes",
+    "stores",
+    "users",
+    "versions",
+]
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+# Ids of nodes are "root" or 32 hex digits; store ids are 32 hex digits.
+_ID = String(32)
+# PostgreSQL counts VARCHAR length in characters, so 255 holds every name of at
+# most 255 UTF-8 bytes (protocol.NAME_MAX); SQLite ignores the length.
+_NAME = String(255)
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    # argon2 encoded hash (parameters and salt included), never the password.
+    Column("password_hash", Text, nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    # The name the client chose at login; not unique: two mounts on one host
+    # log in with the same host name and must both stay valid.
+    Column("name", _NAME, nullable=False),
+    # SHA-256 of the bearer token: a copy of the database never yields a token.
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("revoked", Boolean, nullable=False),
+)
+
+stores = Table(
+    "stores",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("owner", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    # The seq of the store's latest commit; a commit takes seq + 1.
+    Column("seq", BigInteger, nullable=False),
+    # Tombstones with seq <= horizon may have been purged: a cursor below it
+    # can have missed a removal and gets a reset.
+    Column("horizon", BigInteger, nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("store", _ID, ForeignKey("stores.id"), nullable=False),
+    Column("id", _ID, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("mode", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    # JSON array of block hashes; a file's whole block list is read and written
+    # together, so a side table would only cost joins.
+    Column("blocks", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("deleted", Boolean, nullable=False),
+    Column("device", _NAME, nullable=False),
+    PrimaryKeyConstraint("store", "id"),
+    Index("nodes_by_seq", "store", "seq"),
+)
+
+entries = Table(
+    "entries",
+    metadata,
+    Column("store", _ID, nullable=False),
+    Column("parent", _ID, nullable=False),
+    Column("name", _NAME, nullable=False),
+    Column("node", _ID, nullable=True),  # NULL: a removed name (tombstone)
+    Column("seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("store", "parent", "name"),
+    ForeignKeyConstraint(["store", "parent"], ["nodes.store", "nodes.id"]),
+    # MATCH SIMPLE: not checked while node is NULL, which is what tombstones need.
+    ForeignKeyConstraint(["store", "node"], ["nodes.store", "nodes.id"]),
+    Index("entries_by_seq", "store", "seq"),
+    Index("entries_by_node", "store", "node"),
+)
+
+versions = Table(
+    "versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("store", _ID, nullable=False),
+    Column("node", _ID, nullable=False),
+    # The replaced content as it was: its own seq, size, blocks, mtime, writer.
+    Column("seq", BigInteger, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("blocks", Text, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("device", _NAME, nullable=False),
+    # The commit that replaced it, and when (server clock).
+    Column("replaced_seq", BigInteger, nullable=False),
+    Column("time_ns", BigInteger, nullable=False),
+    ForeignKeyConstraint(["store", "node"], ["nodes.store", "nodes.id"]),
+    Index("versions_by_node", "store", "node"),
+)
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("store", _ID, ForeignKey("stores.id"), nullable=False),
+    Column("batch", String(128), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("device", _NAME, nullable=False),
+    Column("time_ns", BigInteger, nullable=False),
+    PrimaryKeyConstraint("store", "batch"),
+)
+
+
+def blocks_to_text(blocks: tuple[BlockHash, ...] | list[BlockHash]) -> str:
+    """The ``blocks`` column's JSON text for a block list."""
+    return json.dumps(list(blocks), separators=(",", ":"))
+
+
+def blocks_from_text(text: str) -> tuple[BlockHash, ...]:
+    """The block list stored in a ``blocks`` column."""
+    return tuple(BlockHash(h) for h in json.loads(text))
+
+
+def node_from_row(row: Row[Any]) -> Node:
+    """The wire model of a ``nodes`` row."""
+    return Node(
+        id=NodeId(row.id),
+        kind=row.kind,
+        mode=row.mode,
+        size=row.size,
+        mtime_ns=row.mtime_ns,
+        seq=row.seq,
+        blocks=blocks_from_text(row.blocks),
+        target=row.target,
+        deleted=bool(row.deleted),
+        device=row.device,
+    )
+
+
+def entry_from_row(row: Row[Any]) -> Entry:
+    """The wire model of an ``entries`` row."""
+    return Entry(
+        parent=NodeId(row.parent),
+        name=row.name,
+        node=NodeId(row.node) if row.node is not None else None,
+        seq=row.seq,
+    )
