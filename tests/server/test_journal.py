@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 from sqlalchemy import event, update
@@ -101,9 +102,10 @@ def test_one_change_in_a_big_store_costs_as_little_as_in_a_small_one(components:
     target = create("target")
     c.commit(target)
     steps = _count_sqlite_steps(c)
+    mtimes = itertools.count(1)
 
     def cost_of_one_change() -> int:
-        cursor = c.commit(setattr_(target["id"], mtime_ns=cursor_seed()))
+        cursor = c.commit(setattr_(target["id"], mtime_ns=next(mtimes)))
         steps[0] = 0
         changes = c.store.changes(c.store_id, cursor - 1)
         assert [n.id for n in changes.nodes] == [target["id"]] and changes.entries == ()
@@ -117,13 +119,8 @@ def test_one_change_in_a_big_store_costs_as_little_as_in_a_small_one(components:
     assert big < small * 2, (small, big)
 
 
-def cursor_seed(counter: list[int] = [0]) -> int:
-    counter[0] += 1
-    return counter[0]
-
-
 def _count_sqlite_steps(c: Components) -> list[int]:
-    """Count SQLite virtual machine steps (in units of 100) on every new connection."""
+    """Count SQLite virtual machine instructions on every new connection."""
     steps = [0]
 
     def on_connect(dbapi_connection: object, _record: object) -> None:
@@ -131,7 +128,7 @@ def _count_sqlite_steps(c: Components) -> list[int]:
             steps[0] += 1
             return 0
 
-        dbapi_connection.set_progress_handler(tick, 100)  # type: ignore[attr-defined]
+        dbapi_connection.set_progress_handler(tick, 1)  # type: ignore[attr-defined]
 
     c.db.engine.dispose()
     event.listen(c.db.engine, "connect", on_connect)
