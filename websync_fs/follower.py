@@ -47,6 +47,9 @@ class Applier:
         self.queue = queue
         self.busy = busy
         self.notify = notify
+        #: Called after each applied batch with the ids of files whose content
+        #: changed or that are new (pinned folders fetch them in the background).
+        self.on_content: Callable[[list[str]], None] = lambda ids: None
 
     def _ino(self, node: str) -> int | None:
         row = self.replica.by_id(node)
@@ -57,6 +60,7 @@ class Applier:
         pending_nodes = self.queue.pending_nodes()
         pending_entries = self.queue.pending_entries()
         inv = Invalidation()
+        fetched: list[str] = []
         with self.replica.tx():
             for node in nodes:
                 if node.id == ROOT_ID:
@@ -65,6 +69,8 @@ class Applier:
                     self.replica.defer_node(node)
                     continue
                 self._apply_node(node, inv)
+                if node.kind == "file" and not node.deleted:
+                    fetched.append(node.id)
             for entry in entries:
                 if self._entry_busy(entry, pending_nodes, pending_entries):
                     self.replica.defer_entry(entry)
@@ -74,6 +80,8 @@ class Applier:
                 self.replica.cursor = cursor
         if inv:
             self.notify(inv)
+        if fetched:
+            self.on_content(fetched)
 
     def _entry_busy(self, entry: Entry, pending_nodes: set[str], pending_entries: set[tuple[str, str]]) -> bool:
         """True if applying *entry* would hide or replace something not yet uploaded."""

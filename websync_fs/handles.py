@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 from dataclasses import dataclass
 
 from websync_server.protocol import BlockHash
 
 from .errors import FsError
-
-import errno
 
 
 @dataclass

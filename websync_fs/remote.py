@@ -14,7 +14,15 @@ import httpx
 
 from websync_server.protocol import API, BlockHash, Changes, Conflict, NodeId, NodeState
 
-from .errors import BadRequest, CommitConflict, NotFound, Offline, RemoteError, ServerFull, Unauthorized
+from .errors import (
+    BadRequest,
+    CommitConflict,
+    NotFound,
+    Offline,
+    RemoteError,
+    ServerFull,
+    Unauthorized,
+)
 
 log = logging.getLogger(__name__)
 

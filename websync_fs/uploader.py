@@ -55,7 +55,15 @@ from websync_server.protocol import (
 )
 
 from .conflicts import conflict_name
-from .errors import BadRequest, CommitConflict, NotFound, Offline, RemoteError, ServerFull, Unauthorized
+from .errors import (
+    BadRequest,
+    CommitConflict,
+    NotFound,
+    Offline,
+    RemoteError,
+    ServerFull,
+    Unauthorized,
+)
 from .follower import Applier, backoff
 from .remote import Remote
 from .replica import Replica

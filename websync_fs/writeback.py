@@ -48,7 +48,15 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from websync_server.protocol import OP_CREATE, OP_DELETE, OP_MKDIR, OP_RENAME, OP_SETATTR, OP_SYMLINK, OP_UPDATE
+from websync_server.protocol import (
+    OP_CREATE,
+    OP_DELETE,
+    OP_MKDIR,
+    OP_RENAME,
+    OP_SETATTR,
+    OP_SYMLINK,
+    OP_UPDATE,
+)
 
 from .statedb import StateDb
 

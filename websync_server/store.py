@@ -30,8 +30,9 @@ import time
 import uuid
 from typing import Any, NoReturn, Protocol
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.engine import Row
+from sqlalchemy.sql.elements import BindParameter
 
 from . import journal
 from ._exceptions import CommitConflict, InvalidRequest, NotFound
@@ -64,6 +65,26 @@ __all__ = ["BlockSizes", "MetadataStore", "new_store"]
 ROOT_MODE = 0o755
 # A directory tree deeper than this is corrupt (or an attack), not a real tree.
 _MAX_DEPTH = 10_000
+
+# The statements a commit runs for every op, built once: building and cache-
+# keying a Core statement per call was most of the cost of a big batch.
+_S: BindParameter[str] = bindparam("b_store")
+_ID: BindParameter[str] = bindparam("b_id")
+_PARENT: BindParameter[str] = bindparam("b_parent")
+_NAME: BindParameter[str] = bindparam("b_name")
+_NODE = select(nodes).where(nodes.c.store == _S, nodes.c.id == _ID)
+_ENTRY = select(entries).where(entries.c.store == _S, entries.c.parent == _PARENT, entries.c.name == _NAME)
+_FIRST_CHILD = (
+    select(entries.c.name).where(entries.c.store == _S, entries.c.parent == _PARENT, entries.c.node.is_not(None)).limit(1)
+)
+# Directories have one live entry, so this is "the parent" of a directory.
+_A_PARENT = select(entries.c.parent).where(entries.c.store == _S, entries.c.node == _ID).limit(1)
+_UPDATE_NODE = update(nodes).where(nodes.c.store == _S, nodes.c.id == _ID)
+_SET_ENTRY = (
+    update(entries)
+    .where(entries.c.store == _S, entries.c.parent == _PARENT, entries.c.name == _NAME)
+    .values(node=bindparam("b_node"), seq=bindparam("b_seq"))
+)
 
 
 class BlockSizes(Protocol):
@@ -223,9 +244,8 @@ class _Commit:
         values: dict[str, Any] = {"size": 0, "blocks": blocks_to_text([]), "target": ""}
         values.update(fields)
         self._conn.execute(
-            insert(nodes).values(
-                store=self._store, id=node_id, seq=self._seq, deleted=False, device=self._device, **values
-            )
+            insert(nodes),
+            {"store": self._store, "id": node_id, "seq": self._seq, "deleted": False, "device": self._device, **values},
         )
         self._seq_before[node_id] = None
         self._set_entry(parent, name, node_id, exists=taken is not None)
@@ -236,10 +256,11 @@ class _Commit:
             raise InvalidRequest(f"op {index}: update needs a file, node {op.id} is a {row.kind}")
         self._check_base(index, row, op.base)
         self._conn.execute(
-            insert(versions).values(
-                store=self._store, node=op.id, seq=row.seq, size=row.size, blocks=row.blocks,
-                mtime_ns=row.mtime_ns, device=row.device, replaced_seq=self._seq, time_ns=self._now_ns,
-            )
+            insert(versions),
+            {
+                "store": self._store, "node": op.id, "seq": row.seq, "size": row.size, "blocks": row.blocks,
+                "mtime_ns": row.mtime_ns, "device": row.device, "replaced_seq": self._seq, "time_ns": self._now_ns,
+            },
         )  # fmt: skip
         values: dict[str, Any] = {
             "size": op.size, "blocks": blocks_to_text(op.blocks), "mtime_ns": op.mtime_ns,
@@ -295,13 +316,11 @@ class _Commit:
     # -- reading ---------------------------------------------------------------
 
     def _node(self, node_id: str) -> Row[Any] | None:
-        return self._conn.execute(select(nodes).where(nodes.c.store == self._store, nodes.c.id == node_id)).first()
+        return self._conn.execute(_NODE, {"b_store": self._store, "b_id": node_id}).first()
 
     def _entry(self, parent: str, name: str) -> Row[Any] | None:
         """The entry row ``parent/name``, also a tombstone (``node`` None)."""
-        return self._conn.execute(
-            select(entries).where(entries.c.store == self._store, entries.c.parent == parent, entries.c.name == name)
-        ).first()
+        return self._conn.execute(_ENTRY, {"b_store": self._store, "b_parent": parent, "b_name": name}).first()
 
     def _live_node(self, index: int, node_id: NodeId) -> Row[Any]:
         row = self._node(node_id)
@@ -326,12 +345,7 @@ class _Commit:
         self._refuse(index, CONFLICT_CHANGED, f"node {row.id} changed since seq {base}", row)
 
     def _has_entries(self, dir_id: str) -> bool:
-        found = self._conn.execute(
-            select(entries.c.name)
-            .where(entries.c.store == self._store, entries.c.parent == dir_id, entries.c.node.is_not(None))
-            .limit(1)
-        ).first()
-        return found is not None
+        return self._conn.execute(_FIRST_CHILD, {"b_store": self._store, "b_parent": dir_id}).first() is not None
 
     def _is_inside(self, node_id: str, ancestor: str) -> bool:
         """Whether *node_id* is *ancestor* or lies below it, walking up the live entries."""
@@ -341,9 +355,7 @@ class _Commit:
                 return True
             if current == ROOT_ID:
                 return False
-            parent = self._conn.execute(
-                select(entries.c.parent).where(entries.c.store == self._store, entries.c.node == current).limit(1)
-            ).scalar()
+            parent = self._conn.execute(_A_PARENT, {"b_store": self._store, "b_id": current}).scalar()
             if parent is None:
                 return False  # a detached node: no path leads up to *ancestor*
             current = parent
@@ -353,27 +365,24 @@ class _Commit:
 
     def _update_node(self, row: Row[Any], **values: Any) -> None:
         self._seq_before.setdefault(row.id, row.seq)
-        self._conn.execute(update(nodes).where(nodes.c.store == self._store, nodes.c.id == row.id).values(**values))
+        self._conn.execute(_UPDATE_NODE, {"b_store": self._store, "b_id": row.id, **values})
 
     def _set_entry(self, parent: str, name: str, node: str | None, *, exists: bool) -> None:
         """Point ``parent/name`` at *node* (None: a tombstone); *exists* if a row is there."""
         if exists:
             self._conn.execute(
-                update(entries)
-                .where(entries.c.store == self._store, entries.c.parent == parent, entries.c.name == name)
-                .values(node=node, seq=self._seq)
+                _SET_ENTRY,
+                {"b_store": self._store, "b_parent": parent, "b_name": name, "b_node": node, "b_seq": self._seq},
             )
         else:
             self._conn.execute(
-                insert(entries).values(store=self._store, parent=parent, name=name, node=node, seq=self._seq)
+                insert(entries), {"store": self._store, "parent": parent, "name": name, "node": node, "seq": self._seq}
             )
 
     def _remove_entry(self, parent: str, name: str, node_id: str) -> None:
         """Tombstone ``parent/name``; a node left without entries becomes deleted."""
         self._set_entry(parent, name, None, exists=True)
-        still_named = self._conn.execute(
-            select(entries.c.name).where(entries.c.store == self._store, entries.c.node == node_id).limit(1)
-        ).first()
+        still_named = self._conn.execute(_A_PARENT, {"b_store": self._store, "b_id": node_id}).first()
         if still_named is None:
             row = self._node(node_id)
             assert row is not None  # the entry named it (foreign key)

@@ -1,0 +1,115 @@
+"""The block store: verified, durable, per-user, readable by range."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from websync_server._exceptions import InsufficientStorage, InvalidRequest, NotFound, RangeNotSatisfiable, TooLarge
+from websync_server.blocks import BlockStore
+from websync_server.protocol import BLOCK_SIZE, BlockHash
+
+
+def digest(data: bytes) -> BlockHash:
+    return BlockHash(hashlib.sha256(data).hexdigest())
+
+
+@pytest.fixture
+def blocks(tmp_path: Path) -> BlockStore:
+    store = BlockStore(tmp_path / "blocks")
+    store.open()
+    return store
+
+
+def test_put_stores_under_the_hash_and_reports_new_or_known(blocks: BlockStore) -> None:
+    data = b"hello world"
+    block = digest(data)
+    assert blocks.put("alice", block, data) is True
+    assert blocks.put("alice", block, data) is False
+    assert blocks.path("alice", block) == blocks.root / "alice" / block[:2] / block[2:4] / block
+    assert blocks.path("alice", block).read_bytes() == data
+    assert blocks.size("alice", block) == len(data)
+    assert list((blocks.root / ".incoming").iterdir()) == []
+
+
+def test_a_body_that_does_not_match_its_hash_is_refused_and_not_stored(blocks: BlockStore) -> None:
+    block = digest(b"the real bytes")
+    with pytest.raises(InvalidRequest, match="SHA-256"):
+        blocks.put("alice", block, b"other bytes")
+    assert blocks.size("alice", block) is None
+    assert not (blocks.root / "alice").exists()
+
+
+def test_blocks_over_the_block_size_are_too_large(blocks: BlockStore) -> None:
+    data = b"x" * (BLOCK_SIZE + 1)
+    with pytest.raises(TooLarge):
+        blocks.put("alice", digest(data), data)
+
+
+def test_bad_hashes_are_invalid(blocks: BlockStore) -> None:
+    for bad in ("", "A" * 64, "../../etc/passwd", "ab" * 31):
+        with pytest.raises(InvalidRequest):
+            blocks.put("alice", BlockHash(bad), b"")
+
+
+def test_users_do_not_share_blocks(blocks: BlockStore) -> None:
+    data = b"secret"
+    blocks.put("alice", digest(data), data)
+    assert blocks.size("bob", digest(data)) is None
+    assert blocks.missing("bob", [digest(data)]) == [digest(data)]
+    with pytest.raises(NotFound):
+        blocks.read("bob", digest(data))
+
+
+def test_missing_lists_each_absent_block_once_in_order(blocks: BlockStore) -> None:
+    have, lack1, lack2 = digest(b"1"), digest(b"2"), digest(b"3")
+    blocks.put("alice", have, b"1")
+    assert blocks.missing("alice", [lack2, have, lack1, lack2]) == [lack2, lack1]
+
+
+def test_read_whole_and_ranges(blocks: BlockStore) -> None:
+    data = bytes(range(256)) * 40  # 10,240 bytes
+    block = digest(data)
+    blocks.put("alice", block, data)
+    assert blocks.read("alice", block).data == data
+    part = blocks.read("alice", block, 100, 199)
+    assert (part.data, part.start, part.size) == (data[100:200], 100, len(data))
+    assert blocks.read("alice", block, 10_000).data == data[10_000:]
+    assert blocks.read("alice", block, None, 40).data == data[-40:]
+    assert blocks.read("alice", block, 10_200, 99_999).data == data[10_200:]
+    with pytest.raises(RangeNotSatisfiable):
+        blocks.read("alice", block, len(data))
+    with pytest.raises(NotFound):
+        blocks.read("alice", digest(b"never stored"))
+
+
+def test_a_full_disk_stores_nothing_and_says_so(blocks: BlockStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes) -> int:
+        if len(data) > 100:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    data = b"z" * 1000
+    with pytest.raises(InsufficientStorage):
+        blocks.put("alice", digest(data), data)
+    assert blocks.size("alice", digest(data)) is None
+    assert list((blocks.root / ".incoming").iterdir()) == []
+
+
+def test_open_removes_stale_temporary_files_only(blocks: BlockStore) -> None:
+    incoming = blocks.root / ".incoming"
+    stale, fresh = incoming / "stale", incoming / "fresh"
+    stale.write_bytes(b"torn upload")
+    fresh.write_bytes(b"upload in flight")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    blocks.open()
+    assert not stale.exists() and fresh.exists()

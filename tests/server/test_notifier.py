@@ -1,0 +1,60 @@
+"""The notifier: long polls wake on a commit from any thread, and never miss one."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from websync_server.notifier import Notifier
+
+
+def run(coro_fn):  # type: ignore[no-untyped-def]
+    """Run an asyncio coroutine function on a fresh loop with a bound notifier."""
+
+    async def main():  # type: ignore[no-untyped-def]
+        notifier = Notifier()
+        notifier.bind(asyncio.get_running_loop())
+        return await coro_fn(notifier)
+
+    return asyncio.run(main())
+
+
+def test_a_notify_from_another_thread_wakes_the_waiter_promptly() -> None:
+    async def scenario(notifier: Notifier) -> tuple[bool, float, int]:
+        started = time.monotonic()
+        threading.Timer(0.1, notifier.notify, args=("s", 5)).start()
+        woke = await notifier.wait("s", after=4, timeout=10)
+        return woke, time.monotonic() - started, notifier.waiting("s")
+
+    woke, elapsed, left = run(scenario)
+    assert woke and elapsed < 2 and left == 0
+
+
+def test_wait_times_out_without_a_commit() -> None:
+    async def scenario(notifier: Notifier) -> tuple[bool, float]:
+        started = time.monotonic()
+        notifier.notify("other-store", 9)
+        woke = await notifier.wait("s", after=1, timeout=0.2)
+        return woke, time.monotonic() - started
+
+    woke, elapsed = run(scenario)
+    assert not woke and 0.15 < elapsed < 2
+
+
+def test_a_commit_notified_before_the_wait_is_not_missed() -> None:
+    async def scenario(notifier: Notifier) -> tuple[bool, bool]:
+        notifier.notify("s", 7)
+        return await notifier.wait("s", after=6, timeout=0), await notifier.wait("s", after=7, timeout=0)
+
+    assert run(scenario) == (True, False)
+
+
+def test_close_releases_every_waiter() -> None:
+    async def scenario(notifier: Notifier) -> list[bool]:
+        waits = [asyncio.create_task(notifier.wait(f"s{i}", after=0, timeout=30)) for i in range(3)]
+        await asyncio.sleep(0.05)
+        threading.Thread(target=notifier.close).start()
+        return list(await asyncio.wait_for(asyncio.gather(*waits), 5))
+
+    assert run(scenario) == [False, False, False]

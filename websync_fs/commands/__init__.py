@@ -1,0 +1,1 @@
+"""The subcommands of ``websync``, one module per area."""

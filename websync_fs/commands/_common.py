@@ -1,0 +1,91 @@
+"""What every ``websync`` command shares: the context, error handling, logging, formatting."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import logging.handlers
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+
+from ..errors import WebSyncError
+from ..home import Home
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("websync_fs")
+
+
+@dataclass
+class Context:
+    home_option: str | None
+    verbose: bool
+
+    @property
+    def home(self) -> Home:
+        return Home.locate(self.home_option)
+
+
+def friendly(fn: F) -> F:
+    """Turn WebSync errors into a message and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except WebSyncError as exc:
+            ctx = click.get_current_context().find_object(Context)
+            if ctx is not None and ctx.verbose:
+                log.exception("command failed")
+            click.echo(f"websync: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(home: Home, verbose: bool) -> None:
+    home.ensure()
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    handler = logging.handlers.RotatingFileHandler(home.log_file, maxBytes=10 * 1024**2, backupCount=3)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    if verbose:
+        console = logging.StreamHandler()
+        console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(console)
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_pid(home: Home) -> int | None:
+    try:
+        pid = int(home.pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def human(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size} B"

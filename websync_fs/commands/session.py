@@ -1,0 +1,239 @@
+"""Session commands: log in, mount, unmount, and the status of this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import ConfigError, Unauthorized, WebSyncError
+from ..home import Home
+from ._common import (
+    Context,
+    friendly,
+    human,
+    pass_ctx,
+    pid_alive,
+    running_pid,
+    setup_logging,
+)
+
+COMMANDS = ["login", "mount", "unmount", "status"]
+
+
+@click.command()
+@click.argument("server")
+@click.option("--user", "-u", required=True, help="Your user name on the server.")
+@click.option("--device", help="Name of this machine (default: its host name).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input (for scripts).")
+@pass_ctx
+@friendly
+def login(ctx: Context, server: str, user: str, device: str | None, password_stdin: bool) -> None:
+    """Log this machine in to SERVER (e.g. http://box:8080) and store a device token."""
+    import trio
+
+    from ..remote import login as remote_login
+
+    if not server.startswith(("http://", "https://")):
+        raise ConfigError(f"{server!r} is not a server address; give one like http://box:8080")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt("Password", hide_input=True)
+    home = ctx.home
+    settings = home.load_settings()
+    settings.server = server.rstrip("/")
+    settings.user = user
+    if device:
+        settings.device = device
+    answer = trio.run(remote_login, settings.server, user, password, settings.device)
+    settings.store = answer["store"]
+    home.save_token(answer["token"])
+    home.save_settings(settings)
+    click.echo(f"logged in to {settings.server} as {user} (device {settings.device})")
+
+
+@click.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground until unmounted.")
+@pass_ctx
+@friendly
+def mount(ctx: Context, mountpoint: Path, foreground: bool) -> None:
+    """Mount the store at MOUNTPOINT; returns once it is mounted."""
+    home = ctx.home
+    home.logged_in()
+    target = mountpoint.expanduser().absolute()
+    if not target.exists():
+        target.mkdir(parents=False)
+    if not target.is_dir():
+        raise ConfigError(f"{target} is not a directory")
+    if os.path.ismount(target):
+        raise ConfigError(f"{target} is already a mount point")
+    if any(target.iterdir()):
+        raise ConfigError(f"{target} is not empty; mount on an empty folder so no files are hidden")
+    pid = running_pid(home)
+    if pid is not None:
+        raise ConfigError(f"this home is already mounted by process {pid}; run 'websync unmount' first")
+    if foreground:
+        _mount_foreground(ctx, home, target)
+    else:
+        _mount_background(ctx, home, target)
+
+
+def _mount_foreground(ctx: Context, home: Home, target: Path) -> None:
+    import trio
+
+    from ..mount import run_mount
+
+    setup_logging(home, ctx.verbose)
+    ready_fd = os.environ.pop("WEBSYNC_READY_FD", None)
+
+    def ready() -> None:
+        if ready_fd is not None:
+            os.write(int(ready_fd), b"ok\n")
+            os.close(int(ready_fd))
+        else:
+            click.echo(f"mounted at {target}")
+
+    try:
+        trio.run(run_mount, home, target, ready)
+    except WebSyncError as exc:
+        if ready_fd is not None:
+            try:
+                os.write(int(ready_fd), f"{exc.exit_code} {exc}\n".encode())
+            except OSError:
+                pass
+        raise
+
+
+def _mount_background(ctx: Context, home: Home, target: Path) -> None:
+    home.ensure()
+    read_end, write_end = os.pipe()
+    env = dict(os.environ, WEBSYNC_READY_FD=str(write_end))
+    args = [sys.executable, "-m", "websync_fs.cli"]
+    if ctx.home_option:
+        args += ["--home", str(Path(ctx.home_option).expanduser().absolute())]
+    if ctx.verbose:
+        args.append("-v")
+    args += ["mount", "--foreground", str(target)]
+    with open(home.state_dir / "mount.out", "ab") as out:
+        child = subprocess.Popen(
+            args, env=env, pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            start_new_session=True,
+        )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read().decode(errors="replace").strip()
+    if answer == "ok":
+        click.echo(f"mounted at {target} (process {child.pid})")
+        return
+    child.wait(timeout=30)
+    if answer:
+        code, _, message = answer.partition(" ")
+        click.echo(f"websync: {message}", err=True)
+        sys.exit(int(code) if code.isdigit() else 1)
+    raise WebSyncError(f"mounting failed; see {home.log_file} and {home.state_dir / 'mount.out'}")
+
+
+@click.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@pass_ctx
+@friendly
+def unmount(ctx: Context, mountpoint: Path) -> None:
+    """Unmount the store from MOUNTPOINT (pending uploads go out first, briefly)."""
+    target = mountpoint.expanduser().absolute()
+    if not os.path.ismount(target):
+        raise ConfigError(f"{target} is not mounted")
+    pid = running_pid(ctx.home)
+    result = subprocess.run(["fusermount3", "-u", str(target)], capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = result.stderr.strip() or "fusermount3 failed"
+        raise WebSyncError(f"cannot unmount {target}: {reason} (close the files open there and try again)")
+    if pid is not None:
+        deadline = time.monotonic() + 60
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    click.echo(f"unmounted {target}")
+
+
+def _probe(home: Home) -> tuple[bool, str]:
+    """Ask the server directly (no mount running): online?, error."""
+    import trio
+
+    from ..errors import Offline
+    from ..remote import Remote
+
+    settings, token = home.logged_in()
+
+    async def ask() -> None:
+        remote = Remote(settings.server, token, settings.store)
+        try:
+            await remote.whoami()
+        finally:
+            await remote.aclose()
+
+    try:
+        trio.run(ask)
+    except Offline as exc:
+        return False, str(exc)
+    return True, ""
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@pass_ctx
+@friendly
+def status(ctx: Context, as_json: bool) -> None:
+    """Show the server, user, connection and uploads waiting."""
+    home = ctx.home
+    settings, _ = home.logged_in()
+    pid = running_pid(home)
+    daemon: dict[str, Any] = {}
+    if pid is not None:
+        try:
+            daemon = json.loads(home.status_file.read_text())
+        except (FileNotFoundError, ValueError):
+            daemon = {}
+    if daemon:
+        online, error = bool(daemon.get("online")), str(daemon.get("error", ""))
+        pending, pending_bytes = int(daemon.get("pending", 0)), int(daemon.get("pending_bytes", 0))
+    else:
+        online, error = _probe(home)
+        pending, pending_bytes = _queue_size(home)
+    info = {
+        "server": settings.server, "user": settings.user, "device": settings.device,
+        "online": online, "error": error, "mounted": pid is not None,
+        "mountpoint": daemon.get("mountpoint", ""), "pid": pid,
+        "pending": pending, "pending_bytes": pending_bytes,
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        click.echo(f"server:     {settings.server}")
+        click.echo(f"user:       {settings.user} (device {settings.device})")
+        click.echo(f"connection: {'online' if online else 'offline'}{f' ({error})' if error else ''}")
+        click.echo(f"mounted:    {info['mountpoint']} (process {pid})" if pid else "mounted:    no")
+        click.echo(f"pending:    {pending} change(s), {human(pending_bytes)} waiting for upload")
+    if "token" in error and not online:
+        raise Unauthorized("the server refused this device's token; run 'websync login' again")
+
+
+def _queue_size(home: Home) -> tuple[int, int]:
+    if not home.replica_db.exists():
+        return 0, 0
+    from ..statedb import StateDb
+    from ..writeback import WriteBackQueue
+
+    db = StateDb(home.replica_db)
+    try:
+        queue = WriteBackQueue(db)
+        return len(queue), queue.pending_bytes()
+    finally:
+        db.close()
+
