@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
+from .names import DEFAULT_LOCAL_ONLY, DEFAULT_TEMPORARY
 
 DEFAULT_CACHE_LIMIT = 10 * 1024**3
 
@@ -30,6 +31,14 @@ class Settings:
     cache_limit: int = DEFAULT_CACHE_LIMIT
     #: Seconds a change waits for more changes before it is uploaded.
     quiet_period: float = 0.2
+    #: Seconds a file with a temporary-looking name waits (see names.py).
+    temporary_quiet_period: float = 3.0
+    #: Seconds a file moved away or deleted waits: a save that puts a new file
+    #: in its place within that time becomes a new version of the same file.
+    replace_quiet_period: float = 1.0
+    #: Name patterns that never leave this machine, and that upload late.
+    local_only: list[str] = field(default_factory=lambda: list(DEFAULT_LOCAL_ONLY))
+    temporary: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPORARY))
 
 
 @dataclass(frozen=True)

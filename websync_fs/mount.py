@@ -27,6 +27,7 @@ from .errors import ConfigError, Offline
 from .follower import Applier, Follower
 from .fuse_ops import FuseOperations
 from .home import Home
+from .names import NamePolicy
 from .remote import Remote
 from .replica import Replica
 from .statedb import StateDb
@@ -55,7 +56,9 @@ class Mount:
         self.queue = WriteBackQueue(
             self.db, quiet=settings.quiet_period, protect=self.cache.protect, unprotect=self.cache.unprotect
         )
+        # Protection lives in memory: rebuild it from what is durable.
         self.cache.protect(self.queue.all_blocks())
+        self.cache.protect(self.replica.local_blocks())
         self.remote = Remote(settings.server, token, settings.store)
         self.source = BlockSource(self.cache, self.remote)
 
@@ -65,7 +68,9 @@ class Mount:
 
         self.vfs = Vfs(
             self.db, self.replica, self.queue, self.source, store_block,
-            self.cache.unprotect, home.work_dir,
+            self.cache.unprotect, home.work_dir, hold_blocks=self.cache.protect,
+            names=NamePolicy(settings.local_only, settings.temporary),
+            temporary_quiet=settings.temporary_quiet_period, replace_quiet=settings.replace_quiet_period,
         )
         self.ops = FuseOperations(self.vfs)
         self.applier = Applier(self.replica, self.queue, self.vfs.busy, self.ops.notify)

@@ -14,7 +14,8 @@ Schema (tables of the state database, statedb.py):
             ``seq`` is the last server seq seen for the node (0: not yet on the
             server) and is the precondition of the next update.  ``orphan`` marks
             a node with no entries left that an open handle or the kernel still
-            uses; it is purged on forget and at start-up.
+            uses; it is purged on forget and at start-up.  ``local`` marks a
+            node that never leaves this machine (a lock or swap file, names.py).
 ``entries`` (parent id, name) -> node id, with the entry's server seq.
 ``deferred_nodes``, ``deferred_entries``  remote states the follower received
             for records that have local changes waiting for upload; applied
@@ -48,7 +49,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     blocks TEXT NOT NULL DEFAULT '[]',
     target TEXT NOT NULL DEFAULT '',
     seq INTEGER NOT NULL DEFAULT 0,
-    orphan INTEGER NOT NULL DEFAULT 0
+    orphan INTEGER NOT NULL DEFAULT 0,
+    local INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS entries (
     parent TEXT NOT NULL,
@@ -79,9 +81,10 @@ class NodeRow:
     target: str
     seq: int
     orphan: bool
+    local: bool
 
 
-_COLS = "ino, id, kind, mode, size, mtime_ns, ctime_ns, blocks, target, seq, orphan"
+_COLS = "ino, id, kind, mode, size, mtime_ns, ctime_ns, blocks, target, seq, orphan, local"
 
 
 def _row(r: tuple[Any, ...] | None) -> NodeRow | None:
@@ -90,6 +93,7 @@ def _row(r: tuple[Any, ...] | None) -> NodeRow | None:
     return NodeRow(
         ino=r[0], id=NodeId(r[1]), kind=r[2], mode=r[3], size=r[4], mtime_ns=r[5], ctime_ns=r[6],
         blocks=tuple(json.loads(r[7])), target=r[8], seq=r[9], orphan=bool(r[10]),
+        local=bool(r[11]),
     )
 
 
@@ -103,8 +107,8 @@ class Replica:
         if self.get(ROOT_INO) is None:
             now = time.time_ns()
             self._db.execute(
-                f"INSERT INTO nodes ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (ROOT_INO, ROOT_ID, "dir", 0o755, 0, now, now, "[]", "", 0, 0),
+                f"INSERT INTO nodes ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (ROOT_INO, ROOT_ID, "dir", 0o755, 0, now, now, "[]", "", 0, 0, 0),
             )
 
     def tx(self) -> AbstractContextManager[None]:
@@ -153,6 +157,13 @@ class Replica:
         row = self._db.execute("SELECT seq FROM entries WHERE parent=? AND name=?", (parent, name)).fetchone()
         return int(row[0]) if row else 0
 
+    def local_blocks(self) -> list[str]:
+        """Blocks of local-only files: kept in the cache for as long as the files exist."""
+        out: list[str] = []
+        for (raw,) in self._db.execute("SELECT blocks FROM nodes WHERE local=1"):
+            out.extend(json.loads(raw))
+        return out
+
     def totals(self) -> tuple[int, int]:
         """Number of live nodes and their total size."""
         row = self._db.execute("SELECT count(*), coalesce(sum(size), 0) FROM nodes WHERE orphan=0").fetchone()
@@ -161,14 +172,14 @@ class Replica:
     # -- writing -------------------------------------------------------------
     def add_node(
         self, node: NodeId, kind: str, mode: int, *, size: int = 0, mtime_ns: int | None = None,
-        blocks: tuple[BlockHash, ...] = (), target: str = "", seq: int = 0,
+        blocks: tuple[BlockHash, ...] = (), target: str = "", seq: int = 0, local: bool = False,
     ) -> NodeRow:
         now = time.time_ns()
         mtime = now if mtime_ns is None else mtime_ns
         cur = self._db.execute(
-            "INSERT INTO nodes (id, kind, mode, size, mtime_ns, ctime_ns, blocks, target, seq) "
-            "VALUES (?,?,?,?,?,?,?,?,?)",
-            (node, kind, mode, size, mtime, now, json.dumps(blocks), target, seq),
+            "INSERT INTO nodes (id, kind, mode, size, mtime_ns, ctime_ns, blocks, target, seq, local) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (node, kind, mode, size, mtime, now, json.dumps(blocks), target, seq, int(local)),
         )
         row = self.get(int(cur.lastrowid or 0))
         assert row is not None

@@ -50,7 +50,9 @@ from .blocksource import BlockSource
 from .errors import FsError, Offline, RemoteError
 from .handles import Handle, HandleTable
 from .inodes import InodeTable
+from .names import NamePolicy
 from .replica import ROOT_INO, NodeRow, Replica
+from .saves import SaveDetector
 from .statedb import StateDb
 from .workcopy import WorkingCopy
 from .writeback import WriteBackQueue
@@ -101,6 +103,8 @@ class Vfs:
         self, db: StateDb, replica: Replica, queue: WriteBackQueue, source: BlockSource,
         store_block: Callable[[str, bytes], None], release_blocks: Callable[[list[str]], None],
         work_dir: Path, *, uid: int | None = None, gid: int | None = None,
+        hold_blocks: Callable[[list[str]], None] = lambda hashes: None,
+        names: NamePolicy | None = None, temporary_quiet: float = 3.0, replace_quiet: float = 1.0,
     ) -> None:
         self._db = db
         self.replica = replica
@@ -108,6 +112,11 @@ class Vfs:
         self.source = source
         self._store_block = store_block
         self._release_blocks = release_blocks
+        self._hold_blocks = hold_blocks
+        self.names = names or NamePolicy()
+        self.temporary_quiet = temporary_quiet
+        self.replace_quiet = replace_quiet
+        self.saves = SaveDetector(replica, queue, self._send)
         self._work_dir = work_dir
         self.inodes = InodeTable()
         self.handles = HandleTable()
@@ -201,6 +210,8 @@ class Vfs:
         ):
             with self._db.tx():
                 self.replica.drop_node(row.id)
+            if row.local:
+                self._release_blocks(list(row.blocks))
 
     # -- namespace changes ---------------------------------------------------
     def _new_entry_checks(self, parent: int, name: str) -> NodeRow:
@@ -217,8 +228,10 @@ class Vfs:
             row = self.replica.add_node(node, KIND_DIR, mode & 0o7777)
             self.replica.set_entry(pdir.id, name, node)
             self._touch_dir(pdir)
-            self.queue.enqueue(
-                {"op": OP_MKDIR, "id": node, "parent": pdir.id, "name": name, "mode": row.mode, "mtime_ns": row.mtime_ns}
+            self._send(
+                {"op": OP_MKDIR, "id": node, "parent": pdir.id, "name": name, "mode": row.mode,
+                 "mtime_ns": row.mtime_ns},
+                name=name,
             )
         return self.attr(row)
 
@@ -227,15 +240,27 @@ class Vfs:
         if not target or len(os.fsencode(target)) > 4095:
             raise FsError(errno.ENAMETOOLONG if target else errno.ENOENT)
         node = new_node_id()
+        local = self._local_name(KIND_SYMLINK, name)
         with self._db.tx():
-            row = self.replica.add_node(node, KIND_SYMLINK, 0o777, target=target)
+            row = self.replica.add_node(node, KIND_SYMLINK, 0o777, target=target, local=local)
             self.replica.set_entry(pdir.id, name, node)
             self._touch_dir(pdir)
-            self.queue.enqueue(
-                {"op": OP_SYMLINK, "id": node, "parent": pdir.id, "name": name, "target": target,
-                 "mtime_ns": row.mtime_ns}
-            )
+            if not local:
+                self._send(self._born(row, pdir.id, name), name=name)
         return self.attr(row)
+
+    def _send(self, op: dict[str, Any], *, name: str | None = None, replaced: bool = False) -> None:
+        """Queue *op* for the server with the quiet period its names call for."""
+        quiet = None
+        if name is not None and self.names.temporary(name):
+            quiet = self.temporary_quiet
+        if replaced:
+            # A save may put a new file here at once: give it time (saves.py).
+            quiet = max(quiet or 0.0, self.replace_quiet)
+        self.queue.enqueue(op, quiet=quiet)
+
+    def _local_name(self, kind: str, name: str) -> bool:
+        return kind != KIND_DIR and self.names.local_only(name)
 
     def _touch_dir(self, pdir: NodeRow) -> None:
         # Directory times are local: the server keeps no directory mtimes.
@@ -247,8 +272,19 @@ class Vfs:
         self.replica.remove_entry(pdir.id, name)
         if not self.replica.entries_of(row.id):
             self.replica.set_orphan(row.id)
-        self.queue.enqueue({"op": OP_DELETE, "id": row.id, "parent": pdir.id, "name": name})
+        if not row.local:
+            self._send({"op": OP_DELETE, "id": row.id, "parent": pdir.id, "name": name},
+                       replaced=row.kind == KIND_FILE)
+            self.saves.left(pdir.id, name, row)
         self._touch_dir(pdir)
+
+    def _born(self, row: NodeRow, parent: str, name: str) -> dict[str, Any]:
+        """The op that creates *row* at ``parent/name`` on the server, content and all."""
+        if row.kind == KIND_SYMLINK:
+            return {"op": OP_SYMLINK, "id": row.id, "parent": parent, "name": name, "target": row.target,
+                    "mtime_ns": row.mtime_ns}
+        return {"op": OP_CREATE, "id": row.id, "parent": parent, "name": name, "mode": row.mode,
+                "mtime_ns": row.mtime_ns, "size": row.size, "blocks": list(row.blocks)}
 
     def unlink(self, parent: int, name: str) -> None:
         pdir = self._dir(parent)
@@ -308,6 +344,7 @@ class Vfs:
                 raise FsError(errno.EISDIR)
             if target.kind == KIND_DIR and self.replica.has_children(target.id):
                 raise FsError(errno.ENOTEMPTY)
+        to_local = self._local_name(row.kind, new_name)
         with self._db.tx():
             if target is not None:
                 self._unlink_entry(dst_dir, new_name, target)
@@ -315,11 +352,30 @@ class Vfs:
             self.replica.set_entry(dst_dir.id, new_name, row.id)
             self._touch_dir(src_dir)
             self._touch_dir(dst_dir)
-            self.replica.update_node(row.id)  # ctime
-            self.queue.enqueue(
-                {"op": OP_RENAME, "id": row.id, "parent": src_dir.id, "name": old_name,
-                 "new_parent": dst_dir.id, "new_name": new_name}
-            )
+            if row.local and not to_local:
+                # A local-only file under a name that syncs: the server gets it now.
+                self.replica.update_node(row.id, local=0)
+                self._send(self._born(row, dst_dir.id, new_name), name=new_name)
+                self._release_blocks(list(row.blocks))
+            elif not row.local and to_local:
+                # Renamed to a lock/swap-like name: it leaves the server, stays here.
+                self._send({"op": OP_DELETE, "id": row.id, "parent": src_dir.id, "name": old_name})
+                self.replica.remap(row.id, new_node_id())
+                moved = self.replica.get(row.ino)
+                assert moved is not None
+                self.replica.update_node(moved.id, local=1)
+                self._hold_blocks(list(row.blocks))
+            elif not row.local:
+                self.replica.update_node(row.id)  # ctime
+                self._send(
+                    {"op": OP_RENAME, "id": row.id, "parent": src_dir.id, "name": old_name,
+                     "new_parent": dst_dir.id, "new_name": new_name},
+                    name=new_name, replaced=row.kind == KIND_FILE,
+                )
+                self.saves.left(src_dir.id, old_name, row)
+                arrived = self.replica.get(row.ino)
+                if arrived is not None:
+                    self.saves.arrived(dst_dir.id, new_name, arrived)
         if target is not None:
             self._maybe_drop(target.ino)
 
@@ -361,8 +417,8 @@ class Vfs:
                     op = {"op": OP_SETATTR, "id": row.id, **changes}
                     if row.kind == KIND_DIR:
                         op.pop("mtime_ns", None)
-                    if not row.orphan:
-                        self.queue.enqueue(op)
+                    if not row.orphan and not row.local:
+                        self._send(op)
         return self.getattr(ino)
 
     # -- files -----------------------------------------------------------------
@@ -405,14 +461,15 @@ class Vfs:
     def create(self, parent: int, name: str, mode: int, flags: int) -> tuple[int, FileAttr]:
         pdir = self._new_entry_checks(parent, name)
         node = new_node_id()
+        local = self._local_name(KIND_FILE, name)
         with self._db.tx():
-            row = self.replica.add_node(node, KIND_FILE, mode & 0o7777)
+            row = self.replica.add_node(node, KIND_FILE, mode & 0o7777, local=local)
             self.replica.set_entry(pdir.id, name, node)
             self._touch_dir(pdir)
-            self.queue.enqueue(
-                {"op": OP_CREATE, "id": node, "parent": pdir.id, "name": name, "mode": row.mode,
-                 "mtime_ns": row.mtime_ns, "size": 0, "blocks": []}
-            )
+            if not local:
+                self._send(self._born(row, pdir.id, name), name=name)
+                if self.saves.arrived(pdir.id, name, row):
+                    row = self.replica.get(row.ino) or row
         handle = self._open_handle(row, flags)
         return handle.fh, self.attr(row)
 
@@ -477,10 +534,13 @@ class Vfs:
             mtime = self._mtime.pop(ino, row.mtime_ns)
             with self._db.tx():
                 self.replica.update_node(row.id, size=size, blocks=blocks, mtime_ns=mtime)
-                if not row.orphan:
-                    self.queue.enqueue(
-                        {"op": OP_UPDATE, "id": row.id, "size": size, "blocks": list(blocks), "mtime_ns": mtime}
-                    )
+                if row.local:
+                    # Local-only files live only in the cache: hold the new version, free the old.
+                    self._hold_blocks(list(blocks))
+                    self._release_blocks(list(row.blocks))
+                elif not row.orphan:
+                    self._send({"op": OP_UPDATE, "id": row.id, "size": size, "blocks": list(blocks),
+                                "mtime_ns": mtime})
         finally:
             # The queue item protects the blocks now; drop the seal's own hold.
             self._release_blocks(stored)

@@ -93,6 +93,20 @@ class Item:
         return list(self.op.get("blocks", ()))
 
 
+def _refs(op: dict[str, Any]) -> tuple[set[str], set[tuple[str, str]]]:
+    """The folders an op works in and the entries it changes."""
+    nodes: set[str] = set()
+    keys: set[tuple[str, str]] = set()
+    if "parent" in op:
+        nodes.add(op["parent"])
+        if "name" in op:
+            keys.add((op["parent"], op["name"]))
+    if "new_parent" in op:
+        nodes.add(op["new_parent"])
+        keys.add((op["new_parent"], op["new_name"]))
+    return nodes, keys
+
+
 def _item(r: tuple[Any, ...]) -> Item:
     return Item(n=r[0], node=r[1], op=json.loads(r[2]), state=r[3], batch=r[4], attempts=r[5], ready_at=r[6])
 
@@ -113,6 +127,7 @@ class WriteBackQueue:
         self._protect_cb = protect or (lambda h: None)
         self._unprotect_cb = unprotect or (lambda h: None)
         self._listeners: list[Callable[[], None]] = []
+        self._ready_at = 0.0
 
     def on_enqueue(self, fn: Callable[[], None]) -> None:
         self._listeners.append(fn)
@@ -157,20 +172,25 @@ class WriteBackQueue:
     def pending_entries(self) -> set[tuple[str, str]]:
         keys: set[tuple[str, str]] = set()
         for item in self.items():
-            op = item.op
-            if "parent" in op and "name" in op:
-                keys.add((op["parent"], op["name"]))
-            if "new_parent" in op:
-                keys.add((op["new_parent"], op["new_name"]))
+            keys |= _refs(item.op)[1]
         return keys
+
+    def pending_parents(self) -> set[str]:
+        """Folders that queued items create things in or move things into."""
+        return {k[0] for k in self.pending_entries()}
 
     def next_ready_at(self) -> float | None:
         row = self._db.execute("SELECT min(ready_at) FROM items WHERE state='queued'").fetchone()
         return row[0]
 
     # -- enqueueing ----------------------------------------------------------
-    def enqueue(self, op: dict[str, Any]) -> None:
-        """Add *op* for the server, coalescing it with what is already queued."""
+    def enqueue(self, op: dict[str, Any], quiet: float | None = None) -> None:
+        """Add *op* for the server, coalescing it with what is already queued.
+
+        *quiet* overrides the queue's quiet period for this change (temporary
+        files wait longer, see names.py); a merged item keeps the later time.
+        """
+        self._ready_at = time.time() + (self.quiet if quiet is None else quiet)
         with self.state.tx():
             if not self._coalesce(op):
                 self._append(op)
@@ -179,14 +199,14 @@ class WriteBackQueue:
 
     def _append(self, op: dict[str, Any]) -> None:
         self._db.execute(
-            "INSERT INTO items (node, op, ready_at) VALUES (?, ?, ?)",
-            (op["id"], json.dumps(op), time.time() + self.quiet),
+            "INSERT INTO items (node, op, ready_at) VALUES (?, ?, ?)", (op["id"], json.dumps(op), self._ready_at)
         )
         self._protect(op.get("blocks", ()))
 
     def _rewrite(self, item: Item, op: dict[str, Any]) -> None:
         self._db.execute(
-            "UPDATE items SET op=?, ready_at=? WHERE n=?", (json.dumps(op), time.time() + self.quiet, item.n)
+            "UPDATE items SET op=?, ready_at=? WHERE n=?",
+            (json.dumps(op), max(item.ready_at, self._ready_at), item.n),
         )
         self._protect(op.get("blocks", ()))
         self._unprotect(item.blocks)
@@ -217,8 +237,7 @@ class WriteBackQueue:
             moved = dict(items[0].op, parent=op["new_parent"], name=op["new_name"])
             self._db.execute("DELETE FROM items WHERE n=?", (items[0].n,))
             self._db.execute(
-                "INSERT INTO items (node, op, ready_at) VALUES (?, ?, ?)",
-                (node, json.dumps(moved), time.time() + self.quiet),
+                "INSERT INTO items (node, op, ready_at) VALUES (?, ?, ?)", (node, json.dumps(moved), self._ready_at)
             )
             return True
         return False
@@ -237,21 +256,36 @@ class WriteBackQueue:
         return [_item(r) for r in rows]
 
     def take(self, max_ops: int = 1000, max_bytes: int = 256 * 1024 * 1024) -> list[Item]:
-        """Mark the longest ready prefix of the queue as one batch and return it.
+        """Mark the ready items that nothing earlier holds back as one batch and return it.
 
-        Only a prefix: a later item may depend on an earlier one (a file in a new
-        folder), so an item that is not ready holds back everything behind it.
+        An item that is not ready yet (quiet period, backoff) holds back every
+        later item that changes the same node or entry, that works inside the
+        node (a file in a new folder), or that changes the folder the held item
+        works in (a folder's delete after a file's move out of it).  Unrelated
+        items go ahead.
         """
         now = time.time()
         batch_id = uuid.uuid4().hex
         taken: list[Item] = []
+        held_own: set[str] = set()  # nodes of held items
+        held_parents: set[str] = set()  # folders held items work in
+        held_keys: set[tuple[str, str]] = set()
         size = 0
         for item in self.items():
-            if item.state != "queued" or item.ready_at > now:
-                break
+            parents, keys = _refs(item.op)
+            node = item.op["id"]
+            blocked = (
+                item.state != "queued" or item.ready_at > now or node in held_own or node in held_parents
+                or bool(parents & held_own) or bool(keys & held_keys)
+            )
             item_size = int(item.op.get("size", 0))
-            if taken and (len(taken) >= max_ops or size + item_size > max_bytes):
+            if not blocked and taken and (len(taken) >= max_ops or size + item_size > max_bytes):
                 break
+            if blocked:
+                held_own.add(node)
+                held_parents |= parents
+                held_keys |= keys
+                continue
             taken.append(item)
             size += item_size
         if taken:

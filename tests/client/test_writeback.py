@@ -139,3 +139,21 @@ def test_remap_rewrites_every_reference(tmp_path: Path) -> None:
     q.remap("d", "e")
     ops = [i.op for i in q.items()]
     assert ops[0]["id"] == "e" and ops[1]["parent"] == "e"
+
+
+def test_unrelated_items_overtake_one_that_waits(tmp_path: Path) -> None:
+    q, _, _ = make(tmp_path)
+    q.enqueue(create("t", "draft.tmp"), quiet=60)
+    q.enqueue({"op": "mkdir", "id": "d", "parent": "root", "name": "dir", "mode": 0o755, "mtime_ns": 1})
+    q.enqueue(create("f", "in-dir", parent="d"))
+    q.enqueue({"op": "update", "id": "t", "size": 0, "blocks": [], "mtime_ns": 3})
+    assert [i.op["id"] for i in q.take()] == ["d", "f"]
+
+
+def test_waiting_item_holds_back_what_depends_on_it(tmp_path: Path) -> None:
+    q, _, _ = make(tmp_path)
+    q.enqueue({"op": "mkdir", "id": "d", "parent": "root", "name": "dir", "mode": 0o755, "mtime_ns": 1}, quiet=60)
+    q.enqueue(create("f", "in-dir", parent="d"))
+    q.enqueue({"op": "rename", "id": "x", "parent": "e", "name": "a", "new_parent": "root", "new_name": "dir"})
+    q.enqueue(create("g", "other"))
+    assert [i.op["id"] for i in q.take()] == ["g"]

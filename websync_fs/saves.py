@@ -1,0 +1,99 @@
+"""Save detection: a document saved through a temporary file stays one document.
+
+Programs save by putting a new file where the document was: Word renames the
+document away and renames its temporary file into place, Excel deletes it
+first, LibreOffice and GLib rename the temporary file over it, vim and Emacs
+rename it to a backup name and write a new file.  Seen one step at a time that
+is "a file went away, an unrelated file arrived" -- the document would lose its
+history, and other machines would see it missing for a moment.
+
+The detector remembers which server-known file left a name (moved away,
+deleted, replaced) and, when a new local file arrives at that name soon after
+while neither change has been sent, swaps their server identities:
+
+* the arriving file takes the document's node id, and what the server gets is
+  one ``update`` of the document -- one new version, history intact;
+* the old local file takes a fresh id, so if it stays (Emacs' ``notes.txt~``) it
+  reaches the server as a new file; if it is deleted (Word's ``~WRL0001.tmp``)
+  the queue coalesces it away and nothing is sent.
+
+Inode numbers do not change, so the kernel's view stays exactly what the
+program did.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from websync_server.protocol import KIND_FILE, OP_CREATE, OP_DELETE, OP_RENAME, OP_SETATTR, OP_UPDATE, new_node_id
+
+from .replica import NodeRow, Replica
+from .writeback import WriteBackQueue
+
+log = logging.getLogger(__name__)
+
+#: A new file arriving at a name this soon after the old one left is a save.
+WINDOW = 60.0
+
+Send = Callable[..., None]
+
+
+class SaveDetector:
+    def __init__(self, replica: Replica, queue: WriteBackQueue, send: Send) -> None:
+        self.replica = replica
+        self.queue = queue
+        self._send = send
+        self._left: dict[tuple[str, str], tuple[str, float]] = {}
+
+    def left(self, parent: str, name: str, row: NodeRow) -> None:
+        """File *row* stopped being ``parent/name`` (moved away, deleted or replaced)."""
+        if row.kind != KIND_FILE or row.seq == 0 or row.local:
+            return
+        now = time.monotonic()
+        if len(self._left) > 1000:
+            self._left = {k: v for k, v in self._left.items() if now - v[1] < WINDOW}
+        self._left[(parent, name)] = (row.id, now)
+
+    def arrived(self, parent: str, name: str, row: NodeRow) -> bool:
+        """File *row* became ``parent/name``; adopt the old identity if this is a save.
+
+        Call inside the transaction that made the change; True if adopted.
+        """
+        left = self._left.pop((parent, name), None)
+        if left is None or time.monotonic() - left[1] > WINDOW:
+            return False
+        old = self.replica.by_id(left[0])
+        if old is None or old.id == row.id or row.kind != KIND_FILE or row.seq != 0 or row.local:
+            return False
+        old_items = self.queue.items(old.id)
+        new_items = self.queue.items(row.id)
+        unsent = all(i.state == "queued" for i in old_items + new_items)
+        old_only_moved = all(i.op["op"] in (OP_RENAME, OP_DELETE, OP_SETATTR) for i in old_items)
+        new_born_here = bool(new_items) and new_items[0].op["op"] == OP_CREATE
+        if not (unsent and old_only_moved and new_born_here and old_items):
+            return False
+        with self.replica.tx():
+            for item in old_items + new_items:
+                self.queue.replace(item, None)
+            fresh = new_node_id()
+            self.replica.remap(old.id, fresh)
+            self.replica.remap(row.id, old.id, seq=old.seq)
+            current = self.replica.by_id(old.id)
+            assert current is not None
+            self._send(
+                {"op": OP_UPDATE, "id": old.id, "size": current.size, "blocks": list(current.blocks),
+                 "mtime_ns": current.mtime_ns, "mode": current.mode},
+            )
+            for where, what in self.replica.entries_of(fresh):
+                # The previous version stays here under another name: a file of its own.
+                self._send(_create(fresh, where, what, old), name=what)
+        log.info("save of %s: one new version of the same document", name)
+        return True
+
+
+def _create(node: str, parent: str, name: str, old: NodeRow) -> dict[str, Any]:
+    return {"op": OP_CREATE, "id": node, "parent": parent, "name": name, "mode": old.mode,
+            "mtime_ns": old.mtime_ns, "size": old.size, "blocks": list(old.blocks)}
