@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from .commands import session
+from .commands import history, session
 from .commands._common import Context
 
 
@@ -23,7 +23,7 @@ def main(ctx: click.Context, home: str | None, verbose: bool) -> None:
 
 
 
-for module in (session,):
+for module in (session, history):
     for name in module.COMMANDS:
         main.add_command(getattr(module, name))
 

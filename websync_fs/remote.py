@@ -8,6 +8,7 @@ The transport is injectable so tests can route calls anywhere.
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 import httpx
@@ -120,6 +121,31 @@ class Remote:
 
     async def get_block(self, h: BlockHash) -> bytes:
         return (await self._request("GET", f"{API}/blocks/{h}")).content
+
+    async def versions(self, node: NodeId) -> list[dict[str, Any]]:
+        resp = await self._request("GET", f"{API}/stores/{self.store}/nodes/{node}/versions")
+        return list(resp.json()["versions"])
+
+    async def trash(self) -> list[dict[str, Any]]:
+        resp = await self._request("GET", f"{API}/stores/{self.store}/trash")
+        return list(resp.json()["items"])
+
+    async def restore_version(self, node: NodeId, version: int) -> int:
+        """Make *version* of *node* its newest version; return that version's number."""
+        versions = await self.versions(node)
+        chosen = [v for v in versions if v["version"] == version]
+        if not chosen:
+            raise NotFound(f"there is no version {version} (see 'websync history')")
+        current = versions[-1]
+        old = chosen[0]
+        op = {"op": "update", "id": node, "base": current["seq"], "size": old["size"], "blocks": old["blocks"],
+              "mtime_ns": old["mtime_ns"]}
+        await self.commit(uuid.uuid4().hex, [op])
+        return int(current["version"]) + 1
+
+    async def undelete(self, node: NodeId, parent: NodeId, name: str) -> int:
+        op = {"op": "restore", "id": node, "parent": parent, "name": name}
+        return await self.commit(uuid.uuid4().hex, [op])
 
     async def commit(self, batch: str, ops: list[dict[str, Any]]) -> int:
         resp = await self._request("POST", f"{API}/stores/{self.store}/commit", json={"batch": batch, "ops": ops})
