@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.clients import Machine
+from tests.proxy import Proxy
 from tests.servers import ServerProcess, add_user
 
 _users = itertools.count(1)
@@ -63,8 +64,8 @@ def new_machine(
 ) -> Iterator[Callable[..., Machine]]:
     made: list[Machine] = []
 
-    def make(name: str, mount: bool = True, **settings: object) -> Machine:
-        machine = Machine(name, tmp_path, server.url)
+    def make(name: str, mount: bool = True, url: str | None = None, **settings: object) -> Machine:
+        machine = Machine(name, tmp_path, url or server.url)
         made.append(machine)
         machine.login(*account)
         config = machine.home / "config.json"
@@ -94,3 +95,11 @@ def a(new_machine: Callable[..., Machine]) -> Machine:
 @pytest.fixture
 def b(new_machine: Callable[..., Machine], a: Machine) -> Machine:
     return new_machine("B")
+
+
+@pytest.fixture
+def proxy(server: ServerProcess) -> Iterator[Proxy]:
+    """A cuttable connection to the server (``proxy.online = False``)."""
+    p = Proxy(server.port)
+    yield p
+    p.close()

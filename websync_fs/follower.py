@@ -88,7 +88,15 @@ class Applier:
         if (entry.parent, entry.name) in pending_entries:
             return True
         local = self.replica.lookup(entry.parent, entry.name)
-        return local is not None and local.id != entry.node and (local.id in pending_nodes or self.busy(local.id))
+        if local is None or local.id == entry.node:
+            return False
+        # A folder that queued work happens inside (a new file in it) stays until
+        # that work is settled: removing it would hide the file (uploader.py
+        # brings the folder back on the server if it was deleted there).
+        return (
+            local.id in pending_nodes or self.busy(local.id) or local.local
+            or any(parent == local.id for parent, _ in pending_entries)
+        )
 
     def _apply_node(self, node: Node, inv: Invalidation) -> None:
         old, changed = self.replica.apply_node(node)

@@ -44,6 +44,7 @@ from websync_server.protocol import (
     OP_DELETE,
     OP_MKDIR,
     OP_RENAME,
+    OP_RESTORE,
     OP_SETATTR,
     OP_SYMLINK,
     OP_UPDATE,
@@ -140,16 +141,18 @@ class Uploader:
         self.on_state(True, "")
         return True
 
-    def _op(self, item: Item) -> dict[str, Any]:
+    def _ops(self, item: Item) -> list[dict[str, Any]]:
+        """The server ops of *item*: ops it needs first (``before``), then its own."""
         op = dict(item.op)
+        before = op.pop("before", [])
         if op["op"] in (OP_UPDATE, OP_DELETE):
             row = self.replica.by_id(op["id"])
             if row is not None:
                 op["base"] = row.seq
-        return op
+        return [*before, op]
 
     async def _commit(self, batch: list[Item]) -> None:
-        ops = [self._op(item) for item in batch]
+        ops = [op for item in batch for op in self._ops(item)]
         hashes = list(dict.fromkeys(h for op in ops for h in op.get("blocks", ())))
         missing = await self.remote.missing([BlockHash(h) for h in hashes])
         if missing:
@@ -163,7 +166,7 @@ class Uploader:
             for op in ops:
                 if op["op"] in _NODE_OPS:
                     self.replica.update_node(op["id"], seq=seq)
-                if op["op"] in (OP_CREATE, OP_MKDIR, OP_SYMLINK):
+                if op["op"] in (OP_CREATE, OP_MKDIR, OP_SYMLINK, OP_RESTORE):
                     self.replica.set_entry_seq(op["parent"], op["name"], seq)
                 elif op["op"] == OP_RENAME:
                     self.replica.set_entry_seq(op["new_parent"], op["new_name"], seq)
@@ -187,16 +190,29 @@ class Uploader:
         row = self.replica.by_id(node)
         return row.ino if row else None
 
+    def _locate(self, batch: list[Item], index: int) -> tuple[Item, int]:
+        """The item holding op *index* of the batch, and the op's place among its ``before`` ops (-1: its own)."""
+        for item in batch:
+            count = len(item.op.get("before", ())) + 1
+            if index < count:
+                return item, index if index < count - 1 else -1
+            index -= count
+        raise RemoteError(f"the server named op {index} beyond the batch")
+
     async def _settle_conflict(self, batch: list[Item], conflict: Conflict) -> None:
-        if not 0 <= conflict.index < len(batch):
-            raise RemoteError(f"conflict names op {conflict.index} of a batch of {len(batch)}")
-        item = batch[conflict.index]
+        item, place = self._locate(batch, conflict.index)
         op = dict(item.op)
-        kind, reason = op["op"], conflict.reason
         inv = Invalidation()
+        if place >= 0:
+            self._before_conflict(item, op, place, conflict)
+            self.applier.settle()
+            return
+        kind, reason = op["op"], conflict.reason
         log.warning("conflict on %s of %s (%s): settling", kind, op.get("name") or op["id"], reason)
         if kind == OP_UPDATE:
             self._update_conflict(item, op, conflict, inv)
+        elif kind == OP_MKDIR and reason == CONFLICT_EXISTS and conflict.node and conflict.node.kind == KIND_DIR:
+            self._merge_folders(item, op, conflict.node, inv)
         elif kind in (OP_CREATE, OP_MKDIR, OP_SYMLINK):
             self._create_conflict(item, op, reason, inv)
         elif kind == OP_DELETE:
@@ -256,11 +272,64 @@ class Uploader:
                 )
                 log.warning("%s was deleted on another machine while edited here: keeping the edit", name)
 
-    def _create_conflict(self, item: Item, op: dict[str, Any], reason: str, inv: Invalidation) -> None:
+    def _restore_op(self, node: str) -> dict[str, Any] | None:
+        """An op that brings folder *node* back at its place here, if it has one."""
+        places = self.replica.entries_of(node)
+        if not places or node == ROOT_ID:
+            return None
+        parent, name = places[0]
+        return {"op": OP_RESTORE, "id": node, "parent": parent, "name": name}
+
+    def _before_conflict(self, item: Item, op: dict[str, Any], place: int, conflict: Conflict) -> None:
+        """A folder restore that *item* needs was refused."""
+        before = list(op["before"])
+        failed = before[place]
+        if conflict.reason == CONFLICT_MISSING:
+            # Its own folder is gone too: bring that back first.
+            outer = self._restore_op(failed["parent"])
+            if outer is not None and outer not in before:
+                before.insert(place, outer)
+            else:
+                del before[place]
+        else:
+            del before[place]  # already back (exists), or not restorable: go without
+        op["before"] = before
+        self.queue.replace(item, op)
+
+    def _merge_folders(self, item: Item, op: dict[str, Any], theirs: Any, inv: Invalidation) -> None:
+        """Both machines made a folder with this name: one folder holds both machines' files."""
+        ours = op["id"]
         with self.replica.tx():
-            parent = op["parent"]
+            for name, _row in self.replica.children(ours):
+                if self.replica.lookup(theirs.id, name) is not None:
+                    free = self._free_name(theirs.id, name)
+                    self._move_entry(ours, name, free, _row.id, inv)
+                    self.queue.remap_entry(ours, name, ours, free)
+            if self.replica.by_id(theirs.id) is not None:
+                # Known here only through the journal (its name was ours): ours takes its place.
+                self.replica.drop_node(theirs.id)
+            self.replica.remap(ours, theirs.id, seq=theirs.seq)
+            self.queue.replace(item, None)
+            self.queue.remap(ours, theirs.id)
+            self.replica.forget_deferred_entry(op["parent"], op["name"])
+        ino = self._ino(theirs.id)
+        if ino is not None:
+            inv.inodes.append(ino)
+        log.warning("folder %s was made on another machine too: merged", op["name"])
+
+    def _create_conflict(self, item: Item, op: dict[str, Any], reason: str, inv: Invalidation) -> None:
+        parent = op["parent"]
+        if reason == CONFLICT_MISSING:
+            # The folder was deleted elsewhere while something was made in it here:
+            # the folder comes back, holding what was made here.
+            restore = self._restore_op(parent)
+            if restore is not None and restore not in op.get("before", []):
+                op["before"] = [restore, *op.get("before", [])]
+                self.queue.replace(item, op)
+                return
+        with self.replica.tx():
             if reason != CONFLICT_EXISTS:
-                # The folder is gone on the server: keep ours at the top.
+                # The folder is gone on the server and cannot come back: keep ours at the top.
                 new_parent = NodeId(ROOT_ID)
             else:
                 new_parent = parent

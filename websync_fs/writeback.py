@@ -334,13 +334,18 @@ class WriteBackQueue:
                     self._db.execute("UPDATE items SET op=?, node=? WHERE n=?", (json.dumps(op), op["id"], item.n))
 
     def remap_entry(self, parent: str, name: str, new_parent: str, new_name: str) -> None:
-        """Later items that name the entry ``parent/name`` now name ``new_parent/new_name``."""
+        """Every item that names the entry ``parent/name`` now names ``new_parent/new_name``."""
         with self._tx():
             for item in self.items():
                 op = item.op
-                if op["op"] in ("rename", "delete") and (
-                    op.get("parent"), op.get("name")) == (parent, name):
+                changed = False
+                if (op.get("parent"), op.get("name")) == (parent, name):
                     op.update(parent=new_parent, name=new_name)
+                    changed = True
+                if (op.get("new_parent"), op.get("new_name")) == (parent, name):
+                    op.update(new_parent=new_parent, new_name=new_name)
+                    changed = True
+                if changed:
                     self._db.execute("UPDATE items SET op=? WHERE n=?", (json.dumps(op), item.n))
 
     def _tx(self) -> AbstractContextManager[None]:

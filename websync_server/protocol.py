@@ -185,7 +185,8 @@ OP_UPDATE = "update"
 OP_SETATTR = "setattr"
 OP_RENAME = "rename"
 OP_DELETE = "delete"
-OPS = frozenset({OP_MKDIR, OP_CREATE, OP_SYMLINK, OP_UPDATE, OP_SETATTR, OP_RENAME, OP_DELETE})
+OP_RESTORE = "restore"
+OPS = frozenset({OP_MKDIR, OP_CREATE, OP_SYMLINK, OP_UPDATE, OP_SETATTR, OP_RENAME, OP_DELETE, OP_RESTORE})
 
 # Reasons a commit is refused with 409.
 CONFLICT_EXISTS = "exists"  # the target name is taken

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from websync_server.protocol import ROOT_ID, new_node_id
@@ -15,7 +16,7 @@ def mkdir(name: str, parent: str = ROOT_ID, id: str | None = None, mode: int = 0
 
 
 def create(
-    name: str, parent: str = ROOT_ID, id: str | None = None, size: int = 0, blocks: list[str] | None = None,
+    name: str, parent: str = ROOT_ID, id: str | None = None, size: int = 0, blocks: Sequence[str] | None = None,
     mode: int = 0o644,
 ) -> dict[str, Any]:  # fmt: skip
     return {"op": "create", "id": id or new_node_id(), "parent": parent, "name": name, "mode": mode,
@@ -27,7 +28,7 @@ def symlink(name: str, target: str, parent: str = ROOT_ID, id: str | None = None
             "mtime_ns": MTIME}  # fmt: skip
 
 
-def update(id: str, base: int, size: int = 0, blocks: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+def update(id: str, base: int, size: int = 0, blocks: Sequence[str] | None = None, **extra: Any) -> dict[str, Any]:
     return {"op": "update", "id": id, "base": base, "size": size, "blocks": list(blocks or []),
             "mtime_ns": MTIME + 1, **extra}  # fmt: skip
 

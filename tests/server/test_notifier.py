@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from websync_server.notifier import Notifier
 
+T = TypeVar("T")
 
-def run(coro_fn):  # type: ignore[no-untyped-def]
-    """Run an asyncio coroutine function on a fresh loop with a bound notifier."""
 
-    async def main():  # type: ignore[no-untyped-def]
+def run(scenario: Callable[[Notifier], Awaitable[T]]) -> T:
+    """Run *scenario* on a fresh asyncio loop with a notifier bound to it."""
+
+    async def main() -> T:
         notifier = Notifier()
         notifier.bind(asyncio.get_running_loop())
-        return await coro_fn(notifier)
+        return await scenario(notifier)
 
     return asyncio.run(main())
 

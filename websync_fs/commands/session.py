@@ -202,10 +202,10 @@ def status(ctx: Context, as_json: bool) -> None:
             daemon = {}
     if daemon:
         online, error = bool(daemon.get("online")), str(daemon.get("error", ""))
-        pending, pending_bytes = int(daemon.get("pending", 0)), int(daemon.get("pending_bytes", 0))
     else:
         online, error = _probe(home)
-        pending, pending_bytes = _queue_size(home)
+    # The queue itself is the truth about what waits (the daemon's file lags).
+    pending, pending_bytes = _queue_size(home)
     info = {
         "server": settings.server, "user": settings.user, "device": settings.device,
         "online": online, "error": error, "mounted": pid is not None,
