@@ -86,7 +86,7 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
         entry.st_nlink = attr.nlink
         entry.st_uid = self.vfs.uid
         entry.st_gid = self.vfs.gid
-        entry.st_rdev = 0
+        entry.st_rdev = attr.rdev
         entry.st_size = attr.size
         entry.st_blksize = 128 * 1024
         entry.st_blocks = (attr.size + 511) // 512
@@ -182,7 +182,10 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
     async def rename(
         self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int, ctx: Any
     ) -> None:
-        self.vfs.rename(parent_inode_old, _name(name_old), parent_inode_new, _name(name_new), flags)
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            self.vfs.exchange(parent_inode_old, _name(name_old), parent_inode_new, _name(name_new))
+        else:
+            self.vfs.rename(parent_inode_old, _name(name_old), parent_inode_new, _name(name_new), flags)
 
     @translate
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
@@ -190,11 +193,28 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
 
     @translate
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
-        raise FsError(errno.EPERM, "hard links are not supported yet")
+        return self._remembered(self.vfs.link(inode, new_parent_inode, _name(new_name)))
 
     @translate
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> pyfuse3.EntryAttributes:
-        raise FsError(errno.EPERM, "special files are not supported yet")
+        return self._remembered(self.vfs.mknod(parent_inode, _name(name), mode, rdev))
+
+    # -- extended attributes -------------------------------------------------------
+    @translate
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        return self.vfs.getxattr(inode, _name(name))
+
+    @translate
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        return [os.fsencode(n) for n in self.vfs.listxattr(inode)]
+
+    @translate
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        self.vfs.setxattr(inode, _name(name), value)
+
+    @translate
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        self.vfs.removexattr(inode, _name(name))
 
     # -- files -------------------------------------------------------------------
     @translate

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from websync_server.protocol import ROOT_ID, BlockHash, Entry, Node, NodeId
@@ -50,7 +50,9 @@ CREATE TABLE IF NOT EXISTS nodes (
     target TEXT NOT NULL DEFAULT '',
     seq INTEGER NOT NULL DEFAULT 0,
     orphan INTEGER NOT NULL DEFAULT 0,
-    local INTEGER NOT NULL DEFAULT 0
+    local INTEGER NOT NULL DEFAULT 0,
+    rdev INTEGER NOT NULL DEFAULT 0,
+    xattrs TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS entries (
     parent TEXT NOT NULL,
@@ -82,9 +84,11 @@ class NodeRow:
     seq: int
     orphan: bool
     local: bool
+    rdev: int = 0
+    xattrs: dict[str, str] = field(default_factory=dict, hash=False)
 
 
-_COLS = "ino, id, kind, mode, size, mtime_ns, ctime_ns, blocks, target, seq, orphan, local"
+_COLS = "ino, id, kind, mode, size, mtime_ns, ctime_ns, blocks, target, seq, orphan, local, rdev, xattrs"
 
 
 def _row(r: tuple[Any, ...] | None) -> NodeRow | None:
@@ -93,7 +97,7 @@ def _row(r: tuple[Any, ...] | None) -> NodeRow | None:
     return NodeRow(
         ino=r[0], id=NodeId(r[1]), kind=r[2], mode=r[3], size=r[4], mtime_ns=r[5], ctime_ns=r[6],
         blocks=tuple(json.loads(r[7])), target=r[8], seq=r[9], orphan=bool(r[10]),
-        local=bool(r[11]),
+        local=bool(r[11]), rdev=r[12], xattrs=json.loads(r[13]),
     )
 
 
@@ -107,8 +111,8 @@ class Replica:
         if self.get(ROOT_INO) is None:
             now = time.time_ns()
             self._db.execute(
-                f"INSERT INTO nodes ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (ROOT_INO, ROOT_ID, "dir", 0o755, 0, now, now, "[]", "", 0, 0, 0),
+                f"INSERT INTO nodes ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (ROOT_INO, ROOT_ID, "dir", 0o755, 0, now, now, "[]", "", 0, 0, 0, 0, "{}"),
             )
 
     def tx(self) -> AbstractContextManager[None]:
@@ -173,13 +177,15 @@ class Replica:
     def add_node(
         self, node: NodeId, kind: str, mode: int, *, size: int = 0, mtime_ns: int | None = None,
         blocks: tuple[BlockHash, ...] = (), target: str = "", seq: int = 0, local: bool = False,
+        rdev: int = 0, xattrs: dict[str, str] | None = None,
     ) -> NodeRow:
         now = time.time_ns()
         mtime = now if mtime_ns is None else mtime_ns
         cur = self._db.execute(
-            "INSERT INTO nodes (id, kind, mode, size, mtime_ns, ctime_ns, blocks, target, seq, local) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (node, kind, mode, size, mtime, now, json.dumps(blocks), target, seq, int(local)),
+            "INSERT INTO nodes (id, kind, mode, size, mtime_ns, ctime_ns, blocks, target, seq, local, rdev, xattrs) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (node, kind, mode, size, mtime, now, json.dumps(blocks), target, seq, int(local), rdev,
+             json.dumps(xattrs or {})),
         )
         row = self.get(int(cur.lastrowid or 0))
         assert row is not None
@@ -188,6 +194,8 @@ class Replica:
     def update_node(self, node: str, **fields: Any) -> None:
         if "blocks" in fields:
             fields["blocks"] = json.dumps(list(fields["blocks"]))
+        if "xattrs" in fields:
+            fields["xattrs"] = json.dumps(fields["xattrs"])
         fields.setdefault("ctime_ns", time.time_ns())
         assigns = ", ".join(f"{k}=?" for k in fields)
         self._db.execute(f"UPDATE nodes SET {assigns} WHERE id=?", (*fields.values(), node))
@@ -236,13 +244,13 @@ class Replica:
         if old is None:
             self.add_node(
                 node.id, node.kind, node.mode, size=node.size, mtime_ns=node.mtime_ns,
-                blocks=node.blocks, target=node.target, seq=node.seq,
+                blocks=node.blocks, target=node.target, seq=node.seq, rdev=node.rdev, xattrs=node.xattrs,
             )
             return None, False
         changed = old.blocks != node.blocks or old.size != node.size or old.target != node.target
         self.update_node(
             node.id, kind=node.kind, mode=node.mode, size=node.size, mtime_ns=node.mtime_ns,
-            blocks=node.blocks, target=node.target, seq=node.seq, orphan=0,
+            blocks=node.blocks, target=node.target, seq=node.seq, orphan=0, rdev=node.rdev, xattrs=node.xattrs,
         )
         return old, changed
 

@@ -15,6 +15,7 @@ transactions below rely on that (no ``await`` inside ``with self._db.tx()``).
 
 from __future__ import annotations
 
+import base64
 import errno
 import logging
 import os
@@ -31,11 +32,17 @@ from websync_server.protocol import (
     BLOCK_SIZE,
     KIND_DIR,
     KIND_FILE,
+    KIND_SPECIAL,
     KIND_SYMLINK,
     NAME_MAX,
+    XATTR_NAME_MAX,
+    XATTR_TOTAL_MAX,
+    XATTR_VALUE_MAX,
     OP_CREATE,
     OP_DELETE,
+    OP_LINK,
     OP_MKDIR,
+    OP_MKNOD,
     OP_RENAME,
     OP_SETATTR,
     OP_SYMLINK,
@@ -72,6 +79,7 @@ class FileAttr:
     mtime_ns: int
     ctime_ns: int
     nlink: int
+    rdev: int = 0
 
 
 @dataclass
@@ -163,7 +171,8 @@ class Vfs:
             nlink = 0 if row.orphan else max(1, len(self.replica.entries_of(row.id)))
         if row.kind == KIND_SYMLINK:
             size = len(os.fsencode(row.target))
-        return FileAttr(row.ino, _TYPE[row.kind] | row.mode, size, mtime, max(row.ctime_ns, mtime), nlink)
+        mode = row.mode if row.kind == KIND_SPECIAL else _TYPE[row.kind] | row.mode
+        return FileAttr(row.ino, mode, size, mtime, max(row.ctime_ns, mtime), nlink, row.rdev)
 
     def busy(self, node: str) -> bool:
         """True while *node* has a local writer: remote changes to it must wait."""
@@ -378,6 +387,105 @@ class Vfs:
                     self.saves.arrived(dst_dir.id, new_name, arrived)
         if target is not None:
             self._maybe_drop(target.ino)
+
+    def link(self, ino: int, new_parent: int, new_name: str) -> FileAttr:
+        """A hard link: one more entry for the same node."""
+        row = self._row(ino)
+        if row.kind == KIND_DIR:
+            raise FsError(errno.EPERM)
+        if row.orphan:
+            raise FsError(errno.ENOENT)
+        pdir = self._new_entry_checks(new_parent, new_name)
+        with self._db.tx():
+            self.replica.set_entry(pdir.id, new_name, row.id)
+            self._touch_dir(pdir)
+            self.replica.update_node(row.id)  # ctime
+            if not row.local:
+                self._send({"op": OP_LINK, "id": row.id, "parent": pdir.id, "name": new_name}, name=new_name)
+        return self.getattr(ino)
+
+    def mknod(self, parent: int, name: str, mode: int, rdev: int) -> FileAttr:
+        """FIFOs, sockets and device nodes: stored and synced, opened by the kernel only."""
+        if stat.S_ISREG(mode) or not stat.S_IFMT(mode):
+            raise FsError(errno.EPERM, "regular files are made with create")
+        pdir = self._new_entry_checks(parent, name)
+        node = new_node_id()
+        with self._db.tx():
+            row = self.replica.add_node(node, KIND_SPECIAL, mode & (0o7777 | stat.S_IFMT(mode)), rdev=rdev)
+            self.replica.set_entry(pdir.id, name, node)
+            self._touch_dir(pdir)
+            self._send({"op": OP_MKNOD, "id": node, "parent": pdir.id, "name": name, "mode": row.mode,
+                        "rdev": rdev, "mtime_ns": row.mtime_ns}, name=name)
+        return self.attr(row)
+
+    def exchange(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
+        """rename(2) with RENAME_EXCHANGE: the two names swap their nodes atomically."""
+        src_dir, dst_dir = self._dir(old_parent), self._dir(new_parent)
+        one = self.replica.lookup(src_dir.id, old_name)
+        two = self.replica.lookup(dst_dir.id, new_name)
+        if one is None or two is None:
+            raise FsError(errno.ENOENT)
+        if one.id == two.id:
+            return
+        if (one.kind == KIND_DIR and self._is_inside(dst_dir.id, one.id)) or (
+            two.kind == KIND_DIR and self._is_inside(src_dir.id, two.id)
+        ):
+            raise FsError(errno.EINVAL)
+        if one.local or two.local:
+            raise FsError(errno.EXDEV, "cannot exchange a local-only file")
+        with self._db.tx():
+            self.replica.set_entry(src_dir.id, old_name, two.id)
+            self.replica.set_entry(dst_dir.id, new_name, one.id)
+            self._touch_dir(src_dir)
+            self._touch_dir(dst_dir)
+            self._send({"op": OP_RENAME, "id": one.id, "parent": src_dir.id, "name": old_name,
+                        "new_parent": dst_dir.id, "new_name": new_name, "exchange": two.id})
+
+    # -- extended attributes -------------------------------------------------
+    @staticmethod
+    def _xattr_name(name: str) -> str:
+        if not name.startswith("user."):
+            # Only the user namespace is stored and synced; security.* and
+            # trusted.* mean nothing on another machine.
+            raise FsError(errno.EOPNOTSUPP)
+        if len(name.encode()) > XATTR_NAME_MAX:
+            raise FsError(errno.ERANGE)
+        return name
+
+    def getxattr(self, ino: int, name: str) -> bytes:
+        row = self._row(ino)
+        value = row.xattrs.get(name)
+        if value is None:
+            raise FsError(errno.ENODATA)
+        return base64.b64decode(value)
+
+    def listxattr(self, ino: int) -> list[str]:
+        return sorted(self._row(ino).xattrs)
+
+    def setxattr(self, ino: int, name: str, value: bytes) -> None:
+        row = self._row(ino)
+        self._xattr_name(name)
+        if len(value) > XATTR_VALUE_MAX:
+            raise FsError(errno.E2BIG)
+        xattrs = dict(row.xattrs)
+        xattrs[name] = base64.b64encode(value).decode()
+        if sum(len(k) + len(v) * 3 // 4 for k, v in xattrs.items()) > XATTR_TOTAL_MAX:
+            raise FsError(errno.ENOSPC)
+        self._set_xattrs(row, xattrs, {name: xattrs[name]})
+
+    def removexattr(self, ino: int, name: str) -> None:
+        row = self._row(ino)
+        if name not in row.xattrs:
+            raise FsError(errno.ENODATA)
+        xattrs = dict(row.xattrs)
+        del xattrs[name]
+        self._set_xattrs(row, xattrs, {name: None})
+
+    def _set_xattrs(self, row: NodeRow, xattrs: dict[str, str], change: dict[str, str | None]) -> None:
+        with self._db.tx():
+            self.replica.update_node(row.id, xattrs=xattrs)
+            if not row.local and not row.orphan:
+                self._send({"op": OP_SETATTR, "id": row.id, "xattrs": change})
 
     # -- attributes ------------------------------------------------------------
     async def setattr(

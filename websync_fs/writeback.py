@@ -225,6 +225,15 @@ class WriteBackQueue:
         if kind == OP_SETATTR and mergeable and last and last.op["op"] in (*_BORN, OP_UPDATE, OP_SETATTR):
             merged = dict(last.op)
             merged.update({k: op[k] for k in ("mode", "mtime_ns") if k in op})
+            if "xattrs" in op:
+                if last.op["op"] == OP_SETATTR:
+                    merged["xattrs"] = {**last.op.get("xattrs", {}), **op["xattrs"]}
+                elif last.op["op"] == OP_UPDATE:
+                    return False  # an update carries no attributes: keep the setattr apart
+                else:
+                    # A node born here carries its attributes in its birth op.
+                    born = {k: v for k, v in {**last.op.get("xattrs", {}), **op["xattrs"]}.items() if v is not None}
+                    merged["xattrs"] = born
             self._rewrite(last, merged)
             return True
         never_sent = bool(items) and all(i.state == "queued" for i in items) and items[0].op["op"] in _BORN

@@ -28,7 +28,14 @@ ROOT_ID = NodeId("root")
 KIND_FILE = "file"
 KIND_DIR = "dir"
 KIND_SYMLINK = "symlink"
-KINDS = frozenset({KIND_FILE, KIND_DIR, KIND_SYMLINK})
+#: FIFOs, sockets and device nodes: the type is in ``mode``'s S_IFMT bits.
+KIND_SPECIAL = "special"
+KINDS = frozenset({KIND_FILE, KIND_DIR, KIND_SYMLINK, KIND_SPECIAL})
+
+#: Limits of extended attributes (``user.*`` only), as ext4 and XFS give.
+XATTR_NAME_MAX = 255
+XATTR_VALUE_MAX = 64 * 1024
+XATTR_TOTAL_MAX = 256 * 1024
 
 _NODE_ID_RE = re.compile(r"^(root|[0-9a-f]{32})$")
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -95,6 +102,9 @@ class Node:
     target: str = ""
     deleted: bool = False
     device: str = ""
+    rdev: int = 0
+    #: Extended attributes: name -> value in base64.
+    xattrs: dict[str, str] = field(default_factory=dict, hash=False, compare=True)
 
     def to_wire(self) -> dict[str, Any]:
         data = asdict(self)
@@ -114,6 +124,8 @@ class Node:
             target=data.get("target", ""),
             deleted=bool(data.get("deleted", False)),
             device=data.get("device", ""),
+            rdev=int(data.get("rdev", 0)),
+            xattrs=dict(data.get("xattrs") or {}),
         )
 
 
@@ -186,7 +198,11 @@ OP_SETATTR = "setattr"
 OP_RENAME = "rename"
 OP_DELETE = "delete"
 OP_RESTORE = "restore"
-OPS = frozenset({OP_MKDIR, OP_CREATE, OP_SYMLINK, OP_UPDATE, OP_SETATTR, OP_RENAME, OP_DELETE, OP_RESTORE})
+OP_LINK = "link"
+OP_MKNOD = "mknod"
+OPS = frozenset(
+    {OP_MKDIR, OP_CREATE, OP_SYMLINK, OP_UPDATE, OP_SETATTR, OP_RENAME, OP_DELETE, OP_RESTORE, OP_LINK, OP_MKNOD}
+)
 
 # Reasons a commit is refused with 409.
 CONFLICT_EXISTS = "exists"  # the target name is taken
