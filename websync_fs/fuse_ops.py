@@ -24,6 +24,9 @@ from .vfs import FileAttr, Invalidation, Vfs
 
 log = logging.getLogger(__name__)
 
+#: A read-only extended attribute: where the file's content is (filestate.py).
+STATE_XATTR = b"user.websync.state"
+
 #: Attributes and entries stay in the kernel this long; remote changes
 #: invalidate them at once, so the timeout only bounds a missed notification.
 TIMEOUT = 60.0
@@ -67,6 +70,8 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
         self._dirs: dict[int, list[tuple[str, FileAttr]]] = {}
         self._next_dir = 0
         self._send, self._receive = trio.open_memory_channel[Invalidation](math.inf)
+        #: The state word of an inode (filestate.py), shown as the xattr user.websync.state.
+        self.file_state: Callable[[int], str] | None = None
 
     # -- kernel cache invalidation -------------------------------------------
     def notify(self, inv: Invalidation) -> None:
@@ -202,18 +207,26 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
     # -- extended attributes -------------------------------------------------------
     @translate
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        if name == STATE_XATTR and self.file_state is not None:
+            return self.file_state(inode).encode()
         return self.vfs.getxattr(inode, _name(name))
 
     @translate
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        # The computed state is not listed: cp -a, rsync -X and tar --xattrs
+        # copy what is listed, and a machine-local state must not travel.
         return [os.fsencode(n) for n in self.vfs.listxattr(inode)]
 
     @translate
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        if name == STATE_XATTR:
+            return  # computed, never stored; ignored so that cp -a and rsync -X copy into the mount
         self.vfs.setxattr(inode, _name(name), value)
 
     @translate
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        if name == STATE_XATTR:
+            raise FsError(errno.EPERM, "user.websync.state is computed, not stored")
         self.vfs.removexattr(inode, _name(name))
 
     # -- files -------------------------------------------------------------------

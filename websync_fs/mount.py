@@ -23,11 +23,15 @@ import trio
 from cache import BlockCache
 
 from .blocksource import BlockSource
+from .cachectl import CacheControl
+from .control import CacheLock, ControlServer
 from .errors import ConfigError, Offline
+from .filestate import FileStates
 from .follower import Applier, Follower
 from .fuse_ops import FuseOperations
 from .home import Home
 from .names import NamePolicy
+from .pins import Pinner, PinTable
 from .remote import Remote
 from .replica import Replica
 from .statedb import StateDb
@@ -50,6 +54,8 @@ class Mount:
         settings, token = home.logged_in()
         self.settings = settings
         home.ensure()
+        # Only one process uses the cache with protection at a time (control.py).
+        self.cache_lock = CacheLock.acquire(home.state_dir)
         self.db = StateDb(home.replica_db)
         self.replica = Replica(self.db)
         self.cache = BlockCache(home.blocks_dir, settings.cache_limit)
@@ -61,6 +67,8 @@ class Mount:
         self.cache.protect(self.replica.local_blocks())
         self.remote = Remote(settings.server, token, settings.store)
         self.source = BlockSource(self.cache, self.remote)
+        self.pins = Pinner(PinTable(self.db), self.replica, self.cache, self.remote.get_block)
+        self.pins.reconcile()  # pinned blocks are protected again before the first put
 
         def store_block(h: str, data: bytes) -> None:
             self.cache.protect([h])  # held until the queue item protects it
@@ -82,6 +90,14 @@ class Mount:
         self.vfs.notify = self.ops.notify
         self.vfs.on_settled = self.applier.settle
         self.queue.on_enqueue(self.uploader.wake)
+        self.applier.on_content = self.pins.changed
+        self.queue.on_enqueue(self.pins.poke)
+        self.states = FileStates(self.replica, self.cache.present, self.queue, self.pins.is_pinned, self.vfs.busy)
+        self.ops.file_state = self.states.xattr
+        self.control = ControlServer(home.state_dir, CacheControl(
+            cache=self.cache, replica=self.replica, queue=self.queue, pinner=self.pins, states=self.states,
+            download=self.remote.get_block, mountpoint=str(mountpoint),
+        ).handle)
         self.online = False
         self.error = ""
         self.closed = False
@@ -162,6 +178,8 @@ class Mount:
                 nursery.start_soon(self.uploader.run)
                 nursery.start_soon(self._status_writer)
                 nursery.start_soon(self._signals)
+                nursery.start_soon(self.pins.run)
+                await nursery.start(self.control.serve)
                 self.home.pid_file.write_text(str(os.getpid()))
                 log.info("mounted %s at %s", self.settings.server, self.mountpoint)
                 ready()
@@ -192,6 +210,7 @@ class Mount:
         await self.remote.aclose()
         self.cache.close()
         self.db.close()
+        self.cache_lock.release()
 
 
 async def run_mount(home: Home, mountpoint: Path, ready: Callable[[], None]) -> None:

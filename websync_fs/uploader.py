@@ -42,7 +42,9 @@ from websync_server.protocol import (
     KIND_DIR,
     OP_CREATE,
     OP_DELETE,
+    OP_LINK,
     OP_MKDIR,
+    OP_MKNOD,
     OP_RENAME,
     OP_RESTORE,
     OP_SETATTR,
@@ -73,7 +75,7 @@ from .writeback import Item, WriteBackQueue
 
 log = logging.getLogger(__name__)
 
-_NODE_OPS = (OP_CREATE, OP_MKDIR, OP_SYMLINK, OP_UPDATE, OP_SETATTR)
+_NODE_OPS = (OP_CREATE, OP_MKDIR, OP_SYMLINK, OP_MKNOD, OP_UPDATE, OP_SETATTR)
 
 
 class Uploader:
@@ -166,7 +168,7 @@ class Uploader:
             for op in ops:
                 if op["op"] in _NODE_OPS:
                     self.replica.update_node(op["id"], seq=seq)
-                if op["op"] in (OP_CREATE, OP_MKDIR, OP_SYMLINK, OP_RESTORE):
+                if op["op"] in (OP_CREATE, OP_MKDIR, OP_SYMLINK, OP_MKNOD, OP_RESTORE, OP_LINK):
                     self.replica.set_entry_seq(op["parent"], op["name"], seq)
                 elif op["op"] == OP_RENAME:
                     self.replica.set_entry_seq(op["new_parent"], op["new_name"], seq)
@@ -213,7 +215,7 @@ class Uploader:
             self._update_conflict(item, op, conflict, inv)
         elif kind == OP_MKDIR and reason == CONFLICT_EXISTS and conflict.node and conflict.node.kind == KIND_DIR:
             self._merge_folders(item, op, conflict.node, inv)
-        elif kind in (OP_CREATE, OP_MKDIR, OP_SYMLINK):
+        elif kind in (OP_CREATE, OP_MKDIR, OP_SYMLINK, OP_MKNOD):
             self._create_conflict(item, op, reason, inv)
         elif kind == OP_DELETE:
             with self.replica.tx():

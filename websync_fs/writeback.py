@@ -51,7 +51,9 @@ from typing import Any
 from websync_server.protocol import (
     OP_CREATE,
     OP_DELETE,
+    OP_LINK,
     OP_MKDIR,
+    OP_MKNOD,
     OP_RENAME,
     OP_SETATTR,
     OP_SYMLINK,
@@ -74,7 +76,7 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_node ON items (node);
 """
 
-_BORN = (OP_CREATE, OP_MKDIR, OP_SYMLINK)
+_BORN = (OP_CREATE, OP_MKDIR, OP_SYMLINK, OP_MKNOD)
 _CONTENT = (OP_CREATE, OP_UPDATE)
 
 
@@ -237,7 +239,8 @@ class WriteBackQueue:
             self._rewrite(last, merged)
             return True
         never_sent = bool(items) and all(i.state == "queued" for i in items) and items[0].op["op"] in _BORN
-        if kind == OP_DELETE and never_sent and not self._is_parent_of_queued(node):
+        linked = any(i.op["op"] == OP_LINK for i in items)  # a delete may remove one of several names
+        if kind == OP_DELETE and never_sent and not linked and not self._is_parent_of_queued(node):
             for item in items:
                 self._db.execute("DELETE FROM items WHERE n=?", (item.n,))
                 self._unprotect(item.blocks)

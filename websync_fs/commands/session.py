@@ -186,13 +186,21 @@ def _probe(home: Home) -> tuple[bool, str]:
 
 
 @click.command()
+@click.argument("paths", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @pass_ctx
 @friendly
-def status(ctx: Context, as_json: bool) -> None:
-    """Show the server, user, connection and uploads waiting."""
+def status(ctx: Context, paths: tuple[str, ...], as_json: bool) -> None:
+    """Show the server, user, connection and uploads waiting; for PATHS, where each file's content is.
+
+    A file is online-only, partly cached, cached, pinned, waiting for upload,
+    or a conflict copy (also readable as: getfattr -n user.websync.state FILE).
+    """
+    from .cache import file_states, state_lines
+
     home = ctx.home
     settings, _ = home.logged_in()
+    files = file_states(home, paths) if paths else None
     pid = running_pid(home)
     daemon: dict[str, Any] = {}
     if pid is not None:
@@ -212,6 +220,8 @@ def status(ctx: Context, as_json: bool) -> None:
         "mountpoint": daemon.get("mountpoint", ""), "pid": pid,
         "pending": pending, "pending_bytes": pending_bytes,
     }
+    if files is not None:
+        info["files"] = files
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
@@ -220,6 +230,8 @@ def status(ctx: Context, as_json: bool) -> None:
         click.echo(f"connection: {'online' if online else 'offline'}{f' ({error})' if error else ''}")
         click.echo(f"mounted:    {info['mountpoint']} (process {pid})" if pid else "mounted:    no")
         click.echo(f"pending:    {pending} change(s), {human(pending_bytes)} waiting for upload")
+        for line in state_lines(files or []):
+            click.echo(line)
     if "token" in error and not online:
         raise Unauthorized("the server refused this device's token; run 'websync login' again")
 
