@@ -278,5 +278,6 @@ def _quietly(fn: Callable[..., None], *args: Any) -> None:
         fn(*args)
     except OSError as exc:
         # ENOENT: the kernel does not know this inode or entry: nothing to drop.
-        if exc.errno != errno.ENOENT:
+        # ENOSYS: the kernel has not finished mounting yet: it caches nothing.
+        if exc.errno not in (errno.ENOENT, errno.ENOSYS):
             log.warning("%s%r failed: %s", fn.__name__, args, exc)

@@ -138,6 +138,7 @@ class Mount:
 
     async def _first_sync(self) -> None:
         """Bring the replica up to date before the kernel sees the tree."""
+        notify, self.applier.notify = self.applier.notify, lambda inv: None  # no kernel to tell yet
         try:
             with trio.fail_after(30):
                 await self.follower.catch_up()
@@ -148,6 +149,8 @@ class Mount:
                 ) from exc
             log.warning("server unreachable (%s): mounting offline from the local replica", exc)
             self._on_state(False, str(exc))
+        finally:
+            self.applier.notify = notify
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

@@ -234,6 +234,9 @@ class Replica:
     def apply_node(self, node: Node) -> tuple[NodeRow | None, bool]:
         """Make the replica hold the server's *node*; return (old row, content changed)."""
         old = self.by_id(node.id)
+        if old is not None and 0 < node.seq <= old.seq:
+            # An answer computed before our own newer commit: ours is newer.
+            return old, False
         if node.deleted:
             if old is not None:
                 if self.entries_of(node.id):
@@ -260,6 +263,8 @@ class Replica:
             "SELECT node FROM entries WHERE parent=? AND name=?", (entry.parent, entry.name)
         ).fetchone()
         before = NodeId(row[0]) if row else None
+        if self.entry_seq(entry.parent, entry.name) > entry.seq:
+            return before  # older than what our own commit already made of this entry
         if entry.node is None:
             self.remove_entry(entry.parent, entry.name)
         else:
