@@ -37,7 +37,7 @@ from ._exceptions import (
 )
 from .accounts import Identity
 from .journal import DEFAULT_LIMIT
-from .protocol import API, BLOCK_SIZE, WAIT_MAX, BlockHash, is_block_hash
+from .protocol import API, BLOCK_SIZE, WAIT_MAX, BlockHash, Changes, is_block_hash
 from .services import Services
 
 __all__ = ["PROTOCOL_VERSION", "create_app"]
@@ -81,6 +81,8 @@ def create_app(
         Route(f"{API}/whoami", api.whoami, methods=["GET"]),
         Route(f"{API}/stores/{{store}}/changes", api.changes, methods=["GET"]),
         Route(f"{API}/stores/{{store}}/nodes/{{node}}", api.node, methods=["GET"]),
+        Route(f"{API}/stores/{{store}}/nodes/{{node}}/versions", api.versions, methods=["GET"]),
+        Route(f"{API}/stores/{{store}}/trash", api.trash, methods=["GET"]),
         Route(f"{API}/stores/{{store}}/commit", api.commit, methods=["POST"]),
         Route(f"{API}/blocks/missing", api.missing_blocks, methods=["POST"]),
         Route(f"{API}/blocks/{{block}}", api.put_block, methods=["PUT"]),
@@ -131,16 +133,26 @@ class _Api:
             changes = await run_in_threadpool(self._s.store.changes, store, cursor, limit)
             news = changes.nodes or changes.entries or changes.reset or changes.more or changes.cursor != cursor
             remaining = deadline - loop.time()
-            if news or remaining <= 0:
-                return JSONResponse(changes.to_wire())
             # Read first, wait second: see notifier.py for why no commit is missed.
-            if not await self._s.notifier.wait(store, changes.cursor, remaining):
-                return JSONResponse(changes.to_wire())
+            if news or remaining <= 0 or not await self._s.notifier.wait(store, changes.cursor, remaining):
+                # A listing can be megabytes of JSON: encode it off the event loop.
+                body = await run_in_threadpool(_encode_changes, changes)
+                return Response(body, media_type="application/json")
 
     async def node(self, request: Request) -> Response:
         _, store = await self._store_access(request)
         state = await run_in_threadpool(self._s.store.node_state, store, request.path_params["node"])
         return JSONResponse(state.to_wire())
+
+    async def versions(self, request: Request) -> Response:
+        _, store = await self._store_access(request)
+        listed = await run_in_threadpool(self._s.store.versions, store, request.path_params["node"])
+        return JSONResponse({"versions": [v.to_wire() for v in listed]})
+
+    async def trash(self, request: Request) -> Response:
+        _, store = await self._store_access(request)
+        items = await run_in_threadpool(self._s.store.trash, store)
+        return JSONResponse({"items": [i.to_wire() for i in items]})
 
     async def commit(self, request: Request) -> Response:
         identity, store = await self._store_access(request)
@@ -196,6 +208,11 @@ class _Api:
             if owner != identity.user_id:
                 raise Forbidden(f"store {store} belongs to another user")
         return identity, store
+
+
+def _encode_changes(changes: Changes) -> bytes:
+    """A `Changes` page as JSON, the way `JSONResponse` renders."""
+    return json.dumps(changes.to_wire(), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 def _identity_wire(identity: Identity) -> dict[str, Any]:

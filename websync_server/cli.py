@@ -57,7 +57,9 @@ def _describe(exc: Exception) -> str:
 
     if isinstance(exc, ServerError):
         return exc.message
-    if isinstance(exc, OSError) and exc.strerror:
+    if isinstance(exc, OSError):
+        if not exc.strerror:
+            return str(exc)
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror}{where}"
     return f"unexpected {type(exc).__name__}: {exc} (run with -v for details)"
@@ -104,8 +106,12 @@ def serve(data: Path, host: str, port: int, verbose: int) -> None:
 
     data_dir = prepare_data_dir(data)
     _setup_logging(data_dir / LOG_FILENAME, verbose)
-    app = create_app(data_dir)
-    sock = runner.listen(host, port)
+    try:
+        app = create_app(data_dir)
+        sock = runner.listen(host, port)
+    except Exception as exc:
+        log.error("can't start: %s", exc)  # the terminal gets it from _friendly_errors
+        raise
     url = runner.url_of(host, sock)
 
     def listening() -> None:

@@ -9,20 +9,29 @@ these are the checks that don't depend on state (those answer 409 from
 
 from __future__ import annotations
 
+import base64
+import binascii
+import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 from ._exceptions import InvalidRequest
 from .protocol import (
     OP_CREATE,
     OP_DELETE,
+    OP_LINK,
     OP_MKDIR,
+    OP_MKNOD,
     OP_RENAME,
+    OP_RESTORE,
     OP_SETATTR,
     OP_SYMLINK,
     OP_UPDATE,
     ROOT_ID,
+    XATTR_NAME_MAX,
+    XATTR_TOTAL_MAX,
+    XATTR_VALUE_MAX,
     BlockHash,
     InvalidName,
     NodeId,
@@ -36,25 +45,32 @@ __all__ = [
     "BATCH_ID_MAX",
     "Create",
     "Delete",
+    "Link",
     "Mkdir",
+    "Mknod",
     "Op",
     "Rename",
+    "Restore",
     "SetAttr",
     "Symlink",
     "Update",
     "block_hashes",
     "parse_batch_id",
     "parse_ops",
+    "xattr_size",
 ]
 
 BATCH_ID_MAX = 128
 # Linux PATH_MAX less the NUL: the longest target symlink(2) takes.
 SYMLINK_TARGET_MAX = 4095
-# st_mode of any file type fits in 16 bits; the stored mode keeps only the
-# permission bits (S_IMODE) because the type is the node's `kind`.  Accepting the
-# type bits spares clients from masking st_mode themselves.
+# st_mode of any file type fits in 16 bits.  The stored mode of a file, dir or
+# symlink keeps only the permission bits (S_IMODE) because the type is the
+# node's `kind`; accepting the type bits spares clients from masking st_mode.
+# A special node keeps its S_IFMT bits: they say FIFO, socket or device.
 _MODE_MAX = 0o177777
-_PERMISSION_BITS = 0o7777
+PERMISSION_BITS = 0o7777
+_SPECIAL_TYPES = frozenset({stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK})
+_XATTR_NAMESPACE = "user."
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 SYMLINK_MODE = 0o777
@@ -67,6 +83,7 @@ class Mkdir:
     name: str
     mode: int
     mtime_ns: int
+    xattrs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -78,6 +95,7 @@ class Create:
     mtime_ns: int
     size: int
     blocks: tuple[BlockHash, ...]
+    xattrs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,6 +105,7 @@ class Symlink:
     name: str
     target: str
     mtime_ns: int
+    xattrs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -100,10 +119,23 @@ class Update:
 
 
 @dataclass(frozen=True)
+class Mknod:
+    id: NodeId
+    parent: NodeId
+    name: str
+    mode: int  # with the S_IFMT bits
+    rdev: int
+    mtime_ns: int
+    xattrs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class SetAttr:
     id: NodeId
     mode: int | None
     mtime_ns: int | None
+    #: name -> base64 value to set, or None to remove; None: leave them alone.
+    xattrs: dict[str, str | None] | None
 
 
 @dataclass(frozen=True)
@@ -114,6 +146,8 @@ class Rename:
     new_parent: NodeId
     new_name: str
     replace: NodeId | None
+    #: Swap with the node at the target (RENAME_EXCHANGE) instead of moving.
+    exchange: NodeId | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +158,21 @@ class Delete:
     base: int | None
 
 
-Op = Union[Mkdir, Create, Symlink, Update, SetAttr, Rename, Delete]
+@dataclass(frozen=True)
+class Link:
+    id: NodeId
+    parent: NodeId
+    name: str
+
+
+@dataclass(frozen=True)
+class Restore:
+    id: NodeId
+    parent: NodeId
+    name: str
+
+
+Op = Union[Mkdir, Create, Symlink, Mknod, Update, SetAttr, Rename, Delete, Link, Restore]
 
 
 def parse_batch_id(value: object) -> str:
@@ -156,32 +204,50 @@ def _parse_op(index: int, raw: object) -> Op:
     f = _Fields(index, raw)
     kind = raw.get("op")
     if kind == OP_MKDIR:
-        return Mkdir(f.node_id("id"), f.node_id("parent"), f.name("name"), f.mode("mode"), f.int64("mtime_ns"))
+        return Mkdir(
+            f.node_id("id"), f.node_id("parent"), f.name("name"), f.mode("mode"), f.int64("mtime_ns"), f.new_xattrs()
+        )
     if kind == OP_CREATE:
         size, blocks = f.content()
         return Create(
-            f.node_id("id"), f.node_id("parent"), f.name("name"), f.mode("mode"), f.int64("mtime_ns"), size, blocks
-        )
+            f.node_id("id"), f.node_id("parent"), f.name("name"), f.mode("mode"), f.int64("mtime_ns"), size, blocks,
+            f.new_xattrs(),
+        )  # fmt: skip
     if kind == OP_SYMLINK:
-        return Symlink(f.node_id("id"), f.node_id("parent"), f.name("name"), f.target("target"), f.int64("mtime_ns"))
+        return Symlink(
+            f.node_id("id"), f.node_id("parent"), f.name("name"), f.target("target"), f.int64("mtime_ns"),
+            f.new_xattrs(),
+        )  # fmt: skip
     if kind == OP_UPDATE:
         size, blocks = f.content()
         return Update(f.node_id("id"), f.seq("base"), size, blocks, f.int64("mtime_ns"), f.optional_mode("mode"))
+    if kind == OP_MKNOD:
+        return Mknod(
+            f.node_id("id"), f.node_id("parent"), f.name("name"), f.special_mode("mode"), f.int64("rdev", 0),
+            f.int64("mtime_ns"), f.new_xattrs(),
+        )  # fmt: skip
     if kind == OP_SETATTR:
-        mode, mtime_ns = f.optional_mode("mode"), f.optional_int64("mtime_ns")
-        if mode is None and mtime_ns is None:
-            raise InvalidRequest(f"op {index}: setattr needs mode or mtime_ns")
-        return SetAttr(f.node_id("id"), mode, mtime_ns)
+        mode, mtime_ns, xattrs = f.optional_mode("mode"), f.optional_int64("mtime_ns"), f.xattrs("xattrs")
+        if mode is None and mtime_ns is None and xattrs is None:
+            raise InvalidRequest(f"op {index}: setattr needs mode, mtime_ns or xattrs")
+        return SetAttr(f.node_id("id"), mode, mtime_ns, xattrs)
     if kind == OP_RENAME:
         node_id = f.not_root("id", "renamed")
-        replace = f.optional_node_id("replace")
-        if replace == ROOT_ID:
-            raise InvalidRequest(f"op {index}: the root can't be replaced")
+        replace, exchange = f.optional_node_id("replace"), f.optional_node_id("exchange")
+        if ROOT_ID in (replace, exchange):
+            raise InvalidRequest(f"op {index}: the root can't be replaced or exchanged")
+        if replace is not None and exchange is not None:
+            raise InvalidRequest(f"op {index}: a rename can't both replace and exchange")
         return Rename(
-            node_id, f.node_id("parent"), f.name("name"), f.node_id("new_parent"), f.name("new_name"), replace
-        )
+            node_id, f.node_id("parent"), f.name("name"), f.node_id("new_parent"), f.name("new_name"), replace,
+            exchange,
+        )  # fmt: skip
     if kind == OP_DELETE:
         return Delete(f.not_root("id", "deleted"), f.node_id("parent"), f.name("name"), f.optional_seq("base"))
+    if kind == OP_LINK:
+        return Link(f.not_root("id", "linked"), f.node_id("parent"), f.name("name"))
+    if kind == OP_RESTORE:
+        return Restore(f.not_root("id", "restored"), f.node_id("parent"), f.name("name"))
     raise InvalidRequest(f"op {index}: unknown op {kind!r}")
 
 
@@ -238,7 +304,48 @@ class _Fields:
         return None if self._raw.get(key) is None else self.seq(key)
 
     def mode(self, key: str) -> int:
-        return self.int64(key, 0, _MODE_MAX) & _PERMISSION_BITS
+        return self.int64(key, 0, _MODE_MAX) & PERMISSION_BITS
+
+    def special_mode(self, key: str) -> int:
+        mode = self.int64(key, 0, _MODE_MAX)
+        if stat.S_IFMT(mode) not in _SPECIAL_TYPES:
+            raise self._fail(key, "must carry the S_IFMT bits of a FIFO, socket or device")
+        return mode
+
+    def xattrs(self, key: str) -> dict[str, str | None] | None:
+        """Extended attributes to set (base64 values) or remove (None)."""
+        value = self._raw.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise self._fail(key, "must map names to base64 values or null")
+        for name, encoded in value.items():
+            valid = isinstance(name, str) and name.startswith(_XATTR_NAMESPACE) and name != _XATTR_NAMESPACE
+            if not valid or "\0" in name:
+                raise self._fail(key, f"{name!r} is not a user.* attribute name")
+            try:
+                size = len(name.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise self._fail(key, f"{name!r} is not valid UTF-8") from None
+            if size > XATTR_NAME_MAX:
+                raise self._fail(key, f"name {name[:40]!r}... is longer than {XATTR_NAME_MAX} bytes")
+            if encoded is None:
+                continue
+            try:
+                length = len(_decode_base64(encoded))
+            except ValueError:
+                raise self._fail(key, f"the value of {name!r} is not base64") from None
+            if length > XATTR_VALUE_MAX:
+                raise self._fail(key, f"the value of {name!r} is longer than {XATTR_VALUE_MAX} bytes")
+        return dict(value)
+
+    def new_xattrs(self, key: str = "xattrs") -> dict[str, str]:
+        """A new node's attributes; a null value (remove) means nothing here."""
+        given = self.xattrs(key) or {}
+        attrs = {name: value for name, value in given.items() if value is not None}
+        if sum(xattr_size(name, value) for name, value in attrs.items()) > XATTR_TOTAL_MAX:
+            raise self._fail(key, f"take more than {XATTR_TOTAL_MAX} bytes together")
+        return attrs
 
     def optional_mode(self, key: str) -> int | None:
         return None if self._raw.get(key) is None else self.mode(key)
@@ -264,3 +371,18 @@ class _Fields:
         if len(blocks) != block_count(size):
             raise self._fail("blocks", f"has {len(blocks)} blocks, a file of {size} bytes has {block_count(size)}")
         return size, tuple(BlockHash(h) for h in blocks)
+
+
+
+def xattr_size(name: str, encoded: str) -> int:
+    """Bytes an attribute takes: its name plus its value (base64 on the wire)."""
+    return len(name.encode("utf-8")) + len(_decode_base64(encoded))
+
+
+def _decode_base64(encoded: object) -> bytes:
+    if not isinstance(encoded, str):
+        raise ValueError("not a string")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(str(exc)) from None

@@ -1,11 +1,11 @@
 """The metadata schema: SQLAlchemy Core tables, and rows turned into wire models.
 
 The same tables serve SQLite (the embedded default) and PostgreSQL, so everything
-here is portable Core: no SQLite-only types, defaults or SQL.  Version 1 of the
-schema is created with ``create_all`` on first start; the ``meta`` table records
-the version so a later server can migrate (or refuse) an older database.
+here is portable Core: no SQLite-only types, defaults or SQL.  The schema is
+created with ``create_all`` on first start; the ``meta`` table records its
+version so a later server can migrate (today: refuse) an older database.
 
-Invariants the store keeps (``store.py`` is the only writer):
+Invariants the store keeps (``commit.py`` is the only writer of the trees):
 
 - Every store has a ``root`` dir node that is never deleted or renamed.
 - An entry with ``node = NULL`` is a tombstone: a removed name, kept so the
@@ -17,6 +17,13 @@ Invariants the store keeps (``store.py`` is the only writer):
   ``seq > cursor``", served from the ``(store, seq)`` indexes.
 - A directory has at most one live entry (no hard links to directories), which is
   what lets ``rename`` find a directory's ancestors for the cycle check.
+- ``nodes.version`` numbers a file's contents: 1 when created, +1 per update;
+  each replaced content is a ``versions`` row under its own number, so version
+  numbers never change.  ``nodes.device`` is the device that wrote the current
+  content.
+- A deleted node remembers where it was (``trash_parent``, ``trash_name``,
+  ``trash_path``) so the trash can list it and ``restore`` can put it back; the
+  commit that deleted it is ``batches`` row ``seq = nodes.seq``.
 """
 
 from __future__ import annotations
@@ -59,7 +66,8 @@ __all__ = [
     "versions",
 ]
 
-SCHEMA_VERSION = 1
+# 2: versions, trash places, hard links, special nodes, extended attributes.
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -129,6 +137,14 @@ nodes = Table(
     Column("seq", BigInteger, nullable=False),
     Column("deleted", Boolean, nullable=False),
     Column("device", _NAME, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("written_ns", BigInteger, nullable=False),  # when the current content was committed
+    Column("rdev", BigInteger, nullable=False),  # device number of a special node
+    Column("xattrs", Text, nullable=False),  # JSON object: user.* name -> base64 value
+    # Where a deleted node was: the entry it lost last and its path then.
+    Column("trash_parent", _ID, nullable=True),
+    Column("trash_name", _NAME, nullable=True),
+    Column("trash_path", Text, nullable=True),
     PrimaryKeyConstraint("store", "id"),
     Index("nodes_by_seq", "store", "seq"),
 )
@@ -155,15 +171,18 @@ versions = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("store", _ID, nullable=False),
     Column("node", _ID, nullable=False),
-    # The replaced content as it was: its own seq, size, blocks, mtime, writer.
+    # The replaced content as it was: its number, the node's seq then, size,
+    # blocks, mtime, the device that wrote it and when (server clock).
+    Column("version", BigInteger, nullable=False),
     Column("seq", BigInteger, nullable=False),
     Column("size", BigInteger, nullable=False),
     Column("blocks", Text, nullable=False),
     Column("mtime_ns", BigInteger, nullable=False),
     Column("device", _NAME, nullable=False),
-    # The commit that replaced it, and when (server clock).
+    Column("written_ns", BigInteger, nullable=False),
+    # The commit that replaced it, and when.
     Column("replaced_seq", BigInteger, nullable=False),
-    Column("time_ns", BigInteger, nullable=False),
+    Column("replaced_ns", BigInteger, nullable=False),
     ForeignKeyConstraint(["store", "node"], ["nodes.store", "nodes.id"]),
     Index("versions_by_node", "store", "node"),
 )
@@ -177,6 +196,8 @@ batches = Table(
     Column("device", _NAME, nullable=False),
     Column("time_ns", BigInteger, nullable=False),
     PrimaryKeyConstraint("store", "batch"),
+    # When and by whom commit N was made: version times, trash entries.
+    Index("batches_by_seq", "store", "seq"),
 )
 
 
@@ -203,6 +224,8 @@ def node_from_row(row: Row[Any]) -> Node:
         target=row.target,
         deleted=bool(row.deleted),
         device=row.device,
+        rdev=row.rdev,
+        xattrs=json.loads(row.xattrs),
     )
 
 

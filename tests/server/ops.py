@@ -38,11 +38,14 @@ def setattr_(id: str, **fields: Any) -> dict[str, Any]:
 
 
 def rename(
-    id: str, name: str, new_name: str, parent: str = ROOT_ID, new_parent: str = ROOT_ID, replace: str | None = None
-) -> dict[str, Any]:
+    id: str, name: str, new_name: str, parent: str = ROOT_ID, new_parent: str = ROOT_ID, replace: str | None = None,
+    exchange: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
     op = {"op": "rename", "id": id, "parent": parent, "name": name, "new_parent": new_parent, "new_name": new_name}
     if replace is not None:
         op["replace"] = replace
+    if exchange is not None:
+        op["exchange"] = exchange
     return op
 
 
@@ -51,3 +54,16 @@ def delete(id: str, name: str, parent: str = ROOT_ID, base: int | None = None) -
     if base is not None:
         op["base"] = base
     return op
+
+
+def link(id: str, name: str, parent: str = ROOT_ID) -> dict[str, Any]:
+    return {"op": "link", "id": id, "parent": parent, "name": name}
+
+
+def mknod(name: str, mode: int, rdev: int = 0, parent: str = ROOT_ID, id: str | None = None) -> dict[str, Any]:
+    return {"op": "mknod", "id": id or new_node_id(), "parent": parent, "name": name, "mode": mode, "rdev": rdev,
+            "mtime_ns": MTIME}  # fmt: skip
+
+
+def restore(id: str, name: str, parent: str = ROOT_ID) -> dict[str, Any]:
+    return {"op": "restore", "id": id, "parent": parent, "name": name}

@@ -251,3 +251,26 @@ def test_requests_on_a_kept_alive_connection_are_not_held_back(server: ServerPro
             assert http.get("/v1/health").status_code == 200
             timings.append(time.monotonic() - started)
     assert sorted(timings[1:])[10] < 0.02, timings
+
+
+def test_versions_and_trash_over_http(session: Login) -> None:
+    s, bob = session("alice", device="desk"), session("bob")
+    f = create(f"doc-{new_node_id()}")
+    seq = s.commit(f).json()["seq"]
+    versions = s.http.get(f"/v1/stores/{s.store}/nodes/{f['id']}/versions")
+    assert versions.status_code == 200
+    [only] = versions.json()["versions"]
+    assert (only["version"], only["seq"], only["device"], only["current"]) == (1, seq, "desk", True)
+    assert set(only) == {"version", "seq", "size", "mtime_ns", "blocks", "device", "time", "current"}
+    deleted = s.commit({"op": "delete", "id": f["id"], "parent": ROOT_ID, "name": f["name"]}).json()["seq"]
+    items = s.http.get(f"/v1/stores/{s.store}/trash").json()["items"]
+    mine = [i for i in items if i["node"] == f["id"]]
+    assert mine == [
+        {"node": f["id"], "kind": "file", "parent": ROOT_ID, "name": f["name"], "path": f["name"], "size": 0,
+         "device": "desk", "time": mine[0]["time"], "seq": deleted}
+    ]  # fmt: skip
+    assert bob.http.get(f"/v1/stores/{s.store}/trash").status_code == 403
+    assert bob.http.get(f"/v1/stores/{s.store}/nodes/{f['id']}/versions").status_code == 403
+    restored = s.commit({"op": "restore", "id": f["id"], "parent": ROOT_ID, "name": f["name"]})
+    assert restored.status_code == 200
+    assert f["id"] not in {i["node"] for i in s.http.get(f"/v1/stores/{s.store}/trash").json()["items"]}

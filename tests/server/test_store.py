@@ -171,20 +171,21 @@ def test_op_into_missing_parent_is_missing(components: Components) -> None:
     assert (conflict.index, conflict.reason, conflict.node) == (0, "missing", None)
 
 
-def test_op_into_deleted_parent_is_missing_and_shows_it(components: Components) -> None:
+def test_op_into_deleted_parent_is_missing(components: Components) -> None:
     c = components
     d = mkdir("d")
     c.commit(d)
     c.commit(delete(d["id"], "d"))
     conflict = refused(c, create("f", parent=d["id"])).conflict
-    assert conflict.reason == "missing" and conflict.node is not None and conflict.node.deleted
+    # The node the op names (the new one) does not exist: no node to report.
+    assert (conflict.reason, conflict.node) == ("missing", None)
 
 
 def test_op_into_a_file_is_not_dir(components: Components) -> None:
     f = create("f")
     components.commit(f)
     conflict = refused(components, mkdir("x", parent=f["id"])).conflict
-    assert conflict.reason == "not_dir" and conflict.node is not None and conflict.node.id == f["id"]
+    assert (conflict.reason, conflict.node) == ("not_dir", None)
 
 
 def test_taken_name_is_exists_with_the_node_there(components: Components) -> None:
@@ -240,8 +241,10 @@ def test_rename_into_missing_or_non_dir_parent(components: Components) -> None:
     c = components
     f, g = create("f"), create("g")
     c.commit(f, g)
-    assert refused(c, rename(f["id"], "f", "x", new_parent=new_node_id())).conflict.reason == "missing"
-    assert refused(c, rename(f["id"], "f", "x", new_parent=g["id"])).conflict.reason == "not_dir"
+    for new_parent, reason in ((new_node_id(), "missing"), (g["id"], "not_dir")):
+        conflict = refused(c, rename(f["id"], "f", "x", new_parent=new_parent)).conflict
+        # For reasons other than exists, the node reported is the one the op names.
+        assert conflict.reason == reason and conflict.node is not None and conflict.node.id == f["id"]
 
 
 def test_rename_of_dir_into_its_own_subtree_is_cycle(components: Components) -> None:
