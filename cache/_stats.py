@@ -22,11 +22,24 @@ class CacheStats:
     count: int
     hits: int
     misses: int
+    #: How many of the ``count`` blocks are protected.
+    protected_count: int = 0
 
     @property
     def reclaimable(self) -> int:
         """Bytes an eviction to zero would free."""
         return max(self.used - self.protected_bytes, 0)
+
+    @property
+    def reclaimable_count(self) -> int:
+        """Blocks an eviction to zero would remove."""
+        return max(self.count - self.protected_count, 0)
+
+    @property
+    def hit_rate(self) -> float | None:
+        """Hits per read of the cache, or None before the first read."""
+        reads = self.hits + self.misses
+        return self.hits / reads if reads else None
 
     @property
     def over_limit(self) -> bool:

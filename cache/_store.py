@@ -325,6 +325,20 @@ class BlockStore:
                 total += int(size)
         return total
 
+    def sizes(self, hashes: Iterable[str]) -> dict[str, int]:
+        """The size of each of *hashes* that is present (absent ones are left out)."""
+        keys = list(dict.fromkeys(hashes))
+        found: dict[str, int] = {}
+        with _translated("look up blocks"):
+            for start in range(0, len(keys), _PAGE):
+                chunk = keys[start : start + _PAGE]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db._sql(
+                    f"SELECT key, size FROM Cache WHERE raw = 1 AND key IN ({marks})", chunk
+                ).fetchall()
+                found.update((key, int(size)) for key, size in rows)
+        return found
+
     def evict(self, target: int, keep: Callable[[str], bool]) -> int:
         """Delete least-recently-used entries, skipping those *keep* names, until usage <= *target*.
 

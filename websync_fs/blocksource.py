@@ -87,7 +87,11 @@ class BlockSource:
             digest = await trio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
             if digest != h:
                 raise RemoteError(f"the server sent block {h} with the wrong content")
-            await trio.to_thread.run_sync(self.cache.put, h, data)
+            try:
+                await trio.to_thread.run_sync(self.cache.put, h, data)
+            except OSError as exc:
+                # A full (or failing) cache disk must not fail a read: the bytes are here.
+                log.warning("block %s is read but not cached: %s", h, exc)
             return data
 
     def prefetch(self, nursery: trio.Nursery, hashes: list[BlockHash]) -> None:
@@ -98,7 +102,8 @@ class BlockSource:
             nursery.start_soon(self._quiet_get, h)
 
     async def _quiet_get(self, h: BlockHash) -> None:
+        # It runs in the mount's nursery: an error escaping here would end the mount.
         try:
             await self.get(h)
-        except RemoteError:
-            pass
+        except (RemoteError, OSError) as exc:
+            log.debug("read-ahead of block %s failed: %s", h, exc)

@@ -13,6 +13,7 @@ Paths in requests are store paths (storepaths.py).
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -69,9 +70,10 @@ class CacheControl:
         if method is None:
             raise WebSyncError(f"unknown request {op!r} (is the mount older than this command?)")
         try:
-            return await method(**args)
+            inspect.signature(method).bind(**args)
         except TypeError as exc:
             raise WebSyncError(f"bad arguments for {op!r}: {exc}") from exc
+        return await method(**args)
 
     # -- requests --------------------------------------------------------------
     async def hello(self) -> dict[str, Any]:

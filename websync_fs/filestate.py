@@ -72,16 +72,24 @@ class FileState:
         return PARTLY if self.local_bytes else ONLINE
 
     def describe(self) -> str:
-        """The state in words, with how much is local where that adds something."""
-        words = self.state.replace("-", " ")
-        extra = []
-        if self.conflict and self.state != CONFLICT:
-            extra.append("conflict copy")
-        if self.size and self.local_bytes < self.size and self.state in (PINNED, PARTLY, CONFLICT, PENDING):
-            extra.append(f"{self.local_bytes * 100 // self.size}% local")
-        if not self.complete:
-            extra.append("measured in part")
-        return f"{words} ({', '.join(extra)})" if extra else words
+        """The state in words, with where the content is when the word alone does not say."""
+        share = self.local_bytes * 100 // self.size if self.size else 100
+        if self.local_bytes >= self.size:
+            where = "cached"
+        elif self.local_bytes:
+            where = f"partly cached ({share}% local)"
+        else:
+            where = "online only"
+        state = self.state
+        if state == PENDING:
+            text = "waiting for upload" + (", conflict copy" if self.conflict else "")
+        elif state == CONFLICT:
+            text = f"conflict copy, {where}"
+        elif state == PINNED:
+            text = "pinned" if self.local_bytes >= self.size else f"pinned (fetching, {share}% local)"
+        else:
+            text = where
+        return text if self.complete else f"{text} (measured in part)"
 
     def to_json(self) -> dict[str, object]:
         return {

@@ -37,6 +37,18 @@ A pinned block's states::
                                                      disk full: retried at the next
                                                      pin, change of its file or start)
 
+Vanished files
+--------------
+A file that disappears from a pinned tree without an unpin -- deleted, moved
+out, or merely not listed yet while the follower lists the whole tree again
+after a journal reset -- stays protected for `GRACE` seconds; only if it is
+still gone then is it released.  So neither a reset nor a folder moved out and
+back within that time lets pinned data be evicted.  `unpin` releases at once.
+
+Concurrency: everything runs on the mount's event loop.  `reconcile`,
+`progress` and the workers' taking of a block contain no ``await``, so each is
+atomic with respect to the others: a worker never sees a half-reconciled state.
+
 A crash in any state loses nothing: pins are durable, a block is put whole or
 not at all (see cache._blocks), and the first reconcile after a restart finds
 whatever is still absent.
@@ -78,6 +90,8 @@ POLL = 1.0
 SPACING = 9.0
 #: Blocks fetched at once.
 WORKERS = 4
+#: Seconds a file that vanished from under its pin stays protected (see "Vanished files").
+GRACE = 120.0
 
 
 @dataclass(frozen=True)
@@ -198,6 +212,7 @@ class Pinner:
         self._workers = workers
         self._pins: set[str] = set()
         self._held: dict[str, tuple[str, ...]] = {}  # file node -> blocks protected for it
+        self._vanished: dict[str, float] = {}  # held file node -> when it left every pin
         self._sizes: dict[str, int] = {}
         self._members: dict[str, list[str]] = {}  # pin node -> files under it
         # Blocks to fetch, in fetch order (a dict as an ordered set); disjoint from _inflight.
@@ -245,7 +260,7 @@ class Pinner:
         removed = self.table.remove(node)
         if removed:
             log.info("unpinned node %s", node)
-        self.reconcile()
+        self.reconcile(release=True)
         return removed
 
     def refetch(self, hashes: Iterable[str]) -> None:
@@ -267,8 +282,12 @@ class Pinner:
         self._poke.set()
 
     # -- reconciling -----------------------------------------------------------
-    def reconcile(self) -> None:
-        """Hold exactly the blocks of the files under the pins; queue the absent ones."""
+    def reconcile(self, *, release: bool = False) -> None:
+        """Hold exactly the blocks of the files under the pins; queue the absent ones.
+
+        Files that left the pins are released after `GRACE` seconds, or at once
+        with *release* (an unpin).
+        """
         started = time.monotonic()
         pins = self.table.all()
         held: dict[str, tuple[str, ...]] = {}
@@ -284,23 +303,32 @@ class Pinner:
             path = None if row is None else path_of(self._replica, pin.node)
             if path is not None and path != pin.path:
                 self.table.set_path(pin.node, path)
+        vanished: dict[str, float] = {}
+        for node, blocks in self._held.items():
+            if node in held:
+                continue
+            since = self._vanished.get(node, started)
+            if not release and started - since < GRACE:
+                held[node] = blocks  # still protected, but no longer a member of any pin
+                vanished[node] = since
         added: list[str] = []
         removed: list[str] = []
         for node, blocks in held.items():
-            old = self._held.get(node)
-            if old != blocks:
+            before = self._held.get(node)
+            if before != blocks:
                 added.extend(blocks)
-                if old:
-                    removed.extend(old)
-        for node, old in self._held.items():
+                if before:
+                    removed.extend(before)
+        for node, blocks in self._held.items():
             if node not in held:
-                removed.extend(old)
+                removed.extend(blocks)
         # Protect before unprotecting: see the module docstring.
         self._cache.protect(added)
-        self._held, self._sizes, self._members = held, sizes, members
+        self._held, self._sizes, self._members, self._vanished = held, sizes, members, vanished
         self._pins = {pin.node for pin in pins}
-        if removed:
-            wanted = self.pinned_blocks
+        if removed or vanished:
+            # Only members' blocks are fetched: a vanished file is kept, not completed.
+            wanted = {h for node, blocks in held.items() if node not in vanished for h in blocks}
             self._queue = {h: None for h in self._queue if h in wanted}
             self._failed = {h: e for h, e in self._failed.items() if h in wanted}
         if added:
@@ -356,7 +384,8 @@ class Pinner:
             poked = self._poke.is_set()
             self._poke = trio.Event()
             moved = self._replica.cursor
-            if not poked and moved == cursor:
+            expired = any(time.monotonic() - since >= GRACE for since in self._vanished.values())
+            if not poked and moved == cursor and not expired:
                 continue
             cursor = moved
             self.reconcile()

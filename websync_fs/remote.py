@@ -2,6 +2,8 @@
 
 This is the only module that knows httpx.  Transport failures become `Offline`,
 HTTP error statuses become the matching `RemoteError`; nothing else escapes.
+An answer that is not the server's (a redirect or a page from a captive portal
+or a proxy, a body cut short) is `Offline` too: the server was not reached.
 The transport is injectable so tests can route calls anywhere.
 """
 
@@ -9,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import httpx
 
@@ -28,21 +31,41 @@ from .errors import (
 log = logging.getLogger(__name__)
 
 _TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+T = TypeVar("T")
+
+
+def _not_ours(resp: httpx.Response, why: object) -> Offline:
+    return Offline(
+        f"{resp.request.method} {resp.request.url.path} got an answer that is not the WebSync server's "
+        f"({resp.status_code}: {why}); is a captive portal or a proxy in the way?"
+    )
+
+
+def _answer(resp: httpx.Response, parse: Callable[[Any], T]) -> T:
+    """The parsed JSON body of a successful answer."""
+    try:
+        return parse(resp.json())
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise _not_ours(resp, f"{exc.__class__.__name__} {exc}") from exc
 
 
 def _raise_for(resp: httpx.Response) -> None:
-    if resp.status_code < 400:
+    status = resp.status_code
+    if 300 <= status < 400:
+        raise _not_ours(resp, f"redirected to {resp.headers.get('location', '?')}")
+    if status < 400:
         return
     try:
         body = resp.json()
     except ValueError:
         body = {}
+    if not isinstance(body, dict):
+        body = {}
     message = body.get("message") or resp.reason_phrase
-    status = resp.status_code
     if status == 401:
         raise Unauthorized("the server refused this device's token; run 'websync login' again")
     if status == 409 and body.get("error") == "conflict":
-        raise CommitConflict(Conflict.from_wire(body))
+        raise CommitConflict(_answer(resp, Conflict.from_wire))
     if status == 404:
         raise NotFound(message)
     if status == 507:
@@ -66,7 +89,7 @@ async def login(
     if resp.status_code == 401:
         raise Unauthorized("wrong user name or password")
     _raise_for(resp)
-    return resp.json()  # type: ignore[no-any-return]
+    return _answer(resp, dict)
 
 
 class Remote:
@@ -98,23 +121,23 @@ class Remote:
         return resp
 
     async def whoami(self) -> dict[str, Any]:
-        return (await self._request("GET", f"{API}/whoami")).json()  # type: ignore[no-any-return]
+        return _answer(await self._request("GET", f"{API}/whoami"), dict)
 
     async def changes(self, cursor: int, wait: float = 0, limit: int = 10000) -> Changes:
         params = {"cursor": cursor, "wait": wait, "limit": limit}
         timeout = httpx.Timeout(wait + 30.0, connect=5.0)
         resp = await self._request("GET", f"{API}/stores/{self.store}/changes", params=params, timeout=timeout)
-        return Changes.from_wire(resp.json())
+        return _answer(resp, Changes.from_wire)
 
     async def node_state(self, node: NodeId) -> NodeState:
         resp = await self._request("GET", f"{API}/stores/{self.store}/nodes/{node}")
-        return NodeState.from_wire(resp.json())
+        return _answer(resp, NodeState.from_wire)
 
     async def missing(self, hashes: list[BlockHash]) -> list[BlockHash]:
         if not hashes:
             return []
         resp = await self._request("POST", f"{API}/blocks/missing", json={"hashes": hashes})
-        return [BlockHash(h) for h in resp.json()["missing"]]
+        return _answer(resp, lambda body: [BlockHash(h) for h in body["missing"]])
 
     async def put_block(self, h: BlockHash, data: bytes) -> None:
         await self._request("PUT", f"{API}/blocks/{h}", content=data)
@@ -124,11 +147,11 @@ class Remote:
 
     async def versions(self, node: NodeId) -> list[dict[str, Any]]:
         resp = await self._request("GET", f"{API}/stores/{self.store}/nodes/{node}/versions")
-        return list(resp.json()["versions"])
+        return _answer(resp, lambda body: list(body["versions"]))
 
     async def trash(self) -> list[dict[str, Any]]:
         resp = await self._request("GET", f"{API}/stores/{self.store}/trash")
-        return list(resp.json()["items"])
+        return _answer(resp, lambda body: list(body["items"]))
 
     async def restore_version(self, node: NodeId, version: int) -> int:
         """Make *version* of *node* its newest version; return that version's number."""
@@ -149,4 +172,4 @@ class Remote:
 
     async def commit(self, batch: str, ops: list[dict[str, Any]]) -> int:
         resp = await self._request("POST", f"{API}/stores/{self.store}/commit", json={"batch": batch, "ops": ops})
-        return int(resp.json()["seq"])
+        return _answer(resp, lambda body: int(body["seq"]))

@@ -75,6 +75,30 @@ from .writeback import Item, WriteBackQueue
 
 log = logging.getLogger(__name__)
 
+#: Largest batch; a refused batch is split (halved until one change is alone) to find the change
+#: the server refuses, so the others go ahead.
+MAX_OPS = 1000
+#: Longest wait between tries of a change the server keeps refusing (400/404).
+REFUSED_CAP = 600.0
+#: Longest wait between tries while the server is unreachable or full.
+RETRY_CAP = 60.0
+
+
+class _Unanswered(Exception):
+    """A commit got no answer: the server may or may not have applied it."""
+
+
+def _first_remote_error(group: BaseExceptionGroup[BaseException]) -> RemoteError:
+    """The first `RemoteError` in *group*; the group itself if anything else is in it (a bug)."""
+    matched, rest = group.split(RemoteError)
+    if rest is not None or matched is None:
+        raise group
+    while isinstance(matched, BaseExceptionGroup):
+        matched = matched.exceptions[0]
+    assert isinstance(matched, RemoteError)
+    return matched
+
+
 _NODE_OPS = (OP_CREATE, OP_MKDIR, OP_SYMLINK, OP_MKNOD, OP_UPDATE, OP_SETATTR)
 
 
@@ -95,21 +119,21 @@ class Uploader:
         self.failures = 0
         self.last_error = ""
         self.uploaded_bytes = 0
+        self._max_ops = MAX_OPS
 
     def wake(self) -> None:
         self._wake.set()
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        batch = self.queue.inflight()  # a batch cut short by a crash is resent as it was
         while True:
-            if not batch:
-                batch = self.queue.take()
+            # A batch whose commit got no answer (cut connection, crash) is sent again as it
+            # was, under its batch id, before anything else: the server applies an id once.
+            batch = self.queue.inflight() or self.queue.take(max_ops=self._max_ops)
             if not batch:
                 await self._sleep()
                 continue
             await self.send(batch)
-            batch = []
 
     async def _sleep(self) -> None:
         self._wake = trio.Event()
@@ -127,21 +151,53 @@ class Uploader:
             await self._settle_conflict(batch, exc.conflict)
             self.queue.fail(batch, 0, str(exc))
             return False
-        except (Offline, ServerFull, NotFound, BadRequest, Unauthorized, RemoteError) as exc:
+        except _Unanswered as exc:
+            # The items stay "uploading" under their batch id; run() sends them again.
             self.failures += 1
             self.last_error = str(exc)
-            delay = backoff(self.failures, cap=60.0)
-            if isinstance(exc, (BadRequest, NotFound)):
-                log.error("server refused batch %s: %s (retrying in %.0f s)", batch[0].batch, exc, delay)
-            else:
-                log.info("upload deferred (%s); retrying in %.1f s", exc, delay)
+            delay = backoff(self.failures, cap=RETRY_CAP)
+            log.info("no answer to commit %s (%s); sending it again in %.1f s", batch[0].batch, exc, delay)
+            self.on_state(False, str(exc))
+            await trio.sleep(delay)
+            return False
+        except (BadRequest, NotFound) as exc:
+            self._refused(batch, exc)
+            return False
+        except (Offline, ServerFull, Unauthorized, RemoteError) as exc:
+            self.failures += 1
+            self.last_error = str(exc)
+            delay = backoff(self.failures, cap=RETRY_CAP)
+            log.info("upload deferred (%s); retrying in %.1f s", exc, delay)
             self.queue.fail(batch, delay, str(exc))
             self.on_state(False, str(exc))
             return False
         self.failures = 0
         self.last_error = ""
+        self._max_ops = min(MAX_OPS, self._max_ops * 2)
         self.on_state(True, "")
         return True
+
+    def _refused(self, batch: list[Item], exc: RemoteError) -> None:
+        """The server answered, and refused the batch as invalid: find the change it refuses.
+
+        One bad change must not hold back every other: a refused batch is tried
+        again at once in halves, until the refused change is alone; that one
+        waits (exponentially longer each time, up to `REFUSED_CAP`) while
+        unrelated changes go ahead.  It is never dropped: it may hold the
+        only copy of someone's bytes, and a fixed server may take it.
+        """
+        self.last_error = str(exc)
+        if len(batch) > 1:
+            self._max_ops = max(1, len(batch) // 2)
+            log.warning("server refused a batch of %d changes (%s); trying them in smaller batches", len(batch), exc)
+            self.queue.fail(batch, 0, str(exc))
+        else:
+            item = batch[0]
+            delay = backoff(item.attempts + 1, cap=REFUSED_CAP)
+            log.error("server refused the %s of node %s: %s (trying again in %.0f s)",
+                      item.op["op"], item.node, exc, delay)
+            self.queue.fail(batch, delay, str(exc))
+        self.on_state(True, str(exc))  # reachable, but refusing
 
     def _ops(self, item: Item) -> list[dict[str, Any]]:
         """The server ops of *item*: ops it needs first (``before``), then its own."""
@@ -158,12 +214,21 @@ class Uploader:
         hashes = list(dict.fromkeys(h for op in ops for h in op.get("blocks", ())))
         missing = await self.remote.missing([BlockHash(h) for h in hashes])
         if missing:
-            async with trio.open_nursery() as nursery:
-                limiter = trio.CapacityLimiter(4)
-                for h in missing:
-                    nursery.start_soon(self._upload, h, limiter)
+            try:
+                async with trio.open_nursery() as nursery:
+                    limiter = trio.CapacityLimiter(4)
+                    for h in missing:
+                        nursery.start_soon(self._upload, h, limiter)
+            except BaseExceptionGroup as group:
+                # trio wraps the failed uploads in a group; the first one speaks for all
+                # (the blocks that did go up stay on the server: a retry skips them).
+                # Left wrapped, it would end the uploader and with it the mount.
+                raise _first_remote_error(group) from group
         batch_id = batch[0].batch or ""
-        seq = await self.remote.commit(batch_id, ops)
+        try:
+            seq = await self.remote.commit(batch_id, ops)
+        except Offline as exc:
+            raise _Unanswered(str(exc)) from exc
         with self.replica.tx():
             for op in ops:
                 if op["op"] in _NODE_OPS:

@@ -13,13 +13,16 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import WebSyncError
 from ..home import Home
 from ._common import Context, friendly, human, pass_ctx
+
+if TYPE_CHECKING:
+    from ..cachectl import CacheControl
 
 COMMANDS = ["pin", "unpin", "pins", "cache"]
 
@@ -60,7 +63,7 @@ class Channel:
         self.home = home
         self.daemon = False
         self.mountpoint: str | None = None
-        self._local: Any = None
+        self._local: CacheControl | None = None
 
     def call(self, op: str, timeout: float | None = 60.0, **args: Any) -> Any:
         if self.daemon:
@@ -69,6 +72,7 @@ class Channel:
             return request(self.home.state_dir, op, args, timeout=timeout)
         import trio
 
+        assert self._local is not None
         return trio.run(self._local.handle, op, args)
 
     def store_paths(self, arguments: tuple[str, ...] | list[str]) -> list[str]:
