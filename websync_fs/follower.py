@@ -71,17 +71,26 @@ class Applier:
                 self._apply_node(node, inv)
                 if node.kind == "file" and not node.deleted:
                     fetched.append(node.id)
+            moved = {e.node for e in entries if e.node is not None}
             for entry in entries:
-                if self._entry_busy(entry, pending_nodes, pending_entries):
-                    self.replica.defer_entry(entry)
-                    continue
+                # A node that this same answer names elsewhere was moved, not
+                # removed: its old name goes now, or a folder would have two.
+                if entry.node is not None or self._local_node(entry) not in moved:
+                    if self._entry_busy(entry, pending_nodes, pending_entries):
+                        self.replica.defer_entry(entry)
+                        continue
                 self._apply_entry(entry, inv)
             if cursor is not None:
                 self.replica.cursor = cursor
+                self.replica.prune_gone(cursor)
         if inv:
             self.notify(inv)
         if fetched:
             self.on_content(fetched)
+
+    def _local_node(self, entry: Entry) -> str | None:
+        local = self.replica.lookup(entry.parent, entry.name)
+        return local.id if local else None
 
     def _entry_busy(self, entry: Entry, pending_nodes: set[str], pending_entries: set[tuple[str, str]]) -> bool:
         """True if applying *entry* would hide or replace something not yet uploaded."""

@@ -13,7 +13,7 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
@@ -35,7 +35,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def translate(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def translate(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Turn core errors into `FUSEError`; only FUSEError may leave a handler."""
 
     @functools.wraps(fn)
@@ -163,7 +163,7 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
         data.f_namemax = 255
         return data
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
             try:
                 self.vfs.forget(inode, count)

@@ -104,6 +104,8 @@ class Mount:
         self._status_dirty = trio.Event()
 
     def _on_state(self, online: bool, error: str) -> None:
+        if online and not self.online:
+            self.uploader.reconnected()  # uploads waiting out a backoff go now
         if (online, error) != (self.online, self.error):
             self.online, self.error = online, error
             self._status_dirty.set()

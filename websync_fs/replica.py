@@ -20,6 +20,10 @@ Schema (tables of the state database, statedb.py):
 ``deferred_nodes``, ``deferred_entries``  remote states the follower received
             for records that have local changes waiting for upload; applied
             when the queue settles them (see follower.py).
+``gone``    entries our own commits removed, with the commit's seq, until the
+            journal cursor passes it: an answer computed before our commit
+            must not bring the entry back (a folder at two names is an
+            error to the kernel).
 ``meta``    the journal cursor and other small values.
 """
 
@@ -66,6 +70,9 @@ CREATE TABLE IF NOT EXISTS deferred_nodes (id TEXT PRIMARY KEY, data TEXT NOT NU
 CREATE TABLE IF NOT EXISTS deferred_entries (
     parent TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (parent, name)
 );
+CREATE TABLE IF NOT EXISTS gone (
+    parent TEXT NOT NULL, name TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (parent, name)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -158,8 +165,19 @@ class Replica:
         return [(NodeId(p), n) for p, n in rows]
 
     def entry_seq(self, parent: str, name: str) -> int:
-        row = self._db.execute("SELECT seq FROM entries WHERE parent=? AND name=?", (parent, name)).fetchone()
-        return int(row[0]) if row else 0
+        """The newest seq we know for entry ``parent/name`` (also if our commit removed it)."""
+        row = self._db.execute(
+            "SELECT max(coalesce((SELECT seq FROM entries WHERE parent=?1 AND name=?2), 0),"
+            " coalesce((SELECT seq FROM gone WHERE parent=?1 AND name=?2), 0))",
+            (parent, name),
+        ).fetchone()
+        return int(row[0])
+
+    def mark_gone(self, parent: str, name: str, seq: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO gone (parent, name, seq) VALUES (?,?,?)", (parent, name, seq))
+
+    def prune_gone(self, cursor: int) -> None:
+        self._db.execute("DELETE FROM gone WHERE seq <= ?", (cursor,))
 
     def local_blocks(self) -> list[str]:
         """Blocks of local-only files: kept in the cache for as long as the files exist."""
@@ -286,6 +304,16 @@ class Replica:
         nodes = [Node.from_wire(json.loads(d)) for (d,) in self._db.execute("SELECT data FROM deferred_nodes")]
         entries = [Entry.from_wire(json.loads(d)) for (d,) in self._db.execute("SELECT data FROM deferred_entries")]
         return nodes, entries
+
+    def drop_superseded(self, nodes: set[str], entries: set[tuple[str, str]], seq: int) -> None:
+        """Forget deferred remote states older than our own commit *seq* that touched them."""
+        for node in nodes:
+            self._db.execute("DELETE FROM deferred_nodes WHERE id=? AND json_extract(data, '$.seq') < ?", (node, seq))
+        for parent, name in entries:
+            self._db.execute(
+                "DELETE FROM deferred_entries WHERE parent=? AND name=? AND json_extract(data, '$.seq') < ?",
+                (parent, name, seq),
+            )
 
     def forget_deferred_node(self, node: str) -> None:
         self._db.execute("DELETE FROM deferred_nodes WHERE id=?", (node,))

@@ -53,6 +53,31 @@ def resolve(replica: Replica, path: str) -> NodeRow:
     return row
 
 
+def locate(replica: Replica, path: str) -> tuple[str, str, NodeRow | None]:
+    """(parent id, name, node or None) of store path *path*, whose folder must exist.
+
+    For commands that name something that may not be there (restore from the trash).
+    """
+    parts = split(path)
+    if not parts:
+        raise BadPath("the top folder itself cannot be named here")
+    folder = resolve(replica, "/".join(parts[:-1]))
+    if folder.kind != "dir":
+        raise BadPath(f"{'/'.join(parts[:-1])} is not a folder")
+    return folder.id, parts[-1], replica.lookup(folder.id, parts[-1])
+
+
+def mountpoint_of(status_file: Path) -> str | None:
+    """Where a running mount of this home is (its status file says), if any."""
+    import json
+
+    try:
+        status = json.loads(status_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return status.get("mountpoint") or None if status.get("pid") else None
+
+
 def path_of(replica: Replica, node: str) -> str | None:
     """The current store path of *node*, or None if it has no name (deleted, or not known)."""
     names: list[str] = []

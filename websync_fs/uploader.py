@@ -120,9 +120,21 @@ class Uploader:
         self.last_error = ""
         self.uploaded_bytes = 0
         self._max_ops = MAX_OPS
+        self._retry = trio.Event()
 
     def wake(self) -> None:
         self._wake.set()
+
+    def reconnected(self) -> None:
+        """The server answers again (the follower reached it): end the backoff, retry now."""
+        self.failures = 0
+        self._retry.set()
+
+    async def _pause(self, delay: float) -> None:
+        """Back off for *delay* seconds, or until `reconnected`."""
+        self._retry = trio.Event()
+        with trio.move_on_after(delay):
+            await self._retry.wait()
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -158,18 +170,31 @@ class Uploader:
             delay = backoff(self.failures, cap=RETRY_CAP)
             log.info("no answer to commit %s (%s); sending it again in %.1f s", batch[0].batch, exc, delay)
             self.on_state(False, str(exc))
-            await trio.sleep(delay)
+            await self._pause(delay)
             return False
         except (BadRequest, NotFound) as exc:
             self._refused(batch, exc)
             return False
-        except (Offline, ServerFull, Unauthorized, RemoteError) as exc:
+        except ServerFull as exc:
+            # The server answers but cannot store blocks: these changes wait, others (a
+            # rename, a delete) may still go, so the wait is the items', not the uploader's.
+            self.failures += 1
+            self.last_error = str(exc)
+            delay = backoff(self.failures, cap=RETRY_CAP)
+            log.warning("upload deferred (%s); retrying in %.1f s", exc, delay)
+            self.queue.fail(batch, delay, str(exc))
+            self.on_state(True, str(exc))
+            return False
+        except (Offline, Unauthorized, RemoteError) as exc:
+            # Nothing goes while the server is out of reach: the whole uploader waits, and
+            # starts again at once when the follower reaches the server (reconnected()).
             self.failures += 1
             self.last_error = str(exc)
             delay = backoff(self.failures, cap=RETRY_CAP)
             log.info("upload deferred (%s); retrying in %.1f s", exc, delay)
-            self.queue.fail(batch, delay, str(exc))
+            self.queue.fail(batch, 0, str(exc))
             self.on_state(False, str(exc))
+            await self._pause(delay)
             return False
         self.failures = 0
         self.last_error = ""
@@ -237,6 +262,16 @@ class Uploader:
                     self.replica.set_entry_seq(op["parent"], op["name"], seq)
                 elif op["op"] == OP_RENAME:
                     self.replica.set_entry_seq(op["new_parent"], op["new_name"], seq)
+                    if not op.get("exchange"):
+                        self.replica.mark_gone(op["parent"], op["name"], seq)
+                    else:
+                        self.replica.set_entry_seq(op["parent"], op["name"], seq)
+                elif op["op"] == OP_DELETE:
+                    self.replica.mark_gone(op["parent"], op["name"], seq)
+            # What the journal said about these before our commit is history now.
+            touched = {(op["parent"], op["name"]) for op in ops if "parent" in op and "name" in op}
+            touched |= {(op["new_parent"], op["new_name"]) for op in ops if "new_parent" in op}
+            self.replica.drop_superseded({op["id"] for op in ops}, touched, seq)
             self.queue.done(batch)
         self.applier.settle()
 

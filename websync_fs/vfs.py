@@ -512,7 +512,7 @@ class Vfs:
                     self._close_working_copy(ino)
         changes: dict[str, Any] = {}
         if mode is not None:
-            changes["mode"] = mode & 0o7777
+            changes["mode"] = stat.S_IFMT(row.mode) | (mode & 0o7777)  # a special node keeps its type
         if mtime_ns is not None:
             if ino in self._work:
                 self._mtime[ino] = mtime_ns

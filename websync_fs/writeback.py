@@ -245,7 +245,9 @@ class WriteBackQueue:
                 self._db.execute("DELETE FROM items WHERE n=?", (item.n,))
                 self._unprotect(item.blocks)
             return True
-        if kind == OP_RENAME and never_sent and len(items) == 1 and items[0].op["op"] != OP_MKDIR:
+        if kind == OP_RENAME and never_sent and len(items) == 1 and items[0].op["op"] != OP_MKDIR and not op.get(
+            "exchange"
+        ):
             moved = dict(items[0].op, parent=op["new_parent"], name=op["new_name"])
             self._db.execute("DELETE FROM items WHERE n=?", (items[0].n,))
             self._db.execute(

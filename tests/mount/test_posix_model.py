@@ -94,7 +94,7 @@ class Model(RuleBasedStateMachine):
         flags |= os.O_APPEND if append else 0
 
         def op(p: str) -> int:
-            fd = os.open(p, flags, 0o644)
+            fd = os.open(p, flags | os.O_NONBLOCK, 0o644)
             try:
                 return os.write(fd, data)
             finally:
@@ -105,7 +105,7 @@ class Model(RuleBasedStateMachine):
     @rule(path=st.sampled_from(NAMES), offset=st.integers(0, 9000), data=st.binary(min_size=1, max_size=100))
     def pwrite(self, path: str, offset: int, data: bytes) -> None:
         def op(p: str) -> int:
-            fd = os.open(p, os.O_RDWR)
+            fd = os.open(p, os.O_RDWR | os.O_NONBLOCK)
             try:
                 return os.pwrite(fd, data, offset)
             finally:
@@ -116,7 +116,7 @@ class Model(RuleBasedStateMachine):
     @rule(path=st.sampled_from(NAMES), offset=st.integers(0, 400), size=st.integers(0, 400))
     def pread(self, path: str, offset: int, size: int) -> None:
         def op(p: str) -> bytes:
-            fd = os.open(p, os.O_RDONLY)
+            fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
             try:
                 return os.pread(fd, size, offset)
             finally:
@@ -127,7 +127,7 @@ class Model(RuleBasedStateMachine):
     @rule(path=st.sampled_from(NAMES))
     def write_to_read_only_handle(self, path: str) -> None:
         def op(p: str) -> int:
-            fd = os.open(p, os.O_RDONLY)
+            fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
             try:
                 return os.write(fd, b"x")
             finally:
@@ -142,7 +142,7 @@ class Model(RuleBasedStateMachine):
     @rule(path=st.sampled_from(NAMES), size=st.integers(0, 5000))
     def ftruncate(self, path: str, size: int) -> None:
         def op(p: str) -> None:
-            fd = os.open(p, os.O_RDWR)
+            fd = os.open(p, os.O_RDWR | os.O_NONBLOCK)
             try:
                 os.ftruncate(fd, size)
             finally:
@@ -201,7 +201,7 @@ class Model(RuleBasedStateMachine):
     @rule(path=st.sampled_from(NAMES), data=st.binary(min_size=1, max_size=50))
     def unlink_open_file_keeps_handle(self, path: str, data: bytes) -> None:
         def op(p: str) -> bytes:
-            fd = os.open(p, os.O_RDWR)
+            fd = os.open(p, os.O_RDWR | os.O_NONBLOCK)
             try:
                 os.unlink(p)
                 os.pwrite(fd, data, 0)
@@ -225,6 +225,6 @@ def test_mount_behaves_like_a_local_directory(a: Machine, tmp_path: Path) -> Non
     Model.local_root = local
     run_state_machine_as_test(
         Model,
-        settings=settings(max_examples=25, stateful_step_count=25, deadline=None, database=None,
+        settings=settings(max_examples=80, stateful_step_count=40, deadline=None, database=None,
                           suppress_health_check=list(HealthCheck)),
     )

@@ -55,11 +55,11 @@ def _when(ns_or_s: float) -> str:
 @friendly
 def history(ctx: Context, path: str, as_json: bool) -> None:
     """List the versions of the file at PATH, oldest first."""
-    from ..storepath import resolve, store_path
+    from ..storepaths import locate, mountpoint_of, store_path
 
     home = ctx.home
-    where = store_path(home, path)
-    _, _, row = resolve(_replica(home), where)
+    where = store_path(path, mountpoint_of(home.status_file))
+    _, _, row = locate(_replica(home), where)
     if row is None:
         raise ConfigError(f"there is no file {where} in the store")
     if row.kind != "file" or row.seq == 0:
@@ -85,11 +85,11 @@ def restore(ctx: Context, path: str, version: int | None) -> None:
     version (the current one stays in the history), and a deleted file comes
     back at its old place.
     """
-    from ..storepath import resolve, store_path
+    from ..storepaths import locate, mountpoint_of, store_path
 
     home = ctx.home
-    where = store_path(home, path)
-    parent, name, row = resolve(_replica(home), where)
+    where = store_path(path, mountpoint_of(home.status_file))
+    parent, name, row = locate(_replica(home), where)
     if version is not None:
         if row is None or row.kind != "file":
             raise ConfigError(f"there is no file {where} in the store")
@@ -113,7 +113,7 @@ def restore(ctx: Context, path: str, version: int | None) -> None:
 def conflicts(ctx: Context, as_json: bool) -> None:
     """List conflict copies: files two machines changed at the same time."""
     from ..conflicts import MARK
-    from ..storepath import path_of
+    from ..storepaths import path_of
 
     replica = _replica(ctx.home)
     rows = replica.state.execute(
@@ -121,8 +121,8 @@ def conflicts(ctx: Context, as_json: bool) -> None:
         "WHERE instr(e.name, ?) > 0 ORDER BY e.name", (MARK,)
     ).fetchall()
     found = [
-        {"path": path_of(replica, node), "size": size, "mtime": _when(mtime)}
-        for _parent, _name, node, size, mtime in rows
+        {"path": path_of(replica, node) or name, "size": size, "mtime": _when(mtime)}
+        for _parent, name, node, size, mtime in rows
     ]
     if as_json:
         click.echo(json.dumps({"conflicts": found}, indent=2))
