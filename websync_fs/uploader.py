@@ -82,6 +82,9 @@ MAX_OPS = 1000
 REFUSED_CAP = 600.0
 #: Longest wait between tries while the server is unreachable or full.
 RETRY_CAP = 60.0
+#: Tries of one block upload before the batch gives up: on a flaky network a
+#: cut connection must not throw away the other blocks of a big batch.
+BLOCK_TRIES = 3
 
 
 class _Unanswered(Exception):
@@ -121,6 +124,7 @@ class Uploader:
         self.uploaded_bytes = 0
         self._max_ops = MAX_OPS
         self._retry = trio.Event()
+        self._attempt_bytes = 0  # block bytes the current send() got through
 
     def wake(self) -> None:
         self._wake.set()
@@ -156,6 +160,7 @@ class Uploader:
 
     async def send(self, batch: list[Item]) -> bool:
         """Try to commit *batch*; True when it was committed."""
+        self._attempt_bytes = 0
         try:
             await self._commit(batch)
         except CommitConflict as exc:
@@ -188,7 +193,9 @@ class Uploader:
         except (Offline, Unauthorized, RemoteError) as exc:
             # Nothing goes while the server is out of reach: the whole uploader waits, and
             # starts again at once when the follower reaches the server (reconnected()).
-            self.failures += 1
+            # An attempt that got blocks through is progress on a bad network, not an
+            # unreachable server: the next one follows at once instead of backing off.
+            self.failures = 1 if self._attempt_bytes else self.failures + 1
             self.last_error = str(exc)
             delay = backoff(self.failures, cap=RETRY_CAP)
             log.info("upload deferred (%s); retrying in %.1f s", exc, delay)
@@ -271,7 +278,8 @@ class Uploader:
             # What the journal said about these before our commit is history now.
             touched = {(op["parent"], op["name"]) for op in ops if "parent" in op and "name" in op}
             touched |= {(op["new_parent"], op["new_name"]) for op in ops if "new_parent" in op}
-            self.replica.drop_superseded({op["id"] for op in ops}, touched, seq)
+            # A rename or link changes entries only: the node's own remote state stays news.
+            self.replica.drop_superseded({op["id"] for op in ops if op["op"] in _NODE_OPS}, touched, seq)
             self.queue.done(batch)
         self.applier.settle()
 
@@ -281,8 +289,16 @@ class Uploader:
             if data is None:
                 # Queued blocks are protected in the cache; losing one is a bug or disk damage.
                 raise RemoteError(f"block {h} waiting for upload is missing from the local cache")
-            await self.remote.put_block(h, data)
+            for attempt in range(1, BLOCK_TRIES + 1):
+                try:
+                    await self.remote.put_block(h, data)  # idempotent: a retry is safe
+                    break
+                except Offline:
+                    if attempt == BLOCK_TRIES:
+                        raise
+                    await trio.sleep(backoff(attempt))
             self.uploaded_bytes += len(data)
+            self._attempt_bytes += len(data)
 
     # -- conflicts -------------------------------------------------------------
     def _free_name(self, parent: str, name: str) -> str:
