@@ -2,30 +2,71 @@
 
 `online = False` closes every open connection and refuses new ones, as if the
 machine had lost its network; `online = True` brings it back.  Fault tests can
-also delay traffic.
+also make the network bad, at random but reproducibly (``seed``):
+
+- ``delay`` and ``jitter``: every chunk waits ``delay`` plus up to ``jitter`` seconds;
+- ``rate``: bytes per second per direction of a connection (0: unlimited);
+- ``cut_rate``: the chance, per chunk, that the connection ends there with a
+  FIN after only part of the chunk went through (a request or answer cut in
+  the middle);
+- ``reset_rate``: the same, ending with a TCP reset (RST) instead;
+- ``error_rate``: the chance that a new connection's first request is not
+  passed on but answered with ``error_status`` (503 by default);
+- ``answer_status``: answer every request with this status (e.g. 507, a full
+  server disk) and pass nothing on;
+- `trip_offline_at`: go offline once this many bytes went up (deterministic
+  cuts in the middle of an upload).
+
+Counters (``bytes_up``, ``bytes_down``, ``connections``, ``cuts``, ``resets``,
+``errors``, ``refused``) let tests measure what crossed the network, e.g. that
+a resumed upload sent only the blocks the server lacked.  Bytes "up" go from
+the client to the server.
 """
 
 from __future__ import annotations
 
+import random
 import socket
+import struct
 import threading
 import time
 
+_CHUNK = 65536
+_REASONS = {503: "Service Unavailable", 507: "Insufficient Storage", 500: "Internal Server Error"}
+
 
 class Proxy:
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1", seed: int | None = None) -> None:
         self.target = (target_host, target_port)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._online = True
         self.delay = 0.0
+        self.jitter = 0.0
+        self.rate = 0.0
+        self.cut_rate = 0.0
+        self.reset_rate = 0.0
+        self.error_rate = 0.0
+        self.error_status = 503
+        self.answer_status: int | None = None
+        self._trip_up: int | None = None
         self.bytes_up = 0
+        self.bytes_down = 0
+        self.connections = 0
+        self.refused = 0
+        self.cuts = 0
+        self.resets = 0
+        self.errors = 0
+        #: time.monotonic() of every connection attempt (accepted or refused)
+        self.attempts: list[float] = []
+        self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
+    # -- controls ----------------------------------------------------------------
     @property
     def online(self) -> bool:
         return self._online
@@ -36,15 +77,35 @@ class Proxy:
         if not value:
             self._cut_all()
 
+    def trip_offline_at(self, bytes_up: int) -> None:
+        """Go offline (cutting every connection) once ``bytes_up`` reaches *bytes_up*."""
+        self._trip_up = bytes_up
+
+    def calm(self) -> None:
+        """A good network again: no delays, cuts, resets or injected errors."""
+        self.delay = self.jitter = self.rate = 0.0
+        self.cut_rate = self.reset_rate = self.error_rate = 0.0
+        self.answer_status = None
+        self._trip_up = None
+
+    def chaos(self, *, delay: float = 0.0, jitter: float = 0.02, cut_rate: float = 0.01, reset_rate: float = 0.01,
+              error_rate: float = 0.02) -> None:
+        """A bad network: random delays, mid-request cuts and resets, and some 503s."""
+        self.delay, self.jitter = delay, jitter
+        self.cut_rate, self.reset_rate, self.error_rate = cut_rate, reset_rate, error_rate
+
+    # -- the proxy ---------------------------------------------------------------
+    def _chance(self, p: float) -> bool:
+        if p <= 0:
+            return False
+        with self._lock:
+            return self._random.random() < p
+
     def _cut_all(self) -> None:
         with self._lock:
             conns, self._conns = self._conns, set()
         for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            conn.close()
+            _close(conn)
 
     def _accept(self) -> None:
         while not self._closed:
@@ -52,44 +113,134 @@ class Proxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            self.attempts.append(time.monotonic())
             if not self._online:
-                client.close()
+                self.refused += 1
+                _close(client, reset=True)
+                continue
+            status = self.answer_status
+            if status is None and self._chance(self.error_rate):
+                status = self.error_status
+            if status is not None:
+                self.errors += 1
+                threading.Thread(target=self._answer, args=(client, status), daemon=True).start()
                 continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
-                client.close()
+                _close(client, reset=True)
                 continue
             upstream.settimeout(None)
+            self.connections += 1
             with self._lock:
                 self._conns |= {client, upstream}
             threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
 
+    def _answer(self, client: socket.socket, status: int) -> None:
+        """Read one request and answer it with *status* (JSON as the server would), then close."""
+        try:
+            client.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = client.recv(_CHUNK)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip())
+            while len(body) < length:
+                chunk = client.recv(_CHUNK)
+                if not chunk:
+                    return
+                body += chunk
+            self.bytes_up += len(head) + 4 + len(body)
+            code = {507: "insufficient_storage"}.get(status, "unavailable")
+            payload = f'{{"error": "{code}", "message": "injected by the test proxy"}}'.encode()
+            reason = _REASONS.get(status, "Error")
+            client.sendall(
+                f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(payload)}\r\nconnection: close\r\n\r\n".encode() + payload
+            )
+        except (OSError, ValueError):
+            pass
+        finally:
+            _close(client)
+
     def _pipe(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
         try:
             while True:
-                data = src.recv(65536)
+                data = src.recv(_CHUNK)
                 if not data:
                     break
-                if self.delay:
-                    time.sleep(self.delay)
-                if up:
-                    self.bytes_up += len(data)
+                wait = self.delay
+                if self.jitter:
+                    with self._lock:
+                        wait += self._random.uniform(0, self.jitter)
+                if self.rate:
+                    wait += len(data) / self.rate
+                if wait:
+                    time.sleep(wait)
+                if self._chance(self.cut_rate) or self._chance(self.reset_rate):
+                    reset = self.reset_rate > 0 and (self.cut_rate <= 0 or self._chance(0.5))
+                    with self._lock:
+                        part = self._random.randrange(len(data) + 1)
+                    dst.sendall(data[:part])
+                    self._count(up, part)
+                    if reset:
+                        self.resets += 1
+                    else:
+                        self.cuts += 1
+                    _close(src, reset=reset)
+                    _close(dst, reset=reset)
+                    break
+                if not self._online:
+                    break
                 dst.sendall(data)
+                self._count(up, len(data))
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
+            _close(src)
+            _close(dst)
             with self._lock:
                 self._conns -= {src, dst}
+
+    def _count(self, up: bool, n: int) -> None:
+        if not up:
+            self.bytes_down += n
+            return
+        self.bytes_up += n
+        trip = self._trip_up
+        if trip is not None and self.bytes_up >= trip:
+            self._trip_up = None
+            self.online = False
 
     def close(self) -> None:
         self._closed = True
         self._listener.close()
         self._cut_all()
+
+
+def _close(sock: socket.socket, reset: bool = False) -> None:
+    # close() alone does not end a connection whose socket another thread is blocked in
+    # recv() on (Linux keeps it open until that recv returns, so the peer hears nothing
+    # and waits for its timeout): shutdown() first, which wakes that thread.
+    try:
+        if reset:
+            # SO_LINGER with a zero timeout: the last close sends RST instead of FIN;
+            # SHUT_RD wakes the other pipe thread without sending anything.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.shutdown(socket.SHUT_RD)
+        else:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass

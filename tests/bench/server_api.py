@@ -70,7 +70,7 @@ class ServerWatch:
 
     def node(self, rel: str) -> Node | None:
         """The committed node at path *rel* (``a/b/c``), or None."""
-        parent = ROOT_ID
+        parent: str = ROOT_ID
         for name in rel.split("/"):
             child = self.children.get((parent, name))
             if child is None:
@@ -178,5 +178,7 @@ def changes_call_cost(
             resp.raise_for_status()
             body = resp.json()
             if len(body["nodes"]) != 1 or len(body["entries"]) != 1:
-                raise RuntimeError(f"expected one change, got {len(body['nodes'])} nodes, {len(body['entries'])} entries")
+                raise RuntimeError(
+                    f"expected one change, got {len(body['nodes'])} nodes, {len(body['entries'])} entries"
+                )
         return ChangesCost(files, statistics.median(samples), samples, build)

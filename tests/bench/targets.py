@@ -183,7 +183,7 @@ class WebSyncTarget(Target):
         for machine in self.machines:
             try:
                 machine.cleanup()
-            except Exception as exc:  # keep tearing down the rest
+            except Exception as exc:  # noqa: BLE001 - keep tearing down the rest
                 print(f"bench: cleanup of WebSync machine {machine.name} failed: {exc}", flush=True)
         self.server.stop()
 
@@ -213,8 +213,9 @@ class RcloneTarget(Target):
     def wait_uploaded(self, rel: str, size: int, since: int = 0, timeout: float = 1800.0) -> None:
         """Wait until mount A has no upload left and the served file has *size* bytes.
 
-        *since* is A's transferred-bytes counter before the change: for an
-        edit that keeps the size, the counter must move first.
+        *since* is A's transferred-bytes counter before the change: the counter
+        must move first (an edit keeps the size, and a new file may be served
+        at full size while its upload is still running).
         """
         mount = self.mounts[0]
         deadline = time.monotonic() + timeout
@@ -223,7 +224,7 @@ class RcloneTarget(Target):
                 served = os.stat(self.serve.served / rel).st_size
             except OSError:
                 served = -1
-            if served == size and mount.uploads_pending() == 0 and (not since or mount.bytes_transferred() > since):
+            if served == size and mount.uploads_pending() == 0 and mount.bytes_transferred() > since:
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"rclone did not upload {rel} within {timeout} s")
@@ -240,7 +241,7 @@ class RcloneTarget(Target):
         for mount in self.mounts:
             try:
                 mount.close()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - keep tearing down the rest
                 print(f"bench: rclone unmount of {mount.mnt} failed: {exc}", flush=True)
         self.serve.close()
 
@@ -260,7 +261,7 @@ def mounted_under(root: Path) -> list[str]:
 def remove_workdir(root: Path) -> None:
     still = mounted_under(root)
     for point in still:
-        subprocess.run(["fusermount3", "-u", "-z", point], capture_output=True)
+        subprocess.run(["fusermount3", "-u", "-z", point], capture_output=True, check=False)
     if mounted_under(root):
         print(f"bench: {root} still has mounts; not removing it", flush=True)
         return

@@ -7,7 +7,6 @@ a real `BlockCache`; only the server is a function that hands out blocks.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path

@@ -7,8 +7,6 @@ import json
 import os
 import stat
 import threading
-import time
-from pathlib import Path
 
 import pytest
 

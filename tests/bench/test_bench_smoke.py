@@ -1,0 +1,68 @@
+"""The benchmark harness still works: every workload runs at tiny sizes on WebSync and a local dir.
+
+No timing is asserted (CI machines are shared and noisy): only that every
+phase runs without error, every row it should fill gets a positive number,
+and the table and the target checks render.  rclone is left out so CI needs
+nothing beyond FUSE.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.bench.harness import run
+from tests.bench.report import (
+    check_targets,
+    render_checks,
+    render_section,
+    render_table,
+    rows,
+    write_doc,
+)
+from tests.bench.targets import MiB, mounted_under
+from tests.bench.workloads import PHASES, Params
+
+pytestmark = [pytest.mark.mount, pytest.mark.timeout(120)]
+
+LOCAL_ROWS = {
+    "seq_write", "seq_write_durable", "seq_read_cold", "seq_read_warm", "rand_read_cold", "rand_read_warm",
+    "ttfb_cold", "ttfb_seek_cold", "small_create", "small_stat", "small_read", "ls_lR", "find_ls", "small_delete",
+}
+WEBSYNC_ROWS = LOCAL_ROWS | {
+    "seq_read_cache", "seq_read_http", "small_visible", "prop_p50", "prop_p99", "edit_upload",
+    "changes_big", "changes_small",
+}
+
+
+def test_every_workload_runs_on_websync_and_a_local_dir(tmp_path: Path) -> None:
+    if not os.path.exists("/dev/fuse"):
+        pytest.fail("/dev/fuse is missing: the benchmark mounts WebSync through FUSE")
+    params = Params(size=8 * MiB, files=60, folders=6, edits=3, store_files=300, rand_ops=50, warm_repeat=1,
+                    changes_repeat=3, drop_caches=False)
+
+    results = run(params, ("local", "websync"), tuple(PHASES), workdir=tmp_path)
+
+    assert results.errors == {}
+    assert not mounted_under(tmp_path), "the harness left a mount behind"
+    for key, expected in (("local", LOCAL_ROWS), ("websync", WEBSYNC_ROWS)):
+        measured = {row for row, by_target in results.values.items() if key in by_target}
+        assert measured == expected, f"{key}: missing {expected - measured}, unexpected {measured - expected}"
+        for row in measured:
+            assert results.values[row][key] > 0, f"{row} on {key} is {results.values[row][key]}"
+    assert results.extra["edit_blocks_websync"] >= 1
+
+    table = render_table(params, results)
+    for line in rows(params):
+        assert line.label in table
+    checks = render_checks(check_targets(params, results))
+    assert "propagation p50" in checks
+    doc = tmp_path / "benchmarks.md"
+    write_doc(doc, "smoke", render_section("smoke", "cmd", "today", {
+        "nproc": "2", "cpu": "cpu", "memory": "1 GiB", "kernel": "k", "python": "3", "disk": "d", "commit": "c",
+    }, params, results, 1.0, "rclone not run"))
+    write_doc(doc, "smoke", "replaced\n")  # a second run replaces its own section only
+    text = doc.read_text()
+    assert text.count("<!-- bench:smoke:begin -->") == 1 and "replaced" in text and "| workload |" not in text

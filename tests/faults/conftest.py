@@ -1,0 +1,190 @@
+"""Fixtures of the fault suite: servers a test may kill, machines that may log expected faults.
+
+* `site` -- the session's server with a fresh account (nobody kills it);
+* `own_site` -- a server of this test alone, in the test's temporary directory,
+  that the test may SIGKILL, stop and start again on the same port and data;
+* `make_machine` -- a mounted client on either; teardown unmounts and ends it by
+  pid, then fails the test if its log shows an error the test did not allow;
+* `tmpfs` -- mount a small tmpfs (a disk that fills up), unmounted in teardown;
+* `seed` -- the random seed of this test, printed so a failure can be replayed
+  with ``WEBSYNC_FAULT_SEED=N``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.clients import Machine, eventually
+from tests.conftest import MACHINE_SETTINGS
+from tests.servers import ServerProcess, add_user
+
+
+@pytest.fixture
+def seed(request: pytest.FixtureRequest) -> int:
+    value = int(os.environ.get("WEBSYNC_FAULT_SEED") or random.randrange(1, 10**9))
+    print(f"\n{request.node.name}: WEBSYNC_FAULT_SEED={value}")
+    return value
+
+
+@dataclass
+class Site:
+    """A server and the account this test's machines log in with."""
+
+    data_dir: Path
+    user: str
+    password: str
+    process: ServerProcess
+    #: True for `own_site`: the test may kill and restart it.
+    owned: bool = False
+    port: int = 0
+    starts: list[float] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash: power cut, OOM killer)."""
+        assert self.owned, "only a test's own server may be killed"
+        self.process.kill()
+
+    def stop(self) -> None:
+        assert self.owned, "only a test's own server may be stopped"
+        self.process.stop()
+
+    def start(self) -> None:
+        """Start the server again on the same data directory and port."""
+        assert self.owned
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.process = ServerProcess.start(self.data_dir, port=self.port)
+                break
+            except RuntimeError:
+                # The port can stay busy a moment after a kill.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        self.starts.append(time.monotonic())
+
+
+_users = iter(range(1, 10**6))
+
+
+@pytest.fixture
+def site(server: ServerProcess) -> Site:
+    name = f"fault{os.getpid()}x{next(_users)}"
+    add_user(server.data_dir, name, "pw-" + name)
+    return Site(server.data_dir, name, "pw-" + name, server, port=server.port)
+
+
+@pytest.fixture
+def own_site(tmp_path: Path) -> Iterator[Site]:
+    data = tmp_path / "server" / "data"
+    process = ServerProcess.start(data)
+    site = Site(data, "alice", "pw-alice", process, owned=True, port=process.port)
+    add_user(data, site.user, site.password)
+    try:
+        yield site
+    finally:
+        site.process.kill()
+
+
+#: Log lines that mean a bug unless a test expects them.
+_BAD = re.compile(r" ERROR | CRITICAL |Traceback|unexpected error")
+
+
+@pytest.fixture
+def make_machine(tmp_path: Path) -> Iterator[Callable[..., Machine]]:
+    made: list[tuple[Machine, list[str]]] = []
+
+    def make(name: str, site: Site, *, url: str | None = None, mount: bool = True,
+             allow: tuple[str, ...] = (), before_mount: Callable[[Machine], None] | None = None,
+             **settings: object) -> Machine:
+        """A machine logged in to *site* (through *url* if given, e.g. a proxy).
+
+        *allow*: regular expressions of error log lines this test provokes on purpose.
+        """
+        machine = Machine(name, tmp_path, url or site.url)
+        made.append((machine, list(allow)))
+        machine.login(site.user, site.password)
+        config = machine.home / "config.json"
+        data = json.loads(config.read_text())
+        data.update(MACHINE_SETTINGS, **settings)
+        config.write_text(json.dumps(data))
+        if before_mount is not None:
+            before_mount(machine)
+        if mount:
+            machine.mount()
+        return machine
+
+    yield make
+    for machine, _ in made:
+        machine.cleanup()
+    for machine, allow in made:
+        bad = [
+            line for line in _log_lines(machine)
+            if _BAD.search(line) and not any(re.search(a, line) for a in allow)
+        ]
+        assert not bad, f"machine {machine.name} logged errors:\n" + "\n".join(bad[:20])
+
+
+def _log_lines(machine: Machine) -> list[str]:
+    lines: list[str] = []
+    for path in sorted((machine.home / "state").glob("websync.log*"), reverse=True):
+        lines += path.read_text(errors="replace").splitlines()
+    return lines
+
+
+@pytest.fixture
+def tmpfs() -> Iterator[Callable[[Path, str], Path]]:
+    """``tmpfs(DIR, "64m")`` mounts a tmpfs of that size on DIR (made if missing)."""
+    mounted: list[Path] = []
+
+    def mount(path: Path, size: str) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], check=True)
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def resize(path: Path, size: str) -> None:
+    """Give a tmpfs more (or less) room: space returning to a full disk."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
+
+
+# -- asking a machine ------------------------------------------------------------------
+def status(machine: Machine) -> dict[str, Any]:
+    return json.loads(machine.cli("status", "--json").stdout)  # type: ignore[no-any-return]
+
+
+def drained(machine: Machine, timeout: float = 60.0) -> dict[str, Any]:
+    """Wait until nothing is waiting for upload; return the status then."""
+    def probe() -> dict[str, Any] | None:
+        info = status(machine)
+        return info if info["pending"] == 0 and info["online"] else None
+
+    return eventually(probe, timeout=timeout, what=f"{machine.name}'s queue to drain")
+
+
+def timed_mount(machine: Machine) -> float:
+    """Mount and return the seconds until the mount was usable."""
+    start = time.monotonic()
+    machine.mount()
+    os.listdir(machine.mnt)
+    return time.monotonic() - start

@@ -1,0 +1,137 @@
+"""Offline: the server is stopped; the mount stays usable and everything done meanwhile is replayed.
+
+Machine A works on while the server is down: it lists the whole tree, reads
+what it has cached or pinned, gets a prompt clear error (not a hang) for a
+file whose content it never fetched, and queues writes, renames, deletes and
+new folders.  B changes a file A also changes while A is cut off, so the
+replay meets a conflict.  When the server is back, A's queue goes up in
+order, on its own, and both machines and the server agree.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.clients import Machine, eventually, read_bytes
+from tests.faults import serverstate
+from tests.faults.conftest import Site, drained, status
+from tests.proxy import Proxy
+
+pytestmark = pytest.mark.mount
+
+
+def walk(root: os.PathLike[str]) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, n), root) for d, dirs, files in os.walk(root) for n in dirs + files)
+
+
+def test_offline_mount_stays_usable_and_replays_in_order(
+    own_site: Site, make_machine: Callable[..., Machine], seed: int
+) -> None:
+    proxy = Proxy(own_site.port, seed=seed)
+    try:
+        _offline_case(own_site, make_machine, proxy, offline_for=8.0)
+    finally:
+        proxy.close()
+
+
+def _offline_case(site: Site, make_machine: Callable[..., Machine], proxy: Proxy, offline_for: float) -> None:
+    a = make_machine("A", site, url=proxy.url, allow=(r"not available offline",))
+    b = make_machine("B", site)
+    big = os.urandom(6 * 1024 * 1024)
+    pinned = os.urandom(5 * 1024 * 1024)  # other bytes: blocks are shared by content
+    for d in ("docs", "pinned", "old"):
+        os.mkdir(a.path(d))
+    a.path("docs", "cached.txt").write_bytes(b"cached on A\n")
+    a.path("docs", "shared.txt").write_bytes(b"v1\n")
+    a.path("pinned", "big.bin").write_bytes(b"placeholder")
+    a.path("old", "gone.txt").write_bytes(b"to be deleted\n")
+    b_dir = b.path("from-b")
+    eventually(lambda: b.path("pinned", "big.bin").exists(), what="A's files on B")
+    os.mkdir(b_dir)
+    b.path("from-b", "never-read.bin").write_bytes(big)
+    b.path("pinned", "big.bin").write_bytes(pinned)
+    eventually(lambda: a.path("from-b", "never-read.bin").stat().st_size == len(big), what="B's files listed on A")
+    a.cli("pin", str(a.path("pinned")))  # waits until pinned/ is local
+    drained(a)
+    drained(b)
+    before = walk(a.mnt)
+
+    # A loses its network; B changes shared.txt meanwhile (a conflict for the replay).
+    proxy.online = False
+    b.path("docs", "shared.txt").write_bytes(b"v2 from B\n")
+    drained(b)
+    # Then the server goes down for everyone.
+    site.stop()
+    down = time.monotonic()
+
+    start = time.monotonic()
+    assert walk(a.mnt) == before
+    listed = time.monotonic() - start
+    assert a.path("docs", "cached.txt").read_bytes() == b"cached on A\n"
+    assert read_bytes(a.path("pinned", "big.bin")) == pinned
+    start = time.monotonic()
+    with pytest.raises(OSError) as failure:
+        read_bytes(a.path("from-b", "never-read.bin"))
+    failed_in = time.monotonic() - start
+    assert failure.value.errno in (errno.EIO, errno.ENETUNREACH)
+    assert failed_in < 10, f"reading an unfetched file took {failed_in:.1f} s to fail"
+    eventually(lambda: "not available offline" in a.log(), what="the log line about offline content")
+
+    # Work goes on, offline: every kind of change, in an order that only replays in order.
+    os.mkdir(a.path("new"))
+    a.path("new", "a.txt").write_bytes(b"first a\n")
+    os.rename(a.path("new", "a.txt"), a.path("new", "b.txt"))
+    a.path("new", "a.txt").write_bytes(b"second a\n")  # a new file under the old name
+    os.rename(a.path("new"), a.path("renamed"))
+    os.mkdir(a.path("renamed", "sub"))
+    a.path("renamed", "sub", "deep.txt").write_bytes(b"deep\n")
+    os.unlink(a.path("old", "gone.txt"))
+    os.rmdir(a.path("old"))
+    os.rename(a.path("docs", "cached.txt"), a.path("renamed", "moved.txt"))
+    a.path("docs", "shared.txt").write_bytes(b"v2 from A\n")
+    with open(a.path("renamed", "b.txt"), "ab") as f:
+        f.write(b"appended offline\n")
+    info = status(a)
+    assert not info["online"]
+    assert info["pending"] >= 8
+    text = a.cli("status").stdout
+    assert "offline" in text and f"pending:    {info['pending']} change(s)" in text
+    print(f"offline: listing took {listed * 1000:.0f} ms, the unfetched read failed in {failed_in:.2f} s; "
+          f"{info['pending']} changes queued")
+
+    time.sleep(max(0.0, offline_for - (time.monotonic() - down)))
+    site.start()
+    proxy.online = True
+    back = time.monotonic()
+    drained(a, timeout=90)
+    drained(b, timeout=90)
+    print(f"the queue was replayed {time.monotonic() - back:.1f} s after the server came back")
+
+    expected = {
+        "docs": serverstate.DIR,
+        "docs/shared.txt": b"v2 from B\n",  # the server's version stays at the path...
+        "pinned": serverstate.DIR,
+        "pinned/big.bin": pinned,
+        "from-b": serverstate.DIR,
+        "from-b/never-read.bin": big,
+        "renamed": serverstate.DIR,
+        "renamed/a.txt": b"second a\n",
+        "renamed/b.txt": b"first a\nappended offline\n",
+        "renamed/moved.txt": b"cached on A\n",
+        "renamed/sub": serverstate.DIR,
+        "renamed/sub/deep.txt": b"deep\n",
+    }
+    on_server = serverstate.tree(site.data_dir, site.user)
+    copies = [p for p in on_server if p.startswith("docs/shared (conflict from A ")]
+    assert len(copies) == 1, sorted(on_server)
+    expected[copies[0]] = b"v2 from A\n"  # ...and A's offline edit is kept beside it
+    assert on_server == expected, serverstate.diff(expected, on_server)
+    assert serverstate.problems(site.data_dir, site.user) == []
+    for m in (a, b):
+        eventually(lambda m=m: serverstate.read_tree(m.mnt) == expected, what=f"the same tree on {m.name}")
+    assert read_bytes(a.path("from-b", "never-read.bin")) == big  # fetched now that it can be
