@@ -71,9 +71,16 @@ CREATE TABLE IF NOT EXISTS items (
     batch TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     ready_at REAL NOT NULL,
-    error TEXT NOT NULL DEFAULT ''
+    error TEXT NOT NULL DEFAULT '',
+    -- Copies of the op's entry fields, so dependency questions are index look-ups.
+    parent TEXT,
+    name TEXT,
+    new_parent TEXT,
+    new_name TEXT
 );
 CREATE INDEX IF NOT EXISTS items_node ON items (node);
+CREATE INDEX IF NOT EXISTS items_parent ON items (parent);
+CREATE INDEX IF NOT EXISTS items_new_parent ON items (new_parent);
 """
 
 _BORN = (OP_CREATE, OP_MKDIR, OP_SYMLINK, OP_MKNOD)
@@ -93,6 +100,10 @@ class Item:
     @property
     def blocks(self) -> list[str]:
         return list(self.op.get("blocks", ()))
+
+
+def _entry_fields(op: dict[str, Any]) -> tuple[str | None, str | None, str | None, str | None]:
+    return op.get("parent"), op.get("name"), op.get("new_parent"), op.get("new_name")
 
 
 def _refs(op: dict[str, Any]) -> tuple[set[str], set[tuple[str, str]]]:
@@ -172,14 +183,18 @@ class WriteBackQueue:
         return {r[0] for r in self._db.execute("SELECT DISTINCT node FROM items")}
 
     def pending_entries(self) -> set[tuple[str, str]]:
-        keys: set[tuple[str, str]] = set()
-        for item in self.items():
-            keys |= _refs(item.op)[1]
-        return keys
+        rows = self._db.execute(
+            "SELECT parent, name FROM items WHERE name IS NOT NULL"
+            " UNION SELECT new_parent, new_name FROM items WHERE new_name IS NOT NULL"
+        )
+        return {(p, n) for p, n in rows}
 
     def pending_parents(self) -> set[str]:
         """Folders that queued items create things in or move things into."""
-        return {k[0] for k in self.pending_entries()}
+        rows = self._db.execute(
+            "SELECT parent FROM items WHERE name IS NOT NULL UNION SELECT new_parent FROM items WHERE new_parent IS NOT NULL"
+        )
+        return {p for (p,) in rows}
 
     def next_ready_at(self) -> float | None:
         row = self._db.execute("SELECT min(ready_at) FROM items WHERE state='queued'").fetchone()
@@ -199,17 +214,26 @@ class WriteBackQueue:
             for fn in self._listeners:
                 self.state.after_commit(fn)
 
-    def _append(self, op: dict[str, Any]) -> None:
+    def _insert(self, op: dict[str, Any], ready_at: float) -> None:
         self._db.execute(
-            "INSERT INTO items (node, op, ready_at) VALUES (?, ?, ?)", (op["id"], json.dumps(op), self._ready_at)
+            "INSERT INTO items (node, op, ready_at, parent, name, new_parent, new_name) VALUES (?,?,?,?,?,?,?)",
+            (op["id"], json.dumps(op), ready_at, *_entry_fields(op)),
         )
+
+    def _store(self, n: int, op: dict[str, Any], ready_at: float | None = None) -> None:
+        """Write *op* back into item *n* (and its ready time, if given)."""
+        self._db.execute(
+            "UPDATE items SET op=?, node=?, parent=?, name=?, new_parent=?, new_name=?,"
+            " ready_at=coalesce(?, ready_at) WHERE n=?",
+            (json.dumps(op), op["id"], *_entry_fields(op), ready_at, n),
+        )
+
+    def _append(self, op: dict[str, Any]) -> None:
+        self._insert(op, self._ready_at)
         self._protect(op.get("blocks", ()))
 
     def _rewrite(self, item: Item, op: dict[str, Any]) -> None:
-        self._db.execute(
-            "UPDATE items SET op=?, ready_at=? WHERE n=?",
-            (json.dumps(op), max(item.ready_at, self._ready_at), item.n),
-        )
+        self._store(item.n, op, max(item.ready_at, self._ready_at))
         self._protect(op.get("blocks", ()))
         self._unprotect(item.blocks)
 
@@ -250,18 +274,15 @@ class WriteBackQueue:
         ):
             moved = dict(items[0].op, parent=op["new_parent"], name=op["new_name"])
             self._db.execute("DELETE FROM items WHERE n=?", (items[0].n,))
-            self._db.execute(
-                "INSERT INTO items (node, op, ready_at) VALUES (?, ?, ?)", (node, json.dumps(moved), self._ready_at)
-            )
+            self._insert(moved, self._ready_at)
             return True
         return False
 
     def _is_parent_of_queued(self, node: str) -> bool:
-        for (raw,) in self._db.execute("SELECT op FROM items WHERE node != ?", (node,)):
-            op = json.loads(raw)
-            if op.get("parent") == node or op.get("new_parent") == node:
-                return True
-        return False
+        row = self._db.execute(
+            "SELECT 1 FROM items WHERE node != ?1 AND (parent = ?1 OR new_parent = ?1) LIMIT 1", (node,)
+        ).fetchone()
+        return row is not None
 
     # -- the uploader's side -------------------------------------------------
     def inflight(self) -> list[Item]:
@@ -330,7 +351,7 @@ class WriteBackQueue:
             if op is None:
                 self._db.execute("DELETE FROM items WHERE n=?", (item.n,))
             else:
-                self._db.execute("UPDATE items SET op=?, node=? WHERE n=?", (json.dumps(op), op["id"], item.n))
+                self._store(item.n, op)
                 self._protect(op.get("blocks", ()))
             self._unprotect(item.blocks)
 
@@ -345,7 +366,7 @@ class WriteBackQueue:
                         op[key] = new
                         changed = True
                 if changed:
-                    self._db.execute("UPDATE items SET op=?, node=? WHERE n=?", (json.dumps(op), op["id"], item.n))
+                    self._store(item.n, op)
 
     def remap_entry(self, parent: str, name: str, new_parent: str, new_name: str) -> None:
         """Every item that names the entry ``parent/name`` now names ``new_parent/new_name``."""
@@ -360,7 +381,7 @@ class WriteBackQueue:
                     op.update(new_parent=new_parent, new_name=new_name)
                     changed = True
                 if changed:
-                    self._db.execute("UPDATE items SET op=? WHERE n=?", (json.dumps(op), item.n))
+                    self._store(item.n, op)
 
     def _tx(self) -> AbstractContextManager[None]:
         return self.state.tx()
