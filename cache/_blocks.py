@@ -137,17 +137,20 @@ class BlockCache:
             log.warning("could not drop corrupt cache block %s: %s", h, exc)
         return None
 
-    def put(self, h: str, data: bytes) -> None:
+    def put(self, h: str, data: bytes, *, verified: bool = False) -> None:
         """Store *data* as block *h*, then evict to the limit (sparing this block).
 
         Raises `CorruptBlock` if *data* does not hash to *h*, and `CacheFull` if
         the disk is full; either way nothing is stored.  Putting a block that is
-        present only refreshes its LRU position.
+        present only refreshes its LRU position.  ``verified=True`` says the
+        caller has just hashed these very bytes (the writer sealing a file):
+        hashing 4 MiB again would only cost time.
         """
         _check_hash(h)
-        actual = _sha256(data)
-        if actual != h:
-            raise CorruptBlock(h, actual)
+        if not verified:
+            actual = _sha256(data)
+            if actual != h:
+                raise CorruptBlock(h, actual)
         if not self._store.refresh(h):
             self._store.insert(h, data)
         self._evict(self._limit, spare=h)

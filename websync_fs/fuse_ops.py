@@ -239,9 +239,8 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
 
     @translate
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        fh = await self.vfs.open(inode, flags)
-        # The page cache stays valid across opens: remote changes invalidate it.
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        fh, keep = await self.vfs.open(inode, flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     @translate
     async def read(self, fh: int, off: int, size: int) -> bytes:

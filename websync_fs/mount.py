@@ -72,7 +72,7 @@ class Mount:
 
         def store_block(h: str, data: bytes) -> None:
             self.cache.protect([h])  # held until the queue item protects it
-            self.cache.put(h, data)
+            self.cache.put(h, data, verified=True)  # the working copy hashed these bytes
 
         self.vfs = Vfs(
             self.db, self.replica, self.queue, self.source, store_block,

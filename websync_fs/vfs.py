@@ -130,6 +130,8 @@ class Vfs:
         self.handles = HandleTable()
         self._work: dict[int, WorkingCopy] = {}
         self._mtime: dict[int, int] = {}  # mtime of working copies, set on write
+        self._seen: dict[int, tuple[str, ...]] = {}  # content the kernel's pages hold, per inode
+        self._copies = 0
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.notify: Notify = lambda inv: None
@@ -209,6 +211,7 @@ class Vfs:
 
     def forget(self, ino: int, count: int) -> None:
         if self.inodes.forget(ino, count):
+            self._seen.pop(ino, None)  # the kernel dropped the inode and its pages
             self._maybe_drop(ino)
 
     def _maybe_drop(self, ino: int) -> None:
@@ -533,7 +536,9 @@ class Vfs:
     def _working_copy(self, row: NodeRow) -> WorkingCopy:
         work = self._work.get(row.ino)
         if work is None:
-            path = self._work_dir / str(row.ino)
+            # A fresh name each time: the previous copy may still be being removed.
+            self._copies += 1
+            path = self._work_dir / f"{row.ino}.{self._copies}"
             work = WorkingCopy(path, row.size, row.blocks, self._load)
             self._work[row.ino] = work
         return work
@@ -541,7 +546,11 @@ class Vfs:
     def _close_working_copy(self, ino: int) -> None:
         work = self._work.get(ino)
         if work is not None and work.handles == 0:
-            work.close()
+            if self._nursery is not None:
+                # Removing a big file takes a while: not on the request path.
+                self._nursery.start_soon(trio.to_thread.run_sync, work.close)
+            else:
+                work.close()
             del self._work[ino]
             self._mtime.pop(ino, None)
             self.on_settled()
@@ -579,19 +588,29 @@ class Vfs:
                 if self.saves.arrived(pdir.id, name, row):
                     row = self.replica.get(row.ino) or row
         handle = self._open_handle(row, flags)
+        self._seen[row.ino] = row.blocks
         return handle.fh, self.attr(row)
 
-    async def open(self, ino: int, flags: int) -> int:
+    async def open(self, ino: int, flags: int) -> tuple[int, bool]:
+        """Open *ino*; return the handle and whether the kernel may keep its cached pages.
+
+        Close-to-open: the kernel's pages stay valid only if the content is the
+        version this machine last opened or wrote.  A read that was in flight
+        when a remote change arrived can leave old pages behind; the next open
+        drops them.
+        """
         row = self._row(ino)
         if row.kind == KIND_DIR:
             raise FsError(errno.EISDIR)
         if row.kind != KIND_FILE:
             raise FsError(errno.EINVAL)
         handle = self._open_handle(row, flags)
+        keep = ino in self._work or self._seen.get(ino) == row.blocks
+        self._seen[ino] = row.blocks
         if flags & os.O_TRUNC and handle.writable:
             await self._work[ino].truncate(0)
             self._mtime[ino] = time.time_ns()
-        return handle.fh
+        return handle.fh, keep
 
     async def read(self, fh: int, offset: int, length: int) -> bytes:
         handle = self.handles.get(fh)
@@ -604,14 +623,15 @@ class Vfs:
         if offset >= end:
             return b""
         first, last = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
-        if self._nursery is not None:
-            # Read-ahead: the next two blocks start loading while this one is served.
-            self.source.prefetch(self._nursery, list(handle.blocks[last + 1 : last + 3]))
         parts = []
         for index in range(first, last + 1):
             data = await self._load(handle.blocks[index])
             start = index * BLOCK_SIZE
             parts.append(data[max(0, offset - start) : end - start])
+        if self._nursery is not None:
+            # Read-ahead once the asked-for bytes are here: the next two blocks
+            # load while the program works through this one.
+            self.source.prefetch(self._nursery, list(handle.blocks[last + 1 : last + 3]))
         return b"".join(parts)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
@@ -640,6 +660,7 @@ class Vfs:
             if row is None:
                 return
             mtime = self._mtime.pop(ino, row.mtime_ns)
+            self._seen[ino] = blocks  # the kernel's pages are what was just written
             with self._db.tx():
                 self.replica.update_node(row.id, size=size, blocks=blocks, mtime_ns=mtime)
                 if row.local:

@@ -197,7 +197,14 @@ class WriteBackQueue:
         return {p for (p,) in rows}
 
     def next_ready_at(self) -> float | None:
-        row = self._db.execute("SELECT min(ready_at) FROM items WHERE state='queued'").fetchone()
+        """When the next item waiting for its time becomes ready (None: none waits).
+
+        Items that are ready but held back wait for one of these, so an
+        uploader sleeping until then does not spin.
+        """
+        row = self._db.execute(
+            "SELECT min(ready_at) FROM items WHERE state='queued' AND ready_at > ?", (time.time(),)
+        ).fetchone()
         return row[0]
 
     # -- enqueueing ----------------------------------------------------------
