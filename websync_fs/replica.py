@@ -150,6 +150,18 @@ class Replica:
         ).fetchall()
         return [(r[0], _row(r[1:])) for r in rows]  # type: ignore[misc]
 
+    def listing(self, parent: str) -> list[tuple[str, NodeRow, int]]:
+        """Every entry of *parent* with its node and link count, in one query (for readdir)."""
+        cols = ", ".join("n." + c.strip() for c in _COLS.split(","))
+        rows = self._db.execute(
+            f"SELECT e.name, {cols}, CASE WHEN n.kind = 'dir' THEN 2 + "
+            "(SELECT count(*) FROM entries s JOIN nodes sn ON sn.id = s.node WHERE s.parent = n.id AND sn.kind = 'dir')"
+            " ELSE (SELECT count(*) FROM entries l WHERE l.node = n.id) END "
+            "FROM entries e JOIN nodes n ON n.id = e.node WHERE e.parent=? ORDER BY e.name",
+            (parent,),
+        ).fetchall()
+        return [(r[0], _row(r[1:-1]), r[-1]) for r in rows]  # type: ignore[misc]
+
     def has_children(self, parent: str) -> bool:
         return self._db.execute("SELECT 1 FROM entries WHERE parent=? LIMIT 1", (parent,)).fetchone() is not None
 

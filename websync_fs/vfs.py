@@ -161,13 +161,15 @@ class Vfs:
             raise FsError(errno.ENOENT)
         return row
 
-    def attr(self, row: NodeRow) -> FileAttr:
+    def attr(self, row: NodeRow, links: int | None = None) -> FileAttr:
         size, mtime = row.size, row.mtime_ns
         work = self._work.get(row.ino)
         if work is not None:
             size = work.size
             mtime = self._mtime.get(row.ino, mtime)
-        if row.kind == KIND_DIR:
+        if links is not None:
+            nlink = links
+        elif row.kind == KIND_DIR:
             nlink = 2 + self.replica.count_subdirs(row.id)
         else:
             nlink = 0 if row.orphan else max(1, len(self.replica.entries_of(row.id)))
@@ -201,7 +203,7 @@ class Vfs:
 
     def listdir(self, ino: int) -> list[tuple[str, FileAttr]]:
         pdir = self._dir(ino)
-        return [(name, self.attr(row)) for name, row in self.replica.children(pdir.id)]
+        return [(name, self.attr(row, links)) for name, row, links in self.replica.listing(pdir.id)]
 
     def readlink(self, ino: int) -> str:
         row = self._row(ino)
