@@ -114,6 +114,10 @@ class Replica:
     def __init__(self, db: StateDb) -> None:
         self.state = db
         self._db = db.conn
+        db.ensure_columns("nodes", {
+            "local": "INTEGER NOT NULL DEFAULT 0", "rdev": "INTEGER NOT NULL DEFAULT 0",
+            "xattrs": "TEXT NOT NULL DEFAULT '{}'",
+        })
         self._db.executescript(_SCHEMA)
         if self.get(ROOT_INO) is None:
             now = time.time_ns()

@@ -54,6 +54,17 @@ class StateDb:
             for fn in after:
                 fn()
 
+    def ensure_columns(self, table: str, columns: dict[str, str]) -> list[str]:
+        """Add *columns* (name -> SQL declaration) that *table* lacks; return those added.
+
+        State databases written by an earlier version gain new columns in place.
+        """
+        have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+        added = [name for name in columns if have and name not in have]
+        for name in added:
+            self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {columns[name]}")
+        return added
+
     def after_commit(self, fn: Callable[[], None]) -> None:
         if self._depth == 0:
             fn()

@@ -542,6 +542,9 @@ class Vfs:
             self._copies += 1
             path = self._work_dir / f"{row.ino}.{self._copies}"
             work = WorkingCopy(path, row.size, row.blocks, self._load)
+            if self._nursery is not None:
+                work.spawn = self._nursery.start_soon
+                work.store = self._store_block
             self._work[row.ino] = work
         return work
 
@@ -555,6 +558,8 @@ class Vfs:
                 work.close()
             del self._work[ino]
             self._mtime.pop(ino, None)
+            self._release_blocks(list(work.ahead_stored))  # hashed ahead, never sealed
+            work.ahead_stored.clear()
             self.on_settled()
 
     async def _load(self, h: Any) -> bytes:
@@ -658,6 +663,9 @@ class Vfs:
 
         try:
             size, blocks = await work.seal(store)
+            # Blocks hashed ahead are held like the seal's own until the queue holds them.
+            stored.extend(work.ahead_stored)
+            work.ahead_stored.clear()
             row = self.replica.get(ino)
             if row is None:
                 return

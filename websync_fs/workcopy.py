@@ -20,6 +20,10 @@ from websync_server.protocol import BLOCK_SIZE, BlockHash, block_count
 
 Loader = Callable[[BlockHash], Awaitable[bytes]]
 Store = Callable[[str, bytes], None]
+Spawn = Callable[[Callable[[], Awaitable[None]]], None]
+
+#: One block hashed ahead at a time per process: the writer keeps the other core.
+_AHEAD = trio.CapacityLimiter(1)
 
 
 class WorkingCopy:
@@ -36,12 +40,23 @@ class WorkingCopy:
         os.ftruncate(self._fd, size)
         self.handles = 0
         self._lock = trio.Lock()
+        # Hashing ahead: a block a sequential writer has finished is hashed and
+        # stored in the background, so close() only hashes what is left.  A
+        # block's generation moves with every write to it; a result for an
+        # older generation is stale and ignored.
+        self._gen: dict[int, int] = {}
+        self._ahead: dict[int, tuple[int, BlockHash]] = {}
+        self.ahead_stored: list[str] = []  # held in the cache until the owner releases them
+        self.spawn: Spawn | None = None
+        self.store: Store | None = None
+        self._closed = False
 
     @property
     def changed(self) -> bool:
         return bool(self.dirty) or len(self.base) != block_count(self.size)
 
     def close(self) -> None:
+        self._closed = True
         os.close(self._fd)
         try:
             self.path.unlink()
@@ -87,8 +102,41 @@ class WorkingCopy:
             self.dirty.update(range(self.size // BLOCK_SIZE, first))
         os.pwrite(self._fd, data, offset)
         self.dirty.update(range(first, last + 1))
+        self._touch(range(first, last + 1))
         self.size = max(self.size, end)
+        for index in range(first, end // BLOCK_SIZE):
+            self._hash_ahead(index)  # wholly written up to its end: likely finished
         return len(data)
+
+    def _touch(self, indexes: range) -> None:
+        for index in indexes:
+            self._gen[index] = self._gen.get(index, 0) + 1
+
+    def _hash_ahead(self, index: int) -> None:
+        if self.spawn is None or self.store is None or index not in self.dirty:
+            return
+        gen = self._gen.get(index, 0)
+        store = self.store
+
+        def work() -> BlockHash | None:
+            if self._closed or self._gen.get(index) != gen:
+                return None
+            data = os.pread(self._fd, BLOCK_SIZE, index * BLOCK_SIZE)
+            h = hashlib.sha256(data).hexdigest()
+            store(h, data)
+            self.ahead_stored.append(h)
+            return BlockHash(h)
+
+        async def run() -> None:
+            async with _AHEAD:
+                try:
+                    h = await trio.to_thread.run_sync(work)
+                except OSError:
+                    return  # closed meanwhile: nothing to keep
+            if h is not None and self._gen.get(index) == gen:
+                self._ahead[index] = (gen, h)
+
+        self.spawn(run)
 
     async def truncate(self, size: int) -> None:
         async with self._lock:
@@ -102,6 +150,7 @@ class WorkingCopy:
                 await self._ensure(self.size // BLOCK_SIZE)  # the old last block grows
             os.ftruncate(self._fd, size)
             count = block_count(size)
+            self._touch(range(min(size, self.size) // BLOCK_SIZE, max(count, block_count(self.size))))
             if size > self.size:
                 self.dirty.update(range(self.size // BLOCK_SIZE, count))
             self.base = self.base[:count]
@@ -117,7 +166,14 @@ class WorkingCopy:
         async with self._lock:
             count = block_count(self.size)
             blocks = list(self.base[:count]) + [BlockHash("")] * (count - len(self.base))
-            todo = sorted(i for i in range(count) if i in self.dirty or i >= len(self.base))
+            todo = []
+            for i in range(count):
+                if i in self.dirty or i >= len(self.base):
+                    ahead = self._ahead.get(i)
+                    if ahead is not None and ahead[0] == self._gen.get(i):
+                        blocks[i] = ahead[1]  # hashed in the background, untouched since
+                    else:
+                        todo.append(i)
 
             def work() -> list[tuple[int, BlockHash]]:
                 out = []

@@ -135,7 +135,12 @@ class WriteBackQueue:
     ) -> None:
         self.state = db
         self._db = db.conn
+        added = db.ensure_columns("items", {"parent": "TEXT", "name": "TEXT", "new_parent": "TEXT", "new_name": "TEXT"})
         self._db.executescript(_SCHEMA)
+        if added:
+            with self._tx():
+                for item in self.items():
+                    self._store(item.n, item.op)
         self.quiet = quiet
         self._protect_cb = protect or (lambda h: None)
         self._unprotect_cb = unprotect or (lambda h: None)
