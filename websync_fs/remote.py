@@ -31,6 +31,8 @@ from .errors import (
 log = logging.getLogger(__name__)
 
 _TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+#: Seconds without a byte of a block being read before the read fails (EIO/ENETUNREACH).
+_BLOCK_READ_TIMEOUT = 10.0
 T = TypeVar("T")
 
 
@@ -142,8 +144,16 @@ class Remote:
     async def put_block(self, h: BlockHash, data: bytes) -> None:
         await self._request("PUT", f"{API}/blocks/{h}", content=data)
 
+    async def put_blocks(self, frames: list[tuple[BlockHash, bytes]]) -> None:
+        """Upload several blocks in one request (``POST /v1/blocks``)."""
+        body = b"".join(h.encode() + len(d).to_bytes(4, "big") + d for h, d in frames)
+        await self._request("POST", f"{API}/blocks", content=body)
+
     async def get_block(self, h: BlockHash) -> bytes:
-        return (await self._request("GET", f"{API}/blocks/{h}")).content
+        # A program is waiting in read(): a server that stops sending for this long is
+        # treated as gone (the bytes of a live one flow at once), not waited on for 30 s.
+        timeout = httpx.Timeout(_BLOCK_READ_TIMEOUT, connect=5.0)
+        return (await self._request("GET", f"{API}/blocks/{h}", timeout=timeout)).content
 
     async def versions(self, node: NodeId) -> list[dict[str, Any]]:
         resp = await self._request("GET", f"{API}/stores/{self.store}/nodes/{node}/versions")

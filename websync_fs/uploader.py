@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import trio
 
 from websync_server.protocol import (
+    BLOCK_SIZE,
     CONFLICT_CHANGED,
     CONFLICT_EXISTS,
     CONFLICT_MISSING,
@@ -74,6 +75,7 @@ from .vfs import Invalidation, Notify
 from .writeback import Item, WriteBackQueue
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Largest batch; a refused batch is split (halved until one change is alone) to find the change
 #: the server refuses, so the others go ahead.
@@ -82,13 +84,49 @@ MAX_OPS = 1000
 REFUSED_CAP = 600.0
 #: Longest wait between tries while the server is unreachable or full.
 RETRY_CAP = 60.0
-#: Tries of one block upload before the batch gives up: on a flaky network a
-#: cut connection must not throw away the other blocks of a big batch.
+#: Tries of one idempotent call (a block upload, "which blocks are missing") before the
+#: batch gives up: on a flaky network one cut connection must not throw away a big batch.
 BLOCK_TRIES = 3
 
 
 class _Unanswered(Exception):
     """A commit got no answer: the server may or may not have applied it."""
+
+
+class _LostBlock(RemoteError):
+    """A block waiting for upload is gone from the cache (or damaged there): it cannot be sent."""
+
+
+#: Blocks up to this size go up together, up to GROUP_BYTES a request.
+SMALL_BLOCK = 512 * 1024
+GROUP_BYTES = 2 * 1024 * 1024
+
+
+def _by_size(missing: list[BlockHash], ops: list[dict[str, Any]]) -> tuple[list[BlockHash], list[list[BlockHash]]]:
+    """Split *missing* into big blocks (one request each) and groups of small ones.
+
+    A block's size follows from the op that names it: every block of a file is
+    full but the last.
+    """
+    sizes: dict[str, int] = {}
+    for op in ops:
+        blocks = op.get("blocks") or []
+        for i, h in enumerate(blocks):
+            sizes[h] = BLOCK_SIZE if i < len(blocks) - 1 else int(op.get("size", 0)) - BLOCK_SIZE * i
+    big: list[BlockHash] = []
+    groups: list[list[BlockHash]] = []
+    room = 0
+    for h in missing:
+        size = sizes.get(h, BLOCK_SIZE)
+        if size > SMALL_BLOCK:
+            big.append(h)
+            continue
+        if not groups or room < size + 68:
+            groups.append([])
+            room = GROUP_BYTES
+        groups[-1].append(h)
+        room -= size + 68
+    return big, groups
 
 
 def _first_remote_error(group: BaseExceptionGroup[BaseException]) -> RemoteError:
@@ -145,7 +183,9 @@ class Uploader:
         while True:
             # A batch whose commit got no answer (cut connection, crash) is sent again as it
             # was, under its batch id, before anything else: the server applies an id once.
-            batch = self.queue.inflight() or self.queue.take(max_ops=self._max_ops)
+            # take() reads the whole queue: only when something is ready (an enqueue
+            # wakes us, and thousands of them must not cost a queue scan each).
+            batch = self.queue.inflight() or (self.queue.take(max_ops=self._max_ops) if self.queue.has_ready() else [])
             if not batch:
                 await self._sleep()
                 continue
@@ -177,7 +217,7 @@ class Uploader:
             self.on_state(False, str(exc))
             await self._pause(delay)
             return False
-        except (BadRequest, NotFound) as exc:
+        except (BadRequest, NotFound, _LostBlock) as exc:
             self._refused(batch, exc)
             return False
         except ServerFull as exc:
@@ -210,10 +250,10 @@ class Uploader:
         return True
 
     def _refused(self, batch: list[Item], exc: RemoteError) -> None:
-        """The server answered, and refused the batch as invalid: find the change it refuses.
+        """A change of the batch cannot go (the server refuses it, its bytes are lost here): find it.
 
-        One bad change must not hold back every other: a refused batch is tried
-        again at once in halves, until the refused change is alone; that one
+        One bad change must not hold back every other: the batch is tried
+        again at once in halves, until the bad change is alone; that one
         waits (exponentially longer each time, up to `REFUSED_CAP`) while
         unrelated changes go ahead.  It is never dropped: it may hold the
         only copy of someone's bytes, and a fixed server may take it.
@@ -221,12 +261,12 @@ class Uploader:
         self.last_error = str(exc)
         if len(batch) > 1:
             self._max_ops = max(1, len(batch) // 2)
-            log.warning("server refused a batch of %d changes (%s); trying them in smaller batches", len(batch), exc)
+            log.warning("a batch of %d changes cannot go (%s); trying them in smaller batches", len(batch), exc)
             self.queue.fail(batch, 0, str(exc))
         else:
             item = batch[0]
             delay = backoff(item.attempts + 1, cap=REFUSED_CAP)
-            log.error("server refused the %s of node %s: %s (trying again in %.0f s)",
+            log.error("the %s of node %s cannot go: %s (trying again in %.0f s)",
                       item.op["op"], item.node, exc, delay)
             self.queue.fail(batch, delay, str(exc))
         self.on_state(True, str(exc))  # reachable, but refusing
@@ -244,13 +284,16 @@ class Uploader:
     async def _commit(self, batch: list[Item]) -> None:
         ops = [op for item in batch for op in self._ops(item)]
         hashes = list(dict.fromkeys(h for op in ops for h in op.get("blocks", ())))
-        missing = await self.remote.missing([BlockHash(h) for h in hashes])
+        missing = await self._again(self.remote.missing, [BlockHash(h) for h in hashes])
         if missing:
             try:
                 async with trio.open_nursery() as nursery:
                     limiter = trio.CapacityLimiter(4)
-                    for h in missing:
+                    big, small = _by_size(missing, ops)
+                    for h in big:
                         nursery.start_soon(self._upload, h, limiter)
+                    for group in small:
+                        nursery.start_soon(self._upload_group, group, limiter)
             except BaseExceptionGroup as group:
                 # trio wraps the failed uploads in a group; the first one speaks for all
                 # (the blocks that did go up stay on the server: a retry skips them).
@@ -288,17 +331,34 @@ class Uploader:
             data = await trio.to_thread.run_sync(self._read_block, h)
             if data is None:
                 # Queued blocks are protected in the cache; losing one is a bug or disk damage.
-                raise RemoteError(f"block {h} waiting for upload is missing from the local cache")
-            for attempt in range(1, BLOCK_TRIES + 1):
-                try:
-                    await self.remote.put_block(h, data)  # idempotent: a retry is safe
-                    break
-                except Offline:
-                    if attempt == BLOCK_TRIES:
-                        raise
-                    await trio.sleep(backoff(attempt))
+                raise _LostBlock(f"block {h} waiting for upload is missing or damaged in the local cache")
+            await self._again(self.remote.put_block, h, data)
             self.uploaded_bytes += len(data)
             self._attempt_bytes += len(data)
+
+    async def _upload_group(self, hashes: list[BlockHash], limiter: trio.CapacityLimiter) -> None:
+        """Several small blocks in one request (a folder of small files: one round trip)."""
+        async with limiter:
+            frames = []
+            for h in hashes:
+                data = await trio.to_thread.run_sync(self._read_block, h)
+                if data is None:
+                    raise _LostBlock(f"block {h} waiting for upload is missing or damaged in the local cache")
+                frames.append((h, data))
+            await self._again(self.remote.put_blocks, frames)
+            sent = sum(len(d) for _, d in frames)
+            self.uploaded_bytes += sent
+            self._attempt_bytes += sent
+
+    @staticmethod
+    async def _again(call: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Make an idempotent call, trying again at once (briefly) when the connection breaks."""
+        for attempt in range(1, BLOCK_TRIES):
+            try:
+                return await call(*args)
+            except Offline:
+                await trio.sleep(backoff(attempt))
+        return await call(*args)
 
     # -- conflicts -------------------------------------------------------------
     def _free_name(self, parent: str, name: str) -> str:

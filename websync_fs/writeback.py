@@ -201,6 +201,13 @@ class WriteBackQueue:
         )
         return {p for (p,) in rows}
 
+    def has_ready(self) -> bool:
+        """True if some queued item's time has come (it may still be held back)."""
+        row = self._db.execute(
+            "SELECT 1 FROM items WHERE state='queued' AND ready_at <= ? LIMIT 1", (time.time(),)
+        ).fetchone()
+        return row is not None
+
     def next_ready_at(self) -> float | None:
         """When the next item waiting for its time becomes ready (None: none waits).
 

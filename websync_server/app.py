@@ -85,6 +85,7 @@ def create_app(
         Route(f"{API}/stores/{{store}}/trash", api.trash, methods=["GET"]),
         Route(f"{API}/stores/{{store}}/commit", api.commit, methods=["POST"]),
         Route(f"{API}/blocks/missing", api.missing_blocks, methods=["POST"]),
+        Route(f"{API}/blocks", api.put_blocks, methods=["POST"]),
         Route(f"{API}/blocks/{{block}}", api.put_block, methods=["PUT"]),
         Route(f"{API}/blocks/{{block}}", api.get_block, methods=["GET"]),
     ]
@@ -178,6 +179,16 @@ class _Api:
         created = await run_in_threadpool(self._s.blocks.put, identity.user, block, data)
         return JSONResponse({"hash": block, "size": len(data)}, status_code=201 if created else 200)
 
+    async def put_blocks(self, request: Request) -> Response:
+        """Many small blocks in one request: a folder of small files costs one round trip."""
+        identity = await self._identity(request)
+        body = await _read_body(request, BLOCKS_BODY_MAX)
+        frames = _split_frames(body)
+        created = await run_in_threadpool(
+            lambda: sum(self._s.blocks.put(identity.user, h, data) for h, data in frames)
+        )
+        return JSONResponse({"blocks": len(frames), "created": created}, status_code=200)
+
     async def get_block(self, request: Request) -> Response:
         identity = await self._identity(request)
         block = _block_param(request)
@@ -217,6 +228,30 @@ def _encode_changes(changes: Changes) -> bytes:
 
 def _identity_wire(identity: Identity) -> dict[str, Any]:
     return {"user": identity.user, "device": identity.device, "store": identity.store}
+
+
+#: A batch of blocks carries at most this much (the frames included).
+BLOCKS_BODY_MAX = 2 * BLOCK_SIZE + 64 * 1024  # 8 MiB + 64 KiB
+
+
+def _split_frames(body: bytes) -> list[tuple[BlockHash, bytes]]:
+    """Frames of ``POST /v1/blocks``: 64 hex digits of hash, 4-byte big-endian length, bytes."""
+    frames: list[tuple[BlockHash, bytes]] = []
+    at = 0
+    while at < len(body):
+        if len(body) - at < 68:
+            raise InvalidRequest("a block frame is cut short")
+        name = body[at : at + 64].decode("ascii", "replace")
+        if not is_block_hash(name):
+            raise InvalidRequest(f"{name!r} is not a block hash")
+        size = int.from_bytes(body[at + 64 : at + 68], "big")
+        if size > BLOCK_SIZE or at + 68 + size > len(body):
+            raise InvalidRequest(f"the frame of block {name} is cut short or too long")
+        frames.append((BlockHash(name), body[at + 68 : at + 68 + size]))
+        at += 68 + size
+    if not frames:
+        raise InvalidRequest("no blocks in the request")
+    return frames
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
