@@ -20,15 +20,26 @@ from .errors import Offline, RemoteError
 
 log = logging.getLogger(__name__)
 
+#: Seconds a block that could not be fetched (server unreachable) fails again at once.
+FAILED_FOR = 2.0
+
 
 class Cache(Protocol):
     def get(self, h: str) -> bytes | None: ...
-    def put(self, h: str, data: bytes) -> None: ...
+    def put(self, h: str, data: bytes, *, verified: bool = False) -> None: ...
     def contains(self, h: str) -> bool: ...
 
 
 class Fetch(Protocol):
     async def get_block(self, h: BlockHash) -> bytes: ...
+
+
+class _Fetch:
+    """A download under way that other readers of the same block wait for."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: RemoteError | OSError | None = None
 
 
 class BlockSource:
@@ -37,7 +48,8 @@ class BlockSource:
         self.remote = remote
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._memory_blocks = memory_blocks
-        self._inflight: dict[str, trio.Event] = {}
+        self._inflight: dict[str, _Fetch] = {}
+        self._failed: dict[str, tuple[float, Offline]] = {}  # block -> (when, why), see get()
         self._limiter = trio.CapacityLimiter(8)
 
     def _remember(self, h: str, data: bytes) -> None:
@@ -45,6 +57,10 @@ class BlockSource:
         self._memory.move_to_end(h)
         while len(self._memory) > self._memory_blocks:
             self._memory.popitem(last=False)
+
+    def reconnected(self) -> None:
+        """The server answers again: blocks that failed may be fetched at once."""
+        self._failed.clear()
 
     def cached(self, h: str) -> bool:
         return h in self._memory or self.cache.contains(h)
@@ -56,23 +72,36 @@ class BlockSource:
             if data is not None:
                 self._memory.move_to_end(h)
                 return data
-            event = self._inflight.get(h)
-            if event is None:
+            failed = self._failed.get(h)
+            if failed is not None and trio.current_time() - failed[0] < FAILED_FOR and not self.cache.contains(h):
+                # The kernel reads a page again when its read-ahead failed: without this,
+                # one read() of a file the server cannot give waits out the server twice.
+                raise failed[1]
+            fetch = self._inflight.get(h)
+            if fetch is None:
                 break
-            await event.wait()
-            if h in self._memory:
-                continue
-            # The other fetch failed: try ourselves (and fail the same way, most likely).
-            break
-        event = trio.Event()
-        self._inflight[h] = event
+            await fetch.done.wait()
+            if fetch.error is not None and h not in self._memory:
+                # One download for every reader, and its failure is theirs too: trying
+                # again one after another would make each wait out a dead server in turn.
+                raise fetch.error
+        fetch = _Fetch()
+        self._inflight[h] = fetch
         try:
             data = await self._load(h)
             self._remember(h, data)
+            self._failed.pop(h, None)
             return data
+        except (RemoteError, OSError) as exc:
+            fetch.error = exc
+            if isinstance(exc, Offline):
+                if len(self._failed) > 1000:
+                    self._failed.clear()
+                self._failed[h] = (trio.current_time(), exc)
+            raise
         finally:
             del self._inflight[h]
-            event.set()
+            fetch.done.set()
 
     async def _load(self, h: BlockHash) -> bytes:
         async with self._limiter:
@@ -88,7 +117,8 @@ class BlockSource:
             if digest != h:
                 raise RemoteError(f"the server sent block {h} with the wrong content")
             try:
-                await trio.to_thread.run_sync(self.cache.put, h, data)
+                # Just hashed above: the cache need not hash the 4 MiB again.
+                await trio.to_thread.run_sync(lambda: self.cache.put(h, data, verified=True))
             except OSError as exc:
                 # A full (or failing) cache disk must not fail a read: the bytes are here.
                 log.warning("block %s is read but not cached: %s", h, exc)
