@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,52 @@ def test_fresh_machine_sees_the_whole_tree(a: Machine, new_machine) -> None:  # 
     a.unmount()  # waits for pending uploads
     c: Machine = new_machine("C")
     assert (c.mnt / "x" / "y.txt").read_text() == "why"
+
+
+def _as_nobody(code: str) -> str:
+    """Run *code* as the unprivileged user nobody; return what it prints."""
+    import subprocess
+
+    # The system interpreter: the test's own may live where nobody cannot read.
+    done = subprocess.run(
+        ["/usr/bin/python3", "-c", code], capture_output=True, text=True, timeout=60, user=65534, group=65534,
+    )
+    return done.stdout.strip() + done.stderr.strip()[-200:]
+
+
+def test_mode_bits_are_enforced_for_other_users_as_on_a_local_disk(a: Machine, tmp_path: Path) -> None:
+    local = tmp_path / "local"
+    local.mkdir()
+    # Let the other user walk down to both folders (pytest's are private to root).
+    opened = [p for p in (local, *local.parents, *a.mnt.parents) if str(p).startswith("/tmp/")]
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in opened}
+    for p in opened:
+        os.chmod(p, modes[p] | 0o011)
+    try:
+        answers = _permission_answers(local, a.mnt)
+    finally:
+        for p, mode in modes.items():
+            os.chmod(p, mode)
+    assert answers[0] == answers[1] == "EACCES ok EACCES EACCES"
+
+
+def _permission_answers(*roots: Path) -> list[str]:
+    answers = []
+    for root in roots:
+        os.chmod(root, 0o755)
+        (root / "secret").write_text("s")
+        os.chmod(root / "secret", 0o600)
+        (root / "public").write_text("p")
+        os.chmod(root / "public", 0o644)
+        code = (
+            "import errno\n"
+            "def t(f):\n"
+            "    try:\n        f(); return 'ok'\n"
+            "    except OSError as e:\n        return errno.errorcode[e.errno]\n"
+            f"print(t(lambda: open({str(root / 'secret')!r}).read()),"
+            f" t(lambda: open({str(root / 'public')!r}).read()),"
+            f" t(lambda: open({str(root / 'public')!r}, 'a').write('x')),"
+            f" t(lambda: open({str(root / 'new')!r}, 'w')))\n"
+        )
+        answers.append(_as_nobody(code))
+    return answers
