@@ -324,13 +324,15 @@ class WriteBackQueue:
         held_own: set[str] = set()  # nodes of held items
         held_parents: set[str] = set()  # folders held items work in
         held_keys: set[tuple[str, str]] = set()
+        held_move = False  # a rename or delete is held: the tree's shape must change in order
         size = 0
         for item in self.items():
             parents, keys = _refs(item.op)
             node = item.op["id"]
+            moves = item.op["op"] in (OP_RENAME, OP_DELETE)
             blocked = (
                 item.state != "queued" or item.ready_at > now or node in held_own or node in held_parents
-                or bool(parents & held_own) or bool(keys & held_keys)
+                or bool(parents & held_own) or bool(keys & held_keys) or (moves and held_move)
             )
             item_size = int(item.op.get("size", 0))
             if not blocked and taken and (len(taken) >= max_ops or size + item_size > max_bytes):
@@ -339,6 +341,9 @@ class WriteBackQueue:
                 held_own.add(node)
                 held_parents |= parents
                 held_keys |= keys
+                # Moves depend on each other through ancestry the queue cannot see
+                # (a folder may only enter another once it has left its own subtree).
+                held_move = held_move or moves
                 continue
             taken.append(item)
             size += item_size
