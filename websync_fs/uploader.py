@@ -134,10 +134,11 @@ def _first_remote_error(group: BaseExceptionGroup[BaseException]) -> RemoteError
     matched, rest = group.split(RemoteError)
     if rest is not None or matched is None:
         raise group
-    while isinstance(matched, BaseExceptionGroup):
-        matched = matched.exceptions[0]
-    assert isinstance(matched, RemoteError)
-    return matched
+    leaf: BaseException = matched
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    assert isinstance(leaf, RemoteError)
+    return leaf
 
 
 _NODE_OPS = (OP_CREATE, OP_MKDIR, OP_SYMLINK, OP_MKNOD, OP_UPDATE, OP_SETATTR)
@@ -163,6 +164,10 @@ class Uploader:
         self._max_ops = MAX_OPS
         self._retry = trio.Event()
         self._attempt_bytes = 0  # block bytes the current send() got through
+        #: Batches whose commit went out (here, or before a restart: those found "uploading")
+        #: and got no answer yet.  The server may have applied one: it must go again under
+        #: its own id, whatever fails meanwhile, or the changes would be applied twice.
+        self._sent: set[str] = set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -180,6 +185,7 @@ class Uploader:
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        self._sent |= {item.batch for item in self.queue.inflight() if item.batch}
         while True:
             # A batch whose commit got no answer (cut connection, crash) is sent again as it
             # was, under its batch id, before anything else: the server applies an id once.
@@ -201,11 +207,27 @@ class Uploader:
     async def send(self, batch: list[Item]) -> bool:
         """Try to commit *batch*; True when it was committed."""
         self._attempt_bytes = 0
+        batch = self._without_vanished(batch)
+        if not batch:
+            return True
         try:
             await self._commit(batch)
         except CommitConflict as exc:
+            self._sent.discard(batch[0].batch or "")  # refused: it was not applied
             log.info("commit refused: %s", exc)
-            await self._settle_conflict(batch, exc.conflict)
+            try:
+                await self._settle_conflict(batch, exc.conflict)
+            except RemoteError as lost:
+                # Settling may ask the server (where is that node now?) and the network
+                # can go right then: nothing was settled, the batch is refused again later.
+                self.failures += 1
+                self.last_error = str(lost)
+                delay = backoff(self.failures, cap=RETRY_CAP)
+                log.info("conflict not settled (%s); retrying in %.1f s", lost, delay)
+                self.queue.fail(batch, 0, str(lost))
+                self.on_state(False, str(lost))
+                await self._pause(delay)
+                return False
             self.queue.fail(batch, 0, str(exc))
             return False
         except _Unanswered as exc:
@@ -218,6 +240,7 @@ class Uploader:
             await self._pause(delay)
             return False
         except (BadRequest, NotFound, _LostBlock) as exc:
+            self._sent.discard(batch[0].batch or "")  # refused: it was not applied
             self._refused(batch, exc)
             return False
         except ServerFull as exc:
@@ -227,8 +250,11 @@ class Uploader:
             self.last_error = str(exc)
             delay = backoff(self.failures, cap=RETRY_CAP)
             log.warning("upload deferred (%s); retrying in %.1f s", exc, delay)
-            self.queue.fail(batch, delay, str(exc))
             self.on_state(True, str(exc))
+            if batch[0].batch in self._sent:
+                await self._pause(delay)
+            else:
+                self.queue.fail(batch, delay, str(exc))
             return False
         except (Offline, Unauthorized, RemoteError) as exc:
             # Nothing goes while the server is out of reach: the whole uploader waits, and
@@ -239,10 +265,12 @@ class Uploader:
             self.last_error = str(exc)
             delay = backoff(self.failures, cap=RETRY_CAP)
             log.info("upload deferred (%s); retrying in %.1f s", exc, delay)
-            self.queue.fail(batch, 0, str(exc))
+            if batch[0].batch not in self._sent:
+                self.queue.fail(batch, 0, str(exc))
             self.on_state(False, str(exc))
             await self._pause(delay)
             return False
+        self._sent.discard(batch[0].batch or "")
         self.failures = 0
         self.last_error = ""
         self._max_ops = min(MAX_OPS, self._max_ops * 2)
@@ -270,6 +298,25 @@ class Uploader:
                       item.op["op"], item.node, exc, delay)
             self.queue.fail(batch, delay, str(exc))
         self.on_state(True, str(exc))  # reachable, but refusing
+
+    def _without_vanished(self, batch: list[Item]) -> list[Item]:
+        """Drop content updates of nodes this machine no longer has under that id.
+
+        A file renamed to a local-only name leaves the server under its old id
+        (a queued delete says so); an update still queued for that id has no
+        precondition left to give and nothing to keep.  Only a batch that was
+        never sent is trimmed: one in flight goes again exactly as it was.
+        """
+        if batch and batch[0].batch in self._sent:
+            return batch
+        kept = []
+        for item in batch:
+            if item.op["op"] == OP_UPDATE and self.replica.by_id(item.op["id"]) is None:
+                log.info("dropping the update of %s: the node left this machine's tree", item.op["id"])
+                self.queue.replace(item, None)
+                continue
+            kept.append(item)
+        return kept
 
     def _ops(self, item: Item) -> list[dict[str, Any]]:
         """The server ops of *item*: ops it needs first (``before``), then its own."""
@@ -300,6 +347,7 @@ class Uploader:
                 # Left wrapped, it would end the uploader and with it the mount.
                 raise _first_remote_error(group) from group
         batch_id = batch[0].batch or ""
+        self._sent.add(batch_id)
         try:
             seq = await self.remote.commit(batch_id, ops)
         except Offline as exc:

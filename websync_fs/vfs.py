@@ -696,7 +696,9 @@ class Vfs:
             work = self._work.get(handle.ino)
             if work is not None:
                 await trio.to_thread.run_sync(work.fsync)
-        await trio.to_thread.run_sync(self._db.sync)
+        # On this thread: the connection is the loop's, and a second thread on it
+        # finds its tables locked.  A checkpoint takes milliseconds.
+        self._db.sync()
 
     async def release(self, fh: int) -> None:
         handle = self.handles.close(fh)
