@@ -6,16 +6,19 @@ also make the network bad, at random but reproducibly (``seed``):
 
 - ``delay`` and ``jitter``: every chunk waits ``delay`` plus up to ``jitter`` seconds;
 - ``rate``: bytes per second per direction of a connection (0: unlimited);
-- ``cut_rate``: the chance, per chunk, that the connection ends there with a
-  FIN after only part of the chunk went through (a request or answer cut in
-  the middle);
+- ``cut_rate``: the chance, per request and per answer, that the connection
+  ends in the middle of it with a FIN (at a random byte: in its first 64 KiB
+  or, half the time, anywhere in its first 4 MiB: a block upload);
 - ``reset_rate``: the same, ending with a TCP reset (RST) instead;
 - ``error_rate``: the chance that a new connection's first request is not
   passed on but answered with ``error_status`` (503 by default);
 - ``answer_status``: answer every request with this status (e.g. 507, a full
   server disk) and pass nothing on;
 - `trip_offline_at`: go offline once this many bytes went up (deterministic
-  cuts in the middle of an upload).
+  cuts in the middle of an upload);
+- `lose_answer`: pass the next request that contains some bytes (e.g.
+  ``b"/commit"``) to the server, and cut the connection instead of passing its
+  answer back: the server did the work, the client never hears of it.
 
 Counters (``bytes_up``, ``bytes_down``, ``connections``, ``cuts``, ``resets``,
 ``errors``, ``refused``) let tests measure what crossed the network, e.g. that
@@ -51,6 +54,8 @@ class Proxy:
         self.error_status = 503
         self.answer_status: int | None = None
         self._trip_up: int | None = None
+        self._lose: tuple[bytes, int] | None = None
+        self.lost_answers = 0
         self.bytes_up = 0
         self.bytes_down = 0
         self.connections = 0
@@ -81,6 +86,10 @@ class Proxy:
         """Go offline (cutting every connection) once ``bytes_up`` reaches *bytes_up*."""
         self._trip_up = bytes_up
 
+    def lose_answer(self, marker: bytes, count: int = 1) -> None:
+        """Cut the answers to the next *count* requests whose first bytes contain *marker*."""
+        self._lose = (marker, count)
+
     def calm(self) -> None:
         """A good network again: no delays, cuts, resets or injected errors."""
         self.delay = self.jitter = self.rate = 0.0
@@ -88,8 +97,8 @@ class Proxy:
         self.answer_status = None
         self._trip_up = None
 
-    def chaos(self, *, delay: float = 0.0, jitter: float = 0.02, cut_rate: float = 0.01, reset_rate: float = 0.01,
-              error_rate: float = 0.02) -> None:
+    def chaos(self, *, delay: float = 0.0, jitter: float = 0.02, cut_rate: float = 0.03, reset_rate: float = 0.03,
+              error_rate: float = 0.1) -> None:
         """A bad network: random delays, mid-request cuts and resets, and some 503s."""
         self.delay, self.jitter = delay, jitter
         self.cut_rate, self.reset_rate, self.error_rate = cut_rate, reset_rate, error_rate
@@ -134,8 +143,9 @@ class Proxy:
             self.connections += 1
             with self._lock:
                 self._conns |= {client, upstream}
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+            link = _Link()
+            threading.Thread(target=self._pipe, args=(client, upstream, True, link), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False, link), daemon=True).start()
 
     def _answer(self, client: socket.socket, status: int) -> None:
         """Read one request and answer it with *status* (JSON as the server would), then close."""
@@ -171,7 +181,7 @@ class Proxy:
         finally:
             _close(client)
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, up: bool, link: _Link) -> None:
         try:
             while True:
                 data = src.recv(_CHUNK)
@@ -185,19 +195,37 @@ class Proxy:
                     wait += len(data) / self.rate
                 if wait:
                     time.sleep(wait)
-                if self._chance(self.cut_rate) or self._chance(self.reset_rate):
-                    reset = self.reset_rate > 0 and (self.cut_rate <= 0 or self._chance(0.5))
-                    with self._lock:
-                        part = self._random.randrange(len(data) + 1)
+                if link.up is not up:
+                    # Data in the other direction than last time: a request or an answer begins.
+                    link.up = up
+                    link.cut_after = None
+                    if self._chance(self.cut_rate + self.reset_rate):
+                        with self._lock:
+                            within = len(data) if self._random.random() < 0.5 else 4 * 1024 * 1024
+                            link.cut_after = self._random.randrange(within + 1)
+                            link.reset = self._random.random() * (self.cut_rate + self.reset_rate) < self.reset_rate
+                lose = self._lose
+                if up and lose is not None and lose[0] in data[:4096] and not link.lose:
+                    link.lose = True
+                    self._lose = (lose[0], lose[1] - 1) if lose[1] > 1 else None
+                if not up and link.lose:
+                    self.lost_answers += 1
+                    _close(src)
+                    _close(dst)
+                    break
+                if link.cut_after is not None and link.cut_after < len(data):
+                    part = link.cut_after
                     dst.sendall(data[:part])
                     self._count(up, part)
-                    if reset:
+                    if link.reset:
                         self.resets += 1
                     else:
                         self.cuts += 1
-                    _close(src, reset=reset)
-                    _close(dst, reset=reset)
+                    _close(src, reset=link.reset)
+                    _close(dst, reset=link.reset)
                     break
+                if link.cut_after is not None:
+                    link.cut_after -= len(data)
                 if not self._online:
                     break
                 dst.sendall(data)
@@ -224,6 +252,16 @@ class Proxy:
         self._closed = True
         self._listener.close()
         self._cut_all()
+
+
+class _Link:
+    """What the two directions of one proxied connection share."""
+
+    def __init__(self) -> None:
+        self.up: bool | None = None  # direction of the last data
+        self.cut_after: int | None = None  # bytes of the current message to pass before a cut
+        self.reset = False
+        self.lose = False  # the answer to the request under way is to be lost
 
 
 def _close(sock: socket.socket, reset: bool = False) -> None:

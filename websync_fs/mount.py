@@ -106,6 +106,7 @@ class Mount:
     def _on_state(self, online: bool, error: str) -> None:
         if online and not self.online:
             self.uploader.reconnected()  # uploads waiting out a backoff go now
+            self.source.reconnected()
         if (online, error) != (self.online, self.error):
             self.online, self.error = online, error
             self._status_dirty.set()
@@ -133,7 +134,10 @@ class Mount:
 
     async def _status_writer(self) -> None:
         while True:
-            self.write_status()
+            try:
+                self.write_status()
+            except OSError as exc:  # a full disk must not end the mount; the next write may fit
+                log.warning("cannot write %s: %s", self.home.status_file, exc)
             self._status_dirty = trio.Event()
             with trio.move_on_after(2.0):
                 await self._status_dirty.wait()

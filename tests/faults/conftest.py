@@ -12,14 +12,16 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ import pytest
 
 from tests.clients import Machine, eventually
 from tests.conftest import MACHINE_SETTINGS
+from tests.faults.workload import Workload
 from tests.servers import ServerProcess, add_user
 
 
@@ -48,7 +51,6 @@ class Site:
     #: True for `own_site`: the test may kill and restart it.
     owned: bool = False
     port: int = 0
-    starts: list[float] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -60,6 +62,7 @@ class Site:
         self.process.kill()
 
     def stop(self) -> None:
+        """Stop the server the polite way (SIGTERM), as an operator or a reboot would."""
         assert self.owned, "only a test's own server may be stopped"
         self.process.stop()
 
@@ -76,10 +79,9 @@ class Site:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        self.starts.append(time.monotonic())
 
 
-_users = iter(range(1, 10**6))
+_users = itertools.count(1)
 
 
 @pytest.fixture
@@ -141,9 +143,12 @@ def make_machine(tmp_path: Path) -> Iterator[Callable[..., Machine]]:
 
 
 def _log_lines(machine: Machine) -> list[str]:
+    """The machine's log, and what its mount process printed (a crash's traceback lands there)."""
     lines: list[str] = []
-    for path in sorted((machine.home / "state").glob("websync.log*"), reverse=True):
-        lines += path.read_text(errors="replace").splitlines()
+    state = machine.home / "state"
+    for path in [*sorted(state.glob("websync.log*"), reverse=True), state / "mount.out"]:
+        if path.exists():
+            lines += path.read_text(errors="replace").splitlines()
     return lines
 
 
@@ -188,3 +193,24 @@ def timed_mount(machine: Machine) -> float:
     machine.mount()
     os.listdir(machine.mnt)
     return time.monotonic() - start
+
+
+def run_until_killed(machine: Machine, workload: Workload, rng: random.Random, ops: int,
+                     after: tuple[float, float]) -> None:
+    """Run the workload in a thread and SIGKILL the mount after a random time in *after*."""
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            workload.run(ops)
+        except BaseException as exc:  # reported in the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(rng.uniform(*after))
+    machine.kill()
+    thread.join(30)
+    assert not thread.is_alive(), "the workload hangs on the killed mount"
+    if errors:
+        raise errors[0]

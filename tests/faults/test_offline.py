@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import time
 from collections.abc import Callable
 
@@ -135,3 +136,56 @@ def _offline_case(site: Site, make_machine: Callable[..., Machine], proxy: Proxy
     for m in (a, b):
         eventually(lambda m=m: serverstate.read_tree(m.mnt) == expected, what=f"the same tree on {m.name}")
     assert read_bytes(a.path("from-b", "never-read.bin")) == big  # fetched now that it can be
+
+
+def test_a_hung_server_makes_reads_fail_in_bounded_time_not_hang(
+    own_site: Site, make_machine: Callable[..., Machine]
+) -> None:
+    """A server that accepts connections but never answers (stopped, swapping): reads fail, writes queue."""
+    a = make_machine("A", own_site, allow=(r"not available offline",))
+    b = make_machine("B", own_site)
+    data = os.urandom(3 * 1024 * 1024)
+    b.path("remote.bin").write_bytes(data)
+    eventually(lambda: a.path("remote.bin").exists(), what="B's file listed on A")
+    os.kill(own_site.process.pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        with pytest.raises(OSError) as failure:
+            read_bytes(a.path("remote.bin"))
+        took = time.monotonic() - start
+        print(f"a read from the hung server failed after {took:.1f} s with {errno.errorcode[failure.value.errno]}")
+        assert failure.value.errno in (errno.EIO, errno.ENETUNREACH)
+        assert took < 20
+        start = time.monotonic()
+        a.path("written-meanwhile.txt").write_bytes(b"queued\n")
+        assert sorted(os.listdir(a.mnt)) == ["remote.bin", "written-meanwhile.txt"]
+        assert time.monotonic() - start < 2
+    finally:
+        os.kill(own_site.process.pid, signal.SIGCONT)
+    eventually(lambda: read_bytes(a.path("remote.bin")) == data, what="the read to work again")
+    drained(a, timeout=90)
+    assert serverstate.tree(own_site.data_dir, own_site.user)["written-meanwhile.txt"] == b"queued\n"
+
+
+def test_queued_folder_moves_reach_the_server_in_an_order_it_accepts(
+    site: Site, make_machine: Callable[..., Machine]
+) -> None:
+    """Changes go up in order; one that waits (a file's rename waits a second, it may be a save)
+    must not let a later folder move overtake an earlier one: P into X is only legal once Y
+    (which holds X) has left P, so the server would refuse it as a cycle and the move be undone.
+    """
+    a = make_machine("A", site)
+    os.makedirs(a.path("P", "Q", "Y", "X"))
+    a.path("P", "Q", "Y", "f.txt").write_bytes(b"f\n")
+    drained(a)
+    os.rename(a.path("P", "Q", "Y", "f.txt"), a.path("P", "Q", "Y", "g.txt"))  # waits ~1 s
+    os.rename(a.path("P", "Q", "Y"), a.path("Y"))
+    os.rename(a.path("P"), a.path("Y", "X", "P"))
+    expected = {
+        "Y": serverstate.DIR, "Y/g.txt": b"f\n", "Y/X": serverstate.DIR,
+        "Y/X/P": serverstate.DIR, "Y/X/P/Q": serverstate.DIR,
+    }
+    assert serverstate.read_tree(a.mnt) == expected
+    drained(a)
+    assert serverstate.tree(site.data_dir, site.user) == expected
+    assert serverstate.read_tree(a.mnt) == expected

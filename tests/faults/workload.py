@@ -40,11 +40,13 @@ class Op:
 
 class Workload:
     def __init__(self, root: Path, seed: int, *, big: float = 0.01, max_big: int = 6 * 1024 * 1024,
-                 model: Tree | None = None) -> None:
+                 model: Tree | None = None, max_files: int = 0) -> None:
         self.root = root
         self.rng = random.Random(seed)
         self.model: Tree = dict(model or {})
         self.big = big
+        #: With more files than this (0: no limit), the workload deletes more than it writes.
+        self.max_files = max_files
         self.max_big = max_big
         self.done = 0
         self.counts: dict[str, int] = {}
@@ -99,14 +101,15 @@ class Workload:
 
     def step(self) -> None:
         files, dirs = self._files(), self._dirs()
+        shrink = bool(self.max_files) and len(files) > self.max_files
         choices: list[tuple[float, Callable[[], tuple[Op, Tree, Callable[[], None]]]]] = [
-            (30, self._write_new),
+            (5 if shrink else 30, self._write_new),
             (12 if files else 0, self._overwrite),
             (5 if files else 0, self._append),
             (4 if files else 0, self._fsync_write),
             (13 if files else 0, self._rename_file),
             (3 if len(files) > 1 else 0, self._rename_over),
-            (12 if files else 0, self._delete),
+            (40 if shrink else 12 if files else 0, self._delete),
             (8 if len(dirs) < 60 else 1, self._mkdir),
             (3 if len(dirs) > 1 else 0, self._rmdir),
             (3 if len(dirs) > 1 else 0, self._move_dir),
