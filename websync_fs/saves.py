@@ -76,7 +76,12 @@ class SaveDetector:
         if not (unsent and old_only_moved and new_born_here and old_items):
             return False
         with self.replica.tx():
-            for item in old_items + new_items:
+            # Only what took the document away from this name is undone; an earlier
+            # move that brought it here (moved, then saved) must still reach the server.
+            for item in old_items:
+                if (item.op.get("parent"), item.op.get("name")) == (parent, name):
+                    self.queue.replace(item, None)
+            for item in new_items:
                 self.queue.replace(item, None)
             fresh = new_node_id()
             self.replica.remap(old.id, fresh)

@@ -189,3 +189,28 @@ def test_queued_folder_moves_reach_the_server_in_an_order_it_accepts(
     drained(a)
     assert serverstate.tree(site.data_dir, site.user) == expected
     assert serverstate.read_tree(a.mnt) == expected
+
+
+def test_a_save_right_after_a_move_keeps_the_move(
+    site: Site, make_machine: Callable[..., Machine]
+) -> None:
+    """Move a document, then save it at once (GLib: write a temporary file, rename it over).
+
+    The save becomes one new version of the document; the move, still queued, must reach
+    the server too, or the document would stay at its old place there (and on every other
+    machine) while this one shows it at the new one.
+    """
+    a = make_machine("A", site)
+    b = make_machine("B", site)
+    os.mkdir(a.path("sub"))
+    a.path("doc.txt").write_bytes(b"v1\n")
+    drained(a)
+    os.rename(a.path("doc.txt"), a.path("sub", "doc.txt"))
+    a.path("sub", ".goutputstream-ABC123").write_bytes(b"v2\n")
+    os.rename(a.path("sub", ".goutputstream-ABC123"), a.path("sub", "doc.txt"))
+    expected = {"sub": serverstate.DIR, "sub/doc.txt": b"v2\n"}
+    assert serverstate.read_tree(a.mnt) == expected
+    drained(a)
+    assert serverstate.tree(site.data_dir, site.user) == expected
+    eventually(lambda: serverstate.read_tree(b.mnt) == expected, what="the moved, saved document on B")
+    assert serverstate.read_tree(a.mnt) == expected
