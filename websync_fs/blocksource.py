@@ -2,7 +2,10 @@
 
 Reads of a 4 MiB block arrive as many small FUSE reads; a small in-memory LRU
 keeps the last blocks so each is read and verified from disk once, and
-concurrent readers of one missing block share a single download.
+concurrent readers of one missing block share a single download -- and its
+failure: when the server cannot be reached, every reader hears so at once, and
+a block that just failed fails again at once for `FAILED_FOR` seconds (or
+until the server answers again) instead of each read waiting out the network.
 """
 
 from __future__ import annotations
