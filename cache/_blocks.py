@@ -39,8 +39,8 @@ protected          the same as clean: protection is not        clean until the o
 mid-evict          rows are deleted in one transaction, files  before the commit: unchanged; after it:
                    after it commits                            evicted, with orphans for `verify`
 power loss         SQLite runs WAL with synchronous=NORMAL     the last rows may be gone (absent again), or
-                   and block files are not fsync'd             a row may outlive its file's bytes; the get
-                                                               that finds bad bytes drops them and misses
+                   and block files are not fsync'd, except     a row may outlive its file's bytes; the get
+                   those passed to `sync` (a writer's fsync)   that finds bad bytes drops them and misses
 =================  ==========================================  ============================================
 
 Damaged bytes are never returned: every get rehashes what it read.
@@ -154,6 +154,10 @@ class BlockCache:
         if not self._store.refresh(h):
             self._store.insert(h, data)
         self._evict(self._limit, spare=h)
+
+    def sync(self, hashes: Iterable[str]) -> None:
+        """Make blocks *hashes* survive a power loss (the writer's fsync); absent ones are skipped."""
+        self._store.sync([_check_hash(h) for h in hashes])
 
     def contains(self, h: str) -> bool:
         """True if block *h* is present; neither reads its bytes nor refreshes it."""

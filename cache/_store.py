@@ -254,6 +254,28 @@ class BlockStore:
             self._discard(h, name)
             raise
 
+    def sync(self, hashes: Iterable[str]) -> None:
+        """Make the files of *hashes* and the index rows naming them survive a power loss."""
+        folders: set[str] = set()
+        with _translated("sync the cache"):
+            for h in hashes:
+                row = self._db._sql("SELECT filename FROM Cache WHERE key = ? AND raw = 1", (h,)).fetchone()
+                if row is None or row[0] is None:
+                    continue
+                path = os.path.join(self._directory, row[0])
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                folder = os.path.dirname(path)
+                folders.update((folder, os.path.dirname(folder)))
+            for folder in folders:
+                _fsync_dir(folder)
+            with self._write_lock:
+                # WAL with synchronous=NORMAL syncs the log only at a checkpoint.
+                self._db._sql("PRAGMA wal_checkpoint(FULL)").fetchall()
+
     def drop(self, h: str, filename: str | None, *, counted_as_hit: bool = False) -> bool:
         """Delete the entry *h* if it still points at *filename*; True if it did.
 
@@ -462,6 +484,14 @@ def _write_new_file(path: str, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.remove(path)
         raise
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _is_disk_full(exc: BaseException | None) -> bool:

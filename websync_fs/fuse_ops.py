@@ -47,7 +47,9 @@ def translate(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[
         except pyfuse3.FUSEError:
             raise
         except OSError as exc:
-            log.error("%s failed: %s", fn.__name__, exc)
+            # A full disk is the user's to fix, not a fault of ours: the writer gets ENOSPC.
+            level = logging.WARNING if exc.errno in (errno.ENOSPC, errno.EDQUOT) else logging.ERROR
+            log.log(level, "%s failed: %s", fn.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         except Exception:
             log.exception("unexpected error in %s", fn.__name__)

@@ -76,7 +76,7 @@ class Mount:
 
         self.vfs = Vfs(
             self.db, self.replica, self.queue, self.source, store_block,
-            self.cache.unprotect, home.work_dir, hold_blocks=self.cache.protect,
+            self.cache.unprotect, home.work_dir, hold_blocks=self.cache.protect, sync_blocks=self.cache.sync,
             names=NamePolicy(settings.local_only, settings.temporary),
             temporary_quiet=settings.temporary_quiet_period, replace_quiet=settings.replace_quiet_period,
         )

@@ -33,6 +33,7 @@ import json
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
+from collections.abc import Collection
 from typing import Any
 
 from websync_server.protocol import ROOT_ID, BlockHash, Entry, Node, NodeId
@@ -254,8 +255,11 @@ class Replica:
     def set_orphan(self, node: str, orphan: bool = True) -> None:
         self._db.execute("UPDATE nodes SET orphan=? WHERE id=?", (int(orphan), node))
 
-    def purge_orphans(self) -> int:
-        return self._db.execute("DELETE FROM nodes WHERE orphan=1").rowcount
+    def purge_orphans(self, keep: Collection[str] = ()) -> int:
+        """Forget nodes no entry names, except *keep* (queued items still send their content)."""
+        gone = [r[0] for r in self._db.execute("SELECT id FROM nodes WHERE orphan=1") if r[0] not in keep]
+        self._db.executemany("DELETE FROM nodes WHERE id=?", [(n,) for n in gone])
+        return len(gone)
 
     def remap(self, old: str, new: NodeId, seq: int = 0) -> None:
         """Give node *old* the server id *new*, keeping its inode number."""

@@ -54,6 +54,7 @@ from websync_server.protocol import (
     ROOT_ID,
     BlockHash,
     Conflict,
+    Node,
     NodeId,
     new_node_id,
 )
@@ -141,6 +142,7 @@ def _first_remote_error(group: BaseExceptionGroup[BaseException]) -> RemoteError
     return leaf
 
 
+_MADE = (OP_CREATE, OP_MKDIR, OP_SYMLINK, OP_MKNOD)
 _NODE_OPS = (OP_CREATE, OP_MKDIR, OP_SYMLINK, OP_MKNOD, OP_UPDATE, OP_SETATTR)
 
 
@@ -165,9 +167,10 @@ class Uploader:
         self._retry = trio.Event()
         self._attempt_bytes = 0  # block bytes the current send() got through
         #: Batches whose commit went out (here, or before a restart: those found "uploading")
-        #: and got no answer yet.  The server may have applied one: it must go again under
-        #: its own id, whatever fails meanwhile, or the changes would be applied twice.
-        self._sent: set[str] = set()
+        #: and got no answer yet, with the ops sent.  The server may have applied one: it
+        #: must go again under its own id with the same ops (the server checks a batch's ops
+        #: before it looks up its id), whatever fails meanwhile, or it would be applied twice.
+        self._sent: dict[str, list[dict[str, Any]] | None] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -185,7 +188,7 @@ class Uploader:
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        self._sent |= {item.batch for item in self.queue.inflight() if item.batch}
+        self._sent.update(dict.fromkeys(item.batch for item in self.queue.inflight() if item.batch))
         while True:
             # A batch whose commit got no answer (cut connection, crash) is sent again as it
             # was, under its batch id, before anything else: the server applies an id once.
@@ -213,7 +216,7 @@ class Uploader:
         try:
             await self._commit(batch)
         except CommitConflict as exc:
-            self._sent.discard(batch[0].batch or "")  # refused: it was not applied
+            self._sent.pop(batch[0].batch or "", None)  # refused: it was not applied
             log.info("commit refused: %s", exc)
             try:
                 await self._settle_conflict(batch, exc.conflict)
@@ -240,7 +243,7 @@ class Uploader:
             await self._pause(delay)
             return False
         except (BadRequest, NotFound, _LostBlock) as exc:
-            self._sent.discard(batch[0].batch or "")  # refused: it was not applied
+            self._sent.pop(batch[0].batch or "", None)  # refused: it was not applied
             self._refused(batch, exc)
             return False
         except ServerFull as exc:
@@ -270,7 +273,7 @@ class Uploader:
             self.on_state(False, str(exc))
             await self._pause(delay)
             return False
-        self._sent.discard(batch[0].batch or "")
+        self._sent.pop(batch[0].batch or "", None)
         self.failures = 0
         self.last_error = ""
         self._max_ops = min(MAX_OPS, self._max_ops * 2)
@@ -329,7 +332,8 @@ class Uploader:
         return [*before, op]
 
     async def _commit(self, batch: list[Item]) -> None:
-        ops = [op for item in batch for op in self._ops(item)]
+        batch_id = batch[0].batch or ""
+        ops = self._sent.get(batch_id) or [op for item in batch for op in self._ops(item)]
         hashes = list(dict.fromkeys(h for op in ops for h in op.get("blocks", ())))
         missing = await self._again(self.remote.missing, [BlockHash(h) for h in hashes])
         if missing:
@@ -346,8 +350,7 @@ class Uploader:
                 # (the blocks that did go up stay on the server: a retry skips them).
                 # Left wrapped, it would end the uploader and with it the mount.
                 raise _first_remote_error(group) from group
-        batch_id = batch[0].batch or ""
-        self._sent.add(batch_id)
+        self._sent[batch_id] = ops
         try:
             seq = await self.remote.commit(batch_id, ops)
         except Offline as exc:
@@ -439,7 +442,9 @@ class Uploader:
             self._update_conflict(item, op, conflict, inv)
         elif kind == OP_MKDIR and reason == CONFLICT_EXISTS and conflict.node and conflict.node.kind == KIND_DIR:
             self._merge_folders(item, op, conflict.node, inv)
-        elif kind in (OP_CREATE, OP_MKDIR, OP_SYMLINK, OP_MKNOD):
+        elif kind in _MADE and reason == CONFLICT_EXISTS and conflict.node and conflict.node.id == op["id"]:
+            self._already_made(item, op, conflict.node)
+        elif kind in _MADE:
             self._create_conflict(item, op, reason, inv)
         elif kind == OP_DELETE:
             with self.replica.tx():
@@ -542,6 +547,17 @@ class Uploader:
         if ino is not None:
             inv.inodes.append(ino)
         log.warning("folder %s was made on another machine too: merged", op["name"])
+
+    def _already_made(self, item: Item, op: dict[str, Any], node: Node) -> None:
+        """Our own create was applied before (its answer was lost): send only what it adds."""
+        log.info("%s was made before: its create is not sent again", op["name"])
+        with self.replica.tx():
+            if op["op"] == OP_CREATE and (list(node.blocks), node.size) != (list(op.get("blocks", [])), op.get("size", 0)):
+                self.replica.update_node(node.id, seq=node.seq)  # the base of the update that follows
+                self.queue.replace(item, {"op": OP_UPDATE, "id": node.id, "size": op.get("size", 0),
+                                          "blocks": op.get("blocks", []), "mtime_ns": op.get("mtime_ns", 0)})
+            else:
+                self.queue.replace(item, None)
 
     def _create_conflict(self, item: Item, op: dict[str, Any], reason: str, inv: Invalidation) -> None:
         parent = op["parent"]

@@ -112,6 +112,7 @@ class Vfs:
         store_block: Callable[[str, bytes], None], release_blocks: Callable[[list[str]], None],
         work_dir: Path, *, uid: int | None = None, gid: int | None = None,
         hold_blocks: Callable[[list[str]], None] = lambda hashes: None,
+        sync_blocks: Callable[[list[str]], None] = lambda hashes: None,
         names: NamePolicy | None = None, temporary_quiet: float = 3.0, replace_quiet: float = 1.0,
     ) -> None:
         self._db = db
@@ -121,6 +122,7 @@ class Vfs:
         self._store_block = store_block
         self._release_blocks = release_blocks
         self._hold_blocks = hold_blocks
+        self._sync_blocks = sync_blocks
         self.names = names or NamePolicy()
         self.temporary_quiet = temporary_quiet
         self.replace_quiet = replace_quiet
@@ -144,7 +146,9 @@ class Vfs:
             # Unsealed bytes of a killed session: what was closed is queued already.
             leftover.unlink()
         with self._db.tx():
-            self.replica.purge_orphans()
+            # An orphan a queued item still names (a file written, then deleted before it
+            # went up) keeps its row until that item is sent: the item reads it.
+            self.replica.purge_orphans(keep=self.queue.pending_nodes())
 
     # -- helpers -------------------------------------------------------------
     def _row(self, ino: int) -> NodeRow:
@@ -696,6 +700,10 @@ class Vfs:
             work = self._work.get(handle.ino)
             if work is not None:
                 await trio.to_thread.run_sync(work.fsync)
+            row = self.replica.get(handle.ino)
+            if row is not None:
+                # The queued update names these blocks: they must outlive a power loss too.
+                await trio.to_thread.run_sync(self._sync_blocks, [str(h) for h in row.blocks])
         # On this thread: the connection is the loop's, and a second thread on it
         # finds its tables locked.  A checkpoint takes milliseconds.
         self._db.sync()

@@ -11,8 +11,13 @@ Item state machine::
         |  close / fsync seals the file and enqueues
         v
     queued --take()--> uploading --done()--> (row deleted: committed)
-       ^                   |
-       +------fail()-------+   back to queued, attempts+1, ready_at = now + backoff
+       ^                   |   |
+       +------fail()-------+   +-- no answer (cut connection, timeout): stays
+             back to queued,       uploading under its batch id; the uploader
+             attempts+1,           sends the same ops under that id again before
+             ready_at = now +      anything else, until the server answers
+             backoff (refused, or
+             the blocks never went up)
 
 What happens on a crash (kill -9, power cut) in each state:
 

@@ -33,10 +33,16 @@ Tree = dict[str, "bytes | Link | None"]
 
 
 def _connect(data_dir: Path) -> sqlite3.Connection:
-    # A normal (read-write) connection: opening the database after a crash
-    # replays its WAL, exactly as the restarted server would.
-    conn = sqlite3.connect(str(data_dir / "websync.db"), timeout=30)
+    """A connection reading one snapshot: `BEGIN` at once, so every SELECT sees the same commits.
+
+    Without it each statement would see the database as it is then, and a commit of the
+    running server between two of them would look like an inconsistency.  A normal
+    (read-write) connection: opening the database after a crash replays its WAL,
+    exactly as the restarted server would.
+    """
+    conn = sqlite3.connect(str(data_dir / "websync.db"), timeout=30, isolation_level=None)
     conn.row_factory = sqlite3.Row
+    conn.execute("BEGIN")
     return conn
 
 
@@ -45,10 +51,13 @@ def block_path(data_dir: Path, user: str, h: str) -> Path:
 
 
 def store_of(data_dir: Path, user: str) -> str:
-    with _connect(data_dir) as conn:
+    conn = _connect(data_dir)
+    try:
         row = conn.execute(
             "SELECT stores.id FROM stores JOIN users ON stores.owner = users.id WHERE users.name = ?", (user,)
         ).fetchone()
+    finally:
+        conn.close()
     assert row is not None, f"no store for user {user}"
     return str(row[0])
 

@@ -73,6 +73,9 @@ def test_soak(own_site: Site, make_machine: Callable[..., Machine], seed: int) -
         mounts: list[float] = []
         end = time.monotonic() + MINUTES * 60
         while time.monotonic() < end:
+            # The client finds the server again on its own after every fault (its backoff is
+            # capped at 30 s for the journal, 60 s for uploads); the next fault starts from there.
+            eventually(lambda: status(a)["online"], timeout=120, what="A to reach the server again")
             fault = rng.choice(["client killed", "server killed", "server down", "bad network", "network cut"])
             rounds[fault] += 1
             started = time.monotonic()
