@@ -209,6 +209,10 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
     # -- extended attributes -------------------------------------------------------
     @translate
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        if not name.startswith(b"user."):
+            # `ls -l` asks every file for security.selinux and the ACLs; only user.* are
+            # ever stored, so answer at once.
+            raise pyfuse3.FUSEError(errno.ENODATA)
         if name == STATE_XATTR and self.file_state is not None:
             return self.file_state(inode).encode()
         return self.vfs.getxattr(inode, _name(name))

@@ -134,6 +134,11 @@ class Replica:
     def get(self, ino: int) -> NodeRow | None:
         return _row(self._db.execute(f"SELECT {_COLS} FROM nodes WHERE ino=?", (ino,)).fetchone())
 
+    def xattrs_of(self, ino: int) -> dict[str, str] | None:
+        """The extended attributes of inode *ino* (None: no such node); cheaper than `get`."""
+        row = self._db.execute("SELECT xattrs FROM nodes WHERE ino=?", (ino,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
     def by_id(self, node: str) -> NodeRow | None:
         return _row(self._db.execute(f"SELECT {_COLS} FROM nodes WHERE id=?", (node,)).fetchone())
 

@@ -365,6 +365,11 @@ class WriteBackQueue:
                 self._db.execute("DELETE FROM items WHERE n=?", (item.n,))
                 self._unprotect(item.blocks)
 
+    def first_error(self) -> str:
+        """Why the oldest change that failed to go is still waiting ('' if none failed)."""
+        row = self._db.execute("SELECT error FROM items WHERE error != '' ORDER BY n LIMIT 1").fetchone()
+        return str(row[0]) if row else ""
+
     def fail(self, items: list[Item], delay: float, error: str) -> None:
         """Put a batch back to queued; it is retried as a new batch after *delay*."""
         with self._tx():

@@ -1,5 +1,6 @@
 """The soak: every fault of this suite, at random, for as long as you like.
 
+    .venv/bin/python -m pytest tests/faults -k soak -s          # bounded: each fault once, short
     .venv/bin/python -m pytest tests/faults --slow -k soak -s
     WEBSYNC_SOAK_MINUTES=60 .venv/bin/python -m pytest tests/faults --slow -k soak -s
 
@@ -33,6 +34,10 @@ from tests.proxy import Proxy
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
 MINUTES = float(os.environ.get("WEBSYNC_SOAK_MINUTES", "10"))
+FAULTS = ["client killed", "server killed", "server down", "bad network", "network cut"]
+#: Seconds a fault lasts (server down, bad network, network cut): soak vs the bounded run.
+LONG = {"server down": (30, 180), "bad network": (10, 60), "network cut": (5, 60)}
+SHORT = {"server down": (8, 20), "bad network": (5, 12), "network cut": (3, 10)}
 
 
 @contextmanager
@@ -62,8 +67,14 @@ def working(workload: Workload) -> Iterator[None]:
 
 
 @pytest.mark.timeout(int(MINUTES * 60) + 1200)
-def test_soak(own_site: Site, make_machine: Callable[..., Machine], seed: int) -> None:
+def test_soak(
+    own_site: Site, make_machine: Callable[..., Machine], seed: int, request: pytest.FixtureRequest
+) -> None:
+    """With --slow: faults at random for MINUTES; without: each fault once, briefly (in every run)."""
     rng = random.Random(seed)
+    soak = bool(request.config.getoption("--slow"))
+    lasting = LONG if soak else SHORT
+    bounded = rng.sample(FAULTS, len(FAULTS))
     proxy = Proxy(own_site.port, seed=seed)
     try:
         a = make_machine("A", own_site, url=proxy.url, allow=(r"not available offline",))
@@ -72,11 +83,11 @@ def test_soak(own_site: Site, make_machine: Callable[..., Machine], seed: int) -
         rounds: Counter[str] = Counter()
         mounts: list[float] = []
         end = time.monotonic() + MINUTES * 60
-        while time.monotonic() < end:
+        while (time.monotonic() < end) if soak else bounded:
             # The client finds the server again on its own after every fault (its backoff is
             # capped at 30 s for the journal, 60 s for uploads); the next fault starts from there.
             eventually(lambda: status(a)["online"], timeout=120, what="A to reach the server again")
-            fault = rng.choice(["client killed", "server killed", "server down", "bad network", "network cut"])
+            fault = rng.choice(FAULTS) if soak else bounded.pop()
             rounds[fault] += 1
             started = time.monotonic()
             if fault == "client killed":
@@ -95,7 +106,7 @@ def test_soak(own_site: Site, make_machine: Callable[..., Machine], seed: int) -
                 with working(workload):
                     time.sleep(rng.uniform(0.5, 3.0))
                     own_site.stop()
-                    down = rng.uniform(30, 180)
+                    down = rng.uniform(*lasting["server down"])
                     time.sleep(down / 2)
                     info = status(a)
                     assert not info["online"]
@@ -105,13 +116,13 @@ def test_soak(own_site: Site, make_machine: Callable[..., Machine], seed: int) -
             elif fault == "bad network":
                 proxy.chaos(jitter=0.01, cut_rate=0.08, reset_rate=0.08, error_rate=0.25)
                 with working(workload):
-                    time.sleep(rng.uniform(10, 60))
+                    time.sleep(rng.uniform(*lasting["bad network"]))
                 proxy.calm()
             else:
                 with working(workload):
                     time.sleep(rng.uniform(0.5, 3.0))
                     proxy.online = False
-                    time.sleep(rng.uniform(5, 60))
+                    time.sleep(rng.uniform(*lasting["network cut"]))
                     proxy.online = True
             assert serverstate.problems(own_site.data_dir, own_site.user, rehash=False) == []
             print(f"{fault}: {time.monotonic() - started:.0f} s; {workload.done} ops so far, "
@@ -125,7 +136,7 @@ def test_soak(own_site: Site, make_machine: Callable[..., Machine], seed: int) -
         c = make_machine("C", own_site)
         workload.check(serverstate.read_tree(c.mnt), "a fresh machine")
         slowest = max(mounts, default=0.0)
-        print(f"soak: {MINUTES:g} min, {workload.done} ops {dict(workload.counts)}; rounds {dict(rounds)}; "
+        print(f"soak: {f'{MINUTES:g} min' if soak else 'bounded'}, {workload.done} ops {dict(workload.counts)}; rounds {dict(rounds)}; "
               f"{len(mounts)} remounts after kill -9, slowest {slowest:.2f} s; "
               f"network: {proxy.cuts} cuts, {proxy.resets} resets, {proxy.errors} 503s; "
               f"{len(workload.model)} paths at the end")

@@ -213,12 +213,12 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool) -> None:
     else:
         online, error = _probe(home)
     # The queue itself is the truth about what waits (the daemon's file lags).
-    pending, pending_bytes = _queue_size(home)
+    pending, pending_bytes, held = _queue_size(home)
     info = {
         "server": settings.server, "user": settings.user, "device": settings.device,
         "online": online, "error": error, "mounted": pid is not None,
         "mountpoint": daemon.get("mountpoint", ""), "pid": pid,
-        "pending": pending, "pending_bytes": pending_bytes,
+        "pending": pending, "pending_bytes": pending_bytes, "held": held,
     }
     if files is not None:
         info["files"] = files
@@ -230,22 +230,25 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool) -> None:
         click.echo(f"connection: {'online' if online else 'offline'}{f' ({error})' if error else ''}")
         click.echo(f"mounted:    {info['mountpoint']} (process {pid})" if pid else "mounted:    no")
         click.echo(f"pending:    {pending} change(s), {human(pending_bytes)} waiting for upload")
+        if held:
+            click.echo(f"held back:  {held}")
         for line in state_lines(files or []):
             click.echo(line)
     if "token" in error and not online:
         raise Unauthorized("the server refused this device's token; run 'websync login' again")
 
 
-def _queue_size(home: Home) -> tuple[int, int]:
+def _queue_size(home: Home) -> tuple[int, int, str]:
+    """Changes waiting, their bytes, and why the oldest failed one has not gone yet."""
     if not home.replica_db.exists():
-        return 0, 0
+        return 0, 0, ""
     from ..statedb import StateDb
     from ..writeback import WriteBackQueue
 
     db = StateDb(home.replica_db)
     try:
         queue = WriteBackQueue(db)
-        return len(queue), queue.pending_bytes()
+        return len(queue), queue.pending_bytes(), queue.first_error()
     finally:
         db.close()
 
