@@ -134,6 +134,10 @@ class Replica:
     def get(self, ino: int) -> NodeRow | None:
         return _row(self._db.execute(f"SELECT {_COLS} FROM nodes WHERE ino=?", (ino,)).fetchone())
 
+    def is_orphan(self, ino: int) -> bool:
+        """True if inode *ino* is a node no entry names (the kernel forgets thousands at once)."""
+        return self._db.execute("SELECT 1 FROM nodes WHERE ino=? AND orphan=1", (ino,)).fetchone() is not None
+
     def xattrs_of(self, ino: int) -> dict[str, str] | None:
         """The extended attributes of inode *ino* (None: no such node); cheaper than `get`."""
         row = self._db.execute("SELECT xattrs FROM nodes WHERE ino=?", (ino,)).fetchone()

@@ -75,6 +75,14 @@ class SaveDetector:
         new_born_here = bool(new_items) and new_items[0].op["op"] == OP_CREATE
         if not (unsent and old_only_moved and new_born_here and old_items):
             return False
+        if (old_items[-1].op.get("parent"), old_items[-1].op.get("name")) != (parent, name):
+            # The document went on from there (moved again, deleted elsewhere): leaving
+            # this name was not the last thing that happened to it, so this is no save.
+            return False
+        if self.queue.nodes_placed_at(parent, name) - {row.id, old.id}:
+            # Something else stood at this name in between (a folder made there, a file
+            # moved there and away again): its queued ops need the old file gone first.
+            return False
         with self.replica.tx():
             # Only what took the document away from this name is undone; an earlier
             # move that brought it here (moved, then saved) must still reach the server.

@@ -456,6 +456,7 @@ class Uploader:
                 new_name = self._free_name(op["new_parent"], op["new_name"])
                 self._move_entry(op["new_parent"], op["new_name"], new_name, op["id"], inv)
                 self.queue.replace(item, dict(op, new_name=new_name))
+                self.queue.remap_entry(op["new_parent"], op["new_name"], op["new_parent"], new_name, op["id"])
         elif kind == OP_RENAME:
             await self._take_server_placement(item, op["id"], inv)
         else:
@@ -535,7 +536,7 @@ class Uploader:
                 if self.replica.lookup(theirs.id, name) is not None:
                     free = self._free_name(theirs.id, name)
                     self._move_entry(ours, name, free, _row.id, inv)
-                    self.queue.remap_entry(ours, name, ours, free)
+                    self.queue.remap_entry(ours, name, ours, free, _row.id)
             if self.replica.by_id(theirs.id) is not None:
                 # Known here only through the journal (its name was ours): ours takes its place.
                 self.replica.drop_node(theirs.id)
@@ -576,12 +577,16 @@ class Uploader:
             else:
                 new_parent = parent
             new_name = self._free_name(new_parent, op["name"])
-            self.replica.remove_entry(parent, op["name"])
-            self.replica.set_entry(new_parent, new_name, op["id"])
-            self._entry_changed(parent, op["name"], inv)
-            self._entry_changed(new_parent, new_name, inv)
+            here = self.replica.lookup(parent, op["name"])
+            if here is not None and here.id == op["id"]:
+                self.replica.remove_entry(parent, op["name"])
+                self.replica.set_entry(new_parent, new_name, op["id"])
+                self._entry_changed(parent, op["name"], inv)
+                self._entry_changed(new_parent, new_name, inv)
+            # Otherwise it has moved on here (a queued rename takes it from the conflict
+            # name) and the name holds something else now, which stays.
             self.queue.replace(item, dict(op, parent=new_parent, name=new_name))
-            self.queue.remap_entry(parent, op["name"], new_parent, new_name)
+            self.queue.remap_entry(parent, op["name"], new_parent, new_name, op["id"])
 
     def _restore(self, op: dict[str, Any], conflict: Conflict, inv: Invalidation) -> None:
         node = conflict.node
@@ -596,6 +601,9 @@ class Uploader:
         log.warning("%s was changed on another machine after it was deleted here: restored", name)
 
     def _move_entry(self, parent: str, old: str, new: str, node: str, inv: Invalidation) -> None:
+        here = self.replica.lookup(parent, old)
+        if here is None or here.id != node:
+            return  # moved on here since: the name holds something else now, which stays
         self.replica.remove_entry(parent, old)
         self.replica.set_entry(parent, new, node)
         self._entry_changed(parent, old, inv)

@@ -221,6 +221,8 @@ class Vfs:
             self._maybe_drop(ino)
 
     def _maybe_drop(self, ino: int) -> None:
+        if not self.replica.is_orphan(ino):
+            return
         row = self.replica.get(ino)
         if (
             row and row.orphan and not self.inodes.known(ino) and not self.handles.open_on(ino)

@@ -173,6 +173,15 @@ class WriteBackQueue:
             rows = self._db.execute(f"SELECT {_ICOLS} FROM items WHERE node=? ORDER BY n", (node,))
         return [_item(r) for r in rows]
 
+    def nodes_placed_at(self, parent: str, name: str) -> set[str]:
+        """Nodes that queued items put at ``parent/name`` (made there, or moved or linked there)."""
+        rows = self._db.execute(
+            "SELECT node FROM items WHERE parent=? AND name=? AND json_extract(op, '$.op') IN (?,?,?,?,?)"
+            " UNION SELECT node FROM items WHERE new_parent=? AND new_name=?",
+            (parent, name, *_BORN, OP_LINK, parent, name),
+        )
+        return {r[0] for r in rows}
+
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM items").fetchone()[0])
 
@@ -402,10 +411,13 @@ class WriteBackQueue:
                 if changed:
                     self._store(item.n, op)
 
-    def remap_entry(self, parent: str, name: str, new_parent: str, new_name: str) -> None:
-        """Every item that names the entry ``parent/name`` now names ``new_parent/new_name``."""
+    def remap_entry(self, parent: str, name: str, new_parent: str, new_name: str, node: str) -> None:
+        """Every item of *node* that names the entry ``parent/name`` now names ``new_parent/new_name``.
+
+        Items of other nodes keep the name: they were put there after *node* left it.
+        """
         with self._tx():
-            for item in self.items():
+            for item in self.items(node):
                 op = item.op
                 changed = False
                 if (op.get("parent"), op.get("name")) == (parent, name):

@@ -46,7 +46,6 @@ def proxy_for(site: Site, seed: int) -> Callable[[], Proxy]:
         p.close()
 
 
-@pytest.mark.xfail(reason="random long workload: its last known bug (a save right after a move) is fixed; kept non-strict until many seeds pass (docs/durability.md)", strict=False)
 def test_workload_through_a_bad_network_converges_with_zero_loss(
     site: Site, make_machine: Callable[..., Machine], proxy_for: Callable[[], Proxy], seed: int
 ) -> None:

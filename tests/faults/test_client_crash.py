@@ -37,7 +37,6 @@ def check_everywhere(site: Site, make_machine: Callable[..., Machine], workload:
     workload.check(serverstate.read_tree(c.mnt), "a fresh machine")
 
 
-@pytest.mark.xfail(reason="random long workload: its last known bug (a save right after a move) is fixed; kept non-strict until many seeds pass (docs/durability.md)", strict=False)
 def test_kill_during_a_thousand_ops_loses_nothing_closed(
     site: Site, make_machine: Callable[..., Machine], seed: int
 ) -> None:

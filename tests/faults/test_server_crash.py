@@ -27,7 +27,6 @@ from tests.proxy import Proxy
 pytestmark = pytest.mark.mount
 
 
-@pytest.mark.xfail(reason="random long workload: its last known bug (a save right after a move) is fixed; kept non-strict until many seeds pass (docs/durability.md)", strict=False)
 def test_server_killed_during_uploads_and_commits_stays_consistent(
     own_site: Site, make_machine: Callable[..., Machine], seed: int
 ) -> None:
