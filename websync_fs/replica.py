@@ -99,6 +99,15 @@ class NodeRow:
 _COLS = "ino, id, kind, mode, size, mtime_ns, ctime_ns, blocks, target, seq, orphan, local, rdev, xattrs"
 
 
+_NCOLS = ", ".join("n." + c.strip() for c in _COLS.split(","))
+#: A node's link count as `Vfs.attr` computes it (folders: 2 + subfolders; orphans: 0).
+_LINKS = (
+    "CASE WHEN n.kind = 'dir' THEN 2 + (SELECT count(*) FROM entries s JOIN nodes sn ON sn.id = s.node"
+    " WHERE s.parent = n.id AND sn.kind = 'dir')"
+    " WHEN n.orphan THEN 0 ELSE max(1, (SELECT count(*) FROM entries l WHERE l.node = n.id)) END"
+)
+
+
 def _row(r: tuple[Any, ...] | None) -> NodeRow | None:
     if r is None:
         return None
@@ -166,15 +175,25 @@ class Replica:
 
     def listing(self, parent: str) -> list[tuple[str, NodeRow, int]]:
         """Every entry of *parent* with its node and link count, in one query (for readdir)."""
-        cols = ", ".join("n." + c.strip() for c in _COLS.split(","))
         rows = self._db.execute(
-            f"SELECT e.name, {cols}, CASE WHEN n.kind = 'dir' THEN 2 + "
-            "(SELECT count(*) FROM entries s JOIN nodes sn ON sn.id = s.node WHERE s.parent = n.id AND sn.kind = 'dir')"
-            " ELSE (SELECT count(*) FROM entries l WHERE l.node = n.id) END "
-            "FROM entries e JOIN nodes n ON n.id = e.node WHERE e.parent=? ORDER BY e.name",
+            f"SELECT e.name, {_NCOLS}, {_LINKS} FROM entries e JOIN nodes n ON n.id = e.node"
+            " WHERE e.parent=? ORDER BY e.name",
             (parent,),
         ).fetchall()
         return [(r[0], _row(r[1:-1]), r[-1]) for r in rows]  # type: ignore[misc]
+
+    def with_links(self, ino: int) -> tuple[NodeRow, int] | None:
+        """Node *ino* and its link count in one query (for getattr: `stat` is the commonest call)."""
+        r = self._db.execute(f"SELECT {_NCOLS}, {_LINKS} FROM nodes n WHERE n.ino=?", (ino,)).fetchone()
+        return None if r is None else (_row(r[:-1]), r[-1])  # type: ignore[return-value]
+
+    def lookup_with_links(self, parent: str, name: str) -> tuple[NodeRow, int] | None:
+        """The node named ``parent/name`` and its link count in one query (for lookup)."""
+        r = self._db.execute(
+            f"SELECT {_NCOLS}, {_LINKS} FROM entries e JOIN nodes n ON n.id = e.node WHERE e.parent=? AND e.name=?",
+            (parent, name),
+        ).fetchone()
+        return None if r is None else (_row(r[:-1]), r[-1])  # type: ignore[return-value]
 
     def has_children(self, parent: str) -> bool:
         return self._db.execute("SELECT 1 FROM entries WHERE parent=? LIMIT 1", (parent,)).fetchone() is not None

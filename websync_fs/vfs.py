@@ -195,15 +195,18 @@ class Vfs:
         pdir = self._dir(parent)
         if name == ".":
             return self.attr(pdir)
-        row = self.replica.lookup(pdir.id, name)
-        if row is None:
+        found = self.replica.lookup_with_links(pdir.id, name)
+        if found is None:
             if len(os.fsencode(name)) > NAME_MAX:
                 raise FsError(errno.ENAMETOOLONG)
             raise FsError(errno.ENOENT)
-        return self.attr(row)
+        return self.attr(*found)
 
     def getattr(self, ino: int) -> FileAttr:
-        return self.attr(self._row(ino))
+        found = self.replica.with_links(ino)
+        if found is None:
+            raise FsError(errno.ENOENT)
+        return self.attr(*found)
 
     def listdir(self, ino: int) -> list[tuple[str, FileAttr]]:
         pdir = self._dir(ino)
