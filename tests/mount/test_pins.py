@@ -342,7 +342,8 @@ def test_file_states_show_in_status_and_as_an_xattr(a: Machine, b: Machine) -> N
     # Not listed, so that cp -a, rsync -X and tar --xattrs do not carry a machine's state away.
     assert "user.websync.state" not in os.listxattr(b.path("small.txt"))
     assert b.path("small.txt").read_text() == "hello"
-    assert state("small.txt") == "cached"
+    # Written to the cache in the background, right after the read is answered.
+    eventually(lambda: state("small.txt") == "cached", what="small.txt cached")
     with open(b.path("big.bin"), "rb") as f:
         f.read(100)
     eventually(lambda: state("big.bin") == "partly-cached", what="big.bin partly cached")
@@ -368,7 +369,8 @@ def test_verify_drops_a_damaged_block_and_fetches_it_again(a: Machine, b: Machin
     wait_uploaded(a)
     eventually(lambda: read_bytes(b.path("f.bin")) == data, what="f.bin on B")
     h = hashlib.sha256(data).hexdigest()
-    (stored,) = (b.home / "cache" / "blocks").rglob(f"{h}*.val")
+    # The read is answered first; the block reaches the cache right after.
+    (stored,) = eventually(lambda: list((b.home / "cache" / "blocks").rglob(f"{h}*.val")), what="f.bin cached")
     stored.write_bytes(b"\0" * 100 + stored.read_bytes()[100:])
 
     answer = cli_json(b, "cache", "verify")
