@@ -1,10 +1,10 @@
 """Where file content comes from: memory, the disk cache, or the server.
 
 Reads of a 4 MiB block arrive as many small FUSE reads.  A block on disk is
-read in place, only the asked range (`BlockCache.read`).  The first read of a
-block that is not here is answered with a ranged GET of just its bytes while
-the whole block downloads as read-ahead; a program streaming through a file
-waits for the whole block instead.  A downloaded block is checked against its
+read in place, only the asked range (`BlockCache.read`).  A read of a block
+that is not here is answered with a ranged GET of just its bytes; from the
+second such read on, the whole block downloads as read-ahead.  A program
+streaming through a file waits for the whole block instead.  A downloaded block is checked against its
 hash, kept in a small in-memory LRU and answered from there, and written to
 the disk cache in the background, off the read's path.  Concurrent readers of one missing block
 share a single download -- and its failure: when the server cannot be reached,
@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 #: Seconds a block that could not be fetched (server unreachable) fails again at once.
 FAILED_FOR = 2.0
 #: Blocks read ahead at the same time.
-AHEAD_AT_ONCE = 2
+AHEAD_AT_ONCE = 3
+_TOUCHED_MAX = 4096
 _STORING_MAX = 8  # downloaded blocks held in memory while they wait for the disk
 
 
@@ -73,6 +74,7 @@ class BlockSource:
         self._storing: dict[str, bytes] = {}
         self._writer = trio.CapacityLimiter(1)
         self._nursery: trio.Nursery | None = None
+        self._touched: OrderedDict[str, None] = OrderedDict()  # blocks answered by a range, see read()
 
     def start(self, nursery: trio.Nursery) -> None:
         """Run background work (cache writes) in *nursery*; without it, writes happen inline."""
@@ -102,8 +104,9 @@ class BlockSource:
         """Up to *length* bytes of block *h* from *offset*; raises `Offline` like `get`.
 
         A block that is nowhere here is answered with a ranged GET of just
-        these bytes, and downloaded whole as read-ahead -- unless the reader is
-        *streaming* through the file and will want all of it now anyway.
+        these bytes (and downloaded whole as read-ahead once it is read again)
+        -- unless the reader is *streaming* through the file and will want all
+        of it now anyway.
         """
         data = self._held(h)
         if data is not None:
@@ -119,7 +122,15 @@ class BlockSource:
             return data[offset : offset + length]
         self._raise_if_failed(h)
         part = await self._fetch_range(h, offset, length)
-        self.prefetch(self._nursery, [h])
+        if h in self._touched:
+            # Read here before: the block is in use, fetch it whole.  Not on the first
+            # read -- a program that reads one page and seeks on (a media player, a
+            # file type probe) would have each next read queue behind 4 MiB.
+            self.prefetch(self._nursery, [h])
+        else:
+            self._touched[h] = None
+            while len(self._touched) > _TOUCHED_MAX:
+                self._touched.popitem(last=False)
         return part
 
     async def _fetch_range(self, h: BlockHash, offset: int, length: int) -> bytes:

@@ -68,7 +68,7 @@ from .writeback import WriteBackQueue
 log = logging.getLogger(__name__)
 
 #: Blocks read ahead of a program reading a file from start to end.
-READ_AHEAD_BLOCKS = 2
+READ_AHEAD_BLOCKS = 4
 _SEQUENTIAL_SLACK = 1024 * 1024  # how far from where the last read ended a read still goes on from it
 _TYPE = {KIND_FILE: stat.S_IFREG, KIND_DIR: stat.S_IFDIR, KIND_SYMLINK: stat.S_IFLNK}
 RENAME_NOREPLACE = 1
