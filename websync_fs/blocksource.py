@@ -3,7 +3,8 @@
 Reads of a 4 MiB block arrive as many small FUSE reads.  A block on disk is
 read in place, only the asked range (`BlockCache.read`).  A read of a block
 that is not here is answered with a ranged GET of just its bytes; from the
-second such read on, the whole block downloads as read-ahead.  A program
+second such read on, the whole block downloads in the background, one block
+at a time.  A program
 streaming through a file waits for the whole block instead.  A downloaded block is checked against its
 hash, kept in a small in-memory LRU and answered from there, and written to
 the disk cache in the background, off the read's path.  Concurrent readers of one missing block
@@ -70,6 +71,7 @@ class BlockSource:
         self._failed: dict[str, tuple[float, Offline]] = {}  # block -> (when, why), see get()
         self._limiter = trio.CapacityLimiter(8)
         self._ahead = trio.CapacityLimiter(AHEAD_AT_ONCE)
+        self._filling: str | None = None  # the block fetched whole after scattered reads
         # Downloaded blocks on their way to the disk cache; readers find them here.
         self._storing: dict[str, bytes] = {}
         self._writer = trio.CapacityLimiter(1)
@@ -104,14 +106,14 @@ class BlockSource:
         """Up to *length* bytes of block *h* from *offset*; raises `Offline` like `get`.
 
         A block that is nowhere here is answered with a ranged GET of just
-        these bytes (and downloaded whole as read-ahead once it is read again)
+        these bytes (and downloaded whole in the background once it is read again)
         -- unless the reader is *streaming* through the file and will want all
         of it now anyway.
         """
         data = self._held(h)
         if data is not None:
             return data[offset : offset + length]
-        if h in self._inflight:
+        if h in self._inflight and (streaming or self._nursery is None):
             data = await self.get(h)
             return data[offset : offset + length]
         part = await trio.to_thread.run_sync(self.cache.read, h, offset, length)
@@ -120,13 +122,18 @@ class BlockSource:
         if streaming or self._nursery is None:
             data = await self.get(h, look_on_disk=False)  # just missed on disk
             return data[offset : offset + length]
+        # Even while the whole block downloads: a few KiB now beat waiting for 4 MiB.
         self._raise_if_failed(h)
         part = await self._fetch_range(h, offset, length)
         if h in self._touched:
-            # Read here before: the block is in use, fetch it whole.  Not on the first
-            # read -- a program that reads one page and seeks on (a media player, a
-            # file type probe) would have each next read queue behind 4 MiB.
-            self.prefetch(self._nursery, [h])
+            # Read here before: the block is in use, fetch it whole -- one such block at
+            # a time, and none while one is under way, so scattered reads never queue
+            # behind 4 MiB downloads (a later read of this block tries again).  Not on
+            # the first read: a program that reads a page and seeks on (a media player,
+            # a file type probe) would pay for 4 MiB each time.
+            if self._filling is None and h not in self._inflight:
+                self._filling = h  # set before the task starts: no await in between
+                self._nursery.start_soon(self._fill, h)
         else:
             self._touched[h] = None
             while len(self._touched) > _TOUCHED_MAX:
@@ -226,6 +233,14 @@ class BlockSource:
             log.warning("block %s is read but not cached: %s", h, exc)
         finally:
             self._storing.pop(h, None)
+
+    async def _fill(self, h: BlockHash) -> None:
+        try:
+            await self.get(h)
+        except (RemoteError, OSError) as exc:
+            log.debug("fetching block %s whole failed: %s", h, exc)
+        finally:
+            self._filling = None
 
     def prefetch(self, nursery: trio.Nursery, hashes: list[BlockHash]) -> None:
         """Start loading *hashes* in the background (read-ahead); errors are ignored."""
