@@ -2,16 +2,16 @@
 
 Reads of a 4 MiB block arrive as many small FUSE reads.  A block on disk is
 read in place, only the asked range (`BlockCache.read`).  A read of a block
-that is not here is answered with a ranged GET of just its bytes; from the
-second such read on, the whole block downloads in the background, one block
-at a time.  A program
-streaming through a file waits for the whole block instead.  A downloaded block is checked against its
-hash, kept in a small in-memory LRU and answered from there, and written to
-the disk cache in the background, off the read's path.  Concurrent readers of one missing block
-share a single download -- and its failure: when the server cannot be reached,
-every reader hears so at once, and a block that just failed fails again at
-once for `FAILED_FOR` seconds (or until the server answers again) instead of
-each read waiting out the network.
+that is not here is answered with a ranged GET of just its bytes (the server
+vouches for a range, docs/protocol.md); from the second such read on, the
+whole block downloads in the background, one block at a time.  A program
+streaming through a file waits for the whole block instead.  A downloaded
+block is checked against its hash, kept in a small in-memory LRU and answered
+from there, and written to the disk cache in the background, off the read's
+path.  Concurrent readers of one missing block share a single download -- and
+its failure: when the server cannot be reached, every reader hears so at once,
+and a block that just failed fails again at once for `FAILED_FOR` seconds (or
+until the server answers again) instead of each read waiting out the network.
 
 Demand loads come first: read-ahead (`prefetch`) loads at most `AHEAD_AT_ONCE`
 blocks at a time, and only after it holds a slot does it start a download, so
