@@ -106,7 +106,7 @@ class BlockStore:
             # place; whichever lands last wins, and both answers are right.
             os.replace(temp, final)
             _fsync_dir(final.parent)
-            self._check_later(final, _stamp(os.stat(final)))
+            self._remember_checked(final, _stamp(os.stat(final)))
         except OSError as exc:
             _remove_quietly(temp)
             if exc.errno in _NO_SPACE:
@@ -134,14 +134,14 @@ class BlockStore:
                         log.error("block %s of %s does not match its hash; served whole for the client to refuse",
                                   block, user)
                         return Extent(data, 0, len(data), whole=True)
-                    self._check_later(path, stamp)
+                    self._remember_checked(path, stamp)
                     return Extent(data[start:stop], start, size)
                 f.seek(start)
                 return Extent(f.read(stop - start), start, size)
         except FileNotFoundError:
             raise NotFound(f"there is no block {block}") from None
 
-    def _check_later(self, path: Path, stamp: tuple[int, int, int, int]) -> None:
+    def _remember_checked(self, path: Path, stamp: tuple[int, int, int, int]) -> None:
         if len(self._checked) >= _CHECKED_MAX:
             self._checked.clear()
         self._checked[path] = stamp
