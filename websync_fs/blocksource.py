@@ -4,7 +4,7 @@ Reads of a 4 MiB block arrive as many small FUSE reads.  A block on disk is
 read in place, only the asked range (`BlockCache.read`).  A read of a block
 that is not here is answered with a ranged GET of just its bytes (the server
 vouches for a range, docs/protocol.md); from the second such read on, the
-whole block downloads in the background, one block at a time.  A program
+whole block downloads in the background, `FILLS_AT_ONCE` blocks at a time.  A program
 streaming through a file waits for the whole block instead.  A downloaded
 block is checked against its hash, kept in a small in-memory LRU and answered
 from there, and written to the disk cache in the background, off the read's
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 FAILED_FOR = 2.0
 #: Blocks read ahead at the same time.
 AHEAD_AT_ONCE = 3
+#: Blocks fetched whole at the same time for scattered reads (see `BlockSource.read`).
+FILLS_AT_ONCE = 2
 _TOUCHED_MAX = 4096
 _STORING_MAX = 8  # downloaded blocks held in memory while they wait for the disk
 
@@ -71,7 +73,7 @@ class BlockSource:
         self._failed: dict[str, tuple[float, Offline]] = {}  # block -> (when, why), see get()
         self._limiter = trio.CapacityLimiter(8)
         self._ahead = trio.CapacityLimiter(AHEAD_AT_ONCE)
-        self._filling: str | None = None  # the block fetched whole after scattered reads
+        self._filling: set[str] = set()  # blocks fetched whole after scattered reads
         # Downloaded blocks on their way to the disk cache; readers find them here.
         self._storing: dict[str, bytes] = {}
         self._writer = trio.CapacityLimiter(1)
@@ -116,9 +118,10 @@ class BlockSource:
         if h in self._inflight and (streaming or self._nursery is None):
             data = await self.get(h)
             return data[offset : offset + length]
-        part = await trio.to_thread.run_sync(self.cache.read, h, offset, length)
-        if part is not None:
-            return part
+        if h not in self._touched:  # a touched block was not on disk, nor fetched since
+            part = await trio.to_thread.run_sync(self.cache.read, h, offset, length)
+            if part is not None:
+                return part
         if streaming or self._nursery is None:
             data = await self.get(h, look_on_disk=False)  # just missed on disk
             return data[offset : offset + length]
@@ -126,13 +129,13 @@ class BlockSource:
         self._raise_if_failed(h)
         part = await self._fetch_range(h, offset, length)
         if h in self._touched:
-            # Read here before: the block is in use, fetch it whole -- one such block at
-            # a time, and none while one is under way, so scattered reads never queue
-            # behind 4 MiB downloads (a later read of this block tries again).  Not on
+            # Read here before: the block is in use, fetch it whole -- a few such blocks
+            # at a time, and none while those are under way, so scattered reads never
+            # queue behind 4 MiB downloads (a later read of this block tries again).  Not on
             # the first read: a program that reads a page and seeks on (a media player,
             # a file type probe) would pay for 4 MiB each time.
-            if self._filling is None and h not in self._inflight:
-                self._filling = h  # set before the task starts: no await in between
+            if len(self._filling) < FILLS_AT_ONCE and h not in self._inflight and h not in self._filling:
+                self._filling.add(h)  # before the task starts: no await in between
                 self._nursery.start_soon(self._fill, h)
         else:
             self._touched[h] = None
@@ -233,6 +236,7 @@ class BlockSource:
             log.warning("block %s is read but not cached: %s", h, exc)
         finally:
             self._storing.pop(h, None)
+            self._touched.pop(h, None)  # on disk now (or never will be): look there first
 
     async def _fill(self, h: BlockHash) -> None:
         try:
@@ -240,7 +244,7 @@ class BlockSource:
         except (RemoteError, OSError) as exc:
             log.debug("fetching block %s whole failed: %s", h, exc)
         finally:
-            self._filling = None
+            self._filling.discard(h)
 
     def prefetch(self, nursery: trio.Nursery, hashes: list[BlockHash]) -> None:
         """Start loading *hashes* in the background (read-ahead); errors are ignored."""
