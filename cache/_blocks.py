@@ -43,7 +43,14 @@ power loss         SQLite runs WAL with synchronous=NORMAL     the last rows may
                    those passed to `sync` (a writer's fsync)   that finds bad bytes drops them and misses
 =================  ==========================================  ============================================
 
-Damaged bytes are never returned: every get rehashes what it read.
+Damaged bytes are never returned.  A block's SHA-256 is checked when it enters
+the cache (`put`) and the first time this process reads it (`get`, `read`);
+the process then remembers the file it checked with that file's stamp (inode,
+size, mtime and ctime, taken after the bytes were read or written) and trusts
+the file while the stamp is unchanged -- any write to the file changes it, so
+damage by a program or a torn rewrite is caught by the next read, which hashes
+the whole block again.  Bit rot that changes no stamp (a failing disk) is
+caught by the next process or by `verify`, which always rehashes.
 
 Eviction
 --------
@@ -79,14 +86,16 @@ import logging
 import os
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
+from typing import NamedTuple
 
 from ._exceptions import CacheError, CorruptBlock, InvalidBlockHash
 from ._stats import CacheStats
-from ._store import BlockStore, Loaded
+from ._store import BlockStore, Loaded, Stamp
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +103,19 @@ _HASH = re.compile(r"[0-9a-f]{64}")
 
 ORPHAN_AGE = 3600.0
 """Seconds an unindexed block file must be left alone before `verify` deletes it."""
+
+REFRESH_EVERY = 30.0
+"""Seconds between LRU refreshes of a block served by ranged `read` (each is a SQLite write)."""
+
+_CHECKED_MAX = 100_000  # remembered checks; beyond it they are forgotten and redone
+
+
+class _Checked(NamedTuple):
+    """A block file whose bytes this process hashed, and the stamp it had then."""
+
+    filename: str
+    stamp: Stamp
+    refreshed: float  # time.monotonic() of the last LRU refresh
 
 
 class BlockCache:
@@ -105,6 +127,9 @@ class BlockCache:
         self._limit = limit
         self._lock = threading.Lock()
         self._refs: dict[str, int] = {}  # guarded by _lock
+        # Block files hashed by this process.  Only single dict operations touch it
+        # (atomic under the GIL); a lost update costs one more hash, never a wrong byte.
+        self._checked: dict[str, _Checked] = {}
 
     @property
     def directory(self) -> Path:
@@ -127,8 +152,12 @@ class BlockCache:
         if loaded is None:
             return None
         data = loaded.data
-        if data is not None and _sha256(data) == h:
+        if data is not None and self._trusted(h, loaded):
             return data
+        if data is not None and _sha256(data) == h:
+            self._remember(h, loaded.filename, loaded.stamp)
+            return data
+        self._checked.pop(h, None)
         log.warning("dropping corrupt cache block %s: %s", h, _damage(loaded))
         try:
             self._store.drop(h, loaded.filename, counted_as_hit=True)
@@ -136,6 +165,31 @@ class BlockCache:
             # Still a miss; the next get or verify tries the drop again.
             log.warning("could not drop corrupt cache block %s: %s", h, exc)
         return None
+
+    def read(self, h: str, offset: int, length: int) -> bytes | None:
+        """Up to *length* bytes of block *h* from *offset*, or None like `get`.
+
+        A block this process has checked is read in place -- a 4 KiB read costs
+        a 4 KiB read -- as long as its file's stamp is unchanged; otherwise this
+        is a `get` (whole block, hashed) and a slice.  The LRU position is
+        refreshed at most every `REFRESH_EVERY` seconds, and hits served in
+        place are not counted.
+        """
+        _check_hash(h)
+        if offset < 0 or length < 0:
+            raise ValueError(f"offset and length must be >= 0, not {offset}, {length}")
+        checked = self._checked.get(h)
+        if checked is not None:
+            got = self._store.read_range(checked.filename, offset, length)
+            if got is not None and got[1] == checked.stamp:
+                now = time.monotonic()
+                if now - checked.refreshed >= REFRESH_EVERY:
+                    self._checked[h] = checked._replace(refreshed=now)
+                    self._store.refresh(h)
+                return got[0]
+            self._checked.pop(h, None)  # evicted, replaced or written to: check again
+        data = self.get(h)
+        return None if data is None else data[offset : offset + length]
 
     def put(self, h: str, data: bytes, *, verified: bool = False) -> None:
         """Store *data* as block *h*, then evict to the limit (sparing this block).
@@ -152,7 +206,8 @@ class BlockCache:
             if actual != h:
                 raise CorruptBlock(h, actual)
         if not self._store.refresh(h):
-            self._store.insert(h, data)
+            filename, stamp = self._store.insert(h, data)
+            self._remember(h, filename, stamp)
         self._evict(self._limit, spare=h)
 
     def sync(self, hashes: Iterable[str]) -> None:
@@ -245,7 +300,9 @@ class BlockCache:
         for h, filename in self._store.entries():
             loaded = self._store.read(filename)
             if loaded.data is not None and _sha256(loaded.data) == h:
+                self._remember(h, filename, loaded.stamp)
                 continue
+            self._checked.pop(h, None)
             # drop() is conditional on the file: an entry evicted or re-put since it
             # was listed is not reported.
             if self._store.drop(h, filename):
@@ -270,6 +327,18 @@ class BlockCache:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def _trusted(self, h: str, loaded: Loaded) -> bool:
+        """True if this process hashed the very file *loaded* came from and it is unchanged."""
+        checked = self._checked.get(h)
+        return checked is not None and (checked.filename, checked.stamp) == (loaded.filename, loaded.stamp)
+
+    def _remember(self, h: str, filename: str | None, stamp: Stamp | None) -> None:
+        if filename is None or stamp is None:
+            return
+        if len(self._checked) >= _CHECKED_MAX:
+            self._checked.clear()
+        self._checked[h] = _Checked(filename, stamp, time.monotonic())
 
     def _evict(self, target: int, spare: str | None = None) -> int:
         if self._store.used() <= target:

@@ -90,6 +90,10 @@ class Totals(NamedTuple):
     misses: int
 
 
+Stamp = tuple[int, int, int, int]
+"""A block file's (st_ino, st_size, st_mtime_ns, st_ctime_ns): any write to the file changes it."""
+
+
 @dataclass(slots=True)
 class Loaded:
     """A block's bytes as found on disk, or why they could not be read."""
@@ -97,6 +101,8 @@ class Loaded:
     filename: str | None
     data: bytes | None
     problem: str | None = None
+    #: The file's stamp taken after the bytes were read, so a write during the read shows.
+    stamp: Stamp | None = None
 
 
 @dataclass(slots=True)
@@ -214,9 +220,10 @@ class BlockStore:
         try:
             with found.reader as reader:
                 data = reader.read()  # one allocation, sized by fstat
+                stamp = _stamp(os.fstat(reader.fileno()))
         except OSError as exc:
             return Loaded(found.filename, None, f"its file cannot be read: {exc}")
-        return Loaded(found.filename, data)
+        return Loaded(found.filename, data, stamp=stamp)
 
     def read(self, filename: str | None) -> Loaded:
         """Read a block file directly, without touching the index."""
@@ -224,9 +231,29 @@ class BlockStore:
             return Loaded(None, None, "kept inline in the index, not written by this package")
         try:
             with open(os.path.join(self._directory, filename), "rb", buffering=0) as reader:
-                return Loaded(filename, reader.read())
+                data = reader.read()
+                return Loaded(filename, data, stamp=_stamp(os.fstat(reader.fileno())))
         except OSError as exc:
             return Loaded(filename, None, f"its file cannot be read: {exc}")
+
+    def read_range(self, filename: str, offset: int, length: int) -> tuple[bytes, Stamp] | None:
+        """Up to *length* bytes of a block file from *offset*, and its stamp; None if it cannot be read.
+
+        Touches neither the index nor the counters.  A file is never rewritten
+        in place, so one opened just before an eviction removed it still holds
+        its block's bytes.
+        """
+        try:
+            fd = os.open(os.path.join(self._directory, filename), os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            data = os.pread(fd, length, offset)
+            return data, _stamp(os.fstat(fd))
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     def contains(self, h: str) -> bool:
         """True if an entry for *h* exists (its bytes are not checked)."""
@@ -242,17 +269,21 @@ class BlockStore:
                 )
         return bool(cursor.rowcount > 0)
 
-    def insert(self, h: str, data: bytes) -> None:
-        """Write *data* to a new file and index it as *h*; on any failure leave no trace."""
+    def insert(self, h: str, data: bytes) -> tuple[str, Stamp]:
+        """Write *data* to a new file and index it as *h*; return the file and its stamp.
+
+        On any failure leave no trace.
+        """
         name = os.path.join(h[:2], h[2:4], f"{h}.{secrets.token_hex(4)}.val")
         try:
             with _translated(f"store block {h}"):
-                _write_new_file(os.path.join(self._directory, name), data)
+                stamp = _write_new_file(os.path.join(self._directory, name), data)
                 with self._write_lock:
                     self._db.set(h, _Written(name, len(data)))
         except BaseException:
             self._discard(h, name)
             raise
+        return name, stamp
 
     def sync(self, hashes: Iterable[str]) -> None:
         """Make the files of *hashes* and the index rows naming them survive a power loss."""
@@ -463,8 +494,14 @@ class BlockStore:
         return removed
 
 
-def _write_new_file(path: str, data: bytes) -> None:
-    """Create *path* exclusively and write *data*; remove what was written if that fails."""
+def _stamp(st: os.stat_result) -> Stamp:
+    # Since Linux 6.13 (multigrain timestamps on ext4, xfs, btrfs, tmpfs) a write after
+    # this stat gets a ctime distinct from the one read here, even within one tick.
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _write_new_file(path: str, data: bytes) -> Stamp:
+    """Create *path* exclusively, write *data* and return its stamp; remove what was written if that fails."""
     directory = os.path.dirname(path)
     for attempt in range(10):
         try:
@@ -480,6 +517,8 @@ def _write_new_file(path: str, data: bytes) -> None:
     try:
         with writer:
             writer.write(data)
+            writer.flush()
+            return _stamp(os.fstat(writer.fileno()))
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(path)

@@ -1,11 +1,21 @@
 """Where file content comes from: memory, the disk cache, or the server.
 
-Reads of a 4 MiB block arrive as many small FUSE reads; a small in-memory LRU
-keeps the last blocks so each is read and verified from disk once, and
-concurrent readers of one missing block share a single download -- and its
-failure: when the server cannot be reached, every reader hears so at once, and
-a block that just failed fails again at once for `FAILED_FOR` seconds (or
+Reads of a 4 MiB block arrive as many small FUSE reads.  A block on disk is
+read in place, only the asked range (`BlockCache.read`).  A read of a block
+that is not here is answered with a ranged GET of just its bytes (the server
+vouches for a range, docs/protocol.md); from the second such read on, the
+whole block downloads in the background, `FILLS_AT_ONCE` blocks at a time.  A program
+streaming through a file waits for the whole block instead.  A downloaded
+block is checked against its hash, kept in a small in-memory LRU and answered
+from there, and written to the disk cache in the background, off the read's
+path.  Concurrent readers of one missing block share a single download -- and
+its failure: when the server cannot be reached, every reader hears so at once,
+and a block that just failed fails again at once for `FAILED_FOR` seconds (or
 until the server answers again) instead of each read waiting out the network.
+
+Demand loads come first: read-ahead (`prefetch`) loads at most `AHEAD_AT_ONCE`
+blocks at a time, and only after it holds a slot does it start a download, so
+a program's read never queues behind the blocks guessed for it.
 """
 
 from __future__ import annotations
@@ -25,16 +35,24 @@ log = logging.getLogger(__name__)
 
 #: Seconds a block that could not be fetched (server unreachable) fails again at once.
 FAILED_FOR = 2.0
+#: Blocks read ahead at the same time.
+AHEAD_AT_ONCE = 3
+#: Blocks fetched whole at the same time for scattered reads (see `BlockSource.read`).
+FILLS_AT_ONCE = 2
+_TOUCHED_MAX = 4096
+_STORING_MAX = 8  # downloaded blocks held in memory while they wait for the disk
 
 
 class Cache(Protocol):
     def get(self, h: str) -> bytes | None: ...
+    def read(self, h: str, offset: int, length: int) -> bytes | None: ...
     def put(self, h: str, data: bytes, *, verified: bool = False) -> None: ...
     def contains(self, h: str) -> bool: ...
 
 
 class Fetch(Protocol):
     async def get_block(self, h: BlockHash) -> bytes: ...
+    async def get_block_range(self, h: BlockHash, offset: int, length: int) -> tuple[bytes, bool]: ...
 
 
 class _Fetch:
@@ -54,6 +72,17 @@ class BlockSource:
         self._inflight: dict[str, _Fetch] = {}
         self._failed: dict[str, tuple[float, Offline]] = {}  # block -> (when, why), see get()
         self._limiter = trio.CapacityLimiter(8)
+        self._ahead = trio.CapacityLimiter(AHEAD_AT_ONCE)
+        self._filling: set[str] = set()  # blocks fetched whole after scattered reads
+        # Downloaded blocks on their way to the disk cache; readers find them here.
+        self._storing: dict[str, bytes] = {}
+        self._writer = trio.CapacityLimiter(1)
+        self._nursery: trio.Nursery | None = None
+        self._touched: OrderedDict[str, None] = OrderedDict()  # blocks answered by a range, see read()
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Run background work (cache writes) in *nursery*; without it, writes happen inline."""
+        self._nursery = nursery
 
     def _remember(self, h: str, data: bytes) -> None:
         self._memory[h] = data
@@ -61,25 +90,93 @@ class BlockSource:
         while len(self._memory) > self._memory_blocks:
             self._memory.popitem(last=False)
 
+    def _held(self, h: str) -> bytes | None:
+        data = self._memory.get(h)
+        if data is not None:
+            self._memory.move_to_end(h)
+            return data
+        return self._storing.get(h)
+
     def reconnected(self) -> None:
         """The server answers again: blocks that failed may be fetched at once."""
         self._failed.clear()
 
     def cached(self, h: str) -> bool:
-        return h in self._memory or self.cache.contains(h)
+        return h in self._memory or h in self._storing or self.cache.contains(h)
 
-    async def get(self, h: BlockHash) -> bytes:
+    async def read(self, h: BlockHash, offset: int, length: int, *, streaming: bool = False) -> bytes:
+        """Up to *length* bytes of block *h* from *offset*; raises `Offline` like `get`.
+
+        A block that is nowhere here is answered with a ranged GET of just
+        these bytes (and downloaded whole in the background once it is read again)
+        -- unless the reader is *streaming* through the file and will want all
+        of it now anyway.
+        """
+        data = self._held(h)
+        if data is not None:
+            return data[offset : offset + length]
+        if h in self._inflight and (streaming or self._nursery is None):
+            data = await self.get(h)
+            return data[offset : offset + length]
+        if h not in self._touched:  # a touched block was not on disk, nor fetched since
+            part = await trio.to_thread.run_sync(self.cache.read, h, offset, length)
+            if part is not None:
+                return part
+        if streaming or self._nursery is None:
+            data = await self.get(h, look_on_disk=False)  # just missed on disk
+            return data[offset : offset + length]
+        # Even while the whole block downloads: a few KiB now beat waiting for 4 MiB.
+        self._raise_if_failed(h)
+        part = await self._fetch_range(h, offset, length)
+        if h in self._touched:
+            # Read here before: the block is in use, fetch it whole -- a few such blocks
+            # at a time, and none while those are under way, so scattered reads never
+            # queue behind 4 MiB downloads (a later read of this block tries again).  Not on
+            # the first read: a program that reads a page and seeks on (a media player,
+            # a file type probe) would pay for 4 MiB each time.
+            if len(self._filling) < FILLS_AT_ONCE and h not in self._inflight and h not in self._filling:
+                self._filling.add(h)  # before the task starts: no await in between
+                self._nursery.start_soon(self._fill, h)
+        else:
+            self._touched[h] = None
+            while len(self._touched) > _TOUCHED_MAX:
+                self._touched.popitem(last=False)
+        return part
+
+    async def _fetch_range(self, h: BlockHash, offset: int, length: int) -> bytes:
+        try:
+            data, whole = await self.remote.get_block_range(h, offset, length)
+        except Offline as exc:
+            log.warning("block %s is not available offline (not cached and the server is unreachable)", h)
+            self._note_failed(h, exc)
+            raise
+        if not whole:
+            return data  # the server vouches for a range (docs/protocol.md)
+        digest = await trio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
+        if digest != h:
+            raise RemoteError(f"the server sent block {h} with the wrong content")
+        self._remember(h, data)
+        return data[offset : offset + length]
+
+    def _raise_if_failed(self, h: str) -> None:
+        failed = self._failed.get(h)
+        if failed is not None and trio.current_time() - failed[0] < FAILED_FOR and not self.cache.contains(h):
+            # The kernel reads a page again when its read-ahead failed: without this,
+            # one read() of a file the server cannot give waits out the server twice.
+            raise failed[1]
+
+    def _note_failed(self, h: str, exc: Offline) -> None:
+        if len(self._failed) > 1000:
+            self._failed.clear()
+        self._failed[h] = (trio.current_time(), exc)
+
+    async def get(self, h: BlockHash, *, look_on_disk: bool = True) -> bytes:
         """The bytes of block *h*; raises `Offline` when it must be fetched and cannot be."""
         while True:
-            data = self._memory.get(h)
+            data = self._held(h)
             if data is not None:
-                self._memory.move_to_end(h)
                 return data
-            failed = self._failed.get(h)
-            if failed is not None and trio.current_time() - failed[0] < FAILED_FOR and not self.cache.contains(h):
-                # The kernel reads a page again when its read-ahead failed: without this,
-                # one read() of a file the server cannot give waits out the server twice.
-                raise failed[1]
+            self._raise_if_failed(h)
             fetch = self._inflight.get(h)
             if fetch is None:
                 break
@@ -91,26 +188,25 @@ class BlockSource:
         fetch = _Fetch()
         self._inflight[h] = fetch
         try:
-            data = await self._load(h)
+            data = await self._load(h, look_on_disk)
             self._remember(h, data)
             self._failed.pop(h, None)
             return data
         except (RemoteError, OSError) as exc:
             fetch.error = exc
             if isinstance(exc, Offline):
-                if len(self._failed) > 1000:
-                    self._failed.clear()
-                self._failed[h] = (trio.current_time(), exc)
+                self._note_failed(h, exc)
             raise
         finally:
             del self._inflight[h]
             fetch.done.set()
 
-    async def _load(self, h: BlockHash) -> bytes:
+    async def _load(self, h: BlockHash, look_on_disk: bool) -> bytes:
         async with self._limiter:
-            data = await trio.to_thread.run_sync(self.cache.get, h)
-            if data is not None:
-                return data
+            if look_on_disk:
+                data = await trio.to_thread.run_sync(self.cache.get, h)
+                if data is not None:
+                    return data
             try:
                 data = await self.remote.get_block(h)
             except Offline:
@@ -119,24 +215,50 @@ class BlockSource:
             digest = await trio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
             if digest != h:
                 raise RemoteError(f"the server sent block {h} with the wrong content")
-            try:
-                # Just hashed above: the cache need not hash the 4 MiB again.
-                await trio.to_thread.run_sync(lambda: self.cache.put(h, data, verified=True))
-            except OSError as exc:
-                # A full (or failing) cache disk must not fail a read: the bytes are here.
-                log.warning("block %s is read but not cached: %s", h, exc)
-            return data
+        if self._nursery is None or len(self._storing) >= _STORING_MAX:
+            await self._store(h, data)  # the disk falls behind: readers wait for it
+        else:
+            # The reader has its bytes now; the disk write (4 MiB) need not delay it.
+            self._storing[h] = data
+            self._nursery.start_soon(self._store, h, data)
+        return data
+
+    async def _store(self, h: str, data: bytes) -> None:
+        try:
+            # Shielded: a block read just before unmount is still on disk after it
+            # (at most _STORING_MAX writes of a few ms each).
+            with trio.CancelScope(shield=True):
+                async with self._writer:
+                    # Just hashed above: the cache need not hash the 4 MiB again.
+                    await trio.to_thread.run_sync(lambda: self.cache.put(h, data, verified=True))
+        except OSError as exc:
+            # A full (or failing) cache disk must not fail a read: the bytes are here.
+            log.warning("block %s is read but not cached: %s", h, exc)
+        finally:
+            self._storing.pop(h, None)
+            self._touched.pop(h, None)  # on disk now (or never will be): look there first
+
+    async def _fill(self, h: BlockHash) -> None:
+        try:
+            await self.get(h)
+        except (RemoteError, OSError) as exc:
+            log.debug("fetching block %s whole failed: %s", h, exc)
+        finally:
+            self._filling.discard(h)
 
     def prefetch(self, nursery: trio.Nursery, hashes: list[BlockHash]) -> None:
         """Start loading *hashes* in the background (read-ahead); errors are ignored."""
         for h in hashes:
-            if h in self._memory or h in self._inflight:
+            if h in self._memory or h in self._inflight or h in self._storing:
                 continue
             nursery.start_soon(self._quiet_get, h)
 
     async def _quiet_get(self, h: BlockHash) -> None:
         # It runs in the mount's nursery: an error escaping here would end the mount.
         try:
-            await self.get(h)
+            async with self._ahead:
+                if h in self._memory or h in self._inflight:
+                    return  # a reader got there first
+                await self.get(h)
         except (RemoteError, OSError) as exc:
             log.debug("read-ahead of block %s failed: %s", h, exc)

@@ -22,6 +22,8 @@ class Handle:
     #: seeing one whole version (close-to-open), never a mix of two.
     size: int
     blocks: tuple[BlockHash, ...]
+    #: Where the last read ended (-1: none yet): reads that go on from it are sequential.
+    read_end: int = -1
 
 
 class HandleTable:

@@ -181,6 +181,7 @@ class Mount:
         unmounted = False
         try:
             async with trio.open_nursery() as nursery:
+                self.source.start(nursery)
                 self.vfs.start(nursery)
                 nursery.start_soon(self.ops.invalidator)
                 nursery.start_soon(self.follower.run)

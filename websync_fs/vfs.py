@@ -16,12 +16,13 @@ transactions below rely on that (no ``await`` inside ``with self._db.tx()``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import logging
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,9 @@ from .writeback import WriteBackQueue
 
 log = logging.getLogger(__name__)
 
+#: Blocks read ahead of a program reading a file from start to end.
+READ_AHEAD_BLOCKS = 4
+_SEQUENTIAL_SLACK = 1024 * 1024  # how far from where the last read ended a read still goes on from it
 _TYPE = {KIND_FILE: stat.S_IFREG, KIND_DIR: stat.S_IFDIR, KIND_SYMLINK: stat.S_IFLNK}
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -575,13 +579,8 @@ class Vfs:
             self.on_settled()
 
     async def _load(self, h: Any) -> bytes:
-        try:
+        with _fetch_errors(h):
             return await self.source.get(h)
-        except Offline as exc:
-            raise FsError(errno.ENETUNREACH, "file content is not available offline") from exc
-        except RemoteError as exc:
-            log.error("cannot fetch block %s: %s", h, exc)
-            raise FsError(errno.EIO) from exc
 
     def _open_handle(self, row: NodeRow, flags: int) -> Handle:
         acc = flags & os.O_ACCMODE
@@ -641,17 +640,28 @@ class Vfs:
         end = min(offset + length, handle.size)
         if offset >= end:
             return b""
+        # The kernel's read-ahead sends a file's pages a little out of order.
+        sequential = handle.read_end >= 0 and abs(offset - handle.read_end) <= _SEQUENTIAL_SLACK
+        handle.read_end = end
         first, last = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
         parts = []
         for index in range(first, last + 1):
-            data = await self._load(handle.blocks[index])
             start = index * BLOCK_SIZE
-            parts.append(data[max(0, offset - start) : end - start])
-        if self._nursery is not None:
-            # Read-ahead once the asked-for bytes are here: the next two blocks
-            # load while the program works through this one.
-            self.source.prefetch(self._nursery, list(handle.blocks[last + 1 : last + 3]))
+            lo = max(0, offset - start)
+            whole = min(handle.size - start, BLOCK_SIZE)
+            size = min(end - start, BLOCK_SIZE) - lo
+            # A read of a whole block (a small file) wants it all, like one going on from the last.
+            streaming = sequential or size == whole
+            parts.append(await self._read_block(handle.blocks[index], lo, size, streaming))
+        if sequential and self._nursery is not None:
+            # Read-ahead once the asked-for bytes are here, and only for a program
+            # reading on: the next blocks load while it works through this one.
+            self.source.prefetch(self._nursery, list(handle.blocks[last + 1 : last + 1 + READ_AHEAD_BLOCKS]))
         return b"".join(parts)
+
+    async def _read_block(self, h: Any, offset: int, length: int, streaming: bool) -> bytes:
+        with _fetch_errors(h):
+            return await self.source.read(h, offset, length, streaming=streaming)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self.handles.get(fh)
@@ -737,3 +747,15 @@ class Vfs:
     @staticmethod
     def root() -> int:
         return ROOT_INO
+
+
+@contextlib.contextmanager
+def _fetch_errors(h: Any) -> Iterator[None]:
+    """Turn a block that cannot be had into the errno a reader sees."""
+    try:
+        yield
+    except Offline as exc:
+        raise FsError(errno.ENETUNREACH, "file content is not available offline") from exc
+    except RemoteError as exc:
+        log.error("cannot fetch block %s: %s", h, exc)
+        raise FsError(errno.EIO) from exc

@@ -195,7 +195,7 @@ class _Api:
         first, last, ranged = _parse_range(request.headers.get("range"))
         extent = await run_in_threadpool(self._s.blocks.read, identity.user, block, first, last)
         headers = {"Accept-Ranges": "bytes", "ETag": f'"{block}"', "Cache-Control": _BLOCK_CACHE_CONTROL}
-        if not ranged:
+        if not ranged or extent.whole:
             return Response(extent.data, headers=headers, media_type="application/octet-stream")
         end = extent.start + len(extent.data) - 1
         headers["Content-Range"] = f"bytes {extent.start}-{end}/{extent.size}"

@@ -12,6 +12,13 @@ crash a block is therefore either absent or whole; never a torn file under its
 hash's name.  The PUT answers only after that, and the metadata store refuses
 commits naming blocks that are not there, so a committed node never points at
 a block a crash could lose.  Leftover temporary files are removed at start.
+
+Ranges.  A whole block is checked by the client against its hash; a part of
+one cannot be, so the server vouches for it: it serves a range only from a
+block file it has hashed itself -- when it stored the file, or on the first
+ranged read in this process -- and whose stamp (inode, size, mtime, ctime) is
+unchanged since.  A block whose bytes no longer match its hash is answered
+whole instead (`Extent.whole`), and the client's own check refuses it.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ _INCOMING = ".incoming"
 # A temporary file older than this at start belongs to no running upload.
 _STALE_TEMP_S = 3600.0
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_CHECKED_MAX = 1_000_000  # block files remembered as hashed (about 200 bytes each)
 
 
 class BlockStore:
@@ -50,6 +58,9 @@ class BlockStore:
         # Held while creating directories: a put must not see a directory
         # another put made but has not yet fsynced into its parent.
         self._mkdir_lock = threading.Lock()
+        # Block files this process hashed, with their stamp then (see "Ranges").  Only
+        # single dict operations touch it (atomic under the GIL).
+        self._checked: dict[Path, tuple[int, int, int, int]] = {}
 
     def open(self) -> None:
         """Create the directories and remove temporary files left by a crash."""
@@ -95,6 +106,7 @@ class BlockStore:
             # place; whichever lands last wins, and both answers are right.
             os.replace(temp, final)
             _fsync_dir(final.parent)
+            self._remember_checked(final, _stamp(os.stat(final)))
         except OSError as exc:
             _remove_quietly(temp)
             if exc.errno in _NO_SPACE:
@@ -109,14 +121,30 @@ class BlockStore:
         the final *last* bytes.  `RangeNotSatisfiable` when the range starts
         at or beyond the end, `NotFound` when the block is not there.
         """
+        path = self.path(user, block)
         try:
-            with open(self.path(user, block), "rb") as f:
+            with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 start, stop = _resolve_range(size, first, last)
+                if (start, stop) != (0, size) and self._checked.get(path) != _stamp(os.fstat(f.fileno())):
+                    data = f.read()
+                    stamp = _stamp(os.fstat(f.fileno()))  # after the read: a write during it shows
+                    if hashlib.sha256(data).hexdigest() != block:
+                        self._checked.pop(path, None)
+                        log.error("block %s of %s does not match its hash; served whole for the client to refuse",
+                                  block, user)
+                        return Extent(data, 0, len(data), whole=True)
+                    self._remember_checked(path, stamp)
+                    return Extent(data[start:stop], start, size)
                 f.seek(start)
                 return Extent(f.read(stop - start), start, size)
         except FileNotFoundError:
             raise NotFound(f"there is no block {block}") from None
+
+    def _remember_checked(self, path: Path, stamp: tuple[int, int, int, int]) -> None:
+        if len(self._checked) >= _CHECKED_MAX:
+            self._checked.clear()
+        self._checked[path] = stamp
 
     def size(self, user: str, block: BlockHash) -> int | None:
         """The size of a block, or None when the server lacks it."""
@@ -144,6 +172,13 @@ class Extent:
     data: bytes
     start: int
     size: int
+    #: A range was asked for, but the block is damaged: here is all of it, unvouched.
+    whole: bool = False
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    # Linux 6.13+ gives a write after a stat a distinct ctime even within one tick.
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _resolve_range(size: int, first: int | None, last: int | None) -> tuple[int, int]:

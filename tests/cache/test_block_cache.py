@@ -154,6 +154,67 @@ def test_get_drops_a_block_damaged_on_disk_and_logs_its_hash(
     assert bc.get(h) == data
 
 
+def test_read_returns_the_asked_range_without_rehashing_a_checked_block(
+    bc: BlockCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h, data = make_block(1)
+    absent, _ = make_block(2)
+    bc.put(h, data)
+    hashed: list[int] = []
+    real = cache._blocks._sha256
+    monkeypatch.setattr(cache._blocks, "_sha256", lambda b: hashed.append(len(b)) or real(b))
+
+    assert bc.read(h, 4096, 4096) == data[4096:8192]
+    assert bc.read(h, len(data) - 10, 4096) == data[-10:]  # short at the end, like pread
+    assert bc.read(h, len(data) + 5, 10) == b""
+    assert bc.get(h) == data
+    assert hashed == []  # checked when it was put
+    assert bc.read(absent, 0, 10) is None
+
+
+def test_a_block_checked_once_per_process_is_checked_again_by_a_new_one(
+    directory: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    h, data = make_block(1)
+    with BlockCache(directory, limit=1 * MiB) as first:
+        first.put(h, data)
+    (path,) = block_files(directory, h)
+    _flip_a_byte(path)  # damaged while no process had it open
+    with BlockCache(directory, limit=1 * MiB) as second:
+        assert second.read(h, 0, 4096) is None  # this process never checked it: hashed, dropped
+    assert block_files(directory, h) == []
+    assert any(h in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    caplog.clear()
+
+
+@pytest.mark.parametrize("damage", [_flip_a_byte, _truncate, Path.unlink])
+def test_read_notices_a_block_file_written_to_after_it_was_checked(
+    bc: BlockCache, directory: Path, damage: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    h, data = make_block(1)
+    bc.put(h, data)
+    assert bc.read(h, 0, 4096) == data[:4096]
+    (path,) = block_files(directory, h)
+    damage(path)
+
+    assert bc.read(h, 0, 4096) is None
+    assert bc.read(h, 900, 200) is None
+    assert not bc.contains(h)
+    if damage is not Path.unlink:  # a missing file is a miss; a damaged one is also a warning
+        assert any(h in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    caplog.clear()
+    bc.put(h, data)
+    assert bc.read(h, 900, 200) == data[900:1100]
+
+
+def test_read_of_an_evicted_block_is_a_miss(bc: BlockCache) -> None:
+    h, data = make_block(1)
+    bc.put(h, data)
+    bc.evict(0)
+    assert bc.read(h, 0, 100) is None
+    assert bc.get(h) is None
+
+
 # -- eviction ---------------------------------------------------------------------
 
 

@@ -330,7 +330,7 @@ def test_the_progress_bar_shows_on_a_terminal_and_not_in_a_pipe(a: Machine, b: M
 
 def test_file_states_show_in_status_and_as_an_xattr(a: Machine, b: Machine) -> None:
     a.path("small.txt").write_text("hello")
-    a.path("big.bin").write_bytes(os.urandom(5 * BLOCK))  # read-ahead fetches 2 blocks past the one read
+    a.path("big.bin").write_bytes(os.urandom(8 * BLOCK))  # read-ahead fetches 4 blocks past the one read
     a.path("notes (conflict from Z 2024-01-01 120000).txt").write_text("theirs")
     wait_uploaded(a)
     eventually(lambda: b.path("big.bin").exists() and b.path("small.txt").exists(), what="files on B")
@@ -342,7 +342,8 @@ def test_file_states_show_in_status_and_as_an_xattr(a: Machine, b: Machine) -> N
     # Not listed, so that cp -a, rsync -X and tar --xattrs do not carry a machine's state away.
     assert "user.websync.state" not in os.listxattr(b.path("small.txt"))
     assert b.path("small.txt").read_text() == "hello"
-    assert state("small.txt") == "cached"
+    # Written to the cache in the background, right after the read is answered.
+    eventually(lambda: state("small.txt") == "cached", what="small.txt cached")
     with open(b.path("big.bin"), "rb") as f:
         f.read(100)
     eventually(lambda: state("big.bin") == "partly-cached", what="big.bin partly cached")
@@ -350,13 +351,13 @@ def test_file_states_show_in_status_and_as_an_xattr(a: Machine, b: Machine) -> N
 
     files = cli_json(b, "status", "small.txt", "big.bin")["files"]
     assert [f["state"] for f in files] == ["cached", "partly-cached"]
-    assert 0 < files[1]["local_bytes"] < files[1]["size"] == 5 * BLOCK
+    assert 0 < files[1]["local_bytes"] < files[1]["size"] == 8 * BLOCK
     text = b.cli("status", str(b.path("big.bin"))).stdout
     assert "big.bin  partly cached (" in text and "% local)" in text
 
     b.cli("pin", "big.bin")
     assert state("big.bin") == "pinned"
-    assert cli_json(b, "status", "big.bin")["files"][0]["local_bytes"] == 5 * BLOCK
+    assert cli_json(b, "status", "big.bin")["files"][0]["local_bytes"] == 8 * BLOCK
     # The state is computed, never stored or synced: setting it changes nothing.
     os.setxattr(b.path("small.txt"), "user.websync.state", b"pinned")
     assert state("small.txt") == "cached"
@@ -368,7 +369,8 @@ def test_verify_drops_a_damaged_block_and_fetches_it_again(a: Machine, b: Machin
     wait_uploaded(a)
     eventually(lambda: read_bytes(b.path("f.bin")) == data, what="f.bin on B")
     h = hashlib.sha256(data).hexdigest()
-    (stored,) = (b.home / "cache" / "blocks").rglob(f"{h}*.val")
+    # The read is answered first; the block reaches the cache right after.
+    (stored,) = eventually(lambda: list((b.home / "cache" / "blocks").rglob(f"{h}*.val")), what="f.bin cached")
     stored.write_bytes(b"\0" * 100 + stored.read_bytes()[100:])
 
     answer = cli_json(b, "cache", "verify")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from websync_server._exceptions import InsufficientStorage, InvalidRequest, NotFound, RangeNotSatisfiable, TooLarge
-from websync_server.blocks import BlockStore
+from websync_server.blocks import BlockStore, Extent
 from websync_server.protocol import BLOCK_SIZE, BlockHash
 
 
@@ -113,3 +113,34 @@ def test_open_removes_stale_temporary_files_only(blocks: BlockStore) -> None:
     os.utime(stale, (old, old))
     blocks.open()
     assert not stale.exists() and fresh.exists()
+
+
+def test_a_range_of_a_damaged_block_is_answered_with_the_whole_block(
+    blocks: BlockStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = os.urandom(100_000)
+    block = digest(data)
+    blocks.put("alice", block, data)
+    assert blocks.read("alice", block, 10, 19) == Extent(data[10:20], 10, len(data))
+    path = blocks.path("alice", block)
+    with open(path, "r+b") as f:  # bit rot after the block was stored
+        f.seek(50_000)
+        f.write(b"\0" * 8)
+    damaged = path.read_bytes()
+
+    extent = blocks.read("alice", block, 10, 19)  # the range itself is intact; the block is not
+
+    assert extent == Extent(damaged, 0, len(damaged), whole=True)
+    assert block in caplog.text
+    assert blocks.read("alice", block) == Extent(damaged, 0, len(damaged))  # whole reads are the client's to check
+
+
+def test_a_block_stored_by_an_earlier_process_is_hashed_before_a_range_of_it_is_served(tmp_path: Path) -> None:
+    data = os.urandom(100_000)
+    block = digest(data)
+    first = BlockStore(tmp_path)
+    first.open()
+    first.put("alice", block, data)
+    second = BlockStore(tmp_path)
+    second.open()
+    assert second.read("alice", block, 0, 99) == Extent(data[:100], 0, len(data))

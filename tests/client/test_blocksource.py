@@ -1,0 +1,128 @@
+"""BlockSource on a real BlockCache with a server that is a function: ranges, whole blocks, failures."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from cache import BlockCache
+from websync_fs.blocksource import BlockSource
+from websync_fs.errors import Offline, RemoteError
+from websync_server.protocol import BlockHash
+
+BLOCK = 4 * 1024 * 1024
+
+
+class Server:
+    """Answers whole and ranged block GETs like websync_server; can be switched off or damage a block."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[str, bytes] = {}
+        self.online = True
+        self.damaged: set[str] = set()
+        self.calls: list[tuple[str, str]] = []
+
+    def add(self, data: bytes) -> BlockHash:
+        h = BlockHash(hashlib.sha256(data).hexdigest())
+        self.blocks[h] = data
+        return h
+
+    def _bytes(self, h: str) -> bytes:
+        if not self.online:
+            raise Offline("connection refused")
+        data = self.blocks[h]
+        return data[:-1] + bytes([data[-1] ^ 1]) if h in self.damaged else data
+
+    async def get_block(self, h: BlockHash) -> bytes:
+        self.calls.append(("whole", h))
+        await trio.sleep(0)
+        return self._bytes(h)
+
+    async def get_block_range(self, h: BlockHash, offset: int, length: int) -> tuple[bytes, bool]:
+        self.calls.append(("range", h))
+        await trio.sleep(0)
+        data = self._bytes(h)
+        if h in self.damaged:
+            return data, True  # the server cannot vouch for a damaged block's range
+        return data[offset : offset + length], False
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> BlockCache:
+    return BlockCache(tmp_path / "blocks", limit=1 << 30)
+
+
+async def _settle() -> None:
+    for _ in range(50):
+        await trio.sleep(0.01)
+
+
+async def test_a_first_read_is_a_range_and_a_second_brings_the_whole_block(cache: BlockCache) -> None:
+    server = Server()
+    data = os.urandom(BLOCK)
+    h = server.add(data)
+    async with trio.open_nursery() as nursery:
+        source = BlockSource(cache, server)
+        source.start(nursery)
+        assert await source.read(h, 1000, 4096) == data[1000:5096]
+        await _settle()
+        assert server.calls == [("range", h)] and not cache.contains(h)
+        assert await source.read(h, 3 * 1024 * 1024, 4096) == data[3 * 1024 * 1024 : 3 * 1024 * 1024 + 4096]
+        await _settle()
+        assert ("whole", h) in server.calls and cache.contains(h)
+        calls = len(server.calls)
+        assert await source.read(h, BLOCK - 10, 4096) == data[-10:]
+        assert len(server.calls) == calls  # from memory or disk now
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_streaming_read_waits_for_the_whole_block_and_caches_it(cache: BlockCache) -> None:
+    server = Server()
+    data = os.urandom(100_000)
+    h = server.add(data)
+    async with trio.open_nursery() as nursery:
+        source = BlockSource(cache, server)
+        source.start(nursery)
+        assert await source.read(h, 0, 50_000, streaming=True) == data[:50_000]
+        assert server.calls == [("whole", h)]
+        await _settle()
+        assert cache.get(h) == data
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_damaged_block_is_refused_whether_asked_whole_or_in_part(cache: BlockCache) -> None:
+    server = Server()
+    h = server.add(os.urandom(100_000))
+    server.damaged.add(h)
+    async with trio.open_nursery() as nursery:
+        source = BlockSource(cache, server)
+        source.start(nursery)
+        with pytest.raises(RemoteError, match="wrong content"):
+            await source.read(h, 0, 4096)
+        with pytest.raises(RemoteError, match="wrong content"):
+            await source.read(h, 0, 4096, streaming=True)
+        await _settle()
+        assert not cache.contains(h)
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_unreachable_server_fails_a_ranged_read_and_its_retry_at_once(cache: BlockCache) -> None:
+    server = Server()
+    h = server.add(os.urandom(100_000))
+    server.online = False
+    async with trio.open_nursery() as nursery:
+        source = BlockSource(cache, server)
+        source.start(nursery)
+        with pytest.raises(Offline):
+            await source.read(h, 0, 4096)
+        with pytest.raises(Offline):
+            await source.read(h, 0, 4096)  # the kernel's retry: no second request
+        assert server.calls == [("range", h)]
+        source.reconnected()
+        server.online = True
+        assert await source.read(h, 10, 10) == server.blocks[h][10:20]
+        nursery.cancel_scope.cancel()
