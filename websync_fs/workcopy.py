@@ -20,6 +20,7 @@ from websync_server.protocol import BLOCK_SIZE, BlockHash, block_count
 
 Loader = Callable[[BlockHash], Awaitable[bytes]]
 Store = Callable[[str, bytes], None]
+Offer = Callable[[BlockHash, bytes], None]
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
 #: One block hashed ahead at a time per process: the writer keeps the other core.
@@ -49,6 +50,8 @@ class WorkingCopy:
         self.ahead_stored: list[str] = []  # held in the cache until the owner releases them
         self.spawn: Spawn | None = None
         self.store: Store | None = None
+        #: Told of each block hashed ahead that is still current, bytes and all (earlyupload.py).
+        self.offer: Offer | None = None
         self._closed = False
 
     @property
@@ -118,23 +121,26 @@ class WorkingCopy:
         gen = self._gen.get(index, 0)
         store = self.store
 
-        def work() -> BlockHash | None:
+        def work() -> tuple[BlockHash, bytes] | None:
             if self._closed or self._gen.get(index) != gen:
                 return None
             data = os.pread(self._fd, BLOCK_SIZE, index * BLOCK_SIZE)
             h = hashlib.sha256(data).hexdigest()
             store(h, data)
             self.ahead_stored.append(h)
-            return BlockHash(h)
+            return BlockHash(h), data
 
         async def run() -> None:
             async with _AHEAD:
                 try:
-                    h = await trio.to_thread.run_sync(work)
+                    done = await trio.to_thread.run_sync(work)
                 except OSError:
                     return  # closed meanwhile: nothing to keep
-            if h is not None and self._gen.get(index) == gen:
+            if done is not None and self._gen.get(index) == gen:
+                h, data = done
                 self._ahead[index] = (gen, h)
+                if self.offer is not None:
+                    self.offer(h, data)
 
         self.spawn(run)
 
