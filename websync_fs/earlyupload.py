@@ -37,11 +37,13 @@ from .remote import Remote
 
 log = logging.getLogger(__name__)
 
-#: Blocks sent at once; the rest of the machine is busy writing them.
-WORKERS = 2
+#: Blocks sent at once.  One: the server's share of a block (receive, hash, write,
+#: fsync) costs more CPU than the writer's, and on a small machine a second sender
+#: slowed the writer by a third while bringing the upload's end forward by little.
+WORKERS = 1
 #: Offers waiting for a worker; more are dropped.  With WORKERS this bounds the
 #: memory held to (WORKERS + BACKLOG) blocks.
-BACKLOG = 2
+BACKLOG = 1
 #: After a failed send, offers are dropped this long: an unreachable or full
 #: server is not asked again for every block of a file being written.
 QUIET_AFTER_FAILURE = 10.0
