@@ -50,7 +50,7 @@ def remote(server: Server) -> Remote:
 
 async def test_offered_blocks_go_up_and_settle_waits_for_them() -> None:
     server = Server()
-    early = EarlyUploads(remote(server))
+    early = EarlyUploads(remote(server), backlog=3)
     async with trio.open_nursery() as nursery:
         await nursery.start(early.run)
         offered = [block() for _ in range(3)]
