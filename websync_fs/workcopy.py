@@ -51,8 +51,10 @@ Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 _AHEAD = trio.CapacityLimiter(1)
 #: Full blocks of one file waiting in memory to be stored; the writer waits beyond this.
 _FINISHING_MAX = 2
-#: Files gathering a block in memory at once (each up to one block); more use the file.
-_FILLS_MAX = 16
+#: Files gathering blocks in memory at once; more use the file.  Each holds up to
+#: 2 + _FINISHING_MAX blocks (filling, finishing, being stored): 128 MiB at most.
+_FILLS_MAX = 8
+_FILLING: set[int] = set()  # ids of the working copies in append mode
 
 
 class WorkingCopy:
@@ -87,8 +89,6 @@ class WorkingCopy:
         self._mem: dict[int, tuple[bytes, trio.Event]] = {}
         self._stored: dict[int, BlockHash] = {}
 
-    #: Working copies in append mode (holding a fill), per process.
-    _fills = 0
 
     @property
     def changed(self) -> bool:
@@ -112,14 +112,15 @@ class WorkingCopy:
         if self._fill is not None and index == self.size // BLOCK_SIZE:
             self._spill_fill()
         if index in self._mem:
-            self._put_in_file(index, self._mem.pop(index)[0])
+            self._put_in_file(index, self._mem[index][0])
+            del self._mem[index]
             return
         if index in self._stored:
             h = self._stored[index]
             data = await self._load(h)
             if self._stored.get(index) == h:  # else rewritten or brought in while we waited
-                del self._stored[index]
                 self._put_in_file(index, data)
+                del self._stored[index]
             return
         if index in self._present or index in self.dirty or index >= len(self.base):
             return
@@ -159,7 +160,7 @@ class WorkingCopy:
         if self._fill is not None:
             self._fill = None
             self._fill_len = 0
-            WorkingCopy._fills -= 1
+            _FILLING.discard(id(self))  # a set: close() may run in a worker thread
 
     async def read(self, offset: int, length: int) -> bytes:
         end = min(offset + length, self.size)
@@ -209,12 +210,12 @@ class WorkingCopy:
             return False
         if self._fill is not None:
             return True
-        return offset % BLOCK_SIZE == 0 and offset >= BLOCK_SIZE and WorkingCopy._fills < _FILLS_MAX
+        return offset % BLOCK_SIZE == 0 and offset >= BLOCK_SIZE and len(_FILLING) < _FILLS_MAX
 
     async def _append(self, data: bytes) -> None:
         if self._fill is None:
             self._fill = []
-            WorkingCopy._fills += 1
+            _FILLING.add(id(self))
         while data:
             room = BLOCK_SIZE - self._fill_len
             part, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
@@ -236,14 +237,11 @@ class WorkingCopy:
 
     async def _finish(self, index: int, block: bytes) -> None:
         """Hash and store a full appended block in the background; it never enters the file."""
-        while len(self._mem) >= _FINISHING_MAX:
-            await next(iter(self._mem.values()))[1].wait()
-            self._spill_failed()
         assert self.spawn is not None and self.store is not None
         gen = self._gen[index]
         store = self.store
         done = trio.Event()
-        self._mem[index] = (block, done)
+        self._mem[index] = (block, done)  # before any wait: reads meanwhile find it here
 
         def work() -> BlockHash | None:
             if self._closed:
@@ -272,13 +270,16 @@ class WorkingCopy:
                 done.set()
 
         self.spawn(run)
+        while len(self._mem) > _FINISHING_MAX:
+            await next(iter(self._mem.values()))[1].wait()
+            self._spill_failed()
 
     def _spill_failed(self) -> None:
         """Blocks whose background store failed go into the file: seal stores them again."""
         for index, (block, done) in list(self._mem.items()):
             if done.is_set():
+                self._put_in_file(index, block)  # first: a failed write keeps the bytes here
                 del self._mem[index]
-                self._put_in_file(index, block)
 
     def _touch(self, indexes: range) -> None:
         for index in indexes:

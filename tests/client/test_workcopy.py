@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from websync_fs.workcopy import WorkingCopy
 from websync_server.protocol import BLOCK_SIZE, BlockHash
@@ -129,8 +131,9 @@ async def test_reads_and_rewrites_while_appending_see_the_current_bytes(tmp_path
     cache = Cache()
     async with trio.open_nursery() as nursery:
         work = appending_copy(tmp_path / "w", nursery, cache)
-        step = 3 * 1024 * 1024 + 17  # writes straddle block ends
-        for start in range(0, 3 * BS, step):
+        await work.write(0, bytes(data[:BS]))
+        step = 3 * 1024 * 1024 + 17  # appends that straddle block ends
+        for start in range(BS, 3 * BS, step):
             await work.write(start, bytes(data[start : min(start + step, 3 * BS)]))
         assert await work.read(BS - 10, BS + 20) == data[BS - 10 : 2 * BS + 10]
         await trio.sleep(0.05)  # let the stores finish: the blocks are in the cache only
@@ -151,7 +154,9 @@ async def test_truncate_while_appending_drops_the_blocks_held_elsewhere(tmp_path
     cache = Cache()
     async with trio.open_nursery() as nursery:
         work = appending_copy(tmp_path / "w", nursery, cache)
-        await work.write(0, data)
+        for start in range(0, len(data), BS):
+            await work.write(start, data[start : start + BS])
+        await trio.sleep(0.05)  # stored: blocks 1-3 are in the cache only
         await work.write(len(data), b"tail")
         await work.truncate(2 * BS + 5)
         await work.write(2 * BS + 5, b"more")
@@ -175,11 +180,39 @@ async def test_a_failed_background_store_is_reported_by_seal(tmp_path: Path) -> 
     async with trio.open_nursery() as nursery:
         work = appending_copy(tmp_path / "w", nursery, cache)
         work.store = store
-        await work.write(0, data)
+        await work.write(0, data[:BS])
+        await work.write(BS, data[BS:])
         with pytest.raises(OSError):
             await work.seal(store)
         full[0] = False
         size, new = await work.seal(store)
+        assert (size, new) == (len(data), blocks_of(data)[1])
+        assert await work.read(0, size) == data
+        work.close()
+
+
+async def test_a_read_while_the_writer_waits_for_stores_sees_the_finished_blocks(tmp_path: Path) -> None:
+    data = os.urandom(5 * BS)
+    cache = Cache()
+    gate = threading.Event()
+
+    def slow_store(h: str, block: bytes) -> None:
+        gate.wait(10)  # the cache is slow: finished blocks pile up in memory
+        cache.store(h, block)
+
+    async with trio.open_nursery() as nursery:
+        work = appending_copy(tmp_path / "w", nursery, cache)
+        work.store = slow_store
+
+        async def writer() -> None:
+            await work.write(0, data[:BS])
+            await work.write(BS, data[BS:])
+
+        nursery.start_soon(writer)
+        await trio.testing.wait_all_tasks_blocked()  # the writer waits for the stores
+        assert await work.read(3 * BS, BS) == data[3 * BS : 4 * BS]
+        gate.set()
+        size, new = await work.seal(slow_store)
         assert (size, new) == (len(data), blocks_of(data)[1])
         assert await work.read(0, size) == data
         work.close()
