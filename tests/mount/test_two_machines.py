@@ -153,13 +153,12 @@ def _on_server(server: ServerProcess, h: str) -> bool:
 def test_finished_blocks_of_a_file_still_open_reach_the_server(a: Machine, server: ServerProcess) -> None:
     blocks = [os.urandom(BLOCK) for _ in range(4)]
     hashes = [hashlib.sha256(data).hexdigest() for data in blocks]
-    with open(a.path("growing.bin"), "wb") as f:
-        for data in blocks:
+    with open(a.path("growing.bin"), "wb", buffering=0) as f:
+        for data, h in zip(blocks, hashes):
             f.write(data)
-        f.flush()
-        # Still open: nothing is committed, yet the blocks written so far go up.
-        eventually(lambda: all(_on_server(server, h) for h in hashes[:3]), timeout=60,
-                   what="early blocks on the server")
+            # Still open: nothing is committed, yet each finished block goes up (one
+            # at a time here: a block offered while the sender is busy may wait for close).
+            eventually(lambda h=h: _on_server(server, h), timeout=60, what="an early block on the server")
         f.write(b"tail")
     assert a.path("growing.bin").read_bytes() == b"".join(blocks) + b"tail"
 
