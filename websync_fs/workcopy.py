@@ -210,11 +210,19 @@ class WorkingCopy:
             return False
         if self._fill is not None:
             return True
-        return offset % BLOCK_SIZE == 0 and offset >= BLOCK_SIZE and len(_FILLING) < _FILLS_MAX
+        if offset < BLOCK_SIZE or len(_FILLING) >= _FILLS_MAX:
+            return False
+        # Mid-block (writes of odd sizes) the block's head must be in the file to be taken along.
+        return offset % BLOCK_SIZE == 0 or offset // BLOCK_SIZE in self.dirty
 
     async def _append(self, data: bytes) -> None:
         if self._fill is None:
-            self._fill = []
+            index = self.size // BLOCK_SIZE
+            head = os.pread(self._fd, self.size - index * BLOCK_SIZE, index * BLOCK_SIZE)
+            self._fill = [head] if head else []
+            self._fill_len = len(head)
+            self.dirty.discard(index)  # its bytes are in the fill now, the file's are stale
+            self._present.discard(index)
             _FILLING.add(id(self))
         while data:
             room = BLOCK_SIZE - self._fill_len

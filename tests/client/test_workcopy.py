@@ -216,3 +216,20 @@ async def test_a_read_while_the_writer_waits_for_stores_sees_the_finished_blocks
         assert (size, new) == (len(data), blocks_of(data)[1])
         assert await work.read(0, size) == data
         work.close()
+
+
+async def test_writes_of_odd_sizes_append_from_memory_too(tmp_path: Path) -> None:
+    data = os.urandom(4 * BS + 999)
+    cache = Cache()
+    async with trio.open_nursery() as nursery:
+        work = appending_copy(tmp_path / "w", nursery, cache)
+        step = 100_003  # never lands on a block boundary
+        for start in range(0, len(data), step):
+            await work.write(start, data[start : start + step])
+        assert await work.read(BS - 7, 20) == data[BS - 7 : BS + 13]
+        size, new = await work.seal(cache.store)
+        assert (size, new) == (len(data), blocks_of(data)[1])
+        assert set(new[2:4]) <= set(cache.offered)  # gathered in memory, stored from there
+        assert os.stat(tmp_path / "w").st_blocks * 512 <= 3 * BS
+        assert await work.read(0, size) == data
+        work.close()
