@@ -25,6 +25,7 @@ from cache import BlockCache
 from .blocksource import BlockSource
 from .cachectl import CacheControl
 from .control import CacheLock, ControlServer
+from .earlyupload import EarlyUploads
 from .errors import ConfigError, Offline
 from .filestate import FileStates
 from .follower import Applier, Follower
@@ -74,18 +75,20 @@ class Mount:
             self.cache.protect([h])  # held until the queue item protects it
             self.cache.put(h, data, verified=True)  # the working copy hashed these bytes
 
+        self.early = EarlyUploads(self.remote)
         self.vfs = Vfs(
             self.db, self.replica, self.queue, self.source, store_block,
             self.cache.unprotect, home.work_dir, hold_blocks=self.cache.protect, sync_blocks=self.cache.sync,
             names=NamePolicy(settings.local_only, settings.temporary),
             temporary_quiet=settings.temporary_quiet_period, replace_quiet=settings.replace_quiet_period,
+            early_upload=self.early.offer,
         )
         self.ops = FuseOperations(self.vfs)
         self.applier = Applier(self.replica, self.queue, self.vfs.busy, self.ops.notify)
         self.follower = Follower(self.remote, self.applier, self._on_state)
         self.uploader = Uploader(
             self.queue, self.replica, self.remote, self.cache.get, self.applier, self.ops.notify,
-            settings.device, self._on_state,
+            settings.device, self._on_state, settle=self.early.settle,
         )
         self.vfs.notify = self.ops.notify
         self.vfs.on_settled = self.applier.settle
@@ -186,6 +189,7 @@ class Mount:
                 nursery.start_soon(self.ops.invalidator)
                 nursery.start_soon(self.follower.run)
                 nursery.start_soon(self.uploader.run)
+                await nursery.start(self.early.run)
                 nursery.start_soon(self._status_writer)
                 nursery.start_soon(self._signals)
                 nursery.start_soon(self.pins.run)

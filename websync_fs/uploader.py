@@ -150,6 +150,7 @@ class Uploader:
     def __init__(
         self, queue: WriteBackQueue, replica: Replica, remote: Remote, read_block: Callable[[str], bytes | None],
         applier: Applier, notify: Notify, device: str, on_state: Callable[[bool, str], None],
+        settle: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> None:
         self.queue = queue
         self.replica = replica
@@ -159,6 +160,7 @@ class Uploader:
         self.notify = notify
         self.device = device
         self.on_state = on_state
+        self._settle = settle
         self._wake = trio.Event()
         self.failures = 0
         self.last_error = ""
@@ -335,6 +337,8 @@ class Uploader:
         batch_id = batch[0].batch or ""
         ops = self._sent.get(batch_id) or [op for item in batch for op in self._ops(item)]
         hashes = list(dict.fromkeys(h for op in ops for h in op.get("blocks", ())))
+        if self._settle is not None:
+            await self._settle(hashes)  # blocks on their way early are not sent twice
         missing = await self._again(self.remote.missing, [BlockHash(h) for h in hashes])
         if missing:
             try:

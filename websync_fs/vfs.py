@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import functools
 import logging
 import os
 import stat
@@ -118,6 +119,7 @@ class Vfs:
         hold_blocks: Callable[[list[str]], None] = lambda hashes: None,
         sync_blocks: Callable[[list[str]], None] = lambda hashes: None,
         names: NamePolicy | None = None, temporary_quiet: float = 3.0, replace_quiet: float = 1.0,
+        early_upload: Callable[[str, bytes], object] | None = None,
     ) -> None:
         self._db = db
         self.replica = replica
@@ -127,6 +129,7 @@ class Vfs:
         self._release_blocks = release_blocks
         self._hold_blocks = hold_blocks
         self._sync_blocks = sync_blocks
+        self._early_upload = early_upload
         self.names = names or NamePolicy()
         self.temporary_quiet = temporary_quiet
         self.replace_quiet = replace_quiet
@@ -561,8 +564,16 @@ class Vfs:
             if self._nursery is not None:
                 work.spawn = self._nursery.start_soon
                 work.store = self._store_block
+                if self._early_upload is not None:
+                    work.offer = functools.partial(self._offer, row.ino)
             self._work[row.ino] = work
         return work
+
+    def _offer(self, ino: int, h: str, data: bytes) -> None:
+        """Send a finished block of a file still being written early, unless it stays on this machine."""
+        row = self.replica.get(ino)
+        if self._early_upload is not None and row is not None and not row.local and not row.orphan:
+            self._early_upload(h, data)
 
     def _close_working_copy(self, ino: int) -> None:
         work = self._work.get(ino)

@@ -5,6 +5,30 @@ filled lazily, block by block: a block the program never reads and never
 partly overwrites is never downloaded, so editing 1 MiB inside a 1 GiB file
 fetches one block.  `seal()` turns the current bytes into a block list (hashing
 only the blocks that were written) and hands the new blocks to the cache.
+
+Appending writers.  A program writing a big file from start to end appends
+block after block.  From the second block on (small files never take memory)
+such a block is gathered in memory instead of the file; once full it is hashed
+and stored into the cache in the background, and the working-copy file never
+holds it: its bytes go into the page cache once, as a cache block, instead of
+twice.  Where the current bytes of a block are:
+
+==========  ===================================================================
+state       where
+==========  ===================================================================
+base        unchanged since open (or the last seal): ``base[i]``, in the cache
+            or on the server; fetched into the file on first use
+in file     ``_present`` (base bytes fetched) or ``dirty`` (changed)
+filling     ``_fill``: the block an appending writer is in, in memory
+finishing   ``_mem``: full, being hashed and stored, in memory
+stored      ``_stored``: only in the cache, under its hash
+==========  ===================================================================
+
+Anything other than an append that touches a block held elsewhere first
+brings it into the file (`_ensure`), or forgets it when it is wholly
+overwritten.  A crash loses nothing that was promised: the working copy is
+thrown away at start either way, and what close() or fsync() sealed is in the
+cache and the queue.
 """
 
 from __future__ import annotations
@@ -20,10 +44,17 @@ from websync_server.protocol import BLOCK_SIZE, BlockHash, block_count
 
 Loader = Callable[[BlockHash], Awaitable[bytes]]
 Store = Callable[[str, bytes], None]
+Offer = Callable[[BlockHash, bytes], None]
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
 #: One block hashed ahead at a time per process: the writer keeps the other core.
 _AHEAD = trio.CapacityLimiter(1)
+#: Full blocks of one file waiting in memory to be stored; the writer waits beyond this.
+_FINISHING_MAX = 2
+#: Files gathering blocks in memory at once; more use the file.  Each holds up to
+#: 2 + _FINISHING_MAX blocks (filling, finishing, being stored): 128 MiB at most.
+_FILLS_MAX = 8
+_FILLING: set[int] = set()  # ids of the working copies in append mode
 
 
 class WorkingCopy:
@@ -49,14 +80,27 @@ class WorkingCopy:
         self.ahead_stored: list[str] = []  # held in the cache until the owner releases them
         self.spawn: Spawn | None = None
         self.store: Store | None = None
+        #: Told of each block hashed ahead that is still current, bytes and all (earlyupload.py).
+        self.offer: Offer | None = None
         self._closed = False
+        self._length = size  # of the file; appended blocks held elsewhere do not grow it
+        self._fill: list[bytes] | None = None  # chunks of the last block, while appending
+        self._fill_len = 0
+        self._mem: dict[int, tuple[bytes, trio.Event]] = {}
+        self._stored: dict[int, BlockHash] = {}
+
 
     @property
     def changed(self) -> bool:
-        return bool(self.dirty) or len(self.base) != block_count(self.size)
+        return (
+            bool(self.dirty or self._mem or self._stored or self._fill)
+            or len(self.base) != block_count(self.size)
+        )
 
     def close(self) -> None:
         self._closed = True
+        self._end_fill()
+        self._mem.clear()
         os.close(self._fd)
         try:
             self.path.unlink()
@@ -64,16 +108,59 @@ class WorkingCopy:
             pass
 
     async def _ensure(self, index: int) -> None:
-        """Bring block *index* of the old content into the file if it is not there yet."""
+        """Bring the current bytes of block *index* into the file if they are not there yet."""
+        if self._fill is not None and index == self.size // BLOCK_SIZE:
+            self._spill_fill()
+        if index in self._mem:
+            self._put_in_file(index, self._mem[index][0])
+            del self._mem[index]
+            return
+        if index in self._stored:
+            h = self._stored[index]
+            data = await self._load(h)
+            if self._stored.get(index) == h:  # else rewritten or brought in while we waited
+                self._put_in_file(index, data)
+                del self._stored[index]
+            return
         if index in self._present or index in self.dirty or index >= len(self.base):
             return
         data = await self._load(self.base[index])
-        if index in self._present or index in self.dirty:
+        if index in self._present or index in self.dirty or index in self._stored or index in self._mem:
             return  # another task filled it while we waited
         start = index * BLOCK_SIZE
         keep = max(0, min(len(data), self.size - start))
-        os.pwrite(self._fd, data[:keep], start)
+        self._pwrite(data[:keep], start)
         self._present.add(index)
+
+    def _put_in_file(self, index: int, data: bytes) -> None:
+        """Write a changed block held in memory or the cache into the file; its hash stays known."""
+        self._pwrite(data, index * BLOCK_SIZE)
+        self.dirty.add(index)
+
+    def _pwrite(self, data: bytes, offset: int) -> None:
+        os.pwrite(self._fd, data, offset)
+        self._length = max(self._length, offset + len(data))
+
+    def _extend(self) -> None:
+        """Give the file its full length, so that reads of holes give zeros, not short reads."""
+        if self._length < self.size:
+            os.ftruncate(self._fd, self.size)
+            self._length = self.size
+
+    def _spill_fill(self) -> None:
+        """Leave append mode: the block being gathered goes into the file."""
+        if self._fill is None:
+            return
+        if self._fill_len:
+            index = self.size // BLOCK_SIZE
+            self._put_in_file(index, b"".join(self._fill))
+        self._end_fill()
+
+    def _end_fill(self) -> None:
+        if self._fill is not None:
+            self._fill = None
+            self._fill_len = 0
+            _FILLING.discard(id(self))  # a set: close() may run in a worker thread
 
     async def read(self, offset: int, length: int) -> bytes:
         end = min(offset + length, self.size)
@@ -81,6 +168,7 @@ class WorkingCopy:
             return b""
         for index in range(offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE + 1):
             await self._ensure(index)
+        self._extend()
         return os.pread(self._fd, end - offset, offset)
 
     async def write(self, offset: int, data: bytes) -> int:
@@ -90,23 +178,116 @@ class WorkingCopy:
     async def _write(self, offset: int, data: bytes) -> int:
         if not data:
             return 0
+        if self._appends(offset):
+            await self._append(data)
+            return len(data)
+        self._spill_fill()
         end = offset + len(data)
         first, last = offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE
-        for index in (first, last):
+        for index in range(first, last + 1):
             whole = offset <= index * BLOCK_SIZE and end >= min((index + 1) * BLOCK_SIZE, max(self.size, end))
             if not whole:
                 await self._ensure(index)
+            else:
+                # Wholly overwritten: a copy held in memory or the cache is no longer its content.
+                self._mem.pop(index, None)
+                self._stored.pop(index, None)
         if offset > self.size:
             # The old last block grows with zeros: it must be complete first.
             await self._ensure((self.size - 1) // BLOCK_SIZE if self.size else 0)
             self.dirty.update(range(self.size // BLOCK_SIZE, first))
-        os.pwrite(self._fd, data, offset)
+        self._pwrite(data, offset)
         self.dirty.update(range(first, last + 1))
         self._touch(range(first, last + 1))
         self.size = max(self.size, end)
         for index in range(first, end // BLOCK_SIZE):
             self._hash_ahead(index)  # wholly written up to its end: likely finished
         return len(data)
+
+    def _appends(self, offset: int) -> bool:
+        """True if a write at *offset* continues (or can start) gathering blocks in memory."""
+        if offset != self.size or self.spawn is None or self.store is None:
+            return False
+        if self._fill is not None:
+            return True
+        if offset < BLOCK_SIZE or len(_FILLING) >= _FILLS_MAX:
+            return False
+        # Mid-block (writes of odd sizes) the block's head must be in the file to be taken along.
+        return offset % BLOCK_SIZE == 0 or offset // BLOCK_SIZE in self.dirty
+
+    async def _append(self, data: bytes) -> None:
+        if self._fill is None:
+            index = self.size // BLOCK_SIZE
+            head = os.pread(self._fd, self.size - index * BLOCK_SIZE, index * BLOCK_SIZE)
+            self._fill = [head] if head else []
+            self._fill_len = len(head)
+            self.dirty.discard(index)  # its bytes are in the fill now, the file's are stale
+            self._present.discard(index)
+            _FILLING.add(id(self))
+        while data:
+            room = BLOCK_SIZE - self._fill_len
+            part, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
+            index = self.size // BLOCK_SIZE
+            self._fill.append(part)
+            self._fill_len += len(part)
+            self.size += len(part)
+            self._touch(range(index, index + 1))
+            if self._fill_len == BLOCK_SIZE:
+                block = b"".join(self._fill)
+                self._fill = []
+                self._fill_len = 0
+                await self._finish(index, block)
+                if self._fill is None:
+                    # A read of the new last block ended append mode while we waited.
+                    if data and not self._closed:
+                        await self._write(self.size, data)
+                    return
+
+    async def _finish(self, index: int, block: bytes) -> None:
+        """Hash and store a full appended block in the background; it never enters the file."""
+        assert self.spawn is not None and self.store is not None
+        gen = self._gen[index]
+        store = self.store
+        done = trio.Event()
+        self._mem[index] = (block, done)  # before any wait: reads meanwhile find it here
+
+        def work() -> BlockHash | None:
+            if self._closed:
+                return None
+            h = hashlib.sha256(block).hexdigest()
+            store(h, block)
+            self.ahead_stored.append(h)
+            return BlockHash(h)
+
+        async def run() -> None:
+            h = None
+            try:
+                async with _AHEAD:
+                    h = await trio.to_thread.run_sync(work)
+            except OSError:
+                pass  # a full cache: left in memory for seal, which reports it
+            finally:
+                if h is not None and self._gen.get(index) == gen:
+                    self._ahead[index] = (gen, h)
+                    held = self._mem.get(index)
+                    if held is not None and held[0] is block:
+                        del self._mem[index]
+                        self._stored[index] = h
+                    if self.offer is not None:
+                        self.offer(h, block)
+                done.set()
+
+        self.spawn(run)
+        while len(self._mem) > _FINISHING_MAX:
+            await next(iter(self._mem.values()))[1].wait()
+            self._spill_failed()
+
+    def _spill_failed(self) -> None:
+        """Blocks whose background store failed go into the file: seal stores them again."""
+        for index, (block, done) in list(self._mem.items()):
+            if done.is_set():
+                self._put_in_file(index, block)  # first: a failed write keeps the bytes here
+                del self._mem[index]
 
     def _touch(self, indexes: range) -> None:
         for index in indexes:
@@ -118,23 +299,26 @@ class WorkingCopy:
         gen = self._gen.get(index, 0)
         store = self.store
 
-        def work() -> BlockHash | None:
+        def work() -> tuple[BlockHash, bytes] | None:
             if self._closed or self._gen.get(index) != gen:
                 return None
             data = os.pread(self._fd, BLOCK_SIZE, index * BLOCK_SIZE)
             h = hashlib.sha256(data).hexdigest()
             store(h, data)
             self.ahead_stored.append(h)
-            return BlockHash(h)
+            return BlockHash(h), data
 
         async def run() -> None:
             async with _AHEAD:
                 try:
-                    h = await trio.to_thread.run_sync(work)
+                    done = await trio.to_thread.run_sync(work)
                 except OSError:
                     return  # closed meanwhile: nothing to keep
-            if h is not None and self._gen.get(index) == gen:
+            if done is not None and self._gen.get(index) == gen:
+                h, data = done
                 self._ahead[index] = (gen, h)
+                if self.offer is not None:
+                    self.offer(h, data)
 
         self.spawn(run)
 
@@ -142,6 +326,7 @@ class WorkingCopy:
         async with self._lock:
             if size == self.size:
                 return
+            self._spill_fill()
             if size < self.size:
                 if size % BLOCK_SIZE:
                     await self._ensure(size // BLOCK_SIZE)  # the new last block is rehashed
@@ -149,6 +334,7 @@ class WorkingCopy:
             elif self.size % BLOCK_SIZE:
                 await self._ensure(self.size // BLOCK_SIZE)  # the old last block grows
             os.ftruncate(self._fd, size)
+            self._length = size
             count = block_count(size)
             self._touch(range(min(size, self.size) // BLOCK_SIZE, max(count, block_count(self.size))))
             if size > self.size:
@@ -156,6 +342,8 @@ class WorkingCopy:
             self.base = self.base[:count]
             self._present = {i for i in self._present if i < count}
             self.dirty = {i for i in self.dirty if i < count}
+            self._mem = {i: m for i, m in self._mem.items() if i < count}
+            self._stored = {i: h for i, h in self._stored.items() if i < count}
             self.size = size
 
     def fsync(self) -> None:
@@ -164,11 +352,18 @@ class WorkingCopy:
     async def seal(self, store: Store) -> tuple[int, tuple[BlockHash, ...]]:
         """Hash what changed, put new blocks into *store*, return (size, blocks)."""
         async with self._lock:
+            self._spill_fill()
+            for _, done in list(self._mem.values()):
+                await done.wait()
+            self._spill_failed()
+            self._extend()
             count = block_count(self.size)
             blocks = list(self.base[:count]) + [BlockHash("")] * (count - len(self.base))
             todo = []
             for i in range(count):
-                if i in self.dirty or i >= len(self.base):
+                if i in self._stored:
+                    blocks[i] = self._stored[i]  # its bytes are in the cache only
+                elif i in self.dirty or i >= len(self.base):
                     ahead = self._ahead.get(i)
                     if ahead is not None and ahead[0] == self._gen.get(i):
                         blocks[i] = ahead[1]  # hashed in the background, untouched since
@@ -190,4 +385,5 @@ class WorkingCopy:
                 self._present.add(index)
             self.base = blocks
             self.dirty.clear()
+            self._stored.clear()
             return self.size, tuple(blocks)

@@ -174,10 +174,13 @@ class _Api:
     async def put_block(self, request: Request) -> Response:
         identity = await self._identity(request)
         block = _block_param(request)
-        data = await _read_body(request, BLOCK_SIZE)
+        # The pieces as received: joining 4 MiB into one buffer costs a copy and a
+        # fresh allocation's page faults; the store hashes and writes them in turn.
+        pieces = await _read_pieces(request, BLOCK_SIZE)
         # Hashing 4 MiB and fsyncing take milliseconds: off the event loop.
-        created = await run_in_threadpool(self._s.blocks.put, identity.user, block, data)
-        return JSONResponse({"hash": block, "size": len(data)}, status_code=201 if created else 200)
+        created = await run_in_threadpool(self._s.blocks.put, identity.user, block, pieces)
+        size = sum(len(piece) for piece in pieces)
+        return JSONResponse({"hash": block, "size": size}, status_code=201 if created else 200)
 
     async def put_blocks(self, request: Request) -> Response:
         """Many small blocks in one request: a folder of small files costs one round trip."""
@@ -256,6 +259,11 @@ def _split_frames(body: bytes) -> list[tuple[BlockHash, bytes]]:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing (413) more than *limit* bytes without reading them all."""
+    return b"".join(await _read_pieces(request, limit))
+
+
+async def _read_pieces(request: Request, limit: int) -> list[bytes]:
+    """The request body in the pieces it arrived in, refusing (413) more than *limit* bytes."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"the body has {declared} bytes, this call takes at most {limit}")
@@ -266,7 +274,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise TooLarge(f"the body is over {limit} bytes, this call takes at most {limit}")
         chunks.append(chunk)
-    return b"".join(chunks)
+    return chunks
 
 
 async def _json_object(request: Request) -> dict[str, Any]:

@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,24 +82,30 @@ class BlockStore:
             raise InvalidRequest(f"{block!r} is not a block hash (64 lower-case hex digits)")
         return self.root / user / block[:2] / block[2:4] / block
 
-    def put(self, user: str, block: BlockHash, data: bytes) -> bool:
-        """Store *data* as *block* durably; True if it is new, False if it was already there.
+    def put(self, user: str, block: BlockHash, data: bytes | Sequence[bytes]) -> bool:
+        """Store *data* (bytes, or pieces of them in order) as *block* durably.
 
-        Raises `InvalidRequest` when the data's SHA-256 is not *block* (nothing
-        is stored), `TooLarge` for more than one block of data, and
+        True if it is new, False if it was already there.  Raises
+        `InvalidRequest` when the data's SHA-256 is not *block* (nothing is
+        stored), `TooLarge` for more than one block of data, and
         `InsufficientStorage` when the disk is full.
         """
         final = self.path(user, block)
-        if len(data) > BLOCK_SIZE:
-            raise TooLarge(f"a block holds at most {BLOCK_SIZE} bytes, this body has {len(data)}")
-        actual = hashlib.sha256(data).hexdigest()
+        pieces = [data] if isinstance(data, bytes) else list(data)
+        size = sum(len(piece) for piece in pieces)
+        if size > BLOCK_SIZE:
+            raise TooLarge(f"a block holds at most {BLOCK_SIZE} bytes, this body has {size}")
+        digest = hashlib.sha256()
+        for piece in pieces:
+            digest.update(piece)
+        actual = digest.hexdigest()
         if actual != block:
             raise InvalidRequest(f"the body's SHA-256 is {actual}, not {block}")
         if final.exists():
             return False
         temp = self._incoming / f"{block}.{uuid.uuid4().hex}"
         try:
-            _write_durably(temp, data)
+            _write_durably(temp, pieces)
             with self._mkdir_lock:
                 _make_dirs_durably(final.parent)
             # Two concurrent PUTs of one block both rename identical bytes into
@@ -207,13 +213,14 @@ def _fsync_file(fd: int) -> None:
         os.fsync(fd)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def _write_durably(path: Path, pieces: list[bytes]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        for piece in pieces:
+            view = memoryview(piece)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
         _fsync_file(fd)
     finally:
         os.close(fd)

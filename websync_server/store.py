@@ -12,7 +12,9 @@ server before the commit is accepted (``blocks.py`` fsyncs them before answering
 the PUT), so a committed node never names a block that is not there.  Blocks
 are immutable and (until a garbage collector exists) never removed, so checking
 them before taking the write lock is safe; a future collector must spare blocks
-younger than the longest commit.
+younger than the longest commit, and clients send the blocks of a big file while
+it is still being written (the client's early uploads): a block may wait for its
+commit as long as a program keeps the file open.
 """
 
 from __future__ import annotations

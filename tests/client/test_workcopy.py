@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
 
 from websync_fs.workcopy import WorkingCopy
 from websync_server.protocol import BLOCK_SIZE, BlockHash
@@ -80,3 +85,151 @@ async def test_write_past_the_end_leaves_zeros(tmp_path: Path) -> None:
     expected = b"\0" * (BS + 1) + b"z"
     assert size == len(expected) and new == blocks_of(expected)[1]
     work.close()
+
+
+class Cache:
+    """A dict standing in for the block cache, loading and storing like the real one."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[str, bytes] = {}
+        self.offered: list[str] = []
+
+    def store(self, h: str, data: bytes) -> None:
+        assert hashlib.sha256(data).hexdigest() == h
+        self.blocks[h] = bytes(data)
+
+    async def load(self, h: BlockHash) -> bytes:
+        return self.blocks[h]
+
+
+def appending_copy(path: Path, nursery: trio.Nursery, cache: Cache) -> WorkingCopy:
+    work = WorkingCopy(path, 0, (), cache.load)
+    work.spawn = nursery.start_soon
+    work.store = cache.store
+    work.offer = lambda h, data: cache.offered.append(h)
+    return work
+
+
+async def test_appended_blocks_skip_the_file_and_are_stored_and_offered(tmp_path: Path) -> None:
+    data = os.urandom(5 * BS + 1234)
+    cache = Cache()
+    async with trio.open_nursery() as nursery:
+        work = appending_copy(tmp_path / "w", nursery, cache)
+        for start in range(0, len(data), 1 << 20):
+            await work.write(start, data[start : start + (1 << 20)])
+        size, new = await work.seal(cache.store)
+        assert (size, new) == (len(data), blocks_of(data)[1])
+        # Blocks 1-4 went to the cache from memory: the file holds block 0 and the tail only.
+        assert os.stat(tmp_path / "w").st_blocks * 512 <= 2 * BS + 64 * 1024
+        assert set(cache.offered) == set(new[:5])  # every full block, the tail excepted
+        assert await work.read(0, len(data)) == data
+        work.close()
+
+
+async def test_reads_and_rewrites_while_appending_see_the_current_bytes(tmp_path: Path) -> None:
+    data = bytearray(os.urandom(4 * BS + 100))
+    cache = Cache()
+    async with trio.open_nursery() as nursery:
+        work = appending_copy(tmp_path / "w", nursery, cache)
+        await work.write(0, bytes(data[:BS]))
+        step = 3 * 1024 * 1024 + 17  # appends that straddle block ends
+        for start in range(BS, 3 * BS, step):
+            await work.write(start, bytes(data[start : min(start + step, 3 * BS)]))
+        assert await work.read(BS - 10, BS + 20) == data[BS - 10 : 2 * BS + 10]
+        await trio.sleep(0.05)  # let the stores finish: the blocks are in the cache only
+        assert await work.read(2 * BS + 5, 100) == data[2 * BS + 5 : 2 * BS + 105]
+        data[BS + 7 : BS + 11] = b"edit"
+        await work.write(BS + 7, b"edit")
+        data[2 * BS : 3 * BS] = os.urandom(BS)
+        await work.write(2 * BS, bytes(data[2 * BS : 3 * BS]))
+        await work.write(3 * BS, bytes(data[3 * BS :]))
+        size, new = await work.seal(cache.store)
+        assert (size, new) == (len(data), blocks_of(bytes(data))[1])
+        assert await work.read(0, size) == data
+        work.close()
+
+
+async def test_truncate_while_appending_drops_the_blocks_held_elsewhere(tmp_path: Path) -> None:
+    data = os.urandom(4 * BS)
+    cache = Cache()
+    async with trio.open_nursery() as nursery:
+        work = appending_copy(tmp_path / "w", nursery, cache)
+        for start in range(0, len(data), BS):
+            await work.write(start, data[start : start + BS])
+        await trio.sleep(0.05)  # stored: blocks 1-3 are in the cache only
+        await work.write(len(data), b"tail")
+        await work.truncate(2 * BS + 5)
+        await work.write(2 * BS + 5, b"more")
+        expected = data[: 2 * BS + 5] + b"more"
+        size, new = await work.seal(cache.store)
+        assert (size, new) == (len(expected), blocks_of(expected)[1])
+        assert await work.read(0, size) == expected
+        work.close()
+
+
+async def test_a_failed_background_store_is_reported_by_seal(tmp_path: Path) -> None:
+    data = os.urandom(3 * BS)
+    cache = Cache()
+    full = [True]
+
+    def store(h: str, block: bytes) -> None:
+        if full[0]:
+            raise OSError(28, "No space left on device")
+        cache.store(h, block)
+
+    async with trio.open_nursery() as nursery:
+        work = appending_copy(tmp_path / "w", nursery, cache)
+        work.store = store
+        await work.write(0, data[:BS])
+        await work.write(BS, data[BS:])
+        with pytest.raises(OSError):
+            await work.seal(store)
+        full[0] = False
+        size, new = await work.seal(store)
+        assert (size, new) == (len(data), blocks_of(data)[1])
+        assert await work.read(0, size) == data
+        work.close()
+
+
+async def test_a_read_while_the_writer_waits_for_stores_sees_the_finished_blocks(tmp_path: Path) -> None:
+    data = os.urandom(5 * BS)
+    cache = Cache()
+    gate = threading.Event()
+
+    def slow_store(h: str, block: bytes) -> None:
+        gate.wait(10)  # the cache is slow: finished blocks pile up in memory
+        cache.store(h, block)
+
+    async with trio.open_nursery() as nursery:
+        work = appending_copy(tmp_path / "w", nursery, cache)
+        work.store = slow_store
+
+        async def writer() -> None:
+            await work.write(0, data[:BS])
+            await work.write(BS, data[BS:])
+
+        nursery.start_soon(writer)
+        await trio.testing.wait_all_tasks_blocked()  # the writer waits for the stores
+        assert await work.read(3 * BS, BS) == data[3 * BS : 4 * BS]
+        gate.set()
+        size, new = await work.seal(slow_store)
+        assert (size, new) == (len(data), blocks_of(data)[1])
+        assert await work.read(0, size) == data
+        work.close()
+
+
+async def test_writes_of_odd_sizes_append_from_memory_too(tmp_path: Path) -> None:
+    data = os.urandom(4 * BS + 999)
+    cache = Cache()
+    async with trio.open_nursery() as nursery:
+        work = appending_copy(tmp_path / "w", nursery, cache)
+        step = 100_003  # never lands on a block boundary
+        for start in range(0, len(data), step):
+            await work.write(start, data[start : start + step])
+        assert await work.read(BS - 7, 20) == data[BS - 7 : BS + 13]
+        size, new = await work.seal(cache.store)
+        assert (size, new) == (len(data), blocks_of(data)[1])
+        assert set(new[2:4]) <= set(cache.offered)  # gathered in memory, stored from there
+        assert os.stat(tmp_path / "w").st_blocks * 512 <= 3 * BS
+        assert await work.read(0, size) == data
+        work.close()

@@ -11,6 +11,7 @@ import threading
 import pytest
 
 from tests.clients import Machine, eventually, read_bytes
+from tests.servers import ServerProcess
 
 pytestmark = pytest.mark.mount
 
@@ -140,3 +141,33 @@ def test_status_shows_server_user_connection_and_queue(a: Machine) -> None:
     assert info["pending"] == 0
     human = a.cli("status").stdout
     assert "online" in human and a.server_url in human
+
+
+BLOCK = 4 * 1024 * 1024
+
+
+def _on_server(server: ServerProcess, h: str) -> bool:
+    return any((server.data_dir / "blocks").glob(f"*/{h[:2]}/{h[2:4]}/{h}"))
+
+
+def test_finished_blocks_of_a_file_still_open_reach_the_server(a: Machine, server: ServerProcess) -> None:
+    blocks = [os.urandom(BLOCK) for _ in range(4)]
+    hashes = [hashlib.sha256(data).hexdigest() for data in blocks]
+    with open(a.path("growing.bin"), "wb", buffering=0) as f:
+        for data, h in zip(blocks, hashes):
+            f.write(data)
+            # Still open: nothing is committed, yet each finished block goes up (one
+            # at a time here: a block offered while the sender is busy may wait for close).
+            eventually(lambda h=h: _on_server(server, h), timeout=60, what="an early block on the server")
+        f.write(b"tail")
+    assert a.path("growing.bin").read_bytes() == b"".join(blocks) + b"tail"
+
+
+def test_a_local_only_file_never_sends_its_blocks(a: Machine, server: ServerProcess) -> None:
+    blocks = [os.urandom(BLOCK) for _ in range(3)]
+    with open(a.path(".big.txt.swp"), "wb") as f:
+        for data in blocks:
+            f.write(data)
+    a.path("marker.txt").write_text("after")
+    eventually(lambda: _on_server(server, hashlib.sha256(b"after").hexdigest()), what="marker on the server")
+    assert not any(_on_server(server, hashlib.sha256(data).hexdigest()) for data in blocks)

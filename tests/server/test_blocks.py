@@ -45,6 +45,17 @@ def test_a_body_that_does_not_match_its_hash_is_refused_and_not_stored(blocks: B
     assert not (blocks.root / "alice").exists()
 
 
+def test_a_body_in_pieces_is_checked_and_stored_whole(blocks: BlockStore) -> None:
+    pieces = [os.urandom(65536), os.urandom(1000), os.urandom(262144)]
+    data = b"".join(pieces)
+    with pytest.raises(InvalidRequest, match="SHA-256"):
+        blocks.put("alice", digest(data), pieces[::-1])
+    with pytest.raises(TooLarge):
+        blocks.put("alice", digest(data), [b"x" * BLOCK_SIZE, b"y"])
+    assert blocks.put("alice", digest(data), pieces) is True
+    assert blocks.path("alice", digest(data)).read_bytes() == data
+
+
 def test_blocks_over_the_block_size_are_too_large(blocks: BlockStore) -> None:
     data = b"x" * (BLOCK_SIZE + 1)
     with pytest.raises(TooLarge):
