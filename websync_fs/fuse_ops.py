@@ -74,6 +74,11 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
         self._send, self._receive = trio.open_memory_channel[Invalidation](math.inf)
         #: The state word of an inode (filestate.py), shown as the xattr user.websync.state.
         self.file_state: Callable[[int], str] | None = None
+        #: Set once the kernel's INIT is answered: settings it made (read-ahead) can change now.
+        self.initialized = trio.Event()
+
+    def init(self) -> None:
+        self.initialized.set()
 
     # -- kernel cache invalidation -------------------------------------------
     def notify(self, inv: Invalidation) -> None:

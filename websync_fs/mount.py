@@ -22,6 +22,7 @@ import trio
 
 from cache import BlockCache
 
+from . import readahead
 from .blocksource import BlockSource
 from .cachectl import CacheControl
 from .control import CacheLock, ControlServer
@@ -168,6 +169,13 @@ class Mount:
                 pyfuse3.terminate()
                 return
 
+    async def _widen_readahead(self) -> None:
+        # The kernel sets the window while it takes the answer to INIT, which goes out
+        # after init() returns: by the time this task runs again it is set.
+        await self.ops.initialized.wait()
+        await trio.sleep(0)
+        readahead.widen(self.mountpoint)
+
     async def _drain(self) -> None:
         """Give pending uploads a short chance to go out before the process ends."""
         with trio.move_on_after(DRAIN_ON_UNMOUNT):
@@ -187,6 +195,7 @@ class Mount:
                 self.source.start(nursery)
                 self.vfs.start(nursery)
                 nursery.start_soon(self.ops.invalidator)
+                nursery.start_soon(self._widen_readahead)
                 nursery.start_soon(self.follower.run)
                 nursery.start_soon(self.uploader.run)
                 await nursery.start(self.early.run)
