@@ -54,6 +54,15 @@ def burst(root: Path, rng: random.Random) -> None:
             pass  # the same errors a local disk gives; only what succeeded counts
 
 
+def same_on_b(a: Machine, b: Machine, when: str) -> None:
+    wait_uploaded(a)
+    here = read_tree(a.path("work"))
+    try:
+        eventually(lambda: read_tree(b.path("work")) == here, timeout=30, what=f"B to show A's tree ({when})")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nA: {here}\nB: {read_tree(b.path('work'))}") from None
+
+
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_fast_name_reuse_on_one_machine_is_never_a_conflict(a: Machine, b: Machine, seed: int) -> None:
@@ -66,12 +75,8 @@ def test_fast_name_reuse_on_one_machine_is_never_a_conflict(a: Machine, b: Machi
         # Sometimes the queue sends part of the burst before the next one begins.
         time.sleep(rng.choice([0, 0, 0.05, 0.25, 0.4]))
         if round_ % 15 == 14:
-            wait_uploaded(a)
-            here = read_tree(root)
-            eventually(lambda: read_tree(b.path("work")) == here, timeout=30, what=f"B to show A's tree (round {round_})")
-    wait_uploaded(a)
-    here = read_tree(root)
-    eventually(lambda: read_tree(b.path("work")) == here, timeout=30, what="B to show A's tree")
+            same_on_b(a, b, f"round {round_}")
+    same_on_b(a, b, "the end")
     for machine in (a, b):
         copies = [name for name in read_tree(machine.path("work")) if "conflict" in name]
         assert copies == [], f"{machine.name} shows conflict copies of its own changes: {copies}"
