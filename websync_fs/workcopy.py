@@ -138,7 +138,22 @@ class WorkingCopy:
         self.dirty.add(index)
 
     def _pwrite(self, data: bytes, offset: int) -> None:
-        os.pwrite(self._fd, data, offset)
+        """Write all of *data* at *offset*, or none of what grew the file.
+
+        A nearly full disk takes part of a write and refuses the rest (tmpfs and
+        ext4 return a short count first, ENOSPC next).  The part that grew the
+        file is cut off again, so a failed write holds no space and leaves no
+        bytes past the file's end that a later truncate could bring into view.
+        """
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(view):
+                done += os.pwrite(self._fd, view[done:], offset + done)
+        except OSError:
+            if offset + done > self._length:
+                os.ftruncate(self._fd, self._length)
+            raise
         self._length = max(self._length, offset + len(data))
 
     def _extend(self) -> None:
@@ -196,6 +211,9 @@ class WorkingCopy:
             # The old last block grows with zeros: it must be complete first.
             await self._ensure((self.size - 1) // BLOCK_SIZE if self.size else 0)
             self.dirty.update(range(self.size // BLOCK_SIZE, first))
+        # Bytes of the file are about to change: a failed write may leave some of
+        # them changed, and what is in the file must be what the seal hashes.
+        self.dirty.update(i for i in range(first, last + 1) if i in self._present)
         self._pwrite(data, offset)
         self.dirty.update(range(first, last + 1))
         self._touch(range(first, last + 1))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -233,3 +235,24 @@ async def test_writes_of_odd_sizes_append_from_memory_too(tmp_path: Path) -> Non
         assert os.stat(tmp_path / "w").st_blocks * 512 <= 3 * BS
         assert await work.read(0, size) == data
         work.close()
+
+
+async def test_a_write_refused_for_a_full_disk_holds_no_space_and_changes_nothing(
+    tmp_path: Path, tmpfs: Callable[[Path, str], Path]
+) -> None:
+    # tmpfs takes what fits of a write and refuses the rest: a short count, then ENOSPC.
+    disk = tmpfs(tmp_path / "disk", "1m")
+    old = os.urandom(BS + 10)
+    store, hashes = blocks_of(old)
+    work = WorkingCopy(disk / "w", len(old), hashes, Source(store).load)
+    assert await work.read(BS, 10) == old[BS:]  # the last block is in the file now
+    free = os.statvfs(disk).f_bavail
+    with pytest.raises(OSError) as refused:
+        await work.write(len(old), os.urandom(2 * 1024 * 1024))
+    assert refused.value.errno == errno.ENOSPC
+    assert os.statvfs(disk).f_bavail == free  # what fitted was given back
+    assert work.size == len(old)
+    assert await work.write(len(old), b"tail") == 4  # a small write still fits
+    size, new = await work.seal(lambda h, d: None)
+    assert (size, new) == (len(old) + 4, blocks_of(old + b"tail")[1])
+    work.close()

@@ -152,22 +152,6 @@ def _log_lines(machine: Machine) -> list[str]:
     return lines
 
 
-@pytest.fixture
-def tmpfs() -> Iterator[Callable[[Path, str], Path]]:
-    """``tmpfs(DIR, "64m")`` mounts a tmpfs of that size on DIR (made if missing)."""
-    mounted: list[Path] = []
-
-    def mount(path: Path, size: str) -> Path:
-        path.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], check=True)
-        mounted.append(path)
-        return path
-
-    yield mount
-    for path in reversed(mounted):
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
 def resize(path: Path, size: str) -> None:
     """Give a tmpfs more (or less) room: space returning to a full disk."""
     subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
