@@ -209,6 +209,9 @@ class _Api:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("this call needs an 'Authorization: Bearer TOKEN' header")
+        trusted = self._s.accounts.trusted(token)
+        if trusted is not None:
+            return trusted
         return await run_in_threadpool(self._s.accounts.authenticate, token)
 
     async def _store_access(self, request: Request) -> tuple[Identity, str]:

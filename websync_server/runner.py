@@ -67,8 +67,12 @@ def serve(
     """Serve *app* on *sock* until SIGTERM or SIGINT; False if it never started."""
     config = uvicorn.Config(
         app,
-        loop="asyncio",
-        http="h11",
+        # uvloop and httptools where installed (they are dependencies; "auto" falls
+        # back to asyncio and h11 where a platform lacks them): block GETs went
+        # from ~150 to ~300 MiB/s and a ranged 4 KiB GET from ~5.7 to ~1.9 ms
+        # (docs/benchmarks.md, profile 10).
+        loop="auto",
+        http="auto",
         lifespan="on",
         log_config=None,  # the CLI's handlers (server.log, -v) get uvicorn's records too
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from tests.server.conftest import FAST_HASHER
 from websync_server._exceptions import InvalidRequest, Unauthorized, UserExists
+from websync_server import accounts as accounts_module
 from websync_server.accounts import Accounts
 from websync_server.database import DB_FILENAME, Database
 from websync_server.schema import devices, users
@@ -86,3 +87,29 @@ def test_unknown_and_revoked_tokens_are_unauthorized(accounts: Accounts) -> None
     assert accounts.revoke_devices("alice") == 1
     with pytest.raises(Unauthorized):
         accounts.authenticate(token)
+
+
+def test_a_token_is_trusted_briefly_after_it_authenticates(
+    accounts: Accounts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    accounts.add_user("alice", "pw")
+    token = accounts.login("alice", "pw", "laptop").token
+    assert accounts.trusted(token) is None  # never asked yet: the database decides
+    identity = accounts.authenticate(token)
+    assert accounts.trusted(token) == identity
+    assert accounts.trusted(token + "x") is None
+    # Revoked by another process (the CLI): trusted until the window ends, then refused.
+    assert Accounts(Database.open_in(tmp_path), FAST_HASHER).revoke_devices("alice") == 1
+    assert accounts.trusted(token) == identity
+    monkeypatch.setattr(accounts_module.time, "monotonic", lambda: 1e12)
+    assert accounts.trusted(token) is None
+    with pytest.raises(Unauthorized):
+        accounts.authenticate(token)
+
+
+def test_revoking_in_the_same_process_ends_trust_at_once(accounts: Accounts) -> None:
+    accounts.add_user("alice", "pw")
+    token = accounts.login("alice", "pw", "laptop").token
+    accounts.authenticate(token)
+    accounts.revoke_devices("alice")
+    assert accounts.trusted(token) is None
