@@ -3,8 +3,9 @@
 Reads of a 4 MiB block arrive as many small FUSE reads.  A block on disk is
 read in place, only the asked range (`BlockCache.read`).  A read of a block
 that is not here is answered with a ranged GET of just its bytes (the server
-vouches for a range, docs/protocol.md); from the second such read on, the
-whole block downloads in the background, `FILLS_AT_ONCE` blocks at a time.  A program
+vouches for a range, docs/protocol.md); once a block has been read by range
+`FILL_AFTER` times, it downloads whole in the background, `FILLS_AT_ONCE`
+blocks at a time.  A program
 streaming through a file waits for the whole block instead.  A downloaded
 block is checked against its hash, kept in a small in-memory LRU and answered
 from there, and written to the disk cache in the background, off the read's
@@ -39,6 +40,15 @@ FAILED_FOR = 2.0
 AHEAD_AT_ONCE = 3
 #: Blocks fetched whole at the same time for scattered reads (see `BlockSource.read`).
 FILLS_AT_ONCE = 2
+#: Ranged reads of one block after which it is fetched whole.  Rent or buy: a
+#: ranged GET costs about one round trip, the whole block one round trip plus
+#: 4 MiB; buying once the rent paid is about the price keeps the total within
+#: twice the best choice made in hindsight.  Measured, a 4 MiB GET took ~8
+#: ranged GETs' time on loopback (16 vs 2 ms), and a WAN's longer round trips
+#: and lower bandwidth keep the ratio near that.  Buying on the second read
+#: fetched the whole of a big file read at random (4 reads a block) beside the
+#: reads, and halved their rate.
+FILL_AFTER = 8
 _TOUCHED_MAX = 4096
 _STORING_MAX = 8  # downloaded blocks held in memory while they wait for the disk
 
@@ -78,7 +88,8 @@ class BlockSource:
         self._storing: dict[str, bytes] = {}
         self._writer = trio.CapacityLimiter(1)
         self._nursery: trio.Nursery | None = None
-        self._touched: OrderedDict[str, None] = OrderedDict()  # blocks answered by a range, see read()
+        #: Blocks answered by range, not on disk nor fetched since: how many times (see read()).
+        self._touched: OrderedDict[str, int] = OrderedDict()
 
     def start(self, nursery: trio.Nursery) -> None:
         """Run background work (cache writes) in *nursery*; without it, writes happen inline."""
@@ -108,9 +119,9 @@ class BlockSource:
         """Up to *length* bytes of block *h* from *offset*; raises `Offline` like `get`.
 
         A block that is nowhere here is answered with a ranged GET of just
-        these bytes (and downloaded whole in the background once it is read again)
-        -- unless the reader is *streaming* through the file and will want all
-        of it now anyway.
+        these bytes (and downloaded whole in the background once it has been
+        read `FILL_AFTER` times) -- unless the reader is *streaming* through
+        the file and will want all of it now anyway.
         """
         data = self._held(h)
         if data is not None:
@@ -128,19 +139,20 @@ class BlockSource:
         # Even while the whole block downloads: a few KiB now beat waiting for 4 MiB.
         self._raise_if_failed(h)
         part = await self._fetch_range(h, offset, length)
-        if h in self._touched:
-            # Read here before: the block is in use, fetch it whole -- a few such blocks
-            # at a time, and none while those are under way, so scattered reads never
-            # queue behind 4 MiB downloads (a later read of this block tries again).  Not on
-            # the first read: a program that reads a page and seeks on (a media player,
-            # a file type probe) would pay for 4 MiB each time.
+        reads = self._touched.get(h, 0) + 1
+        self._touched[h] = reads
+        self._touched.move_to_end(h)
+        while len(self._touched) > _TOUCHED_MAX:
+            self._touched.popitem(last=False)
+        if reads >= FILL_AFTER:
+            # In use: fetch it whole -- a few such blocks at a time, and none while
+            # those are under way, so scattered reads never queue behind 4 MiB
+            # downloads (a later read of this block tries again).  Not sooner: a
+            # program that reads a page and seeks on (a media player, a file type
+            # probe, a random reader of a big file) would pay 4 MiB for each.
             if len(self._filling) < FILLS_AT_ONCE and h not in self._inflight and h not in self._filling:
                 self._filling.add(h)  # before the task starts: no await in between
                 self._nursery.start_soon(self._fill, h)
-        else:
-            self._touched[h] = None
-            while len(self._touched) > _TOUCHED_MAX:
-                self._touched.popitem(last=False)
         return part
 
     async def _fetch_range(self, h: BlockHash, offset: int, length: int) -> bytes:

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from cache import BlockCache
-from websync_fs.blocksource import BlockSource
+from websync_fs.blocksource import FILL_AFTER, BlockSource
 from websync_fs.errors import Offline, RemoteError
 from websync_server.protocol import BlockHash
 
@@ -61,17 +61,20 @@ async def _settle() -> None:
         await trio.sleep(0.01)
 
 
-async def test_a_first_read_is_a_range_and_a_second_brings_the_whole_block(cache: BlockCache) -> None:
+async def test_ranged_reads_until_the_block_is_in_use_then_the_whole_block(cache: BlockCache) -> None:
     server = Server()
     data = os.urandom(BLOCK)
     h = server.add(data)
     async with trio.open_nursery() as nursery:
         source = BlockSource(cache, server)
         source.start(nursery)
-        assert await source.read(h, 1000, 4096) == data[1000:5096]
-        await _settle()
-        assert server.calls == [("range", h)] and not cache.contains(h)
-        assert await source.read(h, 3 * 1024 * 1024, 4096) == data[3 * 1024 * 1024 : 3 * 1024 * 1024 + 4096]
+        offsets = [1000 + i * 300_000 for i in range(FILL_AFTER)]
+        for n, offset in enumerate(offsets[:-1], 1):
+            assert await source.read(h, offset, 4096) == data[offset : offset + 4096]
+            await _settle()
+            # A random reader of a big file pays a few KiB a read, never 4 MiB.
+            assert server.calls == [("range", h)] * n and not cache.contains(h)
+        assert await source.read(h, offsets[-1], 4096) == data[offsets[-1] : offsets[-1] + 4096]
         await _settle()
         assert ("whole", h) in server.calls and cache.contains(h)
         calls = len(server.calls)

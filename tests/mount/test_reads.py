@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.clients import Machine, eventually, read_bytes
+from websync_fs.blocksource import FILL_AFTER
 
 pytestmark = pytest.mark.mount
 
@@ -46,8 +47,10 @@ def test_a_first_read_after_a_seek_needs_no_earlier_block(a: Machine, b: Machine
     path: Path = b.path("disk.img")
     with open(path, "rb") as f:
         assert os.pread(f.fileno(), 4096, middle) == data[middle : middle + 4096]
-        # Read there again: now the block is in use and comes down whole.
-        later = middle + 1024 * 1024
-        assert os.pread(f.fileno(), 4096, later) == data[later : later + 4096]
+        # Read there again and again (scattered, so the kernel cannot answer): now the
+        # block is in use and comes down whole.
+        for step in range(1, FILL_AFTER):
+            later = middle + step * 300_000
+            assert os.pread(f.fileno(), 4096, later) == data[later : later + 4096]
     eventually(lambda: cached(b, hashlib.sha256(data[2 * BLOCK : 3 * BLOCK]).hexdigest()), what="the block read")
     assert not cached(b, hashlib.sha256(data[:BLOCK]).hexdigest())
