@@ -196,7 +196,9 @@ class _Api:
         identity = await self._identity(request)
         block = _block_param(request)
         first, last, ranged = _parse_range(request.headers.get("range"))
-        extent = await run_in_threadpool(self._s.blocks.read, identity.user, block, first, last)
+        extent = self._s.blocks.read_small(identity.user, block, first, last)
+        if extent is None:
+            extent = await run_in_threadpool(self._s.blocks.read, identity.user, block, first, last)
         headers = {"Accept-Ranges": "bytes", "ETag": f'"{block}"', "Cache-Control": _BLOCK_CACHE_CONTROL}
         if not ranged or extent.whole:
             return Response(extent.data, headers=headers, media_type="application/octet-stream")

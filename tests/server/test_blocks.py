@@ -155,3 +155,30 @@ def test_a_block_stored_by_an_earlier_process_is_hashed_before_a_range_of_it_is_
     second = BlockStore(tmp_path)
     second.open()
     assert second.read("alice", block, 0, 99) == Extent(data[:100], 0, len(data))
+
+
+def test_small_ranges_of_hashed_blocks_are_read_in_place_and_anything_else_is_left_to_read(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(300_000)
+    block = digest(data)
+    earlier = BlockStore(tmp_path)
+    earlier.open()
+    earlier.put("alice", block, data)
+    blocks = BlockStore(tmp_path)
+    blocks.open()
+    # Not hashed by this process yet: only `read` may vouch for it.
+    assert blocks.read_small("alice", block, 10, 4105) is None
+    assert blocks.read("alice", block, 10, 4105) == Extent(data[10:4106], 10, len(data))
+    assert blocks.read_small("alice", block, 10, 4105) == Extent(data[10:4106], 10, len(data))
+    assert blocks.read_small("alice", block, 299_990, 300_100) == Extent(data[299_990:], 299_990, len(data))
+    assert blocks.read_small("alice", block, None, None) is None  # whole
+    assert blocks.read_small("alice", block, 0, 200_000) is None  # not small
+    with pytest.raises(RangeNotSatisfiable):
+        blocks.read_small("alice", block, 300_000, 300_010)
+    path = blocks.path("alice", block)
+    with open(path, "r+b") as f:  # written to since it was hashed: hashed again by `read`
+        f.seek(50)
+        f.write(b"\0")
+    assert blocks.read_small("alice", block, 10, 4105) is None
+    assert blocks.read_small("bob", block, 10, 4105) is None  # another user's block is not there
