@@ -1,0 +1,160 @@
+"""Block downloads over the lean HTTP/1.1 wire: against a real server, a cuttable proxy and odd answers."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+
+import httpx
+import pytest
+import trio
+
+from tests.proxy import Proxy
+from tests.servers import ServerProcess
+from websync_fs import blockwire
+from websync_fs.errors import NotFound, Offline, Unauthorized
+from websync_fs.remote import Remote, login
+from websync_server.protocol import API, BlockHash
+
+BLOCK = 4 * 1024 * 1024
+
+
+async def _remote(url: str, server: ServerProcess, account: tuple[str, str]) -> Remote:
+    user, password = account
+    answer = await login(server.url, user, password, "wire-test")
+    return Remote(url, answer["token"], answer["store"])
+
+
+async def _upload(remote: Remote, data: bytes) -> BlockHash:
+    h = BlockHash(hashlib.sha256(data).hexdigest())
+    await remote.put_block(h, data)
+    return h
+
+
+async def test_whole_blocks_and_ranges_come_over_the_wire(server: ServerProcess, account: tuple[str, str]) -> None:
+    remote = await _remote(server.url, server, account)
+    try:
+        assert remote._wire is not None  # a plain http:// server: the lean path is in use
+        data = os.urandom(BLOCK)
+        h = await _upload(remote, data)
+        for _ in range(3):  # the same kept-alive connection, again and again
+            assert await remote.get_block(h) == data
+        assert await remote.get_block_range(h, 12_345, 4096) == (data[12_345:16_441], False)
+        assert await remote.get_block_range(h, BLOCK - 10, 4096) == (data[-10:], False)
+        with pytest.raises(NotFound):
+            await remote.get_block(BlockHash("0" * 64))
+        assert remote._wire is not None  # errors are answers, not reasons to leave the wire
+    finally:
+        await remote.aclose()
+
+
+async def test_a_wrong_token_is_unauthorized_over_the_wire(server: ServerProcess, account: tuple[str, str]) -> None:
+    good = await _remote(server.url, server, account)
+    h = await _upload(good, b"x" * 1000)
+    await good.aclose()
+    bad = Remote(server.url, "not-a-token", "store")
+    try:
+        with pytest.raises(Unauthorized):
+            await bad.get_block(h)
+    finally:
+        await bad.aclose()
+
+
+async def test_a_kept_connection_the_server_dropped_is_replaced_without_an_error(
+    server: ServerProcess, account: tuple[str, str]
+) -> None:
+    proxy = Proxy(server.port)
+    remote = await _remote(proxy.url, server, account)
+    try:
+        data = os.urandom(300_000)
+        h = await _upload(remote, data)
+        assert await remote.get_block(h) == data
+        proxy.online = False  # every kept connection is closed under the client...
+        proxy.online = True  # ...and the network is back before the next read
+        assert await remote.get_block(h) == data
+    finally:
+        await remote.aclose()
+        proxy.close()
+
+
+async def test_an_unreachable_server_and_a_cut_answer_are_offline(
+    server: ServerProcess, account: tuple[str, str]
+) -> None:
+    proxy = Proxy(server.port)
+    remote = await _remote(proxy.url, server, account)
+    try:
+        h = await _upload(remote, os.urandom(BLOCK))
+        proxy.online = False
+        with pytest.raises(Offline):
+            await remote.get_block(h)
+        proxy.online = True
+        proxy.cut_rate = 1.0  # every answer ends in its middle
+        with pytest.raises(Offline):
+            await remote.get_block(h)
+        assert proxy.cuts > 0
+    finally:
+        await remote.aclose()
+        proxy.close()
+
+
+async def _serve_once(nursery: trio.Nursery, answer: bytes) -> str:
+    """A one-answer HTTP server on loopback that says *answer* to every request."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                piece = await stream.receive_some(65536)
+                if not piece:
+                    return
+                request += piece
+            await stream.send_all(answer)
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+async def test_an_answer_the_wire_does_not_read_goes_to_httpx_from_then_on() -> None:
+    body = b"abc" * 1000
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/octet-stream\r\n\r\n"
+        + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    )
+    async with trio.open_nursery() as nursery:
+        url = await _serve_once(nursery, chunked)
+        remote = Remote(url, "token", "store")
+        try:
+            assert await remote.get_block(BlockHash("a" * 64)) == body  # through httpx
+            assert remote._wire is None
+        finally:
+            await remote.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_server_that_says_nothing_fails_in_bounded_time() -> None:
+    async def silent(stream: trio.SocketStream) -> None:
+        async with stream:
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+        url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        wire = blockwire.BlockWire(url, {})
+        with trio.fail_after(5):
+            with pytest.raises(httpx.ReadTimeout):
+                await wire.get(f"{API}/blocks/{'a' * 64}", timeout=0.3)
+        await wire.aclose()
+        nursery.cancel_scope.cancel()
+
+
+def test_the_wire_serves_plain_http_without_a_proxy_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert blockwire.usable_for("http://127.0.0.1:8080")
+    assert not blockwire.usable_for("https://box.example")
+    monkeypatch.setenv("http_proxy", "http://proxy.example:3128")
+    assert not blockwire.usable_for("http://box.example:8080")
+    monkeypatch.setenv("no_proxy", "box.example")
+    assert blockwire.usable_for("http://box.example:8080")
