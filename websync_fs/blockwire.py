@@ -68,7 +68,8 @@ class BlockWire:
         self._host = parsed.host
         self._port = parsed.port or 80
         self._base = parsed.raw_path.rstrip(b"/").decode("ascii")
-        host = self._host if parsed.port is None else f"{self._host}:{self._port}"
+        host = f"[{self._host}]" if ":" in self._host else self._host  # an IPv6 literal
+        host = host if parsed.port is None else f"{host}:{self._port}"
         lines = [f"Host: {host}"] + [f"{k}: {v}" for k, v in headers.items()]
         self._fixed = "".join(line + "\r\n" for line in lines)
         self._connect_timeout = connect_timeout

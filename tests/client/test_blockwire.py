@@ -158,3 +158,27 @@ def test_the_wire_serves_plain_http_without_a_proxy_only(monkeypatch: pytest.Mon
     assert not blockwire.usable_for("http://box.example:8080")
     monkeypatch.setenv("no_proxy", "box.example")
     assert blockwire.usable_for("http://box.example:8080")
+
+
+async def test_the_request_names_the_host_as_http_wants_it() -> None:
+    seen: list[bytes] = []
+
+    async def record(stream: trio.SocketStream) -> None:
+        async with stream:
+            seen.append(await stream.receive_some(65536))
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, record, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        wire = blockwire.BlockWire(f"http://127.0.0.1:{port}/base/", {"Authorization": "Bearer t"})
+        answer = await wire.get("/v1/blocks/x", headers={"Range": "bytes=0-1"}, timeout=5)
+        assert (answer.status_code, answer.content) == (200, b"ok")
+        await wire.aclose()
+        nursery.cancel_scope.cancel()
+    head = seen[0].decode()
+    assert head.startswith("GET /base/v1/blocks/x HTTP/1.1\r\n")
+    assert f"\r\nHost: 127.0.0.1:{port}\r\n" in head
+    assert "\r\nAuthorization: Bearer t\r\n" in head and "\r\nRange: bytes=0-1\r\n" in head
+    # An IPv6 literal is bracketed in the Host header (RFC 9110, 7.2); nothing is sent here.
+    assert "Host: [::1]:8080\r\n" in blockwire.BlockWire("http://[::1]:8080", {})._fixed
