@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import trio
 
@@ -71,14 +71,11 @@ class Applier:
                 self._apply_node(node, inv)
                 if node.kind == "file" and not node.deleted:
                     fetched.append(node.id)
-            moved = {e.node for e in entries if e.node is not None}
+            waiting = self._waiting(entries, pending_nodes, pending_entries)
             for entry in entries:
-                # A node that this same answer names elsewhere was moved, not
-                # removed: its old name goes now, or a folder would have two.
-                if entry.node is not None or self._local_node(entry) not in moved:
-                    if self._entry_busy(entry, pending_nodes, pending_entries):
-                        self.replica.defer_entry(entry)
-                        continue
+                if (entry.parent, entry.name) in waiting:
+                    self.replica.defer_entry(entry)
+                    continue
                 self._apply_entry(entry, inv)
             if cursor is not None:
                 self.replica.cursor = cursor
@@ -91,6 +88,37 @@ class Applier:
     def _local_node(self, entry: Entry) -> str | None:
         local = self.replica.lookup(entry.parent, entry.name)
         return local.id if local else None
+
+    def _waiting(
+        self, entries: Collection[Entry], pending_nodes: set[str], pending_entries: set[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        """The entries among *entries* that must wait for local work, as ``(parent, name)``.
+
+        A node that these same records name elsewhere was moved, not removed:
+        its old name goes with the new one even while the node is busy, or a
+        folder would have two names.  Unless a queued item names the old entry
+        itself: then this machine put the node back there (``mv d b``, sent;
+        ``mv b d``, queued; the answer to the first move arrives), the queue
+        decides what the entry holds, and the node's new places wait with it.
+        Applied, such a record would take the node from the name the queue is
+        about to give it on the server: the machine would not show what the
+        server keeps there, and could put something else at a name it believes
+        free.
+        """
+        moved = {e.node for e in entries if e.node is not None}
+        waiting: set[tuple[str, str]] = set()
+        staying: set[str] = set()  # moved nodes whose old entry waits
+        for entry in entries:
+            key = (entry.parent, entry.name)
+            local = self._local_node(entry) if entry.node is None else None
+            if local is not None and local in moved:
+                if key in pending_entries:
+                    waiting.add(key)
+                    staying.add(local)
+            elif self._entry_busy(entry, pending_nodes, pending_entries):
+                waiting.add(key)
+        waiting |= {(e.parent, e.name) for e in entries if e.node is not None and e.node in staying}
+        return waiting
 
     def _entry_busy(self, entry: Entry, pending_nodes: set[str], pending_entries: set[tuple[str, str]]) -> bool:
         """True if applying *entry* would hide or replace something not yet uploaded."""
@@ -149,8 +177,9 @@ class Applier:
                     self.replica.forget_deferred_node(node.id)
                     continue
                 self._apply_node(node, inv)
+            waiting = self._waiting(entries, pending_nodes, pending_entries)
             for entry in entries:
-                if self._entry_busy(entry, pending_nodes, pending_entries):
+                if (entry.parent, entry.name) in waiting:
                     continue
                 if self.replica.entry_seq(entry.parent, entry.name) >= entry.seq:
                     self.replica.forget_deferred_entry(entry.parent, entry.name)

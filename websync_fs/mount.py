@@ -93,6 +93,7 @@ class Mount:
         )
         self.vfs.notify = self.ops.notify
         self.vfs.on_settled = self.applier.settle
+        self.queue.on_drop(self.applier.settle)
         self.queue.on_enqueue(self.uploader.wake)
         self.applier.on_content = self.pins.changed
         self.queue.on_enqueue(self.pins.poke)

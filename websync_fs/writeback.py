@@ -39,6 +39,10 @@ Coalescing (only into items still ``queued``, never into one being uploaded):
 * rename of a file or symlink created here and never sent -> its create moves
   to the new name (and to the end of the queue, after whatever made the new parent).
 
+Items dropped unsent (coalesced away, settled by the uploader) are reported to
+``on_drop`` listeners: a remote record the follower deferred for them has
+nothing left to wait for, and no commit will come to say so.
+
 The queue is a table of the state database (statedb.py), so a local change and
 its queue item commit in one transaction.
 """
@@ -150,10 +154,23 @@ class WriteBackQueue:
         self._protect_cb = protect or (lambda h: None)
         self._unprotect_cb = unprotect or (lambda h: None)
         self._listeners: list[Callable[[], None]] = []
+        self._drop_listeners: list[Callable[[], None]] = []
         self._ready_at = 0.0
 
     def on_enqueue(self, fn: Callable[[], None]) -> None:
         self._listeners.append(fn)
+
+    def on_drop(self, fn: Callable[[], None]) -> None:
+        """Call *fn* after a transaction that dropped items unsent (coalesced away, settled).
+
+        Remote records waiting for those items (follower.py) may apply now:
+        nothing is committed for them, so no commit will say so.
+        """
+        self._drop_listeners.append(fn)
+
+    def _dropped(self) -> None:
+        for fn in self._drop_listeners:
+            self.state.after_commit(fn)
 
     def _protect(self, hashes: Iterable[str]) -> None:
         # Protect at once: a block must never be evictable while an item may need it.
@@ -301,6 +318,7 @@ class WriteBackQueue:
             for item in items:
                 self._db.execute("DELETE FROM items WHERE n=?", (item.n,))
                 self._unprotect(item.blocks)
+            self._dropped()
             return True
         if kind == OP_RENAME and never_sent and len(items) == 1 and items[0].op["op"] != OP_MKDIR and not op.get(
             "exchange"
@@ -308,6 +326,7 @@ class WriteBackQueue:
             moved = dict(items[0].op, parent=op["new_parent"], name=op["new_name"])
             self._db.execute("DELETE FROM items WHERE n=?", (items[0].n,))
             self._insert(moved, self._ready_at)
+            self._dropped()  # nothing queued names the old entry any more
             return True
         return False
 
@@ -393,6 +412,7 @@ class WriteBackQueue:
         with self._tx():
             if op is None:
                 self._db.execute("DELETE FROM items WHERE n=?", (item.n,))
+                self._dropped()
             else:
                 self._store(item.n, op)
                 self._protect(op.get("blocks", ()))

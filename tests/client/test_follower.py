@@ -1,0 +1,255 @@
+"""The change follower and the queue it waits for: the client core with an in-process server.
+
+A real metadata store stands in for the server (its commits and journal, no
+HTTP); the replica, queue, uploader and applier are the client's own.  The
+tests decide when a journal answer arrives, so a race that needs a loaded
+machine to happen through the kernel happens here every time.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from argon2 import PasswordHasher
+
+from websync_fs.errors import CommitConflict, FsError
+from websync_fs.follower import Applier
+from websync_fs.replica import ROOT_INO, Replica
+from websync_fs.statedb import StateDb
+from websync_fs.uploader import Uploader
+from websync_fs.vfs import Vfs
+from websync_fs.writeback import WriteBackQueue
+from websync_server import _exceptions as server_errors
+from websync_server.accounts import Accounts
+from websync_server.blocks import BlockStore
+from websync_server.database import Database
+from websync_server.protocol import (
+    ROOT_ID,
+    BlockHash,
+    Changes,
+    NodeId,
+    NodeState,
+    new_node_id,
+)
+from websync_server.store import MetadataStore
+
+
+class InProcessRemote:
+    """The part of `Remote` the uploader uses, answered by a `MetadataStore` in this process."""
+
+    def __init__(self, store: MetadataStore, store_id: str) -> None:
+        self.store = store
+        self.store_id = store_id
+
+    async def missing(self, hashes: list[BlockHash]) -> list[BlockHash]:
+        return []
+
+    async def commit(self, batch: str, ops: list[dict[str, Any]]) -> int:
+        try:
+            return self.store.commit(self.store_id, "A", batch, ops)
+        except server_errors.CommitConflict as exc:
+            raise CommitConflict(exc.conflict) from exc
+
+    def changes(self, cursor: int) -> Changes:
+        return self.store.changes(self.store_id, cursor)
+
+    async def node_state(self, node: NodeId) -> NodeState:
+        return self.store.node_state(self.store_id, node)
+
+
+@dataclass
+class OneMachine:
+    vfs: Vfs
+    replica: Replica
+    queue: WriteBackQueue
+    applier: Applier
+    uploader: Uploader
+    remote: InProcessRemote
+
+    def upload(self) -> None:
+        """Send every queued change, as the uploader's loop would."""
+        while batch := self.queue.take():
+            assert trio.run(self.uploader.send, batch), "a commit was refused"
+
+    def answer(self) -> Changes:
+        """What the journal answers now, to be applied later (an answer on its way)."""
+        return self.remote.changes(self.replica.cursor)
+
+    def apply(self, changes: Changes) -> None:
+        self.applier.apply(changes.nodes, changes.entries, changes.cursor)
+
+    def catch_up(self) -> None:
+        self.apply(self.answer())
+
+    def local_tree(self, parent: str = ROOT_ID, prefix: str = "") -> dict[str, str]:
+        tree = {}
+        for name, row in self.replica.children(parent):
+            tree[prefix + name] = row.kind
+            if row.kind == "dir":
+                tree.update(self.local_tree(row.id, f"{prefix}{name}/"))
+        return tree
+
+    def server_tree(self) -> dict[str, str]:
+        everything = self.remote.changes(0)
+        kinds: dict[str, str] = {node.id: node.kind for node in everything.nodes if not node.deleted}
+        children: dict[str, list[tuple[str, str]]] = {}
+        for entry in everything.entries:
+            if entry.node is not None:
+                children.setdefault(entry.parent, []).append((entry.name, entry.node))
+        tree = {}
+
+        def walk(parent: str, prefix: str) -> None:
+            for name, node in children.get(parent, []):
+                tree[prefix + name] = kinds[node]
+                walk(node, f"{prefix}{name}/")
+
+        walk(ROOT_ID, "")
+        return tree
+
+
+@pytest.fixture
+def machine(tmp_path: Path) -> Iterator[OneMachine]:
+    (tmp_path / "server").mkdir()
+    server_db = Database.open_in(tmp_path / "server")
+    blocks = BlockStore(tmp_path / "server" / "blocks")
+    blocks.open()
+    store_id = Accounts(server_db, PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)).add_user("u", "pw")
+    remote = InProcessRemote(MetadataStore(server_db, blocks), store_id)
+    db = StateDb(tmp_path / "state.db")
+    replica = Replica(db)
+    queue = WriteBackQueue(db, quiet=0)
+    (tmp_path / "work").mkdir()
+    vfs = Vfs(
+        db, replica, queue, None, lambda h, d: None, lambda hs: None, tmp_path / "work",  # type: ignore[arg-type]
+        temporary_quiet=0, replace_quiet=0,
+    )
+    applier = Applier(replica, queue, vfs.busy, lambda inv: None)
+    vfs.on_settled = applier.settle
+    queue.on_drop(applier.settle)
+    uploader = Uploader(queue, replica, remote, lambda h: None, applier, lambda inv: None, "A",  # type: ignore[arg-type]
+                        lambda online, error: None)
+    yield OneMachine(vfs, replica, queue, applier, uploader, remote)
+    db.close()
+    server_db.close()
+
+
+def test_a_folder_made_and_moved_onto_a_deleted_name_stays_while_its_move_waits(machine: OneMachine) -> None:
+    """rm -r d; mkdir a; mv a d -- sent as three commits, the journal answering after the second.
+
+    The name-reuse workload did this (seed 3, round 29) on a loaded machine.
+    The answer says "d is gone, the new folder is at a"; here the new folder
+    is at d already, and the move that puts it there on the server is queued.
+    Taking d away left this machine without the folder the server was about
+    to hold at d (``A: {} B: {'d': DIR}``, with A's queue empty).
+    """
+    vfs = machine.vfs
+    vfs.mkdir(ROOT_INO, "d", 0o755)
+    machine.upload()
+    machine.catch_up()
+    vfs.rmdir(ROOT_INO, "d")
+    vfs.mkdir(ROOT_INO, "a", 0o755)
+    vfs.rename(ROOT_INO, "a", ROOT_INO, "d")
+    for _ in range(2):  # the delete, then the mkdir: each ready before the next op was queued
+        assert trio.run(machine.uploader.send, machine.queue.take(max_ops=1))
+    late = machine.answer()
+    machine.apply(late)
+    assert machine.local_tree() == {"d": "dir"}
+    machine.upload()
+    machine.catch_up()
+    assert len(machine.queue) == 0
+    assert machine.local_tree() == machine.server_tree() == {"d": "dir"}
+
+
+@pytest.mark.parametrize("kind", ["dir", "file"])
+def test_a_node_moved_back_stays_when_the_answer_to_its_first_move_comes_late(machine: OneMachine, kind: str) -> None:
+    """mv d b goes up; mv b d waits in the queue; then the journal's answer to the first move arrives.
+
+    That answer says "d is gone, it is at b".  It is back at d here, and the
+    queued move puts it there on the server too: the answer must not take it
+    from d (nor leave it nowhere, to come back only when the journal reports
+    the second move -- by then this machine may have put something else at a
+    name it believed free, and the server keeps what this machine lost sight of).
+    """
+    vfs = machine.vfs
+    if kind == "dir":
+        vfs.mkdir(ROOT_INO, "d", 0o755)
+    else:
+        fh, _ = vfs.create(ROOT_INO, "d", 0o644, os.O_WRONLY)
+        trio.run(vfs.release, fh)
+    machine.upload()
+    machine.catch_up()
+    vfs.rename(ROOT_INO, "d", ROOT_INO, "b")
+    machine.upload()
+    late = machine.answer()  # computed now, on its way while the program goes on
+    vfs.rename(ROOT_INO, "b", ROOT_INO, "d")
+    machine.apply(late)
+    assert machine.local_tree() == {"d": kind}
+    # The program sees d, so it cannot make a new d meanwhile.
+    with pytest.raises(FsError) as refused:
+        vfs.mkdir(ROOT_INO, "d", 0o755)
+    assert refused.value.errno == errno.EEXIST
+    machine.upload()
+    machine.catch_up()
+    assert len(machine.queue) == 0
+    assert machine.local_tree() == machine.server_tree() == {"d": kind}
+
+
+def test_a_record_waiting_for_a_change_that_is_never_sent_applies_when_that_change_is_dropped(
+    machine: OneMachine,
+) -> None:
+    """Another machine makes x; this one makes and deletes its own x before sending it.
+
+    The journal's x waits while this machine's x is queued.  Its create is then
+    coalesced away: nothing is committed, so no commit settles the waiting
+    record, and the queue's drop must.
+    """
+    vfs = machine.vfs
+    theirs = new_node_id()
+    machine.remote.store.commit(machine.remote.store_id, "B", new_node_id(), [
+        {"op": "create", "id": theirs, "parent": ROOT_ID, "name": "x", "mode": 0o644, "mtime_ns": 1,
+         "size": 0, "blocks": []},
+    ])
+    fh, _ = vfs.create(ROOT_INO, "x", 0o644, os.O_WRONLY)
+    trio.run(vfs.release, fh)
+    machine.catch_up()
+    assert machine.replica.lookup(ROOT_ID, "x").id != theirs  # type: ignore[union-attr]
+    vfs.unlink(ROOT_INO, "x")
+    assert len(machine.queue) == 0
+    here = machine.replica.lookup(ROOT_ID, "x")
+    assert here is not None and here.id == theirs
+    assert machine.local_tree() == machine.server_tree() == {"x": "file"}
+
+
+def test_a_folder_moved_on_another_machine_while_moved_back_here_has_one_name(machine: OneMachine) -> None:
+    """Another machine moves d to y while this one moves d to z and back: d never has two names here.
+
+    The answer says "d is gone, the folder is at y".  This machine's queued
+    moves name d, so d stays; the folder's new name waits with it.  The moves
+    are then refused (the folder is not where they say) and the server's
+    placement is taken.
+    """
+    vfs = machine.vfs
+    vfs.mkdir(ROOT_INO, "d", 0o755)
+    machine.upload()
+    machine.catch_up()
+    folder = machine.replica.lookup(ROOT_ID, "d")
+    assert folder is not None
+    machine.remote.store.commit(machine.remote.store_id, "B", new_node_id(), [
+        {"op": "rename", "id": folder.id, "parent": ROOT_ID, "name": "d", "new_parent": ROOT_ID, "new_name": "y"},
+    ])
+    vfs.rename(ROOT_INO, "d", ROOT_INO, "z")
+    vfs.rename(ROOT_INO, "z", ROOT_INO, "d")
+    machine.catch_up()
+    assert machine.local_tree() == {"d": "dir"}
+    while batch := machine.queue.take():
+        trio.run(machine.uploader.send, batch)
+    machine.catch_up()
+    assert len(machine.queue) == 0
+    assert machine.local_tree() == machine.server_tree() == {"y": "dir"}
