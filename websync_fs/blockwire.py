@@ -6,7 +6,8 @@ receiving it costs; on 2 cores that, not the network, bounded cold reads
 (docs/benchmarks.md, profile 10).  A block GET is the plainest exchange HTTP
 has -- a request without a body, an answer with a Content-Length -- so this
 module speaks it itself over trio sockets and receives the body with
-``recv_into`` straight into a buffer of the announced size.
+``recv_into`` straight into a buffer of the announced size (copied once more
+into the bytes its callers keep).
 
 It serves ``http://`` servers reached without a proxy only.  An answer it does
 not fully understand (no Content-Length, a chunked body, a head over 64 KiB)
@@ -14,25 +15,34 @@ is `Unsupported`, and the caller asks httpx instead, from then on.  Every
 answer is handed back as an `httpx.Response`, so remote.py reads statuses and
 translates errors the one way it does for every call.
 
-Connections are kept alive and reused.  A kept connection the server closed
-meanwhile (uvicorn drops idle ones after 5 s) fails before any byte of the
-answer arrives; such a request is sent once more on a new connection, as
-httpx does.
+Connections are kept alive and reused.  A kept connection with anything
+waiting on it (the server's FIN: uvicorn drops idle ones after 5 s; stray
+bytes) is closed, not reused.  One the server closes as the request goes out
+fails before any byte of the answer arrives; such a request is sent once
+more on a new connection, as httpx does.  An answer that is not HTTP/1.x,
+claims more than a block, or takes over `TOTAL_S` in all is an error.
 """
 
 from __future__ import annotations
 
+import select
 import urllib.request
 from collections.abc import Mapping
 
 import httpx
 import trio
 
+from websync_server.protocol import BLOCK_SIZE
+
 __all__ = ["BlockWire", "Unsupported", "usable_for"]
 
 _HEAD_MAX = 64 * 1024
+_BODY_MAX = BLOCK_SIZE + 64 * 1024  # a block, or an error's JSON
 _KEEP = 8  # idle connections kept
 _RECV = 1024 * 1024  # the most one recv_into asks for
+#: Seconds one exchange may take in all: a server trickling a byte now and then
+#: never holds a read for good (4 MiB at ~35 KiB/s still arrives).
+TOTAL_S = 120.0
 
 
 class Unsupported(Exception):
@@ -40,11 +50,12 @@ class Unsupported(Exception):
 
 
 class _Broken(Exception):
-    """The connection failed; *answered* tells whether any byte of the answer had arrived."""
+    """The connection failed: whether any byte of the answer had arrived, and on a kept connection."""
 
     def __init__(self, why: str, *, answered: bool) -> None:
         super().__init__(why)
         self.answered = answered
+        self.reused = False
 
 
 def usable_for(url: str) -> bool:
@@ -52,11 +63,11 @@ def usable_for(url: str) -> bool:
     parsed = httpx.URL(url)
     if parsed.scheme != "http":
         return False
-    proxies = urllib.request.getproxies_environment()
+    # As httpx finds them: the environment, and the system's settings on Windows and macOS.
+    proxies = urllib.request.getproxies()
     if not ({"http", "all"} & set(proxies)):
         return True
-    # In the standard library since 3.x, though not in its type stubs.
-    return bool(urllib.request.proxy_bypass_environment(parsed.host, proxies))  # type: ignore[attr-defined]
+    return bool(urllib.request.proxy_bypass(parsed.host))  # type: ignore[attr-defined]
 
 
 class BlockWire:
@@ -68,39 +79,63 @@ class BlockWire:
         self._host = parsed.host
         self._port = parsed.port or 80
         self._base = parsed.raw_path.rstrip(b"/").decode("ascii")
-        host = f"[{self._host}]" if ":" in self._host else self._host  # an IPv6 literal
+        host = parsed.raw_host.decode("ascii")  # IDNA-encoded, as HTTP wants it
+        host = f"[{host}]" if ":" in host else host  # an IPv6 literal
         host = host if parsed.port is None else f"{host}:{self._port}"
         lines = [f"Host: {host}"] + [f"{k}: {v}" for k, v in headers.items()]
         self._fixed = "".join(line + "\r\n" for line in lines)
         self._connect_timeout = connect_timeout
         self._idle: list[trio.SocketStream] = []
+        self._closed = False
 
     async def aclose(self) -> None:
+        """Close the kept connections; later answers close theirs instead of keeping them."""
+        self._closed = True
         idle, self._idle = self._idle, []
         for stream in idle:
-            await stream.aclose()
+            stream.socket.close()  # at once, even if this task is cancelled
 
     async def get(self, path: str, *, headers: Mapping[str, str] | None = None, timeout: float) -> httpx.Response:
         """GET *path* (below the server URL); *timeout* bounds each wait for a byte.
 
-        Raises `OSError`-like failures as `httpx.TransportError` (the caller
-        treats them as any other unreachable server) and `Unsupported`.
+        The whole exchange takes at most `TOTAL_S`.  Failures are raised as
+        `httpx.HTTPError` (the caller treats them as any unreachable server)
+        and answers this module does not read as `Unsupported`.
         """
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         request = f"GET {self._base}{path} HTTP/1.1\r\n{self._fixed}{extra}\r\n".encode("latin-1")
-        reused = bool(self._idle)
         try:
-            return await self._exchange(request, path, timeout)
-        except _Broken as exc:
-            if reused and not exc.answered:
+            with trio.fail_after(TOTAL_S):
                 try:
+                    return await self._exchange(request, path, timeout)
+                except _Broken as exc:
+                    if not (exc.reused and not exc.answered):
+                        raise
+                    # A kept connection the server had closed: once more, on a new one.
                     return await self._exchange(request, path, timeout, fresh=True)
-                except _Broken as again:
-                    exc = again
+        except _Broken as exc:
             raise httpx.ReadError(f"GET {path}: {exc}") from None
+        except trio.TooSlowError:
+            raise httpx.ReadTimeout(f"GET {path}: no whole answer within {TOTAL_S:g} s") from None
+
+    def _kept(self) -> trio.SocketStream | None:
+        """A kept connection with nothing waiting on it (no stray bytes, no EOF), or None."""
+        while self._idle:
+            stream = self._idle.pop()
+            try:
+                readable, _, _ = select.select([stream.socket.fileno()], [], [], 0)
+            except (OSError, ValueError):
+                readable = [True]
+            if not readable:
+                return stream
+            # Bytes nobody asked for, or the server's FIN: never read as the next answer.
+            stream.socket.close()
+        return None
 
     async def _exchange(self, request: bytes, path: str, timeout: float, *, fresh: bool = False) -> httpx.Response:
-        stream = None if fresh or not self._idle else self._idle.pop()
+        # No await between taking a kept connection and using it: no other task can have it.
+        stream = None if fresh else self._kept()
+        reused = stream is not None
         if stream is None:
             try:
                 with trio.fail_after(self._connect_timeout):
@@ -111,12 +146,14 @@ class BlockWire:
         try:
             response, keep = await self._answer(stream, request, path, timeout)
             return response
+        except _Broken as exc:
+            exc.reused = reused
+            raise
         finally:
-            if keep and len(self._idle) < _KEEP:
+            if keep and not self._closed and len(self._idle) < _KEEP:
                 self._idle.append(stream)
             else:
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
+                stream.socket.close()
 
     async def _answer(
         self, stream: trio.SocketStream, request: bytes, path: str, timeout: float
@@ -136,15 +173,18 @@ class BlockWire:
                 head += piece
             status, fields, close = _parse_head(bytes(head[:end]))
             length = fields.get("content-length")
-            if length is None or "transfer-encoding" in fields or not length.isdigit():
+            if length is None or "transfer-encoding" in fields:
                 raise Unsupported("the answer has no plain Content-Length")
             size = int(length)
+            if size > _BODY_MAX:
+                raise httpx.RemoteProtocolError(f"GET {path}: an answer of {size} bytes is no block")
             body = bytearray(size)
             view = memoryview(body)
             got = len(head) - end - 4
             if got > size:
-                raise Unsupported("the answer carries more bytes than it announced")
-            view[:got] = head[end + 4 :]
+                close = True  # bytes beyond the answer: this connection is done with
+                got = size
+            view[:got] = head[end + 4 : end + 4 + got]
             while got < size:
                 with trio.fail_after(timeout):
                     n = await sock.recv_into(view[got:], min(size - got, _RECV))
@@ -155,28 +195,40 @@ class BlockWire:
             raise _Broken(str(exc) or exc.__class__.__name__, answered=bool(head)) from None
         except trio.TooSlowError:
             raise httpx.ReadTimeout(f"GET {path}: no byte for {timeout:g} s") from None
+        except (ValueError, UnicodeError) as exc:
+            raise httpx.RemoteProtocolError(f"GET {path}: a malformed answer: {exc}") from None
+        # One copy more (bytes are what the cache and the kernel take), instead of httpx's many.
         response = httpx.Response(
             status,
-            headers=list(fields.items()),
+            headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in fields.items()],
             content=bytes(body),
-            request=httpx.Request("GET", self._url.join(path)),
+            request=httpx.Request("GET", str(self._url.copy_with(raw_path=f"{self._base}{path}".encode("ascii")))),
         )
         return response, not close
 
 
 def _parse_head(head: bytes) -> tuple[int, dict[str, str], bool]:
-    """Status, headers (lower-case names) and whether the server closes the connection."""
+    """Status, headers (lower-case names) and whether the server closes the connection.
+
+    Raises `ValueError` for a head that is not HTTP/1.x, and `Unsupported`
+    for an interim (1xx) answer, which a block GET never asks for.
+    """
     lines = head.decode("latin-1").split("\r\n")
     version, _, rest = lines[0].partition(" ")
-    code = rest[:3]
-    if not version.startswith("HTTP/1.") or not code.isdigit():
-        raise Unsupported(f"not an HTTP/1.x answer: {lines[0][:80]!r}")
+    code = rest.partition(" ")[0]
+    if not version.startswith("HTTP/1.") or len(code) != 3 or not (code.isascii() and code.isdigit()):
+        raise ValueError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
+    if code.startswith("1"):
+        raise Unsupported(f"an interim answer {code}")
     fields: dict[str, str] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if not sep:
-            raise Unsupported(f"a header line without a colon: {line[:80]!r}")
-        fields[name.strip().lower()] = value.strip()
+        if not sep or not name or name != name.strip():
+            raise ValueError(f"a malformed header line: {line[:80]!r}")
+        name, value = name.lower(), value.strip()
+        if name == "content-length" and (not (value.isascii() and value.isdigit()) or fields.get(name, value) != value):
+            raise ValueError(f"a Content-Length of {value!r}")
+        fields[name] = value
     connection = fields.get("connection", "").lower()
     close = "close" in connection or (version == "HTTP/1.0" and "keep-alive" not in connection)
     return int(code), fields, close

@@ -165,7 +165,8 @@ class Remote:
                 resp = await self._wire.get(url, headers=headers, timeout=_BLOCK_READ_TIMEOUT)
             except blockwire.Unsupported as exc:
                 log.info("block downloads go through httpx from now on: %s", exc)
-                self._wire = None
+                wire, self._wire = self._wire, None
+                await wire.aclose()
             except httpx.HTTPError as exc:
                 raise Offline(f"cannot reach {self.server}: {exc.__class__.__name__} {exc}") from exc
             else:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 
 import httpx
+import outcome
 import pytest
 import trio
 
@@ -182,3 +184,94 @@ async def test_the_request_names_the_host_as_http_wants_it() -> None:
     assert "\r\nAuthorization: Bearer t\r\n" in head and "\r\nRange: bytes=0-1\r\n" in head
     # An IPv6 literal is bracketed in the Host header (RFC 9110, 7.2); nothing is sent here.
     assert "Host: [::1]:8080\r\n" in blockwire.BlockWire("http://[::1]:8080", {})._fixed
+
+
+async def _answer_of(answer: bytes) -> httpx.Response:
+    """What the wire makes of *answer*, given by a server on loopback."""
+    async with trio.open_nursery() as nursery:
+        url = await _serve_once(nursery, answer)
+        wire = blockwire.BlockWire(url, {})
+        try:
+            got = await outcome.acapture(wire.get, "/v1/blocks/x", timeout=5)
+        finally:
+            await wire.aclose()
+            nursery.cancel_scope.cancel()
+    return got.unwrap()  # outside the nursery: the error itself, not a group of it
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 10737418240\r\n\r\n",  # no block is 10 GB
+    b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n",  # a digit to str.isdigit only
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+    b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 2\xb20 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+])
+async def test_a_malformed_or_hostile_answer_is_an_http_error(answer: bytes) -> None:
+    with pytest.raises(httpx.RemoteProtocolError):
+        await _answer_of(answer)
+
+
+async def test_header_bytes_beyond_ascii_are_kept_not_fatal() -> None:
+    answer = await _answer_of(b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok")
+    assert answer.content == b"ok" and answer.headers["x-name"] == "caf\xe9"
+
+
+async def test_stray_bytes_after_an_answer_never_pass_for_the_next_one() -> None:
+    served = 0
+
+    async def sloppy(stream: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError):  # a connection closed with bytes unread
+            await answer_all(stream)
+
+    async def answer_all(stream: trio.SocketStream) -> None:
+        nonlocal served
+        async with stream:
+            while True:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    piece = await stream.receive_some(65536)
+                    if not piece:
+                        return
+                    request += piece
+                served += 1
+                # The announced body; the first two times, bytes nobody asked for after
+                # it: once in the same piece, once a moment later.
+                stray = b"HTTP/1.1 404 Not Found\r\n\r\n"
+                await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + (stray if served == 1 else b""))
+                if served == 2:
+                    await trio.sleep(0.02)
+                    await stream.send_all(stray)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, sloppy, 0, host="127.0.0.1"))
+        wire = blockwire.BlockWire(f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}", {})
+        first = await wire.get("/a", timeout=5)
+        await trio.sleep(0.1)  # the stray bytes arrive
+        second = await wire.get("/b", timeout=5)
+        await trio.sleep(0.1)
+        third = await wire.get("/c", timeout=5)
+        fourth = await wire.get("/d", timeout=5)  # on the kept connection: nothing stray came
+        assert [r.status_code for r in (first, second, third, fourth)] == [200] * 4 and served == 4
+        assert str(second.request.url).endswith("/b")
+        await wire.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_trickling_server_is_given_up_on_in_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def trickle(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some(65536)
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            while True:  # a byte now and then, always within the per-byte timeout
+                await stream.send_all(b"x")
+                await trio.sleep(0.05)
+
+    monkeypatch.setattr(blockwire, "TOTAL_S", 0.5)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, trickle, 0, host="127.0.0.1"))
+        wire = blockwire.BlockWire(f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}", {})
+        with trio.fail_after(5), pytest.raises(httpx.ReadTimeout):
+            await wire.get("/slow", timeout=1)
+        await wire.aclose()
+        nursery.cancel_scope.cancel()
