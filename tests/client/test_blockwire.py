@@ -100,18 +100,24 @@ async def test_an_unreachable_server_and_a_cut_answer_are_offline(
         proxy.close()
 
 
+async def _request_head(stream: trio.SocketStream) -> bytes | None:
+    """The head of the next request on *stream*, or None at its end."""
+    request = b""
+    while b"\r\n\r\n" not in request:
+        piece = await stream.receive_some(65536)
+        if not piece:
+            return None
+        request += piece
+    return request
+
+
 async def _serve_once(nursery: trio.Nursery, answer: bytes) -> str:
     """A one-answer HTTP server on loopback that says *answer* to every request."""
 
     async def handle(stream: trio.SocketStream) -> None:
         async with stream:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                piece = await stream.receive_some(65536)
-                if not piece:
-                    return
-                request += piece
-            await stream.send_all(answer)
+            if await _request_head(stream) is not None:
+                await stream.send_all(answer)
 
     listeners = await nursery.start(functools.partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
     port = listeners[0].socket.getsockname()[1]
@@ -227,13 +233,7 @@ async def test_stray_bytes_after_an_answer_never_pass_for_the_next_one() -> None
     async def answer_all(stream: trio.SocketStream) -> None:
         nonlocal served
         async with stream:
-            while True:
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    piece = await stream.receive_some(65536)
-                    if not piece:
-                        return
-                    request += piece
+            while await _request_head(stream) is not None:
                 served += 1
                 # The announced body; the first two times, bytes nobody asked for after
                 # it: once in the same piece, once a moment later.
