@@ -129,10 +129,7 @@ class BlockSource:
         if h in self._inflight and (streaming or self._nursery is None):
             data = await self.get(h)
             return data[offset : offset + length]
-        # A touched block was not on disk, nor fetched since.  The index look-up is
-        # one query, cheap enough for the loop: a block that is not on disk (every
-        # first read of a cold file) costs no trip to a worker thread.
-        if h not in self._touched and self.cache.contains(h):
+        if h not in self._touched:  # a touched block was not on disk, nor fetched since
             part = await trio.to_thread.run_sync(self.cache.read, h, offset, length)
             if part is not None:
                 return part
