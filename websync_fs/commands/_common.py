@@ -47,6 +47,23 @@ def friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class _InterruptedReply(logging.Filter):
+    """Demote pyfuse3's ERROR for a reply the kernel no longer waits for to DEBUG.
+
+    libfuse's ``fuse_reply_*`` fails with ENOENT when the request was
+    interrupted or the kernel dropped it (a RELEASE sent while the mount is
+    being unmounted, a read whose program was killed): nothing is lost, the
+    kernel wants no answer, yet pyfuse3 logs ``fuse_release(): fuse_reply_*
+    failed with No such file or directory`` as an error.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and "fuse_reply_* failed with No such file" in record.getMessage():
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
 def setup_logging(home: Home, verbose: bool) -> None:
     home.ensure()
     root = logging.getLogger()
@@ -60,6 +77,7 @@ def setup_logging(home: Home, verbose: bool) -> None:
         root.addHandler(console)
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("pyfuse3").addFilter(_InterruptedReply())
 
 
 pass_ctx = click.make_pass_decorator(Context)
