@@ -504,14 +504,21 @@ def _write_new_file(path: str, data: bytes) -> Stamp:
     """Create *path* exclusively, write *data* and return its stamp; remove what was written if that fails."""
     directory = os.path.dirname(path)
     for attempt in range(10):
+        # diskcache's Disk.remove prunes the directories it empties (os.removedirs),
+        # and another thread or process may do so in the middle of our makedirs or
+        # between it and the open; diskcache's own writer retries the same way.
         try:
             os.makedirs(directory, exist_ok=True)
+        except FileExistsError:
+            # Even with exist_ok: the directory its mkdir found was pruned before
+            # makedirs checked that it is one (seen with 8 threads putting at once).
+            if attempt == 9:
+                raise
+            continue
+        try:
             writer = open(path, "xb")
             break
         except FileNotFoundError:
-            # diskcache's Disk.remove prunes the directories it empties (os.removedirs),
-            # and another thread or process may do so in the middle of our makedirs or
-            # between it and the open; diskcache's own writer retries the same way.
             if attempt == 9:
                 raise
     try:

@@ -141,9 +141,10 @@ def test_commit_whose_answer_is_lost_is_applied_once(
     drained(a)
     proxy.lose_answer(b"/commit", count=2)
     a.path("doc.txt").write_bytes(b"v2\n")  # an update...
-    eventually(lambda: proxy.lost_answers == 1, what="the first lost answer")
+    # (At least: a retry of the update may lose the second answer too, within milliseconds.)
+    eventually(lambda: proxy.lost_answers >= 1, what="the first lost answer")
     a.path("new.txt").write_bytes(b"new\n")  # ...and a create, both applied without the client knowing
-    eventually(lambda: proxy.lost_answers == 2, what="the second lost answer")
+    eventually(lambda: proxy.lost_answers >= 2, what="the second lost answer")
     # And the network goes before the client could ask again: its next tries fail before
     # they reach the commit (asking which blocks are missing), which must not change the batch.
     proxy.online = False
