@@ -64,9 +64,8 @@ async def test_a_wrong_token_is_unauthorized_over_the_wire(server: ServerProcess
 
 
 async def test_a_kept_connection_the_server_dropped_is_replaced_without_an_error(
-    server: ServerProcess, account: tuple[str, str]
+    server: ServerProcess, account: tuple[str, str], proxy: Proxy
 ) -> None:
-    proxy = Proxy(server.port)
     remote = await _remote(proxy.url, server, account)
     try:
         data = os.urandom(300_000)
@@ -77,13 +76,11 @@ async def test_a_kept_connection_the_server_dropped_is_replaced_without_an_error
         assert await remote.get_block(h) == data
     finally:
         await remote.aclose()
-        proxy.close()
 
 
 async def test_an_unreachable_server_and_a_cut_answer_are_offline(
-    server: ServerProcess, account: tuple[str, str]
+    server: ServerProcess, account: tuple[str, str], proxy: Proxy
 ) -> None:
-    proxy = Proxy(server.port)
     remote = await _remote(proxy.url, server, account)
     try:
         h = await _upload(remote, os.urandom(BLOCK))
@@ -97,7 +94,6 @@ async def test_an_unreachable_server_and_a_cut_answer_are_offline(
         assert proxy.cuts > 0
     finally:
         await remote.aclose()
-        proxy.close()
 
 
 async def _request_head(stream: trio.SocketStream) -> bytes | None:
