@@ -8,10 +8,14 @@ evict).  Every error from below is translated here, once, into the tree in
 Layout of a cache directory::
 
     cache.db (+ -wal, -shm)       diskcache's SQLite index, WAL mode: one row per block
-    ab/cd/<hash>.<random>.val     one file per block, named after its hash so an
+    ab/<hash>.<random>.val        one file per block, named after its hash so an
                                   operator can find it; the random part lets two
                                   processes put the same block at once without
-                                  sharing a file
+                                  sharing a file.  One level of 256 folders: with
+                                  two (ab/cd/, 65,536 folders) nearly every small
+                                  block made a folder of its own (a mkdir a put).
+                                  Files of caches written with two levels are
+                                  found through their rows as before.
 
 Settings (persisted by diskcache in its ``Settings`` table, re-applied on every
 open): ``eviction_policy='least-recently-used'`` so that diskcache's own
@@ -274,7 +278,7 @@ class BlockStore:
 
         On any failure leave no trace.
         """
-        name = os.path.join(h[:2], h[2:4], f"{h}.{secrets.token_hex(4)}.val")
+        name = os.path.join(h[:2], f"{h}.{secrets.token_hex(4)}.val")
         try:
             with _translated(f"store block {h}"):
                 stamp = _write_new_file(os.path.join(self._directory, name), data)

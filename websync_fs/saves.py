@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: A new file arriving at a name this soon after the old one left is a save.
 WINDOW = 60.0
+#: Names remembered at most; beyond, the oldest are forgotten.
+REMEMBERED = 10_000
 
 Send = Callable[..., None]
 
@@ -53,9 +55,13 @@ class SaveDetector:
         if row.kind != KIND_FILE or row.seq == 0 or row.local:
             return
         now = time.monotonic()
-        if len(self._left) > 1000:
-            self._left = {k: v for k, v in self._left.items() if now - v[1] < WINDOW}
-        self._left[(parent, name)] = (row.id, now)
+        key = (parent, name)
+        self._left.pop(key, None)  # to the end: the dict stays oldest first
+        self._left[key] = (row.id, now)
+        # Forget from the oldest end, so that a mass delete costs O(1) a file (rebuilding
+        # the whole dict each time made deleting 10,000 files quadratic).
+        while len(self._left) > REMEMBERED or now - next(iter(self._left.values()))[1] > WINDOW:
+            del self._left[next(iter(self._left))]
 
     def arrived(self, parent: str, name: str, row: NodeRow) -> bool:
         """File *row* became ``parent/name``; adopt the old identity if this is a save.

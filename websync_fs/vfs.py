@@ -578,7 +578,7 @@ class Vfs:
     def _close_working_copy(self, ino: int) -> None:
         work = self._work.get(ino)
         if work is not None and work.handles == 0:
-            if self._nursery is not None:
+            if self._nursery is not None and not work.small:
                 # Removing a big file takes a while: not on the request path.
                 self._nursery.start_soon(trio.to_thread.run_sync, work.close)
             else:

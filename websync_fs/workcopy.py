@@ -1,13 +1,13 @@
 """The working copy of a file opened for writing.
 
-A sparse local file holds the file's bytes while it is open for writing.  It is
-filled lazily, block by block: a block the program never reads and never
+A sparse local file holds the file's bytes while it is open for writing (while
+they are few, memory does: spillfile.py).  It is filled lazily, block by block: a block the program never reads and never
 partly overwrites is never downloaded, so editing 1 MiB inside a 1 GiB file
 fetches one block.  `seal()` turns the current bytes into a block list (hashing
 only the blocks that were written) and hands the new blocks to the cache.
 
 Appending writers.  A program writing a big file from start to end appends
-block after block.  From the second block on (small files never take memory)
+block after block.  From the second block on (so small files never do this)
 such a block is gathered in memory instead of the file; once full it is hashed
 and stored into the cache in the background, and the working-copy file never
 holds it: its bytes go into the page cache once, as a cache block, instead of
@@ -34,13 +34,14 @@ cache and the queue.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
 
 from websync_server.protocol import BLOCK_SIZE, BlockHash, block_count
+
+from .spillfile import SMALL, SpillFile
 
 Loader = Callable[[BlockHash], Awaitable[bytes]]
 Store = Callable[[str, bytes], None]
@@ -55,6 +56,10 @@ _FINISHING_MAX = 2
 #: 2 + _FINISHING_MAX blocks (filling, finishing, being stored): 128 MiB at most.
 _FILLS_MAX = 8
 _FILLING: set[int] = set()  # ids of the working copies in append mode
+#: Up to this many bytes a seal hashes and stores on the event loop (~0.1 ms) instead of
+#: in a worker thread: the hop there and back cost 0.7 ms a small file (GIL hand-offs),
+#: more than the work.  The same bound as a copy in memory, which no thread may read.
+INLINE_BYTES = SMALL
 
 
 class WorkingCopy:
@@ -67,8 +72,7 @@ class WorkingCopy:
         self._present: set[int] = set()
         self.dirty: set[int] = set()
         self._load = load
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.ftruncate(self._fd, size)
+        self._file = SpillFile(path, size)
         self.handles = 0
         self._lock = trio.Lock()
         # Hashing ahead: a block a sequential writer has finished is hashed and
@@ -97,15 +101,16 @@ class WorkingCopy:
             or len(self.base) != block_count(self.size)
         )
 
+    @property
+    def small(self) -> bool:
+        """True if the copy is in memory: closing it needs no thread."""
+        return not self._file.on_disk
+
     def close(self) -> None:
         self._closed = True
         self._end_fill()
         self._mem.clear()
-        os.close(self._fd)
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+        self._file.close()
 
     async def _ensure(self, index: int) -> None:
         """Bring the current bytes of block *index* into the file if they are not there yet."""
@@ -149,17 +154,17 @@ class WorkingCopy:
         done = 0
         try:
             while done < len(view):
-                done += os.pwrite(self._fd, view[done:], offset + done)
+                done += self._file.pwrite(view[done:], offset + done)
         except OSError:
             if offset + done > self._length:
-                os.ftruncate(self._fd, self._length)
+                self._file.truncate(self._length)
             raise
         self._length = max(self._length, offset + len(data))
 
     def _extend(self) -> None:
         """Give the file its full length, so that reads of holes give zeros, not short reads."""
         if self._length < self.size:
-            os.ftruncate(self._fd, self.size)
+            self._file.truncate(self.size)
             self._length = self.size
 
     def _spill_fill(self) -> None:
@@ -184,7 +189,7 @@ class WorkingCopy:
         for index in range(offset // BLOCK_SIZE, (end - 1) // BLOCK_SIZE + 1):
             await self._ensure(index)
         self._extend()
-        return os.pread(self._fd, end - offset, offset)
+        return self._file.pread(end - offset, offset)
 
     async def write(self, offset: int, data: bytes) -> int:
         async with self._lock:
@@ -236,7 +241,7 @@ class WorkingCopy:
     async def _append(self, data: bytes) -> None:
         if self._fill is None:
             index = self.size // BLOCK_SIZE
-            head = os.pread(self._fd, self.size - index * BLOCK_SIZE, index * BLOCK_SIZE)
+            head = self._file.pread(self.size - index * BLOCK_SIZE, index * BLOCK_SIZE)
             self._fill = [head] if head else []
             self._fill_len = len(head)
             self.dirty.discard(index)  # its bytes are in the fill now, the file's are stale
@@ -320,7 +325,7 @@ class WorkingCopy:
         def work() -> tuple[BlockHash, bytes] | None:
             if self._closed or self._gen.get(index) != gen:
                 return None
-            data = os.pread(self._fd, BLOCK_SIZE, index * BLOCK_SIZE)
+            data = self._file.pread(BLOCK_SIZE, index * BLOCK_SIZE)
             h = hashlib.sha256(data).hexdigest()
             store(h, data)
             self.ahead_stored.append(h)
@@ -351,7 +356,7 @@ class WorkingCopy:
                     self.dirty.add(size // BLOCK_SIZE)
             elif self.size % BLOCK_SIZE:
                 await self._ensure(self.size // BLOCK_SIZE)  # the old last block grows
-            os.ftruncate(self._fd, size)
+            self._file.truncate(size)
             self._length = size
             count = block_count(size)
             self._touch(range(min(size, self.size) // BLOCK_SIZE, max(count, block_count(self.size))))
@@ -365,7 +370,7 @@ class WorkingCopy:
             self.size = size
 
     def fsync(self) -> None:
-        os.fsync(self._fd)
+        self._file.fsync()
 
     async def seal(self, store: Store) -> tuple[int, tuple[BlockHash, ...]]:
         """Hash what changed, put new blocks into *store*, return (size, blocks)."""
@@ -392,13 +397,14 @@ class WorkingCopy:
                 out = []
                 for index in todo:
                     start = index * BLOCK_SIZE
-                    data = os.pread(self._fd, min(BLOCK_SIZE, self.size - start), start)
+                    data = self._file.pread(min(BLOCK_SIZE, self.size - start), start)
                     h = hashlib.sha256(data).hexdigest()
                     store(h, data)
                     out.append((index, BlockHash(h)))
                 return out
 
-            for index, h in await trio.to_thread.run_sync(work):
+            small = sum(min(BLOCK_SIZE, self.size - i * BLOCK_SIZE) for i in todo) <= INLINE_BYTES
+            for index, h in work() if small else await trio.to_thread.run_sync(work):
                 blocks[index] = h
                 self._present.add(index)
             self.base = blocks

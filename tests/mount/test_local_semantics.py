@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,18 @@ def _permission_answers(*roots: Path) -> list[str]:
         )
         answers.append(_as_nobody(code))
     return answers
+
+
+def test_only_user_attributes_exist_and_other_namespaces_say_not_supported(a: Machine) -> None:
+    path = a.mnt / "doc.txt"
+    path.write_text("x")
+    os.setxattr(path, "user.tag", b"blue")
+    assert os.getxattr(path, "user.tag") == b"blue"
+    expect_errno(errno.ENODATA, os.getxattr, path, "user.absent")
+    # "Not supported", as on a disk mounted without them: `ls -l` and `cp -a` then
+    # stop asking this file system for SELinux labels and ACLs at all.
+    expect_errno(errno.EOPNOTSUPP, os.getxattr, path, "security.selinux")
+    expect_errno(errno.EOPNOTSUPP, os.getxattr, path, "system.posix_acl_access")
+    expect_errno(errno.EOPNOTSUPP, os.setxattr, path, "trusted.x", b"1")
+    listing = subprocess.run(["ls", "-l", str(a.mnt)], capture_output=True, text=True, check=True).stdout
+    assert "-rw" in listing and "doc.txt" in listing
