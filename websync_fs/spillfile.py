@@ -18,6 +18,7 @@ on the event loop (workcopy.py hashes in threads only blocks of copies on disk).
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -76,12 +77,18 @@ class SpillFile:
         self._buf = None
         _reserved -= SMALL
 
+    def _closed(self) -> OSError:
+        # What a closed descriptor gives: a worker thread still reading after close()
+        # (workcopy.py) takes it for "closed meanwhile".
+        return OSError(errno.EBADF, "working copy closed")
+
     def pwrite(self, data: bytes | memoryview, offset: int) -> int:
         end = offset + len(data)
         if self._buf is not None and end > SMALL:
             self.spill()
         if self._buf is None:
-            assert self._fd is not None
+            if self._fd is None:
+                raise self._closed()
             return os.pwrite(self._fd, data, offset)
         if end > len(self._buf):
             self._buf.extend(bytes(end - len(self._buf)))
@@ -90,7 +97,8 @@ class SpillFile:
 
     def pread(self, length: int, offset: int) -> bytes:
         if self._buf is None:
-            assert self._fd is not None
+            if self._fd is None:
+                raise self._closed()
             return os.pread(self._fd, length, offset)
         return bytes(self._buf[offset : offset + length])
 
@@ -98,7 +106,8 @@ class SpillFile:
         if self._buf is not None and size > SMALL:
             self.spill()
         if self._buf is None:
-            assert self._fd is not None
+            if self._fd is None:
+                raise self._closed()
             os.ftruncate(self._fd, size)
         elif size < len(self._buf):
             del self._buf[size:]

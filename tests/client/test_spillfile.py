@@ -25,6 +25,9 @@ def test_a_small_copy_stays_in_memory_and_leaves_no_file(tmp_path: Path) -> None
     assert not f.on_disk and not (tmp_path / "w").exists()
     f.close()
     f.close()
+    with pytest.raises(OSError) as closed:  # as a closed descriptor answers a late reader
+        f.pread(1, 0)
+    assert closed.value.errno == errno.EBADF
 
 
 @pytest.mark.parametrize("grow", ["write", "truncate"])
