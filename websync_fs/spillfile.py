@@ -65,10 +65,12 @@ class SpillFile:
         self._open(0)
         assert self._fd is not None
         try:
-            view = memoryview(self._buf)
-            done = 0
-            while done < len(view):
-                done += os.pwrite(self._fd, view[done:], done)
+            # Released on the way out: a view the traceback kept alive would forbid
+            # resizing the buffer while the caller handles the error (BufferError).
+            with memoryview(self._buf) as view:
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(self._fd, view[done:], done)
         except BaseException:
             os.close(self._fd)
             self._fd = None

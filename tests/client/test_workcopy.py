@@ -256,3 +256,24 @@ async def test_a_write_refused_for_a_full_disk_holds_no_space_and_changes_nothin
     size, new = await work.seal(lambda h, d: None)
     assert (size, new) == (len(old) + 4, blocks_of(old + b"tail")[1])
     work.close()
+
+
+async def test_a_small_copy_that_cannot_grow_onto_a_full_disk_keeps_its_bytes(
+    tmp_path: Path, tmpfs: Callable[[Path, str], Path]
+) -> None:
+    # A copy in memory moves into its file when it grows past 64 KiB; a full disk refuses.
+    disk = tmpfs(tmp_path / "disk", "64k")
+    with open(disk / "filler", "wb", buffering=0) as out:
+        with pytest.raises(OSError):
+            while True:
+                out.write(os.urandom(4096))
+    work = WorkingCopy(disk / "w", 0, (), Source({}).load)
+    assert await work.write(0, b"small") == 5
+    with pytest.raises(OSError) as refused:
+        await work.write(5, os.urandom(128 * 1024))
+    assert refused.value.errno == errno.ENOSPC
+    assert work.size == 5 and await work.read(0, 100) == b"small"
+    assert await work.write(5, b"!") == 1
+    size, new = await work.seal(lambda h, d: None)
+    assert (size, new) == (6, blocks_of(b"small!")[1])
+    work.close()
