@@ -205,9 +205,7 @@ class BlockCache:
             actual = _sha256(data)
             if actual != h:
                 raise CorruptBlock(h, actual)
-        # A new block (the common case when writing) is looked for with a read: a
-        # refresh that finds nothing still takes SQLite's write lock.
-        if not (self._store.contains(h) and self._store.refresh(h)):
+        if not self._store.refresh(h):
             filename, stamp = self._store.insert(h, data)
             self._remember(h, filename, stamp)
         self._evict(self._limit, spare=h)

@@ -214,13 +214,6 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
     # -- extended attributes -------------------------------------------------------
     @translate
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        if not name.startswith(b"user."):
-            # Only user.* is ever stored.  EOPNOTSUPP, not ENODATA: `ls -l` asks every
-            # file for security.selinux and system.posix_acl_access, and coreutils
-            # stops asking a device that answered "not supported" (ls.c,
-            # getfilecon_cache and file_has_acl_cache): two requests in all instead
-            # of two a file.  ENOSYS would silence the kernel for user.* too.
-            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         if name == STATE_XATTR and self.file_state is not None:
             return self.file_state(inode).encode()
         return self.vfs.getxattr(inode, _name(name))

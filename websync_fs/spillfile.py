@@ -79,19 +79,19 @@ class SpillFile:
         self._buf = None
         _reserved -= SMALL
 
-    def _closed(self) -> OSError:
-        # What a closed descriptor gives: a worker thread still reading after close()
-        # (workcopy.py) takes it for "closed meanwhile".
-        return OSError(errno.EBADF, "working copy closed")
+    def _descriptor(self) -> int:
+        if self._fd is None:
+            # What a closed descriptor gives: a worker thread still reading after
+            # close() (workcopy.py) takes it for "closed meanwhile".
+            raise OSError(errno.EBADF, "working copy closed")
+        return self._fd
 
     def pwrite(self, data: bytes | memoryview, offset: int) -> int:
         end = offset + len(data)
         if self._buf is not None and end > SMALL:
             self.spill()
         if self._buf is None:
-            if self._fd is None:
-                raise self._closed()
-            return os.pwrite(self._fd, data, offset)
+            return os.pwrite(self._descriptor(), data, offset)
         if end > len(self._buf):
             self._buf.extend(bytes(end - len(self._buf)))
         self._buf[offset:end] = data
@@ -99,18 +99,14 @@ class SpillFile:
 
     def pread(self, length: int, offset: int) -> bytes:
         if self._buf is None:
-            if self._fd is None:
-                raise self._closed()
-            return os.pread(self._fd, length, offset)
+            return os.pread(self._descriptor(), length, offset)
         return bytes(self._buf[offset : offset + length])
 
     def truncate(self, size: int) -> None:
         if self._buf is not None and size > SMALL:
             self.spill()
         if self._buf is None:
-            if self._fd is None:
-                raise self._closed()
-            os.ftruncate(self._fd, size)
+            os.ftruncate(self._descriptor(), size)
         elif size < len(self._buf):
             del self._buf[size:]
         else:

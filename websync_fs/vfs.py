@@ -474,7 +474,12 @@ class Vfs:
         return name
 
     def getxattr(self, ino: int, name: str) -> bytes:
-        # `ls -l` asks every file for two attributes: this answer must be cheap.
+        # `ls -l` asks every file for security.selinux and system.posix_acl_access.
+        # EOPNOTSUPP from _xattr_name, before any look-up, not ENODATA: coreutils
+        # stops asking a device that answered "not supported" (ls.c,
+        # getfilecon_cache and file_has_acl_cache), two requests in all instead of
+        # two a file.  (ENOSYS would silence the kernel for user.* too.)
+        self._xattr_name(name)
         xattrs = self.replica.xattrs_of(ino)
         if xattrs is None:
             raise FsError(errno.ENOENT)
@@ -578,7 +583,7 @@ class Vfs:
     def _close_working_copy(self, ino: int) -> None:
         work = self._work.get(ino)
         if work is not None and work.handles == 0:
-            if self._nursery is not None and not work.small:
+            if self._nursery is not None and not work.in_memory:
                 # Removing a big file takes a while: not on the request path.
                 self._nursery.start_soon(trio.to_thread.run_sync, work.close)
             else:

@@ -1,9 +1,9 @@
 """The working copy of a file opened for writing.
 
 A sparse local file holds the file's bytes while it is open for writing (while
-they are few, memory does: spillfile.py).  It is filled lazily, block by block: a block the program never reads and never
-partly overwrites is never downloaded, so editing 1 MiB inside a 1 GiB file
-fetches one block.  `seal()` turns the current bytes into a block list (hashing
+they are few, memory does: spillfile.py).  It is filled lazily, block by block:
+a block the program never reads and never partly overwrites is never
+downloaded, so editing 1 MiB inside a 1 GiB file fetches one block.  `seal()` turns the current bytes into a block list (hashing
 only the blocks that were written) and hands the new blocks to the cache.
 
 Appending writers.  A program writing a big file from start to end appends
@@ -41,7 +41,7 @@ import trio
 
 from websync_server.protocol import BLOCK_SIZE, BlockHash, block_count
 
-from .spillfile import SMALL, SpillFile
+from .spillfile import SpillFile
 
 Loader = Callable[[BlockHash], Awaitable[bytes]]
 Store = Callable[[str, bytes], None]
@@ -59,10 +59,6 @@ _FINISHING_MAX = 2
 #: 2 + _FINISHING_MAX blocks (filling, finishing, being stored): 128 MiB at most.
 _FILLS_MAX = 8
 _FILLING: set[int] = set()  # ids of the working copies in append mode
-#: Up to this many bytes a seal hashes and stores on the event loop (~0.1 ms) instead of
-#: in a worker thread: the hop there and back cost 0.7 ms a small file (GIL hand-offs),
-#: more than the work.  The same bound as a copy in memory, which no thread may read.
-INLINE_BYTES = SMALL
 
 
 class WorkingCopy:
@@ -105,8 +101,8 @@ class WorkingCopy:
         )
 
     @property
-    def small(self) -> bool:
-        """True if the copy is in memory: closing it needs no thread."""
+    def in_memory(self) -> bool:
+        """True while the copy is memory (spillfile.py): sealing and closing it need no thread."""
         return not self._file.on_disk
 
     def close(self) -> None:
@@ -406,8 +402,10 @@ class WorkingCopy:
                     out.append((index, BlockHash(h)))
                 return out
 
-            small = sum(min(BLOCK_SIZE, self.size - i * BLOCK_SIZE) for i in todo) <= INLINE_BYTES
-            for index, h in work() if small else await trio.to_thread.run_sync(work):
+            # A copy in memory (64 KiB at most) is hashed and stored on the event loop
+            # (~0.1 ms): the hop to a thread and back cost 0.7 ms a small file (GIL
+            # hand-offs), more than the work, and no thread may read it anyway.
+            for index, h in work() if self.in_memory else await trio.to_thread.run_sync(work):
                 blocks[index] = h
                 self._present.add(index)
             self.base = blocks
