@@ -38,7 +38,7 @@ def _size(n: int) -> str:
 def rows(p: Params) -> list[Row]:
     size, files = _size(p.size), f"{p.files:,}"
     return [
-        Row("seq_write", f"sequential write of {size}, until close() returns", "MiB/s"),
+        Row("seq_write", f"sequential write of {size}, until close() returns (median of 3 files)", "MiB/s"),
         Row("seq_write_durable", "… until it is on the server (local: + fsync)", "MiB/s"),
         Row("seq_read_cold", f"sequential read of {size}, cold (machine B, page cache dropped)", "MiB/s"),
         Row("seq_read_warm", "… warm (read again on B)", "MiB/s"),
@@ -46,7 +46,7 @@ def rows(p: Params) -> list[Row]:
         Row("seq_read_http", "… plain HTTP GET of the same blocks, cold (httpx, 1 connection)", "MiB/s"),
         Row("rand_read_cold", f"4 KiB random reads in a {size} file, cold ({p.rand_ops:,} reads)", "ops/s"),
         Row("rand_read_warm", "… warm (the same offsets again)", "ops/s"),
-        Row("ttfb_cold", f"time to first byte of a cold {size} file (open + 4 KiB at 0)", "ms", False),
+        Row("ttfb_cold", f"time to first byte of a cold {size} file (open + 4 KiB at 0; median of 3 files)", "ms", False),
         Row("ttfb_seek_cold", "… after a seek to the middle, cold", "ms", False),
         Row("small_create", f"create {files} files of 1–16 KiB in {p.folders} folders", "files/s"),
         Row("small_visible", "… until all are listed on machine B", "s", False),
