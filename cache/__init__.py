@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ._blocks import BlockCache
 from ._exceptions import CacheError, CacheFull, CacheUnavailable, CorruptBlock, InvalidBlockHash
+from ._filewriter import FileWriter
 from ._stats import CacheStats
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "CacheStats",
     "CacheUnavailable",
     "CorruptBlock",
+    "FileWriter",
     "InvalidBlockHash",
 ]

@@ -66,6 +66,7 @@ import diskcache
 from diskcache.core import MODE_BINARY
 
 from ._exceptions import CacheError, CacheFull, CacheUnavailable
+from ._filewriter import FileWriter
 
 DEFAULT_TIMEOUT = 60.0
 """Seconds a statement waits for another process's SQLite write lock before failing."""
@@ -162,6 +163,7 @@ class BlockStore:
     def __init__(self, directory: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         self._directory = directory
         self._write_lock = threading.Lock()
+        self._writer = FileWriter()
         with _translated("open the cache"):
             self._cache: diskcache.Cache | None = diskcache.Cache(
                 directory, timeout=timeout, disk=_BlockDisk, **_SETTINGS
@@ -281,7 +283,7 @@ class BlockStore:
         name = os.path.join(h[:2], f"{h}.{secrets.token_hex(4)}.val")
         try:
             with _translated(f"store block {h}"):
-                stamp = _write_new_file(os.path.join(self._directory, name), data)
+                stamp = _write_new_file(os.path.join(self._directory, name), data, self._writer)
                 with self._write_lock:
                     self._db.set(h, _Written(name, len(data)))
         except BaseException:
@@ -504,7 +506,7 @@ def _stamp(st: os.stat_result) -> Stamp:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _write_new_file(path: str, data: bytes) -> Stamp:
+def _write_new_file(path: str, data: bytes, writer: FileWriter) -> Stamp:
     """Create *path* exclusively, write *data* and return its stamp; remove what was written if that fails."""
     directory = os.path.dirname(path)
     for attempt in range(10):
@@ -520,16 +522,15 @@ def _write_new_file(path: str, data: bytes) -> Stamp:
                 raise
             continue
         try:
-            writer = open(path, "xb")
+            file = open(path, "xb", buffering=0)
             break
         except FileNotFoundError:
             if attempt == 9:
                 raise
     try:
-        with writer:
-            writer.write(data)
-            writer.flush()
-            return _stamp(os.fstat(writer.fileno()))
+        with file:
+            writer.write(file.fileno(), data)
+            return _stamp(os.fstat(file.fileno()))
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(path)

@@ -12,6 +12,7 @@ import hashlib
 import multiprocessing
 import os
 import random
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 import trio
 
-import cache._store
+import cache._blocks
 from cache import (
     BlockCache,
     CacheError,
@@ -32,8 +33,15 @@ from cache import (
     InvalidBlockHash,
 )
 
+from cache._filewriter import FileWriter
+
 KiB = 1024
 MiB = 1024 * KiB
+
+
+def disk_free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 def make_block(seed: int, size: int = 64 * KiB) -> tuple[str, bytes]:
@@ -422,44 +430,33 @@ def test_close_releases_every_thread_connection(directory: Path) -> None:
 # -- a full disk ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("size", [64 * KiB, 4 * MiB - 1000], ids=["small block", "whole block"])
+@pytest.mark.parametrize("mode", ["buffered", "direct"])
 def test_disk_full_while_writing_a_block_raises_cache_full_and_leaves_no_file(
-    bc: BlockCache, directory: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tmpfs: Callable[[Path, str], Path], size: int, mode: str
 ) -> None:
-    h, data = make_block(1)
+    # A real disk that fills up part way through the block (room for the index only).
+    disk = tmpfs(tmp_path / "disk", "1m")
+    directory = disk / "cache"
+    bc = BlockCache(directory, limit=64 * MiB)
+    try:
+        bc._store._writer = FileWriter(mode)  # noqa: SLF001 - both ways of writing
+        h, data = make_block(1, size)
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * (disk_free(disk) - size // 2))
 
-    class HalfWriter:
-        """A block file on a disk that fills up half way through the write."""
+        with pytest.raises(CacheFull) as caught:
+            bc.put(h, data)
 
-        def __init__(self, path: str, mode: str) -> None:
-            self._file = open(path, mode)  # noqa: SIM115
-
-        def __enter__(self) -> HalfWriter:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self._file.close()
-
-        def write(self, data: bytes) -> int:
-            self._file.write(data[: len(data) // 2])
-            self._file.flush()
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def fake_open(path: str, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        if mode == "xb":
-            return HalfWriter(path, mode)
-        return open(path, mode, *args, **kwargs)
-
-    monkeypatch.setattr(cache._store, "open", fake_open, raising=False)
-
-    with pytest.raises(CacheFull) as caught:
+        assert caught.value.errno == errno.ENOSPC
+        assert block_files(directory) == []
+        assert not bc.contains(h)
+        filler.unlink()
+        subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)  # room again
         bc.put(h, data)
-
-    assert caught.value.errno == errno.ENOSPC
-    assert block_files(directory) == []
-    assert not bc.contains(h)
-    monkeypatch.undo()
-    bc.put(h, data)
-    assert bc.get(h) == data
+        assert bc.get(h) == data
+    finally:
+        bc.close()
 
 
 def test_database_full_raises_cache_full_and_removes_the_block_file(

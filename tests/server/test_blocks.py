@@ -5,7 +5,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -113,6 +115,33 @@ def test_a_full_disk_stores_nothing_and_says_so(blocks: BlockStore, monkeypatch:
         blocks.put("alice", digest(data), data)
     assert blocks.size("alice", digest(data)) is None
     assert list((blocks.root / ".incoming").iterdir()) == []
+
+
+@pytest.mark.parametrize("pieces", [1, 3])
+def test_a_whole_block_in_pieces_is_stored_exactly(blocks: BlockStore, pieces: int) -> None:
+    # Whole blocks go to the disk by direct I/O, from an aligned copy padded to pages.
+    data = os.urandom(BLOCK_SIZE - 1234)
+    step = -(-len(data) // pieces)
+    block = digest(data)
+    assert blocks.put("alice", block, [data[i:i + step] for i in range(0, len(data), step)]) is True
+    assert blocks.path("alice", block).read_bytes() == data
+    assert blocks.read("alice", block, 4_000_000).data == data[4_000_000:]
+
+
+def test_a_disk_that_fills_during_a_whole_block_keeps_nothing_of_it(
+    tmp_path: Path, tmpfs: Callable[[Path, str], Path]
+) -> None:
+    disk = tmpfs(tmp_path / "disk", "2m")
+    store = BlockStore(disk / "blocks")
+    store.open()
+    data = os.urandom(BLOCK_SIZE)
+    with pytest.raises(InsufficientStorage):
+        store.put("alice", digest(data), data)
+    assert store.size("alice", digest(data)) is None
+    assert list((store.root / ".incoming").iterdir()) == []
+    subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)  # room again
+    assert store.put("alice", digest(data), data) is True
+    assert store.read("alice", digest(data)).data == data
 
 
 def test_open_removes_stale_temporary_files_only(blocks: BlockStore) -> None:
