@@ -49,6 +49,7 @@ PROBE_EVERY = 8
 #: Writes of each way whose median is its cost.
 WINDOW = 5
 _ALIGN = mmap.PAGESIZE
+Bytes = bytes | bytearray | memoryview
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0) if fcntl is not None else 0  # Linux; elsewhere buffered
 
 
@@ -66,9 +67,9 @@ class FileWriter:
         self._count = 0
         self._buffers: list[mmap.mmap] = []  # free aligned buffers, reused
 
-    def write(self, fd: int, data: bytes | Sequence[bytes]) -> None:
+    def write(self, fd: int, data: Bytes | Sequence[Bytes]) -> None:
         """Write all of *data* (bytes, or pieces of them in order) to the new, empty file *fd*."""
-        pieces = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
+        pieces: list[Bytes] = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
         size = sum(len(piece) for piece in pieces)
         if size < DIRECT_MIN or not self._direct_ok:
             _write_pieces(fd, pieces)
@@ -117,7 +118,7 @@ class FileWriter:
         with self._lock:
             self._samples[direct].append(cost)
 
-    def _write_direct(self, fd: int, pieces: list[bytes], size: int) -> None:
+    def _write_direct(self, fd: int, pieces: list[Bytes], size: int) -> None:
         padded = -(-size // _ALIGN) * _ALIGN
         buffer = self._take(padded)
         try:
@@ -158,7 +159,7 @@ def _set_direct(fd: int, on: bool) -> None:
     fcntl.fcntl(fd, fcntl.F_SETFL, (flags | _O_DIRECT) if on else (flags & ~_O_DIRECT))
 
 
-def _write_pieces(fd: int, pieces: list[bytes]) -> None:
+def _write_pieces(fd: int, pieces: list[Bytes]) -> None:
     for piece in pieces:
         _write_all(fd, memoryview(piece))
 

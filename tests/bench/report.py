@@ -47,7 +47,7 @@ def rows(p: Params) -> list[Row]:
         Row("rand_read_cold", f"4 KiB random reads in a {size} file, cold ({p.rand_ops:,} reads)", "ops/s"),
         Row("rand_read_warm", "… warm (the same offsets again)", "ops/s"),
         Row("ttfb_cold", f"time to first byte of a cold {size} file (open + 4 KiB at 0; median of 3 files)", "ms", False),
-        Row("ttfb_seek_cold", "… after a seek to the middle, cold", "ms", False),
+        Row("ttfb_seek_cold", "… after a seek to the middle, cold (median of 3 files)", "ms", False),
         Row("small_create", f"create {files} files of 1–16 KiB in {p.folders} folders", "files/s"),
         Row("small_visible", "… until all are listed on machine B", "s", False),
         Row("small_stat", "stat them", "files/s"),

@@ -16,7 +16,7 @@ from cache._filewriter import DIRECT_MIN, PROBE_EVERY, FileWriter
 MiB = 1 << 20
 
 
-def write_new(writer: FileWriter, path: Path, data: bytes) -> None:
+def write_new(writer: FileWriter, path: Path, data: bytes | bytearray | memoryview) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         writer.write(fd, data)
@@ -40,7 +40,7 @@ def test_every_way_writes_exactly_the_bytes(tmp_path: Path, mode: str, size: int
     for n in range(3):  # auto: buffered, direct, then the faster one
         data = random.Random(n).randbytes(size)
         path = tmp_path / f"block{n}"
-        write_new(writer, path, data)
+        write_new(writer, path, (data, bytearray(data), memoryview(data))[n])  # any bytes-like
         assert path.read_bytes() == data
 
 
