@@ -16,8 +16,9 @@ first, then take whichever way has cost fewer seconds per byte over its last
 `WINDOW` writes (the median: one write that met a stalled disk, 0.4 s against
 the usual 5 ms, must not decide), and go the other way every `PROBE_EVERY`
 writes so a change is noticed: buffered writes here cost 1-3 ms a block while
-freed pages were at hand, then 15-20 ms once they were used up.  Smaller writes are always buffered: a direct write's
-latency would dominate them, and small files are where the page cache pays.
+freed pages were at hand, then 15-20 ms once they were used up.  Smaller
+writes are always buffered: a direct write's latency would dominate them, and
+small files are where the page cache pays.
 
 A direct write needs an aligned buffer and length: the bytes are copied into a
 page-aligned buffer (a reused one, so this memory is never fresh) padded to
@@ -89,7 +90,8 @@ class FileWriter:
                 return
         else:
             _write_pieces(fd, pieces)
-        self._record(direct, (time.perf_counter() - start) / size)
+        if self._mode == "auto":  # a fixed way needs no measuring
+            self._record(direct, (time.perf_counter() - start) / size)
 
     @property
     def direct(self) -> bool:
@@ -98,7 +100,7 @@ class FileWriter:
 
     @property
     def costs(self) -> dict[str, float | None]:
-        """Seconds per MiB measured for each way (None: not yet): for stats and tests."""
+        """Seconds per MiB each way has cost lately, in "auto" mode (None: not measured yet)."""
         with self._lock:
             return {("direct" if k else "buffered"): statistics.median(v) * (1 << 20) if v else None
                     for k, v in self._samples.items()}
