@@ -44,7 +44,8 @@ power loss         SQLite runs WAL with synchronous=NORMAL     the last rows may
 =================  ==========================================  ============================================
 
 Damaged bytes are never returned.  A block's SHA-256 is checked when it enters
-the cache (`put`) and the first time this process reads it (`get`, `read`);
+the cache (`put`), every time a block kept in its index row is read (at most
+`_store.INLINE_MAX` bytes), and the first time this process reads a block file (`get`, `read`);
 the process then remembers the file it checked with that file's stamp (inode,
 size, mtime and ctime, taken after the bytes were read or written) and trusts
 the file while the stamp is unchanged -- any write to the file changes it, so
@@ -111,10 +112,15 @@ _CHECKED_MAX = 100_000  # remembered checks; beyond it they are forgotten and re
 
 
 class _Checked(NamedTuple):
-    """A block file whose bytes this process hashed, and the stamp it had then."""
+    """A block file whose bytes this process hashed, and the stamp it had then.
 
-    filename: str
-    stamp: Stamp
+    A block kept in its index row has neither (None, None): its row is read
+    and hashed again on every read, which for at most `INLINE_MAX` bytes costs
+    less than the SQLite write a `get` makes.
+    """
+
+    filename: str | None
+    stamp: Stamp | None
     refreshed: float  # time.monotonic() of the last LRU refresh
 
 
@@ -180,16 +186,28 @@ class BlockCache:
             raise ValueError(f"offset and length must be >= 0, not {offset}, {length}")
         checked = self._checked.get(h)
         if checked is not None:
-            got = self._store.read_range(checked.filename, offset, length)
-            if got is not None and got[1] == checked.stamp:
+            part = self._read_checked(h, checked, offset, length)
+            if part is not None:
                 now = time.monotonic()
                 if now - checked.refreshed >= REFRESH_EVERY:
                     self._checked[h] = checked._replace(refreshed=now)
                     self._store.refresh(h)
-                return got[0]
+                return part
             self._checked.pop(h, None)  # evicted, replaced or written to: check again
         data = self.get(h)
         return None if data is None else data[offset : offset + length]
+
+    def _read_checked(self, h: str, checked: _Checked, offset: int, length: int) -> bytes | None:
+        """The bytes asked for from a block checked before, or None if it is no longer as it was."""
+        if checked.filename is None:
+            data = self._store.read_inline(h)
+            if data is None or _sha256(data) != h:
+                return None
+            return data[offset : offset + length]
+        got = self._store.read_range(checked.filename, offset, length)
+        if got is None or got[1] != checked.stamp:
+            return None
+        return got[0]
 
     def put(self, h: str, data: bytes, *, verified: bool = False) -> None:
         """Store *data* as block *h*, then evict to the limit (sparing this block).
@@ -298,7 +316,7 @@ class BlockCache:
         """
         corrupt: list[str] = []
         for h, filename in self._store.entries():
-            loaded = self._store.read(filename)
+            loaded = self._store.read(h, filename)
             if loaded.data is not None and _sha256(loaded.data) == h:
                 self._remember(h, filename, loaded.stamp)
                 continue
@@ -330,11 +348,13 @@ class BlockCache:
 
     def _trusted(self, h: str, loaded: Loaded) -> bool:
         """True if this process hashed the very file *loaded* came from and it is unchanged."""
+        if loaded.filename is None:
+            return False  # bytes from a row carry no stamp: hash them
         checked = self._checked.get(h)
         return checked is not None and (checked.filename, checked.stamp) == (loaded.filename, loaded.stamp)
 
     def _remember(self, h: str, filename: str | None, stamp: Stamp | None) -> None:
-        if filename is None or stamp is None:
+        if filename is not None and stamp is None:
             return
         if len(self._checked) >= _CHECKED_MAX:
             self._checked.clear()

@@ -7,8 +7,10 @@ evict).  Every error from below is translated here, once, into the tree in
 
 Layout of a cache directory::
 
-    cache.db (+ -wal, -shm)       diskcache's SQLite index, WAL mode: one row per block
-    ab/<hash>.<random>.val        one file per block, named after its hash so an
+    cache.db (+ -wal, -shm)       diskcache's SQLite index, WAL mode: one row per block;
+                                  a block of at most `INLINE_MAX` bytes is kept in
+                                  its row, not in a file of its own
+    ab/<hash>.<random>.val        one file per larger block, named after its hash so an
                                   operator can find it; the random part lets two
                                   processes put the same block at once without
                                   sharing a file.  One level of 256 folders: with
@@ -24,8 +26,18 @@ counts the hit -- an LRU refresh costs no extra SQLite write;
 ``cull_limit=0`` switches off diskcache's automatic culling, which cannot know
 which blocks are protected (we evict ourselves, below); ``statistics=1`` keeps
 hit and miss counters in the database, shared by every process;
-``disk_min_file_size=0`` makes every block a file, so usage counts every block
-(diskcache counts zero bytes for values kept inline in SQLite).
+``disk_min_file_size=0`` stops diskcache from choosing where a value goes: we
+hand it either a file already written (`_Written`) or the bytes to keep in the
+row (`_Inline`), and give the row the block's size either way (diskcache's own
+inline values count zero bytes, which would hide them from the limit).
+
+Why small blocks live in the index: creating a file costs about 1 ms of CPU
+here (ext4 allocates an inode, a directory entry, an extent), a row in the WAL
+about 0.15 ms, and a store of small files pays it once a file.  SQLite's own
+measurements put the crossover of reading a blob from a row or from a file
+near 100 KiB; `INLINE_MAX` is the size up to which a working copy stays in
+memory (spillfile.py), so a small file goes from memory to a row without ever
+touching a file of its own.
 
 What we rely on beyond diskcache's documented API (checked against 5.6.3; a
 major diskcache release needs these rechecked):
@@ -63,7 +75,7 @@ from dataclasses import dataclass
 from typing import IO, Any, NamedTuple
 
 import diskcache
-from diskcache.core import MODE_BINARY
+from diskcache.core import MODE_BINARY, MODE_RAW
 
 from ._exceptions import CacheError, CacheFull, CacheUnavailable
 from ._filewriter import FileWriter
@@ -80,6 +92,9 @@ _SETTINGS: dict[str, Any] = {
     "statistics": 1,
     "disk_min_file_size": 0,
 }
+
+INLINE_MAX = 32 * 1024
+"""Blocks of at most this many bytes are kept in their index row instead of a file."""
 
 _SQLITE_FULL = getattr(sqlite3, "SQLITE_FULL", 13)
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
@@ -119,6 +134,13 @@ class _Written:
 
 
 @dataclass(slots=True)
+class _Inline:
+    """A small block's bytes, to be kept in its index row."""
+
+    data: bytes
+
+
+@dataclass(slots=True)
 class _Opened:
     """A block file opened inside diskcache's ``get`` transaction (None if it has vanished)."""
 
@@ -136,6 +158,8 @@ class _BlockDisk(diskcache.Disk):
     def store(self, value: Any, read: bool, key: Any = diskcache.UNKNOWN) -> Any:
         if isinstance(value, _Written):
             return value.size, MODE_BINARY, value.filename, None
+        if isinstance(value, _Inline):
+            return len(value.data), MODE_RAW, None, sqlite3.Binary(value.data)
         return super().store(value, read, key=key)
 
     def fetch(self, mode: int, filename: str, value: Any, read: bool) -> Any:
@@ -214,10 +238,10 @@ class BlockStore:
                 row = self._db._sql(
                     "SELECT filename FROM Cache WHERE key = ? AND raw = 1", (h,)
                 ).fetchone()
-            return None if row is None else self.read(row[0])
+            return None if row is None else self.read(h, row[0])
         if found is None:
             return None
-        if isinstance(found, bytes):  # kept inline in SQLite: not written by this package
+        if isinstance(found, bytes):  # kept in its row
             return Loaded(None, found)
         if not isinstance(found, _Opened):
             return Loaded(None, None, f"unexpected value of type {type(found).__name__}")
@@ -231,16 +255,27 @@ class BlockStore:
             return Loaded(found.filename, None, f"its file cannot be read: {exc}")
         return Loaded(found.filename, data, stamp=stamp)
 
-    def read(self, filename: str | None) -> Loaded:
-        """Read a block file directly, without touching the index."""
+    def read(self, h: str, filename: str | None) -> Loaded:
+        """Read block *h* as stored in *filename* (None: in its row), refreshing and counting nothing."""
         if filename is None:
-            return Loaded(None, None, "kept inline in the index, not written by this package")
+            data = self.read_inline(h)
+            return Loaded(None, data, None if data is not None else "its row is gone")
         try:
             with open(os.path.join(self._directory, filename), "rb", buffering=0) as reader:
                 data = reader.read()
                 return Loaded(filename, data, stamp=_stamp(os.fstat(reader.fileno())))
         except OSError as exc:
             return Loaded(filename, None, f"its file cannot be read: {exc}")
+
+    def read_inline(self, h: str) -> bytes | None:
+        """The bytes of block *h* if it is kept in its row; None otherwise.  A read, no write."""
+        with _translated(f"read block {h}"):
+            row = self._db._sql(
+                "SELECT value FROM Cache WHERE key = ? AND raw = 1 AND filename IS NULL", (h,)
+            ).fetchone()
+        if row is None or not isinstance(row[0], bytes):
+            return None
+        return row[0]
 
     def read_range(self, filename: str, offset: int, length: int) -> tuple[bytes, Stamp] | None:
         """Up to *length* bytes of a block file from *offset*, and its stamp; None if it cannot be read.
@@ -275,11 +310,16 @@ class BlockStore:
                 )
         return bool(cursor.rowcount > 0)
 
-    def insert(self, h: str, data: bytes) -> tuple[str, Stamp]:
-        """Write *data* to a new file and index it as *h*; return the file and its stamp.
+    def insert(self, h: str, data: bytes) -> tuple[str | None, Stamp | None]:
+        """Index *data* as *h*: in its row if small, else in a new file; return the file and its stamp.
 
-        On any failure leave no trace.
+        A block kept in its row has neither (None, None).  On any failure leave no trace.
         """
+        if len(data) <= INLINE_MAX:
+            with _translated(f"store block {h}"):
+                with self._write_lock:
+                    self._db.set(h, _Inline(data))
+            return None, None
         name = os.path.join(h[:2], f"{h}.{secrets.token_hex(4)}.val")
         try:
             with _translated(f"store block {h}"):

@@ -129,3 +129,41 @@ def eventually(probe: Callable[[], T], timeout: float = 20.0, what: str = "condi
 def read_bytes(path: Path) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+def block_cached(machine: Machine, h: str) -> bool:
+    """True if block *h* is in *machine*'s disk cache, as a file or in its index row."""
+    import sqlite3
+
+    db = machine.home / "cache" / "blocks" / "cache.db"
+    if not db.exists():
+        return False
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return conn.execute("SELECT 1 FROM Cache WHERE key = ?", (h,)).fetchone() is not None
+    finally:
+        conn.close()
+
+
+def cached_block(machine: Machine, h: str) -> bytes | None:
+    """The bytes *machine*'s disk cache holds for block *h* (file or row), or None."""
+    import sqlite3
+
+    root = machine.home / "cache" / "blocks"
+    db = root / "cache.db"
+    if not db.exists():
+        return None
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        row = conn.execute("SELECT filename, value FROM Cache WHERE key = ?", (h,)).fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        return None
+    filename, value = row
+    if filename is None:
+        return bytes(value)
+    try:
+        return (root / filename).read_bytes()
+    except FileNotFoundError:
+        return None

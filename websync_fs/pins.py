@@ -323,7 +323,8 @@ class Pinner:
             if node not in held:
                 removed.extend(blocks)
         # Protect before unprotecting: see the module docstring.
-        self._cache.protect(added)
+        if added:
+            self._cache.protect(added)
         self._held, self._sizes, self._members, self._vanished = held, sizes, members, vanished
         self._pins = {pin.node for pin in pins}
         if removed or vanished:
@@ -337,7 +338,8 @@ class Pinner:
                 if h not in present and h not in self._inflight:
                     self._failed.pop(h, None)
                     self._queue[h] = None
-        self._cache.unprotect(removed)
+        if removed:
+            self._cache.unprotect(removed)
         self._last_run = time.monotonic() - started
         if self._queue:
             self._lot.unpark_all()
@@ -383,6 +385,11 @@ class Pinner:
                 await self._poke.wait()
             poked = self._poke.is_set()
             self._poke = trio.Event()
+            if not self._pins and not self._held:
+                # Nothing pinned and nothing held: no change can matter, and `pin`
+                # reconciles by itself.  Every local change pokes; a store of small
+                # files without pins must not pay a reconcile for each.
+                continue
             moved = self._replica.cursor
             expired = any(time.monotonic() - since >= GRACE for since in self._vanished.values())
             if not poked and moved == cursor and not expired:

@@ -359,7 +359,16 @@ class WriteBackQueue:
         held_keys: set[tuple[str, str]] = set()
         held_move = False  # a rename or delete is held: the tree's shape must change in order
         size = 0
-        for item in self.items():
+        # Items after the last ready one cannot go (not ready, or being sent): leave them
+        # undecoded.  A burst of deletes, each waiting its replace quiet period, keeps
+        # hundreds queued behind the few that are ready, and the uploader takes often.
+        (last,) = self._db.execute(
+            "SELECT max(n) FROM items WHERE state='queued' AND ready_at <= ?", (now,)
+        ).fetchone()
+        if last is None:
+            return []
+        rows = self._db.execute(f"SELECT {_ICOLS} FROM items WHERE n <= ? ORDER BY n", (last,)).fetchall()
+        for item in map(_item, rows):
             parents, keys = _refs(item.op)
             node = item.op["id"]
             moves = item.op["op"] in (OP_RENAME, OP_DELETE)

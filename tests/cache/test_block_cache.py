@@ -34,6 +34,7 @@ from cache import (
 )
 
 from cache._filewriter import FileWriter
+from cache._store import INLINE_MAX
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -85,7 +86,7 @@ def test_put_then_get_returns_the_same_bytes_from_one_file(directory: Path) -> N
         assert bc.get(absent) is None
         assert not bc.contains(absent)
         (path,) = block_files(directory, h)
-        assert path.stat().st_size == 4 * MiB  # a block is one file, not a blob in SQLite
+        assert path.stat().st_size == 4 * MiB  # a block above INLINE_MAX is a file, not a row
         assert bc.stats() == CacheStats(
             used=4 * MiB, limit=8 * MiB, protected_bytes=0, count=1, hits=1, misses=1
         )
@@ -427,6 +428,87 @@ def test_close_releases_every_thread_connection(directory: Path) -> None:
         bc.get(h)
 
 
+# -- small blocks, kept in their index row ------------------------------------------
+
+
+def _damage_row(directory: Path, h: str, value: bytes) -> None:
+    """Overwrite a block's row as another program (or a bad disk sector) might."""
+    import sqlite3
+
+    with sqlite3.connect(directory / "cache.db") as conn:
+        assert conn.execute("UPDATE Cache SET value = ? WHERE key = ?", (value, h)).rowcount == 1
+
+
+def test_small_blocks_live_in_their_row_and_count_toward_usage(bc: BlockCache, directory: Path) -> None:
+    small = [make_block(seed, size) for seed, size in enumerate([1, 1000, 16 * KiB, INLINE_MAX])]
+    h_big, big = make_block(9, INLINE_MAX + 1)
+    for block in small:
+        bc.put(*block)
+    bc.put(h_big, big)
+
+    assert [path.name.split(".")[0] for path in block_files(directory)] == [h_big]  # only the big one
+    assert all(bc.get(h) == data for h, data in small)
+    assert all(bc.contains(h) for h, _ in small)
+    h, data = small[2]
+    assert bc.read(h, 4096, 100) == data[4096:4196]
+    assert bc.read(h, len(data) - 3, 100) == data[-3:]
+    assert bc.present([h for h, _ in small]) == {h: len(data) for h, data in small}
+    stats = bc.stats()
+    assert (stats.used, stats.count) == (sum(len(d) for _, d in small) + len(big), 5)
+    bc.sync([h for h, _ in small] + [h_big])  # rows have no file to fsync; the checkpoint does
+
+
+def test_a_damaged_row_is_never_returned(
+    bc: BlockCache, directory: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    h, data = make_block(1, 8 * KiB)
+    bc.put(h, data)
+    assert bc.read(h, 0, 10) == data[:10]  # checked and remembered
+    _damage_row(directory, h, b"x" + data[1:])
+
+    assert bc.read(h, 0, 10) is None  # a row carries no stamp: it is hashed on every read
+    assert not bc.contains(h)
+    assert any(h in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    caplog.clear()
+    bc.put(h, data)
+    _damage_row(directory, h, data[:100])
+    assert bc.get(h) is None
+    caplog.clear()
+    assert (bc.stats().used, bc.stats().count) == (0, 0)
+
+
+def test_verify_rehashes_rows_keeps_good_ones_and_drops_damaged_ones(
+    bc: BlockCache, directory: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocks = [make_block(seed, 4 * KiB) for seed in range(4)]
+    for block in blocks:
+        bc.put(*block)
+    _damage_row(directory, blocks[2][0], b"not the block")
+
+    assert bc.verify() == [blocks[2][0]]
+    caplog.clear()
+    assert [bc.get(h) == data for h, data in blocks] == [True, True, False, True]
+    assert bc.verify() == []
+
+
+def test_small_blocks_are_evicted_and_protected_like_files(directory: Path) -> None:
+    size = 8 * KiB
+    blocks = [make_block(seed, size) for seed in range(40)]
+    with BlockCache(directory, limit=10 * size) as bc:
+        bc.protect([blocks[0][0]])
+        for block in blocks:
+            bc.put(*block)
+            assert bc.stats().used <= 10 * size + size
+
+        assert bc.get(blocks[0][0]) == blocks[0][1]  # protected: never evicted
+        assert bc.get(blocks[1][0]) is None  # the oldest unprotected went first
+        assert bc.get(blocks[-1][0]) == blocks[-1][1]
+        used = bc.stats().used
+        assert bc.evict(0) == used - size  # everything but the protected block
+        assert bc.stats().used == size
+        assert block_files(directory) == []
+
+
 # -- a full disk ------------------------------------------------------------------
 
 
@@ -459,8 +541,9 @@ def test_disk_full_while_writing_a_block_raises_cache_full_and_leaves_no_file(
         bc.close()
 
 
-def test_database_full_raises_cache_full_and_removes_the_block_file(
-    bc: BlockCache, directory: Path
+@pytest.mark.parametrize("size", [16, INLINE_MAX + 1], ids=["in its row", "in a file"])
+def test_database_full_raises_cache_full_and_leaves_no_trace(
+    bc: BlockCache, directory: Path, size: int
 ) -> None:
     # SQLITE_FULL is what SQLite reports when its file cannot grow; max_page_count
     # produces the same error without filling a real disk.  This thread's
@@ -471,14 +554,15 @@ def test_database_full_raises_cache_full_and_removes_the_block_file(
     stored: list[str] = []
     with pytest.raises(CacheFull) as caught:
         for seed in range(5000):
-            h, data = make_block(seed, 16)
+            h, data = make_block(seed, size)
             bc.put(h, data)
             stored.append(h)
 
     assert caught.value.errno == errno.ENOSPC
     assert not bc.contains(h)  # the block that did not fit
     assert block_files(directory, h) == []
-    assert len(block_files(directory)) == len(stored) == bc.stats().count
+    assert len(stored) == bc.stats().count
+    assert len(block_files(directory)) == (len(stored) if size > INLINE_MAX else 0)
     db._sql("PRAGMA max_page_count = 1073741823")
     bc.put(h, data)
     assert bc.get(h) == data
@@ -557,8 +641,8 @@ def test_two_processes_on_one_directory_see_each_others_puts(directory: Path) ->
         assert stored_bytes(directory) == 61 * 64 * KiB
 
 
-async def test_worker_threads_put_and_get_concurrently(directory: Path) -> None:
-    size = 16 * KiB
+@pytest.mark.parametrize("size", [16 * KiB, 64 * KiB], ids=["rows", "files"])
+async def test_worker_threads_put_and_get_concurrently(directory: Path, size: int) -> None:
     pool = [make_block(seed, size) for seed in range(64)]
     pinned = pool[:4]
     workers = 8
@@ -589,8 +673,9 @@ async def test_worker_threads_put_and_get_concurrently(directory: Path) -> None:
         assert all(bc.get(h) == data for h, data in pinned)
         stats = bc.stats()
         assert stats.protected_bytes == len(pinned) * size
-        assert stats.count == len(block_files(directory))
-        assert stats.used == stored_bytes(directory)
+        in_files = size > INLINE_MAX
+        assert len(block_files(directory)) == (stats.count if in_files else 0)
+        assert stored_bytes(directory) == (stats.used if in_files else 0)
         bc.evict()
         assert bc.stats().used <= bc.limit
         assert bc.verify() == []

@@ -456,7 +456,7 @@ async def test_without_a_mount_commands_protect_queued_and_pinned_blocks(tmp_pat
 
 
 async def test_verify_drops_a_damaged_block_and_fetches_it_again(world: World) -> None:
-    f = world.file(ROOT_ID, "f", "damaged")
+    f = world.file(ROOT_ID, "f", "damaged", last=64 * KiB)  # a block file, not a row (cache.INLINE_MAX)
     (h,) = world.replica.by_id(f).blocks  # type: ignore[union-attr]
     world.cache.put(h, world.server.blocks[h])
     (path,) = [p for p in (world.cache.directory).rglob(f"{h}*.val")]

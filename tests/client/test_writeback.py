@@ -157,3 +157,24 @@ def test_waiting_item_holds_back_what_depends_on_it(tmp_path: Path) -> None:
     q.enqueue({"op": "rename", "id": "x", "parent": "e", "name": "a", "new_parent": "root", "new_name": "dir"})
     q.enqueue(create("g", "other"))
     assert [i.op["id"] for i in q.take()] == ["g"]
+
+
+def test_take_leaves_items_behind_the_last_ready_one_unread(tmp_path: Path, monkeypatch: object) -> None:
+    # A burst of deletes keeps hundreds waiting their quiet period behind the few that
+    # are ready; the uploader takes after every enqueue, so take must not decode them all.
+    import websync_fs.writeback as writeback
+
+    q, _, _ = make(tmp_path)
+    q.enqueue(create("a", "ready-1"))
+    q.enqueue(create("b", "ready-2"))
+    for i in range(50):
+        q.enqueue(create(f"w{i}", f"waiting-{i}"), quiet=60)
+    decoded: list[int] = []
+    real = writeback._item
+    monkeypatch.setattr(writeback, "_item", lambda r: decoded.append(r[0]) or real(r))  # type: ignore[attr-defined]
+
+    assert [i.op["id"] for i in q.take()] == ["a", "b"]
+    assert len(decoded) == 2
+    assert q.take() == []  # nothing ready: nothing read
+    assert len(decoded) == 2
+    assert len(q) == 52  # the two taken stay, "uploading", until done()

@@ -9,16 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import Machine, eventually, read_bytes
+from tests.clients import Machine, block_cached, eventually, read_bytes
 from websync_fs.blocksource import FILL_AFTER
 
 pytestmark = pytest.mark.mount
 
 BLOCK = 4 * 1024 * 1024
-
-
-def cached(machine: Machine, h: str) -> bool:
-    return any((machine.home / "cache" / "blocks").rglob(f"{h}.*"))
 
 
 def test_scattered_first_reads_return_the_right_bytes_and_cache_whole_blocks(a: Machine, b: Machine) -> None:
@@ -36,7 +32,7 @@ def test_scattered_first_reads_return_the_right_bytes_and_cache_whole_blocks(a: 
             assert os.pread(f.fileno(), 7000, offset) == data[offset : offset + 7000], offset
 
     assert read_bytes(b.path("video.mkv")) == data
-    eventually(lambda: all(cached(b, h) for h in hashes), what="every block cached whole on B")
+    eventually(lambda: all(block_cached(b, h) for h in hashes), what="every block cached whole on B")
 
 
 def test_a_first_read_after_a_seek_needs_no_earlier_block(a: Machine, b: Machine) -> None:
@@ -52,5 +48,5 @@ def test_a_first_read_after_a_seek_needs_no_earlier_block(a: Machine, b: Machine
         for step in range(1, FILL_AFTER):
             later = middle + step * 300_000
             assert os.pread(f.fileno(), 4096, later) == data[later : later + 4096]
-    eventually(lambda: cached(b, hashlib.sha256(data[2 * BLOCK : 3 * BLOCK]).hexdigest()), what="the block read")
-    assert not cached(b, hashlib.sha256(data[:BLOCK]).hexdigest())
+    eventually(lambda: block_cached(b, hashlib.sha256(data[2 * BLOCK : 3 * BLOCK]).hexdigest()), what="the block read")
+    assert not block_cached(b, hashlib.sha256(data[:BLOCK]).hexdigest())
