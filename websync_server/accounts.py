@@ -13,6 +13,14 @@ A token that authenticated is remembered for `TOKEN_TRUST_S` seconds, so the
 requests of a busy client (a block read is one request of ~2 ms) skip the
 database and a trip to a worker thread.  The price: a token revoked from
 another process (`websync-server user revoke`) keeps working that long.
+
+Once that trust has run out, a token trusted within the last
+`TOKEN_RECHECK_S` is still answered at once while the database is asked again
+beside the request (`recheck`): a client back from a pause does not wait for
+the database, which after a pause may have to come from disk (3-4 ms of a
+5 ms cold block read here).  A revoked token is refused from the end of that
+one check on, so revocation from another process takes `TOKEN_TRUST_S` plus
+one request.
 """
 
 from __future__ import annotations
@@ -42,6 +50,10 @@ _USER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 DEVICE_NAME_MAX = 255
 #: Seconds an authenticated token is trusted without asking the database again.
 TOKEN_TRUST_S = 2.0
+#: Seconds after its trust ran out that a token is answered at once and checked beside the request.
+TOKEN_RECHECK_S = 600.0
+#: Seconds a token is trusted while its recheck runs, so requests arriving meanwhile start no more.
+_RECHECK_GRACE_S = 1.0
 _TRUSTED_MAX = 10_000
 
 
@@ -197,6 +209,29 @@ class Accounts:
         if found is None or found[1] < time.monotonic():
             return None
         return found[0]
+
+    def recheck_due(self, token: str) -> Identity | None:
+        """The identity of a token whose trust ran out less than `TOKEN_RECHECK_S` ago; None otherwise.
+
+        The caller answers with it and calls `recheck` beside the request; until
+        that ends (at most `_RECHECK_GRACE_S`) the token counts as trusted, so the
+        requests arriving meanwhile start no second check.
+        """
+        digest = _token_digest(token)
+        found = self._trusted.get(digest)
+        now = time.monotonic()
+        if found is None or found[1] + TOKEN_RECHECK_S < now:
+            return None
+        self._trusted[digest] = (found[0], now + _RECHECK_GRACE_S)
+        return found[0]
+
+    def recheck(self, token: str) -> None:
+        """Ask the database about a token again: trusted anew, or forgotten if it fails (revoked, or no answer)."""
+        try:
+            self.authenticate(token)
+        except BaseException:
+            self._trusted.pop(_token_digest(token), None)
+            raise
 
     def revoke_devices(self, name: str) -> int:
         """Revoke every token of user *name*; return how many were live."""

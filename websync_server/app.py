@@ -107,6 +107,7 @@ class _Api:
 
     def __init__(self, services: Services) -> None:
         self._s = services
+        self._rechecks: set[asyncio.Task[None]] = set()  # referenced until done
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"ok": True, "version": PROTOCOL_VERSION})
@@ -211,10 +212,25 @@ class _Api:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("this call needs an 'Authorization: Bearer TOKEN' header")
-        trusted = self._s.accounts.trusted(token)
+        accounts = self._s.accounts
+        trusted = accounts.trusted(token)
         if trusted is not None:
             return trusted
-        return await run_in_threadpool(self._s.accounts.authenticate, token)
+        remembered = accounts.recheck_due(token)
+        if remembered is not None:
+            task = asyncio.get_running_loop().create_task(self._recheck(token))
+            self._rechecks.add(task)
+            task.add_done_callback(self._rechecks.discard)
+            return remembered
+        return await run_in_threadpool(accounts.authenticate, token)
+
+    async def _recheck(self, token: str) -> None:
+        try:
+            await run_in_threadpool(self._s.accounts.recheck, token)
+        except Unauthorized:
+            log.info("a token was refused on its recheck (revoked): its next request is refused")
+        except Exception:  # noqa: BLE001 - forgotten: the next request asks the database itself
+            log.warning("could not recheck a token; its next request asks the database", exc_info=True)
 
     async def _store_access(self, request: Request) -> tuple[Identity, str]:
         """The caller's identity and the store of the URL, which the caller must own."""

@@ -107,6 +107,47 @@ def test_a_token_is_trusted_briefly_after_it_authenticates(
         accounts.authenticate(token)
 
 
+def test_a_token_whose_trust_ran_out_is_answered_at_once_and_checked_again(
+    accounts: Accounts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    accounts.add_user("alice", "pw")
+    token = accounts.login("alice", "pw", "laptop").token
+    assert accounts.recheck_due(token) is None  # never authenticated: nothing to remember
+    identity = accounts.authenticate(token)
+    now = accounts_module.time.monotonic()
+    clock = [now + accounts_module.TOKEN_TRUST_S + 1]
+    monkeypatch.setattr(accounts_module.time, "monotonic", lambda: clock[0])
+
+    assert accounts.trusted(token) is None
+    assert accounts.recheck_due(token) == identity  # answered now, checked beside the request
+    assert accounts.trusted(token) == identity  # while that check runs: no second one
+    accounts.recheck(token)  # still valid: trusted anew
+    assert accounts.trusted(token) == identity
+
+    # Revoked by another process: the next recheck refuses it and it is forgotten.
+    assert Accounts(Database.open_in(tmp_path), FAST_HASHER).revoke_devices("alice") == 1
+    clock[0] += accounts_module.TOKEN_TRUST_S + 1
+    assert accounts.recheck_due(token) == identity
+    with pytest.raises(Unauthorized):
+        accounts.recheck(token)
+    assert accounts.trusted(token) is None
+    assert accounts.recheck_due(token) is None
+    with pytest.raises(Unauthorized):
+        accounts.authenticate(token)
+
+
+def test_a_token_unused_for_long_is_checked_before_it_is_answered(
+    accounts: Accounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    accounts.add_user("alice", "pw")
+    token = accounts.login("alice", "pw", "laptop").token
+    accounts.authenticate(token)
+    later = accounts_module.time.monotonic() + accounts_module.TOKEN_TRUST_S + accounts_module.TOKEN_RECHECK_S + 1
+    monkeypatch.setattr(accounts_module.time, "monotonic", lambda: later)
+    assert accounts.trusted(token) is None
+    assert accounts.recheck_due(token) is None
+
+
 def test_revoking_in_the_same_process_ends_trust_at_once(accounts: Accounts) -> None:
     accounts.add_user("alice", "pw")
     token = accounts.login("alice", "pw", "laptop").token

@@ -274,3 +274,26 @@ def test_versions_and_trash_over_http(session: Login) -> None:
     restored = s.commit({"op": "restore", "id": f["id"], "parent": ROOT_ID, "name": f["name"]})
     assert restored.status_code == 200
     assert f["id"] not in {i["node"] for i in s.http.get(f"/v1/stores/{s.store}/trash").json()["items"]}
+
+
+def test_a_token_revoked_by_another_process_is_refused_after_one_recheck(server: ServerProcess) -> None:
+    # Real processes: the server, and the admin CLI revoking from beside it.
+    from tests.servers import add_user, login, server_command
+    from websync_server.accounts import TOKEN_TRUST_S
+
+    add_user(server.data_dir, "carol", "carol-password")
+    answer = login(server.url, "carol", "carol-password")
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {answer['token']}"}, timeout=30) as http:
+        assert http.get(f"/v1/stores/{answer['store']}/changes").status_code == 200  # trusted from here
+        import subprocess
+
+        subprocess.run(server_command("user", "revoke", "carol", "--data", str(server.data_dir)), check=True,
+                       capture_output=True)
+        time.sleep(TOKEN_TRUST_S + 0.5)
+        # Trust ran out: answered at once, while the database is asked again beside it.
+        assert http.get(f"/v1/stores/{answer['store']}/changes").status_code == 200
+        deadline = time.monotonic() + 10
+        while (status := http.get(f"/v1/stores/{answer['store']}/changes").status_code) == 200:
+            assert time.monotonic() < deadline, "the revoked token kept working"
+            time.sleep(0.05)
+        assert status == 401
