@@ -259,9 +259,12 @@ class BlockCache:
         """Drop one reference on each of *hashes*, then evict to the limit if usage is over it.
 
         Raises ValueError, changing nothing, if a hash has fewer references than
-        it is listed here.
+        it is listed here.  Unprotecting nothing makes nothing evictable and
+        evicts nothing (the pin reconciler does so after most changes).
         """
         counts = Counter(_check_hash(h) for h in hashes)
+        if not counts:
+            return
         with self._lock:
             for h, n in counts.items():
                 if self._refs.get(h, 0) < n:
@@ -355,7 +358,8 @@ class BlockCache:
 
     def _remember(self, h: str, filename: str | None, stamp: Stamp | None) -> None:
         if filename is not None and stamp is None:
-            return
+            return  # a file without its stamp could not be trusted later
+        # A row (None, None) is remembered too: `read` then reads it without a write.
         if len(self._checked) >= _CHECKED_MAX:
             self._checked.clear()
         self._checked[h] = _Checked(filename, stamp, time.monotonic())

@@ -35,9 +35,8 @@ Why small blocks live in the index: creating a file costs about 1 ms of CPU
 here (ext4 allocates an inode, a directory entry, an extent), a row in the WAL
 about 0.15 ms, and a store of small files pays it once a file.  SQLite's own
 measurements put the crossover of reading a blob from a row or from a file
-near 100 KiB; `INLINE_MAX` is the size up to which a working copy stays in
-memory (spillfile.py), so a small file goes from memory to a row without ever
-touching a file of its own.
+near 100 KiB; `INLINE_MAX` stays well below it, at diskcache's own default
+threshold for keeping a value in its row (32 KiB).
 
 What we rely on beyond diskcache's documented API (checked against 5.6.3; a
 major diskcache release needs these rechecked):

@@ -131,20 +131,6 @@ def read_bytes(path: Path) -> bytes:
         return f.read()
 
 
-def block_cached(machine: Machine, h: str) -> bool:
-    """True if block *h* is in *machine*'s disk cache, as a file or in its index row."""
-    import sqlite3
-
-    db = machine.home / "cache" / "blocks" / "cache.db"
-    if not db.exists():
-        return False
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute("SELECT 1 FROM Cache WHERE key = ?", (h,)).fetchone() is not None
-    finally:
-        conn.close()
-
-
 def cached_block(machine: Machine, h: str) -> bytes | None:
     """The bytes *machine*'s disk cache holds for block *h* (file or row), or None."""
     import sqlite3
@@ -167,3 +153,8 @@ def cached_block(machine: Machine, h: str) -> bytes | None:
         return (root / filename).read_bytes()
     except FileNotFoundError:
         return None
+
+
+def block_cached(machine: Machine, h: str) -> bool:
+    """True if block *h* is in *machine*'s disk cache, as a file or in its index row."""
+    return cached_block(machine, h) is not None

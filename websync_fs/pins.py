@@ -323,8 +323,7 @@ class Pinner:
             if node not in held:
                 removed.extend(blocks)
         # Protect before unprotecting: see the module docstring.
-        if added:
-            self._cache.protect(added)
+        self._cache.protect(added)
         self._held, self._sizes, self._members, self._vanished = held, sizes, members, vanished
         self._pins = {pin.node for pin in pins}
         if removed or vanished:
@@ -338,8 +337,7 @@ class Pinner:
                 if h not in present and h not in self._inflight:
                     self._failed.pop(h, None)
                     self._queue[h] = None
-        if removed:
-            self._cache.unprotect(removed)
+        self._cache.unprotect(removed)
         self._last_run = time.monotonic() - started
         if self._queue:
             self._lot.unpark_all()
