@@ -34,6 +34,7 @@ from .fuse_ops import FuseOperations
 from .home import Home
 from .names import NamePolicy
 from .pins import Pinner, PinTable
+from .reconcile import Reconciler
 from .remote import Remote
 from .replica import Replica
 from .statedb import StateDb
@@ -91,6 +92,11 @@ class Mount:
             self.queue, self.replica, self.remote, self.cache.get, self.applier, self.ops.notify,
             settings.device, self._on_state, settle=self.early.settle,
         )
+        self.reconciler = Reconciler(
+            self.replica, self.queue, self.remote, self.ops.notify, settings.device,
+            writing=self.vfs.writing, has_blocks=lambda hs: len(self.cache.present(hs)) == len(set(hs)),
+        )
+        self.uploader.on_conflict = self.reconciler.due
         self.vfs.notify = self.ops.notify
         self.vfs.on_settled = self.applier.settle
         self.queue.on_drop(self.applier.settle)
@@ -99,14 +105,22 @@ class Mount:
         self.queue.on_enqueue(self.pins.poke)
         self.states = FileStates(self.replica, self.cache.present, self.queue, self.pins.is_pinned, self.vfs.busy)
         self.ops.file_state = self.states.xattr
-        self.control = ControlServer(home.state_dir, CacheControl(
+        self.cachectl = CacheControl(
             cache=self.cache, replica=self.replica, queue=self.queue, pinner=self.pins, states=self.states,
             download=self.remote.get_block, mountpoint=str(mountpoint),
-        ).handle)
+        )
+        self.control = ControlServer(home.state_dir, self._request)
         self.online = False
         self.error = ""
         self.closed = False
         self._status_dirty = trio.Event()
+
+    async def _request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A CLI request: the self-check here, everything else to the cache control."""
+        if op == "check":
+            differences = await self.reconciler.check(repair=bool(args.get("repair")))
+            return {"differences": differences or [], "pending": len(self.queue), "writing": self.vfs.writing()}
+        return await self.cachectl.handle(op, args)
 
     def _on_state(self, online: bool, error: str) -> None:
         if online and not self.online:
@@ -129,6 +143,9 @@ class Mount:
             "pending": len(self.queue),
             "pending_bytes": self.queue.pending_bytes(),
             "cursor": self.replica.cursor,
+            "held": self.uploader.held,
+            "notices": self.reconciler.notices(),
+            "last_check": self.reconciler.last_check,
             "updated": time.time(),
         }
 
@@ -199,6 +216,7 @@ class Mount:
                 nursery.start_soon(self._widen_readahead)
                 nursery.start_soon(self.follower.run)
                 nursery.start_soon(self.uploader.run)
+                nursery.start_soon(self.reconciler.run)
                 await nursery.start(self.early.run)
                 nursery.start_soon(self._status_writer)
                 nursery.start_soon(self._signals)

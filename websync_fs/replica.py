@@ -236,6 +236,15 @@ class Replica:
         row = self._db.execute("SELECT count(*), coalesce(sum(size), 0) FROM nodes WHERE orphan=0").fetchone()
         return int(row[0]), int(row[1])
 
+    def all_nodes(self) -> dict[str, NodeRow]:
+        """Every node by id (for the self-check: one query, not one a node)."""
+        rows = self._db.execute(f"SELECT {_COLS} FROM nodes").fetchall()
+        return {r[1]: _row(r) for r in rows}  # type: ignore[misc]
+
+    def all_entries(self) -> dict[tuple[str, str], str]:
+        """Every entry, ``(parent, name) -> node``."""
+        return {(p, n): node for p, n, node in self._db.execute("SELECT parent, name, node FROM entries")}
+
     # -- writing -------------------------------------------------------------
     def add_node(
         self, node: NodeId, kind: str, mode: int, *, size: int = 0, mtime_ns: int | None = None,
@@ -368,6 +377,17 @@ class Replica:
 
     def forget_deferred_entry(self, parent: str, name: str) -> None:
         self._db.execute("DELETE FROM deferred_entries WHERE parent=? AND name=?", (parent, name))
+
+    def forget_all_deferred(self) -> None:
+        self._db.execute("DELETE FROM deferred_nodes")
+        self._db.execute("DELETE FROM deferred_entries")
+
+    def orphan_unnamed(self) -> None:
+        """Mark every node that no entry names an orphan, and every named one not."""
+        self._db.execute(
+            "UPDATE nodes SET orphan = (id != ? AND NOT EXISTS (SELECT 1 FROM entries e WHERE e.node = nodes.id))",
+            (ROOT_ID,),
+        )
 
     def clear_remote_state(self) -> None:
         """Forget everything that came from the server (a journal reset)."""

@@ -85,6 +85,11 @@ MAX_OPS = 1000
 REFUSED_CAP = 600.0
 #: Longest wait between tries while the server is unreachable or full.
 RETRY_CAP = 60.0
+#: Refusals (409) of one change after which it is settled for good (kept as a conflict copy
+#: in the top folder, or dropped when it carries no bytes) rather than settled and tried again.
+SETTLE_AFTER = 6
+#: Refusals of one change that are retried at once; later ones back off.
+RETRY_AT_ONCE = 2
 #: Tries of one idempotent call (a block upload, "which blocks are missing") before the
 #: batch gives up: on a flaky network one cut connection must not throw away a big batch.
 BLOCK_TRIES = 3
@@ -161,6 +166,11 @@ class Uploader:
         self.device = device
         self.on_state = on_state
         self._settle = settle
+        #: Told (with a sentence for the user) when a conflict was settled: the self-check
+        #: (reconcile.py) compares the trees at the next quiet moment.
+        self.on_conflict: Callable[[str], None] = lambda note: None
+        #: Refusals (409) of each queue item (by its number) since this process started.
+        self._refusals: dict[int, int] = {}
         self._wake = trio.Event()
         self.failures = 0
         self.last_error = ""
@@ -233,7 +243,10 @@ class Uploader:
                 self.on_state(False, str(lost))
                 await self._pause(delay)
                 return False
-            self.queue.fail(batch, 0, str(exc))
+            item, _ = self._locate(batch, exc.conflict.index)
+            refusals = self._refusals.get(item.n, 0)
+            delay = 0.0 if refusals <= RETRY_AT_ONCE else backoff(refusals - RETRY_AT_ONCE, cap=RETRY_CAP)
+            self.queue.fail(batch, delay, str(exc))
             return False
         except _Unanswered as exc:
             # The items stay "uploading" under their batch id; run() sends them again.
@@ -432,10 +445,24 @@ class Uploader:
             index -= count
         raise RemoteError(f"the server named op {index} beyond the batch")
 
+    @property
+    def held(self) -> str:
+        """Why the oldest change that failed to go is still waiting ('' when none)."""
+        return self.queue.first_error()
+
     async def _settle_conflict(self, batch: list[Item], conflict: Conflict) -> None:
         item, place = self._locate(batch, conflict.index)
         op = dict(item.op)
         inv = Invalidation()
+        if len(self._refusals) > 100_000:
+            self._refusals.clear()  # bounded memory; a count starting again is harmless
+        self._refusals[item.n] = self._refusals.get(item.n, 0) + 1
+        if self._refusals[item.n] >= SETTLE_AFTER:
+            self._settle_for_good(item, op, conflict, inv)
+            self.notify(inv)
+            self.applier.settle()
+            return
+        self.on_conflict("")
         if place >= 0:
             self._before_conflict(item, op, place, conflict)
             self.applier.settle()
@@ -467,6 +494,41 @@ class Uploader:
             self.queue.replace(item, None)
         self.notify(inv)
         self.applier.settle()
+
+    def _settle_for_good(self, item: Item, op: dict[str, Any], conflict: Conflict, inv: Invalidation) -> None:
+        """A change the server refused again and again: keep its bytes where the server takes them.
+
+        Whatever made it refused (a folder that cannot come back, a chain of
+        settlements that does not end), the change is not tried again as it
+        is: what it makes goes to the top folder under a conflict name, an
+        edit becomes a file of its own there, and a change that carries no
+        bytes (a rename, a delete, a mode) is dropped; the self-check then
+        brings this machine's tree in line with the server's.
+        """
+        kind = op["op"]
+        op.pop("before", None)
+        where = op.get("name") or op["id"]
+        if kind == OP_UPDATE:
+            row = self.replica.by_id(op["id"])
+            places = self.replica.entries_of(op["id"])
+            if row is not None and places:
+                fresh = new_node_id()
+                with self.replica.tx():
+                    self.replica.remap(op["id"], fresh)
+                    self.queue.remap(op["id"], fresh)
+                    parent, name = places[0]
+                    op = {"op": OP_CREATE, "id": fresh, "parent": parent, "name": name, "mode": row.mode,
+                          "mtime_ns": op["mtime_ns"], "size": op["size"], "blocks": op["blocks"]}
+                    self.queue.replace(item, op)
+                kind, where = OP_CREATE, name
+        if kind in _MADE:
+            self._create_conflict(item, op, "refused", inv)
+            note = f"{where!r} was refused {SETTLE_AFTER} times ({conflict.reason}): kept in the top folder"
+        else:
+            self.queue.replace(item, None)
+            note = f"the {kind} of {where!r} was refused {SETTLE_AFTER} times ({conflict.reason}): dropped"
+        log.warning("%s", note)
+        self.on_conflict(note)
 
     def _update_conflict(self, item: Item, op: dict[str, Any], conflict: Conflict, inv: Invalidation) -> None:
         row = self.replica.by_id(op["id"])

@@ -194,6 +194,10 @@ class Vfs:
         row = self.replica.by_id(node)
         return row is not None and row.ino in self._work
 
+    def writing(self) -> bool:
+        """True while any file has a local writer (its changes are not in the queue yet)."""
+        return bool(self._work)
+
     def is_dirty(self, ino: int) -> bool:
         return ino in self._work
 

@@ -188,13 +188,17 @@ def _probe(home: Home) -> tuple[bool, str]:
 @click.command()
 @click.argument("paths", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--check", is_flag=True,
+              help="Compare this machine's tree with the server's and name every difference (exit 1 if any).")
 @pass_ctx
 @friendly
-def status(ctx: Context, paths: tuple[str, ...], as_json: bool) -> None:
+def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> None:
     """Show the server, user, connection and uploads waiting; for PATHS, where each file's content is.
 
     A file is online-only, partly cached, cached, pinned, waiting for upload,
     or a conflict copy (also readable as: getfattr -n user.websync.state FILE).
+    With --check the running mount compares its tree with the server's; it
+    repairs what differs by itself, keeping every byte (docs/design.md).
     """
     from .cache import file_states, state_lines
 
@@ -220,8 +224,13 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool) -> None:
         "mountpoint": daemon.get("mountpoint", ""), "pid": pid,
         "pending": pending, "pending_bytes": pending_bytes, "held": held,
     }
+    held = str(daemon.get("held") or held)
+    info["held"] = held
+    info["notices"] = list(daemon.get("notices") or [])[-10:]
     if files is not None:
         info["files"] = files
+    if check:
+        info["check"] = _check(home, pid)
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
@@ -232,10 +241,29 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool) -> None:
         click.echo(f"pending:    {pending} change(s), {human(pending_bytes)} waiting for upload")
         if held:
             click.echo(f"held back:  {held}")
+        for line in info["notices"]:
+            click.echo(f"notice:     {line}")
         for line in state_lines(files or []):
             click.echo(line)
+        if check:
+            found = info["check"]["differences"]
+            click.echo(f"check:      {len(found)} difference(s) from the server" + ("" if found else ": in step"))
+            for line in found:
+                click.echo(f"  {line}")
     if "token" in error and not online:
         raise Unauthorized("the server refused this device's token; run 'websync login' again")
+    if check and info["check"]["differences"]:
+        sys.exit(1)
+
+
+def _check(home: Home, pid: int | None) -> dict[str, Any]:
+    """Ask the running mount to compare its tree with the server's."""
+    if pid is None:
+        raise ConfigError("--check needs the mount running: it compares the mount's tree with the server's")
+    from ..control import request
+
+    answer: dict[str, Any] = request(home.state_dir, "check", {"repair": False}, timeout=300)
+    return answer
 
 
 def _queue_size(home: Home) -> tuple[int, int, str]:

@@ -1,0 +1,159 @@
+"""Machines always converge: random concurrent work on several mounts ends in one tree.
+
+Two or three machines run random operations on the same few folders at once
+(`tests/faults/chaos.py`), optionally with one of them cut off or killed
+midway.  Then everyone goes quiet, and:
+
+* every queue is empty and no machine reports an error it is stuck on;
+* every machine's tree (names, kinds, bytes, modes) equals the tree a machine
+  mounted fresh at the end shows, which is the server's;
+* every whole write that no later operation can have removed is somewhere in
+  that tree, at its name or in a conflict copy.
+
+A failure prints the seed (replay with ``WEBSYNC_FAULT_SEED=N``) and the
+operations that touched the paths that differ.  By default each case runs a
+few seconds of work; ``--slow`` runs ``WEBSYNC_CHAOS_SECONDS`` (default 60).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.clients import Machine, eventually
+from tests.faults.chaos import Actor, Event, Tree, difference, protected, read_tree, story
+from tests.faults.conftest import Site, status
+from tests.proxy import Proxy
+
+pytestmark = [pytest.mark.mount, pytest.mark.slow]
+
+#: Operations per second on each machine.
+RATE = 40.0
+
+
+def _seconds(request: pytest.FixtureRequest, default: float) -> float:
+    if request.config.getoption("--slow"):
+        return float(os.environ.get("WEBSYNC_CHAOS_SECONDS", "60"))
+    return default
+
+
+def _run(actors: list[Actor], seconds: float, during: Callable[[float], None] = lambda t: None) -> None:
+    """Run every actor in its own thread for *seconds*; *during* is called with the elapsed time."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    until = time.monotonic() + seconds
+
+    def work(actor: Actor) -> None:
+        try:
+            actor.run(until, RATE, stop)
+        except BaseException as exc:  # reported in the test's thread
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=work, args=(actor,)) for actor in actors]
+    for t in threads:
+        t.start()
+    began = time.monotonic()
+    while any(t.is_alive() for t in threads):
+        during(time.monotonic() - began)
+        time.sleep(0.05)
+    if errors:
+        raise errors[0]
+
+
+def _settled(machine: Machine) -> bool:
+    info = status(machine)
+    return info["online"] and info["pending"] == 0 and not info.get("held")
+
+
+def _converged(machines: list[Machine], oracle: Machine, events: list[Event], seed: int) -> None:
+    """Wait for quiet, then compare every machine with the fresh one and check that no write is lost."""
+    for m in machines:
+        eventually(lambda: _settled(m), timeout=120, what=f"{m.name} to send everything")
+    oracle.mount()
+    truth: Tree = {}
+
+    def agree() -> bool:
+        nonlocal truth
+        truth = read_tree(oracle.mnt)
+        return all(read_tree(m.mnt) == truth for m in machines)
+
+    try:
+        eventually(agree, timeout=60, what="every machine to show the server's tree")
+    except AssertionError:
+        lines, paths = [], set()
+        for m in machines:
+            diff = difference(truth, read_tree(m.mnt))
+            paths |= {line.split(":", 1)[0] for line in diff}
+            lines += [f"{m.name} against a fresh machine:", *("  " + d for d in diff)]
+        raise AssertionError(
+            f"seed {seed}: the machines disagree\n" + "\n".join(lines)
+            + "\noperations on those paths:\n" + story(events, paths)
+        ) from None
+    for m in machines:
+        assert _settled(m), f"{m.name} has changes waiting after the trees agreed: {status(m)}"
+    contents = {data for kind, data, _ in truth.values() if kind == "file"}
+    lost = [w for w in protected(events) if w.data not in contents]
+    assert not lost, f"seed {seed}: writes lost:\n" + "\n".join(
+        f"{w}\n  earlier and later on that path:\n{story(events, [w.paths[-1]])}" for w in lost[:5]
+    )
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("count", [2, 3])
+def test_machines_working_at_once_end_in_one_tree(
+    make_machine: Callable[..., Machine], site: Site, seed: int, count: int, request: pytest.FixtureRequest
+) -> None:
+    machines = [make_machine(chr(ord("A") + i), site) for i in range(count)]
+    rng = random.Random(seed)
+    actors = [Actor(m.name, m.mnt, rng.randrange(10**9)) for m in machines]
+    _run(actors, _seconds(request, 12.0))
+    events = [e for a in actors for e in a.events]
+    _converged(machines, make_machine("fresh", site, mount=False), events, seed)
+
+
+@pytest.mark.timeout(600)
+def test_a_machine_cut_off_midway_converges_with_the_others(
+    make_machine: Callable[..., Machine], site: Site, seed: int, proxy: Proxy, request: pytest.FixtureRequest
+) -> None:
+    a = make_machine("A", site)
+    b = make_machine("B", site, url=proxy.url)
+    rng = random.Random(seed)
+    actors = [Actor(m.name, m.mnt, rng.randrange(10**9)) for m in (a, b)]
+    seconds = _seconds(request, 12.0)
+
+    def cut(elapsed: float) -> None:
+        proxy.online = not (seconds * 0.25 <= elapsed < seconds * 0.75)
+
+    _run(actors, seconds, cut)
+    proxy.online = True
+    _converged([a, b], make_machine("fresh", site, mount=False), [e for x in actors for e in x.events], seed)
+
+
+@pytest.mark.timeout(600)
+def test_a_machine_killed_midway_converges_after_it_mounts_again(
+    make_machine: Callable[..., Machine], site: Site, seed: int, request: pytest.FixtureRequest
+) -> None:
+    a = make_machine("A", site)
+    b = make_machine("B", site, allow=(r"fuse|FUSE",))
+    rng = random.Random(seed)
+    actors = [Actor(m.name, m.mnt, rng.randrange(10**9)) for m in (a, b)]
+    seconds = _seconds(request, 12.0)
+    killed = threading.Event()
+
+    def kill(elapsed: float) -> None:
+        if elapsed >= seconds / 2 and not killed.is_set():
+            killed.set()
+            b.kill()
+
+    _run(actors, seconds, kill)
+    b.mount()
+    # What B was doing when it was killed may or may not have happened: its last event
+    # is uncertain, so it protects nothing.
+    events = [e for x in actors for e in x.events]
+    _converged([a, b], make_machine("fresh", site, mount=False), events, seed)

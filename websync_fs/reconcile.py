@@ -1,0 +1,419 @@
+"""The self-check: this machine's tree against the server's, and the repair of what differs.
+
+The queue and the follower keep the replica in step with the server change by
+change; the self-check is the backstop that makes "every machine ends with the
+server's tree" hold even where a rule of theirs has a gap.  When the machine is
+quiet (nothing queued, no file open for writing, the journal caught up), it
+lists the server's whole tree and compares it with the replica at the same
+journal cursor.  Any difference then is a divergence, and is repaired so that
+nothing is lost:
+
+=================================================  ==========================================
+what differs                                       repair
+=================================================  ==========================================
+an entry here names a node the server has          the server's placement is taken (the
+elsewhere                                          entry here is stale)
+an entry here names a node the server never had,   the node goes up again under a fresh id:
+or whose content the server never had              at its name, or under a conflict name if
+                                                   the server holds another node there; its
+                                                   folders come back with it
+an entry here names a node the server deleted,     the deletion is taken (its bytes are in
+with content the server has                        the server's history and trash)
+an entry on the server is missing here             the server's entry is taken
+a node's content or mode differs, and this         the server's node is taken
+machine last saw an older version
+a node's content or mode differs at the version    this machine's content goes up as an
+the server has                                     update (it was never sent)
+=================================================  ==========================================
+
+Lock, owner and swap files (``local`` nodes) never leave the machine and are
+not differences.  The check runs after every settled conflict, at start-up
+when the last run left one due, every `INTERVAL` seconds, and on request
+(``websync status --check``).  Every repair is logged and kept as a notice
+that ``websync status`` shows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from websync_server.protocol import (
+    KIND_DIR,
+    OP_CREATE,
+    OP_MKDIR,
+    OP_MKNOD,
+    OP_SETATTR,
+    OP_SYMLINK,
+    OP_UPDATE,
+    ROOT_ID,
+    Node,
+    NodeId,
+    new_node_id,
+)
+
+from .conflicts import conflict_name
+from .errors import NotFound, Offline, RemoteError
+from .remote import Remote
+from .replica import NodeRow, Replica
+from .vfs import Invalidation, Notify
+from .writeback import WriteBackQueue
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two checks when nothing else asks for one.
+INTERVAL = 3600.0
+#: How long the check waits for the machine to be quiet before it tries again later.
+QUIET_WAIT = 60.0
+#: Notices kept for `websync status`.
+NOTICES = 50
+#: Nodes the check asks the server about one by one at most (the rest are kept, to be safe).
+ASK_MOST = 200
+
+
+@dataclass
+class Listing:
+    """The server's live tree at one journal cursor."""
+
+    cursor: int
+    nodes: dict[str, Node] = field(default_factory=dict)
+    entries: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+@dataclass
+class Comparison:
+    """How the replica differs from a `Listing` taken at the same cursor."""
+
+    #: Entries here that the server does not have (or where it has another node).
+    local_only: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: Entries of the server missing here (or where this machine has another node).
+    server_only: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: Nodes on both sides whose content, kind or mode differ: (ours, theirs).
+    changed: list[tuple[NodeRow, Node]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.local_only or self.server_only or self.changed)
+
+
+async def list_server(remote: Remote) -> Listing:
+    """The server's whole live tree, page by page (later pages supersede earlier records)."""
+    listing = Listing(cursor=0)
+    cursor = 0
+    while True:
+        changes = await remote.changes(cursor)
+        for node in changes.nodes:
+            if node.deleted:
+                listing.nodes.pop(node.id, None)
+            else:
+                listing.nodes[node.id] = node
+        for entry in changes.entries:
+            if entry.node is None:
+                listing.entries.pop((entry.parent, entry.name), None)
+            else:
+                listing.entries[(entry.parent, entry.name)] = entry.node
+        cursor = listing.cursor = changes.cursor
+        if not changes.more:
+            return listing
+
+
+def _differs(row: NodeRow, node: Node) -> bool:
+    return (row.kind, row.mode, row.size, tuple(row.blocks), row.target) != (
+        node.kind, node.mode, node.size, tuple(node.blocks), node.target
+    )
+
+
+def compare(replica: Replica, listing: Listing) -> Comparison:
+    """What differs between the replica and *listing* (taken at the replica's cursor)."""
+    nodes = replica.all_nodes()
+    ours = {key: node for key, node in replica.all_entries().items() if node in nodes and not nodes[node].local}
+    out = Comparison()
+    for key, node in ours.items():
+        if listing.entries.get(key) != node:
+            out.local_only[key] = node
+    for key, node in listing.entries.items():
+        if ours.get(key) != node:
+            out.server_only[key] = node
+    for node_id, theirs in listing.nodes.items():
+        row = nodes.get(node_id)
+        if node_id != ROOT_ID and row is not None and not row.orphan and _differs(row, theirs):
+            out.changed.append((row, theirs))
+    return out
+
+
+class Reconciler:
+    """Runs the self-check when the machine is quiet, and repairs what it finds."""
+
+    def __init__(
+        self, replica: Replica, queue: WriteBackQueue, remote: Remote, notify: Notify,
+        device: str, writing: Callable[[], bool], has_blocks: Callable[[list[str]], bool],
+    ) -> None:
+        self.replica = replica
+        self.queue = queue
+        self.remote = remote
+        self.notify = notify
+        self.device = device
+        self._writing = writing
+        self._has_blocks = has_blocks
+        self._due = trio.Event()
+        self.last_check = 0.0
+        self.last_result: list[str] = []
+        if self.replica.meta("check_due"):
+            self._due.set()
+
+    # -- when ------------------------------------------------------------------------
+    def due(self, note: str = "") -> None:
+        """Ask for a check at the next quiet moment (a conflict was settled, say), keeping *note*."""
+        if note or not self.replica.meta("check_due"):
+            with self.replica.tx():
+                self.replica.set_meta("check_due", "1")
+                if note:
+                    self._remember([note])
+        self._due.set()
+
+    def quiet(self) -> bool:
+        """Nothing waits to go up and nobody writes: the replica should equal the server's tree."""
+        return len(self.queue) == 0 and not self._writing()
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        failures = 0
+        while True:
+            with trio.move_on_after(INTERVAL):
+                await self._due.wait()
+            self._due = trio.Event()
+            try:
+                with trio.move_on_after(QUIET_WAIT):
+                    while not await self.check(repair=True, wait=True):
+                        await trio.sleep(1.0)
+                failures = 0
+            except (Offline, RemoteError) as exc:
+                failures += 1
+                log.info("self-check postponed: %s", exc)
+                await trio.sleep(min(300.0, 5.0 * 2 ** failures))
+                self._due.set()
+
+    # -- the check ---------------------------------------------------------------------
+    async def check(self, *, repair: bool, wait: bool = False) -> list[str] | None:
+        """Compare with the server; the differences as sentences, or None when not quiet/in step.
+
+        With *repair*, what differs is repaired (see the module's table).  Without
+        *wait*, a machine that is busy or behind the journal is compared anyway
+        and its differences may be work in progress.
+        """
+        if wait and not self.quiet():
+            return None
+        listing = await list_server(self.remote)
+        if wait and (not self.quiet() or listing.cursor != self.replica.cursor):
+            return None  # moved on meanwhile: a later try compares like with like
+        found = compare(self.replica, listing)
+        described = self.describe(found, listing)
+        if repair and found and self.quiet() and listing.cursor == self.replica.cursor:
+            asked = await self._ask(found, listing)
+            if self.quiet() and listing.cursor == self.replica.cursor:  # still: no await since
+                self._repair(found, listing, asked)
+            else:
+                return None
+        elif repair:
+            with self.replica.tx():
+                self.replica.set_meta("check_due", "")
+        self.last_check = time.time()
+        self.last_result = described
+        return described
+
+    async def _ask(self, found: Comparison, listing: Listing) -> dict[str, Node | None]:
+        """The server's state of each node named here but not live there (None: never heard of)."""
+        asked: dict[str, Node | None] = {}
+        for node in set(found.local_only.values()):
+            if node in listing.nodes or node in asked or len(asked) >= ASK_MOST:
+                continue
+            try:
+                asked[node] = (await self.remote.node_state(NodeId(node))).node
+            except NotFound:
+                asked[node] = None
+        return asked
+
+    def describe(self, found: Comparison, listing: Listing) -> list[str]:
+        """Each difference as a sentence naming the path."""
+        here = _Paths(self.replica.all_entries())
+        there = _Paths(listing.entries)
+        lines = []
+        for key, node in sorted(found.local_only.items(), key=lambda kv: here.of_key(kv[0])):
+            lines.append(f"{here.of_key(key)}: here, not on the server" + (
+                f" (the server has it at {there.of(node)})" if node in listing.nodes else ""))
+        for key in sorted(found.server_only, key=there.of_key):
+            lines.append(f"{there.of_key(key)}: on the server, not here")
+        for row, theirs in found.changed:
+            lines.append(f"{there.of(theirs.id)}: content or mode differs (here seq {row.seq}, server seq {theirs.seq})")
+        return lines
+
+    # -- the repair ----------------------------------------------------------------------
+    def _keeps(self, row: NodeRow, theirs: Node | None) -> bool:
+        """True if node *row*, not live on the server, holds something the server never had."""
+        if row.kind != "file":
+            return theirs is None
+        if theirs is not None and tuple(theirs.blocks) == tuple(row.blocks):
+            return False
+        if not self._has_blocks(list(row.blocks)):
+            log.error("self-check: the content of %s is no longer in the cache: it cannot be sent", row.id)
+            return False
+        return True
+
+    def _repair(self, found: Comparison, listing: Listing, asked: dict[str, Node | None]) -> None:
+        """Make the replica the server's tree, sending up first what only this machine has."""
+        nodes = self.replica.all_nodes()
+        entries = self.replica.all_entries()
+        children: dict[str, list[tuple[str, str]]] = {}
+        for (parent, name), node in entries.items():
+            children.setdefault(parent, []).append((name, node))
+        keep = self._kept(found, listing, asked, nodes, children)
+        inv = Invalidation()
+        notices: list[str] = []
+        with self.replica.tx():
+            for (parent, name), node in found.local_only.items():
+                if node not in keep:
+                    self._remove_entry(parent, name, inv)
+            for (parent, name), node in found.server_only.items():
+                if node in listing.nodes:
+                    self.replica.apply_node(listing.nodes[node])
+                here = self.replica.lookup(parent, name)
+                if here is not None and here.id in keep:
+                    continue  # ours goes up under a conflict name below
+                self._set_entry(parent, name, node, inv)
+            for row, theirs in found.changed:
+                self._changed(row, theirs, inv, notices)
+            self._send_kept(keep, found, listing, nodes, children, inv, notices)
+            self.replica.forget_all_deferred()
+            self.replica.orphan_unnamed()
+            self.replica.set_meta("check_due", "")
+            self._remember(notices or [f"{len(found.local_only) + len(found.server_only)} entries repaired"])
+        for line in notices:
+            log.warning("self-check: %s", line)
+        if inv:
+            self.notify(inv)
+
+    def _kept(self, found: Comparison, listing: Listing, asked: dict[str, Node | None],
+              nodes: dict[str, NodeRow], children: dict[str, list[tuple[str, str]]]) -> set[str]:
+        """Nodes named only here that must go up: new content, and the folders holding it."""
+        keep: set[str] = set()
+
+        def visit(node: str) -> bool:
+            row = nodes.get(node)
+            if row is None or node in listing.nodes:
+                return False
+            inner = [visit(child) for name, child in children.get(node, []) if (node, name) in found.local_only]
+            mine = self._keeps(row, asked.get(node)) if node in asked or len(asked) < ASK_MOST else True
+            if any(inner) or mine:
+                keep.add(node)
+                return True
+            return False
+
+        for node in set(found.local_only.values()):
+            visit(node)
+        return keep
+
+    def _send_kept(self, keep: set[str], found: Comparison, listing: Listing, nodes: dict[str, NodeRow],
+                   children: dict[str, list[tuple[str, str]]], inv: Invalidation, notices: list[str]) -> None:
+        """Queue the making of each kept node, folders first, under a fresh id."""
+        placed = [(parent, name, node) for (parent, name), node in found.local_only.items() if node in keep]
+        fresh: dict[str, NodeId] = {}
+        for parent, name, node in sorted(placed, key=lambda p: self._depth(p[0])):
+            if node in fresh:
+                continue  # a second name of a kept node (a hard link): the first one goes up
+            row = nodes[node]
+            parent = fresh.get(parent, parent)
+            new_name = name
+            if listing.entries.get((parent, name)) not in (None, node):
+                new_name = conflict_name(name, self.device, taken=lambda n: (
+                    (parent, n) in listing.entries or self.replica.lookup(parent, n) is not None))
+                self._remove_entry(parent, name, inv)
+            fresh[node] = new_node_id()
+            self.replica.remap(node, fresh[node])
+            self._set_entry(parent, new_name, fresh[node], inv)
+            self.queue.enqueue(self._making(row, fresh[node], parent, new_name), quiet=0)
+            notices.append(f"{new_name!r} was only on this machine: sent to the server"
+                           + (f" (its name {name!r} is taken there)" if new_name != name else ""))
+
+    def _depth(self, node: str) -> int:
+        depth = 0
+        while node != ROOT_ID and depth < 4096:
+            places = self.replica.entries_of(node)
+            if not places:
+                break
+            node = places[0][0]
+            depth += 1
+        return depth
+
+    @staticmethod
+    def _making(row: NodeRow, node: NodeId, parent: str, name: str) -> dict[str, object]:
+        """The op that makes *row* on the server as *node* at ``parent/name``."""
+        base: dict[str, object] = {"id": node, "parent": parent, "name": name, "mtime_ns": row.mtime_ns}
+        if row.kind == KIND_DIR:
+            return {"op": OP_MKDIR, **base, "mode": row.mode}
+        if row.kind == "symlink":
+            return {"op": OP_SYMLINK, **base, "target": row.target}
+        if row.kind == "special":
+            return {"op": OP_MKNOD, **base, "mode": row.mode, "rdev": row.rdev}
+        return {"op": OP_CREATE, **base, "mode": row.mode, "size": row.size, "blocks": list(row.blocks)}
+
+    def _changed(self, row: NodeRow, node: Node, inv: Invalidation, notices: list[str]) -> None:
+        """A node on both sides that differs: the newer side wins; at the same version, ours goes up."""
+        if row.seq == node.seq and row.kind == node.kind:
+            if tuple(row.blocks) != tuple(node.blocks) and self._has_blocks(list(row.blocks)):
+                self.queue.enqueue({"op": OP_UPDATE, "id": row.id, "size": row.size,
+                                    "blocks": list(row.blocks), "mtime_ns": row.mtime_ns, "mode": row.mode}, quiet=0)
+                notices.append(f"a change of node {row.id} here had not been sent: sent now")
+                return
+            if row.mode != node.mode:
+                self.queue.enqueue({"op": OP_SETATTR, "id": row.id, "mode": row.mode}, quiet=0)
+                return
+        self.replica.update_node(row.id, seq=0)  # let the server's version in
+        self.replica.apply_node(node)
+        inv.inodes.append(row.ino)
+
+    def _remove_entry(self, parent: str, name: str, inv: Invalidation) -> None:
+        self.replica.remove_entry(parent, name)
+        self._touched(parent, name, inv)
+
+    def _set_entry(self, parent: str, name: str, node: str, inv: Invalidation) -> None:
+        self.replica.set_entry(parent, name, node)
+        self._touched(parent, name, inv)
+
+    def _touched(self, parent: str, name: str, inv: Invalidation) -> None:
+        row = self.replica.by_id(parent)
+        if row is not None:
+            inv.entries.append((row.ino, name))
+            inv.attrs.append(row.ino)
+
+    def notices(self) -> list[str]:
+        """The latest repairs and settlements, oldest first, for `websync status`."""
+        return list(json.loads(self.replica.meta("notices", "[]")))
+
+    def _remember(self, lines: list[str]) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        kept = json.loads(self.replica.meta("notices", "[]"))
+        kept += [f"{stamp} {line}" for line in lines]
+        self.replica.set_meta("notices", json.dumps(kept[-NOTICES:]))
+
+
+class _Paths:
+    """Store paths from a map of entries ``(parent, name) -> node``."""
+
+    def __init__(self, entries: dict[tuple[str, str], str]) -> None:
+        self._place = {node: key for key, node in entries.items()}
+
+    def of(self, node: str) -> str:
+        parts: list[str] = []
+        while node != ROOT_ID and node in self._place and len(parts) < 4096:
+            parent, name = self._place[node]
+            parts.append(name)
+            node = parent
+        return "/".join(reversed(parts)) or "/"
+
+    def of_key(self, key: tuple[str, str]) -> str:
+        parent = self.of(key[0])
+        return key[1] if parent == "/" else f"{parent}/{key[1]}"
