@@ -97,6 +97,7 @@ class Mount:
             writing=self.vfs.writing, has_blocks=lambda hs: len(self.cache.present(hs)) == len(set(hs)),
         )
         self.uploader.on_conflict = self.reconciler.due
+        self.reconciler.on_notice = lambda: self._status_dirty.set()
         self.vfs.notify = self.ops.notify
         self.vfs.on_settled = self.applier.settle
         self.queue.on_drop(self.applier.settle)
@@ -119,6 +120,8 @@ class Mount:
         """A CLI request: the self-check here, everything else to the cache control."""
         if op == "check":
             differences = await self.reconciler.check(repair=bool(args.get("repair")))
+            if differences:
+                self.reconciler.due()  # repaired at the next quiet moment
             return {"differences": differences or [], "pending": len(self.queue), "writing": self.vfs.writing()}
         return await self.cachectl.handle(op, args)
 

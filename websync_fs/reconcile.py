@@ -160,6 +160,8 @@ class Reconciler:
         self._writing = writing
         self._has_blocks = has_blocks
         self._due = trio.Event()
+        #: Called when a notice is added (the mount rewrites its status file).
+        self.on_notice: Callable[[], None] = lambda: None
         self.last_check = 0.0
         self.last_result: list[str] = []
         if self.replica.meta("check_due"):
@@ -398,6 +400,7 @@ class Reconciler:
         kept = json.loads(self.replica.meta("notices", "[]"))
         kept += [f"{stamp} {line}" for line in lines]
         self.replica.set_meta("notices", json.dumps(kept[-NOTICES:]))
+        self.on_notice()
 
 
 class _Paths:

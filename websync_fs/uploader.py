@@ -21,7 +21,8 @@ delete      not_empty    files were added elsewhere: the folder comes back
 delete      missing      already gone: nothing to do
 rename      exists       the new name was taken elsewhere: a conflict name
 rename      other        the source moved or vanished elsewhere: the server's
-                         placement is taken
+                         placement is taken; a file deleted elsewhere comes back
+                         (restore) at the place it was moved to here
 setattr     missing      the node is gone: nothing to do
 ==========  ===========  =====================================================
 """
@@ -489,7 +490,7 @@ class Uploader:
                 self.queue.replace(item, dict(op, new_name=new_name))
                 self.queue.remap_entry(op["new_parent"], op["new_name"], op["new_parent"], new_name, op["id"])
         elif kind == OP_RENAME:
-            await self._take_server_placement(item, op["id"], inv)
+            await self._take_server_placement(item, op, inv)
         else:
             self.queue.replace(item, None)
         self.notify(inv)
@@ -681,11 +682,20 @@ class Uploader:
             inv.entries.append((ino, name))
             inv.attrs.append(ino)
 
-    async def _take_server_placement(self, item: Item, node: str, inv: Invalidation) -> None:
+    async def _take_server_placement(self, item: Item, op: dict[str, Any], inv: Invalidation) -> None:
+        node = op["id"]
         try:
             state = await self.remote.node_state(NodeId(node))
         except NotFound:
             state = None
+        row = self.replica.by_id(node)
+        if state is not None and state.node.deleted and row is not None and row.kind != KIND_DIR:
+            # Deleted elsewhere while moved here: the move says the file is wanted, so it
+            # comes back (content and history) at the place it was moved to.
+            self.queue.replace(item, {"op": OP_RESTORE, "id": node, "parent": op["new_parent"],
+                                      "name": op["new_name"]})
+            log.warning("%s was deleted on another machine while moved here: restored", op["new_name"])
+            return
         with self.replica.tx():
             for parent, name in self.replica.entries_of(node):
                 self.replica.remove_entry(parent, name)
@@ -693,7 +703,6 @@ class Uploader:
             if state is None or state.node.deleted:
                 self.replica.set_orphan(node)
             else:
-                row = self.replica.by_id(node)
                 kind = row.kind if row else KIND_DIR
                 for entry in state.entries:
                     self.replica.set_entry(entry.parent, entry.name, node, entry.seq)

@@ -74,6 +74,8 @@ class Actor:
     events: list[Event] = field(default_factory=list)
     failures: int = 0
     _serial: int = 0
+    #: Set to stop this actor alone (its machine is being killed).
+    halt: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -184,7 +186,7 @@ class Actor:
     def run(self, until: float, rate: float, stop: threading.Event) -> None:
         """Operations at about *rate* a second until the monotonic time *until* or *stop*."""
         gap = 1.0 / rate
-        while time.monotonic() < until and not stop.is_set():
+        while time.monotonic() < until and not stop.is_set() and not self.halt.is_set():
             began = time.monotonic()
             self.step()
             time.sleep(max(0.0, gap - (time.monotonic() - began)))

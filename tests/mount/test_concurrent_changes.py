@@ -145,3 +145,50 @@ def test_offline_edit_conflicts_are_settled_on_reconnect(a: Machine, offline_b: 
     copy = next(n for n in names if n.startswith("doc (conflict from B "))
     assert read_bytes(a.path("doc.txt")) == b"online edit on A"
     assert read_bytes(a.path(copy)) == b"offline edit on B"
+
+
+def test_a_move_into_a_folder_deleted_elsewhere_keeps_the_file(a: Machine, offline_b: Machine, proxy: Proxy) -> None:
+    b = offline_b
+    a.path("Old").mkdir()
+    seed(a, b, "f.txt", b"moved by B")
+    eventually(lambda: listing(b) == ["Old", "f.txt"], what="the folder on B")
+    proxy.online = False
+    b.path("f.txt").rename(b.path("Old", "f.txt"))
+    a.path("Old").rmdir()
+    proxy.online = True
+    names = eventually(lambda: same_everywhere((a, b)) if "f.txt" in listing(a) else None, what="f.txt kept")
+    assert "Old" not in names
+    assert read_bytes(b.path("f.txt")) == b"moved by B"
+
+
+def test_crossing_folder_moves_on_two_machines_end_in_one_tree(a: Machine, offline_b: Machine, proxy: Proxy) -> None:
+    b = offline_b
+    a.path("x").mkdir()
+    a.path("y").mkdir()
+    seed(a, b, "y/in-y.txt", b"y")
+    seed(a, b, "x/in-x.txt", b"x")
+    proxy.online = False
+    b.path("y").rename(b.path("x", "y"))  # B: y into x
+    a.path("x").rename(a.path("y", "x"))  # A: x into y -- together, a cycle
+    proxy.online = True
+
+    def one_tree() -> list[str] | None:
+        trees = [sorted(str(p.relative_to(m.mnt)) for p in m.mnt.rglob("*")) for m in (a, b)]
+        return trees[0] if trees[0] == trees[1] else None
+
+    tree = eventually(one_tree, what="one tree on both machines")
+    assert tree in (["y", "y/in-y.txt", "y/x", "y/x/in-x.txt"], ["x", "x/in-x.txt", "x/y", "x/y/in-y.txt"])
+
+
+def test_a_file_moved_out_of_a_folder_deleted_elsewhere_survives(a: Machine, offline_b: Machine, proxy: Proxy) -> None:
+    b = offline_b
+    a.path("d").mkdir()
+    seed(a, b, "d/keep.txt", b"keep me")
+    proxy.online = False
+    b.path("d", "keep.txt").rename(b.path("keep.txt"))
+    a.path("d", "keep.txt").unlink()
+    a.path("d").rmdir()
+    proxy.online = True
+    for m in (a, b):
+        eventually(lambda m=m: read_bytes(m.path("keep.txt")) == b"keep me", what=f"keep.txt on {m.name}")
+    assert same_everywhere((a, b)) == ["keep.txt"]
