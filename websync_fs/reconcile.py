@@ -39,7 +39,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trio
 
@@ -228,15 +228,26 @@ class Reconciler:
         return described
 
     async def _ask(self, found: Comparison, listing: Listing) -> dict[str, Node | None]:
-        """The server's state of each node named here but not live there (None: never heard of)."""
+        """The server's state of each node named here but not live there (None: never heard of).
+
+        A file whose content here is one of the server's versions of it comes
+        back with those blocks, so `_keeps` sees the server has its bytes.
+        """
         asked: dict[str, Node | None] = {}
+        nodes = self.replica.all_nodes()
         for node in set(found.local_only.values()):
             if node in listing.nodes or node in asked or len(asked) >= ASK_MOST:
                 continue
             try:
-                asked[node] = (await self.remote.node_state(NodeId(node))).node
+                theirs: Node | None = (await self.remote.node_state(NodeId(node))).node
             except NotFound:
-                asked[node] = None
+                theirs = None
+            row = nodes.get(node)
+            if theirs is not None and row is not None and row.kind == "file" and theirs.blocks != row.blocks:
+                kept = await self.remote.versions(NodeId(node))
+                if any(tuple(v.get("blocks", ())) == tuple(row.blocks) for v in kept):
+                    theirs = replace(theirs, blocks=row.blocks)
+            asked[node] = theirs
         return asked
 
     def describe(self, found: Comparison, listing: Listing) -> list[str]:
