@@ -50,6 +50,8 @@ class Applier:
         #: Called after each applied batch with the ids of files whose content
         #: changed or that are new (pinned folders fetch them in the background).
         self.on_content: Callable[[list[str]], None] = lambda ids: None
+        #: Called when a record had to wait for local work: concurrent changes met.
+        self.on_deferred: Callable[[], None] = lambda: None
 
     def _ino(self, node: str) -> int | None:
         row = self.replica.by_id(node)
@@ -61,12 +63,14 @@ class Applier:
         pending_entries = self.queue.pending_entries()
         inv = Invalidation()
         fetched: list[str] = []
+        deferred = False
         with self.replica.tx():
             for node in nodes:
                 if node.id == ROOT_ID:
                     continue
                 if node.id in pending_nodes or self.busy(node.id):
                     self.replica.defer_node(node)
+                    deferred = True
                     continue
                 self._apply_node(node, inv)
                 if node.kind == "file" and not node.deleted:
@@ -75,6 +79,7 @@ class Applier:
             for entry in entries:
                 if (entry.parent, entry.name) in waiting:
                     self.replica.defer_entry(entry)
+                    deferred = True
                     continue
                 self._apply_entry(entry, inv)
             if cursor is not None:
@@ -84,6 +89,8 @@ class Applier:
             self.notify(inv)
         if fetched:
             self.on_content(fetched)
+        if deferred:
+            self.on_deferred()
 
     def _local_node(self, entry: Entry) -> str | None:
         local = self.replica.lookup(entry.parent, entry.name)

@@ -97,6 +97,7 @@ class Mount:
             writing=self.vfs.writing, has_blocks=lambda hs: len(self.cache.present(hs)) == len(set(hs)),
         )
         self.uploader.on_conflict = self.reconciler.due
+        self.applier.on_deferred = self.reconciler.due
         self.reconciler.on_notice = lambda: self._status_dirty.set()
         self.vfs.notify = self.ops.notify
         self.vfs.on_settled = self.applier.settle

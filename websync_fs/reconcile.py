@@ -27,9 +27,10 @@ the server has                                     update (it was never sent)
 =================================================  ==========================================
 
 Lock, owner and swap files (``local`` nodes) never leave the machine and are
-not differences.  The check runs after every settled conflict, at start-up
-when the last run left one due, every `INTERVAL` seconds, and on request
-(``websync status --check``).  Every repair is logged and kept as a notice
+not differences.  The check runs after every settled conflict and every
+remote change that had to wait for local work (at most every `MIN_GAP`
+seconds), at start-up when the last run left one due, every `INTERVAL`
+seconds, and on request (``websync status --check``).  Every repair is logged and kept as a notice
 that ``websync status`` shows.
 """
 
@@ -68,8 +69,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two checks when nothing else asks for one.
 INTERVAL = 3600.0
-#: How long the check waits for the machine to be quiet before it tries again later.
-QUIET_WAIT = 60.0
+#: Least time between two checks the machine starts by itself (each lists the whole store).
+MIN_GAP = 20.0
+#: Longest pause between tries while the machine is busy or the journal keeps moving.
+QUIET_CAP = 30.0
 #: Notices kept for `websync status`.
 NOTICES = 50
 #: Nodes the check asks the server about one by one at most (the rest are kept, to be safe).
@@ -183,21 +186,28 @@ class Reconciler:
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        failures = 0
+        last = -MIN_GAP
         while True:
             with trio.move_on_after(INTERVAL):
                 await self._due.wait()
             self._due = trio.Event()
+            await trio.sleep_until(last + MIN_GAP)
+            await self._check_when_quiet()
+            last = trio.current_time()
+
+    async def _check_when_quiet(self) -> None:
+        """Check and repair once the machine is quiet and the journal caught up, however long that takes."""
+        pause = 1.0
+        while True:
             try:
-                with trio.move_on_after(QUIET_WAIT):
-                    while not await self.check(repair=True, wait=True):
-                        await trio.sleep(1.0)
-                failures = 0
+                if await self.check(repair=True, wait=True) is not None:
+                    return
             except (Offline, RemoteError) as exc:
-                failures += 1
                 log.info("self-check postponed: %s", exc)
-                await trio.sleep(min(300.0, 5.0 * 2 ** failures))
-                self._due.set()
+            # Busy, or the journal moved while the tree was listed: a listing costs the
+            # server O(store), so tries thin out while other machines keep changing things.
+            await trio.sleep(pause)
+            pause = min(QUIET_CAP, pause * 2)
 
     # -- the check ---------------------------------------------------------------------
     async def check(self, *, repair: bool, wait: bool = False) -> list[str] | None:
