@@ -164,6 +164,12 @@ class Replica:
             ).fetchone()
         )
 
+    def has_entry(self, parent: str, name: str) -> bool:
+        """True if ``parent/name`` is an entry here (whatever it names)."""
+        return self._db.execute(
+            "SELECT 1 FROM entries WHERE parent=? AND name=?", (parent, name)
+        ).fetchone() is not None
+
     def children(self, parent: str, after: str = "", limit: int = -1) -> list[tuple[str, NodeRow]]:
         cols = ", ".join("n." + c.strip() for c in _COLS.split(","))
         rows = self._db.execute(

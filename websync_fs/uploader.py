@@ -211,7 +211,15 @@ class Uploader:
             if not batch:
                 await self._sleep()
                 continue
-            await self.send(batch)
+            try:
+                await self.send(batch)
+            except Exception:
+                # A bug in settling one batch must not end the mount (and with it every
+                # other change): the batch waits and is tried again, loudly.
+                log.exception("unexpected error while sending %d change(s); trying again later", len(batch))
+                self.failures += 1
+                self.queue.fail(batch, backoff(self.failures, cap=REFUSED_CAP), "unexpected error (see the log)")
+                self._sent.pop(batch[0].batch or "", None)
 
     async def _sleep(self) -> None:
         self._wake = trio.Event()
@@ -431,7 +439,7 @@ class Uploader:
 
     # -- conflicts -------------------------------------------------------------
     def _free_name(self, parent: str, name: str) -> str:
-        return conflict_name(name, self.device, taken=lambda n: self.replica.lookup(parent, n) is not None)
+        return conflict_name(name, self.device, taken=lambda n: self.replica.has_entry(parent, n))
 
     def _ino(self, node: str) -> int | None:
         row = self.replica.by_id(node)
@@ -600,7 +608,7 @@ class Uploader:
         ours = op["id"]
         with self.replica.tx():
             for name, _row in self.replica.children(ours):
-                if self.replica.lookup(theirs.id, name) is not None:
+                if self.replica.has_entry(theirs.id, name):
                     free = self._free_name(theirs.id, name)
                     self._move_entry(ours, name, free, _row.id, inv)
                     self.queue.remap_entry(ours, name, ours, free, _row.id)
