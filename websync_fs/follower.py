@@ -31,7 +31,7 @@ from websync_server.protocol import ROOT_ID, Changes, Entry, Node
 from .errors import Offline, RemoteError, Unauthorized
 from .remote import Remote
 from .replica import Replica
-from .vfs import Invalidation, Notify
+from .invalidation import Invalidation, Notify
 from .writeback import WriteBackQueue
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ import pyfuse3
 import trio
 
 from .errors import FsError
-from .vfs import FileAttr, Invalidation, Vfs
+from .invalidation import Invalidation
+from .vfs import FileAttr, Vfs
 
 log = logging.getLogger(__name__)
 

@@ -62,7 +62,7 @@ from .conflicts import conflict_name
 from .errors import NotFound, Offline, RemoteError
 from .remote import Remote
 from .replica import NodeRow, Replica
-from .vfs import Invalidation, Notify
+from .invalidation import Invalidation, Notify
 from .writeback import WriteBackQueue
 
 log = logging.getLogger(__name__)

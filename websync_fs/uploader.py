@@ -73,7 +73,7 @@ from .errors import (
 from .follower import Applier, backoff
 from .remote import Remote
 from .replica import Replica
-from .vfs import Invalidation, Notify
+from .invalidation import Invalidation, Notify
 from .writeback import Item, WriteBackQueue
 
 log = logging.getLogger(__name__)

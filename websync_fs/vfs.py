@@ -24,7 +24,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +56,11 @@ from websync_server.protocol import (
 )
 
 from .blocksource import BlockSource
+from .invalidation import Notify
 from .errors import FsError, Offline, RemoteError
 from .handles import Handle, HandleTable
 from .inodes import InodeTable
+from .invalidation import Invalidation, Notify
 from .names import NamePolicy
 from .replica import ROOT_INO, NodeRow, Replica
 from .saves import SaveDetector
@@ -87,19 +89,6 @@ class FileAttr:
     rdev: int = 0
 
 
-@dataclass
-class Invalidation:
-    """Kernel caches to drop: inodes whose data/attributes changed, entries renamed/removed."""
-
-    inodes: list[int] = field(default_factory=list)
-    attrs: list[int] = field(default_factory=list)
-    entries: list[tuple[int, str]] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.inodes or self.attrs or self.entries)
-
-
-Notify = Callable[[Invalidation], None]
 
 
 def check_name(name: str) -> str:
