@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras=""
+extras="[all]"
 if [ "${1:-}" = "--test" ]; then extras="[test]"; fi
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -3,7 +3,8 @@
 A *home* is one independent machine: two homes on one computer are two clients
 with their own login, replica, queue and cache (that is how tests run several
 machines on one box).  ``--home DIR`` or ``$WEBSYNC_HOME`` puts everything under
-DIR; otherwise the XDG base directories are used.
+DIR; otherwise the system's own places for each (platformdirs: the XDG base
+directories on Linux, ~/Library on macOS, %LOCALAPPDATA% on Windows).
 """
 
 from __future__ import annotations
@@ -53,11 +54,11 @@ class Home:
         if root:
             base = Path(root).expanduser().absolute()
             return cls(base, base / "state", base / "cache")
-        xdg = os.environ.get
-        config = Path(xdg("XDG_CONFIG_HOME") or Path.home() / ".config") / "websync"
-        state = Path(xdg("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "websync"
-        cache = Path(xdg("XDG_CACHE_HOME") or Path.home() / ".cache") / "websync"
-        return cls(config, state, cache)
+        # The system's own places: XDG on Linux, ~/Library on macOS, %LOCALAPPDATA% on Windows.
+        from platformdirs import PlatformDirs
+
+        dirs = PlatformDirs("websync", appauthor=False)
+        return cls(dirs.user_config_path, dirs.user_state_path, dirs.user_cache_path)
 
     # -- paths ---------------------------------------------------------------
     @property

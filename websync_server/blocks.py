@@ -35,8 +35,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache import FileWriter
 
+from . import directio
 from ._exceptions import InsufficientStorage, InvalidRequest, NotFound, RangeNotSatisfiable, TooLarge
 from .protocol import BLOCK_SIZE, BlockHash, is_block_hash
 
@@ -241,16 +241,10 @@ def _fsync_file(fd: int) -> None:
         os.fsync(fd)
 
 
-#: A whole block goes straight to the disk: the fsync after it would write it out
-#: anyway, and a copy in the page cache first cost 3 s of CPU a GiB on a VM
-#: (cache/_filewriter.py).  Small blocks go through the page cache.
-_WRITER = FileWriter("direct")
-
-
 def _write_durably(path: Path, pieces: list[bytes]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        _WRITER.write(fd, pieces)
+        directio.write_new(fd, pieces)  # whole blocks past the page cache: fsync'd next anyway
         _fsync_file(fd)
     finally:
         os.close(fd)
