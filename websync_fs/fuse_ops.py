@@ -21,7 +21,7 @@ import trio
 
 from .errors import FsError
 from .invalidation import Invalidation
-from .vfs import FileAttr, Vfs
+from .vfs import FileAttr, OpenMode, Vfs
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +63,23 @@ def _name(raw: bytes) -> str:
     return os.fsdecode(raw)
 
 
+def open_mode(flags: int) -> OpenMode:
+    """The core's open mode for open(2) *flags*."""
+    access = flags & os.O_ACCMODE
+    return OpenMode(read=access != os.O_WRONLY, write=access in (os.O_WRONLY, os.O_RDWR),
+                    append=bool(flags & os.O_APPEND), truncate=bool(flags & os.O_TRUNC))
+
+
 class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, vfs: Vfs) -> None:
+    def __init__(self, vfs: Vfs, uid: int | None = None, gid: int | None = None) -> None:
         super().__init__()
         self.vfs = vfs
+        #: Every node shows as the mounting user's (docs/posix.md): the store is theirs here.
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
         self._dirs: dict[int, list[tuple[str, FileAttr]]] = {}
         self._next_dir = 0
         self._send, self._receive = trio.open_memory_channel[Invalidation](math.inf)
@@ -97,8 +107,8 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
         entry.attr_timeout = TIMEOUT
         entry.st_mode = attr.mode
         entry.st_nlink = attr.nlink
-        entry.st_uid = self.vfs.uid
-        entry.st_gid = self.vfs.gid
+        entry.st_uid = self.uid
+        entry.st_gid = self.gid
         entry.st_rdev = attr.rdev
         entry.st_size = attr.size
         entry.st_blksize = 128 * 1024
@@ -109,7 +119,7 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
         return entry
 
     def _remembered(self, attr: FileAttr) -> pyfuse3.EntryAttributes:
-        self.vfs.inodes.remember(attr.ino)
+        self.vfs.remember(attr.ino)
         return self._entry(attr)
 
     # -- metadata --------------------------------------------------------------
@@ -150,7 +160,7 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
             name, attr = listing[index]
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self._entry(attr), index + 1):
                 break
-            self.vfs.inodes.remember(attr.ino)
+            self.vfs.remember(attr.ino)
 
     @translate
     async def releasedir(self, fh: int) -> None:
@@ -160,15 +170,13 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
         st = self.vfs.statfs()
         data = pyfuse3.StatvfsData()
-        data.f_bsize = st.f_bsize
-        data.f_frsize = st.f_frsize
-        data.f_blocks = st.f_blocks
-        data.f_bfree = st.f_bfree
-        data.f_bavail = st.f_bavail
-        data.f_files = st.f_files
-        data.f_ffree = st.f_ffree
-        data.f_favail = st.f_favail
-        data.f_namemax = 255
+        data.f_bsize = data.f_frsize = st.block_size
+        data.f_blocks = st.total_bytes // st.block_size
+        data.f_bfree = st.free_bytes // st.block_size
+        data.f_bavail = st.available_bytes // st.block_size
+        data.f_files = st.files
+        data.f_ffree = data.f_favail = st.free_files
+        data.f_namemax = st.name_max
         return data
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -198,7 +206,8 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
         if flags & pyfuse3.RENAME_EXCHANGE:
             self.vfs.exchange(parent_inode_old, _name(name_old), parent_inode_new, _name(name_new))
         else:
-            self.vfs.rename(parent_inode_old, _name(name_old), parent_inode_new, _name(name_new), flags)
+            self.vfs.rename(parent_inode_old, _name(name_old), parent_inode_new, _name(name_new),
+                            noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE))
 
     @translate
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
@@ -242,12 +251,12 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        fh, attr = self.vfs.create(parent_inode, _name(name), mode, flags)
+        fh, attr = self.vfs.create(parent_inode, _name(name), mode, open_mode(flags))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._remembered(attr)
 
     @translate
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        fh, keep = await self.vfs.open(inode, flags)
+        fh, keep = await self.vfs.open(inode, open_mode(flags))
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     @translate

@@ -56,11 +56,10 @@ from websync_server.protocol import (
 )
 
 from .blocksource import BlockSource
-from .invalidation import Notify
 from .errors import FsError, Offline, RemoteError
 from .handles import Handle, HandleTable
 from .inodes import InodeTable
-from .invalidation import Invalidation, Notify
+from .invalidation import Notify
 from .names import NamePolicy
 from .replica import ROOT_INO, NodeRow, Replica
 from .saves import SaveDetector
@@ -74,11 +73,33 @@ log = logging.getLogger(__name__)
 READ_AHEAD_BLOCKS = 4
 _SEQUENTIAL_SLACK = 1024 * 1024  # how far from where the last read ended a read still goes on from it
 _TYPE = {KIND_FILE: stat.S_IFREG, KIND_DIR: stat.S_IFDIR, KIND_SYMLINK: stat.S_IFLNK}
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
 
 
 @dataclass(frozen=True)
+class OpenMode:
+    """How a file is opened, in the core's terms (a front end translates its own flags)."""
+
+    read: bool = True
+    write: bool = False
+    append: bool = False
+    #: Cut the file to nothing as it opens (O_TRUNC, CREATE_ALWAYS).
+    truncate: bool = False
+
+
+@dataclass(frozen=True)
+class FsStats:
+    """What a statfs answer says: sizes in bytes and counts of files, whatever the front end."""
+
+    block_size: int
+    total_bytes: int
+    free_bytes: int
+    available_bytes: int
+    files: int
+    free_files: int
+    name_max: int = NAME_MAX
+
+
+@dataclass
 class FileAttr:
     ino: int
     mode: int  # with the S_IF* type bits
@@ -104,7 +125,7 @@ class Vfs:
     def __init__(
         self, db: StateDb, replica: Replica, queue: WriteBackQueue, source: BlockSource,
         store_block: Callable[[str, bytes], None], release_blocks: Callable[[list[str]], None],
-        work_dir: Path, *, uid: int | None = None, gid: int | None = None,
+        work_dir: Path, *,
         hold_blocks: Callable[[list[str]], None] = lambda hashes: None,
         sync_blocks: Callable[[list[str]], None] = lambda hashes: None,
         names: NamePolicy | None = None, temporary_quiet: float = 3.0, replace_quiet: float = 1.0,
@@ -130,8 +151,6 @@ class Vfs:
         self._mtime: dict[int, int] = {}  # mtime of working copies, set on write
         self._seen: dict[int, tuple[str, ...]] = {}  # content the kernel's pages hold, per inode
         self._copies = 0
-        self.uid = os.getuid() if uid is None else uid
-        self.gid = os.getgid() if gid is None else gid
         self.notify: Notify = lambda inv: None
         self.on_settled: Callable[[], None] = lambda: None
         self._nursery: trio.Nursery | None = None
@@ -344,22 +363,22 @@ class Vfs:
             seen += 1
         return True
 
-    def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str, flags: int = 0) -> None:
+    def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str, *,
+               noreplace: bool = False) -> None:
+        """Move an entry, replacing what the new name holds unless *noreplace* (then EEXIST)."""
         src_dir = self._dir(old_parent)
         dst_dir = self._dir(new_parent)
         check_name(new_name)
         row = self.replica.lookup(src_dir.id, old_name)
         if row is None:
             raise FsError(errno.ENOENT)
-        if flags & RENAME_EXCHANGE:
-            raise FsError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
         target = self.replica.lookup(dst_dir.id, new_name)
         if row.kind == KIND_DIR and self._is_inside(dst_dir.id, row.id):
             raise FsError(errno.EINVAL)
         if target is not None:
             if target.id == row.id:
                 return
-            if flags & RENAME_NOREPLACE:
+            if noreplace:
                 raise FsError(errno.EEXIST)
             if row.kind == KIND_DIR and target.kind != KIND_DIR:
                 raise FsError(errno.ENOTDIR)
@@ -433,7 +452,7 @@ class Vfs:
         return self.attr(row)
 
     def exchange(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
-        """rename(2) with RENAME_EXCHANGE: the two names swap their nodes atomically."""
+        """The two names swap their nodes atomically (rename(2)'s RENAME_EXCHANGE)."""
         src_dir, dst_dir = self._dir(old_parent), self._dir(new_parent)
         one = self.replica.lookup(src_dir.id, old_name)
         two = self.replica.lookup(dst_dir.id, new_name)
@@ -591,18 +610,15 @@ class Vfs:
         with _fetch_errors(h):
             return await self.source.get(h)
 
-    def _open_handle(self, row: NodeRow, flags: int) -> Handle:
-        acc = flags & os.O_ACCMODE
-        writable = acc in (os.O_WRONLY, os.O_RDWR)
+    def _open_handle(self, row: NodeRow, how: OpenMode) -> Handle:
         handle = self.handles.open(
-            row.ino, readable=acc != os.O_WRONLY, writable=writable, append=bool(flags & os.O_APPEND),
-            size=row.size, blocks=row.blocks,
+            row.ino, readable=how.read, writable=how.write, append=how.append, size=row.size, blocks=row.blocks,
         )
-        if writable:
+        if how.write:
             self._working_copy(row).handles += 1
         return handle
 
-    def create(self, parent: int, name: str, mode: int, flags: int) -> tuple[int, FileAttr]:
+    def create(self, parent: int, name: str, mode: int, how: OpenMode) -> tuple[int, FileAttr]:
         pdir = self._new_entry_checks(parent, name)
         node = new_node_id()
         local = self._local_name(KIND_FILE, name)
@@ -614,11 +630,11 @@ class Vfs:
                 self._send(self._born(row, pdir.id, name), name=name)
                 if self.saves.arrived(pdir.id, name, row):
                     row = self.replica.get(row.ino) or row
-        handle = self._open_handle(row, flags)
+        handle = self._open_handle(row, how)
         self._seen[row.ino] = row.blocks
         return handle.fh, self.attr(row)
 
-    async def open(self, ino: int, flags: int) -> tuple[int, bool]:
+    async def open(self, ino: int, how: OpenMode) -> tuple[int, bool]:
         """Open *ino*; return the handle and whether the kernel may keep its cached pages.
 
         Close-to-open: the kernel's pages stay valid only if the content is the
@@ -631,10 +647,10 @@ class Vfs:
             raise FsError(errno.EISDIR)
         if row.kind != KIND_FILE:
             raise FsError(errno.EINVAL)
-        handle = self._open_handle(row, flags)
+        handle = self._open_handle(row, how)
         keep = ino in self._work or self._seen.get(ino) == row.blocks
         self._seen[ino] = row.blocks
-        if flags & os.O_TRUNC and handle.writable:
+        if how.truncate and handle.writable:
             await self._work[ino].truncate(0)
             self._mtime[ino] = time.time_ns()
         return handle.fh, keep
@@ -747,8 +763,18 @@ class Vfs:
                     self._close_working_copy(handle.ino)
         self._maybe_drop(handle.ino)
 
-    def statfs(self) -> os.statvfs_result:
-        return os.statvfs(self._work_dir)
+    def statfs(self) -> FsStats:
+        """The local disk's room (where working copies and the cache grow), and the store's file count."""
+        st = os.statvfs(self._work_dir)
+        files, _ = self.replica.totals()
+        return FsStats(
+            block_size=st.f_frsize, total_bytes=st.f_blocks * st.f_frsize, free_bytes=st.f_bfree * st.f_frsize,
+            available_bytes=st.f_bavail * st.f_frsize, files=max(st.f_files, files), free_files=st.f_ffree,
+        )
+
+    def remember(self, ino: int) -> None:
+        """The front end handed *ino* out (a lookup count to keep until `forget`)."""
+        self.inodes.remember(ino)
 
     def node_id(self, ino: int) -> NodeId:
         return self._row(ino).id

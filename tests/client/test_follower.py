@@ -9,7 +9,6 @@ machine to happen through the kernel happens here every time.
 from __future__ import annotations
 
 import errno
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from websync_fs.follower import Applier
 from websync_fs.replica import ROOT_INO, Replica
 from websync_fs.statedb import StateDb
 from websync_fs.uploader import Uploader
-from websync_fs.vfs import Vfs
+from websync_fs.vfs import OpenMode, Vfs
 from websync_fs.writeback import WriteBackQueue
 from websync_server import _exceptions as server_errors
 from websync_server.accounts import Accounts
@@ -181,7 +180,7 @@ def test_a_node_moved_back_stays_when_the_answer_to_its_first_move_comes_late(ma
     if kind == "dir":
         vfs.mkdir(ROOT_INO, "d", 0o755)
     else:
-        fh, _ = vfs.create(ROOT_INO, "d", 0o644, os.O_WRONLY)
+        fh, _ = vfs.create(ROOT_INO, "d", 0o644, OpenMode(read=False, write=True))
         trio.run(vfs.release, fh)
     machine.upload()
     machine.catch_up()
@@ -216,7 +215,7 @@ def test_a_record_waiting_for_a_change_that_is_never_sent_applies_when_that_chan
         {"op": "create", "id": theirs, "parent": ROOT_ID, "name": "x", "mode": 0o644, "mtime_ns": 1,
          "size": 0, "blocks": []},
     ])
-    fh, _ = vfs.create(ROOT_INO, "x", 0o644, os.O_WRONLY)
+    fh, _ = vfs.create(ROOT_INO, "x", 0o644, OpenMode(read=False, write=True))
     trio.run(vfs.release, fh)
     machine.catch_up()
     assert machine.replica.lookup(ROOT_ID, "x").id != theirs  # type: ignore[union-attr]
