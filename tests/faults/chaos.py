@@ -38,7 +38,7 @@ FILES = ["f0.txt", "f1.txt", "f2.txt", "f3.txt", "f4.txt", "f5.txt"]
 EXPECTED = {
     errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR, errno.EINVAL,
     errno.EXDEV, errno.ENOTCONN, errno.EIO, errno.ECONNABORTED, errno.EBUSY, errno.EPERM,
-    errno.ENETUNREACH,
+    errno.ENETUNREACH, errno.ESTALE,
 }
 
 
