@@ -18,7 +18,7 @@ import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol
 
 import trio
 
@@ -29,9 +29,6 @@ from websync_fs.replica import ROOT_INO, Replica
 from websync_fs.statedb import StateDb
 from websync_fs.vfs import OpenMode, Vfs
 from websync_fs.writeback import WriteBackQueue
-
-T = TypeVar("T")
-
 
 class Target(Protocol):
     """The store by path; every method raises OSError(errno) as a local file system would."""
@@ -141,12 +138,11 @@ class CoreTarget:
     def __init__(self, vfs: Vfs) -> None:
         self.vfs = vfs
 
-    async def _call(self, fn: Callable[..., Awaitable[T] | T], *args: object, **kw: object) -> T:
+    async def _call(self, fn: Callable[..., Any], *args: object, **kw: object) -> Any:
+        """Call a core method (sync or async) and translate its error as a front end does."""
         try:
             result = fn(*args, **kw)
-            if isinstance(result, Awaitable):
-                return await result  # type: ignore[no-any-return]
-            return result  # type: ignore[return-value]
+            return await result if isinstance(result, Awaitable) else result
         except FsError as exc:
             raise OSError(exc.errno, os.strerror(exc.errno)) from exc
 
