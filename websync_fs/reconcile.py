@@ -22,8 +22,9 @@ with content the server has                        the server's history and tras
 an entry on the server is missing here             the server's entry is taken
 a node's content or mode differs, and this         the server's node is taken
 machine last saw an older version
-a node's content or mode differs at the version    this machine's content goes up as an
-the server has                                     update (it was never sent)
+a node's content differs at the version the        the server's node is taken; this
+server has, and the server never had ours          machine's content goes up beside it as
+                                                   a conflict copy (never over newer bytes)
 =================================================  ==========================================
 
 Lock, owner and swap files (``local`` nodes) never leave the machine and are
@@ -49,9 +50,7 @@ from websync_server.protocol import (
     OP_CREATE,
     OP_MKDIR,
     OP_MKNOD,
-    OP_SETATTR,
     OP_SYMLINK,
-    OP_UPDATE,
     ROOT_ID,
     Node,
     NodeId,
@@ -163,6 +162,8 @@ class Reconciler:
         self._writing = writing
         self._has_blocks = has_blocks
         self._due = trio.Event()
+        #: Nodes whose content here is one of the server's versions (found by `_ask`).
+        self._known_content: set[str] = set()
         #: Called when a notice is added (the mount rewrites its status file).
         self.on_notice: Callable[[], None] = lambda: None
         self.last_check = 0.0
@@ -225,6 +226,7 @@ class Reconciler:
         found = compare(self.replica, listing)
         described = self.describe(found, listing)
         if repair and found and self.quiet() and listing.cursor == self.replica.cursor:
+            self._known_content.clear()
             asked = await self._ask(found, listing)
             if self.quiet() and listing.cursor == self.replica.cursor:  # still: no await since
                 self._repair(found, listing, asked)
@@ -258,6 +260,11 @@ class Reconciler:
                 if any(tuple(v.get("blocks", ())) == tuple(row.blocks) for v in kept):
                     theirs = replace(theirs, blocks=row.blocks)
             asked[node] = theirs
+        for row, theirs in found.changed:
+            if row.kind == "file" and row.seq == theirs.seq and row.blocks != theirs.blocks:
+                kept = await self.remote.versions(theirs.id)
+                if any(tuple(v.get("blocks", ())) == tuple(row.blocks) for v in kept):
+                    self._known_content.add(row.id)
         return asked
 
     def describe(self, found: Comparison, listing: Listing) -> list[str]:
@@ -384,16 +391,24 @@ class Reconciler:
         return {"op": OP_CREATE, **base, "mode": row.mode, "size": row.size, "blocks": list(row.blocks)}
 
     def _changed(self, row: NodeRow, node: Node, inv: Invalidation, notices: list[str]) -> None:
-        """A node on both sides that differs: the newer side wins; at the same version, ours goes up."""
-        if row.seq == node.seq and row.kind == node.kind:
-            if tuple(row.blocks) != tuple(node.blocks) and self._has_blocks(list(row.blocks)):
-                self.queue.enqueue({"op": OP_UPDATE, "id": row.id, "size": row.size,
-                                    "blocks": list(row.blocks), "mtime_ns": row.mtime_ns, "mode": row.mode}, quiet=0)
-                notices.append(f"a change of node {row.id} here had not been sent: sent now")
-                return
-            if row.mode != node.mode:
-                self.queue.enqueue({"op": OP_SETATTR, "id": row.id, "mode": row.mode}, quiet=0)
-                return
+        """A node on both sides that differs: the server's version is taken, ours kept if it is new.
+
+        Content here that the server never had (at the version both sides
+        name) goes up as a conflict copy beside the file: an update could
+        replace newer bytes on the server, a copy replaces nothing.
+        """
+        new_here = (row.kind == "file" and row.seq == node.seq and row.blocks != node.blocks
+                    and row.id not in self._known_content and self._has_blocks(list(row.blocks)))
+        places = self.replica.entries_of(row.id)
+        if new_here and places:
+            parent, name = places[0]
+            copy = new_node_id()
+            copy_name = conflict_name(name, self.device, taken=lambda n: self.replica.has_entry(parent, n))
+            self.replica.add_node(copy, row.kind, row.mode, size=row.size, mtime_ns=row.mtime_ns, blocks=row.blocks)
+            self.replica.set_entry(parent, copy_name, copy)
+            self._touched(parent, copy_name, inv)
+            self.queue.enqueue(self._making(self.replica.by_id(copy) or row, copy, parent, copy_name), quiet=0)
+            notices.append(f"{name!r} here differed from the server's at the same version: kept as {copy_name!r}")
         self.replica.update_node(row.id, seq=0)  # let the server's version in
         self.replica.apply_node(node)
         inv.inodes.append(row.ino)

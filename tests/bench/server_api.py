@@ -132,6 +132,28 @@ def _commit(client: httpx.Client, store: str, ops: list[dict[str, Any]]) -> int:
     return int(resp.json()["seq"])
 
 
+def fill_store(client: httpx.Client, store: str, files: int, *, per_dir: int = 1000, batch: int = 5000) -> int:
+    """Make *files* empty files in folders of *per_dir* through the commit API; return the folders made."""
+    now = time.time_ns()
+    ops: list[dict[str, Any]] = []
+    made = folder = 0
+    while made < files:
+        dir_id = new_node_id()
+        ops.append({"op": "mkdir", "id": dir_id, "parent": ROOT_ID, "name": f"d{folder:04d}",
+                    "mode": 0o755, "mtime_ns": now})
+        folder += 1
+        for _ in range(min(per_dir, files - made)):
+            ops.append({"op": "create", "id": new_node_id(), "parent": dir_id, "name": f"f{made:07d}",
+                        "mode": 0o644, "mtime_ns": now, "size": 0, "blocks": []})
+            made += 1
+            if len(ops) >= batch:
+                _commit(client, store, ops)
+                ops = []
+    if ops:
+        _commit(client, store, ops)
+    return folder
+
+
 def changes_call_cost(
     url: str, token: str, store: str, files: int, *, per_dir: int = 1000, batch: int = 5000, repeat: int = 30
 ) -> ChangesCost:
@@ -145,23 +167,7 @@ def changes_call_cost(
     now = time.time_ns()
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=_TIMEOUT) as client:
         start = time.perf_counter()
-        ops: list[dict[str, Any]] = []
-        made = 0
-        folder = 0
-        while made < files:
-            dir_id = new_node_id()
-            ops.append({"op": "mkdir", "id": dir_id, "parent": ROOT_ID, "name": f"d{folder:04d}",
-                        "mode": 0o755, "mtime_ns": now})
-            folder += 1
-            for _ in range(min(per_dir, files - made)):
-                ops.append({"op": "create", "id": new_node_id(), "parent": dir_id, "name": f"f{made:07d}",
-                            "mode": 0o644, "mtime_ns": now, "size": 0, "blocks": []})
-                made += 1
-                if len(ops) >= batch:
-                    _commit(client, store, ops)
-                    ops = []
-        if ops:
-            _commit(client, store, ops)
+        fill_store(client, store, files, per_dir=per_dir, batch=batch)
         build = time.perf_counter() - start
         before = _commit(client, store, [{"op": "mkdir", "id": new_node_id(), "parent": ROOT_ID,
                                           "name": "marker", "mode": 0o755, "mtime_ns": now}])
