@@ -57,6 +57,12 @@ class Applier:
         row = self.replica.by_id(node)
         return row.ino if row else None
 
+    def load(self, nodes: tuple[Node, ...], entries: tuple[Entry, ...], cursor: int) -> None:
+        """Take a page of the first listing of a machine with nothing of its own (no checks needed)."""
+        with self.replica.tx():
+            self.replica.load(nodes, entries)
+            self.replica.cursor = cursor
+
     def apply(self, nodes: tuple[Node, ...] | list[Node], entries: tuple[Entry, ...] | list[Entry],
               cursor: int | None = None) -> None:
         pending_nodes = self.queue.pending_nodes()
@@ -219,10 +225,17 @@ class Follower:
             self.last_contact = time.time()
         self.on_state(online, error)
 
-    async def catch_up(self, wait: float = 0) -> bool:
-        """Fetch and apply changes once (all pages); True if any arrived."""
+    async def catch_up(self, wait: float = 0, progress: Callable[[int], None] = lambda records: None) -> bool:
+        """Fetch and apply changes once (all pages); True if any arrived.
+
+        *progress* is told the records received so far after each page (a
+        first listing of a big store takes a while).
+        """
         cursor = self.applier.replica.cursor
+        # A machine that has nothing yet takes its first listing in bulk.
+        first = cursor == 0 and self.applier.replica.is_empty() and len(self.applier.queue) == 0
         got = False
+        records = 0
         while True:
             changes: Changes = await self.remote.changes(cursor, wait=wait)
             self._mark(True)
@@ -233,7 +246,12 @@ class Follower:
                 continue
             if changes.nodes or changes.entries:
                 got = True
-            self.applier.apply(changes.nodes, changes.entries, changes.cursor)
+            if first:
+                self.applier.load(changes.nodes, changes.entries, changes.cursor)
+            else:
+                self.applier.apply(changes.nodes, changes.entries, changes.cursor)
+            records += len(changes.nodes) + len(changes.entries)
+            progress(records)
             cursor = changes.cursor
             if not changes.more:
                 return got

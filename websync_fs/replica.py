@@ -164,6 +164,10 @@ class Replica:
             ).fetchone()
         )
 
+    def is_empty(self) -> bool:
+        """True if the replica holds nothing but the root (a machine that never listed the tree)."""
+        return self._db.execute("SELECT count(*) FROM nodes").fetchone()[0] <= 1 and not self.has_children(ROOT_ID)
+
     def has_entry(self, parent: str, name: str) -> bool:
         """True if ``parent/name`` is an entry here (whatever it names)."""
         return self._db.execute(
@@ -351,6 +355,27 @@ class Replica:
         else:
             self.set_entry(entry.parent, entry.name, entry.node, entry.seq)
         return before
+
+    def load(self, nodes: Collection[Node], entries: Collection[Entry]) -> None:
+        """Take a page of the first listing into a replica that has nothing of its own yet.
+
+        One statement a table instead of a few queries a record: 200,000 files
+        arrive in seconds.  Later pages may say again (or remove) what earlier
+        ones said, if commits came meanwhile: the last word wins.
+        """
+        now = time.time_ns()
+        live = [n for n in nodes if not n.deleted and n.id != ROOT_ID]
+        self._db.executemany("DELETE FROM nodes WHERE id=?", [(n.id,) for n in nodes if n.deleted])
+        self._db.executemany(
+            "INSERT OR REPLACE INTO nodes (id, kind, mode, size, mtime_ns, ctime_ns, blocks, target, seq, rdev, xattrs)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            [(n.id, n.kind, n.mode, n.size, n.mtime_ns, now, "[]" if not n.blocks else json.dumps(list(n.blocks)),
+              n.target, n.seq, n.rdev, "{}" if not n.xattrs else json.dumps(n.xattrs)) for n in live],
+        )
+        self._db.executemany("DELETE FROM entries WHERE parent=? AND name=?",
+                             [(e.parent, e.name) for e in entries if e.node is None])
+        self._db.executemany("INSERT OR REPLACE INTO entries (parent, name, node, seq) VALUES (?,?,?,?)",
+                             [(e.parent, e.name, e.node, e.seq) for e in entries if e.node is not None])
 
     def defer_node(self, node: Node) -> None:
         self._db.execute(

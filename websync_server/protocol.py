@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, NewType
 
 API = "/v1"
@@ -107,9 +107,13 @@ class Node:
     xattrs: dict[str, str] = field(default_factory=dict, hash=False, compare=True)
 
     def to_wire(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["blocks"] = list(self.blocks)
-        return data
+        # By hand, not dataclasses.asdict: a listing of 200,000 files spent most of its time
+        # in asdict's deep copies (docs/benchmarks.md, "A new machine joining").
+        return {
+            "id": self.id, "kind": self.kind, "mode": self.mode, "size": self.size, "mtime_ns": self.mtime_ns,
+            "seq": self.seq, "blocks": list(self.blocks), "target": self.target, "deleted": self.deleted,
+            "device": self.device, "rdev": self.rdev, "xattrs": dict(self.xattrs),
+        }
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Node:
@@ -139,7 +143,7 @@ class Entry:
     seq: int
 
     def to_wire(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"parent": self.parent, "name": self.name, "node": self.node, "seq": self.seq}
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Entry:

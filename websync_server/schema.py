@@ -220,12 +220,12 @@ def node_from_row(row: Row[Any]) -> Node:
         size=row.size,
         mtime_ns=row.mtime_ns,
         seq=row.seq,
-        blocks=blocks_from_text(row.blocks),
+        blocks=() if row.blocks == "[]" else blocks_from_text(row.blocks),  # the common case, without a parse
         target=row.target,
         deleted=bool(row.deleted),
         device=row.device,
         rdev=row.rdev,
-        xattrs=json.loads(row.xattrs),
+        xattrs={} if row.xattrs == "{}" else json.loads(row.xattrs),
     )
 
 
