@@ -262,6 +262,44 @@ def check(data: Path, repair: bool, no_rehash: bool, as_json: bool, verbose: int
 
 @main.command()
 @_data_option
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_verbose_option
+@_friendly_errors
+def backup(data: Path, dest: Path, as_json: bool, verbose: int) -> None:
+    """Back up the server into folder DEST while it runs (again into DEST: only new blocks are copied).
+
+    The database is copied with SQLite's online backup (one consistent
+    moment), then the blocks; collections wait meanwhile.  Restore with
+    'websync-server restore'.
+    """
+    from .backup import backup as run_backup
+    from .services import prepare_data_dir
+
+    report = run_backup(prepare_data_dir(data), dest)
+    click.echo(json.dumps(report.to_wire(), indent=2) if as_json else report.summary(f"backed up into {dest}"))
+
+
+@main.command()
+@_data_option
+@click.argument("source", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_verbose_option
+@_friendly_errors
+def restore(data: Path, source: Path, as_json: bool, verbose: int) -> None:
+    """Restore the backup in SOURCE into a new data directory (--data), then serve it.
+
+    Every machine lists its store again when it next reaches the server, and
+    a machine that has work newer than the backup sends it again.
+    """
+    from .backup import restore as run_restore
+
+    report = run_restore(data.expanduser().absolute(), source)
+    click.echo(json.dumps(report.to_wire(), indent=2) if as_json else report.summary(f"restored into {data}"))
+
+
+@main.command()
+@_data_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_verbose_option
 @_friendly_errors
