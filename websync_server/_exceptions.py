@@ -9,6 +9,7 @@ Anything else that escapes a handler is a bug and answers 500.
 
     ServerError                      status, code, message
     ├── InvalidRequest               400 invalid
+    │   └── ProtocolMismatch         400 protocol: a client of another protocol version
     ├── Unauthorized                 401 unauthorized
     ├── Forbidden                    403 forbidden
     ├── NotFound                     404 not_found
@@ -35,6 +36,7 @@ __all__ = [
     "InsufficientStorage",
     "InvalidRequest",
     "NotFound",
+    "ProtocolMismatch",
     "RangeNotSatisfiable",
     "ServerError",
     "TooLarge",
@@ -63,6 +65,12 @@ class InvalidRequest(ServerError):
 
     status = 400
     code = "invalid"
+
+
+class ProtocolMismatch(InvalidRequest):
+    """A call under another protocol version's prefix (``/v2/...``): says which versions differ."""
+
+    code = "protocol"
 
 
 class Unauthorized(ServerError):

@@ -21,6 +21,7 @@ from typing import Any
 from argon2 import PasswordHasher
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -30,6 +31,7 @@ from ._exceptions import (
     Forbidden,
     InvalidRequest,
     NotFound,
+    ProtocolMismatch,
     RangeNotSatisfiable,
     ServerError,
     TooLarge,
@@ -51,6 +53,21 @@ JSON_BODY_MAX = 16 * 1024 * 1024
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 # Blocks never change, so a client or proxy may keep them as long as it likes.
 _BLOCK_CACHE_CONTROL = "private, max-age=31536000, immutable"
+
+
+class _OtherApi(Convertor[str]):
+    """A path segment naming another protocol version than this server's (``v2``, not ``v1``)."""
+
+    regex = rf"v(?!{PROTOCOL_VERSION}/)[0-9]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("other_api", _OtherApi())
 
 
 def create_app(
@@ -88,6 +105,8 @@ def create_app(
         Route(f"{API}/blocks", api.put_blocks, methods=["POST"]),
         Route(f"{API}/blocks/{{block}}", api.put_block, methods=["PUT"]),
         Route(f"{API}/blocks/{{block}}", api.get_block, methods=["GET"]),
+        # Last: any other path, so a client of another protocol version learns why.
+        Route("/{prefix:other_api}/{rest:path}", api.elsewhere, methods=["GET", "HEAD", "POST", "PUT", "DELETE"]),
     ]
     app = Starlette(
         routes=routes,
@@ -111,6 +130,13 @@ class _Api:
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"ok": True, "version": PROTOCOL_VERSION})
+
+    async def elsewhere(self, request: Request) -> Response:
+        prefix = request.path_params["prefix"]
+        raise ProtocolMismatch(
+            f"this server speaks WebSync protocol version {PROTOCOL_VERSION} ({API}/...), the client "
+            f"{prefix[1:]} (/{prefix}/...): use a client and server of the same release"
+        )
 
     async def login(self, request: Request) -> Response:
         body = await _json_object(request)

@@ -48,6 +48,8 @@ _INCOMING = ".incoming"
 # A temporary file older than this at start belongs to no running upload.
 _STALE_TEMP_S = 3600.0
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+# A block reported present keeps its mtime within this of now (see `_refresh`).
+_REFRESH_AFTER_S = 3600.0
 _CHECKED_MAX = 1_000_000  # block files remembered as hashed (about 200 bytes each)
 #: Ranges up to this size of a block hashed here are read on the event loop (`read_small`).
 SMALL_READ = 64 * 1024
@@ -105,7 +107,7 @@ class BlockStore:
         actual = digest.hexdigest()
         if actual != block:
             raise InvalidRequest(f"the body's SHA-256 is {actual}, not {block}")
-        if final.exists():
+        if self._refresh(final):
             return False
         temp = self._incoming / f"{block}.{uuid.uuid4().hex}"
         try:
@@ -194,9 +196,25 @@ class BlockStore:
         for block in blocks:
             if block not in seen:
                 seen.add(block)
-                if not self.path(user, block).exists():
+                if not self._refresh(self.path(user, block)):
                     lacking.append(block)
         return lacking
+
+    @staticmethod
+    def _refresh(path: Path) -> bool:
+        """True if the block file is there; an old one gets a new mtime first.
+
+        A client that was told a block is there will commit it soon; the
+        collector (gc.py) spares blocks younger than its grace period, so an
+        unnamed block a client just counted on is not freed under it.
+        """
+        try:
+            st = path.stat()
+            if st.st_mtime < time.time() - _REFRESH_AFTER_S:
+                os.utime(path)
+        except FileNotFoundError:
+            return False
+        return True
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ inside the commands so ``--help`` is instant.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import logging.handlers
 import sys
@@ -92,9 +93,13 @@ def main() -> None:
 @_data_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
 @click.option("--port", default=8080, type=click.IntRange(0, 65535), show_default=True, help="0 picks a free port.")
+@click.option(
+    "--gc-every", "gc_hours", default=24.0, type=click.FloatRange(0), show_default=True,
+    help="Hours between collections of expired history and unnamed blocks (0: never; see 'gc').",
+)  # fmt: skip
 @_verbose_option
 @_friendly_errors
-def serve(data: Path, host: str, port: int, verbose: int) -> None:
+def serve(data: Path, host: str, port: int, gc_hours: float, verbose: int) -> None:
     """Run the server until SIGTERM or Ctrl-C.
 
     Prints "websync-server listening on http://HOST:PORT" once it accepts
@@ -113,6 +118,8 @@ def serve(data: Path, host: str, port: int, verbose: int) -> None:
         log.error("can't start: %s", exc)  # the terminal gets it from _friendly_errors
         raise
     url = runner.url_of(host, sock)
+    if gc_hours > 0:
+        app.state.services.schedule_collection(gc_hours * 3600)
 
     def listening() -> None:
         click.echo(f"websync-server listening on {url}")
@@ -183,6 +190,185 @@ def user_revoke(name: str, data: Path, verbose: int) -> None:
     with _services(data) as services:
         count = services.accounts.revoke_devices(name)
     click.echo(f"revoked {count} device token(s) of {name}")
+
+
+@main.command()
+@_data_option
+@click.option("--dry-run", is_flag=True, help="Only report what would be freed.")
+@click.option("--trash-days", type=click.FloatRange(0), help="Keep the trash this long for this run (0: empty it).")
+@click.option("--version-days", type=click.FloatRange(0), help="Keep old versions this long for this run (0: drop them).")
+@click.option("--grace-hours", type=click.FloatRange(0), help="Spare blocks uploaded within this many hours (default: the setting).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_verbose_option
+@_friendly_errors
+def gc(
+    data: Path, dry_run: bool, trash_days: float | None, version_days: float | None, grace_hours: float | None,
+    as_json: bool, verbose: int,
+) -> None:  # fmt: skip
+    """Free what nothing needs any more: expired versions and trash, old journal records, unnamed blocks.
+
+    Safe while the server runs (it collects by itself every day too, see
+    'serve --gc-every').  The retention settings ('websync-server retention')
+    decide what expires; --trash-days and --version-days override them for
+    this run only.
+    """
+    from .gc import collection_lock
+
+    with _services(data) as services:
+        with collection_lock(services.data_dir):
+            report = services.collector().run(
+                dry_run=dry_run, trash_days=trash_days, version_days=version_days, grace_hours=grace_hours
+            )
+    click.echo(json.dumps(report.to_wire(), indent=2) if as_json else report.summary())
+
+
+@main.command()
+@_data_option
+@click.option("--repair", is_flag=True, help="Repair what is safe to repair (nothing named is ever deleted).")
+@click.option("--no-rehash", is_flag=True, help="Don't read every block file to check its hash (much faster).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_verbose_option
+@_friendly_errors
+def check(data: Path, repair: bool, no_rehash: bool, as_json: bool, verbose: int) -> None:
+    """Check the database and the block files; exit status 0 only when all is well.
+
+    Safe while the server runs.  --repair moves damaged or stray files into
+    DATA/quarantine (never deletes them), removes stale uploads and frees
+    block files nothing names (as 'gc' does), then checks again.
+    """
+    from . import check as checker
+    from .services import prepare_data_dir
+
+    data_dir = prepare_data_dir(data)
+    report = checker.check(data_dir, rehash=not no_rehash)
+    if repair and (report.problems or report.orphans):
+        done = checker.repair(data_dir, report)
+        report = checker.check(data_dir, rehash=not no_rehash)
+        report.repaired = done
+    if as_json:
+        click.echo(json.dumps(report.to_wire(), indent=2))
+    else:
+        for line in report.repaired:
+            click.echo(f"repaired: {line}")
+        for problem in report.problems:
+            click.echo(f"{problem.kind}: {problem.message}")
+        orphans = sum(report.orphans.values())
+        counts = ", ".join(f"{n} {what}" for what, n in report.counts.items())
+        click.echo(f"{'ok' if report.ok else f'{len(report.problems)} problems'}: checked {counts}"
+                   + (f"; {orphans} block files named by nothing (see 'gc')" if orphans else ""))
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
+@_data_option
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_verbose_option
+@_friendly_errors
+def backup(data: Path, dest: Path, as_json: bool, verbose: int) -> None:
+    """Back up the server into folder DEST while it runs (again into DEST: only new blocks are copied).
+
+    The database is copied with SQLite's online backup (one consistent
+    moment), then the blocks; collections wait meanwhile.  Restore with
+    'websync-server restore'.
+    """
+    from .backup import backup as run_backup
+    from .services import prepare_data_dir
+
+    report = run_backup(prepare_data_dir(data), dest)
+    click.echo(json.dumps(report.to_wire(), indent=2) if as_json else report.summary(f"backed up into {dest}"))
+
+
+@main.command()
+@_data_option
+@click.argument("source", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_verbose_option
+@_friendly_errors
+def restore(data: Path, source: Path, as_json: bool, verbose: int) -> None:
+    """Restore the backup in SOURCE into a new data directory (--data), then serve it.
+
+    Every machine lists its store again when it next reaches the server, and
+    a machine that has work newer than the backup sends it again.
+    """
+    from .backup import restore as run_restore
+
+    report = run_restore(data.expanduser().absolute(), source)
+    click.echo(json.dumps(report.to_wire(), indent=2) if as_json else report.summary(f"restored into {data}"))
+
+
+@main.command()
+@_data_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_verbose_option
+@_friendly_errors
+def usage(data: Path, as_json: bool, verbose: int) -> None:
+    """Show each user's bytes of current files, history, trash and on disk."""
+    from .usage import read_usage
+
+    with _services(data) as services:
+        rows = read_usage(services.db, services.blocks.root)
+    if as_json:
+        click.echo(json.dumps([r.to_wire() for r in rows], indent=2))
+        return
+    width = max([4, *(len(r.user) for r in rows)])
+    click.echo(f"{'USER':<{width}}  {'CURRENT':>10}  {'HISTORY':>10}  {'TRASH':>10}  {'ON DISK':>10}  BLOCKS")
+    for r in rows:
+        sizes = "  ".join(f"{_size(n):>10}" for n in (r.current, r.history, r.trash, r.disk))
+        click.echo(f"{r.user:<{width}}  {sizes}  {r.blocks}")
+
+
+@main.command()
+@_data_option
+@click.option("--user", "user_name", help="Set the value for this user only (trash and version days).")
+@click.option("--trash-days", type=click.FloatRange(0), help="How long deleted files can be restored.")
+@click.option("--version-days", type=click.FloatRange(0), help="How long replaced versions are kept.")
+@click.option("--journal-days", type=click.FloatRange(0), help="How long removals stay in the change journal.")
+@click.option("--grace-hours", type=click.FloatRange(0), help="How long an uploaded block waits for its commit.")
+@click.option("--default", "reset", multiple=True, metavar="SETTING", help="Return SETTING to its default.")
+@_verbose_option
+@_friendly_errors
+def retention(
+    data: Path, user_name: str | None, trash_days: float | None, version_days: float | None,
+    journal_days: float | None, grace_hours: float | None, reset: tuple[str, ...], verbose: int,
+) -> None:  # fmt: skip
+    """Show or change how long history, the trash and the journal are kept.
+
+    Without options, prints the settings in force.  A running server takes a
+    change within seconds; the next collection applies it.
+    """
+    from .retention import read_retention, user_names, write_setting
+
+    given = {"trash_days": trash_days, "version_days": version_days, "journal_days": journal_days,
+             "grace_hours": grace_hours}  # fmt: skip
+    with _services(data) as services:
+        with services.db.read() as conn:
+            names = user_names(conn)
+        user_id = None
+        if user_name is not None:
+            user_id = next((uid for uid, name in names.items() if name == user_name), None)
+            if user_id is None:
+                raise click.ClickException(f"there is no user {user_name}")
+        for name in reset:
+            write_setting(services.db, name.replace("-", "_"), None, user_id)
+        for name, value in given.items():
+            if value is not None:
+                write_setting(services.db, name, value, user_id)
+        with services.db.read() as conn:
+            settings = read_retention(conn)
+    for name in ("trash_days", "version_days", "journal_days", "grace_hours"):
+        click.echo(f"{name.replace('_', '-')}: {getattr(settings, name):g}")
+    for uid, name, value in settings.per_user:
+        click.echo(f"{name.replace('_', '-')} for {names.get(uid, uid)}: {value:g}")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
 
 
 class _services:

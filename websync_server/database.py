@@ -32,9 +32,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, select
+from sqlalchemy import Connection, Engine, create_engine, event, insert, select, update
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from . import migrations
 from ._exceptions import DatabaseError, InsufficientStorage
 from .schema import SCHEMA_VERSION, meta, metadata
 
@@ -120,16 +121,24 @@ class Database:
         with self.write() as conn:
             # checkfirst: a second process starting at the same time (serve and
             # ``user add``) finds the tables the first one made under this lock.
+            # On an older database it adds only missing tables (never indexes of
+            # existing ones): the migrations below bring those up to date.
             metadata.create_all(conn, checkfirst=True)
             found = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
             if found is None:
                 conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
                 conn.execute(insert(meta).values(key="created_ns", value=str(time.time_ns())))
+                migrations.stamp(conn, SCHEMA_VERSION)
                 log.info("created metadata schema version %d", SCHEMA_VERSION)
-            elif int(found) != SCHEMA_VERSION:
+            elif int(found) > SCHEMA_VERSION:
                 raise DatabaseError(
-                    f"the database has schema version {found}, this server knows version {SCHEMA_VERSION}"
+                    f"the database has schema version {found}, made by a newer release; this server knows "
+                    f"versions up to {SCHEMA_VERSION}: run the newer release (nothing was changed)"
                 )
+            elif int(found) < SCHEMA_VERSION:
+                migrations.upgrade(conn, int(found), SCHEMA_VERSION)
+                conn.execute(update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
+                log.info("migrated the metadata schema from version %s to %d", found, SCHEMA_VERSION)
 
 
 def sqlite_url(path: Path) -> str:

@@ -14,14 +14,19 @@ Cursor 0 is a listing: only live rows (no tombstones), and the final cursor is
 the store's seq, so the client skips the tombstones it never needed.
 
 Reset.  A cursor below the store's tombstone horizon may have missed a removal
-whose tombstone was purged, and a cursor above the store's seq comes from a
-future this server doesn't have (the database was restored from a backup);
-both answer ``reset`` and the client lists again from 0.
+whose tombstone was purged (the collector, gc.py, compacts the journal), and a
+cursor above the store's seq comes from a future this server doesn't have (the
+database was restored from a backup); both answer ``reset`` and the client
+lists again from 0.  The second also says ``ahead``, and so does a cursor past
+the seq a store had in the backup it was restored from: ``restore`` moves the
+seq and horizon of every store far forward (backup.py) and records the old seq
+under ``meta`` key ``restored_seq.STORE``, so that a machine which saw the lost
+commits learns it, however many commits the restored server has made since.
 
-Note for a future tombstone purge: the intermediate cursors of a paged listing
-can lie below the horizon, so a purge that raises the horizon while a listing
-is under way sends that client back to 0 -- correct, but a purge must not raise
-the horizon so often that a large listing can never finish.
+The intermediate cursors of a paged listing can lie below the horizon, so a
+purge that raises the horizon while a listing is under way sends that client
+back to 0 -- correct, and the collector raises it at most once a run, to
+commits older than ``journal_days``, so a large listing always finishes.
 """
 
 from __future__ import annotations
@@ -33,13 +38,15 @@ from sqlalchemy.engine import Row
 
 from ._exceptions import InvalidRequest, NotFound
 from .protocol import Changes
-from .schema import entries, entry_from_row, node_from_row, nodes, stores
+from .schema import entries, entry_from_row, meta, node_from_row, nodes, stores
 
-__all__ = ["DEFAULT_LIMIT", "LIMIT_MAX", "read_changes"]
+__all__ = ["DEFAULT_LIMIT", "LIMIT_MAX", "RESTORED_KEY", "read_changes"]
 
 DEFAULT_LIMIT = 10_000
 #: Larger ``limit`` values are lowered to this; ``more`` tells the client to go on.
 LIMIT_MAX = 10_000
+#: ``meta`` key (+ store id) of a store's seq in the backup it was restored from.
+RESTORED_KEY = "restored_seq."
 
 
 def read_changes(conn: Connection, store_id: str, cursor: int, limit: int = DEFAULT_LIMIT) -> Changes:
@@ -52,9 +59,17 @@ def read_changes(conn: Connection, store_id: str, cursor: int, limit: int = DEFA
     store = conn.execute(select(stores.c.seq, stores.c.horizon).where(stores.c.id == store_id)).first()
     if store is None:
         raise NotFound(f"there is no store {store_id}")
-    if cursor > store.seq or 0 < cursor < store.horizon:
-        return Changes(cursor=0, reset=True)
+    if cursor > store.seq:
+        return Changes(cursor=0, reset=True, ahead=True)
+    if 0 < cursor < store.horizon:
+        return Changes(cursor=0, reset=True, ahead=_past_restore(conn, store_id, cursor))
     return _Page(conn, store_id, live_only=cursor == 0).read(cursor, limit, store.seq)
+
+
+def _past_restore(conn: Connection, store_id: str, cursor: int) -> bool:
+    """True if the store was restored from a backup older than *cursor*."""
+    seq = conn.execute(select(meta.c.value).where(meta.c.key == RESTORED_KEY + store_id)).scalar()
+    return seq is not None and cursor > int(seq)
 
 
 class _Page:

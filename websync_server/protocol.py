@@ -162,7 +162,9 @@ class Changes:
 
     With ``reset`` set the client's cursor is older than the server keeps
     tombstones for: it must drop its replica and list again from cursor 0.
-    A listing from cursor 0 holds only live nodes and entries.  ``more`` says
+    With ``ahead`` too, the cursor is past what the server has (it was
+    restored from a backup): the client has seen commits the server lost, and
+    sends again what it has that the server does not know.  A listing from cursor 0 holds only live nodes and entries.  ``more`` says
     another page follows; pages always end on a whole commit.
     """
 
@@ -171,15 +173,19 @@ class Changes:
     entries: tuple[Entry, ...] = ()
     reset: bool = False
     more: bool = False
+    ahead: bool = False
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             "cursor": self.cursor,
             "reset": self.reset,
             "more": self.more,
             "nodes": [n.to_wire() for n in self.nodes],
             "entries": [e.to_wire() for e in self.entries],
         }
+        if self.ahead:
+            wire["ahead"] = True
+        return wire
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Changes:
@@ -187,6 +193,7 @@ class Changes:
             cursor=int(data["cursor"]),
             reset=bool(data.get("reset", False)),
             more=bool(data.get("more", False)),
+            ahead=bool(data.get("ahead", False)),
             nodes=tuple(Node.from_wire(n) for n in data.get("nodes", ())),
             entries=tuple(Entry.from_wire(e) for e in data.get("entries", ())),
         )

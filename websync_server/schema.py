@@ -3,7 +3,7 @@
 The same tables serve SQLite (the embedded default) and PostgreSQL, so everything
 here is portable Core: no SQLite-only types, defaults or SQL.  The schema is
 created with ``create_all`` on first start; the ``meta`` table records its
-version so a later server can migrate (today: refuse) an older database.
+version, and an older database is migrated with Alembic (``migrations/``).
 
 Invariants the store keeps (``commit.py`` is the only writer of the trees):
 
@@ -67,7 +67,8 @@ __all__ = [
 ]
 
 # 2: versions, trash places, hard links, special nodes, extended attributes.
-SCHEMA_VERSION = 2
+# 3: indexes for the collector's retention queries (migrations/versions/0003_*).
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -185,6 +186,7 @@ versions = Table(
     Column("replaced_ns", BigInteger, nullable=False),
     ForeignKeyConstraint(["store", "node"], ["nodes.store", "nodes.id"]),
     Index("versions_by_node", "store", "node"),
+    Index("versions_by_replaced", "store", "replaced_ns"),
 )
 
 batches = Table(
@@ -198,6 +200,7 @@ batches = Table(
     PrimaryKeyConstraint("store", "batch"),
     # When and by whom commit N was made: version times, trash entries.
     Index("batches_by_seq", "store", "seq"),
+    Index("batches_by_time", "store", "time_ns"),
 )
 
 

@@ -9,6 +9,7 @@ Data directory layout::
     DATA/blocks/USER/ab/cd/HASH
     DATA/blocks/.incoming/   temporary files of uploads in flight
     DATA/server.log      the server's log (written by the CLI)
+    DATA/gc.lock         held by a collection or a backup (gc.py)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from argon2 import PasswordHasher
 from .accounts import Accounts
 from .blocks import BlockStore
 from .database import DB_FILENAME, Database, sqlite_url
+from .gc import Collector, Schedule
 from .notifier import Notifier
 from .store import MetadataStore
 
@@ -51,6 +53,7 @@ class Services:
     store: MetadataStore
     blocks: BlockStore
     notifier: Notifier
+    schedule: Schedule | None = None
 
     @classmethod
     def open(
@@ -74,7 +77,18 @@ class Services:
             notifier=Notifier(),
         )
 
+    def collector(self) -> Collector:
+        """A collector of this server's unnamed blocks and expired history (gc.py)."""
+        return Collector(self.db, self.blocks)
+
+    def schedule_collection(self, interval_s: float) -> None:
+        """Collect every *interval_s* in the background until `close`."""
+        self.schedule = Schedule(self.collector(), self.db, self.data_dir, interval_s)
+        self.schedule.start()
+
     def close(self) -> None:
-        """Release waiters and database connections."""
+        """Stop the scheduled collection, release waiters and database connections."""
+        if self.schedule is not None:
+            self.schedule.close()
         self.notifier.close()
         self.db.close()

@@ -9,26 +9,27 @@ visible before the transaction commits.
 
 Blocks first, metadata second: the blocks a batch names must be durable on the
 server before the commit is accepted (``blocks.py`` fsyncs them before answering
-the PUT), so a committed node never names a block that is not there.  Blocks
-are immutable and (until a garbage collector exists) never removed, so checking
-them before taking the write lock is safe; a future collector must spare blocks
-younger than the longest commit, and clients send the blocks of a big file while
-it is still being written (the client's early uploads): a block may wait for its
-commit as long as a program keeps the file open.
+the PUT), so a committed node never names a block that is not there.  The
+blocks are checked before the write lock is taken (a stat each); the garbage
+collector (``gc.py``) may remove a block between that check and the commit, so
+a commit looks at the collector's generation in ``meta`` inside its transaction
+and checks its blocks again when a collection removed anything meanwhile.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from typing import Protocol
 
 from sqlalchemy import Connection, insert, select, update
 
-from . import history, journal
+from . import history, journal, retention
 from ._exceptions import InvalidRequest, NotFound
 from .commit import Batch
 from .database import Database
+from .gc import gc_generation
 from .ops import Create, Op, Update, block_hashes, parse_batch_id, parse_ops
 from .protocol import BLOCK_SIZE, KIND_DIR, ROOT_ID, BlockHash, Changes, NodeState, is_node_id
 from .schema import batches, blocks_to_text, entries, entry_from_row, node_from_row, nodes, stores, users
@@ -36,6 +37,8 @@ from .schema import batches, blocks_to_text, entries, entry_from_row, node_from_
 __all__ = ["BlockSizes", "MetadataStore", "new_store"]
 
 ROOT_MODE = 0o755
+# Settings changed by ``websync-server retention`` reach a running server within this.
+_SETTINGS_TTL_S = 10.0
 
 
 class BlockSizes(Protocol):
@@ -66,11 +69,24 @@ def new_store(conn: Connection, owner: int) -> str:
 class MetadataStore:
     """Stores' trees, commits and journal, on a `Database`."""
 
-    def __init__(self, db: Database, blocks: BlockSizes, retention_s: float = history.DEFAULT_RETENTION_S) -> None:
+    def __init__(self, db: Database, blocks: BlockSizes, retention_s: float | None = None) -> None:
         self._db = db
         self._blocks = blocks
-        #: How long deleted nodes stay in the trash and can be restored.
-        self.retention_ns = int(retention_s * 1e9)
+        #: Forces how long deleted nodes stay in the trash (else the retention settings say).
+        self._forced_trash_ns = None if retention_s is None else int(retention_s * 1e9)
+        self._settings = retention.Retention()
+        self._settings_read = -math.inf
+
+    def retention(self, owner: int) -> retention.Retention:
+        """The retention settings for stores of user *owner* (re-read every few seconds)."""
+        if time.monotonic() - self._settings_read > _SETTINGS_TTL_S:
+            with self._db.read() as conn:
+                self._settings = retention.read_retention(conn)
+            self._settings_read = time.monotonic()
+        return self._settings.for_user(owner)
+
+    def _trash_ns(self, owner: int) -> int:
+        return self._forced_trash_ns if self._forced_trash_ns is not None else self.retention(owner).trash_ns
 
     def owner(self, store_id: str) -> int | None:
         """The user id owning *store_id*, or None for an unknown store."""
@@ -88,16 +104,23 @@ class MetadataStore:
         batch = parse_batch_id(batch_id)
         parsed = parse_ops(ops)
         with self._db.read() as conn:
-            user = conn.execute(
-                select(users.c.name).join(stores, stores.c.owner == users.c.id).where(stores.c.id == store_id)
-            ).scalar()
-        if user is None:
+            found = conn.execute(
+                select(users.c.name, users.c.id)
+                .join(stores, stores.c.owner == users.c.id)
+                .where(stores.c.id == store_id)
+            ).first()
+            generation = gc_generation(conn)
+        if found is None:
             raise NotFound(f"there is no store {store_id}")
+        user, owner = found
         self._check_blocks(user, parsed)
+        trash_ns = self._trash_ns(owner)
         with self._db.write() as conn:
             # FOR UPDATE serializes commits to one store on PostgreSQL; SQLite
             # already holds the database write lock (BEGIN IMMEDIATE).
             seq = conn.execute(select(stores.c.seq).where(stores.c.id == store_id).with_for_update()).scalar_one()
+            if gc_generation(conn) != generation:
+                self._check_blocks(user, parsed)  # a collection removed blocks since the first check
             done = conn.execute(
                 select(batches.c.seq).where(batches.c.store == store_id, batches.c.batch == batch)
             ).scalar()
@@ -105,7 +128,7 @@ class MetadataStore:
                 return int(done)
             seq += 1
             now = time.time_ns()
-            applier = Batch(conn, store_id, seq, device, now, self.retention_ns)
+            applier = Batch(conn, store_id, seq, device, now, trash_ns)
             for index, op in enumerate(parsed):
                 applier.apply(index, op)
             conn.execute(update(stores).where(stores.c.id == store_id).values(seq=seq))
@@ -135,14 +158,19 @@ class MetadataStore:
         if not is_node_id(node_id):
             raise InvalidRequest(f"{node_id!r} is not a node id")
         with self._db.read() as conn:
-            return history.read_versions(conn, store_id, node_id)
+            owner = conn.execute(select(stores.c.owner).where(stores.c.id == store_id)).scalar()
+            keep_ns = self.retention(owner).version_ns if owner is not None else 0
+            return history.read_versions(conn, store_id, node_id, keep_ns)
 
     def trash(self, store_id: str) -> list[history.TrashItem]:
         """Deleted nodes still within the retention window, newest first."""
         with self._db.read() as conn:
-            if conn.execute(select(stores.c.id).where(stores.c.id == store_id)).first() is None:
-                raise NotFound(f"there is no store {store_id}")
-            return history.read_trash(conn, store_id, time.time_ns() - self.retention_ns)
+            owner = conn.execute(select(stores.c.owner).where(stores.c.id == store_id)).scalar()
+        if owner is None:
+            raise NotFound(f"there is no store {store_id}")
+        trash_ns = self._trash_ns(owner)
+        with self._db.read() as conn:
+            return history.read_trash(conn, store_id, time.time_ns() - trash_ns, trash_ns)
 
     def _check_blocks(self, user: str, ops: list[Op]) -> None:
         """Refuse content whose blocks are missing or don't add up to its size."""

@@ -63,105 +63,18 @@ def store_of(data_dir: Path, user: str) -> str:
 
 
 def problems(data_dir: Path, user: str, *, rehash: bool = True) -> list[str]:
-    """Every way the store of *user* is inconsistent; [] when it is whole.
+    """Every way the server state of *user* is inconsistent; [] when it is whole.
 
-    - the database passes SQLite's own integrity and foreign key checks;
-    - no live node names a block that is missing, short, or whose bytes do
-      not hash to its name, and every file's blocks add up to its size;
-    - no old version names a missing block;
-    - every live entry names a live node in a live folder, every live node
-      but the root has an entry, every folder is reachable from the root;
-    - no batch is half-applied: every row's seq belongs to a recorded batch
-      (or is the store's creation, seq 1), no row is newer than the store's
-      seq, and no two batches share a seq;
-    - no block file anywhere under the user's block directory is torn
-      (its bytes hash to its name), with *rehash*.
+    The product's own checker (``websync-server check``, websync_server/check.py)
+    decides: the database's integrity, every block a file or version names
+    present and whole, the tree's entries and folders, no half-applied batch,
+    and (with *rehash*) no torn block file.  Problems of the database as a
+    whole count for every user.
     """
-    out: list[str] = []
-    store = store_of(data_dir, user)
-    conn = _connect(data_dir)
-    try:
-        check = conn.execute("PRAGMA integrity_check").fetchone()[0]
-        if check != "ok":
-            out.append(f"sqlite integrity_check: {check}")
-        for row in conn.execute("PRAGMA foreign_key_check"):
-            out.append(f"foreign key broken: {tuple(row)}")
-        store_seq = conn.execute("SELECT seq FROM stores WHERE id = ?", (store,)).fetchone()[0]
-        nodes = {r["id"]: r for r in conn.execute("SELECT * FROM nodes WHERE store = ?", (store,))}
-        entries = list(conn.execute("SELECT * FROM entries WHERE store = ?", (store,)))
-        batches = list(conn.execute("SELECT batch, seq FROM batches WHERE store = ?", (store,)))
-        versions = list(conn.execute("SELECT node, blocks, size FROM versions WHERE store = ?", (store,)))
-    finally:
-        conn.close()
+    from websync_server.check import check
 
-    sizes: dict[str, int | None] = {}
-
-    def size_of(h: str) -> int | None:
-        if h not in sizes:
-            path = block_path(data_dir, user, h)
-            sizes[h] = path.stat().st_size if path.exists() else None
-        return sizes[h]
-
-    for node in nodes.values():
-        if node["deleted"] or node["kind"] != "file":
-            continue
-        blocks = json.loads(node["blocks"])
-        total = 0
-        for h in blocks:
-            size = size_of(h)
-            if size is None:
-                out.append(f"node {node['id']} names block {h}, which is not on disk")
-            else:
-                total += size
-        if all(size_of(h) is not None for h in blocks) and total != node["size"]:
-            out.append(f"node {node['id']} has size {node['size']} but its blocks hold {total} bytes")
-    for version in versions:
-        for h in json.loads(version["blocks"]):
-            if size_of(h) is None:
-                out.append(f"a version of node {version['node']} names block {h}, which is not on disk")
-
-    live = [e for e in entries if e["node"] is not None]
-    named: dict[str, list[str]] = {}
-    for e in live:
-        node = nodes.get(e["node"])
-        parent = nodes.get(e["parent"])
-        if node is None or node["deleted"]:
-            out.append(f"entry {e['parent']}/{e['name']} names node {e['node']}, which is not live")
-        if parent is None or parent["deleted"] or parent["kind"] != "dir":
-            out.append(f"entry {e['parent']}/{e['name']} is in {e['parent']}, which is not a live folder")
-        named.setdefault(e["node"], []).append(e["parent"])
-    for node_id, node in nodes.items():
-        if node_id != ROOT and not node["deleted"] and node_id not in named:
-            out.append(f"live node {node_id} has no entry")
-        if node["deleted"] and node_id in named:
-            out.append(f"deleted node {node_id} still has an entry")
-    # Every folder leads up to the root.
-    for node_id, node in nodes.items():
-        if node["deleted"] or node["kind"] != "dir":
-            continue
-        seen, current = set(), node_id
-        while current != ROOT:
-            if current in seen or current not in named:
-                out.append(f"folder {node_id} is not reachable from the root")
-                break
-            seen.add(current)
-            current = named[current][0]
-
-    known = {seq for _, seq in batches} | {1}
-    if len({seq for _, seq in batches}) != len(batches):
-        out.append("two batches share a seq")
-    for kind, rows in (("node", nodes.values()), ("entry", entries)):
-        for r in rows:
-            if r["seq"] > store_seq:
-                out.append(f"{kind} row with seq {r['seq']} is newer than the store's seq {store_seq}")
-            elif r["seq"] not in known:
-                out.append(f"{kind} row with seq {r['seq']} belongs to no recorded batch (half-applied)")
-
-    if rehash:
-        for path in (data_dir / "blocks" / user).rglob("*"):
-            if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() != path.name:
-                out.append(f"block file {path} is torn: its bytes do not hash to its name")
-    return out
+    report = check(data_dir, rehash=rehash)
+    return [p.message for p in report.problems if p.user in (user, "")]
 
 
 def tree(data_dir: Path, user: str) -> Tree:

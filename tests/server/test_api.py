@@ -261,13 +261,14 @@ def test_versions_and_trash_over_http(session: Login) -> None:
     assert versions.status_code == 200
     [only] = versions.json()["versions"]
     assert (only["version"], only["seq"], only["device"], only["current"]) == (1, seq, "desk", True)
-    assert set(only) == {"version", "seq", "size", "mtime_ns", "blocks", "device", "time", "current"}
+    assert set(only) == {"version", "seq", "size", "mtime_ns", "blocks", "device", "time", "current", "until"}
+    assert only["until"] is None  # the current version stays while the file does
     deleted = s.commit({"op": "delete", "id": f["id"], "parent": ROOT_ID, "name": f["name"]}).json()["seq"]
     items = s.http.get(f"/v1/stores/{s.store}/trash").json()["items"]
     mine = [i for i in items if i["node"] == f["id"]]
     assert mine == [
         {"node": f["id"], "kind": "file", "parent": ROOT_ID, "name": f["name"], "path": f["name"], "size": 0,
-         "device": "desk", "time": mine[0]["time"], "seq": deleted}
+         "device": "desk", "time": mine[0]["time"], "seq": deleted, "until": pytest.approx(mine[0]["time"] + 30 * 86400)}
     ]  # fmt: skip
     assert bob.http.get(f"/v1/stores/{s.store}/trash").status_code == 403
     assert bob.http.get(f"/v1/stores/{s.store}/nodes/{f['id']}/versions").status_code == 403

@@ -69,7 +69,7 @@ def history(ctx: Context, path: str, as_json: bool) -> None:
         click.echo(json.dumps({"path": str(where), "versions": versions}, indent=2))
         return
     for v in versions:
-        mark = "  (current)" if v.get("current") else ""
+        mark = "  (current)" if v.get("current") else _until(v)
         click.echo(f"{v['version']:>4}  {_when(v['time'])}  {human(v['size']):>9}  {v['device']}{mark}")
 
 
@@ -146,7 +146,13 @@ def trash(ctx: Context, as_json: bool) -> None:
         click.echo("the trash is empty")
     else:
         for i in items:
-            click.echo(f"{_when(i['time'])}  {i['path']}  ({human(i['size'])}, deleted on {i['device']})")
+            click.echo(f"{_when(i['time'])}  {i['path']}  ({human(i['size'])}, deleted on {i['device']}){_until(i)}")
+
+
+def _until(item: dict[str, object]) -> str:
+    """"  (kept until DATE)" for an item whose answer says (servers before the collector don't)."""
+    until = item.get("until")
+    return f"  (kept until {_when(float(until))})" if isinstance(until, (int, float)) else ""
 
 
 __all__ = ["history", "restore", "conflicts", "trash", "WebSyncError"]

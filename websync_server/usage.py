@@ -1,0 +1,70 @@
+"""Space per user: bytes of current files, of history, of the trash, and on disk.
+
+The first three count file sizes as users see them (a block shared by two
+files counts twice); ``disk`` is what the user's block directory takes, each
+block once -- the figure the collector (gc.py) lowers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from .database import Database
+from .schema import nodes, stores, users, versions
+
+__all__ = ["Usage", "read_usage"]
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One user's space."""
+
+    user: str
+    current: int
+    history: int
+    trash: int
+    disk: int
+    blocks: int  # block files on disk
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_usage(db: Database, blocks_root: Path) -> list[Usage]:
+    """Every user's space, by user name."""
+    with db.read() as conn:
+        owners = conn.execute(select(users.c.id, users.c.name).order_by(users.c.name)).all()
+        sums = {uid: _sums(conn, uid) for uid, _ in owners}
+    out = []
+    for uid, name in owners:
+        count, disk = _disk(blocks_root / name)
+        out.append(Usage(name, *sums[uid], disk=disk, blocks=count))
+    return out
+
+
+def _sums(conn: Connection, owner: int) -> tuple[int, int, int]:
+    mine = select(stores.c.id).where(stores.c.owner == owner)
+    live = nodes.c.store.in_(mine) & (nodes.c.kind == "file")
+    current = conn.execute(select(func.sum(nodes.c.size)).where(live, nodes.c.deleted.is_(False))).scalar()
+    trash = conn.execute(select(func.sum(nodes.c.size)).where(live, nodes.c.deleted.is_(True))).scalar()
+    history = conn.execute(select(func.sum(versions.c.size)).where(versions.c.store.in_(mine))).scalar()
+    return int(current or 0), int(history or 0), int(trash or 0)
+
+
+def _disk(root: Path) -> tuple[int, int]:
+    """Block files under *root* and their bytes (what they take, not their length)."""
+    count = total = 0
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                st = os.stat(os.path.join(folder, name))
+            except FileNotFoundError:
+                continue
+            count += 1
+            total += st.st_blocks * 512
+    return count, total
