@@ -19,7 +19,8 @@ import importlib, json, pkgutil, sys
 for package in {packages!r}:
     module = importlib.import_module(package)
     for info in pkgutil.walk_packages(module.__path__, package + "."):
-        importlib.import_module(info.name)
+        if ".migrations" not in info.name:  # Alembic's scripts run only inside Alembic
+            importlib.import_module(info.name)
 print(json.dumps(sorted(sys.modules)))
 """
 
