@@ -125,41 +125,43 @@ class _Api:
         return JSONResponse(_identity_wire(identity))
 
     async def changes(self, request: Request) -> Response:
-        _, store = await self._store_access(request)
+        identity, store = await self._store_access(request)
         cursor = _int_param(request, "cursor", 0)
         limit = _int_param(request, "limit", DEFAULT_LIMIT)
         wait = min(_float_param(request, "wait", 0.0), WAIT_MAX)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
-            changes = await run_in_threadpool(self._s.store.changes, store, cursor, limit)
+            changes = await self._s.admission.run(identity.user, self._s.store.changes, store, cursor, limit)
             news = changes.nodes or changes.entries or changes.reset or changes.more or changes.cursor != cursor
             remaining = deadline - loop.time()
             # Read first, wait second: see notifier.py for why no commit is missed.
             if news or remaining <= 0 or not await self._s.notifier.wait(store, changes.cursor, remaining):
                 # A listing can be megabytes of JSON: encode it off the event loop.
-                body = await run_in_threadpool(_encode_changes, changes)
+                body = await self._s.admission.run(identity.user, _encode_changes, changes)
                 return Response(body, media_type="application/json")
 
     async def node(self, request: Request) -> Response:
-        _, store = await self._store_access(request)
-        state = await run_in_threadpool(self._s.store.node_state, store, request.path_params["node"])
+        identity, store = await self._store_access(request)
+        state = await self._s.admission.run(identity.user, self._s.store.node_state, store, request.path_params["node"])
         return JSONResponse(state.to_wire())
 
     async def versions(self, request: Request) -> Response:
-        _, store = await self._store_access(request)
-        listed = await run_in_threadpool(self._s.store.versions, store, request.path_params["node"])
+        identity, store = await self._store_access(request)
+        listed = await self._s.admission.run(identity.user, self._s.store.versions, store, request.path_params["node"])
         return JSONResponse({"versions": [v.to_wire() for v in listed]})
 
     async def trash(self, request: Request) -> Response:
-        _, store = await self._store_access(request)
-        items = await run_in_threadpool(self._s.store.trash, store)
+        identity, store = await self._store_access(request)
+        items = await self._s.admission.run(identity.user, self._s.store.trash, store)
         return JSONResponse({"items": [i.to_wire() for i in items]})
 
     async def commit(self, request: Request) -> Response:
         identity, store = await self._store_access(request)
         body = await _json_object(request)
-        seq = await run_in_threadpool(self._s.store.commit, store, identity.device, body.get("batch"), body.get("ops"))
+        seq = await self._s.admission.write(
+            identity.user, self._s.store.commit, store, identity.device, body.get("batch"), body.get("ops")
+        )
         self._s.notifier.notify(store, seq)
         log.debug("store %s: commit %s by %s is seq %d", store, body.get("batch"), identity.device, seq)
         return JSONResponse({"seq": seq})
@@ -169,7 +171,7 @@ class _Api:
         hashes = (await _json_object(request)).get("hashes")
         if not isinstance(hashes, list) or not all(is_block_hash(h) for h in hashes):
             raise InvalidRequest("hashes must be a list of 64 lower-case hex digit SHA-256 hashes")
-        missing = await run_in_threadpool(self._s.blocks.missing, identity.user, hashes)
+        missing = await self._s.admission.run(identity.user, self._s.blocks.missing, identity.user, hashes)
         return JSONResponse({"missing": missing})
 
     async def put_block(self, request: Request) -> Response:
@@ -179,7 +181,7 @@ class _Api:
         # fresh allocation's page faults; the store hashes and writes them in turn.
         pieces = await _read_pieces(request, BLOCK_SIZE)
         # Hashing 4 MiB and fsyncing take milliseconds: off the event loop.
-        created = await run_in_threadpool(self._s.blocks.put, identity.user, block, pieces)
+        created = await self._s.admission.run(identity.user, self._s.blocks.put, identity.user, block, pieces)
         size = sum(len(piece) for piece in pieces)
         return JSONResponse({"hash": block, "size": size}, status_code=201 if created else 200)
 
@@ -188,8 +190,8 @@ class _Api:
         identity = await self._identity(request)
         body = await _read_body(request, BLOCKS_BODY_MAX)
         frames = _split_frames(body)
-        created = await run_in_threadpool(
-            lambda: sum(self._s.blocks.put(identity.user, h, data) for h, data in frames)
+        created = await self._s.admission.run(
+            identity.user, lambda: sum(self._s.blocks.put(identity.user, h, data) for h, data in frames)
         )
         return JSONResponse({"blocks": len(frames), "created": created}, status_code=200)
 
@@ -199,7 +201,7 @@ class _Api:
         first, last, ranged = _parse_range(request.headers.get("range"))
         extent = self._s.blocks.read_small(identity.user, block, first, last)
         if extent is None:
-            extent = await run_in_threadpool(self._s.blocks.read, identity.user, block, first, last)
+            extent = await self._s.admission.run(identity.user, self._s.blocks.read, identity.user, block, first, last)
         headers = {"Accept-Ranges": "bytes", "ETag": f'"{block}"', "Cache-Control": _BLOCK_CACHE_CONTROL}
         if not ranged or extent.whole:
             return Response(extent.data, headers=headers, media_type="application/octet-stream")
@@ -222,11 +224,11 @@ class _Api:
             self._rechecks.add(task)
             task.add_done_callback(self._rechecks.discard)
             return remembered
-        return await run_in_threadpool(accounts.authenticate, token)
+        return await self._s.admission.anonymous(accounts.authenticate, token)
 
     async def _recheck(self, token: str) -> None:
         try:
-            await run_in_threadpool(self._s.accounts.recheck, token)
+            await self._s.admission.anonymous(self._s.accounts.recheck, token)
         except Unauthorized:
             log.info("a token was refused on its recheck (revoked): its next request is refused")
         except Exception:  # noqa: BLE001 - forgotten: the next request asks the database itself
@@ -237,7 +239,7 @@ class _Api:
         identity = await self._identity(request)
         store = request.path_params["store"]
         if store != identity.store:
-            owner = await run_in_threadpool(self._s.store.owner, store)
+            owner = await self._s.admission.run(identity.user, self._s.store.owner, store)
             if owner is None:
                 raise NotFound(f"there is no store {store}")
             if owner != identity.user_id:

@@ -20,6 +20,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 
 from .accounts import Accounts
+from .admission import Admission
 from .blocks import BlockStore
 from .database import DB_FILENAME, Database, sqlite_url
 from .notifier import Notifier
@@ -51,6 +52,7 @@ class Services:
     store: MetadataStore
     blocks: BlockStore
     notifier: Notifier
+    admission: Admission
 
     @classmethod
     def open(
@@ -72,6 +74,7 @@ class Services:
             store=MetadataStore(db, blocks),
             blocks=blocks,
             notifier=Notifier(),
+            admission=Admission(),
         )
 
     def close(self) -> None:
