@@ -13,6 +13,9 @@ other users' reads waited 10 s.  `Admission` keeps users apart:
   other user's.
 - **Strangers.** Calls made before the caller is known (a token lookup) share
   `ANONYMOUS_WORKERS` threads, so a flood of made-up tokens leaves the rest.
+- **Passwords.** An argon2 check takes 64 MiB and tens of milliseconds: at most
+  `HASHERS` run at once and at most `HASHES_WAITING` wait; a login beyond that
+  is refused at once (429), so a flood of logins costs bounded memory and CPU.
 - **Write time.** Each user earns `WRITE_SHARE` seconds of writer CPU time per
   second, banked up to `WRITE_BURST` (and owing at most as much).  While other
   users commit too (within `OTHERS_ACTIVE_S`), a user who spent more waits, on
@@ -35,7 +38,9 @@ from typing import TypeVar
 import anyio.to_thread
 from anyio import CapacityLimiter
 
-__all__ = ["ANONYMOUS_WORKERS", "OTHERS_ACTIVE_S", "USER_WORKERS", "WRITERS", "WRITE_BURST", "WRITE_SHARE", "Admission"]
+from ._exceptions import TooManyRequests
+
+__all__ = ["ANONYMOUS_WORKERS", "HASHERS", "HASHES_WAITING", "OTHERS_ACTIVE_S", "USER_WORKERS", "WRITERS", "WRITE_BURST", "WRITE_SHARE", "Admission"]
 
 T = TypeVar("T")
 
@@ -45,10 +50,13 @@ USER_WORKERS = 8
 WRITERS = 8
 #: Threads for calls before anyone is known (token lookups): strangers share these.
 ANONYMOUS_WORKERS = 8
+#: Password checks (argon2, 64 MiB each) that run at once, and that may wait for them.
+HASHERS = 2
+HASHES_WAITING = 16
 #: Seconds of writer CPU time a user earns per second.
 WRITE_SHARE = 0.25
 #: Most writer seconds a user can bank (a burst of big commits after a quiet spell), or owe.
-WRITE_BURST = 0.5
+WRITE_BURST = 0.25
 #: Seconds since another user's last commit during which the write share is enforced.
 OTHERS_ACTIVE_S = 5.0
 
@@ -80,6 +88,19 @@ class Admission:
         self._users: dict[str, _User] = {}
         self._writers = CapacityLimiter(WRITERS)
         self._anonymous = CapacityLimiter(ANONYMOUS_WORKERS)
+        self._hashers = CapacityLimiter(HASHERS)
+        self._hashes_waiting = 0
+
+    async def password(self, func: Callable[..., T], *args: object) -> T:
+        """``func(*args)``, which checks a password, on one of `HASHERS` threads; `TooManyRequests` if too many wait."""
+        if self._hashes_waiting >= HASHES_WAITING:
+            raise TooManyRequests("the server is busy checking passwords; try again in a few seconds", retry_after=2)
+        # Counted on the event loop only (no await between test and increment).
+        self._hashes_waiting += 1
+        try:
+            return await anyio.to_thread.run_sync(func, *args, limiter=self._hashers)
+        finally:
+            self._hashes_waiting -= 1
 
     async def anonymous(self, func: Callable[..., T], *args: object) -> T:
         """``func(*args)`` for a caller not known yet, on the few threads all strangers share."""

@@ -145,12 +145,7 @@ def user_add(name: str, data: Path, password_stdin: bool, verbose: int) -> None:
     from .accounts import validate_user_name
 
     validate_user_name(name)  # before asking for a password it can't use
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    if not password:
-        raise click.ClickException("the password must not be empty")
+    password = _new_password(name, password_stdin)
     with _services(data) as services:
         store = services.accounts.add_user(name, password)
     click.echo(f"created user {name} with store {store}")
@@ -183,6 +178,19 @@ def user_revoke(name: str, data: Path, verbose: int) -> None:
     with _services(data) as services:
         count = services.accounts.revoke_devices(name)
     click.echo(f"revoked {count} device token(s) of {name}")
+
+
+def _new_password(user: str, from_stdin: bool) -> str:
+    """A new password for *user* from stdin's first line or asked twice; refused if weak."""
+    from .accounts import check_password_strength
+
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        raise click.ClickException("the password must not be empty")
+    return check_password_strength(user, password)
 
 
 class _services:

@@ -22,6 +22,7 @@ from argon2 import PasswordHasher
 from .accounts import Accounts
 from .admission import Admission
 from .blocks import BlockStore
+from .guesses import Guesses
 from .database import DB_FILENAME, Database, sqlite_url
 from .notifier import Notifier
 from .store import MetadataStore
@@ -53,6 +54,7 @@ class Services:
     blocks: BlockStore
     notifier: Notifier
     admission: Admission
+    guesses: Guesses
 
     @classmethod
     def open(
@@ -75,6 +77,7 @@ class Services:
             blocks=blocks,
             notifier=Notifier(),
             admission=Admission(),
+            guesses=Guesses(),
         )
 
     def close(self) -> None:
