@@ -12,6 +12,7 @@ Anything else that escapes a handler is a bug and answers 500.
     ├── Unauthorized                 401 unauthorized
     ├── Forbidden                    403 forbidden
     ├── NotFound                     404 not_found
+    ├── RequestTimeout               408 request_timeout
     ├── Conflict                     409 conflict
     │   ├── CommitConflict           carries a protocol.Conflict (index, reason, node)
     │   └── UserExists               ``user add`` of a name that is taken
@@ -38,6 +39,7 @@ __all__ = [
     "InvalidRequest",
     "NotFound",
     "RangeNotSatisfiable",
+    "RequestTimeout",
     "ServerError",
     "TooLarge",
     "TooManyRequests",
@@ -88,6 +90,13 @@ class NotFound(ServerError):
 
     status = 404
     code = "not_found"
+
+
+class RequestTimeout(ServerError):
+    """A request body that stopped arriving (nothing for the body timeout)."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class Conflict(ServerError):

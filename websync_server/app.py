@@ -14,7 +14,7 @@ import json
 import math
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 from argon2 import PasswordHasher
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -31,6 +32,7 @@ from ._exceptions import (
     InvalidRequest,
     NotFound,
     RangeNotSatisfiable,
+    RequestTimeout,
     ServerError,
     TooLarge,
     TooManyRequests,
@@ -38,6 +40,7 @@ from ._exceptions import (
     UnsupportedMediaType,
 )
 from .accounts import Identity
+from .hostcheck import HostCheck
 from .journal import DEFAULT_LIMIT
 from .protocol import API, BLOCK_SIZE, WAIT_MAX, BlockHash, Changes, is_block_hash
 from .services import Services
@@ -49,6 +52,8 @@ log = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1
 #: Largest JSON request body (a commit of many thousand ops fits easily).
 JSON_BODY_MAX = 16 * 1024 * 1024
+#: Seconds a request body may go without a byte arriving.
+BODY_TIMEOUT_S = 30.0
 #: Largest login body: read before anyone is known, so small.
 LOGIN_BODY_MAX = 4 * 1024
 #: JSON bodies up to this size are parsed on the event loop (well under a millisecond).
@@ -68,14 +73,17 @@ def create_app(
     *,
     database_url: str | None = None,
     hasher: PasswordHasher | None = None,
+    body_timeout: float = BODY_TIMEOUT_S,
+    allowed_hosts: Sequence[str] = ("*",),
 ) -> Starlette:
     """The WebSync server app on the state in *data_dir* (created on first use).
 
     The components are on ``app.state.services``; the app closes them when its
-    lifespan ends.
+    lifespan ends.  A request whose ``Host`` is not in *allowed_hosts* gets 400:
+    a web page that rebinds its own name to this server's address cannot reach it.
     """
     services = Services.open(data_dir, database_url=database_url, hasher=hasher)
-    api = _Api(services)
+    api = _Api(services, body_timeout)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -102,6 +110,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(HostCheck, allowed=tuple(allowed_hosts))],
         exception_handlers={
             ServerError: _server_error,
             HTTPException: _http_error,
@@ -115,8 +124,9 @@ def create_app(
 class _Api:
     """The route handlers, sharing one `Services`."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, body_timeout: float) -> None:
         self._s = services
+        self._body_timeout = body_timeout
         self._rechecks: set[asyncio.Task[None]] = set()  # referenced until done
 
     async def health(self, request: Request) -> Response:
@@ -124,7 +134,7 @@ class _Api:
 
     async def login(self, request: Request) -> Response:
         # Before anyone is known: a small body, parsed on the loop (4 KiB parse in microseconds).
-        body = _parse_json(await _read_json_body(request, LOGIN_BODY_MAX))
+        body = _parse_json(await _read_json_body(request, LOGIN_BODY_MAX, self._body_timeout))
         user, address = body.get("user"), _address(request)
         if not isinstance(user, str) or not isinstance(body.get("password"), str):
             raise InvalidRequest("user and password must be strings")
@@ -210,7 +220,7 @@ class _Api:
         block = _block_param(request)
         # The pieces as received: joining 4 MiB into one buffer costs a copy and a
         # fresh allocation's page faults; the store hashes and writes them in turn.
-        pieces = await _read_pieces(request, BLOCK_SIZE)
+        pieces = await _read_pieces(request, BLOCK_SIZE, self._body_timeout)
         # Hashing 4 MiB and fsyncing take milliseconds: off the event loop.
         created = await self._s.admission.run(identity.user, self._s.blocks.put, identity.user, block, pieces)
         size = sum(len(piece) for piece in pieces)
@@ -219,7 +229,7 @@ class _Api:
     async def put_blocks(self, request: Request) -> Response:
         """Many small blocks in one request: a folder of small files costs one round trip."""
         identity = await self._identity(request)
-        body = await _read_body(request, BLOCKS_BODY_MAX)
+        body = await _read_body(request, BLOCKS_BODY_MAX, self._body_timeout)
         frames = _split_frames(body)
         created = await self._s.admission.run(
             identity.user, lambda: sum(self._s.blocks.put(identity.user, h, data) for h, data in frames)
@@ -242,7 +252,7 @@ class _Api:
 
     async def _json_object(self, request: Request, identity: Identity) -> dict[str, Any]:
         """An authenticated call's JSON body; a big one is parsed off the event loop."""
-        body = await _read_json_body(request, JSON_BODY_MAX)
+        body = await _read_json_body(request, JSON_BODY_MAX, self._body_timeout)
         if len(body) <= _PARSE_ON_LOOP_MAX:
             return _parse_json(body)
         return await self._s.admission.run(identity.user, _parse_json, body)
@@ -318,19 +328,33 @@ def _split_frames(body: bytes) -> list[tuple[BlockHash, bytes]]:
     return frames
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     """The request body, refusing (413) more than *limit* bytes without reading them all."""
-    return b"".join(await _read_pieces(request, limit))
+    return b"".join(await _read_pieces(request, limit, timeout))
 
 
-async def _read_pieces(request: Request, limit: int) -> list[bytes]:
-    """The request body in the pieces it arrived in, refusing (413) more than *limit* bytes."""
+async def _read_pieces(request: Request, limit: int, timeout: float) -> list[bytes]:
+    """The request body in the pieces it arrived in.
+
+    Refuses (413) more than *limit* bytes, before reading them if the length is
+    declared, and (408) a body of which nothing arrives for *timeout* seconds:
+    a connection that trickles a body must not hold its memory and file forever.
+    """
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if _DECIMAL_RE.match(declared) is None and declared:
+        raise InvalidRequest("Content-Length must be a number of bytes")
+    if declared and int(declared) > limit:
         raise TooLarge(f"the body has {declared} bytes, this call takes at most {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), timeout)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"nothing of the body arrived for {timeout:g} s") from None
         size += len(chunk)
         if size > limit:
             raise TooLarge(f"the body is over {limit} bytes, this call takes at most {limit}")
@@ -338,7 +362,7 @@ async def _read_pieces(request: Request, limit: int) -> list[bytes]:
     return chunks
 
 
-async def _read_json_body(request: Request, limit: int) -> bytes:
+async def _read_json_body(request: Request, limit: int, timeout: float) -> bytes:
     """A JSON call's body, refusing any that does not say it is JSON.
 
     A browser sends a cross-site form post as ``text/plain`` or a form type
@@ -348,7 +372,7 @@ async def _read_json_body(request: Request, limit: int) -> bytes:
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != "application/json":
         raise UnsupportedMediaType("this call takes a JSON body: send Content-Type: application/json")
-    return await _read_body(request, limit)
+    return await _read_body(request, limit, timeout)
 
 
 def _parse_json(body: bytes) -> dict[str, Any]:

@@ -92,37 +92,71 @@ def main() -> None:
 @_data_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
 @click.option("--port", default=8080, type=click.IntRange(0, 65535), show_default=True, help="0 picks a free port.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Serve https with this PEM certificate chain (with --tls-key).")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The private key (PEM) of --tls-cert.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="A host name clients use to reach the server (repeatable); other Host headers are refused. "
+                   "Default: loopback names when listening on loopback, else any.")
+@click.option("--header-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds a connection has to send a request's headers.")
+@click.option("--body-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds a request body may go without a byte arriving.")
+@click.option("--max-connections", type=click.IntRange(16), default=4000, show_default=True,
+              help="Open connections beyond which requests get 503 (long polls count; kept below the file limit).")
 @_verbose_option
 @_friendly_errors
-def serve(data: Path, host: str, port: int, verbose: int) -> None:
+def serve(
+    data: Path, host: str, port: int, tls_cert: Path | None, tls_key: Path | None, allowed_hosts: tuple[str, ...],
+    header_timeout: float, body_timeout: float, max_connections: int, verbose: int,
+) -> None:  # fmt: skip
     """Run the server until SIGTERM or Ctrl-C.
 
-    Prints "websync-server listening on http://HOST:PORT" once it accepts
-    connections.  Serve TLS through a reverse proxy: see docs/operations.md.
+    Prints "websync-server listening on URL" once it accepts connections.
+    On the internet, serve TLS (--tls-cert/--tls-key, or a reverse proxy) and
+    name the server's host (--allowed-host): see docs/operations.md.
     """
     from . import runner
     from .app import create_app
     from .services import LOG_FILENAME, prepare_data_dir
 
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
     data_dir = prepare_data_dir(data)
     _setup_logging(data_dir / LOG_FILENAME, verbose)
+    tls = runner.Tls(tls_cert, tls_key) if tls_cert and tls_key else None
     try:
-        app = create_app(data_dir)
+        app = create_app(data_dir, body_timeout=body_timeout, allowed_hosts=allowed_hosts or _default_hosts(host))
         sock = runner.listen(host, port)
     except Exception as exc:
         log.error("can't start: %s", exc)  # the terminal gets it from _friendly_errors
         raise
-    url = runner.url_of(host, sock)
+    url = runner.url_of(host, sock, tls=tls is not None)
 
     def listening() -> None:
         click.echo(f"websync-server listening on {url}")
         sys.stdout.flush()
         log.info("listening on %s, data in %s", url, data_dir)
 
-    started = runner.serve(app, sock, on_listening=listening, on_exit_signal=app.state.services.notifier.close)
+    limits = runner.Limits(header_timeout=header_timeout, connections=max_connections)
+    started = runner.serve(
+        app, sock, on_listening=listening, on_exit_signal=app.state.services.notifier.close, limits=limits, tls=tls
+    )
     if not started:
         raise click.ClickException(f"the server failed to start; see {data_dir / LOG_FILENAME}")
     log.info("stopped")
+
+
+def _default_hosts(host: str) -> tuple[str, ...]:
+    """Host names accepted without --allowed-host: only loopback's on loopback (no DNS rebinding), else any."""
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    return ("127.0.0.1", "localhost", "::1") if loopback else ("*",)
 
 
 @main.group()

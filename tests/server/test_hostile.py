@@ -8,6 +8,8 @@ ratios measured in the same run, never against fixed times.
 
 from __future__ import annotations
 
+import hashlib
+import socket
 import statistics
 import threading
 import time
@@ -186,3 +188,116 @@ def test_weak_passwords_are_refused(server: ServerProcess) -> None:
                       ("aaaaaaaaaa", "first that anyone guesses")]:  # fmt: skip
         done = run_cli("user", "add", "carol", "--data", str(server.data_dir), "--password-stdin", input=weak + "\n")
         assert done.returncode == 1 and why in done.stderr, done.stderr
+
+
+# -- strangers' requests -----------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_big_login_bodies_are_refused_before_they_cost_anything(server: ServerProcess) -> None:
+    health = f"{server.url}/v1/health"
+    quiet = median_seconds(lambda: httpx.get(health), 20)
+    before = rss_bytes(server.pid)
+    big = b'{"user": "' + b"a" * (16 * 1024 * 1024) + b'"}'
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the server must count
+        for at in range(0, len(big), 64 * 1024):
+            yield big[at : at + 64 * 1024]
+
+    statuses: list[int] = []
+
+    def send(declared: bool) -> None:
+        body = big if declared else chunks()
+        try:
+            answer = httpx.post(f"{server.url}/v1/login", content=body, headers={"Content-Type": "application/json"})
+            statuses.append(answer.status_code)
+        except httpx.HTTPError:
+            statuses.append(413)  # refused and closed while we were still sending
+
+    senders = [threading.Thread(target=send, args=(n % 2 == 0,)) for n in range(4)]
+    for thread in senders:
+        thread.start()
+    loaded = median_seconds(lambda: httpx.get(health), 20)
+    for thread in senders:
+        thread.join()
+    assert statuses == [413] * 4
+    assert rss_bytes(server.pid) - before < 64 * 1024 * 1024
+    assert loaded <= 3 * quiet + 0.005, (quiet, loaded)  # one connection's setup is the noise floor
+
+
+@pytest.mark.timeout(60)
+def test_malformed_input_is_a_4xx_never_a_500(server: ServerProcess) -> None:
+    nested = b'{"user": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    answer = httpx.post(f"{server.url}/v1/login", content=nested, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400
+    alice, store = client(server, "alice")
+    deep_ops = b'{"batch": "b", "ops": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    answer = alice.post(f"/v1/stores/{store}/commit", content=deep_ops, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400, answer.text
+    for params in ({"cursor": "²"}, {"cursor": "9" * 5000}, {"limit": "²"}, {"limit": "1" * 5000}):
+        answer = alice.get(f"/v1/stores/{store}/changes", params=params)
+        assert answer.status_code == 400, (params, answer.text)
+    data = b"x" * 100
+    block = hashlib.sha256(data).hexdigest()
+    alice.put(f"/v1/blocks/{block}", content=data).raise_for_status()
+    answer = alice.get(f"/v1/blocks/{block}", headers={"Range": "bytes=" + "9" * 5000 + "-"})
+    assert answer.status_code == 200 and answer.content == data  # a range it does not serve: the whole block
+    answer = alice.post(f"/v1/stores/{store}/commit", content=b"batch=x", headers={"Content-Type": "text/plain"})
+    assert answer.status_code == 415
+    assert "Traceback" not in server.log() and " ERROR " not in server.log()
+
+
+# -- slow and idle connections ------------------------------------------------------
+
+
+def open_files(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closed *sock* (read until the end; bounded by the socket's timeout)."""
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+@pytest.mark.timeout(120)
+def test_half_sent_requests_and_trickled_bodies_are_closed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    add_user(data, "alice", PASSWORDS["alice"])
+    args = ("--header-timeout", "1", "--body-timeout", "1")
+    with ServerProcess.start(data, extra_args=args) as server:
+        alice, store = client(server, "alice")
+        baseline = open_files(server.pid)
+        host, port = "127.0.0.1", server.port
+        socks = []
+        try:
+            for n in range(250):
+                sock = socket.create_connection((host, port), timeout=15)
+                if n % 3:  # a request that never ends its headers, or nothing at all
+                    sock.sendall(b"POST /v1/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: applica")
+                socks.append(sock)
+            token = alice.headers["Authorization"]
+            trickle = socket.create_connection((host, port), timeout=15)
+            trickle.sendall(
+                f"POST /v1/stores/{store}/commit HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {token}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"batch\"".encode()
+            )
+            # A client of the same server is served meanwhile.
+            assert alice.get("/v1/whoami").status_code == 200
+            assert all(closed_by_server(sock) for sock in socks)
+            trickle_answer = trickle.recv(65536)
+            assert trickle_answer.startswith(b"HTTP/1.1 408"), trickle_answer
+        finally:
+            for sock in socks:
+                sock.close()
+        # The server's files are back to what a quiet server holds.
+        deadline = time.monotonic() + 10
+        while open_files(server.pid) > baseline + 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert open_files(server.pid) <= baseline + 5
