@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import logging.handlers
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -86,6 +87,8 @@ def _verbose_option(func: F) -> F:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """WebSync server: keeps every machine's files the same over HTTP."""
+    # Every file the server makes (database, blocks, log) is its owner's alone.
+    os.umask(0o077)
 
 
 @main.command()

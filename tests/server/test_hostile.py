@@ -301,3 +301,24 @@ def test_half_sent_requests_and_trickled_bodies_are_closed(tmp_path: Path) -> No
         while open_files(server.pid) > baseline + 5 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert open_files(server.pid) <= baseline + 5
+
+
+# -- secrets at rest ------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_the_server_makes_its_data_private_whatever_it_finds(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    add_user(data, "alice", PASSWORDS["alice"])
+    (data / "server.log").write_text("an old log\n")
+    for path in (data, *data.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    with ServerProcess.start(data) as server:
+        alice, _ = client(server, "alice")
+        block = b"secret bytes"
+        alice.put(f"/v1/blocks/{hashlib.sha256(block).hexdigest()}", content=block).raise_for_status()
+        modes = {path.relative_to(data).as_posix(): path.stat().st_mode & 0o777 for path in [data, *data.rglob("*")]}
+    assert modes.pop(".") == 0o700
+    assert modes["websync.db"] == modes["server.log"] == 0o600
+    # Whatever else the server made (WAL, blocks, folders) nobody else can read.
+    assert all(mode & 0o077 == 0 for mode in modes.values()), modes
