@@ -262,6 +262,14 @@ class Accounts:
             self._trusted.pop(_token_digest(token), None)
             raise
 
+    def set_password(self, name: str, password: str) -> None:
+        """Give user *name* a new password; the devices logged in stay logged in."""
+        password_hash = self._hasher.hash(password)
+        with self._db.write() as conn:
+            result = conn.execute(update(users).where(users.c.name == name).values(password_hash=password_hash))
+        if result.rowcount == 0:
+            raise InvalidRequest(f"there is no user named {name!r}")
+
     def revoke_devices(self, name: str) -> int:
         """Revoke every token of user *name*; return how many were live."""
         with self._db.write() as conn:

@@ -164,7 +164,7 @@ def _default_hosts(host: str) -> tuple[str, ...]:
 
 @main.group()
 def user() -> None:
-    """Add, list and lock out users."""
+    """Add, list and lock out users, and set their passwords."""
 
 
 @user.command("add")
@@ -186,6 +186,21 @@ def user_add(name: str, data: Path, password_stdin: bool, verbose: int) -> None:
     with _services(data) as services:
         store = services.accounts.add_user(name, password)
     click.echo(f"created user {name} with store {store}")
+
+
+@user.command("passwd")
+@click.argument("name")
+@_data_option
+@click.option("--password-stdin", is_flag=True, help="Read the new password from the first line of stdin.")
+@_verbose_option
+@_friendly_errors
+def user_passwd(name: str, data: Path, password_stdin: bool, verbose: int) -> None:
+    """Set a new password for user NAME (devices logged in stay so; see 'user revoke')."""
+    password = _new_password(name, password_stdin)
+    with _services(data) as services:
+        services.accounts.set_password(name, password)
+    log.info("password of user %s changed from the command line", name)
+    click.echo(f"changed the password of {name}")
 
 
 @user.command("list")
@@ -214,6 +229,7 @@ def user_revoke(name: str, data: Path, verbose: int) -> None:
     """Log out every device of user NAME (e.g. after a laptop was lost)."""
     with _services(data) as services:
         count = services.accounts.revoke_devices(name)
+    log.info("revoked %d device token(s) of user %s from the command line", count, name)
     click.echo(f"revoked {count} device token(s) of {name}")
 
 
@@ -237,8 +253,12 @@ class _services:
         self._data = data
 
     def __enter__(self) -> Services:
-        from .services import Services
+        from .services import LOG_FILENAME, Services, prepare_data_dir
 
+        # What a user command changes (passwords, revocations) goes into the
+        # server's log beside what the server itself did: one audit trail.
+        if not logging.getLogger().handlers:
+            _setup_logging(prepare_data_dir(self._data) / LOG_FILENAME, 0)
         self._services = Services.open(self._data)
         return self._services
 

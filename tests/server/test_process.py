@@ -130,3 +130,19 @@ def test_kill_9_during_commits_loses_no_acknowledged_commit(tmp_path: Path) -> N
     assert all(listed.get(node_id) == seq for node_id, seq in acknowledged.items())
     # Each commit took exactly one seq: no gaps, no half-applied commit.
     assert sorted(listed.values()) == list(range(2, listing.cursor + 1))
+
+
+def test_user_passwd_sets_a_new_password_that_must_be_strong(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    add_user(data, "alice", "alice-password")
+    weak = run_cli("user", "passwd", "alice", "--data", str(data), "--password-stdin", input="pw\n")
+    assert weak.returncode == 1 and "at least 8 characters" in weak.stderr
+    done = run_cli("user", "passwd", "alice", "--data", str(data), "--password-stdin", input="a-new-secret\n")
+    assert done.returncode == 0, done.stderr
+    nobody = run_cli("user", "passwd", "nobody", "--data", str(data), "--password-stdin", input="a-new-secret\n")
+    assert nobody.returncode == 1 and "no user named 'nobody'" in nobody.stderr
+    with ServerProcess.start(data) as server:
+        assert login(server.url, "alice", "a-new-secret")["user"] == "alice"
+        refused = httpx.post(f"{server.url}/v1/login", json={"user": "alice", "password": "alice-password", "device": "d"})
+        assert refused.status_code == 401
+    assert "password of user alice changed from the command line" in (data / "server.log").read_text()
