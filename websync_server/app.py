@@ -56,6 +56,8 @@ JSON_BODY_MAX = 16 * 1024 * 1024
 BODY_TIMEOUT_S = 30.0
 #: Largest login body: read before anyone is known, so small.
 LOGIN_BODY_MAX = 4 * 1024
+#: Seconds a login refused for too many guesses is held before the answer.
+_REFUSAL_DELAY_S = 2.0
 #: JSON bodies up to this size are parsed on the event loop (well under a millisecond).
 _PARSE_ON_LOOP_MAX = 64 * 1024
 
@@ -139,7 +141,16 @@ class _Api:
         if not isinstance(user, str) or not isinstance(body.get("password"), str):
             raise InvalidRequest("user and password must be strings")
         known = self._s.guesses.known(user, address, known_device=await self._known_device(request, user))
-        self._s.guesses.check(user, address, known_device=known)
+        try:
+            self._s.guesses.check(user, address, known_device=known)
+        except TooManyRequests as exc:
+            # A refusal costs us microseconds and a guesser nothing, so a flood
+            # of them took the event loop from everyone (3.6 s commits): each
+            # one is held back a while, costing us a sleeping coroutine and
+            # the guesser a connection per try (a quarter of its wait: the
+            # answer still says to wait).
+            await asyncio.sleep(min(exc.retry_after / 4, _REFUSAL_DELAY_S))
+            raise
         try:
             login = await self._s.admission.password(
                 self._s.accounts.login, user, body["password"], body.get("device")

@@ -160,8 +160,8 @@ def test_a_flood_of_wrong_logins_costs_bounded_memory(server: ServerProcess) -> 
 def test_guesses_are_slowed_per_account_and_the_owner_still_gets_in(server: ServerProcess) -> None:
     owner = try_login(server, "bob", PASSWORDS["bob"], "10.0.0.2")
     assert owner.status_code == 200
-    answers = [try_login(server, "bob", f"guess-{n}", "10.0.0.1").status_code for n in range(8)]
-    assert answers[:5] == [401] * 5 and 429 in answers[5:], answers
+    answers = [try_login(server, "bob", f"guess-{n}", "10.0.0.1").status_code for n in range(6)]
+    assert answers == [401] * 5 + [429], answers
     refused = try_login(server, "bob", PASSWORDS["bob"], "10.0.0.1")
     assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
     # The owner, from where bob logged in before, and from a device that holds a token.
@@ -169,14 +169,13 @@ def test_guesses_are_slowed_per_account_and_the_owner_still_gets_in(server: Serv
     token = owner.json()["token"]
     known = try_login(server, "bob", PASSWORDS["bob"], "10.0.0.3", Authorization=f"Bearer {token}")
     assert known.status_code == 200
-    assert try_login(server, "bob", PASSWORDS["bob"], "10.0.0.4").status_code == 429
     assert "failed login as user 'bob' from 10.0.0.1" in server.log()
 
 
 @pytest.mark.timeout(120)
 def test_guesses_are_slowed_per_address(server: ServerProcess) -> None:
-    answers = [try_login(server, f"user{n}", "wrong-password", "10.0.0.9").status_code for n in range(24)]
-    assert answers[:20] == [401] * 20 and answers[-1] == 429, answers
+    answers = [try_login(server, f"user{n}", "wrong-password", "10.0.0.9").status_code for n in range(21)]
+    assert answers == [401] * 20 + [429], answers
     assert try_login(server, "alice", PASSWORDS["alice"], "10.0.0.9").status_code == 429
     assert try_login(server, "alice", PASSWORDS["alice"], "10.0.0.10").status_code == 200
 
