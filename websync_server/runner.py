@@ -24,10 +24,13 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
+_HTTP: Any  # uvicorn's protocol class, or "auto"
 try:
     from .connection import DeadlineProtocol
 except ImportError:  # no httptools here: uvicorn's h11 protocol, without header deadlines
-    DeadlineProtocol = None  # type: ignore[assignment,misc]
+    _HTTP = "auto"
+else:
+    _HTTP = DeadlineProtocol
 try:
     import resource
 except ImportError:  # Windows
@@ -107,8 +110,8 @@ def serve(
 ) -> bool:
     """Serve *app* on *sock* until SIGTERM or SIGINT; False if it never started."""
     connections = min(limits.connections, _raise_file_limit() - _FILES_RESERVED)
-    if DeadlineProtocol is not None:
-        DeadlineProtocol.header_timeout = limits.header_timeout
+    if _HTTP != "auto":
+        _HTTP.header_timeout = limits.header_timeout
     config = uvicorn.Config(
         app,
         # uvloop and httptools where installed (they are dependencies; "auto" falls
@@ -116,7 +119,7 @@ def serve(
         # from ~150 to ~300 MiB/s and a ranged 4 KiB GET from ~5.7 to ~1.9 ms
         # (docs/benchmarks.md, profile 10).
         loop="auto",
-        http=DeadlineProtocol or "auto",
+        http=_HTTP,
         timeout_keep_alive=int(limits.keep_alive),
         limit_concurrency=connections,
         ssl_certfile=str(tls.cert) if tls else None,
