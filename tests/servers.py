@@ -80,6 +80,7 @@ class ServerProcess:
         verbose: bool = False,
         timeout: float = 30.0,
         env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> ServerProcess:
         """Start a server on *data_dir* and return once it listens.
 
@@ -91,6 +92,7 @@ class ServerProcess:
         args = ["serve", "--data", str(data_dir), "--host", host, "--port", str(port)]
         if verbose:
             args.append("-v")
+        args.extend(extra_args)
         with open(stderr_path, "ab") as stderr:
             process = subprocess.Popen(
                 server_command(*args),

@@ -29,6 +29,10 @@ class Settings:
     user: str = ""
     device: str = field(default_factory=socket.gethostname)
     store: str = ""
+    #: A PEM file of the CA that signed the server's certificate ("": the system's CAs).
+    ca_file: str = ""
+    #: The user chose plain http:// to a server beyond this machine.
+    insecure_http: bool = False
     cache_limit: int = DEFAULT_CACHE_LIMIT
     #: Seconds a change waits for more changes before it is uploaded.
     quiet_period: float = 0.2

@@ -68,7 +68,7 @@ class Mount:
         # Protection lives in memory: rebuild it from what is durable.
         self.cache.protect(self.queue.all_blocks())
         self.cache.protect(self.replica.local_blocks())
-        self.remote = Remote(settings.server, token, settings.store)
+        self.remote = Remote(settings.server, token, settings.store, ca_file=settings.ca_file)
         self.source = BlockSource(self.cache, self.remote)
         self.pins = Pinner(PinTable(self.db), self.replica, self.cache, self.remote.get_block)
         self.pins.reconcile()  # pinned blocks are protected again before the first put

@@ -18,7 +18,7 @@ import httpx
 
 from websync_server.protocol import API, BlockHash, Changes, Conflict, NodeId, NodeState
 
-from . import blockwire
+from . import blockwire, tls
 from .blockwire import BlockWire
 from .errors import (
     BadRequest,
@@ -53,6 +53,12 @@ def _answer(resp: httpx.Response, parse: Callable[[Any], T]) -> T:
         raise _not_ours(resp, f"{exc.__class__.__name__} {exc}") from exc
 
 
+def _unreachable(server: str, exc: httpx.HTTPError) -> Offline:
+    """`Offline` for a request that got no answer, saying why (a refused certificate by name)."""
+    why = tls.certificate_problem(exc) or f"{exc.__class__.__name__} {exc}".strip()
+    return Offline(f"cannot reach {server}: {why}")
+
+
 def _raise_for(resp: httpx.Response) -> None:
     status = resp.status_code
     if 300 <= status < 400:
@@ -72,6 +78,8 @@ def _raise_for(resp: httpx.Response) -> None:
         raise CommitConflict(_answer(resp, Conflict.from_wire))
     if status == 404:
         raise NotFound(message)
+    if status == 429:
+        raise RemoteError(f"the server asks to wait: {message}")
     if status == 507:
         raise ServerFull("the server's disk is full; changes stay queued")
     if status in (400, 403, 413):
@@ -82,14 +90,20 @@ def _raise_for(resp: httpx.Response) -> None:
 
 
 async def login(
-    server: str, user: str, password: str, device: str, transport: httpx.AsyncBaseTransport | None = None
+    server: str,
+    user: str,
+    password: str,
+    device: str,
+    transport: httpx.AsyncBaseTransport | None = None,
+    ca_file: str = "",
 ) -> dict[str, Any]:
     """Trade a password for a device token (``POST /v1/login``)."""
-    async with httpx.AsyncClient(base_url=server, timeout=_TIMEOUT, transport=transport) as client:
+    verify = tls.verify(ca_file)
+    async with httpx.AsyncClient(base_url=server, timeout=_TIMEOUT, transport=transport, verify=verify) as client:
         try:
             resp = await client.post(f"{API}/login", json={"user": user, "password": password, "device": device})
         except httpx.HTTPError as exc:
-            raise Offline(f"cannot reach {server}: {exc}") from exc
+            raise _unreachable(server, exc) from exc
     if resp.status_code == 401:
         raise Unauthorized("wrong user name or password")
     _raise_for(resp)
@@ -100,7 +114,12 @@ class Remote:
     """Authenticated calls to one store on one server."""
 
     def __init__(
-        self, server: str, token: str, store: str, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        server: str,
+        token: str,
+        store: str,
+        transport: httpx.AsyncBaseTransport | None = None,
+        ca_file: str = "",
     ) -> None:
         self.server = server
         self.store = store
@@ -112,6 +131,7 @@ class Remote:
             timeout=_TIMEOUT,
             transport=transport,
             limits=limits,
+            verify=tls.verify(ca_file),
         )
         # Block GETs carry almost every byte a machine reads: they skip httpx where they can.
         self._wire = BlockWire(server, auth) if transport is None and blockwire.usable_for(server) else None
@@ -125,7 +145,7 @@ class Remote:
         try:
             resp = await self._client.request(method, url, **kw)
         except httpx.HTTPError as exc:
-            raise Offline(f"cannot reach {self.server}: {exc.__class__.__name__} {exc}") from exc
+            raise _unreachable(self.server, exc) from exc
         _raise_for(resp)
         return resp
 
@@ -168,7 +188,7 @@ class Remote:
                 wire, self._wire = self._wire, None
                 await wire.aclose()
             except httpx.HTTPError as exc:
-                raise Offline(f"cannot reach {self.server}: {exc.__class__.__name__} {exc}") from exc
+                raise _unreachable(self.server, exc) from exc
             else:
                 _raise_for(resp)
                 return resp

@@ -13,11 +13,14 @@ Anything else that escapes a handler is a bug and answers 500.
     ├── Unauthorized                 401 unauthorized
     ├── Forbidden                    403 forbidden
     ├── NotFound                     404 not_found
+    ├── RequestTimeout               408 request_timeout
     ├── Conflict                     409 conflict
     │   ├── CommitConflict           carries a protocol.Conflict (index, reason, node)
     │   └── UserExists               ``user add`` of a name that is taken
     ├── TooLarge                     413 too_large
+    ├── UnsupportedMediaType         415 unsupported_media_type
     ├── RangeNotSatisfiable          416 range_not_satisfiable
+    ├── TooManyRequests              429 too_many_requests (carries retry_after seconds)
     ├── InsufficientStorage          507 insufficient_storage
     └── DatabaseError                500 internal: the database can't be used
 """
@@ -38,9 +41,12 @@ __all__ = [
     "NotFound",
     "ProtocolMismatch",
     "RangeNotSatisfiable",
+    "RequestTimeout",
     "ServerError",
     "TooLarge",
+    "TooManyRequests",
     "Unauthorized",
+    "UnsupportedMediaType",
     "UserExists",
 ]
 
@@ -94,6 +100,13 @@ class NotFound(ServerError):
     code = "not_found"
 
 
+class RequestTimeout(ServerError):
+    """A request body that stopped arriving (nothing for the body timeout)."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class Conflict(ServerError):
     """The request contradicts the current state on the server."""
 
@@ -121,6 +134,24 @@ class TooLarge(ServerError):
 
     status = 413
     code = "too_large"
+
+
+class UnsupportedMediaType(ServerError):
+    """A JSON call whose body does not say it is JSON (a browser's form post, say)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class TooManyRequests(ServerError):
+    """Too many tries (wrong passwords) or too much at once; try again after *retry_after* seconds."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RangeNotSatisfiable(ServerError):

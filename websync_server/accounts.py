@@ -42,7 +42,7 @@ from .database import Database
 from .schema import devices, stores, users
 from .store import new_store
 
-__all__ = ["Accounts", "Identity", "Login", "UserInfo", "validate_user_name"]
+__all__ = ["PASSWORD_MIN", "Accounts", "Identity", "Login", "UserInfo", "check_password_strength", "validate_user_name"]
 
 # User names become directory names (blocks/<user>/), on file systems that may
 # ignore case: lower-case ASCII only, and never a dot-file.
@@ -55,6 +55,17 @@ TOKEN_RECHECK_S = 600.0
 #: Seconds a token is trusted while its recheck runs, so requests arriving meanwhile start no more.
 _RECHECK_GRACE_S = 1.0
 _TRUSTED_MAX = 10_000
+#: Shortest password a person may choose (NIST SP 800-63B), and the longest one
+#: hashed (argon2 takes any length; a megabyte password only costs us).
+PASSWORD_MIN = 8
+PASSWORD_MAX = 1024
+# The commonest passwords of the big public leaks that pass the length rule.
+_COMMON_PASSWORDS = frozenset(
+    "password password1 password123 12345678 123456789 1234567890 12345678910 qwertyuiop qwerty123 "
+    "iloveyou princess sunshine football baseball superman starwars trustno1 welcome1 passw0rd "
+    "abc12345 11111111 00000000 88888888 987654321 1q2w3e4r 1qaz2wsx zaq12wsx letmein1 changeme "
+    "basketball whatever computer internet michael1 jennifer websync websync1".split()
+)
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,24 @@ def validate_user_name(name: str) -> str:
             " starting with a letter or digit"
         )
     return name
+
+
+def check_password_strength(user: str, password: str) -> str:
+    """Return *password* if it is strong enough for an account on the internet, else raise `InvalidRequest`.
+
+    NIST SP 800-63B's rules for chosen passwords: at least `PASSWORD_MIN`
+    characters, no upper bound worth meeting, and none of the passwords every
+    guesser tries first.  Composition rules (a digit, a capital) only make
+    passwords harder to remember, not to guess.
+    """
+    if len(password) < PASSWORD_MIN:
+        raise InvalidRequest(f"the password must have at least {PASSWORD_MIN} characters")
+    if len(password.encode("utf-8", "replace")) > PASSWORD_MAX:
+        raise InvalidRequest(f"the password must have at most {PASSWORD_MAX} bytes")
+    folded = password.casefold()
+    if folded in _COMMON_PASSWORDS or folded == user.casefold() or len(set(folded)) < 3:
+        raise InvalidRequest("that password is among the first that anyone guesses; choose another")
+    return password
 
 
 def _token_digest(token: str) -> str:
@@ -232,6 +261,14 @@ class Accounts:
         except BaseException:
             self._trusted.pop(_token_digest(token), None)
             raise
+
+    def set_password(self, name: str, password: str) -> None:
+        """Give user *name* a new password; the devices logged in stay logged in."""
+        password_hash = self._hasher.hash(password)
+        with self._db.write() as conn:
+            result = conn.execute(update(users).where(users.c.name == name).values(password_hash=password_hash))
+        if result.rowcount == 0:
+            raise InvalidRequest(f"there is no user named {name!r}")
 
     def revoke_devices(self, name: str) -> int:
         """Revoke every token of user *name*; return how many were live."""

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from argon2 import PasswordHasher
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -33,11 +34,15 @@ from ._exceptions import (
     NotFound,
     ProtocolMismatch,
     RangeNotSatisfiable,
+    RequestTimeout,
     ServerError,
     TooLarge,
+    TooManyRequests,
     Unauthorized,
+    UnsupportedMediaType,
 )
 from .accounts import Identity
+from .hostcheck import HostCheck
 from .journal import DEFAULT_LIMIT
 from .protocol import API, BLOCK_SIZE, WAIT_MAX, BlockHash, Changes, is_block_hash
 from .services import Services
@@ -49,8 +54,20 @@ log = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1
 #: Largest JSON request body (a commit of many thousand ops fits easily).
 JSON_BODY_MAX = 16 * 1024 * 1024
+#: Seconds a request body may go without a byte arriving.
+BODY_TIMEOUT_S = 30.0
+#: Largest login body: read before anyone is known, so small.
+LOGIN_BODY_MAX = 4 * 1024
+#: Seconds a login refused for too many guesses is held before the answer.
+_REFUSAL_DELAY_S = 2.0
+#: JSON bodies up to this size are parsed on the event loop (well under a millisecond).
+_PARSE_ON_LOOP_MAX = 64 * 1024
 
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# ASCII digits only (\d also matches "²" and other digits int() refuses), and
+# few enough that int() stays cheap: every seq, cursor and offset fits in 19.
+_DIGITS_MAX = 19
+_DECIMAL_RE = re.compile(rf"^[0-9]{{1,{_DIGITS_MAX}}}$")
+_RANGE_RE = re.compile(rf"^bytes=([0-9]{{0,{_DIGITS_MAX}}})-([0-9]{{0,{_DIGITS_MAX}}})$")
 # Blocks never change, so a client or proxy may keep them as long as it likes.
 _BLOCK_CACHE_CONTROL = "private, max-age=31536000, immutable"
 
@@ -75,14 +92,17 @@ def create_app(
     *,
     database_url: str | None = None,
     hasher: PasswordHasher | None = None,
+    body_timeout: float = BODY_TIMEOUT_S,
+    allowed_hosts: Sequence[str] = ("*",),
 ) -> Starlette:
     """The WebSync server app on the state in *data_dir* (created on first use).
 
     The components are on ``app.state.services``; the app closes them when its
-    lifespan ends.
+    lifespan ends.  A request whose ``Host`` is not in *allowed_hosts* gets 400:
+    a web page that rebinds its own name to this server's address cannot reach it.
     """
     services = Services.open(data_dir, database_url=database_url, hasher=hasher)
-    api = _Api(services)
+    api = _Api(services, body_timeout)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -111,6 +131,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(HostCheck, allowed=tuple(allowed_hosts))],
         exception_handlers={
             ServerError: _server_error,
             HTTPException: _http_error,
@@ -124,8 +145,9 @@ def create_app(
 class _Api:
     """The route handlers, sharing one `Services`."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, body_timeout: float) -> None:
         self._s = services
+        self._body_timeout = body_timeout
         self._rechecks: set[asyncio.Task[None]] = set()  # referenced until done
 
     async def health(self, request: Request) -> Response:
@@ -139,63 +161,95 @@ class _Api:
         )
 
     async def login(self, request: Request) -> Response:
-        body = await _json_object(request)
-        login = await run_in_threadpool(
-            self._s.accounts.login, body.get("user"), body.get("password"), body.get("device")
-        )
-        log.info("user %s logged in as device %r", login.identity.user, login.identity.device)
+        # Before anyone is known: a small body, parsed on the loop (4 KiB parse in microseconds).
+        body = _parse_json(await _read_json_body(request, LOGIN_BODY_MAX, self._body_timeout))
+        user, address = body.get("user"), _address(request)
+        if not isinstance(user, str) or not isinstance(body.get("password"), str):
+            raise InvalidRequest("user and password must be strings")
+        known = self._s.guesses.known(user, address, known_device=await self._known_device(request, user))
+        try:
+            self._s.guesses.check(user, address, known_device=known)
+        except TooManyRequests as exc:
+            # A refusal costs us microseconds and a guesser nothing, so a flood
+            # of them took the event loop from everyone (3.6 s commits): each
+            # one is held back a while, costing us a sleeping coroutine and
+            # the guesser a connection per try (a quarter of its wait: the
+            # answer still says to wait).
+            await asyncio.sleep(min(exc.retry_after / 4, _REFUSAL_DELAY_S))
+            raise
+        try:
+            login = await self._s.admission.password(
+                self._s.accounts.login, user, body["password"], body.get("device")
+            )
+        except Unauthorized:
+            self._s.guesses.failed(user, address)
+            log.warning("failed login as user %r from %s", user, address)
+            raise
+        self._s.guesses.succeeded(user, address, known=known)
+        log.info("user %s logged in as device %r from %s", login.identity.user, login.identity.device, address)
         return JSONResponse({"token": login.token, **_identity_wire(login.identity)})
+
+    async def _known_device(self, request: Request, user: str) -> bool:
+        """Whether the login carries a live token of *user*'s: its owner, on a device it knows."""
+        if "authorization" not in request.headers:
+            return False
+        try:
+            return (await self._identity(request)).user == user
+        except Unauthorized:
+            return False
 
     async def whoami(self, request: Request) -> Response:
         identity = await self._identity(request)
         return JSONResponse(_identity_wire(identity))
 
     async def changes(self, request: Request) -> Response:
-        _, store = await self._store_access(request)
+        identity, store = await self._store_access(request)
         cursor = _int_param(request, "cursor", 0)
         limit = _int_param(request, "limit", DEFAULT_LIMIT)
         wait = min(_float_param(request, "wait", 0.0), WAIT_MAX)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
-            changes = await run_in_threadpool(self._s.store.changes, store, cursor, limit)
+            changes = await self._s.admission.run(identity.user, self._s.store.changes, store, cursor, limit)
             news = changes.nodes or changes.entries or changes.reset or changes.more or changes.cursor != cursor
             remaining = deadline - loop.time()
             # Read first, wait second: see notifier.py for why no commit is missed.
             if news or remaining <= 0 or not await self._s.notifier.wait(store, changes.cursor, remaining):
                 # A listing can be megabytes of JSON: encode it off the event loop.
-                body = await run_in_threadpool(_encode_changes, changes)
+                body = await self._s.admission.run(identity.user, _encode_changes, changes)
                 return Response(body, media_type="application/json")
 
     async def node(self, request: Request) -> Response:
-        _, store = await self._store_access(request)
-        state = await run_in_threadpool(self._s.store.node_state, store, request.path_params["node"])
+        identity, store = await self._store_access(request)
+        state = await self._s.admission.run(identity.user, self._s.store.node_state, store, request.path_params["node"])
         return JSONResponse(state.to_wire())
 
     async def versions(self, request: Request) -> Response:
-        _, store = await self._store_access(request)
-        listed = await run_in_threadpool(self._s.store.versions, store, request.path_params["node"])
+        identity, store = await self._store_access(request)
+        listed = await self._s.admission.run(identity.user, self._s.store.versions, store, request.path_params["node"])
         return JSONResponse({"versions": [v.to_wire() for v in listed]})
 
     async def trash(self, request: Request) -> Response:
-        _, store = await self._store_access(request)
-        items = await run_in_threadpool(self._s.store.trash, store)
+        identity, store = await self._store_access(request)
+        items = await self._s.admission.run(identity.user, self._s.store.trash, store)
         return JSONResponse({"items": [i.to_wire() for i in items]})
 
     async def commit(self, request: Request) -> Response:
         identity, store = await self._store_access(request)
-        body = await _json_object(request)
-        seq = await run_in_threadpool(self._s.store.commit, store, identity.device, body.get("batch"), body.get("ops"))
+        body = await self._json_object(request, identity)
+        seq = await self._s.admission.write(
+            identity.user, self._s.store.commit, store, identity.device, body.get("batch"), body.get("ops")
+        )
         self._s.notifier.notify(store, seq)
         log.debug("store %s: commit %s by %s is seq %d", store, body.get("batch"), identity.device, seq)
         return JSONResponse({"seq": seq})
 
     async def missing_blocks(self, request: Request) -> Response:
         identity = await self._identity(request)
-        hashes = (await _json_object(request)).get("hashes")
+        hashes = (await self._json_object(request, identity)).get("hashes")
         if not isinstance(hashes, list) or not all(is_block_hash(h) for h in hashes):
             raise InvalidRequest("hashes must be a list of 64 lower-case hex digit SHA-256 hashes")
-        missing = await run_in_threadpool(self._s.blocks.missing, identity.user, hashes)
+        missing = await self._s.admission.run(identity.user, self._s.blocks.missing, identity.user, hashes)
         return JSONResponse({"missing": missing})
 
     async def put_block(self, request: Request) -> Response:
@@ -203,19 +257,19 @@ class _Api:
         block = _block_param(request)
         # The pieces as received: joining 4 MiB into one buffer costs a copy and a
         # fresh allocation's page faults; the store hashes and writes them in turn.
-        pieces = await _read_pieces(request, BLOCK_SIZE)
+        pieces = await _read_pieces(request, BLOCK_SIZE, self._body_timeout)
         # Hashing 4 MiB and fsyncing take milliseconds: off the event loop.
-        created = await run_in_threadpool(self._s.blocks.put, identity.user, block, pieces)
+        created = await self._s.admission.run(identity.user, self._s.blocks.put, identity.user, block, pieces)
         size = sum(len(piece) for piece in pieces)
         return JSONResponse({"hash": block, "size": size}, status_code=201 if created else 200)
 
     async def put_blocks(self, request: Request) -> Response:
         """Many small blocks in one request: a folder of small files costs one round trip."""
         identity = await self._identity(request)
-        body = await _read_body(request, BLOCKS_BODY_MAX)
+        body = await _read_body(request, BLOCKS_BODY_MAX, self._body_timeout)
         frames = _split_frames(body)
-        created = await run_in_threadpool(
-            lambda: sum(self._s.blocks.put(identity.user, h, data) for h, data in frames)
+        created = await self._s.admission.run(
+            identity.user, lambda: sum(self._s.blocks.put(identity.user, h, data) for h, data in frames)
         )
         return JSONResponse({"blocks": len(frames), "created": created}, status_code=200)
 
@@ -225,13 +279,20 @@ class _Api:
         first, last, ranged = _parse_range(request.headers.get("range"))
         extent = self._s.blocks.read_small(identity.user, block, first, last)
         if extent is None:
-            extent = await run_in_threadpool(self._s.blocks.read, identity.user, block, first, last)
+            extent = await self._s.admission.run(identity.user, self._s.blocks.read, identity.user, block, first, last)
         headers = {"Accept-Ranges": "bytes", "ETag": f'"{block}"', "Cache-Control": _BLOCK_CACHE_CONTROL}
         if not ranged or extent.whole:
             return Response(extent.data, headers=headers, media_type="application/octet-stream")
         end = extent.start + len(extent.data) - 1
         headers["Content-Range"] = f"bytes {extent.start}-{end}/{extent.size}"
         return Response(extent.data, status_code=206, headers=headers, media_type="application/octet-stream")
+
+    async def _json_object(self, request: Request, identity: Identity) -> dict[str, Any]:
+        """An authenticated call's JSON body; a big one is parsed off the event loop."""
+        body = await _read_json_body(request, JSON_BODY_MAX, self._body_timeout)
+        if len(body) <= _PARSE_ON_LOOP_MAX:
+            return _parse_json(body)
+        return await self._s.admission.run(identity.user, _parse_json, body)
 
     async def _identity(self, request: Request) -> Identity:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -248,11 +309,11 @@ class _Api:
             self._rechecks.add(task)
             task.add_done_callback(self._rechecks.discard)
             return remembered
-        return await run_in_threadpool(accounts.authenticate, token)
+        return await self._s.admission.anonymous(accounts.authenticate, token)
 
     async def _recheck(self, token: str) -> None:
         try:
-            await run_in_threadpool(self._s.accounts.recheck, token)
+            await self._s.admission.anonymous(self._s.accounts.recheck, token)
         except Unauthorized:
             log.info("a token was refused on its recheck (revoked): its next request is refused")
         except Exception:  # noqa: BLE001 - forgotten: the next request asks the database itself
@@ -263,7 +324,7 @@ class _Api:
         identity = await self._identity(request)
         store = request.path_params["store"]
         if store != identity.store:
-            owner = await run_in_threadpool(self._s.store.owner, store)
+            owner = await self._s.admission.run(identity.user, self._s.store.owner, store)
             if owner is None:
                 raise NotFound(f"there is no store {store}")
             if owner != identity.user_id:
@@ -304,19 +365,33 @@ def _split_frames(body: bytes) -> list[tuple[BlockHash, bytes]]:
     return frames
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     """The request body, refusing (413) more than *limit* bytes without reading them all."""
-    return b"".join(await _read_pieces(request, limit))
+    return b"".join(await _read_pieces(request, limit, timeout))
 
 
-async def _read_pieces(request: Request, limit: int) -> list[bytes]:
-    """The request body in the pieces it arrived in, refusing (413) more than *limit* bytes."""
+async def _read_pieces(request: Request, limit: int, timeout: float) -> list[bytes]:
+    """The request body in the pieces it arrived in.
+
+    Refuses (413) more than *limit* bytes, before reading them if the length is
+    declared, and (408) a body of which nothing arrives for *timeout* seconds:
+    a connection that trickles a body must not hold its memory and file forever.
+    """
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if _DECIMAL_RE.match(declared) is None and declared:
+        raise InvalidRequest("Content-Length must be a number of bytes")
+    if declared and int(declared) > limit:
         raise TooLarge(f"the body has {declared} bytes, this call takes at most {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), timeout)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"nothing of the body arrived for {timeout:g} s") from None
         size += len(chunk)
         if size > limit:
             raise TooLarge(f"the body is over {limit} bytes, this call takes at most {limit}")
@@ -324,23 +399,43 @@ async def _read_pieces(request: Request, limit: int) -> list[bytes]:
     return chunks
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
-    body = await _read_body(request, JSON_BODY_MAX)
+async def _read_json_body(request: Request, limit: int, timeout: float) -> bytes:
+    """A JSON call's body, refusing any that does not say it is JSON.
+
+    A browser sends a cross-site form post as ``text/plain`` or a form type
+    without asking the server first; requiring ``application/json`` makes it
+    ask (CORS preflight), which this server never grants.
+    """
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType("this call takes a JSON body: send Content-Type: application/json")
+    return await _read_body(request, limit, timeout)
+
+
+def _parse_json(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except ValueError as exc:  # UnicodeDecodeError is a ValueError too
         raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("the body's JSON is nested too deep") from None
     if not isinstance(data, dict):
         raise InvalidRequest("the body must be a JSON object")
     return data
+
+
+def _address(request: Request) -> str:
+    """The caller's address (a reverse proxy's ``X-Forwarded-For`` where uvicorn trusts it)."""
+    return request.client.host if request.client else "unknown"
 
 
 def _int_param(request: Request, name: str, default: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit():
-        raise InvalidRequest(f"{name} must be a non-negative integer")
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if not _DECIMAL_RE.match(raw):
+        raise InvalidRequest(f"{name} must be a non-negative integer of at most {_DIGITS_MAX} digits")
     return int(raw)
 
 
@@ -389,6 +484,8 @@ async def _server_error(request: Request, exc: Exception) -> Response:
         headers["WWW-Authenticate"] = 'Bearer realm="websync"'
     elif isinstance(exc, RangeNotSatisfiable):
         headers["Content-Range"] = f"bytes */{exc.size}"
+    elif isinstance(exc, TooManyRequests):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     level = logging.ERROR if exc.status >= 500 else logging.DEBUG
     log.log(level, "%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.code, exc.message)
     return JSONResponse(exc.to_wire(), status_code=exc.status, headers=headers)

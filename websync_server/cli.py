@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import logging.handlers
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -87,6 +88,8 @@ def _verbose_option(func: F) -> F:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """WebSync server: keeps every machine's files the same over HTTP."""
+    # Every file the server makes (database, blocks, log) is its owner's alone.
+    os.umask(0o077)
 
 
 @main.command()
@@ -97,27 +100,47 @@ def main() -> None:
     "--gc-every", "gc_hours", default=24.0, type=click.FloatRange(0), show_default=True,
     help="Hours between collections of expired history and unnamed blocks (0: never; see 'gc').",
 )  # fmt: skip
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Serve https with this PEM certificate chain (with --tls-key).")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The private key (PEM) of --tls-cert.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="A host name clients use to reach the server (repeatable); other Host headers are refused. "
+                   "Default: loopback names when listening on loopback, else any.")
+@click.option("--header-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds a connection has to send a request's headers.")
+@click.option("--body-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds a request body may go without a byte arriving.")
+@click.option("--max-connections", type=click.IntRange(16), default=4000, show_default=True,
+              help="Open connections beyond which requests get 503 (long polls count; kept below the file limit).")
 @_verbose_option
 @_friendly_errors
-def serve(data: Path, host: str, port: int, gc_hours: float, verbose: int) -> None:
+def serve(
+    data: Path, host: str, port: int, gc_hours: float, tls_cert: Path | None, tls_key: Path | None,
+    allowed_hosts: tuple[str, ...], header_timeout: float, body_timeout: float, max_connections: int, verbose: int,
+) -> None:  # fmt: skip
     """Run the server until SIGTERM or Ctrl-C.
 
-    Prints "websync-server listening on http://HOST:PORT" once it accepts
-    connections.  Serve TLS through a reverse proxy: see docs/operations.md.
+    Prints "websync-server listening on URL" once it accepts connections.
+    On the internet, serve TLS (--tls-cert/--tls-key, or a reverse proxy) and
+    name the server's host (--allowed-host): see docs/operations.md.
     """
     from . import runner
     from .app import create_app
     from .services import LOG_FILENAME, prepare_data_dir
 
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
     data_dir = prepare_data_dir(data)
     _setup_logging(data_dir / LOG_FILENAME, verbose)
+    tls = runner.Tls(tls_cert, tls_key) if tls_cert and tls_key else None
     try:
-        app = create_app(data_dir)
+        app = create_app(data_dir, body_timeout=body_timeout, allowed_hosts=allowed_hosts or _default_hosts(host))
         sock = runner.listen(host, port)
     except Exception as exc:
         log.error("can't start: %s", exc)  # the terminal gets it from _friendly_errors
         raise
-    url = runner.url_of(host, sock)
+    url = runner.url_of(host, sock, tls=tls is not None)
     if gc_hours > 0:
         app.state.services.schedule_collection(gc_hours * 3600)
 
@@ -126,15 +149,29 @@ def serve(data: Path, host: str, port: int, gc_hours: float, verbose: int) -> No
         sys.stdout.flush()
         log.info("listening on %s, data in %s", url, data_dir)
 
-    started = runner.serve(app, sock, on_listening=listening, on_exit_signal=app.state.services.notifier.close)
+    limits = runner.Limits(header_timeout=header_timeout, connections=max_connections)
+    started = runner.serve(
+        app, sock, on_listening=listening, on_exit_signal=app.state.services.notifier.close, limits=limits, tls=tls
+    )
     if not started:
         raise click.ClickException(f"the server failed to start; see {data_dir / LOG_FILENAME}")
     log.info("stopped")
 
 
+def _default_hosts(host: str) -> tuple[str, ...]:
+    """Host names accepted without --allowed-host: only loopback's on loopback (no DNS rebinding), else any."""
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    return ("127.0.0.1", "localhost", "::1") if loopback else ("*",)
+
+
 @main.group()
 def user() -> None:
-    """Add, list and lock out users."""
+    """Add, list and lock out users, and set their passwords."""
 
 
 @user.command("add")
@@ -152,15 +189,25 @@ def user_add(name: str, data: Path, password_stdin: bool, verbose: int) -> None:
     from .accounts import validate_user_name
 
     validate_user_name(name)  # before asking for a password it can't use
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    if not password:
-        raise click.ClickException("the password must not be empty")
+    password = _new_password(name, password_stdin)
     with _services(data) as services:
         store = services.accounts.add_user(name, password)
     click.echo(f"created user {name} with store {store}")
+
+
+@user.command("passwd")
+@click.argument("name")
+@_data_option
+@click.option("--password-stdin", is_flag=True, help="Read the new password from the first line of stdin.")
+@_verbose_option
+@_friendly_errors
+def user_passwd(name: str, data: Path, password_stdin: bool, verbose: int) -> None:
+    """Set a new password for user NAME (devices logged in stay so; see 'user revoke')."""
+    password = _new_password(name, password_stdin)
+    with _services(data) as services:
+        services.accounts.set_password(name, password)
+    log.info("password of user %s changed from the command line", name)
+    click.echo(f"changed the password of {name}")
 
 
 @user.command("list")
@@ -189,7 +236,21 @@ def user_revoke(name: str, data: Path, verbose: int) -> None:
     """Log out every device of user NAME (e.g. after a laptop was lost)."""
     with _services(data) as services:
         count = services.accounts.revoke_devices(name)
+    log.info("revoked %d device token(s) of user %s from the command line", count, name)
     click.echo(f"revoked {count} device token(s) of {name}")
+
+
+def _new_password(user: str, from_stdin: bool) -> str:
+    """A new password for *user* from stdin's first line or asked twice; refused if weak."""
+    from .accounts import check_password_strength
+
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        raise click.ClickException("the password must not be empty")
+    return check_password_strength(user, password)
 
 
 @main.command()
@@ -378,8 +439,12 @@ class _services:
         self._data = data
 
     def __enter__(self) -> Services:
-        from .services import Services
+        from .services import LOG_FILENAME, Services, prepare_data_dir
 
+        # What a user command changes (passwords, revocations) goes into the
+        # server's log beside what the server itself did: one audit trail.
+        if not logging.getLogger().handlers:
+            _setup_logging(prepare_data_dir(self._data) / LOG_FILENAME, 0)
         self._services = Services.open(self._data)
         return self._services
 

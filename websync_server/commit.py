@@ -18,9 +18,10 @@ for ``exists`` and the node the op names for every other reason.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.sql.elements import BindParameter
 
@@ -59,10 +60,14 @@ from .protocol import (
 )
 from .schema import batches, blocks_to_text, entries, node_from_row, nodes, versions
 
-__all__ = ["Batch"]
+__all__ = ["DEPTH_MAX", "WALK_MAX", "Batch"]
 
-# A directory tree deeper than this is corrupt (or an attack), not a real tree.
-_MAX_DEPTH = 10_000
+#: Levels a folder may lie below the root.  Deeper trees are an attack, not a
+#: home folder; the bound also bounds what one walk up the tree can cost.
+DEPTH_MAX = 256
+#: Levels one batch may walk up the tree in all (a few microseconds each): the
+#: costliest batch takes ~0.1 s of the writer.  A client splits a refused batch.
+WALK_MAX = 20_000
 
 # The statements run for every op, built once: building and cache-keying a Core
 # statement per call was most of the cost of a big batch.
@@ -83,7 +88,27 @@ _SET_ENTRY = (
     .where(entries.c.store == _S, entries.c.parent == _PARENT, entries.c.name == _NAME)
     .values(node=bindparam("b_node"), seq=bindparam("b_seq"))
 )
+# A directory and its ancestors, nearest first, by name; no deeper than :b_limit.
+# Directories have one live entry, so each level yields one row.
+_UP = text(
+    "WITH RECURSIVE up(id, name, depth) AS ("
+    " SELECT :b_id, '', 0"
+    " UNION ALL"
+    " SELECT e.parent, e.name, up.depth + 1 FROM up JOIN entries AS e ON e.store = :b_store AND e.node = up.id"
+    " WHERE up.id <> 'root' AND up.depth < :b_limit"
+    ") SELECT id, name, depth FROM up ORDER BY depth"
+)
 _COMMIT_TIME = select(batches.c.time_ns).where(batches.c.store == _S, batches.c.seq == bindparam("b_seq")).limit(1)
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where a directory is: it and its ancestors (nearest first), the names from the root down."""
+
+    ids: tuple[str, ...]
+    names: tuple[str, ...]
+    #: The walk stopped at `DEPTH_MAX` levels without reaching the root.
+    cut: bool
 
 
 class Batch:
@@ -100,6 +125,9 @@ class Batch:
         self._retention_ns = retention_ns
         # Seq of each node before this batch first changed it; None: made by it.
         self._seq_before: dict[str, int | None] = {}
+        # Places of directories looked up by this batch; a folder move forgets them all.
+        self._places: dict[str, _Place] = {}
+        self._walked = 0  # levels walked up by _place, bounded by WALK_MAX
 
     def apply(self, index: int, op: Op) -> None:
         """Check op *index*'s precondition and write its effect, or raise `CommitConflict`."""
@@ -140,6 +168,8 @@ class Batch:
 
     def _make(self, index: int, node_id: NodeId, parent: NodeId, name: str, **fields: Any) -> None:
         self._live_dir(index, parent, about=node_id)
+        if fields["kind"] == KIND_DIR:
+            self._check_depth(index, parent)
         taken = self._free_name(index, parent, name)
         existing = self._node(node_id)
         if existing is not None:
@@ -153,6 +183,9 @@ class Batch:
         values.update(fields)
         self._conn.execute(insert(nodes), values)
         self._seq_before[node_id] = None
+        if fields["kind"] == KIND_DIR:
+            above = self._places[parent]  # looked up by _check_depth
+            self._places[node_id] = _Place((node_id, *above.ids), (*above.names, name), above.cut)
         self._set_entry(parent, name, node_id, exists=taken is not None)
 
     def _update(self, index: int, op: Update) -> None:
@@ -194,8 +227,11 @@ class Batch:
         moved = self._node(op.id)
         assert moved is not None  # a live entry names it (foreign key)
         self._live_dir(index, op.new_parent, about=op.id)
-        if moved.kind == KIND_DIR and self._is_inside(op.new_parent, op.id):
-            self._refuse(index, CONFLICT_CYCLE, f"node {op.id} can't move into its own subtree", moved)
+        if moved.kind == KIND_DIR:
+            if self._is_inside(index, op.new_parent, op.id):
+                self._refuse(index, CONFLICT_CYCLE, f"node {op.id} can't move into its own subtree", moved)
+            self._check_depth(index, op.new_parent)
+            self._places.clear()  # every place below it changes
         target = self._entry(op.new_parent, op.new_name)
         if op.exchange is not None:
             self._exchange(index, op, moved, target)
@@ -222,8 +258,12 @@ class Batch:
             return  # both names are the same entry: nothing to swap
         other = self._node(target.node)
         assert other is not None  # a live entry names it (foreign key)
-        if other.kind == KIND_DIR and self._is_inside(op.parent, other.id):
+        if other.kind == KIND_DIR and self._is_inside(index, op.parent, other.id):
             self._refuse(index, CONFLICT_CYCLE, f"node {other.id} can't move into its own subtree", moved)
+        if KIND_DIR in (moved.kind, other.kind):
+            self._check_depth(index, op.new_parent if moved.kind == KIND_DIR else op.parent)
+            self._check_depth(index, op.parent if other.kind == KIND_DIR else op.new_parent)
+            self._places.clear()  # every place below them changes
         self._set_entry(op.parent, op.name, other.id, exists=True)
         self._set_entry(op.new_parent, op.new_name, op.id, exists=True)
 
@@ -253,6 +293,8 @@ class Batch:
         if row is None or self._deleted_at(row) < self._now_ns - self._retention_ns:
             self._refuse(index, CONFLICT_MISSING, f"node {op.id} is not in the trash", row)
         self._live_dir(index, op.parent, about=op.id)
+        if row.kind == KIND_DIR:
+            self._check_depth(index, op.parent)
         taken = self._free_name(index, op.parent, op.name)
         # Content, version and history stay as they were; a folder comes back
         # empty because its entries were all removed before it was.
@@ -302,33 +344,48 @@ class Batch:
     def _has_entries(self, dir_id: str) -> bool:
         return self._conn.execute(_FIRST_CHILD, {"b_store": self._store, "b_parent": dir_id}).first() is not None
 
-    def _is_inside(self, node_id: str, ancestor: str) -> bool:
-        """Whether *node_id* is *ancestor* or lies below it, walking up the live entries."""
-        current = node_id
-        for _ in range(_MAX_DEPTH):
-            if current == ancestor:
-                return True
-            if current == ROOT_ID:
-                return False
-            place = self._conn.execute(_A_PLACE, {"b_store": self._store, "b_id": current}).first()
-            if place is None:
-                return False  # a detached node: no path leads up to *ancestor*
-            current = place.parent
-        raise RuntimeError(f"store {self._store}: directory chain above {node_id} has no root")
+    def _is_inside(self, index: int, node_id: str, ancestor: str) -> bool:
+        """Whether directory *node_id* is *ancestor* or lies below it."""
+        place = self._place(node_id)
+        if ancestor in place.ids:
+            return True
+        if place.cut:
+            raise InvalidRequest(f"op {index}: directory {node_id} is more than {DEPTH_MAX} levels deep")
+        return False
+
+    def _check_depth(self, index: int, parent: str) -> None:
+        """Refuse a directory placed in *parent* if it would lie more than `DEPTH_MAX` levels deep."""
+        place = self._place(parent)
+        if place.cut or len(place.names) + 1 > DEPTH_MAX:
+            raise InvalidRequest(f"op {index}: a folder can't lie more than {DEPTH_MAX} levels deep")
 
     def _path(self, parent: str, name: str) -> str:
-        """The store path of ``parent/name`` (``docs/a.txt``), following live entries up."""
-        parts = [name]
-        current = parent
-        for _ in range(_MAX_DEPTH):
-            if current == ROOT_ID:
-                return "/".join(reversed(parts))
-            place = self._conn.execute(_A_PLACE, {"b_store": self._store, "b_id": current}).first()
-            if place is None:
-                return "/".join(reversed(parts))  # a detached parent: the path as far as known
-            parts.append(place.name)
-            current = place.parent
-        raise RuntimeError(f"store {self._store}: directory chain above {parent} has no root")
+        """The store path of ``parent/name`` (``docs/a.txt``); as far as known for a detached or cut chain."""
+        return "/".join((*self._place(parent).names, name))
+
+    def _place(self, dir_id: str) -> _Place:
+        """Where directory *dir_id* is: one recursive query, remembered for the batch.
+
+        One statement walks the whole chain (it was a query per level, 11 s
+        for a batch at the bottom of 10,000 folders), and never more than
+        `DEPTH_MAX` + 1 levels, so a tree made deep by moving subtrees costs
+        no more.  A folder this batch makes is placed from its parent's place.
+        """
+        known = self._places.get(dir_id)
+        if known is not None:
+            return known
+        rows = self._conn.execute(_UP, {"b_store": self._store, "b_id": dir_id, "b_limit": DEPTH_MAX + 1}).all()
+        self._walked += len(rows)
+        if self._walked > WALK_MAX:
+            raise InvalidRequest(
+                f"this batch walks more than {WALK_MAX} folder levels (deep folders moved often); split it"
+            )
+        top = rows[-1]
+        cut = top.id != ROOT_ID and top.depth > DEPTH_MAX
+        # rows[k].name is the name of rows[k - 1] inside rows[k]: the path runs from the top down.
+        place = _Place(tuple(row.id for row in rows), tuple(row.name for row in reversed(rows[1:])), cut)
+        self._places[dir_id] = place
+        return place
 
     def _deleted_at(self, row: Row[Any]) -> int:
         """When the deleted node *row* was deleted (ns): the time of the commit of its seq."""
@@ -362,6 +419,7 @@ class Batch:
             return  # another hard link still names it
         row = self._node(node_id)
         assert row is not None  # the entry named it (foreign key)
+        self._places.pop(node_id, None)  # an empty folder: no other place lies below it
         self._update_node(
             row, deleted=True, seq=self._seq, trash_parent=parent, trash_name=name, trash_path=self._path(parent, name)
         )

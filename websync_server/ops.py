@@ -43,6 +43,7 @@ from .protocol import (
 
 __all__ = [
     "BATCH_ID_MAX",
+    "OPS_MAX",
     "Create",
     "Delete",
     "Link",
@@ -61,6 +62,9 @@ __all__ = [
 ]
 
 BATCH_ID_MAX = 128
+#: Ops one batch may carry: what a client sends at most (its uploader's MAX_OPS),
+#: and with `commit.DEPTH_MAX` a bound on what one commit costs the writer.
+OPS_MAX = 1000
 # Linux PATH_MAX less the NUL: the longest target symlink(2) takes.
 SYMLINK_TARGET_MAX = 4095
 # st_mode of any file type fits in 16 bits.  The stored mode of a file, dir or
@@ -186,6 +190,8 @@ def parse_ops(value: object) -> list[Op]:
     """Check a batch's wire ops and return them typed; raise `InvalidRequest` on the first bad one."""
     if not isinstance(value, list) or not value:
         raise InvalidRequest("ops must be a non-empty list")
+    if len(value) > OPS_MAX:
+        raise InvalidRequest(f"a batch carries at most {OPS_MAX} ops, this one has {len(value)}; split it")
     return [_parse_op(index, raw) for index, raw in enumerate(value)]
 
 

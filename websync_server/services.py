@@ -10,18 +10,24 @@ Data directory layout::
     DATA/blocks/.incoming/   temporary files of uploads in flight
     DATA/server.log      the server's log (written by the CLI)
     DATA/gc.lock         held by a collection or a backup (gc.py)
+
+The directory is 0700 and the database and log 0600 (`prepare_data_dir`);
+the CLI runs with umask 077, so every file the server makes is private too.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from argon2 import PasswordHasher
 
 from .accounts import Accounts
+from .admission import Admission
 from .blocks import BlockStore
+from .guesses import Guesses
 from .database import DB_FILENAME, Database, sqlite_url
 from .gc import Collector, Schedule
 from .notifier import Notifier
@@ -34,13 +40,38 @@ LOG_FILENAME = "server.log"
 
 
 def prepare_data_dir(data_dir: Path) -> Path:
-    """Create the data directory if needed (private to its owner) and return it absolute."""
+    """Create the data directory if needed, make it and its secrets private, and return it absolute.
+
+    The database holds password hashes and the blocks hold users' files, so
+    the directory and its blocks folder are 0700 and the database and log files 0600 whatever they
+    were (a restored backup or a copied folder keeps its old modes).  A
+    directory that can't be made private (another user's) stops the server
+    with the reason rather than serving from it.
+    """
     data_dir = data_dir.expanduser().absolute()
-    # 0700: the database holds password hashes and the blocks hold users' files.
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not os.access(data_dir, os.W_OK):
         raise PermissionError(f"the data directory {data_dir} is not writable")
+    _make_private(data_dir, 0o700)
+    for path in data_dir.iterdir():
+        if path.name.startswith((DB_FILENAME, LOG_FILENAME)) and path.is_file():
+            _make_private(path, 0o600)
+        elif path.name == BLOCKS_DIR and path.is_dir():
+            _make_private(path, 0o700)
     return data_dir
+
+
+def _make_private(path: Path, mode: int) -> None:
+    if os.name == "nt":
+        return  # NTFS permissions are ACLs: the folder inherits the profile's
+    if stat.S_IMODE(path.stat().st_mode) == mode:
+        return
+    try:
+        os.chmod(path, mode)
+    except PermissionError as exc:
+        raise PermissionError(
+            exc.errno, f"can't make {path} private (mode {mode:o}); run the server as its owner"
+        ) from exc
 
 
 @dataclass
@@ -53,6 +84,8 @@ class Services:
     store: MetadataStore
     blocks: BlockStore
     notifier: Notifier
+    admission: Admission
+    guesses: Guesses
     schedule: Schedule | None = None
 
     @classmethod
@@ -75,6 +108,8 @@ class Services:
             store=MetadataStore(db, blocks),
             blocks=blocks,
             notifier=Notifier(),
+            admission=Admission(),
+            guesses=Guesses(),
         )
 
     def collector(self) -> Collector:

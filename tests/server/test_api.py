@@ -95,7 +95,9 @@ def test_bad_names_are_400_and_change_nothing(session: Login, name: str) -> None
 def test_malformed_json_and_bad_parameters_are_400(session: Login) -> None:
     s = session("alice")
     for content in (b"{not json", b"[1, 2]", b"\xff\xfe"):
-        answer = s.http.post(f"/v1/stores/{s.store}/commit", content=content)
+        answer = s.http.post(
+            f"/v1/stores/{s.store}/commit", content=content, headers={"Content-Type": "application/json"}
+        )
         assert answer.status_code == 400 and answer.json()["error"] == "invalid"
     for params in ({"cursor": "-1"}, {"cursor": "x"}, {"wait": "soon"}, {"wait": "nan"}, {"limit": "0"}):
         assert s.http.get(f"/v1/stores/{s.store}/changes", params=params).status_code == 400, params

@@ -17,8 +17,8 @@ def frame(data: bytes, name: str | None = None) -> bytes:
 
 def test_batch_stores_every_block_and_refuses_a_wrong_one(tmp_path: Path) -> None:
     with ServerProcess.start(tmp_path / "data") as server:
-        add_user(server.data_dir, "bob", "pw")
-        token = login(server.url, "bob", "pw")["token"]
+        add_user(server.data_dir, "bob", "bob-password")
+        token = login(server.url, "bob", "bob-password")["token"]
         auth = {"Authorization": f"Bearer {token}"}
         blocks = [b"one", b"two" * 1000, b""]
         body = b"".join(frame(b) for b in blocks)

@@ -20,20 +20,20 @@ def run_cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess
 
 
 def test_user_add_and_list(tmp_path: Path) -> None:
-    store = add_user(tmp_path, "alice", "pw")
+    store = add_user(tmp_path, "alice", "alice-password")
     listed = run_cli("user", "list", "--data", str(tmp_path))
     assert listed.returncode == 0
     assert listed.stdout.splitlines()[1].split() == ["alice", store, "0"]
 
 
 def test_cli_errors_are_one_sentence_and_exit_1(tmp_path: Path) -> None:
-    add_user(tmp_path, "alice", "pw")
+    add_user(tmp_path, "alice", "alice-password")
     for args, message in [
         (("user", "add", "alice", "--password-stdin"), "Error: a user named 'alice' already exists"),
         (("user", "add", "Alice", "--password-stdin"), "Error: 'Alice' can't be a user name"),
         (("user", "add", "carol", "--password-stdin"), "Error: the password must not be empty"),
     ]:
-        done = run_cli(*args, "--data", str(tmp_path), input="\n" if "carol" in args else "pw\n")
+        done = run_cli(*args, "--data", str(tmp_path), input="\n" if "carol" in args else "long-enough\n")
         assert done.returncode == 1, done
         assert done.stderr.startswith(message) and len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert "Traceback" not in done.stderr
@@ -42,7 +42,7 @@ def test_cli_errors_are_one_sentence_and_exit_1(tmp_path: Path) -> None:
 def test_data_dir_comes_from_the_environment(tmp_path: Path) -> None:
     done = subprocess.run(
         server_command("user", "add", "dora", "--password-stdin"),
-        input="pw\n", capture_output=True, text=True, timeout=60,
+        input="dora-password\n", capture_output=True, text=True, timeout=60,
         env={"WEBSYNC_SERVER_DATA": str(tmp_path / "env-data"), "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -59,10 +59,10 @@ def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_sigterm_ends_a_held_long_poll_and_exits_0(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    add_user(data, "alice", "pw")
+    add_user(data, "alice", "alice-password")
     server = ServerProcess.start(data)
     try:
-        answer = login(server.url, "alice", "pw")
+        answer = login(server.url, "alice", "alice-password")
         headers = {"Authorization": f"Bearer {answer['token']}"}
         url = f"{server.url}/v1/stores/{answer['store']}/changes"
         cursor = httpx.get(url, headers=headers).json()["cursor"]
@@ -84,9 +84,9 @@ def test_sigterm_ends_a_held_long_poll_and_exits_0(tmp_path: Path) -> None:
 
 def test_kill_9_during_commits_loses_no_acknowledged_commit(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    add_user(data, "alice", "pw")
+    add_user(data, "alice", "alice-password")
     server = ServerProcess.start(data)
-    answer = login(server.url, "alice", "pw")
+    answer = login(server.url, "alice", "alice-password")
     headers = {"Authorization": f"Bearer {answer['token']}"}
     commit_url = f"{server.url}/v1/stores/{answer['store']}/commit"
     acknowledged: dict[str, int] = {}
@@ -119,7 +119,7 @@ def test_kill_9_during_commits_loses_no_acknowledged_commit(tmp_path: Path) -> N
     check.close()
 
     with ServerProcess.start(data) as again:
-        answer = login(again.url, "alice", "pw")
+        answer = login(again.url, "alice", "alice-password")
         listing = Changes.from_wire(
             httpx.get(
                 f"{again.url}/v1/stores/{answer['store']}/changes",
@@ -130,3 +130,19 @@ def test_kill_9_during_commits_loses_no_acknowledged_commit(tmp_path: Path) -> N
     assert all(listed.get(node_id) == seq for node_id, seq in acknowledged.items())
     # Each commit took exactly one seq: no gaps, no half-applied commit.
     assert sorted(listed.values()) == list(range(2, listing.cursor + 1))
+
+
+def test_user_passwd_sets_a_new_password_that_must_be_strong(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    add_user(data, "alice", "alice-password")
+    weak = run_cli("user", "passwd", "alice", "--data", str(data), "--password-stdin", input="pw\n")
+    assert weak.returncode == 1 and "at least 8 characters" in weak.stderr
+    done = run_cli("user", "passwd", "alice", "--data", str(data), "--password-stdin", input="a-new-secret\n")
+    assert done.returncode == 0, done.stderr
+    nobody = run_cli("user", "passwd", "nobody", "--data", str(data), "--password-stdin", input="a-new-secret\n")
+    assert nobody.returncode == 1 and "no user named 'nobody'" in nobody.stderr
+    with ServerProcess.start(data) as server:
+        assert login(server.url, "alice", "a-new-secret")["user"] == "alice"
+        refused = httpx.post(f"{server.url}/v1/login", json={"user": "alice", "password": "alice-password", "device": "d"})
+        assert refused.status_code == 401
+    assert "password of user alice changed from the command line" in (data / "server.log").read_text()

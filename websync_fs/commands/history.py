@@ -25,7 +25,7 @@ def _with_remote(home: Home, fn: Callable[[Any], Awaitable[T]]) -> T:
     settings, token = home.logged_in()
 
     async def run() -> T:
-        remote = Remote(settings.server, token, settings.store)
+        remote = Remote(settings.server, token, settings.store, ca_file=settings.ca_file)
         try:
             return await fn(remote)
         finally:

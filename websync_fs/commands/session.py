@@ -32,16 +32,29 @@ COMMANDS = ["login", "mount", "unmount", "status"]
 @click.option("--user", "-u", required=True, help="Your user name on the server.")
 @click.option("--device", help="Name of this machine (default: its host name).")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input (for scripts).")
+@click.option("--ca", "ca_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Trust the server's certificate if this CA (PEM) signed it: a box with its own certificate.")
+@click.option("--insecure-http", is_flag=True,
+              help="Allow plain http:// to a server beyond this machine (password and files unencrypted).")
 @pass_ctx
 @friendly
-def login(ctx: Context, server: str, user: str, device: str | None, password_stdin: bool) -> None:
-    """Log this machine in to SERVER (e.g. http://box:8080) and store a device token."""
+def login(
+    ctx: Context, server: str, user: str, device: str | None, password_stdin: bool, ca_file: Path | None,
+    insecure_http: bool,
+) -> None:  # fmt: skip
+    """Log this machine in to SERVER (e.g. https://box.example.org) and store a device token.
+
+    Plain http:// is refused for any server but this machine's own unless
+    --insecure-http is given.
+    """
     import trio
 
     from ..remote import login as remote_login
+    from ..tls import check_server
 
     if not server.startswith(("http://", "https://")):
-        raise ConfigError(f"{server!r} is not a server address; give one like http://box:8080")
+        raise ConfigError(f"{server!r} is not a server address; give one like https://box.example.org")
+    check_server(server, insecure_http=insecure_http)
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
@@ -50,9 +63,11 @@ def login(ctx: Context, server: str, user: str, device: str | None, password_std
     settings = home.load_settings()
     settings.server = server.rstrip("/")
     settings.user = user
+    settings.ca_file = str(ca_file.absolute()) if ca_file else ""
+    settings.insecure_http = insecure_http
     if device:
         settings.device = device
-    answer = trio.run(remote_login, settings.server, user, password, settings.device)
+    answer = trio.run(remote_login, settings.server, user, password, settings.device, None, settings.ca_file)
     settings.store = answer["store"]
     home.save_token(answer["token"])
     home.save_settings(settings)
@@ -172,7 +187,7 @@ def _probe(home: Home) -> tuple[bool, str]:
     settings, token = home.logged_in()
 
     async def ask() -> None:
-        remote = Remote(settings.server, token, settings.store)
+        remote = Remote(settings.server, token, settings.store, ca_file=settings.ca_file)
         try:
             await remote.whoami()
         finally:
@@ -200,6 +215,7 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
     With --check the running mount compares its tree with the server's; it
     repairs what differs by itself, keeping every byte (docs/design.md).
     """
+    from ..tls import encrypted
     from .cache import file_states, state_lines
 
     home = ctx.home
@@ -222,7 +238,7 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
         "server": settings.server, "user": settings.user, "device": settings.device,
         "online": online, "error": error, "mounted": pid is not None,
         "mountpoint": daemon.get("mountpoint", ""), "pid": pid,
-        "pending": pending, "pending_bytes": pending_bytes, "held": held,
+        "pending": pending, "pending_bytes": pending_bytes, "held": held, "encrypted": encrypted(settings.server),
     }
     held = str(daemon.get("held") or held)
     info["held"] = held
@@ -234,7 +250,7 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
-        click.echo(f"server:     {settings.server}")
+        click.echo(f"server:     {settings.server}{'' if info['encrypted'] else ' (not encrypted)'}")
         click.echo(f"user:       {settings.user} (device {settings.device})")
         click.echo(f"connection: {'online' if online else 'offline'}{f' ({error})' if error else ''}")
         click.echo(f"mounted:    {info['mountpoint']} (process {pid})" if pid else "mounted:    no")
