@@ -39,6 +39,7 @@ from .accounts import Identity
 from .journal import DEFAULT_LIMIT
 from .protocol import API, BLOCK_SIZE, WAIT_MAX, BlockHash, Changes, is_block_hash
 from .services import Services
+from .web import install as install_web_page
 
 __all__ = ["PROTOCOL_VERSION", "create_app"]
 
@@ -99,6 +100,7 @@ def create_app(
         },
     )
     app.state.services = services
+    install_web_page(app, services)
     return app
 
 
