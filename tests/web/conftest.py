@@ -11,13 +11,13 @@ import os
 from collections.abc import Callable, Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, ViewportSize, sync_playwright
 
 from tests.servers import ServerProcess
 
 CHROMIUM = "/usr/bin/chromium"
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +37,7 @@ def open_page(browser: Browser, server: ServerProcess) -> Iterator[Callable[...,
     """``open_page(user, password)``: a fresh browser profile with the page open and logged in."""
     contexts = []
 
-    def make(user: str, password: str, viewport: dict[str, int] = DESKTOP) -> Page:
+    def make(user: str, password: str, viewport: ViewportSize = DESKTOP) -> Page:
         context = browser.new_context(viewport=viewport, accept_downloads=True)
         contexts.append(context)
         page = context.new_page()
