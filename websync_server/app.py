@@ -46,6 +46,7 @@ from .hostcheck import HostCheck
 from .journal import DEFAULT_LIMIT
 from .protocol import API, BLOCK_SIZE, WAIT_MAX, BlockHash, Changes, is_block_hash
 from .services import Services
+from .web import install as install_web_page
 
 __all__ = ["PROTOCOL_VERSION", "create_app"]
 
@@ -139,6 +140,7 @@ def create_app(
         },
     )
     app.state.services = services
+    install_web_page(app, services)
     return app
 
 
