@@ -44,6 +44,7 @@ from ._exceptions import (
 from .accounts import Identity
 from .hostcheck import HostCheck
 from .journal import DEFAULT_LIMIT
+from .logins import guarded_login
 from .protocol import API, BLOCK_SIZE, WAIT_MAX, BlockHash, Changes, is_block_hash
 from .services import Services
 from .web import install as install_web_page
@@ -59,8 +60,6 @@ JSON_BODY_MAX = 16 * 1024 * 1024
 BODY_TIMEOUT_S = 30.0
 #: Largest login body: read before anyone is known, so small.
 LOGIN_BODY_MAX = 4 * 1024
-#: Seconds a login refused for too many guesses is held before the answer.
-_REFUSAL_DELAY_S = 2.0
 #: JSON bodies up to this size are parsed on the event loop (well under a millisecond).
 _PARSE_ON_LOOP_MAX = 64 * 1024
 
@@ -168,27 +167,9 @@ class _Api:
         user, address = body.get("user"), _address(request)
         if not isinstance(user, str) or not isinstance(body.get("password"), str):
             raise InvalidRequest("user and password must be strings")
-        known = self._s.guesses.known(user, address, known_device=await self._known_device(request, user))
-        try:
-            self._s.guesses.check(user, address, known_device=known)
-        except TooManyRequests as exc:
-            # A refusal costs us microseconds and a guesser nothing, so a flood
-            # of them took the event loop from everyone (3.6 s commits): each
-            # one is held back a while, costing us a sleeping coroutine and
-            # the guesser a connection per try (a quarter of its wait: the
-            # answer still says to wait).
-            await asyncio.sleep(min(exc.retry_after / 4, _REFUSAL_DELAY_S))
-            raise
-        try:
-            login = await self._s.admission.password(
-                self._s.accounts.login, user, body["password"], body.get("device")
-            )
-        except Unauthorized:
-            self._s.guesses.failed(user, address)
-            log.warning("failed login as user %r from %s", user, address)
-            raise
-        self._s.guesses.succeeded(user, address, known=known)
-        log.info("user %s logged in as device %r from %s", login.identity.user, login.identity.device, address)
+        known = await self._known_device(request, user)
+        login = await guarded_login(self._s, self._s.accounts.login, user, body["password"], body.get("device"),
+                                    address=address, known_device=known)
         return JSONResponse({"token": login.token, **_identity_wire(login.identity)})
 
     async def _known_device(self, request: Request, user: str) -> bool:

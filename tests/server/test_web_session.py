@@ -155,3 +155,9 @@ def test_the_page_is_served_with_a_strict_content_policy(server: ServerProcess) 
 )
 def test_a_browser_device_is_named_after_its_agent(agent: str, name: str) -> None:
     assert device_name(agent) == name
+
+
+def test_the_web_login_is_under_the_same_guess_limits_as_the_api(server: ServerProcess) -> None:
+    codes = [httpx.post(f"{server.url}/web/login", json={"user": "web-guessed", "password": f"guess-{i}"},
+                        timeout=30).status_code for i in range(7)]
+    assert codes[:5] == [401] * 5 and 429 in codes[5:], codes
