@@ -3,6 +3,8 @@
 State machine::
 
     listing --(whole tree applied)--> following --(reset answer)--> listing
+                                                    (a machine with a tree: merged by the
+                                                    self-check's resync, nothing of its own lost)
                                         |   ^
                             (no answer) v   | (answer)
                                        offline   (retries with backoff, the mount keeps working)
@@ -22,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 
 import trio
 
@@ -216,6 +218,8 @@ class Follower:
         self.on_state = on_state
         self.online = False
         self.last_contact = 0.0
+        #: Takes over a journal reset on a machine that has a tree (reconcile.py's resync).
+        self.on_reset: Callable[[], Awaitable[None]] | None = None
 
     def _mark(self, online: bool, error: str = "") -> None:
         if online != self.online or error:
@@ -240,7 +244,12 @@ class Follower:
             changes: Changes = await self.remote.changes(cursor, wait=wait)
             self._mark(True)
             if changes.reset:
-                log.warning("journal cursor %d is too old; listing the whole tree again", cursor)
+                log.warning("journal cursor %d is not the server's any more; listing the whole tree again", cursor)
+                if self.on_reset is not None and not first:
+                    # The self-check lists and merges, keeping what only this machine has.
+                    await self.on_reset()
+                    cursor = self.applier.replica.cursor
+                    continue
                 self.applier.reset()
                 cursor = 0
                 continue

@@ -95,7 +95,9 @@ class Mount:
         self.reconciler = Reconciler(
             self.replica, self.queue, self.remote, self.ops.notify, settings.device,
             writing=self.vfs.writing, has_blocks=lambda hs: len(self.cache.present(hs)) == len(set(hs)),
+            busy=self.vfs.busy,
         )
+        self.follower.on_reset = self.reconciler.resync
         self.uploader.on_conflict = self.reconciler.due
         self.applier.on_deferred = self.reconciler.due
         self.reconciler.on_notice = lambda: self._status_dirty.set()

@@ -47,6 +47,7 @@ import trio
 
 from websync_server.protocol import (
     KIND_DIR,
+    OP_UPDATE,
     OP_CREATE,
     OP_MKDIR,
     OP_MKNOD,
@@ -153,6 +154,7 @@ class Reconciler:
     def __init__(
         self, replica: Replica, queue: WriteBackQueue, remote: Remote, notify: Notify,
         device: str, writing: Callable[[], bool], has_blocks: Callable[[list[str]], bool],
+        busy: Callable[[str], bool] = lambda node: False,
     ) -> None:
         self.replica = replica
         self.queue = queue
@@ -160,6 +162,7 @@ class Reconciler:
         self.notify = notify
         self.device = device
         self._writing = writing
+        self._busy = busy
         self._has_blocks = has_blocks
         self._due = trio.Event()
         #: Nodes whose content here is one of the server's versions (found by `_ask`).
@@ -239,6 +242,32 @@ class Reconciler:
         self.last_result = described
         return described
 
+    async def resync(self) -> None:
+        """Take the server's whole tree after a journal reset, keeping what only this machine has.
+
+        A reset comes when this machine's cursor is older than the journal
+        keeps (it missed removals), or newer than the server's (the server was
+        restored from an older backup and lost commits).  Either way the tree is
+        listed again and compared as the self-check does, with one difference:
+        content here that the server has in none of its versions is newer work
+        the server lost, and goes up again as the file's next version.  Changes
+        still queued here are left to the queue.
+        """
+        listing = await list_server(self.remote)
+        found = compare(self.replica, listing)
+        pending_nodes, pending_entries = self.queue.pending_nodes(), self.queue.pending_entries()
+        found.local_only = {k: n for k, n in found.local_only.items()
+                            if n not in pending_nodes and k not in pending_entries}
+        found.server_only = {k: n for k, n in found.server_only.items() if k not in pending_entries}
+        found.changed = [(r, n) for r, n in found.changed if r.id not in pending_nodes and not self._busy(r.id)]
+        self._known_content.clear()
+        asked = await self._ask(found, listing)
+        log.warning("journal reset: listing the whole tree again (%d difference(s) with this machine)",
+                    len(found.local_only) + len(found.server_only) + len(found.changed))
+        self._repair(found, listing, asked, newer_here=True)
+        with self.replica.tx():
+            self.replica.cursor = listing.cursor
+
     async def _ask(self, found: Comparison, listing: Listing) -> dict[str, Node | None]:
         """The server's state of each node named here but not live there (None: never heard of).
 
@@ -260,8 +289,8 @@ class Reconciler:
                 if any(tuple(v.get("blocks", ())) == tuple(row.blocks) for v in kept):
                     theirs = replace(theirs, blocks=row.blocks)
             asked[node] = theirs
-        for row, theirs in found.changed:
-            if row.kind == "file" and row.seq == theirs.seq and row.blocks != theirs.blocks:
+        for row, theirs in found.changed[:ASK_MOST]:
+            if row.kind == "file" and row.blocks != theirs.blocks:
                 kept = await self.remote.versions(theirs.id)
                 if any(tuple(v.get("blocks", ())) == tuple(row.blocks) for v in kept):
                     self._known_content.add(row.id)
@@ -293,7 +322,8 @@ class Reconciler:
             return False
         return True
 
-    def _repair(self, found: Comparison, listing: Listing, asked: dict[str, Node | None]) -> None:
+    def _repair(self, found: Comparison, listing: Listing, asked: dict[str, Node | None], *,
+                newer_here: bool = False) -> None:
         """Make the replica the server's tree, sending up first what only this machine has."""
         nodes = self.replica.all_nodes()
         entries = self.replica.all_entries()
@@ -315,7 +345,7 @@ class Reconciler:
                     continue  # ours goes up under a conflict name below
                 self._set_entry(parent, name, node, inv)
             for row, theirs in found.changed:
-                self._changed(row, theirs, inv, notices)
+                self._changed(row, theirs, inv, notices, newer_here=newer_here)
             self._send_kept(keep, found, listing, nodes, children, inv, notices)
             self.replica.forget_all_deferred()
             self.replica.orphan_unnamed()
@@ -390,16 +420,24 @@ class Reconciler:
             return {"op": OP_MKNOD, **base, "mode": row.mode, "rdev": row.rdev}
         return {"op": OP_CREATE, **base, "mode": row.mode, "size": row.size, "blocks": list(row.blocks)}
 
-    def _changed(self, row: NodeRow, node: Node, inv: Invalidation, notices: list[str]) -> None:
+    def _changed(self, row: NodeRow, node: Node, inv: Invalidation, notices: list[str], *,
+                 newer_here: bool = False) -> None:
         """A node on both sides that differs: the server's version is taken, ours kept if it is new.
 
-        Content here that the server never had (at the version both sides
-        name) goes up as a conflict copy beside the file: an update could
-        replace newer bytes on the server, a copy replaces nothing.
+        Content here that the server has in none of its versions goes up: as
+        the file's next version when this machine is known to be ahead
+        (*newer_here*, after a reset), else as a conflict copy beside it (an
+        update could replace newer bytes on the server, a copy replaces nothing).
         """
-        new_here = (row.kind == "file" and row.seq == node.seq and row.blocks != node.blocks
-                    and row.id not in self._known_content and self._has_blocks(list(row.blocks)))
+        new_here = (row.kind == "file" and row.blocks != node.blocks and row.id not in self._known_content
+                    and self._has_blocks(list(row.blocks)))
         places = self.replica.entries_of(row.id)
+        if new_here and newer_here:
+            self.replica.update_node(row.id, seq=node.seq)  # the base the update goes on
+            self.queue.enqueue({"op": OP_UPDATE, "id": row.id, "size": row.size, "blocks": list(row.blocks),
+                                "mtime_ns": row.mtime_ns}, quiet=0)
+            notices.append(f"{places[0][1] if places else row.id!r}: a version the server had lost, sent again")
+            return
         if new_here and places:
             parent, name = places[0]
             copy = new_node_id()
@@ -408,7 +446,7 @@ class Reconciler:
             self.replica.set_entry(parent, copy_name, copy)
             self._touched(parent, copy_name, inv)
             self.queue.enqueue(self._making(self.replica.by_id(copy) or row, copy, parent, copy_name), quiet=0)
-            notices.append(f"{name!r} here differed from the server's at the same version: kept as {copy_name!r}")
+            notices.append(f"{name!r} here differed from the server's: kept as {copy_name!r}")
         self.replica.update_node(row.id, seq=0)  # let the server's version in
         self.replica.apply_node(node)
         inv.inodes.append(row.ino)
