@@ -170,16 +170,32 @@ class Mount:
             with trio.move_on_after(2.0):
                 await self._status_dirty.wait()
 
-    async def _first_sync(self) -> None:
-        """Bring the replica up to date before the kernel sees the tree."""
+    async def _first_sync(self, progress: Callable[[int], None]) -> None:
+        """Bring the replica up to date before the kernel sees the tree.
+
+        A machine that has the whole tree from before mounts from its replica
+        when the server is slow or away.  One that never had it all (a first
+        mount, or one cut short) waits for every page, however long a big
+        store takes, telling *progress* the records received: a program must
+        never see a folder as complete before it is.
+        """
         notify, self.applier.notify = self.applier.notify, lambda inv: None  # no kernel to tell yet
+        whole = self.replica.meta("listed") == "1" or (self.replica.cursor > 0 and not self.replica.meta("listing"))
         try:
-            with trio.fail_after(30):
-                await self.follower.catch_up()
+            if whole:
+                with trio.fail_after(30):
+                    await self.follower.catch_up()
+            else:
+                with self.replica.tx():
+                    self.replica.set_meta("listing", "1")
+                await self.follower.catch_up(progress=progress)
+            with self.replica.tx():
+                self.replica.set_meta("listed", "1")
+                self.replica.set_meta("listing", "")
         except (Offline, trio.TooSlowError) as exc:
-            if self.replica.cursor == 0:
+            if not whole:
                 raise ConfigError(
-                    f"cannot reach {self.settings.server} and this machine has no copy of the tree yet: {exc}"
+                    f"cannot reach {self.settings.server} and this machine does not have the whole tree yet: {exc}"
                 ) from exc
             log.warning("server unreachable (%s): mounting offline from the local replica", exc)
             self._on_state(False, str(exc))
@@ -206,8 +222,8 @@ class Mount:
             while len(self.queue) and self.uploader.failures == 0:
                 await trio.sleep(0.1)
 
-    async def run(self, ready: Callable[[], None]) -> None:
-        await self._first_sync()
+    async def run(self, ready: Callable[[], None], progress: Callable[[int], None] = lambda records: None) -> None:
+        await self._first_sync(progress)
         options = set(pyfuse3.default_options)
         options |= {"fsname=websync", "subtype=websync"}
         if os.getuid() == 0:
@@ -261,9 +277,10 @@ class Mount:
         self.cache_lock.release()
 
 
-async def run_mount(home: Home, mountpoint: Path, ready: Callable[[], None]) -> None:
+async def run_mount(home: Home, mountpoint: Path, ready: Callable[[], None],
+                    progress: Callable[[int], None] = lambda records: None) -> None:
     mount = Mount(home, mountpoint)
     try:
-        await mount.run(ready)
+        await mount.run(ready, progress)
     finally:
         await mount.close()

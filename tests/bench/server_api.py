@@ -132,7 +132,7 @@ def _commit(client: httpx.Client, store: str, ops: list[dict[str, Any]]) -> int:
     return int(resp.json()["seq"])
 
 
-def fill_store(client: httpx.Client, store: str, files: int, *, per_dir: int = 1000, batch: int = 5000) -> int:
+def fill_store(client: httpx.Client, store: str, files: int, *, per_dir: int = 1000, batch: int = 1000) -> int:
     """Make *files* empty files in folders of *per_dir* through the commit API; return the folders made."""
     now = time.time_ns()
     ops: list[dict[str, Any]] = []
@@ -155,7 +155,7 @@ def fill_store(client: httpx.Client, store: str, files: int, *, per_dir: int = 1
 
 
 def changes_call_cost(
-    url: str, token: str, store: str, files: int, *, per_dir: int = 1000, batch: int = 5000, repeat: int = 30
+    url: str, token: str, store: str, files: int, *, per_dir: int = 1000, batch: int = 1000, repeat: int = 30
 ) -> ChangesCost:
     """Fill *store* with *files* empty files, commit one more, time "changes since before it".
 

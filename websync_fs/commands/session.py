@@ -116,8 +116,14 @@ def _mount_foreground(ctx: Context, home: Home, target: Path) -> None:
         else:
             click.echo(f"mounted at {target}")
 
+    def progress(records: int) -> None:
+        if ready_fd is not None:
+            os.write(int(ready_fd), f"progress {records}\n".encode())
+        elif sys.stderr.isatty():
+            click.echo(f"\rreceiving the tree: {records:,} records", nl=False, err=True)
+
     try:
-        trio.run(run_mount, home, target, ready)
+        trio.run(run_mount, home, target, ready, progress)
     except WebSyncError as exc:
         if ready_fd is not None:
             try:
@@ -143,8 +149,18 @@ def _mount_background(ctx: Context, home: Home, target: Path) -> None:
             start_new_session=True,
         )
     os.close(write_end)
+    answer = ""
     with os.fdopen(read_end, "rb") as pipe:
-        answer = pipe.read().decode(errors="replace").strip()
+        for raw in pipe:
+            line = raw.decode(errors="replace").strip()
+            if line.startswith("progress "):
+                # A first mount of a big store: the tree arrives page by page before the mount shows it.
+                if sys.stderr.isatty():
+                    click.echo(f"\rreceiving the tree: {int(line.split()[1]):,} records", nl=False, err=True)
+                continue
+            answer += line
+    if sys.stderr.isatty():
+        click.echo("\r\033[K", nl=False, err=True)
     if answer == "ok":
         click.echo(f"mounted at {target} (process {child.pid})")
         return
