@@ -32,6 +32,7 @@ from .filestate import FileStates
 from .follower import Applier, Follower
 from .fuse_ops import FuseOperations
 from .home import Home
+from .mountlock import MountLock, holder
 from .names import NamePolicy
 from .pins import Pinner, PinTable
 from .remote import Remote
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 #: How long an unmount waits for pending uploads while the server answers.
 DRAIN_ON_UNMOUNT = 15.0
+#: How long a new mount waits for the lock of one that is ending (killed a moment ago).
+LOCK_WAIT = 5.0
 
 
 class Mount:
@@ -56,6 +59,12 @@ class Mount:
         settings, token = home.logged_in()
         self.settings = settings
         home.ensure()
+        lock = MountLock.acquire(home.pid_file, wait=LOCK_WAIT)
+        if lock is None:
+            raise ConfigError(
+                f"this home is already mounted by process {holder(home.pid_file)}; run 'websync unmount' first"
+            )
+        self.mount_lock = lock
         # Only one process uses the cache with protection at a time (control.py).
         self.cache_lock = CacheLock.acquire(home.state_dir)
         self.db = StateDb(home.replica_db)
@@ -204,7 +213,6 @@ class Mount:
                 nursery.start_soon(self._signals)
                 nursery.start_soon(self.pins.run)
                 await nursery.start(self.control.serve)
-                self.home.pid_file.write_text(str(os.getpid()))
                 log.info("mounted %s at %s", self.settings.server, self.mountpoint)
                 ready()
                 await pyfuse3.main()
@@ -217,10 +225,6 @@ class Mount:
             await self.close()
 
     def write_status_final(self) -> None:
-        try:
-            self.home.pid_file.unlink()
-        except FileNotFoundError:
-            pass
         status = self.status()
         status["pid"] = None
         status["online"] = False
@@ -235,6 +239,7 @@ class Mount:
         self.cache.close()
         self.db.close()
         self.cache_lock.release()
+        self.mount_lock.release()
 
 
 async def run_mount(home: Home, mountpoint: Path, ready: Callable[[], None]) -> None:

@@ -19,7 +19,6 @@ from ._common import (
     friendly,
     human,
     pass_ctx,
-    pid_alive,
     running_pid,
     setup_logging,
 )
@@ -157,7 +156,7 @@ def unmount(ctx: Context, mountpoint: Path) -> None:
         raise WebSyncError(f"cannot unmount {target}: {reason} (close the files open there and try again)")
     if pid is not None:
         deadline = time.monotonic() + 60
-        while pid_alive(pid) and time.monotonic() < deadline:
+        while running_pid(ctx.home) is not None and time.monotonic() < deadline:
             time.sleep(0.05)
     click.echo(f"unmounted {target}")
 
