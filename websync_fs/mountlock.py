@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-__all__ = ["MountLock", "holder"]
+__all__ = ["MountLock", "flock_file", "holder"]
 
 
 class MountLock:
@@ -32,7 +32,7 @@ class MountLock:
         has not closed yet, and a `holder` probe taking the lock for a moment.
         """
         deadline = time.monotonic() + wait
-        while (fd := _lock(path, fcntl.LOCK_EX)) is None:
+        while (fd := flock_file(path, fcntl.LOCK_EX)) is None:
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.05)
@@ -52,7 +52,7 @@ def holder(path: Path) -> int | None:
 
     A holder whose pid is not written yet (it is starting) reads as 0.
     """
-    fd = _lock(path, fcntl.LOCK_SH)  # shared: probes never stand in each other's way
+    fd = flock_file(path, fcntl.LOCK_SH)  # shared: probes never stand in each other's way
     if fd is not None:
         os.close(fd)  # nobody held it: whatever the file says is stale
         return None
@@ -63,8 +63,8 @@ def holder(path: Path) -> int | None:
     return int(text) if text.isdigit() else 0
 
 
-def _lock(path: Path, how: int) -> int | None:
-    """A descriptor of *path* holding its flock (*how*), or None if another holds it."""
+def flock_file(path: Path, how: int) -> int | None:
+    """A descriptor of *path* (made if missing) holding its flock *how*, or None if another holds it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, how | fcntl.LOCK_NB)
