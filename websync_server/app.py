@@ -159,8 +159,8 @@ class _Api:
     async def commit(self, request: Request) -> Response:
         identity, store = await self._store_access(request)
         body = await _json_object(request)
+        # The store announces the commit itself (MetadataStore.on_commit), from its thread.
         seq = await run_in_threadpool(self._s.store.commit, store, identity.device, body.get("batch"), body.get("ops"))
-        self._s.notifier.notify(store, seq)
         log.debug("store %s: commit %s by %s is seq %d", store, body.get("batch"), identity.device, seq)
         return JSONResponse({"seq": seq})
 

@@ -13,6 +13,16 @@ that lands between the two has either been delivered already (the seq check
 catches it) or is still queued on the loop (and wakes the waiter when it runs),
 because a commit is notified only after its transaction committed.
 
+Nor may a commit go unannounced.  The metadata store calls `notify` itself,
+in the committing thread, right after the transaction (``MetadataStore.on_commit``):
+announced by the request handler after awaiting that thread, a commit was
+visible but unannounced across an ``await``, and a handler ended there (its
+task cancelled at shutdown, an error after the write) left every long poll of
+the store waiting for the next commit.  A batch sent again is announced again,
+which wakes nobody twice (seqs only move forward here).
+`tests/server/test_long_poll_stress.py` holds many long polls open while
+thousands of commits land and requires every poll to be answered for each.
+
 This covers one server process.  Several processes on PostgreSQL will feed
 `notify` from LISTEN/NOTIFY instead of from their own commits.
 """

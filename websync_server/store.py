@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Protocol
 
 from sqlalchemy import Connection, insert, select, update
@@ -66,11 +67,16 @@ def new_store(conn: Connection, owner: int) -> str:
 class MetadataStore:
     """Stores' trees, commits and journal, on a `Database`."""
 
-    def __init__(self, db: Database, blocks: BlockSizes, retention_s: float = history.DEFAULT_RETENTION_S) -> None:
+    def __init__(
+        self, db: Database, blocks: BlockSizes, retention_s: float = history.DEFAULT_RETENTION_S,
+        on_commit: Callable[[str, int], None] | None = None,
+    ) -> None:
         self._db = db
         self._blocks = blocks
         #: How long deleted nodes stay in the trash and can be restored.
         self.retention_ns = int(retention_s * 1e9)
+        #: Told ``(store, seq)`` once a commit is visible (the notifier wakes long polls).
+        self.on_commit = on_commit or (lambda store, seq: None)
 
     def owner(self, store_id: str) -> int | None:
         """The user id owning *store_id*, or None for an unknown store."""
@@ -94,6 +100,15 @@ class MetadataStore:
         if user is None:
             raise NotFound(f"there is no store {store_id}")
         self._check_blocks(user, parsed)
+        seq = self._apply(store_id, device, batch, parsed)
+        # In the committing thread, before anything can cancel the request that
+        # asked: a commit that is visible but never announced leaves every long
+        # poll of the store waiting for the next one (docs/design.md).
+        self.on_commit(store_id, seq)
+        return seq
+
+    def _apply(self, store_id: str, device: str, batch: str, parsed: list[Op]) -> int:
+        """Apply *parsed* as one transaction; the store's new seq (or the first one of a batch seen before)."""
         with self._db.write() as conn:
             # FOR UPDATE serializes commits to one store on PostgreSQL; SQLite
             # already holds the database write lock (BEGIN IMMEDIATE).
