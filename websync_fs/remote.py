@@ -28,6 +28,7 @@ from .errors import (
     RemoteError,
     ServerFull,
     Unauthorized,
+    WrongPassword,
 )
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ async def login(
         except httpx.HTTPError as exc:
             raise Offline(f"cannot reach {server}: {exc}") from exc
     if resp.status_code == 401:
-        raise Unauthorized("wrong user name or password")
+        raise WrongPassword("wrong user name or password")
     _raise_for(resp)
     return _answer(resp, dict)
 

@@ -30,7 +30,7 @@ class Context:
 
 
 def friendly(fn: F) -> F:
-    """Turn WebSync errors into a message and an exit code."""
+    """Turn WebSync errors into a message and an exit code (docs/user-guide.md lists them)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -42,6 +42,9 @@ def friendly(fn: F) -> F:
                 log.exception("command failed")
             click.echo(f"websync: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("websync: interrupted", err=True)
+            sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
 

@@ -159,6 +159,11 @@ def unmount(ctx: Context, mountpoint: Path) -> None:
         while running_pid(ctx.home) is not None and time.monotonic() < deadline:
             time.sleep(0.05)
     click.echo(f"unmounted {target}")
+    pending, pending_bytes, _ = _queue_size(ctx.home)
+    if pending:
+        # Offline, or the server too slow to take them all before the mount ended.
+        click.echo(f"{pending} change(s), {human(pending_bytes)}, stay queued on this machine;"
+                   " they go up the next time the store is mounted")
 
 
 def _probe(home: Home) -> tuple[bool, str]:
