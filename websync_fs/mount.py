@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 DRAIN_ON_UNMOUNT = 15.0
 #: How long a new mount waits for the lock of one that is ending (killed a moment ago).
 LOCK_WAIT = 5.0
+#: Seconds between looks at the token file for a new login.
+LOGIN_CHECK = 1.0
 
 
 class Mount:
@@ -156,6 +158,43 @@ class Mount:
             with trio.move_on_after(2.0):
                 await self._status_dirty.wait()
 
+    def _login_stamp(self) -> tuple[int, int]:
+        """What changes when `websync login` runs again: the token file's inode and mtime."""
+        try:
+            st = self.home.token_file.stat()
+        except OSError:
+            return (0, 0)
+        return (st.st_ino, st.st_mtime_ns)
+
+    async def _follow_login(self) -> None:
+        """A new `websync login` takes effect here within a second: its token and device name.
+
+        The server writes the device name a token belongs to into every version
+        this machine commits, and conflict copies carry it: a mount going on
+        with the old token would write under the old name until remounted.
+        """
+        seen = self._login_stamp()
+        while True:
+            await trio.sleep(LOGIN_CHECK)
+            stamp = self._login_stamp()
+            if stamp == seen:
+                continue
+            seen = stamp
+            try:
+                settings, token = self.home.logged_in()
+            except ConfigError as exc:
+                log.warning("the new login cannot be read (%s); going on with the old one", exc)
+                continue
+            if (settings.server, settings.store) != (self.settings.server, self.settings.store):
+                log.warning("logged in to %s, store %s: that takes effect at the next mount",
+                            settings.server, settings.store)
+                continue
+            self.remote.set_token(token)
+            self.uploader.device = settings.device
+            self.settings = settings
+            self._status_dirty.set()
+            log.info("logged in again: device %s from now on", settings.device)
+
     async def _first_sync(self) -> None:
         """Bring the replica up to date before the kernel sees the tree."""
         notify, self.applier.notify = self.applier.notify, lambda inv: None  # no kernel to tell yet
@@ -210,6 +249,7 @@ class Mount:
                 nursery.start_soon(self.uploader.run)
                 await nursery.start(self.early.run)
                 nursery.start_soon(self._status_writer)
+                nursery.start_soon(self._follow_login)
                 nursery.start_soon(self._signals)
                 nursery.start_soon(self.pins.run)
                 await nursery.start(self.control.serve)

@@ -83,18 +83,26 @@ def _raise_for(resp: httpx.Response) -> None:
 
 
 async def login(
-    server: str, user: str, password: str, device: str, transport: httpx.AsyncBaseTransport | None = None
+    server: str, user: str, password: str, device: str, transport: httpx.AsyncBaseTransport | None = None,
+    *, replaces: str | None = None,
 ) -> dict[str, Any]:
-    """Trade a password for a device token (``POST /v1/login``)."""
+    """Trade a password for a device token (``POST /v1/login``); *replaces*: this machine's token so far."""
+    body = {"user": user, "password": password, "device": device}
+    if replaces:
+        body["replaces"] = replaces
     async with httpx.AsyncClient(base_url=server, timeout=_TIMEOUT, transport=transport) as client:
         try:
-            resp = await client.post(f"{API}/login", json={"user": user, "password": password, "device": device})
+            resp = await client.post(f"{API}/login", json=body)
         except httpx.HTTPError as exc:
             raise Offline(f"cannot reach {server}: {exc}") from exc
     if resp.status_code == 401:
         raise WrongPassword("wrong user name or password")
     _raise_for(resp)
     return _answer(resp, dict)
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 class Remote:
@@ -106,7 +114,7 @@ class Remote:
         self.server = server
         self.store = store
         limits = httpx.Limits(max_connections=16, max_keepalive_connections=8)
-        auth = {"Authorization": f"Bearer {token}"}
+        auth = _auth(token)
         self._client = httpx.AsyncClient(
             base_url=server,
             headers=auth,
@@ -116,6 +124,13 @@ class Remote:
         )
         # Block GETs carry almost every byte a machine reads: they skip httpx where they can.
         self._wire = BlockWire(server, auth) if transport is None and blockwire.usable_for(server) else None
+
+    def set_token(self, token: str) -> None:
+        """Send *token* from the next request on (a new login while mounted)."""
+        auth = _auth(token)
+        self._client.headers.update(auth)
+        if self._wire is not None:
+            self._wire.set_headers(auth)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -115,7 +115,7 @@ class _Api:
     async def login(self, request: Request) -> Response:
         body = await _json_object(request)
         login = await run_in_threadpool(
-            self._s.accounts.login, body.get("user"), body.get("password"), body.get("device")
+            self._s.accounts.login, body.get("user"), body.get("password"), body.get("device"), body.get("replaces")
         )
         log.info("user %s logged in as device %r", login.identity.user, login.identity.device)
         return JSONResponse({"token": login.token, **_identity_wire(login.identity)})

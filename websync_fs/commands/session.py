@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +48,17 @@ def login(ctx: Context, server: str, user: str, device: str | None, password_std
         password = click.prompt("Password", hide_input=True)
     home = ctx.home
     settings = home.load_settings()
+    same_account = (settings.server, settings.user) == (server.rstrip("/"), user)
     settings.server = server.rstrip("/")
     settings.user = user
     if device:
         settings.device = device
-    answer = trio.run(remote_login, settings.server, user, password, settings.device)
+    # The same machine logging in again keeps its device name (the server knows it by this token).
+    replaces = home.token_file.read_text().strip() if same_account and home.token_file.exists() else None
+    answer = trio.run(partial(remote_login, replaces=replaces), settings.server, user, password, settings.device)
+    if answer["device"] != settings.device:
+        click.echo(f"another device of {user} is called {settings.device}: this one is {answer['device']}")
+    settings.device = answer["device"]
     settings.store = answer["store"]
     home.save_token(answer["token"])
     home.save_settings(settings)
