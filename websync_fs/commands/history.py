@@ -168,19 +168,33 @@ def conflicts(ctx: Context, as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--all", "show_all", is_flag=True, help="List programs' internal files one by one too.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON (every entry, each marked).")
 @pass_ctx
 @friendly
-def trash(ctx: Context, as_json: bool) -> None:
-    """List deleted files that can be restored, newest first."""
-    items = _with_remote(ctx.home, lambda r: r.trash())
+def trash(ctx: Context, show_all: bool, as_json: bool) -> None:
+    """List deleted files that can be restored, newest first.
+
+    What you deleted comes first; files programs made and removed themselves
+    (inside .git, SQLite journals, lock and temporary files) are summed up in
+    one line: --all lists them, and any of them can be restored like the rest.
+    """
+    from ..names import NamePolicy
+    from ..trashlist import TrashList
+
+    home = ctx.home
+    settings = home.load_settings()
+    listed = TrashList(_with_remote(home, lambda r: r.trash()), NamePolicy(settings.local_only, settings.temporary))
     if as_json:
-        click.echo(json.dumps({"trash": items}, indent=2))
-    elif not items:
+        click.echo(json.dumps({"trash": listed.items}, indent=2))
+        return
+    if not listed.items:
         click.echo("the trash is empty")
-    else:
-        for i in items:
-            click.echo(f"{_when(i['time'])}  {i['path']}  ({human(i['size'])}, deleted on {i['device']})")
+        return
+    for i in listed.items if show_all else listed.personal:
+        click.echo(f"{_when(i['time'])}  {i['path']}  ({human(i['size'])}, deleted on {i['device']})")
+    if listed.internals and not show_all:
+        click.echo(f"and {listed.summary()}; 'websync trash --all' lists them")
 
 
 __all__ = ["history", "restore", "conflicts", "trash", "WebSyncError"]
