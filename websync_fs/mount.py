@@ -23,6 +23,7 @@ import trio
 from cache import BlockCache
 
 from . import readahead
+from .backoff import Backoff
 from .blocksource import BlockSource
 from .cachectl import CacheControl
 from .control import CacheLock, ControlServer
@@ -79,6 +80,9 @@ class Mount:
         self.cache.protect(self.queue.all_blocks())
         self.cache.protect(self.replica.local_blocks())
         self.remote = Remote(settings.server, token, settings.store)
+        # One back-off for the machine: an answer to any request ends every wait (backoff.py).
+        self.retry = Backoff()
+        self.remote.on_answer = self.retry.answered
         self.source = BlockSource(self.cache, self.remote)
         self.pins = Pinner(PinTable(self.db), self.replica, self.cache, self.remote.get_block)
         self.pins.reconcile()  # pinned blocks are protected again before the first put
@@ -97,7 +101,7 @@ class Mount:
         )
         self.ops = FuseOperations(self.vfs)
         self.applier = Applier(self.replica, self.queue, self.vfs.busy, self.ops.notify)
-        self.follower = Follower(self.remote, self.applier, self._on_state)
+        self.follower = Follower(self.remote, self.applier, self._on_state, self.retry)
         self.uploader = Uploader(
             self.queue, self.replica, self.remote, self.cache.get, self.applier, self.ops.notify,
             settings.device, self._on_state, settle=self.early.settle,

@@ -124,6 +124,8 @@ class Remote:
         )
         # Block GETs carry almost every byte a machine reads: they skip httpx where they can.
         self._wire = BlockWire(server, auth) if transport is None and blockwire.usable_for(server) else None
+        #: Called after every answer from the server, whatever its status: it is reachable.
+        self.on_answer: Callable[[], None] = lambda: None
 
     def set_token(self, token: str) -> None:
         """Send *token* from the next request on (a new login while mounted)."""
@@ -137,12 +139,27 @@ class Remote:
         if self._wire is not None:
             await self._wire.aclose()
 
+    def _check(self, resp: httpx.Response) -> None:
+        """Raise for an error answer; tell `on_answer` if the server itself answered.
+
+        An answer that counts as ``Offline`` (a proxy's 502, a captive portal)
+        does not: it must not end the back-off of a server that is still away.
+        """
+        try:
+            _raise_for(resp)
+        except Offline:
+            raise
+        except RemoteError:
+            self.on_answer()
+            raise
+        self.on_answer()
+
     async def _request(self, method: str, url: str, **kw: Any) -> httpx.Response:
         try:
             resp = await self._client.request(method, url, **kw)
         except httpx.HTTPError as exc:
             raise Offline(f"cannot reach {self.server}: {exc.__class__.__name__} {exc}") from exc
-        _raise_for(resp)
+        self._check(resp)
         return resp
 
     async def whoami(self) -> dict[str, Any]:
@@ -186,7 +203,7 @@ class Remote:
             except httpx.HTTPError as exc:
                 raise Offline(f"cannot reach {self.server}: {exc.__class__.__name__} {exc}") from exc
             else:
-                _raise_for(resp)
+                self._check(resp)
                 return resp
         timeout = httpx.Timeout(_BLOCK_READ_TIMEOUT, connect=5.0)
         return await self._request("GET", url, timeout=timeout, headers=headers)
