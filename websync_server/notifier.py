@@ -96,8 +96,11 @@ class Notifier:
             return  # not serving: nobody can be waiting
         if threading.get_ident() == self._loop_thread:
             func(*args)
-        elif not loop.is_closed():
+            return
+        try:
             loop.call_soon_threadsafe(func, *args)
+        except RuntimeError:
+            pass  # the loop closed (server shutdown): nobody is waiting any more
 
     def _deliver(self, store: str, seq: int) -> None:
         if seq <= self._seqs.get(store, 0):

@@ -8,6 +8,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import pytest
+
+from tests.server.conftest import Components
+from tests.server.ops import mkdir
+from websync_server._exceptions import CommitConflict
 from websync_server.notifier import Notifier
 
 T = TypeVar("T")
@@ -62,3 +67,20 @@ def test_close_releases_every_waiter() -> None:
         return list(await asyncio.wait_for(asyncio.gather(*waits), 5))
 
     assert run(scenario) == [False, False, False]
+
+
+def test_the_store_announces_every_commit_itself_once_it_is_visible(components: Components) -> None:
+    announced: list[tuple[str, int, int]] = []
+
+    def on_commit(store: str, seq: int) -> None:
+        # Visible already: a long poll woken by this finds the commit.
+        page = components.store.changes(store, seq - 1)
+        announced.append((store, seq, len(page.entries)))
+
+    components.store.on_commit = on_commit
+    first = components.commit(mkdir("a"), batch="b1")
+    again = components.commit(mkdir("a"), batch="b1")  # the same batch sent again: announced again, harmlessly
+    with pytest.raises(CommitConflict):
+        components.commit(mkdir("a"))  # refused: nothing to announce
+    assert first == again
+    assert announced == [(components.store_id, first, 1), (components.store_id, first, 1)]
