@@ -113,6 +113,8 @@ def restore(ctx: Context, path: str, version: int | None, new_name: str | None) 
     """
     home = ctx.home
     replica = _replica(home)
+    if version is not None and new_name is not None:
+        raise ConfigError("--as brings back a deleted file; --version brings back an earlier version in place")
     if version is not None:
         where, _, _, row = _find(
             home, replica, path, lambda p, n, r: r is not None and r.kind == "file", "a file in the store"
@@ -133,9 +135,11 @@ def restore(ctx: Context, path: str, version: int | None, new_name: str | None) 
     if new_name is not None and (new_name in (".", "..") or "/" in new_name or not new_name):
         raise ConfigError(f"{new_name!r} is not a file name (--as takes a name, not a path)")
     if replica.lookup(parent, target) is not None:
-        hint = "another --as NAME" if new_name else "--as NEW_NAME to bring the deleted one back under another name"
-        raise ConfigError(f"{where.rsplit('/', 1)[0] + '/' if '/' in where else ''}{target} exists; give {hint}"
-                          f", or --version N for an earlier version of the file there now")
+        taken = "/".join([*where.split("/")[:-1], target])
+        if new_name:
+            raise ConfigError(f"{taken} exists too; give another --as NAME")
+        raise ConfigError(f"{taken} exists (something took the deleted file's name); give --as NEW_NAME to bring"
+                          " the deleted one back beside it, or --version N for an earlier version of the file there now")
     _with_remote(home, lambda r: r.undelete(trashed[(parent, name)]["node"], parent, target))
     click.echo(f"restored {where}" + (f" as {target}" if new_name else ""))
 
