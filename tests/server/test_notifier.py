@@ -59,6 +59,21 @@ def test_a_commit_notified_before_the_wait_is_not_missed() -> None:
     assert run(scenario) == (True, False)
 
 
+def test_the_late_announcement_of_a_commit_already_read_does_not_end_the_wait() -> None:
+    async def scenario(notifier: Notifier) -> tuple[bool, bool, bool]:
+        notifier.notify("s", 6)
+        # This poll read commit 7 from the journal before 7's announcement arrived.
+        early = asyncio.create_task(notifier.wait("s", after=7, timeout=30))
+        await asyncio.sleep(0.01)
+        notifier.notify("s", 7)  # late, and not news to this poll
+        await asyncio.sleep(0.05)
+        woke_for_nothing = early.done()
+        notifier.notify("s", 8)
+        return woke_for_nothing, await asyncio.wait_for(early, 5), notifier.waiting("s") == 0
+
+    assert run(scenario) == (False, True, True)
+
+
 def test_close_releases_every_waiter() -> None:
     async def scenario(notifier: Notifier) -> list[bool]:
         waits = [asyncio.create_task(notifier.wait(f"s{i}", after=0, timeout=30)) for i in range(3)]
