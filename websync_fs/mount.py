@@ -127,6 +127,7 @@ class Mount:
         if online and not self.online:
             self.uploader.reconnected()  # uploads waiting out a backoff go now
             self.source.reconnected()
+            self.pins.reconnected()
         if (online, error) != (self.online, self.error):
             self.online, self.error = online, error
             self._status_dirty.set()
