@@ -30,10 +30,10 @@ class Machine:
         self.mnt.mkdir(parents=True, exist_ok=True)
         self.mounted_pid: int | None = None
 
-    def cli(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
-            ) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         cmd = [str(BIN / "websync"), "--home", str(self.home), *args]
-        result = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout, cwd=cwd)
         if check and result.returncode != 0:
             raise AssertionError(
                 f"{' '.join(cmd)} exited {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"

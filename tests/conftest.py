@@ -25,7 +25,7 @@ _users = itertools.count(1)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--slow", action="store_true", help="run the soak tests at full length (bounded otherwise)")
+    parser.addoption("--slow", action="store_true", help="run the soak and long-poll stress tests at full length (bounded otherwise)")
 
 
 @pytest.fixture(scope="session")

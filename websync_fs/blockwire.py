@@ -81,12 +81,16 @@ class BlockWire:
         self._base = parsed.raw_path.rstrip(b"/").decode("ascii")
         host = parsed.raw_host.decode("ascii")  # IDNA-encoded, as HTTP wants it
         host = f"[{host}]" if ":" in host else host  # an IPv6 literal
-        host = host if parsed.port is None else f"{host}:{self._port}"
-        lines = [f"Host: {host}"] + [f"{k}: {v}" for k, v in headers.items()]
-        self._fixed = "".join(line + "\r\n" for line in lines)
+        self._hostname = host if parsed.port is None else f"{host}:{self._port}"
+        self.set_headers(headers)
         self._connect_timeout = connect_timeout
         self._idle: list[trio.SocketStream] = []
         self._closed = False
+
+    def set_headers(self, headers: Mapping[str, str]) -> None:
+        """Send *headers* with every request from now on (kept connections stay)."""
+        lines = [f"Host: {self._hostname}"] + [f"{k}: {v}" for k, v in headers.items()]
+        self._fixed = "".join(line + "\r\n" for line in lines)
 
     async def aclose(self) -> None:
         """Close the kept connections; later answers close theirs instead of keeping them."""

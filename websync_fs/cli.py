@@ -14,6 +14,7 @@ from .commands._common import Context
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="websync", prog_name="websync", message="%(prog)s %(version)s")
 @click.option("--home", envvar="WEBSYNC_HOME", type=click.Path(file_okay=False),
               help="Directory for this machine's config, state and cache (default: XDG directories).")
 @click.option("-v", "--verbose", is_flag=True, help="Log to the terminal too, with debug detail.")

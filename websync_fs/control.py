@@ -36,6 +36,7 @@ from typing import Any
 import trio
 
 from .errors import WebSyncError
+from .mountlock import flock_file
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +89,8 @@ class CacheLock:
     @classmethod
     def try_acquire(cls, state_dir: Path) -> CacheLock | None:
         """Take the lock, or return None at once if another process holds it."""
-        fd = _open_lock(state_dir)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(fd)
+        fd = flock_file(state_dir / LOCK_NAME, fcntl.LOCK_EX)
+        return None if fd is None else cls(fd)
 
     def release(self) -> None:
         fd, self._fd = self._fd, None

@@ -7,6 +7,7 @@
     ├── RemoteError              talking to the server failed
     │   ├── Offline              no answer: connection refused, reset, timed out
     │   ├── Unauthorized         401: the device token is wrong or revoked
+    │   │   └── WrongPassword    401 to a login: wrong user name or password
     │   ├── ServerFull           507: the server's disk is full
     │   ├── NotFound             404
     │   ├── BadRequest           400: the server refused the request as invalid
@@ -46,6 +47,12 @@ class Offline(RemoteError):
 
 class Unauthorized(RemoteError):
     exit_code = 4
+
+
+class WrongPassword(Unauthorized):
+    """The server refused a login's user name or password (not a device's token)."""
+
+    exit_code = 5
 
 
 class ServerFull(RemoteError):

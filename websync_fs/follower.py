@@ -30,6 +30,7 @@ import trio
 
 from websync_server.protocol import ROOT_ID, Changes, Entry, Node
 
+from .backoff import Backoff
 from .errors import Offline, RemoteError, Unauthorized
 from .remote import Remote
 from .replica import Replica
@@ -212,10 +213,14 @@ class Applier:
 class Follower:
     """Long-polls the journal and applies what it returns."""
 
-    def __init__(self, remote: Remote, applier: Applier, on_state: Callable[[bool, str], None]) -> None:
+    def __init__(
+        self, remote: Remote, applier: Applier, on_state: Callable[[bool, str], None], retry: Backoff | None = None
+    ) -> None:
         self.remote = remote
         self.applier = applier
         self.on_state = on_state
+        #: Shared with every other caller of the server (mount.py): any answer ends its waits.
+        self.retry = retry or Backoff()
         self.online = False
         self.last_contact = 0.0
         #: Takes over a journal reset on a machine that has a tree (reconcile.py's resync).
@@ -268,18 +273,18 @@ class Follower:
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        failures = 0
         while True:
             try:
-                await self.catch_up(wait=WAIT)
-                failures = 0
+                # Back from a failure, ask without waiting: a long poll of a server with
+                # nothing new would say "reachable" only when its wait ran out.
+                await self.catch_up(wait=WAIT if self.online else 0)
+                self.retry.answered()
             except Unauthorized as exc:
                 self._mark(False, str(exc))
-                await trio.sleep(60)
+                await self.retry.wait(60)
             except (Offline, RemoteError) as exc:
-                failures += 1
                 self._mark(False, str(exc))
-                await trio.sleep(backoff(failures))
+                await self.retry.wait(self.retry.failed())
 
 
 def backoff(failures: int, base: float = 0.25, cap: float = 30.0) -> float:

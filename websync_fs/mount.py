@@ -23,6 +23,7 @@ import trio
 from cache import BlockCache
 
 from . import readahead
+from .backoff import Backoff
 from .blocksource import BlockSource
 from .cachectl import CacheControl
 from .control import CacheLock, ControlServer
@@ -32,6 +33,7 @@ from .filestate import FileStates
 from .follower import Applier, Follower
 from .fuse_ops import FuseOperations
 from .home import Home
+from .mountlock import MountLock, holder
 from .names import NamePolicy
 from .pins import Pinner, PinTable
 from .reconcile import Reconciler
@@ -46,6 +48,10 @@ log = logging.getLogger(__name__)
 
 #: How long an unmount waits for pending uploads while the server answers.
 DRAIN_ON_UNMOUNT = 15.0
+#: How long a new mount waits for the lock of one that is ending (killed a moment ago).
+LOCK_WAIT = 5.0
+#: Seconds between looks at the token file for a new login.
+LOGIN_CHECK = 1.0
 
 
 class Mount:
@@ -57,6 +63,12 @@ class Mount:
         settings, token = home.logged_in()
         self.settings = settings
         home.ensure()
+        lock = MountLock.acquire(home.pid_file, wait=LOCK_WAIT)
+        if lock is None:
+            raise ConfigError(
+                f"this home is already mounted by process {holder(home.pid_file)}; run 'websync unmount' first"
+            )
+        self.mount_lock = lock
         # Only one process uses the cache with protection at a time (control.py).
         self.cache_lock = CacheLock.acquire(home.state_dir)
         self.db = StateDb(home.replica_db)
@@ -69,6 +81,9 @@ class Mount:
         self.cache.protect(self.queue.all_blocks())
         self.cache.protect(self.replica.local_blocks())
         self.remote = Remote(settings.server, token, settings.store, ca_file=settings.ca_file)
+        # One back-off for the machine: an answer to any request ends every wait (backoff.py).
+        self.retry = Backoff()
+        self.remote.on_answer = self.retry.answered
         self.source = BlockSource(self.cache, self.remote)
         self.pins = Pinner(PinTable(self.db), self.replica, self.cache, self.remote.get_block)
         self.pins.reconcile()  # pinned blocks are protected again before the first put
@@ -87,7 +102,7 @@ class Mount:
         )
         self.ops = FuseOperations(self.vfs)
         self.applier = Applier(self.replica, self.queue, self.vfs.busy, self.ops.notify)
-        self.follower = Follower(self.remote, self.applier, self._on_state)
+        self.follower = Follower(self.remote, self.applier, self._on_state, self.retry)
         self.uploader = Uploader(
             self.queue, self.replica, self.remote, self.cache.get, self.applier, self.ops.notify,
             settings.device, self._on_state, settle=self.early.settle,
@@ -132,6 +147,7 @@ class Mount:
         if online and not self.online:
             self.uploader.reconnected()  # uploads waiting out a backoff go now
             self.source.reconnected()
+            self.pins.reconnected()
         if (online, error) != (self.online, self.error):
             self.online, self.error = online, error
             self._status_dirty.set()
@@ -169,6 +185,43 @@ class Mount:
             self._status_dirty = trio.Event()
             with trio.move_on_after(2.0):
                 await self._status_dirty.wait()
+
+    def _login_stamp(self) -> tuple[int, int]:
+        """What changes when `websync login` runs again: the token file's inode and mtime."""
+        try:
+            st = self.home.token_file.stat()
+        except OSError:
+            return (0, 0)
+        return (st.st_ino, st.st_mtime_ns)
+
+    async def _follow_login(self) -> None:
+        """A new `websync login` takes effect here within a second: its token and device name.
+
+        The server writes the device name a token belongs to into every version
+        this machine commits, and conflict copies carry it: a mount going on
+        with the old token would write under the old name until remounted.
+        """
+        seen = self._login_stamp()
+        while True:
+            await trio.sleep(LOGIN_CHECK)
+            stamp = self._login_stamp()
+            if stamp == seen:
+                continue
+            seen = stamp
+            try:
+                settings, token = self.home.logged_in()
+            except ConfigError as exc:
+                log.warning("the new login cannot be read (%s); going on with the old one", exc)
+                continue
+            if (settings.server, settings.store) != (self.settings.server, self.settings.store):
+                log.warning("logged in to %s, store %s: that takes effect at the next mount",
+                            settings.server, settings.store)
+                continue
+            self.remote.set_token(token)
+            self.uploader.device = settings.device
+            self.settings = settings
+            self._status_dirty.set()
+            log.info("logged in again: device %s from now on", settings.device)
 
     async def _first_sync(self, progress: Callable[[int], None]) -> None:
         """Bring the replica up to date before the kernel sees the tree.
@@ -241,10 +294,10 @@ class Mount:
                 nursery.start_soon(self.reconciler.run)
                 await nursery.start(self.early.run)
                 nursery.start_soon(self._status_writer)
+                nursery.start_soon(self._follow_login)
                 nursery.start_soon(self._signals)
                 nursery.start_soon(self.pins.run)
                 await nursery.start(self.control.serve)
-                self.home.pid_file.write_text(str(os.getpid()))
                 log.info("mounted %s at %s", self.settings.server, self.mountpoint)
                 ready()
                 await pyfuse3.main()
@@ -257,10 +310,6 @@ class Mount:
             await self.close()
 
     def write_status_final(self) -> None:
-        try:
-            self.home.pid_file.unlink()
-        except FileNotFoundError:
-            pass
         status = self.status()
         status["pid"] = None
         status["online"] = False
@@ -275,6 +324,7 @@ class Mount:
         self.cache.close()
         self.db.close()
         self.cache_lock.release()
+        self.mount_lock.release()
 
 
 async def run_mount(home: Home, mountpoint: Path, ready: Callable[[], None],

@@ -396,13 +396,17 @@ class Pinner:
             self.reconcile()
             await trio.sleep(self._last_run * SPACING)
 
-    def _retry_now(self) -> None:
+    def reconnected(self) -> None:
+        """The server answers again: blocks waiting out an offline back-off are fetched now."""
         self.failures = 0
         self._retry_at = 0.0
+        self._lot.unpark_all()
+
+    def _retry_now(self) -> None:
         for h in self._failed:
             self._queue[h] = None
         self._failed.clear()
-        self._lot.unpark_all()
+        self.reconnected()
 
     async def _take(self) -> str:
         while True:

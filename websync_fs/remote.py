@@ -28,6 +28,7 @@ from .errors import (
     RemoteError,
     ServerFull,
     Unauthorized,
+    WrongPassword,
 )
 
 log = logging.getLogger(__name__)
@@ -90,24 +91,27 @@ def _raise_for(resp: httpx.Response) -> None:
 
 
 async def login(
-    server: str,
-    user: str,
-    password: str,
-    device: str,
-    transport: httpx.AsyncBaseTransport | None = None,
-    ca_file: str = "",
+    server: str, user: str, password: str, device: str, transport: httpx.AsyncBaseTransport | None = None,
+    ca_file: str = "", *, replaces: str | None = None,
 ) -> dict[str, Any]:
-    """Trade a password for a device token (``POST /v1/login``)."""
+    """Trade a password for a device token (``POST /v1/login``); *replaces*: this machine's token so far."""
+    body = {"user": user, "password": password, "device": device}
+    if replaces:
+        body["replaces"] = replaces
     verify = tls.verify(ca_file)
     async with httpx.AsyncClient(base_url=server, timeout=_TIMEOUT, transport=transport, verify=verify) as client:
         try:
-            resp = await client.post(f"{API}/login", json={"user": user, "password": password, "device": device})
+            resp = await client.post(f"{API}/login", json=body)
         except httpx.HTTPError as exc:
             raise _unreachable(server, exc) from exc
     if resp.status_code == 401:
-        raise Unauthorized("wrong user name or password")
+        raise WrongPassword("wrong user name or password")
     _raise_for(resp)
     return _answer(resp, dict)
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 class Remote:
@@ -124,7 +128,7 @@ class Remote:
         self.server = server
         self.store = store
         limits = httpx.Limits(max_connections=16, max_keepalive_connections=8)
-        auth = {"Authorization": f"Bearer {token}"}
+        auth = _auth(token)
         self._client = httpx.AsyncClient(
             base_url=server,
             headers=auth,
@@ -135,18 +139,42 @@ class Remote:
         )
         # Block GETs carry almost every byte a machine reads: they skip httpx where they can.
         self._wire = BlockWire(server, auth) if transport is None and blockwire.usable_for(server) else None
+        #: Called after every answer from the server, whatever its status: it is reachable.
+        self.on_answer: Callable[[], None] = lambda: None
+
+    def set_token(self, token: str) -> None:
+        """Send *token* from the next request on (a new login while mounted)."""
+        auth = _auth(token)
+        self._client.headers.update(auth)
+        if self._wire is not None:
+            self._wire.set_headers(auth)
 
     async def aclose(self) -> None:
         await self._client.aclose()
         if self._wire is not None:
             await self._wire.aclose()
 
+    def _check(self, resp: httpx.Response) -> None:
+        """Raise for an error answer; tell `on_answer` if the server itself answered.
+
+        An answer that counts as ``Offline`` (a proxy's 502, a captive portal)
+        does not: it must not end the back-off of a server that is still away.
+        """
+        try:
+            _raise_for(resp)
+        except Offline:
+            raise
+        except RemoteError:
+            self.on_answer()
+            raise
+        self.on_answer()
+
     async def _request(self, method: str, url: str, **kw: Any) -> httpx.Response:
         try:
             resp = await self._client.request(method, url, **kw)
         except httpx.HTTPError as exc:
             raise _unreachable(self.server, exc) from exc
-        _raise_for(resp)
+        self._check(resp)
         return resp
 
     async def whoami(self) -> dict[str, Any]:
@@ -190,7 +218,7 @@ class Remote:
             except httpx.HTTPError as exc:
                 raise _unreachable(self.server, exc) from exc
             else:
-                _raise_for(resp)
+                self._check(resp)
                 return resp
         timeout = httpx.Timeout(_BLOCK_READ_TIMEOUT, connect=5.0)
         return await self._request("GET", url, timeout=timeout, headers=headers)

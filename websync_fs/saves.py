@@ -76,12 +76,17 @@ class SaveDetector:
             return False
         old_items = self.queue.items(old.id)
         new_items = self.queue.items(row.id)
-        unsent = all(i.state == "queued" for i in old_items + new_items)
-        old_only_moved = all(i.op["op"] in (OP_RENAME, OP_DELETE, OP_SETATTR) for i in old_items)
+        # Only what took the document away from this name is undone; an earlier
+        # move that brought it here (moved, then saved) must still reach the server.
+        undone = [i for i in old_items if (i.op.get("parent"), i.op.get("name")) == (parent, name)]
+        # Content the document got before it left (the previous save's update, still
+        # queued or on its way) stays: it is a version of its own (see below).
+        old_only_moved = all(i.op["op"] in (OP_RENAME, OP_DELETE, OP_SETATTR, OP_UPDATE) for i in old_items)
+        unsent = all(i.state == "queued" for i in undone + new_items)
         new_born_here = bool(new_items) and new_items[0].op["op"] == OP_CREATE
-        if not (unsent and old_only_moved and new_born_here and old_items):
+        if not (unsent and old_only_moved and new_born_here and undone):
             return False
-        if (old_items[-1].op.get("parent"), old_items[-1].op.get("name")) != (parent, name):
+        if old_items[-1] is not undone[-1]:
             # The document went on from there (moved again, deleted elsewhere): leaving
             # this name was not the last thing that happened to it, so this is no save.
             return False
@@ -90,11 +95,8 @@ class SaveDetector:
             # moved there and away again): its queued ops need the old file gone first.
             return False
         with self.replica.tx():
-            # Only what took the document away from this name is undone; an earlier
-            # move that brought it here (moved, then saved) must still reach the server.
-            for item in old_items:
-                if (item.op.get("parent"), item.op.get("name")) == (parent, name):
-                    self.queue.replace(item, None)
+            for item in undone:
+                self.queue.replace(item, None)
             for item in new_items:
                 self.queue.replace(item, None)
             fresh = new_node_id()
@@ -105,6 +107,9 @@ class SaveDetector:
             self._send(
                 {"op": OP_UPDATE, "id": old.id, "size": current.size, "blocks": list(current.blocks),
                  "mtime_ns": current.mtime_ns, "mode": current.mode},
+                # What this save replaced stays a version, however soon after the previous
+                # save it came: git rewrites .git/config twice within milliseconds.
+                version=True,
             )
             for where, what in self.replica.entries_of(fresh):
                 # The previous version stays here under another name: a file of its own.

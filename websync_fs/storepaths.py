@@ -136,6 +136,33 @@ def store_path(argument: str, mountpoint: str | None, *, cwd: str | None = None)
     return "/".join(split(PurePosixPath(argument).as_posix()))
 
 
+def readings(argument: str, mountpoint: str | None, *, cwd: str | None = None) -> list[tuple[str, str]]:
+    """The store paths *argument* may mean, the likelier first, each with how it was read.
+
+    Inside the mount a relative path is first read from the current folder
+    (``rapid.txt`` in folder ``ed`` is ``ed/rapid.txt``), then as a store path
+    (``ed/rapid.txt`` typed in folder ``ed`` may mean just that); the command
+    takes the first that names something and says which it tried when none does.
+    """
+    first = store_path(argument, mountpoint, cwd=cwd)
+    found = [(first, "from the current folder" if _relative_inside(argument, mountpoint, cwd) else "")]
+    if found[0][1]:
+        try:
+            literal = "/".join(split(PurePosixPath(argument).as_posix()))
+        except BadPath:
+            return found
+        if literal != first:
+            found.append((literal, "as a path in the store"))
+    return found
+
+
+def _relative_inside(argument: str, mountpoint: str | None, cwd: str | None) -> bool:
+    if not mountpoint or os.path.isabs(os.path.expanduser(argument)):
+        return False
+    here = os.path.normpath(cwd or os.getcwd())
+    return any(_below(here, root) is not None for root in _spellings(mountpoint))
+
+
 def _spellings(mountpoint: str) -> list[str]:
     plain = os.path.normpath(mountpoint)
     real = os.path.realpath(Path(plain).parent) + os.sep + Path(plain).name

@@ -291,15 +291,17 @@ class Vfs:
                 self._send(self._born(row, pdir.id, name), name=name)
         return self.attr(row)
 
-    def _send(self, op: dict[str, Any], *, name: str | None = None, replaced: bool = False) -> None:
-        """Queue *op* for the server with the quiet period its names call for."""
+    def _send(
+        self, op: dict[str, Any], *, name: str | None = None, replaced: bool = False, version: bool = False
+    ) -> None:
+        """Queue *op* for the server with the quiet period its names call for (*version*: see enqueue)."""
         quiet = None
         if name is not None and self.names.temporary(name):
             quiet = self.temporary_quiet
         if replaced:
             # A save may put a new file here at once: give it time (saves.py).
             quiet = max(quiet or 0.0, self.replace_quiet)
-        self.queue.enqueue(op, quiet=quiet)
+        self.queue.enqueue(op, quiet=quiet, version=version)
 
     def _local_name(self, kind: str, name: str) -> bool:
         return kind != KIND_DIR and self.names.local_only(name)

@@ -32,7 +32,9 @@ What happens on a crash (kill -9, power cut) in each state:
 
 Coalescing (only into items still ``queued``, never into one being uploaded):
 
-* update after create/update of the same node -> one item with the newest content;
+* update after create/update of the same node -> one item with the newest content,
+  except a save that replaced the file (``version=True``, saves.py): what it
+  replaced is kept as a version, so it stays an item of its own;
 * setattr after create/mkdir/symlink/update/setattr -> merged into that item;
 * delete of a node created here and never sent -> every item of the node is
   dropped and nothing is sent (a temporary file costs no traffic);
@@ -251,15 +253,17 @@ class WriteBackQueue:
         return row[0]
 
     # -- enqueueing ----------------------------------------------------------
-    def enqueue(self, op: dict[str, Any], quiet: float | None = None) -> None:
+    def enqueue(self, op: dict[str, Any], quiet: float | None = None, *, version: bool = False) -> None:
         """Add *op* for the server, coalescing it with what is already queued.
 
         *quiet* overrides the queue's quiet period for this change (temporary
         files wait longer, see names.py); a merged item keeps the later time.
+        An update with *version* is never folded into the content queued
+        before it: that content becomes a version on the server.
         """
         self._ready_at = time.time() + (self.quiet if quiet is None else quiet)
         with self.state.tx():
-            if not self._coalesce(op):
+            if not self._coalesce(op, version):
                 self._append(op)
             for fn in self._listeners:
                 self.state.after_commit(fn)
@@ -287,13 +291,13 @@ class WriteBackQueue:
         self._protect(op.get("blocks", ()))
         self._unprotect(item.blocks)
 
-    def _coalesce(self, op: dict[str, Any]) -> bool:
+    def _coalesce(self, op: dict[str, Any], version: bool = False) -> bool:
         kind = op["op"]
         node = op["id"]
         items = self.items(node)
         last = items[-1] if items else None
         mergeable = last is not None and last.state == "queued"
-        if kind == OP_UPDATE and mergeable and last and last.op["op"] in _CONTENT:
+        if kind == OP_UPDATE and mergeable and last and last.op["op"] in _CONTENT and not version:
             merged = dict(last.op)
             merged.update({k: op[k] for k in ("size", "blocks", "mtime_ns", "mode") if k in op})
             self._rewrite(last, merged)

@@ -7,7 +7,11 @@ fast hash is right for tokens (unlike passwords they are random and long) and
 lets every request be authenticated by one indexed lookup.
 
 Each login makes a new device row, so two clients on one host that log in with
-the same device name both keep working.
+the same device name both keep working -- under different names: a device name
+is unique among a user's live devices, and a name that is taken comes back with
+a suffix (``vm``, ``vm-2``, ``vm-3``), which the answer carries.  A login that
+presents the token it replaces (``replaces``: the same machine logging in
+again) may take that device's name again.
 
 A token that authenticated is remembered for `TOKEN_TRUST_S` seconds, so the
 requests of a busy client (a block read is one request of ~2 ms) skip the
@@ -34,7 +38,7 @@ from functools import cached_property
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ._exceptions import InvalidRequest, Unauthorized, UserExists
@@ -177,10 +181,17 @@ class Accounts:
         with self._db.read() as conn:
             return [UserInfo(r.name, r.store, r.devices, r.created_ns) for r in conn.execute(query)]
 
-    def login(self, user: object, password: object, device: object) -> Login:
-        """Check a user's password and register a new device; `Unauthorized` if wrong."""
+    def login(self, user: object, password: object, device: object, replaces: object = None) -> Login:
+        """Check a user's password and register a new device; `Unauthorized` if wrong.
+
+        The device gets *device* as its name if no other live device of the
+        user has it (but the one whose token *replaces* is), else the first free
+        ``device-N``.
+        """
         if not isinstance(user, str) or not isinstance(password, str):
             raise InvalidRequest("user and password must be strings")
+        if replaces is not None and not isinstance(replaces, str):
+            raise InvalidRequest("replaces must be a device token")
         device_name = _check_device_name(device)
         row = None
         if _USER_NAME_RE.match(user):
@@ -195,6 +206,9 @@ class Accounts:
         assert row is not None
         token = secrets.token_urlsafe(32)
         with self._db.write() as conn:
+            # FOR UPDATE: two logins of one user on PostgreSQL pick names one after the other.
+            conn.execute(select(users.c.id).where(users.c.id == row.id).with_for_update())
+            device_name = _free_device_name(conn, row.id, device_name, replaces)
             device_id = conn.execute(
                 insert(devices)
                 .values(
@@ -287,6 +301,27 @@ class Accounts:
             return self._hasher.verify(password_hash or self._dummy_hash, password) and password_hash is not None
         except (VerificationError, InvalidHashError):
             return False
+
+
+def _free_device_name(conn: Connection, user_id: int, wanted: str, replaces: str | None) -> str:
+    """*wanted*, or the first ``wanted-N`` that no live device of the user has (but *replaces*)."""
+    query = select(devices.c.name).where(
+        devices.c.user_id == user_id, devices.c.revoked.is_(False),
+        (devices.c.name == wanted) | devices.c.name.startswith(f"{wanted}-", autoescape=True),
+    )  # fmt: skip
+    if replaces is not None:
+        query = query.where(devices.c.token_sha256 != _token_digest(replaces))
+    taken = set(conn.execute(query).scalars())
+    name, n = wanted, 1
+    while name in taken:
+        n += 1
+        suffix = f"-{n}"
+        # Cut the wanted name (by characters, so the UTF-8 stays whole) until the suffix fits.
+        base = wanted
+        while len((base + suffix).encode("utf-8")) > DEVICE_NAME_MAX:
+            base = base[:-1]
+        name = base + suffix
+    return name
 
 
 def _check_device_name(device: object) -> str:

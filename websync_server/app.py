@@ -41,7 +41,7 @@ from ._exceptions import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from .accounts import Identity
+from .accounts import Identity, Login
 from .hostcheck import HostCheck
 from .journal import DEFAULT_LIMIT
 from .logins import guarded_login
@@ -168,7 +168,12 @@ class _Api:
         if not isinstance(user, str) or not isinstance(body.get("password"), str):
             raise InvalidRequest("user and password must be strings")
         known = await self._known_device(request, user)
-        login = await guarded_login(self._s, self._s.accounts.login, user, body["password"], body.get("device"),
+        replaces = body.get("replaces")  # this machine's token so far: it keeps its device name
+
+        def check(user: str, password: str, device: object) -> Login:
+            return self._s.accounts.login(user, password, device, replaces)
+
+        login = await guarded_login(self._s, check, user, body["password"], body.get("device"),
                                     address=address, known_device=known)
         return JSONResponse({"token": login.token, **_identity_wire(login.identity)})
 
@@ -220,10 +225,10 @@ class _Api:
     async def commit(self, request: Request) -> Response:
         identity, store = await self._store_access(request)
         body = await self._json_object(request, identity)
+        # The store announces the commit itself (MetadataStore.on_commit), from its thread.
         seq = await self._s.admission.write(
             identity.user, self._s.store.commit, store, identity.device, body.get("batch"), body.get("ops")
         )
-        self._s.notifier.notify(store, seq)
         log.debug("store %s: commit %s by %s is seq %d", store, body.get("batch"), identity.device, seq)
         return JSONResponse({"seq": seq})
 

@@ -13,6 +13,23 @@ that lands between the two has either been delivered already (the seq check
 catches it) or is still queued on the loop (and wakes the waiter when it runs),
 because a commit is notified only after its transaction committed.
 
+Nor may an announcement wake the wrong poll.  A poll that read commit N from
+the journal before N's announcement reached the loop waits with ``after=N``;
+the announcement of N then wakes every waiter of the store, this one too, and
+used to make it answer "nothing new" at once -- a long poll answered for no
+commit, which the stress test below caught.  `wait` now goes back to sleep
+unless the seq really passed its cursor.
+
+Nor may a commit go unannounced.  The metadata store calls `notify` itself,
+in the committing thread, right after the transaction (``MetadataStore.on_commit``):
+announced by the request handler after awaiting that thread, a commit was
+visible but unannounced across an ``await``, and a handler ended there (its
+task cancelled at shutdown, an error after the write) left every long poll of
+the store waiting for the next commit.  A batch sent again is announced again,
+which wakes nobody twice (seqs only move forward here).
+`tests/server/test_long_poll_stress.py` holds many long polls open while
+thousands of commits land and requires every poll to be answered for each.
+
 This covers one server process.  Several processes on PostgreSQL will feed
 `notify` from LISTEN/NOTIFY instead of from their own commits.
 """
@@ -58,23 +75,34 @@ class Notifier:
             loop.call_soon_threadsafe(self._release_all)
 
     async def wait(self, store: str, after: int, timeout: float) -> bool:
-        """Wait until *store*'s seq passes *after*; False when *timeout* ran out or on shutdown."""
-        if self._seqs.get(store, 0) > after:
-            return True
-        if self._closed or timeout <= 0:
-            return False
+        """Wait until *store*'s seq passes *after*; False when *timeout* ran out or on shutdown.
+
+        A wake-up for a seq the caller has already read (it read the journal
+        after that commit but before its announcement got here) is not the
+        caller's: it waits on, instead of answering "nothing new" at once.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._seqs.get(store, 0) <= after:
+            remaining = deadline - loop.time()
+            if self._closed or remaining <= 0:
+                return False
+            await self._sleep(store, remaining)
+        return True
+
+    async def _sleep(self, store: str, timeout: float) -> None:
+        """Until the next announcement for *store* (or shutdown), at most *timeout* seconds."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters = self._waiters.setdefault(store, set())
         waiters.add(future)
         try:
             await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
-            return False
+            pass
         finally:
             waiters.discard(future)
             if not waiters and self._waiters.get(store) is waiters:
                 del self._waiters[store]
-        return self._seqs.get(store, 0) > after
 
     def waiting(self, store: str) -> int:
         """How many requests wait on *store* (for tests and diagnostics)."""
@@ -86,8 +114,11 @@ class Notifier:
             return  # not serving: nobody can be waiting
         if threading.get_ident() == self._loop_thread:
             func(*args)
-        elif not loop.is_closed():
+            return
+        try:
             loop.call_soon_threadsafe(func, *args)
+        except RuntimeError:
+            pass  # the loop closed (server shutdown): nobody is waiting any more
 
     def _deliver(self, store: str, seq: int) -> None:
         if seq <= self._seqs.get(store, 0):

@@ -100,8 +100,9 @@ devices = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("user_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
-    # The name the client chose at login; not unique: two mounts on one host
-    # log in with the same host name and must both stay valid.
+    # The name the client chose at login, made unique among the user's live
+    # devices at login (accounts.py); no constraint, since revoked devices and
+    # rows from before that rule keep theirs.
     Column("name", _NAME, nullable=False),
     # SHA-256 of the bearer token: a copy of the database never yields a token.
     Column("token_sha256", String(64), nullable=False, unique=True),

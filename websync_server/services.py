@@ -101,13 +101,14 @@ class Services:
         blocks = BlockStore(data_dir / BLOCKS_DIR)
         blocks.open()
         db = Database.open(database_url or sqlite_url(data_dir / DB_FILENAME))
+        notifier = Notifier()
         return cls(
             data_dir=data_dir,
             db=db,
             accounts=Accounts(db, hasher),
-            store=MetadataStore(db, blocks),
+            store=MetadataStore(db, blocks, on_commit=notifier.notify),
             blocks=blocks,
-            notifier=Notifier(),
+            notifier=notifier,
             admission=Admission(),
             guesses=Guesses(),
         )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Callable
 from typing import Protocol
 
 from sqlalchemy import Connection, insert, select, update
@@ -69,13 +70,18 @@ def new_store(conn: Connection, owner: int) -> str:
 class MetadataStore:
     """Stores' trees, commits and journal, on a `Database`."""
 
-    def __init__(self, db: Database, blocks: BlockSizes, retention_s: float | None = None) -> None:
+    def __init__(
+        self, db: Database, blocks: BlockSizes, retention_s: float | None = None,
+        on_commit: Callable[[str, int], None] | None = None,
+    ) -> None:
         self._db = db
         self._blocks = blocks
         #: Forces how long deleted nodes stay in the trash (else the retention settings say).
         self._forced_trash_ns = None if retention_s is None else int(retention_s * 1e9)
         self._settings = retention.Retention()
         self._settings_read = -math.inf
+        #: Told ``(store, seq)`` once a commit is visible (the notifier wakes long polls).
+        self.on_commit = on_commit or (lambda store, seq: None)
 
     def retention(self, owner: int) -> retention.Retention:
         """The retention settings for stores of user *owner* (re-read every few seconds)."""
@@ -114,7 +120,17 @@ class MetadataStore:
             raise NotFound(f"there is no store {store_id}")
         user, owner = found
         self._check_blocks(user, parsed)
-        trash_ns = self._trash_ns(owner)
+        seq = self._apply(store_id, device, batch, parsed, user=user, generation=generation,
+                          trash_ns=self._trash_ns(owner))
+        # In the committing thread, before anything can cancel the request that
+        # asked: a commit that is visible but never announced leaves every long
+        # poll of the store waiting for the next one (docs/design.md).
+        self.on_commit(store_id, seq)
+        return seq
+
+    def _apply(self, store_id: str, device: str, batch: str, parsed: list[Op], *, user: str, generation: int,
+               trash_ns: int) -> int:
+        """Apply *parsed* as one transaction; the store's new seq (or the first one of a batch seen before)."""
         with self._db.write() as conn:
             # FOR UPDATE serializes commits to one store on PostgreSQL; SQLite
             # already holds the database write lock (BEGIN IMMEDIATE).

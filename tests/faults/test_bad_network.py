@@ -102,7 +102,7 @@ def test_retries_back_off_exponentially_to_a_cap(
     assert status(a)["pending"] == 1
     proxy.online = True
     start = time.monotonic()
-    drained(a, timeout=45)  # the follower's next try is at most the cap (30 s) away
+    drained(a, timeout=45)  # the follower's next try is at most backoff.CAP (4 s) away
     print(f"back online: the queue went up {time.monotonic() - start:.1f} s later")
 
 

@@ -82,6 +82,8 @@ class Session:
     http: httpx.Client
     store: str
     token: str
+    #: The name the server gave the device (a taken one comes back suffixed: desk-2).
+    device: str = ""
 
     def commit(self, *ops: dict[str, Any], batch: str | None = None) -> httpx.Response:
         return self.http.post(
@@ -100,7 +102,7 @@ def session(server: ServerProcess) -> Iterator[Callable[..., Session]]:
             base_url=server.url, headers={"Authorization": f"Bearer {answer['token']}"}, timeout=30
         )
         clients.append(http)
-        return Session(http, answer["store"], answer["token"])
+        return Session(http, answer["store"], answer["token"], answer["device"])
 
     yield open_session
     for http in clients:

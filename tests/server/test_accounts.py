@@ -58,6 +58,24 @@ def test_two_logins_with_one_device_name_both_stay_valid(accounts: Accounts) -> 
     assert accounts.authenticate(first.token).device_id != accounts.authenticate(second.token).device_id
 
 
+def test_a_taken_device_name_gets_a_suffix_unless_its_token_is_replaced(accounts: Accounts) -> None:
+    accounts.add_user("alice", "pw")
+    accounts.add_user("bob", "pw")
+    first = accounts.login("alice", "pw", "host")
+    assert [accounts.login("alice", "pw", "host").identity.device for _ in range(2)] == ["host-2", "host-3"]
+    assert accounts.login("bob", "pw", "host").identity.device == "host"  # per user
+    again = accounts.login("alice", "pw", "host", replaces=first.token)
+    assert again.identity.device == "host"  # the same machine logging in again
+    accounts.revoke_devices("alice")
+    assert accounts.login("alice", "pw", "host").identity.device == "host"  # revoked names are free
+    long = "é" * (accounts_module.DEVICE_NAME_MAX // 2)
+    accounts.login("alice", "pw", long)
+    suffixed = accounts.login("alice", "pw", long).identity.device
+    assert suffixed.endswith("-2") and len(suffixed.encode()) <= accounts_module.DEVICE_NAME_MAX
+    with pytest.raises(InvalidRequest):
+        accounts.login("alice", "pw", "host", replaces=5)
+
+
 def test_wrong_password_or_user_is_unauthorized(accounts: Accounts) -> None:
     accounts.add_user("alice", "pw")
     for user, password in (("alice", "wrong"), ("nobody", "pw"), ("Not A Name/", "pw")):

@@ -121,7 +121,7 @@ def test_commit_then_changes_and_node_state(session: Login) -> None:
     answer = s.commit(d)
     assert answer.status_code == 200 and answer.json() == {"seq": cursor + 1}
     changes = Changes.from_wire(s.http.get(f"/v1/stores/{s.store}/changes", params={"cursor": cursor}).json())
-    assert [(n.id, n.device) for n in changes.nodes] == [(d["id"], "desk")] and changes.cursor == cursor + 1
+    assert [(n.id, n.device) for n in changes.nodes] == [(d["id"], s.device)] and changes.cursor == cursor + 1
     state = s.http.get(f"/v1/stores/{s.store}/nodes/{d['id']}").json()
     assert state["node"]["kind"] == "dir" and state["entries"] == [
         {"parent": ROOT_ID, "name": d["name"], "node": d["id"], "seq": cursor + 1}
@@ -262,7 +262,7 @@ def test_versions_and_trash_over_http(session: Login) -> None:
     versions = s.http.get(f"/v1/stores/{s.store}/nodes/{f['id']}/versions")
     assert versions.status_code == 200
     [only] = versions.json()["versions"]
-    assert (only["version"], only["seq"], only["device"], only["current"]) == (1, seq, "desk", True)
+    assert (only["version"], only["seq"], only["device"], only["current"]) == (1, seq, s.device, True)
     assert set(only) == {"version", "seq", "size", "mtime_ns", "blocks", "device", "time", "current", "until"}
     assert only["until"] is None  # the current version stays while the file does
     deleted = s.commit({"op": "delete", "id": f["id"], "parent": ROOT_ID, "name": f["name"]}).json()["seq"]
@@ -270,7 +270,7 @@ def test_versions_and_trash_over_http(session: Login) -> None:
     mine = [i for i in items if i["node"] == f["id"]]
     assert mine == [
         {"node": f["id"], "kind": "file", "parent": ROOT_ID, "name": f["name"], "path": f["name"], "size": 0,
-         "device": "desk", "time": mine[0]["time"], "seq": deleted, "until": pytest.approx(mine[0]["time"] + 30 * 86400)}
+         "device": s.device, "time": mine[0]["time"], "seq": deleted, "until": pytest.approx(mine[0]["time"] + 30 * 86400)}
     ]  # fmt: skip
     assert bob.http.get(f"/v1/stores/{s.store}/trash").status_code == 403
     assert bob.http.get(f"/v1/stores/{s.store}/nodes/{f['id']}/versions").status_code == 403

@@ -8,6 +8,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import pytest
+
+from tests.server.conftest import Components
+from tests.server.ops import mkdir
+from websync_server._exceptions import CommitConflict
 from websync_server.notifier import Notifier
 
 T = TypeVar("T")
@@ -54,6 +59,21 @@ def test_a_commit_notified_before_the_wait_is_not_missed() -> None:
     assert run(scenario) == (True, False)
 
 
+def test_the_late_announcement_of_a_commit_already_read_does_not_end_the_wait() -> None:
+    async def scenario(notifier: Notifier) -> tuple[bool, bool, bool]:
+        notifier.notify("s", 6)
+        # This poll read commit 7 from the journal before 7's announcement arrived.
+        early = asyncio.create_task(notifier.wait("s", after=7, timeout=30))
+        await asyncio.sleep(0.01)
+        notifier.notify("s", 7)  # late, and not news to this poll
+        await asyncio.sleep(0.05)
+        woke_for_nothing = early.done()
+        notifier.notify("s", 8)
+        return woke_for_nothing, await asyncio.wait_for(early, 5), notifier.waiting("s") == 0
+
+    assert run(scenario) == (False, True, True)
+
+
 def test_close_releases_every_waiter() -> None:
     async def scenario(notifier: Notifier) -> list[bool]:
         waits = [asyncio.create_task(notifier.wait(f"s{i}", after=0, timeout=30)) for i in range(3)]
@@ -62,3 +82,20 @@ def test_close_releases_every_waiter() -> None:
         return list(await asyncio.wait_for(asyncio.gather(*waits), 5))
 
     assert run(scenario) == [False, False, False]
+
+
+def test_the_store_announces_every_commit_itself_once_it_is_visible(components: Components) -> None:
+    announced: list[tuple[str, int, int]] = []
+
+    def on_commit(store: str, seq: int) -> None:
+        # Visible already: a long poll woken by this finds the commit.
+        page = components.store.changes(store, seq - 1)
+        announced.append((store, seq, len(page.entries)))
+
+    components.store.on_commit = on_commit
+    first = components.commit(mkdir("a"), batch="b1")
+    again = components.commit(mkdir("a"), batch="b1")  # the same batch sent again: announced again, harmlessly
+    with pytest.raises(CommitConflict):
+        components.commit(mkdir("a"))  # refused: nothing to announce
+    assert first == again
+    assert announced == [(components.store_id, first, 1), (components.store_id, first, 1)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import logging.handlers
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ class Context:
 
 
 def friendly(fn: F) -> F:
-    """Turn WebSync errors into a message and an exit code."""
+    """Turn WebSync errors into a message and an exit code (docs/user-guide.md lists them)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -43,6 +42,9 @@ def friendly(fn: F) -> F:
                 log.exception("command failed")
             click.echo(f"websync: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("websync: interrupted", err=True)
+            sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
 
@@ -83,22 +85,11 @@ def setup_logging(home: Home, verbose: bool) -> None:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running_pid(home: Home) -> int | None:
-    try:
-        pid = int(home.pid_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    return pid if pid_alive(pid) else None
+    """The pid of the mount running on *home* (0 while it starts), or None: decided by its lock."""
+    from ..mountlock import holder
+
+    return holder(home.pid_file) if home.state_dir.is_dir() else None
 
 
 def human(size: float) -> str:

@@ -48,6 +48,33 @@ def _when(ns_or_s: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
 
 
+def _find(
+    home: Home, replica: Any, path: str, wanted: Callable[[str, str, Any], bool], missing: str
+) -> tuple[str, str, str, Any]:
+    """``(store path, parent, name, row)`` of the first reading of *path* that *wanted* accepts.
+
+    A relative path inside the mount is read from the current folder, then as a
+    store path (storepaths.readings); *missing* says what none of them was, e.g.
+    "in the store".
+    """
+    from ..storepaths import BadPath, locate, mountpoint_of, readings
+
+    tried = readings(path, mountpoint_of(home.status_file))
+    for where, _how in tried:
+        try:
+            parent, name, row = locate(replica, where)
+        except BadPath:
+            if len(tried) == 1:
+                raise
+            continue
+        if wanted(parent, name, row):
+            return where, parent, name, row
+    if len(tried) == 1:
+        raise ConfigError(f"{tried[0][0]} is not {missing}")
+    named = " nor ".join(f"{where} ({how})" for where, how in tried)
+    raise ConfigError(f"neither {named} is {missing}")
+
+
 @click.command()
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -55,13 +82,8 @@ def _when(ns_or_s: float) -> str:
 @friendly
 def history(ctx: Context, path: str, as_json: bool) -> None:
     """List the versions of the file at PATH, oldest first."""
-    from ..storepaths import locate, mountpoint_of, store_path
-
     home = ctx.home
-    where = store_path(path, mountpoint_of(home.status_file))
-    _, _, row = locate(_replica(home), where)
-    if row is None:
-        raise ConfigError(f"there is no file {where} in the store")
+    where, _, _, row = _find(home, _replica(home), path, lambda p, n, r: r is not None, "in the store")
     if row.kind != "file" or row.seq == 0:
         raise ConfigError(f"{where} has no history yet" if row.seq == 0 else f"{where} is not a file")
     versions = _with_remote(home, lambda r: r.versions(row.id))
@@ -76,34 +98,50 @@ def history(ctx: Context, path: str, as_json: bool) -> None:
 @click.command()
 @click.argument("path")
 @click.option("--version", "version", type=int, help="Bring back this version (see 'websync history').")
+@click.option("--as", "new_name", metavar="NAME",
+              help="Bring a deleted file back under another name in its folder (its own name is taken).")
 @pass_ctx
 @friendly
-def restore(ctx: Context, path: str, version: int | None) -> None:
+def restore(ctx: Context, path: str, version: int | None, new_name: str | None) -> None:
     """Bring back a deleted file from the trash, or an earlier version of a file.
 
     Either way nothing is overwritten: an earlier version comes back as a new
     version (the current one stays in the history), and a deleted file comes
-    back at its old place.
+    back at its old place, or under the name --as gives when that is taken.
+    PATH is read from the current folder inside the mount, then as a path in
+    the store.
     """
-    from ..storepaths import locate, mountpoint_of, store_path
-
     home = ctx.home
-    where = store_path(path, mountpoint_of(home.status_file))
-    parent, name, row = locate(_replica(home), where)
+    replica = _replica(home)
+    if version is not None and new_name is not None:
+        raise ConfigError("--as brings back a deleted file; --version brings back an earlier version in place")
     if version is not None:
-        if row is None or row.kind != "file":
-            raise ConfigError(f"there is no file {where} in the store")
+        where, _, _, row = _find(
+            home, replica, path, lambda p, n, r: r is not None and r.kind == "file", "a file in the store"
+        )
         n = _with_remote(home, lambda r: r.restore_version(row.id, version))
         click.echo(f"restored version {version} of {where} as version {n}")
         return
-    if row is not None:
-        raise ConfigError(f"{where} exists; give --version N to bring back an earlier version")
     items = _with_remote(home, lambda r: r.trash())
-    match = [i for i in items if i["parent"] == parent and i["name"] == name]
-    if not match:
-        raise ConfigError(f"{where} is not in the trash")
-    _with_remote(home, lambda r: r.undelete(match[0]["node"], parent, name))
-    click.echo(f"restored {where}")
+    trashed: dict[tuple[str, str], dict[str, Any]] = {}
+    for i in items:
+        trashed.setdefault((i["parent"], i["name"]), i)  # newest first: the newest is restored
+    where, parent, name, row = _find(
+        home, replica, path, lambda p, n, r: r is not None or (p, n) in trashed, "in the trash"
+    )
+    if (parent, name) not in trashed:
+        raise ConfigError(f"{where} exists and is not in the trash; give --version N to bring back an earlier version")
+    target = new_name or name
+    if new_name is not None and (new_name in (".", "..") or "/" in new_name or not new_name):
+        raise ConfigError(f"{new_name!r} is not a file name (--as takes a name, not a path)")
+    if replica.lookup(parent, target) is not None:
+        taken = "/".join([*where.split("/")[:-1], target])
+        if new_name:
+            raise ConfigError(f"{taken} exists too; give another --as NAME")
+        raise ConfigError(f"{taken} exists (something took the deleted file's name); give --as NEW_NAME to bring"
+                          " the deleted one back beside it, or --version N for an earlier version of the file there now")
+    _with_remote(home, lambda r: r.undelete(trashed[(parent, name)]["node"], parent, target))
+    click.echo(f"restored {where}" + (f" as {target}" if new_name else ""))
 
 
 @click.command()
@@ -134,19 +172,33 @@ def conflicts(ctx: Context, as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--all", "show_all", is_flag=True, help="List programs' internal files one by one too.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON (every entry, each marked).")
 @pass_ctx
 @friendly
-def trash(ctx: Context, as_json: bool) -> None:
-    """List deleted files that can be restored, newest first."""
-    items = _with_remote(ctx.home, lambda r: r.trash())
+def trash(ctx: Context, show_all: bool, as_json: bool) -> None:
+    """List deleted files that can be restored, newest first.
+
+    What you deleted comes first; files programs made and removed themselves
+    (inside .git, SQLite journals, lock and temporary files) are summed up in
+    one line: --all lists them, and any of them can be restored like the rest.
+    """
+    from ..names import NamePolicy
+    from ..trashlist import TrashList
+
+    home = ctx.home
+    settings = home.load_settings()
+    listed = TrashList(_with_remote(home, lambda r: r.trash()), NamePolicy(settings.local_only, settings.temporary))
     if as_json:
-        click.echo(json.dumps({"trash": items}, indent=2))
-    elif not items:
+        click.echo(json.dumps({"trash": listed.items}, indent=2))
+        return
+    if not listed.items:
         click.echo("the trash is empty")
-    else:
-        for i in items:
-            click.echo(f"{_when(i['time'])}  {i['path']}  ({human(i['size'])}, deleted on {i['device']}){_until(i)}")
+        return
+    for i in listed.items if show_all else listed.personal:
+        click.echo(f"{_when(i['time'])}  {i['path']}  ({human(i['size'])}, deleted on {i['device']}){_until(i)}")
+    if listed.internals and not show_all:
+        click.echo(f"and {listed.summary()}; 'websync trash --all' lists them")
 
 
 def _until(item: dict[str, object]) -> str:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,6 @@ from ._common import (
     friendly,
     human,
     pass_ctx,
-    pid_alive,
     running_pid,
     setup_logging,
 )
@@ -61,13 +61,20 @@ def login(
         password = click.prompt("Password", hide_input=True)
     home = ctx.home
     settings = home.load_settings()
+    same_account = (settings.server, settings.user) == (server.rstrip("/"), user)
     settings.server = server.rstrip("/")
     settings.user = user
     settings.ca_file = str(ca_file.absolute()) if ca_file else ""
     settings.insecure_http = insecure_http
     if device:
         settings.device = device
-    answer = trio.run(remote_login, settings.server, user, password, settings.device, None, settings.ca_file)
+    # The same machine logging in again keeps its device name (the server knows it by this token).
+    replaces = home.token_file.read_text().strip() if same_account and home.token_file.exists() else None
+    answer = trio.run(partial(remote_login, replaces=replaces), settings.server, user, password, settings.device,
+                      None, settings.ca_file)
+    if answer["device"] != settings.device:
+        click.echo(f"another device of {user} is called {settings.device}: this one is {answer['device']}")
+    settings.device = answer["device"]
     settings.store = answer["store"]
     home.save_token(answer["token"])
     home.save_settings(settings)
@@ -188,9 +195,14 @@ def unmount(ctx: Context, mountpoint: Path) -> None:
         raise WebSyncError(f"cannot unmount {target}: {reason} (close the files open there and try again)")
     if pid is not None:
         deadline = time.monotonic() + 60
-        while pid_alive(pid) and time.monotonic() < deadline:
+        while running_pid(ctx.home) is not None and time.monotonic() < deadline:
             time.sleep(0.05)
     click.echo(f"unmounted {target}")
+    pending, pending_bytes, _ = _queue_size(ctx.home)
+    if pending:
+        # Offline, or the server too slow to take them all before the mount ended.
+        click.echo(f"{pending} change(s), {human(pending_bytes)}, stay queued on this machine;"
+                   " they go up the next time the store is mounted")
 
 
 def _probe(home: Home) -> tuple[bool, str]:
