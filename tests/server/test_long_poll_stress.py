@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    add_user(tmp_path / "data", "poller", "pw")
+    add_user(tmp_path / "data", "poller", "poller-password-1")
     with ServerProcess.start(tmp_path / "data") as running:
         yield running
 
@@ -35,7 +35,7 @@ async def test_every_long_poll_is_answered_for_every_commit(server: ServerProces
     slow = bool(request.config.getoption("--slow"))
     pollers, committers, commits_each = (64, 8, 1000) if slow else (32, 5, 200)
     total = committers * commits_each
-    answer = login(server.url, "poller", "pw")
+    answer = login(server.url, "poller", "poller-password-1")
     store = answer["store"]
     made: set[str] = set()
     seen: list[set[str]] = [set() for _ in range(pollers)]
