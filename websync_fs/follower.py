@@ -219,7 +219,7 @@ class Follower:
         self.remote = remote
         self.applier = applier
         self.on_state = on_state
-        #: Shared with every other caller of the server (mount.py): any answer ends its waits.
+        #: Shared with every other caller of the server (client.py): any answer ends its waits.
         self.retry = retry or Backoff()
         self.online = False
         self.last_contact = 0.0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.clients import Machine
-from websync_fs import readahead
+from websync_fs.fuse import readahead
 
 MOUNTINFO = """\
 22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw

@@ -111,7 +111,7 @@ def mount(ctx: Context, mountpoint: Path, foreground: bool) -> None:
 def _mount_foreground(ctx: Context, home: Home, target: Path) -> None:
     import trio
 
-    from ..mount import run_mount
+    from ..fuse.mount import run_mount
 
     setup_logging(home, ctx.verbose)
     ready_fd = os.environ.pop("WEBSYNC_READY_FD", None)

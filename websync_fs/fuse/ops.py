@@ -19,9 +19,9 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from .errors import FsError
-from .invalidation import Invalidation
-from .vfs import FileAttr, OpenMode, Vfs
+from ..errors import FsError
+from ..invalidation import Invalidation
+from ..vfs import FileAttr, OpenMode, Vfs
 
 log = logging.getLogger(__name__)
 

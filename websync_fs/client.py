@@ -1,9 +1,17 @@
-"""The one place that wires every layer together and runs a mount.
+"""The platform-neutral client: the one place that builds and runs the sync engine.
 
-Order of start-up: state database, cache (with every queued block protected
-again), remote, core, first catch-up with the journal, kernel mount, then the
-background tasks (follower, uploader, invalidator, status writer).  Shutdown
-runs in reverse; pending uploads stay in the queue for the next mount.
+A front end (the FUSE mount in `fuse/`, a synced folder, a drive letter)
+makes a `Client` for a home, plugs in with two callbacks -- `front_notify`,
+told what changed behind its back, and whatever it asks of `states` -- and
+runs it: `first_sync`, then `start` in its nursery, then its own loop, then
+`drain` and `close`.  Nothing here knows which front end it serves.
+
+Order of start-up: the lock of the home, state database, cache (with every
+queued block protected again), remote, core, the engine's components, first
+catch-up with the journal; then the background tasks (block source, follower,
+uploader, self-check, early uploads, pins, status writer, login watcher,
+control socket).  Shutdown runs in reverse; pending uploads stay in the queue
+for the next start.
 """
 
 from __future__ import annotations
@@ -11,18 +19,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pyfuse3
 import trio
 
 from cache import BlockCache
 
-from . import readahead
 from .backoff import Backoff
 from .blocksource import BlockSource
 from .cachectl import CacheControl
@@ -31,8 +36,8 @@ from .earlyupload import EarlyUploads
 from .errors import ConfigError, Offline
 from .filestate import FileStates
 from .follower import Applier, Follower
-from .fuse_ops import FuseOperations
 from .home import Home
+from .invalidation import Invalidation
 from .mountlock import MountLock, holder
 from .names import NamePolicy
 from .pins import Pinner, PinTable
@@ -46,20 +51,20 @@ from .writeback import WriteBackQueue
 
 log = logging.getLogger(__name__)
 
-#: How long an unmount waits for pending uploads while the server answers.
-DRAIN_ON_UNMOUNT = 15.0
+#: How long a stop waits for pending uploads while the server answers.
+DRAIN_ON_STOP = 15.0
 #: How long a new mount waits for the lock of one that is ending (killed a moment ago).
 LOCK_WAIT = 5.0
 #: Seconds between looks at the token file for a new login.
 LOGIN_CHECK = 1.0
 
 
-class Mount:
-    """Every component of one mounted store, built by `build()`."""
+class Client:
+    """Every component of the engine for one home, shown to the user at *place* by a front end."""
 
-    def __init__(self, home: Home, mountpoint: Path) -> None:
+    def __init__(self, home: Home, place: Path) -> None:
         self.home = home
-        self.mountpoint = mountpoint
+        self.place = place
         settings, token = home.logged_in()
         self.settings = settings
         home.ensure()
@@ -100,15 +105,16 @@ class Mount:
             temporary_quiet=settings.temporary_quiet_period, replace_quiet=settings.replace_quiet_period,
             early_upload=self.early.offer,
         )
-        self.ops = FuseOperations(self.vfs)
-        self.applier = Applier(self.replica, self.queue, self.vfs.busy, self.ops.notify)
+        #: The front end's answer to changes made behind its back (FUSE: drop the kernel's caches).
+        self.front_notify: Callable[[Invalidation], None] = lambda inv: None
+        self.applier = Applier(self.replica, self.queue, self.vfs.busy, self.notify)
         self.follower = Follower(self.remote, self.applier, self._on_state, self.retry)
         self.uploader = Uploader(
-            self.queue, self.replica, self.remote, self.cache.get, self.applier, self.ops.notify,
+            self.queue, self.replica, self.remote, self.cache.get, self.applier, self.notify,
             settings.device, self._on_state, settle=self.early.settle,
         )
         self.reconciler = Reconciler(
-            self.replica, self.queue, self.remote, self.ops.notify, settings.device,
+            self.replica, self.queue, self.remote, self.notify, settings.device,
             writing=self.vfs.writing, has_blocks=lambda hs: len(self.cache.present(hs)) == len(set(hs)),
             busy=self.vfs.busy,
         )
@@ -116,23 +122,26 @@ class Mount:
         self.uploader.on_conflict = self.reconciler.due
         self.applier.on_deferred = self.reconciler.due
         self.reconciler.on_notice = lambda: self._status_dirty.set()
-        self.vfs.notify = self.ops.notify
+        self.vfs.notify = self.notify
         self.vfs.on_settled = self.applier.settle
         self.queue.on_drop(self.applier.settle)
         self.queue.on_enqueue(self.uploader.wake)
         self.applier.on_content = self.pins.changed
         self.queue.on_enqueue(self.pins.poke)
         self.states = FileStates(self.replica, self.cache.present, self.queue, self.pins.is_pinned, self.vfs.busy)
-        self.ops.file_state = self.states.xattr
         self.cachectl = CacheControl(
             cache=self.cache, replica=self.replica, queue=self.queue, pinner=self.pins, states=self.states,
-            download=self.remote.get_block, mountpoint=str(mountpoint),
+            download=self.remote.get_block, mountpoint=str(place),
         )
         self.control = ControlServer(home.state_dir, self._request)
         self.online = False
         self.error = ""
         self.closed = False
         self._status_dirty = trio.Event()
+
+    def notify(self, inv: Invalidation) -> None:
+        """Tell the front end what changed behind its back."""
+        self.front_notify(inv)
 
     async def _request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """A CLI request: the self-check here, everything else to the cache control."""
@@ -155,7 +164,7 @@ class Mount:
     def status(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
-            "mountpoint": str(self.mountpoint),
+            "mountpoint": str(self.place),
             "server": self.settings.server,
             "user": self.settings.user,
             "device": self.settings.device,
@@ -223,8 +232,8 @@ class Mount:
             self._status_dirty.set()
             log.info("logged in again: device %s from now on", settings.device)
 
-    async def _first_sync(self, progress: Callable[[int], None]) -> None:
-        """Bring the replica up to date before the kernel sees the tree.
+    async def first_sync(self, progress: Callable[[int], None]) -> None:
+        """Bring the replica up to date before the front end shows the tree.
 
         A machine that has the whole tree from before mounts from its replica
         when the server is slow or away.  One that never had it all (a first
@@ -232,7 +241,7 @@ class Mount:
         store takes, telling *progress* the records received: a program must
         never see a folder as complete before it is.
         """
-        notify, self.applier.notify = self.applier.notify, lambda inv: None  # no kernel to tell yet
+        notify, self.applier.notify = self.applier.notify, lambda inv: None  # nothing shown yet to tell
         whole = self.replica.meta("listed") == "1" or (self.replica.cursor > 0 and not self.replica.meta("listing"))
         try:
             if whole:
@@ -255,59 +264,24 @@ class Mount:
         finally:
             self.applier.notify = notify
 
-    async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                log.info("signal %d: unmounting", signum)
-                pyfuse3.terminate()
-                return
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start the engine's background tasks in *nursery* (the front end's); the control socket answers then."""
+        self.source.start(nursery)
+        self.vfs.start(nursery)
+        nursery.start_soon(self.follower.run)
+        nursery.start_soon(self.uploader.run)
+        nursery.start_soon(self.reconciler.run)
+        await nursery.start(self.early.run)
+        nursery.start_soon(self._status_writer)
+        nursery.start_soon(self._follow_login)
+        nursery.start_soon(self.pins.run)
+        await nursery.start(self.control.serve)
 
-    async def _widen_readahead(self) -> None:
-        # The kernel sets the window while it takes the answer to INIT, which goes out
-        # after init() returns: by the time this task runs again it is set.
-        await self.ops.initialized.wait()
-        await trio.sleep(0)
-        readahead.widen(self.mountpoint)
-
-    async def _drain(self) -> None:
+    async def drain(self) -> None:
         """Give pending uploads a short chance to go out before the process ends."""
-        with trio.move_on_after(DRAIN_ON_UNMOUNT):
+        with trio.move_on_after(DRAIN_ON_STOP):
             while len(self.queue) and self.uploader.failures == 0:
                 await trio.sleep(0.1)
-
-    async def run(self, ready: Callable[[], None], progress: Callable[[int], None] = lambda records: None) -> None:
-        await self._first_sync(progress)
-        options = set(pyfuse3.default_options)
-        options |= {"fsname=websync", "subtype=websync"}
-        if os.getuid() == 0:
-            options.add("allow_other")
-        pyfuse3.init(self.ops, str(self.mountpoint), options)
-        unmounted = False
-        try:
-            async with trio.open_nursery() as nursery:
-                self.source.start(nursery)
-                self.vfs.start(nursery)
-                nursery.start_soon(self.ops.invalidator)
-                nursery.start_soon(self._widen_readahead)
-                nursery.start_soon(self.follower.run)
-                nursery.start_soon(self.uploader.run)
-                nursery.start_soon(self.reconciler.run)
-                await nursery.start(self.early.run)
-                nursery.start_soon(self._status_writer)
-                nursery.start_soon(self._follow_login)
-                nursery.start_soon(self._signals)
-                nursery.start_soon(self.pins.run)
-                await nursery.start(self.control.serve)
-                log.info("mounted %s at %s", self.settings.server, self.mountpoint)
-                ready()
-                await pyfuse3.main()
-                unmounted = True
-                await self._drain()
-                nursery.cancel_scope.cancel()
-        finally:
-            pyfuse3.close(unmount=not unmounted)
-            self.write_status_final()
-            await self.close()
 
     def write_status_final(self) -> None:
         status = self.status()
@@ -326,11 +300,3 @@ class Mount:
         self.cache_lock.release()
         self.mount_lock.release()
 
-
-async def run_mount(home: Home, mountpoint: Path, ready: Callable[[], None],
-                    progress: Callable[[int], None] = lambda records: None) -> None:
-    mount = Mount(home, mountpoint)
-    try:
-        await mount.run(ready, progress)
-    finally:
-        await mount.close()

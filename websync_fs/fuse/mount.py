@@ -1,0 +1,87 @@
+"""Mounting the store through FUSE: a `Client` behind the pyfuse3 operations, until unmounted.
+
+The client builds and runs the engine; this module adds only what FUSE needs:
+the operations object (`ops.py`), the kernel mount with its options, the
+pyfuse3 main loop, the kernel's read-ahead window, and unmounting on SIGTERM,
+SIGINT or SIGHUP.  On unmount, pending uploads get a short chance to go out
+(`Client.drain`); what is left stays queued for the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from ..client import Client
+from ..home import Home
+from . import readahead
+from .ops import FuseOperations
+
+log = logging.getLogger(__name__)
+
+
+class FuseMount:
+    """One home's client, mounted at *mountpoint*."""
+
+    def __init__(self, home: Home, mountpoint: Path) -> None:
+        self.mountpoint = mountpoint
+        self.client = Client(home, mountpoint)
+        self.ops = FuseOperations(self.client.vfs)
+        self.client.front_notify = self.ops.notify
+        self.ops.file_state = self.client.states.xattr
+
+    async def run(self, ready: Callable[[], None], progress: Callable[[int], None] = lambda records: None) -> None:
+        client = self.client
+        await client.first_sync(progress)
+        options = set(pyfuse3.default_options)
+        options |= {"fsname=websync", "subtype=websync"}
+        if os.getuid() == 0:
+            options.add("allow_other")
+        pyfuse3.init(self.ops, str(self.mountpoint), options)
+        unmounted = False
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.ops.invalidator)
+                nursery.start_soon(self._widen_readahead)
+                nursery.start_soon(self._signals)
+                await client.start(nursery)
+                log.info("mounted %s at %s", client.settings.server, self.mountpoint)
+                ready()
+                await pyfuse3.main()
+                unmounted = True
+                await client.drain()
+                nursery.cancel_scope.cancel()
+        finally:
+            pyfuse3.close(unmount=not unmounted)
+            client.write_status_final()
+            await client.close()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                log.info("signal %d: unmounting", signum)
+                pyfuse3.terminate()
+                return
+
+    async def _widen_readahead(self) -> None:
+        # The kernel sets the window while it takes the answer to INIT, which goes out
+        # after init() returns: by the time this task runs again it is set.
+        await self.ops.initialized.wait()
+        await trio.sleep(0)
+        readahead.widen(self.mountpoint)
+
+
+async def run_mount(home: Home, mountpoint: Path, ready: Callable[[], None],
+                    progress: Callable[[int], None] = lambda records: None) -> None:
+    """Mount *home*'s store at *mountpoint* and serve it until unmounted."""
+    mount = FuseMount(home, mountpoint)
+    try:
+        await mount.run(ready, progress)
+    finally:
+        await mount.client.close()
