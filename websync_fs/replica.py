@@ -164,6 +164,14 @@ class Replica:
             ).fetchone()
         )
 
+    def named_with(self, part: str) -> list[tuple[str, NodeRow]]:
+        """Every entry whose name holds *part* (conflict copies), with its node, by name."""
+        rows = self._db.execute(
+            f"SELECT e.name, {_NCOLS} FROM entries e JOIN nodes n ON n.id = e.node"
+            " WHERE instr(e.name, ?) > 0 ORDER BY e.name", (part,),
+        ).fetchall()
+        return [(r[0], _row(r[1:])) for r in rows]  # type: ignore[misc]
+
     def is_empty(self) -> bool:
         """True if the replica holds nothing but the root (a machine that never listed the tree)."""
         return self._db.execute("SELECT count(*) FROM nodes").fetchone()[0] <= 1 and not self.has_children(ROOT_ID)

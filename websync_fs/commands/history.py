@@ -154,13 +154,9 @@ def conflicts(ctx: Context, as_json: bool) -> None:
     from ..storepaths import path_of
 
     replica = _replica(ctx.home)
-    rows = replica.state.execute(
-        "SELECT e.parent, e.name, n.id, n.size, n.mtime_ns FROM entries e JOIN nodes n ON n.id = e.node "
-        "WHERE instr(e.name, ?) > 0 ORDER BY e.name", (MARK,)
-    ).fetchall()
     found = [
-        {"path": path_of(replica, node) or name, "size": size, "mtime": _when(mtime)}
-        for _parent, name, node, size, mtime in rows
+        {"path": path_of(replica, row.id) or name, "size": row.size, "mtime": _when(row.mtime_ns)}
+        for name, row in replica.named_with(MARK)
     ]
     if as_json:
         click.echo(json.dumps({"conflicts": found}, indent=2))
