@@ -12,7 +12,9 @@ midway.  Then everyone goes quiet, and:
 
 A failure prints the seed (replay with ``WEBSYNC_FAULT_SEED=N``) and the
 operations that touched the paths that differ.  By default each case runs a
-few seconds of work; ``--slow`` runs ``WEBSYNC_CHAOS_SECONDS`` (default 60).
+few seconds of work from a fixed seed (the same choices on every run, so a
+red CI run is a bug to replay, not a draw); ``--slow`` draws a new seed each
+run and runs ``WEBSYNC_CHAOS_SECONDS`` (default 60).
 """
 
 from __future__ import annotations
@@ -35,6 +37,23 @@ pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
 #: Operations per second on each machine.
 RATE = 40.0
+
+
+#: The seed of each case in the bounded run.
+FIXED_SEED = 20261203
+
+
+@pytest.fixture
+def seed(request: pytest.FixtureRequest) -> int:
+    """The case's seed: fixed in the bounded run, drawn with --slow, WEBSYNC_FAULT_SEED to replay."""
+    if os.environ.get("WEBSYNC_FAULT_SEED"):
+        value = int(os.environ["WEBSYNC_FAULT_SEED"])
+    elif request.config.getoption("--slow"):
+        value = random.randrange(1, 10**9)
+    else:
+        value = FIXED_SEED
+    print(f"\n{request.node.name}: WEBSYNC_FAULT_SEED={value}")
+    return value
 
 
 def _seconds(request: pytest.FixtureRequest, default: float) -> float:
