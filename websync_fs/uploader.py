@@ -563,6 +563,7 @@ class Uploader:
                     {"op": OP_CREATE, "id": copy, "parent": parent, "name": copy_name, "mode": row.mode,
                      "mtime_ns": op["mtime_ns"], "size": op["size"], "blocks": op["blocks"]},
                 )
+                self._follow_copy(op["id"], item, copy)
                 inv.inodes.append(row.ino)
                 self._entry_changed(parent, copy_name, inv)
                 log.warning("%s was changed on another machine too: this machine's version is now %r",
@@ -578,6 +579,21 @@ class Uploader:
                      "mtime_ns": op["mtime_ns"], "size": op["size"], "blocks": op["blocks"]},
                 )
                 log.warning("%s was deleted on another machine while edited here: keeping the edit", name)
+
+    def _follow_copy(self, node: str, settled: Item, copy: NodeId) -> None:
+        """Later queued edits of *node* go to its conflict copy *copy*, not over the server's version.
+
+        They were made on this machine's version of the file, which is the copy
+        now: sent to *node* with the server's seq as base, the next one would
+        replace the other machine's bytes that the conflict just kept.
+        """
+        for later in self.queue.items(node):
+            if later.n > settled.n and later.op["op"] == OP_UPDATE:  # queued, or in this refused batch
+                edit = {k: v for k, v in later.op.items() if k != "base"}
+                edit["id"] = copy
+                self.queue.replace(later, edit)
+                self.replica.update_node(copy, size=edit["size"], blocks=tuple(edit["blocks"]),
+                                         mtime_ns=edit["mtime_ns"])
 
     def _restore_op(self, node: str) -> dict[str, Any] | None:
         """An op that brings folder *node* back at its place here, if it has one."""

@@ -200,17 +200,43 @@ def _touches(event: Event, path: str) -> bool:
     return False
 
 
+def places(path: str, moves: Iterable[tuple[str, str]]) -> set[str]:
+    """Every path the file at *path* may be at, given *moves* (src, dst) made on any machine.
+
+    A move made on another machine while this one wrote carries the written
+    file along (the node moves, not the name), whenever it reached the server;
+    so every move counts, in either order, and folders carry what is in them.
+    """
+    found = {path}
+    moves = list(moves)
+    for _ in range(16):
+        grown = set(found)
+        for src, dst in moves:
+            for p in found:
+                if p == src or p.startswith(src + "/"):
+                    grown.add(dst + p[len(src):])
+        if grown == found:
+            break
+        found = grown
+    return found
+
+
 def protected(events: Iterable[Event]) -> list[Event]:
-    """The whole writes whose bytes no later operation (on any machine) can have removed."""
+    """The whole writes whose bytes no later operation (on any machine) can have removed.
+
+    Later means started after the write ended, or overlapping it; and an
+    operation counts if it named any place the file may have been moved to.
+    """
     ordered = sorted(events, key=lambda e: e.start)
+    moves = [(e.paths[0], e.paths[1]) for e in ordered if len(e.paths) == 2]
     kept = []
     for i, write in enumerate(ordered):
         if write.data is None or not write.ok:
             continue
-        target = write.paths[-1]
+        targets = places(write.paths[-1], moves)
         later = (e for e in ordered[i + 1:] if e.start > write.end)
         overlapping = (e for e in ordered if e is not write and e.start <= write.end and e.end >= write.start)
-        if not any(_touches(e, target) for e in [*later, *overlapping]):
+        if not any(_touches(e, target) for e in [*later, *overlapping] for target in targets):
             kept.append(write)
     return kept
 
