@@ -67,6 +67,9 @@ log = logging.getLogger(__name__)
 LOCK_FILENAME = "gc.lock"
 #: Rows or blocks per transaction: each one holds the write lock for a few ms at most.
 CHUNK = 256
+#: Block files removed per write transaction: each removal holds every commit of the user
+#: back, and 256 a transaction cost commits 2.3 s at p99 (docs/benchmarks.md).
+SWEEP_CHUNK = 32
 _GENERATION = "gc_generation"
 _LAST_RUN = "gc_last_ns"
 _FOREVER_DAYS = 1e5  # retention that keeps everything (a repair expires nothing); fits int64 ns
@@ -291,7 +294,7 @@ class Collector:
                 report.kept_blocks += 1  # within the grace period: a commit may still name it
             else:
                 chunk.append((path, st.st_size))
-                if len(chunk) >= CHUNK:
+                if len(chunk) >= SWEEP_CHUNK:
                     self._remove(user, chunk, marked, older_than_ns, report, freed, dry_run=dry_run)
                     chunk = []
         if chunk:
