@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.clients import Machine
+from tests.postgres import PostgresCluster
 from tests.proxy import Proxy
 from tests.servers import ServerProcess, add_user
 
@@ -37,6 +38,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster of the session's own (initdb on a temporary folder, a free loopback port)."""
+    cluster = PostgresCluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

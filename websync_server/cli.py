@@ -31,6 +31,10 @@ log = logging.getLogger("websync_server")
 F = TypeVar("F", bound=Callable[..., Any])
 
 DATA_ENV = "WEBSYNC_SERVER_DATA"
+DATABASE_ENV = "WEBSYNC_SERVER_DATABASE"
+BLOCKS_ENV = "WEBSYNC_SERVER_BLOCKS"
+# Where --database and --blocks leave their values for `_storage` (click context meta).
+_STORAGE_META = "websync_server.storage"
 DEFAULT_DATA = Path("~/.local/share/websync-server")
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _LOG_MAX_BYTES = 10 * 1024 * 1024
@@ -68,6 +72,20 @@ def _describe(exc: Exception) -> str:
 
 
 def _data_option(func: F) -> F:
+    """--data, and --database and --blocks beside it: every command that opens the server's state takes all three.
+
+    --database and --blocks don't become parameters of each command: they are
+    left in the click context for `_storage`, so a command that opens the
+    state through `_services` needs no change to honour them.
+    """
+    func = click.option(
+        "--blocks", type=click.Path(file_okay=False, path_type=Path), envvar=BLOCKS_ENV, expose_value=False,
+        callback=_remember_storage, help=f"The block folder (default: DATA/blocks; ${BLOCKS_ENV}).",
+    )(func)  # fmt: skip
+    func = click.option(
+        "--database", metavar="URL", envvar=DATABASE_ENV, expose_value=False, callback=_remember_storage,
+        help=f"The metadata database, e.g. postgresql://USER:PASSWORD@HOST/DB (default: SQLite in DATA; ${DATABASE_ENV}).",
+    )(func)  # fmt: skip
     return click.option(
         "--data",
         "data",
@@ -75,8 +93,25 @@ def _data_option(func: F) -> F:
         envvar=DATA_ENV,
         default=DEFAULT_DATA,
         show_default=f"${DATA_ENV} or {DEFAULT_DATA}",
-        help="The server's data directory: database, blocks and log.",
+        help="The server's data directory: log and local state, and the database and blocks by default.",
     )(func)
+
+
+def _remember_storage(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    ctx.meta.setdefault(_STORAGE_META, {})[param.name] = value
+    return value
+
+
+def _storage() -> tuple[str | None, Path | None]:
+    """The --database URL and --blocks folder of the running command (None: the defaults in --data)."""
+    given = click.get_current_context().meta.get(_STORAGE_META, {})
+    return given.get("database"), given.get("blocks")
+
+
+def _only_default_storage(what: str) -> None:
+    """Refuse a command that works on the embedded SQLite database and block folder only."""
+    if any(value is not None for value in _storage()):
+        raise click.UsageError(f"{what} works on the default storage in --data only; see docs/operations.md")
 
 
 def _verbose_option(func: F) -> F:
@@ -134,8 +169,12 @@ def serve(
     data_dir = prepare_data_dir(data)
     _setup_logging(data_dir / LOG_FILENAME, verbose)
     tls = runner.Tls(tls_cert, tls_key) if tls_cert and tls_key else None
+    database_url, blocks_dir = _storage()
     try:
-        app = create_app(data_dir, body_timeout=body_timeout, allowed_hosts=allowed_hosts or _default_hosts(host))
+        app = create_app(
+            data_dir, database_url=database_url, blocks_dir=blocks_dir, body_timeout=body_timeout,
+            allowed_hosts=allowed_hosts or _default_hosts(host),
+        )  # fmt: skip
         sock = runner.listen(host, port)
     except Exception as exc:
         log.error("can't start: %s", exc)  # the terminal gets it from _friendly_errors
@@ -301,11 +340,12 @@ def check(data: Path, repair: bool, no_rehash: bool, as_json: bool, verbose: int
     from .services import prepare_data_dir
 
     data_dir = prepare_data_dir(data)
-    report = checker.check(data_dir, rehash=not no_rehash)
-    if repair and (report.problems or report.orphans):
-        done = checker.repair(data_dir, report)
-        report = checker.check(data_dir, rehash=not no_rehash)
-        report.repaired = done
+    with _services(data) as services:
+        report = checker.check(data_dir, rehash=not no_rehash, db=services.db, blocks_dir=services.blocks.root)
+        if repair and (report.problems or report.orphans):
+            done = checker.repair(data_dir, report, services)
+            report = checker.check(data_dir, rehash=not no_rehash, db=services.db, blocks_dir=services.blocks.root)
+            report.repaired = done
     if as_json:
         click.echo(json.dumps(report.to_wire(), indent=2))
     else:
@@ -337,6 +377,7 @@ def backup(data: Path, dest: Path, as_json: bool, verbose: int) -> None:
     from .backup import backup as run_backup
     from .services import prepare_data_dir
 
+    _only_default_storage("backup")
     report = run_backup(prepare_data_dir(data), dest)
     click.echo(json.dumps(report.to_wire(), indent=2) if as_json else report.summary(f"backed up into {dest}"))
 
@@ -355,6 +396,7 @@ def restore(data: Path, source: Path, as_json: bool, verbose: int) -> None:
     """
     from .backup import restore as run_restore
 
+    _only_default_storage("restore")
     report = run_restore(data.expanduser().absolute(), source)
     click.echo(json.dumps(report.to_wire(), indent=2) if as_json else report.summary(f"restored into {data}"))
 
@@ -445,7 +487,8 @@ class _services:
         # server's log beside what the server itself did: one audit trail.
         if not logging.getLogger().handlers:
             _setup_logging(prepare_data_dir(self._data) / LOG_FILENAME, 0)
-        self._services = Services.open(self._data)
+        database_url, blocks_dir = _storage()
+        self._services = Services.open(self._data, database_url=database_url, blocks_dir=blocks_dir)
         return self._services
 
     def __exit__(self, *exc: object) -> None:

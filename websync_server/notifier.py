@@ -13,8 +13,9 @@ that lands between the two has either been delivered already (the seq check
 catches it) or is still queued on the loop (and wakes the waiter when it runs),
 because a commit is notified only after its transaction committed.
 
-This covers one server process.  Several processes on PostgreSQL will feed
-`notify` from LISTEN/NOTIFY instead of from their own commits.
+Every process feeds `notify` from its own commits; several processes on one
+PostgreSQL database also feed it from each other's, through LISTEN/NOTIFY
+(listener.py).
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ class Notifier:
                 del self._waiters[store]
         return self._seqs.get(store, 0) > after
 
+    def wake_all(self) -> None:
+        """Wake every waiter to reread the journal (news may have been missed); safe from any thread."""
+        self._call_on_loop(self._wake_all)
+
     def waiting(self, store: str) -> int:
         """How many requests wait on *store* (for tests and diagnostics)."""
         return len(self._waiters.get(store, ()))
@@ -99,6 +104,9 @@ class Notifier:
 
     def _release_all(self) -> None:
         self._closed = True
+        self._wake_all()
+
+    def _wake_all(self) -> None:
         waiters, self._waiters = self._waiters, {}
         for group in waiters.values():
             for future in group:

@@ -5,8 +5,9 @@ their database, accounts, metadata store, block store and notifier from here.
 
 Data directory layout::
 
-    DATA/websync.db      metadata (SQLite, WAL: also websync.db-wal, -shm)
-    DATA/blocks/USER/ab/cd/HASH
+    DATA/websync.db      metadata (SQLite, WAL: also websync.db-wal, -shm),
+                         unless ``--database`` names another database
+    DATA/blocks/USER/ab/cd/HASH   unless ``--blocks`` names another folder
     DATA/blocks/.incoming/   temporary files of uploads in flight
     DATA/server.log      the server's log (written by the CLI)
     DATA/gc.lock         held by a collection or a backup (gc.py)
@@ -21,6 +22,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from argon2 import PasswordHasher
 
@@ -32,6 +34,9 @@ from .database import DB_FILENAME, Database, sqlite_url
 from .gc import Collector, Schedule
 from .notifier import Notifier
 from .store import MetadataStore
+
+if TYPE_CHECKING:
+    from .listener import Listener
 
 __all__ = ["Services", "prepare_data_dir"]
 
@@ -87,18 +92,24 @@ class Services:
     admission: Admission
     guesses: Guesses
     schedule: Schedule | None = None
+    listener: Listener | None = None
 
     @classmethod
     def open(
-        cls, data_dir: Path, *, database_url: str | None = None, hasher: PasswordHasher | None = None
+        cls,
+        data_dir: Path,
+        *,
+        database_url: str | None = None,
+        blocks_dir: Path | None = None,
+        hasher: PasswordHasher | None = None,
     ) -> Services:
         """Open (creating on first use) the server state in *data_dir*.
 
         *database_url* replaces the embedded SQLite database, e.g. with a
-        PostgreSQL URL; blocks stay in the data directory.
+        PostgreSQL URL; *blocks_dir* replaces ``DATA/blocks``.
         """
         data_dir = prepare_data_dir(data_dir)
-        blocks = BlockStore(data_dir / BLOCKS_DIR)
+        blocks = BlockStore(blocks_dir.expanduser().absolute() if blocks_dir else data_dir / BLOCKS_DIR)
         blocks.open()
         db = Database.open(database_url or sqlite_url(data_dir / DB_FILENAME))
         return cls(
@@ -112,6 +123,15 @@ class Services:
             guesses=Guesses(),
         )
 
+    def listen_for_other_processes(self) -> None:
+        """Wake long polls on commits made by other processes too (PostgreSQL only; listener.py)."""
+        if self.db.is_sqlite:
+            return  # one process per SQLite database: its own commits are all there are
+        from .listener import Listener
+
+        self.listener = Listener(self.db.engine.url.render_as_string(hide_password=False), self.notifier)
+        self.listener.start()
+
     def collector(self) -> Collector:
         """A collector of this server's unnamed blocks and expired history (gc.py)."""
         return Collector(self.db, self.blocks)
@@ -122,8 +142,10 @@ class Services:
         self.schedule.start()
 
     def close(self) -> None:
-        """Stop the scheduled collection, release waiters and database connections."""
+        """Stop the scheduled collection and the listener, release waiters and database connections."""
         if self.schedule is not None:
             self.schedule.close()
+        if self.listener is not None:
+            self.listener.close()
         self.notifier.close()
         self.db.close()

@@ -133,6 +133,7 @@ class MetadataStore:
                 applier.apply(index, op)
             conn.execute(update(stores).where(stores.c.id == store_id).values(seq=seq))
             conn.execute(insert(batches).values(store=store_id, batch=batch, seq=seq, device=device, time_ns=now))
+            self._db.announce(conn, store_id, seq)
         return seq
 
     def changes(self, store_id: str, cursor: int, limit: int = journal.DEFAULT_LIMIT) -> Changes:
