@@ -62,3 +62,15 @@ def test_close_releases_every_waiter() -> None:
         return list(await asyncio.wait_for(asyncio.gather(*waits), 5))
 
     assert run(scenario) == [False, False, False]
+
+
+def test_wake_all_sends_every_waiter_back_to_the_journal_and_later_waits_still_wait() -> None:
+    async def scenario(notifier: Notifier) -> tuple[list[bool], int, bool]:
+        waits = [asyncio.create_task(notifier.wait(f"s{i}", after=0, timeout=30)) for i in range(3)]
+        await asyncio.sleep(0.05)
+        threading.Thread(target=notifier.wake_all).start()
+        woken = list(await asyncio.wait_for(asyncio.gather(*waits), 5))
+        # Unlike close, a wake-up is not a shutdown: the next wait waits (and times out).
+        return woken, sum(notifier.waiting(f"s{i}") for i in range(3)), await notifier.wait("s0", after=0, timeout=0.1)
+
+    assert run(scenario) == ([False, False, False], 0, False)

@@ -1,0 +1,136 @@
+"""Several server processes on one PostgreSQL database and one block folder: any of them answers any request."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.postgres import PostgresCluster
+from tests.server.ops import mkdir
+from tests.servers import ServerProcess, add_user, login
+from websync_server.database import CHANGES_CHANNEL
+from websync_server.protocol import Changes, new_node_id
+
+
+@pytest.fixture(scope="module")
+def processes(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresCluster) -> Iterator[list[ServerProcess]]:
+    """Two server processes, each with its own --data, sharing --database and --blocks."""
+    root = tmp_path_factory.mktemp("scaled")
+    storage = ("--database", postgres.new_database(), "--blocks", str(root / "blocks"))
+    add_user(root / "one", "alice", "alice-password", storage)
+    add_user(root / "one", "bob", "bob-password", storage)
+    started: list[ServerProcess] = []
+    try:
+        for name in ("one", "two"):
+            started.append(ServerProcess.start(root / name, storage=storage))
+        yield started
+    finally:
+        for server in started:
+            server.stop()
+
+
+def client(server: ServerProcess, user: str = "alice") -> tuple[httpx.Client, str]:
+    answer = login(server.url, user, f"{user}-password")
+    http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {answer['token']}"}, timeout=60)
+    return http, answer["store"]
+
+
+def cursor_of(http: httpx.Client, store: str) -> int:
+    page = Changes.from_wire(http.get(f"/v1/stores/{store}/changes", params={"cursor": 0}).json())
+    return page.cursor
+
+
+def long_poll_across(reader_server: ServerProcess, writer_server: ServerProcess, name: str) -> tuple[float, float, Changes]:
+    """Long-poll on one process while the other commits a mkdir of *name*: (seconds waited, wait asked, answer)."""
+    reader, store = client(reader_server)
+    writer, _ = client(writer_server)
+    cursor = cursor_of(reader, store)
+    wait = 20.0
+    answers: list[tuple[float, Changes]] = []
+
+    def long_poll() -> None:
+        started = time.monotonic()
+        page = reader.get(f"/v1/stores/{store}/changes", params={"cursor": cursor, "wait": wait})
+        answers.append((time.monotonic() - started, Changes.from_wire(page.json())))
+
+    poller = threading.Thread(target=long_poll)
+    poller.start()
+    # Give the poll time to read and start waiting, so the commit must wake it
+    # (committed earlier, it would be answered from the read: also right, but not this test).
+    time.sleep(1.0)
+    made = mkdir(name)
+    assert writer.post(f"/v1/stores/{store}/commit", json={"batch": new_node_id(), "ops": [made]}).status_code == 200
+    poller.join(wait + 10)
+    reader.close()
+    writer.close()
+    (elapsed, page), = answers
+    return elapsed, wait, page
+
+
+def test_a_long_poll_on_one_process_wakes_when_another_process_commits(processes: list[ServerProcess]) -> None:
+    elapsed, wait, page = long_poll_across(processes[0], processes[1], "woken")
+    assert [e.name for e in page.entries] == ["woken"]  # a timed-out poll would answer with nothing
+    assert elapsed < wait / 4, elapsed
+
+
+def test_a_process_whose_listening_connection_broke_listens_again(
+    processes: list[ServerProcess], postgres: PostgresCluster
+) -> None:
+    one, two = processes
+    postgres.sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'LISTEN {CHANGES_CHANNEL}'")
+    deadline = time.monotonic() + 30
+    while one.log().count("listening for other server processes' commits again") < 1:
+        assert time.monotonic() < deadline, "the listener did not reconnect"
+        time.sleep(0.1)
+    elapsed, wait, page = long_poll_across(one, two, "heard-again")
+    assert [e.name for e in page.entries] == ["heard-again"]
+    assert elapsed < wait / 4, elapsed
+
+
+def test_commits_to_one_store_through_both_processes_are_serialised(processes: list[ServerProcess]) -> None:
+    sessions = [client(server, "bob") for server in processes]
+    store = sessions[0][1]
+    before = cursor_of(sessions[0][0], store)
+    seqs: list[int] = []
+    per_writer = 15
+
+    def write(http: httpx.Client, writer: int) -> None:
+        for i in range(per_writer):
+            answer = http.post(f"/v1/stores/{store}/commit",
+                               json={"batch": new_node_id(), "ops": [mkdir(f"w{writer}-{i}")]})  # fmt: skip
+            assert answer.status_code == 200, answer.text
+            seqs.append(answer.json()["seq"])
+
+    threads = [threading.Thread(target=write, args=(http, n)) for n, (http, _) in enumerate(sessions * 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    total = per_writer * len(threads)
+    # Every commit took the next seq of the store: no two alike, none skipped.
+    assert sorted(seqs) == list(range(before + 1, before + total + 1))
+    listing = Changes.from_wire(sessions[1][0].get(f"/v1/stores/{store}/changes", params={"cursor": 0}).json())
+    assert sum(1 for e in listing.entries if e.name.startswith("w")) == total
+
+
+def test_a_batch_sent_to_both_processes_applies_once(processes: list[ServerProcess]) -> None:
+    (first, store), (second, _) = (client(server) for server in processes)
+    batch, made = new_node_id(), mkdir("once")
+    answers = [http.post(f"/v1/stores/{store}/commit", json={"batch": batch, "ops": [made]}) for http in (first, second)]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[0].json()["seq"] == answers[1].json()["seq"]
+    listing = Changes.from_wire(second.get(f"/v1/stores/{store}/changes", params={"cursor": 0}).json())
+    assert [e.name for e in listing.entries].count("once") == 1
+
+
+def test_a_block_uploaded_through_one_process_is_read_through_the_other(processes: list[ServerProcess]) -> None:
+    (up, _), (down, _) = (client(server) for server in processes)
+    data = b"shared block folder" * 1000
+    block = hashlib.sha256(data).hexdigest()
+    assert up.put(f"/v1/blocks/{block}", content=data).status_code in (200, 201)
+    assert down.get(f"/v1/blocks/{block}").content == data
