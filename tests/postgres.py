@@ -22,11 +22,12 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.servers import free_port
 
 __all__ = ["PostgresCluster", "postgres_bin"]
 
@@ -63,7 +64,7 @@ class PostgresCluster:
         user = pwd.getpwnam(_RUN_AS) if os.geteuid() == 0 else None
         if user is not None:
             os.chown(root, user.pw_uid, user.pw_gid)
-        cluster = cls(bin_dir, root, _free_port())
+        cluster = cls(bin_dir, root, free_port())
         cluster._run("initdb", "-D", str(cluster.data), "-U", _SUPERUSER, "--auth=trust", "-E", "UTF8",
                      "--no-sync", "--locale=C.UTF-8")  # fmt: skip
         settings = {
@@ -128,11 +129,3 @@ class PostgresCluster:
         if done.returncode != 0:
             raise RuntimeError(f"{program} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
 
-
-def _free_port() -> int:
-    # PostgreSQL can't be told "port 0", so a port is picked here; the window
-    # between closing this socket and the postmaster binding it is tiny, and
-    # only loopback ports of this machine compete for it.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-__all__ = ["ServerProcess", "add_user", "login", "server_command"]
+__all__ = ["ServerProcess", "add_user", "end_process", "free_port", "login", "server_command"]
 
 LISTENING_PREFIX = "websync-server listening on "
 
@@ -166,6 +167,28 @@ class ServerProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def free_port() -> int:
+    """A free TCP port of 127.0.0.1, for programs that can't be told "port 0" (PostgreSQL, HAProxy).
+
+    Another process could bind it before the program does; on loopback, among
+    the test's own programs, that window is small enough.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def end_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM a child process by its pid, SIGKILL it if it lingers past *timeout*, and reap it."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.wait()
 
 
 def _drain(stream: IO[str], lines: queue.Queue[str | None], keep: list[str]) -> None:

@@ -91,7 +91,7 @@ def create_app(
     data_dir: Path,
     *,
     database_url: str | None = None,
-    blocks_dir: Path | None = None,
+    blocks_dir: Path | str | None = None,
     hasher: PasswordHasher | None = None,
     body_timeout: float = BODY_TIMEOUT_S,
     allowed_hosts: Sequence[str] = ("*",),

@@ -281,7 +281,8 @@ def repair(data_dir: Path, report: CheckReport, services: Services | None = None
     if services is None:
         services = Services.open(data_dir)
     try:
-        for temp in (services.blocks.root / ".incoming").iterdir():
+        incoming = services.blocks.root / ".incoming" if isinstance(services.blocks, BlockStore) else None
+        for temp in incoming.iterdir() if incoming else ():
             if temp.stat().st_mtime < time.time() - 3600:
                 temp.unlink(missing_ok=True)
                 done.append(f"removed the stale upload {temp}")

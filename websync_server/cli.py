@@ -79,8 +79,10 @@ def _data_option(func: F) -> F:
     state through `_services` needs no change to honour them.
     """
     func = click.option(
-        "--blocks", type=click.Path(file_okay=False, path_type=Path), envvar=BLOCKS_ENV, expose_value=False,
-        callback=_remember_storage, help=f"The block folder (default: DATA/blocks; ${BLOCKS_ENV}).",
+        "--blocks", metavar="FOLDER|s3://BUCKET[/PREFIX]", envvar=BLOCKS_ENV, expose_value=False,
+        callback=_remember_storage,
+        help=f"Where blocks live: a folder, or S3-compatible object storage with the standard AWS_* variables "
+             f"(default: DATA/blocks; ${BLOCKS_ENV}).",
     )(func)  # fmt: skip
     func = click.option(
         "--database", metavar="URL", envvar=DATABASE_ENV, expose_value=False, callback=_remember_storage,
@@ -102,10 +104,19 @@ def _remember_storage(ctx: click.Context, param: click.Parameter, value: Any) ->
     return value
 
 
-def _storage() -> tuple[str | None, Path | None]:
+def _storage() -> tuple[str | None, str | None]:
     """The --database URL and --blocks folder of the running command (None: the defaults in --data)."""
     given = click.get_current_context().meta.get(_STORAGE_META, {})
     return given.get("database"), given.get("blocks")
+
+
+def _block_folder(services: Services, what: str) -> Path:
+    """The folder of the server's blocks; a clear refusal when they are in object storage."""
+    from .blocks import BlockStore
+
+    if not isinstance(services.blocks, BlockStore):
+        raise click.UsageError(f"{what} reads a block folder; it does not work on object storage yet")
+    return services.blocks.root
 
 
 def _only_default_storage(what: str) -> None:
@@ -341,10 +352,11 @@ def check(data: Path, repair: bool, no_rehash: bool, as_json: bool, verbose: int
 
     data_dir = prepare_data_dir(data)
     with _services(data) as services:
-        report = checker.check(data_dir, rehash=not no_rehash, db=services.db, blocks_dir=services.blocks.root)
+        folder = _block_folder(services, "check")
+        report = checker.check(data_dir, rehash=not no_rehash, db=services.db, blocks_dir=folder)
         if repair and (report.problems or report.orphans):
             done = checker.repair(data_dir, report, services)
-            report = checker.check(data_dir, rehash=not no_rehash, db=services.db, blocks_dir=services.blocks.root)
+            report = checker.check(data_dir, rehash=not no_rehash, db=services.db, blocks_dir=folder)
             report.repaired = done
     if as_json:
         click.echo(json.dumps(report.to_wire(), indent=2))
@@ -411,7 +423,7 @@ def usage(data: Path, as_json: bool, verbose: int) -> None:
     from .usage import read_usage
 
     with _services(data) as services:
-        rows = read_usage(services.db, services.blocks.root)
+        rows = read_usage(services.db, _block_folder(services, "usage"))
     if as_json:
         click.echo(json.dumps([r.to_wire() for r in rows], indent=2))
         return

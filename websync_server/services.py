@@ -28,7 +28,7 @@ from argon2 import PasswordHasher
 
 from .accounts import Accounts
 from .admission import Admission
-from .blocks import BlockStore
+from .blocks import Blocks, BlockStore
 from .guesses import Guesses
 from .database import DB_FILENAME, Database, sqlite_url
 from .gc import Collector, Schedule
@@ -79,6 +79,19 @@ def _make_private(path: Path, mode: int) -> None:
         ) from exc
 
 
+def open_blocks(where: Path | str | None, data_dir: Path) -> Blocks:
+    """The block store named by ``--blocks`` (a folder or ``s3://...``; default DATA/blocks), opened."""
+    from .objects import ObjectBlockStore, is_object_url
+
+    blocks: Blocks
+    if isinstance(where, str) and is_object_url(where):
+        blocks = ObjectBlockStore(where)
+    else:
+        blocks = BlockStore(Path(where).expanduser().absolute() if where else data_dir / BLOCKS_DIR)
+    blocks.open()
+    return blocks
+
+
 @dataclass
 class Services:
     """Every component of a running server; build with `Services.open`, end with `close`."""
@@ -87,7 +100,7 @@ class Services:
     db: Database
     accounts: Accounts
     store: MetadataStore
-    blocks: BlockStore
+    blocks: Blocks
     notifier: Notifier
     admission: Admission
     guesses: Guesses
@@ -100,17 +113,17 @@ class Services:
         data_dir: Path,
         *,
         database_url: str | None = None,
-        blocks_dir: Path | None = None,
+        blocks_dir: Path | str | None = None,
         hasher: PasswordHasher | None = None,
     ) -> Services:
         """Open (creating on first use) the server state in *data_dir*.
 
         *database_url* replaces the embedded SQLite database, e.g. with a
-        PostgreSQL URL; *blocks_dir* replaces ``DATA/blocks``.
+        PostgreSQL URL; *blocks_dir* replaces ``DATA/blocks`` with another
+        folder, or with object storage (``s3://BUCKET[/PREFIX]``, objects.py).
         """
         data_dir = prepare_data_dir(data_dir)
-        blocks = BlockStore(blocks_dir.expanduser().absolute() if blocks_dir else data_dir / BLOCKS_DIR)
-        blocks.open()
+        blocks = open_blocks(blocks_dir, data_dir)
         db = Database.open(database_url or sqlite_url(data_dir / DB_FILENAME))
         return cls(
             data_dir=data_dir,

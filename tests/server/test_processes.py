@@ -1,8 +1,10 @@
-"""Several server processes on one PostgreSQL database and one block folder: any of them answers any request."""
+"""The scaled set-up: several server processes on one PostgreSQL database and one S3 bucket answer alike."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -11,17 +13,20 @@ import httpx
 import pytest
 
 from tests.postgres import PostgresCluster
-from tests.server.ops import mkdir
-from tests.servers import ServerProcess, add_user, login
+from tests.seaweed import SeaweedS3
+from tests.server.ops import create, mkdir
+from tests.servers import ServerProcess, add_user, login, server_command
 from websync_server.database import CHANGES_CHANNEL
 from websync_server.protocol import Changes, new_node_id
 
 
 @pytest.fixture(scope="module")
-def processes(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresCluster) -> Iterator[list[ServerProcess]]:
-    """Two server processes, each with its own --data, sharing --database and --blocks."""
+def processes(
+    tmp_path_factory: pytest.TempPathFactory, postgres: PostgresCluster, s3: SeaweedS3
+) -> Iterator[list[ServerProcess]]:
+    """Two server processes, each with its own --data, sharing --database (PostgreSQL) and --blocks (S3)."""
     root = tmp_path_factory.mktemp("scaled")
-    storage = ("--database", postgres.new_database(), "--blocks", str(root / "blocks"))
+    storage = ("--database", postgres.new_database(), "--blocks", s3.new_url())
     add_user(root / "one", "alice", "alice-password", storage)
     add_user(root / "one", "bob", "bob-password", storage)
     started: list[ServerProcess] = []
@@ -134,3 +139,23 @@ def test_a_block_uploaded_through_one_process_is_read_through_the_other(processe
     block = hashlib.sha256(data).hexdigest()
     assert up.put(f"/v1/blocks/{block}", content=data).status_code in (200, 201)
     assert down.get(f"/v1/blocks/{block}").content == data
+
+
+def test_collection_on_the_scaled_set_up_frees_unnamed_blocks_and_keeps_named_ones(
+    processes: list[ServerProcess],
+) -> None:
+    http, store = client(processes[0])
+    named, unnamed = b"named by a file" * 100, b"named by nothing" * 100
+    for data in (named, unnamed):
+        assert http.put(f"/v1/blocks/{hashlib.sha256(data).hexdigest()}", content=data).status_code in (200, 201)
+    made = create("kept.txt", size=len(named), blocks=[hashlib.sha256(named).hexdigest()])
+    assert http.post(f"/v1/stores/{store}/commit", json={"batch": new_node_id(), "ops": [made]}).status_code == 200
+    done = subprocess.run(
+        server_command("gc", "--data", str(processes[1].data_dir), *processes[1].storage, "--grace-hours", "0",
+                       "--json"),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["blocks"] >= 1
+    missing = http.post("/v1/blocks/missing", json={"hashes": [hashlib.sha256(d).hexdigest() for d in (named, unnamed)]})
+    assert missing.json()["missing"] == [hashlib.sha256(unnamed).hexdigest()]
