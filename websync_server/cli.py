@@ -478,6 +478,54 @@ def retention(
         click.echo(f"{name.replace('_', '-')} for {names.get(uid, uid)}: {value:g}")
 
 
+@main.command()
+@click.option("--data", "data", type=click.Path(file_okay=False, exists=True, path_type=Path), envvar=DATA_ENV,
+              default=DEFAULT_DATA, show_default=f"${DATA_ENV} or {DEFAULT_DATA}",
+              help="The single box's data directory (its SQLite database and block folder are copied).")
+@click.option("--to", "to", required=True, metavar="URL",
+              help="The target database, e.g. postgresql://USER:PASSWORD@HOST/DB; it must have no users yet.")
+@click.option("--blocks", "blocks", required=True, metavar="FOLDER|s3://BUCKET[/PREFIX]",
+              help="The target block store (S3 credentials from the standard AWS_* variables).")
+@_verbose_option
+@_friendly_errors
+def migrate(data: Path, to: str, blocks: str, verbose: int) -> None:
+    """Move a single box (SQLite and a block folder) onto another database and block store.
+
+    Stop the server first; machines keep their changes queued and send them
+    once the new set-up serves.  Every login stays valid.  Then serve with
+    --database URL --blocks ... (see docs/operations.md, "Scaling out").
+    """
+    from .blocks import BlockStore
+    from .database import Database
+    from .gc import collection_lock
+    from .services import BLOCKS_DIR, LOG_FILENAME, open_blocks, prepare_data_dir
+    from .transfer import TransferReport, copy_blocks, copy_database
+
+    data_dir = prepare_data_dir(data)
+    _setup_logging(data_dir / LOG_FILENAME, verbose)
+    report = TransferReport()
+    with collection_lock(data_dir):
+        source, target = Database.open_in(data_dir), Database.open(to)
+        try:
+            copy_database(source, target, report)
+        finally:
+            source.close()
+            target.close()
+        click.echo(f"copied the database into {_without_password(to)}")
+        folder = BlockStore(data_dir / BLOCKS_DIR)
+        with click.progressbar(length=sum(1 for _ in folder.root.rglob("*") if _.is_file()),
+                               label="copying blocks", file=sys.stderr) as bar:  # fmt: skip
+            copy_blocks(folder, open_blocks(blocks, data_dir), report, bar.update)
+    log.info("migrated %s to %s and %s: %s", data_dir, _without_password(to), blocks, report.summary())
+    click.echo(report.summary())
+
+
+def _without_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":

@@ -136,6 +136,24 @@ class Database:
             conn.execute(text("SELECT pg_notify(:channel, :payload)"),
                          {"channel": CHANGES_CHANNEL, "payload": f"{store} {seq}"})  # fmt: skip
 
+    def continue_ids(self, conn: Connection) -> None:
+        """After rows were copied in with their ids, make new rows' ids follow the highest (transfer.py).
+
+        SQLite takes the next id from the table itself; PostgreSQL from a
+        sequence per column, which explicit ids leave behind.
+        """
+        if self.is_sqlite:
+            return
+        for table in metadata.sorted_tables:
+            column = table.autoincrement_column
+            if column is None:
+                continue
+            conn.execute(
+                text(f"SELECT setval(pg_get_serial_sequence(:table, :column), "
+                     f"COALESCE((SELECT MAX({column.name}) FROM {table.name}), 0) + 1, false)"),
+                {"table": table.name, "column": column.name},
+            )  # fmt: skip
+
     def _initialize(self) -> None:
         with self.write() as conn:
             # checkfirst: a second process starting at the same time (serve and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import subprocess
 import threading
@@ -159,3 +160,38 @@ def test_collection_on_the_scaled_set_up_frees_unnamed_blocks_and_keeps_named_on
     assert json.loads(done.stdout)["blocks"] >= 1
     missing = http.post("/v1/blocks/missing", json={"hashes": [hashlib.sha256(d).hexdigest() for d in (named, unnamed)]})
     assert missing.json()["missing"] == [hashlib.sha256(unnamed).hexdigest()]
+
+
+def test_migrate_moves_a_single_box_to_postgresql_and_s3_and_every_login_stays_valid(
+    tmp_path_factory: pytest.TempPathFactory, postgres: PostgresCluster, s3: SeaweedS3
+) -> None:
+    data = tmp_path_factory.mktemp("single") / "data"
+    add_user(data, "carol", "carol-password")
+    content = os.urandom(300_000)
+    block = hashlib.sha256(content).hexdigest()
+    with ServerProcess.start(data) as box:
+        answer = login(box.url, "carol", "carol-password", device="laptop")
+        headers = {"Authorization": f"Bearer {answer['token']}"}
+        with httpx.Client(base_url=box.url, headers=headers, timeout=60) as http:
+            assert http.put(f"/v1/blocks/{block}", content=content).status_code in (200, 201)
+            made = create("kept.bin", size=len(content), blocks=[block])
+            batch = new_node_id()
+            seq = http.post(f"/v1/stores/{answer['store']}/commit", json={"batch": batch, "ops": [made]}).json()["seq"]
+    storage = ("--database", postgres.new_database(), "--blocks", s3.new_url())
+    done = subprocess.run(server_command("migrate", "--data", str(data), "--to", storage[1], "--blocks", storage[3]),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "1 blocks" in done.stdout, done.stdout
+    again = subprocess.run(server_command("migrate", "--data", str(data), "--to", storage[1], "--blocks", storage[3]),
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 1 and "already has users" in again.stderr
+    with ServerProcess.start(data, storage=storage) as scaled:
+        with httpx.Client(base_url=scaled.url, headers=headers, timeout=60) as http:  # the old token
+            listing = Changes.from_wire(http.get(f"/v1/stores/{answer['store']}/changes", params={"cursor": 0}).json())
+            assert listing.cursor == seq and [e.name for e in listing.entries] == ["kept.bin"]
+            assert http.get(f"/v1/blocks/{block}").content == content
+            # The batch applies once on the new set-up too, and new rows get new ids.
+            retry = http.post(f"/v1/stores/{answer['store']}/commit", json={"batch": batch, "ops": [made]})
+            assert retry.json()["seq"] == seq
+        add_user(data, "dave", "dave-password", storage)
+        assert login(scaled.url, "dave", "dave-password")["user"] == "dave"
