@@ -162,10 +162,13 @@ def long_polls(s: Site) -> tuple[float, float]:
             async def device(n: int) -> None:
                 user = users[n % len(users)]
                 token, store = s.tokens[user]
-                await clients[n % len(clients)].get(
+                answer = await clients[n % len(clients)].get(
                     f"/v1/stores/{store}/changes", params={"cursor": cursors[user], "wait": 30},
                     headers={"Authorization": f"Bearer {token}"},
                 )
+                answer.raise_for_status()
+                if user not in sent:
+                    raise RuntimeError(f"poll {n} was answered before its store's commit")
                 delays.append(time.perf_counter() - sent[user])
 
             tasks = [asyncio.create_task(device(n)) for n in range(DEVICES)]
