@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.clients import Machine
+from tests.postgres import PostgresCluster
 from tests.proxy import Proxy
+from tests.seaweed import SeaweedS3
 from tests.servers import ServerProcess, add_user
 
 _users = itertools.count(1)
@@ -37,6 +39,38 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster of the session's own (initdb on a temporary folder, a free loopback port)."""
+    cluster = PostgresCluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[SeaweedS3]:
+    """An S3 endpoint of the session's own (SeaweedFS on loopback), named in the standard AWS variables.
+
+    The variables are set in this process's environment for the session, so
+    in-process block stores and every server or CLI subprocess reach it the
+    way a real deployment would; they are restored afterwards.
+    """
+    endpoint = SeaweedS3.start()
+    saved = {name: os.environ.get(name) for name in endpoint.environment}
+    os.environ.update(endpoint.environment)
+    try:
+        yield endpoint
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        endpoint.stop()
 
 
 @pytest.fixture

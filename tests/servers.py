@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-__all__ = ["ServerProcess", "add_user", "login", "server_command"]
+__all__ = ["ServerProcess", "add_user", "end_process", "free_port", "login", "server_command"]
 
 LISTENING_PREFIX = "websync-server listening on "
 
@@ -37,10 +38,13 @@ def server_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "websync_server.cli", *args]
 
 
-def add_user(data_dir: Path, name: str, password: str) -> str:
-    """Create a user through the CLI (``user add --password-stdin``); return its store id."""
+def add_user(data_dir: Path, name: str, password: str, storage: tuple[str, ...] = ()) -> str:
+    """Create a user through the CLI (``user add --password-stdin``); return its store id.
+
+    *storage* are the server's ``--database``/``--blocks`` options, if any.
+    """
     done = subprocess.run(
-        server_command("user", "add", name, "--data", str(data_dir), "--password-stdin"),
+        server_command("user", "add", name, "--data", str(data_dir), *storage, "--password-stdin"),
         input=password + "\n",
         capture_output=True,
         text=True,
@@ -60,6 +64,8 @@ class ServerProcess:
     process: subprocess.Popen[str]
     url: str
     stderr_path: Path
+    #: The ``--database``/``--blocks`` options it runs with (every CLI command on its state needs them too).
+    storage: tuple[str, ...] = ()
     _stdout_lines: list[str] = field(default_factory=list)
 
     @property
@@ -81,8 +87,9 @@ class ServerProcess:
         timeout: float = 30.0,
         env: dict[str, str] | None = None,
         extra_args: tuple[str, ...] = (),
+        storage: tuple[str, ...] = (),
     ) -> ServerProcess:
-        """Start a server on *data_dir* and return once it listens.
+        """Start a server on *data_dir* (and *storage*: ``--database``, ``--blocks``) and return once it listens.
 
         Its stderr goes to ``DATA_DIR.stderr`` (beside the data directory, so
         the server's own files stay as they would be in production).
@@ -92,6 +99,7 @@ class ServerProcess:
         args = ["serve", "--data", str(data_dir), "--host", host, "--port", str(port)]
         if verbose:
             args.append("-v")
+        args.extend(storage)
         args.extend(extra_args)
         with open(stderr_path, "ab") as stderr:
             process = subprocess.Popen(
@@ -104,7 +112,7 @@ class ServerProcess:
             )
         assert process.stdout is not None
         lines: queue.Queue[str | None] = queue.Queue()
-        server = cls(data_dir, process, "", stderr_path)
+        server = cls(data_dir, process, "", stderr_path, storage)
         # A thread keeps draining stdout so the server can never block on a
         # full pipe, and hands the lines over for the "listening" check.
         threading.Thread(target=_drain, args=(process.stdout, lines, server._stdout_lines), daemon=True).start()
@@ -159,6 +167,28 @@ class ServerProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def free_port() -> int:
+    """A free TCP port of 127.0.0.1, for programs that can't be told "port 0" (PostgreSQL, HAProxy).
+
+    Another process could bind it before the program does; on loopback, among
+    the test's own programs, that window is small enough.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def end_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM a child process by its pid, SIGKILL it if it lingers past *timeout*, and reap it."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.wait()
 
 
 def _drain(stream: IO[str], lines: queue.Queue[str | None], keep: list[str]) -> None:

@@ -21,6 +21,7 @@ Anything else that escapes a handler is a bug and answers 500.
     ├── UnsupportedMediaType         415 unsupported_media_type
     ├── RangeNotSatisfiable          416 range_not_satisfiable
     ├── TooManyRequests              429 too_many_requests (carries retry_after seconds)
+    ├── BlockStorageUnavailable      503 unavailable: the object store can't be reached
     ├── InsufficientStorage          507 insufficient_storage
     └── DatabaseError                500 internal: the database can't be used
 """
@@ -32,6 +33,7 @@ from typing import Any
 from .protocol import Conflict as ConflictModel
 
 __all__ = [
+    "BlockStorageUnavailable",
     "CommitConflict",
     "Conflict",
     "DatabaseError",
@@ -163,6 +165,13 @@ class RangeNotSatisfiable(ServerError):
     def __init__(self, message: str, size: int) -> None:
         super().__init__(message)
         self.size = size
+
+
+class BlockStorageUnavailable(ServerError):
+    """The object store holding the blocks did not answer or refused; try again later."""
+
+    status = 503
+    code = "unavailable"
 
 
 class InsufficientStorage(ServerError):

@@ -91,6 +91,7 @@ def create_app(
     data_dir: Path,
     *,
     database_url: str | None = None,
+    blocks_dir: Path | str | None = None,
     hasher: PasswordHasher | None = None,
     body_timeout: float = BODY_TIMEOUT_S,
     allowed_hosts: Sequence[str] = ("*",),
@@ -101,13 +102,14 @@ def create_app(
     lifespan ends.  A request whose ``Host`` is not in *allowed_hosts* gets 400:
     a web page that rebinds its own name to this server's address cannot reach it.
     """
-    services = Services.open(data_dir, database_url=database_url, hasher=hasher)
+    services = Services.open(data_dir, database_url=database_url, blocks_dir=blocks_dir, hasher=hasher)
     api = _Api(services, body_timeout)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         services.notifier.bind(asyncio.get_running_loop())
         try:
+            services.listen_for_other_processes()
             yield
         finally:
             services.close()

@@ -31,16 +31,17 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 
 from . import directio
 from ._exceptions import InsufficientStorage, InvalidRequest, NotFound, RangeNotSatisfiable, TooLarge
 from .protocol import BLOCK_SIZE, BlockHash, is_block_hash
 
-__all__ = ["BlockStore", "Extent"]
+__all__ = ["BlockStore", "Blocks", "Extent", "StoredBlock", "check_user"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,26 @@ _REFRESH_AFTER_S = 3600.0
 _CHECKED_MAX = 1_000_000  # block files remembered as hashed (about 200 bytes each)
 #: Ranges up to this size of a block hashed here are read on the event loop (`read_small`).
 SMALL_READ = 64 * 1024
+
+
+class Blocks(Protocol):
+    """What the server needs of a block store: this folder store, or object storage (objects.py)."""
+
+    def open(self) -> None: ...
+    def put(self, user: str, block: BlockHash, data: bytes | Sequence[bytes]) -> bool: ...
+    def read(self, user: str, block: BlockHash, first: int | None = None, last: int | None = None) -> Extent: ...
+    def read_small(self, user: str, block: BlockHash, first: int | None, last: int | None) -> Extent | None: ...
+    def size(self, user: str, block: BlockHash) -> int | None: ...
+    def sizes(self, user: str, blocks: Iterable[BlockHash]) -> dict[BlockHash, int]: ...
+    def missing(self, user: str, blocks: Iterable[BlockHash]) -> list[BlockHash]: ...
+    def files(self, user: str) -> Iterator[StoredBlock]: ...
+    def remove(self, user: str, block: BlockHash, older_than_ns: int) -> bool: ...
+
+
+def check_user(user: str) -> None:
+    """Refuse a user name that can't name a folder or key prefix of blocks."""
+    if not user or user.startswith(".") or "/" in user or "\\" in user or "\0" in user:
+        raise ValueError(f"{user!r} can't name a block directory")
 
 
 class BlockStore:
@@ -82,8 +103,7 @@ class BlockStore:
 
     def path(self, user: str, block: BlockHash) -> Path:
         """Where the block lives (whether or not it is there)."""
-        if not user or user.startswith(".") or "/" in user or "\\" in user or "\0" in user:
-            raise ValueError(f"{user!r} can't name a block directory")
+        check_user(user)
         if not is_block_hash(block):
             raise InvalidRequest(f"{block!r} is not a block hash (64 lower-case hex digits)")
         return self.root / user / block[:2] / block[2:4] / block
@@ -189,6 +209,46 @@ class BlockStore:
         except FileNotFoundError:
             return None
 
+    def sizes(self, user: str, blocks: Iterable[BlockHash]) -> dict[BlockHash, int]:
+        """The sizes of those of *blocks* that are there."""
+        found: dict[BlockHash, int] = {}
+        for block in blocks:
+            size = self.size(user, block)
+            if size is not None:
+                found[block] = size
+        return found
+
+    def files(self, user: str) -> Iterator[StoredBlock]:
+        """Every block file of *user* with its size and mtime (names that are not hashes are left alone)."""
+        root = self.root / user
+        if not root.is_dir():
+            return
+        for first in sorted(os.scandir(root), key=lambda e: e.name):
+            if not first.is_dir(follow_symlinks=False):
+                continue
+            for second in sorted(os.scandir(first.path), key=lambda e: e.name):
+                if not second.is_dir(follow_symlinks=False):
+                    continue
+                for entry in os.scandir(second.path):
+                    if entry.is_file(follow_symlinks=False) and is_block_hash(entry.name):
+                        try:
+                            st = entry.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue
+                        yield StoredBlock(BlockHash(entry.name), st.st_size, st.st_mtime_ns)
+
+    def remove(self, user: str, block: BlockHash, older_than_ns: int) -> bool:
+        """Delete a block file unless it is gone or newer than *older_than_ns*; True if deleted."""
+        path = self.path(user, block)
+        try:
+            if path.stat().st_mtime_ns >= older_than_ns:
+                return False  # uploaded (or reported present) again since the listing
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        self._checked.pop(path, None)
+        return True
+
     def missing(self, user: str, blocks: Iterable[BlockHash]) -> list[BlockHash]:
         """Those of *blocks* the server lacks, each once, in the order given."""
         seen: set[BlockHash] = set()
@@ -215,6 +275,15 @@ class BlockStore:
         except FileNotFoundError:
             return False
         return True
+
+
+@dataclass(frozen=True)
+class StoredBlock:
+    """A block as the store holds it: its hash, size and when it was last written (or refreshed)."""
+
+    block: BlockHash
+    size: int
+    mtime_ns: int
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, select
 
@@ -43,6 +43,9 @@ from .blocks import BlockStore
 from .database import Database
 from .protocol import KIND_DIR, KIND_FILE, ROOT_ID, BlockHash, is_block_hash
 from .schema import batches, blocks_from_text, entries, nodes, stores, users, versions
+
+if TYPE_CHECKING:
+    from .services import Services
 
 __all__ = ["QUARANTINE_DIR", "CheckReport", "Problem", "check", "check_database", "repair"]
 
@@ -85,10 +88,13 @@ class CheckReport:
         }  # fmt: skip
 
 
-def check(data_dir: Path, *, rehash: bool = True, db: Database | None = None) -> CheckReport:
-    """Check the server state in *data_dir* (its database unless *db* is given)."""
+def check(
+    data_dir: Path, *, rehash: bool = True, db: Database | None = None, blocks_dir: Path | None = None
+) -> CheckReport:
+    """Check the server state in *data_dir* (its database and blocks unless *db* and *blocks_dir* are given)."""
     from .services import BLOCKS_DIR
 
+    blocks_dir = blocks_dir or data_dir / BLOCKS_DIR
     started = time.monotonic()
     own = db is None
     database = db or Database.open_in(data_dir)
@@ -97,8 +103,8 @@ def check(data_dir: Path, *, rehash: bool = True, db: Database | None = None) ->
     finally:
         if own:
             database.close()
-    _check_blocks(data_dir / BLOCKS_DIR, named, report, rehash=rehash)
-    _check_sizes(BlockStore(data_dir / BLOCKS_DIR), files, report)
+    _check_blocks(blocks_dir, named, report, rehash=rehash)
+    _check_sizes(BlockStore(blocks_dir), files, report)
     report.seconds = time.monotonic() - started
     return report
 
@@ -253,8 +259,11 @@ def _digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def repair(data_dir: Path, report: CheckReport) -> list[str]:
-    """Repair what *report* found that is safe to repair (see the module docstring); what was done."""
+def repair(data_dir: Path, report: CheckReport, services: Services | None = None) -> list[str]:
+    """Repair what *report* found that is safe to repair (see the module docstring); what was done.
+
+    *services* are the server's components (opened on *data_dir*'s defaults when not given).
+    """
     from .gc import Collector, collection_lock
     from .services import Services
 
@@ -268,9 +277,12 @@ def repair(data_dir: Path, report: CheckReport) -> list[str]:
                 target = target.with_name(f"{target.name}.{time.time_ns()}")
             shutil.move(p.path, target)
             done.append(f"moved {p.path} to {target}")
-    services = Services.open(data_dir)
+    own = services is None
+    if services is None:
+        services = Services.open(data_dir)
     try:
-        for temp in (services.blocks.root / ".incoming").iterdir():
+        incoming = services.blocks.root / ".incoming" if isinstance(services.blocks, BlockStore) else None
+        for temp in incoming.iterdir() if incoming else ():
             if temp.stat().st_mtime < time.time() - 3600:
                 temp.unlink(missing_ok=True)
                 done.append(f"removed the stale upload {temp}")
@@ -280,7 +292,8 @@ def repair(data_dir: Path, report: CheckReport) -> list[str]:
                 freed = Collector(services.db, services.blocks).run(purge=False)
             done.append(f"freed {freed.blocks} orphan block files ({freed.bytes} bytes)")
     finally:
-        services.close()
+        if own:
+            services.close()
     for line in done:
         log.info("repair: %s", line)
     return done

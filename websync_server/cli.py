@@ -31,6 +31,10 @@ log = logging.getLogger("websync_server")
 F = TypeVar("F", bound=Callable[..., Any])
 
 DATA_ENV = "WEBSYNC_SERVER_DATA"
+DATABASE_ENV = "WEBSYNC_SERVER_DATABASE"
+BLOCKS_ENV = "WEBSYNC_SERVER_BLOCKS"
+# Where --database and --blocks leave their values for `_storage` (click context meta).
+_STORAGE_META = "websync_server.storage"
 DEFAULT_DATA = Path("~/.local/share/websync-server")
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _LOG_MAX_BYTES = 10 * 1024 * 1024
@@ -68,6 +72,22 @@ def _describe(exc: Exception) -> str:
 
 
 def _data_option(func: F) -> F:
+    """--data, and --database and --blocks beside it: every command that opens the server's state takes all three.
+
+    --database and --blocks don't become parameters of each command: they are
+    left in the click context for `_storage`, so a command that opens the
+    state through `_services` needs no change to honour them.
+    """
+    func = click.option(
+        "--blocks", metavar="FOLDER|s3://BUCKET[/PREFIX]", envvar=BLOCKS_ENV, expose_value=False,
+        callback=_remember_storage,
+        help=f"Where blocks live: a folder, or S3-compatible object storage with the standard AWS_* variables "
+             f"(default: DATA/blocks; ${BLOCKS_ENV}).",
+    )(func)  # fmt: skip
+    func = click.option(
+        "--database", metavar="URL", envvar=DATABASE_ENV, expose_value=False, callback=_remember_storage,
+        help=f"The metadata database, e.g. postgresql://USER:PASSWORD@HOST/DB (default: SQLite in DATA; ${DATABASE_ENV}).",
+    )(func)  # fmt: skip
     return click.option(
         "--data",
         "data",
@@ -75,8 +95,34 @@ def _data_option(func: F) -> F:
         envvar=DATA_ENV,
         default=DEFAULT_DATA,
         show_default=f"${DATA_ENV} or {DEFAULT_DATA}",
-        help="The server's data directory: database, blocks and log.",
+        help="The server's data directory: log and local state, and the database and blocks by default.",
     )(func)
+
+
+def _remember_storage(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    ctx.meta.setdefault(_STORAGE_META, {})[param.name] = value
+    return value
+
+
+def _storage() -> tuple[str | None, str | None]:
+    """The --database URL and --blocks folder of the running command (None: the defaults in --data)."""
+    given = click.get_current_context().meta.get(_STORAGE_META, {})
+    return given.get("database"), given.get("blocks")
+
+
+def _block_folder(services: Services, what: str) -> Path:
+    """The folder of the server's blocks; a clear refusal when they are in object storage."""
+    from .blocks import BlockStore
+
+    if not isinstance(services.blocks, BlockStore):
+        raise click.UsageError(f"{what} reads a block folder; it does not work on object storage yet")
+    return services.blocks.root
+
+
+def _only_default_storage(what: str) -> None:
+    """Refuse a command that works on the embedded SQLite database and block folder only."""
+    if any(value is not None for value in _storage()):
+        raise click.UsageError(f"{what} works on the default storage in --data only; see docs/operations.md")
 
 
 def _verbose_option(func: F) -> F:
@@ -134,8 +180,12 @@ def serve(
     data_dir = prepare_data_dir(data)
     _setup_logging(data_dir / LOG_FILENAME, verbose)
     tls = runner.Tls(tls_cert, tls_key) if tls_cert and tls_key else None
+    database_url, blocks_dir = _storage()
     try:
-        app = create_app(data_dir, body_timeout=body_timeout, allowed_hosts=allowed_hosts or _default_hosts(host))
+        app = create_app(
+            data_dir, database_url=database_url, blocks_dir=blocks_dir, body_timeout=body_timeout,
+            allowed_hosts=allowed_hosts or _default_hosts(host),
+        )  # fmt: skip
         sock = runner.listen(host, port)
     except Exception as exc:
         log.error("can't start: %s", exc)  # the terminal gets it from _friendly_errors
@@ -301,11 +351,13 @@ def check(data: Path, repair: bool, no_rehash: bool, as_json: bool, verbose: int
     from .services import prepare_data_dir
 
     data_dir = prepare_data_dir(data)
-    report = checker.check(data_dir, rehash=not no_rehash)
-    if repair and (report.problems or report.orphans):
-        done = checker.repair(data_dir, report)
-        report = checker.check(data_dir, rehash=not no_rehash)
-        report.repaired = done
+    with _services(data) as services:
+        folder = _block_folder(services, "check")
+        report = checker.check(data_dir, rehash=not no_rehash, db=services.db, blocks_dir=folder)
+        if repair and (report.problems or report.orphans):
+            done = checker.repair(data_dir, report, services)
+            report = checker.check(data_dir, rehash=not no_rehash, db=services.db, blocks_dir=folder)
+            report.repaired = done
     if as_json:
         click.echo(json.dumps(report.to_wire(), indent=2))
     else:
@@ -337,6 +389,7 @@ def backup(data: Path, dest: Path, as_json: bool, verbose: int) -> None:
     from .backup import backup as run_backup
     from .services import prepare_data_dir
 
+    _only_default_storage("backup")
     report = run_backup(prepare_data_dir(data), dest)
     click.echo(json.dumps(report.to_wire(), indent=2) if as_json else report.summary(f"backed up into {dest}"))
 
@@ -355,6 +408,7 @@ def restore(data: Path, source: Path, as_json: bool, verbose: int) -> None:
     """
     from .backup import restore as run_restore
 
+    _only_default_storage("restore")
     report = run_restore(data.expanduser().absolute(), source)
     click.echo(json.dumps(report.to_wire(), indent=2) if as_json else report.summary(f"restored into {data}"))
 
@@ -369,7 +423,7 @@ def usage(data: Path, as_json: bool, verbose: int) -> None:
     from .usage import read_usage
 
     with _services(data) as services:
-        rows = read_usage(services.db, services.blocks.root)
+        rows = read_usage(services.db, _block_folder(services, "usage"))
     if as_json:
         click.echo(json.dumps([r.to_wire() for r in rows], indent=2))
         return
@@ -424,6 +478,54 @@ def retention(
         click.echo(f"{name.replace('_', '-')} for {names.get(uid, uid)}: {value:g}")
 
 
+@main.command()
+@click.option("--data", "data", type=click.Path(file_okay=False, exists=True, path_type=Path), envvar=DATA_ENV,
+              default=DEFAULT_DATA, show_default=f"${DATA_ENV} or {DEFAULT_DATA}",
+              help="The single box's data directory (its SQLite database and block folder are copied).")
+@click.option("--to", "to", required=True, metavar="URL",
+              help="The target database, e.g. postgresql://USER:PASSWORD@HOST/DB; it must have no users yet.")
+@click.option("--blocks", "blocks", required=True, metavar="FOLDER|s3://BUCKET[/PREFIX]",
+              help="The target block store (S3 credentials from the standard AWS_* variables).")
+@_verbose_option
+@_friendly_errors
+def migrate(data: Path, to: str, blocks: str, verbose: int) -> None:
+    """Move a single box (SQLite and a block folder) onto another database and block store.
+
+    Stop the server first; machines keep their changes queued and send them
+    once the new set-up serves.  Every login stays valid.  Then serve with
+    --database URL --blocks ... (see docs/operations.md, "Scaling out").
+    """
+    from .blocks import BlockStore
+    from .database import Database
+    from .gc import collection_lock
+    from .services import BLOCKS_DIR, LOG_FILENAME, open_blocks, prepare_data_dir
+    from .transfer import TransferReport, copy_blocks, copy_database
+
+    data_dir = prepare_data_dir(data)
+    _setup_logging(data_dir / LOG_FILENAME, verbose)
+    report = TransferReport()
+    with collection_lock(data_dir):
+        source, target = Database.open_in(data_dir), Database.open(to)
+        try:
+            copy_database(source, target, report)
+        finally:
+            source.close()
+            target.close()
+        click.echo(f"copied the database into {_without_password(to)}")
+        folder = BlockStore(data_dir / BLOCKS_DIR)
+        with click.progressbar(length=sum(1 for _ in folder.root.rglob("*") if _.is_file()),
+                               label="copying blocks", file=sys.stderr) as bar:  # fmt: skip
+            copy_blocks(folder, open_blocks(blocks, data_dir), report, bar.update)
+    log.info("migrated %s to %s and %s: %s", data_dir, _without_password(to), blocks, report.summary())
+    click.echo(report.summary())
+
+
+def _without_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -445,7 +547,8 @@ class _services:
         # server's log beside what the server itself did: one audit trail.
         if not logging.getLogger().handlers:
             _setup_logging(prepare_data_dir(self._data) / LOG_FILENAME, 0)
-        self._services = Services.open(self._data)
+        database_url, blocks_dir = _storage()
+        self._services = Services.open(self._data, database_url=database_url, blocks_dir=blocks_dir)
         return self._services
 
     def __exit__(self, *exc: object) -> None:

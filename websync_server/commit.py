@@ -92,7 +92,9 @@ _SET_ENTRY = (
 # Directories have one live entry, so each level yields one row.
 _UP = text(
     "WITH RECURSIVE up(id, name, depth) AS ("
-    " SELECT :b_id, '', 0"
+    # The casts: PostgreSQL types the recursive term by its first part, where
+    # bare parameters and literals are text, not the columns' VARCHAR.
+    " SELECT CAST(:b_id AS VARCHAR), CAST('' AS VARCHAR), 0"
     " UNION ALL"
     " SELECT e.parent, e.name, up.depth + 1 FROM up JOIN entries AS e ON e.store = :b_store AND e.node = up.id"
     " WHERE up.id <> 'root' AND up.depth < :b_limit"

@@ -16,10 +16,15 @@ SQLite (the embedded default)
     committed in between.  Writers in this process also queue on a lock first,
     so they wait in FIFO order instead of in SQLite's sleep-and-poll busy handler.
 
-PostgreSQL
+PostgreSQL (``postgresql://`` or ``postgres://`` URLs, driven by psycopg 3)
     Reads run at REPEATABLE READ so a multi-statement read sees one snapshot.
-    Writers rely on the caller's ``SELECT ... FOR UPDATE`` of the store row,
-    which serializes commits per store.
+    Writers run at READ COMMITTED and rely on the caller's ``SELECT ... FOR
+    UPDATE`` of the store row, which serializes commits per store wherever they
+    arrive (any number of server processes); after the lock every statement
+    sees the latest committed rows, so a batch id committed by another process
+    is found and not applied twice.  `Database.announce` queues a NOTIFY in the
+    committing transaction; PostgreSQL delivers it to every listening process
+    only if and when that transaction commits (listener.py).
 """
 
 from __future__ import annotations
@@ -32,14 +37,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, select, update
+from sqlalchemy import Connection, Engine, create_engine, event, insert, select, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from . import migrations
 from ._exceptions import DatabaseError, InsufficientStorage
 from .schema import SCHEMA_VERSION, meta, metadata
 
-__all__ = ["DB_FILENAME", "Database", "sqlite_url"]
+__all__ = ["CHANGES_CHANNEL", "DB_FILENAME", "Database", "engine_url", "sqlite_url"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,9 @@ DB_FILENAME = "websync.db"
 # How long a writer in another process (e.g. ``websync-server user add`` while
 # the server runs) may hold SQLite's write lock before we give up.
 _SQLITE_BUSY_TIMEOUT_S = 30.0
+
+#: The PostgreSQL NOTIFY channel of commits; payload "STORE SEQ" (listener.py).
+CHANGES_CHANNEL = "websync_changes"
 
 # Execution option that marks a connection as a writer (see _sqlite_begin).
 _WRITE_OPTION = "websync_write"
@@ -117,6 +126,34 @@ class Database:
             if lock is not None:
                 lock.release()
 
+    def announce(self, conn: Connection, store: str, seq: int) -> None:
+        """Tell every server process on this database, once *conn*'s transaction commits, that *store* is at *seq*.
+
+        Nothing on SQLite: only one process serves an SQLite database, and it
+        wakes its own long polls (notifier.py).
+        """
+        if not self.is_sqlite:
+            conn.execute(text("SELECT pg_notify(:channel, :payload)"),
+                         {"channel": CHANGES_CHANNEL, "payload": f"{store} {seq}"})  # fmt: skip
+
+    def continue_ids(self, conn: Connection) -> None:
+        """After rows were copied in with their ids, make new rows' ids follow the highest (transfer.py).
+
+        SQLite takes the next id from the table itself; PostgreSQL from a
+        sequence per column, which explicit ids leave behind.
+        """
+        if self.is_sqlite:
+            return
+        for table in metadata.sorted_tables:
+            column = table.autoincrement_column
+            if column is None:
+                continue
+            conn.execute(
+                text(f"SELECT setval(pg_get_serial_sequence(:table, :column), "
+                     f"COALESCE((SELECT MAX({column.name}) FROM {table.name}), 0) + 1, false)"),
+                {"table": table.name, "column": column.name},
+            )  # fmt: skip
+
     def _initialize(self) -> None:
         with self.write() as conn:
             # checkfirst: a second process starting at the same time (serve and
@@ -146,9 +183,24 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+def engine_url(url: str) -> str:
+    """*url* with the driver this server uses for its engine: psycopg 3 for PostgreSQL.
+
+    ``postgresql://`` alone means psycopg2 to SQLAlchemy, which this server
+    does not install; ``postgres://`` is what many hosting services hand out.
+    """
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
 def _create_engine(url: str) -> Engine:
+    url = engine_url(url)
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        # Long polls hold no connection (they wait on the notifier), so the
+        # pool is sized for the worker threads that run queries at once.
+        return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=32)
     engine = create_engine(
         url,
         connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},

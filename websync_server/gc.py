@@ -54,9 +54,8 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
-from .blocks import BlockStore
+from .blocks import Blocks, StoredBlock
 from .database import Database
-from .protocol import is_block_hash
 from .retention import Retention, read_retention
 from .schema import batches, entries, meta, nodes, stores, users, versions
 
@@ -134,7 +133,7 @@ class _Mark:
 class Collector:
     """Runs collections over one server's database and block store."""
 
-    def __init__(self, db: Database, blocks: BlockStore) -> None:
+    def __init__(self, db: Database, blocks: Blocks) -> None:
         self._db = db
         self._blocks = blocks
 
@@ -286,14 +285,14 @@ class Collector:
     ) -> None:
         """Remove *user*'s block files named by nothing and older than *older_than_ns*."""
         freed = {"blocks": 0, "bytes": 0}
-        chunk: list[tuple[Path, int]] = []
-        for path, st in self._block_files(user):
-            if bytes.fromhex(path.name) in named:
+        chunk: list[StoredBlock] = []
+        for stored in self._blocks.files(user):
+            if bytes.fromhex(stored.block) in named:
                 report.kept_blocks += 1
-            elif st.st_mtime_ns >= older_than_ns:
+            elif stored.mtime_ns >= older_than_ns:
                 report.kept_blocks += 1  # within the grace period: a commit may still name it
             else:
-                chunk.append((path, st.st_size))
+                chunk.append(stored)
                 if len(chunk) >= SWEEP_CHUNK:
                     self._remove(user, chunk, marked, older_than_ns, report, freed, dry_run=dry_run)
                     chunk = []
@@ -303,14 +302,14 @@ class Collector:
             report.users[user] = freed
 
     def _remove(
-        self, user: str, chunk: list[tuple[Path, int]], marked: _Mark, older_than_ns: int,
+        self, user: str, chunk: list[StoredBlock], marked: _Mark, older_than_ns: int,
         report: Report, freed: dict[str, int], *, dry_run: bool,
     ) -> None:  # fmt: skip
         if dry_run:
             report.blocks += len(chunk)
-            report.bytes += sum(size for _, size in chunk)
+            report.bytes += sum(stored.size for stored in chunk)
             freed["blocks"] += len(chunk)
-            freed["bytes"] += sum(size for _, size in chunk)
+            freed["bytes"] += sum(stored.size for stored in chunk)
             return
         with self._db.write() as conn:
             store_ids = marked.stores_of.get(user, [])
@@ -323,39 +322,17 @@ class Collector:
             generation = gc_generation(conn) + 1
             conn.execute(delete(meta).where(meta.c.key == _GENERATION))
             conn.execute(insert(meta).values(key=_GENERATION, value=str(generation)))
-            for path, size in chunk:
-                if bytes.fromhex(path.name) in since:
+            for stored in chunk:
+                if bytes.fromhex(stored.block) in since:
                     report.kept_blocks += 1
                     continue
-                try:
-                    if path.stat().st_mtime_ns >= older_than_ns:
-                        report.kept_blocks += 1  # uploaded again since the listing
-                        continue
-                    path.unlink()
-                except FileNotFoundError:
+                if not self._blocks.remove(user, stored.block, older_than_ns):
+                    report.kept_blocks += 1  # uploaded again since the listing, or gone already
                     continue
                 report.blocks += 1
-                report.bytes += size
+                report.bytes += stored.size
                 freed["blocks"] += 1
-                freed["bytes"] += size
-
-    def _block_files(self, user: str) -> Iterator[tuple[Path, os.stat_result]]:
-        """Every block file of *user* with its stat (names that are not hashes are left alone)."""
-        root = self._blocks.root / user
-        if not root.is_dir():
-            return
-        for first in sorted(os.scandir(root), key=lambda e: e.name):
-            if not first.is_dir(follow_symlinks=False):
-                continue
-            for second in sorted(os.scandir(first.path), key=lambda e: e.name):
-                if not second.is_dir(follow_symlinks=False):
-                    continue
-                for entry in os.scandir(second.path):
-                    if entry.is_file(follow_symlinks=False) and is_block_hash(entry.name):
-                        try:
-                            yield Path(entry.path), entry.stat(follow_symlinks=False)
-                        except FileNotFoundError:
-                            continue
+                freed["bytes"] += stored.size
 
 
 def _deleted_before(cutoff_ns: int) -> Any:

@@ -30,8 +30,10 @@ which wakes nobody twice (seqs only move forward here).
 `tests/server/test_long_poll_stress.py` holds many long polls open while
 thousands of commits land and requires every poll to be answered for each.
 
-This covers one server process.  Several processes on PostgreSQL will feed
-`notify` from LISTEN/NOTIFY instead of from their own commits.
+
+Every process feeds `notify` from its own commits; several processes on one
+PostgreSQL database also feed it from each other's, through LISTEN/NOTIFY
+(listener.py).
 """
 
 from __future__ import annotations
@@ -104,6 +106,10 @@ class Notifier:
             if not waiters and self._waiters.get(store) is waiters:
                 del self._waiters[store]
 
+    def wake_all(self) -> None:
+        """Wake every waiter to reread the journal (news may have been missed); safe from any thread."""
+        self._call_on_loop(self._wake_all)
+
     def waiting(self, store: str) -> int:
         """How many requests wait on *store* (for tests and diagnostics)."""
         return len(self._waiters.get(store, ()))
@@ -130,6 +136,9 @@ class Notifier:
 
     def _release_all(self) -> None:
         self._closed = True
+        self._wake_all()
+
+    def _wake_all(self) -> None:
         waiters, self._waiters = self._waiters, {}
         for group in waiters.values():
             for future in group:

@@ -5,8 +5,9 @@ their database, accounts, metadata store, block store and notifier from here.
 
 Data directory layout::
 
-    DATA/websync.db      metadata (SQLite, WAL: also websync.db-wal, -shm)
-    DATA/blocks/USER/ab/cd/HASH
+    DATA/websync.db      metadata (SQLite, WAL: also websync.db-wal, -shm),
+                         unless ``--database`` names another database
+    DATA/blocks/USER/ab/cd/HASH   unless ``--blocks`` names another folder
     DATA/blocks/.incoming/   temporary files of uploads in flight
     DATA/server.log      the server's log (written by the CLI)
     DATA/gc.lock         held by a collection or a backup (gc.py)
@@ -21,17 +22,21 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from argon2 import PasswordHasher
 
 from .accounts import Accounts
 from .admission import Admission
-from .blocks import BlockStore
+from .blocks import Blocks, BlockStore
 from .guesses import Guesses
 from .database import DB_FILENAME, Database, sqlite_url
 from .gc import Collector, Schedule
 from .notifier import Notifier
 from .store import MetadataStore
+
+if TYPE_CHECKING:
+    from .listener import Listener
 
 __all__ = ["Services", "prepare_data_dir"]
 
@@ -74,6 +79,19 @@ def _make_private(path: Path, mode: int) -> None:
         ) from exc
 
 
+def open_blocks(where: Path | str | None, data_dir: Path) -> Blocks:
+    """The block store named by ``--blocks`` (a folder or ``s3://...``; default DATA/blocks), opened."""
+    from .objects import ObjectBlockStore, is_object_url
+
+    blocks: Blocks
+    if isinstance(where, str) and is_object_url(where):
+        blocks = ObjectBlockStore(where)
+    else:
+        blocks = BlockStore(Path(where).expanduser().absolute() if where else data_dir / BLOCKS_DIR)
+    blocks.open()
+    return blocks
+
+
 @dataclass
 class Services:
     """Every component of a running server; build with `Services.open`, end with `close`."""
@@ -82,24 +100,30 @@ class Services:
     db: Database
     accounts: Accounts
     store: MetadataStore
-    blocks: BlockStore
+    blocks: Blocks
     notifier: Notifier
     admission: Admission
     guesses: Guesses
     schedule: Schedule | None = None
+    listener: Listener | None = None
 
     @classmethod
     def open(
-        cls, data_dir: Path, *, database_url: str | None = None, hasher: PasswordHasher | None = None
+        cls,
+        data_dir: Path,
+        *,
+        database_url: str | None = None,
+        blocks_dir: Path | str | None = None,
+        hasher: PasswordHasher | None = None,
     ) -> Services:
         """Open (creating on first use) the server state in *data_dir*.
 
         *database_url* replaces the embedded SQLite database, e.g. with a
-        PostgreSQL URL; blocks stay in the data directory.
+        PostgreSQL URL; *blocks_dir* replaces ``DATA/blocks`` with another
+        folder, or with object storage (``s3://BUCKET[/PREFIX]``, objects.py).
         """
         data_dir = prepare_data_dir(data_dir)
-        blocks = BlockStore(data_dir / BLOCKS_DIR)
-        blocks.open()
+        blocks = open_blocks(blocks_dir, data_dir)
         db = Database.open(database_url or sqlite_url(data_dir / DB_FILENAME))
         notifier = Notifier()
         return cls(
@@ -113,6 +137,15 @@ class Services:
             guesses=Guesses(),
         )
 
+    def listen_for_other_processes(self) -> None:
+        """Wake long polls on commits made by other processes too (PostgreSQL only; listener.py)."""
+        if self.db.is_sqlite:
+            return  # one process per SQLite database: its own commits are all there are
+        from .listener import Listener
+
+        self.listener = Listener(self.db.engine.url.render_as_string(hide_password=False), self.notifier)
+        self.listener.start()
+
     def collector(self) -> Collector:
         """A collector of this server's unnamed blocks and expired history (gc.py)."""
         return Collector(self.db, self.blocks)
@@ -123,8 +156,10 @@ class Services:
         self.schedule.start()
 
     def close(self) -> None:
-        """Stop the scheduled collection, release waiters and database connections."""
+        """Stop the scheduled collection and the listener, release waiters and database connections."""
         if self.schedule is not None:
             self.schedule.close()
+        if self.listener is not None:
+            self.listener.close()
         self.notifier.close()
         self.db.close()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from sqlalchemy import Connection, insert, select, update
@@ -43,9 +43,9 @@ _SETTINGS_TTL_S = 10.0
 
 
 class BlockSizes(Protocol):
-    """What the store needs of the block store: the size of a user's block, if present."""
+    """What the store needs of the block store: the sizes of those of a user's blocks that are present."""
 
-    def size(self, user: str, block: BlockHash) -> int | None: ...
+    def sizes(self, user: str, blocks: Iterable[BlockHash]) -> dict[BlockHash, int]: ...
 
 
 def new_store(conn: Connection, owner: int) -> str:
@@ -149,6 +149,7 @@ class MetadataStore:
                 applier.apply(index, op)
             conn.execute(update(stores).where(stores.c.id == store_id).values(seq=seq))
             conn.execute(insert(batches).values(store=store_id, batch=batch, seq=seq, device=device, time_ns=now))
+            self._db.announce(conn, store_id, seq)
         return seq
 
     def changes(self, store_id: str, cursor: int, limit: int = journal.DEFAULT_LIMIT) -> Changes:
@@ -190,12 +191,11 @@ class MetadataStore:
 
     def _check_blocks(self, user: str, ops: list[Op]) -> None:
         """Refuse content whose blocks are missing or don't add up to its size."""
-        sizes: dict[BlockHash, int] = {}
-        for block in sorted(block_hashes(ops)):
-            size = self._blocks.size(user, block)
-            if size is None:
+        wanted = sorted(block_hashes(ops))
+        sizes = self._blocks.sizes(user, wanted)  # object storage: a listing, not a request per block
+        for block in wanted:
+            if block not in sizes:
                 raise InvalidRequest(f"block {block} is not on the server; upload it before committing")
-            sizes[block] = size
         for index, op in enumerate(ops):
             if not isinstance(op, (Create, Update)):
                 continue

@@ -1,4 +1,9 @@
-"""Fixtures for the server tests: in-process components, and a real server process."""
+"""Fixtures for the server tests: in-process components, and a real server process.
+
+Both run on SQLite by default.  A module that must hold on both SQL engines
+says so with ``engine = both_engines`` (see `both_engines`): its tests then run
+once on SQLite and once on a fresh database of the session's PostgreSQL cluster.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import httpx
 import pytest
 from argon2 import PasswordHasher
 
+from tests.postgres import PostgresCluster
 from tests.servers import ServerProcess, add_user, login
 from websync_server.accounts import Accounts
 from websync_server.blocks import BlockStore
@@ -54,9 +60,31 @@ class Components:
         return self.store.commit(self.store_id, device, batch or os.urandom(8).hex(), list(ops))
 
 
+ENGINES = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="module")
+def engine() -> str:
+    """The SQL engine of the metadata: SQLite unless the module asks for both."""
+    return "sqlite"
+
+
+#: ``engine = both_engines`` in a test module runs its tests on each of `ENGINES`.
+both_engines = pytest.fixture(scope="module", params=ENGINES)(lambda request: request.param)
+
+
+def database_url(request: pytest.FixtureRequest, engine: str) -> str | None:
+    """A new empty database of *engine*; None for the embedded SQLite database."""
+    if engine == "sqlite":
+        return None
+    cluster: PostgresCluster = request.getfixturevalue("postgres")  # started only when a test needs it
+    return cluster.new_database()
+
+
 @pytest.fixture
-def components(tmp_path: Path) -> Iterator[Components]:
-    db = Database.open_in(tmp_path)
+def components(tmp_path: Path, engine: str, request: pytest.FixtureRequest) -> Iterator[Components]:
+    url = database_url(request, engine)
+    db = Database.open(url) if url else Database.open_in(tmp_path)
     blocks = BlockStore(tmp_path / "blocks")
     blocks.open()
     accounts = Accounts(db, FAST_HASHER)
@@ -66,12 +94,16 @@ def components(tmp_path: Path) -> Iterator[Components]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, engine: str, request: pytest.FixtureRequest
+) -> Iterator[ServerProcess]:
     """One real server process for a test module, with the users in USERS."""
     data = tmp_path_factory.mktemp("server") / "data"
+    url = database_url(request, engine)
+    storage = ("--database", url) if url else ()
     for name, password in USERS.items():
-        add_user(data, name, password)
-    with ServerProcess.start(data) as running:
+        add_user(data, name, password, storage)
+    with ServerProcess.start(data, storage=storage) as running:
         yield running
 
 

@@ -10,12 +10,15 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.server.conftest import Session
+from tests.server.conftest import Session, both_engines
 from tests.server.ops import create, mkdir, setattr_
 from tests.servers import ServerProcess
 from websync_server.protocol import BLOCK_SIZE, ROOT_ID, Changes, new_node_id
 
 Login = Callable[..., Session]
+
+
+engine = both_engines  # every test here runs on SQLite and on PostgreSQL
 
 
 def current_cursor(s: Session) -> int:
@@ -284,13 +287,13 @@ def test_a_token_revoked_by_another_process_is_refused_after_one_recheck(server:
     from tests.servers import add_user, login, server_command
     from websync_server.accounts import TOKEN_TRUST_S
 
-    add_user(server.data_dir, "carol", "carol-password")
+    add_user(server.data_dir, "carol", "carol-password", server.storage)
     answer = login(server.url, "carol", "carol-password")
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {answer['token']}"}, timeout=30) as http:
         assert http.get(f"/v1/stores/{answer['store']}/changes").status_code == 200  # trusted from here
         import subprocess
 
-        subprocess.run(server_command("user", "revoke", "carol", "--data", str(server.data_dir)), check=True,
+        subprocess.run(server_command("user", "revoke", "carol", "--data", str(server.data_dir), *server.storage), check=True,
                        capture_output=True)
         time.sleep(TOKEN_TRUST_S + 0.5)
         # Trust ran out: answered at once, while the database is asked again beside it.

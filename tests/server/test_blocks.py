@@ -9,16 +9,32 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from websync_server._exceptions import InsufficientStorage, InvalidRequest, NotFound, RangeNotSatisfiable, TooLarge
-from websync_server.blocks import BlockStore, Extent
+from tests.seaweed import SeaweedS3
+from websync_server.blocks import Blocks, BlockStore, Extent
+from websync_server.objects import ObjectBlockStore
 from websync_server.protocol import BLOCK_SIZE, BlockHash
 
 
 def digest(data: bytes) -> BlockHash:
     return BlockHash(hashlib.sha256(data).hexdigest())
+
+
+@pytest.fixture(params=["folder", "s3"])
+def stored(request: pytest.FixtureRequest, tmp_path: Path) -> Blocks:
+    """A block store in a folder, or in object storage (SeaweedFS's S3 gateway)."""
+    store: Blocks
+    if request.param == "folder":
+        store = BlockStore(tmp_path / "blocks")
+    else:
+        s3: SeaweedS3 = request.getfixturevalue("s3")
+        store = ObjectBlockStore(s3.new_url())
+    store.open()
+    return store
 
 
 @pytest.fixture
@@ -28,77 +44,136 @@ def blocks(tmp_path: Path) -> BlockStore:
     return store
 
 
-def test_put_stores_under_the_hash_and_reports_new_or_known(blocks: BlockStore) -> None:
+def test_put_stores_under_the_hash_and_reports_new_or_known(stored: Blocks) -> None:
     data = b"hello world"
     block = digest(data)
-    assert blocks.put("alice", block, data) is True
-    assert blocks.put("alice", block, data) is False
+    assert stored.put("alice", block, data) is True
+    assert stored.put("alice", block, data) is False
+    assert stored.read("alice", block).data == data
+    assert stored.size("alice", block) == len(data)
+
+
+def test_a_folder_keeps_each_block_under_its_user_and_hash_and_no_temporary_file(blocks: BlockStore) -> None:
+    data = b"hello world"
+    block = digest(data)
+    blocks.put("alice", block, data)
     assert blocks.path("alice", block) == blocks.root / "alice" / block[:2] / block[2:4] / block
     assert blocks.path("alice", block).read_bytes() == data
-    assert blocks.size("alice", block) == len(data)
     assert list((blocks.root / ".incoming").iterdir()) == []
 
 
-def test_a_body_that_does_not_match_its_hash_is_refused_and_not_stored(blocks: BlockStore) -> None:
+def test_a_body_that_does_not_match_its_hash_is_refused_and_not_stored(stored: Blocks) -> None:
     block = digest(b"the real bytes")
     with pytest.raises(InvalidRequest, match="SHA-256"):
-        blocks.put("alice", block, b"other bytes")
-    assert blocks.size("alice", block) is None
-    assert not (blocks.root / "alice").exists()
+        stored.put("alice", block, b"other bytes")
+    assert stored.size("alice", block) is None
+    assert list(stored.files("alice")) == []
 
 
-def test_a_body_in_pieces_is_checked_and_stored_whole(blocks: BlockStore) -> None:
+def test_a_body_in_pieces_is_checked_and_stored_whole(stored: Blocks) -> None:
     pieces = [os.urandom(65536), os.urandom(1000), os.urandom(262144)]
     data = b"".join(pieces)
     with pytest.raises(InvalidRequest, match="SHA-256"):
-        blocks.put("alice", digest(data), pieces[::-1])
+        stored.put("alice", digest(data), pieces[::-1])
     with pytest.raises(TooLarge):
-        blocks.put("alice", digest(data), [b"x" * BLOCK_SIZE, b"y"])
-    assert blocks.put("alice", digest(data), pieces) is True
-    assert blocks.path("alice", digest(data)).read_bytes() == data
+        stored.put("alice", digest(data), [b"x" * BLOCK_SIZE, b"y"])
+    assert stored.put("alice", digest(data), pieces) is True
+    assert stored.read("alice", digest(data)).data == data
 
 
-def test_blocks_over_the_block_size_are_too_large(blocks: BlockStore) -> None:
+def test_blocks_over_the_block_size_are_too_large(stored: Blocks) -> None:
     data = b"x" * (BLOCK_SIZE + 1)
     with pytest.raises(TooLarge):
-        blocks.put("alice", digest(data), data)
+        stored.put("alice", digest(data), data)
 
 
-def test_bad_hashes_are_invalid(blocks: BlockStore) -> None:
+def test_bad_hashes_are_invalid(stored: Blocks) -> None:
     for bad in ("", "A" * 64, "../../etc/passwd", "ab" * 31):
         with pytest.raises(InvalidRequest):
-            blocks.put("alice", BlockHash(bad), b"")
+            stored.put("alice", BlockHash(bad), b"")
 
 
-def test_users_do_not_share_blocks(blocks: BlockStore) -> None:
+def test_users_do_not_share_blocks(stored: Blocks) -> None:
     data = b"secret"
-    blocks.put("alice", digest(data), data)
-    assert blocks.size("bob", digest(data)) is None
-    assert blocks.missing("bob", [digest(data)]) == [digest(data)]
+    stored.put("alice", digest(data), data)
+    assert stored.size("bob", digest(data)) is None
+    assert stored.missing("bob", [digest(data)]) == [digest(data)]
     with pytest.raises(NotFound):
-        blocks.read("bob", digest(data))
+        stored.read("bob", digest(data))
 
 
-def test_missing_lists_each_absent_block_once_in_order(blocks: BlockStore) -> None:
+def test_missing_lists_each_absent_block_once_in_order(stored: Blocks) -> None:
     have, lack1, lack2 = digest(b"1"), digest(b"2"), digest(b"3")
-    blocks.put("alice", have, b"1")
-    assert blocks.missing("alice", [lack2, have, lack1, lack2]) == [lack2, lack1]
+    stored.put("alice", have, b"1")
+    assert stored.missing("alice", [lack2, have, lack1, lack2]) == [lack2, lack1]
 
 
-def test_read_whole_and_ranges(blocks: BlockStore) -> None:
+def test_read_whole_and_ranges(stored: Blocks) -> None:
     data = bytes(range(256)) * 40  # 10,240 bytes
     block = digest(data)
-    blocks.put("alice", block, data)
-    assert blocks.read("alice", block).data == data
-    part = blocks.read("alice", block, 100, 199)
+    stored.put("alice", block, data)
+    assert stored.read("alice", block).data == data
+    part = stored.read("alice", block, 100, 199)
     assert (part.data, part.start, part.size) == (data[100:200], 100, len(data))
-    assert blocks.read("alice", block, 10_000).data == data[10_000:]
-    assert blocks.read("alice", block, None, 40).data == data[-40:]
-    assert blocks.read("alice", block, 10_200, 99_999).data == data[10_200:]
+    assert stored.read("alice", block, 10_000).data == data[10_000:]
+    assert stored.read("alice", block, None, 40).data == data[-40:]
+    assert stored.read("alice", block, 10_200, 99_999).data == data[10_200:]
     with pytest.raises(RangeNotSatisfiable):
-        blocks.read("alice", block, len(data))
+        stored.read("alice", block, len(data))
     with pytest.raises(NotFound):
-        blocks.read("alice", digest(b"never stored"))
+        stored.read("alice", digest(b"never stored"))
+
+
+def test_files_lists_a_users_blocks_and_remove_spares_one_not_older_than_asked(stored: Blocks) -> None:
+    data = b"a block"
+    stored.put("alice", digest(data), data)
+    (listed,) = stored.files("alice")
+    assert (listed.block, listed.size) == (digest(data), len(data))
+    assert stored.remove("alice", digest(data), older_than_ns=listed.mtime_ns) is False  # written at the cutoff
+    assert stored.size("alice", digest(data)) == len(data)
+    later = listed.mtime_ns + 2_000_000_000  # past S3's whole-second LastModified
+    assert stored.remove("alice", digest(data), older_than_ns=later) is True
+    assert stored.remove("alice", digest(data), older_than_ns=later) is False  # gone already
+    assert list(stored.files("alice")) == [] and stored.size("alice", digest(data)) is None
+
+
+def test_object_storage_answers_which_blocks_exist_with_listings_not_a_request_per_block(s3: SeaweedS3) -> None:
+    objects = ObjectBlockStore(s3.new_url())
+    objects.open()
+    have = [digest(str(i).encode()) for i in range(40)]
+    for i, block in enumerate(have):
+        objects.put("alice", block, str(i).encode())
+    lack = [digest(f"absent {i}".encode()) for i in range(200)]
+    calls: dict[str, int] = {}
+
+    def count(model: Any, **_: Any) -> None:
+        calls[model.name] = calls.get(model.name, 0) + 1
+
+    objects.client.meta.events.register("before-call.s3", count)
+    try:
+        assert set(objects.missing("alice", have + lack)) == set(lack)
+        assert objects.sizes("alice", have[:3] + lack[:3]) == {b: len(str(i)) for i, b in enumerate(have[:3])}
+    finally:
+        objects.client.meta.events.unregister("before-call.s3", count)
+    assert calls == {"ListObjectsV2": 2}, calls
+
+
+def test_object_storage_reads_a_range_with_a_ranged_get(s3: SeaweedS3) -> None:
+    objects = ObjectBlockStore(s3.new_url())
+    data = os.urandom(BLOCK_SIZE)
+    objects.put("alice", digest(data), data)
+    ranges: list[str | None] = []
+
+    def note(params: dict[str, Any], **_: Any) -> None:
+        ranges.append(params.get("Range"))
+
+    objects.client.meta.events.register("provide-client-params.s3.GetObject", note)
+    try:
+        part = objects.read("alice", digest(data), 1000, 1999)
+    finally:
+        objects.client.meta.events.unregister("provide-client-params.s3.GetObject", note)
+    assert (part.data, part.start, part.size) == (data[1000:2000], 1000, BLOCK_SIZE)
+    assert ranges == ["bytes=1000-1999"]
 
 
 def test_a_full_disk_stores_nothing_and_says_so(blocks: BlockStore, monkeypatch: pytest.MonkeyPatch) -> None:

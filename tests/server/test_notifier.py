@@ -99,3 +99,15 @@ def test_the_store_announces_every_commit_itself_once_it_is_visible(components: 
         components.commit(mkdir("a"))  # refused: nothing to announce
     assert first == again
     assert announced == [(components.store_id, first, 1), (components.store_id, first, 1)]
+
+
+def test_wake_all_sends_every_waiter_back_to_the_journal_and_later_waits_still_wait() -> None:
+    async def scenario(notifier: Notifier) -> tuple[list[bool], int, bool]:
+        waits = [asyncio.create_task(notifier.wait(f"s{i}", after=0, timeout=30)) for i in range(3)]
+        await asyncio.sleep(0.05)
+        threading.Thread(target=notifier.wake_all).start()
+        woken = list(await asyncio.wait_for(asyncio.gather(*waits), 5))
+        # Unlike close, a wake-up is not a shutdown: the next wait waits (and times out).
+        return woken, sum(notifier.waiting(f"s{i}") for i in range(3)), await notifier.wait("s0", after=0, timeout=0.1)
+
+    assert run(scenario) == ([False, False, False], 0, False)

@@ -8,11 +8,14 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from tests.server.conftest import Components
+from tests.server.conftest import Components, both_engines
 from tests.server.ops import create, delete, mkdir, rename, setattr_, symlink, update
 from websync_server._exceptions import CommitConflict, InvalidRequest, NotFound
 from websync_server.protocol import BLOCK_SIZE, ROOT_ID, Node, new_node_id
 from websync_server.schema import versions
+
+
+engine = both_engines  # every test here runs on SQLite and on PostgreSQL
 
 
 def node(c: Components, node_id: str) -> Node:
