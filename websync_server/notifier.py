@@ -54,6 +54,8 @@ class Notifier:
         self._seqs: dict[str, int] = {}
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._closed = False
+        #: Raised by `wake_all`: a waiter that saw it change goes back to the journal.
+        self._rounds = 0
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach to the loop the server runs on; call from that loop's thread."""
@@ -85,10 +87,11 @@ class Notifier:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        rounds = self._rounds
         while self._seqs.get(store, 0) <= after:
             remaining = deadline - loop.time()
-            if self._closed or remaining <= 0:
-                return False
+            if self._closed or remaining <= 0 or self._rounds != rounds:
+                return False  # a wake_all: news may have been missed, the caller rereads the journal
             await self._sleep(store, remaining)
         return True
 
@@ -139,6 +142,7 @@ class Notifier:
         self._wake_all()
 
     def _wake_all(self) -> None:
+        self._rounds += 1
         waiters, self._waiters = self._waiters, {}
         for group in waiters.values():
             for future in group:
