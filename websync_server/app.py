@@ -44,7 +44,7 @@ from ._exceptions import (
 from .accounts import Identity
 from .hostcheck import HostCheck
 from .journal import DEFAULT_LIMIT
-from .logins import guarded_login
+from .logins import guarded_check, guarded_login
 from .protocol import API, BLOCK_SIZE, WAIT_MAX, BlockHash, Changes, is_block_hash
 from .services import Services
 from .web import install as install_web_page
@@ -94,14 +94,16 @@ def create_app(
     hasher: PasswordHasher | None = None,
     body_timeout: float = BODY_TIMEOUT_S,
     allowed_hosts: Sequence[str] = ("*",),
+    device_idle_s: float = 0.0,
 ) -> Starlette:
     """The WebSync server app on the state in *data_dir* (created on first use).
 
     The components are on ``app.state.services``; the app closes them when its
     lifespan ends.  A request whose ``Host`` is not in *allowed_hosts* gets 400:
     a web page that rebinds its own name to this server's address cannot reach it.
+    A device unseen for *device_idle_s* (0: no limit) is logged out.
     """
-    services = Services.open(data_dir, database_url=database_url, hasher=hasher)
+    services = Services.open(data_dir, database_url=database_url, hasher=hasher, device_idle_s=device_idle_s)
     api = _Api(services, body_timeout)
 
     @asynccontextmanager
@@ -116,6 +118,10 @@ def create_app(
         Route(f"{API}/health", api.health, methods=["GET"]),
         Route(f"{API}/login", api.login, methods=["POST"]),
         Route(f"{API}/whoami", api.whoami, methods=["GET"]),
+        Route(f"{API}/password", api.password, methods=["POST"]),
+        Route(f"{API}/logout", api.logout, methods=["POST"]),
+        Route(f"{API}/devices", api.devices, methods=["GET"]),
+        Route(f"{API}/devices/{{device}}/revoke", api.revoke_device, methods=["POST"]),
         Route(f"{API}/stores/{{store}}/changes", api.changes, methods=["GET"]),
         Route(f"{API}/stores/{{store}}/nodes/{{node}}", api.node, methods=["GET"]),
         Route(f"{API}/stores/{{store}}/nodes/{{node}}/versions", api.versions, methods=["GET"]),
@@ -185,6 +191,40 @@ class _Api:
         identity = await self._identity(request)
         return JSONResponse(_identity_wire(identity))
 
+    async def password(self, request: Request) -> Response:
+        """Change the caller's password: the current one is checked under the login limits."""
+        identity = await self._identity(request)
+        body = await self._json_object(request, identity)
+        old, new = body.get("password"), body.get("new_password")
+        if not isinstance(old, str) or not isinstance(new, str):
+            raise InvalidRequest("password and new_password must be strings")
+        await guarded_check(self._s, self._s.accounts.change_password, identity.user, old, new, identity.device,
+                            address=_address(request), known_device=True)
+        return JSONResponse({"ok": True})
+
+    async def logout(self, request: Request) -> Response:
+        identity = await self._identity(request)
+        await self._s.admission.run(identity.user, self._revoke, identity, identity.device_id, "logged out")
+        return JSONResponse({"ok": True})
+
+    async def devices(self, request: Request) -> Response:
+        identity = await self._identity(request)
+        found = await self._s.admission.run(identity.user, self._s.accounts.devices, identity.user_id)
+        listed = [{**d.to_wire(), "current": d.id == identity.device_id} for d in found]
+        return JSONResponse({"devices": listed})
+
+    async def revoke_device(self, request: Request) -> Response:
+        identity = await self._identity(request)
+        raw = request.path_params["device"]
+        if not _DECIMAL_RE.match(raw):
+            raise InvalidRequest("a device is named by its number (see GET /v1/devices)")
+        why = f"revoked by device {identity.device!r}"
+        name = await self._s.admission.run(identity.user, self._revoke, identity, int(raw), why)
+        return JSONResponse({"id": int(raw), "name": name})
+
+    def _revoke(self, identity: Identity, device_id: int, why: str) -> str:
+        return self._s.accounts.revoke_device(identity.user_id, device_id, why=why)
+
     async def changes(self, request: Request) -> Response:
         identity, store = await self._store_access(request)
         cursor = _int_param(request, "cursor", 0)
@@ -220,12 +260,14 @@ class _Api:
     async def commit(self, request: Request) -> Response:
         identity, store = await self._store_access(request)
         body = await self._json_object(request, identity)
-        seq = await self._s.admission.write(
-            identity.user, self._s.store.commit, store, identity.device, body.get("batch"), body.get("ops")
-        )
+        seq = await self._s.admission.write(identity.user, self._commit, identity, store, body)
         self._s.notifier.notify(store, seq)
         log.debug("store %s: commit %s by %s is seq %d", store, body.get("batch"), identity.device, seq)
         return JSONResponse({"seq": seq})
+
+    def _commit(self, identity: Identity, store: str, body: dict[str, Any]) -> int:
+        self._s.quotas.check_commit(identity.user, store, body.get("ops"))
+        return self._s.store.commit(store, identity.device, body.get("batch"), body.get("ops"))
 
     async def missing_blocks(self, request: Request) -> Response:
         identity = await self._identity(request)
@@ -242,7 +284,7 @@ class _Api:
         # fresh allocation's page faults; the store hashes and writes them in turn.
         pieces = await _read_pieces(request, BLOCK_SIZE, self._body_timeout)
         # Hashing 4 MiB and fsyncing take milliseconds: off the event loop.
-        created = await self._s.admission.run(identity.user, self._s.blocks.put, identity.user, block, pieces)
+        created = await self._s.admission.run(identity.user, self._s.quotas.put_block, identity.user, block, pieces)
         size = sum(len(piece) for piece in pieces)
         return JSONResponse({"hash": block, "size": size}, status_code=201 if created else 200)
 
@@ -252,7 +294,7 @@ class _Api:
         body = await _read_body(request, BLOCKS_BODY_MAX, self._body_timeout)
         frames = _split_frames(body)
         created = await self._s.admission.run(
-            identity.user, lambda: sum(self._s.blocks.put(identity.user, h, data) for h, data in frames)
+            identity.user, lambda: sum(self._s.quotas.put_block(identity.user, h, data) for h, data in frames)
         )
         return JSONResponse({"blocks": len(frames), "created": created}, status_code=200)
 

@@ -113,11 +113,14 @@ def main() -> None:
               help="Seconds a request body may go without a byte arriving.")
 @click.option("--max-connections", type=click.IntRange(16), default=4000, show_default=True,
               help="Open connections beyond which requests get 503 (long polls count; kept below the file limit).")
+@click.option("--device-idle-days", type=click.FloatRange(0), default=90.0, show_default=True,
+              help="Days a device may go unseen before its token stops working (0: never).")
 @_verbose_option
 @_friendly_errors
 def serve(
     data: Path, host: str, port: int, gc_hours: float, tls_cert: Path | None, tls_key: Path | None,
-    allowed_hosts: tuple[str, ...], header_timeout: float, body_timeout: float, max_connections: int, verbose: int,
+    allowed_hosts: tuple[str, ...], header_timeout: float, body_timeout: float, max_connections: int,
+    device_idle_days: float, verbose: int,
 ) -> None:  # fmt: skip
     """Run the server until SIGTERM or Ctrl-C.
 
@@ -135,7 +138,8 @@ def serve(
     _setup_logging(data_dir / LOG_FILENAME, verbose)
     tls = runner.Tls(tls_cert, tls_key) if tls_cert and tls_key else None
     try:
-        app = create_app(data_dir, body_timeout=body_timeout, allowed_hosts=allowed_hosts or _default_hosts(host))
+        app = create_app(data_dir, body_timeout=body_timeout, allowed_hosts=allowed_hosts or _default_hosts(host),
+                         device_idle_s=device_idle_days * 86400)
         sock = runner.listen(host, port)
     except Exception as exc:
         log.error("can't start: %s", exc)  # the terminal gets it from _friendly_errors
@@ -238,6 +242,61 @@ def user_revoke(name: str, data: Path, verbose: int) -> None:
         count = services.accounts.revoke_devices(name)
     log.info("revoked %d device token(s) of user %s from the command line", count, name)
     click.echo(f"revoked {count} device token(s) of {name}")
+
+
+@user.command("remove")
+@click.argument("name")
+@_data_option
+@click.option("--yes", is_flag=True, help="Don't ask for confirmation (for scripts).")
+@_verbose_option
+@_friendly_errors
+def user_remove(name: str, data: Path, yes: bool, verbose: int) -> None:
+    """Remove user NAME with all their files, history, trash and devices; this can't be undone.
+
+    Asks to confirm by typing the name unless --yes is given.  The server may be running.
+    """
+    from .removal import remove_user
+
+    if not yes:
+        typed = click.prompt(f"This deletes {name} and all their files for good. Type the name to confirm",
+                             default="", show_default=False)  # fmt: skip
+        if typed != name:
+            raise click.ClickException(f"not confirmed; {name} was left as they were")
+    with _services(data) as services:
+        removed = remove_user(services.db, services.blocks.root, name)
+    click.echo(f"removed user {name} with {removed} files and folders")
+
+
+@user.command("set")
+@click.argument("name")
+@_data_option
+@click.option("--quota", metavar="SIZE", help="Bytes the user may store, like 50G or 700M ('none': no bound).")
+@click.option("--max-nodes", metavar="N", help="Files and folders the user may have ('none': no bound).")
+@_verbose_option
+@_friendly_errors
+def user_set(name: str, data: Path, quota: str | None, max_nodes: str | None, verbose: int) -> None:
+    """Set user NAME's quota of bytes and bound on files and folders; without options, show them.
+
+    History, trash and uploads not yet committed count (docs/operations.md).
+    A running server takes a change within seconds.
+    """
+    from .quotas import format_size, parse_size
+
+    changes: dict[str, int | None] = {}
+    if quota is not None:
+        changes["bytes"] = None if quota.strip().lower() == "none" else parse_size(quota)
+    if max_nodes is not None:
+        if max_nodes.strip().lower() != "none" and not max_nodes.strip().isdecimal():
+            raise click.BadParameter("give a whole number or 'none'", param_hint="--max-nodes")
+        changes["nodes"] = None if max_nodes.strip().lower() == "none" else int(max_nodes)
+    with _services(data) as services:
+        limits = services.quotas.set_limits(name, **changes)
+        stored = services.quotas.stored_bytes(name)
+    if changes:
+        log.info("quota of user %s set from the command line: %s", name, changes)
+    shown = format_size(limits.bytes) if limits.bytes is not None else "none"
+    click.echo(f"{name}: quota {shown} ({format_size(stored)} stored), "
+               f"max nodes {limits.nodes if limits.nodes is not None else 'none'}")  # fmt: skip
 
 
 def _new_password(user: str, from_stdin: bool) -> str:

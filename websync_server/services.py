@@ -31,6 +31,7 @@ from .guesses import Guesses
 from .database import DB_FILENAME, Database, sqlite_url
 from .gc import Collector, Schedule
 from .notifier import Notifier
+from .quotas import Quotas
 from .store import MetadataStore
 
 __all__ = ["Services", "prepare_data_dir"]
@@ -86,16 +87,19 @@ class Services:
     notifier: Notifier
     admission: Admission
     guesses: Guesses
+    quotas: Quotas
     schedule: Schedule | None = None
 
     @classmethod
     def open(
-        cls, data_dir: Path, *, database_url: str | None = None, hasher: PasswordHasher | None = None
-    ) -> Services:
+        cls, data_dir: Path, *, database_url: str | None = None, hasher: PasswordHasher | None = None,
+        device_idle_s: float = 0.0,
+    ) -> Services:  # fmt: skip
         """Open (creating on first use) the server state in *data_dir*.
 
         *database_url* replaces the embedded SQLite database, e.g. with a
-        PostgreSQL URL; blocks stay in the data directory.
+        PostgreSQL URL; blocks stay in the data directory.  A device unseen
+        for *device_idle_s* (0: no limit) is logged out.
         """
         data_dir = prepare_data_dir(data_dir)
         blocks = BlockStore(data_dir / BLOCKS_DIR)
@@ -104,12 +108,13 @@ class Services:
         return cls(
             data_dir=data_dir,
             db=db,
-            accounts=Accounts(db, hasher),
+            accounts=Accounts(db, hasher, device_idle_s),
             store=MetadataStore(db, blocks),
             blocks=blocks,
             notifier=Notifier(),
             admission=Admission(),
             guesses=Guesses(),
+            quotas=Quotas(db, blocks),
         )
 
     def collector(self) -> Collector:

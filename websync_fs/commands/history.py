@@ -4,34 +4,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from ..errors import ConfigError, WebSyncError
 from ..home import Home
-from ._common import Context, friendly, human, pass_ctx
+from ._common import Context, friendly, human, pass_ctx, with_remote
 
 COMMANDS = ["history", "restore", "conflicts", "trash"]
-T = TypeVar("T")
-
-
-def _with_remote(home: Home, fn: Callable[[Any], Awaitable[T]]) -> T:
-    import trio
-
-    from ..remote import Remote
-
-    settings, token = home.logged_in()
-
-    async def run() -> T:
-        remote = Remote(settings.server, token, settings.store, ca_file=settings.ca_file)
-        try:
-            return await fn(remote)
-        finally:
-            await remote.aclose()
-
-    return trio.run(run)
 
 
 def _replica(home: Home) -> Any:
@@ -64,7 +45,7 @@ def history(ctx: Context, path: str, as_json: bool) -> None:
         raise ConfigError(f"there is no file {where} in the store")
     if row.kind != "file" or row.seq == 0:
         raise ConfigError(f"{where} has no history yet" if row.seq == 0 else f"{where} is not a file")
-    versions = _with_remote(home, lambda r: r.versions(row.id))
+    versions = with_remote(home, lambda r: r.versions(row.id))
     if as_json:
         click.echo(json.dumps({"path": str(where), "versions": versions}, indent=2))
         return
@@ -93,16 +74,16 @@ def restore(ctx: Context, path: str, version: int | None) -> None:
     if version is not None:
         if row is None or row.kind != "file":
             raise ConfigError(f"there is no file {where} in the store")
-        n = _with_remote(home, lambda r: r.restore_version(row.id, version))
+        n = with_remote(home, lambda r: r.restore_version(row.id, version))
         click.echo(f"restored version {version} of {where} as version {n}")
         return
     if row is not None:
         raise ConfigError(f"{where} exists; give --version N to bring back an earlier version")
-    items = _with_remote(home, lambda r: r.trash())
+    items = with_remote(home, lambda r: r.trash())
     match = [i for i in items if i["parent"] == parent and i["name"] == name]
     if not match:
         raise ConfigError(f"{where} is not in the trash")
-    _with_remote(home, lambda r: r.undelete(match[0]["node"], parent, name))
+    with_remote(home, lambda r: r.undelete(match[0]["node"], parent, name))
     click.echo(f"restored {where}")
 
 
@@ -139,7 +120,7 @@ def conflicts(ctx: Context, as_json: bool) -> None:
 @friendly
 def trash(ctx: Context, as_json: bool) -> None:
     """List deleted files that can be restored, newest first."""
-    items = _with_remote(ctx.home, lambda r: r.trash())
+    items = with_remote(ctx.home, lambda r: r.trash())
     if as_json:
         click.echo(json.dumps({"trash": items}, indent=2))
     elif not items:

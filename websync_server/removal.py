@@ -1,0 +1,50 @@
+"""Removing a user with everything of theirs: stores, history, trash, devices, settings and blocks.
+
+The rows go in one write transaction, so a failure leaves the user whole.
+Their block folder is then renamed into ``blocks/.incoming`` (one atomic
+step: a user of the same name added later starts empty) and deleted there;
+blocks an upload in flight puts back under the old name belong to no one and
+the collector frees them.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from pathlib import Path
+
+from sqlalchemy import delete, select
+
+from ._exceptions import InvalidRequest
+from .database import Database
+from .schema import batches, devices, entries, meta, nodes, stores, users, versions
+
+__all__ = ["remove_user"]
+
+audit = logging.getLogger("websync_server.audit")
+
+
+def remove_user(db: Database, blocks_root: Path, name: str) -> int:
+    """Delete user *name* and all their data; return how many files and folders went with them."""
+    with db.write() as conn:
+        user_id = conn.execute(select(users.c.id).where(users.c.name == name)).scalar()
+        if user_id is None:
+            raise InvalidRequest(f"there is no user named {name!r}")
+        mine = select(stores.c.id).where(stores.c.owner == user_id)
+        # Children first: entries and versions name nodes, nodes and batches name stores.
+        for table in (entries, versions, batches):
+            conn.execute(delete(table).where(table.c.store.in_(mine)))
+        removed = conn.execute(delete(nodes).where(nodes.c.store.in_(mine), nodes.c.id != "root")).rowcount
+        conn.execute(delete(nodes).where(nodes.c.store.in_(mine)))
+        conn.execute(delete(stores).where(stores.c.owner == user_id))
+        conn.execute(delete(devices).where(devices.c.user_id == user_id))
+        conn.execute(delete(meta).where(meta.c.key.startswith(f"u{user_id}.")))  # per-user retention
+        conn.execute(delete(users).where(users.c.id == user_id))
+    folder = blocks_root / name
+    if folder.exists():
+        doomed = blocks_root / ".incoming" / f"removed-{name}-{uuid.uuid4().hex}"
+        folder.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    audit.info("user %s removed with %d files and folders and all their devices", name, removed)
+    return removed
