@@ -343,6 +343,8 @@ class Accounts:
     def change_password(self, user: str, old: str, new: str, device: object = None) -> None:
         """Replace *user*'s password *old* (checked as a login would be) with *new*; `Unauthorized` if wrong."""
         check_password_strength(user, new)
+        if len(old.encode("utf-8", "replace")) > PASSWORD_MAX:
+            raise Unauthorized("the current password is wrong")  # no password this long was ever set: not hashed
         with self._db.read() as conn:
             stored = conn.execute(select(users.c.password_hash).where(users.c.name == user)).scalar()
         if not self._verify(stored, old):

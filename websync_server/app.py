@@ -67,6 +67,8 @@ _PARSE_ON_LOOP_MAX = 64 * 1024
 # few enough that int() stays cheap: every seq, cursor and offset fits in 19.
 _DIGITS_MAX = 19
 _DECIMAL_RE = re.compile(rf"^[0-9]{{1,{_DIGITS_MAX}}}$")
+# A device id is a database integer: 18 digits always fit in 64 bits (19 may not).
+_DEVICE_ID_RE = re.compile(r"^[0-9]{1,18}$")
 _RANGE_RE = re.compile(rf"^bytes=([0-9]{{0,{_DIGITS_MAX}}})-([0-9]{{0,{_DIGITS_MAX}}})$")
 # Blocks never change, so a client or proxy may keep them as long as it likes.
 _BLOCK_CACHE_CONTROL = "private, max-age=31536000, immutable"
@@ -216,7 +218,7 @@ class _Api:
     async def revoke_device(self, request: Request) -> Response:
         identity = await self._identity(request)
         raw = request.path_params["device"]
-        if not _DECIMAL_RE.match(raw):
+        if not _DEVICE_ID_RE.match(raw):
             raise InvalidRequest("a device is named by its number (see GET /v1/devices)")
         why = f"revoked by device {identity.device!r}"
         name = await self._s.admission.run(identity.user, self._revoke, identity, int(raw), why)
