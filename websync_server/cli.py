@@ -424,7 +424,7 @@ def restore(data: Path, source: Path, as_json: bool, verbose: int) -> None:
 @_verbose_option
 @_friendly_errors
 def usage(data: Path, as_json: bool, verbose: int) -> None:
-    """Show each user's bytes of current files, history, trash and on disk."""
+    """Show each user's bytes of current files, history, trash and on disk, and their quota."""
     from .usage import read_usage
 
     with _services(data) as services:
@@ -433,10 +433,12 @@ def usage(data: Path, as_json: bool, verbose: int) -> None:
         click.echo(json.dumps([r.to_wire() for r in rows], indent=2))
         return
     width = max([4, *(len(r.user) for r in rows)])
-    click.echo(f"{'USER':<{width}}  {'CURRENT':>10}  {'HISTORY':>10}  {'TRASH':>10}  {'ON DISK':>10}  BLOCKS")
+    click.echo(f"{'USER':<{width}}  {'CURRENT':>10}  {'HISTORY':>10}  {'TRASH':>10}  {'ON DISK':>10}  "
+               f"{'BLOCKS':>8}  {'QUOTA':>10}  MAX NODES")  # fmt: skip
     for r in rows:
         sizes = "  ".join(f"{_size(n):>10}" for n in (r.current, r.history, r.trash, r.disk))
-        click.echo(f"{r.user:<{width}}  {sizes}  {r.blocks}")
+        quota = _size(r.quota) if r.quota is not None else "-"
+        click.echo(f"{r.user:<{width}}  {sizes}  {r.blocks:>8}  {quota:>10}  {r.max_nodes if r.max_nodes is not None else '-'}")
 
 
 @main.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import time
@@ -223,4 +224,5 @@ def test_user_set_refuses_bad_sizes_and_unknown_users(tmp_path: Path) -> None:
     assert "no user named 'bob'" in _cli(data, "user", "set", "bob", "--quota", "1G").stderr
     shown = _cli(data, "user", "set", "alice", "--quota", "1.5G", "--max-nodes", "none")
     assert "quota 1.5 GiB" in shown.stdout and "max nodes none" in shown.stdout
+    assert json.loads(_cli(data, "usage", "--json").stdout)[0]["quota"] == 1536 * 1024**2
     assert "quota none" in _cli(data, "user", "set", "alice", "--quota", "none").stdout
