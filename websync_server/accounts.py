@@ -307,7 +307,7 @@ class Accounts:
         """Refuse a device idle for longer than allowed (revoking it); renew its last-seen time."""
         now = time.time_ns()
         if self.device_idle_s and now - last_ns > self.device_idle_s * 1e9:
-            self.revoke_device(identity.user_id, identity.device_id, why="unseen for too long")
+            self.revoke_device(identity, identity.device_id, why="unseen for too long")
             days = self.device_idle_s / 86400
             raise Unauthorized(f"this device was not seen for over {days:g} days and was logged out; log in again")
         # Finer than the idle limit, so a device in use is never taken for an idle one.
@@ -325,19 +325,19 @@ class Accounts:
         with self._db.read() as conn:
             return [DeviceInfo(r.id, r.name, r.created_ns, r.last_seen_ns or r.created_ns) for r in conn.execute(query)]
 
-    def revoke_device(self, user_id: int, device_id: int, *, why: str) -> str:
-        """Log one device of a user out; return its name.  `NotFound` if the user has no such live device."""
+    def revoke_device(self, owner: Identity, device_id: int, *, why: str) -> str:
+        """Log out one device of *owner*'s user; return its name.  `NotFound` if the user has no such live device."""
         with self._db.write() as conn:
             name = conn.execute(
                 update(devices)
-                .where(devices.c.id == device_id, devices.c.user_id == user_id, devices.c.revoked.is_(False))
+                .where(devices.c.id == device_id, devices.c.user_id == owner.user_id, devices.c.revoked.is_(False))
                 .values(revoked=True)
                 .returning(devices.c.name)
             ).scalar()
         if name is None:
             raise NotFound(f"no logged-in device has the id {device_id}")
         self._trusted.clear()  # revoked here: at once, not after TOKEN_TRUST_S
-        audit.info("device %r (%d) of user id %d removed: %s", name, device_id, user_id, why)
+        audit.info("device %r (%d) of user %s removed: %s", name, device_id, owner.user, why)
         return str(name)
 
     def change_password(self, user: str, old: str, new: str, device: object = None) -> None:

@@ -225,7 +225,7 @@ class _Api:
         return JSONResponse({"id": int(raw), "name": name})
 
     def _revoke(self, identity: Identity, device_id: int, why: str) -> str:
-        return self._s.accounts.revoke_device(identity.user_id, device_id, why=why)
+        return self._s.accounts.revoke_device(identity, device_id, why=why)
 
     async def changes(self, request: Request) -> Response:
         identity, store = await self._store_access(request)

@@ -9,7 +9,6 @@ the collector frees them.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import uuid
 from pathlib import Path
@@ -17,13 +16,11 @@ from pathlib import Path
 from sqlalchemy import delete, select
 
 from ._exceptions import InvalidRequest
+from .accounts import audit
 from .database import Database
 from .schema import batches, devices, entries, meta, nodes, stores, users, versions
 
 __all__ = ["remove_user"]
-
-audit = logging.getLogger("websync_server.audit")
-
 
 def remove_user(db: Database, blocks_root: Path, name: str) -> int:
     """Delete user *name* and all their data; return how many files and folders went with them."""

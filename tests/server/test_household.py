@@ -101,7 +101,7 @@ def test_devices_are_listed_and_one_is_revoked_or_logs_itself_out(tmp_path: Path
             assert tablet.get("/v1/whoami").status_code == 401
             assert [d["name"] for d in laptop.get("/v1/devices").json()["devices"]] == ["laptop"]
         log = server.log()
-        assert "device 'phone'" in log and "removed: revoked by device 'laptop'" in log
+        assert "device 'phone'" in log and "of user alice removed: revoked by device 'laptop'" in log
         assert "device 'tablet'" in log and "removed: logged out" in log
         assert "device 'laptop'" in log and "added" in log
 
