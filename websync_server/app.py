@@ -33,6 +33,7 @@ from ._exceptions import (
     InvalidRequest,
     NotFound,
     ProtocolMismatch,
+    QuotaExceeded,
     RangeNotSatisfiable,
     RequestTimeout,
     ServerError,
@@ -513,7 +514,8 @@ async def _server_error(request: Request, exc: Exception) -> Response:
         headers["Content-Range"] = f"bytes */{exc.size}"
     elif isinstance(exc, TooManyRequests):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    level = logging.ERROR if exc.status >= 500 else logging.DEBUG
+    # A full quota is the user's state, not the server's fault: worth a line, not an ERROR.
+    level = logging.INFO if isinstance(exc, QuotaExceeded) else logging.ERROR if exc.status >= 500 else logging.DEBUG
     log.log(level, "%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.code, exc.message)
     return JSONResponse(exc.to_wire(), status_code=exc.status, headers=headers)
 

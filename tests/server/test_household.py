@@ -182,6 +182,8 @@ def test_uploads_past_the_byte_quota_are_refused_with_507_until_there_is_room(tm
             while _put(alice, second).status_code == 507 and time.monotonic() < deadline:
                 time.sleep(0.5)
             assert _create(alice, store, "b.bin", second).status_code == 200
+        quota_lines = [line for line in server.log().splitlines() if "quota_exceeded" in line]
+        assert quota_lines and all(" INFO " in line for line in quota_lines)  # the user's state, not a server fault
 
 
 def test_uncommitted_uploads_stop_counting_once_the_collector_frees_them(tmp_path: Path) -> None:
