@@ -68,6 +68,7 @@ def test_devices_are_listed_and_revoked_and_a_machine_logs_out(
     assert "logged out device B" in a.cli("devices", "revoke", "B").stdout
     refused = b.cli("devices", check=False)
     assert refused.returncode == 4 and "run 'websync login' again" in refused.stderr
+    assert "logged out of" in b.cli("logout").stdout  # revoked already: the token here is deleted
     missing = a.cli("devices", "revoke", "B", check=False)
     assert missing.returncode != 0 and "no device named 'B'" in missing.stderr
     assert "logged out of" in a.cli("logout").stdout

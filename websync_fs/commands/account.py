@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Unauthorized
 from ._common import Context, friendly, pass_ctx, running_pid, with_remote
 
 COMMANDS = ["passwd", "logout", "devices"]
@@ -38,13 +38,17 @@ def logout(ctx: Context) -> None:
     """Log this machine out: its token ends on the server and is deleted here.
 
     Changes still waiting for upload stay queued and go after the next 'websync login'.
+    The server must be reachable, so the token really ends (one revoked already is just deleted here).
     """
     home = ctx.home
     pid = running_pid(home)
     if pid is not None:
         raise ConfigError(f"the store is mounted here (process {pid}); run 'websync unmount' first")
     settings, _ = home.logged_in()
-    with_remote(home, lambda remote: remote.logout())
+    try:
+        with_remote(home, lambda remote: remote.logout())
+    except Unauthorized:
+        pass  # revoked already (from another device, or unseen too long): only the local copy is left
     home.drop_token()
     click.echo(f"logged out of {settings.server} (device {settings.device})")
 
