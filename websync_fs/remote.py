@@ -25,6 +25,7 @@ from .errors import (
     CommitConflict,
     NotFound,
     Offline,
+    OverQuota,
     RemoteError,
     ServerFull,
     Unauthorized,
@@ -81,7 +82,7 @@ def _raise_for(resp: httpx.Response) -> None:
     if status == 429:
         raise RemoteError(f"the server asks to wait: {message}")
     if status == 507 and body.get("error") == "quota_exceeded":
-        raise ServerFull(f"{message}; changes stay queued until there is room")
+        raise OverQuota(f"{message}; changes stay queued until there is room")
     if status == 507:
         raise ServerFull("the server's disk is full; changes stay queued")
     if status in (400, 403, 413):

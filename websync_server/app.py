@@ -269,7 +269,7 @@ class _Api:
         return JSONResponse({"seq": seq})
 
     def _commit(self, identity: Identity, store: str, body: dict[str, Any]) -> int:
-        self._s.quotas.check_commit(identity.user, store, body.get("ops"))
+        self._s.quotas.check_commit(identity.user, store, body.get("batch"), body.get("ops"))
         return self._s.store.commit(store, identity.device, body.get("batch"), body.get("ops"))
 
     async def missing_blocks(self, request: Request) -> Response:

@@ -10,8 +10,8 @@ past the quota is refused with `QuotaExceeded` (507) before anything is
 stored; the client keeps the change queued and sends it once there is room.
 
 The rule for nodes: the live (not deleted) files, folders, links and special
-nodes of the user's stores.  A commit that makes nodes past the bound is
-refused whole.
+nodes of the user's stores.  A commit that makes more nodes than it deletes,
+past the bound, is refused whole.
 
 Counting is cheap on purpose: the bytes on disk of a user with a quota are
 summed once (one walk of their block folder), raised by each block stored
@@ -39,7 +39,7 @@ from .blocks import BlockStore
 from .database import Database
 from .gc import gc_generation
 from .protocol import BlockHash
-from .schema import nodes, stores, users
+from .schema import batches, nodes, stores, users
 
 __all__ = ["Limits", "Quotas", "format_size", "parse_size"]
 
@@ -150,15 +150,25 @@ class Quotas:
             self._stored[user] = (total, now)
         return total
 
-    def check_commit(self, user: str, store: str, ops: Any) -> None:
-        """Refuse a commit that would take *user* past their bound on nodes (`QuotaExceeded`)."""
+    def check_commit(self, user: str, store: str, batch: Any, ops: Any) -> None:
+        """Refuse a commit that would take *user* past their bound on nodes (`QuotaExceeded`).
+
+        A batch the store applied already passes: its commit answers as the
+        first time did, so a client that sends it again never hears "refused"
+        of a batch that went (and may take the refusal as "not applied").
+        """
         bound = self.limits(user).nodes
-        if bound is None or not isinstance(ops, list):
+        if bound is None or not isinstance(ops, list) or not isinstance(batch, str):
             return  # a malformed batch is the commit's to refuse
+        # A batch's own deletes count against what it makes: a user at the bound can
+        # always replace files and free room, and a batch that makes none passes.
         making = sum(1 for op in ops if isinstance(op, dict) and op.get("op") in _MAKING_OPS)
-        if not making:
+        making -= sum(1 for op in ops if isinstance(op, dict) and op.get("op") == "delete")
+        if making <= 0:
             return
         with self._db.read() as conn:
+            if conn.execute(select(batches.c.seq).where(batches.c.store == store, batches.c.batch == batch)).first():
+                return
             owner = select(stores.c.owner).where(stores.c.id == store).scalar_subquery()
             mine = select(stores.c.id).where(stores.c.owner == owner)
             # Each store's root is a node the user never made: not counted.

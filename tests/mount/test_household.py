@@ -18,8 +18,8 @@ pytestmark = pytest.mark.mount
 MB = 1024 * 1024
 
 
-def _set_quota(server: ServerProcess, user: str, size: str) -> None:
-    subprocess.run(server_command("user", "set", user, "--quota", size, "--data", str(server.data_dir)),
+def _set_quota(server: ServerProcess, user: str, size: str, option: str = "--quota") -> None:
+    subprocess.run(server_command("user", "set", user, option, size, "--data", str(server.data_dir)),
                    check=True, capture_output=True, timeout=60)  # fmt: skip
 
 
@@ -54,6 +54,26 @@ def test_a_change_over_quota_waits_with_the_reason_shown_and_goes_once_there_is_
     _set_quota(server, user, "20M")
     eventually(lambda: _status(a)["pending"] == 0, timeout=90, what="A's queue to drain once there is room")
     eventually(lambda: read_bytes(b.path("big.bin")) == big, what="big.bin on B")
+
+
+def test_a_file_past_the_node_bound_waits_while_a_delete_that_makes_room_goes_ahead(
+    server: ServerProcess, account: tuple[str, str], a: Machine, b: Machine
+) -> None:
+    _set_quota(server, account[0], "3", option="--max-nodes")
+    for name in ("one", "two", "three"):
+        a.path(name).write_text(name)
+    eventually(lambda: b.path("three").exists() and _status(a)["pending"] == 0, what="three files on B")
+    a.path("four").write_text("four")
+
+    def refused() -> dict[str, Any] | None:
+        info = _status(a, str(a.path("four")))
+        return info if "bound of 3 files and folders" in info["files"][0]["held"] else None
+
+    eventually(refused, timeout=30, what="A to hear it is at its bound of files")
+    a.path("one").unlink()  # makes room: goes ahead of the waiting file
+    eventually(lambda: b.path("four").exists() and not b.path("one").exists(), timeout=90, what="four on B")
+    assert b.path("four").read_text() == "four"
+    eventually(lambda: _status(a)["pending"] == 0, what="A's queue to drain")
 
 
 def test_devices_are_listed_and_revoked_and_a_machine_logs_out(
