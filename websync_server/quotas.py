@@ -19,7 +19,10 @@ here, and summed again once a collection (in this process or another) has
 removed blocks -- seen by its generation number (gc.py) when the bounds are
 read -- or after `RECOUNT_S` whatever happened.  Bounds are read from the database at
 most every `LIMITS_TTL_S`, so ``user set`` on a running server takes effect
-within seconds.  Uploads in flight at once may pass the quota by a block each.
+within seconds.  Uploads in flight at once may pass the quota by a block each;
+with several server processes (PostgreSQL) each counts its own uploads between
+recounts, so a user may pass the quota by what the others stored within
+`RECOUNT_S`.
 """
 
 from __future__ import annotations
