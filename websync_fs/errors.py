@@ -9,6 +9,7 @@
     │   ├── Unauthorized         401: the device token is wrong or revoked
     │   │   └── WrongPassword    401 to a login: wrong user name or password
     │   ├── ServerFull           507: the server's disk is full
+    │   │   └── OverQuota        507 quota_exceeded: the user's quota is used up; nothing was applied
     │   ├── NotFound             404
     │   ├── BadRequest           400: the server refused the request as invalid
     │   └── CommitConflict       409: a commit precondition failed (carries the Conflict)
@@ -57,6 +58,10 @@ class WrongPassword(Unauthorized):
 
 class ServerFull(RemoteError):
     pass
+
+
+class OverQuota(ServerFull):
+    """The user's quota is used up; the server applied nothing of the call (also of a commit sent again)."""
 
 
 class NotFound(RemoteError):

@@ -58,6 +58,8 @@ class FileState:
     conflict: bool
     #: False when a folder was too large to measure completely.
     complete: bool = True
+    #: Why a pending change has not gone yet (the server's refusal, e.g. a full quota); '' if it just waits.
+    held: str = ""
 
     @property
     def state(self) -> str:
@@ -83,6 +85,7 @@ class FileState:
         state = self.state
         if state == PENDING:
             text = "waiting for upload" + (", conflict copy" if self.conflict else "")
+            text += f" (held back: {self.held})" if self.held else ""
         elif state == CONFLICT:
             text = f"conflict copy, {where}"
         elif state == PINNED:
@@ -95,7 +98,7 @@ class FileState:
         return {
             "path": self.path, "kind": self.kind, "state": self.state, "size": self.size,
             "local_bytes": self.local_bytes, "pinned": self.pinned, "pending": self.pending,
-            "conflict": self.conflict, "complete": self.complete,
+            "conflict": self.conflict, "complete": self.complete, "held": self.held,
         }
 
 
@@ -135,7 +138,8 @@ class FileStates:
             size = len(row.target.encode())
             return FileState(path, row.kind, size, size, pinned, pending, is_conflict_copy(name))
         local = self._local_bytes([row])
-        return FileState(path, row.kind, row.size, local, pinned, pending, is_conflict_copy(name))
+        held = self._queue.first_error(row.id) if pending else ""
+        return FileState(path, row.kind, row.size, local, pinned, pending, is_conflict_copy(name), held=held)
 
     def _folder(self, row: NodeRow, path: str, pinned: bool) -> FileState:
         files: list[NodeRow] = []

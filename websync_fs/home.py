@@ -131,6 +131,10 @@ class Home:
         self.ensure()
         _write_private(self.token_file, token + "\n")
 
+    def drop_token(self) -> None:
+        """Forget this machine's token (after a logout); settings and queued changes stay."""
+        self.token_file.unlink(missing_ok=True)
+
     def logged_in(self) -> tuple[Settings, str]:
         settings = self.load_settings()
         token = self.load_token()

@@ -25,6 +25,7 @@ from .errors import (
     CommitConflict,
     NotFound,
     Offline,
+    OverQuota,
     RemoteError,
     ServerFull,
     Unauthorized,
@@ -81,6 +82,8 @@ def _raise_for(resp: httpx.Response) -> None:
         raise NotFound(message)
     if status == 429:
         raise RemoteError(f"the server asks to wait: {message}")
+    if status == 507 and body.get("error") == "quota_exceeded":
+        raise OverQuota(f"{message}; changes stay queued until there is room")
     if status == 507:
         raise ServerFull("the server's disk is full; changes stay queued")
     if status in (400, 403, 413):
@@ -179,6 +182,26 @@ class Remote:
 
     async def whoami(self) -> dict[str, Any]:
         return _answer(await self._request("GET", f"{API}/whoami"), dict)
+
+    async def change_password(self, old: str, new: str) -> None:
+        """Replace this user's password; `Unauthorized` if *old* is wrong, `BadRequest` if *new* is weak."""
+        try:
+            await self._request("POST", f"{API}/password", json={"password": old, "new_password": new})
+        except Unauthorized:
+            raise Unauthorized("the current password is wrong (or this device was logged out)") from None
+
+    async def logout(self) -> None:
+        """End this device's token on the server."""
+        await self._request("POST", f"{API}/logout", json={})
+
+    async def devices(self) -> list[dict[str, Any]]:
+        """The user's logged-in devices: id, name, created_ns, last_seen_ns, current."""
+        return _answer(await self._request("GET", f"{API}/devices"), lambda body: list(body["devices"]))
+
+    async def revoke_device(self, device_id: int) -> str:
+        """Log one of the user's devices out; return its name."""
+        resp = await self._request("POST", f"{API}/devices/{device_id}/revoke", json={})
+        return _answer(resp, lambda body: str(body["name"]))
 
     async def changes(self, cursor: int, wait: float = 0, limit: int = 10000) -> Changes:
         params = {"cursor": cursor, "wait": wait, "limit": limit}

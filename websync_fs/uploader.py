@@ -66,6 +66,7 @@ from .errors import (
     CommitConflict,
     NotFound,
     Offline,
+    OverQuota,
     RemoteError,
     ServerFull,
     Unauthorized,
@@ -278,6 +279,10 @@ class Uploader:
             delay = backoff(self.failures, cap=RETRY_CAP)
             log.warning("upload deferred (%s); retrying in %.1f s", exc, delay)
             self.on_state(True, str(exc))
+            if isinstance(exc, OverQuota):
+                # Never said of a batch that went: these wait, and later changes (deletes that
+                # make room) go ahead of them.
+                self._sent.pop(batch[0].batch or "", None)
             if batch[0].batch in self._sent:
                 await self._pause(delay)
             else:

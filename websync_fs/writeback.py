@@ -406,9 +406,10 @@ class WriteBackQueue:
                 self._db.execute("DELETE FROM items WHERE n=?", (item.n,))
                 self._unprotect(item.blocks)
 
-    def first_error(self) -> str:
-        """Why the oldest change that failed to go is still waiting ('' if none failed)."""
-        row = self._db.execute("SELECT error FROM items WHERE error != '' ORDER BY n LIMIT 1").fetchone()
+    def first_error(self, node: str | None = None) -> str:
+        """Why the oldest change (of *node*, if given) that failed to go is still waiting ('' if none failed)."""
+        where, args = ("AND node=?", (node,)) if node is not None else ("", ())
+        row = self._db.execute(f"SELECT error FROM items WHERE error != '' {where} ORDER BY n LIMIT 1", args).fetchone()
         return str(row[0]) if row else ""
 
     def fail(self, items: list[Item], delay: float, error: str) -> None:

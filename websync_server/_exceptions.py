@@ -23,6 +23,7 @@ Anything else that escapes a handler is a bug and answers 500.
     ├── TooManyRequests              429 too_many_requests (carries retry_after seconds)
     ├── BlockStorageUnavailable      503 unavailable: the object store can't be reached
     ├── InsufficientStorage          507 insufficient_storage
+    │   └── QuotaExceeded            507 quota_exceeded: the user's quota (bytes or nodes) is used up
     └── DatabaseError                500 internal: the database can't be used
 """
 
@@ -42,6 +43,7 @@ __all__ = [
     "InvalidRequest",
     "NotFound",
     "ProtocolMismatch",
+    "QuotaExceeded",
     "RangeNotSatisfiable",
     "RequestTimeout",
     "ServerError",
@@ -179,6 +181,12 @@ class InsufficientStorage(ServerError):
 
     status = 507
     code = "insufficient_storage"
+
+
+class QuotaExceeded(InsufficientStorage):
+    """The change would take the user past their quota (``websync-server user set``); nothing was stored."""
+
+    code = "quota_exceeded"
 
 
 class DatabaseError(ServerError):

@@ -25,11 +25,21 @@ the database, which after a pause may have to come from disk (3-4 ms of a
 5 ms cold block read here).  A revoked token is refused from the end of that
 one check on, so revocation from another process takes `TOKEN_TRUST_S` plus
 one request.
+
+A device's ``last_seen_ns`` is written when its token is looked up in the
+database and the stored time is older than `LAST_SEEN_STEP_S`: a busy device
+costs a write every few minutes, not per request.  With a device idle limit
+(``serve --device-idle-days``) a token whose device was not seen for that
+long is revoked the next time it is shown, and refused.
+
+Logins, devices added and removed, and password changes are audit lines in
+the server log (logger ``websync_server.audit``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import secrets
 import time
@@ -41,12 +51,23 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ._exceptions import InvalidRequest, Unauthorized, UserExists
+from ._exceptions import InvalidRequest, NotFound, Unauthorized, UserExists
 from .database import Database
 from .schema import devices, stores, users
 from .store import new_store
 
-__all__ = ["PASSWORD_MIN", "Accounts", "Identity", "Login", "UserInfo", "check_password_strength", "validate_user_name"]
+__all__ = [
+    "PASSWORD_MIN",
+    "Accounts",
+    "DeviceInfo",
+    "Identity",
+    "Login",
+    "UserInfo",
+    "check_password_strength",
+    "validate_user_name",
+]
+
+audit = logging.getLogger("websync_server.audit")
 
 # User names become directory names (blocks/<user>/), on file systems that may
 # ignore case: lower-case ASCII only, and never a dot-file.
@@ -59,6 +80,8 @@ TOKEN_RECHECK_S = 600.0
 #: Seconds a token is trusted while its recheck runs, so requests arriving meanwhile start no more.
 _RECHECK_GRACE_S = 1.0
 _TRUSTED_MAX = 10_000
+#: Seconds of resolution of a device's "last seen": the stored time is renewed once it is older.
+LAST_SEEN_STEP_S = 600.0
 #: Shortest password a person may choose (NIST SP 800-63B), and the longest one
 #: hashed (argon2 takes any length; a megabyte password only costs us).
 PASSWORD_MIN = 8
@@ -89,6 +112,19 @@ class Login:
 
     token: str
     identity: Identity
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """A logged-in device as ``websync devices`` shows it."""
+
+    id: int
+    name: str
+    created_ns: int
+    last_seen_ns: int  # the login time if never seen since
+
+    def to_wire(self) -> dict[str, object]:
+        return {"id": self.id, "name": self.name, "created_ns": self.created_ns, "last_seen_ns": self.last_seen_ns}
 
 
 @dataclass(frozen=True)
@@ -136,9 +172,11 @@ def _token_digest(token: str) -> str:
 class Accounts:
     """Users and devices in the metadata database."""
 
-    def __init__(self, db: Database, hasher: PasswordHasher | None = None) -> None:
+    def __init__(self, db: Database, hasher: PasswordHasher | None = None, device_idle_s: float = 0.0) -> None:
         self._db = db
         self._hasher = hasher or PasswordHasher()
+        #: Seconds a device may go unseen before its token stops working; 0: forever.
+        self.device_idle_s = device_idle_s
         # digest -> (identity, when it stops being trusted); a dict's single
         # operations are atomic, so worker threads and the loop share it freely.
         self._trusted: dict[str, tuple[Identity, float]] = {}
@@ -217,6 +255,7 @@ class Accounts:
                 )
                 .returning(devices.c.id)
             ).scalar_one()  # fmt: skip
+            audit.info("device %r (%d) of user %s added", device_name, device_id, user)
             if self._hasher.check_needs_rehash(row.password_hash):
                 # Hash parameters were raised since this password was set.
                 conn.execute(
@@ -230,7 +269,8 @@ class Accounts:
         query = (
             select(
                 users.c.id.label("user_id"), users.c.name.label("user"), devices.c.id.label("device_id"),
-                devices.c.name.label("device"), stores.c.id.label("store"),
+                devices.c.name.label("device"), stores.c.id.label("store"), devices.c.created_ns,
+                devices.c.last_seen_ns,
             )
             .join(users, users.c.id == devices.c.user_id)
             .join(stores, stores.c.owner == users.c.id)
@@ -241,6 +281,7 @@ class Accounts:
         if row is None:
             raise Unauthorized("the token is unknown or was revoked; log in again")
         identity = Identity(row.user_id, row.user, row.device_id, row.device, row.store)
+        self._seen(identity, row.last_seen_ns or row.created_ns)
         if len(self._trusted) >= _TRUSTED_MAX:
             self._trusted.clear()
         self._trusted[digest] = (identity, time.monotonic() + TOKEN_TRUST_S)
@@ -276,6 +317,55 @@ class Accounts:
             self._trusted.pop(_token_digest(token), None)
             raise
 
+    def _seen(self, identity: Identity, last_ns: int) -> None:
+        """Refuse a device idle for longer than allowed (revoking it); renew its last-seen time."""
+        now = time.time_ns()
+        if self.device_idle_s and now - last_ns > self.device_idle_s * 1e9:
+            self.revoke_device(identity, identity.device_id, why="unseen for too long")
+            days = self.device_idle_s / 86400
+            raise Unauthorized(f"this device was not seen for over {days:g} days and was logged out; log in again")
+        # Finer than the idle limit, so a device in use is never taken for an idle one.
+        if now - last_ns > min(LAST_SEEN_STEP_S, self.device_idle_s / 10 or LAST_SEEN_STEP_S) * 1e9:
+            with self._db.write() as conn:
+                conn.execute(update(devices).where(devices.c.id == identity.device_id).values(last_seen_ns=now))
+
+    def devices(self, user_id: int) -> list[DeviceInfo]:
+        """The logged-in devices of a user, oldest login first."""
+        query = (
+            select(devices.c.id, devices.c.name, devices.c.created_ns, devices.c.last_seen_ns)
+            .where(devices.c.user_id == user_id, devices.c.revoked.is_(False))
+            .order_by(devices.c.id)
+        )
+        with self._db.read() as conn:
+            return [DeviceInfo(r.id, r.name, r.created_ns, r.last_seen_ns or r.created_ns) for r in conn.execute(query)]
+
+    def revoke_device(self, owner: Identity, device_id: int, *, why: str) -> str:
+        """Log out one device of *owner*'s user; return its name.  `NotFound` if the user has no such live device."""
+        with self._db.write() as conn:
+            name = conn.execute(
+                update(devices)
+                .where(devices.c.id == device_id, devices.c.user_id == owner.user_id, devices.c.revoked.is_(False))
+                .values(revoked=True)
+                .returning(devices.c.name)
+            ).scalar()
+        if name is None:
+            raise NotFound(f"no logged-in device has the id {device_id}")
+        self._trusted.clear()  # revoked here: at once, not after TOKEN_TRUST_S
+        audit.info("device %r (%d) of user %s removed: %s", name, device_id, owner.user, why)
+        return str(name)
+
+    def change_password(self, user: str, old: str, new: str, device: object = None) -> None:
+        """Replace *user*'s password *old* (checked as a login would be) with *new*; `Unauthorized` if wrong."""
+        check_password_strength(user, new)
+        if len(old.encode("utf-8", "replace")) > PASSWORD_MAX:
+            raise Unauthorized("the current password is wrong")  # no password this long was ever set: not hashed
+        with self._db.read() as conn:
+            stored = conn.execute(select(users.c.password_hash).where(users.c.name == user)).scalar()
+        if not self._verify(stored, old):
+            raise Unauthorized("the current password is wrong")
+        self.set_password(user, new)
+        audit.info("password of user %s changed from device %r", user, device)
+
     def set_password(self, name: str, password: str) -> None:
         """Give user *name* a new password; the devices logged in stay logged in."""
         password_hash = self._hasher.hash(password)
@@ -294,6 +384,7 @@ class Accounts:
                 update(devices).where(devices.c.user_id == user_id, devices.c.revoked.is_(False)).values(revoked=True)
             )
         self._trusted.clear()  # revoked here: at once, not after TOKEN_TRUST_S
+        audit.info("all %d device(s) of user %s removed", result.rowcount, name)
         return result.rowcount
 
     def _verify(self, password_hash: str | None, password: str) -> bool:

@@ -33,6 +33,7 @@ from ._exceptions import (
     InvalidRequest,
     NotFound,
     ProtocolMismatch,
+    QuotaExceeded,
     RangeNotSatisfiable,
     RequestTimeout,
     ServerError,
@@ -44,7 +45,7 @@ from ._exceptions import (
 from .accounts import Identity, Login
 from .hostcheck import HostCheck
 from .journal import DEFAULT_LIMIT
-from .logins import guarded_login
+from .logins import guarded_check, guarded_login
 from .protocol import API, BLOCK_SIZE, WAIT_MAX, BlockHash, Changes, is_block_hash
 from .services import Services
 from .web import install as install_web_page
@@ -67,6 +68,8 @@ _PARSE_ON_LOOP_MAX = 64 * 1024
 # few enough that int() stays cheap: every seq, cursor and offset fits in 19.
 _DIGITS_MAX = 19
 _DECIMAL_RE = re.compile(rf"^[0-9]{{1,{_DIGITS_MAX}}}$")
+# A device id is a database integer: 18 digits always fit in 64 bits (19 may not).
+_DEVICE_ID_RE = re.compile(r"^[0-9]{1,18}$")
 _RANGE_RE = re.compile(rf"^bytes=([0-9]{{0,{_DIGITS_MAX}}})-([0-9]{{0,{_DIGITS_MAX}}})$")
 # Blocks never change, so a client or proxy may keep them as long as it likes.
 _BLOCK_CACHE_CONTROL = "private, max-age=31536000, immutable"
@@ -95,14 +98,17 @@ def create_app(
     hasher: PasswordHasher | None = None,
     body_timeout: float = BODY_TIMEOUT_S,
     allowed_hosts: Sequence[str] = ("*",),
+    device_idle_s: float = 0.0,
 ) -> Starlette:
     """The WebSync server app on the state in *data_dir* (created on first use).
 
     The components are on ``app.state.services``; the app closes them when its
     lifespan ends.  A request whose ``Host`` is not in *allowed_hosts* gets 400:
     a web page that rebinds its own name to this server's address cannot reach it.
+    A device unseen for *device_idle_s* (0: no limit) is logged out.
     """
-    services = Services.open(data_dir, database_url=database_url, blocks_dir=blocks_dir, hasher=hasher)
+    services = Services.open(data_dir, database_url=database_url, blocks_dir=blocks_dir, hasher=hasher,
+                             device_idle_s=device_idle_s)
     api = _Api(services, body_timeout)
 
     @asynccontextmanager
@@ -118,6 +124,10 @@ def create_app(
         Route(f"{API}/health", api.health, methods=["GET"]),
         Route(f"{API}/login", api.login, methods=["POST"]),
         Route(f"{API}/whoami", api.whoami, methods=["GET"]),
+        Route(f"{API}/password", api.password, methods=["POST"]),
+        Route(f"{API}/logout", api.logout, methods=["POST"]),
+        Route(f"{API}/devices", api.devices, methods=["GET"]),
+        Route(f"{API}/devices/{{device}}/revoke", api.revoke_device, methods=["POST"]),
         Route(f"{API}/stores/{{store}}/changes", api.changes, methods=["GET"]),
         Route(f"{API}/stores/{{store}}/nodes/{{node}}", api.node, methods=["GET"]),
         Route(f"{API}/stores/{{store}}/nodes/{{node}}/versions", api.versions, methods=["GET"]),
@@ -192,6 +202,40 @@ class _Api:
         identity = await self._identity(request)
         return JSONResponse(_identity_wire(identity))
 
+    async def password(self, request: Request) -> Response:
+        """Change the caller's password: the current one is checked under the login limits."""
+        identity = await self._identity(request)
+        body = await self._json_object(request, identity)
+        old, new = body.get("password"), body.get("new_password")
+        if not isinstance(old, str) or not isinstance(new, str):
+            raise InvalidRequest("password and new_password must be strings")
+        await guarded_check(self._s, self._s.accounts.change_password, identity.user, old, new, identity.device,
+                            address=_address(request), known_device=True)
+        return JSONResponse({"ok": True})
+
+    async def logout(self, request: Request) -> Response:
+        identity = await self._identity(request)
+        await self._s.admission.run(identity.user, self._revoke, identity, identity.device_id, "logged out")
+        return JSONResponse({"ok": True})
+
+    async def devices(self, request: Request) -> Response:
+        identity = await self._identity(request)
+        found = await self._s.admission.run(identity.user, self._s.accounts.devices, identity.user_id)
+        listed = [{**d.to_wire(), "current": d.id == identity.device_id} for d in found]
+        return JSONResponse({"devices": listed})
+
+    async def revoke_device(self, request: Request) -> Response:
+        identity = await self._identity(request)
+        raw = request.path_params["device"]
+        if not _DEVICE_ID_RE.match(raw):
+            raise InvalidRequest("a device is named by its number (see GET /v1/devices)")
+        why = f"revoked by device {identity.device!r}"
+        name = await self._s.admission.run(identity.user, self._revoke, identity, int(raw), why)
+        return JSONResponse({"id": int(raw), "name": name})
+
+    def _revoke(self, identity: Identity, device_id: int, why: str) -> str:
+        return self._s.accounts.revoke_device(identity, device_id, why=why)
+
     async def changes(self, request: Request) -> Response:
         identity, store = await self._store_access(request)
         cursor = _int_param(request, "cursor", 0)
@@ -228,11 +272,13 @@ class _Api:
         identity, store = await self._store_access(request)
         body = await self._json_object(request, identity)
         # The store announces the commit itself (MetadataStore.on_commit), from its thread.
-        seq = await self._s.admission.write(
-            identity.user, self._s.store.commit, store, identity.device, body.get("batch"), body.get("ops")
-        )
+        seq = await self._s.admission.write(identity.user, self._commit, identity, store, body)
         log.debug("store %s: commit %s by %s is seq %d", store, body.get("batch"), identity.device, seq)
         return JSONResponse({"seq": seq})
+
+    def _commit(self, identity: Identity, store: str, body: dict[str, Any]) -> int:
+        self._s.quotas.check_commit(identity.user, store, body.get("batch"), body.get("ops"))
+        return self._s.store.commit(store, identity.device, body.get("batch"), body.get("ops"))
 
     async def missing_blocks(self, request: Request) -> Response:
         identity = await self._identity(request)
@@ -249,7 +295,7 @@ class _Api:
         # fresh allocation's page faults; the store hashes and writes them in turn.
         pieces = await _read_pieces(request, BLOCK_SIZE, self._body_timeout)
         # Hashing 4 MiB and fsyncing take milliseconds: off the event loop.
-        created = await self._s.admission.run(identity.user, self._s.blocks.put, identity.user, block, pieces)
+        created = await self._s.admission.run(identity.user, self._s.quotas.put_block, identity.user, block, pieces)
         size = sum(len(piece) for piece in pieces)
         return JSONResponse({"hash": block, "size": size}, status_code=201 if created else 200)
 
@@ -259,7 +305,7 @@ class _Api:
         body = await _read_body(request, BLOCKS_BODY_MAX, self._body_timeout)
         frames = _split_frames(body)
         created = await self._s.admission.run(
-            identity.user, lambda: sum(self._s.blocks.put(identity.user, h, data) for h, data in frames)
+            identity.user, lambda: sum(self._s.quotas.put_block(identity.user, h, data) for h, data in frames)
         )
         return JSONResponse({"blocks": len(frames), "created": created}, status_code=200)
 
@@ -476,7 +522,8 @@ async def _server_error(request: Request, exc: Exception) -> Response:
         headers["Content-Range"] = f"bytes */{exc.size}"
     elif isinstance(exc, TooManyRequests):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    level = logging.ERROR if exc.status >= 500 else logging.DEBUG
+    # A full quota is the user's state, not the server's fault: worth a line, not an ERROR.
+    level = logging.INFO if isinstance(exc, QuotaExceeded) else logging.ERROR if exc.status >= 500 else logging.DEBUG
     log.log(level, "%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.code, exc.message)
     return JSONResponse(exc.to_wire(), status_code=exc.status, headers=headers)
 

@@ -159,11 +159,14 @@ def main() -> None:
               help="Seconds a request body may go without a byte arriving.")
 @click.option("--max-connections", type=click.IntRange(16), default=4000, show_default=True,
               help="Open connections beyond which requests get 503 (long polls count; kept below the file limit).")
+@click.option("--device-idle-days", type=click.FloatRange(0), default=90.0, show_default=True,
+              help="Days a device may go unseen before its token stops working (0: never).")
 @_verbose_option
 @_friendly_errors
 def serve(
     data: Path, host: str, port: int, gc_hours: float, tls_cert: Path | None, tls_key: Path | None,
-    allowed_hosts: tuple[str, ...], header_timeout: float, body_timeout: float, max_connections: int, verbose: int,
+    allowed_hosts: tuple[str, ...], header_timeout: float, body_timeout: float, max_connections: int,
+    device_idle_days: float, verbose: int,
 ) -> None:  # fmt: skip
     """Run the server until SIGTERM or Ctrl-C.
 
@@ -184,7 +187,7 @@ def serve(
     try:
         app = create_app(
             data_dir, database_url=database_url, blocks_dir=blocks_dir, body_timeout=body_timeout,
-            allowed_hosts=allowed_hosts or _default_hosts(host),
+            allowed_hosts=allowed_hosts or _default_hosts(host), device_idle_s=device_idle_days * 86400,
         )  # fmt: skip
         sock = runner.listen(host, port)
     except Exception as exc:
@@ -288,6 +291,61 @@ def user_revoke(name: str, data: Path, verbose: int) -> None:
         count = services.accounts.revoke_devices(name)
     log.info("revoked %d device token(s) of user %s from the command line", count, name)
     click.echo(f"revoked {count} device token(s) of {name}")
+
+
+@user.command("remove")
+@click.argument("name")
+@_data_option
+@click.option("--yes", is_flag=True, help="Don't ask for confirmation (for scripts).")
+@_verbose_option
+@_friendly_errors
+def user_remove(name: str, data: Path, yes: bool, verbose: int) -> None:
+    """Remove user NAME with all their files, history, trash and devices; this can't be undone.
+
+    Asks to confirm by typing the name unless --yes is given.  The server may be running.
+    """
+    from .removal import remove_user
+
+    if not yes:
+        typed = click.prompt(f"This deletes {name} and all their files for good. Type the name to confirm",
+                             default="", show_default=False)  # fmt: skip
+        if typed != name:
+            raise click.ClickException(f"not confirmed; {name} was left as they were")
+    with _services(data) as services:
+        removed = remove_user(services.db, services.blocks, name)
+    click.echo(f"removed user {name} with {removed} files and folders")
+
+
+@user.command("set")
+@click.argument("name")
+@_data_option
+@click.option("--quota", metavar="SIZE", help="Bytes the user may store, like 50G or 700M ('none': no bound).")
+@click.option("--max-nodes", metavar="N", help="Files and folders the user may have ('none': no bound).")
+@_verbose_option
+@_friendly_errors
+def user_set(name: str, data: Path, quota: str | None, max_nodes: str | None, verbose: int) -> None:
+    """Set user NAME's quota of bytes and bound on files and folders; without options, show them.
+
+    History, trash and uploads not yet committed count (docs/operations.md).
+    A running server takes a change within seconds.
+    """
+    from .quotas import format_size, parse_size
+
+    changes: dict[str, int | None] = {}
+    if quota is not None:
+        changes["bytes"] = None if quota.strip().lower() == "none" else parse_size(quota)
+    if max_nodes is not None:
+        if max_nodes.strip().lower() != "none" and not max_nodes.strip().isdecimal():
+            raise click.BadParameter("give a whole number or 'none'", param_hint="--max-nodes")
+        changes["nodes"] = None if max_nodes.strip().lower() == "none" else int(max_nodes)
+    with _services(data) as services:
+        limits = services.quotas.set_limits(name, **changes)
+        stored = services.quotas.stored_bytes(name)
+    if changes:
+        log.info("quota of user %s set from the command line: %s", name, changes)
+    shown = format_size(limits.bytes) if limits.bytes is not None else "none"
+    click.echo(f"{name}: quota {shown} ({format_size(stored)} stored), "
+               f"max nodes {limits.nodes if limits.nodes is not None else 'none'}")  # fmt: skip
 
 
 def _new_password(user: str, from_stdin: bool) -> str:
@@ -419,7 +477,7 @@ def restore(data: Path, source: Path, as_json: bool, verbose: int) -> None:
 @_verbose_option
 @_friendly_errors
 def usage(data: Path, as_json: bool, verbose: int) -> None:
-    """Show each user's bytes of current files, history, trash and on disk."""
+    """Show each user's bytes of current files, history, trash and on disk, and their quota."""
     from .usage import read_usage
 
     with _services(data) as services:
@@ -428,10 +486,12 @@ def usage(data: Path, as_json: bool, verbose: int) -> None:
         click.echo(json.dumps([r.to_wire() for r in rows], indent=2))
         return
     width = max([4, *(len(r.user) for r in rows)])
-    click.echo(f"{'USER':<{width}}  {'CURRENT':>10}  {'HISTORY':>10}  {'TRASH':>10}  {'ON DISK':>10}  BLOCKS")
+    click.echo(f"{'USER':<{width}}  {'CURRENT':>10}  {'HISTORY':>10}  {'TRASH':>10}  {'ON DISK':>10}  "
+               f"{'BLOCKS':>8}  {'QUOTA':>10}  MAX NODES")  # fmt: skip
     for r in rows:
         sizes = "  ".join(f"{_size(n):>10}" for n in (r.current, r.history, r.trash, r.disk))
-        click.echo(f"{r.user:<{width}}  {sizes}  {r.blocks}")
+        quota = _size(r.quota) if r.quota is not None else "-"
+        click.echo(f"{r.user:<{width}}  {sizes}  {r.blocks:>8}  {quota:>10}  {r.max_nodes if r.max_nodes is not None else '-'}")
 
 
 @main.command()

@@ -68,7 +68,8 @@ __all__ = [
 
 # 2: versions, trash places, hard links, special nodes, extended attributes.
 # 3: indexes for the collector's retention queries (migrations/versions/0003_*).
-SCHEMA_VERSION = 3
+# 4: quotas of users, when each device was last seen (migrations/versions/0004_*).
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -93,6 +94,9 @@ users = Table(
     # argon2 encoded hash (parameters and salt included), never the password.
     Column("password_hash", Text, nullable=False),
     Column("created_ns", BigInteger, nullable=False),
+    # Bounds set with ``websync-server user set`` (quotas.py); NULL: none.
+    Column("quota_bytes", BigInteger, nullable=True),
+    Column("quota_nodes", BigInteger, nullable=True),
 )
 
 devices = Table(
@@ -108,6 +112,8 @@ devices = Table(
     Column("token_sha256", String(64), nullable=False, unique=True),
     Column("created_ns", BigInteger, nullable=False),
     Column("revoked", Boolean, nullable=False),
+    # When the token last authenticated, to `accounts.LAST_SEEN_STEP_S`; NULL: never since login.
+    Column("last_seen_ns", BigInteger, nullable=True),
 )
 
 stores = Table(

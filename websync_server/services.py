@@ -33,6 +33,7 @@ from .guesses import Guesses
 from .database import DB_FILENAME, Database, sqlite_url
 from .gc import Collector, Schedule
 from .notifier import Notifier
+from .quotas import Quotas
 from .store import MetadataStore
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ class Services:
     notifier: Notifier
     admission: Admission
     guesses: Guesses
+    quotas: Quotas
     schedule: Schedule | None = None
     listener: Listener | None = None
 
@@ -115,12 +117,14 @@ class Services:
         database_url: str | None = None,
         blocks_dir: Path | str | None = None,
         hasher: PasswordHasher | None = None,
+        device_idle_s: float = 0.0,
     ) -> Services:
         """Open (creating on first use) the server state in *data_dir*.
 
         *database_url* replaces the embedded SQLite database, e.g. with a
         PostgreSQL URL; *blocks_dir* replaces ``DATA/blocks`` with another
         folder, or with object storage (``s3://BUCKET[/PREFIX]``, objects.py).
+        A device unseen for *device_idle_s* (0: no limit) is logged out.
         """
         data_dir = prepare_data_dir(data_dir)
         blocks = open_blocks(blocks_dir, data_dir)
@@ -129,12 +133,13 @@ class Services:
         return cls(
             data_dir=data_dir,
             db=db,
-            accounts=Accounts(db, hasher),
+            accounts=Accounts(db, hasher, device_idle_s),
             store=MetadataStore(db, blocks, on_commit=notifier.notify),
             blocks=blocks,
             notifier=notifier,
             admission=Admission(),
             guesses=Guesses(),
+            quotas=Quotas(db, blocks),
         )
 
     def listen_for_other_processes(self) -> None:

@@ -27,7 +27,7 @@ import time
 from sqlalchemy import select, update
 
 from ._exceptions import Unauthorized
-from .accounts import Accounts, Login
+from .accounts import Accounts, Login, audit
 from .database import Database
 from .schema import devices
 
@@ -84,7 +84,10 @@ class BrowserSessions:
         digest = _digest(token)
         self._remember(digest, 0.0)
         with self._db.write() as conn:
-            conn.execute(update(devices).where(devices.c.token_sha256 == digest).values(revoked=True))
+            name = conn.execute(
+                update(devices).where(devices.c.token_sha256 == digest).values(revoked=True).returning(devices.c.name)
+            ).scalar()
+        audit.info("device %r removed: the browser session logged out", name)
         try:
             self._accounts.recheck(token)  # so the accounts stop trusting the token now, not in a while
         except Unauthorized:

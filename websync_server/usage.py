@@ -1,8 +1,9 @@
-"""Space per user: bytes of current files, of history, of the trash, and on disk.
+"""Space per user: bytes of current files, of history, of the trash, and on disk, beside their quota.
 
 The first three count file sizes as users see them (a block shared by two
 files counts twice); ``disk`` is what the user's block directory takes, each
-block once -- the figure the collector (gc.py) lowers.
+block once -- the figure the collector (gc.py) lowers, and close to what the
+quota charges (quotas.py counts block lengths, this the space allocated).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Usage:
     trash: int
     disk: int
     blocks: int  # block files on disk
+    quota: int | None = None  # bytes the user may store (quotas.py); None: no bound
+    max_nodes: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,12 +41,15 @@ class Usage:
 def read_usage(db: Database, blocks_root: Path) -> list[Usage]:
     """Every user's space, by user name."""
     with db.read() as conn:
-        owners = conn.execute(select(users.c.id, users.c.name).order_by(users.c.name)).all()
-        sums = {uid: _sums(conn, uid) for uid, _ in owners}
+        owners = conn.execute(
+            select(users.c.id, users.c.name, users.c.quota_bytes, users.c.quota_nodes).order_by(users.c.name)
+        ).all()
+        sums = {row.id: _sums(conn, row.id) for row in owners}
     out = []
-    for uid, name in owners:
-        count, disk = _disk(blocks_root / name)
-        out.append(Usage(name, *sums[uid], disk=disk, blocks=count))
+    for row in owners:
+        count, disk = _disk(blocks_root / row.name)
+        out.append(Usage(row.name, *sums[row.id], disk=disk, blocks=count, quota=row.quota_bytes,
+                         max_nodes=row.quota_nodes))  # fmt: skip
     return out
 
 

@@ -51,6 +51,8 @@ def test_the_first_releases_data_is_migrated_and_served(old_data: Path) -> None:
         assert db.execute("SELECT version_num FROM alembic_version").fetchone()[0] == f"{SCHEMA_VERSION:04d}"
         indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert {"versions_by_replaced", "batches_by_time"} <= indexes
+        # The old device counts as seen at the upgrade, so the idle limit does not log it out.
+        assert db.execute("SELECT last_seen_ns FROM devices WHERE name = 'old-laptop'").fetchone()[0] > 0
     finally:
         db.close()
     assert check(old_data).ok

@@ -8,6 +8,7 @@ import logging.handlers
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import click
@@ -16,6 +17,7 @@ from ..errors import WebSyncError
 from ..home import Home
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 log = logging.getLogger("websync_fs")
 
 
@@ -98,3 +100,21 @@ def human(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{size} B"
+
+
+def with_remote(home: Home, fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``fn(remote)`` with a client of this machine's server and token, for a command."""
+    import trio
+
+    from ..remote import Remote
+
+    settings, token = home.logged_in()
+
+    async def run() -> T:
+        remote = Remote(settings.server, token, settings.store, ca_file=settings.ca_file)
+        try:
+            return await fn(remote)
+        finally:
+            await remote.aclose()
+
+    return trio.run(run)

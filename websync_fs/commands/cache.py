@@ -385,7 +385,7 @@ def state_lines(files: list[dict[str, Any]]) -> list[str]:
     for f in files:
         state = FileState(
             f["path"], f["kind"], f["size"], f["local_bytes"], f["pinned"], f["pending"], f["conflict"],
-            f["complete"],
+            f["complete"], f.get("held", ""),
         )
         lines.append(f"{(f['path'] or '/').ljust(width)}  {state.describe()}")
     return lines

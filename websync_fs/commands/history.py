@@ -4,34 +4,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import click
 
 from ..errors import ConfigError, WebSyncError
 from ..home import Home
-from ._common import Context, friendly, human, pass_ctx
+from ._common import Context, friendly, human, pass_ctx, with_remote
 
 COMMANDS = ["history", "restore", "conflicts", "trash"]
-T = TypeVar("T")
-
-
-def _with_remote(home: Home, fn: Callable[[Any], Awaitable[T]]) -> T:
-    import trio
-
-    from ..remote import Remote
-
-    settings, token = home.logged_in()
-
-    async def run() -> T:
-        remote = Remote(settings.server, token, settings.store, ca_file=settings.ca_file)
-        try:
-            return await fn(remote)
-        finally:
-            await remote.aclose()
-
-    return trio.run(run)
 
 
 def _replica(home: Home) -> Any:
@@ -86,7 +68,7 @@ def history(ctx: Context, path: str, as_json: bool) -> None:
     where, _, _, row = _find(home, _replica(home), path, lambda p, n, r: r is not None, "in the store")
     if row.kind != "file" or row.seq == 0:
         raise ConfigError(f"{where} has no history yet" if row.seq == 0 else f"{where} is not a file")
-    versions = _with_remote(home, lambda r: r.versions(row.id))
+    versions = with_remote(home, lambda r: r.versions(row.id))
     if as_json:
         click.echo(json.dumps({"path": str(where), "versions": versions}, indent=2))
         return
@@ -119,10 +101,10 @@ def restore(ctx: Context, path: str, version: int | None, new_name: str | None) 
         where, _, _, row = _find(
             home, replica, path, lambda p, n, r: r is not None and r.kind == "file", "a file in the store"
         )
-        n = _with_remote(home, lambda r: r.restore_version(row.id, version))
+        n = with_remote(home, lambda r: r.restore_version(row.id, version))
         click.echo(f"restored version {version} of {where} as version {n}")
         return
-    items = _with_remote(home, lambda r: r.trash())
+    items = with_remote(home, lambda r: r.trash())
     trashed: dict[tuple[str, str], dict[str, Any]] = {}
     for i in items:
         trashed.setdefault((i["parent"], i["name"]), i)  # newest first: the newest is restored
@@ -140,7 +122,7 @@ def restore(ctx: Context, path: str, version: int | None, new_name: str | None) 
             raise ConfigError(f"{taken} exists too; give another --as NAME")
         raise ConfigError(f"{taken} exists (something took the deleted file's name); give --as NEW_NAME to bring"
                           " the deleted one back beside it, or --version N for an earlier version of the file there now")
-    _with_remote(home, lambda r: r.undelete(trashed[(parent, name)]["node"], parent, target))
+    with_remote(home, lambda r: r.undelete(trashed[(parent, name)]["node"], parent, target))
     click.echo(f"restored {where}" + (f" as {target}" if new_name else ""))
 
 
@@ -184,7 +166,7 @@ def trash(ctx: Context, show_all: bool, as_json: bool) -> None:
 
     home = ctx.home
     settings = home.load_settings()
-    listed = TrashList(_with_remote(home, lambda r: r.trash()), NamePolicy(settings.local_only, settings.temporary))
+    listed = TrashList(with_remote(home, lambda r: r.trash()), NamePolicy(settings.local_only, settings.temporary))
     if as_json:
         click.echo(json.dumps({"trash": listed.items}, indent=2))
         return
