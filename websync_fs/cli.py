@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from .commands import cache as cache_commands
-from .commands import history, session
+from .commands import folder, history, session
 from .commands._common import Context
 
 
@@ -24,7 +24,7 @@ def main(ctx: click.Context, home: str | None, verbose: bool) -> None:
 
 
 
-for module in (session, history, cache_commands):
+for module in (session, folder, history, cache_commands):
     for name in module.COMMANDS:
         main.add_command(getattr(module, name))
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import logging.handlers
 import os
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -107,3 +110,59 @@ def human(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{size} B"
+
+
+@contextlib.contextmanager
+def ready_pipe(message: str) -> Iterator[Callable[[], None]]:
+    """The ``ready`` callback of a daemon run in the foreground: tells the parent (or the terminal) it runs.
+
+    A failure before ready goes to the parent as ``CODE SENTENCE`` so it can
+    print the sentence and exit with the code.
+    """
+    ready_fd = os.environ.pop("WEBSYNC_READY_FD", None)
+
+    def ready() -> None:
+        if ready_fd is not None:
+            os.write(int(ready_fd), b"ok\n")
+            os.close(int(ready_fd))
+        else:
+            click.echo(message)
+
+    try:
+        yield ready
+    except WebSyncError as exc:
+        if ready_fd is not None:
+            try:
+                os.write(int(ready_fd), f"{exc.exit_code} {exc}\n".encode())
+            except OSError:
+                pass
+        raise
+
+
+def start_in_background(ctx: Context, home: Home, command: list[str], what: str) -> int:
+    """Run ``websync COMMAND`` (a ``--foreground`` daemon) detached; return its pid once it is ready."""
+    home.ensure()
+    read_end, write_end = os.pipe()
+    env = dict(os.environ, WEBSYNC_READY_FD=str(write_end))
+    args = [sys.executable, "-m", "websync_fs.cli"]
+    if ctx.home_option:
+        args += ["--home", str(Path(ctx.home_option).expanduser().absolute())]
+    if ctx.verbose:
+        args.append("-v")
+    args += command
+    with open(home.state_dir / "mount.out", "ab") as out:
+        child = subprocess.Popen(
+            args, env=env, pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            start_new_session=True,
+        )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read().decode(errors="replace").strip()
+    if answer == "ok":
+        return child.pid
+    child.wait(timeout=30)
+    if answer:
+        code, _, message = answer.partition(" ")
+        click.echo(f"websync: {message}", err=True)
+        sys.exit(int(code) if code.isdigit() else 1)
+    raise WebSyncError(f"{what} failed; see {home.log_file} and {home.state_dir / 'mount.out'}")

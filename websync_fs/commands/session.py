@@ -20,8 +20,10 @@ from ._common import (
     human,
     pass_ctx,
     pid_alive,
+    ready_pipe,
     running_pid,
     setup_logging,
+    start_in_background,
 )
 
 COMMANDS = ["login", "mount", "unmount", "status"]
@@ -107,53 +109,13 @@ def _mount_foreground(ctx: Context, home: Home, target: Path) -> None:
     from ..mount import run_mount
 
     setup_logging(home, ctx.verbose)
-    ready_fd = os.environ.pop("WEBSYNC_READY_FD", None)
-
-    def ready() -> None:
-        if ready_fd is not None:
-            os.write(int(ready_fd), b"ok\n")
-            os.close(int(ready_fd))
-        else:
-            click.echo(f"mounted at {target}")
-
-    try:
+    with ready_pipe(f"mounted at {target}") as ready:
         trio.run(run_mount, home, target, ready)
-    except WebSyncError as exc:
-        if ready_fd is not None:
-            try:
-                os.write(int(ready_fd), f"{exc.exit_code} {exc}\n".encode())
-            except OSError:
-                pass
-        raise
 
 
 def _mount_background(ctx: Context, home: Home, target: Path) -> None:
-    home.ensure()
-    read_end, write_end = os.pipe()
-    env = dict(os.environ, WEBSYNC_READY_FD=str(write_end))
-    args = [sys.executable, "-m", "websync_fs.cli"]
-    if ctx.home_option:
-        args += ["--home", str(Path(ctx.home_option).expanduser().absolute())]
-    if ctx.verbose:
-        args.append("-v")
-    args += ["mount", "--foreground", str(target)]
-    with open(home.state_dir / "mount.out", "ab") as out:
-        child = subprocess.Popen(
-            args, env=env, pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-            start_new_session=True,
-        )
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        answer = pipe.read().decode(errors="replace").strip()
-    if answer == "ok":
-        click.echo(f"mounted at {target} (process {child.pid})")
-        return
-    child.wait(timeout=30)
-    if answer:
-        code, _, message = answer.partition(" ")
-        click.echo(f"websync: {message}", err=True)
-        sys.exit(int(code) if code.isdigit() else 1)
-    raise WebSyncError(f"mounting failed; see {home.log_file} and {home.state_dir / 'mount.out'}")
+    pid = start_in_background(ctx, home, ["mount", "--foreground", str(target)], "mounting")
+    click.echo(f"mounted at {target} (process {pid})")
 
 
 @click.command()
