@@ -198,8 +198,11 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
     pending, pending_bytes, held = _queue_size(home)
     info = {
         "server": settings.server, "user": settings.user, "device": settings.device,
-        "online": online, "error": error, "mounted": pid is not None,
+        "online": online, "error": error, "mounted": pid is not None and not daemon.get("folder"),
         "mountpoint": daemon.get("mountpoint", ""), "pid": pid,
+        # A synced folder runs the same engine: its folder, conflicts kept and files it could not sync.
+        "folder": daemon.get("folder", "") if pid is not None else "",
+        "conflicts": int(daemon.get("conflicts") or 0), "problems": dict(daemon.get("problems") or {}),
         "pending": pending, "pending_bytes": pending_bytes, "held": held, "encrypted": encrypted(settings.server),
     }
     held = str(daemon.get("held") or held)
@@ -215,7 +218,12 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
         click.echo(f"server:     {settings.server}{'' if info['encrypted'] else ' (not encrypted)'}")
         click.echo(f"user:       {settings.user} (device {settings.device})")
         click.echo(f"connection: {'online' if online else 'offline'}{f' ({error})' if error else ''}")
-        click.echo(f"mounted:    {info['mountpoint']} (process {pid})" if pid else "mounted:    no")
+        if info["folder"]:
+            click.echo(f"synced:     {info['folder']} (process {pid})")
+        else:
+            click.echo(f"mounted:    {info['mountpoint']} (process {pid})" if pid else "mounted:    no")
+        for path, reason in info["problems"].items():
+            click.echo(f"not synced: {path}: {reason} (retried)")
         click.echo(f"pending:    {pending} change(s), {human(pending_bytes)} waiting for upload")
         if held:
             click.echo(f"held back:  {held}")
