@@ -44,7 +44,7 @@ from ..replica import NodeRow, Replica
 from .corepaths import CorePaths, join
 from .ignore import IgnoreRules
 from .known import Known, KnownTree, LocalSig
-from .tree import block_hashes, local_paths, local_sig, remote_tree, version
+from .tree import block_hashes, clear_leftovers, local_paths, local_sig, remote_tree, version
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,9 @@ class Merger:
         """Look at *dirty* paths (and their subtrees), all paths, or what the replica changed."""
         self.rules.reload()
         self.check_folder()
+        if everything:
+            # Downloads a kill -9 cut short never reached their path: only their temporary goes.
+            await trio.to_thread.run_sync(clear_leftovers, self.root, TMP_PREFIX)
         candidates = self._candidates(dirty | self.again | set(self.problems), everything, remote)
         self.again = set()
         removals: list[tuple[str, str]] = []

@@ -74,6 +74,19 @@ def local_paths(root: Path, rules: IgnoreRules, top: str = "") -> list[str]:
     return found
 
 
+def clear_leftovers(root: Path, prefix: str) -> int:
+    """Remove downloads a killed process left half-written (hidden names with *prefix*); return how many."""
+    removed = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + dirnames:
+            if name.startswith(prefix):
+                path = Path(dirpath) / name
+                if os.path.islink(path) or path.is_file():
+                    path.unlink(missing_ok=True)
+                    removed += 1
+    return removed
+
+
 def remote_tree(replica: Replica, rules: IgnoreRules) -> dict[str, NodeRow]:
     """Every synced path of the replica with its node (one query each for nodes and entries)."""
     nodes = replica.all_nodes()
