@@ -158,7 +158,7 @@ class FolderClient:
         self.queue.on_enqueue(self.uploader.wake)
         self.rules = IgnoreRules(folder, names, only)
         self.merger = Merger(folder, CorePaths(self.vfs), self.replica, self.known, self.rules, settings.device,
-                             check_folder=self.check_folder)
+                             check_folder=self.check_folder, prefetch=self._prefetch)
         self.dirty = DirtyPaths()
         self.remote_due = False
         self.control = ControlServer(home.state_dir, self._request)
@@ -188,6 +188,9 @@ class FolderClient:
                 self.reconciler.due()
             return {"differences": differences or [], "pending": len(self.queue), "writing": self.vfs.writing()}
         raise ConfigError(f"a synced folder does not answer {op!r}: its files are all on this disk")
+
+    def _prefetch(self, hashes: list[str]) -> None:
+        self.source.prefetch(self._nursery, hashes)  # type: ignore[arg-type]
 
     def check_folder(self) -> None:
         """Raise FolderGone unless the folder and its marker are still the ones this sync took."""

@@ -49,6 +49,9 @@ from .tree import block_hashes, clear_leftovers, local_paths, local_sig, remote_
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".websync-tmp-"
+#: How far downloads read ahead: files, and blocks at most (64 MiB of 4 MiB blocks).
+READ_AHEAD_FILES = 32
+READ_AHEAD_BLOCKS = 16
 
 
 def _depth(path: str) -> tuple[int, str]:
@@ -61,6 +64,7 @@ class Merger:
     def __init__(
         self, root: Path, core: CorePaths, replica: Replica, known: KnownTree, rules: IgnoreRules, device: str,
         *, check_folder: Callable[[], None] = lambda: None,
+        prefetch: Callable[[list[str]], None] = lambda hashes: None,
     ) -> None:
         self.root = root
         self.core = core
@@ -70,6 +74,8 @@ class Merger:
         self.device = device
         #: Raises if the folder is gone: called before anything is deleted anywhere.
         self.check_folder = check_folder
+        #: Starts loading blocks in the background (the engine's block source).
+        self.prefetch = prefetch
         #: Paths to look at again in the next batch (a file changing while read, a retry).
         self.again: set[str] = set()
         #: Paths that failed, with why: shown in the status, retried.
@@ -84,10 +90,15 @@ class Merger:
         if everything:
             # Downloads a kill -9 cut short never reached their path: only their temporary goes.
             await trio.to_thread.run_sync(clear_leftovers, self.root, TMP_PREFIX)
-        candidates = self._candidates(dirty | self.again | set(self.problems), everything, remote)
+        dirty = dirty | self.again | set(self.problems)
+        tree = remote_tree(self.replica, self.rules) if (everything or remote or dirty) else {}
+        order = sorted(self._candidates(tree, dirty, everything, remote), key=_depth)
         self.again = set()
+        # Downloads one after another wait a round trip each: the next files' blocks load meanwhile.
+        ahead = self._downloads(tree, order)
         removals: list[tuple[str, str]] = []
-        for path in sorted(candidates, key=_depth):
+        for i, path in enumerate(order):
+            self.prefetch([h for blocks in ahead[i:i + READ_AHEAD_FILES] for h in blocks][:READ_AHEAD_BLOCKS])
             await self._guarded(path, self._settle_one, path, removals)
         if removals:
             self.check_folder()
@@ -108,8 +119,17 @@ class Merger:
         else:
             self.problems.pop(path, None)
 
-    def _candidates(self, dirty: set[str], everything: bool, remote: bool) -> set[str]:
-        tree = remote_tree(self.replica, self.rules) if (everything or remote or dirty) else {}
+    def _downloads(self, tree: dict[str, NodeRow], order: list[str]) -> list[list[str]]:
+        """Per path of *order*, the blocks it will download (empty if none): what read-ahead fetches."""
+        wanted: list[list[str]] = []
+        for path in order:
+            row = tree.get(path)
+            known = self.known.get(path) if row is not None and row.kind == "file" else None
+            fresh = row is not None and row.kind == "file" and (known is None or known.version != version(row))
+            wanted.append(list(row.blocks) if fresh and row is not None else [])
+        return wanted
+
+    def _candidates(self, tree: dict[str, NodeRow], dirty: set[str], everything: bool, remote: bool) -> set[str]:
         if everything:
             return set(local_paths(self.root, self.rules)) | set(self.known.paths()) | set(tree)
         found: set[str] = set()
