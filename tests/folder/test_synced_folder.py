@@ -318,3 +318,63 @@ def test_two_synced_folders_and_a_mount_converge_after_changes_on_all_three(
         return one == two == three and _settled(b) and _settled(c)
 
     eventually(agree, timeout=90, what="the mount and both folders to hold the same tree")
+
+
+def _word_save(folder: Path, data: bytes) -> None:
+    """Word: owner file, new content in ~WRD, the document moved to ~WRL, ~WRD renamed in, ~WRL deleted."""
+    (folder / "~$port.docx").write_bytes(b"owner")
+    (folder / "~WRD0000.tmp").write_bytes(data)
+    os.rename(folder / "report.docx", folder / "~WRL0001.tmp")
+    os.rename(folder / "~WRD0000.tmp", folder / "report.docx")
+    os.unlink(folder / "~WRL0001.tmp")
+    os.unlink(folder / "~$port.docx")
+
+
+def _vim_save(folder: Path, data: bytes) -> None:
+    """vim: the probe 4913, a swap file, the document moved to a backup, written anew, backup removed."""
+    (folder / ".report.docx.swp").write_bytes(b"swap")
+    (folder / "4913").write_bytes(b"")
+    os.unlink(folder / "4913")
+    os.rename(folder / "report.docx", folder / "report.docx~")
+    (folder / "report.docx").write_bytes(data)
+    os.unlink(folder / "report.docx~")
+    os.unlink(folder / ".report.docx.swp")
+
+
+def _glib_save(folder: Path, data: bytes) -> None:
+    """GLib (gedit): a .goutputstream-XXXXXX written and renamed over the document."""
+    (folder / ".goutputstream-ABC123").write_bytes(data)
+    os.rename(folder / ".goutputstream-ABC123", folder / "report.docx")
+
+
+@pytest.mark.parametrize("save", [_word_save, _vim_save, _glib_save], ids=["word", "vim", "glib"])
+def test_save_sequences_seen_by_the_watcher_are_one_version_each(
+    new_machine: Callable[..., Machine], folder: Path, save: Callable[[Path, bytes], None]
+) -> None:
+    a = new_machine("A")
+    b = new_machine("B", mount=False)
+    b.sync(folder)
+    (folder / "report.docx").write_bytes(b"version 1")
+    eventually(_holds(a.path("report.docx"), b"version 1"), what="the first version")
+    eventually(lambda: _settled(b), what="B's uploads")
+    seen: set[str] = set()
+    save(folder, b"version 2")
+
+    def arrived() -> bool:
+        seen.update(os.listdir(a.mnt))  # watched from the mount throughout the save
+        return read_bytes(a.path("report.docx")) == b"version 2" and _settled(b)
+
+    eventually(arrived, what="the saved version")  # and B's queue empty: nothing more is coming
+    assert _versions(a, a.path("report.docx")) == 2
+    assert sorted(os.listdir(a.mnt)) == ["report.docx"]
+    assert seen == {"report.docx"}, f"the mount saw temporary or lock files: {sorted(seen)}"
+
+
+def test_a_mount_inside_a_synced_folder_is_refused(new_machine: Callable[..., Machine], folder: Path) -> None:
+    b = new_machine("B", mount=False)
+    b.sync(folder)
+    c = new_machine("C", mount=False)
+    (folder / "inner").mkdir()
+    refused = c.cli("mount", str(folder / "inner"), check=False)
+    assert refused.returncode != 0 and "inside the synced folder" in refused.stderr
+    assert not os.path.ismount(folder / "inner")

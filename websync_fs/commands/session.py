@@ -94,6 +94,11 @@ def mount(ctx: Context, mountpoint: Path, foreground: bool) -> None:
         raise ConfigError(f"{target} is already a mount point")
     if any(target.iterdir()):
         raise ConfigError(f"{target} is not empty; mount on an empty folder so no files are hidden")
+    from ..folder.guards import synced_folder_above
+
+    synced = synced_folder_above(target)
+    if synced is not None:
+        raise ConfigError(f"{target} is inside the synced folder {synced}; the store would sync into itself")
     pid = running_pid(home)
     if pid is not None:
         raise ConfigError(f"this home is already mounted by process {pid}; run 'websync unmount' first")

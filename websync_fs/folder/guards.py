@@ -65,6 +65,14 @@ def check_placement(folder: Path) -> None:
             raise ConfigError(f"the WebSync mount {mount} is inside {folder}; unmount it or choose another folder")
 
 
+def synced_folder_above(path: Path) -> Path | None:
+    """The synced folder *path* is inside (a marker in it or a parent), or None: no mount goes there."""
+    for folder in (path, *path.parents):
+        if (folder / MARKER).exists():
+            return folder
+    return None
+
+
 class Marker:
     """The folder's marker file, held under an exclusive lock while a sync runs."""
 
