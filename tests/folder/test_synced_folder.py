@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.clients import Machine, eventually, read_bytes
+from tests.proxy import Proxy
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(180)]
 
@@ -48,6 +49,14 @@ def _ended(pid: int) -> bool:
         return True
 
 
+def _mount_and_folder(new_machine: Callable[..., Machine], folder: Path) -> tuple[Machine, Machine]:
+    """Machine A with the store mounted, machine B syncing *folder*."""
+    a = new_machine("A")
+    b = new_machine("B", mount=False)
+    b.sync(folder)
+    return a, b
+
+
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     return tmp_path / "B" / "Sync"
@@ -56,9 +65,7 @@ def folder(tmp_path: Path) -> Path:
 def test_changes_in_a_synced_folder_reach_a_mount_and_come_back(
     new_machine: Callable[..., Machine], folder: Path
 ) -> None:
-    a = new_machine("A")
-    b = new_machine("B", mount=False)
-    b.sync(folder)
+    a, b = _mount_and_folder(new_machine, folder)
     # Local changes go up.
     (folder / "notes.txt").write_bytes(b"one")
     eventually(_holds(a.path("notes.txt"), b"one"), what="a new file to reach the mount")
@@ -94,9 +101,7 @@ def test_changes_in_a_synced_folder_reach_a_mount_and_come_back(
 
 
 def test_a_folder_moved_with_its_files_is_one_move(new_machine: Callable[..., Machine], folder: Path) -> None:
-    a = new_machine("A")
-    b = new_machine("B", mount=False)
-    b.sync(folder)
+    a, b = _mount_and_folder(new_machine, folder)
     (folder / "album").mkdir()
     for i in range(40):
         (folder / "album" / f"p{i:02}.jpg").write_bytes(b"photo %d" % i)
@@ -136,9 +141,7 @@ def test_a_first_sync_matches_identical_files_and_keeps_different_ones_as_confli
 def test_an_editor_save_through_a_temporary_file_is_one_version_and_locks_stay_here(
     new_machine: Callable[..., Machine], folder: Path
 ) -> None:
-    a = new_machine("A")
-    b = new_machine("B", mount=False)
-    b.sync(folder)
+    a, b = _mount_and_folder(new_machine, folder)
     doc = folder / "report.odt"
     doc.write_bytes(b"draft 1")
     eventually(_holds(a.path("report.odt"), b"draft 1"), what="the first version")
@@ -171,9 +174,7 @@ def test_a_websyncignore_keeps_matching_files_here(new_machine: Callable[..., Ma
 
 
 def test_kill_9_of_the_sync_and_a_restart_lose_nothing(new_machine: Callable[..., Machine], folder: Path) -> None:
-    a = new_machine("A")
-    b = new_machine("B", mount=False)
-    b.sync(folder)
+    a, b = _mount_and_folder(new_machine, folder)
     (folder / "kept.txt").write_bytes(b"before")
     (folder / "doomed.txt").write_bytes(b"to delete")
     eventually(lambda: a.path("doomed.txt").exists() and a.path("kept.txt").exists(), what="the first files")
@@ -199,9 +200,7 @@ def test_kill_9_of_the_sync_and_a_restart_lose_nothing(new_machine: Callable[...
 
 
 def test_the_folder_keeps_no_second_copy_in_the_cache(new_machine: Callable[..., Machine], folder: Path) -> None:
-    a = new_machine("A")
-    b = new_machine("B", mount=False)
-    b.sync(folder)
+    a, b = _mount_and_folder(new_machine, folder)
     a.path("down.bin").write_bytes(os.urandom(8 * 1024 * 1024))
     (folder / "up.bin").write_bytes(os.urandom(8 * 1024 * 1024))
     eventually(lambda: (folder / "down.bin").exists() and (folder / "down.bin").stat().st_size == 8 << 20,
@@ -234,9 +233,7 @@ def test_a_folder_inside_a_mount_is_refused(new_machine: Callable[..., Machine])
 def test_a_folder_that_disappears_stops_the_sync_and_deletes_nothing(
     new_machine: Callable[..., Machine], folder: Path
 ) -> None:
-    a = new_machine("A")
-    b = new_machine("B", mount=False)
-    b.sync(folder)
+    a, b = _mount_and_folder(new_machine, folder)
     for i in range(20):
         (folder / f"f{i}.txt").write_bytes(b"keep me")
     eventually(lambda: a.path("f19.txt").exists(), what="the files to arrive")
@@ -259,9 +256,7 @@ def test_a_folder_that_disappears_stops_the_sync_and_deletes_nothing(
 def test_kill_9_mid_download_shows_no_half_file_and_a_restart_finishes_it(
     new_machine: Callable[..., Machine], folder: Path
 ) -> None:
-    a = new_machine("A")
-    b = new_machine("B", mount=False)
-    b.sync(folder)
+    a, b = _mount_and_folder(new_machine, folder)
     big = os.urandom(24 * 1024 * 1024)
     # Written beside and renamed: the store only ever holds the whole file under this name.
     a.path("staging").write_bytes(big)
@@ -351,9 +346,7 @@ def _glib_save(folder: Path, data: bytes) -> None:
 def test_save_sequences_seen_by_the_watcher_are_one_version_each(
     new_machine: Callable[..., Machine], folder: Path, save: Callable[[Path, bytes], None]
 ) -> None:
-    a = new_machine("A")
-    b = new_machine("B", mount=False)
-    b.sync(folder)
+    a, b = _mount_and_folder(new_machine, folder)
     (folder / "report.docx").write_bytes(b"version 1")
     eventually(_holds(a.path("report.docx"), b"version 1"), what="the first version")
     eventually(lambda: _settled(b), what="B's uploads")
@@ -378,3 +371,57 @@ def test_a_mount_inside_a_synced_folder_is_refused(new_machine: Callable[..., Ma
     refused = c.cli("mount", str(folder / "inner"), check=False)
     assert refused.returncode != 0 and "inside the synced folder" in refused.stderr
     assert not os.path.ismount(folder / "inner")
+
+
+def test_offline_edits_on_both_sides_meet_after_reconnect(
+    new_machine: Callable[..., Machine], folder: Path, proxy: Proxy
+) -> None:
+    a = new_machine("A")
+    b = new_machine("B", mount=False, url=proxy.url)
+    b.sync(folder)
+    for name in ("both.txt", "here.txt", "there.txt"):
+        (folder / name).write_bytes(b"v1")
+    eventually(lambda: all(a.path(n).exists() for n in ("both.txt", "here.txt", "there.txt")), what="v1")
+    eventually(lambda: _settled(b), what="B's uploads")
+    proxy.online = False
+    (folder / "here.txt").write_bytes(b"edited in the folder")
+    (folder / "both.txt").write_bytes(b"both: folder")
+    (folder / "new-offline.txt").write_bytes(b"made offline")
+    a.path("there.txt").write_bytes(b"edited on the mount")
+    a.path("both.txt").write_bytes(b"both: mount")
+    eventually(lambda: _settled(a), what="A's uploads")
+    proxy.online = True
+    eventually(_holds(a.path("here.txt"), b"edited in the folder"), what="the folder's offline edit", timeout=60)
+    eventually(_holds(a.path("new-offline.txt"), b"made offline"), what="the folder's offline new file")
+    eventually(_holds(folder / "there.txt", b"edited on the mount"), what="the mount's edit", timeout=60)
+    # Both edited the same file: both versions are kept, one under the conflict name.
+    def both_kept() -> bool:
+        texts = {read_bytes(folder / n) for n in os.listdir(folder) if n.startswith("both")}
+        return texts == {b"both: folder", b"both: mount"}
+
+    eventually(both_kept, what="both edits of one file", timeout=60)
+    eventually(lambda: sorted(os.listdir(a.mnt)) == sorted(n for n in os.listdir(folder)
+                                                          if not n.startswith(".websync-")),
+               what="the same tree on both")
+
+
+def test_a_full_disk_pauses_downloads_and_they_resume_when_there_is_room(
+    new_machine: Callable[..., Machine], tmp_path: Path, tmpfs: Callable[[Path, str], Path]
+) -> None:
+    folder = tmpfs(tmp_path / "small", "8m") / "Sync"
+    a, b = _mount_and_folder(new_machine, folder)
+    first, second = os.urandom(5 << 20), os.urandom(5 << 20)
+    a.path("first.bin").write_bytes(first)
+    eventually(_holds(folder / "first.bin", first), what="the first file")
+    a.path("second.bin").write_bytes(second)
+
+    def reported() -> bool:
+        problems = json.loads(b.cli("status", "--json").stdout)["problems"]
+        return "disk full" in problems.get("second.bin", "")
+
+    eventually(reported, what="the status to say the disk is full")
+    assert not (folder / "second.bin").exists()
+    assert not [n for n in os.listdir(folder) if n.startswith(".websync-tmp-")]
+    os.unlink(folder / "first.bin")  # room again (and a delete that reaches the mount)
+    eventually(_holds(folder / "second.bin", second), what="the paused download", timeout=60)
+    eventually(_gone(a.path("first.bin")), what="the delete")
