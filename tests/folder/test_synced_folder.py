@@ -425,3 +425,21 @@ def test_a_full_disk_pauses_downloads_and_they_resume_when_there_is_room(
     os.unlink(folder / "first.bin")  # room again (and a delete that reaches the mount)
     eventually(_holds(folder / "second.bin", second), what="the paused download", timeout=60)
     eventually(_gone(a.path("first.bin")), what="the delete")
+
+
+def test_only_the_chosen_folders_are_synced(new_machine: Callable[..., Machine], folder: Path) -> None:
+    a = new_machine("A")
+    for name in ("Documents", "Photos", "Other"):
+        a.path(name).mkdir()
+        a.path(name, "file.txt").write_bytes(name.encode())
+    b = new_machine("B", mount=False)
+    eventually(lambda: _settled(a), what="A's uploads")
+    b.sync(folder, "--only", "Documents", "--only", "Photos/")
+    assert sorted(os.listdir(folder)) == [".websync-folder", "Documents", "Photos"]
+    assert read_bytes(folder / "Documents" / "file.txt") == b"Documents"
+    (folder / "Other").mkdir()
+    (folder / "Other" / "mine.txt").write_bytes(b"stays here")
+    (folder / "Documents" / "new.txt").write_bytes(b"goes up")
+    eventually(_holds(a.path("Documents", "new.txt"), b"goes up"), what="a file in a chosen folder")
+    eventually(lambda: _settled(b), what="B's uploads")
+    assert sorted(os.listdir(a.path("Other"))) == ["file.txt"]
