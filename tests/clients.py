@@ -49,6 +49,11 @@ class Machine:
         assert os.path.ismount(self.mnt), f"{self.mnt} is not mounted"
         self.mounted_pid = self.pid()
 
+    def sync(self, folder: Path, *args: str) -> None:
+        """Start syncing *folder* (``websync sync``); the process is ended by pid at cleanup like a mount."""
+        self.cli("sync", *args, str(folder))
+        self.mounted_pid = self.pid()
+
     def pid(self) -> int | None:
         try:
             return int((self.home / "state" / "mount.pid").read_text())

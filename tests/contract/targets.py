@@ -1,10 +1,12 @@
 """One set of file-behaviour tests, run against the bare core and through every front end.
 
 A `Target` is the store as a test sees it, by path: the bare core driven in
-this process (`CoreTarget`: no kernel, no server; fast), and a mounted
-machine (`MountTarget`: the FUSE front end through the kernel).  A front end
-that is added (a synced folder, a drive letter) gets a target here and passes
-the same tests, so every way a machine shows the store behaves alike.
+this process (`CoreTarget`: no kernel, no server; fast), a mounted
+machine (`MountTarget`: the FUSE front end through the kernel), and a synced
+folder (`FolderTarget`: real files, watched; every answer waits until another
+machine's mount shows the same).  A front end that is added (a drive letter)
+gets a target here and passes the same tests, so every way a machine shows the
+store behaves alike.
 
 Errors come out as `OSError` with the errno on every target: the core's
 `FsError` is translated exactly as a front end translates it.
@@ -102,6 +104,51 @@ class MountTarget:
 
     async def truncate(self, path: str, size: int) -> None:
         os.truncate(self._p(path), size)
+
+
+class FolderTarget(MountTarget):
+    """A synced folder: changes made to its files, answers given once a mount elsewhere agrees.
+
+    Writes go to the folder as any program's would; each read-like answer
+    comes from the folder too, but only after *mirror* (another machine's
+    mount of the same store) shows the same, so every change is checked to
+    have reached the store unchanged.
+    """
+
+    #: Seconds an answer waits for the other machine (changes arrive within a second or two).
+    AGREE_WITHIN = 30.0
+
+    def __init__(self, root: Path, mirror: MountTarget) -> None:
+        super().__init__(root)
+        self.mirror = mirror
+
+    async def _agreed(self, ask: Callable[[MountTarget], Awaitable[Any]]) -> Any:
+        mine: Any = None
+        with trio.move_on_after(self.AGREE_WITHIN):
+            while True:
+                mine = await ask(self)
+                try:
+                    if await ask(self.mirror) == mine:
+                        return mine
+                except OSError:
+                    pass
+                await trio.sleep(0.05)
+        raise AssertionError(f"the mount never showed what the folder holds: {mine!r}")
+
+    async def read(self, path: str) -> bytes:
+        return await self._agreed(lambda t: MountTarget.read(t, path))  # type: ignore[no-any-return]
+
+    async def listdir(self, path: str) -> list[str]:
+        async def names(t: MountTarget) -> list[str]:
+            return [n for n in await MountTarget.listdir(t, path) if not n.startswith(".websync-")]
+
+        return await self._agreed(names)  # type: ignore[no-any-return]
+
+    async def kind_size_mode(self, path: str) -> tuple[str, int, int]:
+        return await self._agreed(lambda t: MountTarget.kind_size_mode(t, path))  # type: ignore[no-any-return]
+
+    async def readlink(self, path: str) -> str:
+        return await self._agreed(lambda t: MountTarget.readlink(t, path))  # type: ignore[no-any-return]
 
 
 def _renameat2_noreplace(src: Path, dst: Path) -> None:

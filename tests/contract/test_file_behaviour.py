@@ -1,7 +1,8 @@
-"""File behaviour every front end shares: the same tests on the bare core and through the mount.
+"""File behaviour every front end shares: the same tests on the bare core, the mount and a synced folder.
 
 The core runs in this process with no kernel and no server (a fast loop for
-the engine's own rules); the mount goes through FUSE and the kernel.  Both
+the engine's own rules); the mount goes through FUSE and the kernel; the
+synced folder's answers wait until a mount on another machine agrees.  All
 must give the same bytes and the same errno for each case.
 """
 
@@ -14,17 +15,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.contract.targets import MountTarget, Target, core_target
+from tests.contract.targets import FolderTarget, MountTarget, Target, core_target
 
 
-@pytest.fixture(params=["core", "mount"])
+@pytest.fixture(params=["core", "mount", "folder"])
 async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
     if request.param == "core":
         async with core_target(tmp_path / "core") as core:
             yield core
-    else:
+    elif request.param == "mount":
         machine = request.getfixturevalue("a")
         yield MountTarget(machine.mnt)
+    else:
+        mirror = request.getfixturevalue("a")
+        syncing = request.getfixturevalue("new_machine")("B", mount=False)
+        syncing.sync(tmp_path / "folder")
+        yield FolderTarget(tmp_path / "folder", MountTarget(mirror.mnt))
 
 
 async def _fails(code: int, call: object) -> None:

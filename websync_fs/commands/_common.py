@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import logging.handlers
+import os
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -118,3 +122,84 @@ def with_remote(home: Home, fn: Callable[[Any], Awaitable[T]]) -> T:
             await remote.aclose()
 
     return trio.run(run)
+
+
+class Ready:
+    """Call it once the daemon runs; `progress` before that, while a first listing arrives."""
+
+    def __init__(self, message: str, fd: int | None) -> None:
+        self.message = message
+        self.fd = fd
+
+    def __call__(self) -> None:
+        if self.fd is not None:
+            os.write(self.fd, b"ok\n")
+            os.close(self.fd)
+        else:
+            click.echo(self.message)
+
+    def progress(self, records: int) -> None:
+        if self.fd is not None:
+            os.write(self.fd, f"progress {records}\n".encode())
+        elif sys.stderr.isatty():
+            click.echo(f"\rreceiving the tree: {records:,} records", nl=False, err=True)
+
+
+@contextlib.contextmanager
+def ready_pipe(message: str) -> Iterator[Ready]:
+    """The ``ready`` callback of a daemon run in the foreground: tells the parent (or the terminal) it runs.
+
+    A failure before ready goes to the parent as ``CODE SENTENCE`` so it can
+    print the sentence and exit with the code; ``ready.progress(N)`` before
+    that tells how many records of a first listing arrived.
+    """
+    ready_fd = os.environ.pop("WEBSYNC_READY_FD", None)
+    ready = Ready(message, int(ready_fd) if ready_fd is not None else None)
+    try:
+        yield ready
+    except WebSyncError as exc:
+        if ready.fd is not None:
+            try:
+                os.write(ready.fd, f"{exc.exit_code} {exc}\n".encode())
+            except OSError:
+                pass
+        raise
+
+
+def start_in_background(ctx: Context, home: Home, command: list[str], what: str) -> int:
+    """Run ``websync COMMAND`` (a ``--foreground`` daemon) detached; return its pid once it is ready."""
+    home.ensure()
+    read_end, write_end = os.pipe()
+    env = dict(os.environ, WEBSYNC_READY_FD=str(write_end))
+    args = [sys.executable, "-m", "websync_fs.cli"]
+    if ctx.home_option:
+        args += ["--home", str(Path(ctx.home_option).expanduser().absolute())]
+    if ctx.verbose:
+        args.append("-v")
+    args += command
+    with open(home.state_dir / "mount.out", "ab") as out:
+        child = subprocess.Popen(
+            args, env=env, pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            start_new_session=True,
+        )
+    os.close(write_end)
+    answer = ""
+    with os.fdopen(read_end, "rb") as pipe:
+        for raw in pipe:
+            line = raw.decode(errors="replace").strip()
+            if line.startswith("progress "):
+                # A first start on a big store: the tree arrives page by page before it is shown.
+                if sys.stderr.isatty():
+                    click.echo(f"\rreceiving the tree: {int(line.split()[1]):,} records", nl=False, err=True)
+                continue
+            answer += line
+    if sys.stderr.isatty():
+        click.echo("\r\033[K", nl=False, err=True)
+    if answer == "ok":
+        return child.pid
+    child.wait(timeout=30)
+    if answer:
+        code, _, message = answer.partition(" ")
+        click.echo(f"websync: {message}", err=True)
+        sys.exit(int(code) if code.isdigit() else 1)
+    raise WebSyncError(f"{what} failed; see {home.log_file} and {home.state_dir / 'mount.out'}")

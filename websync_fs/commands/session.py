@@ -20,8 +20,10 @@ from ._common import (
     friendly,
     human,
     pass_ctx,
+    ready_pipe,
     running_pid,
     setup_logging,
+    start_in_background,
 )
 
 COMMANDS = ["login", "mount", "unmount", "status"]
@@ -99,6 +101,11 @@ def mount(ctx: Context, mountpoint: Path, foreground: bool) -> None:
         raise ConfigError(f"{target} is already a mount point")
     if any(target.iterdir()):
         raise ConfigError(f"{target} is not empty; mount on an empty folder so no files are hidden")
+    from ..folder.guards import synced_folder_above
+
+    synced = synced_folder_above(target)
+    if synced is not None:
+        raise ConfigError(f"{target} is inside the synced folder {synced}; the store would sync into itself")
     pid = running_pid(home)
     if pid is not None:
         raise ConfigError(f"this home is already mounted by process {pid}; run 'websync unmount' first")
@@ -114,69 +121,13 @@ def _mount_foreground(ctx: Context, home: Home, target: Path) -> None:
     from ..fuse.mount import run_mount
 
     setup_logging(home, ctx.verbose)
-    ready_fd = os.environ.pop("WEBSYNC_READY_FD", None)
-
-    def ready() -> None:
-        if ready_fd is not None:
-            os.write(int(ready_fd), b"ok\n")
-            os.close(int(ready_fd))
-        else:
-            click.echo(f"mounted at {target}")
-
-    def progress(records: int) -> None:
-        if ready_fd is not None:
-            os.write(int(ready_fd), f"progress {records}\n".encode())
-        elif sys.stderr.isatty():
-            click.echo(f"\rreceiving the tree: {records:,} records", nl=False, err=True)
-
-    try:
-        trio.run(run_mount, home, target, ready, progress)
-    except WebSyncError as exc:
-        if ready_fd is not None:
-            try:
-                os.write(int(ready_fd), f"{exc.exit_code} {exc}\n".encode())
-            except OSError:
-                pass
-        raise
+    with ready_pipe(f"mounted at {target}") as ready:
+        trio.run(run_mount, home, target, ready, ready.progress)
 
 
 def _mount_background(ctx: Context, home: Home, target: Path) -> None:
-    home.ensure()
-    read_end, write_end = os.pipe()
-    env = dict(os.environ, WEBSYNC_READY_FD=str(write_end))
-    args = [sys.executable, "-m", "websync_fs.cli"]
-    if ctx.home_option:
-        args += ["--home", str(Path(ctx.home_option).expanduser().absolute())]
-    if ctx.verbose:
-        args.append("-v")
-    args += ["mount", "--foreground", str(target)]
-    with open(home.state_dir / "mount.out", "ab") as out:
-        child = subprocess.Popen(
-            args, env=env, pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-            start_new_session=True,
-        )
-    os.close(write_end)
-    answer = ""
-    with os.fdopen(read_end, "rb") as pipe:
-        for raw in pipe:
-            line = raw.decode(errors="replace").strip()
-            if line.startswith("progress "):
-                # A first mount of a big store: the tree arrives page by page before the mount shows it.
-                if sys.stderr.isatty():
-                    click.echo(f"\rreceiving the tree: {int(line.split()[1]):,} records", nl=False, err=True)
-                continue
-            answer += line
-    if sys.stderr.isatty():
-        click.echo("\r\033[K", nl=False, err=True)
-    if answer == "ok":
-        click.echo(f"mounted at {target} (process {child.pid})")
-        return
-    child.wait(timeout=30)
-    if answer:
-        code, _, message = answer.partition(" ")
-        click.echo(f"websync: {message}", err=True)
-        sys.exit(int(code) if code.isdigit() else 1)
-    raise WebSyncError(f"mounting failed; see {home.log_file} and {home.state_dir / 'mount.out'}")
+    pid = start_in_background(ctx, home, ["mount", "--foreground", str(target)], "mounting")
+    click.echo(f"mounted at {target} (process {pid})")
 
 
 @click.command()
@@ -264,8 +215,11 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
     pending, pending_bytes, held = _queue_size(home)
     info = {
         "server": settings.server, "user": settings.user, "device": settings.device,
-        "online": online, "error": error, "mounted": pid is not None,
+        "online": online, "error": error, "mounted": pid is not None and not daemon.get("folder"),
         "mountpoint": daemon.get("mountpoint", ""), "pid": pid,
+        # A synced folder runs the same engine: its folder, conflicts kept and files it could not sync.
+        "folder": daemon.get("folder", "") if pid is not None else "",
+        "conflicts": int(daemon.get("conflicts") or 0), "problems": dict(daemon.get("problems") or {}),
         "pending": pending, "pending_bytes": pending_bytes, "held": held, "encrypted": encrypted(settings.server),
     }
     held = str(daemon.get("held") or held)
@@ -281,7 +235,12 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
         click.echo(f"server:     {settings.server}{'' if info['encrypted'] else ' (not encrypted)'}")
         click.echo(f"user:       {settings.user} (device {settings.device})")
         click.echo(f"connection: {'online' if online else 'offline'}{f' ({error})' if error else ''}")
-        click.echo(f"mounted:    {info['mountpoint']} (process {pid})" if pid else "mounted:    no")
+        if info["folder"]:
+            click.echo(f"synced:     {info['folder']} (process {pid})")
+        else:
+            click.echo(f"mounted:    {info['mountpoint']} (process {pid})" if pid else "mounted:    no")
+        for path, reason in info["problems"].items():
+            click.echo(f"not synced: {path}: {reason} (retried)")
         click.echo(f"pending:    {pending} change(s), {human(pending_bytes)} waiting for upload")
         if held:
             click.echo(f"held back:  {held}")

@@ -1,0 +1,445 @@
+"""A synced folder (`websync sync DIR`) against a mounted machine, on real folders and a real server.
+
+Machine A mounts the store through FUSE; machine B keeps a folder of real
+files in sync with watchdog.  Each test changes one side and waits for the
+other to show it through the change notification.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.clients import Machine, eventually, read_bytes
+from tests.proxy import Proxy
+
+pytestmark = [pytest.mark.mount, pytest.mark.timeout(180)]
+
+
+def _holds(path: Path, data: bytes) -> Callable[[], bool]:
+    return lambda: path.exists() and read_bytes(path) == data
+
+
+def _gone(path: Path) -> Callable[[], bool]:
+    return lambda: not os.path.lexists(path)
+
+
+def _versions(machine: Machine, path: Path) -> int:
+    answer = json.loads(machine.cli("history", str(path), "--json").stdout)
+    return len(answer["versions"])
+
+
+def _settled(machine: Machine) -> bool:
+    status = json.loads(machine.cli("status", "--json").stdout)
+    return status["pending"] == 0
+
+
+def _ended(pid: int) -> bool:
+    """The process is gone (or a zombie nobody reaped: it runs no more)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def _mount_and_folder(new_machine: Callable[..., Machine], folder: Path) -> tuple[Machine, Machine]:
+    """Machine A with the store mounted, machine B syncing *folder*."""
+    a = new_machine("A")
+    b = new_machine("B", mount=False)
+    b.sync(folder)
+    return a, b
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return tmp_path / "B" / "Sync"
+
+
+def test_changes_in_a_synced_folder_reach_a_mount_and_come_back(
+    new_machine: Callable[..., Machine], folder: Path
+) -> None:
+    a, b = _mount_and_folder(new_machine, folder)
+    # Local changes go up.
+    (folder / "notes.txt").write_bytes(b"one")
+    eventually(_holds(a.path("notes.txt"), b"one"), what="a new file to reach the mount")
+    (folder / "notes.txt").write_bytes(b"two, longer")
+    eventually(_holds(a.path("notes.txt"), b"two, longer"), what="an edit to reach the mount")
+    (folder / "docs" / "empty").mkdir(parents=True)
+    (folder / "docs" / "run.sh").write_bytes(b"#!/bin/sh\n")
+    os.chmod(folder / "docs" / "run.sh", 0o755)
+    os.symlink("run.sh", folder / "docs" / "link")
+    eventually(lambda: a.path("docs", "empty").is_dir(), what="an empty folder to reach the mount")
+    eventually(lambda: os.path.islink(a.path("docs", "link")) and os.readlink(a.path("docs", "link")) == "run.sh",
+               what="a symlink")
+    eventually(lambda: os.stat(a.path("docs", "run.sh")).st_mode & 0o111 == 0o111, what="the executable bit")
+    os.rename(folder / "notes.txt", folder / "docs" / "moved.txt")
+    eventually(_holds(a.path("docs", "moved.txt"), b"two, longer"), what="a rename")
+    assert not a.path("notes.txt").exists()
+    os.unlink(folder / "docs" / "moved.txt")
+    eventually(_gone(a.path("docs", "moved.txt")), what="a delete to reach the mount")
+    # Remote changes come down, with their mtime.
+    a.path("from-a.txt").write_bytes(b"written on A")
+    os.utime(a.path("from-a.txt"), ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    eventually(lambda: os.path.exists(folder / "from-a.txt")
+               and os.stat(folder / "from-a.txt").st_mtime_ns == 1_600_000_000_000_000_000,
+               what="a file written on the mount and its mtime")
+    assert read_bytes(folder / "from-a.txt") == b"written on A"
+    os.rename(a.path("from-a.txt"), a.path("docs", "renamed-on-a.txt"))
+    eventually(_holds(folder / "docs" / "renamed-on-a.txt", b"written on A"), what="a rename from the mount")
+    assert not (folder / "from-a.txt").exists()
+    os.unlink(a.path("docs", "renamed-on-a.txt"))
+    eventually(_gone(folder / "docs" / "renamed-on-a.txt"), what="a delete from the mount")
+    # Nothing of the folder's own (marker, downloads in flight) ever reached the store.
+    assert not [n for n in os.listdir(a.mnt) if n.startswith(".websync")]
+
+
+def test_a_folder_moved_with_its_files_is_one_move(new_machine: Callable[..., Machine], folder: Path) -> None:
+    a, b = _mount_and_folder(new_machine, folder)
+    (folder / "album").mkdir()
+    for i in range(40):
+        (folder / "album" / f"p{i:02}.jpg").write_bytes(b"photo %d" % i)
+    eventually(lambda: a.path("album", "p39.jpg").exists(), what="the album to arrive")
+    eventually(lambda: _settled(b), what="B's uploads")
+    before = _versions(a, a.path("album", "p00.jpg"))
+    os.rename(folder / "album", folder / "Album 2024")
+    eventually(lambda: a.path("Album 2024", "p39.jpg").exists() and not a.path("album").exists(),
+               what="the moved folder")
+    # The same node moved: its history came along, no new version was made.
+    assert _versions(a, a.path("Album 2024", "p00.jpg")) == before
+
+
+def test_a_first_sync_matches_identical_files_and_keeps_different_ones_as_conflict_copies(
+    new_machine: Callable[..., Machine], folder: Path
+) -> None:
+    a = new_machine("A")
+    a.path("same.txt").write_bytes(b"identical")
+    a.path("differs.txt").write_bytes(b"the store's version")
+    b = new_machine("B", mount=False)
+    eventually(lambda: _settled(a), what="A's uploads")
+    folder.mkdir(parents=True)
+    (folder / "same.txt").write_bytes(b"identical")
+    (folder / "differs.txt").write_bytes(b"this folder's version")
+    (folder / "only-here.txt").write_bytes(b"mine")
+    b.sync(folder)
+    # The folder now holds the store's files, and nothing of its own was overwritten.
+    assert read_bytes(folder / "differs.txt") == b"the store's version"
+    copies = [n for n in os.listdir(folder) if n.startswith("differs (conflict from B")]
+    assert len(copies) == 1 and read_bytes(folder / copies[0]) == b"this folder's version"
+    eventually(_holds(a.path(copies[0]), b"this folder's version"), what="the conflict copy on the mount")
+    eventually(_holds(a.path("only-here.txt"), b"mine"), what="the folder's own file on the mount")
+    assert _versions(a, a.path("same.txt")) == 1, "an identical file is matched, not uploaded again"
+    assert not [n for n in os.listdir(a.mnt) if n.startswith("same (conflict")]
+
+
+def test_an_editor_save_through_a_temporary_file_is_one_version_and_locks_stay_here(
+    new_machine: Callable[..., Machine], folder: Path
+) -> None:
+    a, b = _mount_and_folder(new_machine, folder)
+    doc = folder / "report.odt"
+    doc.write_bytes(b"draft 1")
+    eventually(_holds(a.path("report.odt"), b"draft 1"), what="the first version")
+    eventually(lambda: _settled(b), what="B's uploads")
+    # LibreOffice: a lock file beside the document, a temporary written and renamed over it.
+    (folder / ".~lock.report.odt#").write_bytes(b"B,user,host")
+    (folder / "lu1234.tmp").write_bytes(b"draft 2")
+    os.rename(folder / "lu1234.tmp", doc)
+    # vim: a swap file.
+    (folder / ".report.odt.swp").write_bytes(b"swap")
+    eventually(_holds(a.path("report.odt"), b"draft 2"), what="the saved version")
+    eventually(lambda: _settled(b), what="B's uploads")
+    assert _versions(a, a.path("report.odt")) == 2
+    assert sorted(os.listdir(a.mnt)) == ["report.odt"]
+
+
+def test_a_websyncignore_keeps_matching_files_here(new_machine: Callable[..., Machine], folder: Path) -> None:
+    a = new_machine("A")
+    b = new_machine("B", mount=False)
+    folder.mkdir(parents=True)
+    (folder / ".websyncignore").write_text("*.log\nbuild/\n")
+    (folder / "build").mkdir()
+    (folder / "build" / "out.o").write_bytes(b"object")
+    b.sync(folder)
+    (folder / "app.log").write_bytes(b"log")
+    (folder / "kept.txt").write_bytes(b"kept")
+    eventually(_holds(a.path("kept.txt"), b"kept"), what="a file that is not ignored")
+    eventually(lambda: a.path(".websyncignore").exists(), what="the ignore file itself")
+    assert sorted(os.listdir(a.mnt)) == [".websyncignore", "kept.txt"]
+
+
+def test_kill_9_of_the_sync_and_a_restart_lose_nothing(new_machine: Callable[..., Machine], folder: Path) -> None:
+    a, b = _mount_and_folder(new_machine, folder)
+    (folder / "kept.txt").write_bytes(b"before")
+    (folder / "doomed.txt").write_bytes(b"to delete")
+    eventually(lambda: a.path("doomed.txt").exists() and a.path("kept.txt").exists(), what="the first files")
+    eventually(lambda: _settled(b), what="B's uploads")
+    big = os.urandom(9 * 1024 * 1024)
+    (folder / "big.bin").write_bytes(big)
+    b.kill()  # mid-upload, most likely: nothing may be lost either way
+    # While nothing watches: changes here and there.
+    (folder / "kept.txt").write_bytes(b"edited while stopped")
+    os.unlink(folder / "doomed.txt")
+    (folder / "new").mkdir()
+    (folder / "new" / "file.txt").write_bytes(b"new while stopped")
+    a.path("from-a.txt").write_bytes(b"from A meanwhile")
+    b.sync(folder)
+    assert read_bytes(folder / "from-a.txt") == b"from A meanwhile"  # the start-up scan ran before ready
+    eventually(_holds(a.path("kept.txt"), b"edited while stopped"), what="an offline edit")
+    eventually(_holds(a.path("new", "file.txt"), b"new while stopped"), what="an offline new file")
+    eventually(_gone(a.path("doomed.txt")), what="an offline delete")
+    eventually(lambda: a.path("big.bin").exists() and a.path("big.bin").stat().st_size == len(big),
+               what="the file that was being uploaded", timeout=60)
+    assert read_bytes(a.path("big.bin")) == big
+    assert not [n for n in os.listdir(folder) if "conflict" in n or n.startswith(".websync-tmp")]
+
+
+def test_the_folder_keeps_no_second_copy_in_the_cache(new_machine: Callable[..., Machine], folder: Path) -> None:
+    a, b = _mount_and_folder(new_machine, folder)
+    a.path("down.bin").write_bytes(os.urandom(8 * 1024 * 1024))
+    (folder / "up.bin").write_bytes(os.urandom(8 * 1024 * 1024))
+    eventually(lambda: (folder / "down.bin").exists() and (folder / "down.bin").stat().st_size == 8 << 20,
+               what="the download")
+    eventually(lambda: a.path("up.bin").exists() and _settled(b), what="the upload")
+    b.cli("sync", "--stop", str(folder))
+    content = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    cache = sum(p.stat().st_blocks * 512 for p in (b.home / "cache").rglob("*") if p.is_file())
+    assert cache < 0.1 * content, f"the cache holds {cache} bytes beside {content} bytes of content"
+
+
+def test_a_second_sync_of_the_same_folder_is_refused(
+    new_machine: Callable[..., Machine], folder: Path
+) -> None:
+    b = new_machine("B", mount=False)
+    c = new_machine("C", mount=False)
+    b.sync(folder)
+    refused = c.cli("sync", str(folder), check=False)
+    assert refused.returncode != 0 and "already being synced" in refused.stderr
+
+
+def test_a_folder_inside_a_mount_is_refused(new_machine: Callable[..., Machine]) -> None:
+    a = new_machine("A")
+    b = new_machine("B", mount=False)
+    refused = b.cli("sync", str(a.path("inside")), check=False)
+    assert refused.returncode != 0 and "inside the WebSync mount" in refused.stderr
+    assert not a.path("inside").exists()
+
+
+def test_a_folder_that_disappears_stops_the_sync_and_deletes_nothing(
+    new_machine: Callable[..., Machine], folder: Path
+) -> None:
+    a, b = _mount_and_folder(new_machine, folder)
+    for i in range(20):
+        (folder / f"f{i}.txt").write_bytes(b"keep me")
+    eventually(lambda: a.path("f19.txt").exists(), what="the files to arrive")
+    eventually(lambda: _settled(b), what="B's uploads")
+    pid = b.pid()
+    shutil.rmtree(folder)
+    eventually(lambda: b.pid() is None, what="the sync to stop")
+    assert pid is not None
+    eventually(lambda: _ended(pid), what="the sync process to end")
+    assert len([n for n in os.listdir(a.mnt) if n.endswith(".txt")]) == 20
+    # A new start does not take the empty folder for "the user deleted everything".
+    folder.mkdir()
+    refused = b.cli("sync", str(folder), check=False)
+    assert refused.returncode != 0 and "marker" in refused.stderr
+    assert len(os.listdir(a.mnt)) == 20
+    status = json.loads(b.cli("status", "--json").stdout)
+    assert status["mounted"] is False
+
+
+def test_kill_9_mid_download_shows_no_half_file_and_a_restart_finishes_it(
+    new_machine: Callable[..., Machine], folder: Path
+) -> None:
+    a, b = _mount_and_folder(new_machine, folder)
+    big = os.urandom(24 * 1024 * 1024)
+    # Written beside and renamed: the store only ever holds the whole file under this name.
+    a.path("staging").write_bytes(big)
+    os.rename(a.path("staging"), a.path("video.bin"))
+    eventually(lambda: any(n.startswith(".websync-tmp-") for n in os.listdir(folder))
+               or (folder / "video.bin").exists(), what="the download to start")
+    b.kill()
+    # Whatever the moment: the file is whole or absent, never half.
+    if (folder / "video.bin").exists():
+        assert read_bytes(folder / "video.bin") == big
+    b.sync(folder)
+    assert read_bytes(folder / "video.bin") == big
+    assert not [n for n in os.listdir(folder) if n.startswith(".websync-tmp-")]
+
+
+def test_two_synced_folders_and_a_mount_converge_after_changes_on_all_three(
+    new_machine: Callable[..., Machine], tmp_path: Path
+) -> None:
+    a = new_machine("A")
+    b = new_machine("B", mount=False)
+    c = new_machine("C", mount=False)
+    fb, fc = tmp_path / "B" / "Sync", tmp_path / "C" / "Sync"
+    b.sync(fb)
+    c.sync(fc)
+    rng = random.Random(16)
+    roots = [a.mnt, fb, fc]
+    for step in range(60):
+        root = rng.choice(roots)
+        name = f"f{rng.randrange(12)}.txt"
+        folder_name = rng.choice(["", "d1", "d2"])
+        where = root / folder_name if folder_name else root
+        action = rng.random()
+        try:
+            where.mkdir(exist_ok=True)
+            if action < 0.6:
+                (where / name).write_bytes(b"step %d from %s" % (step, root.parent.name.encode()))
+            elif action < 0.8 and (where / name).exists():
+                os.unlink(where / name)
+            elif (where / name).exists():
+                os.rename(where / name, where / f"r{rng.randrange(12)}.txt")
+        except OSError:
+            pass  # a folder removed by a change arriving meanwhile: the next step goes on
+        if step % 10 == 9:
+            time.sleep(0.3)
+
+    def tree(root: Path) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(root)): read_bytes(p) if p.is_file() else b"<dir>"
+            for p in root.rglob("*") if not p.name.startswith(".websync-")
+        }
+
+    def agree() -> bool:
+        one, two, three = tree(a.mnt), tree(fb), tree(fc)
+        return one == two == three and _settled(b) and _settled(c)
+
+    eventually(agree, timeout=90, what="the mount and both folders to hold the same tree")
+
+
+def _word_save(folder: Path, data: bytes) -> None:
+    """Word: owner file, new content in ~WRD, the document moved to ~WRL, ~WRD renamed in, ~WRL deleted."""
+    (folder / "~$port.docx").write_bytes(b"owner")
+    (folder / "~WRD0000.tmp").write_bytes(data)
+    os.rename(folder / "report.docx", folder / "~WRL0001.tmp")
+    os.rename(folder / "~WRD0000.tmp", folder / "report.docx")
+    os.unlink(folder / "~WRL0001.tmp")
+    os.unlink(folder / "~$port.docx")
+
+
+def _vim_save(folder: Path, data: bytes) -> None:
+    """vim: the probe 4913, a swap file, the document moved to a backup, written anew, backup removed."""
+    (folder / ".report.docx.swp").write_bytes(b"swap")
+    (folder / "4913").write_bytes(b"")
+    os.unlink(folder / "4913")
+    os.rename(folder / "report.docx", folder / "report.docx~")
+    (folder / "report.docx").write_bytes(data)
+    os.unlink(folder / "report.docx~")
+    os.unlink(folder / ".report.docx.swp")
+
+
+def _glib_save(folder: Path, data: bytes) -> None:
+    """GLib (gedit): a .goutputstream-XXXXXX written and renamed over the document."""
+    (folder / ".goutputstream-ABC123").write_bytes(data)
+    os.rename(folder / ".goutputstream-ABC123", folder / "report.docx")
+
+
+@pytest.mark.parametrize("save", [_word_save, _vim_save, _glib_save], ids=["word", "vim", "glib"])
+def test_save_sequences_seen_by_the_watcher_are_one_version_each(
+    new_machine: Callable[..., Machine], folder: Path, save: Callable[[Path, bytes], None]
+) -> None:
+    a, b = _mount_and_folder(new_machine, folder)
+    (folder / "report.docx").write_bytes(b"version 1")
+    eventually(_holds(a.path("report.docx"), b"version 1"), what="the first version")
+    eventually(lambda: _settled(b), what="B's uploads")
+    seen: set[str] = set()
+    save(folder, b"version 2")
+
+    def arrived() -> bool:
+        seen.update(os.listdir(a.mnt))  # watched from the mount throughout the save
+        return read_bytes(a.path("report.docx")) == b"version 2" and _settled(b)
+
+    eventually(arrived, what="the saved version")  # and B's queue empty: nothing more is coming
+    assert _versions(a, a.path("report.docx")) == 2
+    assert sorted(os.listdir(a.mnt)) == ["report.docx"]
+    assert seen == {"report.docx"}, f"the mount saw temporary or lock files: {sorted(seen)}"
+
+
+def test_a_mount_inside_a_synced_folder_is_refused(new_machine: Callable[..., Machine], folder: Path) -> None:
+    b = new_machine("B", mount=False)
+    b.sync(folder)
+    c = new_machine("C", mount=False)
+    (folder / "inner").mkdir()
+    refused = c.cli("mount", str(folder / "inner"), check=False)
+    assert refused.returncode != 0 and "inside the synced folder" in refused.stderr
+    assert not os.path.ismount(folder / "inner")
+
+
+def test_offline_edits_on_both_sides_meet_after_reconnect(
+    new_machine: Callable[..., Machine], folder: Path, proxy: Proxy
+) -> None:
+    a = new_machine("A")
+    b = new_machine("B", mount=False, url=proxy.url)
+    b.sync(folder)
+    for name in ("both.txt", "here.txt", "there.txt"):
+        (folder / name).write_bytes(b"v1")
+    eventually(lambda: all(a.path(n).exists() for n in ("both.txt", "here.txt", "there.txt")), what="v1")
+    eventually(lambda: _settled(b), what="B's uploads")
+    proxy.online = False
+    (folder / "here.txt").write_bytes(b"edited in the folder")
+    (folder / "both.txt").write_bytes(b"both: folder")
+    (folder / "new-offline.txt").write_bytes(b"made offline")
+    a.path("there.txt").write_bytes(b"edited on the mount")
+    a.path("both.txt").write_bytes(b"both: mount")
+    eventually(lambda: _settled(a), what="A's uploads")
+    proxy.online = True
+    eventually(_holds(a.path("here.txt"), b"edited in the folder"), what="the folder's offline edit", timeout=60)
+    eventually(_holds(a.path("new-offline.txt"), b"made offline"), what="the folder's offline new file")
+    eventually(_holds(folder / "there.txt", b"edited on the mount"), what="the mount's edit", timeout=60)
+    # Both edited the same file: both versions are kept, one under the conflict name.
+    def both_kept() -> bool:
+        texts = {read_bytes(folder / n) for n in os.listdir(folder) if n.startswith("both")}
+        return texts == {b"both: folder", b"both: mount"}
+
+    eventually(both_kept, what="both edits of one file", timeout=60)
+    eventually(lambda: sorted(os.listdir(a.mnt)) == sorted(n for n in os.listdir(folder)
+                                                          if not n.startswith(".websync-")),
+               what="the same tree on both")
+
+
+def test_a_full_disk_pauses_downloads_and_they_resume_when_there_is_room(
+    new_machine: Callable[..., Machine], tmp_path: Path, tmpfs: Callable[[Path, str], Path]
+) -> None:
+    folder = tmpfs(tmp_path / "small", "8m") / "Sync"
+    a, b = _mount_and_folder(new_machine, folder)
+    first, second = os.urandom(5 << 20), os.urandom(5 << 20)
+    a.path("first.bin").write_bytes(first)
+    eventually(_holds(folder / "first.bin", first), what="the first file")
+    a.path("second.bin").write_bytes(second)
+
+    def reported() -> bool:
+        problems = json.loads(b.cli("status", "--json").stdout)["problems"]
+        return "disk full" in problems.get("second.bin", "")
+
+    eventually(reported, what="the status to say the disk is full")
+    assert not (folder / "second.bin").exists()
+    assert not [n for n in os.listdir(folder) if n.startswith(".websync-tmp-")]
+    os.unlink(folder / "first.bin")  # room again (and a delete that reaches the mount)
+    eventually(_holds(folder / "second.bin", second), what="the paused download", timeout=60)
+    eventually(_gone(a.path("first.bin")), what="the delete")
+
+
+def test_only_the_chosen_folders_are_synced(new_machine: Callable[..., Machine], folder: Path) -> None:
+    a = new_machine("A")
+    for name in ("Documents", "Photos", "Other"):
+        a.path(name).mkdir()
+        a.path(name, "file.txt").write_bytes(name.encode())
+    b = new_machine("B", mount=False)
+    eventually(lambda: _settled(a), what="A's uploads")
+    b.sync(folder, "--only", "Documents", "--only", "Photos/")
+    assert sorted(os.listdir(folder)) == [".websync-folder", "Documents", "Photos"]
+    assert read_bytes(folder / "Documents" / "file.txt") == b"Documents"
+    (folder / "Other").mkdir()
+    (folder / "Other" / "mine.txt").write_bytes(b"stays here")
+    (folder / "Documents" / "new.txt").write_bytes(b"goes up")
+    eventually(_holds(a.path("Documents", "new.txt"), b"goes up"), what="a file in a chosen folder")
+    eventually(lambda: _settled(b), what="B's uploads")
+    assert sorted(os.listdir(a.path("Other"))) == ["file.txt"]

@@ -1,0 +1,94 @@
+"""The synced folder command: ``websync sync DIR``, its stop and its fresh start."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import click
+
+from ..errors import ConfigError
+from ._common import (
+    Context,
+    friendly,
+    pass_ctx,
+    pid_alive,
+    ready_pipe,
+    running_pid,
+    setup_logging,
+    start_in_background,
+)
+
+COMMANDS = ["sync"]
+
+
+@click.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground until stopped.")
+@click.option("--only", "only", multiple=True, metavar="PATH",
+              help="Sync only this folder of the store (repeatable); kept for later starts.")
+@click.option("--stop", is_flag=True, help="Stop the sync of FOLDER (pending uploads go out first, briefly).")
+@click.option("--reset", is_flag=True,
+              help="Forget what this machine last synced with FOLDER: the next start is a first sync "
+                   "(nothing is deleted; files that differ become conflict copies).")
+@pass_ctx
+@friendly
+def sync(ctx: Context, folder: Path, foreground: bool, only: tuple[str, ...], stop: bool, reset: bool) -> None:
+    """Keep FOLDER, a folder of real files on this disk, in sync with the store both ways.
+
+    Changes in FOLDER are seen as they happen (and by a scan at every start)
+    and go up through the same queue as the mount's; changes from other
+    machines are written into FOLDER.  Lock and temporary files of Office,
+    LibreOffice and editors stay on this machine, and so does whatever
+    FOLDER/.websyncignore names (gitignore syntax).
+    """
+    home = ctx.home
+    target = folder.expanduser().absolute()
+    if stop:
+        _stop(ctx, target)
+        return
+    home.logged_in()
+    pid = running_pid(home)
+    if pid is not None:
+        raise ConfigError(f"this home is already in use by process {pid} (a mount or a synced folder); stop it first")
+    if reset:
+        _reset(ctx, target)
+        return
+    if foreground:
+        import trio
+
+        from ..folder import run_folder
+
+        setup_logging(home, ctx.verbose)
+        with ready_pipe(f"syncing {target}") as ready:
+            trio.run(run_folder, home, target, only, ready)
+    else:
+        command = ["sync", "--foreground", *[a for p in only for a in ("--only", p)], str(target)]
+        pid = start_in_background(ctx, home, command, "starting the sync")
+        click.echo(f"syncing {target} (process {pid})")
+
+
+def _stop(ctx: Context, target: Path) -> None:
+    home = ctx.home
+    pid = running_pid(home)
+    try:
+        folder = json.loads(home.status_file.read_text()).get("folder", "")
+    except (FileNotFoundError, ValueError):
+        folder = ""
+    if pid is None or folder != str(target):
+        raise ConfigError(f"{target} is not being synced by this machine")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    click.echo(f"stopped syncing {target}")
+
+
+def _reset(ctx: Context, target: Path) -> None:
+    from ..folder.client import KNOWN_DB
+
+    (ctx.home.state_dir / KNOWN_DB).unlink(missing_ok=True)
+    click.echo(f"forgot the last synced state of {target}: the next 'websync sync' is a first sync")

@@ -1,0 +1,16 @@
+"""The synced folder: a front end of the engine that keeps a folder of real files in step.
+
+Follow one change down: `watcher` names the paths that changed, `merger`
+compares the folder (`tree`), the replica and the last synced state
+(`known`) and calls the core by path (`corepaths`); remote changes come up
+from the engine as a `Notify` and go the other way.  `ignore` says what never
+leaves the machine, `guards` what keeps the folder from harming the store,
+and `client` wires it all to the engine.
+"""
+
+from __future__ import annotations
+
+from .client import FolderClient, run_folder
+from .guards import FolderGone
+
+__all__ = ["FolderClient", "FolderGone", "run_folder"]

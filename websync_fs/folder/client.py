@@ -1,0 +1,350 @@
+"""The wiring of a synced folder: the engine's components and the folder front end, run together.
+
+The engine is built as the mount builds it (state database, cache, queue,
+remote, core, follower, uploader, self-check); the front end in front of it is
+the folder: a watcher, the merger, and the guards.  Order of start-up: guards
+(placement, marker, lock), engine, first catch-up with the journal, watcher,
+start-up scan of the whole folder, then ``ready``.  Shutdown: pending uploads
+get a short chance to go out; what is left stays queued for the next start.
+
+The engine's block cache would keep a second copy of every file that went
+through it (uploads are read into it, downloads come down through it).  The
+folder holds the content, so after each batch every block that is not
+protected (waiting for upload) is evicted: a synced folder uses its content's
+size plus the metadata and what waits for upload.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from cache import BlockCache
+
+from ..blocksource import BlockSource
+from ..control import CacheLock, ControlServer
+from ..earlyupload import EarlyUploads
+from ..errors import ConfigError, Offline
+from ..follower import Applier, Follower
+from ..home import Home
+from ..invalidation import Invalidation
+from ..names import NamePolicy
+from ..reconcile import Reconciler
+from ..remote import Remote
+from ..replica import Replica
+from ..statedb import StateDb
+from ..uploader import Uploader
+from ..vfs import Vfs
+from ..writeback import WriteBackQueue
+from .corepaths import CorePaths
+from .guards import FolderGone, Identity, Marker, check_placement
+from .ignore import IgnoreRules
+from .known import KnownTree
+from .merger import Merger
+from .watcher import DirtyPaths, Watcher
+
+log = logging.getLogger(__name__)
+
+#: How long a stop waits for pending uploads while the server answers.
+DRAIN_ON_STOP = 15.0
+#: A batch starts after local events were quiet this long ...
+QUIET = 0.3
+#: ... or this long after the first of them, whatever keeps happening.
+MAX_WAIT = 5.0
+#: How often the folder and its marker are checked, and a full scan made anyway.
+CHECK_EVERY = 1.0
+RESCAN_EVERY = 600.0
+KNOWN_DB = "folder.db"
+
+
+def prepare(home: Home, folder: Path, store: str, only: tuple[str, ...]) -> tuple[KnownTree, Marker]:
+    """The guards before anything runs: placement, the marker, the lock, the folder this home syncs."""
+    check_placement(folder)
+    known = KnownTree(home.state_dir / KNOWN_DB)
+    try:
+        synced = known.meta("folder")
+        if synced and synced != str(folder) and len(known):
+            raise ConfigError(f"this machine syncs {synced}; stop it first or use another --home")
+        marker = Marker(folder)
+        if not folder.is_dir():
+            if len(known):
+                raise FolderGone(f"{folder} is gone (a disk unplugged? deleted?): nothing was deleted on the server; "
+                                 f"bring it back, or start over with 'websync sync --reset {folder}'")
+            folder.mkdir(parents=True)
+        if not marker.exists():
+            if len(known):
+                raise FolderGone(f"{folder} has lost its marker file: it is not the folder this machine synced "
+                                 f"(nothing was deleted on the server); start over with 'websync sync --reset {folder}'")
+            marker.create(store)
+        identity = marker.lock()
+        if known.meta("folder_id") not in ("", identity.folder_id):
+            if len(known):
+                marker.release()
+                raise ConfigError(f"{folder} holds another folder's marker; start over with 'websync sync --reset'")
+        known.set_meta("folder", str(folder))
+        known.set_meta("folder_id", identity.folder_id)
+        if only:
+            known.set_meta("only", json.dumps(list(only)))
+    except BaseException:
+        known.close()
+        raise
+    return known, marker
+
+
+class FolderClient:
+    """Every component of one synced folder."""
+
+    def __init__(self, home: Home, folder: Path, only: tuple[str, ...] = ()) -> None:
+        self.home = home
+        self.folder = folder
+        settings, token = home.logged_in()
+        self.settings = settings
+        home.ensure()
+        # One engine per home: a mount and a synced folder of one home never run together.
+        self.cache_lock = CacheLock.acquire(home.state_dir)
+        try:
+            self.known, self.marker = prepare(home, folder, settings.store, only)
+        except BaseException:
+            self.cache_lock.release()
+            raise
+        self.identity: Identity = self.marker.identity()
+        only = tuple(json.loads(self.known.meta("only", "[]")))
+        self.db = StateDb(home.replica_db)
+        self.replica = Replica(self.db)
+        self.cache = BlockCache(home.blocks_dir, settings.cache_limit)
+        self.queue = WriteBackQueue(
+            self.db, quiet=settings.quiet_period, protect=self.cache.protect, unprotect=self.cache.unprotect
+        )
+        self.cache.protect(self.queue.all_blocks())
+        self.remote = Remote(settings.server, token, settings.store, ca_file=settings.ca_file)
+        self.source = BlockSource(self.cache, self.remote)
+
+        def store_block(h: str, data: bytes) -> None:
+            self.cache.protect([h])
+            self.cache.put(h, data, verified=True)
+
+        names = NamePolicy(settings.local_only, settings.temporary)
+        self.early = EarlyUploads(self.remote)
+        self.vfs = Vfs(
+            self.db, self.replica, self.queue, self.source, store_block,
+            self.cache.unprotect, home.work_dir, hold_blocks=self.cache.protect, sync_blocks=self.cache.sync,
+            names=names, temporary_quiet=settings.temporary_quiet_period,
+            replace_quiet=settings.replace_quiet_period, early_upload=self.early.offer,
+        )
+        self.applier = Applier(self.replica, self.queue, self.vfs.busy, self._notify)
+        self.follower = Follower(self.remote, self.applier, self._on_state)
+        self.uploader = Uploader(
+            self.queue, self.replica, self.remote, self.cache.get, self.applier, self._notify,
+            settings.device, self._on_state, settle=self.early.settle,
+        )
+        self.reconciler = Reconciler(
+            self.replica, self.queue, self.remote, self._notify, settings.device,
+            writing=self.vfs.writing, has_blocks=lambda hs: len(self.cache.present(hs)) == len(set(hs)),
+            busy=self.vfs.busy,
+        )
+        self.follower.on_reset = self.reconciler.resync
+        self.uploader.on_conflict = self.reconciler.due
+        self.applier.on_deferred = self.reconciler.due
+        self.vfs.on_settled = self.applier.settle
+        self.queue.on_drop(self.applier.settle)
+        self.queue.on_enqueue(self.uploader.wake)
+        self.rules = IgnoreRules(folder, names, only)
+        self.merger = Merger(folder, CorePaths(self.vfs), self.replica, self.known, self.rules, settings.device,
+                             check_folder=self.check_folder, prefetch=self._prefetch)
+        self.dirty = DirtyPaths()
+        self.remote_due = False
+        self.control = ControlServer(home.state_dir, self._request)
+        self.online = False
+        self.error = ""
+        self.closed = False
+        self.scanned = 0.0
+        self.gone: FolderGone | None = None
+        self._nursery: trio.Nursery
+
+    # -- upward reports ------------------------------------------------------------
+    def _notify(self, inv: Invalidation) -> None:
+        """The engine changed the replica (a remote change, a settled conflict): bring it to the folder."""
+        self.remote_due = True
+        self.dirty.changed.set()
+
+    def _on_state(self, online: bool, error: str) -> None:
+        if online and not self.online:
+            self.uploader.reconnected()
+            self.source.reconnected()
+        self.online, self.error = online, error
+
+    async def _request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        if op == "check":
+            differences = await self.reconciler.check(repair=bool(args.get("repair")))
+            if differences:
+                self.reconciler.due()
+            return {"differences": differences or [], "pending": len(self.queue), "writing": self.vfs.writing()}
+        raise ConfigError(f"a synced folder does not answer {op!r}: its files are all on this disk")
+
+    def _prefetch(self, hashes: list[str]) -> None:
+        self.source.prefetch(self._nursery, hashes)  # type: ignore[arg-type]
+
+    def check_folder(self) -> None:
+        """Raise FolderGone unless the folder and its marker are still the ones this sync took."""
+        if self.marker.identity() != self.identity:
+            raise FolderGone(f"the synced folder {self.folder} was removed or replaced: syncing stopped, "
+                             "nothing was deleted on the server")
+
+    # -- status ----------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(), "mountpoint": "", "folder": str(self.folder),
+            "server": self.settings.server, "user": self.settings.user, "device": self.settings.device,
+            "online": self.online, "error": self.error, "last_contact": self.follower.last_contact,
+            "pending": len(self.queue), "pending_bytes": self.queue.pending_bytes(), "cursor": self.replica.cursor,
+            "held": self.uploader.held, "notices": self.reconciler.notices(),
+            "problems": dict(sorted(self.merger.problems.items())[:50]), "conflicts": self.merger.conflicts,
+            "last_scan": self.scanned, "updated": time.time(),
+        }
+
+    def write_status(self, final: bool = False) -> None:
+        status = self.status()
+        if final:
+            status.update(pid=None, online=False)
+        tmp = self.home.status_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status))
+        os.replace(tmp, self.home.status_file)
+
+    async def _status_writer(self) -> None:
+        while True:
+            try:
+                self.write_status()
+            except OSError as exc:
+                log.warning("cannot write %s: %s", self.home.status_file, exc)
+            await trio.sleep(1.0)
+
+    # -- running -----------------------------------------------------------------------
+    async def _first_sync(self) -> None:
+        try:
+            with trio.fail_after(30):
+                await self.follower.catch_up()
+        except (Offline, trio.TooSlowError) as exc:
+            if self.replica.cursor == 0:
+                raise ConfigError(
+                    f"cannot reach {self.settings.server} and this machine has no copy of the tree yet: {exc}"
+                ) from exc
+            log.warning("server unreachable (%s): syncing offline from the local replica", exc)
+            self._on_state(False, str(exc))
+
+    async def _batch(self, everything: bool = False) -> None:
+        paths, all_paths = self.dirty.take()
+        remote, self.remote_due = self.remote_due, False
+        await self.merger.settle(paths, everything or all_paths, remote)
+        if everything or all_paths:
+            self.scanned = time.time()
+        # The folder holds the content: the cache keeps only what waits for upload.
+        await trio.to_thread.run_sync(self.cache.evict, 0)
+
+    async def _sync_loop(self, ready: Callable[[], None]) -> None:
+        await self._batch(everything=True)
+        log.info("syncing %s with %s", self.folder, self.settings.server)
+        ready()
+        while True:
+            with trio.move_on_after(RESCAN_EVERY) as idle:
+                await self.dirty.changed.wait()
+            if idle.cancelled_caught:
+                self.dirty.rescan()
+            if self.dirty.paths or self.dirty.everything:
+                start = trio.current_time()
+                while trio.current_time() - self.dirty.last < QUIET and trio.current_time() - start < MAX_WAIT:
+                    await trio.sleep(QUIET / 3)
+            await self._batch()
+            if self.merger.again or self.merger.problems:
+                # A file still being written or one that failed: after the next quiet moment.
+                await trio.sleep(QUIET if self.merger.again else 2.0)
+                self.dirty.add()
+
+    async def _watch_folder(self) -> None:
+        while True:
+            await trio.sleep(CHECK_EVERY)
+            self.check_folder()
+
+    async def _stopping_if_gone(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run *fn*; if the folder is gone, remember why and stop everything (nothing more is synced)."""
+        try:
+            await fn(*args)
+        except FolderGone as exc:
+            self.gone = exc
+            self.error = str(exc)
+            log.warning("%s", exc)
+            self._nursery.cancel_scope.cancel()
+
+    async def _signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                log.info("signal %d: stopping the sync of %s", signum, self.folder)
+                scope.cancel()
+                return
+
+    async def _drain(self) -> None:
+        with trio.move_on_after(DRAIN_ON_STOP):
+            while len(self.queue) and self.uploader.failures == 0:
+                await trio.sleep(0.1)
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        await self._first_sync()
+        try:
+            async with trio.open_nursery() as nursery:
+                self.source.start(nursery)
+                self.vfs.start(nursery)
+                nursery.start_soon(self.follower.run)
+                nursery.start_soon(self.uploader.run)
+                nursery.start_soon(self.reconciler.run)
+                await nursery.start(self.early.run)
+                await nursery.start(self.control.serve)
+                nursery.start_soon(self._status_writer)
+                self.home.pid_file.write_text(str(os.getpid()))
+                await nursery.start(Watcher(self.folder, self.dirty).run)
+                self._nursery = nursery
+                nursery.start_soon(self._stopping_if_gone, self._watch_folder)
+                with trio.CancelScope() as front:
+                    nursery.start_soon(self._signals, front)
+                    await self._stopping_if_gone(self._sync_loop, ready)
+                await self._drain()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.write_status_final()
+        if self.gone is not None:
+            raise self.gone
+
+    def write_status_final(self) -> None:
+        try:
+            self.home.pid_file.unlink()
+        except FileNotFoundError:
+            pass
+        try:
+            self.write_status(final=True)
+        except OSError:
+            pass
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        await self.remote.aclose()
+        self.cache.close()
+        self.db.close()
+        self.known.close()
+        self.marker.release()
+        self.cache_lock.release()
+
+
+async def run_folder(home: Home, folder: Path, only: tuple[str, ...], ready: Callable[[], None]) -> None:
+    client = FolderClient(home, folder, only)
+    try:
+        await client.run(ready)
+    finally:
+        await client.close()

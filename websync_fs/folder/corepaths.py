@@ -1,0 +1,127 @@
+"""The core driven by path, as a program would drive a local file system.
+
+The synced folder knows paths; the core knows inodes and handles.  This
+module resolves one to the other through the core's lookups and opens,
+writes, flushes and releases files as a kernel would, so the core's save
+detection, quiet periods and conflict rules apply to the folder exactly as to
+the mount.  The core's `FsError` is translated here, once, into `OSError`
+with the same errno.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ..errors import FsError
+from ..replica import ROOT_INO, NodeRow
+from ..vfs import OpenMode, Vfs
+
+#: Bytes moved per core read or write call.
+CHUNK = 1 << 20
+
+
+class CorePaths:
+    """Path-based calls on one `Vfs`; every error leaves as OSError(errno)."""
+
+    def __init__(self, vfs: Vfs) -> None:
+        self.vfs = vfs
+
+    async def _call(self, fn: Callable[..., Any], *args: object, **kw: object) -> Any:
+        try:
+            result = fn(*args, **kw)
+            return await result if isinstance(result, Awaitable) else result
+        except FsError as exc:
+            raise OSError(exc.errno, os.strerror(exc.errno)) from exc
+
+    async def ino(self, path: str) -> int:
+        ino = ROOT_INO
+        for part in [p for p in path.split("/") if p]:
+            ino = (await self._call(self.vfs.lookup, ino, part)).ino
+        return ino
+
+    async def row(self, path: str) -> NodeRow | None:
+        """The replica's node at *path*, or None."""
+        try:
+            ino = await self.ino(path)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            raise
+        return self.vfs.replica.get(ino)
+
+    async def _parent(self, path: str) -> tuple[int, str]:
+        head, _, name = path.rpartition("/")
+        return await self.ino(head), name
+
+    async def write_file(self, path: str, src: BinaryIO, mode: int, mtime_ns: int) -> None:
+        """Make *path* hold what *src* reads, then its mode and mtime: one version on the server."""
+        parent, name = await self._parent(path)
+        how = OpenMode(read=False, write=True, truncate=True)
+        existing = await self.row(path)
+        if existing is None:
+            fh, attr = await self._call(self.vfs.create, parent, name, mode & 0o7777, how)
+            ino = attr.ino
+        else:
+            if existing.kind == "dir":
+                raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+            ino = existing.ino
+            fh, _ = await self._call(self.vfs.open, ino, how)
+        try:
+            offset = 0
+            while chunk := src.read(CHUNK):
+                await self._call(self.vfs.write, fh, offset, chunk)
+                offset += len(chunk)
+            await self._call(self.vfs.setattr, ino, mode=mode & 0o7777, mtime_ns=mtime_ns)
+            await self._call(self.vfs.flush, fh)
+        finally:
+            await self._call(self.vfs.release, fh)
+
+    async def read_file(self, ino: int, dst: BinaryIO) -> int:
+        """Copy the content of file *ino* into *dst*; returns the bytes copied."""
+        fh, _ = await self._call(self.vfs.open, ino, OpenMode())
+        try:
+            offset = 0
+            while chunk := await self._call(self.vfs.read, fh, offset, CHUNK):
+                dst.write(chunk)
+                offset += len(chunk)
+            return offset
+        finally:
+            await self._call(self.vfs.release, fh)
+
+    async def set_attrs(self, path: str, mode: int, mtime_ns: int | None) -> None:
+        await self._call(self.vfs.setattr, await self.ino(path), mode=mode & 0o7777, mtime_ns=mtime_ns)
+
+    async def mkdir(self, path: str, mode: int) -> None:
+        parent, name = await self._parent(path)
+        await self._call(self.vfs.mkdir, parent, name, mode & 0o7777)
+
+    async def symlink(self, path: str, target: str) -> None:
+        parent, name = await self._parent(path)
+        await self._call(self.vfs.symlink, parent, name, target)
+
+    async def remove(self, path: str, is_dir: bool) -> None:
+        parent, name = await self._parent(path)
+        await self._call(self.vfs.rmdir if is_dir else self.vfs.unlink, parent, name)
+
+    async def rename(self, src: str, dst: str) -> None:
+        (op, on), (np, nn) = await self._parent(src), await self._parent(dst)
+        await self._call(self.vfs.rename, op, on, np, nn)
+
+
+def kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISREG(mode):
+        return "file"
+    return "special"
+
+
+def join(root: Path, rel: str) -> Path:
+    return root / rel if rel else root

@@ -1,0 +1,85 @@
+"""Which paths of a synced folder never leave this machine.
+
+Three sources, matched against the path relative to the folder:
+
+* the folder's own files (``.websync-folder``, downloads in flight named
+  ``.websync-tmp-*``): they belong to this machine's copy only;
+* the lock and swap names of `names.NamePolicy` (``~$*.docx``,
+  ``.~lock.*#``, ``*.swp``): the same rule as the mount, so a document open in
+  Word on two machines does not fight over its owner file;
+* the user's own patterns in ``.websyncignore`` at the top of the folder,
+  gitignore syntax (read by `pathspec`, the library behind many tools' own
+  ignore files), re-read whenever it changes.
+
+A path outside the ``--only`` folders is out of scope: neither sent nor fetched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import pathspec
+
+from ..names import NamePolicy
+
+log = logging.getLogger(__name__)
+
+#: Names of the folder's own files start with this; none is ever synced.
+OWN_PREFIX = ".websync-"
+IGNORE_FILE = ".websyncignore"
+
+
+class IgnoreRules:
+    """Decides, by relative path, what the synced folder leaves alone."""
+
+    def __init__(self, root: Path, names: NamePolicy, only: Iterable[str] = ()) -> None:
+        self.root = root
+        self.names = names
+        self.only = tuple(p.strip("/") for p in only if p.strip("/"))
+        self._spec: pathspec.PathSpec | None = None
+        self._stamp: tuple[int, int] | None = None
+        self.reload()
+
+    def reload(self) -> None:
+        """Read ``.websyncignore`` again if it changed (a bad line is reported, the rest still applies)."""
+        path = self.root / IGNORE_FILE
+        try:
+            st = path.stat()
+        except OSError:
+            self._spec, self._stamp = None, None
+            return
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+            self._spec = pathspec.PathSpec.from_lines("gitwildmatch", lines)
+        except (OSError, ValueError) as exc:
+            log.warning("cannot use %s: %s", path, exc)
+            self._spec = None
+
+    def in_scope(self, rel: str) -> bool:
+        """True if *rel* is inside an ``--only`` folder, or on the way to one."""
+        if not self.only:
+            return True
+        return any(rel == p or rel.startswith(p + "/") or p.startswith(rel + "/") for p in self.only)
+
+    def ignored(self, rel: str, is_dir: bool = False) -> bool:
+        """True if *rel* (relative, '/'-separated) is never synced."""
+        parts = rel.split("/")
+        if any(part.startswith(OWN_PREFIX) for part in parts):
+            return True
+        if not is_dir and self.names.local_only(parts[-1]):
+            return True
+        if not self.in_scope(rel):
+            return True
+        if self._spec is not None:
+            # Each parent too: a pattern naming a folder covers what is inside it.
+            for i in range(1, len(parts) + 1):
+                sub = "/".join(parts[:i])
+                if self._spec.match_file(sub + ("/" if i < len(parts) or is_dir else "")):
+                    return True
+        return False

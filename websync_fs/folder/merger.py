@@ -1,0 +1,377 @@
+"""Three trees into one: the folder on disk, the replica, and the last synced state.
+
+For each path looked at, the folder's file (L), the replica's node (R) and the
+last synced row (K) decide what to do, so the direction of every change can be
+derived, also after a crash or a start with changes on both sides:
+
+=========================  =============================================
+L same as K, R same as K   nothing
+L changed, R same          local change: sent through the core (create,
+                           write, mkdir, symlink, chmod, rename, delete)
+L same, R changed          remote change: applied to the folder
+both changed               equal content: only K is updated; else the
+                           local file is kept under a conflict name and
+                           the remote version takes the path; a delete
+                           against an edit keeps the edit
+=========================  =============================================
+
+Moves are found by identity, not by events: a new local path whose inode K
+knew under another path that is gone is one rename in the core (a folder of
+thousands of files is one move on the server); a new remote path whose node K
+knew elsewhere, still unchanged here, is one local rename.
+
+Downloads go into a hidden ``.websync-tmp-*`` file beside the target and are
+renamed into place only if the local path still is what K says (checked with
+no ``await`` between the check and the rename); otherwise the local file is
+kept under the conflict name first.  Uploads read the file after a quiet
+moment and are checked against the file again after the read: a file that
+changed while read is looked at again later.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from ..conflicts import conflict_name
+from ..replica import NodeRow, Replica
+from .corepaths import CorePaths, join
+from .ignore import IgnoreRules
+from .known import Known, KnownTree, LocalSig
+from .tree import block_hashes, clear_leftovers, local_paths, local_sig, remote_tree, version
+
+log = logging.getLogger(__name__)
+
+TMP_PREFIX = ".websync-tmp-"
+#: How far downloads read ahead: files, and blocks at most (64 MiB of 4 MiB blocks).
+READ_AHEAD_FILES = 32
+READ_AHEAD_BLOCKS = 16
+
+
+def _depth(path: str) -> tuple[int, str]:
+    return path.count("/"), path
+
+
+class Merger:
+    """Settles batches of paths between the folder and the core."""
+
+    def __init__(
+        self, root: Path, core: CorePaths, replica: Replica, known: KnownTree, rules: IgnoreRules, device: str,
+        *, check_folder: Callable[[], None] = lambda: None,
+        prefetch: Callable[[list[str]], None] = lambda hashes: None,
+    ) -> None:
+        self.root = root
+        self.core = core
+        self.replica = replica
+        self.known = known
+        self.rules = rules
+        self.device = device
+        #: Raises if the folder is gone: called before anything is deleted anywhere.
+        self.check_folder = check_folder
+        #: Starts loading blocks in the background (the engine's block source).
+        self.prefetch = prefetch
+        #: Paths to look at again in the next batch (a file changing while read, a retry).
+        self.again: set[str] = set()
+        #: Paths that failed, with why: shown in the status, retried.
+        self.problems: dict[str, str] = {}
+        self.conflicts = 0
+
+    # -- a batch ---------------------------------------------------------------
+    async def settle(self, dirty: set[str], everything: bool = False, remote: bool = False) -> None:
+        """Look at *dirty* paths (and their subtrees), all paths, or what the replica changed."""
+        self.rules.reload()
+        self.check_folder()
+        if everything:
+            # Downloads a kill -9 cut short never reached their path: only their temporary goes.
+            await trio.to_thread.run_sync(clear_leftovers, self.root, TMP_PREFIX)
+        dirty = dirty | self.again | set(self.problems)
+        tree = remote_tree(self.replica, self.rules) if (everything or remote or dirty) else {}
+        order = sorted(self._candidates(tree, dirty, everything, remote), key=_depth)
+        self.again = set()
+        # Downloads one after another wait a round trip each: the next files' blocks load meanwhile.
+        ahead = self._downloads(tree, order)
+        removals: list[tuple[str, str]] = []
+        for i, path in enumerate(order):
+            self.prefetch([h for blocks in ahead[i:i + READ_AHEAD_FILES] for h in blocks][:READ_AHEAD_BLOCKS])
+            await self._guarded(path, self._settle_one, path, removals)
+        if removals:
+            self.check_folder()
+        for path, side in sorted(removals, key=lambda r: _depth(r[0]), reverse=True):
+            await self._guarded(path, self._remove, path, side)
+
+    async def _guarded(self, path: str, fn: Callable[..., object], *args: object) -> None:
+        try:
+            await fn(*args)  # type: ignore[misc]
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                reason = "disk full: downloads wait for room"
+            else:
+                reason = exc.strerror or str(exc)
+            if self.problems.get(path) != reason:
+                log.warning("%s: %s (retried)", path, reason)
+            self.problems[path] = reason
+        else:
+            self.problems.pop(path, None)
+
+    def _downloads(self, tree: dict[str, NodeRow], order: list[str]) -> list[list[str]]:
+        """Per path of *order*, the blocks it will download (empty if none): what read-ahead fetches."""
+        wanted: list[list[str]] = []
+        for path in order:
+            row = tree.get(path)
+            known = self.known.get(path) if row is not None and row.kind == "file" else None
+            fresh = row is not None and row.kind == "file" and (known is None or known.version != version(row))
+            wanted.append(list(row.blocks) if fresh and row is not None else [])
+        return wanted
+
+    def _candidates(self, tree: dict[str, NodeRow], dirty: set[str], everything: bool, remote: bool) -> set[str]:
+        if everything:
+            return set(local_paths(self.root, self.rules)) | set(self.known.paths()) | set(tree)
+        found: set[str] = set()
+        if remote:
+            for path, row in tree.items():
+                k = self.known.get(path)
+                if k is None or k.node != row.id or k.version != version(row):
+                    found.add(path)
+            found.update(p for p in self.known.paths() if p not in tree)
+        for path in dirty:
+            if not path or self.rules.ignored(path):
+                continue
+            found.add(path)
+            if os.path.isdir(join(self.root, path)) and not os.path.islink(join(self.root, path)):
+                found.update(local_paths(self.root, self.rules, path))
+            found.update(self.known.under(path))
+            found.update(p for p in tree if p.startswith(path + "/"))
+        return {p for p in found if p}
+
+    # -- one path ----------------------------------------------------------------
+    async def _settle_one(self, path: str, removals: list[tuple[str, str]]) -> None:
+        local = local_sig(self.root, path)
+        if self.rules.ignored(path, local is not None and local.kind == "dir"):
+            return
+        known = self.known.get(path)
+        row = await self.core.row(path)
+        if row is not None and row.local:
+            row = None
+        local_same = (local is None and known is None) or (
+            local is not None and known is not None and local.same(known.sig))
+        remote_same = (row is None and known is None) or (
+            row is not None and known is not None and row.id == known.node and version(row) == known.version)
+        if local_same and remote_same:
+            return
+        if local_same:
+            await self._take_remote(path, local, known, row, removals)
+        elif remote_same:
+            await self._send_local(path, local, known, row, removals)
+        else:
+            await self._both_changed(path, local, known, row)
+
+    async def _take_remote(self, path: str, local: LocalSig | None, known: Known | None, row: NodeRow | None,
+                           removals: list[tuple[str, str]]) -> None:
+        if row is None:
+            removals.append((path, "local"))
+            return
+        if local is None and await self._moved_remotely(path, row):
+            return
+        await self._apply(path, row, local)
+
+    async def _send_local(self, path: str, local: LocalSig | None, known: Known | None, row: NodeRow | None,
+                          removals: list[tuple[str, str]]) -> None:
+        if local is None:
+            removals.append((path, "core"))
+            return
+        if row is None and await self._moved_locally(path, local):
+            return
+        await self._send(path, local, row)
+
+    async def _both_changed(self, path: str, local: LocalSig | None, known: Known | None,
+                            row: NodeRow | None) -> None:
+        if local is None and row is None:
+            self.known.drop(path)
+        elif local is None:
+            assert row is not None
+            await self._apply(path, row, None)  # an edit there wins over a delete here
+        elif row is None:
+            self.known.drop(path)  # an edit here wins over a delete there: it goes up as new
+            await self._send(path, local, None)
+        elif local.kind == row.kind == "dir":
+            self.known.put(path, row.id, version(row), local)
+        elif local.kind == row.kind == "file" and await self._same_content(path, row):
+            self.known.put(path, row.id, version(row), local)
+        elif local.kind == row.kind == "symlink" and os.readlink(join(self.root, path)) == row.target:
+            self.known.put(path, row.id, version(row), local)
+        else:
+            self._keep_aside(path)
+            await self._apply(path, row, None)
+
+    async def _same_content(self, path: str, row: NodeRow) -> bool:
+        before, hashes, after = await trio.to_thread.run_sync(block_hashes, join(self.root, path))
+        return before == after and tuple(hashes) == row.blocks
+
+    def _keep_aside(self, path: str) -> str:
+        """Move the local file at *path* to its conflict name (uploaded later as a new file)."""
+        target = join(self.root, path)
+        name = conflict_name(target.name, self.device, taken=lambda n: os.path.lexists(target.parent / n))
+        os.rename(target, target.parent / name)
+        head = path.rpartition("/")[0]
+        aside = f"{head}/{name}" if head else name
+        self.again.add(aside)
+        self.conflicts += 1
+        log.info("kept %s as %s: it changed here and on another machine", path, aside)
+        return aside
+
+    # -- moves -------------------------------------------------------------------
+    async def _moved_locally(self, path: str, local: LocalSig) -> bool:
+        """A new path whose inode the last synced state knew elsewhere: one rename in the core."""
+        for old in self.known.by_ino(local.ino):
+            if old.path == path or old.sig.kind != local.kind:
+                continue
+            then = local_sig(self.root, old.path)
+            if then is not None and then.ino == local.ino:
+                continue  # still there too (a hard link): not a move
+            there = await self.core.row(old.path)
+            if there is None or there.id != old.node or version(there) != old.version:
+                continue
+            await self.core.rename(old.path, path)
+            self.known.move(old.path, path)
+            await self._settle_one(path, [])  # an edit made with the move
+            return True
+        return False
+
+    async def _moved_remotely(self, path: str, row: NodeRow) -> bool:
+        """A new remote path whose node is here, unchanged, under another path: one local rename."""
+        for old in self.known.by_node(row.id):
+            if old.path == path:
+                continue
+            then = local_sig(self.root, old.path)
+            if then is None or not then.same(old.sig):
+                continue
+            still = await self.core.row(old.path)
+            if still is not None and still.id == row.id:
+                continue  # a second name of the same node
+            join(self.root, path).parent.mkdir(parents=True, exist_ok=True)
+            os.rename(join(self.root, old.path), join(self.root, path))
+            self.known.move(old.path, path)
+            await self._settle_one(path, [])
+            return True
+        return False
+
+    # -- local -> core -----------------------------------------------------------
+    async def _send(self, path: str, local: LocalSig, row: NodeRow | None) -> None:
+        full = join(self.root, path)
+        if row is not None and row.kind != local.kind:
+            await self.core.remove(path, row.kind == "dir")
+            row = None
+        if local.kind == "dir":
+            if row is None:
+                await self.core.mkdir(path, os.lstat(full).st_mode)
+        elif local.kind == "symlink":
+            target = os.readlink(full)
+            if row is not None and row.target != target:
+                await self.core.remove(path, False)
+                row = None
+            if row is None:
+                await self.core.symlink(path, target)
+        elif local.kind == "file":
+            if not await self._upload(path, local, row):
+                return
+        else:
+            return  # sockets, FIFOs and devices in a synced folder stay local
+        new = await self.core.row(path)
+        if new is not None:
+            self.known.put(path, new.id, version(new), local)
+
+    async def _upload(self, path: str, local: LocalSig, row: NodeRow | None) -> bool:
+        """Send the file's content unless the replica has it already; False if it is still changing."""
+        full = join(self.root, path)
+        before, hashes, after = await trio.to_thread.run_sync(block_hashes, full)
+        if before != after or before != local:
+            self.again.add(path)  # still being written: after the next quiet moment
+            return False
+        if row is not None and row.kind == "file" and tuple(hashes) == row.blocks:
+            if row.mode & 0o7777 != local.mode or row.mtime_ns != local.mtime_ns:
+                await self.core.set_attrs(path, local.mode, local.mtime_ns)
+            return True
+        with open(full, "rb") as f:
+            await self.core.write_file(path, f, local.mode, local.mtime_ns)
+            if local_sig(self.root, path) != local:
+                self.again.add(path)  # changed while read: the next batch sends the rest
+        return True
+
+    # -- core -> local -----------------------------------------------------------
+    async def _apply(self, path: str, row: NodeRow, expected: LocalSig | None) -> None:
+        full = join(self.root, path)
+        full.parent.mkdir(parents=True, exist_ok=True)
+        if row.kind == "dir":
+            if expected is not None and expected.kind != "dir":
+                self._keep_aside(path)
+                expected = None
+            if expected is None:
+                full.mkdir(exist_ok=True)
+        elif row.kind in ("file", "symlink"):
+            tmp = full.parent / f"{TMP_PREFIX}{secrets.token_hex(6)}"
+            try:
+                await self._fetch(row, tmp)
+                # No await from the check to the rename: the download lands only on what K knew.
+                if local_sig(self.root, path) != expected:
+                    if local_sig(self.root, path) is not None:
+                        self._keep_aside(path)
+                elif expected is not None and expected.kind == "dir":
+                    self._keep_aside(path)
+                os.replace(tmp, full)
+            finally:
+                if os.path.lexists(tmp):
+                    os.unlink(tmp)
+        else:
+            return
+        now = local_sig(self.root, path)
+        if now is not None:
+            self.known.put(path, row.id, version(row), now)
+
+    async def _fetch(self, row: NodeRow, tmp: Path) -> None:
+        if row.kind == "symlink":
+            os.symlink(row.target, tmp)
+            return
+        with open(tmp, "wb") as f:
+            await self.core.read_file(row.ino, f)
+            f.flush()
+            os.fchmod(f.fileno(), row.mode & 0o7777)
+            await trio.to_thread.run_sync(os.fsync, f.fileno())
+        os.utime(tmp, ns=(row.mtime_ns, row.mtime_ns))
+
+    # -- removals ----------------------------------------------------------------
+    async def _remove(self, path: str, side: str) -> None:
+        """Remove *path* on *side*, deepest first, if it still is what the last synced state knew."""
+        known = self.known.get(path)
+        if known is None:
+            return
+        local = local_sig(self.root, path)
+        row = await self.core.row(path)
+        if side == "local":
+            if row is not None or local is None or not local.same(known.sig):
+                return
+            try:
+                if local.kind == "dir":
+                    os.rmdir(join(self.root, path))
+                else:
+                    os.unlink(join(self.root, path))
+            except OSError as exc:
+                if exc.errno != errno.ENOTEMPTY:
+                    raise
+                self.again.add(path)  # new files here: the folder goes up again with them
+            self.known.drop(path)
+            return
+        if local is not None or row is None or row.id != known.node:
+            return
+        try:
+            await self.core.remove(path, row.kind == "dir")
+        except OSError as exc:
+            if exc.errno != errno.ENOTEMPTY:
+                raise
+            self.again.add(path)  # new files there: the folder comes back with them
+        self.known.drop(path)

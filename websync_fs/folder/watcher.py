@@ -1,0 +1,113 @@
+"""Local changes as they happen: watchdog's events turned into dirty paths on the trio loop.
+
+watchdog watches with inotify here (FSEvents on macOS, ReadDirectoryChangesW
+on Windows) from its own threads.  Each event only names paths; what changed
+is decided later by comparing the path with the last synced state, so a lost
+or reordered event costs nothing as long as the path is looked at again.
+When the kernel's event queue overflows, watchdog logs it: that log record
+asks for a full scan, so an overflow is never a silent miss.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import trio
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+log = logging.getLogger(__name__)
+
+
+class DirtyPaths:
+    """Relative paths waiting to be looked at, and whether everything must be."""
+
+    def __init__(self) -> None:
+        self.paths: set[str] = set()
+        self.everything = False
+        self.changed = trio.Event()
+        self.last = trio.current_time()
+
+    def add(self, *paths: str) -> None:
+        self.paths.update(paths)
+        self.last = trio.current_time()
+        self.changed.set()
+
+    def rescan(self) -> None:
+        self.everything = True
+        self.add()
+
+    def take(self) -> tuple[set[str], bool]:
+        paths, everything = self.paths, self.everything
+        self.paths, self.everything = set(), False
+        self.changed = trio.Event()
+        return paths, everything
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, root: Path, token: trio.lowlevel.TrioToken, dirty: DirtyPaths) -> None:
+        self.root = str(root)
+        self.token = token
+        self.dirty = dirty
+
+    def _rel(self, path: str | bytes) -> str | None:
+        text = os.fsdecode(path)
+        if text == self.root:
+            return ""
+        if not text.startswith(self.root + os.sep):
+            return None
+        return text[len(self.root) + 1:].replace(os.sep, "/")
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        rels = [self._rel(event.src_path)]
+        if getattr(event, "dest_path", ""):
+            rels.append(self._rel(event.dest_path))
+        found = [r for r in rels if r is not None]
+        if found:
+            try:
+                self.token.run_sync_soon(self.dirty.add, *found)
+            except trio.RunFinishedError:
+                pass
+
+
+class _Overflow(logging.Handler):
+    """watchdog reports a kernel queue overflow only in its log: turn that into a rescan."""
+
+    def __init__(self, token: trio.lowlevel.TrioToken, dirty: DirtyPaths) -> None:
+        super().__init__(logging.WARNING)
+        self.token = token
+        self.dirty = dirty
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            try:
+                self.token.run_sync_soon(self.dirty.rescan)
+            except trio.RunFinishedError:
+                pass
+
+
+class Watcher:
+    """A recursive watch on the folder for as long as `run` runs."""
+
+    def __init__(self, root: Path, dirty: DirtyPaths) -> None:
+        self.root = root
+        self.dirty = dirty
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        token = trio.lowlevel.current_trio_token()
+        observer = Observer()
+        overflow = _Overflow(token, self.dirty)
+        logging.getLogger("watchdog").addHandler(overflow)
+        try:
+            # Starting the observer walks the tree to add a watch per folder: not on the loop.
+            observer.schedule(_Handler(self.root, token, self.dirty), str(self.root), recursive=True)
+            await trio.to_thread.run_sync(observer.start)
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            logging.getLogger("watchdog").removeHandler(overflow)
+            observer.stop()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(observer.join, 5.0)
