@@ -15,7 +15,6 @@ from ._common import (
     Context,
     friendly,
     pass_ctx,
-    pid_alive,
     ready_pipe,
     running_pid,
     setup_logging,
@@ -82,7 +81,7 @@ def _stop(ctx: Context, target: Path) -> None:
         raise ConfigError(f"{target} is not being synced by this machine")
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 60
-    while pid_alive(pid) and time.monotonic() < deadline:
+    while running_pid(home) is not None and time.monotonic() < deadline:  # its lock goes with it
         time.sleep(0.05)
     click.echo(f"stopped syncing {target}")
 

@@ -30,12 +30,14 @@ import trio
 from cache import BlockCache
 
 from ..blocksource import BlockSource
+from ..client import LOCK_WAIT
 from ..control import CacheLock, ControlServer
 from ..earlyupload import EarlyUploads
 from ..errors import ConfigError, Offline
 from ..follower import Applier, Follower
 from ..home import Home
 from ..invalidation import Invalidation
+from ..mountlock import MountLock, holder
 from ..names import NamePolicy
 from ..reconcile import Reconciler
 from ..remote import Remote
@@ -108,12 +110,22 @@ class FolderClient:
         settings, token = home.logged_in()
         self.settings = settings
         home.ensure()
-        # One engine per home: a mount and a synced folder of one home never run together.
-        self.cache_lock = CacheLock.acquire(home.state_dir)
+        # One engine per home: a mount and a synced folder of one home never run together,
+        # and "is this home in use" is the lock the running one holds (mountlock.py).
+        lock = MountLock.acquire(home.pid_file, wait=LOCK_WAIT)
+        if lock is None:
+            raise ConfigError(f"this home is in use by process {holder(home.pid_file)}; stop it first")
+        self.mount_lock = lock
+        try:
+            self.cache_lock = CacheLock.acquire(home.state_dir)
+        except BaseException:
+            self.mount_lock.release()
+            raise
         try:
             self.known, self.marker = prepare(home, folder, settings.store, only)
         except BaseException:
             self.cache_lock.release()
+            self.mount_lock.release()
             raise
         self.identity: Identity = self.marker.identity()
         only = tuple(json.loads(self.known.meta("only", "[]")))
@@ -306,7 +318,6 @@ class FolderClient:
                 await nursery.start(self.early.run)
                 await nursery.start(self.control.serve)
                 nursery.start_soon(self._status_writer)
-                self.home.pid_file.write_text(str(os.getpid()))
                 await nursery.start(Watcher(self.folder, self.dirty).run)
                 self._nursery = nursery
                 nursery.start_soon(self._stopping_if_gone, self._watch_folder)
@@ -322,10 +333,6 @@ class FolderClient:
 
     def write_status_final(self) -> None:
         try:
-            self.home.pid_file.unlink()
-        except FileNotFoundError:
-            pass
-        try:
             self.write_status(final=True)
         except OSError:
             pass
@@ -340,6 +347,7 @@ class FolderClient:
         self.known.close()
         self.marker.release()
         self.cache_lock.release()
+        self.mount_lock.release()
 
 
 async def run_folder(home: Home, folder: Path, only: tuple[str, ...], ready: Callable[[], None]) -> None:
