@@ -92,7 +92,11 @@ class Merger:
             await trio.to_thread.run_sync(clear_leftovers, self.root, TMP_PREFIX)
         dirty = dirty | self.again | set(self.problems)
         tree = remote_tree(self.replica, self.rules) if (everything or remote or dirty) else {}
-        order = sorted(self._candidates(tree, dirty, everything, remote), key=_depth)
+        candidates = self._candidates(tree, dirty, everything, remote)
+        if everything:
+            # Most of a start-up scan is unchanged: told apart from snapshots, not a core lookup a path.
+            candidates = self._changed(candidates, tree, self.known.all())
+        order = sorted(candidates, key=_depth)
         self.again = set()
         # Downloads one after another wait a round trip each: the next files' blocks load meanwhile.
         ahead = self._downloads(tree, order)
@@ -128,6 +132,20 @@ class Merger:
             fresh = row is not None and row.kind == "file" and (known is None or known.version != version(row))
             wanted.append(list(row.blocks) if fresh and row is not None else [])
         return wanted
+
+    def _changed(self, candidates: set[str], tree: dict[str, NodeRow], known: dict[str, Known]) -> set[str]:
+        """The candidates whose file, node or last synced row differ (by this moment's snapshots)."""
+        changed = set()
+        for path in candidates:
+            k, row, local = known.get(path), tree.get(path), local_sig(self.root, path)
+            if k is None:
+                same = local is None and row is None
+            else:
+                same = (local is not None and local.same(k.sig) and row is not None and row.id == k.node
+                        and version(row) == k.version)
+            if not same:
+                changed.add(path)
+        return changed
 
     def _candidates(self, tree: dict[str, NodeRow], dirty: set[str], everything: bool, remote: bool) -> set[str]:
         if everything:
