@@ -99,6 +99,10 @@ class KnownTree:
         lo = path + "/"
         return [r[0] for r in self._db.execute("SELECT path FROM known WHERE path >= ? AND path < ?", (lo, path + "0"))]
 
+    def all(self) -> dict[str, Known]:
+        """Every row by path (one query: the start-up scan's merge base)."""
+        return {k.path: k for r in self._db.execute("SELECT * FROM known") if (k := self._known(r))}
+
     def paths(self) -> Iterator[str]:
         for (path,) in self._db.execute("SELECT path FROM known"):
             yield path

@@ -49,9 +49,18 @@ from .tree import block_hashes, clear_leftovers, local_paths, local_sig, remote_
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".websync-tmp-"
+#: Files up to this size are hashed on the loop (well under a millisecond).
+INLINE_HASH = 64 * 1024
 #: How far downloads read ahead: files, and blocks at most (64 MiB of 4 MiB blocks).
 READ_AHEAD_FILES = 32
 READ_AHEAD_BLOCKS = 16
+
+
+async def _hashed(path: Path, size: int = -1) -> tuple[LocalSig, list[str], LocalSig]:
+    """`block_hashes` of *path*: a small file on the loop, where the hop to a thread costs more than the read."""
+    if 0 <= size <= INLINE_HASH:
+        return block_hashes(path)
+    return await trio.to_thread.run_sync(block_hashes, path)
 
 
 def _depth(path: str) -> tuple[int, str]:
@@ -92,10 +101,16 @@ class Merger:
             await trio.to_thread.run_sync(clear_leftovers, self.root, TMP_PREFIX)
         dirty = dirty | self.again | set(self.problems)
         tree = remote_tree(self.replica, self.rules) if (everything or remote or dirty) else {}
-        order = sorted(self._candidates(tree, dirty, everything, remote), key=_depth)
+        # The whole last synced state in one query where the whole tree is compared with it.
+        snapshot = self.known.all() if (everything or remote) else None
+        candidates = self._candidates(tree, dirty, everything, snapshot)
+        if snapshot is not None and everything:
+            # Most of a start-up scan is unchanged: told apart from snapshots, not a core lookup a path.
+            candidates = self._changed(candidates, tree, snapshot)
+        order = sorted(candidates, key=_depth)
         self.again = set()
         # Downloads one after another wait a round trip each: the next files' blocks load meanwhile.
-        ahead = self._downloads(tree, order)
+        ahead = self._downloads(tree, order, snapshot)
         removals: list[tuple[str, str]] = []
         for i, path in enumerate(order):
             self.prefetch([h for blocks in ahead[i:i + READ_AHEAD_FILES] for h in blocks][:READ_AHEAD_BLOCKS])
@@ -119,26 +134,45 @@ class Merger:
         else:
             self.problems.pop(path, None)
 
-    def _downloads(self, tree: dict[str, NodeRow], order: list[str]) -> list[list[str]]:
+    def _downloads(self, tree: dict[str, NodeRow], order: list[str],
+                   snapshot: dict[str, Known] | None) -> list[list[str]]:
         """Per path of *order*, the blocks it will download (empty if none): what read-ahead fetches."""
         wanted: list[list[str]] = []
         for path in order:
             row = tree.get(path)
-            known = self.known.get(path) if row is not None and row.kind == "file" else None
+            known = None
+            if row is not None and row.kind == "file":
+                known = snapshot.get(path) if snapshot is not None else self.known.get(path)
             fresh = row is not None and row.kind == "file" and (known is None or known.version != version(row))
             wanted.append(list(row.blocks) if fresh and row is not None else [])
         return wanted
 
-    def _candidates(self, tree: dict[str, NodeRow], dirty: set[str], everything: bool, remote: bool) -> set[str]:
+    def _changed(self, candidates: set[str], tree: dict[str, NodeRow], known: dict[str, Known]) -> set[str]:
+        """The candidates whose file, node or last synced row differ (by this moment's snapshots)."""
+        changed = set()
+        for path in candidates:
+            k, row, local = known.get(path), tree.get(path), local_sig(self.root, path)
+            if k is None:
+                same = local is None and row is None
+            else:
+                same = (local is not None and local.same(k.sig) and row is not None and row.id == k.node
+                        and version(row) == k.version)
+            if not same:
+                changed.add(path)
+        return changed
+
+    def _candidates(self, tree: dict[str, NodeRow], dirty: set[str], everything: bool,
+                    snapshot: dict[str, Known] | None) -> set[str]:
+        """Paths to look at: all, what the replica changed (with a *snapshot*), and the dirty subtrees."""
         if everything:
             return set(local_paths(self.root, self.rules)) | set(self.known.paths()) | set(tree)
         found: set[str] = set()
-        if remote:
+        if snapshot is not None:
             for path, row in tree.items():
-                k = self.known.get(path)
+                k = snapshot.get(path)
                 if k is None or k.node != row.id or k.version != version(row):
                     found.add(path)
-            found.update(p for p in self.known.paths() if p not in tree)
+            found.update(p for p in snapshot if p not in tree)
         for path in dirty:
             if not path or self.rules.ignored(path):
                 continue
@@ -210,7 +244,7 @@ class Merger:
             await self._apply(path, row, None)
 
     async def _same_content(self, path: str, row: NodeRow) -> bool:
-        before, hashes, after = await trio.to_thread.run_sync(block_hashes, join(self.root, path))
+        before, hashes, after = await _hashed(join(self.root, path))
         return before == after and tuple(hashes) == row.blocks
 
     def _keep_aside(self, path: str) -> str:
@@ -289,7 +323,7 @@ class Merger:
     async def _upload(self, path: str, local: LocalSig, row: NodeRow | None) -> bool:
         """Send the file's content unless the replica has it already; False if it is still changing."""
         full = join(self.root, path)
-        before, hashes, after = await trio.to_thread.run_sync(block_hashes, full)
+        before, hashes, after = await _hashed(full, local.size)
         if before != after or before != local:
             self.again.add(path)  # still being written: after the next quiet moment
             return False
