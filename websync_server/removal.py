@@ -10,6 +10,9 @@ the collector frees them.
 from __future__ import annotations
 
 
+import shutil
+from pathlib import Path
+
 from sqlalchemy import delete, select
 
 from ._exceptions import InvalidRequest
@@ -38,5 +41,8 @@ def remove_user(db: Database, blocks: Blocks, name: str) -> int:
         conn.execute(delete(users).where(users.c.id == user_id))
     for stored in list(blocks.files(name)):  # a folder or a bucket alike (blocks.Blocks)
         blocks.remove(name, stored.block, older_than_ns=1 << 62)
+    root = getattr(blocks, "root", None)
+    if isinstance(root, Path):
+        shutil.rmtree(root / name, ignore_errors=True)  # the emptied folders of a local block store
     audit.info("user %s removed with %d files and folders and all their devices", name, removed)
     return removed
