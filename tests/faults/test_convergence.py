@@ -37,7 +37,8 @@ from tests.proxy import Proxy
 # (a timing this file cannot replay); the in-process twin (tests/client/test_engine_random.py)
 # replays every interleaving it finds exactly and is strict. An XPASS here is the usual result.
 pytestmark = [pytest.mark.mount, pytest.mark.slow,
-              pytest.mark.xfail(strict=False, reason="timing-dependent divergence under load, still open")]
+              pytest.mark.xfail(strict=False, reason="runs in CI; two cases failed once under the full suite's load"
+                                                   " and pass alone: open, see docs/design.md, Convergence")]
 
 #: Operations per second on each machine.
 RATE = 40.0

@@ -115,7 +115,6 @@ def free_port() -> int:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx is not installed (platform/setup-debian.sh)")
 def test_a_machine_syncs_through_nginx_as_tls_proxy(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     data = tmp_path / "data"
