@@ -26,8 +26,9 @@ import trio
 
 from cache import BlockCache
 from websync_fs.blocksource import BlockSource
-from websync_fs.errors import FsError, Offline
-from websync_fs.replica import ROOT_INO, Replica
+from websync_fs.folder.corepaths import CorePaths
+from websync_fs.errors import Offline
+from websync_fs.replica import Replica
 from websync_fs.statedb import StateDb
 from websync_fs.vfs import OpenMode, Vfs
 from websync_fs.writeback import WriteBackQueue
@@ -180,28 +181,18 @@ class _NoServer:
 
 
 class CoreTarget:
-    """The bare core in this process: paths resolved by lookup, handles opened and closed as a kernel would."""
+    """The bare core in this process: paths resolved by lookup, handles opened and closed as a kernel would.
+
+    Path resolution and the one translation of `FsError` are the synced
+    folder's (`CorePaths`), which drives the core by path the same way.
+    """
 
     def __init__(self, vfs: Vfs) -> None:
         self.vfs = vfs
-
-    async def _call(self, fn: Callable[..., Any], *args: object, **kw: object) -> Any:
-        """Call a core method (sync or async) and translate its error as a front end does."""
-        try:
-            result = fn(*args, **kw)
-            return await result if isinstance(result, Awaitable) else result
-        except FsError as exc:
-            raise OSError(exc.errno, os.strerror(exc.errno)) from exc
-
-    async def _ino(self, path: str) -> int:
-        ino = ROOT_INO
-        for part in [p for p in path.split("/") if p]:
-            ino = (await self._call(self.vfs.lookup, ino, part)).ino
-        return ino
-
-    async def _parent(self, path: str) -> tuple[int, str]:
-        head, _, name = path.rpartition("/")
-        return await self._ino(head), name
+        self._paths = CorePaths(vfs)
+        self._call = self._paths.call
+        self._ino = self._paths.ino
+        self._parent = self._paths.parent
 
     async def _open(self, path: str, how: OpenMode, create: bool) -> int:
         parent, name = await self._parent(path)

@@ -31,7 +31,7 @@ class CorePaths:
     def __init__(self, vfs: Vfs) -> None:
         self.vfs = vfs
 
-    async def _call(self, fn: Callable[..., Any], *args: object, **kw: object) -> Any:
+    async def call(self, fn: Callable[..., Any], *args: object, **kw: object) -> Any:
         try:
             result = fn(*args, **kw)
             return await result if isinstance(result, Awaitable) else result
@@ -41,7 +41,7 @@ class CorePaths:
     async def ino(self, path: str) -> int:
         ino = ROOT_INO
         for part in [p for p in path.split("/") if p]:
-            ino = (await self._call(self.vfs.lookup, ino, part)).ino
+            ino = (await self.call(self.vfs.lookup, ino, part)).ino
         return ino
 
     async def row(self, path: str) -> NodeRow | None:
@@ -54,63 +54,63 @@ class CorePaths:
             raise
         return self.vfs.replica.get(ino)
 
-    async def _parent(self, path: str) -> tuple[int, str]:
+    async def parent(self, path: str) -> tuple[int, str]:
         head, _, name = path.rpartition("/")
         return await self.ino(head), name
 
     async def write_file(self, path: str, src: BinaryIO, mode: int, mtime_ns: int) -> None:
         """Make *path* hold what *src* reads, then its mode and mtime: one version on the server."""
-        parent, name = await self._parent(path)
+        parent, name = await self.parent(path)
         how = OpenMode(read=False, write=True, truncate=True)
         existing = await self.row(path)
         if existing is None:
-            fh, attr = await self._call(self.vfs.create, parent, name, mode & 0o7777, how)
+            fh, attr = await self.call(self.vfs.create, parent, name, mode & 0o7777, how)
             ino = attr.ino
         else:
             if existing.kind == "dir":
                 raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
             ino = existing.ino
-            fh, _ = await self._call(self.vfs.open, ino, how)
+            fh, _ = await self.call(self.vfs.open, ino, how)
         try:
             offset = 0
             while chunk := src.read(CHUNK):
-                await self._call(self.vfs.write, fh, offset, chunk)
+                await self.call(self.vfs.write, fh, offset, chunk)
                 offset += len(chunk)
-            await self._call(self.vfs.setattr, ino, mode=mode & 0o7777, mtime_ns=mtime_ns)
-            await self._call(self.vfs.flush, fh)
+            await self.call(self.vfs.setattr, ino, mode=mode & 0o7777, mtime_ns=mtime_ns)
+            await self.call(self.vfs.flush, fh)
         finally:
-            await self._call(self.vfs.release, fh)
+            await self.call(self.vfs.release, fh)
 
     async def read_file(self, ino: int, dst: BinaryIO) -> int:
         """Copy the content of file *ino* into *dst*; returns the bytes copied."""
-        fh, _ = await self._call(self.vfs.open, ino, OpenMode())
+        fh, _ = await self.call(self.vfs.open, ino, OpenMode())
         try:
             offset = 0
-            while chunk := await self._call(self.vfs.read, fh, offset, CHUNK):
+            while chunk := await self.call(self.vfs.read, fh, offset, CHUNK):
                 dst.write(chunk)
                 offset += len(chunk)
             return offset
         finally:
-            await self._call(self.vfs.release, fh)
+            await self.call(self.vfs.release, fh)
 
     async def set_attrs(self, path: str, mode: int, mtime_ns: int | None) -> None:
-        await self._call(self.vfs.setattr, await self.ino(path), mode=mode & 0o7777, mtime_ns=mtime_ns)
+        await self.call(self.vfs.setattr, await self.ino(path), mode=mode & 0o7777, mtime_ns=mtime_ns)
 
     async def mkdir(self, path: str, mode: int) -> None:
-        parent, name = await self._parent(path)
-        await self._call(self.vfs.mkdir, parent, name, mode & 0o7777)
+        parent, name = await self.parent(path)
+        await self.call(self.vfs.mkdir, parent, name, mode & 0o7777)
 
     async def symlink(self, path: str, target: str) -> None:
-        parent, name = await self._parent(path)
-        await self._call(self.vfs.symlink, parent, name, target)
+        parent, name = await self.parent(path)
+        await self.call(self.vfs.symlink, parent, name, target)
 
     async def remove(self, path: str, is_dir: bool) -> None:
-        parent, name = await self._parent(path)
-        await self._call(self.vfs.rmdir if is_dir else self.vfs.unlink, parent, name)
+        parent, name = await self.parent(path)
+        await self.call(self.vfs.rmdir if is_dir else self.vfs.unlink, parent, name)
 
     async def rename(self, src: str, dst: str) -> None:
-        (op, on), (np, nn) = await self._parent(src), await self._parent(dst)
-        await self._call(self.vfs.rename, op, on, np, nn)
+        (op, on), (np, nn) = await self.parent(src), await self.parent(dst)
+        await self.call(self.vfs.rename, op, on, np, nn)
 
 
 def kind_of(mode: int) -> str:
