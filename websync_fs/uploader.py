@@ -354,7 +354,8 @@ class Uploader:
         """The server ops of *item*: ops it needs first (``before``), then its own."""
         op = dict(item.op)
         before = op.pop("before", [])
-        if op["op"] in (OP_UPDATE, OP_DELETE):
+        blind = op.pop("blind", False)
+        if op["op"] in (OP_UPDATE, OP_DELETE) or (op["op"] == OP_SETATTR and not blind):
             row = self.replica.by_id(op["id"])
             if row is not None:
                 op["base"] = row.seq
@@ -386,9 +387,14 @@ class Uploader:
             seq = await self.remote.commit(batch_id, ops)
         except Offline as exc:
             raise _Unanswered(str(exc)) from exc
+        # A mode or time set over another machine's change this one has not seen
+        # yet (`blind`): the node's seq stays, so its next update still meets
+        # that change as a conflict instead of replacing it unseen.
+        based = {op["id"] for op in ops if op["op"] in _NODE_OPS and op["op"] != OP_SETATTR or "base" in op}
+        unseen = {op["id"] for op in ops if op["op"] == OP_SETATTR and "base" not in op} - based
         with self.replica.tx():
             for op in ops:
-                if op["op"] in _NODE_OPS:
+                if op["op"] in _NODE_OPS and op["id"] not in unseen:
                     self.replica.update_node(op["id"], seq=seq)
                 if op["op"] in (OP_CREATE, OP_MKDIR, OP_SYMLINK, OP_MKNOD, OP_RESTORE, OP_LINK):
                     self.replica.set_entry_seq(op["parent"], op["name"], seq)
@@ -404,7 +410,7 @@ class Uploader:
             touched = {(op["parent"], op["name"]) for op in ops if "parent" in op and "name" in op}
             touched |= {(op["new_parent"], op["new_name"]) for op in ops if "new_parent" in op}
             # A rename or link changes entries only: the node's own remote state stays news.
-            self.replica.drop_superseded({op["id"] for op in ops if op["op"] in _NODE_OPS}, touched, seq)
+            self.replica.drop_superseded({op["id"] for op in ops if op["op"] in _NODE_OPS} - unseen, touched, seq)
             self.queue.done(batch)
         self.applier.settle()
 
@@ -504,6 +510,8 @@ class Uploader:
                 self.queue.remap_entry(op["new_parent"], op["new_name"], op["new_parent"], new_name, op["id"])
         elif kind == OP_RENAME:
             await self._take_server_placement(item, op, inv)
+        elif kind == OP_SETATTR and reason == CONFLICT_CHANGED:
+            self.queue.replace(item, dict(op, blind=True))  # set over the other change, which stays news here
         else:
             self.queue.replace(item, None)
         self.notify(inv)

@@ -213,6 +213,8 @@ class Batch:
 
     def _setattr(self, index: int, op: SetAttr) -> None:
         row = self._live_node(index, op.id)
+        if op.base is not None:
+            self._check_base(index, row, op.base)
         values: dict[str, Any] = {"seq": self._seq}
         if op.mode is not None:
             values["mode"] = _merge_mode(row.mode, op.mode)

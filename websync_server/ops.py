@@ -140,6 +140,8 @@ class SetAttr:
     mtime_ns: int | None
     #: name -> base64 value to set, or None to remove; None: leave them alone.
     xattrs: dict[str, str | None] | None
+    #: The node's seq this change was made on (optional, as for delete).
+    base: int | None = None
 
 
 @dataclass(frozen=True)
@@ -236,7 +238,7 @@ def _parse_op(index: int, raw: object) -> Op:
         mode, mtime_ns, xattrs = f.optional_mode("mode"), f.optional_int64("mtime_ns"), f.xattrs("xattrs")
         if mode is None and mtime_ns is None and xattrs is None:
             raise InvalidRequest(f"op {index}: setattr needs mode, mtime_ns or xattrs")
-        return SetAttr(f.node_id("id"), mode, mtime_ns, xattrs)
+        return SetAttr(f.node_id("id"), mode, mtime_ns, xattrs, f.optional_seq("base"))
     if kind == OP_RENAME:
         node_id = f.not_root("id", "renamed")
         replace, exchange = f.optional_node_id("replace"), f.optional_node_id("exchange")

@@ -52,8 +52,8 @@ async def _step(rng: random.Random, m: EngineMachine, serial: int) -> tuple[tupl
         return f"{folder}/{rng.choice(FILES)}".lstrip("/")
 
     data = f"{m.name}-{serial}\n".encode() + rng.randbytes(rng.choice([0, 50, 3000]))
-    kind = rng.choices(["write", "append", "mkdir", "move", "delete", "rmtree", "save", "movedir"],
-                       weights=[25, 6, 8, 12, 10, 3, 12, 4])[0]
+    kind = rng.choices(["write", "append", "mkdir", "move", "delete", "rmtree", "save", "movedir", "chmod"],
+                       weights=[25, 6, 8, 12, 10, 3, 12, 4, 5])[0]
     f = m.files
     if kind == "write":
         path = file()
@@ -73,6 +73,10 @@ async def _step(rng: random.Random, m: EngineMachine, serial: int) -> tuple[tupl
         dst = dst if dst != src else dst[:-4] + "m.txt"
         await f.rename(src, dst)
         return (src, dst), None
+    if kind == "chmod":
+        path = file()
+        await f.chmod(path, rng.choice([0o600, 0o644, 0o755]))
+        return (), None  # a mode names no content: a write before it still counts
     if kind == "delete":
         path = file()
         await f.unlink(path)
@@ -140,8 +144,10 @@ async def _run(seed: int, root: Path, steps: int) -> str:
         held = {blocks for _, blocks in truth.values()}
         moves = [(p[0], p[1]) for _, p, _, _ in log if len(p) == 2]
         for i, paths, data, name in log:
+            if not data:
+                continue
             targets = places(paths[-1], moves)
-            if not data or any(_touches(p2, t) for j, p2, _, _ in log if j > i for t in targets):
+            if any(_touches(p2, t) for j, p2, _, _ in log if j > i for t in targets):
                 continue
             if (hashlib.sha256(data).hexdigest(),) not in held:
                 return f"the write of step {i} on {name} to {paths[-1]} is lost"

@@ -25,6 +25,10 @@ from ..vfs import OpenMode, Vfs
 CHUNK = 1 << 20
 
 
+class ChangedMeanwhile(Exception):
+    """The replica's node changed after the caller looked at it: look again before writing."""
+
+
 class CorePaths:
     """Path-based calls on one `Vfs`; every error leaves as OSError(errno)."""
 
@@ -58,11 +62,21 @@ class CorePaths:
         head, _, name = path.rpartition("/")
         return await self.ino(head), name
 
-    async def write_file(self, path: str, src: BinaryIO, mode: int, mtime_ns: int) -> None:
-        """Make *path* hold what *src* reads, then its mode and mtime: one version on the server."""
+    async def write_file(self, path: str, src: BinaryIO, mode: int, mtime_ns: int, seen: NodeRow | None) -> None:
+        """Make *path* hold what *src* reads, then its mode and mtime: one version on the server.
+
+        *seen* is the node the caller decided on.  A remote change applied since
+        (the follower runs meanwhile) would otherwise become the base of this
+        write and be overwritten without a conflict: ChangedMeanwhile instead.
+        The check and the open run with no checkpoint between them, and an open
+        writer holds later remote changes back (`Vfs.busy`).
+        """
         parent, name = await self.parent(path)
         how = OpenMode(read=False, write=True, truncate=True)
         existing = await self.row(path)
+        if (existing is None) != (seen is None) or (
+                existing is not None and seen is not None and (existing.id, existing.seq) != (seen.id, seen.seq)):
+            raise ChangedMeanwhile(path)
         if existing is None:
             fh, attr = await self.call(self.vfs.create, parent, name, mode & 0o7777, how)
             ino = attr.ino

@@ -41,7 +41,7 @@ import trio
 
 from ..conflicts import conflict_name
 from ..replica import NodeRow, Replica
-from .corepaths import CorePaths, join
+from .corepaths import ChangedMeanwhile, CorePaths, join
 from .ignore import IgnoreRules
 from .known import Known, KnownTree, LocalSig
 from .tree import block_hashes, clear_leftovers, local_paths, local_sig, remote_tree, version
@@ -332,7 +332,11 @@ class Merger:
                 await self.core.set_attrs(path, local.mode, local.mtime_ns)
             return True
         with open(full, "rb") as f:
-            await self.core.write_file(path, f, local.mode, local.mtime_ns)
+            try:
+                await self.core.write_file(path, f, local.mode, local.mtime_ns, row)
+            except ChangedMeanwhile:
+                self.again.add(path)  # a remote change arrived since: decided again, as a conflict
+                return False
             if local_sig(self.root, path) != local:
                 self.again.add(path)  # changed while read: the next batch sends the rest
         return True

@@ -1,0 +1,46 @@
+"""Interleavings of two engines that once lost a change, replayed step by step (see engine.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.client.engine import EngineMachine, Server
+
+
+@pytest.mark.timeout(60)
+def test_a_mode_set_over_an_unseen_edit_does_not_let_the_next_edit_replace_it(tmp_path: Path) -> None:
+    """B sets a mode, then writes, while A's edit of the same file is on the server and not yet on B.
+
+    The mode went up on its own first; had it made A's version B's base, B's
+    write would have replaced A's edit with no conflict.  Both versions stay.
+    """
+    async def run() -> None:
+        server = Server(tmp_path / "server")
+        a, b = EngineMachine("A", tmp_path / "A", server), EngineMachine("B", tmp_path / "B", server)
+        try:
+            await a.files.write("doc.txt", b"first")
+            await a.settle()
+            await b.settle()
+            await a.files.write("doc.txt", b"edited on A")
+            await a.send_one()
+            await b.files.chmod("doc.txt", 0o600)
+            while await b.send_one():
+                pass  # the mode alone, before B hears of A's edit
+            await b.files.write("doc.txt", b"edited on B")
+            for m in (b, a, b, a):
+                await m.settle()
+            texts = set()
+            for path, (kind, _blocks) in server.tree().items():
+                if kind == "file" and path.startswith("doc"):
+                    texts.add(await a.files.read(path))
+            assert texts == {b"edited on A", b"edited on B"}
+            assert a.tree() == b.tree() == server.tree()
+        finally:
+            a.close()
+            b.close()
+            server.close()
+
+    trio.run(run)
