@@ -200,23 +200,31 @@ def _touches(event: Event, path: str) -> bool:
     return False
 
 
-def places(path: str, moves: Iterable[tuple[str, str]]) -> set[str]:
+def places(path: str, moves: Iterable[tuple[str, str]], most: int = 2000) -> set[str]:
     """Every path the file at *path* may be at, given *moves* (src, dst) made on any machine.
 
     A move made on another machine while this one wrote carries the written
     file along (the node moves, not the name), whenever it reached the server;
     so every move counts, in either order, and folders carry what is in them.
+    Moves of folders into each other in every order would nest without end: a
+    place deeper than the folders moved can nest is dropped, and past *most*
+    places the set is returned as it is (the write is then checked less, not
+    wrongly).
     """
-    found = {path}
     moves = list(moves)
+    folders = {part for pair in moves for p in pair for part in p.split("/")}
+    deepest = len(folders) + 1
+    found = {path}
     for _ in range(16):
         grown = set(found)
         for src, dst in moves:
             for p in found:
                 if p == src or p.startswith(src + "/"):
-                    grown.add(dst + p[len(src):])
-        if grown == found:
-            break
+                    moved = dst + p[len(src):]
+                    if moved.count("/") < deepest:
+                        grown.add(moved)
+        if grown == found or len(grown) > most:
+            return grown
         found = grown
     return found
 
@@ -234,9 +242,11 @@ def protected(events: Iterable[Event]) -> list[Event]:
         if write.data is None or not write.ok:
             continue
         targets = places(write.paths[-1], moves)
-        later = (e for e in ordered[i + 1:] if e.start > write.end)
-        overlapping = (e for e in ordered if e is not write and e.start <= write.end and e.end >= write.start)
-        if not any(_touches(e, target) for e in [*later, *overlapping] for target in targets):
+        if len(targets) > 2000:
+            continue  # moved about too much to tell where it is: not counted
+        # Later (started after it ended) or overlapping it: every other event that ended after it began.
+        others = [e for e in ordered if e is not write and e.end >= write.start]
+        if not any(_touches(e, target) for e in others for target in targets):
             kept.append(write)
     return kept
 

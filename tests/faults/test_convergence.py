@@ -33,12 +33,7 @@ from tests.faults.chaos import Actor, Event, Tree, difference, protected, read_t
 from tests.faults.conftest import Site, status
 from tests.proxy import Proxy
 
-# Non-strict: under the full suite's load a case can still end with the machines apart
-# (a timing this file cannot replay); the in-process twin (tests/client/test_engine_random.py)
-# replays every interleaving it finds exactly and is strict. An XPASS here is the usual result.
-pytestmark = [pytest.mark.mount, pytest.mark.slow,
-              pytest.mark.xfail(strict=False, reason="runs in CI; two cases failed once under the full suite's load"
-                                                   " and pass alone: open, see docs/design.md, Convergence")]
+pytestmark = [pytest.mark.mount, pytest.mark.slow]
 
 #: Operations per second on each machine.
 RATE = 40.0
