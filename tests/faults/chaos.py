@@ -76,6 +76,8 @@ class Actor:
     _serial: int = 0
     #: Set to stop this actor alone (its machine is being killed).
     halt: threading.Event = field(default_factory=threading.Event)
+    #: Hard links (a synced folder keeps each name as a file of its own: none there).
+    links: bool = True
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -168,7 +170,8 @@ class Actor:
         ops: list[tuple[int, str, Callable[[], Plan]]] = [
             (25, "write", self._write), (8, "append", self._append), (8, "mkdir", self._mkdir),
             (12, "move", self._move_file), (10, "delete", self._delete), (3, "rm -rf", self._rm_rf),
-            (12, "save", self._save), (3, "move folder", self._move_folder), (3, "link", self._link),
+            (12, "save", self._save), (3, "move folder", self._move_folder),
+            (3 if self.links else 0, "link", self._link),
         ]
         _, name, plan = self.rng.choices(ops, weights=[w for w, _, _ in ops])[0]
         paths, data, act = plan()
@@ -259,7 +262,10 @@ def read_tree(root: Path) -> Tree:
     """Every entry under *root*: kind, content and mode, as a machine shows it."""
     out: Tree = {}
     for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [n for n in dirnames if not n.startswith(".websync-")]
         for name in [*dirnames, *filenames]:
+            if name.startswith(".websync-"):
+                continue  # a synced folder's marker and downloads on their way
             full = Path(dirpath) / name
             rel = str(full.relative_to(root))
             st = full.lstat()
