@@ -183,14 +183,17 @@ def test_a_machine_killed_midway_converges_after_it_mounts_again(
 
 
 @pytest.mark.timeout(600)
-def test_a_mount_and_a_synced_folder_working_at_once_end_in_one_tree(
-    make_machine: Callable[..., Machine], site: Site, seed: int, request: pytest.FixtureRequest
+@pytest.mark.parametrize("folders", [1, 2])
+def test_a_mount_and_synced_folders_working_at_once_end_in_one_tree(
+    make_machine: Callable[..., Machine], site: Site, seed: int, folders: int, request: pytest.FixtureRequest
 ) -> None:
-    """The same property with one machine's files in a synced folder (`websync sync`) instead of a mount."""
-    a = make_machine("A", site)
-    b = make_machine("B", site, mount=False)
-    b.sync(b.mnt)  # a plain folder where B's mount point would be: every check reads it the same way
+    """The same property with machines that keep their files in a synced folder (`websync sync`)."""
+    machines = [make_machine("A", site)]
+    for i in range(folders):
+        m = make_machine(chr(ord("B") + i), site, mount=False)
+        m.sync(m.mnt)  # a plain folder where the mount point would be: every check reads it the same way
+        machines.append(m)
     rng = random.Random(seed)
-    actors = [Actor("A", a.mnt, rng.randrange(10**9)), Actor("B", b.mnt, rng.randrange(10**9), links=False)]
+    actors = [Actor(m.name, m.mnt, rng.randrange(10**9), links=(m is machines[0])) for m in machines]
     _run(actors, _seconds(request, 12.0))
-    _converged([a, b], make_machine("fresh", site, mount=False), [e for x in actors for e in x.events], seed)
+    _converged(machines, make_machine("fresh", site, mount=False), [e for x in actors for e in x.events], seed)
