@@ -14,6 +14,7 @@ from ._blocks import BlockCache
 from ._exceptions import CacheError, CacheFull, CacheUnavailable, CorruptBlock, InvalidBlockHash
 from ._filewriter import FileWriter
 from ._stats import CacheStats
+from ._store import sync_wal
 
 __all__ = [
     "BlockCache",
@@ -24,4 +25,5 @@ __all__ = [
     "CorruptBlock",
     "FileWriter",
     "InvalidBlockHash",
+    "sync_wal",
 ]

@@ -112,10 +112,6 @@ class SpillFile:
         else:
             self._buf.extend(bytes(size - len(self._buf)))
 
-    def fsync(self) -> None:
-        if self._fd is not None:
-            os.fsync(self._fd)
-
     def close(self) -> None:
         """Free the memory or close and remove the file; safe to call twice."""
         global _reserved

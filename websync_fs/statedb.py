@@ -8,6 +8,8 @@ there or neither is.
 from __future__ import annotations
 
 import sqlite3
+
+from cache import sync_wal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +17,8 @@ from pathlib import Path
 
 class StateDb:
     def __init__(self, path: Path | str) -> None:
-        self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.path = str(path)
+        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL: a killed process loses nothing (the log is in the page
         # cache); `sync()` covers power loss and is called for fsync().
@@ -72,5 +75,5 @@ class StateDb:
             self._after.append(fn)
 
     def sync(self) -> None:
-        """Make everything committed so far durable against power loss."""
-        self.conn.execute("PRAGMA wal_checkpoint(FULL)")
+        """Make everything committed so far durable against power loss (one fsync of the log)."""
+        sync_wal(self.path)

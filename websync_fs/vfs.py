@@ -741,17 +741,18 @@ class Vfs:
     async def fsync(self, fh: int) -> None:
         handle = self.handles.get(fh)
         if handle.writable:
+            # The sealed version (blocks, replica row, queue item) is what a restart
+            # shows; the working copy itself is dropped then, so it needs no fsync.
             await self._seal(handle.ino)
-            work = self._work.get(handle.ino)
-            if work is not None:
-                await trio.to_thread.run_sync(work.fsync)
             row = self.replica.get(handle.ino)
             if row is not None:
                 # The queued update names these blocks: they must outlive a power loss too.
-                await trio.to_thread.run_sync(self._sync_blocks, [str(h) for h in row.blocks])
-        # On this thread: the connection is the loop's, and a second thread on it
-        # finds its tables locked.  A checkpoint takes milliseconds.
-        self._db.sync()
+                # The cache and the state database are synced side by side (an fsync each).
+                async with trio.open_nursery() as both:
+                    both.start_soon(trio.to_thread.run_sync, self._sync_blocks, [str(h) for h in row.blocks])
+                    both.start_soon(trio.to_thread.run_sync, self._db.sync)
+                return
+        await trio.to_thread.run_sync(self._db.sync)
 
     async def release(self, fh: int) -> None:
         handle = self.handles.close(fh)

@@ -368,9 +368,6 @@ class WorkingCopy:
             self._stored = {i: h for i, h in self._stored.items() if i < count}
             self.size = size
 
-    def fsync(self) -> None:
-        self._file.fsync()
-
     async def seal(self, store: Store) -> tuple[int, tuple[BlockHash, ...]]:
         """Hash what changed, put new blocks into *store*, return (size, blocks)."""
         async with self._lock:

@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.mount, pytest.mark.timeout(120)]
 LOCAL_ROWS = {
     "seq_write", "seq_write_durable", "seq_read_cold", "seq_read_warm", "rand_read_cold", "rand_read_warm",
     "ttfb_cold", "ttfb_seek_cold", "small_create", "small_stat", "small_read", "ls_lR", "find_ls", "small_delete",
+    "sqlite_commit", "small_fsync", "tar_x",
 }
 WEBSYNC_ROWS = LOCAL_ROWS | {
     "seq_read_cache", "seq_read_http", "small_visible", "prop_p50", "prop_p99", "edit_upload",

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import math
 import os
+import io
 import random
+import sqlite3
 import statistics
 import struct
 import subprocess
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -379,6 +383,50 @@ def phase_changes(t: Target, p: Params, r: Results) -> None:
 Phase = Callable[[Target, Params, Results], None]
 
 #: In order: later phases use what earlier ones left (the big files).
+def _tarball(path: Path, p: Params, entries: int) -> None:
+    """A tar of *entries* small files (1-16 KiB) in a few folders, as a source tree would be."""
+    rng = random.Random(p.seed)
+    folders = max(1, entries // 50)
+    with tarfile.open(path, "w") as tar:
+        for i in range(entries):
+            data = rng.randbytes(rng.randint(1024, 16 * 1024))
+            info = tarfile.TarInfo(f"tree/d{i % folders:03d}/f{i:05d}.c")
+            info.size, info.mode, info.mtime = len(data), 0o644, 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+
+
+def phase_programs(t: Target, p: Params, r: Results) -> None:
+    """Small-file work as programs do it: SQLite autocommit inserts, a write and fsync, `tar xf`."""
+    count = max(20, p.files // 20)
+    work = t.a / "programs"
+    work.mkdir()
+    db = sqlite3.connect(work / "bench.db", isolation_level=None)  # autocommit: a commit per insert
+    db.execute("CREATE TABLE t (x TEXT)")
+    start = time.perf_counter()
+    for _ in range(count):
+        db.execute("INSERT INTO t VALUES (?)", ("x" * 100,))
+    r.set("sqlite_commit", t.key, count / (time.perf_counter() - start))
+    db.close()
+
+    payload = random.Random(p.seed).randbytes(4096)
+    fd = os.open(work / "log.dat", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        start = time.perf_counter()
+        for _ in range(count):
+            os.write(fd, payload)
+            os.fsync(fd)
+        r.set("small_fsync", t.key, count / (time.perf_counter() - start))
+    finally:
+        os.close(fd)
+
+    entries = max(20, p.files // 2)
+    with tempfile.TemporaryDirectory(prefix="websync-bench-tar-") as tmp:
+        tarball = Path(tmp) / "tree.tar"
+        _tarball(tarball, p, entries)
+        r.set("tar_x", t.key, entries / _timed_run(["tar", "xf", str(tarball), "-C", str(work)]))
+    subprocess.run(["rm", "-rf", str(work)], check=True)
+
+
 PHASES: dict[str, Phase] = {
     "big": phase_big_files,
     "reads": phase_reads,
@@ -386,4 +434,5 @@ PHASES: dict[str, Phase] = {
     "propagation": phase_propagation,
     "edit": phase_edit,
     "changes": phase_changes,
+    "programs": phase_programs,
 }

@@ -1,45 +1,49 @@
 """BlockCache.sync: what a writer's fsync() needs from the cache before it returns.
 
 Power loss cannot be caused here; what can be checked is its precondition:
-after `sync`, the index row of each block is in the main database file
-(not only in the WAL, which SQLite with synchronous=NORMAL syncs only at a
-checkpoint), read without the WAL the way SQLite would after a power cut
-that lost the log.
+after `sync`, each block's file and the SQLite log holding its index row
+(WAL with synchronous=NORMAL: committed, not yet synced) have been fsync'd,
+and the folder holding the log once; `os.fsync` is watched, not replaced.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 from pathlib import Path
 
+import pytest
+
+import cache._store
 from cache import BlockCache
 
 
-def _rows_without_wal(directory: Path) -> set[str]:
-    # immutable=1: read the database file as it is, ignoring the -wal file.
-    uri = f"file:{directory / 'cache.db'}?immutable=1"
-    conn = sqlite3.connect(uri, uri=True)
-    try:
-        return {row[0] for row in conn.execute("SELECT key FROM Cache")}
-    finally:
-        conn.close()
+def test_sync_fsyncs_the_block_files_and_the_index_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real = os.fsync
 
+    def watched(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
 
-def test_sync_puts_the_index_rows_into_the_database_file(tmp_path: Path) -> None:
-    cache = BlockCache(tmp_path, limit=64 * 1024 * 1024)
+    monkeypatch.setattr(cache._store.os, "fsync", watched)
+    store = BlockCache(tmp_path, limit=64 * 1024 * 1024)
     try:
         blocks = {hashlib.sha256(data).hexdigest(): data for data in (os.urandom(5000), os.urandom(70_000))}
         for h, data in blocks.items():
-            cache.put(h, data)
+            store.put(h, data)
         absent = hashlib.sha256(b"never stored").hexdigest()
-        cache.sync([*blocks, absent])  # an absent block is skipped, not an error
-        assert set(blocks) <= _rows_without_wal(tmp_path)
+        store.sync([*blocks, absent])  # an absent block is skipped, not an error
+        assert str(tmp_path / "cache.db-wal") in synced
+        assert synced.count(str(tmp_path)) == 2  # the block folders' parent, and the log's name the first time
+        assert any(p.endswith(".val") for p in synced)  # the 70,000-byte block lives in a file
+        synced.clear()
+        store.sync(list(blocks))
+        assert synced.count(str(tmp_path)) == 1  # the same log: its name is durable already
         for h, data in blocks.items():
-            assert cache.get(h) == data
+            assert store.get(h) == data
     finally:
-        cache.close()
+        store.close()
 
 
 def test_sync_of_nothing_is_harmless(tmp_path: Path) -> None:
