@@ -131,8 +131,9 @@ def curl_seconds(store: Store, url: str, path: Path, node: str) -> tuple[float, 
     return up, time.perf_counter() - start
 
 
-def screenshots(browser: Any, url: str, user: str, password: str, store: Store) -> None:
+def screenshots(browser: Any, url: str, user: str, password: str) -> None:
     """The main views at desktop and phone size, into docs/."""
+    store = Store(url, user, password)
     photos = store.mkdir("Photos")
     store.put("beach.jpg", os.urandom(300_000), photos)
     docs = store.mkdir("Documents")
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             browser = playwright.chromium.launch(executable_path=CHROMIUM)
             try:
                 if args.screenshots_only:
-                    screenshots(browser, server.url, "demo", "demo-password", Store(server.url, "demo", "demo-password"))
+                    screenshots(browser, server.url, "demo", "demo-password")
                     return 0
                 store = Store(server.url, "bench", "bench-password")
                 page = open_page(browser, server.url, "bench", "bench-password")
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 big.write_bytes(bytes(reversed(big.read_bytes())))  # new blocks for curl to send
                 curl_up, curl_down = curl_seconds(store, server.url, big, node)
                 if not args.no_screenshots:
-                    screenshots(browser, server.url, "demo", "demo-password", Store(server.url, "demo", "demo-password"))
+                    screenshots(browser, server.url, "demo", "demo-password")
             finally:
                 browser.close()
     rate = lambda seconds: f"{args.mib / seconds:.0f} MiB/s"  # noqa: E731
