@@ -24,6 +24,7 @@ from playwright.sync_api import Page, ViewportSize, sync_playwright
 
 from tests.servers import ServerProcess, add_user, login
 from tests.web.conftest import CHROMIUM, DESKTOP, PHONE, log_in
+from websync_server.ops import OPS_MAX
 from websync_server.protocol import BLOCK_SIZE, ROOT_ID, new_node_id
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -82,10 +83,10 @@ def open_page(browser: Any, url: str, user: str, password: str, viewport: Viewpo
 def list_folder_seconds(page: Page, url: str, store: Store, files: int) -> float:
     """Seconds from loading the page at a folder of *files* files until all its rows are shown."""
     folder = store.mkdir("many")
-    for first in range(0, files, 2000):
+    for first in range(0, files, OPS_MAX):
         store.commit([{"op": "create", "id": new_node_id(), "parent": folder, "name": f"file-{i:05d}.txt",
                        "mode": 0o644, "mtime_ns": time.time_ns(), "size": 0, "blocks": []}
-                      for i in range(first, min(files, first + 2000))])  # fmt: skip
+                      for i in range(first, min(files, first + OPS_MAX))])  # fmt: skip
     page.goto(url + "/#/many")
     page.reload()  # a fresh load: the session is in the cookie, the tree is listed anew
     page.wait_for_function(f"document.querySelectorAll('#listing tbody tr').length === {files}", timeout=120_000)
@@ -161,7 +162,7 @@ def screenshots(browser: Any, url: str, user: str, password: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=10_000, help="files in the listed folder")
-    parser.add_argument("--mib", type=int, default=256, help="size of the big file in MiB")
+    parser.add_argument("--mib", type=int, default=1024, help="size of the big file in MiB")
     parser.add_argument("--no-screenshots", action="store_true")
     parser.add_argument("--screenshots-only", action="store_true", help="write the screenshots, measure nothing")
     args = parser.parse_args(argv)
