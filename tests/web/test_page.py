@@ -158,6 +158,20 @@ def test_a_machine_is_listed_in_devices_and_logging_it_out_revokes_its_token(
     assert page.is_visible("#app")  # the page's own session goes on
 
 
+def test_a_device_logged_out_elsewhere_leaves_the_devices_list_when_clicked(
+    open_page: OpenPage, server: ServerProcess, account: tuple[str, str]
+) -> None:
+    phone = login(server.url, *account, device="phone")
+    page = open_page(*account)
+    page.click("#views a[href='#devices']")
+    page.wait_for_selector('#devices tr[data-name="phone"]')
+    headers = {"Authorization": f"Bearer {phone['token']}"}
+    assert httpx.post(f"{server.url}/v1/logout", headers=headers, timeout=30).status_code == 200
+    page.click('#devices tr[data-name="phone"] button')
+    page.wait_for_selector('#devices tr[data-name="phone"]', state="detached")
+    assert "no logged-in device" in page.inner_text("#status")
+
+
 def test_logging_out_this_browser_in_devices_logs_the_page_out(
     open_page: OpenPage, server: ServerProcess, account: tuple[str, str]
 ) -> None:

@@ -111,7 +111,7 @@ function route() {
   }
   if (view === "trash") return showTrash();
   if (view === "conflicts") return showConflicts();
-  if (view === "devices") return showDevices().catch((err) => (err.status === 401 ? trouble(err) : say(err.message, true)));
+  if (view === "devices") return showDevices().catch(devicesFailed);
   state.folder = state.tree.folderAt(hash) || ROOT;
   render();
 }
@@ -448,7 +448,11 @@ async function showDevices() {
     if (device.current) name.append(" ", el("strong", { className: "this", textContent: "this browser" }));
     const button = el("button", { type: "button", textContent: "Log out this device" });
     button.setAttribute("aria-label", `Log out ${device.name}`);
-    button.addEventListener("click", () => revoke(device).catch((err) => say(err.message, true)));
+    // A device logged out meanwhile (404) leaves the list when it is listed again.
+    button.addEventListener("click", () => revoke(device).catch((err) => {
+      devicesFailed(err);
+      showDevices().catch(() => {});
+    }));
     const tr = el("tr", {}, name, el("td", { className: "date", textContent: date(device.created_ns) }),
       el("td", { className: "seen", textContent: device.current ? "now" : seen(device.last_seen_ns) }),
       el("td", { className: "act" }, button));
@@ -457,6 +461,11 @@ async function showDevices() {
     return tr;
   });
   $("#devices tbody").replaceChildren(...rows);
+}
+
+function devicesFailed(err) {
+  if (err.status === 401) trouble(err);
+  else say(err.message, true);
 }
 
 // The server renews a device's last-seen time only once it is 10 minutes old (accounts.LAST_SEEN_STEP_S).
