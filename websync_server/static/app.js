@@ -447,7 +447,7 @@ async function showDevices() {
     const name = el("td", { className: "name", textContent: device.name });
     if (device.current) name.append(" ", el("strong", { className: "this", textContent: "this browser" }));
     const button = el("button", { type: "button", textContent: "Log out this device" });
-    button.setAttribute("aria-label", `Log out ${device.name}`);
+    button.setAttribute("aria-label", `Log out this device: ${device.name}`); // the visible words, then which one
     // A device logged out meanwhile (404) leaves the list when it is listed again.
     button.addEventListener("click", () => revoke(device).catch((err) => {
       devicesFailed(err);
