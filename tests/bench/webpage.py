@@ -24,6 +24,7 @@ from playwright.sync_api import Page, ViewportSize, sync_playwright
 
 from tests.servers import ServerProcess, add_user, login
 from tests.web.conftest import CHROMIUM, DESKTOP, PHONE, log_in
+from websync_server.ops import OPS_MAX
 from websync_server.protocol import BLOCK_SIZE, ROOT_ID, new_node_id
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -82,10 +83,10 @@ def open_page(browser: Any, url: str, user: str, password: str, viewport: Viewpo
 def list_folder_seconds(page: Page, url: str, store: Store, files: int) -> float:
     """Seconds from loading the page at a folder of *files* files until all its rows are shown."""
     folder = store.mkdir("many")
-    for first in range(0, files, 2000):
+    for first in range(0, files, OPS_MAX):
         store.commit([{"op": "create", "id": new_node_id(), "parent": folder, "name": f"file-{i:05d}.txt",
                        "mode": 0o644, "mtime_ns": time.time_ns(), "size": 0, "blocks": []}
-                      for i in range(first, min(files, first + 2000))])  # fmt: skip
+                      for i in range(first, min(files, first + OPS_MAX))])  # fmt: skip
     page.goto(url + "/#/many")
     page.reload()  # a fresh load: the session is in the cookie, the tree is listed anew
     page.wait_for_function(f"document.querySelectorAll('#listing tbody tr').length === {files}", timeout=120_000)
@@ -131,8 +132,9 @@ def curl_seconds(store: Store, url: str, path: Path, node: str) -> tuple[float, 
     return up, time.perf_counter() - start
 
 
-def screenshots(browser: Any, url: str, user: str, password: str, store: Store) -> None:
+def screenshots(browser: Any, url: str, user: str, password: str) -> None:
     """The main views at desktop and phone size, into docs/."""
+    store = Store(url, user, password)
     photos = store.mkdir("Photos")
     store.put("beach.jpg", os.urandom(300_000), photos)
     docs = store.mkdir("Documents")
@@ -140,6 +142,7 @@ def screenshots(browser: Any, url: str, user: str, password: str, store: Store) 
     store.put("notes (conflict from laptop 2026-01-12 091500).md", b"# notes\n", docs)
     store.put("report.pdf", os.urandom(1_200_000), ROOT_ID)
     store.put("todo.txt", b"milk\n", ROOT_ID)
+    login(url, user, password, device="phone")  # another device for the devices view
     for name, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
         page = open_page(browser, url, user, password, viewport)
         page.wait_for_selector('#listing tr[data-name="todo.txt"]')
@@ -148,24 +151,33 @@ def screenshots(browser: Any, url: str, user: str, password: str, store: Store) 
         page.wait_for_selector('#listing tr[data-name="budget.ods"]')
         page.click('#listing tr[data-name="budget.ods"] button[aria-haspopup]')
         page.screenshot(path=str(DOCS / f"web-{name}-menu.png"))
+        if name == "desktop":
+            page.keyboard.press("Escape")
+            page.click("#views a[href='#devices']")
+            page.wait_for_selector("#devices tr[aria-current]")
+            page.screenshot(path=str(DOCS / "web-desktop-devices.png"))
         page.context.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=10_000, help="files in the listed folder")
-    parser.add_argument("--mib", type=int, default=256, help="size of the big file in MiB")
+    parser.add_argument("--mib", type=int, default=1024, help="size of the big file in MiB")
     parser.add_argument("--no-screenshots", action="store_true")
+    parser.add_argument("--screenshots-only", action="store_true", help="write the screenshots, measure nothing")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch, sync_playwright() as playwright:
         root = Path(scratch)
         with ServerProcess.start(root / "data") as server:
-            add_user(server.data_dir, "bench", "bench-pw")
-            add_user(server.data_dir, "demo", "demo-pw")
+            add_user(server.data_dir, "bench", "bench-password")
+            add_user(server.data_dir, "demo", "demo-password")
             browser = playwright.chromium.launch(executable_path=CHROMIUM)
             try:
-                store = Store(server.url, "bench", "bench-pw")
-                page = open_page(browser, server.url, "bench", "bench-pw")
+                if args.screenshots_only:
+                    screenshots(browser, server.url, "demo", "demo-password")
+                    return 0
+                store = Store(server.url, "bench", "bench-password")
+                page = open_page(browser, server.url, "bench", "bench-password")
                 listed = list_folder_seconds(page, server.url, store, args.files)
                 big = root / "big.bin"
                 with big.open("wb") as f:
@@ -177,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                 big.write_bytes(bytes(reversed(big.read_bytes())))  # new blocks for curl to send
                 curl_up, curl_down = curl_seconds(store, server.url, big, node)
                 if not args.no_screenshots:
-                    screenshots(browser, server.url, "demo", "demo-pw", Store(server.url, "demo", "demo-pw"))
+                    screenshots(browser, server.url, "demo", "demo-password")
             finally:
                 browser.close()
     rate = lambda seconds: f"{args.mib / seconds:.0f} MiB/s"  # noqa: E731

@@ -138,6 +138,62 @@ def test_a_change_on_a_mounted_machine_appears_in_the_open_page(
     page.wait_for_selector(row(page, "from-a.txt"), state="detached", timeout=20_000)
 
 
+def test_a_machine_is_listed_in_devices_and_logging_it_out_revokes_its_token(
+    open_page: OpenPage, server: ServerProcess, account: tuple[str, str]
+) -> None:
+    machine = login(server.url, *account, device="laptop")
+    page = open_page(*account)
+    page.click("#views a[href='#devices']")
+    page.wait_for_selector('#devices tr[data-name="laptop"]')
+    this = page.locator("#devices tr[aria-current]")
+    assert this.count() == 1
+    assert this.inner_text().startswith("browser (")
+    assert "this browser" in this.inner_text()
+    assert "this browser" not in page.inner_text('#devices tr[data-name="laptop"]')
+    headers = {"Authorization": f"Bearer {machine['token']}"}
+    assert httpx.get(f"{server.url}/v1/devices", headers=headers, timeout=30).status_code == 200
+    page.click('#devices tr[data-name="laptop"] button')  # the fixture accepts the confirmation
+    page.wait_for_selector('#devices tr[data-name="laptop"]', state="detached")
+    assert httpx.get(f"{server.url}/v1/devices", headers=headers, timeout=30).status_code == 401
+    assert page.is_visible("#app")  # the page's own session goes on
+
+
+def test_a_device_logged_out_elsewhere_leaves_the_devices_list_when_clicked(
+    open_page: OpenPage, server: ServerProcess, account: tuple[str, str]
+) -> None:
+    phone = login(server.url, *account, device="phone")
+    page = open_page(*account)
+    page.click("#views a[href='#devices']")
+    page.wait_for_selector('#devices tr[data-name="phone"]')
+    headers = {"Authorization": f"Bearer {phone['token']}"}
+    assert httpx.post(f"{server.url}/v1/logout", headers=headers, timeout=30).status_code == 200
+    page.click('#devices tr[data-name="phone"] button')
+    page.wait_for_selector('#devices tr[data-name="phone"]', state="detached")
+    assert "no logged-in device" in page.inner_text("#status")
+
+
+def test_logging_out_this_browser_in_devices_logs_the_page_out(
+    open_page: OpenPage, server: ServerProcess, account: tuple[str, str]
+) -> None:
+    page = open_page(*account)
+    page.focus("#views a[href='#devices']")  # all from the keyboard
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#devices tr[aria-current]")
+    for _ in range(20):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.closest('#devices tr[aria-current]') !== null"):
+            break
+    else:
+        pytest.fail("Tab never reached this browser's button")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#login-error:has-text('You are logged out')")
+    assert page.evaluate("fetch('/web/session').then(r => r.status)") == 401
+    session = login(server.url, *account, device="checker")
+    names = [d["name"] for d in httpx.get(f"{server.url}/v1/devices", timeout=30,
+                                          headers={"Authorization": f"Bearer {session['token']}"}).json()["devices"]]
+    assert not [n for n in names if n.startswith("browser (")]
+
+
 @pytest.fixture
 def other_site() -> Iterator[Callable[[str], str]]:
     """``other_site(html)``: serve one page from another origin (127.0.0.1, another port); its URL."""

@@ -50,6 +50,10 @@ export class Api {
 
   trash() { return this.send("GET", `/v1/stores/${this.store}/trash`); }
 
+  devices() { return this.send("GET", "/v1/devices"); }
+
+  revokeDevice(id) { return this.send("POST", `/v1/devices/${id}/revoke`, {}); }
+
   missing(hashes) { return this.send("POST", "/v1/blocks/missing", { hashes }); }
 
   putBlock(hash, bytes) { return this.send("PUT", `/v1/blocks/${hash}`, bytes); }

@@ -58,11 +58,14 @@ $("#login-form").addEventListener("submit", async (event) => {
   }
 });
 
-$("#logout").addEventListener("click", async () => {
+$("#logout").addEventListener("click", logOut);
+
+/** End this browser's session: its device is revoked and its cookie dropped. */
+async function logOut() {
   state.follower?.stop();
   await state.api.logout().catch(() => {});
   showLogin("You are logged out.");
-});
+}
 
 async function enter(api) {
   state.api = api;
@@ -100,13 +103,15 @@ window.addEventListener("hashchange", route);
 function route() {
   if (!state.tree) return;
   const hash = decodeURIComponent(location.hash.slice(1)) || "/";
-  const view = hash === "trash" || hash === "conflicts" ? hash : "files";
-  for (const name of ["files", "trash", "conflicts"]) $(`#${name}-view`).hidden = name !== view;
+  const views = ["files", "trash", "conflicts", "devices"];
+  const view = views.includes(hash) ? hash : "files";
+  for (const name of views) $(`#${name}-view`).hidden = name !== view;
   for (const link of document.querySelectorAll("#views a")) {
     link.toggleAttribute("aria-current", link.getAttribute("href") === (view === "files" ? "#/" : `#${view}`));
   }
   if (view === "trash") return showTrash();
   if (view === "conflicts") return showConflicts();
+  if (view === "devices") return showDevices().catch(devicesFailed);
   state.folder = state.tree.folderAt(hash) || ROOT;
   render();
 }
@@ -432,6 +437,51 @@ function showConflicts() {
   $("#conflicts").replaceChildren(...(found.length ? found.map(({ id, place }) =>
     el("li", {}, el("a", { href: folderHref(place.parent), textContent: state.tree.path(id) })))
     : [el("li", { textContent: "No conflict copies." })]));
+}
+
+// ---- devices ------------------------------------------------------------------------------
+
+async function showDevices() {
+  const { devices } = await state.api.devices();
+  const rows = devices.map((device) => {
+    const name = el("td", { className: "name", textContent: device.name });
+    if (device.current) name.append(" ", el("strong", { className: "this", textContent: "this browser" }));
+    const button = el("button", { type: "button", textContent: "Log out this device" });
+    button.setAttribute("aria-label", `Log out this device: ${device.name}`); // the visible words, then which one
+    // A device logged out meanwhile (404) leaves the list when it is listed again.
+    button.addEventListener("click", () => revoke(device).catch((err) => {
+      devicesFailed(err);
+      showDevices().catch(() => {});
+    }));
+    const tr = el("tr", {}, name, el("td", { className: "date", textContent: date(device.created_ns) }),
+      el("td", { className: "seen", textContent: device.current ? "now" : seen(device.last_seen_ns) }),
+      el("td", { className: "act" }, button));
+    tr.dataset.name = device.name;
+    if (device.current) tr.setAttribute("aria-current", "true");
+    return tr;
+  });
+  $("#devices tbody").replaceChildren(...rows);
+}
+
+function devicesFailed(err) {
+  if (err.status === 401) trouble(err);
+  else say(err.message, true);
+}
+
+// The server renews a device's last-seen time only once it is 10 minutes old (accounts.LAST_SEEN_STEP_S).
+function seen(ns) {
+  return Date.now() - ns / 1e6 < 10 * 60 * 1000 ? "in the last 10 minutes" : date(ns);
+}
+
+async function revoke(device) {
+  const question = device.current
+    ? "Log out this browser? You will need your password to log in again."
+    : `Log out "${device.name}"? It stops syncing until it logs in again with your password.`;
+  if (!confirm(question)) return;
+  if (device.current) return logOut(); // the session's own way: the cookie goes too
+  await state.api.revokeDevice(device.id);
+  say(`Logged out ${device.name}.`);
+  await showDevices();
 }
 
 start();

@@ -76,7 +76,10 @@ async function sendBlocks(api, file, sent) {
     const lacking = new Set(missing);
     const queue = group.filter((b) => lacking.has(b.hash));
     const worker = async () => {
-      for (let block; (block = queue.shift());) await api.putBlock(block.hash, block.bytes);
+      // As a Blob: Chromium sends a Blob body ~30x faster than the same bytes as an ArrayBuffer
+      // (4 MiB: ~10 ms against 200-500 ms, docs/benchmarks.md). The Blob holds the hashed bytes,
+      // not a slice of the file, so a file changed meanwhile can't send bytes of another hash.
+      for (let block; (block = queue.shift());) await api.putBlock(block.hash, new Blob([block.bytes]));
     };
     await Promise.all(Array.from({ length: PARALLEL }, worker));
     for (const block of group) { hashes.push(block.hash); sent(block.bytes.byteLength); }
