@@ -127,6 +127,7 @@ def create_app(
         Route(f"{API}/password", api.password, methods=["POST"]),
         Route(f"{API}/logout", api.logout, methods=["POST"]),
         Route(f"{API}/devices", api.devices, methods=["GET"]),
+        Route(f"{API}/usage", api.usage, methods=["GET"]),
         Route(f"{API}/devices/{{device}}/revoke", api.revoke_device, methods=["POST"]),
         Route(f"{API}/stores/{{store}}/changes", api.changes, methods=["GET"]),
         Route(f"{API}/stores/{{store}}/nodes/{{node}}", api.node, methods=["GET"]),
@@ -201,6 +202,17 @@ class _Api:
     async def whoami(self, request: Request) -> Response:
         identity = await self._identity(request)
         return JSONResponse(_identity_wire(identity))
+
+    async def usage(self, request: Request) -> Response:
+        """The caller's stored bytes and bounds (what the web page and `websync status` show)."""
+        identity = await self._identity(request)
+
+        def read() -> dict[str, int | None]:
+            limits = self._s.quotas.limits(identity.user)
+            return {"stored_bytes": self._s.quotas.stored_bytes(identity.user),
+                    "quota_bytes": limits.bytes, "quota_nodes": limits.nodes}
+
+        return JSONResponse(await self._s.admission.run(identity.user, read))
 
     async def password(self, request: Request) -> Response:
         """Change the caller's password: the current one is checked under the login limits."""

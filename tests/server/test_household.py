@@ -174,6 +174,9 @@ def test_uploads_past_the_byte_quota_are_refused_with_507_until_there_is_room(tm
             assert refused.status_code == 507, refused.text
             assert refused.json()["error"] == "quota_exceeded"
             assert "over their quota: 700.0 KiB of 1.0 MiB stored" in refused.json()["message"]
+            usage = alice.get("/v1/usage").json()  # what the web page shows
+            assert usage == {"stored_bytes": 700 * 1024, "quota_bytes": 1 << 20, "quota_nodes": None}
+            assert bob.get("/v1/usage").json()["quota_bytes"] is None
             assert _put(bob, second).status_code == 201  # others' quotas are their own
             framed = hashlib.sha256(second).hexdigest().encode() + len(second).to_bytes(4, "big") + second
             assert alice.post("/v1/blocks", content=framed).status_code == 507

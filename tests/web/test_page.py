@@ -65,6 +65,7 @@ def test_upload_browse_and_download_give_back_the_same_bytes(
     open_page: OpenPage, server: ServerProcess, account: tuple[str, str], tmp_path: Path
 ) -> None:
     page = open_page(*account)
+    page.wait_for_function("document.querySelector('#usage').textContent.includes(' stored')")  # GET /v1/usage
     big = os.urandom(2 * BLOCK_SIZE + 1000)  # three blocks, the last one short
     page.set_input_files("#pick-files", files=[
         {"name": "big.bin", "mimeType": "application/octet-stream", "buffer": big},

@@ -52,6 +52,8 @@ export class Api {
 
   devices() { return this.send("GET", "/v1/devices"); }
 
+  usage() { return this.send("GET", "/v1/usage"); }
+
   revokeDevice(id) { return this.send("POST", `/v1/devices/${id}/revoke`, {}); }
 
   missing(hashes) { return this.send("POST", "/v1/blocks/missing", { hashes }); }

@@ -70,6 +70,8 @@ async function logOut() {
 async function enter(api) {
   state.api = api;
   state.tree = new Tree();
+  state.stored = null;
+  usageAsked = 0;
   $("#login").hidden = true;
   $("#app").hidden = false;
   $("#who").textContent = `${api.session.user} · ${api.session.device}`;
@@ -78,12 +80,14 @@ async function enter(api) {
   await state.follower.list();
   say("");
   route();
+  refreshUsage();
   state.follower.run();
 }
 
 function changed(touched) {
   if (touched.has(state.folder) || !state.tree.ancestry(state.folder)) scheduleRender();
   $("#usage").textContent = usageText();
+  refreshUsage();
 }
 
 function trouble(err) {
@@ -93,7 +97,25 @@ function trouble(err) {
 
 function usageText() {
   const { files, bytes } = state.tree.usage();
-  return `${files} files · ${size(bytes)}`;
+  const stored = state.stored;
+  if (!stored) return `${files} files · ${size(bytes)}`;
+  // What counts against the quota: every block once, the trash and old versions too.
+  const room = stored.quota_bytes == null ? "" : ` of ${size(stored.quota_bytes)}`;
+  return `${files} files · ${size(bytes)} · ${size(stored.stored_bytes)}${room} stored`;
+}
+
+let usageAsked = 0;
+
+async function refreshUsage() {
+  // At most every 10 s: the server sums a user's blocks, cached, but not free.
+  if (Date.now() - usageAsked < 10_000) return;
+  usageAsked = Date.now();
+  try {
+    state.stored = await state.api.usage();
+    $("#usage").textContent = usageText();
+  } catch (err) {
+    if (err?.status === 401) trouble(err);
+  }
 }
 
 // ---- views --------------------------------------------------------------------------------
