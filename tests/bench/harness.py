@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .rclone import ensure_rclone
 from .targets import (
+    CeilingTarget,
     LocalTarget,
     RcloneTarget,
     Target,
@@ -30,8 +31,8 @@ from .workloads import PHASES, Params, Results
 
 __all__ = ["ALL_TARGETS", "run"]
 
-ALL_TARGETS = ("local", "websync", "rclone")
-_MAKERS = {"local": LocalTarget, "websync": WebSyncTarget, "rclone": RcloneTarget}
+ALL_TARGETS = ("local", "ceiling", "websync", "rclone")
+_MAKERS = {"local": LocalTarget, "ceiling": CeilingTarget, "websync": WebSyncTarget, "rclone": RcloneTarget}
 
 
 def log(message: str) -> None:

@@ -19,7 +19,7 @@ from .workloads import Params, Results
 
 __all__ = ["ROWS", "Row", "check_targets", "machine_info", "render_table", "write_doc"]
 
-TARGETS = (("local", "local dir"), ("websync", "WebSync"), ("rclone", "rclone mount"))
+TARGETS = (("local", "local dir"), ("ceiling", "ceiling"), ("websync", "WebSync"), ("rclone", "rclone mount"))
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,9 @@ def _speedup(row: Row, ours: float | None, other: float | None) -> float | None:
 
 def render_table(p: Params, r: Results) -> str:
     lines = [
-        "| workload | unit | local dir | WebSync | rclone mount | WebSync vs local | WebSync vs rclone |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| workload | unit | local dir | ceiling | WebSync | rclone mount | WebSync vs local | WebSync vs ceiling "
+        "| WebSync vs rclone |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows(p):
         values = r.values.get(row.key, {})
@@ -101,10 +102,11 @@ def render_table(p: Params, r: Results) -> str:
             continue
         ws = values.get("websync")
         vs_local = _speedup(row, ws, values.get("local"))
+        vs_ceiling = _speedup(row, ws, values.get("ceiling"))
         vs_rclone = _speedup(row, ws, values.get("rclone"))
         lines.append(
-            f"| {row.label} | {row.unit} | {fmt(values.get('local'))} | {fmt(ws)} | {fmt(values.get('rclone'))} "
-            f"| {_ratio(vs_local)} | {_ratio(vs_rclone, ahead=True)} |"
+            f"| {row.label} | {row.unit} | {fmt(values.get('local'))} | {fmt(values.get('ceiling'))} | {fmt(ws)} "
+            f"| {fmt(values.get('rclone'))} | {_ratio(vs_local)} | {_ratio(vs_ceiling)} | {_ratio(vs_rclone, ahead=True)} |"
         )
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from tests.servers import ServerProcess, add_user, login
 from .rclone import RcloneMount, RcloneServe
 from .server_api import ServerWatch, block_dir_usage
 
-__all__ = ["LocalTarget", "RcloneTarget", "Target", "Upload", "WebSyncTarget", "drop_caches"]
+__all__ = ["CeilingTarget", "LocalTarget", "RcloneTarget", "Target", "Upload", "WebSyncTarget", "drop_caches"]
 
 MiB = 1 << 20
 
@@ -106,6 +107,39 @@ class LocalTarget(Target):
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+class CeilingTarget(Target):
+    """The in-memory pyfuse3 file system of `tests.bench.ceiling`: the stack's cost with no work done."""
+
+    key = "ceiling"
+    label = "ceiling"
+    two_machines = False
+
+    def __init__(self, root: Path) -> None:
+        mnt = root / "mnt"
+        mnt.mkdir(parents=True, exist_ok=True)
+        with open(root / "ceiling.log", "ab") as out:
+            self.process = subprocess.Popen([sys.executable, "-m", "tests.bench.ceiling", str(mnt)],
+                                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mnt):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError(f"the ceiling file system did not mount: {(root / 'ceiling.log').read_text()}")
+            time.sleep(0.05)
+        super().__init__(mnt, mnt)
+
+    def wait_uploaded(self, rel: str, size: int, since: int = 0, timeout: float = 1800.0) -> None:
+        pass  # in memory: nowhere further to go
+
+    def pids(self) -> dict[str, int]:
+        return {"ceiling": self.process.pid}
+
+    def close(self) -> None:
+        stop_pid(self.process.pid)
+        if os.path.ismount(self.a):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.a)], capture_output=True, check=False)
 
 
 class WebSyncTarget(Target):

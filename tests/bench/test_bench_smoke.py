@@ -67,3 +67,14 @@ def test_every_workload_runs_on_websync_and_a_local_dir(tmp_path: Path) -> None:
     write_doc(doc, "smoke", "replaced\n")  # a second run replaces its own section only
     text = doc.read_text()
     assert text.count("<!-- bench:smoke:begin -->") == 1 and "replaced" in text and "| workload |" not in text
+
+
+def test_the_ceiling_file_system_runs_the_small_file_rows_and_unmounts(tmp_path: Path) -> None:
+    """The in-memory pyfuse3 file system (`tests.bench.ceiling`) behind the "vs ceiling" ratios."""
+    params = Params(files=60, folders=6, drop_caches=False)
+    results = run(params, ("ceiling",), ("small", "programs"), workdir=tmp_path)
+    assert results.errors == {}
+    assert not mounted_under(tmp_path), "the ceiling file system was left mounted"
+    for row in ("small_create", "small_stat", "small_read", "small_delete", "sqlite_commit", "small_fsync", "tar_x"):
+        assert results.values[row]["ceiling"] > 0, row
+    assert "WebSync vs ceiling" in render_table(params, results)
