@@ -110,13 +110,11 @@ def _storage() -> tuple[str | None, str | None]:
     return given.get("database"), given.get("blocks")
 
 
-def _block_folder(services: Services, what: str) -> Path:
-    """The folder of the server's blocks; a clear refusal when they are in object storage."""
+def _block_folder(services: Services) -> Path | None:
+    """The folder of the server's blocks, or None when they are in object storage."""
     from .blocks import BlockStore
 
-    if not isinstance(services.blocks, BlockStore):
-        raise click.UsageError(f"{what} reads a block folder; it does not work on object storage yet")
-    return services.blocks.root
+    return services.blocks.root if isinstance(services.blocks, BlockStore) else None
 
 
 def _only_default_storage(what: str) -> None:
@@ -410,11 +408,13 @@ def check(data: Path, repair: bool, no_rehash: bool, as_json: bool, verbose: int
 
     data_dir = prepare_data_dir(data)
     with _services(data) as services:
-        folder = _block_folder(services, "check")
-        report = checker.check(data_dir, rehash=not no_rehash, db=services.db, blocks_dir=folder)
+        folder = _block_folder(services)
+        objects = services.blocks if folder is None else None
+        report = checker.check(data_dir, rehash=not no_rehash, db=services.db, blocks_dir=folder, objects=objects)
         if repair and (report.problems or report.orphans):
             done = checker.repair(data_dir, report, services)
-            report = checker.check(data_dir, rehash=not no_rehash, db=services.db, blocks_dir=folder)
+            report = checker.check(data_dir, rehash=not no_rehash, db=services.db, blocks_dir=folder,
+                                   objects=objects)
             report.repaired = done
     if as_json:
         click.echo(json.dumps(report.to_wire(), indent=2))
@@ -481,7 +481,8 @@ def usage(data: Path, as_json: bool, verbose: int) -> None:
     from .usage import read_usage
 
     with _services(data) as services:
-        rows = read_usage(services.db, _block_folder(services, "usage"))
+        folder = _block_folder(services)
+        rows = read_usage(services.db, folder, services.blocks if folder is None else None)
     if as_json:
         click.echo(json.dumps([r.to_wire() for r in rows], indent=2))
         return

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from .blocks import Blocks
 from .database import Database
 from .schema import nodes, stores, users, versions
 
@@ -38,8 +39,8 @@ class Usage:
         return asdict(self)
 
 
-def read_usage(db: Database, blocks_root: Path) -> list[Usage]:
-    """Every user's space, by user name."""
+def read_usage(db: Database, blocks_root: Path | None, objects: Blocks | None = None) -> list[Usage]:
+    """Every user's space, by user name; *objects*: blocks in object storage, not under *blocks_root*."""
     with db.read() as conn:
         owners = conn.execute(
             select(users.c.id, users.c.name, users.c.quota_bytes, users.c.quota_nodes).order_by(users.c.name)
@@ -47,7 +48,13 @@ def read_usage(db: Database, blocks_root: Path) -> list[Usage]:
         sums = {row.id: _sums(conn, row.id) for row in owners}
     out = []
     for row in owners:
-        count, disk = _disk(blocks_root / row.name)
+        if objects is not None:
+            # A bucket charges stored bytes, not allocated ones: the objects' lengths.
+            sizes = [stored.size for stored in objects.files(row.name)]
+            count, disk = len(sizes), sum(sizes)
+        else:
+            assert blocks_root is not None
+            count, disk = _disk(blocks_root / row.name)
         out.append(Usage(row.name, *sums[row.id], disk=disk, blocks=count, quota=row.quota_bytes,
                          max_nodes=row.quota_nodes))  # fmt: skip
     return out

@@ -162,6 +162,26 @@ def test_collection_on_the_scaled_set_up_frees_unnamed_blocks_and_keeps_named_on
     assert missing.json()["missing"] == [hashlib.sha256(unnamed).hexdigest()]
 
 
+def test_check_and_usage_on_the_scaled_set_up_read_the_bucket(processes: list[ServerProcess]) -> None:
+    http, store = client(processes[0], "bob")
+    data, stray = b"bob's file" * 100, b"uploaded, never named" * 100
+    for block in (data, stray):
+        assert http.put(f"/v1/blocks/{hashlib.sha256(block).hexdigest()}", content=block).status_code in (200, 201)
+    made = create("checked.txt", size=len(data), blocks=[hashlib.sha256(data).hexdigest()])
+    assert http.post(f"/v1/stores/{store}/commit", json={"batch": new_node_id(), "ops": [made]}).status_code == 200
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(server_command(*args, "--data", str(processes[1].data_dir), *processes[1].storage),
+                              capture_output=True, text=True, timeout=120)
+
+    checked = cli("check", "--json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    report = json.loads(checked.stdout)
+    assert report["problems"] == [] and report["orphans"].get("bob", 0) >= 1 and report["counts"]["blocks"] >= 2
+    used = {row["user"]: row for row in json.loads(cli("usage", "--json").stdout)}
+    assert used["bob"]["current"] >= len(data) and used["bob"]["disk"] >= len(data) + len(stray)
+
+
 def test_migrate_moves_a_single_box_to_postgresql_and_s3_and_every_login_stays_valid(
     tmp_path_factory: pytest.TempPathFactory, postgres: PostgresCluster, s3: SeaweedS3
 ) -> None:
