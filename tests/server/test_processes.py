@@ -182,6 +182,23 @@ def test_check_and_usage_on_the_scaled_set_up_read_the_bucket(processes: list[Se
     assert used["bob"]["current"] >= len(data) and used["bob"]["disk"] >= len(data) + len(stray)
 
 
+def test_a_quota_holds_across_processes_on_the_scaled_set_up(processes: list[ServerProcess]) -> None:
+    """Bytes are counted from the bucket, so a quota set once holds whichever process stores the block."""
+    add_user(processes[0].data_dir, "carol", "carol-password", processes[0].storage)
+    done = subprocess.run(
+        server_command("user", "set", "carol", "--quota", "1M", "--data", str(processes[0].data_dir),
+                       *processes[0].storage),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    one, _ = client(processes[0], "carol")
+    two, _ = client(processes[1], "carol")
+    first, second = os.urandom(700 * 1024), os.urandom(700 * 1024)
+    assert one.put(f"/v1/blocks/{hashlib.sha256(first).hexdigest()}", content=first).status_code == 201
+    refused = two.put(f"/v1/blocks/{hashlib.sha256(second).hexdigest()}", content=second)
+    assert refused.status_code == 507 and refused.json()["error"] == "quota_exceeded", refused.text
+
+
 def test_migrate_moves_a_single_box_to_postgresql_and_s3_and_every_login_stays_valid(
     tmp_path_factory: pytest.TempPathFactory, postgres: PostgresCluster, s3: SeaweedS3
 ) -> None:
