@@ -38,14 +38,15 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from .blocks import _fsync_dir
+from .blocks import Blocks, BlockStore, _fsync_dir
 from .database import DB_FILENAME, Database
 from .gc import collection_lock
 from .journal import RESTORED_KEY
 from .protocol import is_block_hash
 from .schema import meta, stores
+from .schema import users as users_table
 
-__all__ = ["JUMP", "CopyReport", "backup", "restore"]
+__all__ = ["JUMP", "CopyReport", "backup", "backup_scaled", "restore"]
 
 #: How far `restore` moves each store's seq: more commits than any server makes
 #: between a backup and a restore, so a cursor from before the restore is never
@@ -93,6 +94,56 @@ def backup(data_dir: Path, dest: Path) -> CopyReport:
         _fsync_dir(dest)
     for path in list(_block_files(dest / "blocks")):
         if _relative(path, dest / "blocks") not in wanted:
+            path.unlink()
+            report.blocks_removed += 1
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def backup_scaled(data_dir: Path, db: Database, objects: Blocks, dest: Path) -> CopyReport:
+    """Back up a database elsewhere (PostgreSQL) and its object storage into *dest*, in a single box's layout.
+
+    The rows are read in one snapshot (REPEATABLE READ) into a new SQLite file,
+    then every block of the snapshot's users is copied (what DEST has already
+    is skipped, what the snapshot no longer has is removed after the database
+    is in place), so `restore` makes a single box of it and `migrate` moves
+    that onto the scaled set-up again.  Collections wait on this machine's
+    lock; run it where the collections run (docs/operations.md).
+    """
+    from .transfer import TransferReport, copy_blocks, copy_database
+
+    started = time.monotonic()
+    report = CopyReport()
+    dest.mkdir(parents=True, exist_ok=True)
+    with collection_lock(data_dir):
+        staging = dest / f"{DB_FILENAME}.staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        target = Database.open_in(staging)
+        try:
+            copy_database(db, target, TransferReport())
+            with target.read() as conn:
+                users_now = [name for (name,) in conn.execute(select(users_table.c.name))]
+        finally:
+            target.close()
+        temp = dest / f"{DB_FILENAME}.partial"
+        _copy_database(staging / DB_FILENAME, temp)  # one self-contained file, as `backup` leaves
+        shutil.rmtree(staging)
+        report.database_bytes = temp.stat().st_size
+        report.seqs = _seqs(temp)
+        folder = BlockStore(dest / "blocks")
+        folder.open()
+        copied = TransferReport()
+        copy_blocks(objects, folder, copied, users=users_now)
+        report.blocks_copied, report.bytes_copied, report.blocks_present = (
+            copied.blocks, copied.block_bytes, copied.blocks_there)
+        wanted = {f"{user}/{stored.block}" for user in users_now for stored in objects.files(user)}
+        os.sync()
+        _fsync_dir(temp)
+        os.replace(temp, dest / DB_FILENAME)
+        _fsync_dir(dest)
+    for path in list(_block_files(dest / "blocks")):
+        if f"{path.relative_to(dest / 'blocks').parts[0]}/{path.name}" not in wanted:
             path.unlink()
             report.blocks_removed += 1
     report.seconds = time.monotonic() - started

@@ -442,13 +442,20 @@ def backup(data: Path, dest: Path, as_json: bool, verbose: int) -> None:
 
     The database is copied with SQLite's online backup (one consistent
     moment), then the blocks; collections wait meanwhile.  Restore with
-    'websync-server restore'.
+    'websync-server restore'.  With --database/--blocks (PostgreSQL, object
+    storage) the backup reads one snapshot of the rows and copies the objects
+    into the same single-box layout: 'restore' it, then 'migrate' it back.
     """
     from .backup import backup as run_backup
+    from .backup import backup_scaled
     from .services import prepare_data_dir
 
-    _only_default_storage("backup")
-    report = run_backup(prepare_data_dir(data), dest)
+    if any(value is not None for value in _storage()):
+        # PostgreSQL and object storage: into a single box's layout ('restore', then 'migrate').
+        with _services(data) as services:
+            report = backup_scaled(prepare_data_dir(data), services.db, services.blocks, dest)
+    else:
+        report = run_backup(prepare_data_dir(data), dest)
     click.echo(json.dumps(report.to_wire(), indent=2) if as_json else report.summary(f"backed up into {dest}"))
 
 

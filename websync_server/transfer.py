@@ -74,10 +74,14 @@ def copy_database(source: Database, target: Database, report: TransferReport) ->
 
 
 def copy_blocks(
-    source: BlockStore, target: Blocks, report: TransferReport, progress: Callable[[int], None] = lambda n: None
+    source: Blocks, target: Blocks, report: TransferReport, progress: Callable[[int], None] = lambda n: None,
+    *, users: list[str] | None = None,
 ) -> None:
-    """Copy every block of every user from the folder *source* to *target*, skipping what it has."""
-    for user in sorted(p.name for p in source.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    """Copy every block of every user (the folder's, or *users*) from *source* to *target*, skipping what it has."""
+    if users is None:
+        assert isinstance(source, BlockStore), "object storage lists no users: name them"
+        users = [p.name for p in source.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    for user in sorted(users):
         pending: list[BlockHash] = []
         for stored in source.files(user):
             pending.append(stored.block)
@@ -88,7 +92,7 @@ def copy_blocks(
 
 
 def _copy_some(
-    source: BlockStore, target: Blocks, user: str, blocks: list[BlockHash], report: TransferReport,
+    source: Blocks, target: Blocks, user: str, blocks: list[BlockHash], report: TransferReport,
     progress: Callable[[int], None],
 ) -> None:  # fmt: skip
     lacking = target.missing(user, blocks) if blocks else []

@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -197,6 +198,32 @@ def test_a_quota_holds_across_processes_on_the_scaled_set_up(processes: list[Ser
     assert one.put(f"/v1/blocks/{hashlib.sha256(first).hexdigest()}", content=first).status_code == 201
     refused = two.put(f"/v1/blocks/{hashlib.sha256(second).hexdigest()}", content=second)
     assert refused.status_code == 507 and refused.json()["error"] == "quota_exceeded", refused.text
+
+
+def test_a_backup_of_the_scaled_set_up_restores_into_a_single_box_that_serves_it(
+    processes: list[ServerProcess], tmp_path: Path
+) -> None:
+    http, store = client(processes[0])
+    data = os.urandom(300_000)
+    block = hashlib.sha256(data).hexdigest()
+    assert http.put(f"/v1/blocks/{block}", content=data).status_code in (200, 201)
+    made = create("backed-up.bin", size=len(data), blocks=[block])
+    assert http.post(f"/v1/stores/{store}/commit", json={"batch": new_node_id(), "ops": [made]}).status_code == 200
+    dest, restored = tmp_path / "backup", tmp_path / "restored"
+    for args in (["backup", "--data", str(processes[1].data_dir), *processes[1].storage, str(dest), "--json"],
+                 ["restore", "--data", str(restored), str(dest)]):
+        done = subprocess.run(server_command(*args), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert (dest / "blocks" / "alice").is_dir()
+    with ServerProcess.start(restored) as single:
+        answer = login(single.url, "alice", "alice-password")
+        auth = {"Authorization": f"Bearer {answer['token']}"}
+        with httpx.Client(base_url=single.url, headers=auth, timeout=60) as back:
+            listing = Changes.from_wire(back.get(f"/v1/stores/{answer['store']}/changes",
+                                                 params={"cursor": 0}).json())
+            node = next(n for n in listing.nodes if list(n.blocks) == [block])
+            assert node.size == len(data)
+            assert back.get(f"/v1/blocks/{block}").content == data
 
 
 def test_migrate_moves_a_single_box_to_postgresql_and_s3_and_every_login_stays_valid(
