@@ -294,13 +294,15 @@ class Aliases:
     def add_directory(self, remote_dir: str, children: list[tuple[str, int]],
                       previous: Callable[[str], str | None] = lambda name: None) -> dict[str, str]:
         """Map the children of *remote_dir*; returns server name -> local name."""
+        if not self.rules.strict:
+            return {n: n for n, _ in children}  # every name is its own alias: nothing to remember
         local_dir = self.local(remote_dir)
-        names = assign(children, self.rules, previous) if self.rules.strict else {n: n for n, _ in children}
+        names = assign(children, self.rules, previous)
         for name, alias in names.items():
             remote = f"{remote_dir}/{name}" if remote_dir else name
             local = f"{local_dir}/{alias}" if local_dir else alias
             self._local[remote], self._remote[local] = local, remote
-            if self.rules.fold_case or self.rules.fold_normalisation:
+            if self.folds:
                 self._folded[fold(local, self.rules)] = local
         return names
 
@@ -316,10 +318,9 @@ class Aliases:
         return f"{self.local(head)}/{alias}" if head else alias
 
     def remote(self, local: str) -> str:
-        """The server path of local path *local*."""
+        """The server path of local path *local*, spelled as the map spells it (see `same`)."""
         if not local or not self.rules.strict:
             return local
-        local = self.same(local)
         found = self._remote.get(local)
         if found is not None:
             return found
@@ -327,11 +328,22 @@ class Aliases:
         original = decode(name, self.rules)
         return f"{self.remote(head)}/{original}" if head else original
 
+    @property
+    def folds(self) -> bool:
+        return self.rules.fold_case or self.rules.fold_normalisation
+
     def same(self, local: str) -> str:
-        """*local* spelled as the map spells it where the local system folds (``readme`` -> ``Readme``)."""
-        if not self._folded:
+        """*local* spelled as the map spells it where the local system folds (``readme`` -> ``Readme``).
+
+        Folder by folder: a new file in a known folder takes the folder's spelling and keeps its own.
+        """
+        if not self._folded or not local:
             return local
-        return self._folded.get(fold(local, self.rules), local)
+        out = ""
+        for part in local.split("/"):
+            sub = f"{out}/{part}" if out else part
+            out = self._folded.get(fold(sub, self.rules), sub)
+        return out
 
     def aliased(self) -> dict[str, str]:
         """Every local path that differs from its server path: local -> server."""

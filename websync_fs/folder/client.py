@@ -51,6 +51,7 @@ from .guards import FolderGone, Identity, Marker, check_placement
 from .ignore import IgnoreRules
 from .known import KnownTree
 from .merger import Merger
+from .probe import probe
 from .watcher import DirtyPaths, Watcher
 
 log = logging.getLogger(__name__)
@@ -169,8 +170,10 @@ class FolderClient:
         self.queue.on_drop(self.applier.settle)
         self.queue.on_enqueue(self.uploader.wake)
         self.rules = IgnoreRules(folder, names, only)
+        # Before the watcher starts: the probe's own files come and go unseen.
+        self.local_names = probe(folder)
         self.merger = Merger(folder, CorePaths(self.vfs), self.replica, self.known, self.rules, settings.device,
-                             check_folder=self.check_folder, prefetch=self._prefetch)
+                             check_folder=self.check_folder, prefetch=self._prefetch, names=self.local_names)
         self.dirty = DirtyPaths()
         self.remote_due = False
         self.control = ControlServer(home.state_dir, self._request)
@@ -220,6 +223,7 @@ class FolderClient:
             "held": self.uploader.held, "notices": self.reconciler.notices(),
             "problems": dict(sorted(self.merger.problems.items())[:50]), "conflicts": self.merger.conflicts,
             "last_scan": self.scanned, "updated": time.time(),
+            "aliased": dict(sorted(self.merger.aliases.aliased().items())[:50]),
         }
 
     def write_status(self, final: bool = False) -> None:
