@@ -258,7 +258,7 @@ class FolderClient:
     async def _batch(self, everything: bool = False) -> None:
         paths, all_paths = self.dirty.take()
         remote, self.remote_due = self.remote_due, False
-        await self.merger.settle(paths, everything or all_paths, remote)
+        await self.merger.settle(paths, everything or all_paths, remote, self.dirty.take_respelled())
         if everything or all_paths:
             self.scanned = time.time()
         # The folder holds the content: the cache keeps only what waits for upload.

@@ -98,10 +98,17 @@ class Merger:
         self.conflicts = 0
 
     # -- a batch ---------------------------------------------------------------
-    async def settle(self, dirty: set[str], everything: bool = False, remote: bool = False) -> None:
-        """Look at *dirty* paths (and their subtrees), all paths, or what the replica changed."""
+    async def settle(self, dirty: set[str], everything: bool = False, remote: bool = False,
+                     respelled: list[tuple[str, str]] | None = None) -> None:
+        """Look at *dirty* paths (and their subtrees), all paths, or what the replica changed.
+
+        *respelled*: renames here that changed only case, which a folding system shows as no change.
+        """
         self.rules.reload()
         self.check_folder()
+        for _src, dst in respelled or []:
+            # Before the tree is listed, so that the batch sees the new spelling as the file's path.
+            await self._guarded(dst, self._respell, dst)
         if everything:
             # Downloads a kill -9 cut short never reached their path: only their temporary goes.
             await trio.to_thread.run_sync(clear_leftovers, self.root, TMP_PREFIX)
@@ -311,6 +318,16 @@ class Merger:
         return aside
 
     # -- moves -------------------------------------------------------------------
+    async def _respell(self, path: str) -> None:
+        """The file the tree spells otherwise was renamed here to *path* in case only: so on the server."""
+        old = self.aliases.same(path)
+        if old == path or fold(old, self.names) != fold(path, self.names) or self.known.get(old) is None:
+            return
+        if self._local(old) is None or not canonical(path.rpartition("/")[2], self.names):
+            return
+        await self.core.rename(old, path)
+        self.known.move(old, path)
+
     def _moved_in_case(self, path: str, row: NodeRow) -> bool:
         """The node was renamed elsewhere in case only (``Readme`` -> ``README``): renamed here too.
 
