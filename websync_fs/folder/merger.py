@@ -20,6 +20,11 @@ knew under another path that is gone is one rename in the core (a folder of
 thousands of files is one move on the server); a new remote path whose node K
 knew elsewhere, still unchanged here, is one local rename.
 
+Paths here are local paths.  Where the folder's file system refuses or folds
+names (`websync_fs.namepolicy`), the replica's tree is listed under aliases
+and `CorePaths` asks the core by the original; where it folds, one file
+answers to several spellings and only the one the tree gives it is its path.
+
 Downloads go into a hidden ``.websync-tmp-*`` file beside the target and are
 renamed into place only if the local path still is what K says (checked with
 no ``await`` between the check and the rename); otherwise the local file is
@@ -332,8 +337,9 @@ class Merger:
         """The node was renamed elsewhere in case only (``Readme`` -> ``README``): renamed here too.
 
         A folding system holds the file under both spellings: neither a move
-        nor a new file may be read into it.  rename(2) to the other case works
-        on NTFS through lowntfs-3g as on Windows and macOS.
+        nor a new file may be read into it.  On Windows and macOS rename(2)
+        changes the case; through lowntfs-3g it does nothing (the same inode,
+        POSIX) and only the last synced state moves.
         """
         for old in self.known.by_node(row.id):
             if old.path == path or fold(old.path, self.names) != fold(path, self.names):
