@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from tests.clients import Machine, eventually, read_bytes
-from websync_fs.namepolicy import WINDOWS, Rules, encode, fold
+from websync_fs.folder.probe import probe
+from websync_fs.namepolicy import LINUX, WINDOWS, Rules, encode, fold
 
 pytestmark = [pytest.mark.mount]
 
@@ -80,6 +81,17 @@ def ntfs(tmp_path: Path) -> Iterator[Path]:
         if subprocess.run(["umount", str(where)], capture_output=True).returncode:
             time.sleep(1)
             subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.mark.timeout(60)
+def test_the_probe_finds_windows_rules_on_ntfs_and_none_on_a_linux_disk(ntfs: Path, tmp_path: Path) -> None:
+    found = probe(ntfs)
+    assert found.forbidden == WINDOWS.forbidden and found.trailing == WINDOWS.trailing
+    assert found.devices and found.fold_case and not found.fold_normalisation
+    linux = tmp_path / "linux"
+    linux.mkdir()
+    assert probe(linux) == LINUX
+    assert not os.listdir(ntfs) and not os.listdir(linux), "the probe left a file behind"
 
 
 def _store(root: Path) -> dict[str, bytes]:
@@ -184,6 +196,12 @@ def test_edits_renames_and_deletes_of_aliases_reach_the_originals(
     # A new file made on B with look-alikes in its name: A sees what it stands for.
     (folder / "new？ on b.txt").write_bytes(b"made on B")
     eventually(lambda: a.path("new? on b.txt").exists(), what="a file made on B")
+    # A name that no original encodes to is left alone, and the status says why.
+    (folder / "‛‛odd.txt").write_bytes(b"odd")
+    eventually(lambda: "‛‛odd.txt" in _status(b)["problems"], what="the unsyncable name in the status")  # type: ignore[operator]
+    assert not [n for n in os.listdir(a.mnt) if "odd" in n]
+    os.unlink(folder / "‛‛odd.txt")
+    eventually(lambda: not _status(b)["problems"], what="the problem to go with the file")
     # Remote changes: an edit, a rename into a refused name, a rename in case only.
     a.path("space ").write_bytes(b"edited on A")
     eventually(lambda: read_bytes(folder / "space␠") == b"edited on A", what="A's edit of 'space '")

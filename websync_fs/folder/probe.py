@@ -56,6 +56,8 @@ def _finds(where: Path, made: str, asked: str) -> bool:
 
 def probe(folder: Path) -> Rules:
     """The rules of the file system that holds *folder* (an existing directory)."""
+    for left in folder.glob(PROBE_PREFIX + "*"):
+        shutil.rmtree(left, ignore_errors=True)  # a probe a kill -9 cut short
     where = folder / f"{PROBE_PREFIX}{secrets.token_hex(4)}"
     where.mkdir()
     try:
