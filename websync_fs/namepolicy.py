@@ -26,9 +26,10 @@ end leaves it alone and says so, rather than guess.
 Names that only the whole directory can settle (`assign`): two originals the
 local system folds into one (``Readme.md`` and ``README.md`` where case does
 not count, NFC and NFD ``é`` on macOS) are both shown, one under its own name
-and the other as ``README (case conflict).md``; the one this machine knew
-first (the one already shown under its name, else the lower local inode)
-keeps the plain name, so the choice is stable.  A name longer than the
+and the other as ``README (case conflict).md``; the one already shown under
+its name, else the one this machine knew first (the lower local inode),
+keeps the plain name, so the choice is stable; once alone, a marked name is
+shown as itself again.  A name longer than the
 system allows is shortened to a prefix, ``~`` and eight hex digits of its hash,
 keeping its extension.  Both are undone by the directory's listing, not by
 the name alone (see `Aliases`).
@@ -236,7 +237,8 @@ def assign(children: Iterable[tuple[str, int]], rules: Rules,
 
     *order* ranks who keeps a plain name when two fold into one (this
     machine's inode: the one known first); *previous(name)* is the local name
-    a child had when last synced, which it keeps while it is still free.
+    a child had when last synced, which it keeps while the collision lasts
+    (asked only then).  Once alone, a name is shown as itself again.
     """
     children = list(children)
     wanted: dict[str, str] = {}
@@ -246,7 +248,11 @@ def assign(children: Iterable[tuple[str, int]], rules: Rules,
     result: dict[str, str] = {}
     taken: set[str] = set()
     ordered = sorted(children, key=lambda c: (c[1], c[0]))
+    folds = [fold(a, rules) for a in wanted.values()]
+    clashing = {k for k in folds if folds.count(k) > 1} if len(set(folds)) < len(folds) else set()
     for name, _ in ordered:  # what each showed last time, if it still may
+        if fold(wanted[name], rules) not in clashing:
+            continue
         before = previous(name)
         if before is not None and before in _choices(wanted[name]) and fold(before, rules) not in taken:
             result[name] = before

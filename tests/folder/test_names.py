@@ -230,7 +230,7 @@ def _alias(path: str) -> str:
 
 
 #: Names the random mix uses on each side: disjoint, so every change has one author.
-_ON_A = ["x:1", "CON.txt", "tail.", "q?", "Mixed", "é:é"]
+_ON_A = ["x:1", "CON.txt", "tail.", "q?", "Mixed", "MIXED", "é:é"]
 _ON_B = ["b：1", "prn．txt", "plain", "star＊", "lower"]
 
 
@@ -242,9 +242,9 @@ def test_a_random_mix_on_both_sides_converges_with_nothing_lost(
     b = new_machine("B", mount=False)
     folder = ntfs / "Sync"
     b.sync(folder)
-    rng = random.Random(19)
+    rng = random.Random(32)  # a seed whose steps hold the case pair from the 7th on, and rename often
     model: dict[str, bytes] = {}  # original name -> content: what both sides must end with
-    deadline = time.monotonic() + 4
+    deadline = time.monotonic() + 5
     step = 0
     while time.monotonic() < deadline:
         step += 1
@@ -275,9 +275,18 @@ def test_a_random_mix_on_both_sides_converges_with_nothing_lost(
 
     def converged() -> bool:
         there, here = _store(a.mnt), _store(folder)
-        return there == model and _folded(here) == _folded({_alias(p): d for p, d in model.items()})
+        if there != model or sorted(here.values()) != sorted(model.values()):
+            return False
+        # Each name under its alias; of a case pair one is under a marked name, checked by content above.
+        alone = {_alias(p): d for p, d in model.items()
+                 if [fold(q, WINDOWS) for q in model].count(fold(p, WINDOWS)) == 1}
+        return _folded(alone).items() <= _folded(here).items()
 
-    eventually(converged, timeout=90, what="both sides to hold what was done, nothing lost")
+    try:
+        eventually(converged, timeout=60, what="both sides to hold what was done, nothing lost")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nmodel: {model}\nA: {_store(a.mnt)}\nB: {_store(folder)}\n"
+                             f"B's status: {_status(b)}") from None
 
 
 def _original(alias: str) -> str:

@@ -329,6 +329,8 @@ class FolderClient:
                     nursery.start_soon(self._signals, front)
                     await self._stopping_if_gone(self._sync_loop, ready)
                 await self._drain()
+                # Blocks uploaded since the last batch (or while draining) are in the folder too.
+                await trio.to_thread.run_sync(self.cache.evict, 0)
                 nursery.cancel_scope.cancel()
         finally:
             self.write_status_final()

@@ -92,12 +92,6 @@ class KnownTree:
     def by_ino(self, ino: int) -> list[Known]:
         return [k for r in self._db.execute("SELECT * FROM known WHERE ino = ?", (ino,)) if (k := self._known(r))]
 
-    def containing(self, text: str) -> list[Known]:
-        """Rows whose path contains *text* (few: the names marked as case conflicts)."""
-        like = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        return [k for r in self._db.execute("SELECT * FROM known WHERE path LIKE ? ESCAPE '\\'", (like,))
-                if (k := self._known(r))]
-
     def under(self, path: str) -> list[str]:
         """Paths strictly below folder *path* ('' is the top)."""
         if not path:

@@ -45,7 +45,7 @@ from pathlib import Path
 import trio
 
 from ..conflicts import conflict_name
-from ..namepolicy import CASE_CONFLICT, LINUX, Aliases, Rules, canonical, fold
+from ..namepolicy import LINUX, Aliases, Rules, canonical, fold
 from ..replica import NodeRow, Replica
 from .corepaths import ChangedMeanwhile, CorePaths, join
 from .ignore import IgnoreRules
@@ -121,7 +121,7 @@ class Merger:
         tree: dict[str, NodeRow] = {}
         if everything or remote or dirty:
             self.aliases = Aliases(self.names)
-            tree = remote_tree(self.replica, self.rules, self.aliases, self._sticky())
+            tree = remote_tree(self.replica, self.rules, self.aliases, self._shown)
         # The whole last synced state in one query where the whole tree is compared with it.
         snapshot = self.known.all() if (everything or remote) else None
         candidates = self._candidates(tree, dirty, everything, snapshot)
@@ -141,22 +141,36 @@ class Merger:
         for path, side in sorted(removals, key=lambda r: _depth(r[0]), reverse=True):
             await self._guarded(path, self._remove, path, side)
 
-    def _sticky(self) -> Callable[[str], str | None]:
-        """A node's case-conflict name when last synced: it keeps it, so a name never flips back and forth."""
-        if not self.aliases.folds:
-            return lambda node: None
-        marked = {k.node: k.path.rpartition("/")[2] for k in self.known.containing(f"({CASE_CONFLICT}")}
-        return marked.get
+    def _shown(self, node: str) -> str | None:
+        """The name a node had here when last synced (asked for the few whose names fold together)."""
+        rows = self.known.by_node(node)
+        return rows[0].path.rpartition("/")[2] if rows else None
 
     def _local(self, path: str) -> LocalSig | None:
         """What *path* holds on disk, where a folding system may find it under another spelling.
 
-        Such a system finds ``Readme.md`` when asked for ``README.md``: only the
-        spelling the tree gives the file (`Aliases.same`) counts as its path.
+        Such a system finds ``Readme.md`` when asked for ``README.md``: the
+        file belongs to the spelling the last synced state has it under, else
+        to the spelling the tree gives it (`Aliases.same`).
         """
+        sig = local_sig(self.root, path)
+        if sig is None or not self.aliases.folds:
+            return sig
+        key = fold(path, self.names)
+        holders = [k.path for k in self.known.by_ino(sig.ino) if fold(k.path, self.names) == key]
+        if holders:
+            return sig if path in holders else None
+        return sig if self.aliases.same(path) == path else None
+
+    async def _row(self, path: str) -> NodeRow | None:
+        """The replica's node at *path*; none at a spelling the tree does not use (a folding system's stale one)."""
         if self.aliases.folds and self.aliases.same(path) != path:
             return None
-        return local_sig(self.root, path)
+        return await self.core.row(path)
+
+    def _occupied(self, path: str) -> bool:
+        """True if a folding system holds another spelling's file at *path* (not to be written over)."""
+        return self.aliases.folds and self._local(path) is None and os.path.lexists(join(self.root, path))
 
     def _spelled(self, paths: set[str], tree: dict[str, NodeRow], known: set[str] | None = None) -> set[str]:
         """*paths* with the local spellings of one file made one (a folding system lists and reports any case).
@@ -247,7 +261,7 @@ class Merger:
         if self.rules.ignored(path, local is not None and local.kind == "dir"):
             return
         known = self.known.get(path)
-        row = await self.core.row(path)
+        row = await self._row(path)
         if row is not None and row.local:
             row = None
         if known is None and row is not None and self.aliases.folds and self._moved_in_case(path, row):
@@ -360,7 +374,7 @@ class Merger:
             then = self._local(old.path)
             if then is not None and then.ino == local.ino:
                 continue  # still there too (a hard link): not a move
-            there = await self.core.row(old.path)
+            there = await self._row(old.path)
             if there is None or there.id != old.node or version(there) != old.version:
                 continue
             await self.core.rename(old.path, path)
@@ -377,9 +391,12 @@ class Merger:
             then = self._local(old.path)
             if then is None or not then.same(old.sig):
                 continue
-            still = await self.core.row(old.path)
+            still = await self._row(old.path)
             if still is not None and still.id == row.id:
                 continue  # a second name of the same node
+            if self._occupied(path):
+                self.again.add(path)
+                return True  # looked at again once the other spelling's file moved or went
             join(self.root, path).parent.mkdir(parents=True, exist_ok=True)
             os.rename(join(self.root, old.path), join(self.root, path))
             self.known.move(old.path, path)
@@ -408,7 +425,7 @@ class Merger:
                 return
         else:
             return  # sockets, FIFOs and devices in a synced folder stay local
-        new = await self.core.row(path)
+        new = await self._row(path)
         if new is not None:
             self.known.put(path, new.id, version(new), local)
 
@@ -435,6 +452,9 @@ class Merger:
 
     # -- core -> local -----------------------------------------------------------
     async def _apply(self, path: str, row: NodeRow, expected: LocalSig | None) -> None:
+        if self._occupied(path):
+            self.again.add(path)  # another spelling's file: after it moved or went, in a later batch
+            return
         full = join(self.root, path)
         full.parent.mkdir(parents=True, exist_ok=True)
         if row.kind == "dir":
@@ -481,7 +501,7 @@ class Merger:
         if known is None:
             return
         local = self._local(path)
-        row = await self.core.row(path)
+        row = await self._row(path)
         if side == "local":
             if row is not None or local is None or not local.same(known.sig):
                 return
