@@ -220,6 +220,8 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
         # A synced folder runs the same engine: its folder, conflicts kept and files it could not sync.
         "folder": daemon.get("folder", "") if pid is not None else "",
         "conflicts": int(daemon.get("conflicts") or 0), "problems": dict(daemon.get("problems") or {}),
+        # Names this folder's file system refuses or folds, shown under another name: local -> server.
+        "aliased": dict(daemon.get("aliased") or {}) if pid is not None else {},
         "pending": pending, "pending_bytes": pending_bytes, "held": held, "encrypted": encrypted(settings.server),
     }
     held = str(daemon.get("held") or held)
@@ -241,6 +243,8 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
             click.echo(f"mounted:    {info['mountpoint']} (process {pid})" if pid else "mounted:    no")
         for path, reason in info["problems"].items():
             click.echo(f"not synced: {path}: {reason} (retried)")
+        for local, original in info["aliased"].items():
+            click.echo(f"shown as:   {local} (on the server: {original})")
         click.echo(f"pending:    {pending} change(s), {human(pending_bytes)} waiting for upload")
         if held:
             click.echo(f"held back:  {held}")

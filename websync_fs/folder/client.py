@@ -51,6 +51,7 @@ from .guards import FolderGone, Identity, Marker, check_placement
 from .ignore import IgnoreRules
 from .known import KnownTree
 from .merger import Merger
+from .probe import probe
 from .watcher import DirtyPaths, Watcher
 
 log = logging.getLogger(__name__)
@@ -169,8 +170,10 @@ class FolderClient:
         self.queue.on_drop(self.applier.settle)
         self.queue.on_enqueue(self.uploader.wake)
         self.rules = IgnoreRules(folder, names, only)
+        # Before the watcher starts: the probe's own files come and go unseen.
+        self.local_names = probe(folder)
         self.merger = Merger(folder, CorePaths(self.vfs), self.replica, self.known, self.rules, settings.device,
-                             check_folder=self.check_folder, prefetch=self._prefetch)
+                             check_folder=self.check_folder, prefetch=self._prefetch, names=self.local_names)
         self.dirty = DirtyPaths()
         self.remote_due = False
         self.control = ControlServer(home.state_dir, self._request)
@@ -220,6 +223,7 @@ class FolderClient:
             "held": self.uploader.held, "notices": self.reconciler.notices(),
             "problems": dict(sorted(self.merger.problems.items())[:50]), "conflicts": self.merger.conflicts,
             "last_scan": self.scanned, "updated": time.time(),
+            "aliased": dict(sorted(self.merger.aliases.aliased().items())[:50]),
         }
 
     def write_status(self, final: bool = False) -> None:
@@ -254,7 +258,7 @@ class FolderClient:
     async def _batch(self, everything: bool = False) -> None:
         paths, all_paths = self.dirty.take()
         remote, self.remote_due = self.remote_due, False
-        await self.merger.settle(paths, everything or all_paths, remote)
+        await self.merger.settle(paths, everything or all_paths, remote, self.dirty.take_respelled())
         if everything or all_paths:
             self.scanned = time.time()
         # The folder holds the content: the cache keeps only what waits for upload.
@@ -325,6 +329,8 @@ class FolderClient:
                     nursery.start_soon(self._signals, front)
                     await self._stopping_if_gone(self._sync_loop, ready)
                 await self._drain()
+                # Blocks uploaded since the last batch (or while draining) are in the folder too.
+                await trio.to_thread.run_sync(self.cache.evict, 0)
                 nursery.cancel_scope.cancel()
         finally:
             self.write_status_final()

@@ -32,8 +32,10 @@ class ChangedMeanwhile(Exception):
 class CorePaths:
     """Path-based calls on one `Vfs`; every error leaves as OSError(errno)."""
 
-    def __init__(self, vfs: Vfs) -> None:
+    def __init__(self, vfs: Vfs, to_core: Callable[[str], str] = lambda path: path) -> None:
         self.vfs = vfs
+        #: The core's path of a folder path: where the folder shows aliases, the original names.
+        self.to_core = to_core
 
     async def call(self, fn: Callable[..., Any], *args: object, **kw: object) -> Any:
         try:
@@ -43,6 +45,9 @@ class CorePaths:
             raise OSError(exc.errno, os.strerror(exc.errno)) from exc
 
     async def ino(self, path: str) -> int:
+        return await self._ino(self.to_core(path))
+
+    async def _ino(self, path: str) -> int:
         ino = ROOT_INO
         for part in [p for p in path.split("/") if p]:
             ino = (await self.call(self.vfs.lookup, ino, part)).ino
@@ -59,8 +64,8 @@ class CorePaths:
         return self.vfs.replica.get(ino)
 
     async def parent(self, path: str) -> tuple[int, str]:
-        head, _, name = path.rpartition("/")
-        return await self.ino(head), name
+        head, _, name = self.to_core(path).rpartition("/")
+        return await self._ino(head), name
 
     async def write_file(self, path: str, src: BinaryIO, mode: int, mtime_ns: int, seen: NodeRow | None) -> None:
         """Make *path* hold what *src* reads, then its mode and mtime: one version on the server.

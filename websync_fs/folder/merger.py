@@ -20,6 +20,11 @@ knew under another path that is gone is one rename in the core (a folder of
 thousands of files is one move on the server); a new remote path whose node K
 knew elsewhere, still unchanged here, is one local rename.
 
+Paths here are local paths.  Where the folder's file system refuses or folds
+names (`websync_fs.namepolicy`), the replica's tree is listed under aliases
+and `CorePaths` asks the core by the original; where it folds, one file
+answers to several spellings and only the one the tree gives it is its path.
+
 Downloads go into a hidden ``.websync-tmp-*`` file beside the target and are
 renamed into place only if the local path still is what K says (checked with
 no ``await`` between the check and the rename); otherwise the local file is
@@ -40,6 +45,7 @@ from pathlib import Path
 import trio
 
 from ..conflicts import conflict_name
+from ..namepolicy import LINUX, Aliases, Rules, canonical, fold
 from ..replica import NodeRow, Replica
 from .corepaths import ChangedMeanwhile, CorePaths, join
 from .ignore import IgnoreRules
@@ -73,10 +79,15 @@ class Merger:
     def __init__(
         self, root: Path, core: CorePaths, replica: Replica, known: KnownTree, rules: IgnoreRules, device: str,
         *, check_folder: Callable[[], None] = lambda: None,
-        prefetch: Callable[[list[str]], None] = lambda hashes: None,
+        prefetch: Callable[[list[str]], None] = lambda hashes: None, names: Rules = LINUX,
     ) -> None:
         self.root = root
         self.core = core
+        #: What the folder's file system refuses and folds: paths here are local paths (aliases
+        #: where the rules need them); the core is asked by the original, through `aliases`.
+        self.names = names
+        self.aliases = Aliases(names)
+        core.to_core = lambda path: self.aliases.remote(path)
         self.replica = replica
         self.known = known
         self.rules = rules
@@ -92,15 +103,25 @@ class Merger:
         self.conflicts = 0
 
     # -- a batch ---------------------------------------------------------------
-    async def settle(self, dirty: set[str], everything: bool = False, remote: bool = False) -> None:
-        """Look at *dirty* paths (and their subtrees), all paths, or what the replica changed."""
+    async def settle(self, dirty: set[str], everything: bool = False, remote: bool = False,
+                     respelled: list[tuple[str, str]] | None = None) -> None:
+        """Look at *dirty* paths (and their subtrees), all paths, or what the replica changed.
+
+        *respelled*: renames here that changed only case, which a folding system shows as no change.
+        """
         self.rules.reload()
         self.check_folder()
+        for _src, dst in respelled or []:
+            # Before the tree is listed, so that the batch sees the new spelling as the file's path.
+            await self._guarded(dst, self._respell, dst)
         if everything:
             # Downloads a kill -9 cut short never reached their path: only their temporary goes.
             await trio.to_thread.run_sync(clear_leftovers, self.root, TMP_PREFIX)
         dirty = dirty | self.again | set(self.problems)
-        tree = remote_tree(self.replica, self.rules) if (everything or remote or dirty) else {}
+        tree: dict[str, NodeRow] = {}
+        if everything or remote or dirty:
+            self.aliases = Aliases(self.names)
+            tree = remote_tree(self.replica, self.rules, self.aliases, self._shown)
         # The whole last synced state in one query where the whole tree is compared with it.
         snapshot = self.known.all() if (everything or remote) else None
         candidates = self._candidates(tree, dirty, everything, snapshot)
@@ -119,6 +140,55 @@ class Merger:
             self.check_folder()
         for path, side in sorted(removals, key=lambda r: _depth(r[0]), reverse=True):
             await self._guarded(path, self._remove, path, side)
+
+    def _shown(self, node: str) -> str | None:
+        """The name a node had here when last synced (asked for the few whose names fold together)."""
+        rows = self.known.by_node(node)
+        return rows[0].path.rpartition("/")[2] if rows else None
+
+    def _local(self, path: str) -> LocalSig | None:
+        """What *path* holds on disk, where a folding system may find it under another spelling.
+
+        Such a system finds ``Readme.md`` when asked for ``README.md``: the
+        file belongs to the spelling the last synced state has it under, else
+        to the spelling the tree gives it (`Aliases.same`).
+        """
+        sig = local_sig(self.root, path)
+        if sig is None or not self.aliases.folds:
+            return sig
+        key = fold(path, self.names)
+        holders = [k.path for k in self.known.by_ino(sig.ino) if fold(k.path, self.names) == key]
+        if holders:
+            return sig if path in holders else None
+        return sig if self.aliases.same(path) == path else None
+
+    async def _row(self, path: str) -> NodeRow | None:
+        """The replica's node at *path*; none at a spelling the tree does not use (a folding system's stale one)."""
+        if self.aliases.folds and self.aliases.same(path) != path:
+            return None
+        return await self.core.row(path)
+
+    def _occupied(self, path: str) -> bool:
+        """True if a folding system holds another spelling's file at *path* (not to be written over)."""
+        return self.aliases.folds and self._local(path) is None and os.path.lexists(join(self.root, path))
+
+    def _spelled(self, paths: set[str], tree: dict[str, NodeRow], known: set[str] | None = None) -> set[str]:
+        """*paths* with the local spellings of one file made one (a folding system lists and reports any case).
+
+        Spellings the tree or the last synced state hold stay as they are (a
+        stale one is settled to drop its row); any other is a listing's or an
+        event's spelling of one of them, or of a new file.
+        """
+        if not self.aliases.folds:
+            return paths
+        held = {p for p in paths if p in tree or (p in known if known is not None else self.known.get(p) is not None)}
+        owners = {fold(p, self.names): p for p in sorted(held, key=lambda p: p in tree)}
+        out = set(held)
+        for path in sorted(paths - held):
+            spelled = self.aliases.same(path)
+            if owners.setdefault(fold(spelled, self.names), spelled) == spelled:
+                out.add(spelled)
+        return out
 
     async def _guarded(self, path: str, fn: Callable[..., object], *args: object) -> None:
         try:
@@ -151,7 +221,7 @@ class Merger:
         """The candidates whose file, node or last synced row differ (by this moment's snapshots)."""
         changed = set()
         for path in candidates:
-            k, row, local = known.get(path), tree.get(path), local_sig(self.root, path)
+            k, row, local = known.get(path), tree.get(path), self._local(path)
             if k is None:
                 same = local is None and row is None
             else:
@@ -165,7 +235,9 @@ class Merger:
                     snapshot: dict[str, Known] | None) -> set[str]:
         """Paths to look at: all, what the replica changed (with a *snapshot*), and the dirty subtrees."""
         if everything:
-            return set(local_paths(self.root, self.rules)) | set(self.known.paths()) | set(tree)
+            known = set(self.known.paths())
+            return self._spelled(set(local_paths(self.root, self.rules)) | known | set(tree), tree, known)
+        dirty = {self.aliases.same(p) for p in dirty} if self.aliases.folds else dirty
         found: set[str] = set()
         if snapshot is not None:
             for path, row in tree.items():
@@ -181,17 +253,22 @@ class Merger:
                 found.update(local_paths(self.root, self.rules, path))
             found.update(self.known.under(path))
             found.update(p for p in tree if p.startswith(path + "/"))
-        return {p for p in found if p}
+        return self._spelled({p for p in found if p}, tree)
 
     # -- one path ----------------------------------------------------------------
     async def _settle_one(self, path: str, removals: list[tuple[str, str]]) -> None:
-        local = local_sig(self.root, path)
+        local = self._local(path)
         if self.rules.ignored(path, local is not None and local.kind == "dir"):
             return
         known = self.known.get(path)
-        row = await self.core.row(path)
+        row = await self._row(path)
         if row is not None and row.local:
             row = None
+        if known is None and row is not None and self.aliases.folds and self._moved_in_case(path, row):
+            local, known = self._local(path), self.known.get(path)
+        if local is not None and known is None and row is None and not canonical(path.rpartition("/")[2], self.names):
+            # Read as an alias it would come back under another name: syncing it would lose one of the two.
+            raise OSError(errno.EINVAL, "a name this folder cannot sync (it reads as an alias); rename it")
         local_same = (local is None and known is None) or (
             local is not None and known is not None and local.same(known.sig))
         remote_same = (row is None and known is None) or (
@@ -260,15 +337,44 @@ class Merger:
         return aside
 
     # -- moves -------------------------------------------------------------------
+    async def _respell(self, path: str) -> None:
+        """The file the tree spells otherwise was renamed here to *path* in case only: so on the server."""
+        old = self.aliases.same(path)
+        if old == path or fold(old, self.names) != fold(path, self.names) or self.known.get(old) is None:
+            return
+        if self._local(old) is None or not canonical(path.rpartition("/")[2], self.names):
+            return
+        await self.core.rename(old, path)
+        self.known.move(old, path)
+
+    def _moved_in_case(self, path: str, row: NodeRow) -> bool:
+        """The node was renamed elsewhere in case only (``Readme`` -> ``README``): renamed here too.
+
+        A folding system holds the file under both spellings: neither a move
+        nor a new file may be read into it.  On Windows and macOS rename(2)
+        changes the case; through lowntfs-3g it does nothing (the same inode,
+        POSIX) and only the last synced state moves.
+        """
+        for old in self.known.by_node(row.id):
+            if old.path == path or fold(old.path, self.names) != fold(path, self.names):
+                continue
+            then = local_sig(self.root, old.path)
+            if then is None or not then.same(old.sig):
+                continue
+            os.rename(join(self.root, old.path), join(self.root, path))
+            self.known.move(old.path, path)
+            return True
+        return False
+
     async def _moved_locally(self, path: str, local: LocalSig) -> bool:
         """A new path whose inode the last synced state knew elsewhere: one rename in the core."""
         for old in self.known.by_ino(local.ino):
             if old.path == path or old.sig.kind != local.kind:
                 continue
-            then = local_sig(self.root, old.path)
+            then = self._local(old.path)
             if then is not None and then.ino == local.ino:
                 continue  # still there too (a hard link): not a move
-            there = await self.core.row(old.path)
+            there = await self._row(old.path)
             if there is None or there.id != old.node or version(there) != old.version:
                 continue
             await self.core.rename(old.path, path)
@@ -282,12 +388,15 @@ class Merger:
         for old in self.known.by_node(row.id):
             if old.path == path:
                 continue
-            then = local_sig(self.root, old.path)
+            then = self._local(old.path)
             if then is None or not then.same(old.sig):
                 continue
-            still = await self.core.row(old.path)
+            still = await self._row(old.path)
             if still is not None and still.id == row.id:
                 continue  # a second name of the same node
+            if self._occupied(path):
+                self.again.add(path)
+                return True  # looked at again once the other spelling's file moved or went
             join(self.root, path).parent.mkdir(parents=True, exist_ok=True)
             os.rename(join(self.root, old.path), join(self.root, path))
             self.known.move(old.path, path)
@@ -316,7 +425,7 @@ class Merger:
                 return
         else:
             return  # sockets, FIFOs and devices in a synced folder stay local
-        new = await self.core.row(path)
+        new = await self._row(path)
         if new is not None:
             self.known.put(path, new.id, version(new), local)
 
@@ -337,12 +446,15 @@ class Merger:
             except ChangedMeanwhile:
                 self.again.add(path)  # a remote change arrived since: decided again, as a conflict
                 return False
-            if local_sig(self.root, path) != local:
+            if self._local(path) != local:
                 self.again.add(path)  # changed while read: the next batch sends the rest
         return True
 
     # -- core -> local -----------------------------------------------------------
     async def _apply(self, path: str, row: NodeRow, expected: LocalSig | None) -> None:
+        if self._occupied(path):
+            self.again.add(path)  # another spelling's file: after it moved or went, in a later batch
+            return
         full = join(self.root, path)
         full.parent.mkdir(parents=True, exist_ok=True)
         if row.kind == "dir":
@@ -356,8 +468,8 @@ class Merger:
             try:
                 await self._fetch(row, tmp)
                 # No await from the check to the rename: the download lands only on what K knew.
-                if local_sig(self.root, path) != expected:
-                    if local_sig(self.root, path) is not None:
+                if self._local(path) != expected:
+                    if self._local(path) is not None:
                         self._keep_aside(path)
                 elif expected is not None and expected.kind == "dir":
                     self._keep_aside(path)
@@ -367,7 +479,7 @@ class Merger:
                     os.unlink(tmp)
         else:
             return
-        now = local_sig(self.root, path)
+        now = self._local(path)
         if now is not None:
             self.known.put(path, row.id, version(row), now)
 
@@ -388,8 +500,8 @@ class Merger:
         known = self.known.get(path)
         if known is None:
             return
-        local = local_sig(self.root, path)
-        row = await self.core.row(path)
+        local = self._local(path)
+        row = await self._row(path)
         if side == "local":
             if row is not None or local is None or not local.same(known.sig):
                 return

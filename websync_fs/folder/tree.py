@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from websync_server.protocol import BLOCK_SIZE, ROOT_ID
 
+from ..namepolicy import Aliases
 from ..replica import NodeRow, Replica
 from .corepaths import join, kind_of
 from .ignore import IgnoreRules
@@ -87,8 +89,13 @@ def clear_leftovers(root: Path, prefix: str) -> int:
     return removed
 
 
-def remote_tree(replica: Replica, rules: IgnoreRules) -> dict[str, NodeRow]:
-    """Every synced path of the replica with its node (one query each for nodes and entries)."""
+def remote_tree(replica: Replica, rules: IgnoreRules, aliases: Aliases | None = None,
+                previous: Callable[[str], str | None] = lambda node: None) -> dict[str, NodeRow]:
+    """Every synced path of the replica with its node, keyed by local path (one query each for nodes and entries).
+
+    With *aliases* each directory's names are mapped into it as they are met
+    (*previous*: a node's local name when last synced, kept while it may).
+    """
     nodes = replica.all_nodes()
     children: dict[str, list[tuple[str, str]]] = {}
     for (parent, name), node in replica.all_entries().items():
@@ -97,12 +104,19 @@ def remote_tree(replica: Replica, rules: IgnoreRules) -> dict[str, NodeRow]:
     stack: list[tuple[str, str]] = [("", ROOT_ID)]
     while stack:
         rel, node = stack.pop()
+        kept: list[tuple[str, NodeRow]] = []
         for name, child in children.get(node, []):
             row = nodes.get(child)
             sub = f"{rel}/{name}" if rel else name
             if row is None or row.local or rules.ignored(sub, row.kind == "dir"):
                 continue
-            tree[sub] = row
+            kept.append((name, row))
+        if aliases is not None:
+            ids = {name: row.id for name, row in kept}
+            aliases.add_directory(rel, [(name, row.ino) for name, row in kept], lambda n: previous(ids[n]))
+        for name, row in kept:
+            sub = f"{rel}/{name}" if rel else name
+            tree[aliases.local(sub) if aliases is not None else sub] = row
             if row.kind == "dir":
-                stack.append((sub, child))
+                stack.append((sub, row.id))
     return tree

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from pathlib import Path
 
 import trio
@@ -27,6 +28,9 @@ class DirtyPaths:
     def __init__(self) -> None:
         self.paths: set[str] = set()
         self.everything = False
+        #: Renames that changed only case or normalisation: where the file system folds, the
+        #: old and the new path are one file and no scan can tell the rename from nothing.
+        self.respelled: list[tuple[str, str]] = []
         self.changed = trio.Event()
         self.last = trio.current_time()
 
@@ -34,6 +38,14 @@ class DirtyPaths:
         self.paths.update(paths)
         self.last = trio.current_time()
         self.changed.set()
+
+    def respell(self, src: str, dst: str) -> None:
+        self.respelled.append((src, dst))
+        self.add(src, dst)
+
+    def take_respelled(self) -> list[tuple[str, str]]:
+        moves, self.respelled = self.respelled, []
+        return moves
 
     def rescan(self) -> None:
         self.everything = True
@@ -65,11 +77,21 @@ class _Handler(FileSystemEventHandler):
         if getattr(event, "dest_path", ""):
             rels.append(self._rel(event.dest_path))
         found = [r for r in rels if r is not None]
-        if found:
+        if len(found) == 2 and found[0] != found[1] and _loose(found[0]) == _loose(found[1]):
+            try:
+                self.token.run_sync_soon(self.dirty.respell, found[0], found[1])
+            except trio.RunFinishedError:
+                pass
+        elif found:
             try:
                 self.token.run_sync_soon(self.dirty.add, *found)
             except trio.RunFinishedError:
                 pass
+
+
+def _loose(path: str) -> str:
+    """Equal for paths that differ in case or normalisation only (the merger applies the real rules)."""
+    return unicodedata.normalize("NFD", path).casefold()
 
 
 class _Overflow(logging.Handler):

@@ -1,0 +1,294 @@
+"""Names Windows refuses or folds, synced into a folder on a real NTFS volume and back.
+
+Machine A mounts the store on Linux and may use any name; machine B syncs a
+folder on an NTFS loop image mounted with lowntfs-3g ``windows_names,ignore_case``,
+which refuses what Windows refuses (EINVAL) and finds ``README`` for ``Readme``.
+B shows each name under its alias (`websync_fs.namepolicy`); what B does to an
+alias reaches the original on A.  lowntfs-3g lists every name in lower case,
+so B's side is compared case-folded.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import subprocess
+import time
+import unicodedata
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.clients import Machine, eventually, read_bytes
+from websync_fs.folder.probe import probe
+from websync_fs.namepolicy import LINUX, WINDOWS, Rules, encode, fold
+
+pytestmark = [pytest.mark.mount]
+
+NFC = unicodedata.normalize("NFC", "café.txt")
+NFD = unicodedata.normalize("NFD", "café.txt")
+#: Every kind of name a Linux machine may give a file, with the alias B shows it under.
+NAMES = {
+    "a:b.txt": "a：b.txt",
+    "what?.txt": "what？.txt",
+    "<tag> * \"q\" | x\\y.txt": "＜tag＞ ＊ ＂q＂ ｜ x＼y.txt",
+    "bell\x07.txt": "bell␇.txt",
+    "CON": "COＮ",
+    "nul.txt": "nuｌ.txt",
+    "com1.tar.gz": "com１.tar.gz",
+    "trail.": "trail．",
+    "space ": "space␠",
+    "a：b real.txt": "a‛：b real.txt",  # a real look-alike: quoted, never the alias of "a:b real.txt"
+    "a:b real.txt": "a：b real.txt",
+    NFC: NFC,
+    NFD: NFD,  # NTFS keeps both forms apart, as Windows does
+}
+CASE_PAIR = ("Readme.md", "README.md")
+LONG = ":" * 100 + ".txt"  # 104 bytes here, 304 as look-alikes: over NTFS's 255 through the kernel
+
+
+def _refused(path: Path) -> bool:
+    try:
+        path.touch()
+    except OSError as exc:
+        return exc.errno == errno.EINVAL
+    path.unlink()
+    return False
+
+
+@pytest.fixture
+def ntfs(tmp_path: Path) -> Iterator[Path]:
+    """An NTFS volume with Windows' name rules, mounted through lowntfs-3g, unmounted at the end."""
+    if not (shutil.which("mkntfs") and shutil.which("lowntfs-3g")):
+        pytest.fail("ntfs-3g is missing (platform/setup-debian.sh installs it)")
+    image, where = tmp_path / "ntfs.img", tmp_path / "ntfs"
+    where.mkdir()
+    subprocess.run(["truncate", "-s", "64M", str(image)], check=True)
+    subprocess.run(["mkntfs", "-F", "-Q", str(image)], check=True, capture_output=True)
+    subprocess.run(["lowntfs-3g", "-o", "windows_names,ignore_case,permissions", str(image), str(where)],
+                   check=True, capture_output=True)
+    try:
+        assert all(_refused(where / n) for n in ("a:b", "CON", "trail.")), "lowntfs-3g took a Windows-refused name"
+        (where / "Readme").write_bytes(b"x")
+        assert (where / "README").exists(), "lowntfs-3g did not fold case"
+        (where / "Readme").unlink()
+        yield where
+    finally:
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode:
+            time.sleep(1)
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.mark.timeout(60)
+def test_the_probe_finds_windows_rules_on_ntfs_and_none_on_a_linux_disk(ntfs: Path, tmp_path: Path) -> None:
+    found = probe(ntfs)
+    assert found.forbidden == WINDOWS.forbidden and found.trailing == WINDOWS.trailing
+    assert found.devices and found.fold_case and not found.fold_normalisation
+    linux = tmp_path / "linux"
+    linux.mkdir()
+    assert probe(linux) == LINUX
+    assert not os.listdir(ntfs) and not os.listdir(linux), "the probe left a file behind"
+
+
+def _store(root: Path) -> dict[str, bytes]:
+    """Every file under *root* by relative path, the folder's own files left out."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".websync")]
+        for name in filenames:
+            if not name.startswith(".websync"):
+                path = Path(dirpath) / name
+                found[str(path.relative_to(root))] = read_bytes(path)
+    return found
+
+
+def _folded(files: dict[str, bytes], rules: Rules = WINDOWS) -> dict[str, bytes]:
+    return {fold(p, rules): data for p, data in files.items()}
+
+
+def _status(machine: Machine) -> dict[str, object]:
+    return json.loads(machine.cli("status", "--json").stdout)  # type: ignore[no-any-return]
+
+
+def _quiet(*machines: Machine) -> Callable[[], bool]:
+    return lambda: all(_status(m)["pending"] == 0 for m in machines)
+
+
+def _fill(a: Machine) -> dict[str, bytes]:
+    """Every kind of name on A's mount, each file with content of its own."""
+    written = {}
+    for i, name in enumerate([*NAMES, *CASE_PAIR, LONG]):
+        a.path(name).write_bytes(b"file %d: %r" % (i, name.encode()))
+        written[name] = read_bytes(a.path(name))
+    a.path("dir:x").mkdir()
+    a.path("dir:x", "in?side.txt").write_bytes(b"inside")
+    written["dir:x/in?side.txt"] = b"inside"
+    return written
+
+
+@pytest.mark.timeout(240)
+def test_every_name_a_linux_machine_gives_is_there_under_an_alias_on_ntfs(
+    ntfs: Path, new_machine: Callable[..., Machine]
+) -> None:
+    a = new_machine("A")
+    written = _fill(a)
+    b = new_machine("B", mount=False)
+    eventually(_quiet(a), timeout=60, what="A's uploads")
+    folder = ntfs / "Sync"
+    b.sync(folder)
+    eventually(lambda: len(_store(folder)) == len(written), timeout=60, what="every file on the NTFS folder")
+    here = _store(folder)
+    assert sorted(here.values()) == sorted(written.values()), "a file is missing or was overwritten"
+    for name, alias in NAMES.items():
+        assert read_bytes(folder / alias) == written[name], name
+    assert read_bytes(folder / "dir：x" / "in？side.txt") == b"inside"
+    # The case pair: both kept, the one B learned of first under its own name.
+    plain = [n for n in os.listdir(folder) if fold(n, WINDOWS) == fold("README.md", WINDOWS)]
+    marked = [n for n in os.listdir(folder) if "(case conflict)" in n]
+    assert len(plain) == 1 and len(marked) == 1, os.listdir(folder)
+    assert {read_bytes(folder / plain[0]), read_bytes(folder / marked[0])} == {written[n] for n in CASE_PAIR}
+    # The long name: shortened, with its extension, and mapped back (the status lists it).
+    long = [n for n in os.listdir(folder) if n.startswith("：") and "~" in n]
+    assert len(long) == 1 and long[0].endswith(".txt") and read_bytes(folder / long[0]) == written[LONG]
+    def listed() -> bool:
+        aliased = _status(b)["aliased"]
+        return isinstance(aliased, dict) and LONG in aliased.values() and aliased.get("a：b.txt") == "a:b.txt"
+
+    eventually(listed, what="the status to list the aliases")
+    # Nothing of B's came back to A as a new name.
+    time.sleep(1)
+    eventually(_quiet(a, b), what="both machines settled")
+    assert _store(a.mnt) == written
+
+
+@pytest.mark.timeout(240)
+def test_edits_renames_and_deletes_of_aliases_reach_the_originals(
+    ntfs: Path, new_machine: Callable[..., Machine]
+) -> None:
+    a = new_machine("A")
+    written = _fill(a)
+    a.path("notes.txt").write_bytes(b"notes")
+    b = new_machine("B", mount=False)
+    eventually(_quiet(a), timeout=60, what="A's uploads")
+    folder = ntfs / "Sync"
+    b.sync(folder)
+    eventually(lambda: len(_store(folder)) == len(written) + 1, timeout=60, what="every file on the NTFS folder")
+    # An edit of an alias reaches its original, and only it.
+    (folder / "a：b.txt").write_bytes(b"edited on B")
+    eventually(lambda: read_bytes(a.path("a:b.txt")) == b"edited on B", what="the edit of a:b.txt")
+    assert read_bytes(a.path("a：b real.txt")) == written["a：b real.txt"]
+    marked = next(n for n in os.listdir(folder) if "(case conflict)" in n)
+    original = "Readme.md" if marked.startswith("Readme") else "README.md"
+    (folder / marked).write_bytes(b"the marked one, edited")
+    eventually(lambda: read_bytes(a.path(original)) == b"the marked one, edited", what="the marked twin's edit")
+    other = CASE_PAIR[1 - CASE_PAIR.index(original)]
+    assert read_bytes(a.path(other)) == written[other]
+    # A rename on B into a name Windows refuses as it is: the original name on A.
+    os.rename(folder / "COＮ", folder / "dir：x" / "moved？.txt")
+    eventually(lambda: a.path("dir:x", "moved?.txt").exists() and not a.path("CON").exists(), what="the rename")
+    assert read_bytes(a.path("dir:x", "moved?.txt")) == written["CON"]
+    os.unlink(folder / "trail．")
+    eventually(lambda: not a.path("trail.").exists(), what="the delete of trail.")
+    # A new file made on B with look-alikes in its name: A sees what it stands for.
+    (folder / "new？ on b.txt").write_bytes(b"made on B")
+    eventually(lambda: a.path("new? on b.txt").exists(), what="a file made on B")
+    # A name that no original encodes to is left alone, and the status says why.
+    (folder / "‛‛odd.txt").write_bytes(b"odd")
+    eventually(lambda: "‛‛odd.txt" in _status(b)["problems"], what="the unsyncable name in the status")  # type: ignore[operator]
+    assert not [n for n in os.listdir(a.mnt) if "odd" in n]
+    os.unlink(folder / "‛‛odd.txt")
+    eventually(lambda: not _status(b)["problems"], what="the problem to go with the file")
+    # Remote changes: an edit, a rename into a refused name, a rename in case only.
+    a.path("space ").write_bytes(b"edited on A")
+    eventually(lambda: read_bytes(folder / "space␠") == b"edited on A", what="A's edit of 'space '")
+    os.rename(a.path("what?.txt"), a.path("why|.txt"))
+    eventually(lambda: (folder / "why｜.txt").exists() and not (folder / "what？.txt").exists(), what="A's rename")
+    os.rename(a.path("notes.txt"), a.path("Notes.txt"))
+    eventually(_quiet(a, b), what="both settled")
+    time.sleep(2)
+    eventually(_quiet(a, b), what="both settled")
+    assert read_bytes(folder / "notes.txt") == b"notes"
+    assert a.path("Notes.txt").exists() and "notes.txt" not in os.listdir(a.mnt)
+    # (A rename on B in case only cannot be made here: Linux's rename(2) onto the same inode,
+    # which lowntfs-3g's ignore_case finds, does nothing, as POSIX says.)
+    assert not [n for n in os.listdir(a.mnt) if "conflict from" in n]
+    there = _store(a.mnt)
+    expected = {_alias(p): d for p, d in there.items()}
+    # The case pair's marked twin is the one name not its plain alias.
+    expected[fold(marked, WINDOWS)] = expected.pop(_alias(original))
+    expected = {k: v for k, v in expected.items() if not k.startswith("：")}
+    assert {k: v for k, v in _folded(_store(folder)).items() if "~" not in k} == _folded(expected)
+    assert len(_store(folder)) == len(there)
+
+
+def _alias(path: str) -> str:
+    return "/".join(encode(part, WINDOWS) for part in path.split("/"))
+
+
+#: Names the random mix uses on each side: disjoint, so every change has one author.
+_ON_A = ["x:1", "CON.txt", "tail.", "q?", "Mixed", "MIXED", "é:é"]
+_ON_B = ["b：1", "prn．txt", "plain", "star＊", "lower"]
+
+
+@pytest.mark.timeout(300)
+def test_a_random_mix_on_both_sides_converges_with_nothing_lost(
+    ntfs: Path, new_machine: Callable[..., Machine]
+) -> None:
+    a = new_machine("A")
+    b = new_machine("B", mount=False)
+    folder = ntfs / "Sync"
+    b.sync(folder)
+    rng = random.Random(32)  # a seed whose steps hold the case pair from the 7th on, and rename often
+    model: dict[str, bytes] = {}  # original name -> content: what both sides must end with
+    deadline = time.monotonic() + 5
+    step = 0
+    while time.monotonic() < deadline:
+        step += 1
+        on_a = rng.random() < 0.5
+        pool = _ON_A if on_a else _ON_B
+        name = rng.choice(pool)
+        original = name if on_a else _original(name)
+        where = a.path(name) if on_a else folder / name
+        present = [n for n in pool if (n if on_a else _original(n)) in model]
+        op = rng.choice(["write", "write", "rename", "delete"] if present else ["write"])
+        if op == "write":
+            data = b"step %d on %s" % (step, b"A" if on_a else b"B")
+            where.write_bytes(data)
+            model[original] = data
+        else:
+            name = rng.choice(present)
+            where = a.path(name) if on_a else folder / name
+            original = name if on_a else _original(name)
+            free = [n for n in pool if (n if on_a else _original(n)) not in model]
+            if op == "rename" and free:
+                target = rng.choice(free)
+                os.rename(where, a.path(target) if on_a else folder / target)
+                model[target if on_a else _original(target)] = model.pop(original)
+            else:
+                where.unlink()
+                model.pop(original)
+        time.sleep(rng.choice([0.0, 0.05, 0.3]))
+
+    def converged() -> bool:
+        there, here = _store(a.mnt), _store(folder)
+        if there != model or sorted(here.values()) != sorted(model.values()):
+            return False
+        # Each name under its alias; of a case pair one is under a marked name, checked by content above.
+        alone = {_alias(p): d for p, d in model.items()
+                 if [fold(q, WINDOWS) for q in model].count(fold(p, WINDOWS)) == 1}
+        return _folded(alone).items() <= _folded(here).items()
+
+    try:
+        eventually(converged, timeout=60, what="both sides to hold what was done, nothing lost")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nmodel: {model}\nA: {_store(a.mnt)}\nB: {_store(folder)}\n"
+                             f"B's status: {_status(b)}") from None
+
+
+def _original(alias: str) -> str:
+    from websync_fs.namepolicy import decode
+    return decode(alias, WINDOWS)
