@@ -32,8 +32,10 @@ class ChangedMeanwhile(Exception):
 class CorePaths:
     """Path-based calls on one `Vfs`; every error leaves as OSError(errno)."""
 
-    def __init__(self, vfs: Vfs) -> None:
+    def __init__(self, vfs: Vfs, *, fold_case: bool = False) -> None:
         self.vfs = vfs
+        #: Find a name whatever its case, as Windows programs expect (the stored spelling is kept).
+        self.fold_case = fold_case
 
     async def call(self, fn: Callable[..., Any], *args: object, **kw: object) -> Any:
         try:
@@ -45,8 +47,24 @@ class CorePaths:
     async def ino(self, path: str) -> int:
         ino = ROOT_INO
         for part in [p for p in path.split("/") if p]:
-            ino = (await self.call(self.vfs.lookup, ino, part)).ino
+            ino = (await self.call(lambda: self.vfs.lookup(ino, self.spelling(ino, part)))).ino
         return ino
+
+    def spelling(self, parent: int, name: str) -> str:
+        """The name as stored in folder *parent*: *name* itself, or with fold_case the entry equal but for case."""
+        if not self.fold_case:
+            return name
+        try:
+            self.vfs.lookup(parent, name)
+            return name
+        except FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+        folded = name.casefold()
+        for other, _ in self.vfs.listdir(parent):
+            if other.casefold() == folded:
+                return other
+        return name
 
     async def row(self, path: str) -> NodeRow | None:
         """The replica's node at *path*, or None."""
