@@ -308,3 +308,13 @@ def test_the_security_descriptor_is_refused_a_malformed_sid(winfspy: None) -> No
     assert security_sddl("S-1-5-18").startswith("O:S-1-5-18G:S-1-5-18D:P(")
     with pytest.raises(ValueError):
         security_sddl("S-1-5-18)(A;;FA;;;WD")
+
+
+@pytest.mark.timeout(60)
+def test_a_drive_letter_and_a_folder_get_the_volume_parameters_they_need(winfspy: None) -> None:
+    from websync_fs.winfsp.mount import volume_params
+
+    drive, folder = volume_params("X:"), volume_params(r"C:\Users\me\WebSync")
+    assert drive["reject_irp_prior_to_transact0"] == 0 and folder["reject_irp_prior_to_transact0"] == 1
+    assert drive["case_sensitive_search"] == 0 and drive["case_preserved_names"] == 1
+    assert drive["sector_size"] * drive["sectors_per_allocation_unit"] == 4096  # type: ignore[operator]
