@@ -26,11 +26,12 @@ import trio
 FILE_DIRECTORY_FILE = 0x1
 FILE_NON_DIRECTORY_FILE = 0x40
 # Access rights (winnt.h).
-FILE_READ_DATA, FILE_WRITE_DATA, DELETE = 0x1, 0x2, 0x10000
+FILE_READ_DATA, FILE_WRITE_DATA, FILE_APPEND_DATA, DELETE = 0x1, 0x2, 0x4, 0x10000
 # Cleanup flags (winfsp.h).
 CLEANUP_DELETE, CLEANUP_SET_ARCHIVE_BIT, CLEANUP_SET_LAST_WRITE_TIME = 0x01, 0x10, 0x40
 PAGE = 3  # entries per ReadDirectory page: small, so listings take several markers
 STATUS_END_OF_FILE = 0xC0000011
+STATUS_ACCESS_DENIED = 0xC0000022
 STATUS_OBJECT_NAME_NOT_FOUND = 0xC0000034
 
 
@@ -67,7 +68,11 @@ class Drive:
             raise
 
     async def open(self, path: str, access: int = FILE_READ_DATA, options: int = 0) -> Any:
-        await self.call("get_security_by_name", win(path))
+        from winfspy import NTStatusError
+
+        attributes, _, _ = await self.call("get_security_by_name", win(path))
+        if attributes & 0x1 and access & (FILE_WRITE_DATA | FILE_APPEND_DATA):
+            raise NTStatusError(STATUS_ACCESS_DENIED)  # WinFsp's own check (FspAccessCheckEx)
         return await self.call("open", win(path), options, access)
 
     async def create(self, path: str, options: int = FILE_NON_DIRECTORY_FILE, attributes: int = 0x80) -> Any:

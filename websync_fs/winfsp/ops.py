@@ -6,10 +6,12 @@ that owns the core (`trio.from_thread.run`), so core calls never run
 concurrently, exactly as under FUSE; a method's body has no checkpoint between
 a check and the change it guards unless it says so.
 
-What WinFsp does itself and is not repeated here: the create disposition
-(it asks `get_security_by_name` whether the name exists, then calls `create`,
-or `open` and `overwrite`), sharing modes, access checks against the security
-descriptor, and the file name pattern of a directory listing.
+What WinFsp does itself (winfsp's dll/create.c) and is not repeated here:
+the create disposition (it asks `get_security_by_name` whether the name
+exists, then calls `create`, or `open` and `overwrite`), sharing modes, access
+checks against the security descriptor, refusing to write to or delete on
+close a file whose attributes say read-only, and the file name pattern of a
+directory listing.
 
 Decisions, written down in docs/windows.md as well:
 
@@ -64,10 +66,6 @@ FILETIME_EPOCH = 116_444_736_000_000_000
 CLEANUP_DELETE = 0x01
 CLEANUP_SET_ALLOCATION_SIZE = 0x02
 CLEANUP_SET_LAST_WRITE_TIME = 0x40
-
-# Access rights a program is granted (winnt.h): the ones that change content.
-FILE_WRITE_DATA = 0x0002
-FILE_APPEND_DATA = 0x0004
 
 INVALID_FILE_ATTRIBUTES = 0xFFFFFFFF
 ALLOCATION_UNIT = 4096
@@ -261,8 +259,6 @@ class WinFspOperations(BaseFileSystemOperations):  # type: ignore[misc]
             return OpenObject(path, attr.ino, True)
         if create_options & CREATE_FILE_CREATE_OPTIONS.FILE_DIRECTORY_FILE:
             raise _fail(nt.STATUS_NOT_A_DIRECTORY)
-        if granted_access & (FILE_WRITE_DATA | FILE_APPEND_DATA) and not attr.mode & stat.S_IWUSR:
-            raise _fail(nt.STATUS_ACCESS_DENIED)  # as NTFS does for a read-only file
         fh, _ = await self.vfs.open(attr.ino, OpenMode(read=True))
         return OpenObject(path, attr.ino, False, fh)
 
