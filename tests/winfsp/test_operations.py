@@ -323,3 +323,35 @@ def test_a_drive_letter_and_a_folder_get_the_volume_parameters_they_need(winfspy
     assert drive["reject_irp_prior_to_transact0"] == 0 and folder["reject_irp_prior_to_transact0"] == 1
     assert drive["case_sensitive_search"] == 0 and drive["case_preserved_names"] == 1
     assert drive["sector_size"] * drive["sectors_per_allocation_unit"] == 4096  # type: ignore[operator]
+
+
+@pytest.mark.timeout(60)
+async def test_excel_save_through_hex_named_temporaries_is_one_version(setup: Setup) -> None:
+    """Excel: write the new book to an 8-hex-digit name, move the original to another, the new
+    one to the original name, delete the old one."""
+    drive = setup.drive
+    await drive.write_file("Budget.xlsx", b"book one")
+    await setup.settle()
+    node = setup.node_id("Budget.xlsx")
+    setup.sent_names.clear()
+    await drive.write_file("5E1A9C20", b"book two")
+    await drive.move("Budget.xlsx", "D8F3B7A1.tmp", replace=False)
+    await drive.move("5E1A9C20", "Budget.xlsx", replace=False)
+    await drive.delete("D8F3B7A1.tmp")
+    await setup.settle()
+    assert list(setup.server.tree()) == ["Budget.xlsx"]
+    assert setup.node_id("Budget.xlsx") == node and setup.versions("Budget.xlsx") == 2
+    assert setup.sent_names == [] or set(setup.sent_names) <= {"Budget.xlsx"}, setup.sent_names
+
+
+@pytest.mark.timeout(60)
+async def test_notepad_save_truncates_in_place_and_is_one_version(setup: Setup) -> None:
+    """Notepad opens the file with CREATE_ALWAYS (Open, then Overwrite) and writes it whole."""
+    drive = setup.drive
+    await drive.write_file("todo.txt", b"milk\n")
+    await setup.settle()
+    node = setup.node_id("todo.txt")
+    await drive.write_file("todo.txt", b"milk\neggs\n")
+    await setup.settle()
+    assert setup.node_id("todo.txt") == node and setup.versions("todo.txt") == 2
+    assert await drive.read_file("todo.txt") == b"milk\neggs\n"
