@@ -355,3 +355,13 @@ async def test_notepad_save_truncates_in_place_and_is_one_version(setup: Setup) 
     await setup.settle()
     assert setup.node_id("todo.txt") == node and setup.versions("todo.txt") == 2
     assert await drive.read_file("todo.txt") == b"milk\neggs\n"
+
+
+@pytest.mark.timeout(30)
+def test_winfspy_is_imported_in_one_place_only() -> None:
+    """The stand-in replaces one module; any other import of winfspy would go untested."""
+    package = Path(__file__).resolve().parents[2] / "websync_fs" / "winfsp"
+    importers = sorted(p.name for p in package.glob("*.py")
+                       if any(line.lstrip().startswith(("import winfspy", "from winfspy"))
+                              for line in p.read_text().splitlines()))
+    assert importers == ["_winfspy.py"]

@@ -280,7 +280,8 @@ class WinFspOperations(BaseFileSystemOperations):  # type: ignore[misc]
         """
         obj = file_context
         if flags & CLEANUP_DELETE:
-            parent, name = await self._entry(obj.path)
+            # WinFsp names the file as it is now: another handle may have renamed it.
+            parent, name = await self._entry(windows_path(file_name) if file_name else obj.path)
             if obj.is_dir:
                 self.vfs.rmdir(parent, name)
             else:
