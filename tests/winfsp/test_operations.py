@@ -365,3 +365,36 @@ def test_winfspy_is_imported_in_one_place_only() -> None:
                        if any(line.lstrip().startswith(("import winfspy", "from winfspy"))
                               for line in p.read_text().splitlines()))
     assert importers == ["_winfspy.py"]
+
+
+@pytest.mark.timeout(60)
+async def test_a_save_on_the_drive_meeting_another_machines_edit_makes_the_usual_conflict_copy(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """Word on the drive letter and a Linux machine change one document at once: both versions stay,
+    the loser under the conflict name every front end uses."""
+    from websync_fs.conflicts import is_conflict_copy
+
+    drive = setup.drive
+    other = EngineMachine("linux-box", tmp_path / "other", setup.server)
+    try:
+        await drive.write_file("Plan.docx", b"first")
+        await setup.settle()
+        await other.settle()
+        await other.files.write("Plan.docx", b"edited on Linux")
+        await other.settle()
+        await drive.write_file("~WRD0002.tmp", b"edited in Word")
+        await drive.move("Plan.docx", "~WRL0002.tmp", replace=False)
+        await drive.move("~WRD0002.tmp", "Plan.docx", replace=False)
+        await drive.delete("~WRL0002.tmp")
+        for machine in (setup.machine, other, setup.machine, other):
+            await machine.settle()
+        names = sorted(setup.server.tree())
+        assert len(names) == 2 and "Plan.docx" in names, names
+        copy = next(n for n in names if n != "Plan.docx")
+        assert is_conflict_copy(copy) and copy.endswith(".docx") and not copy.startswith("~"), copy
+        texts = {await drive.read_file(name) for name in names}
+        assert texts == {b"edited on Linux", b"edited in Word"}
+        assert setup.machine.tree() == other.tree() == setup.server.tree()
+    finally:
+        other.close()
