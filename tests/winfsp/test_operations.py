@@ -398,3 +398,20 @@ async def test_a_save_on_the_drive_meeting_another_machines_edit_makes_the_usual
         assert setup.machine.tree() == other.tree() == setup.server.tree()
     finally:
         other.close()
+
+
+@pytest.mark.timeout(60)
+async def test_the_volume_is_the_local_disk_also_where_there_is_no_statvfs(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import shutil
+
+    from websync_fs.winfsp.ops import WinFspOperations
+
+    ops = WinFspOperations(setup.machine.vfs, trio.lowlevel.current_trio_token(), setup.drive.ops.security)
+    disk = shutil.disk_usage(tmp_path / "a" / "work")
+    # As on Windows: no statvfs, and disk_usage answered by the system (GetDiskFreeSpaceExW).
+    monkeypatch.delattr("os.statvfs")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: disk)
+    volume = await Drive(ops).call("get_volume_info")
+    assert volume["total_size"] == disk.total and volume["free_size"] == disk.free
