@@ -47,8 +47,11 @@ class CorePaths:
     async def ino(self, path: str) -> int:
         ino = ROOT_INO
         for part in [p for p in path.split("/") if p]:
-            ino = (await self.call(lambda: self.vfs.lookup(ino, self.spelling(ino, part)))).ino
+            ino = (await self.call(self._lookup, ino, part)).ino
         return ino
+
+    def _lookup(self, parent: int, name: str) -> Any:
+        return self.vfs.lookup(parent, self.spelling(parent, name))
 
     def spelling(self, parent: int, name: str) -> str:
         """The name as stored in folder *parent*: *name* itself, or with fold_case the entry equal but for case."""
@@ -60,8 +63,9 @@ class CorePaths:
         except FsError as exc:
             if exc.errno != errno.ENOENT:
                 raise
+        # Only a miss pays for the scan, over names alone: a new file's name is one.
         folded = name.casefold()
-        for other, _ in self.vfs.listdir(parent):
+        for other in sorted(self.vfs.replica.names(self.vfs.node_id(parent))):
             if other.casefold() == folded:
                 return other
         return name

@@ -239,9 +239,8 @@ class WinFspOperations(BaseFileSystemOperations):  # type: ignore[misc]
     async def create(self, file_name: str, create_options: int, granted_access: int, file_attributes: int,
                      security_descriptor: Any, allocation_size: int) -> OpenObject:
         path = windows_path(file_name)
+        # An existing name in another case comes back spelled as stored: the core refuses it (EEXIST).
         parent, name = await self._entry(path)
-        if any(other == name for other, _ in self.vfs.listdir(parent)):
-            raise _fail(nt.STATUS_OBJECT_NAME_COLLISION)  # also in another case: `_entry` spelled it as stored
         if create_options & CREATE_FILE_CREATE_OPTIONS.FILE_DIRECTORY_FILE:
             attr = self.vfs.mkdir(parent, name, DIR_MODE)
             return OpenObject(path, attr.ino, True)
