@@ -116,3 +116,36 @@ def test_on_linux_the_service_file_is_the_systemd_unit() -> None:
     path, content = service_file("linux", "sync", Path("/home/me/Docs"), None, "/usr/bin/python3")
     assert path.name == "websync-sync-home-me-Docs.service"
     assert content.decode() == unit_text("sync", Path("/home/me/Docs"), None, "/usr/bin/python3")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("platform", ["darwin", "win32"])
+def test_install_and_remove_choose_the_platforms_service_manager(
+    platform: str, new_machine: Callable[..., Machine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command on macOS and Windows, run here with the platform set: launchctl and schtasks are
+    missing, so it writes the file and says how to register it."""
+    from click.testing import CliRunner
+
+    from websync_fs.cli import main
+
+    machine = new_machine("A", mount=False)
+    monkeypatch.setattr(sys, "platform", platform)
+    monkeypatch.setattr(Path, "home", lambda: tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-such-bin"))
+    place = "X:" if platform == "win32" else str(tmp_path / "WebSync")
+    runner = CliRunner()
+    done = runner.invoke(main, ["--home", str(machine.home), "service", "install", "--mount", place])
+    assert done.exit_code == 0, done.output
+    written = sorted(p for p in tmp_path.rglob("*") if p.suffix in (".plist", ".xml"))
+    assert len(written) == 1, written
+    if platform == "darwin":
+        assert written[0].parent == tmp_path / "Library/LaunchAgents"
+        assert plistlib.loads(written[0].read_bytes())["ProgramArguments"][-1] == place
+        assert "launchctl bootstrap" in done.output
+    else:
+        assert written[0].name == "mount-X.xml" and "schtasks /Create" in done.output
+        assert "--foreground X:" in written[0].read_bytes().decode("utf-16")
+    removed = runner.invoke(main, ["--home", str(machine.home), "service", "remove", "--mount", place])
+    assert removed.exit_code == 0, removed.output
+    assert not written[0].exists()
