@@ -89,7 +89,7 @@ def windows_path(file_name: str) -> str:
     return file_name.replace("\\", "/").strip("/")
 
 
-@dataclass
+@dataclass(eq=False)
 class OpenObject:
     """WinFsp's file context: one open file or folder, from `create`/`open` until `close`."""
 
@@ -266,7 +266,8 @@ class WinFspOperations(BaseFileSystemOperations):  # type: ignore[misc]
                         allocation_size: int) -> None:
         fh = await self._writable(file_context)
         await self.vfs.setattr(file_context.ino, size=0, fh=fh)
-        if replace_file_attributes:
+        # Replaced, or added to the file's own (FILE_SUPERSEDE versus FILE_OVERWRITE).
+        if replace_file_attributes or file_attributes & FILE_ATTRIBUTE.FILE_ATTRIBUTE_READONLY:
             await self._set_read_only(file_context, file_attributes)
 
     @operation
