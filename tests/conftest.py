@@ -146,3 +146,12 @@ def tmpfs() -> Iterator[Callable[[Path, str], Path]]:
     yield mount
     for path in reversed(mounted):
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def winfspy() -> Iterator[None]:
+    """winfspy's names from tests/winfsp_stub.py (the real one exists on Windows only) while the test runs."""
+    from tests.winfsp_stub import installed
+
+    with installed():
+        yield

@@ -19,7 +19,8 @@ import importlib, json, pkgutil, sys
 for package in {packages!r}:
     module = importlib.import_module(package)
     for info in pkgutil.walk_packages(module.__path__, package + "."):
-        if ".migrations" not in info.name:  # Alembic's scripts run only inside Alembic
+        # Alembic's scripts run only inside Alembic; the WinFsp front end only on Windows (winfspy).
+        if ".migrations" not in info.name and (".winfsp." not in info.name or sys.platform == "win32"):
             importlib.import_module(info.name)
 print(json.dumps(sorted(sys.modules)))
 """

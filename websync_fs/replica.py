@@ -182,6 +182,10 @@ class Replica:
             "SELECT 1 FROM entries WHERE parent=? AND name=?", (parent, name)
         ).fetchone() is not None
 
+    def names(self, parent: str) -> list[str]:
+        """The names in folder *parent*, and nothing else (cheap: no node is read)."""
+        return [r[0] for r in self._db.execute("SELECT name FROM entries WHERE parent=?", (parent,))]
+
     def children(self, parent: str, after: str = "", limit: int = -1) -> list[tuple[str, NodeRow]]:
         cols = ", ".join("n." + c.strip() for c in _COLS.split(","))
         rows = self._db.execute(

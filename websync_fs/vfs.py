@@ -21,6 +21,7 @@ import errno
 import functools
 import logging
 import os
+import shutil
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -768,8 +769,13 @@ class Vfs:
 
     def statfs(self) -> FsStats:
         """The local disk's room (where working copies and the cache grow), and the store's file count."""
-        st = os.statvfs(self._work_dir)
         files, _ = self.replica.totals()
+        if not hasattr(os, "statvfs"):
+            # Windows: bytes only; the store itself bounds nothing by count.
+            usage = shutil.disk_usage(self._work_dir)
+            return FsStats(block_size=4096, total_bytes=usage.total, free_bytes=usage.free,
+                           available_bytes=usage.free, files=files + 2**32, free_files=2**32)
+        st = os.statvfs(self._work_dir)
         return FsStats(
             block_size=st.f_frsize, total_bytes=st.f_blocks * st.f_frsize, free_bytes=st.f_bfree * st.f_frsize,
             available_bytes=st.f_bavail * st.f_frsize, files=max(st.f_files, files), free_files=st.f_ffree,

@@ -4,9 +4,10 @@ A `Target` is the store as a test sees it, by path: the bare core driven in
 this process (`CoreTarget`: no kernel, no server; fast), a mounted
 machine (`MountTarget`: the FUSE front end through the kernel), and a synced
 folder (`FolderTarget`: real files, watched; every answer waits until another
-machine's mount shows the same).  A front end that is added (a drive letter)
-gets a target here and passes the same tests, so every way a machine shows the
-store behaves alike.
+machine's mount shows the same), and the drive letter (`drive_target`: the
+WinFsp operations over a bare core, called as WinFsp calls them).  A front end
+that is added gets a target here and passes the same tests, so every way a
+machine shows the store behaves alike.
 
 Errors come out as `OSError` with the errno on every target: the core's
 `FsError` is translated exactly as a front end translates it.
@@ -275,6 +276,17 @@ class CoreTarget:
 
     async def truncate(self, path: str, size: int) -> None:
         await self._call(self.vfs.setattr, await self._ino(path), size=size)
+
+
+def drive_target(vfs: Vfs) -> Any:
+    """The WinFsp front end over *vfs*, called from threads as WinFsp calls it (needs the `winfspy` fixture)."""
+    from tests.winfsp.drive import DriveTarget
+    from websync_fs.winfsp.ops import WinFspOperations
+    from websync_fs.winfsp.security import security_sddl
+    from winfspy.plumbing import SecurityDescriptor
+
+    security = SecurityDescriptor.from_string(security_sddl("S-1-5-21-1-2-3-1001"))
+    return DriveTarget(WinFspOperations(vfs, trio.lowlevel.current_trio_token(), security))
 
 
 @asynccontextmanager

@@ -2,7 +2,9 @@
 
 The core runs in this process with no kernel and no server (a fast loop for
 the engine's own rules); the mount goes through FUSE and the kernel; the
-synced folder's answers wait until a mount on another machine agrees.  All
+synced folder's answers wait until a mount on another machine agrees; the
+drive letter's WinFsp operations are called in this process as WinFsp calls
+them (tests/winfsp/drive.py), with winfspy's names from a stand-in.  All
 must give the same bytes and the same errno for each case.
 """
 
@@ -15,14 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.contract.targets import FolderTarget, MountTarget, Target, core_target
+from tests.contract.targets import FolderTarget, MountTarget, Target, core_target, drive_target
 
 
-@pytest.fixture(params=["core", "mount", "folder"])
+@pytest.fixture(params=["core", "mount", "folder", "winfsp"])
 async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
     if request.param == "core":
         async with core_target(tmp_path / "core") as core:
             yield core
+    elif request.param == "winfsp":
+        request.getfixturevalue("winfspy")
+        async with core_target(tmp_path / "core") as core:
+            yield drive_target(core.vfs)
     elif request.param == "mount":
         machine = request.getfixturevalue("a")
         yield MountTarget(machine.mnt)

@@ -89,9 +89,12 @@ def login(
 @pass_ctx
 @friendly
 def mount(ctx: Context, mountpoint: Path, foreground: bool) -> None:
-    """Mount the store at MOUNTPOINT; returns once it is mounted."""
+    """Mount the store at MOUNTPOINT (on Windows a drive letter like X: or a new folder); returns once mounted."""
     home = ctx.home
     home.logged_in()
+    if sys.platform == "win32":
+        _mount_windows(ctx, home, mountpoint, foreground)
+        return
     target = mountpoint.expanduser().absolute()
     if not target.exists():
         target.mkdir(parents=False)
@@ -123,6 +126,34 @@ def _mount_foreground(ctx: Context, home: Home, target: Path) -> None:
     setup_logging(home, ctx.verbose)
     with ready_pipe(f"mounted at {target}") as ready:
         trio.run(run_mount, home, target, ready, ready.progress)
+
+
+def _mount_windows(ctx: Context, home: Home, mountpoint: Path, foreground: bool) -> None:
+    """A drive letter, or a folder WinFsp makes (it must not exist yet), served by the WinFsp front end."""
+    import re
+
+    place = str(mountpoint)
+    if not re.fullmatch(r"[A-Za-z]:", place):
+        target = mountpoint.expanduser().absolute()
+        if target.exists():
+            raise ConfigError(f"{target} exists; WinFsp mounts on a drive letter (X:) or a folder it makes itself")
+        if not target.parent.is_dir():
+            raise ConfigError(f"{target.parent} is not a folder")
+        place = str(target)
+    pid = running_pid(home)
+    if pid is not None:
+        raise ConfigError(f"this home is already mounted by process {pid}; run 'websync unmount' first")
+    if not foreground:
+        pid = start_in_background(ctx, home, ["mount", "--foreground", place], "mounting")
+        click.echo(f"mounted at {place} (process {pid})")
+        return
+    import trio
+
+    from ..winfsp.mount import run_mount
+
+    setup_logging(home, ctx.verbose)
+    with ready_pipe(f"mounted at {place}") as ready:
+        trio.run(run_mount, home, place, ready, ready.progress)
 
 
 def _mount_background(ctx: Context, home: Home, target: Path) -> None:
