@@ -59,7 +59,66 @@ LOCK_WAIT = 5.0
 LOGIN_CHECK = 1.0
 
 
-class Client:
+class Engine:
+    """The sync engine of one home, the same for every front end: state, cache, remote, core, follower,
+    uploader and self-check, wired to each other.  Front ends subclass it (`Client`, the synced folder's
+    `FolderClient`) after taking the home's locks, and answer `notify` and `_on_state`.
+    """
+
+    def _build_engine(self, home: Home, settings: Any, token: str, names: NamePolicy) -> None:
+        self.db = StateDb(home.replica_db)
+        self.replica = Replica(self.db)
+        self.cache = BlockCache(home.blocks_dir, settings.cache_limit)
+        self.queue = WriteBackQueue(
+            self.db, quiet=settings.quiet_period, protect=self.cache.protect, unprotect=self.cache.unprotect
+        )
+        # Protection lives in memory: rebuild it from what is durable.
+        self.cache.protect(self.queue.all_blocks())
+        self.cache.protect(self.replica.local_blocks())
+        self.remote = Remote(settings.server, token, settings.store, ca_file=settings.ca_file)
+        # One back-off for the machine: an answer to any request ends every wait (backoff.py).
+        self.retry = Backoff()
+        self.remote.on_answer = self.retry.answered
+        self.source = BlockSource(self.cache, self.remote)
+
+        def store_block(h: str, data: bytes) -> None:
+            self.cache.protect([h])  # held until the queue item protects it
+            self.cache.put(h, data, verified=True)  # the working copy hashed these bytes
+
+        self.early = EarlyUploads(self.remote)
+        self.vfs = Vfs(
+            self.db, self.replica, self.queue, self.source, store_block,
+            self.cache.unprotect, home.work_dir, hold_blocks=self.cache.protect, sync_blocks=self.cache.sync,
+            names=names, temporary_quiet=settings.temporary_quiet_period,
+            replace_quiet=settings.replace_quiet_period, early_upload=self.early.offer,
+        )
+        self.applier = Applier(self.replica, self.queue, self.vfs.busy, self.notify)
+        self.follower = Follower(self.remote, self.applier, self._on_state, self.retry)
+        self.uploader = Uploader(
+            self.queue, self.replica, self.remote, self.cache.get, self.applier, self.notify,
+            settings.device, self._on_state, settle=self.early.settle,
+        )
+        self.reconciler = Reconciler(
+            self.replica, self.queue, self.remote, self.notify, settings.device,
+            writing=self.vfs.writing, has_blocks=lambda hs: len(self.cache.present(hs)) == len(set(hs)),
+            busy=self.vfs.busy,
+        )
+        self.follower.on_reset = self.reconciler.resync
+        self.uploader.on_conflict = self.reconciler.due
+        self.applier.on_deferred = self.reconciler.due
+        self.vfs.on_settled = self.applier.settle
+        self.queue.on_drop(self.applier.settle)
+        self.queue.on_enqueue(self.uploader.wake)
+
+    def notify(self, inv: Invalidation) -> None:
+        """The engine changed the replica behind the front end's back."""
+        raise NotImplementedError
+
+    def _on_state(self, online: bool, error: str) -> None:
+        raise NotImplementedError
+
+
+class Client(Engine):
     """Every component of the engine for one home, shown to the user at *place* by a front end."""
 
     def __init__(self, home: Home, place: Path) -> None:
@@ -76,56 +135,13 @@ class Client:
         self.mount_lock = lock
         # Only one process uses the cache with protection at a time (control.py).
         self.cache_lock = CacheLock.acquire(home.state_dir)
-        self.db = StateDb(home.replica_db)
-        self.replica = Replica(self.db)
-        self.cache = BlockCache(home.blocks_dir, settings.cache_limit)
-        self.queue = WriteBackQueue(
-            self.db, quiet=settings.quiet_period, protect=self.cache.protect, unprotect=self.cache.unprotect
-        )
-        # Protection lives in memory: rebuild it from what is durable.
-        self.cache.protect(self.queue.all_blocks())
-        self.cache.protect(self.replica.local_blocks())
-        self.remote = Remote(settings.server, token, settings.store, ca_file=settings.ca_file)
-        # One back-off for the machine: an answer to any request ends every wait (backoff.py).
-        self.retry = Backoff()
-        self.remote.on_answer = self.retry.answered
-        self.source = BlockSource(self.cache, self.remote)
+        self._build_engine(home, settings, token, NamePolicy(settings.local_only, settings.temporary))
         self.pins = Pinner(PinTable(self.db), self.replica, self.cache, self.remote.get_block)
         self.pins.reconcile()  # pinned blocks are protected again before the first put
-
-        def store_block(h: str, data: bytes) -> None:
-            self.cache.protect([h])  # held until the queue item protects it
-            self.cache.put(h, data, verified=True)  # the working copy hashed these bytes
-
-        self.early = EarlyUploads(self.remote)
-        self.vfs = Vfs(
-            self.db, self.replica, self.queue, self.source, store_block,
-            self.cache.unprotect, home.work_dir, hold_blocks=self.cache.protect, sync_blocks=self.cache.sync,
-            names=NamePolicy(settings.local_only, settings.temporary),
-            temporary_quiet=settings.temporary_quiet_period, replace_quiet=settings.replace_quiet_period,
-            early_upload=self.early.offer,
-        )
         #: The front end's answer to changes made behind its back (FUSE: drop the kernel's caches).
         self.front_notify: Callable[[Invalidation], None] = lambda inv: None
-        self.applier = Applier(self.replica, self.queue, self.vfs.busy, self.notify)
-        self.follower = Follower(self.remote, self.applier, self._on_state, self.retry)
-        self.uploader = Uploader(
-            self.queue, self.replica, self.remote, self.cache.get, self.applier, self.notify,
-            settings.device, self._on_state, settle=self.early.settle,
-        )
-        self.reconciler = Reconciler(
-            self.replica, self.queue, self.remote, self.notify, settings.device,
-            writing=self.vfs.writing, has_blocks=lambda hs: len(self.cache.present(hs)) == len(set(hs)),
-            busy=self.vfs.busy,
-        )
-        self.follower.on_reset = self.reconciler.resync
-        self.uploader.on_conflict = self.reconciler.due
-        self.applier.on_deferred = self.reconciler.due
         self.reconciler.on_notice = lambda: self._status_dirty.set()
         self.vfs.notify = self.notify
-        self.vfs.on_settled = self.applier.settle
-        self.queue.on_drop(self.applier.settle)
-        self.queue.on_enqueue(self.uploader.wake)
         self.applier.on_content = self.pins.changed
         self.queue.on_enqueue(self.pins.poke)
         self.states = FileStates(self.replica, self.cache.present, self.queue, self.pins.is_pinned, self.vfs.busy)

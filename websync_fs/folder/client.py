@@ -27,25 +27,14 @@ from typing import Any
 
 import trio
 
-from cache import BlockCache
 
-from ..blocksource import BlockSource
-from ..client import LOCK_WAIT
+from ..client import LOCK_WAIT, Engine
 from ..control import CacheLock, ControlServer
-from ..earlyupload import EarlyUploads
 from ..errors import ConfigError, Offline
-from ..follower import Applier, Follower
 from ..home import Home
 from ..invalidation import Invalidation
 from ..mountlock import MountLock, holder
 from ..names import NamePolicy
-from ..reconcile import Reconciler
-from ..remote import Remote
-from ..replica import Replica
-from ..statedb import StateDb
-from ..uploader import Uploader
-from ..vfs import Vfs
-from ..writeback import WriteBackQueue
 from .corepaths import CorePaths
 from .guards import FolderGone, Identity, Marker, check_placement
 from .ignore import IgnoreRules
@@ -102,7 +91,7 @@ def prepare(home: Home, folder: Path, store: str, only: tuple[str, ...]) -> tupl
     return known, marker
 
 
-class FolderClient:
+class FolderClient(Engine):
     """Every component of one synced folder."""
 
     def __init__(self, home: Home, folder: Path, only: tuple[str, ...] = ()) -> None:
@@ -130,45 +119,8 @@ class FolderClient:
             raise
         self.identity: Identity = self.marker.identity()
         only = tuple(json.loads(self.known.meta("only", "[]")))
-        self.db = StateDb(home.replica_db)
-        self.replica = Replica(self.db)
-        self.cache = BlockCache(home.blocks_dir, settings.cache_limit)
-        self.queue = WriteBackQueue(
-            self.db, quiet=settings.quiet_period, protect=self.cache.protect, unprotect=self.cache.unprotect
-        )
-        self.cache.protect(self.queue.all_blocks())
-        self.remote = Remote(settings.server, token, settings.store, ca_file=settings.ca_file)
-        self.source = BlockSource(self.cache, self.remote)
-
-        def store_block(h: str, data: bytes) -> None:
-            self.cache.protect([h])
-            self.cache.put(h, data, verified=True)
-
         names = NamePolicy(settings.local_only, settings.temporary)
-        self.early = EarlyUploads(self.remote)
-        self.vfs = Vfs(
-            self.db, self.replica, self.queue, self.source, store_block,
-            self.cache.unprotect, home.work_dir, hold_blocks=self.cache.protect, sync_blocks=self.cache.sync,
-            names=names, temporary_quiet=settings.temporary_quiet_period,
-            replace_quiet=settings.replace_quiet_period, early_upload=self.early.offer,
-        )
-        self.applier = Applier(self.replica, self.queue, self.vfs.busy, self._notify)
-        self.follower = Follower(self.remote, self.applier, self._on_state)
-        self.uploader = Uploader(
-            self.queue, self.replica, self.remote, self.cache.get, self.applier, self._notify,
-            settings.device, self._on_state, settle=self.early.settle,
-        )
-        self.reconciler = Reconciler(
-            self.replica, self.queue, self.remote, self._notify, settings.device,
-            writing=self.vfs.writing, has_blocks=lambda hs: len(self.cache.present(hs)) == len(set(hs)),
-            busy=self.vfs.busy,
-        )
-        self.follower.on_reset = self.reconciler.resync
-        self.uploader.on_conflict = self.reconciler.due
-        self.applier.on_deferred = self.reconciler.due
-        self.vfs.on_settled = self.applier.settle
-        self.queue.on_drop(self.applier.settle)
-        self.queue.on_enqueue(self.uploader.wake)
+        self._build_engine(home, settings, token, names)
         self.rules = IgnoreRules(folder, names, only)
         # Before the watcher starts: the probe's own files come and go unseen.
         self.local_names = probe(folder)
@@ -185,7 +137,7 @@ class FolderClient:
         self._nursery: trio.Nursery
 
     # -- upward reports ------------------------------------------------------------
-    def _notify(self, inv: Invalidation) -> None:
+    def notify(self, inv: Invalidation) -> None:
         """The engine changed the replica (a remote change, a settled conflict): bring it to the folder."""
         self.remote_due = True
         self.dirty.changed.set()
