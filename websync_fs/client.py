@@ -65,6 +65,26 @@ class Engine:
     `FolderClient`) after taking the home's locks, and answer `notify` and `_on_state`.
     """
 
+    def _take_home(self, home: Home, busy: str) -> tuple[Any, str]:
+        """The home's settings and token, with its locks held: one engine per home, a mount or a folder.
+
+        "Is this home in use" is the lock the running engine holds (mountlock.py);
+        *busy* is the refusal when another process holds it (``{pid}``: that process).
+        """
+        settings, token = home.logged_in()
+        home.ensure()
+        lock = MountLock.acquire(home.pid_file, wait=LOCK_WAIT)
+        if lock is None:
+            raise ConfigError(busy.format(pid=holder(home.pid_file)))
+        self.mount_lock = lock
+        try:
+            # Only one process uses the cache with protection at a time (control.py).
+            self.cache_lock = CacheLock.acquire(home.state_dir)
+        except BaseException:
+            self.mount_lock.release()
+            raise
+        return settings, token
+
     def _build_engine(self, home: Home, settings: Any, token: str, names: NamePolicy) -> None:
         self.db = StateDb(home.replica_db)
         self.replica = Replica(self.db)
@@ -124,17 +144,9 @@ class Client(Engine):
     def __init__(self, home: Home, place: Path) -> None:
         self.home = home
         self.place = place
-        settings, token = home.logged_in()
+        settings, token = self._take_home(
+            home, "this home is already mounted by process {pid}; run 'websync unmount' first")
         self.settings = settings
-        home.ensure()
-        lock = MountLock.acquire(home.pid_file, wait=LOCK_WAIT)
-        if lock is None:
-            raise ConfigError(
-                f"this home is already mounted by process {holder(home.pid_file)}; run 'websync unmount' first"
-            )
-        self.mount_lock = lock
-        # Only one process uses the cache with protection at a time (control.py).
-        self.cache_lock = CacheLock.acquire(home.state_dir)
         self._build_engine(home, settings, token, NamePolicy(settings.local_only, settings.temporary))
         self.pins = Pinner(PinTable(self.db), self.replica, self.cache, self.remote.get_block)
         self.pins.reconcile()  # pinned blocks are protected again before the first put

@@ -28,12 +28,11 @@ from typing import Any
 import trio
 
 
-from ..client import LOCK_WAIT, Engine
-from ..control import CacheLock, ControlServer
+from ..client import Engine
+from ..control import ControlServer
 from ..errors import ConfigError, Offline
 from ..home import Home
 from ..invalidation import Invalidation
-from ..mountlock import MountLock, holder
 from ..names import NamePolicy
 from .corepaths import CorePaths
 from .guards import FolderGone, Identity, Marker, check_placement
@@ -97,20 +96,8 @@ class FolderClient(Engine):
     def __init__(self, home: Home, folder: Path, only: tuple[str, ...] = ()) -> None:
         self.home = home
         self.folder = folder
-        settings, token = home.logged_in()
+        settings, token = self._take_home(home, "this home is in use by process {pid}; stop it first")
         self.settings = settings
-        home.ensure()
-        # One engine per home: a mount and a synced folder of one home never run together,
-        # and "is this home in use" is the lock the running one holds (mountlock.py).
-        lock = MountLock.acquire(home.pid_file, wait=LOCK_WAIT)
-        if lock is None:
-            raise ConfigError(f"this home is in use by process {holder(home.pid_file)}; stop it first")
-        self.mount_lock = lock
-        try:
-            self.cache_lock = CacheLock.acquire(home.state_dir)
-        except BaseException:
-            self.mount_lock.release()
-            raise
         try:
             self.known, self.marker = prepare(home, folder, settings.store, only)
         except BaseException:
