@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Collection
 
 import trio
 
-from websync_server.protocol import ROOT_ID, Changes, Entry, Node
+from websync_server.protocol import ROOT_ID, ChangeRows, Changes, Entry, Node
 
 from .backoff import Backoff
 from .errors import Offline, RemoteError, Unauthorized
@@ -60,11 +60,11 @@ class Applier:
         row = self.replica.by_id(node)
         return row.ino if row else None
 
-    def load(self, nodes: tuple[Node, ...], entries: tuple[Entry, ...], cursor: int) -> None:
+    def load(self, page: ChangeRows) -> None:
         """Take a page of the first listing of a machine with nothing of its own (no checks needed)."""
         with self.replica.tx():
-            self.replica.load(nodes, entries)
-            self.replica.cursor = cursor
+            self.replica.load(page.nodes, page.entries)
+            self.replica.cursor = page.cursor
 
     def apply(self, nodes: tuple[Node, ...] | list[Node], entries: tuple[Entry, ...] | list[Entry],
               cursor: int | None = None) -> None:
@@ -246,7 +246,11 @@ class Follower:
         got = False
         records = 0
         while True:
-            changes: Changes = await self.remote.changes(cursor, wait=wait)
+            changes: Changes | ChangeRows
+            if first:
+                changes = await self.remote.change_rows(cursor, wait=wait)
+            else:
+                changes = await self.remote.changes(cursor, wait=wait)
             self._mark(True)
             if changes.reset:
                 log.warning("journal cursor %d is not the server's any more; listing the whole tree again", cursor)
@@ -260,8 +264,8 @@ class Follower:
                 continue
             if changes.nodes or changes.entries:
                 got = True
-            if first:
-                self.applier.load(changes.nodes, changes.entries, changes.cursor)
+            if isinstance(changes, ChangeRows):
+                self.applier.load(changes)
             else:
                 self.applier.apply(changes.nodes, changes.entries, changes.cursor)
             records += len(changes.nodes) + len(changes.entries)

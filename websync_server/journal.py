@@ -31,13 +31,14 @@ commits older than ``journal_days``, so a large listing always finishes.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import Connection, Table, select
 from sqlalchemy.engine import Row
 
 from ._exceptions import InvalidRequest, NotFound
-from .protocol import Changes
+from .protocol import ChangeRows, Changes, node_row
 from .schema import entries, entry_from_row, meta, node_from_row, nodes, stores
 
 __all__ = ["DEFAULT_LIMIT", "LIMIT_MAX", "RESTORED_KEY", "read_changes"]
@@ -49,8 +50,13 @@ LIMIT_MAX = 10_000
 RESTORED_KEY = "restored_seq."
 
 
-def read_changes(conn: Connection, store_id: str, cursor: int, limit: int = DEFAULT_LIMIT) -> Changes:
-    """Return the page of changes after *cursor*; *conn* must be in a snapshot transaction."""
+def read_changes(
+    conn: Connection, store_id: str, cursor: int, limit: int = DEFAULT_LIMIT, *, compact: bool = False
+) -> Changes | ChangeRows:
+    """Return the page of changes after *cursor*; *conn* must be in a snapshot transaction.
+
+    With *compact* the page is `ChangeRows`, built straight from the table rows.
+    """
     if cursor < 0:
         raise InvalidRequest("cursor must not be negative")
     if limit < 1:
@@ -59,11 +65,12 @@ def read_changes(conn: Connection, store_id: str, cursor: int, limit: int = DEFA
     store = conn.execute(select(stores.c.seq, stores.c.horizon).where(stores.c.id == store_id)).first()
     if store is None:
         raise NotFound(f"there is no store {store_id}")
+    answer = ChangeRows if compact else Changes
     if cursor > store.seq:
-        return Changes(cursor=0, reset=True, ahead=True)
+        return answer(cursor=0, reset=True, ahead=True)
     if 0 < cursor < store.horizon:
-        return Changes(cursor=0, reset=True, ahead=_past_restore(conn, store_id, cursor))
-    return _Page(conn, store_id, live_only=cursor == 0).read(cursor, limit, store.seq)
+        return answer(cursor=0, reset=True, ahead=_past_restore(conn, store_id, cursor))
+    return _Page(conn, store_id, live_only=cursor == 0, compact=compact).read(cursor, limit, store.seq)
 
 
 def _past_restore(conn: Connection, store_id: str, cursor: int) -> bool:
@@ -75,12 +82,13 @@ def _past_restore(conn: Connection, store_id: str, cursor: int) -> bool:
 class _Page:
     """One page of the journal of one store, read in a single snapshot."""
 
-    def __init__(self, conn: Connection, store_id: str, *, live_only: bool) -> None:
+    def __init__(self, conn: Connection, store_id: str, *, live_only: bool, compact: bool = False) -> None:
         self._conn = conn
         self._store = store_id
         self._live_only = live_only
+        self._compact = compact
 
-    def read(self, cursor: int, limit: int, store_seq: int) -> Changes:
+    def read(self, cursor: int, limit: int, store_seq: int) -> Changes | ChangeRows:
         # The first limit+1 records overall are among the first limit+1 of each
         # table, so two bounded index range scans suffice.
         node_rows = self._rows(nodes, after=cursor, limit=limit + 1)
@@ -126,11 +134,28 @@ class _Page:
             query = query.limit(limit)
         return list(self._conn.execute(query).all())
 
-    @staticmethod
-    def _changes(node_rows: list[Row[Any]], entry_rows: list[Row[Any]], cursor: int, *, more: bool) -> Changes:
+    def _changes(
+        self, node_rows: list[Row[Any]], entry_rows: list[Row[Any]], cursor: int, *, more: bool
+    ) -> Changes | ChangeRows:
+        if self._compact:
+            return ChangeRows(
+                cursor=cursor,
+                nodes=[_compact_node(r) for r in node_rows],
+                entries=[[r.parent, r.name, r.node, r.seq] for r in entry_rows],
+                more=more,
+            )
         return Changes(
             cursor=cursor,
             nodes=tuple(node_from_row(r) for r in node_rows),
             entries=tuple(entry_from_row(r) for r in entry_rows),
             more=more,
         )
+
+
+def _compact_node(r: Row[Any]) -> list[Any]:
+    """A ``nodes`` row in the compact form, without a `Node` in between."""
+    return node_row(
+        r.id, r.kind, r.mode, r.size, r.mtime_ns, r.seq, r.device,
+        [] if r.blocks == "[]" else json.loads(r.blocks), r.target, bool(r.deleted), r.rdev,
+        {} if r.xattrs == "{}" else json.loads(r.xattrs),
+    )
