@@ -133,8 +133,8 @@ class Node:
         )
 
     def to_row(self) -> list[Any]:
-        return node_row(self.id, self.kind, self.mode, self.size, self.mtime_ns, self.seq, self.device,
-                        list(self.blocks), self.target, self.deleted, self.rdev, dict(self.xattrs))
+        return compact_node([self.id, self.kind, self.mode, self.size, self.mtime_ns, self.seq, self.device,
+                             list(self.blocks), self.target, self.deleted, self.rdev, dict(self.xattrs)])
 
     @classmethod
     def from_row(cls, row: list[Any]) -> Node:
@@ -155,17 +155,15 @@ class Node:
 #: order, the trailing ones that hold their default left out (a listing of files
 #: mostly ends after ``blocks``; an empty file after ``device``).
 NODE_ROW = ("id", "kind", "mode", "size", "mtime_ns", "seq", "device", "blocks", "target", "deleted", "rdev", "xattrs")
+#: The compact form of an entry: all its fields, in this order (``node`` null: removed).
+ENTRY_ROW = ("parent", "name", "node", "seq")
 #: Fields every compact node has: those before ``device``.
 NODE_ROW_MIN = 6
 _ROW_DEFAULTS: tuple[Any, ...] = ("", [], "", False, 0, {})
 
 
-def node_row(
-    id: str, kind: str, mode: int, size: int, mtime_ns: int, seq: int, device: str, blocks: list[str],
-    target: str, deleted: bool, rdev: int, xattrs: dict[str, str],
-) -> list[Any]:
-    """The compact form of a node given its fields (the server builds it straight from a table row)."""
-    row = [id, kind, mode, size, mtime_ns, seq, device, blocks, target, deleted, rdev, xattrs]
+def compact_node(row: list[Any]) -> list[Any]:
+    """Drop the trailing fields of a node in the compact form that hold their default; *row* is changed."""
     end = len(row)
     while end > NODE_ROW_MIN and row[end - 1] == _ROW_DEFAULTS[end - 1 - NODE_ROW_MIN]:
         end -= 1
