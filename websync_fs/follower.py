@@ -40,6 +40,8 @@ from .writeback import WriteBackQueue
 log = logging.getLogger(__name__)
 
 WAIT = 30.0
+#: Records of a first listing taken in one transaction (10 pages of the server's largest).
+LOAD_BATCH = 100_000
 
 
 class Applier:
@@ -60,11 +62,14 @@ class Applier:
         row = self.replica.by_id(node)
         return row.ino if row else None
 
-    def load(self, page: ChangeRows) -> None:
-        """Take a page of the first listing of a machine with nothing of its own (no checks needed)."""
+    def load(self, pages: list[ChangeRows]) -> None:
+        """Take pages of the first listing of a machine with nothing of its own (no checks needed)."""
+        if not pages:
+            return
         with self.replica.tx():
-            self.replica.load(page.nodes, page.entries)
-            self.replica.cursor = page.cursor
+            for page in pages:
+                self.replica.load(page.nodes, page.entries)
+            self.replica.cursor = pages[-1].cursor
 
     def apply(self, nodes: tuple[Node, ...] | list[Node], entries: tuple[Entry, ...] | list[Entry],
               cursor: int | None = None) -> None:
@@ -243,8 +248,18 @@ class Follower:
         cursor = self.applier.replica.cursor
         # A machine that has nothing yet takes its first listing in bulk.
         first = cursor == 0 and self.applier.replica.is_empty() and len(self.applier.queue) == 0
+        if first:
+            with self.applier.replica.state.large_cache():
+                return await self._catch_up(cursor, wait, progress, first=True)
+        return await self._catch_up(cursor, wait, progress, first=False)
+
+    async def _catch_up(self, cursor: int, wait: float, progress: Callable[[int], None], *, first: bool) -> bool:
         got = False
         records = 0
+        # Pages of a first listing wait here and go in together: one transaction
+        # a page cost more in commits than in inserts.  Held in memory, not in
+        # an open transaction: other tasks may write while a page is awaited.
+        held: list[ChangeRows] = []
         while True:
             changes: Changes | ChangeRows
             if first:
@@ -254,6 +269,7 @@ class Follower:
             self._mark(True)
             if changes.reset:
                 log.warning("journal cursor %d is not the server's any more; listing the whole tree again", cursor)
+                held.clear()
                 if self.on_reset is not None and not first:
                     # The self-check lists and merges, keeping what only this machine has.
                     await self.on_reset()
@@ -264,11 +280,14 @@ class Follower:
                 continue
             if changes.nodes or changes.entries:
                 got = True
+            records += len(changes.nodes) + len(changes.entries)
             if isinstance(changes, ChangeRows):
-                self.applier.load(changes)
+                held.append(changes)
+                if not changes.more or sum(len(p.nodes) + len(p.entries) for p in held) >= LOAD_BATCH:
+                    self.applier.load(held)
+                    held = []
             else:
                 self.applier.apply(changes.nodes, changes.entries, changes.cursor)
-            records += len(changes.nodes) + len(changes.entries)
             progress(records)
             cursor = changes.cursor
             if not changes.more:
