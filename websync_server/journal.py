@@ -13,6 +13,10 @@ of its last commit, and ``more`` says to ask again at once.
 Cursor 0 is a listing: only live rows (no tombstones), and the final cursor is
 the store's seq, so the client skips the tombstones it never needed.
 
+Forms.  A page is `Changes` (records as objects, the default on the wire) or,
+for ``format=compact``, `ChangeRows` built straight from the table rows: a
+first listing of a big store is mostly the cost per record.
+
 Reset.  A cursor below the store's tombstone horizon may have missed a removal
 whose tombstone was purged (the collector, gc.py, compacts the journal), and a
 cursor above the store's seq comes from a future this server doesn't have (the
