@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Collection
 
 import trio
 
-from websync_server.protocol import ROOT_ID, Changes, Entry, Node
+from websync_server.protocol import ROOT_ID, ChangeRows, Changes, Entry, Node
 
 from .backoff import Backoff
 from .errors import Offline, RemoteError, Unauthorized
@@ -40,6 +40,8 @@ from .writeback import WriteBackQueue
 log = logging.getLogger(__name__)
 
 WAIT = 30.0
+#: Records of a first listing taken in one transaction (10 pages of the server's largest).
+LOAD_BATCH = 100_000
 
 
 class Applier:
@@ -60,11 +62,14 @@ class Applier:
         row = self.replica.by_id(node)
         return row.ino if row else None
 
-    def load(self, nodes: tuple[Node, ...], entries: tuple[Entry, ...], cursor: int) -> None:
-        """Take a page of the first listing of a machine with nothing of its own (no checks needed)."""
+    def load(self, pages: list[ChangeRows]) -> None:
+        """Take pages of the first listing of a machine with nothing of its own (no checks needed)."""
+        if not pages:
+            return
         with self.replica.tx():
-            self.replica.load(nodes, entries)
-            self.replica.cursor = cursor
+            for page in pages:
+                self.replica.load(page.nodes, page.entries)
+            self.replica.cursor = pages[-1].cursor
 
     def apply(self, nodes: tuple[Node, ...] | list[Node], entries: tuple[Entry, ...] | list[Entry],
               cursor: int | None = None) -> None:
@@ -243,13 +248,28 @@ class Follower:
         cursor = self.applier.replica.cursor
         # A machine that has nothing yet takes its first listing in bulk.
         first = cursor == 0 and self.applier.replica.is_empty() and len(self.applier.queue) == 0
+        if first:
+            with self.applier.replica.state.large_cache():
+                return await self._catch_up(cursor, wait, progress, first=True)
+        return await self._catch_up(cursor, wait, progress, first=False)
+
+    async def _catch_up(self, cursor: int, wait: float, progress: Callable[[int], None], *, first: bool) -> bool:
         got = False
         records = 0
+        # Pages of a first listing wait here and go in together: one transaction
+        # a page cost more in commits than in inserts.  Held in memory, not in
+        # an open transaction: other tasks may write while a page is awaited.
+        held: list[ChangeRows] = []
         while True:
-            changes: Changes = await self.remote.changes(cursor, wait=wait)
+            changes: Changes | ChangeRows
+            if first:
+                changes = await self.remote.change_rows(cursor, wait=wait)
+            else:
+                changes = await self.remote.changes(cursor, wait=wait)
             self._mark(True)
             if changes.reset:
                 log.warning("journal cursor %d is not the server's any more; listing the whole tree again", cursor)
+                held.clear()
                 if self.on_reset is not None and not first:
                     # The self-check lists and merges, keeping what only this machine has.
                     await self.on_reset()
@@ -260,11 +280,14 @@ class Follower:
                 continue
             if changes.nodes or changes.entries:
                 got = True
-            if first:
-                self.applier.load(changes.nodes, changes.entries, changes.cursor)
+            records += len(changes.nodes) + len(changes.entries)
+            if isinstance(changes, ChangeRows):
+                held.append(changes)
+                if not changes.more or sum(len(p.nodes) + len(p.entries) for p in held) >= LOAD_BATCH:
+                    self.applier.load(held)
+                    held = []
             else:
                 self.applier.apply(changes.nodes, changes.entries, changes.cursor)
-            records += len(changes.nodes) + len(changes.entries)
             progress(records)
             cursor = changes.cursor
             if not changes.more:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from websync_server.protocol import API, BlockHash, Changes, Conflict, NodeId, NodeState
+from websync_server.protocol import API, FORMAT_COMPACT, BlockHash, ChangeRows, Changes, Conflict, NodeId, NodeState
 
 from . import blockwire, tls
 from .blockwire import BlockWire
@@ -204,10 +204,18 @@ class Remote:
         return _answer(resp, lambda body: str(body["name"]))
 
     async def changes(self, cursor: int, wait: float = 0, limit: int = 10000) -> Changes:
-        params = {"cursor": cursor, "wait": wait, "limit": limit}
+        resp = await self._changes(cursor, wait, limit)
+        return _answer(resp, lambda body: ChangeRows.from_wire(body).to_changes())
+
+    async def change_rows(self, cursor: int, wait: float = 0, limit: int = 10000) -> ChangeRows:
+        """A page of changes as the compact arrays (a first listing loads them as they are)."""
+        return _answer(await self._changes(cursor, wait, limit), ChangeRows.from_wire)
+
+    async def _changes(self, cursor: int, wait: float, limit: int) -> httpx.Response:
+        # A server that does not know format= answers with objects; ChangeRows reads both.
+        params = {"cursor": cursor, "wait": wait, "limit": limit, "format": FORMAT_COMPACT}
         timeout = httpx.Timeout(wait + 30.0, connect=5.0)
-        resp = await self._request("GET", f"{API}/stores/{self.store}/changes", params=params, timeout=timeout)
-        return _answer(resp, Changes.from_wire)
+        return await self._request("GET", f"{API}/stores/{self.store}/changes", params=params, timeout=timeout)
 
     async def node_state(self, node: NodeId) -> NodeState:
         resp = await self._request("GET", f"{API}/stores/{self.store}/nodes/{node}")

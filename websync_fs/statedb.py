@@ -57,6 +57,20 @@ class StateDb:
             for fn in after:
                 fn()
 
+    @contextmanager
+    def large_cache(self, mib: int = 64) -> Iterator[None]:
+        """A page cache of *mib* MiB while the block runs (a first listing inserts at random ids).
+
+        With SQLite's default of 2 MiB, a first listing of 200,000 files spent
+        more time moving index pages in and out than inserting.
+        """
+        (before,) = self.conn.execute("PRAGMA cache_size").fetchone()
+        self.conn.execute(f"PRAGMA cache_size=-{mib * 1024}")
+        try:
+            yield
+        finally:
+            self.conn.execute(f"PRAGMA cache_size={int(before)}")
+
     def ensure_columns(self, table: str, columns: dict[str, str]) -> list[str]:
         """Add *columns* (name -> SQL declaration) that *table* lacks; return those added.
 

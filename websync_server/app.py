@@ -14,7 +14,7 @@ import json
 import math
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,9 @@ from .accounts import Identity, Login
 from .hostcheck import HostCheck
 from .journal import DEFAULT_LIMIT
 from .logins import guarded_check, guarded_login
-from .protocol import API, BLOCK_SIZE, WAIT_MAX, BlockHash, Changes, is_block_hash
+from .protocol import (
+    API, BLOCK_SIZE, FORMAT_COMPACT, FORMAT_OBJECTS, FORMATS, WAIT_MAX, BlockHash, ChangeRows, Changes, is_block_hash,
+)
 from .services import Services
 from .web import install as install_web_page
 
@@ -253,10 +255,16 @@ class _Api:
         cursor = _int_param(request, "cursor", 0)
         limit = _int_param(request, "limit", DEFAULT_LIMIT)
         wait = min(_float_param(request, "wait", 0.0), WAIT_MAX)
+        form = request.query_params.get("format", FORMAT_OBJECTS)
+        if form not in FORMATS:
+            raise InvalidRequest(f"format must be one of {', '.join(sorted(FORMATS))}")
+        read: Callable[[str, int, int], Changes | ChangeRows] = (
+            self._s.store.change_rows if form == FORMAT_COMPACT else self._s.store.changes
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
-            changes = await self._s.admission.run(identity.user, self._s.store.changes, store, cursor, limit)
+            changes = await self._s.admission.run(identity.user, read, store, cursor, limit)
             news = changes.nodes or changes.entries or changes.reset or changes.more or changes.cursor != cursor
             remaining = deadline - loop.time()
             # Read first, wait second: see notifier.py for why no commit is missed.
@@ -380,7 +388,7 @@ class _Api:
         return identity, store
 
 
-def _encode_changes(changes: Changes) -> bytes:
+def _encode_changes(changes: Changes | ChangeRows) -> bytes:
     """A `Changes` page as JSON, the way `JSONResponse` renders."""
     return json.dumps(changes.to_wire(), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 

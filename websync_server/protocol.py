@@ -132,6 +132,44 @@ class Node:
             xattrs=dict(data.get("xattrs") or {}),
         )
 
+    def to_row(self) -> list[Any]:
+        return compact_node([self.id, self.kind, self.mode, self.size, self.mtime_ns, self.seq, self.device,
+                             list(self.blocks), self.target, self.deleted, self.rdev, dict(self.xattrs)])
+
+    @classmethod
+    def from_row(cls, row: list[Any]) -> Node:
+        n = len(row)
+        return cls(
+            id=NodeId(row[0]), kind=row[1], mode=int(row[2]), size=int(row[3]), mtime_ns=int(row[4]),
+            seq=int(row[5]),
+            device=row[6] if n > 6 else "",
+            blocks=tuple(BlockHash(h) for h in row[7]) if n > 7 else (),
+            target=row[8] if n > 8 else "",
+            deleted=bool(row[9]) if n > 9 else False,
+            rdev=int(row[10]) if n > 10 else 0,
+            xattrs=dict(row[11]) if n > 11 else {},
+        )
+
+
+#: The compact form of a node (``format=compact``, docs/protocol.md): its fields in this
+#: order, the trailing ones that hold their default left out (a listing of files
+#: mostly ends after ``blocks``; an empty file after ``device``).
+NODE_ROW = ("id", "kind", "mode", "size", "mtime_ns", "seq", "device", "blocks", "target", "deleted", "rdev", "xattrs")
+#: The compact form of an entry: all its fields, in this order (``node`` null: removed).
+ENTRY_ROW = ("parent", "name", "node", "seq")
+#: Fields every compact node has: those before ``device``.
+NODE_ROW_MIN = 6
+_ROW_DEFAULTS: tuple[Any, ...] = ("", [], "", False, 0, {})
+
+
+def compact_node(row: list[Any]) -> list[Any]:
+    """Drop the trailing fields of a node in the compact form that hold their default; *row* is changed."""
+    end = len(row)
+    while end > NODE_ROW_MIN and row[end - 1] == _ROW_DEFAULTS[end - 1 - NODE_ROW_MIN]:
+        end -= 1
+    del row[end:]
+    return row
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -154,6 +192,20 @@ class Entry:
             node=NodeId(node) if node is not None else None,
             seq=int(data["seq"]),
         )
+
+    def to_row(self) -> list[Any]:
+        return [self.parent, self.name, self.node, self.seq]
+
+    @classmethod
+    def from_row(cls, row: list[Any]) -> Entry:
+        parent, name, node, seq = row
+        return cls(parent=NodeId(parent), name=name, node=NodeId(node) if node is not None else None, seq=int(seq))
+
+
+#: Values of the ``format`` parameter of the changes call.
+FORMAT_OBJECTS = "objects"
+FORMAT_COMPACT = "compact"
+FORMATS = frozenset({FORMAT_OBJECTS, FORMAT_COMPACT})
 
 
 @dataclass(frozen=True)
@@ -196,6 +248,63 @@ class Changes:
             ahead=bool(data.get("ahead", False)),
             nodes=tuple(Node.from_wire(n) for n in data.get("nodes", ())),
             entries=tuple(Entry.from_wire(e) for e in data.get("entries", ())),
+        )
+
+    def to_rows(self) -> ChangeRows:
+        return ChangeRows(
+            cursor=self.cursor, reset=self.reset, more=self.more, ahead=self.ahead,
+            nodes=[n.to_row() for n in self.nodes], entries=[e.to_row() for e in self.entries],
+        )
+
+
+@dataclass(frozen=True)
+class ChangeRows:
+    """A page of `Changes` in the compact form: records as arrays (``NODE_ROW``; entries
+    ``[parent, name, node, seq]``), left as the wire has them.
+
+    A first listing of a big store goes from these straight into the client's
+    bulk insert: building a `Node` a record cost more than the rest of the
+    listing's parsing (docs/benchmarks.md, "A new machine joining").
+    """
+
+    cursor: int
+    nodes: list[list[Any]] = field(default_factory=list)
+    entries: list[list[Any]] = field(default_factory=list)
+    reset: bool = False
+    more: bool = False
+    ahead: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {
+            "format": FORMAT_COMPACT, "cursor": self.cursor, "reset": self.reset, "more": self.more,
+            "nodes": self.nodes, "entries": self.entries,
+        }
+        if self.ahead:
+            wire["ahead"] = True
+        return wire
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> ChangeRows:
+        """Read a page in either form (a server that does not know ``format`` answers with objects)."""
+        if data.get("format") != FORMAT_COMPACT:
+            return Changes.from_wire(data).to_rows()
+        nodes, entries = data.get("nodes", []), data.get("entries", [])
+        # The shape is checked here, once, so that a consumer may index the arrays blindly.
+        if not isinstance(nodes, list) or not all(
+            type(r) is list and NODE_ROW_MIN <= len(r) <= len(NODE_ROW) for r in nodes
+        ):
+            raise ValueError("a compact node is an array of 6 to 12 fields")
+        if not isinstance(entries, list) or not all(type(r) is list and len(r) == 4 for r in entries):
+            raise ValueError("a compact entry is an array of 4 fields")
+        return cls(
+            cursor=int(data["cursor"]), reset=bool(data.get("reset", False)), more=bool(data.get("more", False)),
+            ahead=bool(data.get("ahead", False)), nodes=nodes, entries=entries,
+        )
+
+    def to_changes(self) -> Changes:
+        return Changes(
+            cursor=self.cursor, reset=self.reset, more=self.more, ahead=self.ahead,
+            nodes=tuple(Node.from_row(r) for r in self.nodes), entries=tuple(Entry.from_row(e) for e in self.entries),
         )
 
 

@@ -32,7 +32,7 @@ from .commit import Batch
 from .database import Database
 from .gc import gc_generation
 from .ops import Create, Op, Update, block_hashes, parse_batch_id, parse_ops
-from .protocol import BLOCK_SIZE, KIND_DIR, ROOT_ID, BlockHash, Changes, NodeState, is_node_id
+from .protocol import BLOCK_SIZE, KIND_DIR, ROOT_ID, BlockHash, ChangeRows, Changes, NodeState, is_node_id
 from .schema import batches, blocks_to_text, entries, entry_from_row, node_from_row, nodes, stores, users
 
 __all__ = ["BlockSizes", "MetadataStore", "new_store"]
@@ -155,7 +155,16 @@ class MetadataStore:
     def changes(self, store_id: str, cursor: int, limit: int = journal.DEFAULT_LIMIT) -> Changes:
         """Nodes and entries changed after *cursor*; see `journal.read_changes`."""
         with self._db.read() as conn:
-            return journal.read_changes(conn, store_id, cursor, limit)
+            changes = journal.read_changes(conn, store_id, cursor, limit)
+        assert isinstance(changes, Changes)
+        return changes
+
+    def change_rows(self, store_id: str, cursor: int, limit: int = journal.DEFAULT_LIMIT) -> ChangeRows:
+        """`changes` in the compact form (``format=compact``)."""
+        with self._db.read() as conn:
+            rows = journal.read_changes(conn, store_id, cursor, limit, compact=True)
+        assert isinstance(rows, ChangeRows)
+        return rows
 
     def node_state(self, store_id: str, node_id: str) -> NodeState:
         """A node (also when deleted) with the live entries naming it; `NotFound` if unknown."""

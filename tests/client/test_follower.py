@@ -18,6 +18,8 @@ import pytest
 import trio
 from argon2 import PasswordHasher
 
+from tests.server.ops import create, mkdir
+from websync_fs import follower
 from websync_fs.errors import CommitConflict, FsError
 from websync_fs.follower import Applier
 from websync_fs.replica import ROOT_INO, Replica
@@ -32,6 +34,7 @@ from websync_server.database import Database
 from websync_server.protocol import (
     ROOT_ID,
     BlockHash,
+    ChangeRows,
     Changes,
     NodeId,
     NodeState,
@@ -252,3 +255,46 @@ def test_a_folder_moved_on_another_machine_while_moved_back_here_has_one_name(ma
     machine.catch_up()
     assert len(machine.queue) == 0
     assert machine.local_tree() == machine.server_tree() == {"y": "dir"}
+
+
+class ListingRemote:
+    """The journal calls of `Remote`, answered by the machine's in-process store in pages of *limit*."""
+
+    def __init__(self, remote: InProcessRemote, limit: int) -> None:
+        self.remote, self.limit = remote, limit
+
+    async def change_rows(self, cursor: int, wait: float = 0) -> ChangeRows:
+        return self.remote.store.change_rows(self.remote.store_id, cursor, self.limit)
+
+    async def changes(self, cursor: int, wait: float = 0) -> Changes:
+        return self.remote.store.changes(self.remote.store_id, cursor, self.limit)
+
+
+def test_a_first_listing_in_many_pages_arrives_whole_a_batch_of_pages_at_a_time(
+    machine: OneMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, store_id = machine.remote.store, machine.remote.store_id
+    for folder in range(4):
+        d = mkdir(f"d{folder}")
+        store.commit(store_id, "B", new_node_id(), [d, *(create(f"f{i}", parent=d["id"]) for i in range(9))])
+    monkeypatch.setattr(follower, "LOAD_BATCH", 25)
+    loads: list[int] = []
+    load = machine.applier.load
+
+    def counted(pages: list[ChangeRows]) -> None:
+        loads.append(sum(len(p.nodes) + len(p.entries) for p in pages))
+        load(pages)
+
+    machine.applier.load = counted  # type: ignore[method-assign]
+    seen: list[int] = []
+    follow = follower.Follower(ListingRemote(machine.remote, limit=20), machine.applier,  # type: ignore[arg-type]
+                               lambda online, error: None)
+    assert trio.run(lambda: follow.catch_up(progress=seen.append))
+    # 81 records (the root, 4 folders of 9 files, their entries) in pages of at most 20:
+    # the root alone, then a commit a page; held until 25 records or the last page.
+    assert loads == [41, 40] and seen == [1, 21, 41, 61, 81]
+    assert machine.local_tree() == machine.server_tree() and len(machine.local_tree()) == 40
+    assert machine.replica.cursor == store.changes(store_id, 0).cursor
+    # Later changes go through the checks of `Applier.apply`, one page a transaction.
+    store.commit(store_id, "B", new_node_id(), [mkdir("late")])
+    assert trio.run(follow.catch_up) and "late" in machine.local_tree() and loads == [41, 40]

@@ -13,7 +13,7 @@ import pytest
 from tests.server.conftest import Session, both_engines
 from tests.server.ops import create, mkdir, setattr_
 from tests.servers import ServerProcess
-from websync_server.protocol import BLOCK_SIZE, ROOT_ID, Changes, new_node_id
+from websync_server.protocol import BLOCK_SIZE, ROOT_ID, ChangeRows, Changes, new_node_id
 
 Login = Callable[..., Session]
 
@@ -105,6 +105,9 @@ def test_malformed_json_and_bad_parameters_are_400(session: Login) -> None:
     for params in ({"cursor": "-1"}, {"cursor": "x"}, {"wait": "soon"}, {"wait": "nan"}, {"limit": "0"}):
         assert s.http.get(f"/v1/stores/{s.store}/changes", params=params).status_code == 400, params
     assert s.http.get(f"/v1/stores/{s.store}/nodes/not-an-id").status_code == 400
+    for form in ("", "Compact", "arrays", "compact,objects"):
+        answer = s.http.get(f"/v1/stores/{s.store}/changes", params={"format": form})
+        assert answer.status_code == 400 and "format must be one of" in answer.json()["message"], form
 
 
 def test_unknown_calls_are_json_404_and_405(server: ServerProcess) -> None:
@@ -130,6 +133,27 @@ def test_commit_then_changes_and_node_state(session: Login) -> None:
         {"parent": ROOT_ID, "name": d["name"], "node": d["id"], "seq": cursor + 1}
     ]
     assert s.http.get(f"/v1/stores/{s.store}/nodes/{new_node_id()}").status_code == 404
+
+
+def test_changes_come_as_objects_by_default_and_as_arrays_when_asked(session: Login) -> None:
+    s = session("alice", device="desk")
+    cursor = current_cursor(s)
+    d = mkdir(f"dir-{new_node_id()}")
+    seq = s.commit(d).json()["seq"]
+    url, params = f"/v1/stores/{s.store}/changes", {"cursor": cursor}
+    objects = s.http.get(url, params=params).json()
+    assert "format" not in objects and objects == s.http.get(url, params={**params, "format": "objects"}).json()
+    assert objects["nodes"][0] == {
+        "id": d["id"], "kind": "dir", "mode": 0o755, "size": 0, "mtime_ns": d["mtime_ns"], "seq": seq,
+        "blocks": [], "target": "", "deleted": False, "device": s.device, "rdev": 0, "xattrs": {},
+    }
+    compact = s.http.get(url, params={**params, "format": "compact"}).json()
+    assert compact == {
+        "format": "compact", "cursor": seq, "reset": False, "more": False,
+        "nodes": [[d["id"], "dir", 0o755, 0, d["mtime_ns"], seq, s.device]],
+        "entries": [[ROOT_ID, d["name"], d["id"], seq]],
+    }
+    assert ChangeRows.from_wire(compact).to_changes() == Changes.from_wire(objects)
 
 
 def test_a_conflict_is_409_with_index_reason_and_node(session: Login) -> None:

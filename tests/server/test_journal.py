@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import stat
 from collections import Counter
 from typing import Any
 
+import pytest
 from sqlalchemy import event, update
 
 from tests.server.conftest import Components, both_engines
-from tests.server.ops import create, delete, mkdir, rename, setattr_
-from websync_server.protocol import ROOT_ID, Changes
+from tests.server.ops import create, delete, mkdir, mknod, rename, setattr_, symlink
+from websync_server.protocol import NODE_ROW, ROOT_ID, ChangeRows, Changes, Entry, Node, NodeId
 from websync_server.schema import stores
 
 
@@ -178,3 +181,58 @@ def test_a_cursor_below_the_tombstone_horizon_resets(components: Components) -> 
     assert c.store.changes(c.store_id, 2).reset
     assert not c.store.changes(c.store_id, 3).reset
     assert not c.store.changes(c.store_id, 0).reset  # a listing is always possible
+
+
+# -- the compact form (format=compact) -------------------------------------------
+
+
+def test_compact_pages_hold_the_same_records_as_object_pages(components: Components) -> None:
+    c = components
+    size, blocks = c.put_file(10)
+    f, d, link_ = create("f", size=size, blocks=blocks), mkdir("d"), symlink("l", "f")
+    c.commit(f, d, link_, mknod("p", stat.S_IFIFO | 0o600))
+    cursor = c.commit(setattr_(f["id"], xattrs={"user.tag": base64.b64encode(b"red").decode()}))
+    c.commit(delete(d["id"], "d"), rename(link_["id"], "l", "m"))
+    for start, limit in ((0, 3), (0, 10_000), (cursor, 10_000)):
+        after = start
+        while True:
+            objects = c.store.changes(c.store_id, after, limit=limit)
+            rows = c.store.change_rows(c.store_id, after, limit=limit)
+            assert isinstance(rows, ChangeRows) and rows.to_changes() == objects
+            assert ChangeRows.from_wire(rows.to_wire()) == rows
+            after = objects.cursor
+            if not objects.more:
+                break
+
+
+def test_a_compact_node_leaves_out_trailing_defaults() -> None:
+    plain = Node(id=NodeId("a" * 32), kind="file", mode=0o644, size=0, mtime_ns=5, seq=3)
+    assert plain.to_row() == ["a" * 32, "file", 0o644, 0, 5, 3]
+    made = Node(id=NodeId("a" * 32), kind="file", mode=0o644, size=0, mtime_ns=5, seq=3, device="desk")
+    assert made.to_row() == ["a" * 32, "file", 0o644, 0, 5, 3, "desk"]
+    full = Node(id=NodeId("b" * 32), kind="special", mode=0o644, size=0, mtime_ns=5, seq=3, device="desk",
+                deleted=True, rdev=7, xattrs={"user.a": "eA=="})
+    assert len(full.to_row()) == len(NODE_ROW) and full.to_row()[7:9] == [[], ""]
+    for node in (plain, made, full):
+        assert Node.from_row(node.to_row()) == node
+    gone = Entry(parent=NodeId("root"), name="x", node=None, seq=4)
+    assert Entry.from_row(gone.to_row()) == gone and gone.to_row() == ["root", "x", None, 4]
+
+
+def test_change_rows_read_an_object_page_from_a_server_without_the_compact_form() -> None:
+    node = Node(id=NodeId("a" * 32), kind="dir", mode=0o755, size=0, mtime_ns=5, seq=3, device="desk")
+    changes = Changes(cursor=3, nodes=(node,), entries=(Entry(NodeId("root"), "d", node.id, 3),), more=True)
+    assert "format" not in changes.to_wire()
+    assert ChangeRows.from_wire(changes.to_wire()) == changes.to_rows()
+    assert ChangeRows.from_wire(changes.to_wire()).to_changes() == changes
+
+
+@pytest.mark.parametrize("nodes, entries", [
+    ([["a" * 32, "file", 0, 0, 0]], []),  # a node without its seq
+    ([{"id": "a" * 32}], []),  # an object in a compact page
+    ([], [["root", "x", None]]),
+    ("nodes", []),
+])  # fmt: skip
+def test_a_malformed_compact_page_is_refused(nodes: Any, entries: Any) -> None:
+    with pytest.raises(ValueError):
+        ChangeRows.from_wire({"format": "compact", "cursor": 1, "nodes": nodes, "entries": entries})
