@@ -408,6 +408,7 @@ class RcloneBisync(System):
         self.lock = threading.Lock()
         self.failures: list[str] = []
         self.runs = 0
+        self.successes: dict[str, int] = {}
         self.state_dirs = (root / "work-b",)
 
     def _bisync(self, side: str, folder: Path, resync: bool) -> tuple[int, str]:
@@ -436,6 +437,7 @@ class RcloneBisync(System):
             rc, out = self._bisync(side, folder, resync)
             if rc == 0:
                 resync = False
+                self.successes[side] = self.successes.get(side, 0) + 1
             elif not self.stop.is_set():
                 # bisync asks for --resync after an error it cannot recover from; a user would run it so.
                 self.failures.append(f"{side}: exit {rc}: {out.strip()[-300:]}")
@@ -451,9 +453,8 @@ class RcloneBisync(System):
                 self.loops.append(t)
 
     def idle_a(self, a: Path, files: int, timeout: float) -> None:
-        rc, out = self._bisync("a", a, resync=True)
-        if rc:
-            raise RuntimeError(f"rclone bisync --resync failed: {out[-500:]}")
+        _wait(lambda: self.successes.get("a", 0) > 0, timeout, "rclone: a's first bisync", check=self.check)
+        self._halt()
 
     def restart_a(self, a: Path) -> float:
         self._halt()
@@ -697,15 +698,26 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     command = shlex.join([".venv/bin/python", "-m", "tests.bench.peers", *(argv if argv is not None else sys.argv[1:])])
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    load_before = os.getloadavg()
-    r = run(p, systems, rows, workdir, args.keep)
-    load_after = os.getloadavg()
-    print(f"\n{started}, load average before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
-          f"after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}")
+    loads: list[float] = []
+    done = threading.Event()
+
+    def sample_load() -> None:
+        while not done.wait(5):
+            loads.append(os.getloadavg()[0])
+
+    sampler = threading.Thread(target=sample_load, daemon=True)
+    sampler.start()
+    try:
+        r = run(p, systems, rows, workdir, args.keep)
+    finally:
+        done.set()
+    load = (f"1-minute load average {min(loads, default=0):.1f} to {max(loads, default=0):.1f}, "
+            f"median {percentile(loads, 50) if loads else 0:.1f}")
+    print(f"\n{started}, {os.cpu_count()} cores, {load}")
     print(render(p, r, systems, command))
     if args.json:
-        args.json.write_text(json.dumps({"command": command, "started": started, "load_before": load_before,
-                                         "load_after": load_after, "params": asdict(p), "values": r.values,
+        args.json.write_text(json.dumps({"command": command, "started": started, "load": load,
+                                         "loads": loads, "params": asdict(p), "values": r.values,
                                          "notes": r.notes}, indent=2))
     return 0
 
