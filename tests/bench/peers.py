@@ -35,6 +35,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -352,9 +353,7 @@ class Syncthing(System):
             st = self._rest(side, "GET", f"/rest/db/status?folder={FOLDER_ID}")
         except httpx.HTTPError:
             return False
-        changed = st.get("stateChanged", "")
-        # "2026-12-03T23:01:02.123456789Z": compare as seconds since the epoch, sub-second digits cut to µs.
-        stamp = _rfc3339(changed)
+        stamp = _rfc3339(st.get("stateChanged", ""))
         return st.get("state") == "idle" and stamp >= since and (files is None or st.get("localFiles") == files)
 
     def idle_a(self, a: Path, files: int, timeout: float) -> None:
@@ -374,20 +373,14 @@ class Syncthing(System):
 
 
 def _rfc3339(text: str) -> float:
+    """Seconds since the epoch of Syncthing's nanosecond RFC 3339 times (0 for its zero time)."""
     from datetime import datetime
 
-    if not text or text.startswith("0001"):
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text or "")
+    if not m or text.startswith("0001"):
         return 0.0
-    head, _, frac = text.rstrip("Z").partition(".")
-    tz = ""
-    for sign in ("+", "-"):
-        if sign in frac:
-            frac, tz = frac.split(sign, 1)[0], sign + frac.split(sign, 1)[1]
-    if not tz and text.endswith("Z"):
-        tz = "+00:00"
-    if not tz and len(head) > 19:
-        head, tz = head[:19], head[19:]
-    return datetime.fromisoformat(f"{head}.{(frac or '0')[:6]:0<6}{tz}").timestamp()
+    zone = "+00:00" if m[3] == "Z" else m[3]
+    return datetime.fromisoformat(f"{m[1]}.{(m[2] or '0')[:6]:0<6}{zone}").timestamp()
 
 
 class RcloneBisync(System):
@@ -499,11 +492,10 @@ def row_small(system: System, root: Path, p: Params, r: Results) -> None:
     b.mkdir()
     start = time.monotonic()
     system.start(a, b)
-    seconds = _wait(lambda: _count_small(b, p.file_size) == p.files, p.timeout,
+    _wait(lambda: _count_small(b, p.file_size) == p.files, p.timeout,
                     f"{system.name}: {p.files} files reach the other side", every=0.25, check=system.check)
     r.set("small_s", system.name, round(time.monotonic() - start, 2))
     system.started()
-    del seconds
     time.sleep(2)  # let the receiving side write down what it got
     r.set("content_bytes", system.name, p.files * p.file_size)
     r.set("folder_disk", system.name, _disk(b))
