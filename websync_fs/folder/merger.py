@@ -252,7 +252,8 @@ class Merger:
             if os.path.isdir(join(self.root, path)) and not os.path.islink(join(self.root, path)):
                 found.update(local_paths(self.root, self.rules, path))
             found.update(self.known.under(path))
-            found.update(p for p in tree if p.startswith(path + "/"))
+            if path not in tree or tree[path].kind == "dir":  # a file has nothing under it: no walk of the tree
+                found.update(p for p in tree if p.startswith(path + "/"))
         return self._spelled({p for p in found if p}, tree)
 
     # -- one path ----------------------------------------------------------------

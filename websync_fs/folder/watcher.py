@@ -16,10 +16,19 @@ import unicodedata
 from pathlib import Path
 
 import trio
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    EVENT_TYPE_CLOSED_NO_WRITE,
+    EVENT_TYPE_OPENED,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 log = logging.getLogger(__name__)
+
+#: Events that change nothing: watchdog 4+ reports every open and read-only close,
+#: so each file the merger read for upload came back as a dirty path.
+UNCHANGED = frozenset({EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE})
 
 
 class DirtyPaths:
@@ -73,6 +82,8 @@ class _Handler(FileSystemEventHandler):
         return text[len(self.root) + 1:].replace(os.sep, "/")
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in UNCHANGED:
+            return
         rels = [self._rel(event.src_path)]
         if getattr(event, "dest_path", ""):
             rels.append(self._rel(event.dest_path))
