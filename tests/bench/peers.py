@@ -21,7 +21,8 @@ with them) and a fresh directory for every row:
 Rows: first sync of N small files, first sync of one big file, propagation
 of a new file (p50/p99), a restart over M unchanged files (until the process
 is up and has scanned; for bisync, one run), and the disk used by the
-receiving side's state and cache against the folder's content.  Every
+receiving side's state and cache against the folder's content.  ``--profile
+DIR`` records WebSync's server and B's sync process with py-spy.  Every
 process is ours and is stopped by its own pid, also when a row fails.  Run::
 
     .venv/bin/python -m tests.bench.peers --files 500 --big-mib 20 --samples 10 --restart-files 5000
@@ -200,7 +201,9 @@ class System:
 class WebSync(System):
     name = "websync"
 
-    def __init__(self, root: Path, mount: bool = False) -> None:
+    def __init__(self, root: Path, mount: bool = False, profile: Path | None = None) -> None:
+        self.profile = profile
+        self.recorders: list[subprocess.Popen[bytes]] = []
         self.server = ServerProcess.start(root / "data")
         add_user(self.server.data_dir, "bench", PASSWORD)
         self.machines = {n: Machine(n, root, self.server.url) for n in ("B", "C")}
@@ -221,6 +224,23 @@ class WebSync(System):
 
     def start(self, a: Path, b: Path | None) -> None:
         self.clis = [self._sync("B", a)] + ([self._sync("C", b)] if b else [])
+        if self.profile is not None:
+            self._record("server", self.server.pid)
+            pid_file = self.machines["B"].home / "state" / "mount.pid"
+            # B's process is started by its CLI: attached to as soon as it has written its pid.
+            _wait(lambda: pid_file.exists() and pid_file.read_text().strip() != "", 30, "websync: B's pid file",
+                  every=0.01)
+            self._record("sync-B", int(pid_file.read_text()))
+
+    def _record(self, name: str, pid: int) -> None:
+        """py-spy on *pid* until `close` (``--nonblocking``: never stops the process it samples)."""
+        assert self.profile is not None
+        self.profile.mkdir(parents=True, exist_ok=True)
+        with open(self.profile / f"{name}.py-spy.log", "wb") as errors:
+            self.recorders.append(subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--nonblocking",
+                 "--format", "raw", "--rate", "50", "--output", str(self.profile / f"{name}.collapsed.txt")],
+                stdout=subprocess.DEVNULL, stderr=errors))
 
     def started(self) -> None:
         for cli in self.clis:
@@ -241,6 +261,11 @@ class WebSync(System):
         return time.monotonic() - start
 
     def close(self) -> None:
+        for recorder in self.recorders:
+            recorder.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                recorder.wait(60)
+            end_process(recorder)  # type: ignore[arg-type]
         for cli in self.clis:
             end_process(cli)  # type: ignore[arg-type]
         for m in self.machines.values():
@@ -477,9 +502,9 @@ class RcloneBisync(System):
                 end_process(proc)  # type: ignore[arg-type]
 
 
-def make_system(name: str, root: Path, p: Params, mount: bool = False) -> System:
+def make_system(name: str, root: Path, p: Params, mount: bool = False, profile: Path | None = None) -> System:
     if name == "websync":
-        return WebSync(root, mount)
+        return WebSync(root, mount, profile)
     if name == "syncthing":
         return Syncthing(root, p.syncthing_delay)
     return RcloneBisync(root, p.bisync_every)
@@ -536,12 +561,12 @@ def row_propagation(system: System, root: Path, p: Params, r: Results) -> None:
     b.mkdir()
     system.start(a, b)
     system.started()
-    targets = {"folder": b} | ({"mount": system.mount} if system.mount else {})
+    targets: dict[str, Path] = {"folder": b} | ({"mount": system.mount} if system.mount else {})
     # A first file through, so every side is up and watching before the samples.
     (a / "warm.txt").write_bytes(b"warm")
     for place in targets.values():
-        _wait(lambda place=place: (place / "warm.txt").exists(), p.timeout, f"{system.name}: warm-up file",
-              every=0.05, check=system.check)
+        warm = place / "warm.txt"
+        _wait(warm.exists, p.timeout, f"{system.name}: warm-up file", every=0.05, check=system.check)
     samples: dict[str, list[float]] = {k: [] for k in targets}
     missed = 0
     for i in range(p.samples):
@@ -596,15 +621,21 @@ def _fresh(workdir: Path, name: str, keep: bool) -> Iterator[Path]:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def run(p: Params, systems: tuple[str, ...], rows: tuple[str, ...], workdir: Path, keep: bool = False) -> Results:
-    """Every row for every system, a fresh directory and fresh processes each; a failed row is noted."""
+def run(p: Params, systems: tuple[str, ...], rows: tuple[str, ...], workdir: Path, keep: bool = False,
+        profile: Path | None = None) -> Results:
+    """Every row for every system, a fresh directory and fresh processes each; a failed row is noted.
+
+    With *profile*, WebSync's server and B's sync process are recorded with py-spy in each row, into
+    PROFILE/ROW/.
+    """
     r = Results()
     for row in rows:
         for name in systems:
             print(f"{row}: {name}", flush=True)
             with _fresh(workdir, f"{row}-{name}", keep) as root:
                 try:
-                    system = make_system(name, root, p, mount=(row == "propagation"))
+                    system = make_system(name, root, p, mount=(row == "propagation"),
+                                         profile=profile / row if profile else None)
                 except Unavailable as exc:
                     print(f"bench: {exc}", flush=True)
                     if str(exc) not in r.notes:
@@ -677,6 +708,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="pause between two rclone bisync runs (s)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep every row's directory")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="py-spy on WebSync's server and B's sync process, raw stacks into DIR/ROW/")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     p = Params(files=args.files, folders=args.folders, file_size=args.file_size, big_mib=args.big_mib,
@@ -700,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     sampler = threading.Thread(target=sample_load, daemon=True)
     sampler.start()
     try:
-        r = run(p, systems, rows, workdir, args.keep)
+        r = run(p, systems, rows, workdir, args.keep, args.profile)
     finally:
         done.set()
     load = (f"1-minute load average {min(loads, default=0):.1f} to {max(loads, default=0):.1f}, "
