@@ -314,25 +314,22 @@ class Aliases:
 
     def local(self, remote: str) -> str:
         """The local path of server path *remote* (mapped, else encoded name by name)."""
-        if not remote or not self.rules.strict:
-            return remote
-        found = self._local.get(remote)
-        if found is not None:
-            return found
-        head, _, name = remote.rpartition("/")
-        alias = encode(name, self.rules)
-        return f"{self.local(head)}/{alias}" if head else alias
+        return self._mapped(remote, self._local, encode)
 
     def remote(self, local: str) -> str:
         """The server path of local path *local*, spelled as the map spells it (see `same`)."""
-        if not local or not self.rules.strict:
-            return local
-        found = self._remote.get(local)
+        return self._mapped(local, self._remote, decode)
+
+    def _mapped(self, path: str, table: dict[str, str], convert: Callable[[str, Rules], str]) -> str:
+        """*path* through *table*, else its folder's mapping and *convert* of its last name."""
+        if not path or not self.rules.strict:
+            return path
+        found = table.get(path)
         if found is not None:
             return found
-        head, _, name = local.rpartition("/")
-        original = decode(name, self.rules)
-        return f"{self.remote(head)}/{original}" if head else original
+        head, _, name = path.rpartition("/")
+        last = convert(name, self.rules)
+        return f"{self._mapped(head, table, convert)}/{last}" if head else last
 
     @property
     def folds(self) -> bool:

@@ -390,8 +390,8 @@ class Uploader:
         # A mode or time set over another machine's change this one has not seen
         # yet (`blind`): the node's seq stays, so its next update still meets
         # that change as a conflict instead of replacing it unseen.
-        based = {op["id"] for op in ops if op["op"] in _NODE_OPS and op["op"] != OP_SETATTR or "base" in op}
-        unseen = {op["id"] for op in ops if op["op"] == OP_SETATTR and "base" not in op} - based
+        blind = [op for op in ops if op["op"] == OP_SETATTR and "base" not in op]
+        unseen = {op["id"] for op in blind} - {op["id"] for op in ops if op["op"] in _NODE_OPS and op not in blind}
         with self.replica.tx():
             for op in ops:
                 if op["op"] in _NODE_OPS and op["id"] not in unseen:
