@@ -79,6 +79,10 @@ from diskcache.core import MODE_BINARY, MODE_RAW
 from ._exceptions import CacheError, CacheFull, CacheUnavailable
 from ._filewriter import FileWriter
 
+#: Windows opens files as text unless told; its fsync (FlushFileBuffers) needs a descriptor open for writing.
+_BINARY = getattr(os, "O_BINARY", 0)
+_FOR_FSYNC = (os.O_RDWR | _BINARY) if os.name == "nt" else os.O_RDONLY
+
 DEFAULT_TIMEOUT = 60.0
 """Seconds a statement waits for another process's SQLite write lock before failing."""
 
@@ -284,11 +288,15 @@ class BlockStore:
         its block's bytes.
         """
         try:
-            fd = os.open(os.path.join(self._directory, filename), os.O_RDONLY)
+            fd = os.open(os.path.join(self._directory, filename), os.O_RDONLY | _BINARY)
         except OSError:
             return None
         try:
-            data = os.pread(fd, length, offset)
+            if hasattr(os, "pread"):
+                data = os.pread(fd, length, offset)
+            else:  # Windows; this descriptor is ours alone, so its position is too
+                os.lseek(fd, offset, os.SEEK_SET)
+                data = os.read(fd, length)
             return data, _stamp(os.fstat(fd))
         except OSError:
             return None
@@ -339,7 +347,7 @@ class BlockStore:
                 if row is None or row[0] is None:
                     continue
                 path = os.path.join(self._directory, row[0])
-                fd = os.open(path, os.O_RDONLY)
+                fd = os.open(path, _FOR_FSYNC)
                 try:
                     os.fsync(fd)
                 finally:
@@ -584,7 +592,7 @@ def sync_wal(db_path: str) -> None:
     would do the same with two or three fsyncs and a copy of every page.
     """
     try:
-        fd = os.open(db_path + "-wal", os.O_RDONLY)
+        fd = os.open(db_path + "-wal", _FOR_FSYNC)
     except FileNotFoundError:
         return  # no log: everything is in the database, synced by the checkpoint that removed it
     try:
@@ -602,6 +610,8 @@ _synced_logs: dict[str, tuple[int, int]] = {}
 
 
 def _fsync_dir(path: str) -> None:
+    if not hasattr(os, "O_DIRECTORY"):
+        return  # Windows opens no directory; NTFS journals a rename itself (as websync_fs/portable.py)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

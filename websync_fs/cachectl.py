@@ -14,6 +14,7 @@ Paths in requests are store paths (storepaths.py).
 from __future__ import annotations
 
 import inspect
+import shutil
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -143,7 +144,7 @@ class CacheControl:
             stats = self.cache.stats()
             pinned = self.cache.present(pinned_blocks)
             waiting = self.cache.present(queued_blocks)
-            disk = os.statvfs(self.cache.directory)
+            disk = shutil.disk_usage(self.cache.directory)
             return {
                 "directory": str(self.cache.directory),
                 "used": stats.used,
@@ -157,7 +158,7 @@ class CacheControl:
                 "reclaimable": stats.reclaimable,
                 "over_limit": stats.over_limit,
                 "protected_over_limit": stats.protected_bytes > stats.limit,
-                "free_disk": disk.f_bavail * disk.f_frsize,
+                "free_disk": disk.free,
                 "hits": stats.hits,
                 "misses": stats.misses,
                 "hit_rate": stats.hit_rate,

@@ -23,7 +23,6 @@ command.  The lock goes away with its process, also on kill -9.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -36,7 +35,8 @@ from typing import Any
 import trio
 
 from .errors import WebSyncError
-from .mountlock import flock_file
+from . import portable
+from .portable import OPEN_FLAGS
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class RequestFailed(WebSyncError):
 
 
 class CacheLock:
-    """The exclusive right to use a home's cache with protection (an flock)."""
+    """The exclusive right to use a home's cache with protection (a file lock, portable.py)."""
 
     def __init__(self, fd: int) -> None:
         self._fd: int | None = fd
@@ -77,9 +77,9 @@ class CacheLock:
         lock = cls.try_acquire(state_dir)
         if lock is None:
             log.info("waiting for a websync command to finish with the cache")
-            fd = _open_lock(state_dir)
+            fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | OPEN_FLAGS, 0o600)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                portable.lock(fd)
             except BaseException:
                 os.close(fd)
                 raise
@@ -89,17 +89,13 @@ class CacheLock:
     @classmethod
     def try_acquire(cls, state_dir: Path) -> CacheLock | None:
         """Take the lock, or return None at once if another process holds it."""
-        fd = flock_file(state_dir / LOCK_NAME, fcntl.LOCK_EX)
+        fd = portable.lock_file(state_dir / LOCK_NAME)
         return None if fd is None else cls(fd)
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
-            os.close(fd)  # closing the last descriptor drops the flock
-
-
-def _open_lock(state_dir: Path) -> int:
-    return os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.close(fd)  # closing the last descriptor drops the lock
 
 
 # -- server ----------------------------------------------------------------------

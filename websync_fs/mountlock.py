@@ -1,21 +1,22 @@
-"""Whether a home is mounted: an flock the running mount holds on ``STATE/mount.pid``.
+"""Whether a home is mounted: a lock the running mount holds on ``STATE/mount.pid``.
 
 A pid file alone cannot say it: after a crash or a power cut the file stays,
 and its pid may belong to another live process by then (pids are reused after
-a reboot), or to the killed mount that has not quite ended.  The kernel drops
-an flock when its last descriptor closes, whatever ended the process, so the
-lock is held exactly while a mount runs.  The file's text is the holder's pid,
+a reboot), or to the killed mount that has not quite ended.  The system drops
+a file lock when its last descriptor closes, whatever ended the process, so the
+lock is held exactly while a mount runs (portable.py: flock, or msvcrt's lock).  The file's text is the holder's pid,
 for people and messages; it is never trusted without the lock.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from pathlib import Path
 
-__all__ = ["MountLock", "flock_file", "holder"]
+from .portable import lock_file, pwrite
+
+__all__ = ["MountLock", "holder"]
 
 
 class MountLock:
@@ -32,12 +33,12 @@ class MountLock:
         has not closed yet, and a `holder` probe taking the lock for a moment.
         """
         deadline = time.monotonic() + wait
-        while (fd := flock_file(path, fcntl.LOCK_EX)) is None:
+        while (fd := lock_file(path)) is None:
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.05)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        pwrite(fd, str(os.getpid()).encode(), 0)
         return cls(fd)
 
     def release(self) -> None:
@@ -52,26 +53,17 @@ def holder(path: Path) -> int | None:
 
     A holder whose pid is not written yet (it is starting) reads as 0.
     """
-    fd = flock_file(path, fcntl.LOCK_SH)  # shared: probes never stand in each other's way
-    if fd is not None:
-        os.close(fd)  # nobody held it: whatever the file says is stale
-        return None
-    try:
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        return 0
-    return int(text) if text.isdigit() else 0
-
-
-def flock_file(path: Path, how: int) -> int | None:
-    """A descriptor of *path* (made if missing) holding its flock *how*, or None if another holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, how | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    for _ in range(3):
+        fd = lock_file(path, shared=True)  # shared: probes never stand in each other's way
+        if fd is not None:
+            os.close(fd)  # nobody held it: whatever the file says is stale
+            return None
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            text = ""
+        if text.isdigit():
+            return int(text)
+        # A mount starting, or (Windows, no shared locks) another probe this instant: look again.
+        time.sleep(0.02)
+    return 0

@@ -22,6 +22,8 @@ import errno
 import os
 from pathlib import Path
 
+from . import portable
+
 __all__ = ["MEMORY_MAX", "SMALL", "SpillFile"]
 
 #: Largest copy kept in memory.
@@ -49,7 +51,7 @@ class SpillFile:
         return self._fd is not None
 
     def _open(self, size: int) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | portable.OPEN_FLAGS, 0o600)
         try:
             os.ftruncate(fd, size)
         except BaseException:
@@ -70,7 +72,7 @@ class SpillFile:
             with memoryview(self._buf) as view:
                 done = 0
                 while done < len(view):
-                    done += os.pwrite(self._fd, view[done:], done)
+                    done += portable.pwrite(self._fd, view[done:], done)
         except BaseException:
             os.close(self._fd)
             self._fd = None
@@ -91,7 +93,7 @@ class SpillFile:
         if self._buf is not None and end > SMALL:
             self.spill()
         if self._buf is None:
-            return os.pwrite(self._descriptor(), data, offset)
+            return portable.pwrite(self._descriptor(), data, offset)
         if end > len(self._buf):
             self._buf.extend(bytes(end - len(self._buf)))
         self._buf[offset:end] = data
@@ -99,7 +101,7 @@ class SpillFile:
 
     def pread(self, length: int, offset: int) -> bytes:
         if self._buf is None:
-            return os.pread(self._descriptor(), length, offset)
+            return portable.pread(self._descriptor(), length, offset)
         return bytes(self._buf[offset : offset + length])
 
     def truncate(self, size: int) -> None:

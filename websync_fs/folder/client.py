@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +33,7 @@ from ..errors import ConfigError, Offline
 from ..home import Home
 from ..invalidation import Invalidation
 from ..names import NamePolicy
+from ..portable import STOP_SIGNALS
 from .corepaths import CorePaths
 from .guards import FolderGone, Identity, Marker, check_placement
 from .ignore import IgnoreRules
@@ -238,7 +238,7 @@ class FolderClient(Engine):
             self._nursery.cancel_scope.cancel()
 
     async def _signals(self, scope: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
             async for signum in signals:
                 log.info("signal %d: stopping the sync of %s", signum, self.folder)
                 scope.cancel()

@@ -5,7 +5,7 @@
   this machine remembers files in it (a removable disk pulled, the folder
   deleted, a network share gone) is never taken as "the user deleted
   everything" — syncing stops and nothing is deleted on the server.
-* An exclusive ``flock`` on the marker while a sync runs: a second sync
+* An exclusive lock on the marker while a sync runs (portable.py): a second sync
   process on the same folder (from any home) is refused.  The lock goes with
   its process, also on kill -9.
 * No folder inside a WebSync mount and no mount inside the folder: the store
@@ -14,13 +14,13 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import portable
 from ..errors import ConfigError
 
 MARKER = ".websync-folder"
@@ -91,12 +91,15 @@ class Marker:
 
     def lock(self) -> Identity:
         """Take the folder for this process; ConfigError if another sync holds it."""
-        fd = os.open(self.path, os.O_RDONLY)
+        fd = os.open(self.path, os.O_RDONLY | portable.OPEN_FLAGS)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            taken = portable.lock(fd, wait=False)
+        except BaseException:
             os.close(fd)
-            raise ConfigError(f"{self.folder} is already being synced by another process") from None
+            raise
+        if not taken:
+            os.close(fd)
+            raise ConfigError(f"{self.folder} is already being synced by another process")
         self._fd = fd
         return self.identity()
 
@@ -110,5 +113,5 @@ class Marker:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock
+            os.close(self._fd)  # closing drops the lock
             self._fd = None

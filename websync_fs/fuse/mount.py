@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import trio
 
 from ..client import Client
 from ..home import Home
+from ..portable import STOP_SIGNALS
 from . import readahead
 from .ops import FuseOperations
 
@@ -63,7 +63,7 @@ class FuseMount:
             await client.close()
 
     async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
             async for signum in signals:
                 log.info("signal %d: unmounting", signum)
                 pyfuse3.terminate()

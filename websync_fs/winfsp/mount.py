@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import re
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ import trio
 
 from ..client import Client
 from ..home import Home
+from ..portable import STOP_SIGNALS
 from ._winfspy import FileSystem, SecurityDescriptor
 from .ops import WinFspOperations, filetime
 from .security import current_user_sid, security_sddl
@@ -84,8 +84,7 @@ class WinFspMount:
 
 
 async def _stop_signal() -> None:
-    wanted = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else [])
-    with trio.open_signal_receiver(*wanted) as signals:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async for signum in signals:
             log.info("signal %d: unmounting", signum)
             return

@@ -1,0 +1,181 @@
+"""What differs between the systems the client runs on, in one place.
+
+Linux and macOS have ``flock``, ``pwrite``/``pread``, directories that can be
+opened and fsynced, Unix sockets and ``fusermount3``/``umount``; Windows has
+none of them.  Everything else in the client calls these functions and never
+asks which system it is on.
+
+File locks
+----------
+On POSIX a lock is an ``flock`` on the whole file: it goes when the last
+descriptor closes, whatever ended the process.  On Windows it is a one-byte
+``msvcrt.locking`` lock at `LOCK_OFFSET`, far past any content: Windows locks
+are mandatory, and a lock on the first byte would stop every other process --
+and our own other handles -- from reading the pid or the folder id written
+there.  Windows drops the lock when the handle closes or the process ends.
+``msvcrt.locking`` has no shared mode, so a shared request takes the byte
+exclusively: two probes at the same instant see each other as the holder, and
+`mountlock.holder` looks twice before believing it.
+
+The Windows branch has not run on Windows: it is tested on Linux with a
+stand-in ``msvcrt`` whose ``locking`` is a POSIX byte-range lock at the same
+offset (tests/client/test_portable.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+__all__ = [
+    "LOCK_OFFSET", "OPEN_FLAGS", "STOP_SIGNALS", "control_transport", "fsync_dir", "lock", "lock_file", "pread",
+    "pwrite", "seek_pread", "seek_pwrite", "unmount_command",
+]
+
+fcntl: ModuleType | None
+msvcrt: ModuleType | None
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+try:
+    import msvcrt
+except ImportError:  # everywhere else
+    msvcrt = None
+
+#: Where the Windows lock byte lies: past the end of any pid or marker file (msvcrt takes a 32-bit offset).
+LOCK_OFFSET = 0x7FFF_0000
+#: Flags for descriptors this client opens: not inherited by programs it starts; binary on Windows.
+OPEN_FLAGS = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+#: Signals that ask a running client to stop cleanly: SIGHUP is POSIX only, SIGBREAK (Ctrl+Break) Windows only.
+STOP_SIGNALS: tuple[int, ...] = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK") if hasattr(signal, name)
+)
+#: How often a wait for a Windows lock tries again (msvcrt's own blocking mode gives up after 10 s).
+_POLL = 0.05
+#: Errors msvcrt.locking raises for "another handle holds it": EACCES, or EDEADLOCK after its retries.
+_HELD = {errno.EACCES, getattr(errno, "EDEADLOCK", errno.EDEADLK)}
+
+
+# -- locks ---------------------------------------------------------------------------------
+
+
+def lock_file(path: Path, shared: bool = False) -> int | None:
+    """A descriptor of *path* (made if missing) holding its lock, or None if another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | OPEN_FLAGS, 0o600)
+    try:
+        taken = lock(fd, shared=shared, wait=False)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not taken:
+        os.close(fd)
+        return None
+    return fd
+
+
+def lock(fd: int, shared: bool = False, wait: bool = True) -> bool:
+    """Lock the file of *fd*: False if another holds it and *wait* is off; closing *fd* unlocks."""
+    if fcntl is not None:
+        how = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        try:
+            fcntl.flock(fd, how if wait else how | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+    if msvcrt is not None:
+        while True:
+            if _msvcrt_try(fd):
+                return True
+            if not wait:
+                return False
+            time.sleep(_POLL)
+    raise OSError(errno.ENOSYS, "this system offers no file lock WebSync knows (flock or msvcrt.locking)")
+
+
+def _msvcrt_try(fd: int) -> bool:
+    assert msvcrt is not None
+    with _position_lock:  # msvcrt locks from the descriptor's position
+        os.lseek(fd, LOCK_OFFSET, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError as exc:
+            if exc.errno in _HELD:
+                return False
+            raise
+        finally:
+            os.lseek(fd, 0, os.SEEK_SET)
+    return True
+
+
+# -- positional I/O --------------------------------------------------------------------------
+
+#: Where there is no pwrite/pread, a seek and a write must not interleave with another thread's.
+_position_lock = threading.Lock()
+
+
+def seek_pwrite(fd: int, data: bytes | memoryview, offset: int) -> int:
+    """`pwrite` where the system has none: a seek and a write, one thread at a time."""
+    try:
+        with _position_lock:
+            os.lseek(fd, offset, os.SEEK_SET)
+            return os.write(fd, data)
+    finally:
+        # A traceback kept by the caller must not keep a view of its buffer alive (spillfile.py resizes it).
+        del data
+
+
+def seek_pread(fd: int, length: int, offset: int) -> bytes:
+    """`pread` where the system has none: a seek and a read, one thread at a time."""
+    with _position_lock:
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.read(fd, length)
+
+
+#: Write at an offset without using the descriptor's position; may write less than asked.
+pwrite: Callable[[int, bytes | memoryview, int], int] = getattr(os, "pwrite", seek_pwrite)
+#: Read up to *length* bytes at an offset without using the descriptor's position.
+pread: Callable[[int, int, int], bytes] = getattr(os, "pread", seek_pread)
+
+
+# -- directories, unmounting, the control channel --------------------------------------------
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make the names in directory *path* durable; a no-op where directories cannot be opened (Windows).
+
+    NTFS journals its metadata itself: a rename there is durable without it.
+    """
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | OPEN_FLAGS)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unmount_command(place: Path, lazy: bool = False) -> list[str]:
+    """The command that takes this user's FUSE mount at *place* away: fusermount3 on Linux, umount on macOS."""
+    if sys.platform == "darwin":
+        return ["umount", *(["-f"] if lazy else []), str(place)]
+    return ["fusermount3", "-u", *(["-z"] if lazy else []), str(place)]
+
+
+def control_transport() -> str:
+    """``unix`` or ``tcp``: the control channel's transport here (``WEBSYNC_CONTROL`` overrides).
+
+    CPython on Windows has no Unix sockets; there the channel is a loopback TCP
+    socket with a token (control.py).
+    """
+    chosen = os.environ.get("WEBSYNC_CONTROL", "").strip().lower()
+    if chosen in ("unix", "tcp"):
+        return chosen
+    return "tcp" if os.name == "nt" else "unix"
