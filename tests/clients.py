@@ -131,6 +131,22 @@ def eventually(probe: Callable[[], T], timeout: float = 20.0, what: str = "condi
         time.sleep(0.02)
 
 
+def control_raw(port: int, data: bytes) -> dict[str, object]:
+    """What a loopback control channel answers *data* sent as it is: what any local user could send."""
+    import json
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(data)
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return dict(json.loads(answer))
+
+
 def read_bytes(path: Path) -> bytes:
     with open(path, "rb") as f:
         return f.read()

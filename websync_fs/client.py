@@ -10,7 +10,7 @@ Order of start-up: the lock of the home, state database, cache (with every
 queued block protected again), remote, core, the engine's components, first
 catch-up with the journal; then the background tasks (block source, follower,
 uploader, self-check, early uploads, pins, status writer, login watcher,
-control socket).  Shutdown runs in reverse; pending uploads stay in the queue
+control channel).  Shutdown runs in reverse; pending uploads stay in the queue
 for the next start.
 """
 
@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +152,8 @@ class Client(Engine):
         self.pins.reconcile()  # pinned blocks are protected again before the first put
         #: The front end's answer to changes made behind its back (FUSE: drop the kernel's caches).
         self.front_notify: Callable[[Invalidation], None] = lambda inv: None
+        #: The front end's way to end itself when `websync unmount` asks (FUSE: unmount; WinFsp: stop).
+        self.stop: Callable[[], Awaitable[None]] = self._cannot_stop
         self.reconciler.on_notice = lambda: self._status_dirty.set()
         self.vfs.notify = self.notify
         self.applier.on_content = self.pins.changed
@@ -171,8 +173,17 @@ class Client(Engine):
         """Tell the front end what changed behind its back."""
         self.front_notify(inv)
 
+    async def _cannot_stop(self) -> None:
+        raise ConfigError("this mount cannot be stopped by a command; end its process")
+
     async def _request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        """A CLI request: the self-check here, everything else to the cache control."""
+        """A CLI request: the self-check and stopping here, everything else to the cache control."""
+        if op == "stop":
+            place = str(args.get("place", ""))
+            if Path(place) != self.place:
+                raise ConfigError(f"{place} is not mounted (this home is mounted at {self.place})")
+            await self.stop()  # returns once the front end is going: uploads drain after the answer
+            return {"pid": os.getpid()}
         if op == "check":
             differences = await self.reconciler.check(repair=bool(args.get("repair")))
             if differences:
@@ -293,7 +304,7 @@ class Client(Engine):
             self.applier.notify = notify
 
     async def start(self, nursery: trio.Nursery) -> None:
-        """Start the engine's background tasks in *nursery* (the front end's); the control socket answers then."""
+        """Start the engine's background tasks in *nursery* (the front end's); the control channel answers then."""
         self.source.start(nursery)
         self.vfs.start(nursery)
         nursery.start_soon(self.follower.run)

@@ -2,18 +2,20 @@
 
 Cache protection lives in the memory of the process that owns the cache (see
 cache._blocks), so a command that evicts, changes the limit, verifies or pins
-must run inside the mount when one runs.  The mount serves requests on a Unix
-socket, ``STATE/control.sock``, created with mode 0600 inside the 0700 state
-directory: only this user can connect.
+must run inside the mount when one runs.  The mount serves requests on a
+channel only this user can use (channel.py): a Unix socket,
+``STATE/control.sock``, or on Windows a loopback TCP port whose every request
+starts with a token only this user can read.
 
-Protocol: one request per connection.  The client sends one line of JSON,
+Protocol: one request per connection.  The client sends (after the token's
+line, on TCP) one line of JSON,
 ``{"op": NAME, "args": {...}}``, and reads one line back: ``{"ok": true,
 "result": {...}}`` or ``{"ok": false, "error": SENTENCE, "exit_code": N}``.
 Requests run on the mount's event loop, concurrently with file system calls.
 
 Owning the cache
 ----------------
-Whoever uses the cache with protection holds an exclusive ``flock`` on
+Whoever uses the cache with protection holds an exclusive lock on
 ``STATE/cache.lock``: the mount for its whole life, or a command when no mount
 runs.  So a command never evicts under a mount that is starting (which could
 not yet have protected its fresh blocks), and a mount never starts under a
@@ -26,7 +28,6 @@ import errno
 import json
 import logging
 import os
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -36,22 +37,19 @@ import trio
 
 from .errors import WebSyncError
 from . import portable
+from .channel import transport
 from .portable import OPEN_FLAGS
 
 log = logging.getLogger(__name__)
 
-SOCKET_NAME = "control.sock"
 LOCK_NAME = "cache.lock"
 MAX_MESSAGE = 1 << 20
-#: Unix socket paths longer than this do not fit in sockaddr_un (108 bytes on
-#: Linux, 104 on macOS); longer ones are reached through /proc/self/fd.
-_MAX_PATH = 100
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class NotRunning(WebSyncError):
-    """No mount process answers on the control socket."""
+    """No mount process answers on the control channel."""
 
 
 class RequestFailed(WebSyncError):
@@ -102,51 +100,36 @@ class CacheLock:
 
 
 class ControlServer:
-    """Answers requests on ``STATE/control.sock`` with *handler*; run by the mount."""
+    """Answers requests with *handler* on this system's transport (channel.py); run by the mount."""
 
     def __init__(self, state_dir: Path, handler: Handler) -> None:
-        self.path = state_dir / SOCKET_NAME
+        self.channel = transport(state_dir)
         self._handler = handler
 
     async def serve(self, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen until cancelled; the caller must own the cache lock (so the socket is ours)."""
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        """Listen until cancelled; the caller must own the cache lock (so the channel is ours)."""
+        listener = await self.channel.listen()
         try:
-            address = _address(self.path, dir_fd)
-            try:
-                os.unlink(self.path)  # left by a mount that was killed
-            except FileNotFoundError:
-                pass
-            old_umask = os.umask(0o177)
-            try:
-                await sock.bind(address)
-            finally:
-                os.umask(old_umask)
-        finally:
-            os.close(dir_fd)
-        sock.listen(16)
-        try:
-            listener = trio.SocketListener(sock)
             async with listener:
                 await trio.serve_listeners(self._serve_one, [listener], task_status=task_status)
         finally:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
+            self.channel.unpublish()
 
     async def _serve_one(self, stream: trio.SocketStream) -> None:
         async with stream:
             try:
                 with trio.fail_after(30):
-                    line = await _receive_line(stream)
-                request = json.loads(line)
+                    lines = await _receive_lines(stream, self.channel.preamble_lines + 1)
+                if not self.channel.admits(lines[: self.channel.preamble_lines]):
+                    log.warning("refused a control request without this client's token")
+                    await _send(stream, {"ok": False, "error": "refused: the control token is wrong", "exit_code": 4})
+                    return
+                request = json.loads(lines[self.channel.preamble_lines])
                 op = str(request["op"])
                 args = request.get("args") or {}
                 if not isinstance(args, dict):
                     raise ValueError("args must be an object")
-            except (trio.TooSlowError, ValueError, KeyError, TypeError) as exc:
+            except (trio.TooSlowError, ValueError, KeyError, TypeError, IndexError) as exc:
                 await _send(stream, {"ok": False, "error": f"bad control request: {exc}", "exit_code": 1})
                 return
             except trio.BrokenResourceError:
@@ -159,21 +142,24 @@ class ControlServer:
                 log.exception("control request %r failed", op)
                 answer = {"ok": False, "error": f"the mount could not do {op!r}; see its log", "exit_code": 1}
             try:
-                await _send(stream, answer)
+                # Shielded: after a "stop" the front end ends and cancels this task, but its answer is due.
+                with trio.CancelScope(shield=True), trio.move_on_after(10):
+                    await _send(stream, answer)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 log.debug("control client left before the answer to %r", op)
 
 
-async def _receive_line(stream: trio.SocketStream) -> bytes:
+async def _receive_lines(stream: trio.SocketStream, count: int) -> list[bytes]:
+    """The first *count* lines a connection sends (fewer if it ends sooner)."""
     data = bytearray()
-    while not data.endswith(b"\n"):
+    while data.count(b"\n") < count:
         chunk = await stream.receive_some(65536)
         if not chunk:
             break
         data += chunk
         if len(data) > MAX_MESSAGE:
             raise ValueError("request too large")
-    return bytes(data)
+    return bytes(data).split(b"\n")[:count]
 
 
 async def _send(stream: trio.SocketStream, answer: dict[str, Any]) -> None:
@@ -188,20 +174,11 @@ def request(state_dir: Path, op: str, args: dict[str, Any] | None = None, *, tim
 
     Raises `NotRunning` if no mount answers, `RequestFailed` if it refused.
     """
-    path = state_dir / SOCKET_NAME
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(5.0)
-        try:
-            dir_fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise NotRunning("no mount is running for this home") from None
-        try:
-            sock.connect(_address(path, dir_fd))
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise NotRunning("no mount is running for this home") from exc
-        finally:
-            os.close(dir_fd)
+        sock = transport(state_dir).connect(timeout=5.0)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise NotRunning("no mount is running for this home") from exc
+    try:
         sock.settimeout(timeout)
         sock.sendall(json.dumps({"op": op, "args": args or {}}).encode() + b"\n")
         data = bytearray()
@@ -213,14 +190,17 @@ def request(state_dir: Path, op: str, args: dict[str, Any] | None = None, *, tim
     except TimeoutError as exc:
         raise RequestFailed(f"the mount did not answer {op!r} in time") from exc
     except OSError as exc:
-        if exc.errno in (errno.ECONNRESET, errno.EPIPE):
+        if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED):
             raise RequestFailed(f"the mount closed the connection during {op!r}; see its log") from exc
         raise
     finally:
         sock.close()
     if not data:
         raise RequestFailed(f"the mount ended the connection without answering {op!r}; see its log")
-    answer = json.loads(data)
+    try:
+        answer = json.loads(data)
+    except ValueError as exc:
+        raise RequestFailed(f"the control channel answered {op!r} with something that is not WebSync's") from exc
     if not answer.get("ok"):
         raise RequestFailed(str(answer.get("error")), int(answer.get("exit_code") or 1))
     return answer["result"]
@@ -237,14 +217,3 @@ def wait_until_answering(state_dir: Path, timeout: float) -> bool:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.1)
-
-
-def _address(path: Path, dir_fd: int) -> str:
-    """The address to bind or connect: the path, or a short alias of it on Linux."""
-    text = os.fspath(path)
-    if len(text.encode()) <= _MAX_PATH:
-        return text
-    alias = f"/proc/self/fd/{dir_fd}/{path.name}"
-    if not os.path.isdir(f"/proc/self/fd/{dir_fd}"):
-        raise WebSyncError(f"the path of the control socket is too long for this system: {text}")
-    return alias

@@ -119,7 +119,7 @@ class Home:
 
     def save_settings(self, settings: Settings) -> None:
         self.ensure()
-        _write_private(self.config_file, json.dumps(asdict(settings), indent=2) + "\n")
+        write_private(self.config_file, json.dumps(asdict(settings), indent=2) + "\n")
 
     def load_token(self) -> str:
         try:
@@ -129,7 +129,7 @@ class Home:
 
     def save_token(self, token: str) -> None:
         self.ensure()
-        _write_private(self.token_file, token + "\n")
+        write_private(self.token_file, token + "\n")
 
     def drop_token(self) -> None:
         """Forget this machine's token (after a logout); settings and queued changes stay."""
@@ -143,7 +143,7 @@ class Home:
         return settings, token
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write *text* atomically to *path* with mode 0600 (it may hold a token)."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

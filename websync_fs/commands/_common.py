@@ -9,6 +9,7 @@ import logging.handlers
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from collections.abc import Awaitable
@@ -96,6 +97,23 @@ def running_pid(home: Home) -> int | None:
     from ..mountlock import holder
 
     return holder(home.pid_file) if home.state_dir.is_dir() else None
+
+
+def stop_running(home: Home, place: str, mount: bool) -> None:
+    """Ask the client running on *home* to stop serving *place* (control channel), and wait until it has ended.
+
+    The client answers once its front end is going (FUSE: unmounted); it then
+    gives pending uploads a short chance, so the wait is longer than that.
+    """
+    from ..control import NotRunning, request
+
+    try:
+        request(home.state_dir, "stop", {"place": place, "mount": mount}, timeout=120)
+    except NotRunning:
+        return  # it ended meanwhile
+    deadline = time.monotonic() + 60
+    while running_pid(home) is not None and time.monotonic() < deadline:  # its lock goes with it
+        time.sleep(0.05)
 
 
 def human(size: float) -> str:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 from pathlib import Path
 
 import click
@@ -19,6 +16,7 @@ from ._common import (
     running_pid,
     setup_logging,
     start_in_background,
+    stop_running,
 )
 
 COMMANDS = ["sync"]
@@ -79,10 +77,7 @@ def _stop(ctx: Context, target: Path) -> None:
         folder = ""
     if pid is None or folder != str(target):
         raise ConfigError(f"{target} is not being synced by this machine")
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    while running_pid(home) is not None and time.monotonic() < deadline:  # its lock goes with it
-        time.sleep(0.05)
+    stop_running(home, str(target), mount=False)
     click.echo(f"stopped syncing {target}")
 
 

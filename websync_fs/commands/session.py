@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from ._common import (
     running_pid,
     setup_logging,
     start_in_background,
+    stop_running,
 )
 
 COMMANDS = ["login", "mount", "unmount", "status"]
@@ -130,16 +131,13 @@ def _mount_foreground(ctx: Context, home: Home, target: Path) -> None:
 
 def _mount_windows(ctx: Context, home: Home, mountpoint: Path, foreground: bool) -> None:
     """A drive letter, or a folder WinFsp makes (it must not exist yet), served by the WinFsp front end."""
-    import re
-
-    place = str(mountpoint)
+    place = _place(mountpoint)
     if not re.fullmatch(r"[A-Za-z]:", place):
-        target = mountpoint.expanduser().absolute()
+        target = Path(place)
         if target.exists():
             raise ConfigError(f"{target} exists; WinFsp mounts on a drive letter (X:) or a folder it makes itself")
         if not target.parent.is_dir():
             raise ConfigError(f"{target.parent} is not a folder")
-        place = str(target)
     pid = running_pid(home)
     if pid is not None:
         raise ConfigError(f"this home is already mounted by process {pid}; run 'websync unmount' first")
@@ -167,24 +165,38 @@ def _mount_background(ctx: Context, home: Home, target: Path) -> None:
 @friendly
 def unmount(ctx: Context, mountpoint: Path) -> None:
     """Unmount the store from MOUNTPOINT (pending uploads go out first, briefly)."""
-    target = mountpoint.expanduser().absolute()
-    if not os.path.ismount(target):
+    target = _place(mountpoint)
+    if running_pid(ctx.home) is not None:
+        # The running client unmounts itself: the same on every system (WinFsp has no fusermount3).
+        stop_running(ctx.home, target, mount=True)
+    elif sys.platform != "win32" and os.path.ismount(target):
+        _unmount_dead(Path(target))
+    else:
         raise ConfigError(f"{target} is not mounted")
-    pid = running_pid(ctx.home)
-    result = subprocess.run(["fusermount3", "-u", str(target)], capture_output=True, text=True)
-    if result.returncode != 0:
-        reason = result.stderr.strip() or "fusermount3 failed"
-        raise WebSyncError(f"cannot unmount {target}: {reason} (close the files open there and try again)")
-    if pid is not None:
-        deadline = time.monotonic() + 60
-        while running_pid(ctx.home) is not None and time.monotonic() < deadline:
-            time.sleep(0.05)
     click.echo(f"unmounted {target}")
     pending, pending_bytes, _ = _queue_size(ctx.home)
     if pending:
         # Offline, or the server too slow to take them all before the mount ended.
         click.echo(f"{pending} change(s), {human(pending_bytes)}, stay queued on this machine;"
                    " they go up the next time the store is mounted")
+
+
+def _place(mountpoint: Path) -> str:
+    """The mount point as the client names it: a drive letter (Windows) as given, anything else absolute."""
+    if sys.platform == "win32" and re.fullmatch(r"[A-Za-z]:", str(mountpoint)):
+        return str(mountpoint)
+    return str(mountpoint.expanduser().absolute())
+
+
+def _unmount_dead(target: Path) -> None:
+    """Take away a mount no client serves any more (its process was killed): the system's own unmount."""
+    from ..portable import unmount_command
+
+    command = unmount_command(target)
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = result.stderr.strip() or f"{command[0]} failed"
+        raise WebSyncError(f"cannot unmount {target}: {reason}")
 
 
 def _probe(home: Home) -> tuple[bool, str]:

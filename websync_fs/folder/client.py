@@ -122,6 +122,7 @@ class FolderClient(Engine):
         self.scanned = 0.0
         self.gone: FolderGone | None = None
         self._nursery: trio.Nursery
+        self._front = trio.CancelScope()
 
     # -- upward reports ------------------------------------------------------------
     def notify(self, inv: Invalidation) -> None:
@@ -136,6 +137,11 @@ class FolderClient(Engine):
         self.online, self.error = online, error
 
     async def _request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        if op == "stop":  # `websync sync --stop`: as SIGTERM, which Windows cannot send
+            if args.get("mount") or Path(str(args.get("place", ""))) != self.folder:
+                raise ConfigError(f"{args.get('place')} is not mounted or synced by this home (it syncs {self.folder})")
+            self._front.cancel()
+            return {"pid": os.getpid()}
         if op == "check":
             differences = await self.reconciler.check(repair=bool(args.get("repair")))
             if differences:
@@ -264,7 +270,7 @@ class FolderClient(Engine):
                 await nursery.start(Watcher(self.folder, self.dirty).run)
                 self._nursery = nursery
                 nursery.start_soon(self._stopping_if_gone, self._watch_folder)
-                with trio.CancelScope() as front:
+                with self._front as front:  # made at start: a stop asked before this point still counts
                     nursery.start_soon(self._signals, front)
                     await self._stopping_if_gone(self._sync_loop, ready)
                 await self._drain()

@@ -9,8 +9,10 @@ SIGINT or SIGHUP.  On unmount, pending uploads get a short chance to go out
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +21,8 @@ import trio
 
 from ..client import Client
 from ..home import Home
-from ..portable import STOP_SIGNALS
+from ..errors import WebSyncError
+from ..portable import STOP_SIGNALS, unmount_command
 from . import readahead
 from .ops import FuseOperations
 
@@ -34,7 +37,9 @@ class FuseMount:
         self.client = Client(home, mountpoint)
         self.ops = FuseOperations(self.client.vfs)
         self.client.front_notify = self.ops.notify
+        self.client.stop = self._unmount
         self.ops.file_state = self.client.states.xattr
+        self._terminated = False
 
     async def run(self, ready: Callable[[], None], progress: Callable[[int], None] = lambda records: None) -> None:
         client = self.client
@@ -58,7 +63,8 @@ class FuseMount:
                 await client.drain()
                 nursery.cancel_scope.cancel()
         finally:
-            pyfuse3.close(unmount=not unmounted)
+            # After terminate() the kernel still has the mount: libfuse takes it away (fusermount3 -u -z).
+            pyfuse3.close(unmount=not unmounted or self._terminated)
             client.write_status_final()
             await client.close()
 
@@ -66,8 +72,18 @@ class FuseMount:
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
             async for signum in signals:
                 log.info("signal %d: unmounting", signum)
+                self._terminated = True
                 pyfuse3.terminate()
                 return
+
+    async def _unmount(self) -> None:
+        """Unmount as ``websync unmount`` asks; pyfuse3's loop then ends as after any unmount."""
+        command = unmount_command(self.mountpoint)
+        done = await trio.to_thread.run_sync(
+            functools.partial(subprocess.run, command, capture_output=True, text=True))
+        if done.returncode != 0:
+            reason = done.stderr.strip() or f"{command[0]} failed"
+            raise WebSyncError(f"cannot unmount {self.mountpoint}: {reason} (close the files open there and try again)")
 
     async def _widen_readahead(self) -> None:
         # The kernel sets the window while it takes the answer to INIT, which goes out

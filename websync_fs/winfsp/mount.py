@@ -3,7 +3,8 @@
 The client builds and runs the engine; this module adds only what WinFsp
 needs: the operations object (`ops.py`) with the user's security descriptor,
 the volume's parameters, WinFsp's dispatcher (its own threads, which call into
-this trio loop), and stopping on Ctrl+C, Ctrl+Break or a console close.  On
+this trio loop), and stopping on Ctrl+C, Ctrl+Break, a console close, or
+when `websync unmount` asks over the control channel.  On
 stop, pending uploads get a short chance to go out (`Client.drain`); what is
 left stays queued for the next start.
 
@@ -74,7 +75,14 @@ class WinFspMount:
                 await trio.to_thread.run_sync(fs.start)
                 log.info("mounted %s at %s", client.settings.server, self.place)
                 ready()
-                await _stop_signal()
+                stop = trio.Event()
+
+                async def stop_asked() -> None:
+                    stop.set()
+
+                client.stop = stop_asked
+                nursery.start_soon(_stop_signal, stop)
+                await stop.wait()
                 await trio.to_thread.run_sync(fs.stop)
                 await client.drain()
                 nursery.cancel_scope.cancel()
@@ -83,10 +91,11 @@ class WinFspMount:
             await client.close()
 
 
-async def _stop_signal() -> None:
+async def _stop_signal(stop: trio.Event) -> None:
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async for signum in signals:
             log.info("signal %d: unmounting", signum)
+            stop.set()
             return
 
 
