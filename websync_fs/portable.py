@@ -1,8 +1,8 @@
 """What differs between the systems the client runs on, in one place.
 
 Linux and macOS have ``flock``, ``pwrite``/``pread``, directories that can be
-opened and fsynced, Unix sockets and ``fusermount3``/``umount``; Windows has
-none of them.  Everything else in the client calls these functions and never
+opened and fsynced, Unix sockets, ``fusermount3``/``umount``, SIGHUP and
+descriptors a child inherits by number; Windows has none of them.  Everything else in the client calls these functions and never
 asks which system it is on.
 
 File locks
@@ -27,15 +27,18 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 __all__ = [
-    "LOCK_OFFSET", "OPEN_FLAGS", "STOP_SIGNALS", "control_transport", "fsync_dir", "lock", "lock_file", "pread",
+    "LOCK_OFFSET", "OPEN_FLAGS", "STOP_SIGNALS", "control_transport", "detached_child", "fchmod", "fsync_dir", "inherited",
+    "lock", "lock_file", "pread",
     "pwrite", "seek_pread", "seek_pwrite", "unmount_command",
 ]
 
@@ -145,7 +148,13 @@ pwrite: Callable[[int, bytes | memoryview, int], int] = getattr(os, "pwrite", se
 pread: Callable[[int, int, int], bytes] = getattr(os, "pread", seek_pread)
 
 
-# -- directories, unmounting, the control channel --------------------------------------------
+# -- directories, modes, unmounting, the control channel ----------------------------------------
+
+
+def fchmod(fd: int, mode: int) -> None:
+    """Set an open file's mode bits; a no-op without fchmod (Windows, Python < 3.13), whose files keep their own."""
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, mode)
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -167,6 +176,33 @@ def unmount_command(place: Path, lazy: bool = False) -> list[str]:
     if sys.platform == "darwin":
         return ["umount", *(["-f"] if lazy else []), str(place)]
     return ["fusermount3", "-u", *(["-z"] if lazy else []), str(place)]
+
+
+def detached_child(fd: int) -> tuple[dict[str, Any], str]:
+    """How to start a detached child that inherits pipe end *fd*: Popen's arguments, and *fd*'s name for the child.
+
+    POSIX passes the descriptor and starts a new session.  Windows passes the
+    descriptor's handle, made inheritable and listed as the only one besides
+    the standard ones, and detaches the child from the console (which would
+    end it when closed); `inherited` turns the name back into a descriptor.
+    Not run on Windows.
+    """
+    if sys.platform != "win32":
+        return {"pass_fds": (fd,), "start_new_session": True}, str(fd)
+    assert msvcrt is not None
+    handle = msvcrt.get_osfhandle(fd)
+    os.set_handle_inheritable(handle, True)
+    info = subprocess.STARTUPINFO(lpAttributeList={"handle_list": [handle]})
+    flags = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS
+    return {"startupinfo": info, "creationflags": flags, "close_fds": True}, f"handle:{handle}"
+
+
+def inherited(name: str) -> int:
+    """The descriptor a parent passed by `detached_child` under *name*."""
+    if name.startswith("handle:"):
+        assert msvcrt is not None
+        return int(msvcrt.open_osfhandle(int(name.removeprefix("handle:")), os.O_WRONLY))
+    return int(name)
 
 
 def control_transport() -> str:

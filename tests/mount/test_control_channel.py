@@ -103,3 +103,14 @@ def test_sigterm_takes_the_mount_away_instead_of_leaving_a_dead_mount_point(a: M
     assert not os.path.ismount(a.mnt)  # a dead mount would still be one ("Transport endpoint is not connected")
     a.mount()
     assert a.path("kept.txt").read_text() == "kept\n"
+
+
+def test_unmount_with_a_file_open_is_refused_and_the_mount_goes_on(a: Machine) -> None:
+    a.path("open.txt").write_text("open\n")
+    with open(a.path("open.txt")) as held:
+        refused = a.cli("unmount", str(a.mnt), check=False)
+        assert refused.returncode == 1 and "close the files open there" in refused.stderr, refused.stderr
+        assert held.read() == "open\n"
+    assert os.path.ismount(a.mnt) and a.path("open.txt").read_text() == "open\n"
+    a.unmount()
+    assert not os.path.ismount(a.mnt)

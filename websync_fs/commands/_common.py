@@ -171,8 +171,10 @@ def ready_pipe(message: str) -> Iterator[Ready]:
     print the sentence and exit with the code; ``ready.progress(N)`` before
     that tells how many records of a first listing arrived.
     """
+    from ..portable import inherited
+
     ready_fd = os.environ.pop("WEBSYNC_READY_FD", None)
-    ready = Ready(message, int(ready_fd) if ready_fd is not None else None)
+    ready = Ready(message, inherited(ready_fd) if ready_fd is not None else None)
     try:
         yield ready
     except WebSyncError as exc:
@@ -187,8 +189,11 @@ def ready_pipe(message: str) -> Iterator[Ready]:
 def start_in_background(ctx: Context, home: Home, command: list[str], what: str) -> int:
     """Run ``websync COMMAND`` (a ``--foreground`` daemon) detached; return its pid once it is ready."""
     home.ensure()
+    from ..portable import detached_child
+
     read_end, write_end = os.pipe()
-    env = dict(os.environ, WEBSYNC_READY_FD=str(write_end))
+    detached, name = detached_child(write_end)
+    env = dict(os.environ, WEBSYNC_READY_FD=name)
     args = [sys.executable, "-m", "websync_fs.cli"]
     if ctx.home_option:
         args += ["--home", str(Path(ctx.home_option).expanduser().absolute())]
@@ -196,10 +201,7 @@ def start_in_background(ctx: Context, home: Home, command: list[str], what: str)
         args.append("-v")
     args += command
     with open(home.state_dir / "mount.out", "ab") as out:
-        child = subprocess.Popen(
-            args, env=env, pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-            start_new_session=True,
-        )
+        child = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, **detached)
     os.close(write_end)
     answer = ""
     with os.fdopen(read_end, "rb") as pipe:

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import trio
 
+from .. import portable
 from ..conflicts import conflict_name
 from ..namepolicy import LINUX, Aliases, Rules, canonical, fold
 from ..replica import NodeRow, Replica
@@ -491,7 +492,7 @@ class Merger:
         with open(tmp, "wb") as f:
             await self.core.read_file(row.ino, f)
             f.flush()
-            os.fchmod(f.fileno(), row.mode & 0o7777)
+            portable.fchmod(f.fileno(), row.mode & 0o7777)
             await trio.to_thread.run_sync(os.fsync, f.fileno())
         os.utime(tmp, ns=(row.mtime_ns, row.mtime_ns))
 
