@@ -171,11 +171,14 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def unmount_command(place: Path, lazy: bool = False) -> list[str]:
-    """The command that takes this user's FUSE mount at *place* away: fusermount3 on Linux, umount on macOS."""
+def unmount_command(place: Path) -> list[str]:
+    """The command that takes this user's FUSE mount at *place* away (refused while files are open there).
+
+    fusermount3 on Linux; macFUSE has none, and its mounts go with ``umount``.
+    """
     if sys.platform == "darwin":
-        return ["umount", *(["-f"] if lazy else []), str(place)]
-    return ["fusermount3", "-u", *(["-z"] if lazy else []), str(place)]
+        return ["umount", str(place)]
+    return ["fusermount3", "-u", str(place)]
 
 
 def detached_child(fd: int) -> tuple[dict[str, Any], str]:
