@@ -33,6 +33,7 @@ import errno
 import mmap
 import os
 import statistics
+import sys
 import threading
 import time
 from collections import deque
@@ -157,6 +158,8 @@ class FileWriter:
 
 
 def _set_direct(fd: int, on: bool) -> None:
+    if sys.platform == "win32":
+        return  # no O_DIRECT there (_O_DIRECT is 0): never called
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     fcntl.fcntl(fd, fcntl.F_SETFL, (flags | _O_DIRECT) if on else (flags & ~_O_DIRECT))
 

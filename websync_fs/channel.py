@@ -26,6 +26,7 @@ import json
 import os
 import secrets
 import socket
+import sys
 from pathlib import Path
 from typing import Protocol
 
@@ -81,6 +82,8 @@ class UnixChannel:
         self.path = state_dir / SOCKET_NAME
 
     async def listen(self) -> trio.SocketListener:
+        if sys.platform == "win32":
+            raise WebSyncError("CPython on Windows has no Unix sockets; the control channel there is TCP")
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | OPEN_FLAGS)
         try:
@@ -103,6 +106,8 @@ class UnixChannel:
         return True
 
     def connect(self, timeout: float) -> socket.socket:
+        if sys.platform == "win32":
+            raise WebSyncError("CPython on Windows has no Unix sockets; the control channel there is TCP")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout)
