@@ -20,8 +20,8 @@ import pyfuse3
 import trio
 
 from ..client import Client
-from ..home import Home
 from ..errors import WebSyncError
+from ..home import Home
 from ..portable import STOP_SIGNALS, unmount_command
 from . import readahead
 from .ops import FuseOperations
