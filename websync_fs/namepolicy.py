@@ -43,6 +43,8 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from websync_server.protocol import NAME_MAX  # the server's limit: a local one as long needs no alias
+
 ESCAPE = "\u201b"  # ‛ SINGLE HIGH-REVERSED-9 QUOTATION MARK, rclone's quote
 
 #: Characters Windows refuses in a name, and their full-width look-alikes.
@@ -68,14 +70,14 @@ class Rules:
     devices: bool = False
     fold_case: bool = False
     fold_normalisation: bool = False
-    max_bytes: int = 255  # UTF-8 bytes of one name
+    max_bytes: int = NAME_MAX  # UTF-8 bytes of one name
     max_units: int | None = None  # UTF-16 code units of one name (NTFS counts these)
 
     @property
     def strict(self) -> bool:
         """False where every server name is also a local name (then aliases are the names)."""
         return bool(self.forbidden or self.trailing or self.devices or self.fold_case
-                    or self.fold_normalisation or self.max_units is not None)
+                    or self.fold_normalisation or self.max_units is not None or self.max_bytes < NAME_MAX)
 
 
 LINUX = Rules()
@@ -192,6 +194,7 @@ def allowed(name: str, rules: Rules) -> bool:
 
 
 def fits(name: str, rules: Rules) -> bool:
+    """True if *name* is within the local system's length limit (bytes, and UTF-16 units where counted)."""
     if len(name.encode("utf-8", "surrogatepass")) > rules.max_bytes:
         return False
     return rules.max_units is None or len(name.encode("utf-16-le", "surrogatepass")) // 2 <= rules.max_units

@@ -88,6 +88,8 @@ def test_the_probe_finds_windows_rules_on_ntfs_and_none_on_a_linux_disk(ntfs: Pa
     found = probe(ntfs)
     assert found.forbidden == WINDOWS.forbidden and found.trailing == WINDOWS.trailing
     assert found.devices and found.fold_case and not found.fold_normalisation
+    # Through Linux's VFS the limit is 255 UTF-8 bytes, although NTFS itself counts 255 UTF-16 units.
+    assert found.max_bytes == 255 and found.max_units is None
     linux = tmp_path / "linux"
     linux.mkdir()
     assert probe(linux) == LINUX
@@ -223,6 +225,79 @@ def test_edits_renames_and_deletes_of_aliases_reach_the_originals(
     expected = {k: v for k, v in expected.items() if not k.startswith("：")}
     assert {k: v for k, v in _folded(_store(folder)).items() if "~" not in k} == _folded(expected)
     assert len(_store(folder)) == len(there)
+
+
+#: Names the NTFS folder cannot hold as they are: longer than 255 UTF-8 bytes once aliased (Linux's VFS
+#: limit, which lowntfs-3g meets before NTFS's 255 UTF-16 units).
+LONG_NAMES = {
+    "first": "a:b " * 60 + "one.txt",  # 247 bytes here, 367 as look-alikes
+    "second": "a:b " * 60 + "two.txt",  # the same start: told apart by the hash
+    "full": "\u00e9" * 125 + "?.md",  # 254 bytes, 256 with ？
+    "twin": "x" * 246 + ".md",  # fits, and so does its case twin's plain name ...
+    "TWIN": "X" * 246 + ".md",  # ... but not its marked one
+}
+LONG_DIR = "d:" * 100  # 200 bytes, 400 as look-alikes
+
+
+def _where(folder: Path, data: bytes) -> str:
+    """The one path in *folder* that holds *data* (each file here has content of its own)."""
+    found = [p for p, d in _store(folder).items() if d == data]
+    assert len(found) == 1, (data, found)
+    return found[0]
+
+
+@pytest.mark.timeout(240)
+def test_names_too_long_for_ntfs_are_shortened_and_what_b_does_to_them_reaches_the_originals(
+    ntfs: Path, new_machine: Callable[..., Machine]
+) -> None:
+    a = new_machine("A")
+    for key, name in LONG_NAMES.items():
+        a.path(name).write_bytes(key.encode())
+    a.path(LONG_DIR).mkdir()
+    a.path(LONG_DIR, "inside?.txt").write_bytes(b"inside")
+    b = new_machine("B", mount=False)
+    eventually(_quiet(a), timeout=60, what="A's uploads")
+    folder = ntfs / "Sync"
+    b.sync(folder)
+    eventually(lambda: len(_store(folder)) == len(LONG_NAMES) + 1, timeout=60, what="every file on the NTFS folder")
+    shown = {key: _where(folder, key.encode()) for key in LONG_NAMES}
+    assert all(len(path.encode()) <= 255 for path in shown.values())
+    # Shortened, never cut to a clash; of the case pair one keeps its plain name, the marked one is cut.
+    assert sorted("~" in path for key, path in shown.items()) == [False, True, True, True, True], shown
+    assert shown["first"].startswith("a：b a：b ") and shown["first"].endswith(".txt")
+    assert fold(shown["twin"], WINDOWS) != fold(shown["TWIN"], WINDOWS)
+    inside = _where(folder, b"inside")
+    assert inside.startswith("d：d：") and "~" in inside and inside.endswith("/inside？.txt")
+    cut = {LONG_NAMES[key] for key, path in shown.items() if "~" in path}
+    eventually(lambda: cut <= set(_status(b)["aliased"].values()),  # type: ignore[union-attr]
+               what="the status to list the shortened names")
+    # B's edits, renames and deletes of the shortened names reach the originals, and only them.
+    (folder / shown["first"]).write_bytes(b"first, edited on B")
+    eventually(lambda: read_bytes(a.path(LONG_NAMES["first"])) == b"first, edited on B", what="the edit")
+    assert read_bytes(a.path(LONG_NAMES["second"])) == b"second"
+    os.rename(folder / shown["second"], folder / "short？.txt")
+    eventually(lambda: a.path("short?.txt").exists() and not a.path(LONG_NAMES["second"]).exists(),
+               what="the rename to a short name")
+    assert read_bytes(a.path("short?.txt")) == b"second"
+    os.unlink(folder / shown["full"])
+    eventually(lambda: not a.path(LONG_NAMES["full"]).exists(), what="the delete")
+    marked = "twin" if "~" in shown["twin"] else "TWIN"
+    (folder / shown[marked]).write_bytes(b"marked, edited on B")
+    eventually(lambda: read_bytes(a.path(LONG_NAMES[marked])) == b"marked, edited on B", what="the marked twin's edit")
+    (folder / inside).write_bytes(b"inside, edited on B")
+    eventually(lambda: read_bytes(a.path(LONG_DIR, "inside?.txt")) == b"inside, edited on B", what="the edit inside")
+    # A's rename of a long name to another long name: one rename on B, under the new alias.
+    before = os.stat(folder / shown["first"]).st_ino
+    renamed = "b:a " * 60 + "one.txt"
+    os.rename(a.path(LONG_NAMES["first"]), a.path(renamed))
+    eventually(lambda: _where(folder, b"first, edited on B").startswith("b：a "), what="A's rename")
+    assert os.stat(folder / _where(folder, b"first, edited on B")).st_ino == before  # moved, not downloaded again
+    eventually(_quiet(a, b), what="both settled")
+    expected = {renamed: b"first, edited on B", "short?.txt": b"second", LONG_NAMES["twin"]: b"twin",
+                LONG_NAMES["TWIN"]: b"TWIN", f"{LONG_DIR}/inside?.txt": b"inside, edited on B"}
+    expected[LONG_NAMES[marked]] = b"marked, edited on B"
+    assert _store(a.mnt) == expected
+    assert sorted(_store(folder).values()) == sorted(expected.values())
 
 
 def _alias(path: str) -> str:
