@@ -22,9 +22,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from tests.clients import Machine, eventually, read_bytes
 from websync_fs.folder.probe import probe
+from websync_fs.folder.watcher import DirtyPaths
 from websync_fs.namepolicy import LINUX, WINDOWS, Rules, encode, fold
 
 pytestmark = [pytest.mark.mount]
@@ -215,8 +217,6 @@ def test_edits_renames_and_deletes_of_aliases_reach_the_originals(
     eventually(_quiet(a, b), what="both settled")
     assert read_bytes(folder / "notes.txt") == b"notes"
     assert a.path("Notes.txt").exists() and "notes.txt" not in os.listdir(a.mnt)
-    # (A rename on B in case only cannot be made here: Linux's rename(2) onto the same inode,
-    # which lowntfs-3g's ignore_case finds, does nothing, as POSIX says.)
     assert not [n for n in os.listdir(a.mnt) if "conflict from" in n]
     there = _store(a.mnt)
     expected = {_alias(p): d for p, d in there.items()}
@@ -298,6 +298,78 @@ def test_names_too_long_for_ntfs_are_shortened_and_what_b_does_to_them_reaches_t
     expected[LONG_NAMES[marked]] = b"marked, edited on B"
     assert _store(a.mnt) == expected
     assert sorted(_store(folder).values()) == sorted(expected.values())
+
+
+def _respell(path: Path, new: str) -> None:
+    """Rename *path* to *new*, which differs from it in case only, as Linux can on a folding file system.
+
+    rename(2) onto the name that lowntfs-3g's ignore_case finds as the same
+    file does nothing (one inode: POSIX), so the change goes through a third
+    name, as a user's ``mv`` would have to; Windows and macOS rename directly.
+    """
+    between = path.with_name(path.name + ".renaming")
+    os.rename(path, between)
+    os.rename(between, path.with_name(new))
+
+
+def test_a_case_change_through_a_third_name_is_one_rename_even_across_batches() -> None:
+    async def main() -> None:
+        dirty = DirtyPaths()
+        for move in [(".websync-tmp-1", "Readme.md"), ("Readme.md", "x"), ("x", "README.md"), ("a", "b")]:
+            dirty.moved(*move)
+        assert dirty.take_respelled() == [("Readme.md", "README.md")]
+        # Split by a batch: the half-way chain is carried once, to meet its next step.
+        dirty.moved("Docs", "tmp")
+        dirty.moved("Docs/plan", "tmp/plan")
+        assert dirty.take_respelled(exists=lambda path: False) == []
+        dirty.moved("tmp", "DOCS")
+        dirty.moved("tmp/plan", "DOCS/plan")
+        assert dirty.take_respelled() == [("Docs", "DOCS"), ("Docs/plan", "DOCS/plan")]
+        dirty.moved("gone", "elsewhere")
+        dirty.take_respelled(exists=lambda path: False)
+        dirty.take_respelled(exists=lambda path: False)
+        assert not dirty.moves  # carried once, then dropped
+
+    trio.run(main)
+
+
+@pytest.mark.timeout(240)
+def test_a_rename_in_case_only_is_one_rename_both_ways_on_ntfs(
+    ntfs: Path, new_machine: Callable[..., Machine]
+) -> None:
+    a = new_machine("A")
+    a.path("Readme.md").write_bytes(b"readme")
+    a.path("notes.txt").write_bytes(b"notes")
+    a.path("Docs").mkdir()
+    a.path("Docs", "plan.txt").write_bytes(b"plan")
+    b = new_machine("B", mount=False)
+    eventually(_quiet(a), timeout=60, what="A's uploads")
+    folder = ntfs / "Sync"
+    b.sync(folder)
+    eventually(lambda: len(_store(folder)) == 3, timeout=60, what="every file on the NTFS folder")
+    on_a = {name: os.stat(a.path(name)).st_ino for name in ("Readme.md", "Docs")}
+    # On B: README.md and DOCS, in case only; A sees the same nodes renamed, not new ones.
+    _respell(folder / "Readme.md", "README.md")
+    _respell(folder / "Docs", "DOCS")
+    eventually(lambda: {"README.md", "DOCS"} <= set(os.listdir(a.mnt)), what="B's renames on A")
+    eventually(_quiet(a, b), what="both settled")
+    assert sorted(os.listdir(a.mnt)) == ["DOCS", "README.md", "notes.txt"]
+    assert os.stat(a.path("README.md")).st_ino == on_a["Readme.md"] and os.stat(a.path("DOCS")).st_ino == on_a["Docs"]
+    assert read_bytes(a.path("DOCS", "plan.txt")) == b"plan" and read_bytes(a.path("README.md")) == b"readme"
+    # On A: Notes.txt; on B the same file, kept (not downloaded again) and no clash.
+    on_b = os.stat(folder / "notes.txt").st_ino
+    os.rename(a.path("notes.txt"), a.path("Notes.txt"))
+    eventually(_quiet(a, b), what="both settled")
+    time.sleep(1)
+    eventually(_quiet(a, b), what="both settled")
+    assert os.stat(folder / "Notes.txt").st_ino == on_b and read_bytes(folder / "Notes.txt") == b"notes"
+    assert not [n for n in os.listdir(folder) if "conflict" in n] and not _status(b)["problems"]
+    # B holds it under the new spelling: its edit reaches Notes.txt, and notes.txt does not come back.
+    (folder / "Notes.txt").write_bytes(b"notes, edited on B")
+    eventually(lambda: read_bytes(a.path("Notes.txt")) == b"notes, edited on B", what="B's edit")
+    eventually(_quiet(a, b), what="both settled")
+    assert sorted(os.listdir(a.mnt)) == ["DOCS", "Notes.txt", "README.md"]
+    assert not [n for n in os.listdir(a.mnt) if "conflict" in n]
 
 
 def _alias(path: str) -> str:
