@@ -127,3 +127,27 @@ async def test_a_new_name_taken_in_another_case_or_read_as_no_alias_is_refused(
     await drive.close(ctx, CLEANUP_SET_LAST_WRITE_TIME)
     await setup.settle()
     assert "fine:name" in setup.server.tree()
+
+
+@pytest.mark.timeout(60)
+async def test_word_saving_a_marked_twin_keeps_its_original_name(
+    setup: Setup, linux: EngineMachine
+) -> None:
+    """Word's save renames the document away and its temporary file to the document's name: on a
+    marked or shortened name that name must stand for the original again, not become a name itself."""
+    drive = setup.drive
+    listed = await drive.list("")
+    for pair in (PAIR, LONG_PAIR):
+        shown = next(n for n in listed if n not in pair and fold(n, WINDOWS).startswith(fold(pair[0][:5], WINDOWS)))
+        await drive.write_file("~WRD0001.tmp", b"saved in Word")
+        await drive.move(shown, "~WRL0001.tmp", replace=False)
+        await drive.move("~WRD0001.tmp", shown, replace=False)
+        await drive.delete("~WRL0001.tmp")
+        assert await drive.read_file(shown) == b"saved in Word"
+    await setup.settle()
+    await linux.settle()
+    tree = linux.tree()
+    assert set(tree) ^ {*SHOWN, *PAIR, *LONG_PAIR, "dir:x", "dir:x/in?side.txt"} == set()
+    for pair in (PAIR, LONG_PAIR):
+        saved = [n for n in pair if await linux.files.read(n) == b"saved in Word"]
+        assert len(saved) == 1

@@ -381,11 +381,14 @@ class WinFspOperations(BaseFileSystemOperations):  # type: ignore[misc]
         old_parent, old_name = await self._entry(windows_path(file_name))
         new_path = windows_path(new_file_name)
         new_parent, stored = await self._entry(new_path)
-        new_name = self.names.original(new_path.rpartition("/")[2])
+        shown = new_path.rpartition("/")[2]
         try:
             target: FileAttr | None = self.vfs.lookup(new_parent, stored)
         except FsError:
             target = None
+        # Onto a name as shown, or a new one: the store's name for it; in another case: that case.
+        exact = target is None or self.names.shown(new_parent).get(stored) == shown
+        new_name = stored if exact else self.names.original(shown)
         if target is not None and target.ino != file_context.ino:
             if not replace_if_exists:
                 raise _fail(nt.STATUS_OBJECT_NAME_COLLISION)
