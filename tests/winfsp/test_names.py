@@ -151,3 +151,23 @@ async def test_word_saving_a_marked_twin_keeps_its_original_name(
     for pair in (PAIR, LONG_PAIR):
         saved = [n for n in pair if await linux.files.read(n) == b"saved in Word"]
         assert len(saved) == 1
+
+
+@pytest.mark.timeout(60)
+async def test_a_folder_map_brought_up_to_date_is_the_map_made_anew(
+    setup: Setup, linux: EngineMachine
+) -> None:
+    from websync_fs.replica import ROOT_INO
+    from websync_fs.winfsp.aliases import DriveNames
+
+    drive = setup.drive
+    names = drive.ops.names
+    for i, name in enumerate(["new：1", "Plain", "trail．", "COＭ1.txt", "a" * 200 + "：" * 20]):
+        await drive.write_file(name, b"%d" % i)
+        assert names.shown(ROOT_INO) == DriveNames(setup.machine.vfs).shown(ROOT_INO)
+    await drive.delete("Plain")
+    await drive.write_file("PLAIN", b"again")  # the name back in another case
+    await drive.write_file("readme.MD", b"x")  # the pair's plain name in another case: that file
+    assert names.shown(ROOT_INO) == DriveNames(setup.machine.vfs).shown(ROOT_INO)
+    await setup.settle()
+    assert "new:1" in setup.server.tree() and "trail." in setup.server.tree()

@@ -24,9 +24,10 @@ original's name back.
 from __future__ import annotations
 
 import errno
+from dataclasses import dataclass
 
 from ..errors import FsError
-from ..namepolicy import WINDOWS, Rules, assign, canonical, decode, encode, fold
+from ..namepolicy import WINDOWS, Rules, alias_of, assign, canonical, decode, encode, fold
 from ..vfs import Vfs
 
 #: Folders whose maps are kept (the ones a program works in).
@@ -35,32 +36,74 @@ KEPT = 64
 REMEMBERED = 4096
 
 
+@dataclass(frozen=True)
+class FolderMap:
+    """One folder's names both ways, for the names it was made from."""
+
+    names: tuple[str, ...]
+    shown: dict[str, str]  # store name -> shown name
+    exact: dict[str, str]  # shown name -> store name
+    folded: dict[str, str]  # fold(shown name) -> store name
+    #: Two names fold together: who keeps the plain name went by inode.
+    paired: bool
+
+
 class DriveNames:
     """Store name <-> shown name in the folders of one `Vfs`, under *rules*."""
 
     def __init__(self, vfs: Vfs, rules: Rules = WINDOWS) -> None:
         self.vfs = vfs
         self.rules = rules
-        self._maps: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {}  # node -> (names, map)
+        self._maps: dict[str, FolderMap] = {}  # folder node -> its map, the most recently made last
         self._stood_for: dict[tuple[str, str], str] = {}  # (folder node, marked or shortened name) -> original
 
     def shown(self, parent: int) -> dict[str, str]:
         """Store name -> shown name of every entry of folder *parent*."""
-        node = self.vfs.node_id(parent)
+        return self._map(self.vfs.node_id(parent)).shown
+
+    def _map(self, node: str) -> FolderMap:
         names = tuple(self.vfs.replica.names(node))
         kept = self._maps.get(node)
-        if kept is not None and kept[0] == names:
-            return kept[1]
-        if len({fold(encode(n, self.rules), self.rules) for n in names}) < len(names):
-            # Two fold together: who keeps the plain name goes by inode, which names alone do not say.
+        if kept is not None and kept.names == names:
+            return kept
+        made = self._changed(node, kept, names) if kept is not None and not kept.paired else None
+        if made is None:
+            made = self._made(node, names)
+        self._maps.pop(node, None)
+        self._maps[node] = made
+        if len(self._maps) > KEPT:
+            self._maps.pop(next(iter(self._maps)))
+        return made
+
+    def _made(self, node: str, names: tuple[str, ...]) -> FolderMap:
+        """The folder's map from scratch."""
+        shown = {name: alias_of(name, self.rules) for name in names}
+        paired = len({fold(alias, self.rules) for alias in shown.values()}) < len(shown)
+        if paired:
+            # Who keeps the plain name goes by inode, which names alone do not say. The map is
+            # kept while the names stay, so a node replaced under its name does not swap the two.
             shown = assign([(name, row.ino) for name, row in self.vfs.replica.children(node)], self.rules)
-        else:
-            shown = assign([(name, 0) for name in names], self.rules)
-            if len(self._maps) >= KEPT:
-                self._maps.pop(next(iter(self._maps)))
-            self._maps[node] = (names, shown)
         self._remember(node, shown)
-        return shown
+        return FolderMap(names, shown, {alias: name for name, alias in shown.items()},
+                         {fold(alias, self.rules): name for name, alias in shown.items()}, paired)
+
+    def _changed(self, node: str, kept: FolderMap, names: tuple[str, ...]) -> FolderMap | None:
+        """*kept* brought up to *names* by what came and went (a file copied into a big folder);
+        None if a name that came folds together with another (then the map is made again)."""
+        before, now = set(kept.names), set(names)
+        shown, exact, folded = dict(kept.shown), dict(kept.exact), dict(kept.folded)
+        for name in before - now:
+            alias = shown.pop(name)
+            del exact[alias]
+            del folded[fold(alias, self.rules)]
+        for name in now - before:
+            alias = alias_of(name, self.rules)
+            key = fold(alias, self.rules)
+            if key in folded:
+                return None
+            shown[name], exact[alias], folded[key] = alias, name, name
+        self._remember(node, {name: shown[name] for name in now - before})
+        return FolderMap(names, shown, exact, folded, False)
 
     def _remember(self, node: str, shown: dict[str, str]) -> None:
         for original, alias in shown.items():
@@ -72,18 +115,15 @@ class DriveNames:
 
     def stored(self, parent: int, name: str) -> str:
         """The store name that shown *name* stands for in folder *parent* (for a new name, its `original`)."""
-        key = fold(name, self.rules)
-        found = None
-        for original, alias in self.shown(parent).items():
-            if alias == name:
-                return original
-            if found is None and fold(alias, self.rules) == key:
-                found = original
+        node = self.vfs.node_id(parent)
+        folder = self._map(node)
+        found = folder.exact.get(name)
+        if found is None:
+            found = folder.folded.get(fold(name, self.rules))
         if found is not None:
             return found
-        node = self.vfs.node_id(parent)
         before = self._stood_for.get((node, name))
-        if before is not None and before not in self.vfs.replica.names(node):
+        if before is not None and before not in folder.shown:
             return before  # a save's rename onto a marked name: the original's name comes back
         return self.original(name)
 
