@@ -19,7 +19,7 @@ from tests.winfsp.drive import CLEANUP_SET_LAST_WRITE_TIME, FILE_WRITE_DATA
 from tests.winfsp.conftest import Setup
 from websync_fs.namepolicy import WINDOWS, fits, fold
 
-STATUS_INVALID_PARAMETER = 0xC000000D
+STATUS_OBJECT_NAME_INVALID = 0xC0000033
 STATUS_OBJECT_NAME_COLLISION = 0xC0000035
 STATUS_NAME_TOO_LONG = 0xC0000106
 
@@ -119,7 +119,8 @@ async def test_a_new_name_taken_in_another_case_or_read_as_no_alias_is_refused(
     status = await drive.status("create", "\\A：B.TXT", 0x40, FILE_WRITE_DATA, 0x80, None, 0)
     assert status == STATUS_OBJECT_NAME_COLLISION
     # ‛‛x: no name is shown so, and made as ‛x it would come back as another name.
-    assert await drive.status("create", "\\‛‛x", 0x40, FILE_WRITE_DATA, 0x80, None, 0) == STATUS_INVALID_PARAMETER
+    assert await drive.status("create", "\\‛‛x", 0x40, FILE_WRITE_DATA, 0x80, None, 0) == STATUS_OBJECT_NAME_INVALID
+    assert await drive.status("get_security_by_name", "\\‛‛x") == STATUS_OBJECT_NAME_INVALID
     # 200 characters fit Windows (255 UTF-16 units) but are 400 UTF-8 bytes: over what the store keeps.
     too_long = "\\" + "\u00e9" * 200
     assert await drive.status("create", too_long, 0x40, FILE_WRITE_DATA, 0x80, None, 0) == STATUS_NAME_TOO_LONG

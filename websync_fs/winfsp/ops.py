@@ -137,6 +137,16 @@ def _folder_status(exc: OSError) -> int:
     return nt.ntstatus(exc.errno or 0)
 
 
+def _valid(fn: Callable[P, str], *args: P.args, **kwargs: P.kwargs) -> str:
+    """*fn*'s store name; a name that reads as no alias is an invalid name to Windows."""
+    try:
+        return fn(*args, **kwargs)
+    except FsError as exc:
+        if exc.errno == errno.EINVAL:
+            raise _fail(nt.STATUS_OBJECT_NAME_INVALID) from None
+        raise
+
+
 def _fail(status: int) -> NTStatusError:
     return NTStatusError(status)
 
@@ -149,7 +159,7 @@ class WinFspOperations(BaseFileSystemOperations):  # type: ignore[misc]
         super().__init__()
         self.vfs = vfs
         self.names = DriveNames(vfs, WINDOWS)
-        self.paths = CorePaths(vfs, stored=self.names.stored)
+        self.paths = CorePaths(vfs, stored=self._stored)
         self._token = token
         #: The one security descriptor of every file (winfspy's SecurityDescriptor: handle, size).
         self.security = security
@@ -167,7 +177,7 @@ class WinFspOperations(BaseFileSystemOperations):  # type: ignore[misc]
             raise _fail(_folder_status(exc)) from None
         if not name:
             return self.vfs.getattr(parent)
-        return self.vfs.lookup(parent, self.names.stored(parent, name))
+        return self.vfs.lookup(parent, self._stored(parent, name))
 
     async def _entry(self, path: str) -> tuple[int, str]:
         """The folder holding *path* and the name as stored there (the original of a new name)."""
@@ -176,7 +186,11 @@ class WinFspOperations(BaseFileSystemOperations):  # type: ignore[misc]
             parent = await self.paths.ino(head)
         except OSError as exc:
             raise _fail(_folder_status(exc)) from None
-        return parent, self.names.stored(parent, name)
+        return parent, self._stored(parent, name)
+
+    def _stored(self, parent: int, name: str) -> str:
+        """The store's name for shown *name* in folder *parent* (`_valid`)."""
+        return _valid(self.names.stored, parent, name)
 
     def _info(self, attr: FileAttr) -> dict[str, int]:
         if stat.S_ISDIR(attr.mode):
@@ -388,7 +402,7 @@ class WinFspOperations(BaseFileSystemOperations):  # type: ignore[misc]
             target = None
         # Onto a name as shown, or a new one: the store's name for it; in another case: that case.
         exact = target is None or self.names.shown(new_parent).get(stored) == shown
-        new_name = stored if exact else self.names.original(shown)
+        new_name = stored if exact else _valid(self.names.original, shown)
         if target is not None and target.ino != file_context.ino:
             if not replace_if_exists:
                 raise _fail(nt.STATUS_OBJECT_NAME_COLLISION)
