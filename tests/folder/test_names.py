@@ -300,6 +300,70 @@ def test_names_too_long_for_ntfs_are_shortened_and_what_b_does_to_them_reaches_t
     assert sorted(_store(folder).values()) == sorted(expected.values())
 
 
+def _deep(top: Path, parts: list[str], data: bytes) -> None:
+    """Make the folders *parts* under *top* and a file ``f`` in the last, by descriptor: no path is long."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts:
+            os.mkdir(part, dir_fd=fd)
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        out = os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(out, data)
+        os.close(out)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.timeout(180)
+def test_a_path_longer_than_the_folder_takes_is_named_in_the_status_and_kept_everywhere_else(
+    new_machine: Callable[..., Machine], tmp_path: Path
+) -> None:
+    """Whole paths are not shortened (docs/design.md): past Linux's PATH_MAX the folder says so."""
+    a = new_machine("A")
+    parts = [f"{i:02d}" + "d" * 248 for i in range(20)]  # 20 folders of 250 bytes: over 4,096 with the folder's own
+    _deep(a.mnt, parts, b"deep")
+    a.path("plain.txt").write_bytes(b"plain")
+    b = new_machine("B", mount=False)
+    eventually(_quiet(a), timeout=60, what="A's uploads")
+    folder = tmp_path / "Sync"
+    b.sync(folder)
+    eventually(lambda: (folder / "plain.txt").exists(), timeout=60, what="the plain file on B")
+
+    def named() -> bool:
+        problems = _status(b)["problems"]
+        return isinstance(problems, dict) and any("too long" in str(why) for why in problems.values())
+
+    eventually(named, timeout=60, what="the status to name the path too long")
+    deepest = folder
+    made = 0
+    for part in parts:
+        try:
+            if not (deepest / part).is_dir():
+                break
+        except OSError:
+            break
+        deepest, made = deepest / part, made + 1
+    assert 0 < made < len(parts)  # the folders that fit are there, the rest is not
+    time.sleep(1)
+    eventually(_quiet(a, b), what="both settled")
+    # Nothing was deleted on the server for it: A still has the file, and B's plain edit goes up.
+    fd = os.open(a.mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        kept = os.open("f", os.O_RDONLY, dir_fd=fd)
+        assert os.read(kept, 100) == b"deep"
+        os.close(kept)
+    finally:
+        os.close(fd)
+    (folder / "plain.txt").write_bytes(b"edited on B")
+    eventually(lambda: read_bytes(a.path("plain.txt")) == b"edited on B", what="B's edit")
+
+
 def _respell(path: Path, new: str) -> None:
     """Rename *path* to *new*, which differs from it in case only, as Linux can on a folding file system.
 
