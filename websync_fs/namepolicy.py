@@ -40,8 +40,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import unicodedata
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from websync_server.protocol import NAME_MAX  # the server's limit: a local one as long needs no alias
 
 ESCAPE = "\u201b"  # ‛ SINGLE HIGH-REVERSED-9 QUOTATION MARK, rclone's quote
 
@@ -68,14 +71,14 @@ class Rules:
     devices: bool = False
     fold_case: bool = False
     fold_normalisation: bool = False
-    max_bytes: int = 255  # UTF-8 bytes of one name
+    max_bytes: int = NAME_MAX  # UTF-8 bytes of one name
     max_units: int | None = None  # UTF-16 code units of one name (NTFS counts these)
 
     @property
     def strict(self) -> bool:
         """False where every server name is also a local name (then aliases are the names)."""
         return bool(self.forbidden or self.trailing or self.devices or self.fold_case
-                    or self.fold_normalisation or self.max_units is not None)
+                    or self.fold_normalisation or self.max_units is not None or self.max_bytes < NAME_MAX)
 
 
 LINUX = Rules()
@@ -109,11 +112,20 @@ def _device_char(name: str, stem: int) -> bool:
     return c in _UNDEVICE and _is_device(name[:stem - 1] + _UNDEVICE[c])
 
 
+@functools.lru_cache(maxsize=8)
+def _triggers(rules: Rules) -> frozenset[str]:
+    """The characters without which `encode` leaves a name (no trailing or device name) as it is."""
+    return frozenset(rules.forbidden) | _specials(rules)
+
+
 def encode(name: str, rules: Rules) -> str:
     """The local form of server *name* under *rules* (length and folding aside: see `assign`)."""
     specials = _specials(rules)
     if not specials or name in (".", ".."):
         return name
+    if _triggers(rules).isdisjoint(name) and name[-1:] not in rules.trailing and not (
+            rules.devices and _is_device(name)):
+        return name  # most names: one pass in C instead of the loop below
     pieces: list[str] = []
     for c in name:
         if c in rules.forbidden:
@@ -192,6 +204,7 @@ def allowed(name: str, rules: Rules) -> bool:
 
 
 def fits(name: str, rules: Rules) -> bool:
+    """True if *name* is within the local system's length limit (bytes, and UTF-16 units where counted)."""
     if len(name.encode("utf-8", "surrogatepass")) > rules.max_bytes:
         return False
     return rules.max_units is None or len(name.encode("utf-16-le", "surrogatepass")) // 2 <= rules.max_units
@@ -199,6 +212,8 @@ def fits(name: str, rules: Rules) -> bool:
 
 def fold(name: str, rules: Rules) -> str:
     """The key under which the local system finds *name*: equal keys are one file there."""
+    if name.isascii():  # NFD leaves ASCII alone, and its upper case is one character to one
+        return name.upper() if rules.fold_case else name
     if rules.fold_normalisation:
         name = unicodedata.normalize("NFD", name)
     if rules.fold_case:
@@ -231,6 +246,12 @@ def conflict_alias(alias: str, k: int) -> str:
 
 
 # -- one directory ---------------------------------------------------------------------
+def alias_of(name: str, rules: Rules) -> str:
+    """The local name of *name* where nothing in its directory folds together with it (see `assign`)."""
+    alias = encode(name, rules)
+    return alias if fits(alias, rules) else shortened(alias, name, rules)
+
+
 def assign(children: Iterable[tuple[str, int]], rules: Rules,
            previous: Callable[[str], str | None] = lambda name: None) -> dict[str, str]:
     """Local name of each child ``(server name, local order)`` of one directory, none folding into another.
@@ -243,13 +264,12 @@ def assign(children: Iterable[tuple[str, int]], rules: Rules,
     children = list(children)
     wanted: dict[str, str] = {}
     for name, _ in children:
-        alias = encode(name, rules)
-        wanted[name] = alias if fits(alias, rules) else shortened(alias, name, rules)
+        wanted[name] = alias_of(name, rules)
     result: dict[str, str] = {}
     taken: set[str] = set()
     ordered = sorted(children, key=lambda c: (c[1], c[0]))
-    folds = [fold(a, rules) for a in wanted.values()]
-    clashing = {k for k in folds if folds.count(k) > 1} if len(set(folds)) < len(folds) else set()
+    folds = Counter(fold(a, rules) for a in wanted.values())
+    clashing = {k for k, n in folds.items() if n > 1}
     for name, _ in ordered:  # what each showed last time, if it still may
         if fold(wanted[name], rules) not in clashing:
             continue
@@ -261,7 +281,7 @@ def assign(children: Iterable[tuple[str, int]], rules: Rules,
         if name not in result and fold(wanted[name], rules) not in taken:
             result[name] = wanted[name]
             taken.add(fold(wanted[name], rules))
-    plain = {fold(a, rules) for a in wanted.values()}
+    plain = set(folds)
     for name, _ in ordered:
         if name in result:
             continue

@@ -7,8 +7,9 @@ import unicodedata
 
 import pytest
 
+from websync_fs.folder.probe import longest
 from websync_fs.namepolicy import (
-    ESCAPE, LINUX, MACOS, WINDOWS, Aliases, allowed, assign, canonical, decode, encode, fits, fold,
+    ESCAPE, LINUX, MACOS, WINDOWS, Aliases, Rules, allowed, assign, canonical, decode, encode, fits, fold,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -107,3 +108,52 @@ def test_a_too_long_name_gets_a_short_alias_that_the_directory_maps_back() -> No
     assert tree.same("DIR：1/coｎ") == "dir：1/COＮ" and tree.same("DIR：1/New") == "dir：1/New"
     assert tree.remote(tree.same("DIR：1/new:file?")) == "dir:1/new:file?"
     assert tree.aliased()["dir：1"] == "dir:1"
+
+
+def test_a_smaller_byte_limit_makes_the_rules_strict_and_every_long_name_short() -> None:
+    ecryptfs = Rules(max_bytes=143)  # eCryptfs: 143 bytes, everything else as ext4
+    assert ecryptfs.strict and not Rules(max_bytes=255).strict
+    long = "report of the year " * 12 + ".pdf"  # 232 bytes: the server keeps it, this disk cannot
+    twin = "report of the year " * 12 + "!.pdf"
+    tree = Aliases(ecryptfs)
+    names = tree.add_directory("", [(long, 1), (twin, 2), ("short.pdf", 3)])
+    assert names["short.pdf"] == "short.pdf"
+    for name in (long, twin):
+        alias = names[name]
+        assert len(alias.encode()) <= 143 and alias.endswith(".pdf") and "~" in alias
+        assert alias.startswith("report of the year ")  # readable: the start of the original
+        assert tree.remote(alias) == name and tree.local(name) == alias
+    assert names[long] != names[twin]
+    # The same name is shortened the same way on every machine and at every start.
+    assert Aliases(ecryptfs).add_directory("", [(long, 9)])[long] == names[long]
+
+
+def test_a_marked_twin_over_the_limit_is_shortened_and_kept_apart() -> None:
+    base = "x" * 246 + ".md"  # 249 bytes: the name fits, " (case conflict)" would not
+    names = assign([(base, 1), (base.upper().replace(".MD", ".md"), 2)], WINDOWS)
+    assert names[base] == base
+    marked = names[base.upper().replace(".MD", ".md")]
+    assert fits(marked, WINDOWS) and fold(marked, WINDOWS) != fold(base, WINDOWS)
+    lowntfs = Rules(WINDOWS.forbidden, WINDOWS.trailing, devices=True, fold_case=True)  # 255 bytes: Linux's VFS
+    colons = ":" * 100 + ".txt"  # 104 bytes here, 304 as look-alikes
+    alias = assign([(colons, 1)], lowntfs)[colons]
+    assert fits(alias, lowntfs) and alias.startswith("：") and alias.endswith(".txt")
+    assert assign([(colons, 1)], WINDOWS)[colons] == encode(colons, WINDOWS)  # 104 UTF-16 units: fits NTFS
+
+
+def test_macos_shortens_an_nfc_nfd_pair_near_the_limit_without_losing_either() -> None:
+    nfc = unicodedata.normalize("NFC", "é" * 120 + ".txt")  # 244 bytes
+    nfd = unicodedata.normalize("NFD", nfc)  # 364 bytes: longer than APFS takes
+    tree = Aliases(MACOS)
+    names = tree.add_directory("", [(nfc, 1), (nfd[:170] + ".txt", 2)])
+    assert names[nfc] == nfc
+    assert all(fits(a, MACOS) for a in names.values())
+    assert len({fold(a, MACOS) for a in names.values()}) == 2
+    assert {tree.remote(a) for a in names.values()} == set(names)
+
+
+def test_the_probe_halves_its_way_to_the_length_limit() -> None:
+    for limit in (0, 1, 143, 255, 1020):
+        tries: list[int] = []
+        assert longest(lambda n: tries.append(n) is None and n <= limit) == limit
+        assert len(tries) <= 11

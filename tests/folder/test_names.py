@@ -22,9 +22,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from tests.clients import Machine, eventually, read_bytes
 from websync_fs.folder.probe import probe
+from websync_fs.folder.watcher import DirtyPaths
 from websync_fs.namepolicy import LINUX, WINDOWS, Rules, encode, fold
 
 pytestmark = [pytest.mark.mount]
@@ -88,6 +90,8 @@ def test_the_probe_finds_windows_rules_on_ntfs_and_none_on_a_linux_disk(ntfs: Pa
     found = probe(ntfs)
     assert found.forbidden == WINDOWS.forbidden and found.trailing == WINDOWS.trailing
     assert found.devices and found.fold_case and not found.fold_normalisation
+    # Through Linux's VFS the limit is 255 UTF-8 bytes, although NTFS itself counts 255 UTF-16 units.
+    assert found.max_bytes == 255 and found.max_units is None
     linux = tmp_path / "linux"
     linux.mkdir()
     assert probe(linux) == LINUX
@@ -213,8 +217,6 @@ def test_edits_renames_and_deletes_of_aliases_reach_the_originals(
     eventually(_quiet(a, b), what="both settled")
     assert read_bytes(folder / "notes.txt") == b"notes"
     assert a.path("Notes.txt").exists() and "notes.txt" not in os.listdir(a.mnt)
-    # (A rename on B in case only cannot be made here: Linux's rename(2) onto the same inode,
-    # which lowntfs-3g's ignore_case finds, does nothing, as POSIX says.)
     assert not [n for n in os.listdir(a.mnt) if "conflict from" in n]
     there = _store(a.mnt)
     expected = {_alias(p): d for p, d in there.items()}
@@ -223,6 +225,215 @@ def test_edits_renames_and_deletes_of_aliases_reach_the_originals(
     expected = {k: v for k, v in expected.items() if not k.startswith("：")}
     assert {k: v for k, v in _folded(_store(folder)).items() if "~" not in k} == _folded(expected)
     assert len(_store(folder)) == len(there)
+
+
+#: Names the NTFS folder cannot hold as they are: longer than 255 UTF-8 bytes once aliased (Linux's VFS
+#: limit, which lowntfs-3g meets before NTFS's 255 UTF-16 units).
+LONG_NAMES = {
+    "first": "a:b " * 60 + "one.txt",  # 247 bytes here, 367 as look-alikes
+    "second": "a:b " * 60 + "two.txt",  # the same start: told apart by the hash
+    "full": "\u00e9" * 125 + "?.md",  # 254 bytes, 256 with ？
+    "twin": "x" * 246 + ".md",  # fits, and so does its case twin's plain name ...
+    "TWIN": "X" * 246 + ".md",  # ... but not its marked one
+}
+LONG_DIR = "d:" * 100  # 200 bytes, 400 as look-alikes
+
+
+def _where(folder: Path, data: bytes) -> str:
+    """The one path in *folder* that holds *data* (each file here has content of its own)."""
+    found = [p for p, d in _store(folder).items() if d == data]
+    assert len(found) == 1, (data, found)
+    return found[0]
+
+
+@pytest.mark.timeout(240)
+def test_names_too_long_for_ntfs_are_shortened_and_what_b_does_to_them_reaches_the_originals(
+    ntfs: Path, new_machine: Callable[..., Machine]
+) -> None:
+    a = new_machine("A")
+    for key, name in LONG_NAMES.items():
+        a.path(name).write_bytes(key.encode())
+    a.path(LONG_DIR).mkdir()
+    a.path(LONG_DIR, "inside?.txt").write_bytes(b"inside")
+    b = new_machine("B", mount=False)
+    eventually(_quiet(a), timeout=60, what="A's uploads")
+    folder = ntfs / "Sync"
+    b.sync(folder)
+    eventually(lambda: len(_store(folder)) == len(LONG_NAMES) + 1, timeout=60, what="every file on the NTFS folder")
+    shown = {key: _where(folder, key.encode()) for key in LONG_NAMES}
+    assert all(len(path.encode()) <= 255 for path in shown.values())
+    # Shortened, never cut to a clash; of the case pair one keeps its plain name, the marked one is cut.
+    assert sorted("~" in path for key, path in shown.items()) == [False, True, True, True, True], shown
+    assert shown["first"].startswith("a：b a：b ") and shown["first"].endswith(".txt")
+    assert fold(shown["twin"], WINDOWS) != fold(shown["TWIN"], WINDOWS)
+    inside = _where(folder, b"inside")
+    assert inside.startswith("d：d：") and "~" in inside and inside.endswith("/inside？.txt")
+    cut = {LONG_NAMES[key] for key, path in shown.items() if "~" in path}
+    eventually(lambda: cut <= set(_status(b)["aliased"].values()),  # type: ignore[union-attr]
+               what="the status to list the shortened names")
+    # B's edits, renames and deletes of the shortened names reach the originals, and only them.
+    (folder / shown["first"]).write_bytes(b"first, edited on B")
+    eventually(lambda: read_bytes(a.path(LONG_NAMES["first"])) == b"first, edited on B", what="the edit")
+    assert read_bytes(a.path(LONG_NAMES["second"])) == b"second"
+    os.rename(folder / shown["second"], folder / "short？.txt")
+    eventually(lambda: a.path("short?.txt").exists() and not a.path(LONG_NAMES["second"]).exists(),
+               what="the rename to a short name")
+    assert read_bytes(a.path("short?.txt")) == b"second"
+    os.unlink(folder / shown["full"])
+    eventually(lambda: not a.path(LONG_NAMES["full"]).exists(), what="the delete")
+    marked = "twin" if "~" in shown["twin"] else "TWIN"
+    (folder / shown[marked]).write_bytes(b"marked, edited on B")
+    eventually(lambda: read_bytes(a.path(LONG_NAMES[marked])) == b"marked, edited on B", what="the marked twin's edit")
+    (folder / inside).write_bytes(b"inside, edited on B")
+    eventually(lambda: read_bytes(a.path(LONG_DIR, "inside?.txt")) == b"inside, edited on B", what="the edit inside")
+    # A's rename of a long name to another long name: one rename on B, under the new alias.
+    before = os.stat(folder / shown["first"]).st_ino
+    renamed = "b:a " * 60 + "one.txt"
+    os.rename(a.path(LONG_NAMES["first"]), a.path(renamed))
+    eventually(lambda: _where(folder, b"first, edited on B").startswith("b：a "), what="A's rename")
+    assert os.stat(folder / _where(folder, b"first, edited on B")).st_ino == before  # moved, not downloaded again
+    eventually(_quiet(a, b), what="both settled")
+    expected = {renamed: b"first, edited on B", "short?.txt": b"second", LONG_NAMES["twin"]: b"twin",
+                LONG_NAMES["TWIN"]: b"TWIN", f"{LONG_DIR}/inside?.txt": b"inside, edited on B"}
+    expected[LONG_NAMES[marked]] = b"marked, edited on B"
+    assert _store(a.mnt) == expected
+    assert sorted(_store(folder).values()) == sorted(expected.values())
+
+
+def _deep(top: Path, parts: list[str], data: bytes) -> None:
+    """Make the folders *parts* under *top* and a file ``f`` in the last, by descriptor: no path is long."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts:
+            os.mkdir(part, dir_fd=fd)
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        out = os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(out, data)
+        os.close(out)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.timeout(180)
+def test_a_path_longer_than_the_folder_takes_is_named_in_the_status_and_kept_everywhere_else(
+    new_machine: Callable[..., Machine], tmp_path: Path
+) -> None:
+    """Whole paths are not shortened (docs/design.md): past Linux's PATH_MAX the folder says so."""
+    a = new_machine("A")
+    parts = [f"{i:02d}" + "d" * 248 for i in range(20)]  # 20 folders of 250 bytes: over 4,096 with the folder's own
+    _deep(a.mnt, parts, b"deep")
+    a.path("plain.txt").write_bytes(b"plain")
+    b = new_machine("B", mount=False)
+    eventually(_quiet(a), timeout=60, what="A's uploads")
+    folder = tmp_path / "Sync"
+    b.sync(folder)
+    eventually(lambda: (folder / "plain.txt").exists(), timeout=60, what="the plain file on B")
+
+    def named() -> bool:
+        problems = _status(b)["problems"]
+        return isinstance(problems, dict) and any("too long" in str(why) for why in problems.values())
+
+    eventually(named, timeout=60, what="the status to name the path too long")
+    deepest = folder
+    made = 0
+    for part in parts:
+        try:
+            if not (deepest / part).is_dir():
+                break
+        except OSError:
+            break
+        deepest, made = deepest / part, made + 1
+    assert 0 < made < len(parts)  # the folders that fit are there, the rest is not
+    time.sleep(1)
+    eventually(_quiet(a, b), what="both settled")
+    # Nothing was deleted on the server for it: A still has the file, and B's plain edit goes up.
+    fd = os.open(a.mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        kept = os.open("f", os.O_RDONLY, dir_fd=fd)
+        assert os.read(kept, 100) == b"deep"
+        os.close(kept)
+    finally:
+        os.close(fd)
+    (folder / "plain.txt").write_bytes(b"edited on B")
+    eventually(lambda: read_bytes(a.path("plain.txt")) == b"edited on B", what="B's edit")
+
+
+def _respell(path: Path, new: str) -> None:
+    """Rename *path* to *new*, which differs from it in case only, as Linux can on a folding file system.
+
+    rename(2) onto the name that lowntfs-3g's ignore_case finds as the same
+    file does nothing (one inode: POSIX), so the change goes through a third
+    name, as a user's ``mv`` would have to; Windows and macOS rename directly.
+    """
+    between = path.with_name(path.name + ".renaming")
+    os.rename(path, between)
+    os.rename(between, path.with_name(new))
+
+
+def test_a_case_change_through_a_third_name_is_one_rename_even_across_batches() -> None:
+    async def main() -> None:
+        dirty = DirtyPaths()
+        for move in [(".websync-tmp-1", "Readme.md"), ("Readme.md", "x"), ("x", "README.md"), ("a", "b")]:
+            dirty.moved(*move)
+        assert dirty.take_respelled() == [("Readme.md", "README.md")]
+        # Split by a batch: the half-way chain is carried once, to meet its next step.
+        dirty.moved("Docs", "tmp")
+        dirty.moved("Docs/plan", "tmp/plan")
+        assert dirty.take_respelled(exists=lambda path: False) == []
+        dirty.moved("tmp", "DOCS")
+        dirty.moved("tmp/plan", "DOCS/plan")
+        assert dirty.take_respelled() == [("Docs", "DOCS"), ("Docs/plan", "DOCS/plan")]
+        dirty.moved("gone", "elsewhere")
+        dirty.take_respelled(exists=lambda path: False)
+        dirty.take_respelled(exists=lambda path: False)
+        assert not dirty.moves  # carried once, then dropped
+
+    trio.run(main)
+
+
+@pytest.mark.timeout(240)
+def test_a_rename_in_case_only_is_one_rename_both_ways_on_ntfs(
+    ntfs: Path, new_machine: Callable[..., Machine]
+) -> None:
+    a = new_machine("A")
+    a.path("Readme.md").write_bytes(b"readme")
+    a.path("notes.txt").write_bytes(b"notes")
+    a.path("Docs").mkdir()
+    a.path("Docs", "plan.txt").write_bytes(b"plan")
+    b = new_machine("B", mount=False)
+    eventually(_quiet(a), timeout=60, what="A's uploads")
+    folder = ntfs / "Sync"
+    b.sync(folder)
+    eventually(lambda: len(_store(folder)) == 3, timeout=60, what="every file on the NTFS folder")
+    on_a = {name: os.stat(a.path(name)).st_ino for name in ("Readme.md", "Docs")}
+    # On B: README.md and DOCS, in case only; A sees the same nodes renamed, not new ones.
+    _respell(folder / "Readme.md", "README.md")
+    _respell(folder / "Docs", "DOCS")
+    eventually(lambda: {"README.md", "DOCS"} <= set(os.listdir(a.mnt)), what="B's renames on A")
+    eventually(_quiet(a, b), what="both settled")
+    assert sorted(os.listdir(a.mnt)) == ["DOCS", "README.md", "notes.txt"]
+    assert os.stat(a.path("README.md")).st_ino == on_a["Readme.md"] and os.stat(a.path("DOCS")).st_ino == on_a["Docs"]
+    assert read_bytes(a.path("DOCS", "plan.txt")) == b"plan" and read_bytes(a.path("README.md")) == b"readme"
+    # On A: Notes.txt; on B the same file, kept (not downloaded again) and no clash.
+    on_b = os.stat(folder / "notes.txt").st_ino
+    os.rename(a.path("notes.txt"), a.path("Notes.txt"))
+    eventually(_quiet(a, b), what="both settled")
+    time.sleep(1)
+    eventually(_quiet(a, b), what="both settled")
+    assert os.stat(folder / "Notes.txt").st_ino == on_b and read_bytes(folder / "Notes.txt") == b"notes"
+    assert not [n for n in os.listdir(folder) if "conflict" in n] and not _status(b)["problems"]
+    # B holds it under the new spelling: its edit reaches Notes.txt, and notes.txt does not come back.
+    (folder / "Notes.txt").write_bytes(b"notes, edited on B")
+    eventually(lambda: read_bytes(a.path("Notes.txt")) == b"notes, edited on B", what="B's edit")
+    eventually(_quiet(a, b), what="both settled")
+    assert sorted(os.listdir(a.mnt)) == ["DOCS", "Notes.txt", "README.md"]
+    assert not [n for n in os.listdir(a.mnt) if "conflict" in n]
 
 
 def _alias(path: str) -> str:

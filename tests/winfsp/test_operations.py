@@ -8,17 +8,13 @@ memfs sample use.  What reaches the server is read from the server's store.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 
-from websync_server.protocol import ROOT_ID
 
-from tests.client.engine import EngineMachine, Server
+from tests.client.engine import EngineMachine
 from tests.winfsp.drive import (
     CLEANUP_DELETE,
     CLEANUP_SET_LAST_WRITE_TIME,
@@ -28,6 +24,7 @@ from tests.winfsp.drive import (
     FILE_WRITE_DATA,
     Drive,
 )
+from tests.winfsp.conftest import Setup
 
 SID = "S-1-5-21-1004336348-1177238915-682003330-1001"
 STATUS_OBJECT_NAME_NOT_FOUND = 0xC0000034
@@ -36,54 +33,6 @@ STATUS_OBJECT_PATH_NOT_FOUND = 0xC000003A
 STATUS_DIRECTORY_NOT_EMPTY = 0xC0000101
 STATUS_ACCESS_DENIED = 0xC0000022
 STATUS_CANNOT_DELETE = 0xC0000121
-
-
-@dataclass
-class Setup:
-    drive: Drive
-    machine: EngineMachine
-    server: Server
-    #: Every name a commit sent to the server, in order.
-    sent_names: list[str]
-
-    async def settle(self) -> None:
-        await self.machine.settle()
-
-    def versions(self, path: str) -> int:
-        return len(self.server.store.versions(self.server.store_id, self.node_id(path)))
-
-    def node_id(self, path: str) -> Any:
-        listing = self.server.store.changes(self.server.store_id, 0, 10**9)
-        entries = {(e.parent, e.name): e.node for e in listing.entries if e.node is not None}
-        parent = ROOT_ID
-        for part in path.split("/"):
-            parent = entries[(parent, part)]
-        return parent
-
-
-@pytest.fixture
-async def setup(tmp_path: Path, winfspy: None) -> AsyncIterator[Setup]:
-    from websync_fs.winfsp.ops import WinFspOperations
-    from websync_fs.winfsp.security import security_sddl
-    from winfspy.plumbing import SecurityDescriptor
-
-    server = Server(tmp_path / "server")
-    machine = EngineMachine("A", tmp_path / "a", server)
-    sent: list[str] = []
-    commit = machine.remote.commit
-
-    async def recording(batch: str, ops: list[dict[str, Any]]) -> int:
-        sent.extend(name for op in ops for name in (op.get("name"), op.get("new_name")) if name)
-        return await commit(batch, ops)
-
-    machine.remote.commit = recording  # type: ignore[method-assign]
-    ops = WinFspOperations(machine.vfs, trio.lowlevel.current_trio_token(),
-                           SecurityDescriptor.from_string(security_sddl(SID)), space=lambda: (10 << 30, 4 << 30))
-    try:
-        yield Setup(Drive(ops), machine, server, sent)
-    finally:
-        machine.close()
-        server.close()
 
 
 @pytest.mark.timeout(60)

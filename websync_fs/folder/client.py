@@ -34,7 +34,7 @@ from ..home import Home
 from ..invalidation import Invalidation
 from ..names import NamePolicy
 from ..portable import STOP_SIGNALS
-from .corepaths import CorePaths
+from .corepaths import CorePaths, join
 from .guards import FolderGone, Identity, Marker, check_placement
 from .ignore import IgnoreRules
 from .known import KnownTree
@@ -203,7 +203,8 @@ class FolderClient(Engine):
     async def _batch(self, everything: bool = False) -> None:
         paths, all_paths = self.dirty.take()
         remote, self.remote_due = self.remote_due, False
-        await self.merger.settle(paths, everything or all_paths, remote, self.dirty.take_respelled())
+        respelled = self.dirty.take_respelled(lambda path: os.path.lexists(join(self.folder, path)))
+        await self.merger.settle(paths, everything or all_paths, remote, respelled)
         if everything or all_paths:
             self.scanned = time.time()
         # The folder holds the content: the cache keeps only what waits for upload.

@@ -33,12 +33,13 @@ class CorePaths:
     """Path-based calls on one `Vfs`; every error leaves as OSError(errno)."""
 
     def __init__(self, vfs: Vfs, to_core: Callable[[str], str] = lambda path: path, *,
-                 fold_case: bool = False) -> None:
+                 stored: Callable[[int, str], str] = lambda parent, name: name) -> None:
         self.vfs = vfs
         #: The core's path of a folder path: where the folder shows aliases, the original names.
         self.to_core = to_core
-        #: Find a name whatever its case, as Windows programs expect (the stored spelling is kept).
-        self.fold_case = fold_case
+        #: The store name of a name in folder (inode) *parent*, where the front end resolves them
+        #: folder by folder (the WinFsp drive: aliases, and any case finds a name).
+        self.stored = stored
 
     async def call(self, fn: Callable[..., Any], *args: object, **kw: object) -> Any:
         try:
@@ -57,24 +58,7 @@ class CorePaths:
         return ino
 
     def _lookup(self, parent: int, name: str) -> Any:
-        return self.vfs.lookup(parent, self.spelling(parent, name))
-
-    def spelling(self, parent: int, name: str) -> str:
-        """The name as stored in folder *parent*: *name* itself, or with fold_case the entry equal but for case."""
-        if not self.fold_case:
-            return name
-        try:
-            self.vfs.lookup(parent, name)
-            return name
-        except FsError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-        # Only a miss pays for the scan, over names alone: a new file's name is one.
-        folded = name.casefold()
-        for other in sorted(self.vfs.replica.names(self.vfs.node_id(parent))):
-            if other.casefold() == folded:
-                return other
-        return name
+        return self.vfs.lookup(parent, self.stored(parent, name))
 
     async def row(self, path: str) -> NodeRow | None:
         """The replica's node at *path*, or None."""

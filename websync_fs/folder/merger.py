@@ -222,7 +222,12 @@ class Merger:
         """The candidates whose file, node or last synced row differ (by this moment's snapshots)."""
         changed = set()
         for path in candidates:
-            k, row, local = known.get(path), tree.get(path), self._local(path)
+            try:
+                local = self._local(path)
+            except OSError:
+                changed.add(path)  # ENAMETOOLONG past PATH_MAX, EACCES: settled (and named) one by one
+                continue
+            k, row = known.get(path), tree.get(path)
             if k is None:
                 same = local is None and row is None
             else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -37,9 +38,11 @@ class DirtyPaths:
     def __init__(self) -> None:
         self.paths: set[str] = set()
         self.everything = False
-        #: Renames that changed only case or normalisation: where the file system folds, the
-        #: old and the new path are one file and no scan can tell the rename from nothing.
-        self.respelled: list[tuple[str, str]] = []
+        #: Renames since the last batch, in order: those that changed only case or normalisation
+        #: (`take_respelled`) are ones that no scan can tell from nothing where the file system folds.
+        self.moves: list[tuple[str, str]] = []
+        #: Last names of the chains carried from the last batch: one not gone on by the next is dropped.
+        self._carried: set[str] = set()
         self.changed = trio.Event()
         self.last = trio.current_time()
 
@@ -48,13 +51,32 @@ class DirtyPaths:
         self.last = trio.current_time()
         self.changed.set()
 
-    def respell(self, src: str, dst: str) -> None:
-        self.respelled.append((src, dst))
+    def moved(self, src: str, dst: str) -> None:
+        self.moves.append((src, dst))
         self.add(src, dst)
 
-    def take_respelled(self) -> list[tuple[str, str]]:
-        moves, self.respelled = self.respelled, []
-        return moves
+    def take_respelled(self, exists: Callable[[str], bool] = lambda path: True) -> list[tuple[str, str]]:
+        """The batch's renames that changed only case or normalisation, a chain through other names as one.
+
+        On Linux a rename onto the name the file system folds to the same
+        file does nothing (rename(2) on one inode), so there a case change is
+        made through a third name (``Readme -> tmp -> README``): one rename.
+        A chain whose last name is gone (*exists* says no) may be half-way:
+        it is carried into the next batch once, to meet its next step.
+        """
+        chains: dict[str, list[str]] = {}  # last name -> every name it had this batch, in order
+        for src, dst in self.moves:
+            chains[dst] = [*chains.pop(src, [src]), dst]
+        half_way = {last: chain for last, chain in chains.items() if last not in self._carried and not exists(last)}
+        self.moves = [move for chain in half_way.values() for move in zip(chain, chain[1:])]
+        self._carried = set(half_way)
+        found = []
+        for last, chain in chains.items():
+            # The first name of the same file in another case (a download's temporary may come before it).
+            first = next((name for name in chain[:-1] if name != last and _loose(name) == _loose(last)), None)
+            if first is not None:
+                found.append((first, last))
+        return sorted(found, key=lambda move: move[1].count("/"))  # a folder before what it holds
 
     def rescan(self) -> None:
         self.everything = True
@@ -88,16 +110,15 @@ class _Handler(FileSystemEventHandler):
         if getattr(event, "dest_path", ""):
             rels.append(self._rel(event.dest_path))
         found = [r for r in rels if r is not None]
-        if len(found) == 2 and found[0] != found[1] and _loose(found[0]) == _loose(found[1]):
-            try:
-                self.token.run_sync_soon(self.dirty.respell, found[0], found[1])
-            except trio.RunFinishedError:
-                pass
-        elif found:
-            try:
+        if not found:
+            return
+        try:
+            if len(found) == 2 and found[0] != found[1]:
+                self.token.run_sync_soon(self.dirty.moved, found[0], found[1])
+            else:
                 self.token.run_sync_soon(self.dirty.add, *found)
-            except trio.RunFinishedError:
-                pass
+        except trio.RunFinishedError:
+            pass
 
 
 def _loose(path: str) -> str:

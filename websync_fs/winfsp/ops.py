@@ -22,6 +22,10 @@ Decisions, written down in docs/windows.md as well:
   developers work with (``.gitignore``, ``.env``) and Windows itself gives the
   dot no meaning; a hidden flag the user could not clear would be worse.
 * Names are found whatever their case, and keep the case they were made with.
+* Names Windows refuses (``a:b``, ``CON``, ``trail.``) and the second of two
+  names that differ in case only are shown under the aliases a synced folder
+  on NTFS shows (`aliases.DriveNames`); a new name made with look-alikes is
+  the name it looks like.
 * The store keeps one modification time: it is also shown as the creation,
   access and change time.
 * Every file has one security descriptor, giving the logged-in user full
@@ -44,9 +48,11 @@ import trio
 
 from ..errors import FsError
 from ..folder.corepaths import CorePaths
+from ..namepolicy import WINDOWS
 from ..replica import ROOT_INO
 from ..vfs import FileAttr, OpenMode, Vfs
 from . import ntstatus as nt
+from .aliases import DriveNames
 from ._winfspy import (
     CREATE_FILE_CREATE_OPTIONS,
     FILE_ATTRIBUTE,
@@ -131,6 +137,16 @@ def _folder_status(exc: OSError) -> int:
     return nt.ntstatus(exc.errno or 0)
 
 
+def _valid(fn: Callable[P, str], *args: P.args, **kwargs: P.kwargs) -> str:
+    """*fn*'s store name; a name that reads as no alias is an invalid name to Windows."""
+    try:
+        return fn(*args, **kwargs)
+    except FsError as exc:
+        if exc.errno == errno.EINVAL:
+            raise _fail(nt.STATUS_OBJECT_NAME_INVALID) from None
+        raise
+
+
 def _fail(status: int) -> NTStatusError:
     return NTStatusError(status)
 
@@ -142,7 +158,8 @@ class WinFspOperations(BaseFileSystemOperations):  # type: ignore[misc]
                  space: Callable[[], tuple[int, int]] | None = None) -> None:
         super().__init__()
         self.vfs = vfs
-        self.paths = CorePaths(vfs, fold_case=True)
+        self.names = DriveNames(vfs, WINDOWS)
+        self.paths = CorePaths(vfs, stored=self._stored)
         self._token = token
         #: The one security descriptor of every file (winfspy's SecurityDescriptor: handle, size).
         self.security = security
@@ -160,16 +177,20 @@ class WinFspOperations(BaseFileSystemOperations):  # type: ignore[misc]
             raise _fail(_folder_status(exc)) from None
         if not name:
             return self.vfs.getattr(parent)
-        return self.vfs.lookup(parent, self.paths.spelling(parent, name))
+        return self.vfs.lookup(parent, self._stored(parent, name))
 
     async def _entry(self, path: str) -> tuple[int, str]:
-        """The folder holding *path* and the name as stored there (as given if there is none)."""
+        """The folder holding *path* and the name as stored there (the original of a new name)."""
         head, _, name = path.rpartition("/")
         try:
             parent = await self.paths.ino(head)
         except OSError as exc:
             raise _fail(_folder_status(exc)) from None
-        return parent, self.paths.spelling(parent, name)
+        return parent, self._stored(parent, name)
+
+    def _stored(self, parent: int, name: str) -> str:
+        """The store's name for shown *name* in folder *parent* (`_valid`)."""
+        return _valid(self.names.stored, parent, name)
 
     def _info(self, attr: FileAttr) -> dict[str, int]:
         if stat.S_ISDIR(attr.mode):
@@ -374,11 +395,14 @@ class WinFspOperations(BaseFileSystemOperations):  # type: ignore[misc]
         old_parent, old_name = await self._entry(windows_path(file_name))
         new_path = windows_path(new_file_name)
         new_parent, stored = await self._entry(new_path)
-        new_name = new_path.rpartition("/")[2]
+        shown = new_path.rpartition("/")[2]
         try:
             target: FileAttr | None = self.vfs.lookup(new_parent, stored)
         except FsError:
             target = None
+        # Onto a name as shown, or a new one: the store's name for it; in another case: that case.
+        exact = target is None or self.names.shown(new_parent).get(stored) == shown
+        new_name = stored if exact else _valid(self.names.original, shown)
         if target is not None and target.ino != file_context.ino:
             if not replace_if_exists:
                 raise _fail(nt.STATUS_OBJECT_NAME_COLLISION)
@@ -393,7 +417,8 @@ class WinFspOperations(BaseFileSystemOperations):  # type: ignore[misc]
     async def read_directory(self, file_context: OpenObject, marker: str | None) -> list[dict[str, Any]]:
         """The folder's entries after *marker*, sorted by name; "." and ".." in every folder but the root."""
         obj = file_context
-        entries = [(name, attr) for name, attr in self.vfs.listdir(obj.ino)]
+        shown = self.names.shown(obj.ino)
+        entries = [(shown.get(name, name), attr) for name, attr in self.vfs.listdir(obj.ino)]
         if obj.ino != ROOT_INO:
             head = obj.path.rpartition("/")[0]
             entries.append((".", self.vfs.getattr(obj.ino)))
@@ -404,9 +429,9 @@ class WinFspOperations(BaseFileSystemOperations):  # type: ignore[misc]
 
     @operation
     async def get_dir_info_by_name(self, file_context: OpenObject, file_name: str) -> dict[str, Any]:
-        name = self.paths.spelling(file_context.ino, file_name)
         try:
+            name = self.names.stored(file_context.ino, file_name)
             attr = self.vfs.lookup(file_context.ino, name)
         except FsError:
             raise _fail(nt.STATUS_OBJECT_NAME_NOT_FOUND) from None
-        return {"file_name": name, **self._info(attr)}
+        return {"file_name": self.names.shown(file_context.ino).get(name, name), **self._info(attr)}
