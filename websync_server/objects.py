@@ -105,6 +105,10 @@ class ObjectBlockStore:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
         return True
 
+    def put_many(self, user: str, blocks: Sequence[tuple[BlockHash, bytes]]) -> int:
+        """`put` of each block in turn (an object is durable once its PUT answers); how many were new."""
+        return sum(self.put(user, block, data) for block, data in blocks)
+
     def read(self, user: str, block: BlockHash, first: int | None = None, last: int | None = None) -> Extent:
         """A block, or an inclusive byte range of it, as one (ranged) GET; errors as `BlockStore.read`."""
         key = self.key(user, block)
