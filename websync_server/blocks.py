@@ -64,7 +64,7 @@ from . import directio
 from ._exceptions import InsufficientStorage, InvalidRequest, NotFound, RangeNotSatisfiable, TooLarge
 from .protocol import BLOCK_SIZE, BlockHash, is_block_hash
 
-__all__ = ["BlockStore", "Blocks", "Extent", "StoredBlock", "check_user"]
+__all__ = ["BlockStore", "Blocks", "Extent", "StoredBlock", "check_block", "check_user"]
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class BlockStore:
         """
         final = self.path(user, block)
         pieces = [data] if isinstance(data, bytes) else list(data)
-        _check_block(block, pieces)
+        check_block(block, pieces)
         if self._refresh(final):
             return False
         temp = self._incoming / f"{block}.{uuid.uuid4().hex}"
@@ -171,7 +171,7 @@ class BlockStore:
         fresh: dict[Path, tuple[BlockHash, bytes]] = {}
         for block, data in blocks:
             final = self.path(user, block)
-            _check_block(block, [data])
+            check_block(block, [data])
             fresh[final] = (block, data)
         fresh = {final: bd for final, bd in fresh.items() if not self._refresh(final)}
         if len(fresh) <= 1:
@@ -401,7 +401,7 @@ def _fsync_file(fd: int) -> None:
         os.fsync(fd)
 
 
-def _check_block(block: BlockHash, pieces: list[bytes]) -> None:
+def check_block(block: BlockHash, pieces: list[bytes]) -> None:
     """Refuse data that is more than a block (`TooLarge`) or whose SHA-256 is not *block* (`InvalidRequest`)."""
     size = sum(len(piece) for piece in pieces)
     if size > BLOCK_SIZE:
