@@ -324,9 +324,8 @@ class _Api:
         identity = await self._identity(request)
         body = await _read_body(request, BLOCKS_BODY_MAX, self._body_timeout)
         frames = _split_frames(body)
-        created = await self._s.admission.run(
-            identity.user, lambda: sum(self._s.quotas.put_block(identity.user, h, data) for h, data in frames)
-        )
+        # Every frame is checked before any is stored; the lot is flushed to disk together.
+        created = await self._s.admission.run(identity.user, self._s.quotas.put_blocks, identity.user, frames)
         return JSONResponse({"blocks": len(frames), "created": created}, status_code=200)
 
     async def get_block(self, request: Request) -> Response:

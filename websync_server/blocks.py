@@ -7,11 +7,34 @@ must not let anyone read another user's bytes.
 
 Crash safety.  `BlockStore.put` writes the bytes to a temporary file in
 ``ROOT/.incoming``, fsyncs it, renames it to its final name and fsyncs the
-directory that now holds it (and any directory it had to create).  After a
-crash a block is therefore either absent or whole; never a torn file under its
-hash's name.  The PUT answers only after that, and the metadata store refuses
-commits naming blocks that are not there, so a committed node never points at
-a block a crash could lose.  Leftover temporary files are removed at start.
+directory that now holds it (and any directory it had to create).
+`BlockStore.put_many` (``POST /v1/blocks``, many small blocks) keeps the same
+order for the whole request with two flushes instead of two or three per
+block: every temporary file is written, then one ``syncfs`` makes them (and
+any directory made for them) durable, then every one is renamed into place,
+then a second ``syncfs`` makes the names durable.  Where there is no
+``syncfs`` (not Linux) each file is fsynced, then each directory that gained
+an entry once.  So at each point of a crash:
+
+=====================================  ====================================
+crash during / after                   after the restart
+=====================================  ====================================
+writing or flushing temporary files    no block under its name; the
+                                       temporaries are removed at start
+renaming (names not yet flushed)       each block absent or whole: a name
+                                       only ever points at flushed bytes
+the last flush, before the answer      as above; the client had no answer
+                                       and sends the blocks again
+the answer                             every block acknowledged is on disk
+=====================================  ====================================
+
+Never a torn file under a hash's name.  The PUT answers only after that, and
+the metadata store refuses commits naming blocks that are not there, so a
+committed node never points at a block a crash could lose.  Leftover
+temporary files are removed at start.  A directory another request made is
+durable before anyone can put a block in it (`_mkdir_lock` is held until it
+is flushed), so one request's durable rename never hangs under another's
+unflushed directory.
 
 Ranges.  A whole block is checked by the client against its hash; a part of
 one cannot be, so the server vouches for it: it serves a range only from a
@@ -31,7 +54,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -41,7 +64,7 @@ from . import directio
 from ._exceptions import InsufficientStorage, InvalidRequest, NotFound, RangeNotSatisfiable, TooLarge
 from .protocol import BLOCK_SIZE, BlockHash, is_block_hash
 
-__all__ = ["BlockStore", "Blocks", "Extent", "StoredBlock", "check_user"]
+__all__ = ["BlockStore", "Blocks", "Extent", "StoredBlock", "check_block", "check_user"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +84,7 @@ class Blocks(Protocol):
 
     def open(self) -> None: ...
     def put(self, user: str, block: BlockHash, data: bytes | Sequence[bytes]) -> bool: ...
+    def put_many(self, user: str, blocks: Sequence[tuple[BlockHash, bytes]]) -> int: ...
     def read(self, user: str, block: BlockHash, first: int | None = None, last: int | None = None) -> Extent: ...
     def read_small(self, user: str, block: BlockHash, first: int | None, last: int | None) -> Extent | None: ...
     def size(self, user: str, block: BlockHash) -> int | None: ...
@@ -118,15 +142,7 @@ class BlockStore:
         """
         final = self.path(user, block)
         pieces = [data] if isinstance(data, bytes) else list(data)
-        size = sum(len(piece) for piece in pieces)
-        if size > BLOCK_SIZE:
-            raise TooLarge(f"a block holds at most {BLOCK_SIZE} bytes, this body has {size}")
-        digest = hashlib.sha256()
-        for piece in pieces:
-            digest.update(piece)
-        actual = digest.hexdigest()
-        if actual != block:
-            raise InvalidRequest(f"the body's SHA-256 is {actual}, not {block}")
+        check_block(block, pieces)
         if self._refresh(final):
             return False
         temp = self._incoming / f"{block}.{uuid.uuid4().hex}"
@@ -145,6 +161,63 @@ class BlockStore:
                 raise InsufficientStorage("the server's disk is full; the block was not stored") from exc
             raise
         return True
+
+    def put_many(self, user: str, blocks: Sequence[tuple[BlockHash, bytes]]) -> int:
+        """Store several small blocks durably, flushed together; how many were new.
+
+        Every block is checked as `put` checks it before anything is written:
+        one that is wrong refuses the whole request and nothing is stored.
+        """
+        fresh: dict[Path, tuple[BlockHash, bytes]] = {}
+        for block, data in blocks:
+            final = self.path(user, block)
+            check_block(block, [data])
+            fresh[final] = (block, data)
+        fresh = {final: bd for final, bd in fresh.items() if not self._refresh(final)}
+        if len(fresh) <= 1:
+            return sum(self.put(user, block, data) for block, data in fresh.values())
+        temps: dict[Path, Path] = {}
+        try:
+            for final, (block, data) in fresh.items():
+                temps[final] = temp = self._incoming / f"{block}.{uuid.uuid4().hex}"
+                _write(temp, [data])
+            self._flush_new(list(temps.values()), {final.parent for final in fresh})
+            for final, temp in temps.items():
+                # Two requests with one block both rename identical bytes into place.
+                os.replace(temp, final)
+            self._flush_names({final.parent for final in fresh})
+        except OSError as exc:
+            for temp in temps.values():
+                _remove_quietly(temp)
+            if exc.errno in _NO_SPACE:
+                raise InsufficientStorage("the server's disk is full; the blocks were not stored") from exc
+            raise
+        for final in fresh:
+            self._remember_checked(final, _stamp(os.stat(final)))
+        return len(fresh)
+
+    def _flush_new(self, temps: list[Path], parents: set[Path]) -> None:
+        """Make the temporary files' bytes, and the *parents* they will move into, durable."""
+        if _syncfs is None:
+            for temp in temps:
+                _fsync_path(temp)
+            with self._mkdir_lock:
+                for parent in parents:
+                    _make_dirs_durably(parent)
+            return
+        # Held over the flush: a directory made here is durable before another request uses it.
+        with self._mkdir_lock:
+            for parent in parents:
+                parent.mkdir(parents=True, exist_ok=True)
+            _syncfs(self._incoming)
+
+    def _flush_names(self, parents: set[Path]) -> None:
+        """Make the renames into *parents* durable."""
+        if _syncfs is None:
+            for parent in parents:
+                _fsync_dir(parent)
+        else:
+            _syncfs(self._incoming)
 
     def read(self, user: str, block: BlockHash, first: int | None = None, last: int | None = None) -> Extent:
         """Read a block, or the bytes *first* to *last* of it (inclusive, as in HTTP ranges).
@@ -328,6 +401,19 @@ def _fsync_file(fd: int) -> None:
         os.fsync(fd)
 
 
+def check_block(block: BlockHash, pieces: list[bytes]) -> None:
+    """Refuse data that is more than a block (`TooLarge`) or whose SHA-256 is not *block* (`InvalidRequest`)."""
+    size = sum(len(piece) for piece in pieces)
+    if size > BLOCK_SIZE:
+        raise TooLarge(f"a block holds at most {BLOCK_SIZE} bytes, this body has {size}")
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece)
+    actual = digest.hexdigest()
+    if actual != block:
+        raise InvalidRequest(f"the body's SHA-256 is {actual}, not {block}")
+
+
 def _write_durably(path: Path, pieces: list[bytes]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -335,6 +421,56 @@ def _write_durably(path: Path, pieces: list[bytes]) -> None:
         _fsync_file(fd)
     finally:
         os.close(fd)
+
+
+def _write(path: Path, pieces: list[bytes]) -> None:
+    """A new file holding *pieces*, not yet flushed (`put_many` flushes many at once)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        directio.write_new(fd, pieces)
+    finally:
+        os.close(fd)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _fsync_file(fd)
+    finally:
+        os.close(fd)
+
+
+def _load_syncfs() -> Callable[[Path], None] | None:
+    """syncfs(2) where the C library has it (Linux): one call flushes every file and name on a file system.
+
+    Python's os module has no syncfs; the C library's is called through
+    ctypes.  Since Linux 5.8 it reports write-back errors of the file system
+    (errseq), so a failed flush is an error here as an fsync's would be.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int]
+
+    def syncfs(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if call(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), str(path))
+        finally:
+            os.close(fd)
+
+    return syncfs
+
+
+_syncfs = _load_syncfs()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -29,15 +29,14 @@ client retries later, as for any server that can't reach its storage.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ._exceptions import BlockStorageUnavailable, InvalidRequest, NotFound, RangeNotSatisfiable, TooLarge
-from .blocks import Extent, StoredBlock, check_user
-from .protocol import BLOCK_SIZE, BlockHash, is_block_hash
+from ._exceptions import BlockStorageUnavailable, InvalidRequest, NotFound, RangeNotSatisfiable
+from .blocks import Extent, StoredBlock, check_block, check_user
+from .protocol import BlockHash, is_block_hash
 
 __all__ = ["ObjectBlockStore", "is_object_url"]
 
@@ -94,16 +93,22 @@ class ObjectBlockStore:
         """Store *data* as *block*; True if it is new.  Same checks and errors as `BlockStore.put`."""
         key = self.key(user, block)
         body = data if isinstance(data, bytes) else b"".join(data)  # one block: at most 4 MiB
-        if len(body) > BLOCK_SIZE:
-            raise TooLarge(f"a block holds at most {BLOCK_SIZE} bytes, this body has {len(body)}")
-        actual = hashlib.sha256(body).hexdigest()
-        if actual != block:
-            raise InvalidRequest(f"the body's SHA-256 is {actual}, not {block}")
+        check_block(block, [body])
         if self.size(user, block) is not None:
             return False
         with _translated(f"block {block}"):
             self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
         return True
+
+    def put_many(self, user: str, blocks: Sequence[tuple[BlockHash, bytes]]) -> int:
+        """`put` of each block in turn (an object is durable once its PUT answers); how many were new.
+
+        Every block is checked first: one that is wrong refuses the request and nothing is stored.
+        """
+        for block, data in blocks:
+            self.key(user, block)
+            check_block(block, [data])
+        return sum(self.put(user, block, data) for block, data in blocks)
 
     def read(self, user: str, block: BlockHash, first: int | None = None, last: int | None = None) -> Extent:
         """A block, or an inclusive byte range of it, as one (ranged) GET; errors as `BlockStore.read`."""

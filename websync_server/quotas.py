@@ -126,20 +126,41 @@ class Quotas:
             return self._blocks.put(user, block, data)
         size = len(data) if isinstance(data, bytes) else sum(len(piece) for piece in data)
         if self._blocks.size(user, block) is None:
-            used = self.stored_bytes(user)
-            if used + size > quota:
-                raise QuotaExceeded(
-                    f"user {user} is over their quota: {format_size(used)} of {format_size(quota)} stored, "
-                    "this change needs more; delete files (the trash and old versions count until they "
-                    "expire) or ask the server's owner for more room"
-                )
+            self._check_room(user, quota, size)
         created = self._blocks.put(user, block, data)
         if created:
-            with self._lock:
-                known = self._stored.get(user)
-                if known is not None:
-                    self._stored[user] = (known[0] + size, known[1])
+            self._count(user, size)
         return created
+
+    def put_blocks(self, user: str, blocks: Sequence[tuple[BlockHash, bytes]]) -> int:
+        """Store many blocks as `BlockStore.put_many` does, unless the new ones would take *user* past their quota."""
+        quota = self.limits(user).bytes
+        if quota is None:
+            return self._blocks.put_many(user, blocks)
+        sizes = {block: len(data) for block, data in blocks}
+        present = self._blocks.sizes(user, sizes)
+        adding = sum(size for block, size in sizes.items() if block not in present)
+        if adding:
+            self._check_room(user, quota, adding)
+        created = self._blocks.put_many(user, blocks)
+        if created:
+            self._count(user, adding)
+        return created
+
+    def _count(self, user: str, size: int) -> None:
+        with self._lock:
+            known = self._stored.get(user)
+            if known is not None:
+                self._stored[user] = (known[0] + size, known[1])
+
+    def _check_room(self, user: str, quota: int, size: int) -> None:
+        used = self.stored_bytes(user)
+        if used + size > quota:
+            raise QuotaExceeded(
+                f"user {user} is over their quota: {format_size(used)} of {format_size(quota)} stored, "
+                "this change needs more; delete files (the trash and old versions count until they "
+                "expire) or ask the server's owner for more room"
+            )
 
     def stored_bytes(self, user: str) -> int:
         """The bytes of *user*'s block files, each block once (summed again after `RECOUNT_S`)."""

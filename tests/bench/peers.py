@@ -22,7 +22,7 @@ Rows: first sync of N small files, first sync of one big file, propagation
 of a new file (p50/p99), a restart over M unchanged files (until the process
 is up and has scanned; for bisync, one run), and the disk used by the
 receiving side's state and cache against the folder's content.  ``--profile
-DIR`` records WebSync's server and B's sync process with py-spy.  Every
+DIR`` records WebSync's server and the sync processes (B, and C where it runs) with py-spy.  Every
 process is ours and is stopped by its own pid, also when a row fails.  Run::
 
     .venv/bin/python -m tests.bench.peers --files 500 --big-mib 20 --samples 10 --restart-files 5000
@@ -226,11 +226,12 @@ class WebSync(System):
         self.clis = [self._sync("B", a)] + ([self._sync("C", b)] if b else [])
         if self.profile is not None:
             self._record("server", self.server.pid)
-            pid_file = self.machines["B"].home / "state" / "mount.pid"
-            # B's process is started by its CLI: attached to as soon as it has written its pid.
-            _wait(lambda: pid_file.exists() and pid_file.read_text().strip() != "", 30, "websync: B's pid file",
-                  every=0.01)
-            self._record("sync-B", int(pid_file.read_text()))
+            for name in ("B", "C") if b else ("B",):
+                pid_file = self.machines[name].home / "state" / "mount.pid"
+                # The sync process is started by its CLI: attached to as soon as it has written its pid.
+                _wait(lambda: pid_file.exists() and pid_file.read_text().strip() != "", 30,
+                      f"websync: {name}'s pid file", every=0.01)
+                self._record(f"sync-{name}", int(pid_file.read_text()))
 
     def _record(self, name: str, pid: int) -> None:
         """py-spy on *pid* until `close` (``--nonblocking``: never stops the process it samples)."""

@@ -178,3 +178,17 @@ def test_take_leaves_items_behind_the_last_ready_one_unread(tmp_path: Path, monk
     assert q.take() == []  # nothing ready: nothing read
     assert len(decoded) == 2
     assert len(q) == 52  # the two taken stay, "uploading", until done()
+
+
+def test_hurry_readies_a_node_waiting_the_quiet_period_and_keeps_longer_waits(tmp_path: Path) -> None:
+    q, _, _ = make(tmp_path, quiet=60.0)
+    woken: list[bool] = []
+    q.on_enqueue(lambda: woken.append(True))
+    q.enqueue(create("a", "a.txt"))
+    q.enqueue(create("t", "a.tmp"), quiet=600.0)  # a temporary name's longer wait
+    assert q.take() == []
+    woken.clear()
+    q.hurry("a")
+    q.hurry("t")
+    assert woken == [True]
+    assert [i.op["id"] for i in q.take()] == ["a"]

@@ -443,3 +443,22 @@ def test_only_the_chosen_folders_are_synced(new_machine: Callable[..., Machine],
     eventually(_holds(a.path("Documents", "new.txt"), b"goes up"), what="a file in a chosen folder")
     eventually(lambda: _settled(b), what="B's uploads")
     assert sorted(os.listdir(a.path("Other"))) == ["file.txt"]
+
+
+def test_a_file_written_slowly_while_others_close_is_never_sent_half_written(
+    new_machine: Callable[..., Machine], folder: Path
+) -> None:
+    a, b = _mount_and_folder(new_machine, folder)
+    pieces = [f"line {i} of a log written slowly\n".encode() * 50 for i in range(12)]
+    with open(folder / "slow.log", "wb") as f:
+        for i, piece in enumerate(pieces):
+            f.write(piece)
+            f.flush()
+            # Other files are written and closed meanwhile: each alone would start a batch at once.
+            (folder / f"done-{i}.txt").write_bytes(b"closed")
+            # Longer than the wait after a closed file, shorter than an open writer's quiet period.
+            time.sleep(0.06)
+    eventually(_holds(a.path("slow.log"), b"".join(pieces)), what="the whole log")
+    eventually(_holds(a.path("done-11.txt"), b"closed"), what="the other files")
+    eventually(lambda: _settled(b), what="B's uploads")
+    assert _versions(a, a.path("slow.log")) == 1

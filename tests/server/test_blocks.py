@@ -286,3 +286,26 @@ def test_small_ranges_of_hashed_blocks_are_read_in_place_and_anything_else_is_le
         f.write(b"\0")
     assert blocks.read_small("alice", block, 10, 4105) is None
     assert blocks.read_small("bob", block, 10, 4105) is None  # another user's block is not there
+
+
+@pytest.mark.parametrize("flush", ["syncfs", "fsync each"])
+def test_put_many_stores_every_new_block_and_counts_only_those(
+    blocks: BlockStore, flush: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if flush == "fsync each":
+        # The way of systems without syncfs (macOS, Windows), which cannot run here.
+        monkeypatch.setattr("websync_server.blocks._syncfs", None)
+    datas = [f"block {i}".encode() * (i + 1) for i in range(20)]
+    blocks.put("alice", digest(datas[0]), datas[0])
+    pairs = [(digest(d), d) for d in datas] + [(digest(datas[3]), datas[3])]
+    assert blocks.put_many("alice", pairs) == 19
+    assert all(blocks.read("alice", digest(d)).data == d for d in datas)
+    assert list((blocks.root / ".incoming").iterdir()) == []
+    assert blocks.put_many("alice", pairs) == 0
+
+
+def test_put_many_with_one_wrong_block_stores_none(stored: Blocks) -> None:
+    good = [(digest(d), d) for d in (b"first", b"second", b"third")]
+    with pytest.raises(InvalidRequest):
+        stored.put_many("alice", [*good, (digest(b"good"), b"evil")])
+    assert stored.missing("alice", [h for h, _ in good]) == [h for h, _ in good]

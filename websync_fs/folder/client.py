@@ -40,14 +40,15 @@ from .ignore import IgnoreRules
 from .known import KnownTree
 from .merger import Merger
 from .probe import probe
-from .watcher import DirtyPaths, Watcher
+from .watcher import QUIET, DirtyPaths, Watcher
 
 log = logging.getLogger(__name__)
 
 #: How long a stop waits for pending uploads while the server answers.
 DRAIN_ON_STOP = 15.0
-#: A batch starts after local events were quiet this long ...
-QUIET = 0.3
+#: A batch starts this long after the last local event (one operation's events come together) when
+#: every file written to was closed since, else the watcher's QUIET after the last write ...
+SETTLE = 0.02
 #: ... or this long after the first of them, whatever keeps happening.
 MAX_WAIT = 5.0
 #: How often the folder and its marker are checked, and a full scan made anyway.
@@ -111,9 +112,10 @@ class FolderClient(Engine):
         self.rules = IgnoreRules(folder, names, only)
         # Before the watcher starts: the probe's own files come and go unseen.
         self.local_names = probe(folder)
-        self.merger = Merger(folder, CorePaths(self.vfs), self.replica, self.known, self.rules, settings.device,
-                             check_folder=self.check_folder, prefetch=self._prefetch, names=self.local_names)
         self.dirty = DirtyPaths()
+        self.merger = Merger(folder, CorePaths(self.vfs), self.replica, self.known, self.rules, settings.device,
+                             check_folder=self.check_folder, prefetch=self._prefetch, names=self.local_names,
+                             busy=self.dirty.busy, hurry=self.queue.hurry)
         self.remote_due = False
         self.control = ControlServer(home.state_dir, self._request)
         self.online = False
@@ -220,14 +222,18 @@ class FolderClient(Engine):
             if idle.cancelled_caught:
                 self.dirty.rescan()
             if self.dirty.paths or self.dirty.everything:
-                start = trio.current_time()
-                while trio.current_time() - self.dirty.last < QUIET and trio.current_time() - start < MAX_WAIT:
-                    await trio.sleep(QUIET / 3)
+                await self._settled()
             await self._batch()
             if self.merger.again or self.merger.problems:
                 # A file still being written or one that failed: after the next quiet moment.
                 await trio.sleep(QUIET if self.merger.again else 2.0)
                 self.dirty.add()
+
+    async def _settled(self) -> None:
+        """Wait until every file written was closed and events paused, or a writer was quiet, or MAX_WAIT."""
+        give_up = trio.current_time() + MAX_WAIT
+        while (due := min(self.dirty.settled_at(SETTLE), give_up)) > trio.current_time():
+            await trio.sleep(min(due - trio.current_time(), SETTLE))
 
     async def _watch_folder(self) -> None:
         while True:

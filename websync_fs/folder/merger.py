@@ -28,9 +28,15 @@ answers to several spellings and only the one the tree gives it is its path.
 Downloads go into a hidden ``.websync-tmp-*`` file beside the target and are
 renamed into place only if the local path still is what K says (checked with
 no ``await`` between the check and the rename); otherwise the local file is
-kept under the conflict name first.  Uploads read the file after a quiet
-moment and are checked against the file again after the read: a file that
-changed while read is looked at again later.
+kept under the conflict name first.  Uploads read a file once its writer
+closed it or after a quiet moment (`busy`: written to less than the watcher's
+quiet period ago and not closed since), and are checked against the file again
+after the read: a file that changed while read is looked at again later.  A
+change found whole (the file unchanged after its read, a folder, a symlink) is
+ready for the server at once (`hurry`): the folder waited for its writer
+already, a second quiet period in the queue would only delay it.  A file that
+changed while read keeps the queue's quiet period, so its next version can
+still replace the one read.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ class Merger:
         self, root: Path, core: CorePaths, replica: Replica, known: KnownTree, rules: IgnoreRules, device: str,
         *, check_folder: Callable[[], None] = lambda: None,
         prefetch: Callable[[list[str]], None] = lambda hashes: None, names: Rules = LINUX,
+        busy: Callable[[str], bool] = lambda path: False, hurry: Callable[[str], None] = lambda node: None,
     ) -> None:
         self.root = root
         self.core = core
@@ -97,6 +104,10 @@ class Merger:
         self.check_folder = check_folder
         #: Starts loading blocks in the background (the engine's block source).
         self.prefetch = prefetch
+        #: True while a writer may still be writing the file at a path (the watcher's view).
+        self.busy = busy
+        #: Lets a node's queued changes go without the queue's quiet period.
+        self.hurry = hurry
         #: Paths to look at again in the next batch (a file changing while read, a retry).
         self.again: set[str] = set()
         #: Paths that failed, with why: shown in the status, retried.
@@ -435,10 +446,15 @@ class Merger:
         new = await self._row(path)
         if new is not None:
             self.known.put(path, new.id, version(new), local)
+            if path not in self.again:
+                self.hurry(new.id)
 
     async def _upload(self, path: str, local: LocalSig, row: NodeRow | None) -> bool:
         """Send the file's content unless the replica has it already; False if it is still changing."""
         full = join(self.root, path)
+        if self.busy(path):
+            self.again.add(path)  # written to just now and not closed: after the next quiet moment
+            return False
         before, hashes, after = await _hashed(full, local.size)
         if before != after or before != local:
             self.again.add(path)  # still being written: after the next quiet moment

@@ -6,6 +6,14 @@ is decided later by comparing the path with the last synced state, so a lost
 or reordered event costs nothing as long as the path is looked at again.
 When the kernel's event queue overflows, watchdog logs it: that log record
 asks for a full scan, so an overflow is never a silent miss.
+
+Writers.  A file written to (created or modified) and not closed since is
+being written: `DirtyPaths.writing` keeps when it was last written.  inotify
+tells when a writer closes the file (watchdog's ``closed`` event,
+IN_CLOSE_WRITE): the writer finished, so a batch of such paths need not wait
+for a quiet moment.  A file written and never closed as far as the watcher can
+tell (a program that keeps it open, FSEvents and ReadDirectoryChangesW, which
+report no closes) waits for `QUIET` after its last write as before.
 """
 
 from __future__ import annotations
@@ -18,7 +26,11 @@ from pathlib import Path
 
 import trio
 from watchdog.events import (
+    EVENT_TYPE_CLOSED,
     EVENT_TYPE_CLOSED_NO_WRITE,
+    EVENT_TYPE_CREATED,
+    EVENT_TYPE_DELETED,
+    EVENT_TYPE_MODIFIED,
     EVENT_TYPE_OPENED,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -30,6 +42,10 @@ log = logging.getLogger(__name__)
 #: Events that change nothing: watchdog 4+ reports every open and read-only close,
 #: so each file the merger read for upload came back as a dirty path.
 UNCHANGED = frozenset({EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE})
+#: A file written to less than this ago and not closed since is taken as still being written.
+QUIET = 0.3
+#: Write events older than this are forgotten (a writer that never closes, a FIFO made).
+_FORGET_WRITES = 60.0
 
 
 class DirtyPaths:
@@ -45,15 +61,42 @@ class DirtyPaths:
         self._carried: set[str] = set()
         self.changed = trio.Event()
         self.last = trio.current_time()
+        #: Files written to and not closed since, with when they were last written.
+        self.writing: dict[str, float] = {}
 
     def add(self, *paths: str) -> None:
         self.paths.update(paths)
         self.last = trio.current_time()
         self.changed.set()
 
+    def wrote(self, path: str) -> None:
+        """*path* was created or written to: being written until it is closed (or quiet)."""
+        self.writing[path] = trio.current_time()
+        self.add(path)
+
+    def closed(self, path: str) -> None:
+        """A writer closed *path*, or it went: nothing writes it now (as far as the watcher saw)."""
+        self.writing.pop(path, None)
+        self.add(path)
+
     def moved(self, src: str, dst: str) -> None:
+        if (when := self.writing.pop(src, None)) is not None:
+            self.writing[dst] = when  # renamed while open: still being written
         self.moves.append((src, dst))
         self.add(src, dst)
+
+    def busy(self, path: str) -> bool:
+        """True if *path* was written to less than `QUIET` ago and not closed since."""
+        when = self.writing.get(path)
+        return when is not None and trio.current_time() - when < QUIET
+
+    def settled_at(self, settle: float) -> float:
+        """When a batch may start: *settle* after the last event, or `QUIET` after the last write not closed."""
+        now = trio.current_time()
+        for path, when in list(self.writing.items()):
+            if now - when > _FORGET_WRITES:
+                del self.writing[path]
+        return max(self.last + settle, max(self.writing.values(), default=-QUIET) + QUIET)
 
     def take_respelled(self, exists: Callable[[str], bool] = lambda path: True) -> list[tuple[str, str]]:
         """The batch's renames that changed only case or normalisation, a chain through other names as one.
@@ -110,15 +153,25 @@ class _Handler(FileSystemEventHandler):
         if getattr(event, "dest_path", ""):
             rels.append(self._rel(event.dest_path))
         found = [r for r in rels if r is not None]
-        if not found:
-            return
+        if len(found) == 2 and found[0] != found[1]:
+            self._report(self.dirty.moved, found[0], found[1])
+        elif found and not event.is_directory and event.event_type in _WRITES:
+            self._report(self.dirty.wrote, found[0])
+        elif found and not event.is_directory and event.event_type in _ENDS:
+            self._report(self.dirty.closed, found[0])
+        elif found:
+            self._report(self.dirty.add, *found)
+
+    def _report(self, fn: Callable[..., None], *paths: str) -> None:
         try:
-            if len(found) == 2 and found[0] != found[1]:
-                self.token.run_sync_soon(self.dirty.moved, found[0], found[1])
-            else:
-                self.token.run_sync_soon(self.dirty.add, *found)
+            self.token.run_sync_soon(fn, *paths)
         except trio.RunFinishedError:
             pass
+
+
+#: A file's events that mean a writer has it open, and those that mean none has any more.
+_WRITES = frozenset({EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED})
+_ENDS = frozenset({EVENT_TYPE_CLOSED, EVENT_TYPE_DELETED})
 
 
 def _loose(path: str) -> str:
