@@ -48,15 +48,16 @@ class BlockSizes(Protocol):
     def sizes(self, user: str, blocks: Iterable[BlockHash]) -> dict[BlockHash, int]: ...
 
 
-def new_store(conn: Connection, owner: int) -> str:
+def new_store(conn: Connection, owner: int, name: str | None = None) -> str:
     """Create an empty store (just its root directory) for user *owner*; return its id.
 
+    *name* is a shared folder's (shares.py); None makes the user's own store.
     The store's creation is its commit 1, so a first listing from cursor 0
     returns the root.
     """
     store_id = uuid.uuid4().hex
     now = time.time_ns()
-    conn.execute(insert(stores).values(id=store_id, owner=owner, seq=1, horizon=0, created_ns=now))
+    conn.execute(insert(stores).values(id=store_id, owner=owner, seq=1, horizon=0, created_ns=now, name=name))
     conn.execute(
         insert(nodes).values(
             store=store_id, id=ROOT_ID, kind=KIND_DIR, mode=ROOT_MODE, size=0, mtime_ns=now,
