@@ -65,6 +65,8 @@ JSON_BODY_MAX = 16 * 1024 * 1024
 BODY_TIMEOUT_S = 30.0
 #: Largest login body: read before anyone is known, so small.
 LOGIN_BODY_MAX = 4 * 1024
+#: Stores one ``changes/wait`` call may wait on (a user's own, and shared folders).
+WAIT_STORES_MAX = 512
 #: JSON bodies up to this size are parsed on the event loop (well under a millisecond).
 _PARSE_ON_LOOP_MAX = 64 * 1024
 
@@ -137,6 +139,7 @@ def create_app(
         Route(f"{API}/shares", api.share, methods=["POST"]),
         Route(f"{API}/shares/{{store}}/members/{{user}}/remove", api.unshare, methods=["POST"]),
         Route(f"{API}/stores/{{store}}/changes", api.changes, methods=["GET"]),
+        Route(f"{API}/changes/wait", api.wait_any, methods=["POST"]),
         Route(f"{API}/stores/{{store}}/nodes/{{node}}", api.node, methods=["GET"]),
         Route(f"{API}/stores/{{store}}/nodes/{{node}}/versions", api.versions, methods=["GET"]),
         Route(f"{API}/stores/{{store}}/trash", api.trash, methods=["GET"]),
@@ -299,6 +302,29 @@ class _Api:
                 # A listing can be megabytes of JSON: encode it off the event loop.
                 body = await self._s.admission.run(identity.user, _encode_changes, changes)
                 return Response(body, media_type="application/json")
+
+    async def wait_any(self, request: Request) -> Response:
+        """One long poll over several stores: which of them have news past the caller's cursors."""
+        identity = await self._identity(request)
+        body = await self._json_object(request, identity)
+        cursors, wait = body.get("cursors"), body.get("wait", 0)
+        if (not isinstance(cursors, dict) or not 0 < len(cursors) <= WAIT_STORES_MAX
+                or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 2**63 for c in cursors.values())):
+            raise InvalidRequest(f"cursors must map 1 to {WAIT_STORES_MAX} store ids to journal cursors")
+        if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait < math.inf:
+            raise InvalidRequest("wait must be a non-negative number of seconds")
+        await self._s.admission.run(identity.user, self._s.shares.check_reachable, identity.user_id, list(cursors))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(float(wait), WAIT_MAX)
+        while True:
+            where = await self._s.admission.run(identity.user, self._s.store.positions, list(cursors))
+            # A commit past the cursor, or a cursor the journal answers with a reset.
+            ready = sorted(s for s, (seq, horizon) in where.items() if seq != cursors[s] or horizon > cursors[s])
+            remaining = deadline - loop.time()
+            # Read first, wait second, as for one store (notifier.py).
+            seqs = {s: seq for s, (seq, _) in where.items()}
+            if ready or remaining <= 0 or not await self._s.notifier.wait_any(seqs, remaining):
+                return JSONResponse({"ready": ready})
 
     async def node(self, request: Request) -> Response:
         identity, store, _ = await self._store_access(request)

@@ -171,6 +171,18 @@ class Shares:
             raise Forbidden(f"store {store} belongs to another user")
         return Access(row.owner, row.name, member=True, read_only=bool(row.read_only))
 
+    def check_reachable(self, user_id: int, wanted: Iterable[str]) -> None:
+        """Refuse (`Forbidden`) unless *user_id* owns or is a member of every store in *wanted*."""
+        wanted = set(wanted)
+        with self._db.read() as conn:
+            member_of = select(shares.c.store).where(shares.c.user_id == user_id)
+            found = set(conn.execute(
+                select(stores.c.id).where(stores.c.id.in_(wanted))
+                .where((stores.c.owner == user_id) | stores.c.id.in_(member_of))
+            ).scalars())  # fmt: skip
+        for store in sorted(wanted - found):
+            raise Forbidden(f"store {store} is neither yours nor shared with you")
+
     def _owned(self, conn: Connection, owner_id: int, name: str) -> str | None:
         return conn.execute(select(stores.c.id).where(stores.c.owner == owner_id, stores.c.name == name)).scalar()
 

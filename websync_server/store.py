@@ -153,6 +153,12 @@ class MetadataStore:
             self._db.announce(conn, store_id, seq)
         return seq
 
+    def positions(self, store_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """``(seq, horizon)`` of each of *store_ids* that exists: where its journal stands."""
+        with self._db.read() as conn:
+            rows = conn.execute(select(stores.c.id, stores.c.seq, stores.c.horizon).where(stores.c.id.in_(store_ids)))
+            return {r.id: (int(r.seq), int(r.horizon)) for r in rows}
+
     def changes(self, store_id: str, cursor: int, limit: int = journal.DEFAULT_LIMIT) -> Changes:
         """Nodes and entries changed after *cursor*; see `journal.read_changes`."""
         with self._db.read() as conn:

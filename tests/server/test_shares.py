@@ -219,3 +219,23 @@ def test_bad_share_requests_are_refused_with_a_reason(household: Any) -> None:
     assert c["alice"].post(f"/v1/shares/{own['alice']}/members/bob/remove").status_code == 404  # not a shared folder
     assert c["bob"].get("/v1/blocks/" + "0" * 64, params={"store": "x"}).status_code == 404
     assert c["alice"].get("/v1/shares").json() == {"shares": []}  # nothing was made
+
+
+def test_one_long_poll_waits_on_a_users_own_store_and_shared_folders_at_once(household: Any) -> None:
+    _, c, own = household
+    share = _family(c, "bob")
+    cursors = {s: c["bob"].get(f"/v1/stores/{s}/changes").json()["cursor"] for s in (own["bob"], share)}
+    assert c["bob"].post("/v1/changes/wait", json={"cursors": cursors, "wait": 0}).json() == {"ready": []}
+    assert c["bob"].post("/v1/changes/wait", json={"cursors": {share: 0}}).json() == {"ready": [share]}
+    answers: list[httpx.Response] = []
+    waiter = threading.Thread(target=lambda: answers.append(
+        c["bob"].post("/v1/changes/wait", json={"cursors": cursors, "wait": 50})))
+    waiter.start()
+    assert _create(c["alice"], share, "hello.txt", b"").status_code == 200
+    waiter.join(timeout=55)
+    assert answers[0].json() == {"ready": [share]}
+    refused = c["dave"].post("/v1/changes/wait", json={"cursors": {share: 0}})
+    assert refused.status_code == 403
+    for bad in ({"cursors": {}}, {"cursors": {share: -1}}, {"cursors": {share: "1"}}, {"cursors": [share]},
+                {"cursors": {share: 0}, "wait": "long"}, {"cursors": {share: True}}):
+        assert c["bob"].post("/v1/changes/wait", json=bad).status_code == 400, bad
