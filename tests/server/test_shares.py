@@ -13,22 +13,29 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.server.conftest import both_engines, database_url
 from tests.servers import ServerProcess, add_user, login, server_command
 from websync_server.protocol import new_node_id
+
+engine = both_engines
 
 PASSWORD = "correct horse battery"
 USERS = ("alice", "bob", "carol", "dave")
 
 
 @pytest.fixture
-def household(tmp_path: Path) -> Iterator[tuple[ServerProcess, dict[str, httpx.Client], dict[str, str]]]:
+def household(
+    tmp_path: Path, engine: str, request: pytest.FixtureRequest
+) -> Iterator[tuple[ServerProcess, dict[str, httpx.Client], dict[str, str]]]:
     """A server with `USERS`, each logged in once: (server, clients by name, own stores by name)."""
     data = tmp_path / "data"
+    url = database_url(request, engine)
+    storage = ("--database", url) if url else ()
     for name in USERS:
-        add_user(data, name, PASSWORD)
-    subprocess.run(server_command("user", "set", "alice", "--quota", "2M", "--data", str(data)), check=True,
-                   capture_output=True, timeout=60)  # fmt: skip
-    with ServerProcess.start(data) as server:
+        add_user(data, name, PASSWORD, storage)
+    subprocess.run(server_command("user", "set", "alice", "--quota", "2M", "--data", str(data), *storage),
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    with ServerProcess.start(data, storage=storage) as server:
         clients, stores = {}, {}
         for name in USERS:
             answer = login(server.url, name, PASSWORD, "laptop")
