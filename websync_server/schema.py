@@ -132,6 +132,9 @@ stores = Table(
     Column("created_ns", BigInteger, nullable=False),
     # NULL: the owner's own store (one per user); else a shared folder's name (shares.py).
     Column("name", _NAME, nullable=True),
+    # One shared folder per name and owner, also when two requests make it at once
+    # (NULLs are distinct here on SQLite and PostgreSQL alike).
+    Index("stores_by_name", "owner", "name", unique=True),
 )
 
 # The members of a shared folder other than its owner (``stores.owner``).

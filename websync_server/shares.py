@@ -107,7 +107,17 @@ class Shares:
             raise InvalidRequest(f"a shared folder's name: {exc}") from None
         if member == owner:
             raise InvalidRequest("a folder is shared with other users; its owner has it already")
+        info = self._add(owner_id, name, member, read_only)
+        mode = "read-only" if read_only else "read-write"
+        audit.info("folder %r (%s) of user %s shared with user %s, %s", name, info.store, owner, member, mode)
+        return info
+
+    def _add(self, owner_id: int, name: str, member: str, read_only: bool) -> ShareInfo:
+        """Make folder *name* if needed and put *member* in it with *read_only*, in one transaction."""
         with self._db.write() as conn:
+            # FOR UPDATE: two requests of one owner on PostgreSQL make a folder and add members one after
+            # the other (SQLite already holds the database write lock).
+            conn.execute(select(users.c.id).where(users.c.id == owner_id).with_for_update())
             member_id = conn.execute(select(users.c.id).where(users.c.name == member)).scalar()
             if member_id is None:
                 raise NotFound(f"there is no user named {member!r} on this server")
@@ -124,10 +134,7 @@ class Shares:
             elif bool(existing.read_only) != read_only:
                 conn.execute(update(shares).where(shares.c.store == store, shares.c.user_id == member_id)
                              .values(read_only=read_only))  # fmt: skip
-            info = self._info(conn, store, owner_id)
-        mode = "read-only" if read_only else "read-write"
-        audit.info("folder %r (%s) of user %s shared with user %s, %s", name, store, owner, member, mode)
-        return info
+            return self._info(conn, store, owner_id)
 
     def unshare(self, caller_id: int, caller: str, store: str, member: str) -> None:
         """Remove *member* from shared folder *store*: its owner removes anyone, a member only themself."""

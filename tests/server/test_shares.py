@@ -246,3 +246,18 @@ def test_one_long_poll_waits_on_a_users_own_store_and_shared_folders_at_once(hou
     for bad in ({"cursors": {}}, {"cursors": {share: -1}}, {"cursors": {share: "1"}}, {"cursors": [share]},
                 {"cursors": {share: 0}, "wait": "long"}, {"cursors": {share: True}}):
         assert c["bob"].post("/v1/changes/wait", json=bad).status_code == 400, bad
+
+
+def test_sharing_one_new_folder_from_many_requests_at_once_makes_one_folder(household: Any) -> None:
+    _, c, _ = household
+    members = ["bob", "carol", "dave"] * 3
+    answers: list[httpx.Response] = []
+    threads = [threading.Thread(target=lambda m=m: answers.append(_share(c["alice"], "Trip", m))) for m in members]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(a.status_code for a in answers) == [200] * len(members), [a.text for a in answers]
+    assert len({a.json()["store"] for a in answers}) == 1
+    [listed] = c["alice"].get("/v1/shares").json()["shares"]
+    assert [m["user"] for m in listed["members"]] == ["bob", "carol", "dave"]

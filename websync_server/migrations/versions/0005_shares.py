@@ -12,6 +12,7 @@ down_revision = "0004"
 def upgrade() -> None:
     # Nullable without a default: SQLite adds it in place; every existing store is its owner's own.
     op.add_column("stores", sa.Column("name", sa.String(255), nullable=True))
+    op.create_index("stores_by_name", "stores", ["owner", "name"], unique=True)
     # The server's create_all made the new tables already, before migrating (database.py).
     if sa.inspect(op.get_bind()).has_table("shares"):
         return
