@@ -22,7 +22,9 @@ shared folder, so a member:
 
 The blocks a folder names are read from the database once and kept with the
 store's seq; a block not among them is looked up again only if the folder has
-had commits since.
+had commits since, and then only in the rows those commits wrote.  Blocks the
+folder named once stay readable to members after its history lets them go
+(they saw them then).
 """
 
 from __future__ import annotations
@@ -267,11 +269,16 @@ class Shares:
                 return frozenset()
             if cached is not None and cached[0] == seq:
                 return cached[1]
+            # Only what changed since the set was read: content written since, and content
+            # replaced since (a version made of a state the set may never have seen).
+            since = cached[0] if cached is not None else -1
             lists = conn.execute(union(
-                select(nodes.c.blocks).where(nodes.c.store == store, nodes.c.blocks != "[]"),
-                select(versions.c.blocks).where(versions.c.store == store),
+                select(nodes.c.blocks).where(nodes.c.store == store, nodes.c.seq > since, nodes.c.blocks != "[]"),
+                select(versions.c.blocks).where(versions.c.store == store, versions.c.replaced_seq > since),
             )).scalars()  # fmt: skip
-            named = frozenset(h for text in lists for h in blocks_from_text(text))
+            named: frozenset[str] = frozenset(h for text in lists for h in blocks_from_text(text))
+            if cached is not None:
+                named |= cached[1]
         with self._lock:
             if len(self._named) >= _NAMED_CACHE_MAX:
                 self._named.clear()

@@ -124,10 +124,16 @@ def test_members_read_and_write_a_shared_folder_and_read_only_members_are_refuse
     base = c["bob"].get(f"/v1/stores/{share}/nodes/{photo_id}").json()["node"]["seq"]
     update = {"op": "update", "id": photo_id, "base": base, "size": len(newer), "blocks": [_hash(newer)],
               "mtime_ns": 2}
-    assert _commit(c["bob"], share, update).status_code == 200
+    updated = _commit(c["bob"], share, update)
+    assert updated.status_code == 200
+    newest = os.urandom(4000)  # the owner's update before anyone reads: "newer" is only a version now
+    assert _put(c["alice"], newest).status_code == 201
+    again = {**update, "base": updated.json()["seq"], "size": len(newest), "blocks": [_hash(newest)]}
+    assert _commit(c["alice"], share, again).status_code == 200, again
     versions = c["carol"].get(f"/v1/stores/{share}/nodes/{photo_id}/versions").json()["versions"]
-    assert len(versions) == 2
-    assert c["carol"].get(f"/v1/blocks/{_hash(photo)}", params={"store": share}).content == photo  # the old one
+    assert len(versions) == 3
+    for old in (photo, newer):  # the old ones
+        assert c["carol"].get(f"/v1/blocks/{_hash(old)}", params={"store": share}).content == old
     assert _commit(c["bob"], share, {"op": "delete", "id": photo_id, "parent": "root", "name": "photo.jpg"}
                    ).status_code == 200  # fmt: skip
     trash = c["alice"].get(f"/v1/stores/{share}/trash").json()["items"]
