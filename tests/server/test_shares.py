@@ -267,3 +267,20 @@ def test_sharing_one_new_folder_from_many_requests_at_once_makes_one_folder(hous
     assert len({a.json()["store"] for a in answers}) == 1
     [listed] = c["alice"].get("/v1/shares").json()["shares"]
     assert [m["user"] for m in listed["members"]] == ["bob", "carol", "dave"]
+
+
+def test_removing_a_user_takes_their_shared_folders_and_their_memberships(household: Any) -> None:
+    server, c, own = household
+    family = _family(c, "bob", "carol")
+    bobs = _share(c["bob"], "Band", "carol").json()["store"]
+    note = os.urandom(1000)
+    assert _put(c["bob"], note, family).status_code == 201
+    assert _create(c["bob"], family, "note.txt", note).status_code == 200
+    for user in ("bob", "alice"):
+        done = subprocess.run(server_command("user", "remove", user, "--yes", "--data", str(server.data_dir),
+                                             *server.storage), capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert c["carol"].get("/v1/shares").json() == {"shares": []}
+    for store in (family, bobs):
+        assert c["carol"].get(f"/v1/stores/{store}/changes").status_code == 404
+    assert c["carol"].get(f"/v1/stores/{own['carol']}/changes").status_code == 200
