@@ -14,8 +14,9 @@ shared folder, so a member:
 - reads a block only if the folder names it (a file, a kept version or the
   trash);
 - hears "present" from ``blocks/missing`` only for such blocks and for blocks
-  a member sent for this folder (``share_blocks``), so asking never tells
-  whether the owner holds some content elsewhere;
+  a member sent for this folder (``share_blocks``; the collector drops a row
+  with the block it frees), so asking never tells whether the owner holds
+  some content elsewhere;
 - commits only blocks of those two kinds, so no member can name a hash of the
   owner's private files and then read it through the folder;
 - always hears "stored" (201) from an upload, whether the block was new.

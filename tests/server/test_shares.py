@@ -49,6 +49,12 @@ def household(
                 http.close()
 
 
+def _server_cli(server: ServerProcess, *args: str) -> None:
+    done = subprocess.run(server_command(*args, "--data", str(server.data_dir), *server.storage),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
 def _hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -277,10 +283,23 @@ def test_removing_a_user_takes_their_shared_folders_and_their_memberships(househ
     assert _put(c["bob"], note, family).status_code == 201
     assert _create(c["bob"], family, "note.txt", note).status_code == 200
     for user in ("bob", "alice"):
-        done = subprocess.run(server_command("user", "remove", user, "--yes", "--data", str(server.data_dir),
-                                             *server.storage), capture_output=True, text=True, timeout=60)  # fmt: skip
-        assert done.returncode == 0, done.stderr
+        _server_cli(server, "user", "remove", user, "--yes")
     assert c["carol"].get("/v1/shares").json() == {"shares": []}
     for store in (family, bobs):
         assert c["carol"].get(f"/v1/stores/{store}/changes").status_code == 404
     assert c["carol"].get(f"/v1/stores/{own['carol']}/changes").status_code == 200
+
+
+def test_a_members_upload_freed_by_the_collector_no_longer_lets_them_name_its_hash(household: Any) -> None:
+    server, c, own = household
+    share = _family(c, "bob")
+    data = os.urandom(3000)
+    assert _put(c["bob"], data, share).status_code == 201  # never committed
+    _server_cli(server, "retention", "--grace-hours", "0")
+    _server_cli(server, "gc")
+    # Later the owner stores the same bytes for herself: bob must not learn it, nor reach them.
+    assert _put(c["alice"], data).status_code == 201
+    assert _create(c["alice"], own["alice"], "mine.bin", data).status_code == 200
+    missing = c["bob"].post("/v1/blocks/missing", params={"store": share}, json={"hashes": [_hash(data)]})
+    assert missing.json() == {"missing": [_hash(data)]}
+    assert _create(c["bob"], share, "mine.bin", data).status_code == 400
