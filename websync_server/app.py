@@ -308,8 +308,9 @@ class _Api:
         identity = await self._identity(request)
         body = await self._json_object(request, identity)
         cursors, wait = body.get("cursors"), body.get("wait", 0)
-        if (not isinstance(cursors, dict) or not 0 < len(cursors) <= WAIT_STORES_MAX
-                or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 2**63 for c in cursors.values())):
+        if not isinstance(cursors, dict) or not 0 < len(cursors) <= WAIT_STORES_MAX or not all(
+            isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 2**63 for c in cursors.values()
+        ):
             raise InvalidRequest(f"cursors must map 1 to {WAIT_STORES_MAX} store ids to journal cursors")
         if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait < math.inf:
             raise InvalidRequest("wait must be a non-negative number of seconds")
@@ -369,8 +370,9 @@ class _Api:
             found = self._s.blocks.missing(space, hashes)
             if shared is None:
                 return found
-            usable = self._s.shares.usable(shared, hashes)  # nothing else of the owner's is told
-            return [h for h in hashes if h in set(found) or h not in usable]
+            # Nothing else of the owner's is told (shares.py).
+            lacking, usable = set(found), self._s.shares.usable(shared, hashes)
+            return [h for h in hashes if h in lacking or h not in usable]
 
         return JSONResponse({"missing": await self._s.admission.run(identity.user, missing)})
 

@@ -219,7 +219,8 @@ class Shares:
             .where(shares.c.store == store).order_by(users.c.name)
         ).all()  # fmt: skip
         read_only = any(m.id == viewer_id and m.read_only for m in members)
-        return ShareInfo(store, row.name, row.owner, read_only, tuple(Member(m.name, bool(m.read_only)) for m in members))
+        listed = tuple(Member(m.name, bool(m.read_only)) for m in members)
+        return ShareInfo(store, row.name, row.owner, read_only, listed)
 
     # -- blocks ------------------------------------------------------------------
 

@@ -95,11 +95,6 @@ class MetadataStore:
     def _trash_ns(self, owner: int) -> int:
         return self._forced_trash_ns if self._forced_trash_ns is not None else self.retention(owner).trash_ns
 
-    def owner(self, store_id: str) -> int | None:
-        """The user id owning *store_id*, or None for an unknown store."""
-        with self._db.read() as conn:
-            return conn.execute(select(stores.c.owner).where(stores.c.id == store_id)).scalar()
-
     def commit(self, store_id: str, device: str, batch_id: object, ops: object) -> int:
         """Apply a batch of wire ops atomically and return the store's new seq.
 
