@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from .commands import cache as cache_commands
-from .commands import account, folder, history, service, session
+from .commands import account, folder, history, service, session, share
 from .commands._common import Context
 
 
@@ -25,7 +25,7 @@ def main(ctx: click.Context, home: str | None, verbose: bool) -> None:
 
 
 
-for module in (session, folder, account, history, cache_commands, service):
+for module in (session, folder, account, history, share, cache_commands, service):
     for name in module.COMMANDS:
         main.add_command(getattr(module, name))
 

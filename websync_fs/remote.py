@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 
@@ -202,6 +203,19 @@ class Remote:
         """Log one of the user's devices out; return its name."""
         resp = await self._request("POST", f"{API}/devices/{device_id}/revoke", json={})
         return _answer(resp, lambda body: str(body["name"]))
+
+    async def shares(self) -> list[dict[str, Any]]:
+        """The shared folders this user owns or is a member of: store, name, owner, read_only, members."""
+        return _answer(await self._request("GET", f"{API}/shares"), lambda body: list(body["shares"]))
+
+    async def share(self, name: str, user: str, read_only: bool) -> dict[str, Any]:
+        """Share this user's folder *name* with *user* (made on first use); the share as listed."""
+        body = {"name": name, "user": user, "read_only": read_only}
+        return _answer(await self._request("POST", f"{API}/shares", json=body), dict)
+
+    async def unshare(self, store: str, user: str) -> None:
+        """Remove *user* from shared folder *store* (this user's own, or leave one)."""
+        await self._request("POST", f"{API}/shares/{store}/members/{quote(user, safe='')}/remove", json={})
 
     async def changes(self, cursor: int, wait: float = 0, limit: int = 10000) -> Changes:
         resp = await self._changes(cursor, wait, limit)

@@ -12,6 +12,7 @@ Anything else that escapes a handler is a bug and answers 500.
     │   └── ProtocolMismatch         400 protocol: a client of another protocol version
     ├── Unauthorized                 401 unauthorized
     ├── Forbidden                    403 forbidden
+    │   └── ReadOnly                 403 read_only (a read-only member of a shared folder)
     ├── NotFound                     404 not_found
     ├── RequestTimeout               408 request_timeout
     ├── Conflict                     409 conflict
@@ -44,6 +45,7 @@ __all__ = [
     "NotFound",
     "ProtocolMismatch",
     "QuotaExceeded",
+    "ReadOnly",
     "RangeNotSatisfiable",
     "RequestTimeout",
     "ServerError",
@@ -95,6 +97,12 @@ class Forbidden(ServerError):
 
     status = 403
     code = "forbidden"
+
+
+class ReadOnly(Forbidden):
+    """A change to a shared folder the caller may only read."""
+
+    code = "read_only"
 
 
 class NotFound(ServerError):

@@ -68,6 +68,8 @@ __all__ = [
 ]
 
 audit = logging.getLogger("websync_server.audit")
+# A user's own store, not the shared folders they own (those have a name, shares.py).
+_own_store = (stores.c.owner == users.c.id) & stores.c.name.is_(None)
 
 # User names become directory names (blocks/<user>/), on file systems that may
 # ignore case: lower-case ASCII only, and never a dot-file.
@@ -213,7 +215,7 @@ class Accounts:
         )
         query = (
             select(users.c.name, stores.c.id.label("store"), device_count.label("devices"), users.c.created_ns)
-            .join(stores, stores.c.owner == users.c.id)
+            .join(stores, _own_store)
             .order_by(users.c.name)
         )
         with self._db.read() as conn:
@@ -236,7 +238,7 @@ class Accounts:
             with self._db.read() as conn:
                 row = conn.execute(
                     select(users.c.id, users.c.password_hash, stores.c.id.label("store"))
-                    .join(stores, stores.c.owner == users.c.id)
+                    .join(stores, _own_store)
                     .where(users.c.name == user)
                 ).first()
         if not self._verify(row.password_hash if row else None, password):
@@ -273,7 +275,7 @@ class Accounts:
                 devices.c.last_seen_ns,
             )
             .join(users, users.c.id == devices.c.user_id)
-            .join(stores, stores.c.owner == users.c.id)
+            .join(stores, _own_store)
             .where(devices.c.token_sha256 == digest, devices.c.revoked.is_(False))
         )  # fmt: skip
         with self._db.read() as conn:

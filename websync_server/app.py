@@ -29,12 +29,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ._exceptions import (
-    Forbidden,
     InvalidRequest,
     NotFound,
     ProtocolMismatch,
     QuotaExceeded,
     RangeNotSatisfiable,
+    ReadOnly,
     RequestTimeout,
     ServerError,
     TooLarge,
@@ -46,10 +46,12 @@ from .accounts import Identity, Login
 from .hostcheck import HostCheck
 from .journal import DEFAULT_LIMIT
 from .logins import guarded_check, guarded_login
+from .ops import block_hashes, parse_ops
 from .protocol import (
     API, BLOCK_SIZE, FORMAT_COMPACT, FORMAT_OBJECTS, FORMATS, WAIT_MAX, BlockHash, ChangeRows, Changes, is_block_hash,
 )
 from .services import Services
+from .shares import Access
 from .web import install as install_web_page
 
 __all__ = ["PROTOCOL_VERSION", "create_app"]
@@ -63,6 +65,8 @@ JSON_BODY_MAX = 16 * 1024 * 1024
 BODY_TIMEOUT_S = 30.0
 #: Largest login body: read before anyone is known, so small.
 LOGIN_BODY_MAX = 4 * 1024
+#: Stores one ``changes/wait`` call may wait on (a user's own, and shared folders).
+WAIT_STORES_MAX = 512
 #: JSON bodies up to this size are parsed on the event loop (well under a millisecond).
 _PARSE_ON_LOOP_MAX = 64 * 1024
 
@@ -131,7 +135,11 @@ def create_app(
         Route(f"{API}/devices", api.devices, methods=["GET"]),
         Route(f"{API}/usage", api.usage, methods=["GET"]),
         Route(f"{API}/devices/{{device}}/revoke", api.revoke_device, methods=["POST"]),
+        Route(f"{API}/shares", api.shares, methods=["GET"]),
+        Route(f"{API}/shares", api.share, methods=["POST"]),
+        Route(f"{API}/shares/{{store}}/members/{{user}}/remove", api.unshare, methods=["POST"]),
         Route(f"{API}/stores/{{store}}/changes", api.changes, methods=["GET"]),
+        Route(f"{API}/changes/wait", api.wait_any, methods=["POST"]),
         Route(f"{API}/stores/{{store}}/nodes/{{node}}", api.node, methods=["GET"]),
         Route(f"{API}/stores/{{store}}/nodes/{{node}}/versions", api.versions, methods=["GET"]),
         Route(f"{API}/stores/{{store}}/trash", api.trash, methods=["GET"]),
@@ -250,8 +258,30 @@ class _Api:
     def _revoke(self, identity: Identity, device_id: int, why: str) -> str:
         return self._s.accounts.revoke_device(identity, device_id, why=why)
 
+    async def shares(self, request: Request) -> Response:
+        """The shared folders the caller owns or is a member of."""
+        identity = await self._identity(request)
+        found = await self._s.admission.run(identity.user, self._s.shares.listed, identity.user_id)
+        return JSONResponse({"shares": [s.to_wire() for s in found]})
+
+    async def share(self, request: Request) -> Response:
+        """Share the caller's folder ``name`` with ``user`` (made on first use), or change the member's mode."""
+        identity = await self._identity(request)
+        body = await self._json_object(request, identity)
+        info = await self._s.admission.run(identity.user, self._s.shares.share, identity.user_id, identity.user,
+                                           body.get("name"), body.get("user"), body.get("read_only", False))
+        return JSONResponse(info.to_wire())
+
+    async def unshare(self, request: Request) -> Response:
+        """Remove a member: the owner removes anyone, a member leaves."""
+        identity = await self._identity(request)
+        store, member = request.path_params["store"], request.path_params["user"]
+        await self._s.admission.run(identity.user, self._s.shares.unshare, identity.user_id, identity.user,
+                                    store, member)
+        return JSONResponse({"ok": True})
+
     async def changes(self, request: Request) -> Response:
-        identity, store = await self._store_access(request)
+        identity, store, _ = await self._store_access(request)
         cursor = _int_param(request, "cursor", 0)
         limit = _int_param(request, "limit", DEFAULT_LIMIT)
         wait = min(_float_param(request, "wait", 0.0), WAIT_MAX)
@@ -273,68 +303,120 @@ class _Api:
                 body = await self._s.admission.run(identity.user, _encode_changes, changes)
                 return Response(body, media_type="application/json")
 
+    async def wait_any(self, request: Request) -> Response:
+        """One long poll over several stores: which of them have news past the caller's cursors."""
+        identity = await self._identity(request)
+        body = await self._json_object(request, identity)
+        cursors, wait = body.get("cursors"), body.get("wait", 0)
+        if not isinstance(cursors, dict) or not 0 < len(cursors) <= WAIT_STORES_MAX or not all(
+            isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 2**63 for c in cursors.values()
+        ):
+            raise InvalidRequest(f"cursors must map 1 to {WAIT_STORES_MAX} store ids to journal cursors")
+        if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait < math.inf:
+            raise InvalidRequest("wait must be a non-negative number of seconds")
+        await self._s.admission.run(identity.user, self._s.shares.check_reachable, identity.user_id, list(cursors))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(float(wait), WAIT_MAX)
+        while True:
+            where = await self._s.admission.run(identity.user, self._s.store.positions, list(cursors))
+            # A commit past the cursor, or a cursor the journal answers with a reset.
+            ready = sorted(s for s, (seq, horizon) in where.items() if seq != cursors[s] or horizon > cursors[s])
+            remaining = deadline - loop.time()
+            # Read first, wait second, as for one store (notifier.py).
+            seqs = {s: seq for s, (seq, _) in where.items()}
+            if ready or remaining <= 0 or not await self._s.notifier.wait_any(seqs, remaining):
+                return JSONResponse({"ready": ready})
+
     async def node(self, request: Request) -> Response:
-        identity, store = await self._store_access(request)
+        identity, store, _ = await self._store_access(request)
         state = await self._s.admission.run(identity.user, self._s.store.node_state, store, request.path_params["node"])
         return JSONResponse(state.to_wire())
 
     async def versions(self, request: Request) -> Response:
-        identity, store = await self._store_access(request)
+        identity, store, _ = await self._store_access(request)
         listed = await self._s.admission.run(identity.user, self._s.store.versions, store, request.path_params["node"])
         return JSONResponse({"versions": [v.to_wire() for v in listed]})
 
     async def trash(self, request: Request) -> Response:
-        identity, store = await self._store_access(request)
+        identity, store, _ = await self._store_access(request)
         items = await self._s.admission.run(identity.user, self._s.store.trash, store)
         return JSONResponse({"items": [i.to_wire() for i in items]})
 
     async def commit(self, request: Request) -> Response:
-        identity, store = await self._store_access(request)
+        identity, store, access = await self._store_access(request)
+        if access.read_only:
+            raise ReadOnly(f"the shared folder {store} is read-only for user {identity.user}")
         body = await self._json_object(request, identity)
         # The store announces the commit itself (MetadataStore.on_commit), from its thread.
-        seq = await self._s.admission.write(identity.user, self._commit, identity, store, body)
+        seq = await self._s.admission.write(identity.user, self._commit, identity, store, access, body)
         log.debug("store %s: commit %s by %s is seq %d", store, body.get("batch"), identity.device, seq)
         return JSONResponse({"seq": seq})
 
-    def _commit(self, identity: Identity, store: str, body: dict[str, Any]) -> int:
-        self._s.quotas.check_commit(identity.user, store, body.get("batch"), body.get("ops"))
+    def _commit(self, identity: Identity, store: str, access: Access, body: dict[str, Any]) -> int:
+        if access.member:  # only blocks of the folder or sent for it (shares.py)
+            self._s.shares.check_usable(store, block_hashes(parse_ops(body.get("ops"))))
+        # A shared folder's nodes count against its owner's bound.
+        self._s.quotas.check_commit(access.owner, store, body.get("batch"), body.get("ops"))
         return self._s.store.commit(store, identity.device, body.get("batch"), body.get("ops"))
 
     async def missing_blocks(self, request: Request) -> Response:
         identity = await self._identity(request)
+        space, shared = await self._block_space(request, identity, write=False)
         hashes = (await self._json_object(request, identity)).get("hashes")
         if not isinstance(hashes, list) or not all(is_block_hash(h) for h in hashes):
             raise InvalidRequest("hashes must be a list of 64 lower-case hex digit SHA-256 hashes")
-        missing = await self._s.admission.run(identity.user, self._s.blocks.missing, identity.user, hashes)
-        return JSONResponse({"missing": missing})
+
+        def missing() -> list[BlockHash]:
+            found = self._s.blocks.missing(space, hashes)
+            if shared is None:
+                return found
+            # Nothing else of the owner's is told (shares.py).
+            lacking, usable = set(found), self._s.shares.usable(shared, hashes)
+            return [h for h in hashes if h in lacking or h not in usable]
+
+        return JSONResponse({"missing": await self._s.admission.run(identity.user, missing)})
 
     async def put_block(self, request: Request) -> Response:
         identity = await self._identity(request)
         block = _block_param(request)
         # The pieces as received: joining 4 MiB into one buffer costs a copy and a
         # fresh allocation's page faults; the store hashes and writes them in turn.
+        space, shared = await self._block_space(request, identity, write=True)
         pieces = await _read_pieces(request, BLOCK_SIZE, self._body_timeout)
         # Hashing 4 MiB and fsyncing take milliseconds: off the event loop.
-        created = await self._s.admission.run(identity.user, self._s.quotas.put_block, identity.user, block, pieces)
+        created = await self._s.admission.run(identity.user, self._put_blocks, space, shared, [(block, pieces)])
         size = sum(len(piece) for piece in pieces)
         return JSONResponse({"hash": block, "size": size}, status_code=201 if created else 200)
+
+    def _put_blocks(self, space: str, shared: str | None, blocks: list[tuple[BlockHash, Any]]) -> int:
+        """Store *blocks* in *space*'s folder; how many were new (all, for a member: shares.py)."""
+        created = self._s.quotas.put_blocks(space, blocks)
+        if shared is None:
+            return created
+        self._s.shares.record_upload(shared, [block for block, _ in blocks])
+        return len(blocks)
 
     async def put_blocks(self, request: Request) -> Response:
         """Many small blocks in one request: a folder of small files costs one round trip."""
         identity = await self._identity(request)
+        space, shared = await self._block_space(request, identity, write=True)
         body = await _read_body(request, BLOCKS_BODY_MAX, self._body_timeout)
         frames = _split_frames(body)
         # Every frame is checked before any is stored; the lot is flushed to disk together.
-        created = await self._s.admission.run(identity.user, self._s.quotas.put_blocks, identity.user, frames)
+        created = await self._s.admission.run(identity.user, self._put_blocks, space, shared, frames)
         return JSONResponse({"blocks": len(frames), "created": created}, status_code=200)
 
     async def get_block(self, request: Request) -> Response:
         identity = await self._identity(request)
         block = _block_param(request)
         first, last, ranged = _parse_range(request.headers.get("range"))
-        extent = self._s.blocks.read_small(identity.user, block, first, last)
+        space, shared = await self._block_space(request, identity, write=False)
+        if shared is not None and not await self._s.admission.run(identity.user, self._s.shares.readable, shared,
+                                                                  [block]):
+            raise NotFound(f"block {block} is not in this shared folder")
+        extent = self._s.blocks.read_small(space, block, first, last)
         if extent is None:
-            extent = await self._s.admission.run(identity.user, self._s.blocks.read, identity.user, block, first, last)
+            extent = await self._s.admission.run(identity.user, self._s.blocks.read, space, block, first, last)
         headers = {"Accept-Ranges": "bytes", "ETag": f'"{block}"', "Cache-Control": _BLOCK_CACHE_CONTROL}
         if not ranged or extent.whole:
             return Response(extent.data, headers=headers, media_type="application/octet-stream")
@@ -374,17 +456,30 @@ class _Api:
         except Exception:  # noqa: BLE001 - forgotten: the next request asks the database itself
             log.warning("could not recheck a token; its next request asks the database", exc_info=True)
 
-    async def _store_access(self, request: Request) -> tuple[Identity, str]:
-        """The caller's identity and the store of the URL, which the caller must own."""
+    async def _store_access(self, request: Request) -> tuple[Identity, str, Access]:
+        """The caller's identity, the store of the URL and how the caller may use it (owner or member)."""
         identity = await self._identity(request)
         store = request.path_params["store"]
-        if store != identity.store:
-            owner = await self._s.admission.run(identity.user, self._s.store.owner, store)
-            if owner is None:
-                raise NotFound(f"there is no store {store}")
-            if owner != identity.user_id:
-                raise Forbidden(f"store {store} belongs to another user")
-        return identity, store
+        if store == identity.store:
+            return identity, store, Access(identity.user_id, identity.user, member=False, read_only=False)
+        access = await self._s.admission.run(identity.user, self._s.shares.access, identity.user_id, store)
+        return identity, store, access
+
+    async def _block_space(self, request: Request, identity: Identity, *, write: bool) -> tuple[str, str | None]:
+        """Whose block folder a block call uses, and the shared folder it goes through (None: the caller's own).
+
+        ``?store=`` names a shared folder the caller is a member of: its blocks
+        lie in the owner's folder, reached only as shares.py allows.
+        """
+        store = request.query_params.get("store")
+        if store is None or store == identity.store:
+            return identity.user, None
+        access = await self._s.admission.run(identity.user, self._s.shares.access, identity.user_id, store)
+        if not access.member:
+            return identity.user, None
+        if write and access.read_only:
+            raise ReadOnly(f"the shared folder {store} is read-only for user {identity.user}")
+        return access.owner, store
 
 
 def _encode_changes(changes: Changes | ChangeRows) -> bytes:

@@ -57,7 +57,7 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 from .blocks import Blocks, StoredBlock
 from .database import Database
 from .retention import Retention, read_retention
-from .schema import batches, entries, meta, nodes, stores, users, versions
+from .schema import batches, entries, meta, nodes, share_blocks, stores, users, versions
 
 __all__ = ["LOCK_FILENAME", "Collector", "Report", "Schedule", "collection_lock", "gc_generation"]
 
@@ -322,6 +322,7 @@ class Collector:
             generation = gc_generation(conn) + 1
             conn.execute(delete(meta).where(meta.c.key == _GENERATION))
             conn.execute(insert(meta).values(key=_GENERATION, value=str(generation)))
+            removed: list[str] = []
             for stored in chunk:
                 if bytes.fromhex(stored.block) in since:
                     report.kept_blocks += 1
@@ -333,6 +334,10 @@ class Collector:
                 report.bytes += stored.size
                 freed["blocks"] += 1
                 freed["bytes"] += stored.size
+                removed.append(stored.block)
+            # A member's upload that is gone no longer lets members name the hash (shares.py).
+            conn.execute(delete(share_blocks).where(share_blocks.c.store.in_(store_ids),
+                                                    share_blocks.c.hash.in_(removed)))  # fmt: skip
 
 
 def _deleted_before(cutoff_ns: int) -> Any:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 __all__ = ["Notifier"]
 
@@ -85,29 +85,35 @@ class Notifier:
         after that commit but before its announcement got here) is not the
         caller's: it waits on, instead of answering "nothing new" at once.
         """
+        return await self.wait_any({store: after}, timeout)
+
+    async def wait_any(self, afters: dict[str, int], timeout: float) -> bool:
+        """`wait` on several stores at once: until one's seq passes its value in *afters*."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         rounds = self._rounds
-        while self._seqs.get(store, 0) <= after:
+        while all(self._seqs.get(store, 0) <= after for store, after in afters.items()):
             remaining = deadline - loop.time()
             if self._closed or remaining <= 0 or self._rounds != rounds:
                 return False  # a wake_all: news may have been missed, the caller rereads the journal
-            await self._sleep(store, remaining)
+            await self._sleep(afters, remaining)
         return True
 
-    async def _sleep(self, store: str, timeout: float) -> None:
-        """Until the next announcement for *store* (or shutdown), at most *timeout* seconds."""
+    async def _sleep(self, stores: Collection[str], timeout: float) -> None:
+        """Until the next announcement for one of *stores* (or shutdown), at most *timeout* seconds."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters = self._waiters.setdefault(store, set())
-        waiters.add(future)
+        sets = [self._waiters.setdefault(store, set()) for store in stores]
+        for waiters in sets:
+            waiters.add(future)
         try:
             await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
             pass
         finally:
-            waiters.discard(future)
-            if not waiters and self._waiters.get(store) is waiters:
-                del self._waiters[store]
+            for store, waiters in zip(stores, sets):
+                waiters.discard(future)
+                if not waiters and self._waiters.get(store) is waiters:
+                    del self._waiters[store]
 
     def wake_all(self) -> None:
         """Wake every waiter to reread the journal (news may have been missed); safe from any thread."""

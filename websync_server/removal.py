@@ -19,7 +19,7 @@ from ._exceptions import InvalidRequest
 from .accounts import audit
 from .blocks import Blocks
 from .database import Database
-from .schema import batches, devices, entries, meta, nodes, stores, users, versions
+from .schema import batches, devices, entries, meta, nodes, share_blocks, shares, stores, users, versions
 
 __all__ = ["remove_user"]
 
@@ -30,8 +30,10 @@ def remove_user(db: Database, blocks: Blocks, name: str) -> int:
         if user_id is None:
             raise InvalidRequest(f"there is no user named {name!r}")
         mine = select(stores.c.id).where(stores.c.owner == user_id)
+        # Their memberships in others' shared folders go; their own shared folders go with them.
+        conn.execute(delete(shares).where(shares.c.user_id == user_id))
         # Children first: entries and versions name nodes, nodes and batches name stores.
-        for table in (entries, versions, batches):
+        for table in (entries, versions, batches, shares, share_blocks):
             conn.execute(delete(table).where(table.c.store.in_(mine)))
         removed = conn.execute(delete(nodes).where(nodes.c.store.in_(mine), nodes.c.id != "root")).rowcount
         conn.execute(delete(nodes).where(nodes.c.store.in_(mine)))

@@ -61,6 +61,8 @@ __all__ = [
     "metadata",
     "node_from_row",
     "nodes",
+    "share_blocks",
+    "shares",
     "stores",
     "users",
     "versions",
@@ -69,7 +71,8 @@ __all__ = [
 # 2: versions, trash places, hard links, special nodes, extended attributes.
 # 3: indexes for the collector's retention queries (migrations/versions/0003_*).
 # 4: quotas of users, when each device was last seen (migrations/versions/0004_*).
-SCHEMA_VERSION = 4
+# 5: shared folders: stores with a name, their members, blocks members sent (0005_shares).
+SCHEMA_VERSION = 5
 
 metadata = MetaData()
 
@@ -127,6 +130,33 @@ stores = Table(
     # can have missed a removal and gets a reset.
     Column("horizon", BigInteger, nullable=False),
     Column("created_ns", BigInteger, nullable=False),
+    # NULL: the owner's own store (one per user); else a shared folder's name (shares.py).
+    Column("name", _NAME, nullable=True),
+    # One shared folder per name and owner, also when two requests make it at once
+    # (NULLs are distinct here on SQLite and PostgreSQL alike).
+    Index("stores_by_name", "owner", "name", unique=True),
+)
+
+# The members of a shared folder other than its owner (``stores.owner``).
+shares = Table(
+    "shares",
+    metadata,
+    Column("store", _ID, ForeignKey("stores.id"), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("read_only", Boolean, nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+    PrimaryKeyConstraint("store", "user_id"),
+    Index("shares_by_user", "user_id"),
+)
+
+# Blocks a member uploaded for a shared folder: the owner's block folder holds
+# them, and a member's commit may name only these and blocks the folder names.
+share_blocks = Table(
+    "share_blocks",
+    metadata,
+    Column("store", _ID, ForeignKey("stores.id"), nullable=False),
+    Column("hash", String(64), nullable=False),
+    PrimaryKeyConstraint("store", "hash"),
 )
 
 nodes = Table(

@@ -34,6 +34,7 @@ from .database import DB_FILENAME, Database, sqlite_url
 from .gc import Collector, Schedule
 from .notifier import Notifier
 from .quotas import Quotas
+from .shares import Shares
 from .store import MetadataStore
 
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ class Services:
     admission: Admission
     guesses: Guesses
     quotas: Quotas
+    shares: Shares
     schedule: Schedule | None = None
     listener: Listener | None = None
 
@@ -140,6 +142,7 @@ class Services:
             admission=Admission(),
             guesses=Guesses(),
             quotas=Quotas(db, blocks),
+            shares=Shares(db),
         )
 
     def listen_for_other_processes(self) -> None:

@@ -48,15 +48,16 @@ class BlockSizes(Protocol):
     def sizes(self, user: str, blocks: Iterable[BlockHash]) -> dict[BlockHash, int]: ...
 
 
-def new_store(conn: Connection, owner: int) -> str:
+def new_store(conn: Connection, owner: int, name: str | None = None) -> str:
     """Create an empty store (just its root directory) for user *owner*; return its id.
 
+    *name* is a shared folder's (shares.py); None makes the user's own store.
     The store's creation is its commit 1, so a first listing from cursor 0
     returns the root.
     """
     store_id = uuid.uuid4().hex
     now = time.time_ns()
-    conn.execute(insert(stores).values(id=store_id, owner=owner, seq=1, horizon=0, created_ns=now))
+    conn.execute(insert(stores).values(id=store_id, owner=owner, seq=1, horizon=0, created_ns=now, name=name))
     conn.execute(
         insert(nodes).values(
             store=store_id, id=ROOT_ID, kind=KIND_DIR, mode=ROOT_MODE, size=0, mtime_ns=now,
@@ -93,11 +94,6 @@ class MetadataStore:
 
     def _trash_ns(self, owner: int) -> int:
         return self._forced_trash_ns if self._forced_trash_ns is not None else self.retention(owner).trash_ns
-
-    def owner(self, store_id: str) -> int | None:
-        """The user id owning *store_id*, or None for an unknown store."""
-        with self._db.read() as conn:
-            return conn.execute(select(stores.c.owner).where(stores.c.id == store_id)).scalar()
 
     def commit(self, store_id: str, device: str, batch_id: object, ops: object) -> int:
         """Apply a batch of wire ops atomically and return the store's new seq.
@@ -151,6 +147,12 @@ class MetadataStore:
             conn.execute(insert(batches).values(store=store_id, batch=batch, seq=seq, device=device, time_ns=now))
             self._db.announce(conn, store_id, seq)
         return seq
+
+    def positions(self, store_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """``(seq, horizon)`` of each of *store_ids* that exists: where its journal stands."""
+        with self._db.read() as conn:
+            rows = conn.execute(select(stores.c.id, stores.c.seq, stores.c.horizon).where(stores.c.id.in_(store_ids)))
+            return {r.id: (int(r.seq), int(r.horizon)) for r in rows}
 
     def changes(self, store_id: str, cursor: int, limit: int = journal.DEFAULT_LIMIT) -> Changes:
         """Nodes and entries changed after *cursor*; see `journal.read_changes`."""

@@ -140,7 +140,11 @@ class _Web:
         node_id = request.path_params["node"]
         if not is_node_id(node_id):
             raise InvalidRequest(f"{node_id!r} is not a node id")
-        state = await run_in_threadpool(self._s.store.node_state, identity.store, node_id)
+        store, space = identity.store, identity.user
+        if request.query_params.get("store", store) != store:  # a shared folder: its blocks are its owner's
+            store = request.query_params["store"]
+            space = (await run_in_threadpool(self._s.shares.access, identity.user_id, store)).owner
+        state = await run_in_threadpool(self._s.store.node_state, store, node_id)
         node = state.node
         if node.kind != KIND_FILE or node.deleted:
             raise NotFound(f"node {node_id} is not a live file")
@@ -152,7 +156,7 @@ class _Web:
         if ranged:
             headers["Content-Range"] = f"bytes {start}-{stop - 1}/{node.size}"
         media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        body = self._stream(identity.user, node.blocks, start, stop)
+        body = self._stream(space, node.blocks, start, stop)
         return StreamingResponse(body, status_code=206 if ranged else 200, headers=headers, media_type=media_type)
 
     async def _stream(self, user: str, blocks: tuple[BlockHash, ...], start: int, stop: int) -> AsyncIterator[bytes]:

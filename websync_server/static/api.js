@@ -20,6 +20,7 @@ export function newId() {
 export class Api {
   constructor(session) {
     this.session = session;
+    this.current = session.store; // the store shown: the user's own, or a shared folder
   }
 
   static async login(user, password) {
@@ -36,7 +37,12 @@ export class Api {
     }
   }
 
-  get store() { return this.session.store; }
+  get store() { return this.current; }
+
+  /** The query that sends a block call through the shared folder shown, if one is. */
+  get via() { return this.current === this.session.store ? "" : `?store=${this.current}`; }
+
+  shares() { return this.send("GET", "/v1/shares"); }
 
   logout() { return this.send("POST", "/web/logout"); }
 
@@ -56,13 +62,14 @@ export class Api {
 
   revokeDevice(id) { return this.send("POST", `/v1/devices/${id}/revoke`, {}); }
 
-  missing(hashes) { return this.send("POST", "/v1/blocks/missing", { hashes }); }
+  missing(hashes) { return this.send("POST", `/v1/blocks/missing${this.via}`, { hashes }); }
 
-  putBlock(hash, bytes) { return this.send("PUT", `/v1/blocks/${hash}`, bytes); }
+  putBlock(hash, bytes) { return this.send("PUT", `/v1/blocks/${hash}${this.via}`, bytes); }
 
   /** The address of a file's bytes: opened in the browser, or downloaded. */
   fileUrl(node, name, download) {
-    return `/web/files/${node}?name=${encodeURIComponent(name)}${download ? "&download=1" : ""}`;
+    const store = this.current === this.session.store ? "" : `&store=${this.current}`;
+    return `/web/files/${node}?name=${encodeURIComponent(name)}${download ? "&download=1" : ""}${store}`;
   }
 
   send(method, path, body, signal) {

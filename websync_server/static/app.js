@@ -75,13 +75,43 @@ async function enter(api) {
   $("#login").hidden = true;
   $("#app").hidden = false;
   $("#who").textContent = `${api.session.user} · ${api.session.device}`;
+  await follow();
+  refreshUsage();
+  listShares().catch((err) => say(err.message, true));
+}
+
+/** List the store shown (the user's own or a shared folder) and follow its changes. */
+async function follow() {
   say("Listing…");
-  state.follower = new Follower(api, state.tree, changed, trouble);
+  state.follower = new Follower(state.api, state.tree, changed, trouble);
   await state.follower.list();
   say("");
   route();
-  refreshUsage();
   state.follower.run();
+}
+
+/** Offer the shared folders the user owns or is a member of beside their own files. */
+async function listShares() {
+  const { shares } = await state.api.shares();
+  const user = state.api.session.user;
+  const options = shares.map((s) => el("option", {
+    value: s.store,
+    textContent: `${s.name}${s.owner === user ? "" : ` (${s.owner})`}${s.read_only ? " · read-only" : ""}`,
+  }));
+  $("#place").replaceChildren(el("option", { value: state.api.session.store, textContent: "My files" }), ...options);
+  $("#place").value = state.api.current;
+  $("#place").hidden = shares.length === 0;
+}
+
+$("#place").addEventListener("change", (event) => show(event.target.value).catch((err) => say(err.message, true)));
+
+async function show(store) {
+  state.follower?.stop();
+  state.api.current = store;
+  state.tree = new Tree();
+  state.folder = ROOT;
+  if (location.hash !== "#/") history.replaceState(null, "", "#/");
+  await follow();
 }
 
 function changed(touched) {
