@@ -1,4 +1,4 @@
-"""``python -m tests.bench run``: WebSync vs a local directory vs rclone mount (issue 7).
+"""``python -m tests.bench run``: WebSync vs a local directory, an in-memory FUSE ceiling and rclone mount.
 
 Run from the repository root as root (for FUSE and for dropping the page
 cache before cold reads).  It prints one table and writes it, with the
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument("--edits", type=int, help="propagation edits (default 200; quick 50)")
     cmd.add_argument("--store-files", type=int, help="files in the big store of the changes row (default 200,000)")
     cmd.add_argument("--targets", type=lambda s: _list(s, ALL_TARGETS), default=list(ALL_TARGETS),
-                     help="comma-separated subset of local,websync,rclone")
+                     help=f"comma-separated subset of {','.join(ALL_TARGETS)}")
     cmd.add_argument("--only", type=lambda s: _list(s, tuple(PHASES)), default=list(PHASES),
                      help=f"comma-separated phases to run ({','.join(PHASES)}); later ones need 'big'")
     cmd.add_argument("--no-drop-caches", action="store_true", help="never drop the kernel's caches")
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error in {where}: {error}")
     if not args.no_doc:
         section = render_section(mode, command, time.strftime("%Y-%m-%d %H:%M"), machine_info(), params, results,
-                                 elapsed, rclone_version() if "rclone" in args.targets else "rclone not run")
+                                 elapsed, rclone_version() if any(t.startswith("rclone") for t in args.targets)
+                                 else "rclone not run")
         write_doc(args.doc, mode, section)
         print(f"\nwritten to {args.doc} (section '{mode}')")
     return 1 if results.errors else 0
