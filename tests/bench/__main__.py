@@ -8,6 +8,7 @@ machine and the command, into docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     command = ".venv/bin/python -m tests.bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     started = time.time()
+    load_before = os.getloadavg()[0]
     results = run(params, args.targets, args.only, workdir=args.workdir, keep=args.keep, profile=args.profile,
                   budget=args.budget_min * 60 if args.budget_min else None)
     elapsed = time.time() - started
@@ -94,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     for where, error in results.errors.items():
         print(f"error in {where}: {error}")
     if not args.no_doc:
-        section = render_section(mode, command, time.strftime("%Y-%m-%d %H:%M"), machine_info(), params, results,
+        info = machine_info()
+        info["load"] = f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+        section = render_section(mode, command, time.strftime("%Y-%m-%d %H:%M"), info, params, results,
                                  elapsed, rclone_version() if any(t.startswith("rclone") for t in args.targets)
                                  else "rclone not run")
         write_doc(args.doc, mode, section)

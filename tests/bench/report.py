@@ -291,6 +291,7 @@ def render_section(mode: str, command: str, date: str, info: dict[str, str], p: 
             f"Machine: {info['nproc']} cores ({info['cpu']}), {info['memory']} memory, Linux {info['kernel']}, "
             f"Python {info['python']}, disk `{info['disk']}`; WebSync at commit {info['commit']}; {rclone}; "
             f"page cache dropped for cold rows: {'yes' if r.dropped_caches else 'no'}."
+            + (f" Load average (1 min, other users' work on the same cores): {info['load']}." if "load" in info else "")
         ),
         "",
         render_table(p, r),
