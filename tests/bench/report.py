@@ -314,9 +314,10 @@ def render_section(mode: str, command: str, date: str, info: dict[str, str], p: 
 
 DOC_HEAD = """# Benchmarks
 
-WebSync side by side with a local directory on the same disk and with rclone
-mount (`--vfs-cache-mode full` over `rclone serve webdav`), on one machine in one
-run (issue 7). The sections between the `bench:` markers are written by the
+WebSync side by side with a local directory on the same disk, an in-memory
+FUSE file system doing no work (the ceiling), and rclone mount
+(`--vfs-cache-mode full` over `rclone serve webdav`) twice, tuned to sync
+quickly and at its defaults, on one machine in one run. The sections between the `bench:` markers are written by the
 benchmark itself; everything else here is by hand.
 
 """

@@ -1,4 +1,4 @@
-"""The workloads of issue 7, each run on one target and reported as numbers per row.
+"""The benchmark's workloads, each run on one target and reported as numbers per row.
 
 A phase is a function ``phase(target, params, results)`` that records its rows
 with `Results.set`.  Phases depend on earlier ones (reads read what the write
