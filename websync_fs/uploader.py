@@ -427,9 +427,12 @@ class Uploader:
     async def _upload_group(self, hashes: list[BlockHash], limiter: trio.CapacityLimiter) -> None:
         """Several small blocks in one request (a folder of small files: one round trip)."""
         async with limiter:
+            # One trip to a thread for the whole group: a trip per block cost more than
+            # reading a small block, on the event loop the FUSE requests wait for.
+            read = self._read_block
+            datas = await trio.to_thread.run_sync(lambda: [read(h) for h in hashes])
             frames = []
-            for h in hashes:
-                data = await trio.to_thread.run_sync(self._read_block, h)
+            for h, data in zip(hashes, datas):
                 if data is None:
                     raise _LostBlock(f"block {h} waiting for upload is missing or damaged in the local cache")
                 frames.append((h, data))

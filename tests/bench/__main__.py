@@ -1,4 +1,4 @@
-"""``python -m tests.bench run``: WebSync vs a local directory vs rclone mount (issue 7).
+"""``python -m tests.bench run``: WebSync vs a local directory, an in-memory FUSE ceiling and rclone mount.
 
 Run from the repository root as root (for FUSE and for dropping the page
 cache before cold reads).  It prints one table and writes it, with the
@@ -8,6 +8,7 @@ machine and the command, into docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -43,13 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("run", help="run the benchmark")
     cmd.add_argument("--quick", action="store_true",
-                     help="small sizes (64 MiB files, 1,000 small files, 50 edits, 20,000-file store): a few minutes")
+                     help="small sizes (64 MiB files, 1,000 small files, 50 edits, 20,000-file store): about 11 minutes")
     cmd.add_argument("--size-mib", type=int, help="size of each big file in MiB (default 1024; quick 64)")
     cmd.add_argument("--files", type=int, help="number of small files (default 10,000; quick 1,000)")
     cmd.add_argument("--edits", type=int, help="propagation edits (default 200; quick 50)")
     cmd.add_argument("--store-files", type=int, help="files in the big store of the changes row (default 200,000)")
     cmd.add_argument("--targets", type=lambda s: _list(s, ALL_TARGETS), default=list(ALL_TARGETS),
-                     help="comma-separated subset of local,websync,rclone")
+                     help=f"comma-separated subset of {','.join(ALL_TARGETS)}")
     cmd.add_argument("--only", type=lambda s: _list(s, tuple(PHASES)), default=list(PHASES),
                      help=f"comma-separated phases to run ({','.join(PHASES)}); later ones need 'big'")
     cmd.add_argument("--no-drop-caches", action="store_true", help="never drop the kernel's caches")
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     command = ".venv/bin/python -m tests.bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     started = time.time()
+    load_before = os.getloadavg()[0]
     results = run(params, args.targets, args.only, workdir=args.workdir, keep=args.keep, profile=args.profile,
                   budget=args.budget_min * 60 if args.budget_min else None)
     elapsed = time.time() - started
@@ -94,8 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     for where, error in results.errors.items():
         print(f"error in {where}: {error}")
     if not args.no_doc:
-        section = render_section(mode, command, time.strftime("%Y-%m-%d %H:%M"), machine_info(), params, results,
-                                 elapsed, rclone_version() if "rclone" in args.targets else "rclone not run")
+        info = machine_info()
+        info["load"] = f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+        section = render_section(mode, command, time.strftime("%Y-%m-%d %H:%M"), info, params, results,
+                                 elapsed, rclone_version() if any(t.startswith("rclone") for t in args.targets)
+                                 else "rclone not run")
         write_doc(args.doc, mode, section)
         print(f"\nwritten to {args.doc} (section '{mode}')")
     return 1 if results.errors else 0

@@ -14,13 +14,14 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from .rclone import ensure_rclone
 from .targets import (
     CeilingTarget,
     LocalTarget,
+    RcloneDefaultsTarget,
     RcloneTarget,
     Target,
     WebSyncTarget,
@@ -31,8 +32,11 @@ from .workloads import PHASES, Params, Results
 
 __all__ = ["ALL_TARGETS", "run"]
 
-ALL_TARGETS = ("local", "ceiling", "websync", "rclone")
-_MAKERS = {"local": LocalTarget, "ceiling": CeilingTarget, "websync": WebSyncTarget, "rclone": RcloneTarget}
+ALL_TARGETS = ("local", "ceiling", "websync", "rclone", "rclone-defaults")
+_MAKERS: dict[str, Callable[[Path], Target]] = {
+    "local": LocalTarget, "ceiling": CeilingTarget, "websync": WebSyncTarget, "rclone": RcloneTarget,
+    "rclone-defaults": RcloneDefaultsTarget,
+}
 
 
 def log(message: str) -> None:
@@ -92,7 +96,7 @@ def run(
     results = Results()
     began = time.monotonic()
     previous = signal.signal(signal.SIGTERM, _interrupt)
-    if "rclone" in targets:
+    if any(key.startswith("rclone") for key in targets):
         ensure_rclone()
     base = Path(tempfile.mkdtemp(prefix="websync-bench-", dir=str(workdir) if workdir else "/var/tmp"))
     log(f"working in {base}")

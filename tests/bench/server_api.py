@@ -91,6 +91,24 @@ class ServerWatch:
                 raise TimeoutError(f"{rel} ({size} bytes) was not committed within {timeout} s; last seen {node}")
             self.poll(wait=min(5.0, left))
 
+    def wait_tree(self, rel: str, files: dict[str, int], timeout: float = 1800.0) -> None:
+        """Wait until every file of *files* (path under *rel*: size) is committed with its size."""
+        deadline = time.monotonic() + timeout
+        self.poll()
+        left = dict(files)
+        while True:
+            for path, size in list(left.items()):
+                node = self.node(f"{rel}/{path}")
+                if node is not None and node.size == size:
+                    del left[path]
+            if not left:
+                return
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                raise TimeoutError(f"{len(left)} of {len(files)} files under {rel} were not committed "
+                                   f"within {timeout} s, e.g. {next(iter(left))}")
+            self.poll(wait=min(5.0, wait))
+
 
 def fetch_blocks(url: str, token: str, hashes: list[str] | tuple[str, ...]) -> float:
     """Fetch *hashes* one after another over one connection; return the seconds it took."""

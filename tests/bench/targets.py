@@ -22,10 +22,13 @@ from pathlib import Path
 from tests.clients import Machine
 from tests.servers import ServerProcess, add_user, login
 
-from .rclone import RcloneMount, RcloneServe
+from .rclone import DEFAULT_FLAGS, MOUNT_FLAGS, RcloneMount, RcloneServe
 from .server_api import ServerWatch, block_dir_usage
 
-__all__ = ["CeilingTarget", "LocalTarget", "RcloneTarget", "Target", "Upload", "WebSyncTarget", "drop_caches"]
+__all__ = [
+    "CeilingTarget", "LocalTarget", "RcloneDefaultsTarget", "RcloneTarget", "Target", "Upload", "WebSyncTarget",
+    "drop_caches",
+]
 
 MiB = 1 << 20
 
@@ -55,6 +58,7 @@ class Target:
     key = ""
     label = ""
     two_machines = True
+    has_server = True  # somewhere further than the mount for a write to reach (for "until on the server")
 
     def __init__(self, a: Path, b: Path) -> None:
         self.a = a
@@ -65,6 +69,10 @@ class Target:
         return 0
 
     def wait_uploaded(self, rel: str, size: int, since: int = 0, timeout: float = 1800.0) -> None:
+        raise NotImplementedError
+
+    def wait_tree_uploaded(self, rel: str, files: dict[str, int], timeout: float = 1800.0) -> None:
+        """Wait until every file of *files* (path under *rel*: size) is on the server."""
         raise NotImplementedError
 
     def wait_visible(self, rel: str, size: int, timeout: float = 600.0) -> None:
@@ -108,6 +116,10 @@ class LocalTarget(Target):
         finally:
             os.close(fd)
 
+    def wait_tree_uploaded(self, rel: str, files: dict[str, int], timeout: float = 1800.0) -> None:
+        # syncfs(2) of the disk the tree is on: every file, and the folders' entries.
+        subprocess.run(["sync", "--file-system", str(self.a / rel)], check=True, timeout=timeout)
+
 
 class CeilingTarget(Target):
     """The in-memory pyfuse3 file system of `tests.bench.ceiling`: the stack's cost with no work done."""
@@ -115,6 +127,7 @@ class CeilingTarget(Target):
     key = "ceiling"
     label = "ceiling"
     two_machines = False
+    has_server = False
 
     def __init__(self, root: Path) -> None:
         mnt = root / "mnt"
@@ -132,6 +145,9 @@ class CeilingTarget(Target):
 
     def wait_uploaded(self, rel: str, size: int, since: int = 0, timeout: float = 1800.0) -> None:
         pass  # in memory: nowhere further to go
+
+    def wait_tree_uploaded(self, rel: str, files: dict[str, int], timeout: float = 1800.0) -> None:
+        pass
 
     def pids(self) -> dict[str, int]:
         return {"ceiling": self.process.pid}
@@ -176,6 +192,10 @@ class WebSyncTarget(Target):
     def wait_uploaded(self, rel: str, size: int, since: int = 0, timeout: float = 1800.0) -> None:
         assert self.watch is not None
         self.watch.wait_file(rel, size, after_seq=since, timeout=timeout)
+
+    def wait_tree_uploaded(self, rel: str, files: dict[str, int], timeout: float = 1800.0) -> None:
+        assert self.watch is not None
+        self.watch.wait_tree(rel, files, timeout=timeout)
 
     def blocks_of(self, rel: str) -> tuple[str, ...]:
         assert self.watch is not None
@@ -225,6 +245,7 @@ class WebSyncTarget(Target):
 class RcloneTarget(Target):
     key = "rclone"
     label = "rclone mount"
+    flags: tuple[str, ...] = MOUNT_FLAGS
 
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
@@ -235,6 +256,7 @@ class RcloneTarget(Target):
             for name in ("A", "B"):
                 self.mounts.append(RcloneMount(
                     self.serve.url, root / name / "mnt", root / name / "cache", root / f"mount-{name}.log", config,
+                    self.flags,
                 ))
         except BaseException:
             self.close()
@@ -264,6 +286,24 @@ class RcloneTarget(Target):
                 raise TimeoutError(f"rclone did not upload {rel} within {timeout} s")
             time.sleep(0.02)
 
+    def wait_tree_uploaded(self, rel: str, files: dict[str, int], timeout: float = 1800.0) -> None:
+        """Wait until every file is served at its size and mount A has no upload queued or running."""
+        deadline = time.monotonic() + timeout
+        left = dict(files)
+        while True:
+            for path, size in list(left.items()):
+                try:
+                    if os.stat(self.serve.served / rel / path).st_size == size:
+                        del left[path]
+                except OSError:
+                    pass
+            if not left and self.mounts[0].uploads_pending() == 0:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rclone did not upload {len(left)} of {len(files)} files under {rel} "
+                                   f"within {timeout} s")
+            time.sleep(0.05)
+
     def uploaded(self) -> Upload:
         return Upload(self.mounts[0].bytes_transferred())
 
@@ -278,6 +318,14 @@ class RcloneTarget(Target):
             except Exception as exc:  # noqa: BLE001 - keep tearing down the rest
                 print(f"bench: rclone unmount of {mount.mnt} failed: {exc}", flush=True)
         self.serve.close()
+
+
+class RcloneDefaultsTarget(RcloneTarget):
+    """rclone mount with only ``--vfs-cache-mode full``: write-back after 5 s, listings cached 5 min."""
+
+    key = "rclone-defaults"
+    label = "rclone mount (defaults)"
+    flags = DEFAULT_FLAGS
 
 
 def mounted_under(root: Path) -> list[str]:
