@@ -18,10 +18,12 @@ from .commands._common import Context
 @click.option("--home", envvar="WEBSYNC_HOME", type=click.Path(file_okay=False),
               help="Directory for this machine's config, state and cache (default: XDG directories).")
 @click.option("-v", "--verbose", is_flag=True, help="Log to the terminal too, with debug detail.")
+@click.option("--shared", metavar="NAME",
+              help="Act on the shared folder NAME's place on this machine (its mount, status, history, trash).")
 @click.pass_context
-def main(ctx: click.Context, home: str | None, verbose: bool) -> None:
+def main(ctx: click.Context, home: str | None, verbose: bool, shared: str | None) -> None:
     """WebSync: the same files on every machine, mounted as a folder."""
-    ctx.obj = Context(home, verbose)
+    ctx.obj = Context(home, verbose, shared)
 
 
 

@@ -12,6 +12,13 @@ catch-up with the journal; then the background tasks (block source, follower,
 uploader, self-check, early uploads, pins, status writer, login watcher,
 control channel).  Shutdown runs in reverse; pending uploads stay in the queue
 for the next start.
+
+A shared folder's place (home.py) runs the same engine on the folder's store.
+Read-only for this user, its core refuses every change (``Vfs.read_only``:
+EROFS, nothing queued).  Refused by the server (403: the folder is no longer
+shared with this user), the engine ends its front end, skips the drain and, on
+close, deletes the place's replica, queue, working copies and cached blocks,
+keeping only a status that says why.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -95,7 +103,7 @@ class Engine:
         # Protection lives in memory: rebuild it from what is durable.
         self.cache.protect(self.queue.all_blocks())
         self.cache.protect(self.replica.local_blocks())
-        self.remote = Remote(settings.server, token, settings.store, ca_file=settings.ca_file)
+        self.remote = Remote(settings.server, token, settings.store, ca_file=settings.ca_file, shared=bool(home.store))
         # One back-off for the machine: an answer to any request ends every wait (backoff.py).
         self.retry = Backoff()
         self.remote.on_answer = self.retry.answered
@@ -164,6 +172,12 @@ class Client(Engine):
             download=self.remote.get_block, mountpoint=str(place),
         )
         self.control = ControlServer(home.state_dir, self._request)
+        self.vfs.read_only = bool(home.share().get("read_only"))
+        #: The front end's way to end itself at once, open files or not (FUSE: a lazy unmount).
+        self.end: Callable[[], None] = lambda: None
+        #: Why the server refuses this place's store ("": it does not): the folder is no longer shared.
+        self.revoked = ""
+        self.follower.on_forbidden = self._forbidden
         self.online = False
         self.error = ""
         self.closed = False
@@ -191,6 +205,16 @@ class Client(Engine):
             return {"differences": differences or [], "pending": len(self.queue), "writing": self.vfs.writing()}
         return await self.cachectl.handle(op, args)
 
+    def _forbidden(self, why: str) -> None:
+        """The server refuses this place's store: a shared folder no longer shared with this user."""
+        if not self.home.store or self.revoked:
+            log.error("the server refuses this machine's own store: %s", why)
+            return
+        name = self.home.share().get("name", self.home.store)
+        self.revoked = f"{name} is no longer shared with you; this machine keeps nothing of it"
+        log.warning("%s (%s)", self.revoked, why)
+        self.end()
+
     def _on_state(self, online: bool, error: str) -> None:
         if online and not self.online:
             self.uploader.reconnected()  # uploads waiting out a backoff go now
@@ -216,6 +240,8 @@ class Client(Engine):
             "held": self.uploader.held,
             "notices": self.reconciler.notices(),
             "last_check": self.reconciler.last_check,
+            "read_only": self.vfs.read_only,
+            "revoked": self.revoked,
             "updated": time.time(),
         }
 
@@ -318,6 +344,8 @@ class Client(Engine):
 
     async def drain(self) -> None:
         """Give pending uploads a short chance to go out before the process ends."""
+        if self.revoked:
+            return  # the server takes nothing more for this folder
         with trio.move_on_after(DRAIN_ON_STOP):
             while len(self.queue) and self.uploader.failures == 0:
                 await trio.sleep(0.1)
@@ -336,6 +364,17 @@ class Client(Engine):
         await self.remote.aclose()
         self.cache.close()
         self.db.close()
+        if self.revoked:
+            self._forget_place()
         self.cache_lock.release()
         self.mount_lock.release()
+
+    def _forget_place(self) -> None:
+        """Delete everything this machine held of a folder no longer shared with it; keep the status saying so."""
+        home = self.home
+        shutil.rmtree(home.cache_dir, ignore_errors=True)
+        for path in home.state_dir.iterdir():
+            if path.name.startswith(("replica.db", "queue.db")):
+                path.unlink(missing_ok=True)
+        log.info("deleted the replica and cache of %s", home.store)
 

@@ -12,6 +12,8 @@
     │   │   └── OverQuota        507 quota_exceeded: the user's quota is used up; nothing was applied
     │   ├── NotFound             404
     │   ├── BadRequest           400: the server refused the request as invalid
+    │   │   └── Forbidden        403: the store is not this user's (a shared folder no longer shared)
+    │   │       └── ReadOnly     403 read_only: a change to a shared folder this user may only read
     │   └── CommitConflict       409: a commit precondition failed (carries the Conflict)
     └── FsError                  a filesystem operation fails with an errno
 
@@ -70,6 +72,14 @@ class NotFound(RemoteError):
 
 class BadRequest(RemoteError):
     pass
+
+
+class Forbidden(BadRequest):
+    """403: the store is neither this user's nor shared with them (any more)."""
+
+
+class ReadOnly(Forbidden):
+    """403 read_only: a change to a shared folder this user may only read; nothing was stored."""
 
 
 class CommitConflict(RemoteError):

@@ -9,6 +9,9 @@ State machine::
                             (no answer) v   | (answer)
                                        offline   (retries with backoff, the mount keeps working)
 
+    following --(403: a shared folder no longer shared with this user)--> refused
+                (told once through ``on_forbidden``; the engine ends and drops the folder)
+
 Each answer is applied in one transaction together with the new cursor, so a
 crash at any point either re-applies the same changes (they are states, not
 deltas: applying twice is harmless) or none.
@@ -31,7 +34,7 @@ import trio
 from websync_server.protocol import ROOT_ID, ChangeRows, Changes, Entry, Node
 
 from .backoff import Backoff
-from .errors import Offline, RemoteError, Unauthorized
+from .errors import Forbidden, Offline, ReadOnly, RemoteError, Unauthorized
 from .remote import Remote
 from .replica import Replica
 from .invalidation import Invalidation, Notify
@@ -230,6 +233,8 @@ class Follower:
         self.last_contact = 0.0
         #: Takes over a journal reset on a machine that has a tree (reconcile.py's resync).
         self.on_reset: Callable[[], Awaitable[None]] | None = None
+        #: Told when the server refuses the store itself (403): it is not shared with this user any more.
+        self.on_forbidden: Callable[[str], None] = lambda why: None
 
     def _mark(self, online: bool, error: str = "") -> None:
         if online != self.online or error:
@@ -304,6 +309,12 @@ class Follower:
                 self.retry.answered()
             except Unauthorized as exc:
                 self._mark(False, str(exc))
+                await self.retry.wait(60)
+            except Forbidden as exc:
+                if isinstance(exc, ReadOnly):
+                    raise  # reading never answers read_only: a bug, not a lost share
+                self._mark(True, str(exc))
+                self.on_forbidden(str(exc))  # a shared folder's engine ends here
                 await self.retry.wait(60)
             except (Offline, RemoteError) as exc:
                 self._mark(False, str(exc))

@@ -5,12 +5,19 @@ with their own login, replica, queue and cache (that is how tests run several
 machines on one box).  ``--home DIR`` or ``$WEBSYNC_HOME`` puts everything under
 DIR; otherwise the system's own places for each (platformdirs: the XDG base
 directories on Linux, ~/Library on macOS, %LOCALAPPDATA% on Windows).
+
+A shared folder is a *place* of its own on a machine (`Home.place`): the same
+login and config, with its own state and cache under ``shared/STORE`` of the
+home's, so it is mounted or synced by an engine of its own that follows the
+folder's store instead of the user's.  ``share.json`` there records which
+folder it is (store, name, owner, read-only) as the server last said.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +58,8 @@ class Home:
     config_dir: Path
     state_dir: Path
     cache_dir: Path
+    #: The shared folder this home follows ("": the user's own store).
+    store: str = ""
 
     @classmethod
     def locate(cls, home: str | os.PathLike[str] | None = None) -> Home:
@@ -64,7 +73,35 @@ class Home:
         dirs = PlatformDirs("websync", appauthor=False)
         return cls(dirs.user_config_path, dirs.user_state_path, dirs.user_cache_path)
 
+    def place(self, store: str) -> Home:
+        """The home of shared folder *store* on this machine: this login, its own state and cache."""
+        if not re.fullmatch(r"[0-9a-f]{32}", store):
+            raise ConfigError(f"{store!r} is not a shared folder's store id")
+        return Home(self.config_dir, self.state_dir / "shared" / store, self.cache_dir / "shared" / store, store)
+
+    def places(self) -> list[Home]:
+        """The homes of the shared folders this machine has mounted or synced."""
+        found = self.state_dir / "shared"
+        stores = sorted(p.name for p in found.iterdir()) if found.is_dir() else []
+        return [self.place(s) for s in stores if re.fullmatch(r"[0-9a-f]{32}", s)]
+
+    def share(self) -> dict[str, object]:
+        """What ``share.json`` says of this place's folder ({} for the user's own store or none yet)."""
+        try:
+            data = json.loads(self.share_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def save_share(self, share: dict[str, object]) -> None:
+        self.ensure()
+        write_private(self.share_file, json.dumps(share, indent=2) + "\n")
+
     # -- paths ---------------------------------------------------------------
+    @property
+    def share_file(self) -> Path:
+        return self.state_dir / "share.json"
+
     @property
     def config_file(self) -> Path:
         return self.config_dir / "config.json"
@@ -140,6 +177,8 @@ class Home:
         token = self.load_token()
         if not settings.server:
             raise ConfigError("this machine is not logged in; run 'websync login URL --user NAME' first")
+        if self.store:
+            settings.store = self.store  # a shared folder's place follows the folder's store
         return settings, token
 
 

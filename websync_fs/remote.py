@@ -24,9 +24,11 @@ from .blockwire import BlockWire
 from .errors import (
     BadRequest,
     CommitConflict,
+    Forbidden,
     NotFound,
     Offline,
     OverQuota,
+    ReadOnly,
     RemoteError,
     ServerFull,
     Unauthorized,
@@ -87,6 +89,10 @@ def _raise_for(resp: httpx.Response) -> None:
         raise OverQuota(f"{message}; changes stay queued until there is room")
     if status == 507:
         raise ServerFull("the server's disk is full; changes stay queued")
+    if status == 403 and body.get("error") == "read_only":
+        raise ReadOnly(f"the server refused the request: {message}")
+    if status == 403 and body.get("error") == "forbidden":
+        raise Forbidden(f"the server refused the request: {message}")
     if status in (400, 403, 413):
         raise BadRequest(f"the server refused the request: {message}")
     if status >= 500:
@@ -119,7 +125,11 @@ def _auth(token: str) -> dict[str, str]:
 
 
 class Remote:
-    """Authenticated calls to one store on one server."""
+    """Authenticated calls to one store on one server.
+
+    *shared*: the store is a shared folder, whose blocks lie with its owner:
+    every block call names it (``?store=``, docs/protocol.md).
+    """
 
     def __init__(
         self,
@@ -128,9 +138,12 @@ class Remote:
         store: str,
         transport: httpx.AsyncBaseTransport | None = None,
         ca_file: str = "",
+        *,
+        shared: bool = False,
     ) -> None:
         self.server = server
         self.store = store
+        self._block_query = f"?store={store}" if shared else ""
         limits = httpx.Limits(max_connections=16, max_keepalive_connections=8)
         auth = _auth(token)
         self._client = httpx.AsyncClient(
@@ -238,21 +251,21 @@ class Remote:
     async def missing(self, hashes: list[BlockHash]) -> list[BlockHash]:
         if not hashes:
             return []
-        resp = await self._request("POST", f"{API}/blocks/missing", json={"hashes": hashes})
+        resp = await self._request("POST", f"{API}/blocks/missing{self._block_query}", json={"hashes": hashes})
         return _answer(resp, lambda body: [BlockHash(h) for h in body["missing"]])
 
     async def put_block(self, h: BlockHash, data: bytes) -> None:
-        await self._request("PUT", f"{API}/blocks/{h}", content=data)
+        await self._request("PUT", f"{API}/blocks/{h}{self._block_query}", content=data)
 
     async def put_blocks(self, frames: list[tuple[BlockHash, bytes]]) -> None:
         """Upload several blocks in one request (``POST /v1/blocks``)."""
         body = b"".join(h.encode() + len(d).to_bytes(4, "big") + d for h, d in frames)
-        await self._request("POST", f"{API}/blocks", content=body)
+        await self._request("POST", f"{API}/blocks{self._block_query}", content=body)
 
     async def _get_block(self, h: BlockHash, headers: dict[str, str] | None = None) -> httpx.Response:
         # A program is waiting in read(): a server that stops sending for this long is
         # treated as gone (the bytes of a live one flow at once), not waited on for 30 s.
-        url = f"{API}/blocks/{h}"
+        url = f"{API}/blocks/{h}{self._block_query}"
         if self._wire is not None:
             try:
                 resp = await self._wire.get(url, headers=headers, timeout=_BLOCK_READ_TIMEOUT)

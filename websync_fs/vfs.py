@@ -155,6 +155,8 @@ class Vfs:
         self.notify: Notify = lambda inv: None
         self.on_settled: Callable[[], None] = lambda: None
         self._nursery: trio.Nursery | None = None
+        #: A shared folder this user may only read: every change is EROFS before anything is queued.
+        self.read_only = False
 
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
@@ -167,6 +169,11 @@ class Vfs:
             self.replica.purge_orphans(keep=self.queue.pending_nodes())
 
     # -- helpers -------------------------------------------------------------
+    def _changing(self) -> None:
+        """Refuse a change of a read-only tree (EROFS), as a file system mounted read-only does."""
+        if self.read_only:
+            raise FsError(errno.EROFS, "this shared folder is read-only for you")
+
     def _row(self, ino: int) -> NodeRow:
         row = self.replica.get(ino)
         if row is None:
@@ -265,6 +272,7 @@ class Vfs:
         return pdir
 
     def mkdir(self, parent: int, name: str, mode: int) -> FileAttr:
+        self._changing()
         pdir = self._new_entry_checks(parent, name)
         node = new_node_id()
         with self._db.tx():
@@ -279,6 +287,7 @@ class Vfs:
         return self.attr(row)
 
     def symlink(self, parent: int, name: str, target: str) -> FileAttr:
+        self._changing()
         pdir = self._new_entry_checks(parent, name)
         if not target or len(os.fsencode(target)) > 4095:
             raise FsError(errno.ENAMETOOLONG if target else errno.ENOENT)
@@ -332,6 +341,7 @@ class Vfs:
                 "mtime_ns": row.mtime_ns, "size": row.size, "blocks": list(row.blocks)}
 
     def unlink(self, parent: int, name: str) -> None:
+        self._changing()
         pdir = self._dir(parent)
         row = self.replica.lookup(pdir.id, name)
         if row is None:
@@ -343,6 +353,7 @@ class Vfs:
         self._maybe_drop(row.ino)
 
     def rmdir(self, parent: int, name: str) -> None:
+        self._changing()
         pdir = self._dir(parent)
         row = self.replica.lookup(pdir.id, name)
         if row is None:
@@ -369,6 +380,7 @@ class Vfs:
     def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str, *,
                noreplace: bool = False) -> None:
         """Move an entry, replacing what the new name holds unless *noreplace* (then EEXIST)."""
+        self._changing()
         src_dir = self._dir(old_parent)
         dst_dir = self._dir(new_parent)
         check_name(new_name)
@@ -426,6 +438,7 @@ class Vfs:
 
     def link(self, ino: int, new_parent: int, new_name: str) -> FileAttr:
         """A hard link: one more entry for the same node."""
+        self._changing()
         row = self._row(ino)
         if row.kind == KIND_DIR:
             raise FsError(errno.EPERM)
@@ -442,6 +455,7 @@ class Vfs:
 
     def mknod(self, parent: int, name: str, mode: int, rdev: int) -> FileAttr:
         """FIFOs, sockets and device nodes: stored and synced, opened by the kernel only."""
+        self._changing()
         if stat.S_ISREG(mode) or not stat.S_IFMT(mode):
             raise FsError(errno.EPERM, "regular files are made with create")
         pdir = self._new_entry_checks(parent, name)
@@ -456,6 +470,7 @@ class Vfs:
 
     def exchange(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
         """The two names swap their nodes atomically (rename(2)'s RENAME_EXCHANGE)."""
+        self._changing()
         src_dir, dst_dir = self._dir(old_parent), self._dir(new_parent)
         one = self.replica.lookup(src_dir.id, old_name)
         two = self.replica.lookup(dst_dir.id, new_name)
@@ -507,6 +522,7 @@ class Vfs:
         return sorted(self._row(ino).xattrs)
 
     def setxattr(self, ino: int, name: str, value: bytes) -> None:
+        self._changing()
         row = self._row(ino)
         self._xattr_name(name)
         if len(value) > XATTR_VALUE_MAX:
@@ -518,6 +534,7 @@ class Vfs:
         self._set_xattrs(row, xattrs, {name: xattrs[name]})
 
     def removexattr(self, ino: int, name: str) -> None:
+        self._changing()
         row = self._row(ino)
         if name not in row.xattrs:
             raise FsError(errno.ENODATA)
@@ -536,6 +553,7 @@ class Vfs:
         self, ino: int, *, mode: int | None = None, size: int | None = None, mtime_ns: int | None = None,
         fh: int | None = None,
     ) -> FileAttr:
+        self._changing()
         row = self._row(ino)
         if size is not None:
             if row.kind == KIND_DIR:
@@ -622,6 +640,7 @@ class Vfs:
         return handle
 
     def create(self, parent: int, name: str, mode: int, how: OpenMode) -> tuple[int, FileAttr]:
+        self._changing()
         pdir = self._new_entry_checks(parent, name)
         node = new_node_id()
         local = self._local_name(KIND_FILE, name)
@@ -650,6 +669,8 @@ class Vfs:
             raise FsError(errno.EISDIR)
         if row.kind != KIND_FILE:
             raise FsError(errno.EINVAL)
+        if how.write or how.append or how.truncate:
+            self._changing()
         handle = self._open_handle(row, how)
         keep = ino in self._work or self._seen.get(ino) == row.blocks
         self._seen[ino] = row.blocks
@@ -692,6 +713,7 @@ class Vfs:
             return await self.source.read(h, offset, length, streaming=streaming)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
+        self._changing()
         handle = self.handles.get(fh)
         if not handle.writable:
             raise FsError(errno.EBADF)

@@ -278,6 +278,8 @@ class _Api:
         store, member = request.path_params["store"], request.path_params["user"]
         await self._s.admission.run(identity.user, self._s.shares.unshare, identity.user_id, identity.user,
                                     store, member)
+        # The removed member's long polls go back and hear 403 now, not when their wait runs out.
+        self._s.notifier.wake_all()
         return JSONResponse({"ok": True})
 
     async def changes(self, request: Request) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,43 @@ def test_a_mode_set_over_an_unseen_edit_does_not_let_the_next_edit_replace_it(tm
                     texts.add(await a.files.read(path))
             assert texts == {b"edited on A", b"edited on B"}
             assert a.tree() == b.tree() == server.tree()
+        finally:
+            a.close()
+            b.close()
+            server.close()
+
+    trio.run(run)
+
+
+@pytest.mark.timeout(60)
+def test_a_read_only_core_refuses_every_change_with_erofs_and_queues_nothing(tmp_path: Path) -> None:
+    """A shared folder this user may only read: the core itself refuses, whatever front end is in front of it.
+
+    (The FUSE mount adds the kernel's ``ro`` option, so through the kernel the
+    kernel answers first; here nothing stands before the core.)
+    """
+    async def run() -> None:
+        server = Server(tmp_path / "server")
+        a, b = EngineMachine("A", tmp_path / "A", server), EngineMachine("B", tmp_path / "B", server)
+        try:
+            await a.files.mkdir("Docs")
+            await a.files.write("Docs/rules.txt", b"house rules")
+            await a.settle()
+            await b.settle()
+            b.vfs.read_only = True
+            changes = [
+                b.files.write("new.txt", b"x"), b.files.write("Docs/rules.txt", b"changed"),
+                b.files.append("Docs/rules.txt", b"more"), b.files.mkdir("New"), b.files.rmdir("Docs"),
+                b.files.unlink("Docs/rules.txt"), b.files.rename("Docs/rules.txt", "moved.txt"),
+                b.files.symlink("rules.txt", "Docs/link"), b.files.chmod("Docs/rules.txt", 0o600),
+                b.files.truncate("Docs/rules.txt", 1),
+            ]
+            for change in changes:
+                with pytest.raises(OSError) as refused:
+                    await change
+                assert refused.value.errno == errno.EROFS
+            assert await b.files.read("Docs/rules.txt") == b"house rules"
+            assert len(b.queue) == 0 and b.tree() == server.tree()
         finally:
             a.close()
             b.close()

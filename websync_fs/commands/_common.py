@@ -30,10 +30,59 @@ log = logging.getLogger("websync_fs")
 class Context:
     home_option: str | None
     verbose: bool
+    #: The shared folder a command is about (``--shared NAME``), or None: the user's own store.
+    shared: str | None = None
+    _place: Home | None = None
 
     @property
     def home(self) -> Home:
-        return Home.locate(self.home_option)
+        """This machine's home, or the place of the shared folder ``--shared`` names (home.py)."""
+        base = Home.locate(self.home_option)
+        if self.shared is None:
+            return base
+        if self._place is None:
+            self._place = shared_place(base, self.shared, refresh=False)
+        return self._place
+
+    def use_shared(self, name: str | None) -> None:
+        """Make ``--shared NAME`` of a mount or sync count, asking the server for the folder's mode."""
+        if name is None:
+            return
+        self.shared = name
+        self._place = shared_place(Home.locate(self.home_option), name, refresh=True)
+
+
+def _named(share: dict[str, Any], name: str) -> bool:
+    return name in (share.get("name"), f"{share.get('name')} ({share.get('owner')})")
+
+
+def shared_place(base: Home, name: str, *, refresh: bool) -> Home:
+    """The place of the shared folder *name* on this machine: as `websync shares` lists it, or ``NAME (OWNER)``.
+
+    What the server lists wins (*refresh*, or a folder this machine has never
+    had); offline, the folders this machine has had answer.  A folder named
+    alike by two owners must be given with its owner.
+    """
+    from ..errors import ConfigError, Offline
+
+    known = [place.share() for place in base.places()]
+    listed: list[dict[str, Any]] | None = None
+    if refresh or not any(_named(s, name) for s in known):
+        try:
+            listed = with_remote(base, lambda remote: remote.shares())
+        except Offline:
+            if not any(_named(s, name) for s in known):
+                raise
+    found = [s for s in (known if listed is None else listed) if _named(s, name)]
+    if not found:
+        raise ConfigError(f"no shared folder is named {name!r}; see 'websync shares'")
+    if len(found) > 1:
+        raise ConfigError(f"{len(found)} shared folders are named {name!r}; give it as '{name} (OWNER)'")
+    share = found[0]
+    place = base.place(str(share["store"]))
+    if listed is not None:
+        place.save_share({key: share[key] for key in ("store", "name", "owner", "read_only")})
+    return place
 
 
 def friendly(fn: F) -> F:
@@ -133,7 +182,7 @@ def with_remote(home: Home, fn: Callable[[Any], Awaitable[T]]) -> T:
     settings, token = home.logged_in()
 
     async def run() -> T:
-        remote = Remote(settings.server, token, settings.store, ca_file=settings.ca_file)
+        remote = Remote(settings.server, token, settings.store, ca_file=settings.ca_file, shared=bool(home.store))
         try:
             return await fn(remote)
         finally:
@@ -199,6 +248,8 @@ def start_in_background(ctx: Context, home: Home, command: list[str], what: str)
         args += ["--home", str(Path(ctx.home_option).expanduser().absolute())]
     if ctx.verbose:
         args.append("-v")
+    if ctx.shared is not None:
+        args += ["--shared", ctx.shared]
     args += command
     with open(home.state_dir / "mount.out", "ab") as out:
         child = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, **detached)

@@ -31,9 +31,12 @@ COMMANDS = ["sync"]
 @click.option("--reset", is_flag=True,
               help="Forget what this machine last synced with FOLDER: the next start is a first sync "
                    "(nothing is deleted; files that differ become conflict copies).")
+@click.option("--shared", metavar="NAME",
+              help="Sync the shared folder NAME (as 'websync shares' lists it) instead of your own files.")
 @pass_ctx
 @friendly
-def sync(ctx: Context, folder: Path, foreground: bool, only: tuple[str, ...], stop: bool, reset: bool) -> None:
+def sync(ctx: Context, folder: Path, foreground: bool, only: tuple[str, ...], stop: bool, reset: bool,
+         shared: str | None) -> None:
     """Keep FOLDER, a folder of real files on this disk, in sync with the store both ways.
 
     Changes in FOLDER are seen as they happen (and by a scan at every start)
@@ -42,7 +45,10 @@ def sync(ctx: Context, folder: Path, foreground: bool, only: tuple[str, ...], st
     LibreOffice and editors stay on this machine, and so does whatever
     FOLDER/.websyncignore names (gitignore syntax).
     """
+    ctx.use_shared(shared)
     home = ctx.home
+    if home.share().get("read_only"):
+        raise ConfigError("this shared folder is read-only for you: mount it ('websync mount DIR --shared NAME')")
     target = folder.expanduser().absolute()
     if stop:
         _stop(ctx, target)

@@ -87,10 +87,17 @@ def login(
 @click.command()
 @click.argument("mountpoint", type=click.Path(path_type=Path))
 @click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground until unmounted.")
+@click.option("--shared", metavar="NAME",
+              help="Mount the shared folder NAME (as 'websync shares' lists it) instead of your own files.")
 @pass_ctx
 @friendly
-def mount(ctx: Context, mountpoint: Path, foreground: bool) -> None:
-    """Mount the store at MOUNTPOINT (on Windows a drive letter like X: or a new folder); returns once mounted."""
+def mount(ctx: Context, mountpoint: Path, foreground: bool, shared: str | None) -> None:
+    """Mount the store at MOUNTPOINT (on Windows a drive letter like X: or a new folder); returns once mounted.
+
+    With --shared, a folder shared with you (or by you) is a mount of its own,
+    read-only if you may only read it.
+    """
+    ctx.use_shared(shared)  # the process started in the background finds the folder's place as this one left it
     home = ctx.home
     home.logged_in()
     if sys.platform == "win32":
@@ -166,19 +173,35 @@ def _mount_background(ctx: Context, home: Home, target: Path) -> None:
 def unmount(ctx: Context, mountpoint: Path) -> None:
     """Unmount the store from MOUNTPOINT (pending uploads go out first, briefly)."""
     target = _place(mountpoint)
-    if running_pid(ctx.home) is not None:
+    home = _home_mounted_at(ctx, target)
+    if running_pid(home) is not None:
         # The running client unmounts itself: the same on every system (WinFsp has no fusermount3).
-        stop_running(ctx.home, target, mount=True)
+        stop_running(home, target, mount=True)
     elif sys.platform != "win32" and os.path.ismount(target):
         _unmount_dead(Path(target))
     else:
         raise ConfigError(f"{target} is not mounted")
     click.echo(f"unmounted {target}")
-    pending, pending_bytes, _ = _queue_size(ctx.home)
+    pending, pending_bytes, _ = _queue_size(home)
     if pending:
         # Offline, or the server too slow to take them all before the mount ended.
         click.echo(f"{pending} change(s), {human(pending_bytes)}, stay queued on this machine;"
                    " they go up the next time the store is mounted")
+
+
+def _home_mounted_at(ctx: Context, target: str) -> Home:
+    """The home whose running client serves *target*: this machine's own, or a shared folder's place."""
+    home = ctx.home
+    if ctx.shared is not None or running_pid(home) is not None:
+        return home
+    for place in home.places():
+        try:
+            mounted = json.loads(place.status_file.read_text()).get("mountpoint")
+        except (OSError, ValueError):
+            continue
+        if mounted == target and running_pid(place) is not None:
+            return place
+    return home
 
 
 def _place(mountpoint: Path) -> str:
@@ -209,7 +232,7 @@ def _probe(home: Home) -> tuple[bool, str]:
     settings, token = home.logged_in()
 
     async def ask() -> None:
-        remote = Remote(settings.server, token, settings.store, ca_file=settings.ca_file)
+        remote = Remote(settings.server, token, settings.store, ca_file=settings.ca_file, shared=bool(home.store))
         try:
             await remote.whoami()
         finally:
@@ -250,7 +273,10 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
             daemon = json.loads(home.status_file.read_text())
         except (FileNotFoundError, ValueError):
             daemon = {}
-    if daemon:
+    revoked = _revoked(home)
+    if revoked:
+        online, error = False, ""
+    elif daemon:
         online, error = bool(daemon.get("online")), str(daemon.get("error", ""))
     else:
         online, error = _probe(home)
@@ -270,6 +296,8 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
     held = str(daemon.get("held") or held)
     info["held"] = held
     info["notices"] = list(daemon.get("notices") or [])[-10:]
+    if home.store:
+        info["shared"] = home.share() | {"revoked": revoked}
     if files is not None:
         info["files"] = files
     if check:
@@ -279,6 +307,12 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
     else:
         click.echo(f"server:     {settings.server}{'' if info['encrypted'] else ' (not encrypted)'}")
         click.echo(f"user:       {settings.user} (device {settings.device})")
+        if home.store:
+            share = home.share()
+            mode = "read-only" if share.get("read_only") else "read-write"
+            click.echo(f"shared:     {share.get('name')} of {share.get('owner')} ({mode})")
+        if revoked:
+            click.echo(f"stopped:    {revoked}")
         click.echo(f"connection: {'online' if online else 'offline'}{f' ({error})' if error else ''}")
         if info["folder"]:
             click.echo(f"synced:     {info['folder']} (process {pid})")
@@ -304,6 +338,16 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
         raise Unauthorized("the server refused this device's token; run 'websync login' again")
     if check and info["check"]["differences"]:
         sys.exit(1)
+
+
+def _revoked(home: Home) -> str:
+    """Why a shared folder's place stopped: the server no longer shares it with this user ("": it does)."""
+    if not home.store:
+        return ""
+    try:
+        return str(json.loads(home.status_file.read_text()).get("revoked") or "")
+    except (OSError, ValueError):
+        return ""
 
 
 def _check(home: Home, pid: int | None) -> dict[str, Any]:

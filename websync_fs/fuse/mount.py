@@ -38,6 +38,7 @@ class FuseMount:
         self.ops = FuseOperations(self.client.vfs)
         self.client.front_notify = self.ops.notify
         self.client.stop = self._unmount
+        self.client.end = self._terminate
         self.ops.file_state = self.client.states.xattr
         self._terminated = False
 
@@ -46,6 +47,8 @@ class FuseMount:
         await client.first_sync(progress)
         options = set(pyfuse3.default_options)
         options |= {"fsname=websync", "subtype=websync"}
+        if client.vfs.read_only:
+            options.add("ro")  # the kernel answers EROFS first; the core refuses too (vfs.py)
         if os.getuid() == 0:
             options.add("allow_other")
         pyfuse3.init(self.ops, str(self.mountpoint), options)
@@ -72,9 +75,13 @@ class FuseMount:
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
             async for signum in signals:
                 log.info("signal %d: unmounting", signum)
-                self._terminated = True
-                pyfuse3.terminate()
+                self._terminate()
                 return
+
+    def _terminate(self) -> None:
+        """End the main loop now; the kernel's mount is taken away lazily after it (files may be open)."""
+        self._terminated = True
+        pyfuse3.terminate()
 
     async def _unmount(self) -> None:
         """Unmount as ``websync unmount`` asks; pyfuse3's loop then ends as after any unmount."""

@@ -1,0 +1,190 @@
+"""A shared folder mounted on members' machines, each mount a place of its own, through the kernel.
+
+Alice shares ``Family`` with Bob (read-write) and Carol (read-only); each
+mounts it with ``websync mount DIR --shared Family`` beside nothing else (their
+own stores are not mounted: a place does not need them).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.clients import Machine, _kill, eventually, read_bytes
+from tests.mount.test_concurrent_changes import together
+from tests.servers import ServerProcess, add_user
+
+pytestmark = pytest.mark.mount
+
+
+class Place:
+    """One machine's mount of the shared folder: its mount point and its own home under the machine's."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self.mnt = machine.mnt.parent / "family"
+        self.mnt.mkdir(exist_ok=True)
+
+    def mount(self) -> None:
+        self.machine.cli("mount", str(self.mnt), "--shared", "Family")
+        assert os.path.ismount(self.mnt)
+
+    @property
+    def home(self) -> Path:
+        [place] = (self.machine.home / "state" / "shared").iterdir()
+        return place
+
+    def pid(self) -> int | None:
+        try:
+            return int((self.home / "mount.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def path(self, *parts: str) -> Path:
+        return self.mnt.joinpath(*parts)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.machine.cli("--shared", "Family", *args, check=check)
+
+    def cleanup(self) -> None:
+        pid = self.pid() if (self.machine.home / "state" / "shared").is_dir() else None
+        if os.path.ismount(self.mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
+        if pid:
+            _kill(pid, signal.SIGTERM, wait=10)
+            _kill(pid, signal.SIGKILL)
+
+    def errors(self) -> list[str]:
+        log = self.home / "websync.log"
+        lines = log.read_text().splitlines() if log.exists() else []
+        return [line for line in lines if " ERROR " in line or "Traceback" in line]
+
+
+@pytest.fixture
+def family(
+    server: ServerProcess, account: tuple[str, str], new_machine: Callable[..., Machine]
+) -> Iterator[tuple[Place, Place, Place]]:
+    """Alice's, Bob's and Carol's mounts of Alice's ``Family`` (Carol read-only)."""
+    a = new_machine("A", mount=False)
+    b = new_machine("B", mount=False)
+    c = new_machine("C", mount=False)
+    bob, carol = (f"{account[0]}-bob", "pw-bob-long-enough"), (f"{account[0]}-carol", "pw-carol-long-enough")
+    for machine, user in ((b, bob), (c, carol)):
+        add_user(server.data_dir, *user)
+        machine.login(*user)
+    a.cli("share", "Family", bob[0])
+    a.cli("share", "Family", carol[0], "--read-only")
+    places = (Place(a), Place(b), Place(c))
+    try:
+        for place in places:
+            place.mount()
+        yield places
+    finally:
+        for place in places:
+            place.cleanup()
+    for place in places:
+        assert not place.errors(), f"{place.machine.name} logged errors:\n" + "\n".join(place.errors()[:20])
+
+
+def test_members_mounts_of_a_shared_folder_converge_and_keep_both_sides_of_a_conflict(
+    family: tuple[Place, Place, Place],
+) -> None:
+    alice, bob, carol = family
+    alice.path("from-alice.txt").write_bytes(b"hello from alice")
+    eventually(lambda: read_bytes(bob.path("from-alice.txt")) == b"hello from alice", what="alice's file on bob")
+    bob.path("Photos").mkdir()
+    bob.path("Photos", "from-bob.jpg").write_bytes(b"bob's photo")
+    for place in (alice, carol):
+        eventually(lambda p=place: read_bytes(p.path("Photos", "from-bob.jpg")) == b"bob's photo",
+                   what=f"bob's file on {place.machine.name}")
+    together(lambda: alice.path("from-alice.txt").write_bytes(b"edit by alice"),
+             lambda: bob.path("from-alice.txt").write_bytes(b"edit by bob"))
+
+    def both_kept(place: Place) -> set[bytes] | None:
+        names = [n for n in os.listdir(place.mnt) if n.startswith("from-alice")]
+        return {read_bytes(place.path(n)) for n in names} if len(names) == 2 else None
+
+    for place in family:
+        eventually(lambda p=place: both_kept(p) == {b"edit by alice", b"edit by bob"},
+                   what=f"both edits on {place.machine.name}")
+    # Each place is its own client: its status names the folder; the user's own store is untouched.
+    status = json.loads(bob.cli("status", "--json").stdout)
+    assert status["shared"]["name"] == "Family" and status["shared"]["read_only"] is False
+    assert status["mountpoint"] == str(bob.mnt) and status["pending"] == 0
+    assert json.loads(bob.machine.cli("status", "--json").stdout)["mounted"] is False
+
+
+def test_a_read_only_member_reads_and_every_change_is_erofs_with_nothing_queued(
+    family: tuple[Place, Place, Place],
+) -> None:
+    alice, _, carol = family
+    alice.path("Docs").mkdir()
+    alice.path("Docs", "rules.txt").write_bytes(b"house rules")
+    eventually(lambda: read_bytes(carol.path("Docs", "rules.txt")) == b"house rules", what="rules on carol")
+    target = carol.path("Docs", "rules.txt")
+    changes: list[Callable[[], object]] = [
+        lambda: carol.path("new.txt").write_bytes(b"x"),
+        lambda: target.write_bytes(b"changed"),
+        lambda: open(target, "ab").close(),
+        lambda: carol.path("NewFolder").mkdir(),
+        lambda: target.unlink(),
+        lambda: carol.path("Docs").rmdir(),
+        lambda: target.rename(carol.path("moved.txt")),
+        lambda: os.chmod(target, 0o600),
+        lambda: os.utime(target, (0, 0)),
+        lambda: os.truncate(target, 1),
+        lambda: os.setxattr(target, "user.tag", b"v"),
+        lambda: os.symlink("rules.txt", carol.path("Docs", "link")),
+    ]
+    for change in changes:
+        with pytest.raises(OSError) as refused:
+            change()
+        assert refused.value.errno == errno.EROFS
+    assert read_bytes(target) == b"house rules"
+    status = json.loads(carol.cli("status", "--json").stdout)
+    assert status["pending"] == 0 and status["shared"]["read_only"] is True
+    assert "read-only" in carol.cli("status").stdout
+    # A read-only folder cannot be a synced folder (its changes could never be sent).
+    refused_sync = carol.machine.cli("sync", str(carol.mnt.parent / "fam-folder"), "--shared", "Family", check=False)
+    assert refused_sync.returncode == 2 and "read-only for you" in refused_sync.stderr
+
+
+def test_history_and_trash_work_inside_a_shared_folder(family: tuple[Place, Place, Place]) -> None:
+    alice, bob, _ = family
+    bob.path("list.txt").write_bytes(b"milk")
+    eventually(lambda: read_bytes(alice.path("list.txt")) == b"milk", what="list on alice")
+    alice.path("list.txt").unlink()
+    eventually(lambda: not bob.path("list.txt").exists(), what="delete on bob")
+    trashed = eventually(lambda: [i for i in json.loads(bob.cli("trash", "--json").stdout)["trash"]
+                                  if i["path"] == "list.txt"], what="list.txt in the trash")
+    assert trashed[0]["device"] == "A"
+    bob.cli("restore", "list.txt")
+    for place in (alice, bob):
+        eventually(lambda p=place: read_bytes(p.path("list.txt")) == b"milk", what=f"restored on {place.machine.name}")
+
+
+def test_a_removed_member_stops_keeps_nothing_and_status_says_why(family: tuple[Place, Place, Place]) -> None:
+    alice, _, carol = family
+    alice.path("secret.txt").write_bytes(b"for members only")
+    eventually(lambda: read_bytes(carol.path("secret.txt")) == b"for members only", what="secret on carol")
+    place_home = carol.home
+    blocks = place_home.parent.parent.parent / "cache" / "shared" / place_home.name
+    assert blocks.is_dir()
+    alice.machine.cli("unshare", "Family", _user(carol))
+    eventually(lambda: carol.pid() is None and not os.path.ismount(carol.mnt), what="carol's mount ended")
+    assert os.listdir(carol.mnt) == []
+    assert not blocks.exists() and not (place_home / "replica.db").exists()
+    out = carol.cli("status").stdout
+    assert "Family is no longer shared with you" in out
+    assert json.loads(carol.cli("status", "--json").stdout)["shared"]["revoked"]
+
+
+def _user(place: Place) -> str:
+    return str(json.loads(place.machine.cli("status", "--json").stdout)["user"])
