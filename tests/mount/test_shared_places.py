@@ -93,7 +93,7 @@ def family(
         assert not place.errors(), f"{place.machine.name} logged errors:\n" + "\n".join(place.errors()[:20])
 
 
-def test_members_mounts_of_a_shared_folder_converge_and_keep_both_sides_of_a_conflict(
+def test_members_mounts_of_a_shared_folder_converge_keep_conflicts_and_restore_from_the_trash(
     family: tuple[Place, Place, Place],
 ) -> None:
     alice, bob, carol = family
@@ -119,6 +119,20 @@ def test_members_mounts_of_a_shared_folder_converge_and_keep_both_sides_of_a_con
     assert status["shared"]["name"] == "Family" and status["shared"]["read_only"] is False
     assert status["mountpoint"] == str(bob.mnt) and status["pending"] == 0
     assert json.loads(bob.machine.cli("status", "--json").stdout)["mounted"] is False
+    # History and trash work inside the folder, through the place's CLI.
+    bob.path("list.txt").write_bytes(b"milk")
+    eventually(lambda: read_bytes(alice.path("list.txt")) == b"milk", what="list on alice")
+    alice.path("list.txt").unlink()
+    eventually(lambda: not bob.path("list.txt").exists(), what="delete on bob")
+    trashed = eventually(lambda: [i for i in json.loads(bob.cli("trash", "--json").stdout)["trash"]
+                                  if i["path"] == "list.txt"], what="list.txt in the trash")
+    assert trashed[0]["device"] == "A"
+    bob.cli("restore", "list.txt")
+    for place in (alice, bob):
+        eventually(lambda p=place: read_bytes(p.path("list.txt")) == b"milk", what=f"restored on {place.machine.name}")
+    # `websync unmount DIR` finds the place whose mount DIR is.
+    assert bob.machine.cli("unmount", str(bob.mnt)).stdout.startswith(f"unmounted {bob.mnt}")
+    assert not os.path.ismount(bob.mnt) and bob.pid() is None
 
 
 def test_a_read_only_member_reads_and_every_change_is_erofs_with_nothing_queued(
@@ -156,20 +170,6 @@ def test_a_read_only_member_reads_and_every_change_is_erofs_with_nothing_queued(
     assert refused_sync.returncode == 2 and "read-only for you" in refused_sync.stderr
 
 
-def test_history_and_trash_work_inside_a_shared_folder(family: tuple[Place, Place, Place]) -> None:
-    alice, bob, _ = family
-    bob.path("list.txt").write_bytes(b"milk")
-    eventually(lambda: read_bytes(alice.path("list.txt")) == b"milk", what="list on alice")
-    alice.path("list.txt").unlink()
-    eventually(lambda: not bob.path("list.txt").exists(), what="delete on bob")
-    trashed = eventually(lambda: [i for i in json.loads(bob.cli("trash", "--json").stdout)["trash"]
-                                  if i["path"] == "list.txt"], what="list.txt in the trash")
-    assert trashed[0]["device"] == "A"
-    bob.cli("restore", "list.txt")
-    for place in (alice, bob):
-        eventually(lambda p=place: read_bytes(p.path("list.txt")) == b"milk", what=f"restored on {place.machine.name}")
-
-
 def test_a_removed_member_stops_keeps_nothing_and_status_says_why(family: tuple[Place, Place, Place]) -> None:
     alice, _, carol = family
     alice.path("secret.txt").write_bytes(b"for members only")
@@ -188,3 +188,28 @@ def test_a_removed_member_stops_keeps_nothing_and_status_says_why(family: tuple[
 
 def _user(place: Place) -> str:
     return str(json.loads(place.machine.cli("status", "--json").stdout)["user"])
+
+
+def test_a_shared_folder_synced_as_a_folder_of_real_files_meets_a_mount_of_it(
+    server: ServerProcess, account: tuple[str, str], new_machine: Callable[..., Machine]
+) -> None:
+    a = new_machine("A", mount=False)
+    b = new_machine("B", mount=False)
+    bob = (f"{account[0]}-bob", "pw-bob-long-enough")
+    add_user(server.data_dir, *bob)
+    b.login(*bob)
+    a.cli("share", "Family", bob[0])
+    alice, synced = Place(a), Place(b)
+    try:
+        alice.mount()
+        b.cli("sync", str(synced.mnt), "--shared", "Family")
+        alice.path("from-mount.txt").write_bytes(b"written in the mount")
+        eventually(lambda: read_bytes(synced.path("from-mount.txt")) == b"written in the mount", what="in the folder")
+        synced.path("from-folder.txt").write_bytes(b"written in the folder")
+        eventually(lambda: read_bytes(alice.path("from-folder.txt")) == b"written in the folder", what="in the mount")
+        assert json.loads(synced.cli("status", "--json").stdout)["folder"] == str(synced.mnt)
+        synced.cli("sync", "--stop", str(synced.mnt))
+    finally:
+        alice.cleanup()
+        synced.cleanup()
+    assert not alice.errors() and not synced.errors()
