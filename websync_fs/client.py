@@ -70,8 +70,10 @@ LOGIN_CHECK = 1.0
 class Engine:
     """The sync engine of one home, the same for every front end: state, cache, remote, core, follower,
     uploader and self-check, wired to each other.  Front ends subclass it (`Client`, the synced folder's
-    `FolderClient`) after taking the home's locks, and answer `notify` and `_on_state`.
+    `FolderClient`) after taking the home's locks, and answer `notify`, `end` and `_on_state`.
     """
+
+    home: Home
 
     def _take_home(self, home: Home, busy: str) -> tuple[Any, str]:
         """The home's settings and token, with its locks held: one engine per home, a mount or a folder.
@@ -137,10 +139,39 @@ class Engine:
         self.vfs.on_settled = self.applier.settle
         self.queue.on_drop(self.applier.settle)
         self.queue.on_enqueue(self.uploader.wake)
+        self.vfs.read_only = bool(home.share().get("read_only"))
+        #: Why the server refuses this place's store ("": it does not): the folder is no longer shared.
+        self.revoked = ""
+        self.follower.on_forbidden = self._forbidden
 
     def notify(self, inv: Invalidation) -> None:
         """The engine changed the replica behind the front end's back."""
         raise NotImplementedError
+
+    def end(self) -> None:
+        """End the front end at once, open files or not (FUSE: a lazy unmount); nothing more is sent."""
+        raise NotImplementedError
+
+    def _forbidden(self, why: str) -> None:
+        """The server refuses this place's store: a shared folder no longer shared with this user."""
+        if self.revoked:
+            return
+        if not self.home.store:
+            log.error("the server refuses this machine's own store: %s", why)
+            return
+        name = self.home.share().get("name", self.home.store)
+        self.revoked = f"{name} is no longer shared with you; this machine keeps nothing of it"
+        log.warning("%s (%s)", self.revoked, why)
+        self.end()
+
+    def _forget_place(self) -> None:
+        """Delete everything this machine held of a folder no longer shared with it; keep the status saying so."""
+        home = self.home
+        shutil.rmtree(home.cache_dir, ignore_errors=True)
+        for path in home.state_dir.iterdir():
+            if path.name.startswith(("replica.db", "queue.db")):
+                path.unlink(missing_ok=True)
+        log.info("deleted the replica and cache of %s", home.store)
 
     def _on_state(self, online: bool, error: str) -> None:
         raise NotImplementedError
@@ -162,6 +193,8 @@ class Client(Engine):
         self.front_notify: Callable[[Invalidation], None] = lambda inv: None
         #: The front end's way to end itself when `websync unmount` asks (FUSE: unmount; WinFsp: stop).
         self.stop: Callable[[], Awaitable[None]] = self._cannot_stop
+        #: The front end's way to end at once, open files or not (FUSE: terminate, then a lazy unmount).
+        self.front_end_now: Callable[[], None] = lambda: None
         self.reconciler.on_notice = lambda: self._status_dirty.set()
         self.vfs.notify = self.notify
         self.applier.on_content = self.pins.changed
@@ -172,12 +205,6 @@ class Client(Engine):
             download=self.remote.get_block, mountpoint=str(place),
         )
         self.control = ControlServer(home.state_dir, self._request)
-        self.vfs.read_only = bool(home.share().get("read_only"))
-        #: The front end's way to end itself at once, open files or not (FUSE: a lazy unmount).
-        self.end: Callable[[], None] = lambda: None
-        #: Why the server refuses this place's store ("": it does not): the folder is no longer shared.
-        self.revoked = ""
-        self.follower.on_forbidden = self._forbidden
         self.online = False
         self.error = ""
         self.closed = False
@@ -186,6 +213,9 @@ class Client(Engine):
     def notify(self, inv: Invalidation) -> None:
         """Tell the front end what changed behind its back."""
         self.front_notify(inv)
+
+    def end(self) -> None:
+        self.front_end_now()
 
     async def _cannot_stop(self) -> None:
         raise ConfigError("this mount cannot be stopped by a command; end its process")
@@ -204,16 +234,6 @@ class Client(Engine):
                 self.reconciler.due()  # repaired at the next quiet moment
             return {"differences": differences or [], "pending": len(self.queue), "writing": self.vfs.writing()}
         return await self.cachectl.handle(op, args)
-
-    def _forbidden(self, why: str) -> None:
-        """The server refuses this place's store: a shared folder no longer shared with this user."""
-        if not self.home.store or self.revoked:
-            log.error("the server refuses this machine's own store: %s", why)
-            return
-        name = self.home.share().get("name", self.home.store)
-        self.revoked = f"{name} is no longer shared with you; this machine keeps nothing of it"
-        log.warning("%s (%s)", self.revoked, why)
-        self.end()
 
     def _on_state(self, online: bool, error: str) -> None:
         if online and not self.online:
@@ -368,13 +388,3 @@ class Client(Engine):
             self._forget_place()
         self.cache_lock.release()
         self.mount_lock.release()
-
-    def _forget_place(self) -> None:
-        """Delete everything this machine held of a folder no longer shared with it; keep the status saying so."""
-        home = self.home
-        shutil.rmtree(home.cache_dir, ignore_errors=True)
-        for path in home.state_dir.iterdir():
-            if path.name.startswith(("replica.db", "queue.db")):
-                path.unlink(missing_ok=True)
-        log.info("deleted the replica and cache of %s", home.store)
-

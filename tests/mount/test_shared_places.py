@@ -190,7 +190,7 @@ def _user(place: Place) -> str:
     return str(json.loads(place.machine.cli("status", "--json").stdout)["user"])
 
 
-def test_a_shared_folder_synced_as_a_folder_of_real_files_meets_a_mount_of_it(
+def test_a_shared_folder_synced_as_a_folder_meets_a_mount_of_it_and_stops_when_unshared(
     server: ServerProcess, account: tuple[str, str], new_machine: Callable[..., Machine]
 ) -> None:
     a = new_machine("A", mount=False)
@@ -208,7 +208,13 @@ def test_a_shared_folder_synced_as_a_folder_of_real_files_meets_a_mount_of_it(
         synced.path("from-folder.txt").write_bytes(b"written in the folder")
         eventually(lambda: read_bytes(alice.path("from-folder.txt")) == b"written in the folder", what="in the mount")
         assert json.loads(synced.cli("status", "--json").stdout)["folder"] == str(synced.mnt)
-        synced.cli("sync", "--stop", str(synced.mnt))
+        # Removed, the member's sync stops and forgets the folder; the files on the disk are the member's.
+        a.cli("unshare", "Family", bob[0])
+        eventually(lambda: synced.pid() is None, what="bob's sync stopped")
+        assert "Family is no longer shared with you" in synced.cli("status").stdout
+        assert not (synced.home / "replica.db").exists() and not (synced.home / "folder.db").exists()
+        assert not (b.home / "cache" / "shared" / synced.home.name).exists()
+        assert read_bytes(synced.path("from-folder.txt")) == b"written in the folder"
     finally:
         alice.cleanup()
         synced.cleanup()

@@ -171,6 +171,7 @@ class FolderClient(Engine):
             "problems": dict(sorted(self.merger.problems.items())[:50]), "conflicts": self.merger.conflicts,
             "last_scan": self.scanned, "updated": time.time(),
             "aliased": dict(sorted(self.merger.aliases.aliased().items())[:50]),
+            "read_only": self.vfs.read_only, "revoked": self.revoked,
         }
 
     def write_status(self, final: bool = False) -> None:
@@ -257,7 +258,14 @@ class FolderClient(Engine):
                 scope.cancel()
                 return
 
+    def end(self) -> None:
+        """Stop syncing: the shared folder is no longer shared with this user (the files on disk stay)."""
+        self.error = self.revoked
+        self._front.cancel()
+
     async def _drain(self) -> None:
+        if self.revoked:
+            return  # the server takes nothing more for this folder
         with trio.move_on_after(DRAIN_ON_STOP):
             while len(self.queue) and self.uploader.failures == 0:
                 await trio.sleep(0.1)
@@ -304,6 +312,10 @@ class FolderClient(Engine):
         self.db.close()
         self.known.close()
         self.marker.release()
+        if self.revoked:
+            self._forget_place()
+            for path in self.home.state_dir.glob(f"{KNOWN_DB}*"):
+                path.unlink(missing_ok=True)
         self.cache_lock.release()
         self.mount_lock.release()
 

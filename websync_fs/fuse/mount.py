@@ -38,7 +38,7 @@ class FuseMount:
         self.ops = FuseOperations(self.client.vfs)
         self.client.front_notify = self.ops.notify
         self.client.stop = self._unmount
-        self.client.end = self._terminate
+        self.client.front_end_now = self._terminate
         self.ops.file_state = self.client.states.xattr
         self._terminated = False
 
