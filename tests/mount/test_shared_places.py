@@ -118,7 +118,10 @@ def test_members_mounts_of_a_shared_folder_converge_keep_conflicts_and_restore_f
     status = json.loads(bob.cli("status", "--json").stdout)
     assert status["shared"]["name"] == "Family" and status["shared"]["read_only"] is False
     assert status["mountpoint"] == str(bob.mnt) and status["pending"] == 0
-    assert json.loads(bob.machine.cli("status", "--json").stdout)["mounted"] is False
+    own = json.loads(bob.machine.cli("status", "--json").stdout)
+    assert own["mounted"] is False
+    assert [(p["name"], p["mountpoint"]) for p in own["places"]] == [("Family", str(bob.mnt))]
+    assert f"shared:     Family of {_user(alice)} mounted at {bob.mnt}" in bob.machine.cli("status").stdout
     # History and trash work inside the folder, through the place's CLI.
     bob.path("list.txt").write_bytes(b"milk")
     eventually(lambda: read_bytes(alice.path("list.txt")) == b"milk", what="list on alice")
@@ -165,6 +168,8 @@ def test_a_read_only_member_reads_and_every_change_is_erofs_with_nothing_queued(
     status = json.loads(carol.cli("status", "--json").stdout)
     assert status["pending"] == 0 and status["shared"]["read_only"] is True
     assert "read-only" in carol.cli("status").stdout
+    unknown = carol.machine.cli("mount", str(carol.mnt.parent / "other"), "--shared", "Nope", check=False)
+    assert unknown.returncode == 2 and "no shared folder is named 'Nope'" in unknown.stderr
     # A read-only folder cannot be a synced folder (its changes could never be sent).
     refused_sync = carol.machine.cli("sync", str(carol.mnt.parent / "fam-folder"), "--shared", "Family", check=False)
     assert refused_sync.returncode == 2 and "read-only for you" in refused_sync.stderr

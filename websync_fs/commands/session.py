@@ -298,6 +298,8 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
     info["notices"] = list(daemon.get("notices") or [])[-10:]
     if home.store:
         info["shared"] = home.share() | {"revoked": revoked}
+    else:
+        info["places"] = _running_places(home)
     if files is not None:
         info["files"] = files
     if check:
@@ -318,6 +320,10 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
             click.echo(f"synced:     {info['folder']} (process {pid})")
         else:
             click.echo(f"mounted:    {info['mountpoint']} (process {pid})" if pid else "mounted:    no")
+        for place in info.get("places", []):
+            where = f"mounted at {place['mountpoint']}" if place["mountpoint"] else f"synced with {place['folder']}"
+            click.echo(f"shared:     {place['name']} of {place['owner']} {where} (process {place['pid']};"
+                       f" 'websync --shared \"{place['name']}\" status')")
         for path, reason in info["problems"].items():
             click.echo(f"not synced: {path}: {reason} (retried)")
         for local, original in info["aliased"].items():
@@ -338,6 +344,23 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
         raise Unauthorized("the server refused this device's token; run 'websync login' again")
     if check and info["check"]["differences"]:
         sys.exit(1)
+
+
+def _running_places(home: Home) -> list[dict[str, Any]]:
+    """The shared folders this machine is mounting or syncing now, each by its own client."""
+    found = []
+    for place in home.places():
+        pid = running_pid(place)
+        if pid is None:
+            continue
+        try:
+            running = json.loads(place.status_file.read_text())
+        except (OSError, ValueError):
+            running = {}
+        share = place.share()
+        found.append({"name": share.get("name"), "owner": share.get("owner"), "read_only": share.get("read_only"),
+                      "pid": pid, "mountpoint": running.get("mountpoint", ""), "folder": running.get("folder", "")})
+    return found
 
 
 def _revoked(home: Home) -> str:

@@ -81,6 +81,7 @@ class WinFspMount:
                     stop.set()
 
                 client.stop = stop_asked
+                client.front_end_now = stop.set  # a shared folder no longer shared: stop at once
                 nursery.start_soon(_stop_signal, stop)
                 await stop.wait()
                 await trio.to_thread.run_sync(fs.stop)
