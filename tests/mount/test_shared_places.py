@@ -224,3 +224,21 @@ def test_a_shared_folder_synced_as_a_folder_meets_a_mount_of_it_and_stops_when_u
         alice.cleanup()
         synced.cleanup()
     assert not alice.errors() and not synced.errors()
+
+
+def test_two_folders_of_one_name_are_told_apart_by_their_owner(
+    server: ServerProcess, account: tuple[str, str], new_machine: Callable[..., Machine]
+) -> None:
+    a = new_machine("A", mount=False)
+    b = new_machine("B", mount=False)
+    bob = (f"{account[0]}-bob", "pw-bob-long-enough")
+    add_user(server.data_dir, *bob)
+    b.login(*bob)
+    a.cli("share", "Family", bob[0])
+    b.cli("share", "Family", account[0])  # bob's own folder of the same name
+    clash = b.cli("--shared", "Family", "trash", check=False)
+    assert clash.returncode == 2 and "2 shared folders are named 'Family'" in clash.stderr
+    assert "Family (OWNER)" in clash.stderr
+    assert b.cli("--shared", f"Family ({account[0]})", "trash").stdout == "the trash is empty\n"
+    places = [json.loads(p.joinpath("share.json").read_text()) for p in (b.home / "state" / "shared").iterdir()]
+    assert [(p["name"], p["owner"]) for p in places] == [("Family", account[0])]
