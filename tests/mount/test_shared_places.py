@@ -11,7 +11,9 @@ import errno
 import json
 import os
 import signal
+import statistics
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -93,10 +95,28 @@ def family(
         assert not place.errors(), f"{place.machine.name} logged errors:\n" + "\n".join(place.errors()[:20])
 
 
-def test_members_mounts_of_a_shared_folder_converge_keep_conflicts_and_restore_from_the_trash(
-    family: tuple[Place, Place, Place],
+def _arrival(write: Path, seen: Path, data: bytes) -> float:
+    start = time.monotonic()
+    write.write_bytes(data)
+    eventually(lambda: read_bytes(seen) == data, what=f"{seen.name} arrived")
+    return time.monotonic() - start
+
+
+def test_members_mounts_of_a_shared_folder_converge_as_fast_as_own_files_keep_conflicts_and_restore(
+    family: tuple[Place, Place, Place], new_machine: Callable[..., Machine]
 ) -> None:
     alice, bob, carol = family
+    # A member's change arrives as fast as a change of one's own files: one run, two paths (alice's own
+    # mount to her second machine, alice's place to bob's), the same long poll; medians compared, not times.
+    alice.machine.mount()
+    own_a2 = new_machine("A2")
+    own, shared = [], []
+    for i in range(6):
+        own.append(_arrival(alice.machine.path(f"own-{i}.txt"), own_a2.path(f"own-{i}.txt"), b"own %d" % i))
+        shared.append(_arrival(alice.path(f"shared-{i}.txt"), bob.path(f"shared-{i}.txt"), b"shared %d" % i))
+    own_median, shared_median = statistics.median(own), statistics.median(shared)
+    print(f"median arrival: own files {own_median:.3f} s, shared folder {shared_median:.3f} s")
+    assert shared_median < 2.5 * own_median
     alice.path("from-alice.txt").write_bytes(b"hello from alice")
     eventually(lambda: read_bytes(bob.path("from-alice.txt")) == b"hello from alice", what="alice's file on bob")
     bob.path("Photos").mkdir()
