@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -166,12 +165,8 @@ class Engine:
 
     def _forget_place(self) -> None:
         """Delete everything this machine held of a folder no longer shared with it; keep the status saying so."""
-        home = self.home
-        shutil.rmtree(home.cache_dir, ignore_errors=True)
-        for path in home.state_dir.iterdir():
-            if path.name.startswith(("replica.db", "queue.db")):
-                path.unlink(missing_ok=True)
-        log.info("deleted the replica and cache of %s", home.store)
+        self.home.forget()
+        log.info("deleted the replica and cache of %s", self.home.store)
 
     def _on_state(self, online: bool, error: str) -> None:
         raise NotImplementedError

@@ -115,6 +115,11 @@ class Home:
         return self.state_dir / "replica.db"
 
     @property
+    def known_db(self) -> Path:
+        """A synced folder's last synced state (folder/known.py)."""
+        return self.state_dir / "folder.db"
+
+    @property
     def queue_db(self) -> Path:
         return self.state_dir / "queue.db"
 
@@ -138,6 +143,20 @@ class Home:
     @property
     def blocks_dir(self) -> Path:
         return self.cache_dir / "blocks"
+
+    def forget(self) -> None:
+        """Delete what this machine holds of its store: tree, queue, last synced state, working copies, blocks.
+
+        For a shared folder no longer shared with this user; the status, the
+        share record and the logs stay (they say what happened).
+        """
+        import shutil
+
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
+        data = (self.replica_db.name, self.queue_db.name, self.known_db.name)
+        for path in self.state_dir.iterdir() if self.state_dir.is_dir() else []:
+            if path.name.startswith(data):  # with SQLite's -wal and -shm files
+                path.unlink(missing_ok=True)
 
     def ensure(self) -> None:
         for path in (self.config_dir, self.state_dir, self.cache_dir, self.work_dir):

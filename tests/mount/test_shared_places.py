@@ -196,7 +196,7 @@ def test_a_read_only_member_reads_and_every_change_is_erofs_with_nothing_queued(
 
 
 def test_a_removed_member_stops_keeps_nothing_and_status_says_why(family: tuple[Place, Place, Place]) -> None:
-    alice, _, carol = family
+    alice, bob, carol = family
     alice.path("secret.txt").write_bytes(b"for members only")
     eventually(lambda: read_bytes(carol.path("secret.txt")) == b"for members only", what="secret on carol")
     place_home = carol.home
@@ -209,6 +209,16 @@ def test_a_removed_member_stops_keeps_nothing_and_status_says_why(family: tuple[
     out = carol.cli("status").stdout
     assert "Family is no longer shared with you" in out
     assert json.loads(carol.cli("status", "--json").stdout)["shared"]["revoked"]
+    # Removed while nothing of it ran: the next look at the server forgets it all the same.
+    eventually(lambda: read_bytes(bob.path("secret.txt")) == b"for members only", what="secret on bob")
+    bob.machine.cli("unmount", str(bob.mnt))
+    assert (bob.home / "replica.db").exists()
+    alice.machine.cli("unshare", "Family", _user(bob))
+    again = bob.machine.cli("mount", str(bob.mnt), "--shared", "Family", check=False)
+    assert again.returncode == 2 and "no shared folder is named 'Family'" in again.stderr
+    assert not (bob.home / "replica.db").exists() and not (bob.machine.home / "cache" / "shared").joinpath(
+        bob.home.name).exists()
+    assert "Family is no longer shared with you" in bob.cli("status").stdout
 
 
 def _user(place: Place) -> str:

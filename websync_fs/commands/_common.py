@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import logging.handlers
 import os
@@ -73,6 +74,8 @@ def shared_place(base: Home, name: str, *, refresh: bool) -> Home:
         except Offline:
             if not any(_named(s, name) for s in known):
                 raise
+    if listed is not None:
+        _forget_unlisted(base, {str(s["store"]) for s in listed})
     found = [s for s in (known if listed is None else listed) if _named(s, name)]
     if not found:
         raise ConfigError(f"no shared folder is named {name!r}; see 'websync shares'")
@@ -81,8 +84,30 @@ def shared_place(base: Home, name: str, *, refresh: bool) -> Home:
     share = found[0]
     place = base.place(str(share["store"]))
     if listed is not None:
+        if revoked(place):
+            place.status_file.unlink(missing_ok=True)  # shared again since
         place.save_share({key: share[key] for key in ("store", "name", "owner", "read_only")})
     return place
+
+
+def _forget_unlisted(base: Home, listed: set[str]) -> None:
+    """Delete what this machine holds of folders no longer shared with it that no client had running to see it."""
+    for place in base.places():
+        if place.store in listed or revoked(place) or running_pid(place) is not None:
+            continue
+        place.forget()
+        why = f"{place.share().get('name')} is no longer shared with you; this machine keeps nothing of it"
+        place.status_file.write_text(json.dumps({"revoked": why}))
+
+
+def revoked(home: Home) -> str:
+    """Why a shared folder's place stopped: the server no longer shares it with this user ("": it does)."""
+    if not home.store:
+        return ""
+    try:
+        return str(json.loads(home.status_file.read_text()).get("revoked") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def friendly(fn: F) -> F:

@@ -88,7 +88,5 @@ def _stop(ctx: Context, target: Path) -> None:
 
 
 def _reset(ctx: Context, target: Path) -> None:
-    from ..folder.client import KNOWN_DB
-
-    (ctx.home.state_dir / KNOWN_DB).unlink(missing_ok=True)
+    ctx.home.known_db.unlink(missing_ok=True)
     click.echo(f"forgot the last synced state of {target}: the next 'websync sync' is a first sync")

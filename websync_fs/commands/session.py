@@ -21,6 +21,7 @@ from ._common import (
     human,
     pass_ctx,
     ready_pipe,
+    revoked as revoked_place,
     running_pid,
     setup_logging,
     start_in_background,
@@ -273,7 +274,7 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
             daemon = json.loads(home.status_file.read_text())
         except (FileNotFoundError, ValueError):
             daemon = {}
-    revoked = _revoked(home)
+    revoked = revoked_place(home)
     if revoked:
         online, error = False, ""
     elif daemon:
@@ -361,16 +362,6 @@ def _running_places(home: Home) -> list[dict[str, Any]]:
         found.append({"name": share.get("name"), "owner": share.get("owner"), "read_only": share.get("read_only"),
                       "pid": pid, "mountpoint": running.get("mountpoint", ""), "folder": running.get("folder", "")})
     return found
-
-
-def _revoked(home: Home) -> str:
-    """Why a shared folder's place stopped: the server no longer shares it with this user ("": it does)."""
-    if not home.store:
-        return ""
-    try:
-        return str(json.loads(home.status_file.read_text()).get("revoked") or "")
-    except (OSError, ValueError):
-        return ""
 
 
 def _check(home: Home, pid: int | None) -> dict[str, Any]:

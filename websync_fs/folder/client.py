@@ -54,13 +54,12 @@ MAX_WAIT = 5.0
 #: How often the folder and its marker are checked, and a full scan made anyway.
 CHECK_EVERY = 1.0
 RESCAN_EVERY = 600.0
-KNOWN_DB = "folder.db"
 
 
 def prepare(home: Home, folder: Path, store: str, only: tuple[str, ...]) -> tuple[KnownTree, Marker]:
     """The guards before anything runs: placement, the marker, the lock, the folder this home syncs."""
     check_placement(folder)
-    known = KnownTree(home.state_dir / KNOWN_DB)
+    known = KnownTree(home.known_db)
     try:
         synced = known.meta("folder")
         if synced and synced != str(folder) and len(known):
@@ -314,8 +313,6 @@ class FolderClient(Engine):
         self.marker.release()
         if self.revoked:
             self._forget_place()
-            for path in self.home.state_dir.glob(f"{KNOWN_DB}*"):
-                path.unlink(missing_ok=True)
         self.cache_lock.release()
         self.mount_lock.release()
 
