@@ -64,9 +64,11 @@ from .conflicts import conflict_name
 from .errors import (
     BadRequest,
     CommitConflict,
+    Forbidden,
     NotFound,
     Offline,
     OverQuota,
+    ReadOnly,
     RemoteError,
     ServerFull,
     Unauthorized,
@@ -266,6 +268,16 @@ class Uploader:
             log.info("no answer to commit %s (%s); sending it again in %.1f s", batch[0].batch, exc, delay)
             self.on_state(False, str(exc))
             await self._pause(delay)
+            return False
+        except Forbidden as exc:
+            self._sent.pop(batch[0].batch or "", None)  # refused: it was not applied
+            if isinstance(exc, ReadOnly):
+                self._refused(batch, exc)  # the mode changed since the mount: held with the server's sentence
+                return False
+            # The store itself is refused: a shared folder no longer shared with this user.  The
+            # follower hears it too and the engine ends, forgetting the queue; until then it waits.
+            log.info("commit refused (%s): waiting for the follower to end this folder", exc)
+            self.queue.fail(batch, RETRY_CAP, str(exc))
             return False
         except (BadRequest, NotFound, _LostBlock) as exc:
             self._sent.pop(batch[0].batch or "", None)  # refused: it was not applied
