@@ -41,17 +41,18 @@ from websync_server.protocol import (
     XATTR_NAME_MAX,
     XATTR_TOTAL_MAX,
     XATTR_VALUE_MAX,
-    OP_CREATE,
-    OP_DELETE,
-    OP_LINK,
-    OP_MKDIR,
-    OP_MKNOD,
-    OP_RENAME,
-    OP_SETATTR,
-    OP_SYMLINK,
-    OP_UPDATE,
+    Create,
+    Delete,
     InvalidName,
+    Link,
+    Mkdir,
+    Mknod,
     NodeId,
+    Op,
+    Rename,
+    SetAttr,
+    Symlink,
+    Update,
     new_node_id,
     validate_name,
 )
@@ -271,11 +272,7 @@ class Vfs:
             row = self.replica.add_node(node, KIND_DIR, mode & 0o7777)
             self.replica.set_entry(pdir.id, name, node)
             self._touch_dir(pdir)
-            self._send(
-                {"op": OP_MKDIR, "id": node, "parent": pdir.id, "name": name, "mode": row.mode,
-                 "mtime_ns": row.mtime_ns},
-                name=name,
-            )
+            self._send(Mkdir(id=node, parent=pdir.id, name=name, mode=row.mode, mtime_ns=row.mtime_ns), name=name)
         return self.attr(row)
 
     def symlink(self, parent: int, name: str, target: str) -> FileAttr:
@@ -293,7 +290,7 @@ class Vfs:
         return self.attr(row)
 
     def _send(
-        self, op: dict[str, Any], *, name: str | None = None, replaced: bool = False, version: bool = False
+        self, op: Op, *, name: str | None = None, replaced: bool = False, version: bool = False
     ) -> None:
         """Queue *op* for the server with the quiet period its names call for (*version*: see enqueue)."""
         quiet = None
@@ -318,18 +315,16 @@ class Vfs:
         if not self.replica.entries_of(row.id):
             self.replica.set_orphan(row.id)
         if not row.local:
-            self._send({"op": OP_DELETE, "id": row.id, "parent": pdir.id, "name": name},
-                       replaced=row.kind == KIND_FILE)
+            self._send(Delete(id=row.id, parent=pdir.id, name=name), replaced=row.kind == KIND_FILE)
             self.saves.left(pdir.id, name, row)
         self._touch_dir(pdir)
 
-    def _born(self, row: NodeRow, parent: str, name: str) -> dict[str, Any]:
+    def _born(self, row: NodeRow, parent: NodeId, name: str) -> Create | Symlink:
         """The op that creates *row* at ``parent/name`` on the server, content and all."""
         if row.kind == KIND_SYMLINK:
-            return {"op": OP_SYMLINK, "id": row.id, "parent": parent, "name": name, "target": row.target,
-                    "mtime_ns": row.mtime_ns}
-        return {"op": OP_CREATE, "id": row.id, "parent": parent, "name": name, "mode": row.mode,
-                "mtime_ns": row.mtime_ns, "size": row.size, "blocks": list(row.blocks)}
+            return Symlink(id=row.id, parent=parent, name=name, target=row.target, mtime_ns=row.mtime_ns)
+        return Create(id=row.id, parent=parent, name=name, mode=row.mode, mtime_ns=row.mtime_ns, size=row.size,
+                      blocks=row.blocks)
 
     def unlink(self, parent: int, name: str) -> None:
         pdir = self._dir(parent)
@@ -404,7 +399,7 @@ class Vfs:
                 self._release_blocks(list(row.blocks))
             elif not row.local and to_local:
                 # Renamed to a lock/swap-like name: it leaves the server, stays here.
-                self._send({"op": OP_DELETE, "id": row.id, "parent": src_dir.id, "name": old_name})
+                self._send(Delete(id=row.id, parent=src_dir.id, name=old_name))
                 self.replica.remap(row.id, new_node_id())
                 moved = self.replica.get(row.ino)
                 assert moved is not None
@@ -413,8 +408,7 @@ class Vfs:
             elif not row.local:
                 self.replica.update_node(row.id)  # ctime
                 self._send(
-                    {"op": OP_RENAME, "id": row.id, "parent": src_dir.id, "name": old_name,
-                     "new_parent": dst_dir.id, "new_name": new_name},
+                    Rename(id=row.id, parent=src_dir.id, name=old_name, new_parent=dst_dir.id, new_name=new_name),
                     name=new_name, replaced=row.kind == KIND_FILE,
                 )
                 self.saves.left(src_dir.id, old_name, row)
@@ -437,7 +431,7 @@ class Vfs:
             self._touch_dir(pdir)
             self.replica.update_node(row.id)  # ctime
             if not row.local:
-                self._send({"op": OP_LINK, "id": row.id, "parent": pdir.id, "name": new_name}, name=new_name)
+                self._send(Link(id=row.id, parent=pdir.id, name=new_name), name=new_name)
         return self.getattr(ino)
 
     def mknod(self, parent: int, name: str, mode: int, rdev: int) -> FileAttr:
@@ -450,8 +444,8 @@ class Vfs:
             row = self.replica.add_node(node, KIND_SPECIAL, mode & (0o7777 | stat.S_IFMT(mode)), rdev=rdev)
             self.replica.set_entry(pdir.id, name, node)
             self._touch_dir(pdir)
-            self._send({"op": OP_MKNOD, "id": node, "parent": pdir.id, "name": name, "mode": row.mode,
-                        "rdev": rdev, "mtime_ns": row.mtime_ns}, name=name)
+            self._send(Mknod(id=node, parent=pdir.id, name=name, mode=row.mode, rdev=rdev, mtime_ns=row.mtime_ns),
+                       name=name)
         return self.attr(row)
 
     def exchange(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
@@ -474,8 +468,8 @@ class Vfs:
             self.replica.set_entry(dst_dir.id, new_name, one.id)
             self._touch_dir(src_dir)
             self._touch_dir(dst_dir)
-            self._send({"op": OP_RENAME, "id": one.id, "parent": src_dir.id, "name": old_name,
-                        "new_parent": dst_dir.id, "new_name": new_name, "exchange": two.id})
+            self._send(Rename(id=one.id, parent=src_dir.id, name=old_name, new_parent=dst_dir.id, new_name=new_name,
+                              exchange=two.id))
 
     # -- extended attributes -------------------------------------------------
     @staticmethod
@@ -529,7 +523,7 @@ class Vfs:
         with self._db.tx():
             self.replica.update_node(row.id, xattrs=xattrs)
             if not row.local and not row.orphan:
-                self._send({"op": OP_SETATTR, "id": row.id, "xattrs": change})
+                self._send(SetAttr(id=row.id, xattrs=change))
 
     # -- attributes ------------------------------------------------------------
     async def setattr(
@@ -566,9 +560,9 @@ class Vfs:
                 self.replica.update_node(row.id, **changes)
                 if row.kind != KIND_DIR or "mode" in changes:
                     # Directory mtimes stay local (see _touch_dir).
-                    op = {"op": OP_SETATTR, "id": row.id, **changes}
-                    if row.kind == KIND_DIR:
-                        op.pop("mtime_ns", None)
+                    # Directory mtimes stay local: a directory's setattr carries its mode only.
+                    op = SetAttr(id=row.id, mode=changes.get("mode"),
+                                 mtime_ns=None if row.kind == KIND_DIR else changes.get("mtime_ns"))
                     if not row.orphan and not row.local:
                         self._send(op)
         return self.getattr(ino)
@@ -728,8 +722,7 @@ class Vfs:
                     self._hold_blocks(list(blocks))
                     self._release_blocks(list(row.blocks))
                 elif not row.orphan:
-                    self._send({"op": OP_UPDATE, "id": row.id, "size": size, "blocks": list(blocks),
-                                "mtime_ns": mtime})
+                    self._send(Update(id=row.id, size=size, blocks=tuple(blocks), mtime_ns=mtime))
         finally:
             # The queue item protects the blocks now; drop the seal's own hold.
             self._release_blocks(stored)

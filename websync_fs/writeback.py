@@ -69,6 +69,7 @@ from websync_server.protocol import (
     OP_SETATTR,
     OP_SYMLINK,
     OP_UPDATE,
+    Op,
 )
 
 from .statedb import StateDb
@@ -253,7 +254,7 @@ class WriteBackQueue:
         return row[0]
 
     # -- enqueueing ----------------------------------------------------------
-    def enqueue(self, op: dict[str, Any], quiet: float | None = None, *, version: bool = False) -> None:
+    def enqueue(self, new: Op, quiet: float | None = None, *, version: bool = False) -> None:
         """Add *op* for the server, coalescing it with what is already queued.
 
         *quiet* overrides the queue's quiet period for this change (temporary
@@ -261,6 +262,7 @@ class WriteBackQueue:
         An update with *version* is never folded into the content queued
         before it: that content becomes a version on the server.
         """
+        op = new.to_wire()  # the queue keeps ops in their wire form, which is also its durable record
         self._ready_at = time.time() + (self.quiet if quiet is None else quiet)
         with self.state.tx():
             if not self._coalesce(op, version):
@@ -438,8 +440,13 @@ class WriteBackQueue:
                     (time.time() + delay, error, item.n),
                 )
 
-    def replace(self, item: Item, op: dict[str, Any] | None) -> None:
-        """Swap the op of *item* (conflict resolution) or drop it with None."""
+    def replace(self, item: Item, new: Op | dict[str, Any] | None) -> None:
+        """Swap the op of *item* (conflict resolution) or drop it with None.
+
+        A dict is *item*'s own queued form rewritten (a new target name, a
+        restore to go before it); a new op comes as a typed value.
+        """
+        op = new if new is None or isinstance(new, dict) else new.to_wire()
         with self._tx():
             if op is None:
                 self._db.execute("DELETE FROM items WHERE n=?", (item.n,))

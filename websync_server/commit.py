@@ -194,6 +194,8 @@ class Batch:
         row = self._live_node(index, op.id)
         if row.kind != KIND_FILE:
             raise InvalidRequest(f"op {index}: update needs a file, node {op.id} is a {row.kind}")
+        if op.base is None:  # parse_ops requires it; an op built in-process may not have it
+            raise InvalidRequest(f"op {index}: update needs base")
         self._check_base(index, row, op.base)
         self._conn.execute(
             insert(versions),

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, NewType
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, NewType, Union
 
 API = "/v1"
 BLOCK_SIZE = 4 * 1024 * 1024
@@ -308,8 +308,8 @@ class ChangeRows:
         )
 
 
-# Commit operations.  A batch is a list of these dicts, applied atomically in
-# order; see docs/protocol.md for each one's precondition and 409 reasons.
+# Commit operations.  A batch is a list of these, applied atomically in order;
+# see docs/protocol.md for each one's precondition and 409 reasons.
 OP_MKDIR = "mkdir"
 OP_CREATE = "create"
 OP_SYMLINK = "symlink"
@@ -323,6 +323,134 @@ OP_MKNOD = "mknod"
 OPS = frozenset(
     {OP_MKDIR, OP_CREATE, OP_SYMLINK, OP_UPDATE, OP_SETATTR, OP_RENAME, OP_DELETE, OP_RESTORE, OP_LINK, OP_MKNOD}
 )
+
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Op:
+    """A commit operation as a typed value; `to_wire` gives the JSON object a batch carries.
+
+    Both sides build ops as these values: the client to queue and send them,
+    the server (``websync_server/ops.py``) as what it checked a wire op into.
+    A field left None is left out of the wire object: "no change" for a
+    setattr, "no precondition" for ``base``; new nodes' empty ``xattrs`` too.
+    """
+
+    KIND: ClassVar[str]
+    id: NodeId
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"op": self.KIND}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or (f.name == "xattrs" and value == {}):
+                continue
+            wire[f.name] = list(value) if isinstance(value, tuple) else value
+        return wire
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mkdir(_Op):
+    KIND: ClassVar[str] = OP_MKDIR
+    parent: NodeId
+    name: str
+    mode: int
+    mtime_ns: int
+    xattrs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Create(_Op):
+    KIND: ClassVar[str] = OP_CREATE
+    parent: NodeId
+    name: str
+    mode: int
+    mtime_ns: int
+    size: int
+    blocks: tuple[BlockHash, ...]
+    xattrs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Symlink(_Op):
+    KIND: ClassVar[str] = OP_SYMLINK
+    parent: NodeId
+    name: str
+    target: str
+    mtime_ns: int
+    xattrs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Update(_Op):
+    """New content of a file; ``base`` (the node's seq it was made on) is set by the sender."""
+
+    KIND: ClassVar[str] = OP_UPDATE
+    size: int
+    blocks: tuple[BlockHash, ...]
+    mtime_ns: int
+    mode: int | None = None
+    base: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mknod(_Op):
+    KIND: ClassVar[str] = OP_MKNOD
+    parent: NodeId
+    name: str
+    mode: int  # with the S_IFMT bits
+    rdev: int
+    mtime_ns: int
+    xattrs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetAttr(_Op):
+    KIND: ClassVar[str] = OP_SETATTR
+    mode: int | None = None
+    mtime_ns: int | None = None
+    #: name -> base64 value to set, or None to remove; None: leave them alone.
+    xattrs: dict[str, str | None] | None = None
+    #: The node's seq this change was made on (optional, as for delete).
+    base: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rename(_Op):
+    KIND: ClassVar[str] = OP_RENAME
+    parent: NodeId
+    name: str
+    new_parent: NodeId
+    new_name: str
+    replace: NodeId | None = None
+    #: Swap with the node at the target (RENAME_EXCHANGE) instead of moving.
+    exchange: NodeId | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Delete(_Op):
+    KIND: ClassVar[str] = OP_DELETE
+    parent: NodeId
+    name: str
+    base: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Link(_Op):
+    KIND: ClassVar[str] = OP_LINK
+    parent: NodeId
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Restore(_Op):
+    KIND: ClassVar[str] = OP_RESTORE
+    parent: NodeId
+    name: str
+
+
+Op = Union[Mkdir, Create, Symlink, Mknod, Update, SetAttr, Rename, Delete, Link, Restore]
+
 
 # Reasons a commit is refused with 409.
 CONFLICT_EXISTS = "exists"  # the target name is taken
