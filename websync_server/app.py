@@ -390,7 +390,10 @@ class _Api:
 
     def _put_blocks(self, space: str, shared: str | None, blocks: list[tuple[BlockHash, Any]]) -> int:
         """Store *blocks* in *space*'s folder; how many were new (all, for a member: shares.py)."""
-        created = self._s.quotas.put_blocks(space, blocks)
+        if len(blocks) == 1:  # a PUT: its pieces as received, hashed and written in turn
+            created = int(self._s.quotas.put_block(space, *blocks[0]))
+        else:  # a batch: checked whole, then flushed to disk together
+            created = self._s.quotas.put_blocks(space, blocks)
         if shared is None:
             return created
         self._s.shares.record_upload(shared, [block for block, _ in blocks])
