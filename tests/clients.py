@@ -44,8 +44,8 @@ class Machine:
         self.cli("login", self.server_url, "--user", user, "--device", self.name, "--password-stdin",
                  input=password + "\n")
 
-    def mount(self) -> None:
-        self.cli("mount", str(self.mnt))
+    def mount(self, *options: str) -> None:
+        self.cli("mount", *options, str(self.mnt))
         assert os.path.ismount(self.mnt), f"{self.mnt} is not mounted"
         self.mounted_pid = self.pid()
 

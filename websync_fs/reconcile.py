@@ -63,6 +63,7 @@ from .errors import NotFound, Offline, RemoteError
 from .remote import Remote
 from .replica import NodeRow, Replica
 from .invalidation import Invalidation, Notify
+from .owners import birth_fields
 from .writeback import WriteBackQueue
 
 log = logging.getLogger(__name__)
@@ -412,6 +413,7 @@ class Reconciler:
     def _making(row: NodeRow, node: NodeId, parent: str, name: str) -> dict[str, object]:
         """The op that makes *row* on the server as *node* at ``parent/name``."""
         base: dict[str, object] = {"id": node, "parent": parent, "name": name, "mtime_ns": row.mtime_ns}
+        base.update(birth_fields(row.uid, row.gid))
         if row.kind == KIND_DIR:
             return {"op": OP_MKDIR, **base, "mode": row.mode}
         if row.kind == "symlink":
