@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import Machine, eventually
+from tests.clients import Machine, eventually, run_as
 
 pytestmark = pytest.mark.mount
 
@@ -26,28 +26,14 @@ U1, U2, G_SHARED = 1001, 1002, 3000
 
 
 def as_user(uid: int, gid: int, groups: tuple[int, ...], cwd: Path, fn: Callable[[], object]) -> str:
-    """Run *fn* in a child as *uid*/*gid* with *groups*, in *cwd*; its result or errno name."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
+    """Run *fn* as *uid*/*gid* with *groups*, in *cwd*; its result or errno name."""
+    def answer() -> str:
         try:
-            os.close(read)
-            os.chdir(cwd)  # before giving up root: the test's folders are root's own
-            os.setgroups(list(groups))
-            os.setresgid(gid, gid, gid)
-            os.setresuid(uid, uid, uid)
-            try:
-                answer = str(fn())
-            except OSError as exc:
-                answer = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-            os.write(write, answer.encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        answer = pipe.read().decode()
-    os.waitpid(pid, 0)
-    return answer
+            return str(fn())
+        except OSError as exc:
+            return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+
+    return run_as(uid, gid, groups, cwd, answer)
 
 
 def user(uid: int, *extra: int) -> Callable[[Path, Callable[[], object]], str]:
@@ -257,3 +243,59 @@ def test_the_rule_table_is_not_trivial(local_dirs: Callable[[str], Path]) -> Non
         _setup(base)
         answers.append(_outcome(base, who, what, seen)[0])
     assert {"ok", "EPERM", "EACCES"} <= set(answers), answers
+
+
+def _tree_of_several_owners(root: Path) -> None:
+    """Files and folders of root, two users and a shared group, with set-id, sticky and setgid modes."""
+    root.mkdir()
+    layout = [  # a name ending in / is a folder
+        ("etc/", 0o755, 0, 0), ("etc/conf", 0o644, 0, 0), ("home/", 0o755, 0, 0),
+        ("home/u1/", 0o700, U1, U1), ("home/u1/notes", 0o600, U1, U1), ("home/u1/script", 0o4755, U1, U1),
+        ("home/u2/", 0o750, U2, G_SHARED), ("home/u2/shared", 0o640, U2, G_SHARED),
+        ("srv/", 0o2775, 0, G_SHARED), ("srv/app/", 0o2755, U1, G_SHARED), ("srv/app/run", 0o6755, U2, G_SHARED),
+        ("tmp/", 0o1777, 0, 0), ("tmp/scratch", 0o666, U2, U2), ("orphan", 0o644, 4242, 4343),
+    ]
+    for rel, mode, uid, gid in layout:
+        path = root / rel
+        if rel.endswith("/"):
+            path.mkdir()
+        else:
+            path.write_bytes(rel.encode())
+        os.chown(path, uid, gid)
+        os.chmod(path, mode)
+    os.symlink("etc/conf", root / "link")
+    os.lchown(root / "link", U1, G_SHARED)
+
+
+def _owners_of(root: Path) -> dict[str, str]:
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            st = os.lstat(path)
+            found[str(path.relative_to(root))] = f"{st.st_uid}:{st.st_gid}:{stat.S_IMODE(st.st_mode):o}"
+    return found
+
+
+def test_tar_and_rsync_as_root_keep_every_owner_here_and_on_another_machine(
+    new_machine: Callable[..., Machine], a: Machine, tmp_path: Path
+) -> None:
+    import subprocess
+
+    b = new_machine("B")
+    source = tmp_path / "source"
+    _tree_of_several_owners(source)
+    want = _owners_of(source)
+    archive = tmp_path / "tree.tar"
+    subprocess.run(["tar", "-cf", str(archive), "--numeric-owner", "-C", str(source), "."], check=True)
+    a.path("untarred").mkdir()
+    subprocess.run(["tar", "-xpf", str(archive), "--numeric-owner", "-C", str(a.path("untarred"))], check=True)
+    subprocess.run(["rsync", "-a", "--numeric-ids", f"{source}/", f"{a.path('rsynced')}/"], check=True)
+    assert _owners_of(a.path("untarred")) == want
+    assert _owners_of(a.path("rsynced")) == want
+    eventually(lambda: _owners_of(b.path("untarred")) == want and _owners_of(b.path("rsynced")) == want,
+               what="every owner on B")
+    # And back out of the other machine's mount, as a backup would.
+    back = tmp_path / "back"
+    subprocess.run(["rsync", "-a", "--numeric-ids", f"{b.path('rsynced')}/", f"{back}/"], check=True)
+    assert _owners_of(back) == want
