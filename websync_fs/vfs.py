@@ -326,6 +326,8 @@ class Vfs:
         self.replica.remove_entry(pdir.id, name)
         if not self.replica.entries_of(row.id):
             self.replica.set_orphan(row.id)
+        else:
+            self.replica.update_node(row.id)  # ctime: one name less, as ext4
         if not row.local:
             self._send({"op": OP_DELETE, "id": row.id, "parent": pdir.id, "name": name},
                        replaced=row.kind == KIND_FILE)
@@ -545,8 +547,12 @@ class Vfs:
     async def setattr(
         self, ino: int, *, mode: int | None = None, size: int | None = None, mtime_ns: int | None = None,
         fh: int | None = None, uid: int | None = None, gid: int | None = None, caller: Caller | None = None,
+        touch: bool = False,
     ) -> FileAttr:
-        """Change *ino*'s attributes; *uid*/*gid* are numbers as shown here (chown rules: owners.py)."""
+        """Change *ino*'s attributes; *uid*/*gid* are numbers as shown here (chown rules: owners.py).
+
+        *touch*: the change time moves even if nothing else does (chown(f, -1, -1), as ext4).
+        """
         row = self._row(ino)
         owner = self._owner_changes(row, uid, gid, caller)
         if size is not None:
@@ -583,6 +589,9 @@ class Vfs:
                         op.pop("mtime_ns", None)
                     if not row.orphan and not row.local:
                         self._send(op)
+        elif touch:
+            with self._db.tx():
+                self.replica.update_node(row.id)  # ctime, which stays on this machine
         return self.getattr(ino)
 
     def _owner_changes(self, row: NodeRow, uid: int | None, gid: int | None,

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -299,3 +300,48 @@ def test_tar_and_rsync_as_root_keep_every_owner_here_and_on_another_machine(
     back = tmp_path / "back"
     subprocess.run(["rsync", "-a", "--numeric-ids", f"{b.path('rsynced')}/", f"{back}/"], check=True)
     assert _owners_of(back) == want
+
+
+def _next_tick() -> None:
+    """Wait until the clock file times come from has moved on (ext4 stamps with the coarse clock)."""
+    coarse = 5  # CLOCK_REALTIME_COARSE (linux/time.h); Python names only the fine clocks
+    start = time.clock_gettime_ns(coarse)
+    while time.clock_gettime_ns(coarse) == start:
+        time.sleep(0.001)
+
+
+#: Operations on "f" (a file with a second name "g") and "d" (a folder): does ctime move?
+CTIME_OPS: list[tuple[str, str, Callable[[], object]]] = [
+    ("chmod", "f", _do(os.chmod, "f", 0o600)),
+    ("chown", "f", _do(os.chown, "f", U1, U1)),
+    ("chown to the same owner", "f", _do(os.chown, "f", -1, -1)),
+    ("utime", "f", _do(os.utime, "f", (5, 5))),
+    ("write", "f", lambda: _write("f")),
+    ("truncate", "f", lambda: _truncate("f")),
+    ("rename", "f", _do(os.rename, "f", "h")),
+    ("link", "f", _do(os.link, "f", "k")),
+    ("unlink one of two names", "f", _do(os.unlink, "g")),
+    ("setxattr", "f", _do(os.setxattr, "f", "user.x", b"1")),
+    ("read", "f", lambda: open("f", "rb").read()),
+    ("mkdir inside", "d", _do(os.mkdir, "d/sub")),
+    ("chmod folder", "d", _do(os.chmod, "d", 0o700)),
+]
+
+
+def test_ctime_moves_where_a_local_disk_moves_it(a: Machine, local_dirs: Callable[[str], Path]) -> None:
+    differences = {}
+    for index, (name, seen, what) in enumerate(CTIME_OPS):
+        answers = []
+        for base in (local_dirs(f"c{index}"), a.path(f"c{index}")):
+            base.mkdir(exist_ok=True)
+            (base / "f").write_bytes(b"data")
+            os.link(base / "f", base / "g")
+            (base / "d").mkdir()
+            before = os.lstat(base / seen).st_ctime_ns
+            _next_tick()
+            ROOT(base, what)
+            after_path = base / ("h" if name == "rename" else seen)
+            answers.append(os.lstat(after_path).st_ctime_ns > before)
+        if answers[0] != answers[1]:
+            differences[name] = {"local disk": answers[0], "mount": answers[1]}
+    assert not differences, differences

@@ -64,6 +64,10 @@ def _name(raw: bytes) -> str:
     return os.fsdecode(raw)
 
 
+#: The attributes a setattr may carry (pyfuse3.SetattrFields.update_*).
+_SETTABLE = ("atime", "ctime", "gid", "mode", "mtime", "size", "uid")
+
+
 def caller(ctx: Any) -> Caller | None:
     """Who makes a request, from pyfuse3's RequestContext (None: not known, as for tests' direct calls)."""
     return None if ctx is None else Caller(uid=ctx.uid, gid=ctx.gid, pid=ctx.pid)
@@ -145,6 +149,8 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
             uid=attr.st_uid if fields.update_uid else None,
             gid=attr.st_gid if fields.update_gid else None,
             caller=caller(ctx),
+            # chown(f, -1, -1) comes as a setattr of nothing, which moves ctime on ext4.
+            touch=fields.update_ctime or not any(getattr(fields, f"update_{name}") for name in _SETTABLE),
         )
         return self._entry(result)
 
