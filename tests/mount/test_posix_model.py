@@ -225,11 +225,12 @@ def test_mount_behaves_like_a_local_directory(a: Machine, tmp_path: Path) -> Non
 
 
 def _run(model: type[Model], machine: Machine, local: Path, examples: int) -> None:
+    """Run *model* against *machine*'s mount and *local*; MODEL_SCALE=N in the environment runs N times as many."""
     model.machine = machine
     model.local_root = local
     run_state_machine_as_test(
         model,
-        settings=settings(max_examples=examples, stateful_step_count=40, deadline=None, database=None,
+        settings=settings(max_examples=examples * int(os.environ.get("MODEL_SCALE", "1")), stateful_step_count=40, deadline=None, database=None,
                           suppress_health_check=list(HealthCheck)),
     )
 
