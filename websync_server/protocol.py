@@ -112,11 +112,17 @@ class Node:
     def to_wire(self) -> dict[str, Any]:
         # By hand, not dataclasses.asdict: a listing of 200,000 files spent most of its time
         # in asdict's deep copies (docs/benchmarks.md, "A new machine joining").
-        return {
+        wire = {
             "id": self.id, "kind": self.kind, "mode": self.mode, "size": self.size, "mtime_ns": self.mtime_ns,
             "seq": self.seq, "blocks": list(self.blocks), "target": self.target, "deleted": self.deleted,
-            "device": self.device, "rdev": self.rdev, "xattrs": dict(self.xattrs), "uid": self.uid, "gid": self.gid,
+            "device": self.device, "rdev": self.rdev, "xattrs": dict(self.xattrs),
         }
+        # Only an owner set by chown: the store owner's nodes read as before.
+        if self.uid is not None:
+            wire["uid"] = self.uid
+        if self.gid is not None:
+            wire["gid"] = self.gid
+        return wire
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Node:

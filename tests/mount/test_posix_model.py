@@ -267,6 +267,12 @@ class OwnersModel(Model):
         assert results[0] == results[1], f"{self.who}: {fn.__name__}{rel}: local {results[0]} != mount {results[1]}"
         return results[0]
 
+    @rule(path=st.sampled_from(NAMES), link_to=st.sampled_from(["a", "d/a", "nowhere"]))
+    def symlink(self, path: str, link_to: str) -> None:
+        # Not "../b": outside the two roots, the answer for another user depends on
+        # the folders above them (pytest's are root's alone), not on the mount.
+        self.both(lambda p: os.symlink(link_to, p), path)
+
     @rule(who=st.sampled_from(["u1", "u2", "root"]))
     def become(self, who: str) -> None:
         self.who = who
