@@ -63,6 +63,7 @@ from .errors import NotFound, Offline, RemoteError
 from .remote import Remote
 from .replica import NodeRow, Replica
 from .invalidation import Invalidation, Notify
+from .owners import birth_fields
 from .writeback import WriteBackQueue
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,8 @@ async def list_server(remote: Remote) -> Listing:
 
 
 def _differs(row: NodeRow, node: Node) -> bool:
-    return (row.kind, row.mode, row.size, tuple(row.blocks), row.target) != (
-        node.kind, node.mode, node.size, tuple(node.blocks), node.target
+    return (row.kind, row.mode, row.size, tuple(row.blocks), row.target, row.uid, row.gid) != (
+        node.kind, node.mode, node.size, tuple(node.blocks), node.target, node.uid, node.gid
     )
 
 
@@ -412,6 +413,7 @@ class Reconciler:
     def _making(row: NodeRow, node: NodeId, parent: str, name: str) -> dict[str, object]:
         """The op that makes *row* on the server as *node* at ``parent/name``."""
         base: dict[str, object] = {"id": node, "parent": parent, "name": name, "mtime_ns": row.mtime_ns}
+        base.update(birth_fields(row.uid, row.gid))
         if row.kind == KIND_DIR:
             return {"op": OP_MKDIR, **base, "mode": row.mode}
         if row.kind == "symlink":
@@ -442,7 +444,8 @@ class Reconciler:
             parent, name = places[0]
             copy = new_node_id()
             copy_name = conflict_name(name, self.device, taken=lambda n: self.replica.has_entry(parent, n))
-            self.replica.add_node(copy, row.kind, row.mode, size=row.size, mtime_ns=row.mtime_ns, blocks=row.blocks)
+            self.replica.add_node(copy, row.kind, row.mode, size=row.size, mtime_ns=row.mtime_ns, blocks=row.blocks,
+                                  owner=(row.uid, row.gid))
             self.replica.set_entry(parent, copy_name, copy)
             self._touched(parent, copy_name, inv)
             self.queue.enqueue(self._making(self.replica.by_id(copy) or row, copy, parent, copy_name), quiet=0)

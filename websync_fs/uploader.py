@@ -75,6 +75,7 @@ from .follower import Applier, backoff
 from .remote import Remote
 from .replica import Replica
 from .invalidation import Invalidation, Notify
+from .owners import birth_fields
 from .writeback import Item, WriteBackQueue
 
 log = logging.getLogger(__name__)
@@ -543,7 +544,8 @@ class Uploader:
                     self.queue.remap(op["id"], fresh)
                     parent, name = places[0]
                     op = {"op": OP_CREATE, "id": fresh, "parent": parent, "name": name, "mode": row.mode,
-                          "mtime_ns": op["mtime_ns"], "size": op["size"], "blocks": op["blocks"]}
+                          "mtime_ns": op["mtime_ns"], "size": op["size"], "blocks": op["blocks"],
+                          **birth_fields(row.uid, row.gid)}
                     self.queue.replace(item, op)
                 kind, where = OP_CREATE, name
         if kind in _MADE:
@@ -569,7 +571,8 @@ class Uploader:
                 copy = new_node_id()
                 copy_name = self._free_name(parent, name)
                 self.replica.add_node(
-                    copy, row.kind, row.mode, size=op["size"], mtime_ns=op["mtime_ns"], blocks=tuple(op["blocks"])
+                    copy, row.kind, row.mode, size=op["size"], mtime_ns=op["mtime_ns"], blocks=tuple(op["blocks"]),
+                    owner=(row.uid, row.gid),
                 )
                 self.replica.set_entry(parent, copy_name, copy)
                 self.replica.apply_node(conflict.node)
@@ -577,7 +580,8 @@ class Uploader:
                 self.queue.replace(
                     item,
                     {"op": OP_CREATE, "id": copy, "parent": parent, "name": copy_name, "mode": row.mode,
-                     "mtime_ns": op["mtime_ns"], "size": op["size"], "blocks": op["blocks"]},
+                     "mtime_ns": op["mtime_ns"], "size": op["size"], "blocks": op["blocks"],
+                     **birth_fields(row.uid, row.gid)},
                 )
                 self._follow_copy(op["id"], item, copy)
                 inv.inodes.append(row.ino)
@@ -592,7 +596,8 @@ class Uploader:
                 self.queue.replace(
                     item,
                     {"op": OP_CREATE, "id": fresh, "parent": parent, "name": name, "mode": row.mode,
-                     "mtime_ns": op["mtime_ns"], "size": op["size"], "blocks": op["blocks"]},
+                     "mtime_ns": op["mtime_ns"], "size": op["size"], "blocks": op["blocks"],
+                     **birth_fields(row.uid, row.gid)},
                 )
                 log.warning("%s was deleted on another machine while edited here: keeping the edit", name)
 

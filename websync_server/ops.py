@@ -44,6 +44,7 @@ from .protocol import (
 __all__ = [
     "BATCH_ID_MAX",
     "OPS_MAX",
+    "OWNER",
     "Create",
     "Delete",
     "Link",
@@ -77,6 +78,10 @@ _SPECIAL_TYPES = frozenset({stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IF
 _XATTR_NAMESPACE = "user."
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
+#: A uid or gid on the wire: 0 to 2**32 - 2 (-1, all ones, means "unchanged" to chown(2)).
+_ID_MAX = 2**32 - 2
+#: ``"uid": "owner"`` (or gid) on the wire: the store's owner, shown as the mounting user.
+OWNER = -1
 SYMLINK_MODE = 0o777
 
 
@@ -88,6 +93,9 @@ class Mkdir:
     mode: int
     mtime_ns: int
     xattrs: dict[str, str] = field(default_factory=dict)
+    #: Owner and group; None or OWNER: the store's owner.
+    uid: int | None = None
+    gid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,9 @@ class Create:
     size: int
     blocks: tuple[BlockHash, ...]
     xattrs: dict[str, str] = field(default_factory=dict)
+    #: Owner and group; None or OWNER: the store's owner.
+    uid: int | None = None
+    gid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,9 @@ class Symlink:
     target: str
     mtime_ns: int
     xattrs: dict[str, str] = field(default_factory=dict)
+    #: Owner and group; None or OWNER: the store's owner.
+    uid: int | None = None
+    gid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +145,9 @@ class Mknod:
     rdev: int
     mtime_ns: int
     xattrs: dict[str, str] = field(default_factory=dict)
+    #: Owner and group; None or OWNER: the store's owner.
+    uid: int | None = None
+    gid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +159,9 @@ class SetAttr:
     xattrs: dict[str, str | None] | None
     #: The node's seq this change was made on (optional, as for delete).
     base: int | None = None
+    #: New owner and group (OWNER: the store's owner); None: leave it alone.
+    uid: int | None = None
+    gid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -213,18 +233,19 @@ def _parse_op(index: int, raw: object) -> Op:
     kind = raw.get("op")
     if kind == OP_MKDIR:
         return Mkdir(
-            f.node_id("id"), f.node_id("parent"), f.name("name"), f.mode("mode"), f.int64("mtime_ns"), f.new_xattrs()
+            f.node_id("id"), f.node_id("parent"), f.name("name"), f.mode("mode"), f.int64("mtime_ns"), f.new_xattrs(),
+            *f.owners(),
         )
     if kind == OP_CREATE:
         size, blocks = f.content()
         return Create(
             f.node_id("id"), f.node_id("parent"), f.name("name"), f.mode("mode"), f.int64("mtime_ns"), size, blocks,
-            f.new_xattrs(),
+            f.new_xattrs(), *f.owners(),
         )  # fmt: skip
     if kind == OP_SYMLINK:
         return Symlink(
             f.node_id("id"), f.node_id("parent"), f.name("name"), f.target("target"), f.int64("mtime_ns"),
-            f.new_xattrs(),
+            f.new_xattrs(), *f.owners(),
         )  # fmt: skip
     if kind == OP_UPDATE:
         size, blocks = f.content()
@@ -232,13 +253,14 @@ def _parse_op(index: int, raw: object) -> Op:
     if kind == OP_MKNOD:
         return Mknod(
             f.node_id("id"), f.node_id("parent"), f.name("name"), f.special_mode("mode"), f.int64("rdev", 0),
-            f.int64("mtime_ns"), f.new_xattrs(),
+            f.int64("mtime_ns"), f.new_xattrs(), *f.owners(),
         )  # fmt: skip
     if kind == OP_SETATTR:
         mode, mtime_ns, xattrs = f.optional_mode("mode"), f.optional_int64("mtime_ns"), f.xattrs("xattrs")
-        if mode is None and mtime_ns is None and xattrs is None:
-            raise InvalidRequest(f"op {index}: setattr needs mode, mtime_ns or xattrs")
-        return SetAttr(f.node_id("id"), mode, mtime_ns, xattrs, f.optional_seq("base"))
+        uid, gid = f.owners()
+        if mode is None and mtime_ns is None and xattrs is None and uid is None and gid is None:
+            raise InvalidRequest(f"op {index}: setattr needs mode, mtime_ns, xattrs, uid or gid")
+        return SetAttr(f.node_id("id"), mode, mtime_ns, xattrs, f.optional_seq("base"), uid, gid)
     if kind == OP_RENAME:
         node_id = f.not_root("id", "renamed")
         replace, exchange = f.optional_node_id("replace"), f.optional_node_id("exchange")
@@ -354,6 +376,18 @@ class _Fields:
         if sum(xattr_size(name, value) for name, value in attrs.items()) > XATTR_TOTAL_MAX:
             raise self._fail(key, f"take more than {XATTR_TOTAL_MAX} bytes together")
         return attrs
+
+    def owner_id(self, key: str) -> int | None:
+        """A uid or gid: a number, ``"owner"`` (`OWNER`), or None when not given."""
+        value = self._raw.get(key)
+        if value is None:
+            return None
+        if value == "owner":
+            return OWNER
+        return self.int64(key, 0, _ID_MAX)
+
+    def owners(self) -> tuple[int | None, int | None]:
+        return self.owner_id("uid"), self.owner_id("gid")
 
     def optional_mode(self, key: str) -> int | None:
         return None if self._raw.get(key) is None else self.mode(key)
