@@ -128,8 +128,8 @@ async def list_server(remote: Remote) -> Listing:
 
 
 def _differs(row: NodeRow, node: Node) -> bool:
-    return (row.kind, row.mode, row.size, tuple(row.blocks), row.target) != (
-        node.kind, node.mode, node.size, tuple(node.blocks), node.target
+    return (row.kind, row.mode, row.size, tuple(row.blocks), row.target, row.uid, row.gid) != (
+        node.kind, node.mode, node.size, tuple(node.blocks), node.target, node.uid, node.gid
     )
 
 
@@ -415,13 +415,16 @@ class Reconciler:
     def _making(row: NodeRow, node: NodeId, parent: NodeId, name: str) -> Op:
         """The op that makes *row* on the server as *node* at ``parent/name``."""
         if row.kind == KIND_DIR:
-            return Mkdir(id=node, parent=parent, name=name, mode=row.mode, mtime_ns=row.mtime_ns)
+            return Mkdir(id=node, parent=parent, name=name, mode=row.mode, mtime_ns=row.mtime_ns, uid=row.uid,
+                         gid=row.gid)
         if row.kind == KIND_SYMLINK:
-            return Symlink(id=node, parent=parent, name=name, target=row.target, mtime_ns=row.mtime_ns)
+            return Symlink(id=node, parent=parent, name=name, target=row.target, mtime_ns=row.mtime_ns, uid=row.uid,
+                           gid=row.gid)
         if row.kind == KIND_SPECIAL:
-            return Mknod(id=node, parent=parent, name=name, mode=row.mode, rdev=row.rdev, mtime_ns=row.mtime_ns)
+            return Mknod(id=node, parent=parent, name=name, mode=row.mode, rdev=row.rdev, mtime_ns=row.mtime_ns,
+                         uid=row.uid, gid=row.gid)
         return Create(id=node, parent=parent, name=name, mode=row.mode, mtime_ns=row.mtime_ns, size=row.size,
-                      blocks=row.blocks)
+                      blocks=row.blocks, uid=row.uid, gid=row.gid)
 
     def _changed(self, row: NodeRow, node: Node, inv: Invalidation, notices: list[str], *,
                  newer_here: bool = False) -> None:
@@ -444,7 +447,8 @@ class Reconciler:
             parent, name = places[0]
             copy = new_node_id()
             copy_name = conflict_name(name, self.device, taken=lambda n: self.replica.has_entry(parent, n))
-            self.replica.add_node(copy, row.kind, row.mode, size=row.size, mtime_ns=row.mtime_ns, blocks=row.blocks)
+            self.replica.add_node(copy, row.kind, row.mode, size=row.size, mtime_ns=row.mtime_ns, blocks=row.blocks,
+                                  owner=(row.uid, row.gid))
             self.replica.set_entry(parent, copy_name, copy)
             self._touched(parent, copy_name, inv)
             self.queue.enqueue(self._making(self.replica.by_id(copy) or row, copy, parent, copy_name), quiet=0)

@@ -76,7 +76,7 @@ from .errors import (
 )
 from .follower import Applier, backoff
 from .remote import Remote
-from .replica import Replica
+from .replica import NodeRow, Replica
 from .invalidation import Invalidation, Notify
 from .writeback import Item, WriteBackQueue
 
@@ -545,7 +545,7 @@ class Uploader:
                     self.replica.remap(op["id"], fresh)
                     self.queue.remap(op["id"], fresh)
                     parent, name = places[0]
-                    op = _as_create(op, fresh, parent, name, row.mode).to_wire()
+                    op = _as_create(op, fresh, parent, name, row).to_wire()
                     self.queue.replace(item, op)
                 kind, where = OP_CREATE, name
         if kind in _MADE:
@@ -571,12 +571,13 @@ class Uploader:
                 copy = new_node_id()
                 copy_name = self._free_name(parent, name)
                 self.replica.add_node(
-                    copy, row.kind, row.mode, size=op["size"], mtime_ns=op["mtime_ns"], blocks=tuple(op["blocks"])
+                    copy, row.kind, row.mode, size=op["size"], mtime_ns=op["mtime_ns"], blocks=tuple(op["blocks"]),
+                    owner=(row.uid, row.gid),
                 )
                 self.replica.set_entry(parent, copy_name, copy)
                 self.replica.apply_node(conflict.node)
                 self.replica.forget_deferred_node(op["id"])
-                self.queue.replace(item, _as_create(op, copy, parent, copy_name, row.mode))
+                self.queue.replace(item, _as_create(op, copy, parent, copy_name, row))
                 self._follow_copy(op["id"], item, copy)
                 inv.inodes.append(row.ino)
                 self._entry_changed(parent, copy_name, inv)
@@ -587,7 +588,7 @@ class Uploader:
                 fresh = new_node_id()
                 self.replica.remap(op["id"], fresh)
                 self.queue.remap(op["id"], fresh)
-                self.queue.replace(item, _as_create(op, fresh, parent, name, row.mode))
+                self.queue.replace(item, _as_create(op, fresh, parent, name, row))
                 log.warning("%s was deleted on another machine while edited here: keeping the edit", name)
 
     def _follow_copy(self, node: str, settled: Item, copy: NodeId) -> None:
@@ -744,7 +745,7 @@ class Uploader:
             self.queue.replace(item, None)
 
 
-def _as_create(update: dict[str, Any], node: NodeId, parent: NodeId, name: str, mode: int) -> Create:
-    """The content of queued *update* as a new file *node* at ``parent/name``."""
-    return Create(id=node, parent=parent, name=name, mode=mode, mtime_ns=update["mtime_ns"], size=update["size"],
-                  blocks=tuple(update["blocks"]))
+def _as_create(update: dict[str, Any], node: NodeId, parent: NodeId, name: str, row: NodeRow) -> Create:
+    """The content of queued *update* as a new file *node* at ``parent/name``, with *row*'s mode and owner."""
+    return Create(id=node, parent=parent, name=name, mode=row.mode, mtime_ns=update["mtime_ns"], size=update["size"],
+                  blocks=tuple(update["blocks"]), uid=row.uid, gid=row.gid)

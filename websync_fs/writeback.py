@@ -322,8 +322,10 @@ class WriteBackQueue:
             self._rewrite(last, merged)
             return True
         if kind == OP_SETATTR and mergeable and last and last.op["op"] in (*_BORN, OP_UPDATE, OP_SETATTR):
+            if last.op["op"] == OP_UPDATE and ("uid" in op or "gid" in op):
+                return False  # an update carries no owner: keep the setattr apart
             merged = dict(last.op)
-            merged.update({k: op[k] for k in ("mode", "mtime_ns") if k in op})
+            merged.update({k: op[k] for k in ("mode", "mtime_ns", "uid", "gid") if k in op})
             if "xattrs" in op:
                 if last.op["op"] == OP_SETATTR:
                     merged["xattrs"] = {**last.op.get("xattrs", {}), **op["xattrs"]}

@@ -27,6 +27,7 @@ from .protocol import (
     OP_SETATTR,
     OP_SYMLINK,
     OP_UPDATE,
+    OWNER,
     ROOT_ID,
     XATTR_NAME_MAX,
     XATTR_TOTAL_MAX,
@@ -54,6 +55,7 @@ from .protocol import (
 __all__ = [
     "BATCH_ID_MAX",
     "OPS_MAX",
+    "OWNER",
     "Create",
     "Delete",
     "Link",
@@ -87,6 +89,8 @@ _SPECIAL_TYPES = frozenset({stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IF
 _XATTR_NAMESPACE = "user."
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
+#: A uid or gid on the wire: 0 to 2**32 - 2 (-1, all ones, means "unchanged" to chown(2)).
+_ID_MAX = 2**32 - 2
 SYMLINK_MODE = 0o777
 
 
@@ -123,18 +127,18 @@ def _parse_op(index: int, raw: object) -> Op:
     if kind == OP_MKDIR:
         return Mkdir(
             id=f.node_id("id"), parent=f.node_id("parent"), name=f.name("name"), mode=f.mode("mode"),
-            mtime_ns=f.int64("mtime_ns"), xattrs=f.new_xattrs(),
+            mtime_ns=f.int64("mtime_ns"), xattrs=f.new_xattrs(), **f.owners(),
         )  # fmt: skip
     if kind == OP_CREATE:
         size, blocks = f.content()
         return Create(
             id=f.node_id("id"), parent=f.node_id("parent"), name=f.name("name"), mode=f.mode("mode"),
-            mtime_ns=f.int64("mtime_ns"), size=size, blocks=blocks, xattrs=f.new_xattrs(),
+            mtime_ns=f.int64("mtime_ns"), size=size, blocks=blocks, xattrs=f.new_xattrs(), **f.owners(),
         )  # fmt: skip
     if kind == OP_SYMLINK:
         return Symlink(
             id=f.node_id("id"), parent=f.node_id("parent"), name=f.name("name"), target=f.target("target"),
-            mtime_ns=f.int64("mtime_ns"), xattrs=f.new_xattrs(),
+            mtime_ns=f.int64("mtime_ns"), xattrs=f.new_xattrs(), **f.owners(),
         )  # fmt: skip
     if kind == OP_UPDATE:
         size, blocks = f.content()
@@ -145,13 +149,16 @@ def _parse_op(index: int, raw: object) -> Op:
     if kind == OP_MKNOD:
         return Mknod(
             id=f.node_id("id"), parent=f.node_id("parent"), name=f.name("name"), mode=f.special_mode("mode"),
-            rdev=f.int64("rdev", 0), mtime_ns=f.int64("mtime_ns"), xattrs=f.new_xattrs(),
+            rdev=f.int64("rdev", 0), mtime_ns=f.int64("mtime_ns"), xattrs=f.new_xattrs(), **f.owners(),
         )  # fmt: skip
     if kind == OP_SETATTR:
         mode, mtime_ns, xattrs = f.optional_mode("mode"), f.optional_int64("mtime_ns"), f.xattrs("xattrs")
-        if mode is None and mtime_ns is None and xattrs is None:
-            raise InvalidRequest(f"op {index}: setattr needs mode, mtime_ns or xattrs")
-        return SetAttr(id=f.node_id("id"), mode=mode, mtime_ns=mtime_ns, xattrs=xattrs, base=f.optional_seq("base"))
+        owners = f.owners()
+        if mode is None and mtime_ns is None and xattrs is None and not owners:
+            raise InvalidRequest(f"op {index}: setattr needs mode, mtime_ns, xattrs, uid or gid")
+        return SetAttr(
+            id=f.node_id("id"), mode=mode, mtime_ns=mtime_ns, xattrs=xattrs, base=f.optional_seq("base"), **owners
+        )
     if kind == OP_RENAME:
         node_id = f.not_root("id", "renamed")
         replace, exchange = f.optional_node_id("replace"), f.optional_node_id("exchange")
@@ -269,6 +276,20 @@ class _Fields:
         if sum(xattr_size(name, value) for name, value in attrs.items()) > XATTR_TOTAL_MAX:
             raise self._fail(key, f"take more than {XATTR_TOTAL_MAX} bytes together")
         return attrs
+
+    def owner_id(self, key: str) -> int | None:
+        """A uid or gid: a number, ``"owner"`` (`OWNER`), or None when not given."""
+        value = self._raw.get(key)
+        if value is None:
+            return None
+        if value == "owner":
+            return OWNER
+        return self.int64(key, 0, _ID_MAX)
+
+    def owners(self) -> dict[str, int]:
+        """The ``uid`` and ``gid`` given (as `owner_id` reads them), by name."""
+        given = {key: self.owner_id(key) for key in ("uid", "gid")}
+        return {key: value for key, value in given.items() if value is not None}
 
     def optional_mode(self, key: str) -> int | None:
         return None if self._raw.get(key) is None else self.mode(key)

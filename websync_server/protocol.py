@@ -105,15 +105,24 @@ class Node:
     rdev: int = 0
     #: Extended attributes: name -> value in base64.
     xattrs: dict[str, str] = field(default_factory=dict, hash=False, compare=True)
+    #: Owner and group set by chown; None: the store's owner (docs/posix.md, "Owners").
+    uid: int | None = None
+    gid: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         # By hand, not dataclasses.asdict: a listing of 200,000 files spent most of its time
         # in asdict's deep copies (docs/benchmarks.md, "A new machine joining").
-        return {
+        wire = {
             "id": self.id, "kind": self.kind, "mode": self.mode, "size": self.size, "mtime_ns": self.mtime_ns,
             "seq": self.seq, "blocks": list(self.blocks), "target": self.target, "deleted": self.deleted,
             "device": self.device, "rdev": self.rdev, "xattrs": dict(self.xattrs),
         }
+        # Only an owner set by chown: the store owner's nodes read as before.
+        if self.uid is not None:
+            wire["uid"] = self.uid
+        if self.gid is not None:
+            wire["gid"] = self.gid
+        return wire
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Node:
@@ -130,11 +139,14 @@ class Node:
             device=data.get("device", ""),
             rdev=int(data.get("rdev", 0)),
             xattrs=dict(data.get("xattrs") or {}),
+            uid=_owner_id(data.get("uid")),
+            gid=_owner_id(data.get("gid")),
         )
 
     def to_row(self) -> list[Any]:
         return compact_node([self.id, self.kind, self.mode, self.size, self.mtime_ns, self.seq, self.device,
-                             list(self.blocks), self.target, self.deleted, self.rdev, dict(self.xattrs)])
+                             list(self.blocks), self.target, self.deleted, self.rdev, dict(self.xattrs),
+                             self.uid, self.gid])
 
     @classmethod
     def from_row(cls, row: list[Any]) -> Node:
@@ -148,18 +160,25 @@ class Node:
             deleted=bool(row[9]) if n > 9 else False,
             rdev=int(row[10]) if n > 10 else 0,
             xattrs=dict(row[11]) if n > 11 else {},
+            uid=_owner_id(row[12]) if n > 12 else None,
+            gid=_owner_id(row[13]) if n > 13 else None,
         )
+
+
+def _owner_id(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 #: The compact form of a node (``format=compact``, docs/protocol.md): its fields in this
 #: order, the trailing ones that hold their default left out (a listing of files
 #: mostly ends after ``blocks``; an empty file after ``device``).
-NODE_ROW = ("id", "kind", "mode", "size", "mtime_ns", "seq", "device", "blocks", "target", "deleted", "rdev", "xattrs")
+NODE_ROW = ("id", "kind", "mode", "size", "mtime_ns", "seq", "device", "blocks", "target", "deleted", "rdev", "xattrs",
+            "uid", "gid")
 #: The compact form of an entry: all its fields, in this order (``node`` null: removed).
 ENTRY_ROW = ("parent", "name", "node", "seq")
 #: Fields every compact node has: those before ``device``.
 NODE_ROW_MIN = 6
-_ROW_DEFAULTS: tuple[Any, ...] = ("", [], "", False, 0, {})
+_ROW_DEFAULTS: tuple[Any, ...] = ("", [], "", False, 0, {}, None, None)
 
 
 def compact_node(row: list[Any]) -> list[Any]:
@@ -293,7 +312,7 @@ class ChangeRows:
         if not isinstance(nodes, list) or not all(
             type(r) is list and NODE_ROW_MIN <= len(r) <= len(NODE_ROW) for r in nodes
         ):
-            raise ValueError("a compact node is an array of 6 to 12 fields")
+            raise ValueError(f"a compact node is an array of {NODE_ROW_MIN} to {len(NODE_ROW)} fields")
         if not isinstance(entries, list) or not all(type(r) is list and len(r) == 4 for r in entries):
             raise ValueError("a compact entry is an array of 4 fields")
         return cls(
@@ -307,6 +326,10 @@ class ChangeRows:
             nodes=tuple(Node.from_row(r) for r in self.nodes), entries=tuple(Entry.from_row(e) for e in self.entries),
         )
 
+
+#: ``"uid": "owner"`` (or gid) on the wire, `OWNER` in an op: the store's owner,
+#: shown on each machine as the user who mounted it (docs/posix.md).
+OWNER = -1
 
 # Commit operations.  A batch is a list of these, applied atomically in order;
 # see docs/protocol.md for each one's precondition and 409 reasons.
@@ -345,6 +368,8 @@ class _Op:
             value = getattr(self, f.name)
             if value is None or (f.name == "xattrs" and value == {}):
                 continue
+            if f.name in ("uid", "gid") and value == OWNER:
+                value = "owner"
             wire[f.name] = list(value) if isinstance(value, tuple) else value
         return wire
 
@@ -357,6 +382,9 @@ class Mkdir(_Op):
     mode: int
     mtime_ns: int
     xattrs: dict[str, str] = field(default_factory=dict)
+    #: Owner and group; None or `OWNER`: the store's owner.
+    uid: int | None = None
+    gid: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -369,6 +397,9 @@ class Create(_Op):
     size: int
     blocks: tuple[BlockHash, ...]
     xattrs: dict[str, str] = field(default_factory=dict)
+    #: Owner and group; None or `OWNER`: the store's owner.
+    uid: int | None = None
+    gid: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -379,6 +410,9 @@ class Symlink(_Op):
     target: str
     mtime_ns: int
     xattrs: dict[str, str] = field(default_factory=dict)
+    #: Owner and group; None or `OWNER`: the store's owner.
+    uid: int | None = None
+    gid: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -402,6 +436,9 @@ class Mknod(_Op):
     rdev: int
     mtime_ns: int
     xattrs: dict[str, str] = field(default_factory=dict)
+    #: Owner and group; None or `OWNER`: the store's owner.
+    uid: int | None = None
+    gid: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -413,6 +450,9 @@ class SetAttr(_Op):
     xattrs: dict[str, str | None] | None = None
     #: The node's seq this change was made on (optional, as for delete).
     base: int | None = None
+    #: New owner and group (`OWNER`: the store's owner); None: leave it alone.
+    uid: int | None = None
+    gid: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from tests.client.engine import EngineMachine, Server
+from websync_fs.replica import ROOT_INO
 
 
 @pytest.mark.timeout(60)
@@ -38,6 +39,35 @@ def test_a_mode_set_over_an_unseen_edit_does_not_let_the_next_edit_replace_it(tm
                     texts.add(await a.files.read(path))
             assert texts == {b"edited on A", b"edited on B"}
             assert a.tree() == b.tree() == server.tree()
+        finally:
+            a.close()
+            b.close()
+            server.close()
+
+    trio.run(run)
+
+
+@pytest.mark.timeout(60)
+def test_a_conflict_copy_keeps_the_owner_chown_gave_the_file(tmp_path: Path) -> None:
+    """A file given to uid 1234 is edited on two machines at once: both versions stay 1234's, everywhere."""
+    async def run() -> None:
+        server = Server(tmp_path / "server")
+        a, b = EngineMachine("A", tmp_path / "A", server), EngineMachine("B", tmp_path / "B", server)
+        try:
+            await a.files.write("doc.txt", b"first")
+            await a.vfs.setattr(a.vfs.lookup(ROOT_INO, "doc.txt").ino, uid=1234, gid=5678)
+            await a.settle()
+            await b.settle()
+            await a.files.write("doc.txt", b"edited on A")
+            await b.files.write("doc.txt", b"edited on B")
+            for m in (a, b, a, b):
+                await m.settle()
+            for m in (a, b):
+                files = [row for row in m.replica.all_nodes().values() if row.kind == "file" and not row.orphan]
+                assert len(files) == 2
+                assert {(row.uid, row.gid) for row in files} == {(1234, 5678)}
+                names = [name for (_, name) in m.replica.all_entries()]
+                assert all(m.vfs.lookup(ROOT_INO, name).uid == 1234 for name in names)
         finally:
             a.close()
             b.close()
