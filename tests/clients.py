@@ -8,6 +8,7 @@ was mounted and ends the mount process by its own pid, even after a failure.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -44,8 +45,8 @@ class Machine:
         self.cli("login", self.server_url, "--user", user, "--device", self.name, "--password-stdin",
                  input=password + "\n")
 
-    def mount(self) -> None:
-        self.cli("mount", str(self.mnt))
+    def mount(self, *options: str) -> None:
+        self.cli("mount", *options, str(self.mnt))
         assert os.path.ismount(self.mnt), f"{self.mnt} is not mounted"
         self.mounted_pid = self.pid()
 
@@ -179,3 +180,28 @@ def cached_block(machine: Machine, h: str) -> bytes | None:
 def block_cached(machine: Machine, h: str) -> bool:
     """True if block *h* is in *machine*'s disk cache, as a file or in its index row."""
     return cached_block(machine, h) is not None
+
+
+def run_as(uid: int, gid: int, groups: tuple[int, ...], cwd: Path, fn: Callable[[], T]) -> T:
+    """*fn*'s (picklable) result, computed in a forked child that is *uid*/*gid* with *groups*, in *cwd*.
+
+    The child enters *cwd* while still root: the tests' own folders are root's
+    alone.  *fn* must not raise (the caller turns errors into results).
+    """
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(read)
+            os.chdir(cwd)
+            os.setgroups(list(groups))
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            os.write(write, pickle.dumps(fn()))
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    return pickle.loads(answer)  # type: ignore[no-any-return]

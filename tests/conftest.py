@@ -91,7 +91,8 @@ def new_machine(
 ) -> Iterator[Callable[..., Machine]]:
     made: list[Machine] = []
 
-    def make(name: str, mount: bool = True, url: str | None = None, **settings: object) -> Machine:
+    def make(name: str, mount: bool = True, url: str | None = None, options: tuple[str, ...] = (),
+             **settings: object) -> Machine:
         machine = Machine(name, tmp_path, url or server.url)
         made.append(machine)
         machine.login(*account)
@@ -100,7 +101,7 @@ def new_machine(
         data.update(MACHINE_SETTINGS, **settings)
         config.write_text(json.dumps(data))
         if mount:
-            machine.mount()
+            machine.mount(*options)
         return machine
 
     yield make

@@ -166,7 +166,7 @@ class Applier:
             return
         if changed:
             inv.inodes.append(old.ino)
-        elif old.mode != node.mode or old.mtime_ns != node.mtime_ns:
+        elif (old.mode, old.mtime_ns, old.uid, old.gid) != (node.mode, node.mtime_ns, node.uid, node.gid):
             inv.attrs.append(old.ino)
 
     def _apply_entry(self, entry: Entry, inv: Invalidation) -> None:

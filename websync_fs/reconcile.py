@@ -47,14 +47,17 @@ import trio
 
 from websync_server.protocol import (
     KIND_DIR,
-    OP_UPDATE,
-    OP_CREATE,
-    OP_MKDIR,
-    OP_MKNOD,
-    OP_SYMLINK,
+    KIND_SPECIAL,
+    KIND_SYMLINK,
     ROOT_ID,
+    Create,
+    Mkdir,
+    Mknod,
     Node,
     NodeId,
+    Op,
+    Symlink,
+    Update,
     new_node_id,
 )
 
@@ -125,8 +128,8 @@ async def list_server(remote: Remote) -> Listing:
 
 
 def _differs(row: NodeRow, node: Node) -> bool:
-    return (row.kind, row.mode, row.size, tuple(row.blocks), row.target) != (
-        node.kind, node.mode, node.size, tuple(node.blocks), node.target
+    return (row.kind, row.mode, row.size, tuple(row.blocks), row.target, row.uid, row.gid) != (
+        node.kind, node.mode, node.size, tuple(node.blocks), node.target, node.uid, node.gid
     )
 
 
@@ -394,7 +397,7 @@ class Reconciler:
             fresh[node] = new_node_id()
             self.replica.remap(node, fresh[node])
             self._set_entry(parent, new_name, fresh[node], inv)
-            self.queue.enqueue(self._making(row, fresh[node], parent, new_name), quiet=0)
+            self.queue.enqueue(self._making(row, fresh[node], NodeId(parent), new_name), quiet=0)
             notices.append(f"{new_name!r} was only on this machine: sent to the server"
                            + (f" (its name {name!r} is taken there)" if new_name != name else ""))
 
@@ -409,16 +412,19 @@ class Reconciler:
         return depth
 
     @staticmethod
-    def _making(row: NodeRow, node: NodeId, parent: str, name: str) -> dict[str, object]:
+    def _making(row: NodeRow, node: NodeId, parent: NodeId, name: str) -> Op:
         """The op that makes *row* on the server as *node* at ``parent/name``."""
-        base: dict[str, object] = {"id": node, "parent": parent, "name": name, "mtime_ns": row.mtime_ns}
         if row.kind == KIND_DIR:
-            return {"op": OP_MKDIR, **base, "mode": row.mode}
-        if row.kind == "symlink":
-            return {"op": OP_SYMLINK, **base, "target": row.target}
-        if row.kind == "special":
-            return {"op": OP_MKNOD, **base, "mode": row.mode, "rdev": row.rdev}
-        return {"op": OP_CREATE, **base, "mode": row.mode, "size": row.size, "blocks": list(row.blocks)}
+            return Mkdir(id=node, parent=parent, name=name, mode=row.mode, mtime_ns=row.mtime_ns, uid=row.uid,
+                         gid=row.gid)
+        if row.kind == KIND_SYMLINK:
+            return Symlink(id=node, parent=parent, name=name, target=row.target, mtime_ns=row.mtime_ns, uid=row.uid,
+                           gid=row.gid)
+        if row.kind == KIND_SPECIAL:
+            return Mknod(id=node, parent=parent, name=name, mode=row.mode, rdev=row.rdev, mtime_ns=row.mtime_ns,
+                         uid=row.uid, gid=row.gid)
+        return Create(id=node, parent=parent, name=name, mode=row.mode, mtime_ns=row.mtime_ns, size=row.size,
+                      blocks=row.blocks, uid=row.uid, gid=row.gid)
 
     def _changed(self, row: NodeRow, node: Node, inv: Invalidation, notices: list[str], *,
                  newer_here: bool = False) -> None:
@@ -434,15 +440,15 @@ class Reconciler:
         places = self.replica.entries_of(row.id)
         if new_here and newer_here:
             self.replica.update_node(row.id, seq=node.seq)  # the base the update goes on
-            self.queue.enqueue({"op": OP_UPDATE, "id": row.id, "size": row.size, "blocks": list(row.blocks),
-                                "mtime_ns": row.mtime_ns}, quiet=0)
+            self.queue.enqueue(Update(id=row.id, size=row.size, blocks=row.blocks, mtime_ns=row.mtime_ns), quiet=0)
             notices.append(f"{places[0][1] if places else row.id!r}: a version the server had lost, sent again")
             return
         if new_here and places:
             parent, name = places[0]
             copy = new_node_id()
             copy_name = conflict_name(name, self.device, taken=lambda n: self.replica.has_entry(parent, n))
-            self.replica.add_node(copy, row.kind, row.mode, size=row.size, mtime_ns=row.mtime_ns, blocks=row.blocks)
+            self.replica.add_node(copy, row.kind, row.mode, size=row.size, mtime_ns=row.mtime_ns, blocks=row.blocks,
+                                  owner=(row.uid, row.gid))
             self.replica.set_entry(parent, copy_name, copy)
             self._touched(parent, copy_name, inv)
             self.queue.enqueue(self._making(self.replica.by_id(copy) or row, copy, parent, copy_name), quiet=0)

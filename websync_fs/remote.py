@@ -17,7 +17,18 @@ from urllib.parse import quote
 
 import httpx
 
-from websync_server.protocol import API, FORMAT_COMPACT, BlockHash, ChangeRows, Changes, Conflict, NodeId, NodeState
+from websync_server.protocol import (
+    API,
+    FORMAT_COMPACT,
+    BlockHash,
+    ChangeRows,
+    Changes,
+    Conflict,
+    NodeId,
+    NodeState,
+    Restore,
+    Update,
+)
 
 from . import blockwire, tls
 from .blockwire import BlockWire
@@ -314,14 +325,13 @@ class Remote:
             raise NotFound(f"there is no version {version} (see 'websync history')")
         current = versions[-1]
         old = chosen[0]
-        op = {"op": "update", "id": node, "base": current["seq"], "size": old["size"], "blocks": old["blocks"],
-              "mtime_ns": old["mtime_ns"]}
-        await self.commit(uuid.uuid4().hex, [op])
+        op = Update(id=node, base=current["seq"], size=old["size"], blocks=tuple(old["blocks"]),
+                    mtime_ns=old["mtime_ns"])
+        await self.commit(uuid.uuid4().hex, [op.to_wire()])
         return int(current["version"]) + 1
 
     async def undelete(self, node: NodeId, parent: NodeId, name: str) -> int:
-        op = {"op": "restore", "id": node, "parent": parent, "name": name}
-        return await self.commit(uuid.uuid4().hex, [op])
+        return await self.commit(uuid.uuid4().hex, [Restore(id=node, parent=parent, name=name).to_wire()])
 
     async def commit(self, batch: str, ops: list[dict[str, Any]]) -> int:
         resp = await self._request("POST", f"{API}/stores/{self.store}/commit", json={"batch": batch, "ops": ops})

@@ -16,6 +16,8 @@ Schema (tables of the state database, statedb.py):
             a node with no entries left that an open handle or the kernel still
             uses; it is purged on forget and at start-up.  ``local`` marks a
             node that never leaves this machine (a lock or swap file, names.py).
+            ``uid``/``gid`` are the owner and group chown set, NULL for the
+            store's owner (shown as the mounting user, owners.py).
 ``entries`` (parent id, name) -> node id, with the entry's server seq.
 ``deferred_nodes``, ``deferred_entries``  remote states the follower received
             for records that have local changes waiting for upload; applied
@@ -57,7 +59,9 @@ CREATE TABLE IF NOT EXISTS nodes (
     orphan INTEGER NOT NULL DEFAULT 0,
     local INTEGER NOT NULL DEFAULT 0,
     rdev INTEGER NOT NULL DEFAULT 0,
-    xattrs TEXT NOT NULL DEFAULT '{}'
+    xattrs TEXT NOT NULL DEFAULT '{}',
+    uid INTEGER,
+    gid INTEGER
 );
 CREATE TABLE IF NOT EXISTS entries (
     parent TEXT NOT NULL,
@@ -94,9 +98,11 @@ class NodeRow:
     local: bool
     rdev: int = 0
     xattrs: dict[str, str] = field(default_factory=dict, hash=False)
+    uid: int | None = None  # None: the store's owner
+    gid: int | None = None
 
 
-_COLS = "ino, id, kind, mode, size, mtime_ns, ctime_ns, blocks, target, seq, orphan, local, rdev, xattrs"
+_COLS = "ino, id, kind, mode, size, mtime_ns, ctime_ns, blocks, target, seq, orphan, local, rdev, xattrs, uid, gid"
 
 
 _NCOLS = ", ".join("n." + c.strip() for c in _COLS.split(","))
@@ -114,7 +120,7 @@ def _row(r: tuple[Any, ...] | None) -> NodeRow | None:
     return NodeRow(
         ino=r[0], id=NodeId(r[1]), kind=r[2], mode=r[3], size=r[4], mtime_ns=r[5], ctime_ns=r[6],
         blocks=tuple(json.loads(r[7])), target=r[8], seq=r[9], orphan=bool(r[10]),
-        local=bool(r[11]), rdev=r[12], xattrs=json.loads(r[13]),
+        local=bool(r[11]), rdev=r[12], xattrs=json.loads(r[13]), uid=r[14], gid=r[15],
     )
 
 
@@ -126,14 +132,14 @@ class Replica:
         self._db = db.conn
         db.ensure_columns("nodes", {
             "local": "INTEGER NOT NULL DEFAULT 0", "rdev": "INTEGER NOT NULL DEFAULT 0",
-            "xattrs": "TEXT NOT NULL DEFAULT '{}'",
+            "xattrs": "TEXT NOT NULL DEFAULT '{}'", "uid": "INTEGER", "gid": "INTEGER",
         })
         self._db.executescript(_SCHEMA)
         if self.get(ROOT_INO) is None:
             now = time.time_ns()
             self._db.execute(
-                f"INSERT INTO nodes ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (ROOT_INO, ROOT_ID, "dir", 0o755, 0, now, now, "[]", "", 0, 0, 0, 0, "{}"),
+                f"INSERT INTO nodes ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (ROOT_INO, ROOT_ID, "dir", 0o755, 0, now, now, "[]", "", 0, 0, 0, 0, "{}", None, None),
             )
 
     def tx(self) -> AbstractContextManager[None]:
@@ -271,15 +277,16 @@ class Replica:
     def add_node(
         self, node: NodeId, kind: str, mode: int, *, size: int = 0, mtime_ns: int | None = None,
         blocks: tuple[BlockHash, ...] = (), target: str = "", seq: int = 0, local: bool = False,
-        rdev: int = 0, xattrs: dict[str, str] | None = None,
+        rdev: int = 0, xattrs: dict[str, str] | None = None, owner: tuple[int | None, int | None] = (None, None),
     ) -> NodeRow:
+        """A new node; *owner* is its stored uid and gid (None: the store's owner)."""
         now = time.time_ns()
         mtime = now if mtime_ns is None else mtime_ns
         cur = self._db.execute(
-            "INSERT INTO nodes (id, kind, mode, size, mtime_ns, ctime_ns, blocks, target, seq, local, rdev, xattrs) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO nodes (id, kind, mode, size, mtime_ns, ctime_ns, blocks, target, seq, local, rdev, xattrs,"
+            " uid, gid) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (node, kind, mode, size, mtime, now, json.dumps(blocks), target, seq, int(local), rdev,
-             json.dumps(xattrs or {})),
+             json.dumps(xattrs or {}), *owner),
         )
         row = self.get(int(cur.lastrowid or 0))
         assert row is not None
@@ -345,12 +352,14 @@ class Replica:
             self.add_node(
                 node.id, node.kind, node.mode, size=node.size, mtime_ns=node.mtime_ns,
                 blocks=node.blocks, target=node.target, seq=node.seq, rdev=node.rdev, xattrs=node.xattrs,
+                owner=(node.uid, node.gid),
             )
             return None, False
         changed = old.blocks != node.blocks or old.size != node.size or old.target != node.target
         self.update_node(
             node.id, kind=node.kind, mode=node.mode, size=node.size, mtime_ns=node.mtime_ns,
             blocks=node.blocks, target=node.target, seq=node.seq, orphan=0, rdev=node.rdev, xattrs=node.xattrs,
+            uid=node.uid, gid=node.gid,
         )
         return old, changed
 
@@ -390,11 +399,12 @@ class Replica:
                     r[0], r[1], r[2], r[3], r[4], now, json.dumps(r[7]) if n > 7 and r[7] else "[]",
                     r[8] if n > 8 else "", r[5], r[10] if n > 10 else 0,
                     json.dumps(r[11]) if n > 11 and r[11] else "{}",
+                    r[12] if n > 12 else None, r[13] if n > 13 else None,
                 ))
         self._db.executemany("DELETE FROM nodes WHERE id=?", deleted)
         self._db.executemany(
-            "INSERT OR REPLACE INTO nodes (id, kind, mode, size, mtime_ns, ctime_ns, blocks, target, seq, rdev, xattrs)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO nodes (id, kind, mode, size, mtime_ns, ctime_ns, blocks, target, seq, rdev, xattrs,"
+            " uid, gid) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             live,
         )
         self._db.executemany("DELETE FROM entries WHERE parent=? AND name=?",

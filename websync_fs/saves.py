@@ -26,9 +26,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
-from websync_server.protocol import KIND_FILE, OP_CREATE, OP_DELETE, OP_RENAME, OP_SETATTR, OP_UPDATE, new_node_id
+from websync_server.protocol import (
+    KIND_FILE,
+    OP_CREATE,
+    OP_DELETE,
+    OP_RENAME,
+    OP_SETATTR,
+    OP_UPDATE,
+    Create,
+    NodeId,
+    Update,
+    new_node_id,
+)
 
 from .replica import NodeRow, Replica
 from .writeback import WriteBackQueue
@@ -105,8 +115,8 @@ class SaveDetector:
             current = self.replica.by_id(old.id)
             assert current is not None
             self._send(
-                {"op": OP_UPDATE, "id": old.id, "size": current.size, "blocks": list(current.blocks),
-                 "mtime_ns": current.mtime_ns, "mode": current.mode},
+                Update(id=old.id, size=current.size, blocks=current.blocks, mtime_ns=current.mtime_ns,
+                       mode=current.mode),
                 # What this save replaced stays a version, however soon after the previous
                 # save it came: git rewrites .git/config twice within milliseconds.
                 version=True,
@@ -118,6 +128,6 @@ class SaveDetector:
         return True
 
 
-def _create(node: str, parent: str, name: str, old: NodeRow) -> dict[str, Any]:
-    return {"op": OP_CREATE, "id": node, "parent": parent, "name": name, "mode": old.mode,
-            "mtime_ns": old.mtime_ns, "size": old.size, "blocks": list(old.blocks)}
+def _create(node: NodeId, parent: NodeId, name: str, old: NodeRow) -> Create:
+    return Create(id=node, parent=parent, name=name, mode=old.mode, mtime_ns=old.mtime_ns, size=old.size,
+                  blocks=old.blocks)

@@ -53,6 +53,9 @@ from websync_server.protocol import (
     OP_SYMLINK,
     OP_UPDATE,
     ROOT_ID,
+    Create,
+    Restore,
+    Update,
     BlockHash,
     Conflict,
     Node,
@@ -75,7 +78,7 @@ from .errors import (
 )
 from .follower import Applier, backoff
 from .remote import Remote
-from .replica import Replica
+from .replica import NodeRow, Replica
 from .invalidation import Invalidation, Notify
 from .writeback import Item, WriteBackQueue
 
@@ -554,8 +557,7 @@ class Uploader:
                     self.replica.remap(op["id"], fresh)
                     self.queue.remap(op["id"], fresh)
                     parent, name = places[0]
-                    op = {"op": OP_CREATE, "id": fresh, "parent": parent, "name": name, "mode": row.mode,
-                          "mtime_ns": op["mtime_ns"], "size": op["size"], "blocks": op["blocks"]}
+                    op = _as_create(op, fresh, parent, name, row).to_wire()
                     self.queue.replace(item, op)
                 kind, where = OP_CREATE, name
         if kind in _MADE:
@@ -581,16 +583,13 @@ class Uploader:
                 copy = new_node_id()
                 copy_name = self._free_name(parent, name)
                 self.replica.add_node(
-                    copy, row.kind, row.mode, size=op["size"], mtime_ns=op["mtime_ns"], blocks=tuple(op["blocks"])
+                    copy, row.kind, row.mode, size=op["size"], mtime_ns=op["mtime_ns"], blocks=tuple(op["blocks"]),
+                    owner=(row.uid, row.gid),
                 )
                 self.replica.set_entry(parent, copy_name, copy)
                 self.replica.apply_node(conflict.node)
                 self.replica.forget_deferred_node(op["id"])
-                self.queue.replace(
-                    item,
-                    {"op": OP_CREATE, "id": copy, "parent": parent, "name": copy_name, "mode": row.mode,
-                     "mtime_ns": op["mtime_ns"], "size": op["size"], "blocks": op["blocks"]},
-                )
+                self.queue.replace(item, _as_create(op, copy, parent, copy_name, row))
                 self._follow_copy(op["id"], item, copy)
                 inv.inodes.append(row.ino)
                 self._entry_changed(parent, copy_name, inv)
@@ -601,11 +600,7 @@ class Uploader:
                 fresh = new_node_id()
                 self.replica.remap(op["id"], fresh)
                 self.queue.remap(op["id"], fresh)
-                self.queue.replace(
-                    item,
-                    {"op": OP_CREATE, "id": fresh, "parent": parent, "name": name, "mode": row.mode,
-                     "mtime_ns": op["mtime_ns"], "size": op["size"], "blocks": op["blocks"]},
-                )
+                self.queue.replace(item, _as_create(op, fresh, parent, name, row))
                 log.warning("%s was deleted on another machine while edited here: keeping the edit", name)
 
     def _follow_copy(self, node: str, settled: Item, copy: NodeId) -> None:
@@ -629,7 +624,7 @@ class Uploader:
         if not places or node == ROOT_ID:
             return None
         parent, name = places[0]
-        return {"op": OP_RESTORE, "id": node, "parent": parent, "name": name}
+        return Restore(id=NodeId(node), parent=parent, name=name).to_wire()
 
     def _before_conflict(self, item: Item, op: dict[str, Any], place: int, conflict: Conflict) -> None:
         """A folder restore that *item* needs was refused."""
@@ -674,8 +669,8 @@ class Uploader:
         with self.replica.tx():
             if op["op"] == OP_CREATE and (list(node.blocks), node.size) != (list(op.get("blocks", [])), op.get("size", 0)):
                 self.replica.update_node(node.id, seq=node.seq)  # the base of the update that follows
-                self.queue.replace(item, {"op": OP_UPDATE, "id": node.id, "size": op.get("size", 0),
-                                          "blocks": op.get("blocks", []), "mtime_ns": op.get("mtime_ns", 0)})
+                self.queue.replace(item, Update(id=node.id, size=op.get("size", 0),
+                                                blocks=tuple(op.get("blocks", [])), mtime_ns=op.get("mtime_ns", 0)))
             else:
                 self.queue.replace(item, None)
 
@@ -744,8 +739,7 @@ class Uploader:
         if state is not None and state.node.deleted and row is not None and row.kind != KIND_DIR:
             # Deleted elsewhere while moved here: the move says the file is wanted, so it
             # comes back (content and history) at the place it was moved to.
-            self.queue.replace(item, {"op": OP_RESTORE, "id": node, "parent": op["new_parent"],
-                                      "name": op["new_name"]})
+            self.queue.replace(item, Restore(id=NodeId(node), parent=op["new_parent"], name=op["new_name"]))
             log.warning("%s was deleted on another machine while moved here: restored", op["new_name"])
             return
         with self.replica.tx():
@@ -761,3 +755,9 @@ class Uploader:
                     self._entry_changed(entry.parent, entry.name, inv)
                 log.info("kept the server's placement of %s (%s)", node, kind)
             self.queue.replace(item, None)
+
+
+def _as_create(update: dict[str, Any], node: NodeId, parent: NodeId, name: str, row: NodeRow) -> Create:
+    """The content of queued *update* as a new file *node* at ``parent/name``, with *row*'s mode and owner."""
+    return Create(id=node, parent=parent, name=name, mode=row.mode, mtime_ns=update["mtime_ns"], size=update["size"],
+                  blocks=tuple(update["blocks"]), uid=row.uid, gid=row.gid)

@@ -41,17 +41,18 @@ from websync_server.protocol import (
     XATTR_NAME_MAX,
     XATTR_TOTAL_MAX,
     XATTR_VALUE_MAX,
-    OP_CREATE,
-    OP_DELETE,
-    OP_LINK,
-    OP_MKDIR,
-    OP_MKNOD,
-    OP_RENAME,
-    OP_SETATTR,
-    OP_SYMLINK,
-    OP_UPDATE,
+    Create,
+    Delete,
     InvalidName,
+    Link,
+    Mkdir,
+    Mknod,
     NodeId,
+    Op,
+    Rename,
+    SetAttr,
+    Symlink,
+    Update,
     new_node_id,
     validate_name,
 )
@@ -62,6 +63,7 @@ from .handles import Handle, HandleTable
 from .inodes import InodeTable
 from .invalidation import Notify
 from .names import NamePolicy
+from .owners import Caller, Owners, chown_fields
 from .replica import ROOT_INO, NodeRow, Replica
 from .saves import SaveDetector
 from .statedb import StateDb
@@ -109,6 +111,8 @@ class FileAttr:
     ctime_ns: int
     nlink: int
     rdev: int = 0
+    uid: int = 0  # as shown on this machine (owners.py)
+    gid: int = 0
 
 
 
@@ -130,7 +134,7 @@ class Vfs:
         hold_blocks: Callable[[list[str]], None] = lambda hashes: None,
         sync_blocks: Callable[[list[str]], None] = lambda hashes: None,
         names: NamePolicy | None = None, temporary_quiet: float = 3.0, replace_quiet: float = 1.0,
-        early_upload: Callable[[str, bytes], object] | None = None,
+        early_upload: Callable[[str, bytes], object] | None = None, owners: Owners | None = None,
     ) -> None:
         self._db = db
         self.replica = replica
@@ -142,6 +146,7 @@ class Vfs:
         self._sync_blocks = sync_blocks
         self._early_upload = early_upload
         self.names = names or NamePolicy()
+        self.owners = owners or Owners.of_this_process()
         self.temporary_quiet = temporary_quiet
         self.replace_quiet = replace_quiet
         self.saves = SaveDetector(replica, queue, self._send)
@@ -203,7 +208,8 @@ class Vfs:
         if row.kind == KIND_SYMLINK:
             size = len(os.fsencode(row.target))
         mode = row.mode if row.kind == KIND_SPECIAL else _TYPE[row.kind] | row.mode
-        return FileAttr(row.ino, mode, size, mtime, max(row.ctime_ns, mtime), nlink, row.rdev)
+        return FileAttr(row.ino, mode, size, mtime, max(row.ctime_ns, mtime), nlink, row.rdev,
+                        self.owners.shown_uid(row.uid), self.owners.shown_gid(row.gid))
 
     def busy(self, node: str) -> bool:
         """True while *node* has a local writer: remote changes to it must wait."""
@@ -271,22 +277,22 @@ class Vfs:
             raise FsError(errno.EEXIST)
         return pdir
 
-    def mkdir(self, parent: int, name: str, mode: int) -> FileAttr:
+    def mkdir(self, parent: int, name: str, mode: int, caller: Caller | None = None) -> FileAttr:
         self._changing()
         pdir = self._new_entry_checks(parent, name)
         node = new_node_id()
+        mode &= 0o7777
+        if pdir.mode & stat.S_ISGID:
+            mode |= stat.S_ISGID  # a setgid folder's subfolders are setgid too (as ext4)
         with self._db.tx():
-            row = self.replica.add_node(node, KIND_DIR, mode & 0o7777)
+            row = self.replica.add_node(node, KIND_DIR, mode, owner=self.owners.new_node(caller, pdir.mode, pdir.gid))
             self.replica.set_entry(pdir.id, name, node)
             self._touch_dir(pdir)
-            self._send(
-                {"op": OP_MKDIR, "id": node, "parent": pdir.id, "name": name, "mode": row.mode,
-                 "mtime_ns": row.mtime_ns},
-                name=name,
-            )
+            self._send(Mkdir(id=node, parent=pdir.id, name=name, mode=row.mode, mtime_ns=row.mtime_ns, uid=row.uid,
+                             gid=row.gid), name=name)
         return self.attr(row)
 
-    def symlink(self, parent: int, name: str, target: str) -> FileAttr:
+    def symlink(self, parent: int, name: str, target: str, caller: Caller | None = None) -> FileAttr:
         self._changing()
         pdir = self._new_entry_checks(parent, name)
         if not target or len(os.fsencode(target)) > 4095:
@@ -294,7 +300,8 @@ class Vfs:
         node = new_node_id()
         local = self._local_name(KIND_SYMLINK, name)
         with self._db.tx():
-            row = self.replica.add_node(node, KIND_SYMLINK, 0o777, target=target, local=local)
+            row = self.replica.add_node(node, KIND_SYMLINK, 0o777, target=target, local=local,
+                                        owner=self.owners.new_node(caller, pdir.mode, pdir.gid))
             self.replica.set_entry(pdir.id, name, node)
             self._touch_dir(pdir)
             if not local:
@@ -302,7 +309,7 @@ class Vfs:
         return self.attr(row)
 
     def _send(
-        self, op: dict[str, Any], *, name: str | None = None, replaced: bool = False, version: bool = False
+        self, op: Op, *, name: str | None = None, replaced: bool = False, version: bool = False
     ) -> None:
         """Queue *op* for the server with the quiet period its names call for (*version*: see enqueue)."""
         quiet = None
@@ -326,19 +333,20 @@ class Vfs:
         self.replica.remove_entry(pdir.id, name)
         if not self.replica.entries_of(row.id):
             self.replica.set_orphan(row.id)
+        else:
+            self.replica.update_node(row.id)  # ctime: one name less, as ext4
         if not row.local:
-            self._send({"op": OP_DELETE, "id": row.id, "parent": pdir.id, "name": name},
-                       replaced=row.kind == KIND_FILE)
+            self._send(Delete(id=row.id, parent=pdir.id, name=name), replaced=row.kind == KIND_FILE)
             self.saves.left(pdir.id, name, row)
         self._touch_dir(pdir)
 
-    def _born(self, row: NodeRow, parent: str, name: str) -> dict[str, Any]:
+    def _born(self, row: NodeRow, parent: NodeId, name: str) -> Create | Symlink:
         """The op that creates *row* at ``parent/name`` on the server, content and all."""
         if row.kind == KIND_SYMLINK:
-            return {"op": OP_SYMLINK, "id": row.id, "parent": parent, "name": name, "target": row.target,
-                    "mtime_ns": row.mtime_ns}
-        return {"op": OP_CREATE, "id": row.id, "parent": parent, "name": name, "mode": row.mode,
-                "mtime_ns": row.mtime_ns, "size": row.size, "blocks": list(row.blocks)}
+            return Symlink(id=row.id, parent=parent, name=name, target=row.target, mtime_ns=row.mtime_ns,
+                           uid=row.uid, gid=row.gid)
+        return Create(id=row.id, parent=parent, name=name, mode=row.mode, mtime_ns=row.mtime_ns, size=row.size,
+                      blocks=row.blocks, uid=row.uid, gid=row.gid)
 
     def unlink(self, parent: int, name: str) -> None:
         self._changing()
@@ -416,7 +424,7 @@ class Vfs:
                 self._release_blocks(list(row.blocks))
             elif not row.local and to_local:
                 # Renamed to a lock/swap-like name: it leaves the server, stays here.
-                self._send({"op": OP_DELETE, "id": row.id, "parent": src_dir.id, "name": old_name})
+                self._send(Delete(id=row.id, parent=src_dir.id, name=old_name))
                 self.replica.remap(row.id, new_node_id())
                 moved = self.replica.get(row.ino)
                 assert moved is not None
@@ -425,8 +433,7 @@ class Vfs:
             elif not row.local:
                 self.replica.update_node(row.id)  # ctime
                 self._send(
-                    {"op": OP_RENAME, "id": row.id, "parent": src_dir.id, "name": old_name,
-                     "new_parent": dst_dir.id, "new_name": new_name},
+                    Rename(id=row.id, parent=src_dir.id, name=old_name, new_parent=dst_dir.id, new_name=new_name),
                     name=new_name, replaced=row.kind == KIND_FILE,
                 )
                 self.saves.left(src_dir.id, old_name, row)
@@ -450,10 +457,10 @@ class Vfs:
             self._touch_dir(pdir)
             self.replica.update_node(row.id)  # ctime
             if not row.local:
-                self._send({"op": OP_LINK, "id": row.id, "parent": pdir.id, "name": new_name}, name=new_name)
+                self._send(Link(id=row.id, parent=pdir.id, name=new_name), name=new_name)
         return self.getattr(ino)
 
-    def mknod(self, parent: int, name: str, mode: int, rdev: int) -> FileAttr:
+    def mknod(self, parent: int, name: str, mode: int, rdev: int, caller: Caller | None = None) -> FileAttr:
         """FIFOs, sockets and device nodes: stored and synced, opened by the kernel only."""
         self._changing()
         if stat.S_ISREG(mode) or not stat.S_IFMT(mode):
@@ -461,11 +468,12 @@ class Vfs:
         pdir = self._new_entry_checks(parent, name)
         node = new_node_id()
         with self._db.tx():
-            row = self.replica.add_node(node, KIND_SPECIAL, mode & (0o7777 | stat.S_IFMT(mode)), rdev=rdev)
+            row = self.replica.add_node(node, KIND_SPECIAL, mode & (0o7777 | stat.S_IFMT(mode)), rdev=rdev,
+                                        owner=self.owners.new_node(caller, pdir.mode, pdir.gid))
             self.replica.set_entry(pdir.id, name, node)
             self._touch_dir(pdir)
-            self._send({"op": OP_MKNOD, "id": node, "parent": pdir.id, "name": name, "mode": row.mode,
-                        "rdev": rdev, "mtime_ns": row.mtime_ns}, name=name)
+            self._send(Mknod(id=node, parent=pdir.id, name=name, mode=row.mode, rdev=rdev, mtime_ns=row.mtime_ns,
+                             uid=row.uid, gid=row.gid), name=name)
         return self.attr(row)
 
     def exchange(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
@@ -489,8 +497,8 @@ class Vfs:
             self.replica.set_entry(dst_dir.id, new_name, one.id)
             self._touch_dir(src_dir)
             self._touch_dir(dst_dir)
-            self._send({"op": OP_RENAME, "id": one.id, "parent": src_dir.id, "name": old_name,
-                        "new_parent": dst_dir.id, "new_name": new_name, "exchange": two.id})
+            self._send(Rename(id=one.id, parent=src_dir.id, name=old_name, new_parent=dst_dir.id, new_name=new_name,
+                              exchange=two.id))
 
     # -- extended attributes -------------------------------------------------
     @staticmethod
@@ -546,15 +554,21 @@ class Vfs:
         with self._db.tx():
             self.replica.update_node(row.id, xattrs=xattrs)
             if not row.local and not row.orphan:
-                self._send({"op": OP_SETATTR, "id": row.id, "xattrs": change})
+                self._send(SetAttr(id=row.id, xattrs=change))
 
     # -- attributes ------------------------------------------------------------
     async def setattr(
         self, ino: int, *, mode: int | None = None, size: int | None = None, mtime_ns: int | None = None,
-        fh: int | None = None,
+        fh: int | None = None, uid: int | None = None, gid: int | None = None, caller: Caller | None = None,
+        touch: bool = False,
     ) -> FileAttr:
+        """Change *ino*'s attributes; *uid*/*gid* are numbers as shown here (chown rules: owners.py).
+
+        *touch*: the change time moves even if nothing else does (chown(f, -1, -1), as ext4).
+        """
         self._changing()
         row = self._row(ino)
+        owner = self._owner_changes(row, uid, gid, caller)
         if size is not None:
             if row.kind == KIND_DIR:
                 raise FsError(errno.EISDIR)
@@ -579,17 +593,31 @@ class Vfs:
             if ino in self._work:
                 self._mtime[ino] = mtime_ns
             changes["mtime_ns"] = mtime_ns
-        if changes:
+        if changes or owner:
             with self._db.tx():
-                self.replica.update_node(row.id, **changes)
-                if row.kind != KIND_DIR or "mode" in changes:
-                    # Directory mtimes stay local (see _touch_dir).
-                    op = {"op": OP_SETATTR, "id": row.id, **changes}
-                    if row.kind == KIND_DIR:
-                        op.pop("mtime_ns", None)
+                self.replica.update_node(row.id, **changes, **owner)
+                if row.kind != KIND_DIR or "mode" in changes or owner:
+                    # Directory mtimes stay local (see _touch_dir): a directory's setattr carries no mtime.
+                    uid, gid = chown_fields(owner)
+                    op = SetAttr(id=row.id, mode=changes.get("mode"),
+                                 mtime_ns=None if row.kind == KIND_DIR else changes.get("mtime_ns"), uid=uid, gid=gid)
                     if not row.orphan and not row.local:
                         self._send(op)
+        elif touch:
+            with self._db.tx():
+                self.replica.update_node(row.id)  # ctime, which stays on this machine
         return self.getattr(ino)
+
+    def _owner_changes(self, row: NodeRow, uid: int | None, gid: int | None,
+                       caller: Caller | None) -> dict[str, int | None]:
+        """The stored owner and group chown(*uid*, *gid*) sets on *row*; EPERM where POSIX refuses."""
+        stored: dict[str, int | None] = {}
+        if uid is not None:
+            stored["uid"] = self.owners.stored_uid(uid)
+        if gid is not None:
+            stored["gid"] = self.owners.stored_gid(gid)
+        self.owners.check_chown(caller, row.uid, row.gid, stored)
+        return stored
 
     # -- files -----------------------------------------------------------------
     def _working_copy(self, row: NodeRow) -> WorkingCopy:
@@ -639,13 +667,14 @@ class Vfs:
             self._working_copy(row).handles += 1
         return handle
 
-    def create(self, parent: int, name: str, mode: int, how: OpenMode) -> tuple[int, FileAttr]:
+    def create(self, parent: int, name: str, mode: int, how: OpenMode,
+               caller: Caller | None = None) -> tuple[int, FileAttr]:
         self._changing()
         pdir = self._new_entry_checks(parent, name)
         node = new_node_id()
         local = self._local_name(KIND_FILE, name)
         with self._db.tx():
-            row = self.replica.add_node(node, KIND_FILE, mode & 0o7777, local=local)
+            row = self.replica.add_node(node, KIND_FILE, mode & 0o7777, local=local, owner=self.owners.new_node(caller, pdir.mode, pdir.gid))
             self.replica.set_entry(pdir.id, name, node)
             self._touch_dir(pdir)
             if not local:
@@ -750,8 +779,7 @@ class Vfs:
                     self._hold_blocks(list(blocks))
                     self._release_blocks(list(row.blocks))
                 elif not row.orphan:
-                    self._send({"op": OP_UPDATE, "id": row.id, "size": size, "blocks": list(blocks),
-                                "mtime_ns": mtime})
+                    self._send(Update(id=row.id, size=size, blocks=tuple(blocks), mtime_ns=mtime))
         finally:
             # The queue item protects the blocks now; drop the seal's own hold.
             self._release_blocks(stored)

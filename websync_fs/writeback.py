@@ -69,6 +69,7 @@ from websync_server.protocol import (
     OP_SETATTR,
     OP_SYMLINK,
     OP_UPDATE,
+    Op,
 )
 
 from .statedb import StateDb
@@ -253,7 +254,7 @@ class WriteBackQueue:
         return row[0]
 
     # -- enqueueing ----------------------------------------------------------
-    def enqueue(self, op: dict[str, Any], quiet: float | None = None, *, version: bool = False) -> None:
+    def enqueue(self, new: Op, quiet: float | None = None, *, version: bool = False) -> None:
         """Add *op* for the server, coalescing it with what is already queued.
 
         *quiet* overrides the queue's quiet period for this change (temporary
@@ -261,6 +262,7 @@ class WriteBackQueue:
         An update with *version* is never folded into the content queued
         before it: that content becomes a version on the server.
         """
+        op = new.to_wire()  # the queue keeps ops in their wire form, which is also its durable record
         self._ready_at = time.time() + (self.quiet if quiet is None else quiet)
         with self.state.tx():
             if not self._coalesce(op, version):
@@ -320,8 +322,10 @@ class WriteBackQueue:
             self._rewrite(last, merged)
             return True
         if kind == OP_SETATTR and mergeable and last and last.op["op"] in (*_BORN, OP_UPDATE, OP_SETATTR):
+            if last.op["op"] == OP_UPDATE and ("uid" in op or "gid" in op):
+                return False  # an update carries no owner: keep the setattr apart
             merged = dict(last.op)
-            merged.update({k: op[k] for k in ("mode", "mtime_ns") if k in op})
+            merged.update({k: op[k] for k in ("mode", "mtime_ns", "uid", "gid") if k in op})
             if "xattrs" in op:
                 if last.op["op"] == OP_SETATTR:
                     merged["xattrs"] = {**last.op.get("xattrs", {}), **op["xattrs"]}
@@ -438,8 +442,13 @@ class WriteBackQueue:
                     (time.time() + delay, error, item.n),
                 )
 
-    def replace(self, item: Item, op: dict[str, Any] | None) -> None:
-        """Swap the op of *item* (conflict resolution) or drop it with None."""
+    def replace(self, item: Item, new: Op | dict[str, Any] | None) -> None:
+        """Swap the op of *item* (conflict resolution) or drop it with None.
+
+        A dict is *item*'s own queued form rewritten (a new target name, a
+        restore to go before it); a new op comes as a typed value.
+        """
+        op = new if new is None or isinstance(new, dict) else new.to_wire()
         with self._tx():
             if op is None:
                 self._db.execute("DELETE FROM items WHERE n=?", (item.n,))

@@ -27,6 +27,7 @@ from sqlalchemy.sql.elements import BindParameter
 
 from ._exceptions import CommitConflict, InvalidRequest
 from .ops import (
+    OWNER,
     PERMISSION_BITS,
     SYMLINK_MODE,
     Create,
@@ -136,22 +137,22 @@ class Batch:
         if isinstance(op, Mkdir):
             self._make(
                 index, op.id, op.parent, op.name, kind=KIND_DIR, mode=op.mode, mtime_ns=op.mtime_ns,
-                xattrs=_xattrs_text(op.xattrs),
+                xattrs=_xattrs_text(op.xattrs), uid=_stored_id(op.uid), gid=_stored_id(op.gid),
             )  # fmt: skip
         elif isinstance(op, Create):
             self._make(
                 index, op.id, op.parent, op.name, kind=KIND_FILE, mode=op.mode, mtime_ns=op.mtime_ns,
-                size=op.size, blocks=blocks_to_text(op.blocks), xattrs=_xattrs_text(op.xattrs),
+                size=op.size, blocks=blocks_to_text(op.blocks), xattrs=_xattrs_text(op.xattrs), uid=_stored_id(op.uid), gid=_stored_id(op.gid),
             )  # fmt: skip
         elif isinstance(op, Symlink):
             self._make(
                 index, op.id, op.parent, op.name, kind=KIND_SYMLINK, mode=SYMLINK_MODE, mtime_ns=op.mtime_ns,
-                size=len(op.target.encode("utf-8")), target=op.target, xattrs=_xattrs_text(op.xattrs),
+                size=len(op.target.encode("utf-8")), target=op.target, xattrs=_xattrs_text(op.xattrs), uid=_stored_id(op.uid), gid=_stored_id(op.gid),
             )  # fmt: skip
         elif isinstance(op, Mknod):
             self._make(
                 index, op.id, op.parent, op.name, kind=KIND_SPECIAL, mode=op.mode, mtime_ns=op.mtime_ns,
-                rdev=op.rdev, xattrs=_xattrs_text(op.xattrs),
+                rdev=op.rdev, xattrs=_xattrs_text(op.xattrs), uid=_stored_id(op.uid), gid=_stored_id(op.gid),
             )  # fmt: skip
         elif isinstance(op, Update):
             self._update(index, op)
@@ -194,6 +195,8 @@ class Batch:
         row = self._live_node(index, op.id)
         if row.kind != KIND_FILE:
             raise InvalidRequest(f"op {index}: update needs a file, node {op.id} is a {row.kind}")
+        if op.base is None:  # parse_ops requires it; an op built in-process may not have it
+            raise InvalidRequest(f"op {index}: update needs base")
         self._check_base(index, row, op.base)
         self._conn.execute(
             insert(versions),
@@ -222,6 +225,10 @@ class Batch:
             values["mtime_ns"] = op.mtime_ns
         if op.xattrs is not None:
             values["xattrs"] = _apply_xattrs(index, row.xattrs, op.xattrs)
+        if op.uid is not None:
+            values["uid"] = _stored_id(op.uid)
+        if op.gid is not None:
+            values["gid"] = _stored_id(op.gid)
         self._update_node(row, **values)
 
     def _rename(self, index: int, op: Rename) -> None:
@@ -435,6 +442,11 @@ class Batch:
 
 def _xattrs_text(attrs: dict[str, str]) -> str:
     return json.dumps(attrs, sort_keys=True, separators=(",", ":"))
+
+
+def _stored_id(given: int | None) -> int | None:
+    """A uid or gid as the ``nodes`` table keeps it: NULL for the store's owner."""
+    return None if given is None or given == OWNER else given
 
 
 def _merge_mode(stored: int, given: int) -> int:

@@ -13,8 +13,7 @@ import base64
 import binascii
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from ._exceptions import InvalidRequest
 from .protocol import (
@@ -28,12 +27,24 @@ from .protocol import (
     OP_SETATTR,
     OP_SYMLINK,
     OP_UPDATE,
+    OWNER,
     ROOT_ID,
     XATTR_NAME_MAX,
     XATTR_TOTAL_MAX,
     XATTR_VALUE_MAX,
     BlockHash,
+    Create,
+    Delete,
     InvalidName,
+    Link,
+    Mkdir,
+    Mknod,
+    Op,
+    Rename,
+    Restore,
+    SetAttr,
+    Symlink,
+    Update,
     NodeId,
     block_count,
     is_block_hash,
@@ -44,6 +55,7 @@ from .protocol import (
 __all__ = [
     "BATCH_ID_MAX",
     "OPS_MAX",
+    "OWNER",
     "Create",
     "Delete",
     "Link",
@@ -77,108 +89,9 @@ _SPECIAL_TYPES = frozenset({stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IF
 _XATTR_NAMESPACE = "user."
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
+#: A uid or gid on the wire: 0 to 2**32 - 2 (-1, all ones, means "unchanged" to chown(2)).
+_ID_MAX = 2**32 - 2
 SYMLINK_MODE = 0o777
-
-
-@dataclass(frozen=True)
-class Mkdir:
-    id: NodeId
-    parent: NodeId
-    name: str
-    mode: int
-    mtime_ns: int
-    xattrs: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Create:
-    id: NodeId
-    parent: NodeId
-    name: str
-    mode: int
-    mtime_ns: int
-    size: int
-    blocks: tuple[BlockHash, ...]
-    xattrs: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Symlink:
-    id: NodeId
-    parent: NodeId
-    name: str
-    target: str
-    mtime_ns: int
-    xattrs: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Update:
-    id: NodeId
-    base: int
-    size: int
-    blocks: tuple[BlockHash, ...]
-    mtime_ns: int
-    mode: int | None
-
-
-@dataclass(frozen=True)
-class Mknod:
-    id: NodeId
-    parent: NodeId
-    name: str
-    mode: int  # with the S_IFMT bits
-    rdev: int
-    mtime_ns: int
-    xattrs: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SetAttr:
-    id: NodeId
-    mode: int | None
-    mtime_ns: int | None
-    #: name -> base64 value to set, or None to remove; None: leave them alone.
-    xattrs: dict[str, str | None] | None
-    #: The node's seq this change was made on (optional, as for delete).
-    base: int | None = None
-
-
-@dataclass(frozen=True)
-class Rename:
-    id: NodeId
-    parent: NodeId
-    name: str
-    new_parent: NodeId
-    new_name: str
-    replace: NodeId | None
-    #: Swap with the node at the target (RENAME_EXCHANGE) instead of moving.
-    exchange: NodeId | None = None
-
-
-@dataclass(frozen=True)
-class Delete:
-    id: NodeId
-    parent: NodeId
-    name: str
-    base: int | None
-
-
-@dataclass(frozen=True)
-class Link:
-    id: NodeId
-    parent: NodeId
-    name: str
-
-
-@dataclass(frozen=True)
-class Restore:
-    id: NodeId
-    parent: NodeId
-    name: str
-
-
-Op = Union[Mkdir, Create, Symlink, Mknod, Update, SetAttr, Rename, Delete, Link, Restore]
 
 
 def parse_batch_id(value: object) -> str:
@@ -213,32 +126,39 @@ def _parse_op(index: int, raw: object) -> Op:
     kind = raw.get("op")
     if kind == OP_MKDIR:
         return Mkdir(
-            f.node_id("id"), f.node_id("parent"), f.name("name"), f.mode("mode"), f.int64("mtime_ns"), f.new_xattrs()
-        )
+            id=f.node_id("id"), parent=f.node_id("parent"), name=f.name("name"), mode=f.mode("mode"),
+            mtime_ns=f.int64("mtime_ns"), xattrs=f.new_xattrs(), **f.owners(),
+        )  # fmt: skip
     if kind == OP_CREATE:
         size, blocks = f.content()
         return Create(
-            f.node_id("id"), f.node_id("parent"), f.name("name"), f.mode("mode"), f.int64("mtime_ns"), size, blocks,
-            f.new_xattrs(),
+            id=f.node_id("id"), parent=f.node_id("parent"), name=f.name("name"), mode=f.mode("mode"),
+            mtime_ns=f.int64("mtime_ns"), size=size, blocks=blocks, xattrs=f.new_xattrs(), **f.owners(),
         )  # fmt: skip
     if kind == OP_SYMLINK:
         return Symlink(
-            f.node_id("id"), f.node_id("parent"), f.name("name"), f.target("target"), f.int64("mtime_ns"),
-            f.new_xattrs(),
+            id=f.node_id("id"), parent=f.node_id("parent"), name=f.name("name"), target=f.target("target"),
+            mtime_ns=f.int64("mtime_ns"), xattrs=f.new_xattrs(), **f.owners(),
         )  # fmt: skip
     if kind == OP_UPDATE:
         size, blocks = f.content()
-        return Update(f.node_id("id"), f.seq("base"), size, blocks, f.int64("mtime_ns"), f.optional_mode("mode"))
+        return Update(
+            id=f.node_id("id"), base=f.seq("base"), size=size, blocks=blocks, mtime_ns=f.int64("mtime_ns"),
+            mode=f.optional_mode("mode"),
+        )  # fmt: skip
     if kind == OP_MKNOD:
         return Mknod(
-            f.node_id("id"), f.node_id("parent"), f.name("name"), f.special_mode("mode"), f.int64("rdev", 0),
-            f.int64("mtime_ns"), f.new_xattrs(),
+            id=f.node_id("id"), parent=f.node_id("parent"), name=f.name("name"), mode=f.special_mode("mode"),
+            rdev=f.int64("rdev", 0), mtime_ns=f.int64("mtime_ns"), xattrs=f.new_xattrs(), **f.owners(),
         )  # fmt: skip
     if kind == OP_SETATTR:
         mode, mtime_ns, xattrs = f.optional_mode("mode"), f.optional_int64("mtime_ns"), f.xattrs("xattrs")
-        if mode is None and mtime_ns is None and xattrs is None:
-            raise InvalidRequest(f"op {index}: setattr needs mode, mtime_ns or xattrs")
-        return SetAttr(f.node_id("id"), mode, mtime_ns, xattrs, f.optional_seq("base"))
+        owners = f.owners()
+        if mode is None and mtime_ns is None and xattrs is None and not owners:
+            raise InvalidRequest(f"op {index}: setattr needs mode, mtime_ns, xattrs, uid or gid")
+        return SetAttr(
+            id=f.node_id("id"), mode=mode, mtime_ns=mtime_ns, xattrs=xattrs, base=f.optional_seq("base"), **owners
+        )
     if kind == OP_RENAME:
         node_id = f.not_root("id", "renamed")
         replace, exchange = f.optional_node_id("replace"), f.optional_node_id("exchange")
@@ -247,15 +167,17 @@ def _parse_op(index: int, raw: object) -> Op:
         if replace is not None and exchange is not None:
             raise InvalidRequest(f"op {index}: a rename can't both replace and exchange")
         return Rename(
-            node_id, f.node_id("parent"), f.name("name"), f.node_id("new_parent"), f.name("new_name"), replace,
-            exchange,
+            id=node_id, parent=f.node_id("parent"), name=f.name("name"), new_parent=f.node_id("new_parent"),
+            new_name=f.name("new_name"), replace=replace, exchange=exchange,
         )  # fmt: skip
     if kind == OP_DELETE:
-        return Delete(f.not_root("id", "deleted"), f.node_id("parent"), f.name("name"), f.optional_seq("base"))
+        return Delete(
+            id=f.not_root("id", "deleted"), parent=f.node_id("parent"), name=f.name("name"), base=f.optional_seq("base")
+        )
     if kind == OP_LINK:
-        return Link(f.not_root("id", "linked"), f.node_id("parent"), f.name("name"))
+        return Link(id=f.not_root("id", "linked"), parent=f.node_id("parent"), name=f.name("name"))
     if kind == OP_RESTORE:
-        return Restore(f.not_root("id", "restored"), f.node_id("parent"), f.name("name"))
+        return Restore(id=f.not_root("id", "restored"), parent=f.node_id("parent"), name=f.name("name"))
     raise InvalidRequest(f"op {index}: unknown op {kind!r}")
 
 
@@ -354,6 +276,20 @@ class _Fields:
         if sum(xattr_size(name, value) for name, value in attrs.items()) > XATTR_TOTAL_MAX:
             raise self._fail(key, f"take more than {XATTR_TOTAL_MAX} bytes together")
         return attrs
+
+    def owner_id(self, key: str) -> int | None:
+        """A uid or gid: a number, ``"owner"`` (`OWNER`), or None when not given."""
+        value = self._raw.get(key)
+        if value is None:
+            return None
+        if value == "owner":
+            return OWNER
+        return self.int64(key, 0, _ID_MAX)
+
+    def owners(self) -> dict[str, int]:
+        """The ``uid`` and ``gid`` given (as `owner_id` reads them), by name."""
+        given = {key: self.owner_id(key) for key in ("uid", "gid")}
+        return {key: value for key, value in given.items() if value is not None}
 
     def optional_mode(self, key: str) -> int | None:
         return None if self._raw.get(key) is None else self.mode(key)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, NewType
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, NewType, Union
 
 API = "/v1"
 BLOCK_SIZE = 4 * 1024 * 1024
@@ -105,15 +105,24 @@ class Node:
     rdev: int = 0
     #: Extended attributes: name -> value in base64.
     xattrs: dict[str, str] = field(default_factory=dict, hash=False, compare=True)
+    #: Owner and group set by chown; None: the store's owner (docs/posix.md, "Owners").
+    uid: int | None = None
+    gid: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         # By hand, not dataclasses.asdict: a listing of 200,000 files spent most of its time
         # in asdict's deep copies (docs/benchmarks.md, "A new machine joining").
-        return {
+        wire = {
             "id": self.id, "kind": self.kind, "mode": self.mode, "size": self.size, "mtime_ns": self.mtime_ns,
             "seq": self.seq, "blocks": list(self.blocks), "target": self.target, "deleted": self.deleted,
             "device": self.device, "rdev": self.rdev, "xattrs": dict(self.xattrs),
         }
+        # Only an owner set by chown: the store owner's nodes read as before.
+        if self.uid is not None:
+            wire["uid"] = self.uid
+        if self.gid is not None:
+            wire["gid"] = self.gid
+        return wire
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Node:
@@ -130,11 +139,14 @@ class Node:
             device=data.get("device", ""),
             rdev=int(data.get("rdev", 0)),
             xattrs=dict(data.get("xattrs") or {}),
+            uid=_owner_id(data.get("uid")),
+            gid=_owner_id(data.get("gid")),
         )
 
     def to_row(self) -> list[Any]:
         return compact_node([self.id, self.kind, self.mode, self.size, self.mtime_ns, self.seq, self.device,
-                             list(self.blocks), self.target, self.deleted, self.rdev, dict(self.xattrs)])
+                             list(self.blocks), self.target, self.deleted, self.rdev, dict(self.xattrs),
+                             self.uid, self.gid])
 
     @classmethod
     def from_row(cls, row: list[Any]) -> Node:
@@ -148,18 +160,25 @@ class Node:
             deleted=bool(row[9]) if n > 9 else False,
             rdev=int(row[10]) if n > 10 else 0,
             xattrs=dict(row[11]) if n > 11 else {},
+            uid=_owner_id(row[12]) if n > 12 else None,
+            gid=_owner_id(row[13]) if n > 13 else None,
         )
+
+
+def _owner_id(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 #: The compact form of a node (``format=compact``, docs/protocol.md): its fields in this
 #: order, the trailing ones that hold their default left out (a listing of files
 #: mostly ends after ``blocks``; an empty file after ``device``).
-NODE_ROW = ("id", "kind", "mode", "size", "mtime_ns", "seq", "device", "blocks", "target", "deleted", "rdev", "xattrs")
+NODE_ROW = ("id", "kind", "mode", "size", "mtime_ns", "seq", "device", "blocks", "target", "deleted", "rdev", "xattrs",
+            "uid", "gid")
 #: The compact form of an entry: all its fields, in this order (``node`` null: removed).
 ENTRY_ROW = ("parent", "name", "node", "seq")
 #: Fields every compact node has: those before ``device``.
 NODE_ROW_MIN = 6
-_ROW_DEFAULTS: tuple[Any, ...] = ("", [], "", False, 0, {})
+_ROW_DEFAULTS: tuple[Any, ...] = ("", [], "", False, 0, {}, None, None)
 
 
 def compact_node(row: list[Any]) -> list[Any]:
@@ -293,7 +312,7 @@ class ChangeRows:
         if not isinstance(nodes, list) or not all(
             type(r) is list and NODE_ROW_MIN <= len(r) <= len(NODE_ROW) for r in nodes
         ):
-            raise ValueError("a compact node is an array of 6 to 12 fields")
+            raise ValueError(f"a compact node is an array of {NODE_ROW_MIN} to {len(NODE_ROW)} fields")
         if not isinstance(entries, list) or not all(type(r) is list and len(r) == 4 for r in entries):
             raise ValueError("a compact entry is an array of 4 fields")
         return cls(
@@ -308,8 +327,12 @@ class ChangeRows:
         )
 
 
-# Commit operations.  A batch is a list of these dicts, applied atomically in
-# order; see docs/protocol.md for each one's precondition and 409 reasons.
+#: ``"uid": "owner"`` (or gid) on the wire, `OWNER` in an op: the store's owner,
+#: shown on each machine as the user who mounted it (docs/posix.md).
+OWNER = -1
+
+# Commit operations.  A batch is a list of these, applied atomically in order;
+# see docs/protocol.md for each one's precondition and 409 reasons.
 OP_MKDIR = "mkdir"
 OP_CREATE = "create"
 OP_SYMLINK = "symlink"
@@ -323,6 +346,151 @@ OP_MKNOD = "mknod"
 OPS = frozenset(
     {OP_MKDIR, OP_CREATE, OP_SYMLINK, OP_UPDATE, OP_SETATTR, OP_RENAME, OP_DELETE, OP_RESTORE, OP_LINK, OP_MKNOD}
 )
+
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Op:
+    """A commit operation as a typed value; `to_wire` gives the JSON object a batch carries.
+
+    Both sides build ops as these values: the client to queue and send them,
+    the server (``websync_server/ops.py``) as what it checked a wire op into.
+    A field left None is left out of the wire object: "no change" for a
+    setattr, "no precondition" for ``base``; new nodes' empty ``xattrs`` too.
+    """
+
+    KIND: ClassVar[str]
+    id: NodeId
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"op": self.KIND}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or (f.name == "xattrs" and value == {}):
+                continue
+            if f.name in ("uid", "gid") and value == OWNER:
+                value = "owner"
+            wire[f.name] = list(value) if isinstance(value, tuple) else value
+        return wire
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mkdir(_Op):
+    KIND: ClassVar[str] = OP_MKDIR
+    parent: NodeId
+    name: str
+    mode: int
+    mtime_ns: int
+    xattrs: dict[str, str] = field(default_factory=dict)
+    #: Owner and group; None or `OWNER`: the store's owner.
+    uid: int | None = None
+    gid: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Create(_Op):
+    KIND: ClassVar[str] = OP_CREATE
+    parent: NodeId
+    name: str
+    mode: int
+    mtime_ns: int
+    size: int
+    blocks: tuple[BlockHash, ...]
+    xattrs: dict[str, str] = field(default_factory=dict)
+    #: Owner and group; None or `OWNER`: the store's owner.
+    uid: int | None = None
+    gid: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Symlink(_Op):
+    KIND: ClassVar[str] = OP_SYMLINK
+    parent: NodeId
+    name: str
+    target: str
+    mtime_ns: int
+    xattrs: dict[str, str] = field(default_factory=dict)
+    #: Owner and group; None or `OWNER`: the store's owner.
+    uid: int | None = None
+    gid: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Update(_Op):
+    """New content of a file; ``base`` (the node's seq it was made on) is set by the sender."""
+
+    KIND: ClassVar[str] = OP_UPDATE
+    size: int
+    blocks: tuple[BlockHash, ...]
+    mtime_ns: int
+    mode: int | None = None
+    base: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mknod(_Op):
+    KIND: ClassVar[str] = OP_MKNOD
+    parent: NodeId
+    name: str
+    mode: int  # with the S_IFMT bits
+    rdev: int
+    mtime_ns: int
+    xattrs: dict[str, str] = field(default_factory=dict)
+    #: Owner and group; None or `OWNER`: the store's owner.
+    uid: int | None = None
+    gid: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetAttr(_Op):
+    KIND: ClassVar[str] = OP_SETATTR
+    mode: int | None = None
+    mtime_ns: int | None = None
+    #: name -> base64 value to set, or None to remove; None: leave them alone.
+    xattrs: dict[str, str | None] | None = None
+    #: The node's seq this change was made on (optional, as for delete).
+    base: int | None = None
+    #: New owner and group (`OWNER`: the store's owner); None: leave it alone.
+    uid: int | None = None
+    gid: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rename(_Op):
+    KIND: ClassVar[str] = OP_RENAME
+    parent: NodeId
+    name: str
+    new_parent: NodeId
+    new_name: str
+    replace: NodeId | None = None
+    #: Swap with the node at the target (RENAME_EXCHANGE) instead of moving.
+    exchange: NodeId | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Delete(_Op):
+    KIND: ClassVar[str] = OP_DELETE
+    parent: NodeId
+    name: str
+    base: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Link(_Op):
+    KIND: ClassVar[str] = OP_LINK
+    parent: NodeId
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Restore(_Op):
+    KIND: ClassVar[str] = OP_RESTORE
+    parent: NodeId
+    name: str
+
+
+Op = Union[Mkdir, Create, Symlink, Mknod, Update, SetAttr, Rename, Delete, Link, Restore]
+
 
 # Reasons a commit is refused with 409.
 CONFLICT_EXISTS = "exists"  # the target name is taken

@@ -72,7 +72,8 @@ __all__ = [
 # 3: indexes for the collector's retention queries (migrations/versions/0003_*).
 # 4: quotas of users, when each device was last seen (migrations/versions/0004_*).
 # 5: shared folders: stores with a name, their members, blocks members sent (0005_shares).
-SCHEMA_VERSION = 5
+# 6: owner and group of nodes (migrations/versions/0006_owners.py).
+SCHEMA_VERSION = 6
 
 metadata = MetaData()
 
@@ -179,6 +180,10 @@ nodes = Table(
     Column("written_ns", BigInteger, nullable=False),  # when the current content was committed
     Column("rdev", BigInteger, nullable=False),  # device number of a special node
     Column("xattrs", Text, nullable=False),  # JSON object: user.* name -> base64 value
+    # Owner and group as numbers set by chown; NULL: the store's owner (shown as the
+    # mounting user on every machine, docs/posix.md).
+    Column("uid", BigInteger, nullable=True),
+    Column("gid", BigInteger, nullable=True),
     # Where a deleted node was: the entry it lost last and its path then.
     Column("trash_parent", _ID, nullable=True),
     Column("trash_name", _NAME, nullable=True),
@@ -266,6 +271,8 @@ def node_from_row(row: Row[Any]) -> Node:
         device=row.device,
         rdev=row.rdev,
         xattrs={} if row.xattrs == "{}" else json.loads(row.xattrs),
+        uid=row.uid,
+        gid=row.gid,
     )
 
 

@@ -224,7 +224,7 @@ def main(argv: list[str]) -> int:
         return 2
     options = set(pyfuse3.default_options) | {"fsname=websync-ceiling", "subtype=ceiling"}
     if os.geteuid() == 0:
-        options.add("allow_other")  # as WebSync's mount does for root
+        options.add("allow_other")  # as the other mounts it is compared with may be
     pyfuse3.init(CeilingOps(), argv[0], options)
 
     async def run() -> None:

@@ -9,6 +9,7 @@ import pytest
 import trio
 
 from tests.client.engine import EngineMachine, Server
+from websync_fs.replica import ROOT_INO
 
 
 @pytest.mark.timeout(60)
@@ -76,6 +77,35 @@ def test_a_read_only_core_refuses_every_change_with_erofs_and_queues_nothing(tmp
                 assert refused.value.errno == errno.EROFS
             assert await b.files.read("Docs/rules.txt") == b"house rules"
             assert len(b.queue) == 0 and b.tree() == server.tree()
+        finally:
+            a.close()
+            b.close()
+            server.close()
+
+    trio.run(run)
+
+
+@pytest.mark.timeout(60)
+def test_a_conflict_copy_keeps_the_owner_chown_gave_the_file(tmp_path: Path) -> None:
+    """A file given to uid 1234 is edited on two machines at once: both versions stay 1234's, everywhere."""
+    async def run() -> None:
+        server = Server(tmp_path / "server")
+        a, b = EngineMachine("A", tmp_path / "A", server), EngineMachine("B", tmp_path / "B", server)
+        try:
+            await a.files.write("doc.txt", b"first")
+            await a.vfs.setattr(a.vfs.lookup(ROOT_INO, "doc.txt").ino, uid=1234, gid=5678)
+            await a.settle()
+            await b.settle()
+            await a.files.write("doc.txt", b"edited on A")
+            await b.files.write("doc.txt", b"edited on B")
+            for m in (a, b, a, b):
+                await m.settle()
+            for m in (a, b):
+                files = [row for row in m.replica.all_nodes().values() if row.kind == "file" and not row.orphan]
+                assert len(files) == 2
+                assert {(row.uid, row.gid) for row in files} == {(1234, 5678)}
+                names = [name for (_, name) in m.replica.all_entries()]
+                assert all(m.vfs.lookup(ROOT_INO, name).uid == 1234 for name in names)
         finally:
             a.close()
             b.close()

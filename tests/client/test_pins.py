@@ -16,19 +16,32 @@ import pytest
 import trio
 
 from cache import BlockCache
+from websync_fs import pins as pins_module
 from websync_fs.cachectl import CacheControl, local_control
 from websync_fs.commands.cache import BadSize, parse_size
-from websync_fs.control import CacheLock, ControlServer, NotRunning, RequestFailed, request
+from websync_fs.control import (
+    CacheLock,
+    ControlServer,
+    NotRunning,
+    RequestFailed,
+    request,
+)
 from websync_fs.errors import NotFound, Offline
 from websync_fs.filestate import FileState, FileStates
 from websync_fs.home import Home
-from websync_fs import pins as pins_module
 from websync_fs.pins import Pinner, PinTable, block_sizes, files_under
 from websync_fs.replica import Replica
 from websync_fs.statedb import StateDb
 from websync_fs.storepaths import BadPath, path_of, resolve, store_path
 from websync_fs.writeback import WriteBackQueue
-from websync_server.protocol import BLOCK_SIZE, ROOT_ID, BlockHash, NodeId
+from websync_server.protocol import (
+    BLOCK_SIZE,
+    ROOT_ID,
+    BlockHash,
+    Create,
+    NodeId,
+    Update,
+)
 
 KiB = 1024
 
@@ -359,7 +372,7 @@ def test_file_states_name_where_the_content_is(world: World) -> None:
     assert world.states.of_path("big").state == "cached"
     conflict = world.file(ROOT_ID, "notes (conflict from B 2024-01-01 120000).txt", "c")
     assert world.states.of_path("notes (conflict from B 2024-01-01 120000).txt").state == "conflict"
-    world.queue.enqueue({"op": "update", "id": conflict, "size": 1, "blocks": [], "mtime_ns": 1})
+    world.queue.enqueue(Update(id=conflict, size=1, blocks=(), mtime_ns=1))
     assert world.states.of_path("notes (conflict from B 2024-01-01 120000).txt").state == "waiting-for-upload"
     empty = world.mkdir(ROOT_ID, "empty")
     assert world.states.of_row(world.replica.by_id(empty)).state == "cached"  # type: ignore[arg-type]
@@ -429,8 +442,7 @@ async def test_without_a_mount_commands_protect_queued_and_pinned_blocks(tmp_pat
     with db.tx():
         replica.add_node(NodeId("a" * 32), "file", 0o644, size=len(pinned_data), blocks=(BlockHash(pinned_h),))
         replica.set_entry(ROOT_ID, "pinned.bin", "a" * 32)
-    queue.enqueue({"op": "create", "id": "b" * 32, "parent": ROOT_ID, "name": "new.bin", "mode": 0o644,
-                   "mtime_ns": 1, "size": len(queued_data), "blocks": [queued_h]})
+    queue.enqueue(Create(id="b" * 32, parent=ROOT_ID, name="new.bin", mode=0o644, mtime_ns=1, size=len(queued_data), blocks=(queued_h,)))
     PinTable(db).add("a" * 32, "pinned.bin")
     cache.close()
     db.close()

@@ -7,6 +7,15 @@ from pathlib import Path
 
 from websync_fs.statedb import StateDb
 from websync_fs.writeback import WriteBackQueue
+from websync_server.protocol import (
+    BlockHash,
+    Create,
+    Delete,
+    Mkdir,
+    NodeId,
+    Rename,
+    Update,
+)
 
 
 class Protection:
@@ -29,15 +38,15 @@ def make(tmp_path: Path, quiet: float = 0.0) -> tuple[WriteBackQueue, Protection
     return WriteBackQueue(db, quiet=quiet, protect=prot.protect, unprotect=prot.unprotect), prot, db
 
 
-def create(node: str, name: str, blocks: list[str] | None = None, parent: str = "root") -> dict[str, object]:
+def create(node: str, name: str, blocks: list[str] | None = None, parent: str = "root") -> Create:
     blocks = blocks or []
-    return {"op": "create", "id": node, "parent": parent, "name": name, "mode": 0o644, "mtime_ns": 1,
-            "size": len(blocks), "blocks": blocks}
+    return Create(id=NodeId(node), parent=NodeId(parent), name=name, mode=0o644, mtime_ns=1, size=len(blocks),
+                  blocks=tuple(BlockHash(h) for h in blocks))
 
 
 def test_items_keep_their_order(tmp_path: Path) -> None:
     q, _, _ = make(tmp_path)
-    q.enqueue({"op": "mkdir", "id": "d", "parent": "root", "name": "dir", "mode": 0o755, "mtime_ns": 1})
+    q.enqueue(Mkdir(id="d", parent="root", name="dir", mode=0o755, mtime_ns=1))
     q.enqueue(create("f", "file", parent="d"))
     assert [i.op["op"] for i in q.take()] == ["mkdir", "create"]
 
@@ -45,8 +54,8 @@ def test_items_keep_their_order(tmp_path: Path) -> None:
 def test_updates_coalesce_into_the_create(tmp_path: Path) -> None:
     q, prot, _ = make(tmp_path)
     q.enqueue(create("f", "a.txt", ["h1"]))
-    q.enqueue({"op": "update", "id": "f", "size": 2, "blocks": ["h2"], "mtime_ns": 5})
-    q.enqueue({"op": "update", "id": "f", "size": 3, "blocks": ["h3"], "mtime_ns": 6})
+    q.enqueue(Update(id="f", size=2, blocks=("h2",), mtime_ns=5))
+    q.enqueue(Update(id="f", size=3, blocks=("h3",), mtime_ns=6))
     items = q.items()
     assert len(items) == 1
     assert items[0].op["op"] == "create" and items[0].op["blocks"] == ["h3"] and items[0].op["mtime_ns"] == 6
@@ -56,9 +65,8 @@ def test_updates_coalesce_into_the_create(tmp_path: Path) -> None:
 def test_temporary_file_costs_nothing(tmp_path: Path) -> None:
     q, prot, _ = make(tmp_path)
     q.enqueue(create("t", "~WRD0000.tmp", ["h1"]))
-    q.enqueue({"op": "rename", "id": "t", "parent": "root", "name": "~WRD0000.tmp",
-               "new_parent": "root", "new_name": "x.tmp"})
-    q.enqueue({"op": "delete", "id": "t", "parent": "root", "name": "x.tmp"})
+    q.enqueue(Rename(id="t", parent="root", name="~WRD0000.tmp", new_parent="root", new_name="x.tmp"))
+    q.enqueue(Delete(id="t", parent="root", name="x.tmp"))
     assert len(q) == 0
     assert prot.held() == set()
 
@@ -66,8 +74,8 @@ def test_temporary_file_costs_nothing(tmp_path: Path) -> None:
 def test_rename_of_unsent_file_moves_its_create_to_the_end(tmp_path: Path) -> None:
     q, _, _ = make(tmp_path)
     q.enqueue(create("f", "a"))
-    q.enqueue({"op": "mkdir", "id": "d", "parent": "root", "name": "dir", "mode": 0o755, "mtime_ns": 1})
-    q.enqueue({"op": "rename", "id": "f", "parent": "root", "name": "a", "new_parent": "d", "new_name": "b"})
+    q.enqueue(Mkdir(id="d", parent="root", name="dir", mode=0o755, mtime_ns=1))
+    q.enqueue(Rename(id="f", parent="root", name="a", new_parent="d", new_name="b"))
     ops = [i.op for i in q.items()]
     assert [o["op"] for o in ops] == ["mkdir", "create"]
     assert (ops[1]["parent"], ops[1]["name"]) == ("d", "b")
@@ -75,10 +83,10 @@ def test_rename_of_unsent_file_moves_its_create_to_the_end(tmp_path: Path) -> No
 
 def test_delete_of_folder_that_queued_children_use_is_kept(tmp_path: Path) -> None:
     q, _, _ = make(tmp_path)
-    q.enqueue({"op": "mkdir", "id": "d", "parent": "root", "name": "dir", "mode": 0o755, "mtime_ns": 1})
-    q.enqueue({"op": "mkdir", "id": "e", "parent": "d", "name": "sub", "mode": 0o755, "mtime_ns": 1})
-    q.enqueue({"op": "rename", "id": "e", "parent": "d", "name": "sub", "new_parent": "root", "new_name": "sub"})
-    q.enqueue({"op": "delete", "id": "d", "parent": "root", "name": "dir"})
+    q.enqueue(Mkdir(id="d", parent="root", name="dir", mode=0o755, mtime_ns=1))
+    q.enqueue(Mkdir(id="e", parent="d", name="sub", mode=0o755, mtime_ns=1))
+    q.enqueue(Rename(id="e", parent="d", name="sub", new_parent="root", new_name="sub"))
+    q.enqueue(Delete(id="d", parent="root", name="dir"))
     assert [i.op["op"] for i in q.items()] == ["mkdir", "mkdir", "rename", "delete"]
 
 
@@ -86,7 +94,7 @@ def test_no_coalescing_into_an_item_being_uploaded(tmp_path: Path) -> None:
     q, prot, _ = make(tmp_path)
     q.enqueue(create("f", "a", ["h1"]))
     batch = q.take()
-    q.enqueue({"op": "update", "id": "f", "size": 1, "blocks": ["h2"], "mtime_ns": 2})
+    q.enqueue(Update(id="f", size=1, blocks=("h2",), mtime_ns=2))
     assert len(q) == 2
     q.done(batch)
     assert [i.op["op"] for i in q.items()] == ["update"]
@@ -126,14 +134,14 @@ def test_batch_in_flight_survives_a_crash_with_its_id(tmp_path: Path) -> None:
 def test_pending_keys_name_nodes_and_entries(tmp_path: Path) -> None:
     q, _, _ = make(tmp_path)
     q.enqueue(create("f", "a"))
-    q.enqueue({"op": "rename", "id": "x", "parent": "root", "name": "old", "new_parent": "root", "new_name": "new"})
+    q.enqueue(Rename(id="x", parent="root", name="old", new_parent="root", new_name="new"))
     assert q.pending_nodes() == {"f", "x"}
     assert q.pending_entries() == {("root", "a"), ("root", "old"), ("root", "new")}
 
 
 def test_remap_rewrites_every_reference(tmp_path: Path) -> None:
     q, _, _ = make(tmp_path)
-    q.enqueue({"op": "mkdir", "id": "d", "parent": "root", "name": "dir", "mode": 0o755, "mtime_ns": 1})
+    q.enqueue(Mkdir(id="d", parent="root", name="dir", mode=0o755, mtime_ns=1))
     q.take()  # sent: no coalescing with what follows
     q.enqueue(create("f", "a", parent="d"))
     q.remap("d", "e")
@@ -144,17 +152,17 @@ def test_remap_rewrites_every_reference(tmp_path: Path) -> None:
 def test_unrelated_items_overtake_one_that_waits(tmp_path: Path) -> None:
     q, _, _ = make(tmp_path)
     q.enqueue(create("t", "draft.tmp"), quiet=60)
-    q.enqueue({"op": "mkdir", "id": "d", "parent": "root", "name": "dir", "mode": 0o755, "mtime_ns": 1})
+    q.enqueue(Mkdir(id="d", parent="root", name="dir", mode=0o755, mtime_ns=1))
     q.enqueue(create("f", "in-dir", parent="d"))
-    q.enqueue({"op": "update", "id": "t", "size": 0, "blocks": [], "mtime_ns": 3})
+    q.enqueue(Update(id="t", size=0, blocks=(), mtime_ns=3))
     assert [i.op["id"] for i in q.take()] == ["d", "f"]
 
 
 def test_waiting_item_holds_back_what_depends_on_it(tmp_path: Path) -> None:
     q, _, _ = make(tmp_path)
-    q.enqueue({"op": "mkdir", "id": "d", "parent": "root", "name": "dir", "mode": 0o755, "mtime_ns": 1}, quiet=60)
+    q.enqueue(Mkdir(id="d", parent="root", name="dir", mode=0o755, mtime_ns=1), quiet=60)
     q.enqueue(create("f", "in-dir", parent="d"))
-    q.enqueue({"op": "rename", "id": "x", "parent": "e", "name": "a", "new_parent": "root", "new_name": "dir"})
+    q.enqueue(Rename(id="x", parent="e", name="a", new_parent="root", new_name="dir"))
     q.enqueue(create("g", "other"))
     assert [i.op["id"] for i in q.take()] == ["g"]
 

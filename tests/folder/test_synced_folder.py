@@ -462,3 +462,27 @@ def test_a_file_written_slowly_while_others_close_is_never_sent_half_written(
     eventually(_holds(a.path("done-11.txt"), b"closed"), what="the other files")
     eventually(lambda: _settled(b), what="B's uploads")
     assert _versions(a, a.path("slow.log")) == 1
+
+
+def test_a_folder_synced_by_root_takes_the_owners_chown_set(
+    new_machine: Callable[..., Machine], folder: Path
+) -> None:
+    a, b = _mount_and_folder(new_machine, folder)
+    a.path("given.txt").write_bytes(b"to 1234")
+    os.chown(a.path("given.txt"), 1234, 5678)
+    a.path("theirs").mkdir()
+    os.chown(a.path("theirs"), 1001, 1001)
+    a.path("mine.txt").write_bytes(b"the store owner's")
+    eventually(lambda: (folder / "given.txt").exists() and (folder / "theirs").is_dir()
+               and (folder / "mine.txt").exists(), what="the files in the folder")
+    eventually(lambda: os.stat(folder / "given.txt")[4:6] == (1234, 5678), what="the owner of a file")
+    eventually(lambda: os.stat(folder / "theirs")[4:6] == (1001, 1001), what="the owner of a folder")
+    assert os.stat(folder / "mine.txt")[4:6] == (os.getuid(), os.getgid())
+    # A chown alone, of a file already here, comes down too.
+    os.chown(a.path("mine.txt"), 1002, 1002)
+    eventually(lambda: os.stat(folder / "mine.txt")[4:6] == (1002, 1002), what="a later chown")
+    assert read_bytes(folder / "mine.txt") == b"the store owner's"
+    # Files the syncing user makes in the folder are the store owner's on the mount.
+    (folder / "made-here.txt").write_bytes(b"here")
+    eventually(_holds(a.path("made-here.txt"), b"here"), what="a file from the folder")
+    assert os.stat(a.path("made-here.txt"))[4:6] == (os.getuid(), os.getgid())

@@ -130,7 +130,8 @@ def _as_nobody(code: str) -> str:
     return done.stdout.strip() + done.stderr.strip()[-200:]
 
 
-def test_mode_bits_are_enforced_for_other_users_as_on_a_local_disk(a: Machine, tmp_path: Path) -> None:
+def test_mode_bits_are_enforced_for_other_users_as_on_a_local_disk(new_machine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    a: Machine = new_machine("A", options=("--allow-other",))  # other users may enter at all
     local = tmp_path / "local"
     local.mkdir()
     # Let the other user walk down to both folders (pytest's are private to root).

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from tests.clients import Machine
+from tests.clients import Machine, run_as
 
 pytestmark = pytest.mark.mount
 
@@ -221,10 +221,99 @@ class Model(RuleBasedStateMachine):
 def test_mount_behaves_like_a_local_directory(a: Machine, tmp_path: Path) -> None:
     local = tmp_path / "local"
     local.mkdir()
-    Model.machine = a
-    Model.local_root = local
+    _run(Model, a, local, examples=80)
+
+
+def _run(model: type[Model], machine: Machine, local: Path, examples: int) -> None:
+    """Run *model* against *machine*'s mount and *local*; MODEL_SCALE=N in the environment runs N times as many."""
+    model.machine = machine
+    model.local_root = local
     run_state_machine_as_test(
-        Model,
-        settings=settings(max_examples=80, stateful_step_count=40, deadline=None, database=None,
+        model,
+        settings=settings(max_examples=examples * int(os.environ.get("MODEL_SCALE", "1")), stateful_step_count=40, deadline=None, database=None,
                           suppress_health_check=list(HealthCheck)),
     )
+
+
+#: Who acts: root and two other users; U1 is also in the shared group.
+USERS = {"root": (0, 0, (0,)), "u1": (1001, 1001, (1001, 3000)), "u2": (1002, 1002, (1002,))}
+
+
+def _as(who: str, cwd: Path, fn: Any, *args: Any) -> Any:
+    """``outcome(fn, *args)`` in a child that is *who* (uid, gid and groups), in *cwd*."""
+    return run_as(*USERS[who], cwd, lambda: outcome(fn, *args))
+
+
+class OwnersModel(Model):
+    """The same operations, each by root or one of two other users, with owners, groups and set-id modes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.who = "root"
+
+    @initialize()
+    def clean(self) -> None:
+        """The base's empty trees, open to all, with a setgid folder of the shared group to start from."""
+        super().clean()
+        for root in self.roots:
+            os.chmod(root, 0o777)
+            os.mkdir(root / "d")
+            os.chown(root / "d", 0, 3000)
+            os.chmod(root / "d", 0o2777)
+
+    def both(self, fn: Any, *rel: Any) -> Any:
+        # Paths relative to the root the child stands in: it may not pass pytest's folders.
+        results = [_as(self.who, root, fn, *rel) for root in self.roots]
+        assert results[0] == results[1], f"{self.who}: {fn.__name__}{rel}: local {results[0]} != mount {results[1]}"
+        return results[0]
+
+    @rule(path=st.sampled_from(NAMES), link_to=st.sampled_from(["a", "d/a", "nowhere"]))
+    def symlink(self, path: str, link_to: str) -> None:
+        # Not "../b": outside the two roots, the answer for another user depends on
+        # the folders above them (pytest's are root's alone), not on the mount.
+        self.both(lambda p: os.symlink(link_to, p), path)
+
+    @rule(who=st.sampled_from(["u1", "u2", "root"]))
+    def become(self, who: str) -> None:
+        self.who = who
+
+    @rule(path=st.sampled_from(NAMES), uid=st.sampled_from([-1, 0, 1001, 1002, 4242]),
+          gid=st.sampled_from([-1, 0, 1001, 1002, 3000]))
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        self.both(lambda p: os.chown(p, uid, gid, follow_symlinks=False), path)
+
+    @rule(path=st.sampled_from(NAMES),
+          mode=st.sampled_from([0o777, 0o666, 0o1777, 0o2777, 0o2775, 0o4755, 0o6755, 0o6777, 0o700]))
+    def chmod_special(self, path: str, mode: int) -> None:
+        self.both(os.chmod, path, mode)
+
+    @rule(path=st.sampled_from(NAMES), ns=st.integers(0, 2**62))
+    def utime(self, path: str, ns: int) -> None:
+        # Times are compared only where set: a refused utime leaves the times each tree made.
+        if self.both(lambda p: os.utime(p, ns=(ns, ns), follow_symlinks=False), path)[0] == "ok":
+            self.both(lambda p: os.lstat(p).st_mtime_ns, path)
+
+    @rule(path=st.sampled_from(NAMES))
+    def utime_now(self, path: str) -> None:
+        self.both(lambda p: os.utime(p, None, follow_symlinks=False), path)
+
+    @invariant()
+    def owners_match(self) -> None:
+        assert owners(self.roots[0]) == owners(self.roots[1])
+
+
+def owners(root: Path) -> dict[str, tuple[int, int]]:
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            st_ = os.lstat(Path(dirpath) / name)
+            found[str((Path(dirpath) / name).relative_to(root))] = (st_.st_uid, st_.st_gid)
+    return found
+
+
+@pytest.mark.timeout(900)
+def test_mount_behaves_like_a_local_directory_for_three_users(new_machine: Any, tmp_path: Path) -> None:
+    a: Machine = new_machine("A", options=("--allow-other",))
+    local = tmp_path / "local"
+    local.mkdir()
+    _run(OwnersModel, a, local, examples=40)

@@ -211,9 +211,11 @@ def test_a_compact_node_leaves_out_trailing_defaults() -> None:
     made = Node(id=NodeId("a" * 32), kind="file", mode=0o644, size=0, mtime_ns=5, seq=3, device="desk")
     assert made.to_row() == ["a" * 32, "file", 0o644, 0, 5, 3, "desk"]
     full = Node(id=NodeId("b" * 32), kind="special", mode=0o644, size=0, mtime_ns=5, seq=3, device="desk",
-                deleted=True, rdev=7, xattrs={"user.a": "eA=="})
+                deleted=True, rdev=7, xattrs={"user.a": "eA=="}, uid=1000, gid=0)
     assert len(full.to_row()) == len(NODE_ROW) and full.to_row()[7:9] == [[], ""]
-    for node in (plain, made, full):
+    group_only = Node(id=NodeId("c" * 32), kind="file", mode=0o644, size=0, mtime_ns=5, seq=3, gid=100)
+    assert group_only.to_row()[-3:] == [{}, None, 100]
+    for node in (plain, made, full, group_only):
         assert Node.from_row(node.to_row()) == node
     gone = Entry(parent=NodeId("root"), name="x", node=None, seq=4)
     assert Entry.from_row(gone.to_row()) == gone and gone.to_row() == ["root", "x", None, 4]

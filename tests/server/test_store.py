@@ -98,6 +98,31 @@ def test_setattr_changes_mode_and_mtime_only(components: Components) -> None:
     assert (now.mode, now.mtime_ns, now.seq, now.size, list(now.blocks)) == (0o600, 42, seq, 5, blocks)
 
 
+def test_owners_are_kept_as_numbers_or_as_the_store_owner(components: Components) -> None:
+    c = components
+    f = create("f")
+    c.commit({**f, "uid": 1001, "gid": 3000})
+    assert (node(c, f["id"]).uid, node(c, f["id"]).gid) == (1001, 3000)
+    c.commit(setattr_(f["id"], uid="owner"))
+    assert (node(c, f["id"]).uid, node(c, f["id"]).gid) == (None, 3000)
+    c.commit(setattr_(f["id"], gid=0))
+    assert (node(c, f["id"]).uid, node(c, f["id"]).gid) == (None, 0)
+    plain = create("g")
+    c.commit(plain)
+    assert (node(c, plain["id"]).uid, node(c, plain["id"]).gid) == (None, None)
+
+
+@pytest.mark.parametrize("bad", ["bob", -1, 2**32 - 1, 1.5, True, [1]])
+def test_an_owner_that_is_no_uid_is_refused(components: Components, bad: object) -> None:
+    c = components
+    f = create("f")
+    c.commit(f)
+    with pytest.raises(InvalidRequest, match="uid"):
+        c.commit(setattr_(f["id"], uid=bad))
+    with pytest.raises(InvalidRequest, match="gid"):
+        c.commit({**create("h"), "gid": bad})
+
+
 def test_rename_moves_the_entry_and_leaves_the_node_alone(components: Components) -> None:
     c = components
     d, f = mkdir("d"), create("f")

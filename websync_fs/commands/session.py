@@ -90,14 +90,19 @@ def login(
 @click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground until unmounted.")
 @click.option("--shared", metavar="NAME",
               help="Mount the shared folder NAME (as 'websync shares' lists it) instead of your own files.")
+@click.option("--allow-other", is_flag=True,
+              help="Let other users of this machine in (as far as owners and modes allow); needs root or "
+                   "user_allow_other in /etc/fuse.conf.")
 @pass_ctx
 @friendly
-def mount(ctx: Context, mountpoint: Path, foreground: bool, shared: str | None) -> None:
+def mount(ctx: Context, mountpoint: Path, foreground: bool, shared: str | None, allow_other: bool) -> None:
     """Mount the store at MOUNTPOINT (on Windows a drive letter like X: or a new folder); returns once mounted.
 
     With --shared, a folder shared with you (or by you) is a mount of its own,
     read-only if you may only read it.
     """
+    if allow_other and sys.platform != "win32":
+        _check_allow_other()
     ctx.use_shared(shared)  # the process started in the background finds the folder's place as this one left it
     home = ctx.home
     home.logged_in()
@@ -122,19 +127,31 @@ def mount(ctx: Context, mountpoint: Path, foreground: bool, shared: str | None) 
     if pid is not None:
         raise ConfigError(f"this home is already mounted by process {pid}; run 'websync unmount' first")
     if foreground:
-        _mount_foreground(ctx, home, target)
+        _mount_foreground(ctx, home, target, allow_other)
     else:
-        _mount_background(ctx, home, target)
+        _mount_background(ctx, home, target, allow_other)
 
 
-def _mount_foreground(ctx: Context, home: Home, target: Path) -> None:
+def _check_allow_other(fuse_conf: Path = Path("/etc/fuse.conf")) -> None:
+    """Refuse --allow-other up front where fusermount3 would refuse it (not root, no user_allow_other)."""
+    if os.getuid() == 0:
+        return
+    try:
+        lines = fuse_conf.read_text().splitlines()
+    except OSError:
+        lines = []
+    if not any(line.strip() == "user_allow_other" for line in lines):
+        raise ConfigError(f"--allow-other needs the line user_allow_other in {fuse_conf} (or mounting as root)")
+
+
+def _mount_foreground(ctx: Context, home: Home, target: Path, allow_other: bool) -> None:
     import trio
 
     from ..fuse.mount import run_mount
 
     setup_logging(home, ctx.verbose)
     with ready_pipe(f"mounted at {target}") as ready:
-        trio.run(run_mount, home, target, ready, ready.progress)
+        trio.run(run_mount, home, target, ready, ready.progress, allow_other)
 
 
 def _mount_windows(ctx: Context, home: Home, mountpoint: Path, foreground: bool) -> None:
@@ -162,8 +179,9 @@ def _mount_windows(ctx: Context, home: Home, mountpoint: Path, foreground: bool)
         trio.run(run_mount, home, place, ready, ready.progress)
 
 
-def _mount_background(ctx: Context, home: Home, target: Path) -> None:
-    pid = start_in_background(ctx, home, ["mount", "--foreground", str(target)], "mounting")
+def _mount_background(ctx: Context, home: Home, target: Path, allow_other: bool) -> None:
+    args = ["mount", "--foreground", *(["--allow-other"] if allow_other else []), str(target)]
+    pid = start_in_background(ctx, home, args, "mounting")
     click.echo(f"mounted at {target} (process {pid})")
 
 

@@ -486,6 +486,7 @@ class Merger:
                 expected = None
             if expected is None:
                 full.mkdir(exist_ok=True)
+            _take_owner(full, row)
         elif row.kind in ("file", "symlink"):
             tmp = full.parent / f"{TMP_PREFIX}{secrets.token_hex(6)}"
             try:
@@ -509,10 +510,12 @@ class Merger:
     async def _fetch(self, row: NodeRow, tmp: Path) -> None:
         if row.kind == "symlink":
             os.symlink(row.target, tmp)
+            _take_owner(tmp, row)
             return
         with open(tmp, "wb") as f:
             await self.core.read_file(row.ino, f)
             f.flush()
+            _take_owner(tmp, row)  # before the mode: chown clears set-id bits
             portable.fchmod(f.fileno(), row.mode & 0o7777)
             await trio.to_thread.run_sync(os.fsync, f.fileno())
         os.utime(tmp, ns=(row.mtime_ns, row.mtime_ns))
@@ -548,3 +551,14 @@ class Merger:
                 raise
             self.again.add(path)  # new files there: the folder comes back with them
         self.known.drop(path)
+
+
+def _take_owner(path: Path, row: NodeRow) -> None:
+    """Give *path* the owner and group chown set on *row*, where this process may (as root).
+
+    The store owner's nodes (None) stay the syncing user's; a user who is not
+    root cannot give files away and leaves every file theirs.
+    """
+    if row.uid is None and row.gid is None or getattr(os, "geteuid", lambda: -1)() != 0:
+        return
+    os.lchown(path, -1 if row.uid is None else row.uid, -1 if row.gid is None else row.gid)

@@ -36,12 +36,15 @@ def sig_of(st: os.stat_result) -> LocalSig:
 
 def version(row: NodeRow) -> str:
     """What a node's synced state is, as one string: equal strings, nothing to do."""
+    # An owner set by chown is part of it (a folder synced by root takes it); the
+    # store owner's nodes, most of all, keep the strings of before.
+    owner = "" if row.uid is None and row.gid is None else f":{row.uid}:{row.gid}"
     if row.kind == "dir":
-        return "dir"
+        return "dir" + owner
     if row.kind == "symlink":
-        return f"symlink:{row.target}"
+        return f"symlink:{row.target}{owner}"
     digest = hashlib.sha1(",".join(row.blocks).encode()).hexdigest()
-    return f"{row.kind}:{row.mode & 0o7777:o}:{row.size}:{digest}"
+    return f"{row.kind}:{row.mode & 0o7777:o}:{row.size}:{digest}{owner}"
 
 
 def block_hashes(path: Path) -> tuple[LocalSig, list[str], LocalSig]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +31,9 @@ log = logging.getLogger(__name__)
 class FuseMount:
     """One home's client, mounted at *mountpoint*."""
 
-    def __init__(self, home: Home, mountpoint: Path) -> None:
+    def __init__(self, home: Home, mountpoint: Path, *, allow_other: bool = False) -> None:
         self.mountpoint = mountpoint
+        self.allow_other = allow_other
         self.client = Client(home, mountpoint)
         self.ops = FuseOperations(self.client.vfs)
         self.client.front_notify = self.ops.notify
@@ -49,7 +49,9 @@ class FuseMount:
         options |= {"fsname=websync", "subtype=websync"}
         if client.vfs.read_only:
             options.add("ro")  # the kernel answers EROFS first; the core refuses too (vfs.py)
-        if os.getuid() == 0:
+        if self.allow_other:
+            # Other users of this machine may enter; the kernel checks modes against
+            # the owners the mount shows (default_permissions is in pyfuse3's defaults).
             options.add("allow_other")
         pyfuse3.init(self.ops, str(self.mountpoint), options)
         unmounted = False
@@ -101,9 +103,9 @@ class FuseMount:
 
 
 async def run_mount(home: Home, mountpoint: Path, ready: Callable[[], None],
-                    progress: Callable[[int], None] = lambda records: None) -> None:
-    """Mount *home*'s store at *mountpoint* and serve it until unmounted."""
-    mount = FuseMount(home, mountpoint)
+                    progress: Callable[[int], None] = lambda records: None, allow_other: bool = False) -> None:
+    """Mount *home*'s store at *mountpoint* and serve it until unmounted (to every user with *allow_other*)."""
+    mount = FuseMount(home, mountpoint, allow_other=allow_other)
     try:
         await mount.run(ready, progress)
     finally:

@@ -21,6 +21,7 @@ import trio
 
 from ..errors import FsError
 from ..invalidation import Invalidation
+from ..owners import Caller
 from ..vfs import FileAttr, OpenMode, Vfs
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,15 @@ def _name(raw: bytes) -> str:
     return os.fsdecode(raw)
 
 
+#: The attributes a setattr may carry (pyfuse3.SetattrFields.update_*).
+_SETTABLE = ("atime", "ctime", "gid", "mode", "mtime", "size", "uid")
+
+
+def caller(ctx: Any) -> Caller | None:
+    """Who makes a request, from pyfuse3's RequestContext (None: not known, as for tests' direct calls)."""
+    return None if ctx is None else Caller(uid=ctx.uid, gid=ctx.gid, pid=ctx.pid)
+
+
 def open_mode(flags: int) -> OpenMode:
     """The core's open mode for open(2) *flags*."""
     access = flags & os.O_ACCMODE
@@ -74,12 +84,9 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, vfs: Vfs, uid: int | None = None, gid: int | None = None) -> None:
+    def __init__(self, vfs: Vfs) -> None:
         super().__init__()
         self.vfs = vfs
-        #: Every node shows as the mounting user's (docs/posix.md): the store is theirs here.
-        self.uid = os.getuid() if uid is None else uid
-        self.gid = os.getgid() if gid is None else gid
         self._dirs: dict[int, list[tuple[str, FileAttr]]] = {}
         self._next_dir = 0
         self._send, self._receive = trio.open_memory_channel[Invalidation](math.inf)
@@ -107,8 +114,8 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
         entry.attr_timeout = TIMEOUT
         entry.st_mode = attr.mode
         entry.st_nlink = attr.nlink
-        entry.st_uid = self.uid
-        entry.st_gid = self.gid
+        entry.st_uid = attr.uid
+        entry.st_gid = attr.gid
         entry.st_rdev = attr.rdev
         entry.st_size = attr.size
         entry.st_blksize = 128 * 1024
@@ -139,6 +146,11 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
             size=attr.st_size if fields.update_size else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
             fh=fh,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            caller=caller(ctx),
+            # chown(f, -1, -1) comes as a setattr of nothing, which moves ctime on ext4.
+            touch=fields.update_ctime or not any(getattr(fields, f"update_{name}") for name in _SETTABLE),
         )
         return self._entry(result)
 
@@ -189,7 +201,7 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
     # -- namespace ---------------------------------------------------------------
     @translate
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
-        return self._remembered(self.vfs.mkdir(parent_inode, _name(name), mode))
+        return self._remembered(self.vfs.mkdir(parent_inode, _name(name), mode, caller(ctx)))
 
     @translate
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
@@ -211,7 +223,7 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
 
     @translate
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
-        return self._remembered(self.vfs.symlink(parent_inode, _name(name), os.fsdecode(target)))
+        return self._remembered(self.vfs.symlink(parent_inode, _name(name), os.fsdecode(target), caller(ctx)))
 
     @translate
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
@@ -219,7 +231,7 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
 
     @translate
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> pyfuse3.EntryAttributes:
-        return self._remembered(self.vfs.mknod(parent_inode, _name(name), mode, rdev))
+        return self._remembered(self.vfs.mknod(parent_inode, _name(name), mode, rdev, caller(ctx)))
 
     # -- extended attributes -------------------------------------------------------
     @translate
@@ -251,7 +263,7 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        fh, attr = self.vfs.create(parent_inode, _name(name), mode, open_mode(flags))
+        fh, attr = self.vfs.create(parent_inode, _name(name), mode, open_mode(flags), caller(ctx))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._remembered(attr)
 
     @translate
