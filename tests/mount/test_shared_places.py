@@ -221,6 +221,18 @@ def test_a_removed_member_stops_keeps_nothing_and_status_says_why(family: tuple[
     assert "Family is no longer shared with you" in bob.cli("status").stdout
 
 
+def _alice_and_bob(
+    server: ServerProcess, account: tuple[str, str], new_machine: Callable[..., Machine]
+) -> tuple[Machine, Machine, tuple[str, str]]:
+    """Machine A logged in as the account's user, machine B as a new user bob; nothing mounted."""
+    a = new_machine("A", mount=False)
+    b = new_machine("B", mount=False)
+    bob = (f"{account[0]}-bob", "pw-bob-long-enough")
+    add_user(server.data_dir, *bob)
+    b.login(*bob)
+    return a, b, bob
+
+
 def _user(place: Place) -> str:
     return str(json.loads(place.machine.cli("status", "--json").stdout)["user"])
 
@@ -228,11 +240,7 @@ def _user(place: Place) -> str:
 def test_a_shared_folder_synced_as_a_folder_meets_a_mount_of_it_and_stops_when_unshared(
     server: ServerProcess, account: tuple[str, str], new_machine: Callable[..., Machine]
 ) -> None:
-    a = new_machine("A", mount=False)
-    b = new_machine("B", mount=False)
-    bob = (f"{account[0]}-bob", "pw-bob-long-enough")
-    add_user(server.data_dir, *bob)
-    b.login(*bob)
+    a, b, bob = _alice_and_bob(server, account, new_machine)
     a.cli("share", "Family", bob[0])
     alice, synced = Place(a), Place(b)
     try:
@@ -259,11 +267,7 @@ def test_a_shared_folder_synced_as_a_folder_meets_a_mount_of_it_and_stops_when_u
 def test_two_folders_of_one_name_are_told_apart_by_their_owner(
     server: ServerProcess, account: tuple[str, str], new_machine: Callable[..., Machine]
 ) -> None:
-    a = new_machine("A", mount=False)
-    b = new_machine("B", mount=False)
-    bob = (f"{account[0]}-bob", "pw-bob-long-enough")
-    add_user(server.data_dir, *bob)
-    b.login(*bob)
+    a, b, bob = _alice_and_bob(server, account, new_machine)
     a.cli("share", "Family", bob[0])
     b.cli("share", "Family", account[0])  # bob's own folder of the same name
     clash = b.cli("--shared", "Family", "trash", check=False)
