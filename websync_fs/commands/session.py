@@ -134,8 +134,8 @@ def mount(ctx: Context, mountpoint: Path, foreground: bool, shared: str | None, 
 
 def _check_allow_other(fuse_conf: Path = Path("/etc/fuse.conf")) -> None:
     """Refuse --allow-other up front where fusermount3 would refuse it (not root, no user_allow_other)."""
-    if os.getuid() == 0:
-        return
+    if sys.platform == "win32" or os.getuid() == 0:
+        return  # a drive letter has no other users to let in; root may
     try:
         lines = fuse_conf.read_text().splitlines()
     except OSError:

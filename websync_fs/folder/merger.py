@@ -45,6 +45,7 @@ import errno
 import logging
 import os
 import secrets
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -559,6 +560,6 @@ def _take_owner(path: Path, row: NodeRow) -> None:
     The store owner's nodes (None) stay the syncing user's; a user who is not
     root cannot give files away and leaves every file theirs.
     """
-    if row.uid is None and row.gid is None or getattr(os, "geteuid", lambda: -1)() != 0:
-        return
+    if sys.platform == "win32" or row.uid is None and row.gid is None or os.geteuid() != 0:
+        return  # Windows has no POSIX owners to set
     os.lchown(path, -1 if row.uid is None else row.uid, -1 if row.gid is None else row.gid)
