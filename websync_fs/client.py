@@ -47,6 +47,7 @@ from .home import Home
 from .invalidation import Invalidation
 from .mountlock import MountLock, holder
 from .names import NamePolicy
+from .owners import Owners
 from .pins import Pinner, PinTable
 from .reconcile import Reconciler
 from .remote import Remote
@@ -120,6 +121,7 @@ class Engine:
             self.cache.unprotect, home.work_dir, hold_blocks=self.cache.protect, sync_blocks=self.cache.sync,
             names=names, temporary_quiet=settings.temporary_quiet_period,
             replace_quiet=settings.replace_quiet_period, early_upload=self.early.offer,
+            owners=Owners.of_this_process(_numbers(settings.uid_map), _numbers(settings.gid_map)),
         )
         self.applier = Applier(self.replica, self.queue, self.vfs.busy, self.notify)
         self.follower = Follower(self.remote, self.applier, self._on_state, self.retry)
@@ -383,3 +385,14 @@ class Client(Engine):
             self._forget_place()
         self.cache_lock.release()
         self.mount_lock.release()
+
+
+def _numbers(mapping: dict[str, int]) -> dict[int, int]:
+    """A uid or gid map from config.json (string keys) as numbers; a bad entry is a config error."""
+    try:
+        numbers = {int(store): int(here) for store, here in mapping.items()}
+    except (TypeError, ValueError):
+        raise ConfigError(f"uid_map and gid_map map numbers to numbers, e.g. {{\"1001\": 1000}}; got {mapping!r}") from None
+    if len(set(numbers.values())) != len(numbers) or any(n < 0 for pair in numbers.items() for n in pair):
+        raise ConfigError(f"uid_map and gid_map need distinct numbers of 0 or more on each side; got {mapping!r}")
+    return numbers

@@ -51,6 +51,10 @@ class Settings:
     #: Name patterns that never leave this machine, and that upload late.
     local_only: list[str] = field(default_factory=lambda: list(DEFAULT_LOCAL_ONLY))
     temporary: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPORARY))
+    #: Owners and groups set with chown, shown here under another number: the store's
+    #: number (a string, as JSON keys are) -> this machine's (docs/posix.md, "Owners").
+    uid_map: dict[str, int] = field(default_factory=dict)
+    gid_map: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

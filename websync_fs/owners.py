@@ -21,7 +21,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from websync_server.protocol import OWNER
 
@@ -56,28 +57,36 @@ class Caller:
 
 @dataclass(frozen=True)
 class Owners:
-    """The mounting user (who "the store's owner" is on this machine) and the ownership rules."""
+    """The mounting user (who "the store's owner" is on this machine) and the ownership rules.
+
+    *uid_map*/*gid_map* show a number the store keeps as another one on this
+    machine (the store's -> here), and store it back as the store's number.
+    """
 
     uid: int
     gid: int
+    uid_map: Mapping[int, int] = field(default_factory=dict)
+    gid_map: Mapping[int, int] = field(default_factory=dict)
 
     @classmethod
-    def of_this_process(cls) -> Owners:
+    def of_this_process(cls, uid_map: Mapping[int, int] | None = None,
+                        gid_map: Mapping[int, int] | None = None) -> Owners:
         # Windows has no uids: the store's owner is all there is.
-        return cls(getattr(os, "getuid", lambda: ROOT)(), getattr(os, "getgid", lambda: ROOT)())
+        return cls(getattr(os, "getuid", lambda: ROOT)(), getattr(os, "getgid", lambda: ROOT)(),
+                   dict(uid_map or {}), dict(gid_map or {}))
 
     def shown_uid(self, stored: int | None) -> int:
-        return self.uid if stored is None else stored
+        return self.uid if stored is None else self.uid_map.get(stored, stored)
 
     def shown_gid(self, stored: int | None) -> int:
-        return self.gid if stored is None else stored
+        return self.gid if stored is None else self.gid_map.get(stored, stored)
 
     def stored_uid(self, uid: int) -> int | None:
         """What the store keeps for *uid* here: None (the store's owner) for the mounting user."""
-        return None if uid == self.uid else uid
+        return None if uid == self.uid else _stored(self.uid_map, uid)
 
     def stored_gid(self, gid: int) -> int | None:
-        return None if gid == self.gid else gid
+        return None if gid == self.gid else _stored(self.gid_map, gid)
 
     def new_node(self, caller: Caller | None, parent_mode: int, parent_gid: int | None,
                  ) -> tuple[int | None, int | None]:
@@ -108,6 +117,11 @@ class Owners:
             gid = change["gid"]
             if gid != group and not caller.in_group(self.shown_gid(gid)):
                 raise FsError(errno.EPERM, "the owner may only choose a group they are in")
+
+
+def _stored(shown: Mapping[int, int], here: int) -> int:
+    """The store's number that *shown* maps to *here*, or *here* itself."""
+    return next((store for store, local in shown.items() if local == here), here)
 
 
 def chown_fields(stored: dict[str, int | None]) -> tuple[int | None, int | None]:

@@ -203,6 +203,24 @@ def test_owners_set_by_root_reach_another_machine(new_machine: Callable[..., Mac
     eventually(lambda: b.path("given.txt").stat().st_uid == os.getuid(), what="owner back on B")
 
 
+def test_a_machine_shows_a_mapped_number_as_its_own_and_stores_it_back(
+    new_machine: Callable[..., Machine], a: Machine
+) -> None:
+    # On B the person behind the store's uid 1234 is 4321 (config.json's uid_map).
+    b = new_machine("B", uid_map={"1234": 4321}, gid_map={"5678": 8765})
+    a.path("given.txt").write_text("to 1234")
+    os.chown(a.path("given.txt"), 1234, 5678)
+    eventually(lambda: b.path("given.txt").exists() and b.path("given.txt").stat().st_uid == 4321, what="on B")
+    assert b.path("given.txt").stat().st_gid == 8765
+    b.path("from-b.txt").write_text("given on B")
+    os.chown(b.path("from-b.txt"), 4321, 8765)
+    eventually(lambda: a.path("from-b.txt").exists() and a.path("from-b.txt").stat().st_uid == 1234, what="on A")
+    assert a.path("from-b.txt").stat().st_gid == 5678
+    # A number the map does not name is shown as it is.
+    os.chown(a.path("given.txt"), 1235, 5678)
+    eventually(lambda: b.path("given.txt").stat().st_uid == 1235, what="an unmapped number on B")
+
+
 def test_without_allow_other_other_users_are_kept_out(new_machine: Callable[..., Machine]) -> None:
     b = new_machine("B")
     b.path("f").write_text("x")
