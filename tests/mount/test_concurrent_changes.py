@@ -135,6 +135,8 @@ def test_offline_edit_conflicts_are_settled_on_reconnect(a: Machine, offline_b: 
     a.path("gone.txt").unlink()
     status = json.loads(b.cli("status", "--json").stdout)
     assert status["pending"] >= 3
+    # A's edit reaches the server first, so B's is the one kept beside it (the copy's name says B).
+    eventually(lambda: json.loads(a.cli("status", "--json").stdout)["pending"] == 0, what="A's changes sent")
     proxy.online = True
     eventually(lambda: read_bytes(b.path("new-offline", "f.txt")) == b"made offline", what="f.txt on B")
     for m in (a, b):
