@@ -139,13 +139,21 @@ def test_a_change_on_a_mounted_machine_appears_in_the_open_page(
     page.wait_for_selector(row(page, "from-a.txt"), state="detached", timeout=20_000)
 
 
+def _devices_view(
+    open_page: OpenPage, server: ServerProcess, account: tuple[str, str], device: str
+) -> tuple[dict[str, str], Page]:
+    """Log *device* in, open the page as the same user and show its Devices view listing *device*."""
+    machine = login(server.url, *account, device=device)
+    page = open_page(*account)
+    page.click("#views a[href='#devices']")
+    page.wait_for_selector(f'#devices tr[data-name="{device}"]')
+    return machine, page
+
+
 def test_a_machine_is_listed_in_devices_and_logging_it_out_revokes_its_token(
     open_page: OpenPage, server: ServerProcess, account: tuple[str, str]
 ) -> None:
-    machine = login(server.url, *account, device="laptop")
-    page = open_page(*account)
-    page.click("#views a[href='#devices']")
-    page.wait_for_selector('#devices tr[data-name="laptop"]')
+    machine, page = _devices_view(open_page, server, account, "laptop")
     this = page.locator("#devices tr[aria-current]")
     assert this.count() == 1
     assert this.inner_text().startswith("browser (")
@@ -162,10 +170,7 @@ def test_a_machine_is_listed_in_devices_and_logging_it_out_revokes_its_token(
 def test_a_device_logged_out_elsewhere_leaves_the_devices_list_when_clicked(
     open_page: OpenPage, server: ServerProcess, account: tuple[str, str]
 ) -> None:
-    phone = login(server.url, *account, device="phone")
-    page = open_page(*account)
-    page.click("#views a[href='#devices']")
-    page.wait_for_selector('#devices tr[data-name="phone"]')
+    phone, page = _devices_view(open_page, server, account, "phone")
     headers = {"Authorization": f"Bearer {phone['token']}"}
     assert httpx.post(f"{server.url}/v1/logout", headers=headers, timeout=30).status_code == 200
     page.click('#devices tr[data-name="phone"] button')
