@@ -45,7 +45,7 @@ from ._exceptions import (
 from .accounts import Identity, Login
 from .hostcheck import HostCheck
 from .journal import DEFAULT_LIMIT
-from .logins import guarded_check, guarded_login
+from .logins import guarded_check, guarded_login, login_gate
 from .ops import block_hashes, parse_ops
 from .protocol import (
     API, BLOCK_SIZE, FORMAT_COMPACT, FORMAT_OBJECTS, FORMATS, WAIT_MAX, BlockHash, ChangeRows, Changes, is_block_hash,
@@ -77,6 +77,8 @@ _DECIMAL_RE = re.compile(rf"^[0-9]{{1,{_DIGITS_MAX}}}$")
 # A device id is a database integer: 18 digits always fit in 64 bits (19 may not).
 _DEVICE_ID_RE = re.compile(r"^[0-9]{1,18}$")
 _RANGE_RE = re.compile(rf"^bytes=([0-9]{{0,{_DIGITS_MAX}}})-([0-9]{{0,{_DIGITS_MAX}}})$")
+# Set in a request's scope once its body is read whole.
+_BODY_READ = "websync.body_read"
 # Blocks never change, so a client or proxy may keep them as long as it likes.
 _BLOCK_CACHE_CONTROL = "private, max-age=31536000, immutable"
 
@@ -185,19 +187,21 @@ class _Api:
         )
 
     async def login(self, request: Request) -> Response:
-        # Before anyone is known: a small body, parsed on the loop (4 KiB parse in microseconds).
-        body = _parse_json(await _read_json_body(request, LOGIN_BODY_MAX, self._body_timeout))
-        user, address = body.get("user"), _address(request)
-        if not isinstance(user, str) or not isinstance(body.get("password"), str):
-            raise InvalidRequest("user and password must be strings")
-        known = await self._known_device(request, user)
-        replaces = body.get("replaces")  # this machine's token so far: it keeps its device name
+        address = _address(request)
+        async with login_gate(self._s, address):
+            # Before anyone is known: a small body, parsed on the loop (4 KiB parse in microseconds).
+            body = _parse_json(await _read_json_body(request, LOGIN_BODY_MAX, self._body_timeout))
+            user = body.get("user")
+            if not isinstance(user, str) or not isinstance(body.get("password"), str):
+                raise InvalidRequest("user and password must be strings")
+            known = await self._known_device(request, user)
+            replaces = body.get("replaces")  # this machine's token so far: it keeps its device name
 
-        def check(user: str, password: str, device: object) -> Login:
-            return self._s.accounts.login(user, password, device, replaces)
+            def check(user: str, password: str, device: object) -> Login:
+                return self._s.accounts.login(user, password, device, replaces)
 
-        login = await guarded_login(self._s, check, user, body["password"], body.get("device"),
-                                    address=address, known_device=known)
+            login = await guarded_login(self._s, check, user, body["password"], body.get("device"),
+                                        address=address, known_device=known)
         return JSONResponse({"token": login.token, **_identity_wire(login.identity)})
 
     async def _known_device(self, request: Request, user: str) -> bool:
@@ -231,8 +235,10 @@ class _Api:
         old, new = body.get("password"), body.get("new_password")
         if not isinstance(old, str) or not isinstance(new, str):
             raise InvalidRequest("password and new_password must be strings")
-        await guarded_check(self._s, self._s.accounts.change_password, identity.user, old, new, identity.device,
-                            address=_address(request), known_device=True)
+        address = _address(request)
+        async with login_gate(self._s, address):
+            await guarded_check(self._s, self._s.accounts.change_password, identity.user, old, new, identity.device,
+                                address=address, known_device=True)
         return JSONResponse({"ok": True})
 
     async def logout(self, request: Request) -> Response:
@@ -551,6 +557,7 @@ async def _read_pieces(request: Request, limit: int, timeout: float) -> list[byt
         if size > limit:
             raise TooLarge(f"the body is over {limit} bytes, this call takes at most {limit}")
         chunks.append(chunk)
+    request.scope[_BODY_READ] = True
     return chunks
 
 
@@ -641,10 +648,21 @@ async def _server_error(request: Request, exc: Exception) -> Response:
         headers["Content-Range"] = f"bytes */{exc.size}"
     elif isinstance(exc, TooManyRequests):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if _body_unread(request):
+        # Kept alive, the connection would go on reading (and discarding) the
+        # rest: four senders of 16 MiB bodies kept half a core busy that way.
+        headers["Connection"] = "close"
     # A full quota is the user's state, not the server's fault: worth a line, not an ERROR.
     level = logging.INFO if isinstance(exc, QuotaExceeded) else logging.ERROR if exc.status >= 500 else logging.DEBUG
     log.log(level, "%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.code, exc.message)
     return JSONResponse(exc.to_wire(), status_code=exc.status, headers=headers)
+
+
+def _body_unread(request: Request) -> bool:
+    """Whether the request has a body that was refused before all of it arrived."""
+    if request.scope.get(_BODY_READ):
+        return False
+    return request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

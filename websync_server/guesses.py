@@ -13,6 +13,10 @@ that account (a known device), skips the account's count; the address's count
 still holds.  Behind a reverse proxy the address is the one the proxy reports
 (uvicorn trusts ``X-Forwarded-For`` from the proxy's address).
 
+An address also has at most `ADDRESS_LOGINS` logins being answered at once
+(refusals held back included, logins.py): one address cannot take the
+server's connections (runner.py's bound) from everyone else.
+
 Everything is in memory and per process: a restart forgets it, and the tables
 are bounded (`TRACKED_MAX`, oldest forgotten first) so a flood of names or
 addresses cannot grow them without end.
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 
 from ._exceptions import TooManyRequests
 
-__all__ = ["ACCOUNT_FREE", "ADDRESS_FREE", "FIRST_WAIT_S", "LONGEST_WAIT_S", "Guesses"]
+__all__ = ["ACCOUNT_FREE", "ADDRESS_FREE", "ADDRESS_LOGINS", "FIRST_WAIT_S", "LONGEST_WAIT_S", "Guesses"]
 
 ACCOUNT_FREE = 5
 ADDRESS_FREE = 20
@@ -35,6 +39,7 @@ FIRST_WAIT_S = 2.0
 LONGEST_WAIT_S = 15 * 60.0
 FORGET_S = 24 * 3600.0
 TRACKED_MAX = 100_000
+ADDRESS_LOGINS = 64
 
 
 @dataclass
@@ -80,6 +85,27 @@ class Guesses:
         self._accounts = _Table(ACCOUNT_FREE)
         self._addresses = _Table(ADDRESS_FREE)
         self._known: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._answering: dict[str, int] = {}
+
+    def arrive(self, address: str) -> bool:
+        """Count a login from *address* as being answered; False (and not counted) at `ADDRESS_LOGINS`."""
+        answering = self._answering.get(address, 0)
+        if answering >= ADDRESS_LOGINS:
+            return False
+        self._answering[address] = answering + 1
+        return True
+
+    def leave(self, address: str) -> None:
+        """A login from *address* that `arrive` counted is answered."""
+        left = self._answering.pop(address) - 1
+        if left:
+            self._answering[address] = left
+
+    def check_address(self, address: str) -> None:
+        """Raise `TooManyRequests` if any login from *address* must wait (known before its body is read)."""
+        wait = self._addresses.wait(address, self._clock())
+        if wait > 0:
+            raise TooManyRequests(f"too many failed logins; try again in {wait:.0f} s", retry_after=wait)
 
     def check(self, user: str, address: str, *, known_device: bool = False) -> None:
         """Raise `TooManyRequests` if a login as *user* from *address* must wait."""

@@ -8,18 +8,49 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from ._exceptions import TooManyRequests, Unauthorized
 from .accounts import Login
+from .guesses import FIRST_WAIT_S
 from .services import Services
 
 log = logging.getLogger(__name__)
 
-#: Seconds a login refused for too many guesses is held before the answer.
+#: Most seconds a login refused for too many tries is held before the answer.
 _REFUSAL_DELAY_S = 2.0
 T = TypeVar("T")
+
+
+@asynccontextmanager
+async def login_gate(services: Services, address: str) -> AsyncIterator[None]:
+    """Where a login from *address* is answered: refused before its body is read if the address must wait.
+
+    Every refusal for too many tries, here or in `guarded_check`, is held back
+    a while: a refusal costs us microseconds and a guesser nothing, so a flood
+    of them took the event loop from everyone (3.6 s commits).  Held back, it
+    costs us a sleeping coroutine and the guesser a connection per try (a
+    quarter of its wait: the answer still says to wait).  The address's bound
+    on logins at once (guesses.py) bounds the connections held so.
+    """
+    if not services.guesses.arrive(address):
+        # Not held: holding is what this bound bounds.
+        raise TooManyRequests("too many logins from this address at once; try again in a few seconds",
+                              retry_after=FIRST_WAIT_S)  # fmt: skip
+    try:
+        services.guesses.check_address(address)
+        yield
+    except TooManyRequests as exc:
+        await _hold(exc)
+        raise
+    finally:
+        services.guesses.leave(address)
+
+
+async def _hold(refusal: TooManyRequests) -> None:
+    await asyncio.sleep(min(refusal.retry_after / 4, _REFUSAL_DELAY_S))
 
 
 async def guarded_login(
@@ -39,20 +70,15 @@ async def guarded_login(
 async def guarded_check(
     services: Services, check: Callable[..., T], user: str, *args: Any, address: str, known_device: bool,
 ) -> T:
-    """``check(user, *args)``, which checks *user*'s password, under every login limit."""
+    """``check(user, *args)``, which checks *user*'s password, under every login limit.
+
+    *known_device*: the call carries a live token of *user*'s (admission.py
+    gives such checks a thread of their own).
+    """
     known = services.guesses.known(user, address, known_device=known_device)
+    services.guesses.check(user, address, known_device=known)
     try:
-        services.guesses.check(user, address, known_device=known)
-    except TooManyRequests as exc:
-        # A refusal costs us microseconds and a guesser nothing, so a flood
-        # of them took the event loop from everyone (3.6 s commits): each
-        # one is held back a while, costing us a sleeping coroutine and
-        # the guesser a connection per try (a quarter of its wait: the
-        # answer still says to wait).
-        await asyncio.sleep(min(exc.retry_after / 4, _REFUSAL_DELAY_S))
-        raise
-    try:
-        result = await services.admission.password(check, user, *args)
+        result = await services.admission.password(check, user, *args, address=address, owner=known_device)
     except Unauthorized:
         services.guesses.failed(user, address)
         log.warning("failed login as user %r from %s", user, address)

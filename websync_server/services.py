@@ -164,10 +164,11 @@ class Services:
         self.schedule.start()
 
     def close(self) -> None:
-        """Stop the scheduled collection and the listener, release waiters and database connections."""
+        """Stop the scheduled collection and the listener, release waiters, password threads and database connections."""
         if self.schedule is not None:
             self.schedule.close()
         if self.listener is not None:
             self.listener.close()
         self.notifier.close()
+        self.admission.close()
         self.db.close()

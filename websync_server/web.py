@@ -45,7 +45,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ._exceptions import Forbidden, InvalidRequest, NotFound, RangeNotSatisfiable, Unauthorized
 from .accounts import Identity
 from .protocol import API, BLOCK_SIZE, KIND_FILE, BlockHash, is_node_id
-from .logins import guarded_login
+from .logins import guarded_login, login_gate
 from .services import Services
 from .sessions import BrowserSessions, csrf_value
 
@@ -107,14 +107,15 @@ class _Web:
     async def login(self, request: Request) -> Response:
         if not _same_origin(request.scope, request.headers):
             raise Forbidden("a login must come from this server's own page")
-        body = await _json_object(request)
-        user, password = body.get("user"), body.get("password")
-        if not isinstance(user, str) or not isinstance(password, str):
-            raise InvalidRequest("user and password must be strings")
-        device = device_name(request.headers.get("user-agent", ""))
         address = request.client.host if request.client else "unknown"
-        login = await guarded_login(self._s, self._sessions.login, user, password, device,
-                                    address=address, known_device=False)
+        async with login_gate(self._s, address):
+            body = await _json_object(request)
+            user, password = body.get("user"), body.get("password")
+            if not isinstance(user, str) or not isinstance(password, str):
+                raise InvalidRequest("user and password must be strings")
+            device = device_name(request.headers.get("user-agent", ""))
+            login = await guarded_login(self._s, self._sessions.login, user, password, device,
+                                        address=address, known_device=False)
         answer = JSONResponse(_session_wire(login.identity, login.token, time.time() + self._sessions.max_age_s))
         answer.set_cookie(
             COOKIE, login.token, max_age=int(self._sessions.max_age_s), path="/",

@@ -2,13 +2,15 @@
 
 50 users with 4 devices each (by default) against one real server process on
 loopback: every device holds a long poll, asks for changes now and then, and
-one device of each user commits a small change every couple of seconds.  After
-a quiet phase, one attacker runs each attack of ``tests/server/hostile.py`` in
-turn (the deepest tree's costliest batch, a flood of wrong logins, huge and
-deeply nested bodies, half-sent requests).  It prints, per phase, the p50 and
-p99 of the legitimate commits and change listings as a Markdown table for
-docs/benchmarks.md.  Everything is bounded: the phases last ``--phase-s``
-seconds each and every attack stops with its phase.
+one device of each user commits a small change every couple of seconds.  One
+attacker runs each attack of ``tests/server/hostile.py`` in turn (the deepest
+tree's costliest batch, a flood of wrong logins, huge and deeply nested
+bodies, half-sent requests), in windows that alternate with quiet ones of the
+same length, so that each attack is compared with quiet measured beside it on
+a machine whose other load drifts.  It prints, per attack, the p50 and p99 of
+the legitimate commits and change listings, quiet and attacked, and the p99
+ratios, as a Markdown table for docs/benchmarks.md.  Everything is bounded:
+each attack runs ``--phase-s`` seconds in all and stops with its windows.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -48,10 +51,11 @@ class Stop(Protocol):
 class Household:
     """The legitimate users' devices, recording each request's latency by kind."""
 
-    def __init__(self, url: str, logins: list[dict[str, str]], devices: int) -> None:
+    def __init__(self, url: str, logins: list[dict[str, str]], devices: int, pace: float = 1.0) -> None:
         self._url = url
         self._logins = logins
         self._devices = devices
+        self._pace = pace  # the pauses between a device's requests are scaled by this
         self.latencies: dict[str, list[float]] = {"commit": [], "changes": []}
         self.errors = 0
 
@@ -91,13 +95,13 @@ class Household:
 
     async def _list(self, http: httpx.AsyncClient, store: str, headers: dict[str, str], stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await asyncio.sleep(random.uniform(2, 6))
+            await asyncio.sleep(random.uniform(2, 6) * self._pace)
             await self._timed("changes", lambda: http.get(f"/v1/stores/{store}/changes", params={"cursor": 0},
                                                           headers=headers))  # fmt: skip
 
     async def _commit(self, http: httpx.AsyncClient, store: str, headers: dict[str, str], stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await asyncio.sleep(random.uniform(1, 3))
+            await asyncio.sleep(random.uniform(1, 3) * self._pace)
             body = {"batch": new_node_id(), "ops": [mkdir(ROOT_ID, new_node_id())]}
             await self._timed("commit", lambda: http.post(f"/v1/stores/{store}/commit", json=body, headers=headers))
 
@@ -108,7 +112,7 @@ class Household:
 def attack_deep_tree(url: str, attacker: dict[str, str], stop: Stop) -> None:
     headers = {"Authorization": f"Bearer {attacker['token']}"}
     with httpx.Client(base_url=url, headers=headers, timeout=120) as http:
-        batch = worst_batch(*deep_chain(http, attacker["store"]))
+        batch = worst_batch(*deep_chain(http, attacker["store"], top=new_node_id()))  # a chain per round
 
         def hammer() -> None:
             with httpx.Client(base_url=url, headers=headers, timeout=120) as own:
@@ -197,28 +201,90 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+@dataclass
+class Samples:
+    """Legitimate requests' latencies (seconds) by kind, and how many failed."""
+
+    commits: list[float] = field(default_factory=list)
+    listings: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    def add(self, other: Samples) -> None:
+        self.commits += other.commits
+        self.listings += other.listings
+        self.errors += other.errors
+
+    def p99(self) -> tuple[float, float]:
+        """The p99 of commits and of listings."""
+        return percentile(self.commits, 0.99), percentile(self.listings, 0.99)
+
+    def row(self, name: str, quiet: Samples | None = None) -> str:
+        """A Markdown table row; with *quiet*, the p99 ratios against it."""
+        ms = lambda v: f"{v * 1000:.1f} ms"  # noqa: E731
+        med = lambda vs: ms(statistics.median(vs)) if vs else "-"  # noqa: E731
+        ratios = "| – | –"
+        if quiet is not None:
+            ratios = " | ".join(f"{mine / theirs:.2f}x" for mine, theirs in zip(self.p99(), quiet.p99()))
+            ratios = "| " + ratios
+        return (f"| {name} | {len(self.commits)} | {med(self.commits)} | {ms(self.p99()[0])} | {len(self.listings)} | "
+                f"{med(self.listings)} | {ms(self.p99()[1])} | {self.errors} {ratios} |")  # fmt: skip
+
+
+def compare(url: str, logins: list[dict[str, str]], devices: int, seconds: float, rounds: int,
+            attack: Callable[[str, dict[str, str], Stop], None], attacker: dict[str, str],
+            pace: float = 1.0) -> tuple[Samples, Samples]:  # fmt: skip
+    """The household's samples without and with *attack*, in *rounds* alternating windows of *seconds* each.
+
+    Alternating quiet and attacked windows within one run compares them under
+    the same load from the rest of the machine, which drifts over minutes.
+    """
+    quiet, attacked = Samples(), Samples()
+    for _ in range(rounds):
+        quiet.add(phase(url, logins, devices, seconds, None, attacker, pace))
+        attacked.add(phase(url, logins, devices, seconds, attack, attacker, pace))
+    return quiet, attacked
+
+
+def set_up(data: Path, users: int) -> None:
+    """*users* users, and one more for the attacker, in a new data directory."""
+    for n in range(users + 1):
+        add_user(data, f"user{n}", PASSWORD)
+
+
+def log_in(url: str, users: int, devices: int) -> tuple[list[dict[str, str]], dict[str, str]]:
+    """Every device of the household logged in, and the attacker (the last user)."""
+    logins = [login(url, f"user{n}", PASSWORD, f"device{d}") for n in range(users) for d in range(devices)]
+    return logins, login(url, f"user{users}", PASSWORD, "attacker")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.household", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--devices", type=int, default=4, help="devices per user")
-    parser.add_argument("--phase-s", type=float, default=20.0, help="seconds of each phase")
+    parser.add_argument("--phase-s", type=float, default=20.0, help="seconds of each attack, and of quiet beside it")
+    parser.add_argument("--rounds", type=int, default=2, help="quiet and attacked windows each phase is cut into")
+    parser.add_argument("--attack", action="append", default=[], metavar="WORDS",
+                        help="run only the attacks whose name contains WORDS (repeatable)")
     args = parser.parse_args(argv)
+    attacks = {name: attack for name, attack in ATTACKS.items()
+               if not args.attack or any(words in name for words in args.attack)}  # fmt: skip
+    rows = []
     with tempfile.TemporaryDirectory(prefix="websync-household-") as tmp:
         data = Path(tmp) / "data"
-        for n in range(args.users + 1):
-            add_user(data, f"user{n}", PASSWORD)
+        set_up(data, args.users)
         with ServerProcess.start(data) as server:
-            logins = [login(server.url, f"user{n}", PASSWORD, f"device{d}")
-                      for n in range(args.users) for d in range(args.devices)]  # fmt: skip
-            attacker = login(server.url, f"user{args.users}", PASSWORD, "attacker")
-            rows = [_phase(server.url, logins, args, "no attacker", None, attacker)]
-            for name, attack in ATTACKS.items():
-                rows.append(_phase(server.url, logins, args, name, attack, attacker))
+            logins, attacker = log_in(server.url, args.users, args.devices)
+            for name, attack in attacks.items():
+                quiet, attacked = compare(server.url, logins, args.devices, args.phase_s / args.rounds, args.rounds,
+                                          attack, attacker)  # fmt: skip
+                rows += [quiet.row("(quiet, beside the next row)"), attacked.row(name, quiet)]
     command = "python -m tests.bench.household " + shlex.join(argv if argv is not None else sys.argv[1:])
-    print(f"`{command.strip()}`: {args.users} users x {args.devices} devices, {args.phase_s:g} s per phase\n")
-    print("| attacker | commits | commit p50 | commit p99 | listings | listing p50 | listing p99 | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"`{command.strip()}`: {args.users} users x {args.devices} devices, {args.phase_s:g} s per phase "
+          f"in {args.rounds} windows alternating with as much quiet\n")  # fmt: skip
+    print("| attacker | commits | commit p50 | commit p99 | listings | listing p50 | listing p99 | errors "
+          "| commit p99 / quiet | listing p99 / quiet |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print(row)
     return 0
@@ -227,9 +293,10 @@ def main(argv: list[str] | None = None) -> int:
 _DEVICE_PROCESSES = 4
 
 
-def _devices(url: str, logins: list[dict[str, str]], devices: int, seconds: float) -> tuple[dict[str, list[float]], int]:
+def _devices(url: str, logins: list[dict[str, str]], devices: int, seconds: float,
+             pace: float) -> tuple[dict[str, list[float]], int]:  # fmt: skip
     """Run some devices for *seconds*; their latencies by kind, and the number of errors."""
-    household = Household(url, logins, devices)
+    household = Household(url, logins, devices, pace)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -240,8 +307,10 @@ def _devices(url: str, logins: list[dict[str, str]], devices: int, seconds: floa
     return household.latencies, household.errors
 
 
-def _phase(url: str, logins: list[dict[str, str]], args: argparse.Namespace, name: str,
-           attack: Callable[[str, dict[str, str], Stop], None] | None, attacker: dict[str, str]) -> str:
+def phase(url: str, logins: list[dict[str, str]], devices: int, seconds: float,
+          attack: Callable[[str, dict[str, str], Stop], None] | None, attacker: dict[str, str],
+          pace: float = 1.0) -> Samples:
+    """The household's samples over *seconds*, while *attack* (if any) runs."""
     # The attacker is a process of its own: its threads must not take this one's GIL.
     context = multiprocessing.get_context("spawn")
     attack_stop = context.Event()
@@ -253,20 +322,16 @@ def _phase(url: str, logins: list[dict[str, str]], args: argparse.Namespace, nam
     # clients' CPU is not what is measured.
     shares = [logins[n :: _DEVICE_PROCESSES] for n in range(_DEVICE_PROCESSES)]
     with context.Pool(_DEVICE_PROCESSES) as pool:
-        results = pool.starmap(_devices, [(url, share, args.devices, args.phase_s) for share in shares])
+        results = pool.starmap(_devices, [(url, share, devices, seconds, pace) for share in shares])
     attack_stop.set()
     if attacking:
         attacking.join(180)
         if attacking.is_alive():
             attacking.kill()
-    commits = [v for result in results for v in result[0]["commit"]]
-    listings = [v for result in results for v in result[0]["changes"]]
-    errors = sum(result[1] for result in results)
-    ms = lambda v: f"{v * 1000:.1f} ms"  # noqa: E731
-    return (f"| {name} | {len(commits)} | {ms(statistics.median(commits)) if commits else '-'} | "
-            f"{ms(percentile(commits, 0.99))} | {len(listings)} | "
-            f"{ms(statistics.median(listings)) if listings else '-'} | {ms(percentile(listings, 0.99))} | "
-            f"{errors} |")  # fmt: skip
+    samples = Samples()
+    for latencies, errors in results:
+        samples.add(Samples(latencies["commit"], latencies["changes"], errors))
+    return samples
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ def mkdir(parent: str, name: str, node: str | None = None) -> dict[str, Any]:
     return {"op": "mkdir", "id": node or new_node_id(), "parent": parent, "name": name, "mode": 0o755, "mtime_ns": 0}
 
 
-def deep_chain(http: httpx.Client, store: str) -> tuple[str, str]:
-    """Folders as deep as the server allows, with one folder ``x`` at the bottom: (bottom, x)."""
+def deep_chain(http: httpx.Client, store: str, top: str = "d0") -> tuple[str, str]:
+    """Folders as deep as the server allows, the first named *top*, with one folder ``x`` at the bottom: (bottom, x)."""
     ops = []
     parent = ROOT_ID
     for level in range(DEPTH_MAX - 1):
-        op = mkdir(parent, f"d{level}")
+        op = mkdir(parent, f"d{level}" if level else top)
         ops.append(op)
         parent = op["id"]
     leaf = mkdir(parent, "x")

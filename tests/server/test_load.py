@@ -1,0 +1,60 @@
+"""A household's requests while an attacker runs: p99 within 3x of quiet, measured in one run.
+
+The issue's load goal on a small scale: a few users with two devices each,
+long-polling, listing and committing quickly (many samples in little time),
+against a real server process on loopback.  Quiet and attacked windows
+alternate (``tests/bench/household.py``), so both see the same load from the
+rest of the machine; only their ratio is asserted.  The full-size run and its
+figures are in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.bench.household import Samples, Stop, attack_bodies, attack_logins, compare, log_in, set_up
+from tests.servers import ServerProcess
+
+USERS, DEVICES = 8, 2
+#: A tenth of the full run's pauses: about 40 commits and 50 listings a second.
+PACE = 0.1
+WINDOW_S, ROUNDS = 4.0, 3
+
+
+@pytest.fixture(scope="module")
+def household(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[dict[str, str]], dict[str, str]]]:
+    """A server with the household's devices and the attacker logged in (shared: setting up costs seconds)."""
+    data = tmp_path_factory.mktemp("household") / "data"
+    set_up(data, USERS)
+    with ServerProcess.start(data) as server:
+        yield (server.url, *log_in(server.url, USERS, DEVICES))
+
+
+def within_3x(household: tuple[str, list[dict[str, str]], dict[str, str]],
+              attack: Callable[[str, dict[str, str], Stop], None]) -> None:  # fmt: skip
+    url, logins, attacker = household
+    quiet, attacked = compare(url, logins, DEVICES, WINDOW_S, ROUNDS, attack, attacker, PACE)
+    table = f"\n{quiet.row('quiet')}\n{attacked.row(attack.__name__, quiet)}"
+    print(table)
+    for samples in (quiet, attacked):
+        assert samples.errors == 0 and len(samples.commits) >= 100 and len(samples.listings) >= 100, table
+    for kind, loaded, calm in zip(("commit", "listing"), attacked.p99(), quiet.p99()):
+        assert loaded <= 3 * calm, f"{kind} p99 {loaded:.3f} s under attack, {calm:.3f} s quiet{table}"
+
+
+@pytest.mark.timeout(300)
+def test_a_flood_of_wrong_logins_keeps_others_within_3x_at_p99(household: tuple[str, list[dict[str, str]], dict[str, str]]) -> None:
+    within_3x(household, attack_logins)
+
+
+@pytest.mark.timeout(300)
+def test_huge_and_deep_bodies_keep_others_within_3x_at_p99(household: tuple[str, list[dict[str, str]], dict[str, str]]) -> None:
+    within_3x(household, attack_bodies)
+
+
+def test_samples_compare_by_p99() -> None:
+    quiet = Samples(commits=[0.01] * 99 + [0.1], listings=[0.01] * 100)
+    assert quiet.p99() == (0.1, 0.01)
+    assert "| 2.00x | 1.00x |" in Samples([0.2] * 100, [0.01] * 100).row("attack", quiet)
