@@ -194,8 +194,8 @@ class _Api:
             user = body.get("user")
             if not isinstance(user, str) or not isinstance(body.get("password"), str):
                 raise InvalidRequest("user and password must be strings")
-            known = await self._known_device(request, user)
             replaces = body.get("replaces")  # this machine's token so far: it keeps its device name
+            known = await self._known_device(request, user, replaces)
 
             def check(user: str, password: str, device: object) -> Login:
                 return self._s.accounts.login(user, password, device, replaces)
@@ -204,14 +204,16 @@ class _Api:
                                         address=address, known_device=known)
         return JSONResponse({"token": login.token, **_identity_wire(login.identity)})
 
-    async def _known_device(self, request: Request, user: str) -> bool:
-        """Whether the login carries a live token of *user*'s: its owner, on a device it knows."""
-        if "authorization" not in request.headers:
-            return False
+    async def _known_device(self, request: Request, user: str, replaces: object) -> bool:
+        """Whether the login carries a live token of *user*'s (header or *replaces*): its owner, on a device it knows."""
         try:
-            return (await self._identity(request)).user == user
+            if "authorization" in request.headers:
+                return (await self._identity(request)).user == user
+            if isinstance(replaces, str) and replaces:
+                return (await self._token_identity(replaces)).user == user
         except Unauthorized:
-            return False
+            pass
+        return False
 
     async def whoami(self, request: Request) -> Response:
         identity = await self._identity(request)
@@ -447,6 +449,9 @@ class _Api:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("this call needs an 'Authorization: Bearer TOKEN' header")
+        return await self._token_identity(token)
+
+    async def _token_identity(self, token: str) -> Identity:
         accounts = self._s.accounts
         trusted = accounts.trusted(token)
         if trusted is not None:

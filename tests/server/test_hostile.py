@@ -180,6 +180,45 @@ def test_guesses_are_slowed_per_address(server: ServerProcess) -> None:
     assert try_login(server, "alice", PASSWORDS["alice"], "10.0.0.10").status_code == 200
 
 
+@pytest.mark.timeout(120)
+def test_a_flood_from_many_addresses_is_bounded_and_the_owner_still_gets_in(server: ServerProcess) -> None:
+    token = login(server.url, "bob", PASSWORDS["bob"], "laptop")["token"]
+    stop = threading.Event()
+    answers: list[httpx.Response] = []
+
+    def guess(offset: int) -> None:  # a new address each try: no address's count ever helps
+        for n in range(offset, 400, 8):
+            if stop.is_set():
+                return
+            answers.append(try_login(server, f"nobody{n}", "wrong-password", f"10.{n % 200}.{n // 200}.{offset}"))
+
+    guessers = [threading.Thread(target=guess, args=(i,)) for i in range(8)]
+    for thread in guessers:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not any(a.status_code == 429 for a in answers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # The server's budget for wrong passwords is spent: strangers wait, the owner does not.
+        busy = [a for a in answers if a.status_code == 429]
+        assert busy and "busy checking passwords" in busy[0].json()["message"], [a.status_code for a in answers]
+        assert int(busy[0].headers["Retry-After"]) >= 1
+        for n in range(3):
+            header = try_login(server, "bob", PASSWORDS["bob"], f"10.9.9.{n}", Authorization=f"Bearer {token}")
+            assert header.status_code == 200, header.text
+            again = httpx.post(f"{server.url}/v1/login", json={"user": "bob", "password": PASSWORDS["bob"],
+                                                               "device": "laptop", "replaces": token}, timeout=60)
+            assert again.status_code == 200, again.text
+            token = again.json()["token"]
+        assert httpx.get(f"{server.url}/v1/whoami", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    finally:
+        stop.set()
+        for thread in guessers:
+            thread.join()
+    # Checked one at a time within the budget: far fewer checks than tries.
+    assert sum(a.status_code == 401 for a in answers) < len(answers) / 2
+
+
 def test_weak_passwords_are_refused(server: ServerProcess) -> None:
     from tests.server.test_process import run_cli
 
