@@ -264,6 +264,18 @@ def test_big_login_bodies_are_refused_before_they_cost_anything(server: ServerPr
 
 
 @pytest.mark.timeout(60)
+def test_a_body_refused_unread_closes_its_connection(server: ServerProcess) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        sock.sendall(b"POST /v1/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 16777216\r\n\r\n" + b"a" * 65536)  # fmt: skip
+        answer = b""
+        while chunk := sock.recv(65536):  # to the end: the server closes, never reading the other 16 MiB
+            answer += chunk
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 413") and b"connection: close" in head, answer
+
+
+@pytest.mark.timeout(60)
 def test_malformed_input_is_a_4xx_never_a_500(server: ServerProcess) -> None:
     nested = b'{"user": ' + b"[" * 1000 + b"]" * 1000 + b"}"
     answer = httpx.post(f"{server.url}/v1/login", content=nested, headers={"Content-Type": "application/json"})
