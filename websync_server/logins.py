@@ -19,7 +19,8 @@ from .services import Services
 
 log = logging.getLogger(__name__)
 
-#: Most seconds a login refused for too many tries is held before the answer.
+#: Seconds a login refused for too many tries is held before the answer: a quarter of its wait, within these.
+_REFUSAL_MIN_S = 1.0
 _REFUSAL_DELAY_S = 2.0
 T = TypeVar("T")
 
@@ -32,7 +33,7 @@ async def login_gate(services: Services, address: str) -> AsyncIterator[None]:
     a while: a refusal costs us microseconds and a guesser nothing, so a flood
     of them took the event loop from everyone (3.6 s commits).  Held back, it
     costs us a sleeping coroutine and the guesser a connection per try (a
-    quarter of its wait: the answer still says to wait).  The address's bound
+    quarter of its wait, 1 to 2 s: the answer still says to wait).  The address's bound
     on logins at once (guesses.py) bounds the connections held so.
     """
     if not services.guesses.arrive(address):
@@ -50,7 +51,9 @@ async def login_gate(services: Services, address: str) -> AsyncIterator[None]:
 
 
 async def _hold(refusal: TooManyRequests) -> None:
-    await asyncio.sleep(min(refusal.retry_after / 4, _REFUSAL_DELAY_S))
+    # At least a second: "busy" refusals ask to wait under a second, and 40
+    # connections held an eighth of a second each asked 300 times a second.
+    await asyncio.sleep(min(max(refusal.retry_after / 4, _REFUSAL_MIN_S), _REFUSAL_DELAY_S))
 
 
 async def guarded_login(

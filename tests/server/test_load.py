@@ -4,23 +4,26 @@ The issue's load goal on a small scale: a few users with two devices each,
 long-polling, listing and committing quickly (many samples in little time),
 against a real server process on loopback.  Quiet and attacked windows
 alternate (``tests/bench/household.py``), so both see the same load from the
-rest of the machine; only their ratio is asserted.  The full-size run and its
+rest of the machine; only their ratio is asserted, the median over pairs of
+neighbouring windows, so that one stall of the whole machine does not decide.  The full-size run and its
 figures are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from tests.bench.household import Samples, Stop, attack_bodies, attack_logins, compare, log_in, set_up
+from tests.bench.household import (
+    Attack, Samples, attack_bodies, attack_logins, attack_logins_spread, compare, log_in, median_ratios, pooled, set_up,
+)
 from tests.servers import ServerProcess
 
 USERS, DEVICES = 8, 2
-#: A tenth of the full run's pauses: about 40 commits and 50 listings a second.
+#: A tenth of the full run's pauses: about 40 commits and 35 listings a second.
 PACE = 0.1
-WINDOW_S, ROUNDS = 4.0, 3
+WINDOW_S, ROUNDS = 3.0, 5
 
 
 @pytest.fixture(scope="module")
@@ -32,21 +35,28 @@ def household(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, l
         yield (server.url, *log_in(server.url, USERS, DEVICES))
 
 
-def within_3x(household: tuple[str, list[dict[str, str]], dict[str, str]],
-              attack: Callable[[str, dict[str, str], Stop], None]) -> None:  # fmt: skip
+def within_3x(household: tuple[str, list[dict[str, str]], dict[str, str]], attack: Attack) -> None:
+    """Attacked p99 within 3x of quiet: the median over pairs of neighbouring windows (household.median_ratios)."""
     url, logins, attacker = household
-    quiet, attacked = compare(url, logins, DEVICES, WINDOW_S, ROUNDS, attack, attacker, PACE)
-    table = f"\n{quiet.row('quiet')}\n{attacked.row(attack.__name__, quiet)}"
+    pairs = compare(url, logins, DEVICES, WINDOW_S, ROUNDS, attack, attacker, PACE)
+    quiet, attacked = pooled(pairs)
+    ratios = median_ratios(pairs)
+    table = f"\n{quiet.row('quiet')}\n{attacked.row(attack.__name__, quiet)} median of windows {ratios}"
     print(table)
     for samples in (quiet, attacked):
         assert samples.errors == 0 and len(samples.commits) >= 100 and len(samples.listings) >= 100, table
-    for kind, loaded, calm in zip(("commit", "listing"), attacked.p99(), quiet.p99()):
-        assert loaded <= 3 * calm, f"{kind} p99 {loaded:.3f} s under attack, {calm:.3f} s quiet{table}"
+    for kind, ratio in zip(("commit", "listing"), ratios):
+        assert ratio <= 3, f"{kind} p99 {ratio:.2f}x quiet under attack{table}"
 
 
 @pytest.mark.timeout(300)
 def test_a_flood_of_wrong_logins_keeps_others_within_3x_at_p99(household: tuple[str, list[dict[str, str]], dict[str, str]]) -> None:
     within_3x(household, attack_logins)
+
+
+@pytest.mark.timeout(300)
+def test_wrong_logins_from_ever_new_addresses_keep_others_within_3x_at_p99(household: tuple[str, list[dict[str, str]], dict[str, str]]) -> None:
+    within_3x(household, attack_logins_spread)
 
 
 @pytest.mark.timeout(300)
@@ -57,4 +67,7 @@ def test_huge_and_deep_bodies_keep_others_within_3x_at_p99(household: tuple[str,
 def test_samples_compare_by_p99() -> None:
     quiet = Samples(commits=[0.01] * 99 + [0.1], listings=[0.01] * 100)
     assert quiet.p99() == (0.1, 0.01)
-    assert "| 2.00x | 1.00x |" in Samples([0.2] * 100, [0.01] * 100).row("attack", quiet)
+    attacked = Samples([0.2] * 100, [0.01] * 100)
+    assert "| 2.00x | 1.00x |" in attacked.row("attack", quiet)
+    stalled = Samples([10.0] * 100, [10.0] * 100)  # one window of three caught in a stall of the machine
+    assert median_ratios([(quiet, attacked), (quiet, stalled), (quiet, attacked)]) == (2.0, 1.0)
