@@ -310,7 +310,17 @@ def test_two_synced_folders_and_a_mount_converge_after_changes_on_all_three(
 
     def agree() -> bool:
         one, two, three = tree(a.mnt), tree(fb), tree(fc)
-        return one == two == three and _settled(b) and _settled(c)
+        differ = {
+            path: (one.get(path), two.get(path), three.get(path))
+            for path in one.keys() | two.keys() | three.keys()
+            if not one.get(path) == two.get(path) == three.get(path)
+        }
+        # Raised rather than returned so that a timeout shows where the trees differ.
+        assert not differ, f"A, B and C differ at {differ}"
+        for machine in (b, c):
+            status = json.loads(machine.cli("status", "--json").stdout)
+            assert status["pending"] == 0, f"{machine.name} still holds changes: {status}"
+        return True
 
     eventually(agree, timeout=90, what="the mount and both folders to hold the same tree")
 

@@ -58,7 +58,7 @@ from ..replica import NodeRow, Replica
 from .corepaths import ChangedMeanwhile, CorePaths, join
 from .ignore import IgnoreRules
 from .known import Known, KnownTree, LocalSig
-from .tree import block_hashes, clear_leftovers, local_paths, local_sig, remote_tree, version
+from .tree import block_hashes, clear_leftovers, local_paths, local_sig, remote_tree, sig_of, version
 
 log = logging.getLogger(__name__)
 
@@ -491,7 +491,7 @@ class Merger:
         elif row.kind in ("file", "symlink"):
             tmp = full.parent / f"{TMP_PREFIX}{secrets.token_hex(6)}"
             try:
-                await self._fetch(row, tmp)
+                fetched = await self._fetch(row, tmp)
                 # No await from the check to the rename: the download lands only on what K knew.
                 if self._local(path) != expected:
                     if self._local(path) is not None:
@@ -502,24 +502,30 @@ class Merger:
             finally:
                 if os.path.lexists(tmp):
                     os.unlink(tmp)
+            # What was written, not what is there a moment later: a program writing the file right
+            # after the rename must read as a change here, not as the download.
+            self.known.put(path, row.id, version(row), fetched)
+            return
         else:
             return
         now = self._local(path)
         if now is not None:
             self.known.put(path, row.id, version(row), now)
 
-    async def _fetch(self, row: NodeRow, tmp: Path) -> None:
+    async def _fetch(self, row: NodeRow, tmp: Path) -> LocalSig:
+        """Write *row* to *tmp*; what it holds then (a rename keeps all of it: inode, size, mtime, mode)."""
         if row.kind == "symlink":
             os.symlink(row.target, tmp)
             _take_owner(tmp, row)
-            return
-        with open(tmp, "wb") as f:
-            await self.core.read_file(row.ino, f)
-            f.flush()
-            _take_owner(tmp, row)  # before the mode: chown clears set-id bits
-            portable.fchmod(f.fileno(), row.mode & 0o7777)
-            await trio.to_thread.run_sync(os.fsync, f.fileno())
-        os.utime(tmp, ns=(row.mtime_ns, row.mtime_ns))
+        else:
+            with open(tmp, "wb") as f:
+                await self.core.read_file(row.ino, f)
+                f.flush()
+                _take_owner(tmp, row)  # before the mode: chown clears set-id bits
+                portable.fchmod(f.fileno(), row.mode & 0o7777)
+                await trio.to_thread.run_sync(os.fsync, f.fileno())
+            os.utime(tmp, ns=(row.mtime_ns, row.mtime_ns))
+        return sig_of(os.lstat(tmp))
 
     # -- removals ----------------------------------------------------------------
     async def _remove(self, path: str, side: str) -> None:
