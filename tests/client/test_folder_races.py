@@ -7,6 +7,7 @@ the program's action is made to happen at the exact moment (see engine.py).
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,197 @@ def test_a_write_right_after_a_download_lands_is_sent_up_not_taken_for_the_downl
             await b.settle()
             await a.settle()
             assert await a.files.read("doc.txt") == b"written here at once"
+        finally:
+            known.close()
+            a.close()
+            b.close()
+            server.close()
+
+    trio.run(body)
+
+
+class _Program:
+    """A program working in the synced folder with real calls; it reports what it touched, as the watcher would."""
+
+    PLACES = ("", "d1", "d2")
+
+    def __init__(self, root: Path, rng: random.Random) -> None:
+        self.root = root
+        self.rng = rng
+        self.dirty: set[str] = set()
+        self.step = 0
+
+    def _name(self) -> str:
+        place = self.rng.choice(self.PLACES)
+        name = f"f{self.rng.randrange(5)}.txt"
+        return f"{place}/{name}" if place else name
+
+    def act(self, near: str | None = None) -> None:
+        """One random change; *near*: on that path, where the merger just changed something."""
+        self.step += 1
+        path, action = near or self._name(), self.rng.random()
+        full = self.root / path
+        try:
+            if action < 0.1:
+                place = self.rng.choice(self.PLACES[1:])
+                os.mkdir(self.root / place)
+                self.dirty.add(place)
+            elif action < 0.15:
+                place = self.rng.choice(self.PLACES[1:])
+                os.rmdir(self.root / place)
+                self.dirty.add(place)
+            elif action < 0.2:
+                src, dst = self.rng.sample(self.PLACES[1:], 2)
+                os.rename(self.root / src, self.root / dst)  # a folder moved, over an empty one too
+                self.dirty.update((src, dst))
+            elif action < 0.6:
+                full.write_bytes(b"program %d" % self.step)
+                self.dirty.add(path)
+            elif action < 0.75:
+                os.unlink(full)
+                self.dirty.add(path)
+            else:
+                dst = self._name()
+                os.rename(full, self.root / dst)
+                self.dirty.update((path, dst))
+        except OSError:
+            pass  # not there, not empty, a file where a folder is: as a real program meets them
+
+
+class _Interrupting:
+    """The merger's `os`, where each change it makes on disk may be followed at once by the program's."""
+
+    def __init__(self, program: _Program, rng: random.Random) -> None:
+        self.program = program
+        self.rng = rng
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
+
+    def _then(self, path: str) -> None:
+        chance = self.rng.random()
+        if chance < 0.2:
+            self.program.act()
+        elif chance < 0.4:
+            near = os.path.relpath(path, self.program.root)
+            if not near.startswith("..") and not os.path.basename(near).startswith(merger_module.TMP_PREFIX):
+                self.program.act(near)
+
+    def replace(self, src: Path, dst: Path) -> None:
+        os.replace(src, dst)
+        self._then(str(dst))
+
+    def rename(self, src: Path, dst: Path) -> None:
+        os.rename(src, dst)
+        self._then(str(dst))
+
+    def unlink(self, path: Path) -> None:
+        os.unlink(path)
+        self._then(str(path))
+
+    def rmdir(self, path: Path) -> None:
+        os.rmdir(path)
+        self._then(str(path))
+
+
+async def _machine_a_acts(a: EngineMachine, rng: random.Random, step: int) -> None:
+    place = rng.choice(_Program.PLACES)
+    path = f"{place}/f{rng.randrange(5)}.txt" if place else f"f{rng.randrange(5)}.txt"
+    action = rng.random()
+    try:
+        if action < 0.1 and place:
+            await a.files.mkdir(place)
+        elif action < 0.15:
+            src, dst = rng.sample(_Program.PLACES[1:], 2)
+            await a.files.rename(src, dst)
+        elif action < 0.6:
+            await a.files.write(path, b"machine A %d" % step)
+        elif action < 0.75:
+            await a.files.unlink(path)
+        else:
+            other = rng.choice(_Program.PLACES)
+            await a.files.rename(path, f"{other}/r{rng.randrange(3)}.txt" if other else f"r{rng.randrange(3)}.txt")
+    except OSError:
+        pass
+
+
+def _folder_tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"<dir>"
+        for p in sorted(root.rglob("*")) if not p.name.startswith(merger_module.TMP_PREFIX)
+    }
+
+
+async def _store_tree(machine: EngineMachine) -> dict[str, bytes]:
+    return {
+        path: await machine.files.read(path) if kind == "file" else b"<dir>"
+        for path, (kind, _blocks) in machine.tree().items()
+    }
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seed", range(int(os.environ.get("WEBSYNC_RACE_SEEDS", 12))))
+def test_a_program_acting_between_the_mergers_steps_never_keeps_the_machines_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """Machine A's engine and a program in machine B's synced folder work at once, in a random order.
+
+    (``WEBSYNC_RACE_SEEDS=400`` searches wider; 12 seeds run by default.)  The
+    merger's own changes are not reported back to it as the watcher would: it
+    must not need its own echo to find what it moved.
+
+    After each rename, replace or removal the merger makes on disk, the
+    program may act at once (before the merger looks again).  Whatever the
+    order, once everyone stops, the folder, B's engine and A hold one tree.
+    """
+    rng = random.Random(seed)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    program = _Program(folder, rng)
+    monkeypatch.setattr(merger_module, "os", _Interrupting(program, rng))
+
+    async def body() -> None:
+        server = Server(tmp_path / "server")
+        a, b = EngineMachine("A", tmp_path / "A", server), EngineMachine("B", tmp_path / "B", server)
+        known = KnownTree(tmp_path / "known.db")
+        try:
+            merger = Merger(folder, CorePaths(b.vfs), b.replica, known,
+                            IgnoreRules(folder, NamePolicy((), ())), "B")
+
+            async def settle_folder() -> None:
+                dirty, program.dirty = program.dirty, set()
+                await merger.settle(dirty, remote=True)
+
+            for step in range(200):
+                choice = rng.randrange(7)
+                if choice == 0:
+                    await _machine_a_acts(a, rng, step)
+                elif choice == 1:
+                    await a.send_one()
+                elif choice == 2:
+                    await a.apply_one()
+                elif choice == 3:
+                    program.act()
+                elif choice == 4:
+                    await settle_folder()
+                elif choice == 5:
+                    await b.send_one()
+                else:
+                    await b.apply_one()
+            monkeypatch.setattr(merger_module, "os", os)  # everyone stops: the merger's steps are its own
+            for _ in range(20):
+                await a.settle()
+                await b.settle()
+                await settle_folder()
+                await b.settle()
+                await a.settle()
+                await settle_folder()
+                if not merger.again and not merger.problems and not program.dirty and len(b.queue) == 0:
+                    break
+            here, there = _folder_tree(folder), await _store_tree(a)
+            assert here == there, {p: (here.get(p), there.get(p)) for p in here.keys() | there.keys()
+                                   if here.get(p) != there.get(p)}
+            assert await _store_tree(b) == there
         finally:
             known.close()
             a.close()

@@ -419,6 +419,9 @@ class Merger:
             join(self.root, path).parent.mkdir(parents=True, exist_ok=True)
             os.rename(join(self.root, old.path), join(self.root, path))
             self.known.move(old.path, path)
+            if then.kind == "dir":
+                # What was made in it here and not synced yet moved along unseen: looked at under its new path.
+                self.again.add(path)
             await self._settle_one(path, [])
             return True
         return False
