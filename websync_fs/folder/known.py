@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 _SCHEMA = """
@@ -46,6 +46,10 @@ class LocalSig:
     mtime_ns: int
     ino: int
     mode: int
+    #: Owner and group on disk (-1: not read, as in a stored row).  Not part of equality: a chown
+    #: changes no content; the merger compares them with the node's (`Merger._owner_changed`).
+    uid: int = field(default=-1, compare=False)
+    gid: int = field(default=-1, compare=False)
 
     def same(self, other: LocalSig | None) -> bool:
         """Unchanged?  A folder changes only by being replaced (its mtime moves with its entries)."""

@@ -7,7 +7,8 @@ derived, also after a crash or a start with changes on both sides:
 =========================  =============================================
 L same as K, R same as K   nothing
 L changed, R same          local change: sent through the core (create,
-                           write, mkdir, symlink, chmod, rename, delete)
+                           write, mkdir, symlink, chmod, rename, delete;
+                           chown where root, see `_owner_changed`)
 L same, R changed          remote change: applied to the folder
 both changed               equal content: only K is updated; else the
                            local file is kept under a conflict name and
@@ -244,7 +245,7 @@ class Merger:
                 same = local is None and row is None
             else:
                 same = (local is not None and local.same(k.sig) and row is not None and row.id == k.node
-                        and version(row) == k.version)
+                        and version(row) == k.version and not self._owner_changed(local, row))
             if not same:
                 changed.add(path)
         return changed
@@ -293,6 +294,8 @@ class Merger:
         remote_same = (row is None and known is None) or (
             row is not None and known is not None and row.id == known.node and version(row) == known.version)
         if local_same and remote_same:
+            if local is not None and row is not None and self._owner_changed(local, row):
+                await self._send_owner(path, local, row)
             return
         if local_same:
             await self._take_remote(path, local, known, row, removals)
@@ -445,10 +448,29 @@ class Merger:
         else:
             return  # sockets, FIFOs and devices in a synced folder stay local
         new = await self._row(path)
+        if new is not None and self._owner_changed(local, new):
+            new = await self._send_owner(path, local, new)
         if new is not None:
             self.known.put(path, new.id, version(new), local)
             if path not in self.again:
                 self.hurry(new.id)
+
+    def _owner_changed(self, local: LocalSig, row: NodeRow) -> bool:
+        """True if the file's owner or group here is not the node's: a chown made here (looked at as root only).
+
+        Run by another user, every file is the syncing user's whatever the
+        node's owner is (`_take_owner`): a difference then says nothing.
+        """
+        return _MAY_CHOWN and local.uid >= 0 and (local.uid, local.gid) != self.core.shown_owner(row)
+
+    async def _send_owner(self, path: str, local: LocalSig, row: NodeRow) -> NodeRow | None:
+        """Send a chown made here: the core's setattr, one SetAttr op as the mount sends; the new node."""
+        uid, gid = self.core.shown_owner(row)
+        await self.core.chown(path, local.uid if local.uid != uid else None, local.gid if local.gid != gid else None)
+        new = await self._row(path)
+        if new is not None:
+            self.known.put(path, new.id, version(new), local)  # the owner is part of the version
+        return new
 
     async def _upload(self, path: str, local: LocalSig, row: NodeRow | None) -> bool:
         """Send the file's content unless the replica has it already; False if it is still changing."""
@@ -487,7 +509,7 @@ class Merger:
                 expected = None
             if expected is None:
                 full.mkdir(exist_ok=True)
-            _take_owner(full, row)
+            self._take_owner(full, row)
         elif row.kind in ("file", "symlink"):
             tmp = full.parent / f"{TMP_PREFIX}{secrets.token_hex(6)}"
             try:
@@ -511,12 +533,12 @@ class Merger:
     async def _fetch(self, row: NodeRow, tmp: Path) -> None:
         if row.kind == "symlink":
             os.symlink(row.target, tmp)
-            _take_owner(tmp, row)
+            self._take_owner(tmp, row)
             return
         with open(tmp, "wb") as f:
             await self.core.read_file(row.ino, f)
             f.flush()
-            _take_owner(tmp, row)  # before the mode: chown clears set-id bits
+            self._take_owner(tmp, row)  # before the mode: chown clears set-id bits
             portable.fchmod(f.fileno(), row.mode & 0o7777)
             await trio.to_thread.run_sync(os.fsync, f.fileno())
         os.utime(tmp, ns=(row.mtime_ns, row.mtime_ns))
@@ -553,13 +575,17 @@ class Merger:
             self.again.add(path)  # new files there: the folder comes back with them
         self.known.drop(path)
 
+    def _take_owner(self, path: Path, row: NodeRow) -> None:
+        """Give *path* the owner and group *row* has as shown here, where this process may (as root).
 
-def _take_owner(path: Path, row: NodeRow) -> None:
-    """Give *path* the owner and group chown set on *row*, where this process may (as root).
+        The store owner's nodes are the syncing user's (also a folder that
+        had another owner, or a download in a setgid folder): what is on disk
+        is the node's, so a difference later is a chown made here.  A user who
+        is not root cannot give files away and leaves every file theirs.
+        """
+        if sys.platform != "win32" and _MAY_CHOWN:
+            os.lchown(path, *self.core.shown_owner(row))
 
-    The store owner's nodes (None) stay the syncing user's; a user who is not
-    root cannot give files away and leaves every file theirs.
-    """
-    if sys.platform == "win32" or row.uid is None and row.gid is None or os.geteuid() != 0:
-        return  # Windows has no POSIX owners to set
-    os.lchown(path, -1 if row.uid is None else row.uid, -1 if row.gid is None else row.gid)
+
+#: Only root may give files away (Windows has no POSIX owners): only then are owners synced both ways.
+_MAY_CHOWN = sys.platform != "win32" and os.geteuid() == 0
