@@ -10,7 +10,8 @@ Schema (its own SQLite file beside the replica, so the engine's schema stays
 the engine's)::
 
     known(path PRIMARY KEY, node, version, kind, size, mtime_ns, ino, mode)
-    meta(key PRIMARY KEY, value)       folder path and marker id
+    meta(key PRIMARY KEY, value)       folder path and marker id; a case-only rename
+                                       under way (``respelling``, see `Merger.recover`)
 
 Crash safety: a row is written only after the change it records is done (the
 file renamed into place, the core holding the upload in its durable queue).
@@ -123,13 +124,15 @@ class KnownTree:
     def drop(self, path: str) -> None:
         self._db.execute("DELETE FROM known WHERE path = ?", (path,))
 
-    def move(self, src: str, dst: str) -> None:
-        """Rows of *src* and everything below it now live at *dst* (one transaction)."""
+    def move(self, src: str, dst: str, *, done: str = "") -> None:
+        """Rows of *src* and everything below it now live at *dst*; meta *done* goes (one transaction)."""
         with self._db:
             self._db.execute("BEGIN")
             for old in [src, *self.under(src)]:
                 self._db.execute("DELETE FROM known WHERE path = ?", (dst + old[len(src):],))
                 self._db.execute("UPDATE known SET path = ? WHERE path = ?", (dst + old[len(src):], old))
+            if done:
+                self._db.execute("DELETE FROM meta WHERE key = ?", (done,))
 
     def clear(self) -> None:
         self._db.execute("DELETE FROM known")
@@ -138,5 +141,12 @@ class KnownTree:
         r = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return str(r[0]) if r else default
 
-    def set_meta(self, key: str, value: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+    def set_meta(self, key: str, value: str, *, durable: bool = False) -> None:
+        """Set *key*; *durable*: on disk when this returns, not only in the WAL (a power cut keeps it)."""
+        if durable:
+            self._db.execute("PRAGMA synchronous=FULL")  # this commit syncs the WAL
+        try:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        finally:
+            if durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")

@@ -43,6 +43,7 @@ still replace the one read.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import secrets
@@ -64,6 +65,10 @@ from .tree import block_hashes, clear_leftovers, local_paths, local_sig, remote_
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".websync-tmp-"
+#: The third name of a case-only rename (`Merger._respell_here`); never cleared as a leftover.
+CASE_PREFIX = ".websync-case-"
+#: The last synced state's meta key of a case-only rename under way: ``[old path, third name]``.
+RESPELLING = "respelling"
 #: Files up to this size are hashed on the loop (well under a millisecond).
 INLINE_HASH = 64 * 1024
 #: How far downloads read ahead: files, and blocks at most (64 MiB of 4 MiB blocks).
@@ -373,9 +378,7 @@ class Merger:
         """The node was renamed elsewhere in case only (``Readme`` -> ``README``): renamed here too.
 
         A folding system holds the file under both spellings: neither a move
-        nor a new file may be read into it.  On Windows and macOS rename(2)
-        changes the case; through lowntfs-3g it does nothing (the same inode,
-        POSIX) and only the last synced state moves.
+        nor a new file may be read into it.
         """
         for old in self.known.by_node(row.id):
             if old.path == path or fold(old.path, self.names) != fold(path, self.names):
@@ -383,10 +386,57 @@ class Merger:
             then = local_sig(self.root, old.path)
             if then is None or not then.same(old.sig):
                 continue
-            os.rename(join(self.root, old.path), join(self.root, path))
-            self.known.move(old.path, path)
+            self._respell_here(old.path, path)
             return True
         return False
+
+    def _respell_here(self, old: str, new: str) -> None:
+        """Rename *old* to *new*, the same file in another case, through a third name.
+
+        On Windows and macOS rename(2) changes the case; through lowntfs-3g a
+        rename onto the name that finds the same file does nothing (one inode:
+        POSIX), so the change goes through a hidden third name, on every
+        system alike.  Crash-safe: the intent is on disk before the first
+        rename and goes in the transaction that moves the rows; `recover`
+        finishes the rest.  No await from the intent to the rows: the batch
+        that takes the watcher's events for both renames sees a chain ending
+        where the tree has the file already, which `_respell` leaves alone.
+        """
+        head = old.rpartition("/")[0]
+        third = f"{CASE_PREFIX}{secrets.token_hex(6)}"
+        between = f"{head}/{third}" if head else third
+        self.known.set_meta(RESPELLING, json.dumps([old, between]), durable=True)
+        os.rename(join(self.root, old), join(self.root, between))
+        try:
+            os.rename(join(self.root, between), join(self.root, new))
+        except OSError:
+            os.rename(join(self.root, between), join(self.root, old))
+            self.known.set_meta(RESPELLING, "")
+            raise
+        self.known.move(old, new, done=RESPELLING)
+
+    def recover(self) -> None:
+        """Undo a case-only rename a crash cut short; the start-up scan then makes it again.
+
+        The rows still name the old spelling (they move with the intent's end,
+        in one transaction): a file found under the third name goes back to
+        it, or beside it under a conflict name if something took that name
+        meanwhile.  Otherwise the file is under one of its two spellings, which
+        a folding system finds alike.
+        """
+        pending = self.known.meta(RESPELLING)
+        if not pending:
+            return
+        old, between = json.loads(pending)
+        left = join(self.root, between)
+        if os.path.lexists(left):
+            back = join(self.root, old)
+            if os.path.lexists(back):
+                parent = back.parent
+                back = parent / conflict_name(back.name, self.device, taken=lambda n: os.path.lexists(parent / n))
+            os.rename(left, back)
+            log.info("a rename in case only of %s was cut short: put back as %s", old, back.name)
+        self.known.set_meta(RESPELLING, "")
 
     async def _moved_locally(self, path: str, local: LocalSig) -> bool:
         """A new path whose inode the last synced state knew elsewhere: one rename in the core."""
