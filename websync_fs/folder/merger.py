@@ -451,6 +451,10 @@ class Merger:
                 continue
             await self.core.rename(old.path, path)
             self.known.move(old.path, path)
+            if local.kind == "dir":
+                # The rows under it moved with it, also of files changed in it since (this batch
+                # looked for them under the old path): looked at again under the new one.
+                self.again.add(path)
             await self._settle_one(path, [])  # an edit made with the move
             return True
         return False
@@ -473,7 +477,7 @@ class Merger:
             os.rename(join(self.root, old.path), join(self.root, path))
             self.known.move(old.path, path)
             if then.kind == "dir":
-                # What was made in it here and not synced yet moved along unseen: looked at under its new path.
+                # Changes made in it here and not synced yet moved along unseen: looked at under its new path.
                 self.again.add(path)
             await self._settle_one(path, [])
             return True
