@@ -888,7 +888,11 @@ class Vfs:
         work = self._work.get(ino)
         if work is not None and self.fsynced.has(ino) and work.changes == work.fsynced_changes:
             # Not written since the fsync: what is sealed is what the fsync made durable.
-            await self._seal(ino)
+            try:
+                await self._seal(ino)
+            except (OSError, FsError) as exc:
+                # A full cache, say: the fsync'd bytes are kept all the same, and close() seals again.
+                log.warning("could not seal a file left open after its fsync: %s", exc)
 
     async def release(self, fh: int) -> None:
         handle = self.handles.close(fh)
