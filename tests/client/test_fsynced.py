@@ -28,6 +28,15 @@ def _content(items: list[Item]) -> list[list[str]]:
     return [item.blocks for item in items if "blocks" in item.op]
 
 
+async def _fsynced(machine: EngineMachine, nursery: trio.Nursery, data: bytes) -> tuple[int, int, str]:
+    """Start *machine*'s core, create a file holding *data* and fsync it; (handle, inode, node id)."""
+    machine.vfs.start(nursery)
+    fh, attr = machine.vfs.create(ROOT_INO, "file", 0o644, WRITE)
+    await machine.vfs.write(fh, 0, data)
+    await machine.vfs.fsync(fh)
+    return fh, attr.ino, machine.vfs.node_id(attr.ino)
+
+
 @pytest.fixture
 def machine(tmp_path: Path) -> Iterator[EngineMachine]:
     server = Server(tmp_path / "server")
@@ -43,16 +52,12 @@ async def test_an_fsynced_file_left_alone_is_sealed_once_while_still_open(
 ) -> None:
     vfs = machine.vfs
     async with trio.open_nursery() as nursery:
-        vfs.start(nursery)
-        fh, attr = vfs.create(ROOT_INO, "app.log", 0o644, WRITE)
-        node = vfs.node_id(attr.ino)
-        await vfs.write(fh, 0, b"line 1\n")
-        await vfs.fsync(fh)
-        assert vfs.fsynced.has(attr.ino)
+        fh, ino, node = await _fsynced(machine, nursery, b"line 1\n")
+        assert vfs.fsynced.has(ino)
         assert _content(machine.queue.items(node)) == [[]]  # recorded, not sealed
         await trio.sleep(SEAL_AFTER_FSYNC * 2)
         assert _content(machine.queue.items(node)) == [_blocks(b"line 1\n")]
-        assert not vfs.fsynced.has(attr.ino)
+        assert not vfs.fsynced.has(ino)
         await vfs.release(fh)
         assert _content(machine.queue.items(node)) == [_blocks(b"line 1\n")]  # the close adds nothing
         nursery.cancel_scope.cancel()
@@ -64,17 +69,13 @@ async def test_a_file_written_after_its_fsync_waits_for_the_next_fsync_or_close(
 ) -> None:
     vfs = machine.vfs
     async with trio.open_nursery() as nursery:
-        vfs.start(nursery)
-        fh, attr = vfs.create(ROOT_INO, "db", 0o644, WRITE)
-        node = vfs.node_id(attr.ino)
-        await vfs.write(fh, 0, b"committed")
-        await vfs.fsync(fh)
+        fh, ino, node = await _fsynced(machine, nursery, b"committed")
         await vfs.write(fh, 9, b", half a transaction")
         await trio.sleep(SEAL_AFTER_FSYNC * 2)
         assert _content(machine.queue.items(node)) == [[]]  # never a state nobody fsync'd
         await vfs.release(fh)
         assert _content(machine.queue.items(node)) == [_blocks(b"committed, half a transaction")]
-        assert not vfs.fsynced.has(attr.ino)
+        assert not vfs.fsynced.has(ino)
         nursery.cancel_scope.cancel()
 
 
