@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,26 @@ from websync_fs.folder.ignore import IgnoreRules
 from websync_fs.folder.known import KnownTree
 from websync_fs.folder.merger import Merger
 from websync_fs.names import NamePolicy
+
+
+
+def _a_and_bs_folder(tmp_path: Path, folder: Path,
+                     body: Callable[[EngineMachine, EngineMachine, Merger], Awaitable[None]]) -> None:
+    """Run *body* with machine A's engine and machine B's engine behind a merger of *folder*; all closed after."""
+    async def run() -> None:
+        server = Server(tmp_path / "server")
+        a, b = EngineMachine("A", tmp_path / "A", server), EngineMachine("B", tmp_path / "B", server)
+        known = KnownTree(tmp_path / "known.db")
+        try:
+            merger = Merger(folder, CorePaths(b.vfs), b.replica, known, IgnoreRules(folder, NamePolicy((), ())), "B")
+            await body(a, b, merger)
+        finally:
+            known.close()
+            a.close()
+            b.close()
+            server.close()
+
+    trio.run(run)
 
 
 @pytest.mark.timeout(60)
@@ -41,31 +62,20 @@ def test_a_write_right_after_a_download_lands_is_sent_up_not_taken_for_the_downl
         if Path(dst).name == "doc.txt":
             Path(dst).write_bytes(b"written here at once")
 
-    async def body() -> None:
-        server = Server(tmp_path / "server")
-        a, b = EngineMachine("A", tmp_path / "A", server), EngineMachine("B", tmp_path / "B", server)
-        known = KnownTree(tmp_path / "known.db")
-        try:
-            merger = Merger(folder, CorePaths(b.vfs), b.replica, known,
-                            IgnoreRules(folder, NamePolicy((), ())), "B")
-            await a.files.write("doc.txt", b"from A")
-            await a.settle()
-            await b.settle()
-            monkeypatch.setattr(merger_module.os, "replace", replace_then_write)
-            await merger.settle(set(), remote=True)
-            monkeypatch.setattr(merger_module.os, "replace", real_replace)
-            assert (folder / "doc.txt").read_bytes() == b"written here at once"
-            await merger.settle({"doc.txt"})  # the watcher's event for the program's write
-            await b.settle()
-            await a.settle()
-            assert await a.files.read("doc.txt") == b"written here at once"
-        finally:
-            known.close()
-            a.close()
-            b.close()
-            server.close()
+    async def body(a: EngineMachine, b: EngineMachine, merger: Merger) -> None:
+        await a.files.write("doc.txt", b"from A")
+        await a.settle()
+        await b.settle()
+        monkeypatch.setattr(merger_module.os, "replace", replace_then_write)
+        await merger.settle(set(), remote=True)
+        monkeypatch.setattr(merger_module.os, "replace", real_replace)
+        assert (folder / "doc.txt").read_bytes() == b"written here at once"
+        await merger.settle({"doc.txt"})  # the watcher's event for the program's write
+        await b.settle()
+        await a.settle()
+        assert await a.files.read("doc.txt") == b"written here at once"
 
-    trio.run(body)
+    _a_and_bs_folder(tmp_path, folder, body)
 
 
 class _Program:
@@ -173,6 +183,10 @@ async def _machine_a_acts(a: EngineMachine, rng: random.Random, step: int) -> No
         pass
 
 
+async def _async(fn: Callable[[], None]) -> None:
+    fn()
+
+
 def _folder_tree(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes() if p.is_file() else b"<dir>"
@@ -194,13 +208,12 @@ def test_a_program_acting_between_the_mergers_steps_never_keeps_the_machines_apa
 ) -> None:
     """Machine A's engine and a program in machine B's synced folder work at once, in a random order.
 
-    (``WEBSYNC_RACE_SEEDS=400`` searches wider; 12 seeds run by default.)  The
-    merger's own changes are not reported back to it as the watcher would: it
-    must not need its own echo to find what it moved.
-
     After each rename, replace or removal the merger makes on disk, the
     program may act at once (before the merger looks again).  Whatever the
     order, once everyone stops, the folder, B's engine and A hold one tree.
+    The merger's own changes are not reported back to it as the watcher
+    would: it must not need its own echo to find what it moved.  12 seeds run
+    by default; ``WEBSYNC_RACE_SEEDS=900`` searches wider.
     """
     rng = random.Random(seed)
     folder = tmp_path / "folder"
@@ -208,52 +221,25 @@ def test_a_program_acting_between_the_mergers_steps_never_keeps_the_machines_apa
     program = _Program(folder, rng)
     monkeypatch.setattr(merger_module, "os", _Interrupting(program, rng))
 
-    async def body() -> None:
-        server = Server(tmp_path / "server")
-        a, b = EngineMachine("A", tmp_path / "A", server), EngineMachine("B", tmp_path / "B", server)
-        known = KnownTree(tmp_path / "known.db")
-        try:
-            merger = Merger(folder, CorePaths(b.vfs), b.replica, known,
-                            IgnoreRules(folder, NamePolicy((), ())), "B")
+    async def body(a: EngineMachine, b: EngineMachine, merger: Merger) -> None:
+        async def settle_folder() -> None:
+            dirty, program.dirty = program.dirty, set()
+            await merger.settle(dirty, remote=True)
 
-            async def settle_folder() -> None:
-                dirty, program.dirty = program.dirty, set()
-                await merger.settle(dirty, remote=True)
+        steps = [lambda step: _machine_a_acts(a, rng, step), lambda step: a.send_one(),
+                 lambda step: a.apply_one(), lambda step: _async(program.act), lambda step: settle_folder(),
+                 lambda step: b.send_one(), lambda step: b.apply_one()]
+        for step in range(200):
+            await rng.choice(steps)(step)
+        monkeypatch.setattr(merger_module, "os", os)  # everyone stops: the merger's steps are its own
+        for _ in range(20):
+            for settle in (a.settle, b.settle, settle_folder, b.settle, a.settle, settle_folder):
+                await settle()
+            if not merger.again and not merger.problems and not program.dirty and len(b.queue) == 0:
+                break
+        here, there = _folder_tree(folder), await _store_tree(a)
+        assert here == there, {p: (here.get(p), there.get(p)) for p in here.keys() | there.keys()
+                               if here.get(p) != there.get(p)}
+        assert await _store_tree(b) == there
 
-            for step in range(200):
-                choice = rng.randrange(7)
-                if choice == 0:
-                    await _machine_a_acts(a, rng, step)
-                elif choice == 1:
-                    await a.send_one()
-                elif choice == 2:
-                    await a.apply_one()
-                elif choice == 3:
-                    program.act()
-                elif choice == 4:
-                    await settle_folder()
-                elif choice == 5:
-                    await b.send_one()
-                else:
-                    await b.apply_one()
-            monkeypatch.setattr(merger_module, "os", os)  # everyone stops: the merger's steps are its own
-            for _ in range(20):
-                await a.settle()
-                await b.settle()
-                await settle_folder()
-                await b.settle()
-                await a.settle()
-                await settle_folder()
-                if not merger.again and not merger.problems and not program.dirty and len(b.queue) == 0:
-                    break
-            here, there = _folder_tree(folder), await _store_tree(a)
-            assert here == there, {p: (here.get(p), there.get(p)) for p in here.keys() | there.keys()
-                                   if here.get(p) != there.get(p)}
-            assert await _store_tree(b) == there
-        finally:
-            known.close()
-            a.close()
-            b.close()
-            server.close()
-
-    trio.run(body)
+    _a_and_bs_folder(tmp_path, folder, body)
