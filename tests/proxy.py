@@ -20,8 +20,8 @@ also make the network bad, at random but reproducibly (``seed``):
   ``b"/commit"``) to the server, and cut the connection instead of passing its
   answer back: the server did the work, the client never hears of it.
 
-Counters (``bytes_up``, ``bytes_down``, ``connections``, ``cuts``, ``resets``,
-``errors``, ``refused``) let tests measure what crossed the network, e.g. that
+Counters (``bytes_up``, ``bytes_down``, ``connections``, ``requests``, ``cuts``,
+``resets``, ``errors``, ``refused``) let tests measure what crossed the network, e.g. that
 a resumed upload sent only the blocks the server lacked.  Bytes "up" go from
 the client to the server.
 """
@@ -59,6 +59,8 @@ class Proxy:
         self.bytes_up = 0
         self.bytes_down = 0
         self.connections = 0
+        #: Requests begun (the first bytes of each, also those answered with an injected error)
+        self.requests = 0
         self.refused = 0
         self.cuts = 0
         self.resets = 0
@@ -132,6 +134,7 @@ class Proxy:
                 status = self.error_status
             if status is not None:
                 self.errors += 1
+                self.requests += 1
                 threading.Thread(target=self._answer, args=(client, status), daemon=True).start()
                 continue
             try:
@@ -199,6 +202,8 @@ class Proxy:
                     # Data in the other direction than last time: a request or an answer begins.
                     link.up = up
                     link.cut_after = None
+                    if up:
+                        self.requests += 1
                     if self._chance(self.cut_rate + self.reset_rate):
                         with self._lock:
                             within = len(data) if self._random.random() < 0.5 else 4 * 1024 * 1024

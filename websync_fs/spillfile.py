@@ -7,8 +7,9 @@ first write or truncate past that moves them into the file for good.  At most
 `MEMORY_MAX` bytes of memory are promised to copies at once (each in memory
 reserves `SMALL`); later copies start in their file.
 
-Nothing here is durable, in memory or in the file: what close() and fsync()
-promise is in the cache and the write-back queue (workcopy.py).
+Nothing here is durable by itself: what close() promises is in the cache and
+the write-back queue (workcopy.py); fsync() syncs the file, or records the
+bytes of a copy in memory, in the state database (fsynced.py).
 
 The interface is the few calls a working copy makes on its file descriptor, with
 their meaning: `pwrite` may write less than asked (a nearly full disk), `pread`
@@ -103,6 +104,11 @@ class SpillFile:
         if self._buf is None:
             return portable.pread(self._descriptor(), length, offset)
         return bytes(self._buf[offset : offset + length])
+
+    def sync(self) -> None:
+        """fsync the file (blocking); a copy in memory has none."""
+        if self._fd is not None:
+            os.fsync(self._fd)
 
     def truncate(self, size: int) -> None:
         if self._buf is not None and size > SMALL:

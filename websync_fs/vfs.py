@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import errno
 import functools
 import logging
@@ -33,6 +34,7 @@ import trio
 
 from websync_server.protocol import (
     BLOCK_SIZE,
+    BlockHash,
     KIND_DIR,
     KIND_FILE,
     KIND_SPECIAL,
@@ -59,6 +61,7 @@ from websync_server.protocol import (
 
 from .blocksource import BlockSource
 from .errors import FsError, Offline, RemoteError
+from .fsynced import Fsynced, Snapshot, reader
 from .handles import Handle, HandleTable
 from .inodes import InodeTable
 from .invalidation import Notify
@@ -74,6 +77,9 @@ log = logging.getLogger(__name__)
 
 #: Blocks read ahead of a program reading a file from start to end.
 READ_AHEAD_BLOCKS = 4
+#: A file fsync'd and then left alone this long (seconds) is sealed and queued although still
+#: open: a program that fsyncs as it goes (a database, a log) sends a version once it pauses.
+SEAL_AFTER_FSYNC = 1.0
 _SEQUENTIAL_SLACK = 1024 * 1024  # how far from where the last read ended a read still goes on from it
 _TYPE = {KIND_FILE: stat.S_IFREG, KIND_DIR: stat.S_IFDIR, KIND_SYMLINK: stat.S_IFLNK}
 
@@ -157,6 +163,8 @@ class Vfs:
         self._mtime: dict[int, int] = {}  # mtime of working copies, set on write
         self._seen: dict[int, tuple[str, ...]] = {}  # content the kernel's pages hold, per inode
         self._copies = 0
+        self.fsynced = Fsynced(db)
+        self._seal_due: dict[int, float] = {}  # inode -> when to seal it after its last fsync
         self.notify: Notify = lambda inv: None
         self.on_settled: Callable[[], None] = lambda: None
         self._nursery: trio.Nursery | None = None
@@ -165,13 +173,34 @@ class Vfs:
 
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+        for ino, snap in list(self.fsynced):
+            self._reseal(ino, snap)
         for leftover in self._work_dir.glob("*"):
-            # Unsealed bytes of a killed session: what was closed is queued already.
+            # Unsealed bytes of a killed session: what was closed or fsync'd is queued now.
             leftover.unlink()
         with self._db.tx():
             # An orphan a queued item still names (a file written, then deleted before it
             # went up) keeps its row until that item is sent: the item reads it.
             self.replica.purge_orphans(keep=self.queue.pending_nodes())
+
+    def _reseal(self, ino: int, snap: Snapshot) -> None:
+        """Queue what an fsync of a killed session made durable (fsynced.py), as its close would have."""
+        row = self.replica.get(ino)
+        stored: list[str] = []
+
+        def store(h: str, data: bytes) -> None:
+            stored.append(h)
+            self._store_block(h, data)
+
+        try:
+            with self._db.tx():
+                if row is not None and not row.orphan:
+                    blocks = snap.blocks(reader(snap, self._work_dir), store)
+                    self._sealed(row, snap.size, blocks, snap.mtime_ns or row.mtime_ns)
+                    log.info("queued the fsync'd content of %s left open by the last session", row.id)
+                self.fsynced.forget(ino)
+        finally:
+            self._release_blocks(stored)
 
     # -- helpers -------------------------------------------------------------
     def _changing(self) -> None:
@@ -651,6 +680,9 @@ class Vfs:
                 work.close()
             del self._work[ino]
             self._mtime.pop(ino, None)
+            if self.fsynced.has(ino):
+                with self._db.tx():
+                    self.fsynced.forget(ino)  # its node went away unsealed: nothing left to keep
             self._release_blocks(list(work.ahead_stored))  # hashed ahead, never sealed
             work.ahead_stored.clear()
             self.on_settled()
@@ -763,26 +795,32 @@ class Vfs:
             self._store_block(h, data)
 
         try:
-            size, blocks = await work.seal(store)
+            sealed = await work.seal(store)
             # Blocks hashed ahead are held like the seal's own until the queue holds them.
             stored.extend(work.ahead_stored)
             work.ahead_stored.clear()
             row = self.replica.get(ino)
-            if row is None:
+            if row is None or sealed is None:
                 return
+            size, blocks = sealed
             mtime = self._mtime.pop(ino, row.mtime_ns)
             self._seen[ino] = blocks  # the kernel's pages are what was just written
             with self._db.tx():
-                self.replica.update_node(row.id, size=size, blocks=blocks, mtime_ns=mtime)
-                if row.local:
-                    # Local-only files live only in the cache: hold the new version, free the old.
-                    self._hold_blocks(list(blocks))
-                    self._release_blocks(list(row.blocks))
-                elif not row.orphan:
-                    self._send(Update(id=row.id, size=size, blocks=tuple(blocks), mtime_ns=mtime))
+                self._sealed(row, size, blocks, mtime)
+                self.fsynced.forget(ino)  # the queue holds this content, and what it fsync'd
         finally:
             # The queue item protects the blocks now; drop the seal's own hold.
             self._release_blocks(stored)
+
+    def _sealed(self, row: NodeRow, size: int, blocks: tuple[BlockHash, ...], mtime: int) -> None:
+        """Give *row* its new content and queue it; call inside a transaction."""
+        self.replica.update_node(row.id, size=size, blocks=blocks, mtime_ns=mtime)
+        if row.local:
+            # Local-only files live only in the cache: hold the new version, free the old.
+            self._hold_blocks(list(blocks))
+            self._release_blocks(list(row.blocks))
+        elif not row.orphan:
+            self._send(Update(id=row.id, size=size, blocks=tuple(blocks), mtime_ns=mtime))
 
     async def flush(self, fh: int) -> None:
         handle = self.handles.get(fh)
@@ -791,6 +829,10 @@ class Vfs:
 
     async def fsync(self, fh: int) -> None:
         handle = self.handles.get(fh)
+        work = self._work.get(handle.ino) if handle.writable else None
+        if work is not None and (work.changed or handle.ino in self._mtime):
+            await self._keep(handle.ino, work)
+            return
         if handle.writable:
             # The sealed version (blocks, replica row, queue item) is what a restart
             # shows; the working copy itself is dropped then, so it needs no fsync.
@@ -804,6 +846,53 @@ class Vfs:
                     both.start_soon(trio.to_thread.run_sync, self._db.sync)
                 return
         await trio.to_thread.run_sync(self._db.sync)
+
+    async def _keep(self, ino: int, work: WorkingCopy) -> None:
+        """Make an open file's current bytes survive a crash without sealing them (fsynced.py).
+
+        One transaction records where the bytes are; then the state database's
+        log, the working-copy file (none while the copy is memory) and blocks
+        the record names that no fsync synced yet are synced side by side.
+        """
+        changes = work.changes
+        snap = dataclasses.replace(await work.snapshot(), mtime_ns=self._mtime.get(ino))
+        with self._db.tx():
+            self.fsynced.record(ino, snap)
+        unsynced = [h for h in snap.hashes if h not in work.synced]
+        async with trio.open_nursery() as each:
+            each.start_soon(trio.to_thread.run_sync, self._db.sync)
+            if snap.inline is None:
+                each.start_soon(trio.to_thread.run_sync, work.sync)
+            if unsynced:
+                each.start_soon(trio.to_thread.run_sync, self._sync_blocks, unsynced)
+        work.synced.update(unsynced)
+        work.fsynced_changes = changes
+        self._seal_later(ino)
+
+    def _seal_later(self, ino: int) -> None:
+        """Seal *ino* once it has been left alone for SEAL_AFTER_FSYNC after this fsync."""
+        if self._nursery is None:
+            return
+        first = ino not in self._seal_due
+        self._seal_due[ino] = trio.current_time() + SEAL_AFTER_FSYNC
+        if first:
+            self._nursery.start_soon(self._seal_when_quiet, ino)
+
+    async def _seal_when_quiet(self, ino: int) -> None:
+        while True:
+            due = self._seal_due[ino]
+            await trio.sleep_until(due)
+            if self._seal_due[ino] == due:
+                break  # no fsync since
+        del self._seal_due[ino]
+        work = self._work.get(ino)
+        if work is not None and self.fsynced.has(ino) and work.changes == work.fsynced_changes:
+            # Not written since the fsync: what is sealed is what the fsync made durable.
+            try:
+                await self._seal(ino)
+            except (OSError, FsError) as exc:
+                # A full cache, say: the fsync'd bytes are kept all the same, and close() seals again.
+                log.warning("could not seal a file left open after its fsync: %s", exc)
 
     async def release(self, fh: int) -> None:
         handle = self.handles.close(fh)

@@ -28,7 +28,8 @@ Anything other than an append that touches a block held elsewhere first
 brings it into the file (`_ensure`), or forgets it when it is wholly
 overwritten.  A crash loses nothing that was promised: the working copy is
 thrown away at start either way, and what close() or fsync() sealed is in the
-cache and the queue.
+cache and the queue; what fsync() made durable while the file stayed open is
+written down by `snapshot()` (fsynced.py) and sealed at start.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ import trio
 
 from websync_server.protocol import BLOCK_SIZE, BlockHash, block_count
 
+from . import portable
+from .fsynced import Snapshot
 from .spillfile import SpillFile
 
 Loader = Callable[[BlockHash], Awaitable[bytes]]
@@ -91,7 +94,12 @@ class WorkingCopy:
         self._fill_len = 0
         self._mem: dict[int, tuple[bytes, trio.Event]] = {}
         self._stored: dict[int, BlockHash] = {}
-
+        #: Writes and truncates so far: a seal after an fsync needs none since (vfs.py).
+        self.changes = 0
+        self.fsynced_changes = -1  # `changes` at the last fsync
+        #: Blocks an fsync has already made durable in the cache; whether the file's name is.
+        self.synced: set[str] = set()
+        self._named = False
 
     @property
     def changed(self) -> bool:
@@ -192,6 +200,7 @@ class WorkingCopy:
 
     async def write(self, offset: int, data: bytes) -> int:
         async with self._lock:
+            self.changes += 1
             return await self._write(offset, data)
 
     async def _write(self, offset: int, data: bytes) -> int:
@@ -346,6 +355,7 @@ class WorkingCopy:
 
     async def truncate(self, size: int) -> None:
         async with self._lock:
+            self.changes += 1
             if size == self.size:
                 return
             self._spill_fill()
@@ -368,13 +378,37 @@ class WorkingCopy:
             self._stored = {i: h for i, h in self._stored.items() if i < count}
             self.size = size
 
-    async def seal(self, store: Store) -> tuple[int, tuple[BlockHash, ...]]:
-        """Hash what changed, put new blocks into *store*, return (size, blocks)."""
+    async def _settle(self) -> None:
+        """Bring blocks gathered in memory into the file or the cache; call holding the lock."""
+        self._spill_fill()
+        for _, done in list(self._mem.values()):
+            await done.wait()
+        self._spill_failed()
+
+    async def snapshot(self) -> Snapshot:
+        """Where the current bytes are, for fsync() (fsynced.py); `sync()` then makes the file's durable."""
         async with self._lock:
-            self._spill_fill()
-            for _, done in list(self._mem.values()):
-                await done.wait()
-            self._spill_failed()
+            await self._settle()
+            count = block_count(self.size)
+            in_file = tuple(i for i in range(count)
+                            if i not in self._stored and (i in self.dirty or i >= len(self.base)))
+            inline = None if self._file.on_disk else self._file.pread(self.size, 0)
+            return Snapshot(size=self.size, base=tuple(self.base[:count]), stored=dict(self._stored),
+                            in_file=in_file, inline=inline, path="" if inline is not None else self.path.name)
+
+    def sync(self) -> None:
+        """fsync the working-copy file (and, the first time, its name); blocking."""
+        self._file.sync()
+        if not self._named:
+            portable.fsync_dir(self.path.parent)
+            self._named = True
+
+    async def seal(self, store: Store) -> tuple[int, tuple[BlockHash, ...]] | None:
+        """Hash what changed, put new blocks into *store*, return (size, blocks); None once closed."""
+        async with self._lock:
+            if self._closed:
+                return None  # sealed and closed by another task while this one waited
+            await self._settle()
             self._extend()
             count = block_count(self.size)
             blocks = list(self.base[:count]) + [BlockHash("")] * (count - len(self.base))

@@ -113,7 +113,7 @@ class EngineMachine:
 
     def __init__(self, name: str, root: Path, server: Server) -> None:
         self.name = name
-        (root / "work").mkdir(parents=True)
+        (root / "work").mkdir(parents=True, exist_ok=True)  # exists when a test starts a machine again
         self.db = StateDb(root / "state.db")
         self.cache = BlockCache(root / "blocks", 1 << 30)
         self.replica = Replica(self.db)

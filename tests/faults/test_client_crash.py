@@ -98,6 +98,41 @@ def test_fsynced_bytes_of_a_file_still_open_survive_the_kill(
     assert serverstate.problems(site.data_dir, site.user) == []
 
 
+def test_a_close_after_an_fsync_is_what_a_kill_leaves(
+    site: Site, make_machine: Callable[..., Machine]
+) -> None:
+    a = make_machine("A", site)
+    big = os.urandom(200_000)  # a working copy on disk, not in memory
+    for name, head in (("small.txt", b"fsync'd\n"), ("big.bin", big)):
+        with open(a.path(name), "wb") as f:
+            f.write(head)
+            f.flush()
+            os.fsync(f.fileno())
+            f.seek(0)
+            f.write(b"overwritten after the fsync, then closed\n")
+    f = open(a.path("gone.txt"), "wb")
+    try:
+        f.write(b"fsync'd, then deleted while open")
+        f.flush()
+        os.fsync(f.fileno())
+        os.unlink(a.path("gone.txt"))
+        a.kill()
+    finally:
+        try:
+            f.close()
+        except OSError:
+            pass  # the mount is gone
+    a.mount()
+    closed = b"overwritten after the fsync, then closed\n"
+    assert a.path("small.txt").read_bytes() == closed
+    assert a.path("big.bin").read_bytes() == closed + big[len(closed):]
+    assert not a.path("gone.txt").exists()
+    drained(a)
+    on_server = serverstate.tree(site.data_dir, site.user)
+    assert on_server == {"small.txt": closed, "big.bin": closed + big[len(closed):]}
+    assert serverstate.problems(site.data_dir, site.user) == []
+
+
 def test_kill_during_a_large_upload_resends_only_missing_blocks(
     site: Site, make_machine: Callable[..., Machine], seed: int
 ) -> None:

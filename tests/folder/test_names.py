@@ -15,10 +15,12 @@ import json
 import os
 import random
 import shutil
+import sqlite3
 import subprocess
 import time
 import unicodedata
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -397,10 +399,8 @@ def test_a_case_change_through_a_third_name_is_one_rename_even_across_batches() 
     trio.run(main)
 
 
-@pytest.mark.timeout(240)
-def test_a_rename_in_case_only_is_one_rename_both_ways_on_ntfs(
-    ntfs: Path, new_machine: Callable[..., Machine]
-) -> None:
+def _readme_and_docs(ntfs: Path, new_machine: Callable[..., Machine]) -> tuple[Machine, Machine, Path]:
+    """A with Readme.md, notes.txt and Docs/plan.txt; B syncing them into a folder on *ntfs*."""
     a = new_machine("A")
     a.path("Readme.md").write_bytes(b"readme")
     a.path("notes.txt").write_bytes(b"notes")
@@ -411,6 +411,14 @@ def test_a_rename_in_case_only_is_one_rename_both_ways_on_ntfs(
     folder = ntfs / "Sync"
     b.sync(folder)
     eventually(lambda: len(_store(folder)) == 3, timeout=60, what="every file on the NTFS folder")
+    return a, b, folder
+
+
+@pytest.mark.timeout(240)
+def test_a_rename_in_case_only_is_one_rename_both_ways_on_ntfs(
+    ntfs: Path, new_machine: Callable[..., Machine]
+) -> None:
+    a, b, folder = _readme_and_docs(ntfs, new_machine)
     on_a = {name: os.stat(a.path(name)).st_ino for name in ("Readme.md", "Docs")}
     # On B: README.md and DOCS, in case only; A sees the same nodes renamed, not new ones.
     _respell(folder / "Readme.md", "README.md")
@@ -434,6 +442,76 @@ def test_a_rename_in_case_only_is_one_rename_both_ways_on_ntfs(
     eventually(_quiet(a, b), what="both settled")
     assert sorted(os.listdir(a.mnt)) == ["DOCS", "Notes.txt", "README.md"]
     assert not [n for n in os.listdir(a.mnt) if "conflict" in n]
+
+
+def _known_paths(machine: Machine) -> set[str]:
+    """The paths of a synced folder's last synced state (its merge base, `websync_fs.folder.known`)."""
+    with closing(sqlite3.connect(machine.home / "state" / "folder.db")) as db:
+        return {path for (path,) in db.execute("SELECT path FROM known")}
+
+
+def _unmount(where: Path) -> None:
+    eventually(lambda: subprocess.run(["umount", str(where)], capture_output=True).returncode == 0,
+               what=f"{where} to unmount")
+
+
+def _on_disk(image: Path, folder: str = "") -> set[str]:
+    """The names NTFS itself holds in *folder* of an unmounted volume (lowntfs-3g lists them in lower case)."""
+    listed = subprocess.run(["ntfsls", "-p", f"/{folder}", str(image)], capture_output=True, text=True, check=True)
+    return set(listed.stdout.split("\n")) - {"", ".", ".."}
+
+
+def _mount_ntfs(image: Path, where: Path) -> None:
+    subprocess.run(["lowntfs-3g", "-o", "windows_names,ignore_case,permissions", str(image), str(where)],
+                   check=True, capture_output=True)
+
+
+@pytest.mark.timeout(240)
+def test_a_case_only_rename_on_a_mount_changes_the_case_on_ntfs_and_nothing_else(
+    ntfs: Path, new_machine: Callable[..., Machine]
+) -> None:
+    a, b, folder = _readme_and_docs(ntfs, new_machine)
+    on_a = {name: os.stat(a.path(name)).st_ino for name in ("Readme.md", "Docs", "notes.txt")}
+    on_b = {name: os.stat(folder / name).st_ino for name in ("readme.md", "docs", "docs/plan.txt")}
+    os.rename(a.path("Readme.md"), a.path("README.md"))
+    os.rename(a.path("Docs"), a.path("DOCS"))
+    eventually(lambda: {"README.md", "DOCS", "DOCS/plan.txt"} <= _known_paths(b), what="B to take A's renames")
+    # A change made on B after them reaches A after anything B would have sent about them.
+    (folder / "after.txt").write_bytes(b"after")
+    eventually(lambda: a.path("after.txt").exists(), what="B's file after the renames")
+    eventually(_quiet(a, b), what="both settled")
+    assert sorted(os.listdir(a.mnt)) == ["DOCS", "README.md", "after.txt", "notes.txt"]
+    assert os.listdir(a.path("DOCS")) == ["plan.txt"]
+    assert {name: os.stat(a.path(name)).st_ino for name in ("README.md", "DOCS", "notes.txt")} == {
+        "README.md": on_a["Readme.md"], "DOCS": on_a["Docs"], "notes.txt": on_a["notes.txt"]}
+    assert {name: os.stat(folder / name).st_ino for name in ("readme.md", "docs", "docs/plan.txt")} == on_b
+    assert _store(folder) == {"readme.md": b"readme", "notes.txt": b"notes", "docs/plan.txt": b"plan",
+                              "after.txt": b"after"}
+    assert not _status(b)["problems"] and not _status(b)["conflicts"]
+    assert _known_paths(b) == {"README.md", "notes.txt", "DOCS", "DOCS/plan.txt", "after.txt"}
+    b.cli("sync", "--stop", str(folder))
+    image = ntfs.parent / "ntfs.img"
+    _unmount(ntfs)
+    assert _on_disk(image, "Sync") == {".websync-folder", "README.md", "DOCS", "after.txt", "notes.txt"}
+    assert _on_disk(image, "Sync/DOCS") == {"plan.txt"}
+
+    # A kill between the two renames leaves the file under its hidden third name and the intent
+    # recorded (the rows move with the intent's end): the next start puts it back and renames again.
+    _mount_ntfs(image, ntfs)
+    os.rename(folder / "notes.txt", folder / ".websync-case-0123456789ab")
+    with closing(sqlite3.connect(b.home / "state" / "folder.db")) as db, db:
+        db.execute("INSERT INTO meta VALUES ('respelling', ?)", (json.dumps(["notes.txt", ".websync-case-0123456789ab"]),))
+    os.rename(a.path("notes.txt"), a.path("NOTES.txt"))
+    eventually(_quiet(a), what="A's rename")
+    b.sync(folder)
+    eventually(lambda: "NOTES.txt" in _known_paths(b), what="B to take the rename")
+    eventually(_quiet(a, b), what="both settled")
+    assert sorted(os.listdir(a.mnt)) == ["DOCS", "NOTES.txt", "README.md", "after.txt"]
+    assert os.stat(a.path("NOTES.txt")).st_ino == on_a["notes.txt"] and read_bytes(folder / "notes.txt") == b"notes"
+    assert not _status(b)["problems"] and not _status(b)["conflicts"]
+    b.cli("sync", "--stop", str(folder))
+    _unmount(ntfs)
+    assert _on_disk(image, "Sync") == {".websync-folder", "README.md", "DOCS", "after.txt", "NOTES.txt"}
 
 
 def _alias(path: str) -> str:

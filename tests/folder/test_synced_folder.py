@@ -310,7 +310,17 @@ def test_two_synced_folders_and_a_mount_converge_after_changes_on_all_three(
 
     def agree() -> bool:
         one, two, three = tree(a.mnt), tree(fb), tree(fc)
-        return one == two == three and _settled(b) and _settled(c)
+        differ = {
+            path: (one.get(path), two.get(path), three.get(path))
+            for path in one.keys() | two.keys() | three.keys()
+            if not one.get(path) == two.get(path) == three.get(path)
+        }
+        # Raised rather than returned so that a timeout shows where the trees differ.
+        assert not differ, f"A, B and C differ at {differ}"
+        for machine in (b, c):
+            status = json.loads(machine.cli("status", "--json").stdout)
+            assert status["pending"] == 0, f"{machine.name} still holds changes: {status}"
+        return True
 
     eventually(agree, timeout=90, what="the mount and both folders to hold the same tree")
 
@@ -486,3 +496,40 @@ def test_a_folder_synced_by_root_takes_the_owners_chown_set(
     (folder / "made-here.txt").write_bytes(b"here")
     eventually(_holds(a.path("made-here.txt"), b"here"), what="a file from the folder")
     assert os.stat(a.path("made-here.txt"))[4:6] == (os.getuid(), os.getgid())
+
+
+def test_a_chown_in_a_folder_synced_by_root_reaches_a_mount(
+    new_machine: Callable[..., Machine], folder: Path
+) -> None:
+    a, b = _mount_and_folder(new_machine, folder)
+    (folder / "given.txt").write_bytes(b"to 1234")
+    (folder / "shared").mkdir()
+    os.symlink("given.txt", folder / "link")
+    eventually(lambda: os.path.islink(a.path("link")) and a.path("shared").is_dir()
+               and a.path("given.txt").exists(), what="the files on the mount")
+    eventually(lambda: _settled(b), what="B's uploads")
+    inode = os.stat(folder / "given.txt").st_ino
+    # chown, chgrp alone and a symlink's own owner, made in the folder, as a mount's chown would be.
+    os.chown(folder / "given.txt", 1234, 5678)
+    os.chown(folder / "shared", -1, 1001)
+    os.lchown(folder / "link", 1002, 1002)
+    eventually(lambda: os.stat(a.path("given.txt"))[4:6] == (1234, 5678), what="the chown of a file")
+    eventually(lambda: os.stat(a.path("shared"))[4:6] == (os.getuid(), 1001), what="the chgrp of a folder")
+    eventually(lambda: os.lstat(a.path("link"))[4:6] == (1002, 1002), what="the owner of a symlink")
+    # A file that has another owner when it first goes up (as tar -x and rsync -a as root make them).
+    (folder / "shared" / "untarred.txt").write_bytes(b"from a tarball")
+    os.chown(folder / "shared" / "untarred.txt", 1003, 1004)
+    eventually(lambda: os.stat(a.path("shared", "untarred.txt"))[4:6] == (1003, 1004), what="a new file's owner")
+    eventually(lambda: _settled(b), what="B's uploads")
+    # Nothing came back down over it: the same file, content and owner; one version of the content.
+    assert os.stat(folder / "given.txt").st_ino == inode and os.stat(folder / "given.txt")[4:6] == (1234, 5678)
+    assert read_bytes(a.path("given.txt")) == b"to 1234" and _versions(a, a.path("given.txt")) == 1
+    # Given back to the syncing user (root here): the store owner's again, shown as A's user on A.
+    os.chown(folder / "given.txt", os.getuid(), os.getgid())
+    eventually(lambda: os.stat(a.path("given.txt"))[4:6] == (os.getuid(), os.getgid()), what="the chown back")
+    # And a folder given back to the store owner on A comes down as the syncing user's.
+    os.chown(a.path("shared"), os.getuid(), os.getgid())
+    eventually(lambda: os.stat(folder / "shared")[4:6] == (os.getuid(), os.getgid()), what="A's chown of the folder")
+    eventually(lambda: _settled(a) and _settled(b), what="both settled")
+    assert os.stat(a.path("shared"))[4:6] == (os.getuid(), os.getgid())
+    assert os.stat(a.path("shared", "untarred.txt"))[4:6] == (1003, 1004)

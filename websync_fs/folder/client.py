@@ -115,6 +115,7 @@ class FolderClient(Engine):
         self.merger = Merger(folder, CorePaths(self.vfs), self.replica, self.known, self.rules, settings.device,
                              check_folder=self.check_folder, prefetch=self._prefetch, names=self.local_names,
                              busy=self.dirty.busy, hurry=self.queue.hurry)
+        self.merger.recover()  # before the watcher: its renames are not changes
         self.remote_due = False
         self.control = ControlServer(home.state_dir, self._request)
         self.online = False

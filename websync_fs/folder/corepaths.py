@@ -122,6 +122,14 @@ class CorePaths:
     async def set_attrs(self, path: str, mode: int, mtime_ns: int | None) -> None:
         await self.call(self.vfs.setattr, await self.ino(path), mode=mode & 0o7777, mtime_ns=mtime_ns)
 
+    async def chown(self, path: str, uid: int | None, gid: int | None) -> None:
+        """Give *path* owner *uid* and group *gid* as shown here (None: unchanged), as root's chown would."""
+        await self.call(self.vfs.setattr, await self.ino(path), uid=uid, gid=gid)
+
+    def shown_owner(self, row: NodeRow) -> tuple[int, int]:
+        """The uid and gid this machine shows for *row* (the store's owner as the syncing user)."""
+        return self.vfs.owners.shown_uid(row.uid), self.vfs.owners.shown_gid(row.gid)
+
     async def mkdir(self, path: str, mode: int) -> None:
         parent, name = await self.parent(path)
         await self.call(self.vfs.mkdir, parent, name, mode & 0o7777)

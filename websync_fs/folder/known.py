@@ -10,7 +10,8 @@ Schema (its own SQLite file beside the replica, so the engine's schema stays
 the engine's)::
 
     known(path PRIMARY KEY, node, version, kind, size, mtime_ns, ino, mode)
-    meta(key PRIMARY KEY, value)       folder path and marker id
+    meta(key PRIMARY KEY, value)       folder path and marker id; a case-only rename
+                                       under way (``respelling``, see `Merger.recover`)
 
 Crash safety: a row is written only after the change it records is done (the
 file renamed into place, the core holding the upload in its durable queue).
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 _SCHEMA = """
@@ -46,6 +47,10 @@ class LocalSig:
     mtime_ns: int
     ino: int
     mode: int
+    #: Owner and group on disk (-1: not read, as in a stored row).  Not part of equality: a chown
+    #: changes no content; the merger compares them with the node's (`Merger._owner_changed`).
+    uid: int = field(default=-1, compare=False)
+    gid: int = field(default=-1, compare=False)
 
     def same(self, other: LocalSig | None) -> bool:
         """Unchanged?  A folder changes only by being replaced (its mtime moves with its entries)."""
@@ -119,13 +124,15 @@ class KnownTree:
     def drop(self, path: str) -> None:
         self._db.execute("DELETE FROM known WHERE path = ?", (path,))
 
-    def move(self, src: str, dst: str) -> None:
-        """Rows of *src* and everything below it now live at *dst* (one transaction)."""
+    def move(self, src: str, dst: str, *, done: str = "") -> None:
+        """Rows of *src* and everything below it now live at *dst*; meta *done* goes (one transaction)."""
         with self._db:
             self._db.execute("BEGIN")
             for old in [src, *self.under(src)]:
                 self._db.execute("DELETE FROM known WHERE path = ?", (dst + old[len(src):],))
                 self._db.execute("UPDATE known SET path = ? WHERE path = ?", (dst + old[len(src):], old))
+            if done:
+                self._db.execute("DELETE FROM meta WHERE key = ?", (done,))
 
     def clear(self) -> None:
         self._db.execute("DELETE FROM known")
@@ -134,5 +141,12 @@ class KnownTree:
         r = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return str(r[0]) if r else default
 
-    def set_meta(self, key: str, value: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+    def set_meta(self, key: str, value: str, *, durable: bool = False) -> None:
+        """Set *key*; *durable*: on disk when this returns, not only in the WAL (a power cut keeps it)."""
+        if durable:
+            self._db.execute("PRAGMA synchronous=FULL")  # this commit syncs the WAL
+        try:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        finally:
+            if durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")

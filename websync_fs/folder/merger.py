@@ -7,7 +7,8 @@ derived, also after a crash or a start with changes on both sides:
 =========================  =============================================
 L same as K, R same as K   nothing
 L changed, R same          local change: sent through the core (create,
-                           write, mkdir, symlink, chmod, rename, delete)
+                           write, mkdir, symlink, chmod, rename, delete;
+                           chown where root, see `_owner_changed`)
 L same, R changed          remote change: applied to the folder
 both changed               equal content: only K is updated; else the
                            local file is kept under a conflict name and
@@ -42,6 +43,7 @@ still replace the one read.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import secrets
@@ -58,11 +60,15 @@ from ..replica import NodeRow, Replica
 from .corepaths import ChangedMeanwhile, CorePaths, join
 from .ignore import IgnoreRules
 from .known import Known, KnownTree, LocalSig
-from .tree import block_hashes, clear_leftovers, local_paths, local_sig, remote_tree, version
+from .tree import block_hashes, clear_leftovers, local_paths, local_sig, remote_tree, sig_of, version
 
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".websync-tmp-"
+#: The third name of a case-only rename (`Merger._respell_here`); never cleared as a leftover.
+CASE_PREFIX = ".websync-case-"
+#: The last synced state's meta key of a case-only rename under way: ``[old path, third name]``.
+RESPELLING = "respelling"
 #: Files up to this size are hashed on the loop (well under a millisecond).
 INLINE_HASH = 64 * 1024
 #: How far downloads read ahead: files, and blocks at most (64 MiB of 4 MiB blocks).
@@ -244,7 +250,7 @@ class Merger:
                 same = local is None and row is None
             else:
                 same = (local is not None and local.same(k.sig) and row is not None and row.id == k.node
-                        and version(row) == k.version)
+                        and version(row) == k.version and not self._owner_changed(local, row))
             if not same:
                 changed.add(path)
         return changed
@@ -293,6 +299,8 @@ class Merger:
         remote_same = (row is None and known is None) or (
             row is not None and known is not None and row.id == known.node and version(row) == known.version)
         if local_same and remote_same:
+            if local is not None and row is not None and self._owner_changed(local, row):
+                await self._send_owner(path, local, row)
             return
         if local_same:
             await self._take_remote(path, local, known, row, removals)
@@ -370,9 +378,7 @@ class Merger:
         """The node was renamed elsewhere in case only (``Readme`` -> ``README``): renamed here too.
 
         A folding system holds the file under both spellings: neither a move
-        nor a new file may be read into it.  On Windows and macOS rename(2)
-        changes the case; through lowntfs-3g it does nothing (the same inode,
-        POSIX) and only the last synced state moves.
+        nor a new file may be read into it.
         """
         for old in self.known.by_node(row.id):
             if old.path == path or fold(old.path, self.names) != fold(path, self.names):
@@ -380,10 +386,57 @@ class Merger:
             then = local_sig(self.root, old.path)
             if then is None or not then.same(old.sig):
                 continue
-            os.rename(join(self.root, old.path), join(self.root, path))
-            self.known.move(old.path, path)
+            self._respell_here(old.path, path)
             return True
         return False
+
+    def _respell_here(self, old: str, new: str) -> None:
+        """Rename *old* to *new*, the same file in another case, through a third name.
+
+        On Windows and macOS rename(2) changes the case; through lowntfs-3g a
+        rename onto the name that finds the same file does nothing (one inode:
+        POSIX), so the change goes through a hidden third name, on every
+        system alike.  Crash-safe: the intent is on disk before the first
+        rename and goes in the transaction that moves the rows; `recover`
+        finishes the rest.  No await from the intent to the rows: the batch
+        that takes the watcher's events for both renames sees a chain ending
+        where the tree has the file already, which `_respell` leaves alone.
+        """
+        head = old.rpartition("/")[0]
+        third = f"{CASE_PREFIX}{secrets.token_hex(6)}"
+        between = f"{head}/{third}" if head else third
+        self.known.set_meta(RESPELLING, json.dumps([old, between]), durable=True)
+        os.rename(join(self.root, old), join(self.root, between))
+        try:
+            os.rename(join(self.root, between), join(self.root, new))
+        except OSError:
+            os.rename(join(self.root, between), join(self.root, old))
+            self.known.set_meta(RESPELLING, "")
+            raise
+        self.known.move(old, new, done=RESPELLING)
+
+    def recover(self) -> None:
+        """Undo a case-only rename a crash cut short; the start-up scan then makes it again.
+
+        The rows still name the old spelling (they move with the intent's end,
+        in one transaction): a file found under the third name goes back to
+        it, or beside it under a conflict name if something took that name
+        meanwhile.  Otherwise the file is under one of its two spellings, which
+        a folding system finds alike.
+        """
+        pending = self.known.meta(RESPELLING)
+        if not pending:
+            return
+        old, between = json.loads(pending)
+        left = join(self.root, between)
+        if os.path.lexists(left):
+            back = join(self.root, old)
+            if os.path.lexists(back):
+                parent = back.parent
+                back = parent / conflict_name(back.name, self.device, taken=lambda n: os.path.lexists(parent / n))
+            os.rename(left, back)
+            log.info("a rename in case only of %s was cut short: put back as %s", old, back.name)
+        self.known.set_meta(RESPELLING, "")
 
     async def _moved_locally(self, path: str, local: LocalSig) -> bool:
         """A new path whose inode the last synced state knew elsewhere: one rename in the core."""
@@ -398,6 +451,10 @@ class Merger:
                 continue
             await self.core.rename(old.path, path)
             self.known.move(old.path, path)
+            if local.kind == "dir":
+                # The rows under it moved with it, also of files changed in it since (this batch
+                # looked for them under the old path): looked at again under the new one.
+                self.again.add(path)
             await self._settle_one(path, [])  # an edit made with the move
             return True
         return False
@@ -419,6 +476,9 @@ class Merger:
             join(self.root, path).parent.mkdir(parents=True, exist_ok=True)
             os.rename(join(self.root, old.path), join(self.root, path))
             self.known.move(old.path, path)
+            if then.kind == "dir":
+                # Changes made in it here and not synced yet moved along unseen: looked at under its new path.
+                self.again.add(path)
             await self._settle_one(path, [])
             return True
         return False
@@ -445,10 +505,29 @@ class Merger:
         else:
             return  # sockets, FIFOs and devices in a synced folder stay local
         new = await self._row(path)
+        if new is not None and self._owner_changed(local, new):
+            new = await self._send_owner(path, local, new)
         if new is not None:
             self.known.put(path, new.id, version(new), local)
             if path not in self.again:
                 self.hurry(new.id)
+
+    def _owner_changed(self, local: LocalSig, row: NodeRow) -> bool:
+        """True if the file's owner or group here is not the node's: a chown made here (looked at as root only).
+
+        Run by another user, every file is the syncing user's whatever the
+        node's owner is (`_take_owner`): a difference then says nothing.
+        """
+        return _MAY_CHOWN and local.uid >= 0 and (local.uid, local.gid) != self.core.shown_owner(row)
+
+    async def _send_owner(self, path: str, local: LocalSig, row: NodeRow) -> NodeRow | None:
+        """Send a chown made here: the core's setattr, one SetAttr op as the mount sends; the new node."""
+        uid, gid = self.core.shown_owner(row)
+        await self.core.chown(path, local.uid if local.uid != uid else None, local.gid if local.gid != gid else None)
+        new = await self._row(path)
+        if new is not None:
+            self.known.put(path, new.id, version(new), local)  # the owner is part of the version
+        return new
 
     async def _upload(self, path: str, local: LocalSig, row: NodeRow | None) -> bool:
         """Send the file's content unless the replica has it already; False if it is still changing."""
@@ -487,11 +566,11 @@ class Merger:
                 expected = None
             if expected is None:
                 full.mkdir(exist_ok=True)
-            _take_owner(full, row)
+            self._take_owner(full, row)
         elif row.kind in ("file", "symlink"):
             tmp = full.parent / f"{TMP_PREFIX}{secrets.token_hex(6)}"
             try:
-                await self._fetch(row, tmp)
+                fetched = await self._fetch(row, tmp)
                 # No await from the check to the rename: the download lands only on what K knew.
                 if self._local(path) != expected:
                     if self._local(path) is not None:
@@ -502,24 +581,30 @@ class Merger:
             finally:
                 if os.path.lexists(tmp):
                     os.unlink(tmp)
+            # What was written, not what is there a moment later: a program writing the file right
+            # after the rename must read as a change here, not as the download.
+            self.known.put(path, row.id, version(row), fetched)
+            return
         else:
             return
         now = self._local(path)
         if now is not None:
             self.known.put(path, row.id, version(row), now)
 
-    async def _fetch(self, row: NodeRow, tmp: Path) -> None:
+    async def _fetch(self, row: NodeRow, tmp: Path) -> LocalSig:
+        """Write *row* to *tmp*; what it holds then (a rename keeps all of it: inode, size, mtime, mode)."""
         if row.kind == "symlink":
             os.symlink(row.target, tmp)
-            _take_owner(tmp, row)
-            return
-        with open(tmp, "wb") as f:
-            await self.core.read_file(row.ino, f)
-            f.flush()
-            _take_owner(tmp, row)  # before the mode: chown clears set-id bits
-            portable.fchmod(f.fileno(), row.mode & 0o7777)
-            await trio.to_thread.run_sync(os.fsync, f.fileno())
-        os.utime(tmp, ns=(row.mtime_ns, row.mtime_ns))
+            self._take_owner(tmp, row)
+        else:
+            with open(tmp, "wb") as f:
+                await self.core.read_file(row.ino, f)
+                f.flush()
+                self._take_owner(tmp, row)  # before the mode: chown clears set-id bits
+                portable.fchmod(f.fileno(), row.mode & 0o7777)
+                await trio.to_thread.run_sync(os.fsync, f.fileno())
+            os.utime(tmp, ns=(row.mtime_ns, row.mtime_ns))
+        return sig_of(os.lstat(tmp))
 
     # -- removals ----------------------------------------------------------------
     async def _remove(self, path: str, side: str) -> None:
@@ -553,13 +638,17 @@ class Merger:
             self.again.add(path)  # new files there: the folder comes back with them
         self.known.drop(path)
 
+    def _take_owner(self, path: Path, row: NodeRow) -> None:
+        """Give *path* the owner and group *row* has as shown here, where this process may (as root).
 
-def _take_owner(path: Path, row: NodeRow) -> None:
-    """Give *path* the owner and group chown set on *row*, where this process may (as root).
+        The store owner's nodes are the syncing user's (also a folder that
+        had another owner, or a download in a setgid folder): what is on disk
+        is the node's, so a difference later is a chown made here.  A user who
+        is not root cannot give files away and leaves every file theirs.
+        """
+        if sys.platform != "win32" and _MAY_CHOWN:
+            os.lchown(path, *self.core.shown_owner(row))
 
-    The store owner's nodes (None) stay the syncing user's; a user who is not
-    root cannot give files away and leaves every file theirs.
-    """
-    if sys.platform == "win32" or row.uid is None and row.gid is None or os.geteuid() != 0:
-        return  # Windows has no POSIX owners to set
-    os.lchown(path, -1 if row.uid is None else row.uid, -1 if row.gid is None else row.gid)
+
+#: Only root may give files away (Windows has no POSIX owners): only then are owners synced both ways.
+_MAY_CHOWN = sys.platform != "win32" and os.geteuid() == 0

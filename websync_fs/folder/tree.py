@@ -29,9 +29,9 @@ def local_sig(root: Path, rel: str) -> LocalSig | None:
 def sig_of(st: os.stat_result) -> LocalSig:
     kind = kind_of(st.st_mode)
     if kind == "dir":
-        return LocalSig(kind, 0, 0, st.st_ino, 0)
+        return LocalSig(kind, 0, 0, st.st_ino, 0, st.st_uid, st.st_gid)
     mode = stat.S_IMODE(st.st_mode) if kind == "file" else 0
-    return LocalSig(kind, st.st_size, st.st_mtime_ns, st.st_ino, mode)
+    return LocalSig(kind, st.st_size, st.st_mtime_ns, st.st_ino, mode, st.st_uid, st.st_gid)
 
 
 def version(row: NodeRow) -> str:

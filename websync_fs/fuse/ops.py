@@ -87,7 +87,8 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
     def __init__(self, vfs: Vfs) -> None:
         super().__init__()
         self.vfs = vfs
-        self._dirs: dict[int, list[tuple[str, FileAttr]]] = {}
+        #: Open directories: the inode, and its listing once the first readdir asked for it.
+        self._dirs: dict[int, tuple[int, list[tuple[str, FileAttr]] | None]] = {}
         self._next_dir = 0
         self._send, self._receive = trio.open_memory_channel[Invalidation](math.inf)
         #: The state word of an inode (filestate.py), shown as the xattr user.websync.state.
@@ -160,14 +161,18 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
 
     @translate
     async def opendir(self, inode: int, ctx: Any) -> int:
-        listing = self.vfs.listdir(inode)
+        # Listed at the first readdir, not here: SQLite opens the folder only to fsync it,
+        # at every commit, and a listing costs as much as the folder is big.
         self._next_dir += 1
-        self._dirs[self._next_dir] = listing
+        self._dirs[self._next_dir] = (inode, None)
         return self._next_dir
 
     @translate
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        listing = self._dirs.get(fh, [])
+        inode, listing = self._dirs.get(fh, (0, []))
+        if listing is None:
+            listing = self.vfs.listdir(inode)
+            self._dirs[fh] = (inode, listing)
         for index in range(start_id, len(listing)):
             name, attr = listing[index]
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self._entry(attr), index + 1):

@@ -1,0 +1,154 @@
+"""Working copies made durable by fsync() while their file stays open, and their recovery at start.
+
+Sealing a file (hashing its changed blocks, storing them in the cache, queueing
+an update) and then syncing all of it took five fsyncs an `fsync()`: the new
+block file, two of its folders, the cache index and the state database.  A
+program that fsyncs as it goes -- SQLite at every commit, a log after every
+line -- paid that each time.  Instead `fsync()` writes down where the
+file's current bytes are and syncs that record and the working copy side by
+side, as a local file system syncs a file and its journal:
+
+* ``base``: block hashes of the blocks unchanged since the copy was opened
+  (on the server, or in the cache under a queued item);
+* ``stored``: block index -> hash of appended blocks that went straight into
+  the cache (workcopy.py, "appending writers");
+* ``in_file``: the indexes whose bytes are in the working-copy file, or in
+  ``inline`` -- the whole copy -- while it is memory (spillfile.py);
+* ``size`` and ``mtime_ns`` at the fsync.
+
+A record lives in the state database beside the replica and the queue:
+
+===============================  =============================================
+event                            the record
+===============================  =============================================
+fsync() of a changed copy        written (replacing the last), then synced
+seal (close, a quiet moment)     deleted in the seal's own transaction
+copy closed unsealed             deleted
+start-up                         every record is sealed into a queued update
+                                 (`reseal`), then deleted; the files go
+===============================  =============================================
+
+A crash between the record's commit and the end of its fsync leaves a record
+whose bytes may be partly older: the fsync never returned, so nothing was
+promised.  Bytes appended after the fsync are cut off at ``size``; bytes of a
+copy on disk overwritten in place after the fsync may show (what a local disk
+holds after a crash is the same mix).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from websync_server.protocol import BLOCK_SIZE, BlockHash, block_count
+
+from .statedb import StateDb
+
+__all__ = ["Fsynced", "Snapshot"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS fsynced (
+    ino INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,  -- the working copy's file name in the work folder ('' while in memory)
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER,
+    base TEXT NOT NULL,  -- JSON list of hashes
+    stored TEXT NOT NULL,  -- JSON {index: hash}
+    in_file TEXT NOT NULL,  -- JSON list of indexes
+    inline BLOB
+);
+"""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Where a working copy's bytes are at one moment (see the module docstring)."""
+
+    size: int
+    base: tuple[BlockHash, ...]
+    stored: dict[int, BlockHash]
+    in_file: tuple[int, ...]
+    inline: bytes | None = None
+    path: str = ""
+    mtime_ns: int | None = None
+
+    @property
+    def hashes(self) -> list[str]:
+        """The blocks this content names in the cache (and on the server)."""
+        return [*self.base, *self.stored.values()]
+
+    def blocks(self, read: Callable[[int, int], bytes], store: Callable[[str, bytes], None]) -> tuple[BlockHash, ...]:
+        """The block list of this content; blocks read with *read(offset, length)* go into *store*."""
+        out = []
+        in_file = set(self.in_file)
+        for index in range(block_count(self.size)):
+            if index in self.stored:
+                out.append(self.stored[index])
+            elif index in in_file:
+                start = index * BLOCK_SIZE
+                length = min(BLOCK_SIZE, self.size - start)
+                data = read(start, length).ljust(length, b"\0")  # a hole, or past the file's end: zeros
+                h = hashlib.sha256(data).hexdigest()
+                store(h, data)
+                out.append(BlockHash(h))
+            else:
+                out.append(self.base[index])
+        return tuple(out)
+
+
+class Fsynced:
+    """The table of fsync'd working copies."""
+
+    def __init__(self, db: StateDb) -> None:
+        self._db = db
+        db.conn.executescript(_SCHEMA)
+        #: Inodes that have a record: most seals and closes need no statement.
+        self._has = {ino for (ino,) in db.execute("SELECT ino FROM fsynced")}
+
+    def record(self, ino: int, snap: Snapshot) -> None:
+        """Write *snap* as *ino*'s fsync'd state; call inside a transaction."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO fsynced (ino, path, size, mtime_ns, base, stored, in_file, inline)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (ino, snap.path, snap.size, snap.mtime_ns, json.dumps(snap.base),
+             json.dumps({str(i): h for i, h in snap.stored.items()}), json.dumps(snap.in_file), snap.inline),
+        )
+        self._has.add(ino)
+
+    def has(self, ino: int) -> bool:
+        return ino in self._has
+
+    def forget(self, ino: int) -> None:
+        """Drop *ino*'s record (its content was sealed, or its copy closed)."""
+        if ino in self._has:
+            self._db.execute("DELETE FROM fsynced WHERE ino=?", (ino,))
+            self._has.discard(ino)
+
+    def __iter__(self) -> Iterator[tuple[int, Snapshot]]:
+        rows = self._db.execute(
+            "SELECT ino, path, size, mtime_ns, base, stored, in_file, inline FROM fsynced ORDER BY ino").fetchall()
+        for ino, path, size, mtime, base, stored, in_file, inline in rows:
+            yield ino, Snapshot(
+                size=size, base=tuple(json.loads(base)), stored={int(i): h for i, h in json.loads(stored).items()},
+                in_file=tuple(json.loads(in_file)), inline=inline, path=path, mtime_ns=mtime,
+            )
+
+
+def reader(snap: Snapshot, work_dir: Path) -> Callable[[int, int], bytes]:
+    """Read bytes of *snap*'s copy: its inline bytes, or its file in *work_dir* (none if gone)."""
+    if snap.inline is not None:
+        data = snap.inline
+        return lambda offset, length: data[offset : offset + length]
+
+    def read(offset: int, length: int) -> bytes:
+        try:
+            with open(work_dir / snap.path, "rb") as f:
+                f.seek(offset)
+                return f.read(length)
+        except (FileNotFoundError, IsADirectoryError):
+            return b""
+
+    return read
