@@ -240,6 +240,7 @@ def _user(place: Place) -> str:
 def test_a_shared_folder_synced_as_a_folder_meets_a_mount_of_it_and_stops_when_unshared(
     server: ServerProcess, account: tuple[str, str], new_machine: Callable[..., Machine]
 ) -> None:
+    """And once unshared, the folder keeps only what was the member's own."""
     a, b, bob = _alice_and_bob(server, account, new_machine)
     a.cli("share", "Family", bob[0])
     alice, synced = Place(a), Place(b)
@@ -251,13 +252,17 @@ def test_a_shared_folder_synced_as_a_folder_meets_a_mount_of_it_and_stops_when_u
         synced.path("from-folder.txt").write_bytes(b"written in the folder")
         eventually(lambda: read_bytes(alice.path("from-folder.txt")) == b"written in the folder", what="in the mount")
         assert json.loads(synced.cli("status", "--json").stdout)["folder"] == str(synced.mnt)
-        # Removed, the member's sync stops and forgets the folder; the files on the disk are the member's.
+        # Removed, the member's sync stops and keeps nothing of the folder; what never went to the
+        # server (an Office lock file is never sent) is the member's own and stays.
+        synced.path("~$mine.docx").write_bytes(b"never sent")
         a.cli("unshare", "Family", bob[0])
         eventually(lambda: synced.pid() is None, what="bob's sync stopped")
         assert "Family is no longer shared with you" in synced.cli("status").stdout
         assert not (synced.home / "replica.db").exists() and not (synced.home / "folder.db").exists()
         assert not (b.home / "cache" / "shared" / synced.home.name).exists()
-        assert read_bytes(synced.path("from-folder.txt")) == b"written in the folder"
+        assert sorted(n for n in os.listdir(synced.mnt) if not n.startswith(".websync")) == ["~$mine.docx"]
+        assert read_bytes(synced.path("~$mine.docx")) == b"never sent"
+        assert read_bytes(alice.path("from-folder.txt")) == b"written in the folder"
     finally:
         alice.cleanup()
         synced.cleanup()

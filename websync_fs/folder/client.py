@@ -39,6 +39,7 @@ from .guards import FolderGone, Identity, Marker, check_placement
 from .ignore import IgnoreRules
 from .known import KnownTree
 from .merger import Merger
+from .tree import local_sig
 from .probe import probe
 from .watcher import QUIET, DirtyPaths, Watcher
 
@@ -259,7 +260,7 @@ class FolderClient(Engine):
                 return
 
     def end(self) -> None:
-        """Stop syncing: the shared folder is no longer shared with this user (the files on disk stay)."""
+        """Stop syncing: the shared folder is no longer shared with this user (its files are taken out at the end)."""
         self.error = self.revoked
         self._front.cancel()
 
@@ -293,9 +294,45 @@ class FolderClient(Engine):
                 await trio.to_thread.run_sync(self.cache.evict, 0)
                 nursery.cancel_scope.cancel()
         finally:
+            if self.revoked:
+                try:
+                    self._clear_revoked()
+                except OSError as exc:
+                    log.warning("could not clear %s of the folder no longer shared: %s", self.folder, exc)
             self.write_status_final()
         if self.gone is not None:
             raise self.gone
+
+    def _clear_revoked(self) -> None:
+        """Take out of the folder what came from a folder no longer shared, as a mount shows nothing of it.
+
+        Only what is still as last synced goes: a file changed here, or never
+        sent, is the user's own work the server will no longer take, and stays
+        (the status says how many).  The folder itself goes once it is empty.
+        """
+        kept = 0
+        for row in sorted(self.known.all().values(), key=lambda k: k.path.count("/"), reverse=True):
+            now = local_sig(self.folder, row.path)
+            if now is None:
+                continue
+            try:
+                if not now.same(row.sig):
+                    kept += 1
+                elif now.kind == "dir":
+                    os.rmdir(join(self.folder, row.path))
+                else:
+                    os.unlink(join(self.folder, row.path))
+            except OSError:
+                kept += 1  # a folder still holding what stays, a file that cannot go
+        self.known.clear()
+        left = [n for n in os.listdir(self.folder) if n != self.marker.path.name] if self.folder.is_dir() else []
+        if not left:
+            self.marker.release()
+            self.marker.path.unlink(missing_ok=True)
+            self.folder.rmdir()
+        elif kept:
+            self.revoked += f"; what was changed here stays in {self.folder}"
+        log.info("cleared %s of the folder no longer shared (%d entries of the user's own kept)", self.folder, kept)
 
     def write_status_final(self) -> None:
         try:
