@@ -567,6 +567,9 @@ class Merger:
             if expected is None:
                 full.mkdir(exist_ok=True)
             self._take_owner(full, row)
+            now = self._local(path)
+            if now is not None:
+                self.known.put(path, row.id, version(row), now)
         elif row.kind in ("file", "symlink"):
             tmp = full.parent / f"{TMP_PREFIX}{secrets.token_hex(6)}"
             try:
@@ -584,12 +587,6 @@ class Merger:
             # What was written, not what is there a moment later: a program writing the file right
             # after the rename must read as a change here, not as the download.
             self.known.put(path, row.id, version(row), fetched)
-            return
-        else:
-            return
-        now = self._local(path)
-        if now is not None:
-            self.known.put(path, row.id, version(row), now)
 
     async def _fetch(self, row: NodeRow, tmp: Path) -> LocalSig:
         """Write *row* to *tmp*; what it holds then (a rename keeps all of it: inode, size, mtime, mode)."""
