@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import logging.handlers
 import os
@@ -84,7 +83,7 @@ def shared_place(base: Home, name: str, *, refresh: bool) -> Home:
     share = found[0]
     place = base.place(str(share["store"]))
     if listed is not None:
-        if revoked(place):
+        if place.revoked():
             place.status_file.unlink(missing_ok=True)  # shared again since
         place.save_share({key: share[key] for key in ("store", "name", "owner", "read_only")})
     return place
@@ -93,21 +92,8 @@ def shared_place(base: Home, name: str, *, refresh: bool) -> Home:
 def _forget_unlisted(base: Home, listed: set[str]) -> None:
     """Delete what this machine holds of folders no longer shared with it that no client had running to see it."""
     for place in base.places():
-        if place.store in listed or revoked(place) or running_pid(place) is not None:
-            continue
-        place.forget()
-        why = f"{place.share().get('name')} is no longer shared with you; this machine keeps nothing of it"
-        place.status_file.write_text(json.dumps({"revoked": why}))
-
-
-def revoked(home: Home) -> str:
-    """Why a shared folder's place stopped: the server no longer shares it with this user ("": it does)."""
-    if not home.store:
-        return ""
-    try:
-        return str(json.loads(home.status_file.read_text()).get("revoked") or "")
-    except (OSError, ValueError, AttributeError):
-        return ""
+        if place.store not in listed and not place.revoked() and running_pid(place) is None:
+            place.forget_unshared()
 
 
 def friendly(fn: F) -> F:

@@ -21,7 +21,6 @@ from ._common import (
     human,
     pass_ctx,
     ready_pipe,
-    revoked as revoked_place,
     running_pid,
     setup_logging,
     start_in_background,
@@ -292,7 +291,7 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
             daemon = json.loads(home.status_file.read_text())
         except (FileNotFoundError, ValueError):
             daemon = {}
-    revoked = revoked_place(home)
+    revoked = home.revoked()
     if revoked:
         online, error = False, ""
     elif daemon:

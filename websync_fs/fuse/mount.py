@@ -23,6 +23,7 @@ from ..errors import WebSyncError
 from ..home import Home
 from ..portable import STOP_SIGNALS, unmount_command
 from . import readahead
+from .grafts import GraftedOperations, Grafts
 from .ops import FuseOperations
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,12 @@ class FuseMount:
         self.client.stop = self._unmount
         self.client.front_end_now = self._terminate
         self.ops.file_state = self.client.states.xattr
+        #: The folders shared with this user, shown at the top of their own store (none in a shared folder's mount).
+        self.router = GraftedOperations(self.ops)
+        self.grafts: Grafts | None = None
+        if not home.store:
+            self.grafts = Grafts(home, self.client, mountpoint, self.router)
+            self.client.follower.on_shares = self.grafts.changed  # type: ignore[attr-defined]
         self._terminated = False
 
     async def run(self, ready: Callable[[], None], progress: Callable[[int], None] = lambda records: None) -> None:
@@ -53,7 +60,7 @@ class FuseMount:
             # Other users of this machine may enter; the kernel checks modes against
             # the owners the mount shows (default_permissions is in pyfuse3's defaults).
             options.add("allow_other")
-        pyfuse3.init(self.ops, str(self.mountpoint), options)
+        pyfuse3.init(self.router, str(self.mountpoint), options)
         unmounted = False
         try:
             async with trio.open_nursery() as nursery:
@@ -61,11 +68,16 @@ class FuseMount:
                 nursery.start_soon(self._widen_readahead)
                 nursery.start_soon(self._signals)
                 await client.start(nursery)
+                if self.grafts is not None:
+                    nursery.start_soon(self.grafts.run)
                 log.info("mounted %s at %s", client.settings.server, self.mountpoint)
                 ready()
                 await pyfuse3.main()
                 unmounted = True
-                await client.drain()
+                async with trio.open_nursery() as draining:
+                    draining.start_soon(client.drain)
+                    if self.grafts is not None:
+                        draining.start_soon(self.grafts.drain)
                 nursery.cancel_scope.cancel()
         finally:
             # After terminate() the kernel still has the mount: libfuse takes it away (fusermount3 -u -z).

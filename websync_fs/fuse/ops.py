@@ -60,6 +60,10 @@ def translate(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[
     return wrapper
 
 
+#: A directory entry as readdir shows it: name, attributes, and the operations of the store it is in.
+Listed = tuple[str, FileAttr, "FuseOperations"]
+
+
 def _name(raw: bytes) -> str:
     return os.fsdecode(raw)
 
@@ -81,20 +85,27 @@ def open_mode(flags: int) -> OpenMode:
 
 
 class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
+    """The kernel's requests for one engine's core, inode numbers offset by `base`."""
+
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, vfs: Vfs) -> None:
+    def __init__(self, vfs: Vfs, base: int = 0) -> None:
         super().__init__()
         self.vfs = vfs
+        #: Added to every inode number the kernel is told: a shared folder shown inside the
+        #: mount answers inodes of its own range (grafts.py); the user's own store's is 0.
+        self.base = base
         #: Open directories: the inode, and its listing once the first readdir asked for it.
-        self._dirs: dict[int, tuple[int, list[tuple[str, FileAttr]] | None]] = {}
+        self._dirs: dict[int, tuple[int, list[Listed] | None]] = {}
         self._next_dir = 0
         self._send, self._receive = trio.open_memory_channel[Invalidation](math.inf)
         #: The state word of an inode (filestate.py), shown as the xattr user.websync.state.
         self.file_state: Callable[[int], str] | None = None
         #: Set once the kernel's INIT is answered: settings it made (read-ahead) can change now.
         self.initialized = trio.Event()
+        #: Entries shown at the top beside the store's own: the shared folders' roots (grafts.py).
+        self.grafted: Callable[[], list[Listed]] = lambda: []
 
     def init(self) -> None:
         self.initialized.set()
@@ -105,11 +116,11 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
 
     async def invalidator(self) -> None:
         async for inv in self._receive:
-            await trio.to_thread.run_sync(_invalidate, inv)
+            await trio.to_thread.run_sync(_invalidate, inv, self.base)
 
     def _entry(self, attr: FileAttr) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
-        entry.st_ino = attr.ino
+        entry.st_ino = self.base + attr.ino
         entry.generation = 0
         entry.entry_timeout = TIMEOUT
         entry.attr_timeout = TIMEOUT
@@ -134,6 +145,11 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
     @translate
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
         return self._remembered(self.vfs.lookup(parent_inode, _name(name)))
+
+    @translate
+    async def root_entry(self) -> pyfuse3.EntryAttributes:
+        """The store's root as an entry looked up: a shared folder's, shown inside the mount (grafts.py)."""
+        return self._remembered(self.vfs.getattr(self.vfs.root()))
 
     @translate
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
@@ -171,13 +187,15 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         inode, listing = self._dirs.get(fh, (0, []))
         if listing is None:
-            listing = self.vfs.listdir(inode)
+            listing = [(name, attr, self) for name, attr in self.vfs.listdir(inode)]
+            if inode == self.vfs.root():
+                listing += self.grafted()
             self._dirs[fh] = (inode, listing)
         for index in range(start_id, len(listing)):
-            name, attr = listing[index]
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._entry(attr), index + 1):
+            name, attr, ops = listing[index]
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), ops._entry(attr), index + 1):
                 break
-            self.vfs.remember(attr.ino)
+            ops.vfs.remember(attr.ino)
 
     @translate
     async def releasedir(self, fh: int) -> None:
@@ -297,13 +315,13 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
         await self.vfs.release(fh)
 
 
-def _invalidate(inv: Invalidation) -> None:
+def _invalidate(inv: Invalidation, base: int = 0) -> None:
     for parent, name in inv.entries:
-        _quietly(pyfuse3.invalidate_entry, parent, os.fsencode(name))
+        _quietly(pyfuse3.invalidate_entry, base + parent, os.fsencode(name))
     for ino in inv.inodes:
-        _quietly(pyfuse3.invalidate_inode, ino, False)
+        _quietly(pyfuse3.invalidate_inode, base + ino, False)
     for ino in set(inv.attrs) - set(inv.inodes):
-        _quietly(pyfuse3.invalidate_inode, ino, True)
+        _quietly(pyfuse3.invalidate_inode, base + ino, True)
 
 
 def _quietly(fn: Callable[..., None], *args: Any) -> None:

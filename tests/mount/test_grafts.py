@@ -1,0 +1,152 @@
+"""Shared folders inside each member's own mount, through the kernel (fuse/grafts.py).
+
+Alice shares ``Family`` with Bob (read-write) and Carol (read-only); each of
+them mounts only their own store, and the folder is there, at the top.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.clients import Machine, eventually, read_bytes
+from tests.servers import ServerProcess, add_user
+
+pytestmark = [pytest.mark.mount, pytest.mark.timeout(240)]
+
+
+@pytest.fixture
+def household(
+    server: ServerProcess, account: tuple[str, str], new_machine: Callable[..., Machine]
+) -> Iterator[tuple[Machine, Machine, Machine]]:
+    """Alice's, Bob's and Carol's own mounts; Alice's ``Family`` shared with Bob, and with Carol read-only."""
+    a = new_machine("A", mount=False)
+    b = new_machine("B", mount=False)
+    c = new_machine("C", mount=False)
+    for machine, user in ((b, "bob"), (c, "carol")):
+        name = f"{account[0]}-{user}"
+        add_user(server.data_dir, name, f"pw-{user}-long-enough")
+        machine.login(name, f"pw-{user}-long-enough")
+    a.cli("share", "Family", f"{account[0]}-bob")
+    a.cli("share", "Family", f"{account[0]}-carol", "--read-only")
+    for machine in (a, b, c):
+        machine.mount()
+    yield a, b, c
+    for machine in (a, b, c):
+        errors = [line for line in machine.log().splitlines() if " ERROR " in line or "Traceback" in line]
+        assert not errors, f"{machine.name} logged errors:\n" + "\n".join(errors[:20])
+
+
+def _arrival(write: Path, seen: Path, data: bytes) -> float:
+    start = time.monotonic()
+    write.write_bytes(data)
+    eventually(lambda: read_bytes(seen) == data, what=f"{seen} arrived")
+    return time.monotonic() - start
+
+
+def _family_everywhere(machines: tuple[Machine, ...]) -> None:
+    for machine in machines:
+        eventually(machine.path("Family").is_dir, what=f"Family in {machine.name}'s mount")
+
+
+def _errno(fn: Callable[[], object]) -> int:
+    try:
+        fn()
+    except OSError as exc:
+        return exc.errno or 0
+    return 0
+
+
+def test_a_shared_folder_is_inside_every_members_own_mount_and_changes_arrive_as_fast_as_own_ones(
+    household: tuple[Machine, Machine, Machine], new_machine: Callable[..., Machine]
+) -> None:
+    alice, bob, carol = household
+    _family_everywhere(household)
+    assert "Family" in os.listdir(bob.mnt)
+    alice.path("own.txt").write_bytes(b"alice's own")
+    # One run, two paths: Alice's own files to her second machine, the shared folder to Bob; medians compared.
+    alice2 = new_machine("A2")
+    own, shared = [], []
+    for i in range(5):
+        own.append(_arrival(alice.path(f"own-{i}.txt"), alice2.path(f"own-{i}.txt"), b"own %d" % i))
+        shared.append(_arrival(bob.path("Family", f"from-bob-{i}.txt"), alice.path("Family", f"from-bob-{i}.txt"),
+                               b"bob %d" % i))
+    print(f"median arrival: own files {statistics.median(own):.3f} s, shared folder {statistics.median(shared):.3f} s")
+    assert statistics.median(shared) < 2.5 * statistics.median(own)
+    assert read_bytes(alice2.path("Family", "from-bob-4.txt")) == b"bob 4"  # on all of Alice's machines
+    eventually(lambda: read_bytes(carol.path("Family", "from-bob-4.txt")) == b"bob 4", what="carol reads it")
+    # Own files stay own: Bob and Carol see only the shared folder of Alice's.
+    assert sorted(os.listdir(bob.mnt)) == ["Family"]
+    # History and trash inside the folder, with the folder's own commands.
+    bob.path("Family", "from-bob-0.txt").unlink()
+    eventually(lambda: not alice.path("Family", "from-bob-0.txt").exists(), what="the delete reached alice")
+    assert "from-bob-0.txt" in alice.cli("--shared", "Family", "trash").stdout
+    alice.cli("--shared", "Family", "restore", "from-bob-0.txt")
+    eventually(lambda: read_bytes(bob.path("Family", "from-bob-0.txt")) == b"bob 0", what="restored on bob")
+
+
+def test_the_top_of_the_mount_keeps_stores_apart_and_read_only_members_get_erofs(
+    household: tuple[Machine, Machine, Machine],
+) -> None:
+    alice, bob, carol = household
+    _family_everywhere(household)
+    family = bob.path("Family")
+    assert _errno(lambda: bob.path("Family").mkdir()) == errno.EEXIST
+    assert _errno(lambda: os.rmdir(family)) in (errno.EBUSY, errno.ENOTEMPTY)
+    assert _errno(lambda: os.rename(family, bob.path("Elsewhere"))) == errno.EBUSY
+    bob.path("mine.txt").write_bytes(b"bob's own")
+    # Nothing moves between stores: mv copies and deletes, as across two file systems.
+    assert _errno(lambda: os.rename(bob.path("mine.txt"), family / "mine.txt")) == errno.EXDEV
+    assert _errno(lambda: os.link(bob.path("mine.txt"), family / "mine.txt")) == errno.EXDEV
+    shutil.move(str(bob.path("mine.txt")), str(family / "mine.txt"))
+    eventually(lambda: read_bytes(alice.path("Family", "mine.txt")) == b"bob's own", what="moved in, seen by alice")
+    assert not bob.path("mine.txt").exists()
+    # Carol reads, and every change is refused with nothing queued.
+    eventually(lambda: read_bytes(carol.path("Family", "mine.txt")) == b"bob's own", what="carol reads it")
+    assert _errno(lambda: carol.path("Family", "new.txt").write_bytes(b"x")) == errno.EROFS
+    assert _errno(lambda: carol.path("Family", "mine.txt").unlink()) == errno.EROFS
+    assert _errno(lambda: carol.path("Family", "dir").mkdir()) == errno.EROFS
+    carol.path("carol.txt").write_bytes(b"her own store stays writable")
+    status = json.loads(carol.cli("--shared", "Family", "status", "--json").stdout)
+    assert status["shared"]["read_only"] and status["pending"] == 0 and status["mountpoint"] == str(carol.path("Family"))
+
+
+def test_a_folder_shared_while_mounted_appears_and_one_unshared_goes_with_nothing_kept(
+    household: tuple[Machine, Machine, Machine], server: ServerProcess, account: tuple[str, str]
+) -> None:
+    alice, bob, carol = household
+    eventually(lambda: carol.path("Family").is_dir(), what="Family in carol's mount")
+    alice.path("Family", "secret.txt").write_bytes(b"for members only")
+    eventually(lambda: read_bytes(carol.path("Family", "secret.txt")) == b"for members only", what="secret on carol")
+    place = next((carol.home / "state" / "shared").iterdir())
+    bob.path("Photos").mkdir()
+    bob.path("Photos", "mine.jpg").write_bytes(b"bob's own photo")
+    # A second folder, shared while everyone is mounted, appears on its own.
+    alice.cli("share", "Photos", f"{account[0]}-carol")
+    eventually(lambda: carol.path("Photos").is_dir(), what="Photos appeared in carol's mount")
+    # Bob had a Photos of his own: the shared one shows beside it as NAME (OWNER).
+    alice.cli("share", "Photos", f"{account[0]}-bob")
+    eventually(lambda: bob.path(f"Photos ({account[0]})").is_dir(), what="Photos (alice) in bob's mount")
+    assert read_bytes(bob.path("Photos", "mine.jpg")) == b"bob's own photo"
+    carol.path("Photos", "beach.jpg").write_bytes(b"jpeg")
+    eventually(lambda: read_bytes(alice.path("Photos", "beach.jpg")) == b"jpeg", what="carol's photo reached alice")
+    # Carol made read-write: the same mount takes her changes from then on.
+    alice.cli("share", "Family", f"{account[0]}-carol")
+    eventually(lambda: _errno(lambda: carol.path("Family", "from-carol.txt").write_bytes(b"now I may")) == 0,
+               what="carol may write")
+    eventually(lambda: read_bytes(alice.path("Family", "from-carol.txt")) == b"now I may", what="carol's write")
+    # Removed: the folder goes from her mount and this machine keeps nothing of it.
+    alice.cli("unshare", "Family", f"{account[0]}-carol")
+    eventually(lambda: not carol.path("Family").exists(), what="Family left carol's mount")
+    assert not (place / "replica.db").exists()
+    assert not (carol.home / "cache" / "shared" / place.name).exists()
+    assert "Family is no longer shared with you" in carol.cli("--shared", "Family", "status").stdout
+    assert carol.path("Photos", "beach.jpg").exists() and carol.pid() is not None  # the rest goes on
