@@ -85,6 +85,15 @@ def test_a_shared_folder_is_inside_every_members_own_mount_and_changes_arrive_as
     eventually(lambda: read_bytes(carol.path("Family", "from-bob-4.txt")) == b"bob 4", what="carol reads it")
     # Own files stay own: Bob and Carol see only the shared folder of Alice's.
     assert sorted(os.listdir(bob.mnt)) == ["Family"]
+    # Commands given a path inside the folder are about the folder: pin, state, history.
+    bob.path("Family", "from-bob-1.txt").write_bytes(b"bob 1, second version")
+    eventually(lambda: read_bytes(alice.path("Family", "from-bob-1.txt")) == b"bob 1, second version",
+               what="the second version")
+    assert "all local" in carol.cli("pin", str(carol.path("Family"))).stdout
+    state = json.loads(carol.cli("status", "--json", str(carol.path("Family", "from-bob-4.txt"))).stdout)
+    assert [f["state"] for f in state["files"]] == ["pinned"]
+    versions = json.loads(alice.cli("history", "--json", str(alice.path("Family", "from-bob-1.txt"))).stdout)
+    assert len(versions["versions"]) == 2
     # History and trash inside the folder, with the folder's own commands.
     bob.path("Family", "from-bob-0.txt").unlink()
     eventually(lambda: not alice.path("Family", "from-bob-0.txt").exists(), what="the delete reached alice")

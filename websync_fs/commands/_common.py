@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from collections.abc import Awaitable
 from pathlib import Path
@@ -50,6 +50,24 @@ class Context:
             return
         self.shared = name
         self._place = shared_place(Home.locate(self.home_option), name, refresh=True)
+
+
+    def follow(self, paths: Sequence[str]) -> None:
+        """*paths* inside a shared folder shown in the mount are that folder's: the command goes to its place.
+
+        A folder shared with the user runs as a place of its own inside the
+        mount's process (fuse/grafts.py); its status says where it is shown.
+        """
+        from ..storepaths import mountpoint_of
+
+        if self.shared is not None or not paths:
+            return
+        absolute = [os.path.normpath(os.path.join(os.getcwd(), os.path.expanduser(p))) for p in paths]
+        for place in Home.locate(self.home_option).places():
+            where = mountpoint_of(place.status_file)
+            if where and all(a == where or a.startswith(where.rstrip(os.sep) + os.sep) for a in absolute):
+                self.shared, self._place = str(place.share().get("name")), place
+                return
 
 
 def _named(share: dict[str, Any], name: str) -> bool:

@@ -142,6 +142,7 @@ def pin(ctx: Context, paths: tuple[str, ...], no_wait: bool, as_json: bool) -> N
     store, like Photos/2023).  Waits until everything is local, with a progress
     bar on a terminal.
     """
+    ctx.follow(paths)
     with open_channel(ctx.home) as channel:
         answer = channel.call("pin", paths=channel.store_paths(paths))
         nodes = [p["node"] for p in answer["pins"]]
@@ -219,6 +220,7 @@ def _pin_lines(answer: dict[str, Any], progress: dict[str, Any], no_wait: bool) 
 @friendly
 def unpin(ctx: Context, paths: tuple[str, ...], as_json: bool) -> None:
     """Stop keeping PATHS local; their content stays cached until it is evicted."""
+    ctx.follow(paths)
     with open_channel(ctx.home) as channel:
         answer = channel.call("unpin", paths=channel.store_paths(paths))
     _emit(as_json, answer, [f"unpinned {u['path'] or '/'}" for u in answer["unpinned"]])

@@ -64,6 +64,7 @@ def _find(
 @friendly
 def history(ctx: Context, path: str, as_json: bool) -> None:
     """List the versions of the file at PATH, oldest first."""
+    ctx.follow([path])
     home = ctx.home
     where, _, _, row = _find(home, _replica(home), path, lambda p, n, r: r is not None, "in the store")
     if row.kind != "file" or row.seq == 0:
@@ -93,6 +94,7 @@ def restore(ctx: Context, path: str, version: int | None, new_name: str | None) 
     PATH is read from the current folder inside the mount, then as a path in
     the store.
     """
+    ctx.follow([path])
     home = ctx.home
     replica = _replica(home)
     if version is not None and new_name is not None:

@@ -278,6 +278,7 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
     With --check the running mount compares its tree with the server's; it
     repairs what differs by itself, keeping every byte (docs/design.md).
     """
+    ctx.follow(paths)
     from ..tls import encrypted
     from .cache import file_states, state_lines
 
