@@ -143,7 +143,7 @@ class Engine:
         self.vfs.read_only = bool(home.share().get("read_only"))
         #: Why the server refuses this place's store ("": it does not): the folder is no longer shared.
         self.revoked = ""
-        self.follower.on_forbidden = self._forbidden
+        self.follower.on_forbidden = self.refused
 
     def notify(self, inv: Invalidation) -> None:
         """The engine changed the replica behind the front end's back."""
@@ -153,7 +153,11 @@ class Engine:
         """End the front end at once, open files or not (FUSE: a lazy unmount); nothing more is sent."""
         raise NotImplementedError
 
-    def _forbidden(self, why: str) -> None:
+    async def drain(self) -> None:
+        """Give pending uploads a short chance to go out before the engine ends."""
+        raise NotImplementedError
+
+    def refused(self, why: str) -> None:
         """The server refuses this place's store: a shared folder no longer shared with this user."""
         if self.revoked:
             return

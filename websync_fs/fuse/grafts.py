@@ -19,12 +19,8 @@ shares` lists it).  Names at the top that a graft shows cannot be made,
 removed or renamed (EEXIST, EBUSY), and nothing moves between stores
 (EXDEV: programs copy and delete, as across any two file systems).
 
-Which folders: the server's list (`Remote.shares`) at start, whenever the own
-store's long poll says it changed (`Follower.on_shares`), and every
-`RECHECK` seconds.  Offline, the folders this machine had shown.  A folder no
-longer listed, or whose store the server refuses, stops and its place is
-deleted (`Client._forbidden`); one mounted on its own (``websync mount DIR
---shared NAME``) is left to that mount and tried again later.
+Which folders are shown, and when one starts or stops, is sharedfolders.py's
+to say, for every front end.
 """
 
 from __future__ import annotations
@@ -32,17 +28,18 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyfuse3
 import trio
 
-from ..client import Client
+from ..client import Client, Engine
 from ..errors import ConfigError, WebSyncError
 from ..home import Home
 from ..invalidation import Invalidation
+from ..sharedfolders import SharedFolders
 from .ops import FuseOperations, Listed
 
 log = logging.getLogger(__name__)
@@ -50,8 +47,6 @@ log = logging.getLogger(__name__)
 SLOT_SHIFT = 48
 _LOCAL = (1 << SLOT_SHIFT) - 1
 ROOT = pyfuse3.ROOT_INODE
-#: Seconds between looks at the server's list when nothing says it changed (an older server).
-RECHECK = 60.0
 
 
 def _fail(code: int) -> pyfuse3.FUSEError:
@@ -288,90 +283,21 @@ class GraftedOperations(pyfuse3.Operations):  # type: ignore[misc]
 
 
 class Grafts:
-    """Keeps the mount's grafts as the server lists the user's shared folders, each run by its own client."""
+    """The mount's side of the shared folders (sharedfolders.py): each shown as a graft of the router."""
 
     def __init__(self, home: Home, own: Client, mountpoint: Path, router: GraftedOperations) -> None:
-        self.home = home
-        self.own = own
         self.mountpoint = mountpoint
         self.router = router
-        self.running: dict[str, Graft] = {}
-        self._starting: set[str] = set()
+        self.folders = SharedFolders(home, own.remote, self._serve)
         self._slots = 0
-        self._due = trio.Event()
-        self._nursery: trio.Nursery | None = None
 
-    def changed(self, stamp: int = 0) -> None:
-        """The server says the user's shared folders changed: look at its list now."""
-        self._due.set()
-
-    async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            self._show_known()
-            while True:
-                await self._refresh()
-                with trio.move_on_after(RECHECK):
-                    await self._due.wait()
-                self._due = trio.Event()
-
-    def _show_known(self) -> None:
-        """Offline or not, show at once the folders this machine had shown, from their places' records."""
-        for place in self.home.places():
-            share = place.share()
-            if share.get("store") and not place.revoked():
-                self._start(share)
-
-    async def _refresh(self) -> None:
-        try:
-            listed = await self.own.remote.shares()
-        except WebSyncError as exc:  # offline or refused: what is shown stays
-            log.debug("cannot list shared folders: %s", exc)
-            return
-        stores = {str(s["store"]): s for s in listed}
-        for store, shown in list(self.running.items()):
-            if store not in stores:
-                shown.client._forbidden("the server no longer lists this folder")
-        for place in self.home.places():
-            if place.store not in stores and place.store not in self.running and not place.revoked():
-                _forget(place)
-        for store, share in stores.items():
-            record = {key: share[key] for key in ("store", "name", "owner", "read_only")}
-            graft = self.running.get(store)
-            if graft is None:
-                self._start(record)
-                continue
-            if graft.share != record:
-                graft.share = record
-                graft.client.home.save_share(record)
-                graft.client.vfs.read_only = bool(record["read_only"])  # a mode changed: from the next request on
-                self.router._top_changed()
-
-    def _start(self, share: dict[str, Any]) -> None:
-        store = str(share["store"])
-        if store in self.running or store in self._starting or self._nursery is None:
-            return
-        self._starting.add(store)
-        self._nursery.start_soon(self._serve, share)
-
-    async def _serve(self, share: dict[str, Any]) -> None:
+    async def _serve(self, share: dict[str, Any], place: Home, shown: Callable[[Engine], None]) -> None:
         """Run one shared folder's client as a graft until it is unshared or the mount ends."""
-        store = str(share["store"])
-        place = self.home.place(store)
-        try:
-            if place.revoked():
-                place.status_file.unlink(missing_ok=True)  # shared again since
-            place.save_share(share)
-            client = Client(place, self.mountpoint / str(share["name"]))
-        except ConfigError as exc:  # mounted on its own: that mount shows it
-            log.info("%s is not shown in this mount: %s", share["name"], exc)
-            return
-        finally:
-            self._starting.discard(store)
+        client = Client(place, self.mountpoint / str(share["name"]))
         self._slots += 1
         graft = Graft(share, self._slots, client)
-        self.running[store] = graft
         client.stop = self._refuse_stop
+        shown(client)
         try:
             with graft.scope:
                 await client.first_sync(lambda records: None)
@@ -381,30 +307,12 @@ class Grafts:
                     self.router.show(graft)
                     log.info("showing shared folder %s of %s", share["name"], share["owner"])
                     await trio.sleep_forever()
-        except WebSyncError as exc:  # offline with no tree of it yet: shown once the server answers
-            log.info("shared folder %s not shown yet: %s", share["name"], exc)
         finally:
             names = [n for n, g in self.router.top_names().items() if g is graft]
-            self.running.pop(store, None)
             self.router.hide(graft, names)
             with trio.CancelScope(shield=True):
                 client.write_status_final()
                 await client.close()
-            if client.revoked:
-                log.info("%s", client.revoked)
 
     async def _refuse_stop(self) -> None:
         raise ConfigError(f"this shared folder is part of the mount at {self.mountpoint}; unmount that")
-
-    async def drain(self) -> None:
-        """Give every graft's pending uploads their short chance, side by side (the mount is ending)."""
-        async with trio.open_nursery() as nursery:
-            for graft in list(self.running.values()):
-                nursery.start_soon(graft.client.drain)
-
-
-def _forget(place: Home) -> None:
-    from ..mountlock import holder
-
-    if holder(place.pid_file) is None:  # running on its own, its client hears the refusal itself
-        place.forget_unshared()

@@ -46,7 +46,7 @@ class FuseMount:
         self.grafts: Grafts | None = None
         if not home.store:
             self.grafts = Grafts(home, self.client, mountpoint, self.router)
-            self.client.follower.on_shares = self.grafts.changed  # type: ignore[attr-defined]
+            self.client.follower.on_shares = self.grafts.folders.changed  # type: ignore[attr-defined]
         self._terminated = False
 
     async def run(self, ready: Callable[[], None], progress: Callable[[int], None] = lambda records: None) -> None:
@@ -69,7 +69,7 @@ class FuseMount:
                 nursery.start_soon(self._signals)
                 await client.start(nursery)
                 if self.grafts is not None:
-                    nursery.start_soon(self.grafts.run)
+                    nursery.start_soon(self.grafts.folders.run)
                 log.info("mounted %s at %s", client.settings.server, self.mountpoint)
                 ready()
                 await pyfuse3.main()
@@ -77,7 +77,7 @@ class FuseMount:
                 async with trio.open_nursery() as draining:
                     draining.start_soon(client.drain)
                     if self.grafts is not None:
-                        draining.start_soon(self.grafts.drain)
+                        draining.start_soon(self.grafts.folders.drain)
                 nursery.cancel_scope.cancel()
         finally:
             # After terminate() the kernel still has the mount: libfuse takes it away (fusermount3 -u -z).
