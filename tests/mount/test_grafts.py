@@ -159,3 +159,40 @@ def test_a_folder_shared_while_mounted_appears_and_one_unshared_goes_with_nothin
     assert not (carol.home / "cache" / "shared" / place.name).exists()
     assert "Family is no longer shared with you" in carol.cli("--shared", "Family", "status").stdout
     assert carol.path("Photos", "beach.jpg").exists() and carol.pid() is not None  # the rest goes on
+
+
+def test_a_mount_started_offline_shows_the_shared_folders_it_had_and_sends_what_was_done_there_later(
+    tmp_path: Path,
+) -> None:
+    from tests.conftest import MACHINE_SETTINGS
+    from tests.mount.test_pins import OwnServer
+
+    server = OwnServer(tmp_path / "server")
+    add_user(server.data_dir, "bob", "pw-bob-long-enough")
+    alice, bob = Machine("A", tmp_path, server.url), Machine("B", tmp_path, server.url)
+    try:
+        for machine, user in ((alice, ("alice", "pw-alice")), (bob, ("bob", "pw-bob-long-enough"))):
+            machine.login(*user)
+            config = machine.home / "config.json"
+            config.write_text(json.dumps({**json.loads(config.read_text()), **MACHINE_SETTINGS}))
+        alice.cli("share", "Family", "bob")
+        alice.mount()
+        bob.mount()
+        eventually(bob.path("Family").is_dir, what="Family in bob's mount")
+        bob.path("Family", "before.txt").write_bytes(b"written online")
+        eventually(lambda: read_bytes(alice.path("Family", "before.txt")) == b"written online", what="online write")
+        bob.unmount()
+        server.stop()
+        bob.mount()  # the server is away: the tree of each folder is the one this machine had
+        assert read_bytes(bob.path("Family", "before.txt")) == b"written online"
+        bob.path("Family", "offline.txt").write_bytes(b"written offline")
+        server.start()
+        eventually(lambda: read_bytes(alice.path("Family", "offline.txt")) == b"written offline",
+                   timeout=60, what="the offline write reached alice")
+    finally:
+        for machine in (alice, bob):
+            machine.cleanup()
+        server.stop()
+    for machine in (alice, bob):
+        errors = [line for line in machine.log().splitlines() if " ERROR " in line or "Traceback" in line]
+        assert not errors, f"{machine.name} logged errors:\n" + "\n".join(errors[:20])
