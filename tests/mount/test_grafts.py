@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -71,6 +72,9 @@ def test_a_shared_folder_is_inside_every_members_own_mount_and_changes_arrive_as
     alice, bob, carol = household
     _family_everywhere(household)
     assert "Family" in os.listdir(bob.mnt)
+    assert os.stat(bob.mnt).st_nlink == 3  # ".", its own ".." and Family's ".."
+    found = subprocess.run(["find", str(bob.mnt), "-type", "d"], capture_output=True, text=True, check=True)
+    assert found.stdout.split() == [str(bob.mnt), str(bob.path("Family"))]
     alice.path("own.txt").write_bytes(b"alice's own")
     # One run, two paths: Alice's own files to her second machine, the shared folder to Bob; medians compared.
     alice2 = new_machine("A2")

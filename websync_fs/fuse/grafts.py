@@ -164,7 +164,10 @@ class GraftedOperations(pyfuse3.Operations):  # type: ignore[misc]
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         ops, local = self._part(inode)
-        return await ops.getattr(local, ctx)
+        entry = await ops.getattr(local, ctx)
+        if inode == ROOT:
+            entry.st_nlink += len(self.grafts)  # each shown folder's ".." (find counts on it)
+        return entry
 
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
         ops, local = self._part(inode)
