@@ -91,8 +91,8 @@ class SharedFolders:
             if store not in stores:
                 engine.refused("the server no longer lists this folder")
         for place in self.home.places():
-            if (place.store not in stores and place.store not in self.running and not place.revoked()
-                    and holder(place.pid_file) is None):  # running on its own, its client hears the refusal
+            if (place.store not in stores and place.store not in self.running and place.store not in self._starting
+                    and not place.revoked() and holder(place.pid_file) is None):  # running on its own: it hears
                 place.forget_unshared()
         for store, share in stores.items():
             shown = self.running.get(store)
