@@ -235,6 +235,10 @@ class Follower:
         self.on_reset: Callable[[], Awaitable[None]] | None = None
         #: Told when the server refuses the store itself (403): it is not shared with this user any more.
         self.on_forbidden: Callable[[str], None] = lambda why: None
+        #: Told the user's shares stamp when an answer carries one other than the last (the first one too):
+        #: the shared folders they own or are a member of, or their modes, changed (own store only).
+        self.on_shares: Callable[[int], None] | None = None
+        self._shares: int | None = None
 
     def _mark(self, online: bool, error: str = "") -> None:
         if online != self.online or error:
@@ -272,6 +276,7 @@ class Follower:
             else:
                 changes = await self.remote.changes(cursor, wait=wait)
             self._mark(True)
+            self._heard_shares(changes.shares)
             if changes.reset:
                 log.warning("journal cursor %d is not the server's any more; listing the whole tree again", cursor)
                 held.clear()
@@ -298,6 +303,13 @@ class Follower:
             if not changes.more:
                 return got
             wait = 0
+
+    def _heard_shares(self, stamp: int | None) -> None:
+        if stamp is None or stamp == self._shares:
+            return  # an old server sends none, and a shared folder's journal never does
+        self._shares = stamp
+        if self.on_shares is not None:
+            self.on_shares(stamp)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

@@ -52,6 +52,7 @@ _TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 #: Seconds without a byte of a block being read before the read fails (EIO/ENETUNREACH).
 _BLOCK_READ_TIMEOUT = 10.0
 T = TypeVar("T")
+P = TypeVar("P", Changes, ChangeRows)
 
 
 def _not_ours(resp: httpx.Response, why: object) -> Offline:
@@ -155,6 +156,9 @@ class Remote:
         self.server = server
         self.store = store
         self._block_query = f"?store={store}" if shared else ""
+        self._shared = shared
+        #: The user's shares stamp the last changes answer carried (own store only; None: not yet, or an old server).
+        self.shares_stamp: int | None = None
         limits = httpx.Limits(max_connections=16, max_keepalive_connections=8)
         auth = _auth(token)
         self._client = httpx.AsyncClient(
@@ -242,18 +246,25 @@ class Remote:
         await self._request("POST", f"{API}/shares/{store}/members/{quote(user, safe='')}/remove", json={})
 
     async def changes(self, cursor: int, wait: float = 0, limit: int = 10000) -> Changes:
-        resp = await self._changes(cursor, wait, limit)
-        return _answer(resp, lambda body: ChangeRows.from_wire(body).to_changes())
+        return await self._changes(cursor, wait, limit, lambda body: ChangeRows.from_wire(body).to_changes())
 
     async def change_rows(self, cursor: int, wait: float = 0, limit: int = 10000) -> ChangeRows:
         """A page of changes as the compact arrays (a first listing loads them as they are)."""
-        return _answer(await self._changes(cursor, wait, limit), ChangeRows.from_wire)
+        return await self._changes(cursor, wait, limit, ChangeRows.from_wire)
 
-    async def _changes(self, cursor: int, wait: float, limit: int) -> httpx.Response:
+    async def _changes(self, cursor: int, wait: float, limit: int, parse: Callable[[Any], P]) -> P:
+        """A page of changes; a long poll of the user's own store also ends when `shares_stamp` is not theirs now."""
         # A server that does not know format= answers with objects; ChangeRows reads both.
-        params = {"cursor": cursor, "wait": wait, "limit": limit, "format": FORMAT_COMPACT}
+        params: dict[str, str | int | float] = {"cursor": cursor, "wait": wait, "limit": limit,
+                                                "format": FORMAT_COMPACT}  # fmt: skip
+        if self.shares_stamp is not None and not self._shared:
+            params["shares"] = self.shares_stamp
         timeout = httpx.Timeout(wait + 30.0, connect=5.0)
-        return await self._request("GET", f"{API}/stores/{self.store}/changes", params=params, timeout=timeout)
+        resp = await self._request("GET", f"{API}/stores/{self.store}/changes", params=params, timeout=timeout)
+        page = _answer(resp, parse)
+        if page.shares is not None and not self._shared:
+            self.shares_stamp = page.shares
+        return page
 
     async def node_state(self, node: NodeId) -> NodeState:
         resp = await self._request("GET", f"{API}/stores/{self.store}/nodes/{node}")

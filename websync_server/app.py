@@ -16,6 +16,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -284,16 +285,18 @@ class _Api:
         """Remove a member: the owner removes anyone, a member leaves."""
         identity = await self._identity(request)
         store, member = request.path_params["store"], request.path_params["user"]
+        # Shares.unshare wakes the long polls it concerns, in every server process.
         await self._s.admission.run(identity.user, self._s.shares.unshare, identity.user_id, identity.user,
                                     store, member)
-        # The removed member's long polls go back and hear 403 now, not when their wait runs out.
-        self._s.notifier.wake_all()
         return JSONResponse({"ok": True})
 
     async def changes(self, request: Request) -> Response:
         identity, store, _ = await self._store_access(request)
         cursor = _int_param(request, "cursor", 0)
         limit = _int_param(request, "limit", DEFAULT_LIMIT)
+        # The caller's shares stamp: news too when it is not the current one (own store only).
+        known = _int_param(request, "shares", -1)
+        own = store == identity.store
         wait = min(_float_param(request, "wait", 0.0), WAIT_MAX)
         form = request.query_params.get("format", FORMAT_OBJECTS)
         if form not in FORMATS:
@@ -303,14 +306,25 @@ class _Api:
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
+
+        def read_page() -> tuple[Changes | ChangeRows, int | None]:
+            page = read(store, cursor, limit)
+            return page, self._s.shares.stamp(identity.user_id) if own else None
+
+        reread = False
         while True:
-            changes = await self._s.admission.run(identity.user, read, store, cursor, limit)
+            woken = self._s.notifier.wakes(store)  # before the stamp is read: notifier.py
+            changes, stamp = await self._s.admission.run(identity.user, read_page)
             news = changes.nodes or changes.entries or changes.reset or changes.more or changes.cursor != cursor
+            news = news or reread or (known >= 0 and stamp != known)
             remaining = deadline - loop.time()
             # Read first, wait second: see notifier.py for why no commit is missed.
-            if news or remaining <= 0 or not await self._s.notifier.wait(store, changes.cursor, remaining):
+            if news or remaining <= 0 or not await self._s.notifier.wait(store, changes.cursor, remaining, woken):
+                if not news and self._s.notifier.wakes(store) != woken:
+                    reread = True  # shares changed: answered with what is read now, the new stamp
+                    continue
                 # A listing can be megabytes of JSON: encode it off the event loop.
-                body = await self._s.admission.run(identity.user, _encode_changes, changes)
+                body = await self._s.admission.run(identity.user, _encode_changes, changes, stamp)
                 return Response(body, media_type="application/json")
 
     async def wait_any(self, request: Request) -> Response:
@@ -498,9 +512,10 @@ class _Api:
         return access.owner, store
 
 
-def _encode_changes(changes: Changes | ChangeRows) -> bytes:
-    """A `Changes` page as JSON, the way `JSONResponse` renders."""
-    return json.dumps(changes.to_wire(), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+def _encode_changes(changes: Changes | ChangeRows, shares: int | None) -> bytes:
+    """A `Changes` page as JSON, the way `JSONResponse` renders, with the caller's *shares* stamp if given."""
+    wire = replace(changes, shares=shares).to_wire()
+    return json.dumps(wire, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 def _identity_wire(identity: Identity) -> dict[str, Any]:

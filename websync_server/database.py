@@ -22,8 +22,8 @@ PostgreSQL (``postgresql://`` or ``postgres://`` URLs, driven by psycopg 3)
     UPDATE`` of the store row, which serializes commits per store wherever they
     arrive (any number of server processes); after the lock every statement
     sees the latest committed rows, so a batch id committed by another process
-    is found and not applied twice.  `Database.announce` queues a NOTIFY in the
-    committing transaction; PostgreSQL delivers it to every listening process
+    is found and not applied twice.  `Database.announce` (and `announce_wake`)
+    queues a NOTIFY in the committing transaction; PostgreSQL delivers it to every listening process
     only if and when that transaction commits (listener.py).
 """
 
@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,8 @@ DB_FILENAME = "websync.db"
 # the server runs) may hold SQLite's write lock before we give up.
 _SQLITE_BUSY_TIMEOUT_S = 30.0
 
-#: The PostgreSQL NOTIFY channel of commits; payload "STORE SEQ" (listener.py).
+#: The PostgreSQL NOTIFY channel of commits, payload "STORE SEQ", and of other news for a store's
+#: long polls, payload "STORE" (listener.py).
 CHANGES_CHANNEL = "websync_changes"
 
 # Execution option that marks a connection as a writer (see _sqlite_begin).
@@ -135,6 +136,26 @@ class Database:
         if not self.is_sqlite:
             conn.execute(text("SELECT pg_notify(:channel, :payload)"),
                          {"channel": CHANGES_CHANNEL, "payload": f"{store} {seq}"})  # fmt: skip
+
+    def lock(self, conn: Connection, name: str) -> None:
+        """Hold the lock *name* until *conn*'s transaction ends: its holders run one at a time in every process.
+
+        A PostgreSQL advisory lock; on SQLite every writer holds the database's one write lock already.
+        """
+        if not self.is_sqlite:
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": name})
+
+    def announce_wake(self, conn: Connection, stores: Iterable[str]) -> None:
+        """Wake, once *conn*'s transaction commits, every long poll of *stores* in the other server processes.
+
+        For news that is not in a store's journal (its user's shared folders
+        changed): payload ``STORE`` with no seq (listener.py).  Nothing on SQLite,
+        as for `announce`; the caller wakes its own process after the commit.
+        """
+        if not self.is_sqlite:
+            for store in sorted(set(stores)):
+                conn.execute(text("SELECT pg_notify(:channel, :payload)"),
+                             {"channel": CHANGES_CHANNEL, "payload": store})  # fmt: skip
 
     def continue_ids(self, conn: Connection) -> None:
         """After rows were copied in with their ids, make new rows' ids follow the highest (transfer.py).

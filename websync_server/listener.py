@@ -12,7 +12,9 @@ No lost wake-ups.  The listener is listening before the server accepts its
 first request, and a notification is sent only after the commit is visible, so
 the argument of notifier.py holds across processes: a long poll that read the
 journal before the commit gets the notification, one that read after it sees
-the commit.  When the connection breaks, notifications sent meanwhile are lost,
+the commit.  A change of shared folders sends ``NOTIFY websync_changes, 'STORE'``
+for the own store of every user it concerns (and the folder's store) the same
+way, and the listener hands it to `Notifier.wake`.  When the connection breaks, notifications sent meanwhile are lost,
 so after reconnecting the listener wakes every waiter (`Notifier.wake_all`):
 each rereads the journal, and one that finds nothing new waits again.
 
@@ -96,10 +98,13 @@ class Listener:
 
     def _deliver(self, payload: str) -> None:
         store, _, seq = payload.partition(" ")
+        if not seq:  # news besides the journal: the store's user's shared folders changed
+            self._notifier.wake([store])
+            return
         try:
             self._notifier.notify(store, int(seq))
         except ValueError:
-            log.warning("ignored a notification that is not 'STORE SEQ': %r", payload)
+            log.warning("ignored a notification that is not 'STORE SEQ' or 'STORE': %r", payload)
 
 
 def _conninfo(url: str) -> str:

@@ -30,10 +30,19 @@ which wakes nobody twice (seqs only move forward here).
 `tests/server/test_long_poll_stress.py` holds many long polls open while
 thousands of commits land and requires every poll to be answered for each.
 
+Nor may a change of shared folders go unheard.  It is news for a store that
+is not in its journal: the ``shares`` stamp a user's own ``changes`` answer
+carries (shares.py).  `Notifier.wake` releases the store's waiters and counts
+the wake-ups per store; a long poll reads that count (`wakes`) *before* it
+reads the stamp, and `wait` returns at once when the count has moved since.
+The wake is sent only after the change committed, so a change that lands
+between the poll's read and its wait is either seen by the read (the stamp
+differs from the client's: the poll answers at once) or counted after the
+poll's `wakes` (the wait returns at once or is woken).
 
 Every process feeds `notify` from its own commits; several processes on one
-PostgreSQL database also feed it from each other's, through LISTEN/NOTIFY
-(listener.py).
+PostgreSQL database also feed it, and `wake`, from each other's, through
+LISTEN/NOTIFY (listener.py).
 """
 
 from __future__ import annotations
@@ -56,6 +65,8 @@ class Notifier:
         self._closed = False
         #: Raised by `wake_all`: a waiter that saw it change goes back to the journal.
         self._rounds = 0
+        #: Per store, raised by `wake`: one entry per user whose shared folders ever changed.
+        self._wakes: dict[str, int] = {}
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach to the loop the server runs on; call from that loop's thread."""
@@ -78,26 +89,42 @@ class Notifier:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._release_all)
 
-    async def wait(self, store: str, after: int, timeout: float) -> bool:
+    async def wait(self, store: str, after: int, timeout: float, woken: int | None = None) -> bool:
         """Wait until *store*'s seq passes *after*; False when *timeout* ran out or on shutdown.
 
         A wake-up for a seq the caller has already read (it read the journal
         after that commit but before its announcement got here) is not the
         caller's: it waits on, instead of answering "nothing new" at once.
+        With *woken* (what `wakes` said before the caller read), False as soon
+        as `wake` has released *store* since.
         """
-        return await self.wait_any({store: after}, timeout)
+        return await self.wait_any({store: after}, timeout, {} if woken is None else {store: woken})
 
-    async def wait_any(self, afters: dict[str, int], timeout: float) -> bool:
+    async def wait_any(self, afters: dict[str, int], timeout: float, woken: dict[str, int] | None = None) -> bool:
         """`wait` on several stores at once: until one's seq passes its value in *afters*."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         rounds = self._rounds
+        woken = woken or {}
         while all(self._seqs.get(store, 0) <= after for store, after in afters.items()):
             remaining = deadline - loop.time()
             if self._closed or remaining <= 0 or self._rounds != rounds:
                 return False  # a wake_all: news may have been missed, the caller rereads the journal
+            if any(self._wakes.get(store, 0) != count for store, count in woken.items()):
+                return False  # news besides the journal: the caller rereads it
             await self._sleep(afters, remaining)
         return True
+
+    def wakes(self, store: str) -> int:
+        """How often `wake` has released *store* so far; read on the loop, before reading what a wake announces."""
+        return self._wakes.get(store, 0)
+
+    def wake(self, stores: Collection[str]) -> None:
+        """Release the waiters of *stores* for news besides their journals; safe from any thread.
+
+        Call after the news committed (see the module docstring).
+        """
+        self._call_on_loop(self._wake, tuple(stores))
 
     async def _sleep(self, stores: Collection[str], timeout: float) -> None:
         """Until the next announcement for one of *stores* (or shutdown), at most *timeout* seconds."""
@@ -142,6 +169,13 @@ class Notifier:
         for future in self._waiters.pop(store, ()):
             if not future.done():
                 future.set_result(None)
+
+    def _wake(self, stores: tuple[str, ...]) -> None:
+        for store in stores:
+            self._wakes[store] = self._wakes.get(store, 0) + 1
+            for future in self._waiters.pop(store, ()):
+                if not future.done():
+                    future.set_result(None)
 
     def _release_all(self) -> None:
         self._closed = True

@@ -236,7 +236,8 @@ class Changes:
     With ``ahead`` too, the cursor is past what the server has (it was
     restored from a backup): the client has seen commits the server lost, and
     sends again what it has that the server does not know.  A listing from cursor 0 holds only live nodes and entries.  ``more`` says
-    another page follows; pages always end on a whole commit.
+    another page follows; pages always end on a whole commit.  ``shares`` is
+    the user's shares stamp, on pages of their own store only (None: not said).
     """
 
     cursor: int
@@ -245,6 +246,7 @@ class Changes:
     reset: bool = False
     more: bool = False
     ahead: bool = False
+    shares: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         wire = {
@@ -256,6 +258,8 @@ class Changes:
         }
         if self.ahead:
             wire["ahead"] = True
+        if self.shares is not None:
+            wire["shares"] = self.shares
         return wire
 
     @classmethod
@@ -267,12 +271,13 @@ class Changes:
             ahead=bool(data.get("ahead", False)),
             nodes=tuple(Node.from_wire(n) for n in data.get("nodes", ())),
             entries=tuple(Entry.from_wire(e) for e in data.get("entries", ())),
+            shares=_stamp(data),
         )
 
     def to_rows(self) -> ChangeRows:
         return ChangeRows(
             cursor=self.cursor, reset=self.reset, more=self.more, ahead=self.ahead,
-            nodes=[n.to_row() for n in self.nodes], entries=[e.to_row() for e in self.entries],
+            nodes=[n.to_row() for n in self.nodes], entries=[e.to_row() for e in self.entries], shares=self.shares,
         )
 
 
@@ -292,6 +297,7 @@ class ChangeRows:
     reset: bool = False
     more: bool = False
     ahead: bool = False
+    shares: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -300,6 +306,8 @@ class ChangeRows:
         }
         if self.ahead:
             wire["ahead"] = True
+        if self.shares is not None:
+            wire["shares"] = self.shares
         return wire
 
     @classmethod
@@ -317,14 +325,21 @@ class ChangeRows:
             raise ValueError("a compact entry is an array of 4 fields")
         return cls(
             cursor=int(data["cursor"]), reset=bool(data.get("reset", False)), more=bool(data.get("more", False)),
-            ahead=bool(data.get("ahead", False)), nodes=nodes, entries=entries,
+            ahead=bool(data.get("ahead", False)), nodes=nodes, entries=entries, shares=_stamp(data),
         )
 
     def to_changes(self) -> Changes:
         return Changes(
             cursor=self.cursor, reset=self.reset, more=self.more, ahead=self.ahead,
             nodes=tuple(Node.from_row(r) for r in self.nodes), entries=tuple(Entry.from_row(e) for e in self.entries),
+            shares=self.shares,
         )
+
+
+def _stamp(data: dict[str, Any]) -> int | None:
+    """The ``shares`` stamp of a changes page; None from a server that does not send it."""
+    stamp = data.get("shares")
+    return None if stamp is None else int(stamp)
 
 
 #: ``"uid": "owner"`` (or gid) on the wire, `OWNER` in an op: the store's owner,

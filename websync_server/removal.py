@@ -20,6 +20,7 @@ from .accounts import audit
 from .blocks import Blocks
 from .database import Database
 from .schema import batches, devices, entries, meta, nodes, share_blocks, shares, stores, users, versions
+from .shares import SHARES_LOCK, touch_stamps
 
 __all__ = ["remove_user"]
 
@@ -30,6 +31,13 @@ def remove_user(db: Database, blocks: Blocks, name: str) -> int:
         if user_id is None:
             raise InvalidRequest(f"there is no user named {name!r}")
         mine = select(stores.c.id).where(stores.c.owner == user_id)
+        # Everyone who shares a folder with them sees it go (shares.py); their long polls hear it
+        # at once from a server on PostgreSQL, else with their next answer.
+        db.lock(conn, SHARES_LOCK)
+        member_of = select(shares.c.store).where(shares.c.user_id == user_id)
+        folders = conn.execute(select(stores.c.id).where(stores.c.name.is_not(None))
+                               .where((stores.c.owner == user_id) | stores.c.id.in_(member_of))).scalars().all()
+        touch_stamps(db, conn, folders)
         # Their memberships in others' shared folders go; their own shared folders go with them.
         conn.execute(delete(shares).where(shares.c.user_id == user_id))
         # Children first: entries and versions name nodes, nodes and batches name stores.

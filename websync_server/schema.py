@@ -73,7 +73,8 @@ __all__ = [
 # 4: quotas of users, when each device was last seen (migrations/versions/0004_*).
 # 5: shared folders: stores with a name, their members, blocks members sent (0005_shares).
 # 6: owner and group of nodes (migrations/versions/0006_owners.py).
-SCHEMA_VERSION = 6
+# 7: each user's shares stamp (migrations/versions/0007_shares_stamp.py).
+SCHEMA_VERSION = 7
 
 metadata = MetaData()
 
@@ -101,6 +102,8 @@ users = Table(
     # Bounds set with ``websync-server user set`` (quotas.py); NULL: none.
     Column("quota_bytes", BigInteger, nullable=True),
     Column("quota_nodes", BigInteger, nullable=True),
+    # Moved whenever the user's list of shared folders would read otherwise (shares.py).
+    Column("shares_stamp", BigInteger, nullable=False, server_default="0"),
 )
 
 devices = Table(

@@ -142,7 +142,7 @@ class Services:
             admission=Admission(),
             guesses=Guesses(),
             quotas=Quotas(db, blocks),
-            shares=Shares(db),
+            shares=Shares(db, on_change=notifier.wake),
         )
 
     def listen_for_other_processes(self) -> None:

@@ -21,6 +21,17 @@ shared folder, so a member:
   owner's private files and then read it through the folder;
 - always hears "stored" (201) from an upload, whether the block was new.
 
+Stamp.  Each user has a ``shares_stamp`` that moves, in the transaction that
+changes them, whenever their `Shares.listed` would read otherwise: a folder
+made or shared with them, a member added or removed, a mode changed, an owner
+or member removed with their account (removal.py).  The answer to ``changes``
+of their own store carries it, so a running client learns of the change with
+its next answer; after the commit every long poll of their own stores (and of
+the folder's) is woken, in every server process (notifier.py, listener.py).
+Changes of membership take one lock (`SHARES_LOCK`): each moves the stamps of
+several users, and two such transactions locking user rows in opposite orders
+would deadlock on PostgreSQL.
+
 The blocks a folder names are read from the database once and kept with the
 store's seq; a block not among them is looked up again only if the folder has
 had commits since, and then only in the rows those commits wrote.  Blocks the
@@ -33,7 +44,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, delete, func, insert, select, union, update
@@ -44,7 +55,7 @@ from .protocol import BlockHash, InvalidName, validate_name
 from .schema import blocks_from_text, nodes, share_blocks, shares, stores, users, versions
 from .store import new_store
 
-__all__ = ["Access", "Member", "ShareInfo", "Shares"]
+__all__ = ["SHARES_LOCK", "Access", "Member", "ShareInfo", "Shares", "touch_stamps"]
 
 audit = logging.getLogger("websync_server.audit")
 
@@ -52,6 +63,8 @@ audit = logging.getLogger("websync_server.audit")
 MEMBERS_MAX = 64
 SHARES_MAX = 256
 _NAMED_CACHE_MAX = 1024  # shared folders whose block sets are kept in memory
+#: Held by every transaction that moves shares stamps (`Database.lock`).
+SHARES_LOCK = "websync.shares"
 
 
 @dataclass(frozen=True)
@@ -93,8 +106,10 @@ class ShareInfo:
 class Shares:
     """Shared folders on a `Database`: membership, access checks and the blocks members may use."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, on_change: Callable[[Collection[str]], None] | None = None) -> None:
         self._db = db
+        #: Told, after the commit, the stores whose long polls must hear that shares changed (`Notifier.wake`).
+        self.on_change = on_change or (lambda stores: None)
         self._lock = threading.Lock()
         self._named: dict[str, tuple[int, frozenset[str]]] = {}  # store -> (seq, blocks it names)
 
@@ -110,17 +125,20 @@ class Shares:
             raise InvalidRequest(f"a shared folder's name: {exc}") from None
         if member == owner:
             raise InvalidRequest("a folder is shared with other users; its owner has it already")
-        info = self._add(owner_id, name, member, read_only)
+        info, woken = self._add(owner_id, name, member, read_only)
+        self.on_change(woken)
         mode = "read-only" if read_only else "read-write"
         audit.info("folder %r (%s) of user %s shared with user %s, %s", name, info.store, owner, member, mode)
         return info
 
-    def _add(self, owner_id: int, name: str, member: str, read_only: bool) -> ShareInfo:
-        """Make folder *name* if needed and put *member* in it with *read_only*, in one transaction."""
+    def _add(self, owner_id: int, name: str, member: str, read_only: bool) -> tuple[ShareInfo, list[str]]:
+        """Make folder *name* if needed and put *member* in it with *read_only*, in one transaction.
+
+        Also the stores to wake: none when nothing changed.
+        """
         with self._db.write() as conn:
-            # FOR UPDATE: two requests of one owner on PostgreSQL make a folder and add members one after
-            # the other (SQLite already holds the database write lock).
-            conn.execute(select(users.c.id).where(users.c.id == owner_id).with_for_update())
+            # Two requests of one owner on PostgreSQL make a folder and add members one after the other.
+            self._db.lock(conn, SHARES_LOCK)
             member_id = conn.execute(select(users.c.id).where(users.c.name == member)).scalar()
             if member_id is None:
                 raise NotFound(f"there is no user named {member!r} on this server")
@@ -128,30 +146,42 @@ class Shares:
             existing = conn.execute(
                 select(shares.c.read_only).where(shares.c.store == store, shares.c.user_id == member_id)
             ).first()
+            woken: list[str] = []
             if existing is None:
                 count = conn.execute(select(func.count()).where(shares.c.store == store)).scalar_one()
                 if count >= MEMBERS_MAX:
                     raise InvalidRequest(f"a folder is shared with at most {MEMBERS_MAX} users")
                 conn.execute(insert(shares).values(store=store, user_id=member_id, read_only=read_only,
                                                    created_ns=time.time_ns()))  # fmt: skip
+                woken = touch_stamps(self._db, conn, [store])
             elif bool(existing.read_only) != read_only:
                 conn.execute(update(shares).where(shares.c.store == store, shares.c.user_id == member_id)
                              .values(read_only=read_only))  # fmt: skip
-            return self._info(conn, store, owner_id)
+                woken = touch_stamps(self._db, conn, [store])
+            return self._info(conn, store, owner_id), woken
 
     def unshare(self, caller_id: int, caller: str, store: str, member: str) -> None:
         """Remove *member* from shared folder *store*: its owner removes anyone, a member only themself."""
         with self._db.write() as conn:
+            self._db.lock(conn, SHARES_LOCK)
             row = conn.execute(select(stores.c.owner, stores.c.name).where(stores.c.id == store)).first()
             member_id = conn.execute(select(users.c.id).where(users.c.name == member)).scalar()
             if row is None or row.name is None or not self._may_see(conn, caller_id, store, row.owner):
                 raise NotFound(f"there is no shared folder {store}")
             if caller_id != row.owner and caller_id != member_id:
                 raise Forbidden("only the folder's owner removes other members")
+            woken = touch_stamps(self._db, conn, [store])  # the member leaving too, so before the delete
             removed = conn.execute(delete(shares).where(shares.c.store == store, shares.c.user_id == member_id))
             if member_id is None or removed.rowcount == 0:
                 raise NotFound(f"user {member!r} is not a member of shared folder {row.name!r}")
+        # The removed member's polls of the folder go back and hear 403 now, not when their wait runs out.
+        self.on_change(woken)
         audit.info("folder %r (%s) no longer shared with user %s: removed by user %s", row.name, store, member, caller)
+
+    def stamp(self, user_id: int) -> int:
+        """*user_id*'s shares stamp: it moves whenever `listed` would read otherwise."""
+        with self._db.read() as conn:
+            return int(conn.execute(select(users.c.shares_stamp).where(users.c.id == user_id)).scalar() or 0)
 
     def listed(self, user_id: int) -> list[ShareInfo]:
         """The shared folders *user_id* owns or is a member of, by name."""
@@ -286,3 +316,25 @@ class Shares:
                 self._named.clear()
             self._named[store] = (seq, named)
         return named
+
+
+def touch_stamps(db: Database, conn: Connection, folders: Iterable[str]) -> list[str]:
+    """Move the shares stamps of the owners and members of shared *folders*, in *conn*'s transaction.
+
+    Returns the stores whose long polls must hear it (each such user's own
+    store, and the folders), announced to the other server processes for when
+    the transaction commits; the caller wakes its own process after the commit.
+    Call with `SHARES_LOCK` held, before deleting the rows that name the users.
+    """
+    folders = list(folders)
+    if not folders:
+        return []
+    owners = select(stores.c.owner).where(stores.c.id.in_(folders))
+    members = select(shares.c.user_id).where(shares.c.store.in_(folders))
+    concerned = union(owners, members).subquery()
+    ids = select(concerned.c[0])
+    conn.execute(update(users).where(users.c.id.in_(ids)).values(shares_stamp=users.c.shares_stamp + 1))
+    own = conn.execute(select(stores.c.id).where(stores.c.owner.in_(ids), stores.c.name.is_(None))).scalars()
+    woken = sorted({*own, *folders})
+    db.announce_wake(conn, woken)
+    return woken

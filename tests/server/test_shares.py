@@ -1,4 +1,4 @@
-"""Shared folders on a real server process: members, read-only members, blocks, quotas, removal, audit."""
+"""Shared folders on a real server process: members, read-only members, blocks, quotas, removal, audit, stamps."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import hashlib
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.postgres import PostgresCluster
 from tests.server.conftest import both_engines, database_url
 from tests.servers import ServerProcess, add_user, login, server_command
 from websync_server.protocol import new_node_id
@@ -303,3 +305,122 @@ def test_a_members_upload_freed_by_the_collector_no_longer_lets_them_name_its_ha
     missing = c["bob"].post("/v1/blocks/missing", params={"store": share}, json={"hashes": [_hash(data)]})
     assert missing.json() == {"missing": [_hash(data)]}
     assert _create(c["bob"], share, "mine.bin", data).status_code == 400
+
+
+def _stamp(http: httpx.Client, store: str, **params: Any) -> int:
+    """The shares stamp the user's own store's changes answer carries."""
+    answer = http.get(f"/v1/stores/{store}/changes", params=params)
+    assert answer.status_code == 200, answer.text
+    return int(answer.json()["shares"])
+
+
+def test_the_shares_stamp_moves_for_the_owner_and_members_of_a_changed_folder_only(household: Any) -> None:
+    server, c, own = household
+    stamps = {user: _stamp(c[user], own[user]) for user in USERS}
+
+    def moved() -> set[str]:
+        now = {user: _stamp(c[user], own[user]) for user in stamps}
+        changed = {user for user in stamps if now[user] != stamps[user]}
+        stamps.update(now)
+        return changed
+
+    family = _family(c, "bob")
+    assert moved() == {"alice", "bob"}
+    assert _share(c["alice"], "Family", "bob", read_only=True).status_code == 200
+    assert moved() == {"alice", "bob"}
+    assert _share(c["alice"], "Family", "bob", read_only=True).status_code == 200  # no change: no news
+    assert moved() == set()
+    assert _share(c["alice"], "Family", "carol").status_code == 200
+    assert moved() == {"alice", "bob", "carol"}  # bob's list shows carol now
+    assert c["bob"].post(f"/v1/shares/{family}/members/bob/remove").status_code == 200
+    assert moved() == {"alice", "bob", "carol"}
+    assert c["dave"].post(f"/v1/shares/{family}/members/carol/remove").status_code == 404  # refused: no news
+    assert moved() == set()
+    _server_cli(server, "user", "remove", "carol", "--yes")
+    del stamps["carol"]
+    assert moved() == {"alice"}
+    # Both forms carry it; a shared folder's journal never does.
+    compact = c["alice"].get(f"/v1/stores/{own['alice']}/changes", params={"format": "compact"}).json()
+    assert compact["format"] == "compact" and compact["shares"] == stamps["alice"]
+    assert "shares" not in c["alice"].get(f"/v1/stores/{family}/changes").json()
+
+
+def test_a_long_poll_with_a_stale_stamp_answers_at_once_and_a_bad_one_is_refused(household: Any) -> None:
+    _, c, own = household
+    first = c["bob"].get(f"/v1/stores/{own['bob']}/changes").json()
+    _family(c, "bob")
+    wait = 30.0
+    started = time.monotonic()
+    page = c["bob"].get(f"/v1/stores/{own['bob']}/changes",
+                        params={"cursor": first["cursor"], "wait": wait, "shares": first["shares"]})  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert page.status_code == 200 and page.json()["shares"] != first["shares"]
+    assert page.json()["cursor"] == first["cursor"] and page.json()["entries"] == []
+    assert elapsed < wait / 4
+    for bad in ("-1", "x", "1.5", "²", "9" * 20):
+        answer = c["bob"].get(f"/v1/stores/{own['bob']}/changes", params={"shares": bad})
+        assert answer.status_code == 400, (bad, answer.text)
+
+
+def _poll_woken_by(poller: httpx.Client, store: str, change: Any) -> tuple[float, float, dict[str, Any]]:
+    """Long-poll *store* with its current stamp while *change* runs: (seconds waited, wait asked, answer)."""
+    first = poller.get(f"/v1/stores/{store}/changes").json()
+    wait = 30.0
+    answers: list[tuple[float, dict[str, Any]]] = []
+
+    def long_poll() -> None:
+        started = time.monotonic()
+        page = poller.get(f"/v1/stores/{store}/changes",
+                          params={"cursor": first["cursor"], "wait": wait, "shares": first["shares"]})  # fmt: skip
+        answers.append((time.monotonic() - started, page.json()))
+
+    thread = threading.Thread(target=long_poll)
+    thread.start()
+    # Give the poll time to read and start waiting, so the change must wake it.
+    time.sleep(1.0)
+    change()
+    thread.join(wait + 10)
+    (elapsed, page), = answers
+    assert page["shares"] != first["shares"] and page["cursor"] == first["cursor"]
+    return elapsed, wait, page
+
+
+def test_a_share_wakes_the_members_and_owners_long_polls_on_their_own_stores(household: Any) -> None:
+    _, c, own = household
+    elapsed, wait, _ = _poll_woken_by(c["bob"], own["bob"], lambda: _family(c, "bob"))
+    assert elapsed < wait / 4
+    elapsed, wait, _ = _poll_woken_by(c["alice"], own["alice"],
+                                      lambda: _share(c["alice"], "Family", "bob", read_only=True))  # fmt: skip
+    assert elapsed < wait / 4
+
+
+@pytest.fixture
+def two_processes(tmp_path: Path, postgres: PostgresCluster) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Two server processes on one PostgreSQL database, each with its own --data, with alice and bob."""
+    storage = ("--database", postgres.new_database())
+    for name in ("alice", "bob"):
+        add_user(tmp_path / "one", name, PASSWORD, storage)
+    with ServerProcess.start(tmp_path / "one", storage=storage) as one:
+        with ServerProcess.start(tmp_path / "two", storage=storage) as two:
+            yield one, two
+
+
+def test_a_share_made_on_another_server_process_wakes_a_long_poll_at_once(two_processes: Any) -> None:
+    one, two = two_processes
+    clients = {}
+    for name, server in (("alice", one), ("bob", two)):
+        answer = login(server.url, name, PASSWORD, "laptop")
+        clients[name] = (httpx.Client(base_url=server.url, timeout=60,
+                                      headers={"Authorization": f"Bearer {answer['token']}"}), answer["store"])  # fmt: skip
+    try:
+        bob, bobs = clients["bob"]
+        alice, _ = clients["alice"]
+        elapsed, wait, _ = _poll_woken_by(bob, bobs, lambda: _share(alice, "Family", "bob"))
+        assert elapsed < wait / 4
+        family = alice.get("/v1/shares").json()["shares"][0]["store"]
+        elapsed, wait, _ = _poll_woken_by(bob, bobs, lambda: alice.post(f"/v1/shares/{family}/members/bob/remove"))
+        assert elapsed < wait / 4
+    finally:
+        for http, _ in clients.values():
+            http.close()
+
