@@ -151,7 +151,7 @@ def test_changes_come_as_objects_by_default_and_as_arrays_when_asked(session: Lo
     assert compact == {
         "format": "compact", "cursor": seq, "reset": False, "more": False,
         "nodes": [[d["id"], "dir", 0o755, 0, d["mtime_ns"], seq, s.device]],
-        "entries": [[ROOT_ID, d["name"], d["id"], seq]],
+        "entries": [[ROOT_ID, d["name"], d["id"], seq]], "shares": 0,  # the user's own store: their stamp
     }
     assert ChangeRows.from_wire(compact).to_changes() == Changes.from_wire(objects)
 
