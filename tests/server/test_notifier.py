@@ -111,3 +111,22 @@ def test_wake_all_sends_every_waiter_back_to_the_journal_and_later_waits_still_w
         return woken, sum(notifier.waiting(f"s{i}") for i in range(3)), await notifier.wait("s0", after=0, timeout=0.1)
 
     assert run(scenario) == ([False, False, False], 0, False)
+
+
+def test_a_wake_releases_its_stores_waiters_only_and_is_not_lost_between_read_and_wait() -> None:
+    async def scenario(notifier: Notifier) -> tuple[list[bool], bool, bool, int]:
+        waits = [asyncio.create_task(notifier.wait(s, after=0, timeout=30, woken=notifier.wakes(s))) for s in "ab"]
+        await asyncio.sleep(0.05)
+        threading.Thread(target=notifier.wake, args=(["a"],)).start()
+        done, _ = await asyncio.wait(waits, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        released = [w in done and not w.result() for w in waits]
+        waits[1].cancel()
+        # A poll that counted the wakes before reading, and waits after a wake landed in between: at once.
+        before = notifier.wakes("a")
+        notifier.wake(["a"])
+        late = await asyncio.wait_for(notifier.wait("a", after=0, timeout=30, woken=before), 5)
+        # Counted after the wake: it waits (and times out).
+        later = await notifier.wait("a", after=0, timeout=0.1, woken=notifier.wakes("a"))
+        return released, late, later, notifier.waiting("a")
+
+    assert run(scenario) == ([True, False], False, False, 0)
