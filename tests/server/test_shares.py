@@ -336,9 +336,14 @@ def test_the_shares_stamp_moves_for_the_owner_and_members_of_a_changed_folder_on
     assert moved() == {"alice", "bob", "carol"}
     assert c["dave"].post(f"/v1/shares/{family}/members/carol/remove").status_code == 404  # refused: no news
     assert moved() == set()
-    _server_cli(server, "user", "remove", "carol", "--yes")
+    _server_cli(server, "user", "remove", "carol", "--yes")  # a member: the owner hears it
     del stamps["carol"]
     assert moved() == {"alice"}
+    assert _share(c["dave"], "Games", "bob").status_code == 200
+    assert moved() == {"dave", "bob"}
+    _server_cli(server, "user", "remove", "dave", "--yes")  # an owner: the members hear it
+    del stamps["dave"]
+    assert moved() == {"bob"}
     # Both forms carry it; a shared folder's journal never does.
     compact = c["alice"].get(f"/v1/stores/{own['alice']}/changes", params={"format": "compact"}).json()
     assert compact["format"] == "compact" and compact["shares"] == stamps["alice"]
