@@ -7,8 +7,9 @@ inside the front end's process; the front end says how one is shown
 (`Serve`: the mount grafts it into its tree, fuse/grafts.py), this module
 decides which are shown and when one starts or stops:
 
-- at start, at once, the folders this machine showed before, from their
-  places' records (offline work goes on in them);
+- at start, the folders this machine showed before, from their places'
+  records, before the front end says it is ready (offline work goes on in
+  them);
 - then the server's list (`Remote.shares`), again whenever the own store's
   long poll says it changed (`Follower.on_shares`) and every `RECHECK`
   seconds;
@@ -41,8 +42,11 @@ log = logging.getLogger(__name__)
 
 #: Seconds between looks at the server's list when nothing says it changed (an older server).
 RECHECK = 60.0
+#: At most this long the front end waits at start for the folders it showed before (a slow server).
+START_WAIT = 10.0
 
-#: How a front end shows one folder: build its engine on the place, tell `shown` it, run until cancelled.
+#: How a front end shows one folder: build its engine on the place, run it, tell `shown` once the folder
+#: is there to see, go on until cancelled (or the engine ends).
 Serve = Callable[[dict[str, Any], Home, Callable[["Engine"], None]], Awaitable[None]]
 
 
@@ -61,13 +65,16 @@ class SharedFolders:
         """The server says the user's shared folders changed: look at its list now."""
         self._due.set()
 
-    async def run(self) -> None:
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Show the folders; started once those this machine showed before are shown (or `START_WAIT` passed)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for place in self.home.places():
-                share = place.share()
-                if share.get("store") and not place.revoked():
-                    self._start(share)
+            before = [p.share() for p in self.home.places() if p.share().get("store") and not p.revoked()]
+            up = [self._start(share) for share in before]
+            with trio.move_on_after(START_WAIT):
+                for event in up:
+                    await event.wait()
+            task_status.started()
             while True:
                 await self._refresh()
                 with trio.move_on_after(RECHECK):
@@ -102,20 +109,25 @@ class SharedFolders:
                 shown.home.save_share(share)
                 shown.vfs.read_only = bool(share["read_only"])  # from the next request on
 
-    def _start(self, share: dict[str, Any]) -> None:
+    def _start(self, share: dict[str, Any]) -> trio.Event:
+        """Show *share*'s folder unless it is shown or starting; the event is set once it is (or will not be)."""
+        up = trio.Event()
         store = str(share["store"])
         if store in self.running or store in self._starting or self._nursery is None:
-            return
+            up.set()
+            return up
         self._starting.add(store)
-        self._nursery.start_soon(self._serve, share)
+        self._nursery.start_soon(self._serve, share, up)
+        return up
 
-    async def _serve(self, share: dict[str, Any]) -> None:
+    async def _serve(self, share: dict[str, Any], up: trio.Event) -> None:
         store = str(share["store"])
         place = self.home.place(store)
 
         def shown(engine: Engine) -> None:
             self._starting.discard(store)
             self.running[store] = engine
+            up.set()
 
         try:
             if place.revoked():
@@ -125,6 +137,7 @@ class SharedFolders:
         except WebSyncError as exc:  # held by its own mount, or offline with no tree of it yet
             log.info("shared folder %s not shown now: %s", share["name"], exc)
         finally:
+            up.set()  # not shown after all: whoever waits for it waits no more
             self._starting.discard(store)
             engine = self.running.pop(store, None)
             if engine is not None and engine.revoked:

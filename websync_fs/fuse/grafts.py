@@ -300,7 +300,6 @@ class Grafts:
         self._slots += 1
         graft = Graft(share, self._slots, client)
         client.stop = self._refuse_stop
-        shown(client)
         try:
             with graft.scope:
                 await client.first_sync(lambda records: None)
@@ -308,6 +307,7 @@ class Grafts:
                     nursery.start_soon(graft.ops.invalidator)
                     await client.start(nursery)
                     self.router.show(graft)
+                    shown(client)
                     log.info("showing shared folder %s of %s", share["name"], share["owner"])
                     await trio.sleep_forever()
         finally:

@@ -46,7 +46,7 @@ class FuseMount:
         self.grafts: Grafts | None = None
         if not home.store:
             self.grafts = Grafts(home, self.client, mountpoint, self.router)
-            self.client.follower.on_shares = self.grafts.folders.changed  # type: ignore[attr-defined]
+            self.client.follower.on_shares = self.grafts.folders.changed
         self._terminated = False
 
     async def run(self, ready: Callable[[], None], progress: Callable[[int], None] = lambda records: None) -> None:
@@ -69,7 +69,7 @@ class FuseMount:
                 nursery.start_soon(self._signals)
                 await client.start(nursery)
                 if self.grafts is not None:
-                    nursery.start_soon(self.grafts.folders.run)
+                    await nursery.start(self.grafts.folders.run)  # the folders shown before are there at once
                 log.info("mounted %s at %s", client.settings.server, self.mountpoint)
                 ready()
                 await pyfuse3.main()
