@@ -96,6 +96,18 @@ def test_a_shared_folder_is_a_subfolder_of_a_members_synced_folder_and_never_par
     status = json.loads(h.bob.cli("status", "--json").stdout)
     assert [(p["name"], p["folder"]) for p in status["places"]] == [("Family", str(h.bob.path("Family")))]
     assert status["pending"] == 0 and not status["problems"]
+    # Stopped and started again: the start-up scan leaves the subfolder to its own engine, which sends
+    # what was written there meanwhile.
+    h.bob.cli("sync", "--stop", str(h.bob.mnt))
+    eventually(lambda: h.bob.pid() is None, what="bob's sync stopped")
+    assert json.loads(h.bob.cli("--shared", "Family", "status", "--json").stdout)["shared"]["revoked"] == ""
+    h.bob.path("Family", "while-stopped.txt").write_bytes(b"written while stopped")
+    h.bob.sync(h.bob.mnt)
+    eventually(lambda: read_bytes(h.alice.path("Family", "while-stopped.txt")) == b"written while stopped",
+               what="the file written while stopped reached alice")
+    h.bob.path("own-2.txt").write_bytes(b"bob's own again")
+    eventually(lambda: h.bob_mount.path("own-2.txt").exists(), what="bob's own file after the restart")
+    assert _own(h.bob_mount) == ["Family", "own-2.txt", "own.txt"]
 
 
 def test_read_only_shared_folder_comes_down_and_what_is_changed_there_stays_and_is_named(
@@ -113,6 +125,7 @@ def test_read_only_shared_folder_comes_down_and_what_is_changed_there_stays_and_
         return "mine.txt" in shared["problems"] and shared["pending"] == 0
     eventually(named, what="carol's change named as not synced")
     assert "not synced: mine.txt" in h.carol.cli("--shared", "Family", "status").stdout
+    assert "synced with " + str(h.carol.path("Family")) + " (read-only: synced down only)" in h.carol.cli("status").stdout
     assert not h.alice.path("Family", "mine.txt").exists()
     assert read_bytes(h.carol.path("Family", "mine.txt")) == b"carol's, not the folder's"
 
