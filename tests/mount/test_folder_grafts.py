@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -55,6 +58,13 @@ def household(
         assert not errors, f"{machine.name} logged errors:\n" + "\n".join(errors[:20])
 
 
+def _arrival(write: Path, seen: Path, data: bytes) -> float:
+    start = time.monotonic()
+    write.write_bytes(data)
+    eventually(lambda: read_bytes(seen) == data, what=f"{seen} arrived")
+    return time.monotonic() - start
+
+
 def _own(machine: Machine) -> list[str]:
     """The top of a mount, without the shared folders it shows (each is a graft, not the own store's)."""
     return sorted(os.listdir(machine.mnt))
@@ -81,9 +91,20 @@ def test_a_shared_folder_is_a_subfolder_of_a_members_synced_folder_and_never_par
                what="alice's file reached the folder")
     h.bob.path("Family", "from-alice.txt").unlink()
     eventually(lambda: not h.alice.path("Family", "from-alice.txt").exists(), what="the delete reached alice")
-    # Bob's own files go on as before, beside it.
+    # Bob's own files go on as before, beside it, and the folder's arrive as fast (medians of one run).
     h.bob.path("own.txt").write_bytes(b"bob's own")
     eventually(lambda: read_bytes(h.bob_mount.path("own.txt")) == b"bob's own", what="bob's own file")
+    own, shared = [], []
+    for i in range(5):
+        own.append(_arrival(h.bob.path(f"own-{i}.txt"), h.bob_mount.path(f"own-{i}.txt"), b"own %d" % i))
+        shared.append(_arrival(h.bob.path("Family", f"timed-{i}.txt"), h.bob_mount.path("Family", f"timed-{i}.txt"),
+                               b"shared %d" % i))
+    print(f"median arrival from the synced folder: own files {statistics.median(own):.3f} s, "
+          f"shared folder {statistics.median(shared):.3f} s")
+    assert statistics.median(shared) < 2.5 * statistics.median(own)
+    for i in range(5):
+        h.bob.path(f"own-{i}.txt").unlink()
+    eventually(lambda: not h.bob_mount.path("own-4.txt").exists(), what="the timed own files gone")
     # A file moved from the own folder into the shared one leaves the own store and joins the folder.
     h.bob.path("moved.txt").write_bytes(b"moved in")
     eventually(lambda: h.bob_mount.path("moved.txt").exists(), what="moved.txt in bob's own store first")
