@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -129,6 +130,14 @@ def test_a_shared_folder_is_a_subfolder_of_a_members_synced_folder_and_never_par
     h.bob.path("own-2.txt").write_bytes(b"bob's own again")
     eventually(lambda: h.bob_mount.path("own-2.txt").exists(), what="bob's own file after the restart")
     assert _own(h.bob_mount) == ["Family", "own-2.txt", "own.txt"]
+    # The subfolder deleted: nothing is deleted on the server, it stops here until reset.
+    shutil.rmtree(h.bob.path("Family"))
+    eventually(lambda: "shared folder Family not shown now" in h.bob.log(), what="the shared folder stopped")
+    assert read_bytes(h.alice.path("Family", "while-stopped.txt")) == b"written while stopped"
+    assert _own(h.bob_mount) == ["Family", "own-2.txt", "own.txt"]
+    h.bob.cli("sync", "--shared", "Family", "--reset", str(h.bob.path("Family")))
+    eventually(lambda: read_bytes(h.bob.path("Family", "while-stopped.txt")) == b"written while stopped",
+               timeout=90, what="Family back in bob's synced folder after the reset")
 
 
 def test_read_only_shared_folder_comes_down_and_what_is_changed_there_stays_and_is_named(

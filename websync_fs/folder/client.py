@@ -60,14 +60,22 @@ CHECK_EVERY = 1.0
 RESCAN_EVERY = 600.0
 
 
-def prepare(home: Home, folder: Path, store: str, only: tuple[str, ...]) -> tuple[KnownTree, Marker]:
-    """The guards before anything runs: placement, the marker, the lock, the folder this home syncs."""
+def prepare(home: Home, folder: Path, store: str, only: tuple[str, ...],
+            shown: bool = False) -> tuple[KnownTree, Marker]:
+    """The guards before anything runs: placement, the marker, the lock, the folder this home syncs.
+
+    *shown*: a shared folder shown in the user's synced folder, which goes where that one is; synced
+    elsewhere before (on its own, or in a synced folder moved since), it starts here as a first sync.
+    """
     check_placement(folder)
     known = KnownTree(home.known_db)
     try:
         synced = known.meta("folder")
         if synced and synced != str(folder) and len(known):
-            raise ConfigError(f"this machine syncs {synced}; stop it first or use another --home")
+            if not shown:
+                raise ConfigError(f"this machine syncs {synced}; stop it first or use another --home")
+            log.info("%s was synced at %s before: a first sync here (nothing is deleted)", folder, synced)
+            known.clear()
         marker = Marker(folder)
         if not folder.is_dir():
             if len(known):
@@ -105,7 +113,7 @@ class FolderClient(Engine):
         settings, token = self._take_home(home, "this home is in use by process {pid}; stop it first")
         self.settings = settings
         try:
-            self.known, self.marker = prepare(home, folder, settings.store, only)
+            self.known, self.marker = prepare(home, folder, settings.store, only, shown=part_of is not None)
         except BaseException:
             self.cache_lock.release()
             self.mount_lock.release()
