@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from websync_server.protocol import ROOT_ID
 
 from ..client import Engine
+from ..errors import ConfigError
 from ..home import Home
 from ..sharedfolders import SharedFolders, top_names
 from .guards import MARKER
@@ -82,14 +83,16 @@ class FolderGrafts:
             before = Path(json.loads(place.status_file.read_text()).get("folder") or "")
         except (OSError, ValueError, AttributeError):
             before = Path()
-        if before.parent == self.folder and (before / MARKER).exists():
+        if before.parent == self.folder and _marked(before) == store:
             return before.name  # its last synced state is of that subfolder
         shares = {str(p.store): p.share() for p in self.home.places() if not p.revoked()}
         shares[store] = share
         named = top_names(shares, lambda s: shares[s], self._own_has)
         name = next(n for n, s in named.items() if s == store)
         taken = set(self.names.values()) - {self.names.get(store)}
-        return name if name not in taken else f"{share['name']} ({share['owner']})"
+        if name in taken or _marked(self.folder / name) not in ("", store):  # another's, or left by one unshared
+            return f"{share['name']} ({share['owner']})"
+        return name
 
     async def _serve(self, share: dict[str, Any], place: Home, shown: Callable[[Engine], None]) -> None:
         """Sync one shared folder in its subfolder until it is unshared or the own folder stops."""
@@ -98,7 +101,10 @@ class FolderGrafts:
         self.names[store] = name
         self.rules.grafted = self.rules.grafted | {name}  # before the subfolder is made
         try:
-            client = self.make(place, self.folder / name)
+            try:
+                client = self.make(place, self.folder / name)
+            except OSError as exc:  # a name this disk refuses, no room: that folder, not the whole sync
+                raise ConfigError(f"cannot make {self.folder / name}: {exc.strerror or exc}") from exc
             try:
                 shown(client)
                 log.info("syncing shared folder %s of %s in %s", share["name"], share["owner"], client.folder)
@@ -109,3 +115,11 @@ class FolderGrafts:
             del self.names[store]
             if not os.path.lexists(self.folder / name / MARKER):  # gone, or never made: the own folder's again
                 self.rules.grafted = self.rules.grafted - {name}
+
+
+def _marked(folder: Path) -> str:
+    """The store whose synced folder *folder* is, by its marker ("": none)."""
+    try:
+        return str(json.loads((folder / MARKER).read_text()).get("store") or "?")
+    except (OSError, ValueError, AttributeError):
+        return ""
