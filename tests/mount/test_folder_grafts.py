@@ -158,6 +158,10 @@ def test_read_only_shared_folder_comes_down_and_what_is_changed_there_stays_and_
     assert "synced with " + str(h.carol.path("Family")) + " (read-only: synced down only)" in h.carol.cli("status").stdout
     assert not h.alice.path("Family", "mine.txt").exists()
     assert read_bytes(h.carol.path("Family", "mine.txt")) == b"carol's, not the folder's"
+    # Made writable for her, what she changed there goes up (the list is looked at again, the refused retried).
+    h.alice.cli("share", "Family", h.users[1])
+    eventually(lambda: read_bytes(h.alice.path("Family", "mine.txt")) == b"carol's, not the folder's",
+               timeout=150, what="carol's change went up once she may write")
 
 
 def test_a_folder_shared_while_syncing_appears_and_one_unshared_goes_leaving_the_own_files(

@@ -20,8 +20,10 @@ size plus the metadata and what waits for upload.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -58,6 +60,9 @@ MAX_WAIT = 5.0
 #: How often the folder and its marker are checked, and a full scan made anyway.
 CHECK_EVERY = 1.0
 RESCAN_EVERY = 600.0
+#: How often changes a read-only shared folder refused are tried again (the owner may make it writable).
+REFUSED_RETRY = 30.0
+_REFUSED = os.strerror(errno.EROFS)  # the reason `Merger` names such a path with
 
 
 def prepare(home: Home, folder: Path, store: str, only: tuple[str, ...],
@@ -241,18 +246,30 @@ class FolderClient(Engine):
         await self._batch(everything=True)
         log.info("syncing %s with %s", self.folder, self.settings.server)
         ready()
+        rescan_at = trio.current_time() + RESCAN_EVERY
         while True:
-            with trio.move_on_after(RESCAN_EVERY) as idle:
+            refused = self._only_refused()
+            retry_at = trio.current_time() + REFUSED_RETRY if refused else math.inf
+            with trio.move_on_at(min(rescan_at, retry_at)) as idle:
                 await self.dirty.changed.wait()
-            if idle.cancelled_caught:
+            if not idle.cancelled_caught:
+                rescan_at = trio.current_time() + RESCAN_EVERY  # a scan after that long without a change
+            elif trio.current_time() >= rescan_at:
                 self.dirty.rescan()
+                rescan_at = trio.current_time() + RESCAN_EVERY
+            else:
+                self.dirty.add()  # the refused changes again: the owner may have made the folder writable
             if self.dirty.paths or self.dirty.everything:
                 await self._settled()
             await self._batch()
-            if self.merger.again or self.merger.problems:
+            if self.merger.again or (self.merger.problems and not self._only_refused()):
                 # A file still being written or one that failed: after the next quiet moment.
                 await trio.sleep(QUIET if self.merger.again else 2.0)
                 self.dirty.add()
+
+    def _only_refused(self) -> bool:
+        """Every problem is a change a read-only shared folder refuses: tried again now and then, not every moment."""
+        return bool(self.merger.problems) and all(r == _REFUSED for r in self.merger.problems.values())
 
     async def _settled(self) -> None:
         """Wait until every file written was closed and events paused, or a writer was quiet, or MAX_WAIT."""

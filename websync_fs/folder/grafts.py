@@ -20,7 +20,9 @@ the own store gets later stays on the server, not brought here.
 
 Read-only for this user: synced down; what is changed there is refused by the
 core (EROFS, nothing queued), stays on this machine and is named in that
-folder's status as not synced (``websync --shared NAME status``).
+folder's status as not synced (``websync --shared NAME status``); it is tried
+again every `REFUSED_RETRY` seconds, not every moment, and goes up once the
+owner makes the folder writable.
 
 No longer shared: the subfolder ends as a ``--shared`` synced folder does
 (`FolderClient._clear_revoked`): what came from it goes, what was changed here
