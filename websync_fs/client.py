@@ -154,8 +154,12 @@ class Engine:
         raise NotImplementedError
 
     async def drain(self) -> None:
-        """Give pending uploads a short chance to go out before the engine ends."""
-        raise NotImplementedError
+        """Give pending uploads a short chance to go out before the engine ends (the front end's shutdown)."""
+        if self.revoked:
+            return  # the server takes nothing more for this folder
+        with trio.move_on_after(DRAIN_ON_STOP):
+            while len(self.queue) and self.uploader.failures == 0:
+                await trio.sleep(0.1)
 
     def refused(self, why: str) -> None:
         """The server refuses this place's store: a shared folder no longer shared with this user."""
@@ -362,14 +366,6 @@ class Client(Engine):
         nursery.start_soon(self._follow_login)
         nursery.start_soon(self.pins.run)
         await nursery.start(self.control.serve)
-
-    async def drain(self) -> None:
-        """Give pending uploads a short chance to go out before the process ends."""
-        if self.revoked:
-            return  # the server takes nothing more for this folder
-        with trio.move_on_after(DRAIN_ON_STOP):
-            while len(self.queue) and self.uploader.failures == 0:
-                await trio.sleep(0.1)
 
     def write_status_final(self) -> None:
         status = self.status()

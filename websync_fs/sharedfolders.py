@@ -20,13 +20,17 @@ decides which are shown and when one starts or stops:
   its next request;
 - a folder mounted or synced on its own (``--shared NAME``) holds its
   place's lock: that front end shows it, and it is tried again later.
+
+Every front end names them alike (`top_names`): as the folder is named, or
+``NAME (OWNER)`` (as `websync shares` lists it) when the own tree has an entry
+of that name or two folders share it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -48,6 +52,22 @@ START_WAIT = 10.0
 #: How a front end shows one folder: build its engine on the place, run it, tell `shown` once the folder
 #: is there to see, go on until cancelled (or the engine ends).
 Serve = Callable[[dict[str, Any], Home, Callable[["Engine"], None]], Awaitable[None]]
+
+Shown = TypeVar("Shown")
+
+
+def top_names(shown: Iterable[Shown], share: Callable[[Shown], Mapping[str, Any]],
+              own_has: Callable[[str], bool]) -> dict[str, Shown]:
+    """The folders *shown* by the name each has at the top of the own tree (*own_has*: the tree has that name)."""
+    by_name: dict[str, list[Shown]] = {}
+    for folder in shown:
+        by_name.setdefault(str(share(folder)["name"]), []).append(folder)
+    names: dict[str, Shown] = {}
+    for name, folders in by_name.items():
+        clash = len(folders) > 1 or own_has(name)
+        for folder in folders:
+            names[f"{name} ({share(folder)['owner']})" if clash else name] = folder
+    return names
 
 
 class SharedFolders:

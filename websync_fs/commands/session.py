@@ -341,6 +341,8 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
             click.echo(f"mounted:    {info['mountpoint']} (process {pid})" if pid else "mounted:    no")
         for place in info.get("places", []):
             where = f"mounted at {place['mountpoint']}" if place["mountpoint"] else f"synced with {place['folder']}"
+            if place["read_only"] and not place["mountpoint"]:
+                where += " (read-only: synced down only)"
             click.echo(f"shared:     {place['name']} of {place['owner']} {where} (process {place['pid']};"
                        f" 'websync --shared \"{place['name']}\" status')")
         for path, reason in info["problems"].items():

@@ -7,6 +7,10 @@ the folder: a watcher, the merger, and the guards.  Order of start-up: guards
 start-up scan of the whole folder, then ``ready``.  Shutdown: pending uploads
 get a short chance to go out; what is left stays queued for the next start.
 
+The user's own folder also syncs every folder shared with them in a subfolder
+of its own (grafts.py): each a `FolderClient` *part of* the own one, in the
+same process, which the own one's signals and ``--stop`` end.
+
 The engine's block cache would keep a second copy of every file that went
 through it (uploads are read into it, downloads come down through it).  The
 folder holds the content, so after each batch every block that is not
@@ -16,8 +20,10 @@ size plus the metadata and what waits for upload.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -35,6 +41,7 @@ from ..invalidation import Invalidation
 from ..names import NamePolicy
 from ..portable import STOP_SIGNALS
 from .corepaths import CorePaths, join
+from .grafts import FolderGrafts
 from .guards import FolderGone, Identity, Marker, check_placement
 from .ignore import IgnoreRules
 from .known import KnownTree
@@ -45,8 +52,6 @@ from .watcher import QUIET, DirtyPaths, Watcher
 
 log = logging.getLogger(__name__)
 
-#: How long a stop waits for pending uploads while the server answers.
-DRAIN_ON_STOP = 15.0
 #: A batch starts this long after the last local event (one operation's events come together) when
 #: every file written to was closed since, else the watcher's QUIET after the last write ...
 SETTLE = 0.02
@@ -55,16 +60,27 @@ MAX_WAIT = 5.0
 #: How often the folder and its marker are checked, and a full scan made anyway.
 CHECK_EVERY = 1.0
 RESCAN_EVERY = 600.0
+#: How often changes a read-only shared folder refused are tried again (the owner may make it writable).
+REFUSED_RETRY = 30.0
+_REFUSED = os.strerror(errno.EROFS)  # the reason `Merger` names such a path with
 
 
-def prepare(home: Home, folder: Path, store: str, only: tuple[str, ...]) -> tuple[KnownTree, Marker]:
-    """The guards before anything runs: placement, the marker, the lock, the folder this home syncs."""
+def prepare(home: Home, folder: Path, store: str, only: tuple[str, ...],
+            shown: bool = False) -> tuple[KnownTree, Marker]:
+    """The guards before anything runs: placement, the marker, the lock, the folder this home syncs.
+
+    *shown*: a shared folder shown in the user's synced folder, which goes where that one is; synced
+    elsewhere before (on its own, or in a synced folder moved since), it starts here as a first sync.
+    """
     check_placement(folder)
     known = KnownTree(home.known_db)
     try:
         synced = known.meta("folder")
         if synced and synced != str(folder) and len(known):
-            raise ConfigError(f"this machine syncs {synced}; stop it first or use another --home")
+            if not shown:
+                raise ConfigError(f"this machine syncs {synced}; stop it first or use another --home")
+            log.info("%s was synced at %s before: a first sync here (nothing is deleted)", folder, synced)
+            known.clear()
         marker = Marker(folder)
         if not folder.is_dir():
             if len(known):
@@ -94,13 +110,15 @@ def prepare(home: Home, folder: Path, store: str, only: tuple[str, ...]) -> tupl
 class FolderClient(Engine):
     """Every component of one synced folder."""
 
-    def __init__(self, home: Home, folder: Path, only: tuple[str, ...] = ()) -> None:
+    def __init__(self, home: Home, folder: Path, only: tuple[str, ...] = (), part_of: Path | None = None) -> None:
         self.home = home
         self.folder = folder
+        #: The synced folder this one is shown in (a shared folder's subfolder), which starts and stops it.
+        self.part_of = part_of
         settings, token = self._take_home(home, "this home is in use by process {pid}; stop it first")
         self.settings = settings
         try:
-            self.known, self.marker = prepare(home, folder, settings.store, only)
+            self.known, self.marker = prepare(home, folder, settings.store, only, shown=part_of is not None)
         except BaseException:
             self.cache_lock.release()
             self.mount_lock.release()
@@ -126,6 +144,14 @@ class FolderClient(Engine):
         self.gone: FolderGone | None = None
         self._nursery: trio.Nursery
         self._front = trio.CancelScope()
+        #: The folders shared with this user, each in a subfolder (none in a shared folder's own sync).
+        self.grafts: FolderGrafts | None = None
+        if not home.store:
+            self.grafts = FolderGrafts(home, folder, self.replica, self.rules, self.remote, self._graft)
+            self.follower.on_shares = self.grafts.folders.changed  # type: ignore[attr-defined]
+
+    def _graft(self, place: Home, folder: Path) -> FolderClient:
+        return FolderClient(place, folder, part_of=self.folder)
 
     # -- upward reports ------------------------------------------------------------
     def notify(self, inv: Invalidation) -> None:
@@ -141,6 +167,8 @@ class FolderClient(Engine):
 
     async def _request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         if op == "stop":  # `websync sync --stop`: as SIGTERM, which Windows cannot send
+            if self.part_of is not None:
+                raise ConfigError(f"this shared folder is part of the synced folder {self.part_of}; stop that")
             if args.get("mount") or Path(str(args.get("place", ""))) != self.folder:
                 raise ConfigError(f"{args.get('place')} is not mounted or synced by this home (it syncs {self.folder})")
             self._front.cancel()
@@ -218,18 +246,30 @@ class FolderClient(Engine):
         await self._batch(everything=True)
         log.info("syncing %s with %s", self.folder, self.settings.server)
         ready()
+        rescan_at = trio.current_time() + RESCAN_EVERY
         while True:
-            with trio.move_on_after(RESCAN_EVERY) as idle:
+            refused = self._only_refused()
+            retry_at = trio.current_time() + REFUSED_RETRY if refused else math.inf
+            with trio.move_on_at(min(rescan_at, retry_at)) as idle:
                 await self.dirty.changed.wait()
-            if idle.cancelled_caught:
+            if not idle.cancelled_caught:
+                rescan_at = trio.current_time() + RESCAN_EVERY  # a scan after that long without a change
+            elif trio.current_time() >= rescan_at:
                 self.dirty.rescan()
+                rescan_at = trio.current_time() + RESCAN_EVERY
+            else:
+                self.dirty.add()  # the refused changes again: the owner may have made the folder writable
             if self.dirty.paths or self.dirty.everything:
                 await self._settled()
             await self._batch()
-            if self.merger.again or self.merger.problems:
+            if self.merger.again or (self.merger.problems and not self._only_refused()):
                 # A file still being written or one that failed: after the next quiet moment.
                 await trio.sleep(QUIET if self.merger.again else 2.0)
                 self.dirty.add()
+
+    def _only_refused(self) -> bool:
+        """Every problem is a change a read-only shared folder refuses: tried again now and then, not every moment."""
+        return bool(self.merger.problems) and all(r == _REFUSED for r in self.merger.problems.values())
 
     async def _settled(self) -> None:
         """Wait until every file written was closed and events paused, or a writer was quiet, or MAX_WAIT."""
@@ -264,12 +304,12 @@ class FolderClient(Engine):
         self.error = self.revoked
         self._front.cancel()
 
-    async def _drain(self) -> None:
-        if self.revoked:
-            return  # the server takes nothing more for this folder
-        with trio.move_on_after(DRAIN_ON_STOP):
-            while len(self.queue) and self.uploader.failures == 0:
-                await trio.sleep(0.1)
+    async def _drain_all(self) -> None:
+        """Give this folder's pending uploads and every shared folder's in it their short chance, side by side."""
+        async with trio.open_nursery() as draining:
+            draining.start_soon(self.drain)
+            if self.grafts is not None:
+                draining.start_soon(self.grafts.folders.drain)
 
     async def run(self, ready: Callable[[], None]) -> None:
         await self._first_sync()
@@ -283,13 +323,16 @@ class FolderClient(Engine):
                 await nursery.start(self.early.run)
                 await nursery.start(self.control.serve)
                 nursery.start_soon(self._status_writer)
-                await nursery.start(Watcher(self.folder, self.dirty).run)
+                await nursery.start(Watcher(self.folder, self.dirty, self.rules.elsewhere).run)
                 self._nursery = nursery
                 nursery.start_soon(self._stopping_if_gone, self._watch_folder)
+                if self.grafts is not None:
+                    nursery.start_soon(self.grafts.folders.run)
                 with self._front as front:  # made at start: a stop asked before this point still counts
-                    nursery.start_soon(self._signals, front)
+                    if self.part_of is None:  # trio gives a signal to the receiver opened last only
+                        nursery.start_soon(self._signals, front)
                     await self._stopping_if_gone(self._sync_loop, ready)
-                await self._drain()
+                await self._drain_all()
                 # Blocks uploaded since the last batch (or while draining) are in the folder too.
                 await trio.to_thread.run_sync(self.cache.evict, 0)
                 nursery.cancel_scope.cancel()

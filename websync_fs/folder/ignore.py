@@ -12,17 +12,24 @@ Three sources, matched against the path relative to the folder:
   ignore files), re-read whenever it changes.
 
 A path outside the ``--only`` folders is out of scope: neither sent nor fetched.
+
+A folder at the top that is another synced folder -- a shared folder shown
+here (folder/grafts.py), or any folder holding a marker of its own
+(guards.py) -- is left alone entirely: its own engine syncs it with its own
+store, and nothing in it is this folder's to send, fetch or delete.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import pathspec
 
 from ..names import NamePolicy
+from .guards import MARKER
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +47,20 @@ class IgnoreRules:
         self.only = tuple(p.strip("/") for p in only if p.strip("/"))
         self._spec: pathspec.PathSpec | None = None
         self._stamp: tuple[int, int] | None = None
+        #: Names at the top that the shared folders shown here take (set before each folder is made).
+        #: Replaced, never changed in place: the watcher's threads read it.
+        self.grafted: frozenset[str] = frozenset()
+        #: Names at the top of folders that hold a marker of their own, as last looked (`reload`).
+        self._nested: frozenset[str] = frozenset()
         self.reload()
 
     def reload(self) -> None:
-        """Read ``.websyncignore`` again if it changed (a bad line is reported, the rest still applies)."""
+        """Read ``.websyncignore`` again if it changed (a bad line is reported, the rest still applies).
+
+        Also look again for other synced folders at the top (a graft's left from a
+        run before this one is known by its marker before the start-up scan).
+        """
+        self._nested = frozenset(_nested(self.root))
         path = self.root / IGNORE_FILE
         try:
             st = path.stat()
@@ -61,6 +78,11 @@ class IgnoreRules:
             log.warning("cannot use %s: %s", path, exc)
             self._spec = None
 
+    def elsewhere(self, rel: str) -> bool:
+        """True if *rel* is in another synced folder at the top: never this folder's to look at."""
+        top = rel.split("/", 1)[0]
+        return top in self.grafted or top in self._nested
+
     def in_scope(self, rel: str) -> bool:
         """True if *rel* is inside an ``--only`` folder, or on the way to one."""
         if not self.only:
@@ -70,7 +92,7 @@ class IgnoreRules:
     def ignored(self, rel: str, is_dir: bool = False) -> bool:
         """True if *rel* (relative, '/'-separated) is never synced."""
         parts = rel.split("/")
-        if any(part.startswith(OWN_PREFIX) for part in parts):
+        if any(part.startswith(OWN_PREFIX) for part in parts) or self.elsewhere(rel):
             return True
         if not is_dir and self.names.local_only(parts[-1]):
             return True
@@ -83,3 +105,13 @@ class IgnoreRules:
                 if self._spec.match_file(sub + ("/" if i < len(parts) or is_dir else "")):
                     return True
         return False
+
+
+def _nested(root: Path) -> list[str]:
+    """The folders at the top of *root* that hold a synced folder's marker."""
+    try:
+        with os.scandir(root) as entries:
+            return [e.name for e in entries
+                    if e.is_dir(follow_symlinks=False) and os.path.lexists(os.path.join(e.path, MARKER))]
+    except OSError:
+        return []

@@ -135,7 +135,7 @@ class Merger:
             await self._guarded(dst, self._respell, dst)
         if everything:
             # Downloads a kill -9 cut short never reached their path: only their temporary goes.
-            await trio.to_thread.run_sync(clear_leftovers, self.root, TMP_PREFIX)
+            await trio.to_thread.run_sync(clear_leftovers, self.root, TMP_PREFIX, self.rules.elsewhere)
         dirty = dirty | self.again | set(self.problems)
         tree: dict[str, NodeRow] = {}
         if everything or remote or dirty:

@@ -79,10 +79,15 @@ def local_paths(root: Path, rules: IgnoreRules, top: str = "") -> list[str]:
     return found
 
 
-def clear_leftovers(root: Path, prefix: str) -> int:
-    """Remove downloads a killed process left half-written (hidden names with *prefix*); return how many."""
+def clear_leftovers(root: Path, prefix: str, elsewhere: Callable[[str], bool] = lambda rel: False) -> int:
+    """Remove downloads a killed process left half-written (hidden names with *prefix*); return how many.
+
+    Folders at the top that *elsewhere* names are another engine's (its downloads may be under way).
+    """
     removed = 0
     for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == str(root):
+            dirnames[:] = [d for d in dirnames if not elsewhere(d)]
         for name in filenames + dirnames:
             if name.startswith(prefix):
                 path = Path(dirpath) / name

@@ -133,10 +133,12 @@ class DirtyPaths:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, root: Path, token: trio.lowlevel.TrioToken, dirty: DirtyPaths) -> None:
+    def __init__(self, root: Path, token: trio.lowlevel.TrioToken, dirty: DirtyPaths,
+                 elsewhere: Callable[[str], bool]) -> None:
         self.root = str(root)
         self.token = token
         self.dirty = dirty
+        self.elsewhere = elsewhere
 
     def _rel(self, path: str | bytes) -> str | None:
         text = os.fsdecode(path)
@@ -152,7 +154,9 @@ class _Handler(FileSystemEventHandler):
         rels = [self._rel(event.src_path)]
         if getattr(event, "dest_path", ""):
             rels.append(self._rel(event.dest_path))
-        found = [r for r in rels if r is not None]
+        # Another synced folder inside this one (a shared folder shown here) has its own watcher:
+        # a move between the two is a delete on one side and a new file on the other.
+        found = [r for r in rels if r is not None and not self.elsewhere(r)]
         if len(found) == 2 and found[0] != found[1]:
             self._report(self.dirty.moved, found[0], found[1])
         elif found and not event.is_directory and event.event_type in _WRITES:
@@ -196,11 +200,12 @@ class _Overflow(logging.Handler):
 
 
 class Watcher:
-    """A recursive watch on the folder for as long as `run` runs."""
+    """A recursive watch on the folder for as long as `run` runs (*elsewhere*: paths it does not report)."""
 
-    def __init__(self, root: Path, dirty: DirtyPaths) -> None:
+    def __init__(self, root: Path, dirty: DirtyPaths, elsewhere: Callable[[str], bool] = lambda rel: False) -> None:
         self.root = root
         self.dirty = dirty
+        self.elsewhere = elsewhere
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         token = trio.lowlevel.current_trio_token()
@@ -209,7 +214,7 @@ class Watcher:
         logging.getLogger("watchdog").addHandler(overflow)
         try:
             # Starting the observer walks the tree to add a watch per folder: not on the loop.
-            observer.schedule(_Handler(self.root, token, self.dirty), str(self.root), recursive=True)
+            observer.schedule(_Handler(self.root, token, self.dirty, self.elsewhere), str(self.root), recursive=True)
             await trio.to_thread.run_sync(observer.start)
             task_status.started()
             await trio.sleep_forever()
