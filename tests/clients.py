@@ -148,6 +148,14 @@ def control_raw(port: int, data: bytes) -> dict[str, object]:
     return dict(json.loads(answer))
 
 
+def arrival(write: Path, seen: Path, data: bytes) -> float:
+    """Seconds from writing *data* to *write* until *seen* reads it back (polled)."""
+    start = time.monotonic()
+    write.write_bytes(data)
+    eventually(lambda: read_bytes(seen) == data, what=f"{seen} arrived")
+    return time.monotonic() - start
+
+
 def read_bytes(path: Path) -> bytes:
     with open(path, "rb") as f:
         return f.read()

@@ -11,14 +11,12 @@ import json
 import os
 import shutil
 import statistics
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.clients import Machine, eventually, read_bytes
+from tests.clients import Machine, arrival, eventually, read_bytes
 from tests.servers import ServerProcess, add_user
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(300)]
@@ -59,13 +57,6 @@ def household(
         assert not errors, f"{machine.name} logged errors:\n" + "\n".join(errors[:20])
 
 
-def _arrival(write: Path, seen: Path, data: bytes) -> float:
-    start = time.monotonic()
-    write.write_bytes(data)
-    eventually(lambda: read_bytes(seen) == data, what=f"{seen} arrived")
-    return time.monotonic() - start
-
-
 def _own(machine: Machine) -> list[str]:
     """The top of a mount, without the shared folders it shows (each is a graft, not the own store's)."""
     return sorted(os.listdir(machine.mnt))
@@ -97,8 +88,8 @@ def test_a_shared_folder_is_a_subfolder_of_a_members_synced_folder_and_never_par
     eventually(lambda: read_bytes(h.bob_mount.path("own.txt")) == b"bob's own", what="bob's own file")
     own, shared = [], []
     for i in range(5):
-        own.append(_arrival(h.bob.path(f"own-{i}.txt"), h.bob_mount.path(f"own-{i}.txt"), b"own %d" % i))
-        shared.append(_arrival(h.bob.path("Family", f"timed-{i}.txt"), h.bob_mount.path("Family", f"timed-{i}.txt"),
+        own.append(arrival(h.bob.path(f"own-{i}.txt"), h.bob_mount.path(f"own-{i}.txt"), b"own %d" % i))
+        shared.append(arrival(h.bob.path("Family", f"timed-{i}.txt"), h.bob_mount.path("Family", f"timed-{i}.txt"),
                                b"shared %d" % i))
     print(f"median arrival from the synced folder: own files {statistics.median(own):.3f} s, "
           f"shared folder {statistics.median(shared):.3f} s")

@@ -12,13 +12,12 @@ import os
 import shutil
 import statistics
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.clients import Machine, eventually, read_bytes
+from tests.clients import Machine, arrival, eventually, read_bytes
 from tests.servers import ServerProcess, add_user
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(240)]
@@ -44,13 +43,6 @@ def household(
     for machine in (a, b, c):
         errors = [line for line in machine.log().splitlines() if " ERROR " in line or "Traceback" in line]
         assert not errors, f"{machine.name} logged errors:\n" + "\n".join(errors[:20])
-
-
-def _arrival(write: Path, seen: Path, data: bytes) -> float:
-    start = time.monotonic()
-    write.write_bytes(data)
-    eventually(lambda: read_bytes(seen) == data, what=f"{seen} arrived")
-    return time.monotonic() - start
 
 
 def _family_everywhere(machines: tuple[Machine, ...]) -> None:
@@ -80,8 +72,8 @@ def test_a_shared_folder_is_inside_every_members_own_mount_and_changes_arrive_as
     alice2 = new_machine("A2")
     own, shared = [], []
     for i in range(5):
-        own.append(_arrival(alice.path(f"own-{i}.txt"), alice2.path(f"own-{i}.txt"), b"own %d" % i))
-        shared.append(_arrival(bob.path("Family", f"from-bob-{i}.txt"), alice.path("Family", f"from-bob-{i}.txt"),
+        own.append(arrival(alice.path(f"own-{i}.txt"), alice2.path(f"own-{i}.txt"), b"own %d" % i))
+        shared.append(arrival(bob.path("Family", f"from-bob-{i}.txt"), alice.path("Family", f"from-bob-{i}.txt"),
                                b"bob %d" % i))
     print(f"median arrival: own files {statistics.median(own):.3f} s, shared folder {statistics.median(shared):.3f} s")
     assert statistics.median(shared) < 2.5 * statistics.median(own)

@@ -13,13 +13,12 @@ import os
 import signal
 import statistics
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.clients import Machine, _kill, eventually, read_bytes
+from tests.clients import Machine, _kill, arrival, eventually, read_bytes
 from tests.mount.test_concurrent_changes import together
 from tests.servers import ServerProcess, add_user
 
@@ -95,13 +94,6 @@ def family(
         assert not place.errors(), f"{place.machine.name} logged errors:\n" + "\n".join(place.errors()[:20])
 
 
-def _arrival(write: Path, seen: Path, data: bytes) -> float:
-    start = time.monotonic()
-    write.write_bytes(data)
-    eventually(lambda: read_bytes(seen) == data, what=f"{seen.name} arrived")
-    return time.monotonic() - start
-
-
 def test_members_mounts_of_a_shared_folder_converge_as_fast_as_own_files_keep_conflicts_and_restore(
     family: tuple[Place, Place, Place], new_machine: Callable[..., Machine]
 ) -> None:
@@ -112,8 +104,8 @@ def test_members_mounts_of_a_shared_folder_converge_as_fast_as_own_files_keep_co
     own_a2 = new_machine("A2")
     own, shared = [], []
     for i in range(6):
-        own.append(_arrival(alice.machine.path(f"own-{i}.txt"), own_a2.path(f"own-{i}.txt"), b"own %d" % i))
-        shared.append(_arrival(alice.path(f"shared-{i}.txt"), bob.path(f"shared-{i}.txt"), b"shared %d" % i))
+        own.append(arrival(alice.machine.path(f"own-{i}.txt"), own_a2.path(f"own-{i}.txt"), b"own %d" % i))
+        shared.append(arrival(alice.path(f"shared-{i}.txt"), bob.path(f"shared-{i}.txt"), b"shared %d" % i))
     own_median, shared_median = statistics.median(own), statistics.median(shared)
     print(f"median arrival: own files {own_median:.3f} s, shared folder {shared_median:.3f} s")
     assert shared_median < 2.5 * own_median

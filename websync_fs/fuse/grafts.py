@@ -39,7 +39,7 @@ from ..client import Client, Engine
 from ..errors import ConfigError, WebSyncError
 from ..home import Home
 from ..invalidation import Invalidation
-from ..sharedfolders import SharedFolders
+from ..sharedfolders import SharedFolders, top_names
 from .ops import FuseOperations, Listed
 
 log = logging.getLogger(__name__)
@@ -95,15 +95,7 @@ class GraftedOperations(pyfuse3.Operations):  # type: ignore[misc]
 
     def top_names(self) -> dict[str, Graft]:
         """The grafts by the name each has at the top of the mount now."""
-        by_name: dict[str, list[Graft]] = {}
-        for graft in self.grafts.values():
-            by_name.setdefault(str(graft.share["name"]), []).append(graft)
-        names: dict[str, Graft] = {}
-        for name, grafts in by_name.items():
-            clash = len(grafts) > 1 or self._own_has(name)
-            for graft in grafts:
-                names[f"{name} ({graft.share['owner']})" if clash else name] = graft
-        return names
+        return top_names(self.grafts.values(), lambda graft: graft.share, self._own_has)
 
     def _own_has(self, name: str) -> bool:
         try:
