@@ -19,6 +19,7 @@ from tests.bench.household import (
     Attack, Samples, attack_bodies, attack_logins, attack_logins_spread, compare, log_in, median_ratios, pooled, set_up,
 )
 from tests.servers import ServerProcess
+from websync_server.admission import ADDRESS_HASHES_PER_S, Admission
 
 USERS, DEVICES = 8, 2
 #: A tenth of the full run's pauses: about 40 commits and 35 listings a second.
@@ -71,3 +72,15 @@ def test_samples_compare_by_p99() -> None:
     assert "| 2.00x | 1.00x |" in attacked.row("attack", quiet)
     stalled = Samples([10.0] * 100, [10.0] * 100)  # one window of three caught in a stall of the machine
     assert median_ratios([(quiet, attacked), (quiet, stalled), (quiet, attacked)]) == (2.0, 1.0)
+
+
+def test_one_address_checks_passwords_at_most_once_a_second() -> None:
+    """What kept a one-address flood's 20 free tries from taking the CPU in a burst (admission.py)."""
+    admission = Admission()
+    try:
+        step = 1 / ADDRESS_HASHES_PER_S
+        assert [admission._address_turn("10.0.0.1", 100.0) for _ in range(3)] == [0.0, step, 2 * step]
+        assert admission._address_turn("10.0.0.2", 100.0) == 0.0  # another address has its own turns
+        assert admission._address_turn("10.0.0.1", 100.0 + 5 * step) == 0.0  # a quiet address starts at once
+    finally:
+        admission.close()
