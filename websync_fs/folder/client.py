@@ -148,7 +148,7 @@ class FolderClient(Engine):
         self.grafts: FolderGrafts | None = None
         if not home.store:
             self.grafts = FolderGrafts(home, folder, self.replica, self.rules, self.remote, self._graft)
-            self.follower.on_shares = self.grafts.folders.changed  # type: ignore[attr-defined]
+            self.follower.on_shares = self.grafts.folders.changed
 
     def _graft(self, place: Home, folder: Path) -> FolderClient:
         return FolderClient(place, folder, part_of=self.folder)

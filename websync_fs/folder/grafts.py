@@ -45,7 +45,7 @@ from ..client import Engine
 from ..errors import ConfigError
 from ..home import Home
 from ..sharedfolders import SharedFolders, top_names
-from .guards import MARKER
+from .guards import MARKER, Marker
 from .ignore import IgnoreRules
 
 if TYPE_CHECKING:
@@ -85,14 +85,14 @@ class FolderGrafts:
             before = Path(json.loads(place.status_file.read_text()).get("folder") or "")
         except (OSError, ValueError, AttributeError):
             before = Path()
-        if before.parent == self.folder and _marked(before) == store:
+        if before.parent == self.folder and Marker(before).store() == store:
             return before.name  # its last synced state is of that subfolder
         shares = {str(p.store): p.share() for p in self.home.places() if not p.revoked()}
         shares[store] = share
         named = top_names(shares, lambda s: shares[s], self._own_has)
         name = next(n for n, s in named.items() if s == store)
         taken = set(self.names.values()) - {self.names.get(store)}
-        if name in taken or _marked(self.folder / name) not in ("", store):  # another's, or left by one unshared
+        if name in taken or Marker(self.folder / name).store() not in ("", store):  # another's, or left by one unshared
             return f"{share['name']} ({share['owner']})"
         return name
 
@@ -118,10 +118,3 @@ class FolderGrafts:
             if not os.path.lexists(self.folder / name / MARKER):  # gone, or never made: the own folder's again
                 self.rules.grafted = self.rules.grafted - {name}
 
-
-def _marked(folder: Path) -> str:
-    """The store whose synced folder *folder* is, by its marker ("": none)."""
-    try:
-        return str(json.loads((folder / MARKER).read_text()).get("store") or "?")
-    except (OSError, ValueError, AttributeError):
-        return ""

@@ -89,6 +89,13 @@ class Marker:
         tmp.write_text(json.dumps({"id": uuid.uuid4().hex, "store": store}) + "\n")
         os.replace(tmp, self.path)
 
+    def store(self) -> str:
+        """The store this folder is synced with, by its marker ("": no marker; "?": one naming none)."""
+        try:
+            return str(json.loads(self.path.read_text()).get("store") or "?")
+        except (OSError, ValueError, AttributeError):
+            return ""
+
     def lock(self) -> Identity:
         """Take the folder for this process; ConfigError if another sync holds it."""
         fd = os.open(self.path, os.O_RDONLY | portable.OPEN_FLAGS)

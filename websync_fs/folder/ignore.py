@@ -52,6 +52,7 @@ class IgnoreRules:
         self.grafted: frozenset[str] = frozenset()
         #: Names at the top of folders that hold a marker of their own, as last looked (`reload`).
         self._nested: frozenset[str] = frozenset()
+        self._top_stamp: int | None = None  # the top's mtime when _nested was listed
         self.reload()
 
     def reload(self) -> None:
@@ -60,7 +61,7 @@ class IgnoreRules:
         Also look again for other synced folders at the top (a graft's left from a
         run before this one is known by its marker before the start-up scan).
         """
-        self._nested = frozenset(_nested(self.root))
+        self._look_for_nested()
         path = self.root / IGNORE_FILE
         try:
             st = path.stat()
@@ -77,6 +78,16 @@ class IgnoreRules:
         except (OSError, ValueError) as exc:
             log.warning("cannot use %s: %s", path, exc)
             self._spec = None
+
+    def _look_for_nested(self) -> None:
+        """List the top's folders holding a marker again, only if the top changed (every batch asks)."""
+        try:
+            stamp: int | None = os.stat(self.root).st_mtime_ns
+        except OSError:
+            stamp = None
+        if stamp is None or stamp != self._top_stamp:
+            self._top_stamp = stamp
+            self._nested = frozenset(_nested(self.root))
 
     def elsewhere(self, rel: str) -> bool:
         """True if *rel* is in another synced folder at the top: never this folder's to look at."""

@@ -49,10 +49,6 @@ _LOCAL = (1 << SLOT_SHIFT) - 1
 ROOT = pyfuse3.ROOT_INODE
 
 
-def _fail(code: int) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(code)
-
-
 class Graft:
     """One shared folder shown in the mount: its share record, slot, client and operations."""
 
@@ -65,10 +61,6 @@ class Graft:
         self.ops.file_state = client.states.xattr
         self.scope = trio.CancelScope()
         client.front_end_now = self.scope.cancel
-
-    @property
-    def store(self) -> str:
-        return str(self.share["store"])
 
 
 class GraftedOperations(pyfuse3.Operations):  # type: ignore[misc]
@@ -90,7 +82,7 @@ class GraftedOperations(pyfuse3.Operations):  # type: ignore[misc]
             return self.own, number
         graft = self.grafts.get(slot)
         if graft is None:
-            raise _fail(errno.ESTALE)  # a folder no longer shown (unshared)
+            raise pyfuse3.FUSEError(errno.ESTALE)  # a folder no longer shown (unshared)
         return graft.ops, number & _LOCAL
 
     def top_names(self) -> dict[str, Graft]:
@@ -119,14 +111,14 @@ class GraftedOperations(pyfuse3.Operations):  # type: ignore[misc]
     def _no_graft(self, parent: int, name: bytes, code: int) -> FuseOperations:
         """The store of *parent*, unless *name* in it is a graft's (then *code*)."""
         if self._graft_at(parent, name) is not None:
-            raise _fail(code)
+            raise pyfuse3.FUSEError(code)
         return self._part(parent)[0]
 
     def _same_store(self, one: int, two: int) -> tuple[FuseOperations, int, int]:
         ops, a = self._part(one)
         other, b = self._part(two)
         if ops is not other:
-            raise _fail(errno.EXDEV)
+            raise pyfuse3.FUSEError(errno.EXDEV)
         return ops, a, b
 
     # -- shown and hidden ----------------------------------------------------
@@ -209,7 +201,7 @@ class GraftedOperations(pyfuse3.Operations):  # type: ignore[misc]
         self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int, ctx: Any
     ) -> None:
         if self._graft_at(parent_inode_old, name_old) or self._graft_at(parent_inode_new, name_new):
-            raise _fail(errno.EBUSY)
+            raise pyfuse3.FUSEError(errno.EBUSY)
         ops, old, new = self._same_store(parent_inode_old, parent_inode_new)
         await ops.rename(old, name_old, new, name_new, flags, ctx)
 
