@@ -76,6 +76,17 @@ class Applier:
 
     def apply(self, nodes: tuple[Node, ...] | list[Node], entries: tuple[Entry, ...] | list[Entry],
               cursor: int | None = None) -> None:
+        # This machine's own commits come back here: what the replica holds already
+        # needs no checks (and, for a page of nothing else, no look at the queue).
+        moved = {e.node for e in entries if e.node is not None}
+        nodes = [n for n in nodes if n.id != ROOT_ID and not self.replica.holds_node(n)]
+        entries = [e for e in entries if not self.replica.holds_entry(e)]
+        if not nodes and not entries:
+            if cursor is not None:
+                with self.replica.tx():
+                    self.replica.cursor = cursor
+                    self.replica.prune_gone(cursor)
+            return
         pending_nodes = self.queue.pending_nodes()
         pending_entries = self.queue.pending_entries()
         inv = Invalidation()
@@ -83,8 +94,6 @@ class Applier:
         deferred = False
         with self.replica.tx():
             for node in nodes:
-                if node.id == ROOT_ID:
-                    continue
                 if node.id in pending_nodes or self.busy(node.id):
                     self.replica.defer_node(node)
                     deferred = True
@@ -92,7 +101,7 @@ class Applier:
                 self._apply_node(node, inv)
                 if node.kind == "file" and not node.deleted:
                     fetched.append(node.id)
-            waiting = self._waiting(entries, pending_nodes, pending_entries)
+            waiting = self._waiting(entries, pending_nodes, pending_entries, moved)
             for entry in entries:
                 if (entry.parent, entry.name) in waiting:
                     self.replica.defer_entry(entry)
@@ -114,7 +123,8 @@ class Applier:
         return local.id if local else None
 
     def _waiting(
-        self, entries: Collection[Entry], pending_nodes: set[str], pending_entries: set[tuple[str, str]]
+        self, entries: Collection[Entry], pending_nodes: set[str], pending_entries: set[tuple[str, str]],
+        moved: Collection[str] | None = None,
     ) -> set[tuple[str, str]]:
         """The entries among *entries* that must wait for local work, as ``(parent, name)``.
 
@@ -129,7 +139,8 @@ class Applier:
         server keeps there, and could put something else at a name it believes
         free.
         """
-        moved = {e.node for e in entries if e.node is not None}
+        if moved is None:
+            moved = {e.node for e in entries if e.node is not None}
         waiting: set[tuple[str, str]] = set()
         staying: set[str] = set()  # moved nodes whose old entry waits
         for entry in entries:

@@ -246,6 +246,25 @@ class Replica:
         ).fetchone()
         return int(row[0])
 
+    def holds_node(self, node: Node) -> bool:
+        """True if the replica holds *node*'s record already, or newer (a commit of ours coming back)."""
+        row = self._db.execute("SELECT seq FROM nodes WHERE id=?", (node.id,)).fetchone()
+        return row is not None and 0 < node.seq <= row[0]
+
+    def holds_entry(self, entry: Entry) -> bool:
+        """True if the replica's entry is *entry* as of its seq or newer (a commit of ours coming back)."""
+        row = self._db.execute(
+            "SELECT node, seq FROM entries WHERE parent=? AND name=?", (entry.parent, entry.name)
+        ).fetchone()
+        if entry.node is not None:
+            return row is not None and row[0] == entry.node and row[1] >= entry.seq
+        if row is not None:
+            return False
+        gone = self._db.execute(
+            "SELECT seq FROM gone WHERE parent=? AND name=?", (entry.parent, entry.name)
+        ).fetchone()
+        return gone is not None and gone[0] >= entry.seq
+
     def mark_gone(self, parent: str, name: str, seq: int) -> None:
         self._db.execute("INSERT OR REPLACE INTO gone (parent, name, seq) VALUES (?,?,?)", (parent, name, seq))
 

@@ -159,6 +159,7 @@ class WriteBackQueue:
         self._listeners: list[Callable[[], None]] = []
         self._drop_listeners: list[Callable[[], None]] = []
         self._ready_at = 0.0
+        self._hint: float | None = None
 
     def on_enqueue(self, fn: Callable[[], None]) -> None:
         self._listeners.append(fn)
@@ -264,6 +265,7 @@ class WriteBackQueue:
         """
         op = new.to_wire()  # the queue keeps ops in their wire form, which is also its durable record
         self._ready_at = time.time() + (self.quiet if quiet is None else quiet)
+        self._hint = min(self._hint or self._ready_at, self._ready_at)
         with self.state.tx():
             if not self._coalesce(op, version):
                 self._append(op)
@@ -284,8 +286,18 @@ class WriteBackQueue:
                 (now, node, now, now + self.quiet),
             ).rowcount
             if hurried:
+                self._hint = now
                 for fn in self._listeners:
                     self.state.after_commit(fn)
+
+    def ready_hint(self) -> float:
+        """The soonest ready time of the changes queued since the last call (0: none known).
+
+        For the uploader, woken by every enqueue: a change waiting its quiet
+        period only needs its sleep to end sooner.
+        """
+        hint, self._hint = self._hint, None
+        return 0.0 if hint is None else hint
 
     def _insert(self, op: dict[str, Any], ready_at: float) -> None:
         self._db.execute(

@@ -1,0 +1,92 @@
+"""The uploader's own loop: when it wakes, and how many changes a batch carries."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.client.engine import EngineMachine, Server
+
+
+def _running_uploader(tmp_path: Path, body: Callable[[EngineMachine], Awaitable[None]]) -> Server:
+    """Run *body* on machine A with its uploader running its own loop (quiet period 50 ms).
+
+    Returns once the queue is empty; the machine is closed whatever happens,
+    the server is returned open for the test to look at.
+    """
+    server = Server(tmp_path / "server")
+
+    async def run() -> None:
+        machine = EngineMachine("A", tmp_path / "A", server)
+        try:
+            machine.queue.quiet = 0.05
+            machine.queue.on_enqueue(machine.uploader.wake)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(machine.uploader.run)
+                await body(machine)
+                with trio.fail_after(30):
+                    while len(machine.queue):
+                        await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+        finally:
+            machine.close()
+
+    try:
+        trio.run(run)
+    except BaseException:
+        server.close()
+        raise
+    return server
+
+
+@pytest.mark.timeout(60)
+def test_files_arriving_one_after_another_go_up_in_a_few_batches_and_all_arrive(tmp_path: Path) -> None:
+    """200 files written a few milliseconds apart, each ready after its quiet period.
+
+    Taken as each became ready, they went up a few at a time: a commit, a
+    blocks request and a changes page for every few files.  While more keep
+    coming, a batch waits for the ones on their way (`uploader.GATHER`).
+    Every file still arrives: the uploader, asleep with nothing ready, is
+    never woken by an enqueue, only has its sleep shortened to the first
+    change's ready time.
+    """
+    sizes: list[int] = []
+
+    async def body(machine: EngineMachine) -> None:
+        commit = machine.remote.commit
+
+        async def counted(batch: str, ops: list[dict[str, Any]]) -> int:
+            sizes.append(len(ops))
+            return await commit(batch, ops)
+
+        machine.remote.commit = counted  # type: ignore[method-assign]
+        for i in range(200):
+            await machine.files.write(f"f{i:03}.txt", b"x" * (i + 1))
+            await trio.sleep(0.002)
+
+    server = _running_uploader(tmp_path, body)
+    try:
+        assert sum(sizes) == 200
+        assert len(sizes) <= 40, sizes  # 5 files a batch or more; taken as they became ready, ~1
+        assert sorted(server.tree()) == [f"f{i:03}.txt" for i in range(200)]
+    finally:
+        server.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_change_queued_while_the_uploader_sleeps_with_nothing_queued_goes_up(tmp_path: Path) -> None:
+    """Nothing queued: the uploader sleeps without a deadline.  A change waiting its quiet period gives it one."""
+    async def body(machine: EngineMachine) -> None:
+        await trio.sleep(0.05)  # asleep, nothing queued
+        await machine.files.write("one.txt", b"one")
+        assert len(machine.queue) == 1
+
+    server = _running_uploader(tmp_path, body)
+    try:
+        assert list(server.tree()) == ["one.txt"]
+    finally:
+        server.close()
