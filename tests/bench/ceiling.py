@@ -24,7 +24,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from websync_fs.fuse.ops import TIMEOUT
+from websync_fs.fuse.ops import BLKSIZE, TIMEOUT
 
 
 @dataclass
@@ -63,7 +63,7 @@ class CeilingOps(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino, e.st_mode, e.st_nlink, e.st_uid, e.st_gid = ino, n.mode, n.nlink, n.uid, n.gid
         e.st_size = len(n.target) if stat.S_ISLNK(n.mode) else len(n.data)
-        e.st_blksize, e.st_blocks = 4096, (e.st_size + 511) // 512
+        e.st_blksize, e.st_blocks = BLKSIZE, (e.st_size + 511) // 512
         e.st_atime_ns = e.st_mtime_ns = n.mtime_ns
         e.st_ctime_ns = n.ctime_ns
         e.entry_timeout = e.attr_timeout = TIMEOUT
