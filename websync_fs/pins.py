@@ -279,7 +279,8 @@ class Pinner:
 
     def poke(self) -> None:
         """Something may have changed under a pin: reconcile soon."""
-        self._poke.set()
+        if self._pins or self._held:  # else nothing can matter (see _reconciler); every change pokes
+            self._poke.set()
 
     # -- reconciling -----------------------------------------------------------
     def reconcile(self, *, release: bool = False) -> None:
