@@ -31,6 +31,7 @@ Schema (tables of the state database, statedb.py):
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from contextlib import AbstractContextManager
@@ -114,13 +115,20 @@ _LINKS = (
 )
 
 
+@functools.lru_cache(maxsize=4096)
+def _blocks(text: str) -> tuple[BlockHash, ...]:
+    # A file's row is read several times for each request about it: its block list is
+    # decoded once (tuples of strings are immutable, so the rows may share it).
+    return tuple(json.loads(text))
+
+
 def _row(r: tuple[Any, ...] | None) -> NodeRow | None:
     if r is None:
         return None
     return NodeRow(
         ino=r[0], id=NodeId(r[1]), kind=r[2], mode=r[3], size=r[4], mtime_ns=r[5], ctime_ns=r[6],
-        blocks=tuple(json.loads(r[7])), target=r[8], seq=r[9], orphan=bool(r[10]),
-        local=bool(r[11]), rdev=r[12], xattrs=json.loads(r[13]), uid=r[14], gid=r[15],
+        blocks=_blocks(r[7]), target=r[8], seq=r[9], orphan=bool(r[10]),
+        local=bool(r[11]), rdev=r[12], xattrs={} if r[13] == "{}" else json.loads(r[13]), uid=r[14], gid=r[15],
     )
 
 
