@@ -14,7 +14,7 @@ from ._blocks import BlockCache
 from ._exceptions import CacheError, CacheFull, CacheUnavailable, CorruptBlock, InvalidBlockHash
 from ._filewriter import FileWriter
 from ._stats import CacheStats
-from ._store import sync_wal
+from ._store import WalCheckpointer, sync_wal
 
 __all__ = [
     "BlockCache",
@@ -25,5 +25,6 @@ __all__ = [
     "CorruptBlock",
     "FileWriter",
     "InvalidBlockHash",
+    "WalCheckpointer",
     "sync_wal",
 ]

@@ -7,60 +7,15 @@ there or neither is.
 
 from __future__ import annotations
 
-import logging
 import sqlite3
-import threading
 
-from cache import sync_wal
+from cache import WalCheckpointer, sync_wal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-log = logging.getLogger(__name__)
-
 #: Commits after which the log is copied into the database, by a thread of its own.
 CHECKPOINT_EVERY = 200
-#: Log pages past which a commit copies them itself (SQLite's own checkpoint): only if
-#: the thread cannot keep up.
-CHECKPOINT_PAGES = 4_000
-
-
-class _Checkpointer:
-    """Copies the log into the database on a thread of its own, beside the writer.
-
-    SQLite's own checkpoint runs inside the commit that fills the log past
-    1,000 pages, with an fsync of the log and one of the database: in a
-    small-file workload it was half of all commit time, paid by whichever
-    file system request made that commit.  A passive checkpoint on another
-    connection copies what no reader still needs and never blocks the writer.
-    """
-
-    def __init__(self, path: str) -> None:
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._due = threading.Event()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="statedb-checkpoint", daemon=True)
-        self._thread.start()
-
-    def poke(self) -> None:
-        self._due.set()
-
-    def _run(self) -> None:
-        while True:
-            self._due.wait()
-            self._due.clear()
-            if self._stop:
-                return
-            try:
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except sqlite3.Error as exc:
-                log.warning("checkpoint of the state database failed (the next one tries again): %s", exc)
-
-    def close(self) -> None:
-        self._stop = True
-        self._due.set()
-        self._thread.join(timeout=30)
-        self._conn.close()
 
 
 class StateDb:
@@ -71,15 +26,13 @@ class StateDb:
         # WAL + NORMAL: a killed process loses nothing (the log is in the page
         # cache); `sync()` covers power loss and is called for fsync().
         self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
+        self.conn.execute(f"PRAGMA wal_autocheckpoint={WalCheckpointer.BACKSTOP_PAGES}")
         self._depth = 0
         self._after: list[Callable[[], None]] = []
-        self._commits = 0
-        self._checkpointer: _Checkpointer | None = None  # started at the first checkpoint due
+        self._checkpoints = WalCheckpointer(self.path, "statedb-checkpoint", CHECKPOINT_EVERY)
 
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.close()
+        self._checkpoints.close()
         self.conn.close()
 
     def execute(self, sql: str, params: tuple[object, ...] | list[object] = ()) -> sqlite3.Cursor:
@@ -106,18 +59,10 @@ class StateDb:
         self._depth -= 1
         if self._depth == 0:
             self.conn.execute("COMMIT")
-            self._committed()
+            self._checkpoints.committed()
             after, self._after = self._after, []
             for fn in after:
                 fn()
-
-    def _committed(self) -> None:
-        self._commits += 1
-        if self._commits % CHECKPOINT_EVERY:
-            return
-        if self._checkpointer is None:
-            self._checkpointer = _Checkpointer(self.path)
-        self._checkpointer.poke()
 
     @contextmanager
     def large_cache(self, mib: int = 64) -> Iterator[None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,26 @@ def test_sync_of_nothing_is_harmless(tmp_path: Path) -> None:
         assert cache.stats().count == 0
     finally:
         cache.close()
+
+
+def test_the_index_log_is_copied_by_a_thread_of_its_own_and_every_block_is_kept(tmp_path: Path) -> None:
+    """600 small blocks (each a row, each a commit): the index's log is copied into the database by a
+    `cache-checkpoint` thread, which closing ends; reopened, every block is there."""
+    def checkpointers() -> int:
+        return sum(t.name == "cache-checkpoint" for t in threading.enumerate())
+
+    before = checkpointers()
+    store = BlockCache(tmp_path, limit=64 * 1024 * 1024)
+    blocks = {hashlib.sha256(data).hexdigest(): data for data in (os.urandom(3000) for _ in range(600))}
+    try:
+        for h, data in blocks.items():
+            store.put(h, data)
+        assert checkpointers() == before + 1
+    finally:
+        store.close()
+    assert checkpointers() == before
+    again = BlockCache(tmp_path, limit=64 * 1024 * 1024)
+    try:
+        assert all(again.get(h) == data for h, data in blocks.items())
+    finally:
+        again.close()

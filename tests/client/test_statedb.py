@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cache import WalCheckpointer
 from websync_fs import statedb
 from websync_fs.statedb import StateDb
 
@@ -36,7 +37,7 @@ def test_the_log_is_copied_into_the_database_beside_the_writer_and_nothing_is_lo
     db = StateDb(path)
     db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
     _commit_rows(db, 1000)
-    assert 1000 < statedb.CHECKPOINT_PAGES
+    assert 1000 < WalCheckpointer.BACKSTOP_PAGES
     assert len(_checkpointers()) == before + 1
     deadline = time.monotonic() + 20
     while path.stat().st_size < 900 * 3000 and time.monotonic() < deadline:
