@@ -14,7 +14,7 @@ from ._blocks import BlockCache
 from ._exceptions import CacheError, CacheFull, CacheUnavailable, CorruptBlock, InvalidBlockHash
 from ._filewriter import FileWriter
 from ._stats import CacheStats
-from ._store import WalCheckpointer, sync_wal
+from ._store import INLINE_MAX, WalCheckpointer, sync_wal
 
 __all__ = [
     "BlockCache",
@@ -24,6 +24,7 @@ __all__ = [
     "CacheUnavailable",
     "CorruptBlock",
     "FileWriter",
+    "INLINE_MAX",
     "InvalidBlockHash",
     "WalCheckpointer",
     "sync_wal",

@@ -762,16 +762,16 @@ class Vfs:
             size = min(end - start, BLOCK_SIZE) - lo
             # A read of a whole block (a small file) wants it all, like one going on from the last.
             streaming = sequential or size == whole
-            parts.append(await self._read_block(handle.blocks[index], lo, size, streaming))
+            parts.append(await self._read_block(handle.blocks[index], lo, size, streaming, whole))
         if sequential and self._nursery is not None:
             # Read-ahead once the asked-for bytes are here, and only for a program
             # reading on: the next blocks load while it works through this one.
             self.source.prefetch(self._nursery, list(handle.blocks[last + 1 : last + 1 + READ_AHEAD_BLOCKS]))
         return b"".join(parts)
 
-    async def _read_block(self, h: Any, offset: int, length: int, streaming: bool) -> bytes:
+    async def _read_block(self, h: Any, offset: int, length: int, streaming: bool, size: int | None = None) -> bytes:
         with _fetch_errors(h):
-            return await self.source.read(h, offset, length, streaming=streaming)
+            return await self.source.read(h, offset, length, streaming=streaming, size=size)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         self._changing()
