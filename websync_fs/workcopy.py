@@ -7,11 +7,14 @@ downloaded, so editing 1 MiB inside a 1 GiB file fetches one block.  `seal()` tu
 only the blocks that were written) and hands the new blocks to the cache.
 
 Appending writers.  A program writing a big file from start to end appends
-block after block.  From the second block on (so small files never do this)
-such a block is gathered in memory instead of the file; once full it is hashed
-and stored into the cache in the background, and the working-copy file never
+block after block.  From the second block on, or from the first for a writer
+whose first write is 1 MiB or more (so small files never do this), such a
+block is gathered in memory instead of the file; once full it is hashed and
+stored into the cache in the background, and the working-copy file never
 holds it: its bytes go into the page cache once, as a cache block, instead of
-twice.  Where the current bytes of a block are:
+twice.  The last, partial block is hashed by `seal` from memory too (and, if
+a read needs it meanwhile, put into the file).  Where the current bytes of a
+block are:
 
 ==========  ===================================================================
 state       where
@@ -62,6 +65,13 @@ _FINISHING_MAX = 2
 #: 2 + _FINISHING_MAX blocks (filling, finishing, being stored): 128 MiB at most.
 _FILLS_MAX = 8
 _FILLING: set[int] = set()  # ids of the working copies in append mode
+#: A first write at least this big, at the start of an empty copy, starts append mode at
+#: block 0: a photo of a few MiB is then gathered and sealed from memory, never written
+#: into the working-copy file and read back (`cp` writes st_blksize, 1 MiB, at a time).
+_FILL_FROM_START = 1024 * 1024
+#: A block sealed from memory up to this size is hashed on the event loop, like a copy
+#: that is memory (spillfile.py); bigger ones in a worker thread.
+_SEAL_ON_LOOP = 64 * 1024
 
 
 class WorkingCopy:
@@ -91,6 +101,7 @@ class WorkingCopy:
         self._closed = False
         self._length = size  # of the file; appended blocks held elsewhere do not grow it
         self._fill: list[bytes] | None = None  # chunks of the last block, while appending
+        self._sealing: tuple[int, bytes] | None = None  # that block, while `seal` hashes it
         self._fill_len = 0
         self._mem: dict[int, tuple[bytes, trio.Event]] = {}
         self._stored: dict[int, BlockHash] = {}
@@ -123,6 +134,12 @@ class WorkingCopy:
         """Bring the current bytes of block *index* into the file if they are not there yet."""
         if self._fill is not None and index == self.size // BLOCK_SIZE:
             self._spill_fill()
+        tail = self._sealing
+        if tail is not None and index == tail[0] and index not in self.dirty:
+            # A read while `seal` hashes this block from memory: the file gets the same bytes
+            # (the seal's hash is theirs; once sealed the block is base like any other).
+            self._put_in_file(index, tail[1])
+            return
         if index in self._mem:
             self._put_in_file(index, self._mem[index][0])
             del self._mem[index]
@@ -183,6 +200,14 @@ class WorkingCopy:
             self._put_in_file(index, b"".join(self._fill))
         self._end_fill()
 
+    def _take_fill(self) -> tuple[int, bytes] | None:
+        """Leave append mode, handing over the partial block being gathered (for `seal`, from memory)."""
+        if self._fill is None:
+            return None
+        tail = (self.size // BLOCK_SIZE, b"".join(self._fill)) if self._fill_len else None
+        self._end_fill()
+        return tail
+
     def _end_fill(self) -> None:
         if self._fill is not None:
             self._fill = None
@@ -206,7 +231,7 @@ class WorkingCopy:
     async def _write(self, offset: int, data: bytes) -> int:
         if not data:
             return 0
-        if self._appends(offset):
+        if self._appends(offset, len(data)):
             await self._append(data)
             return len(data)
         self._spill_fill()
@@ -235,14 +260,18 @@ class WorkingCopy:
             self._hash_ahead(index)  # wholly written up to its end: likely finished
         return len(data)
 
-    def _appends(self, offset: int) -> bool:
-        """True if a write at *offset* continues (or can start) gathering blocks in memory."""
+    def _appends(self, offset: int, length: int) -> bool:
+        """True if a write of *length* at *offset* continues (or can start) gathering blocks in memory."""
         if offset != self.size or self.spawn is None or self.store is None:
             return False
         if self._fill is not None:
             return True
-        if offset < BLOCK_SIZE or len(_FILLING) >= _FILLS_MAX:
+        if len(_FILLING) >= _FILLS_MAX:
             return False
+        if offset < BLOCK_SIZE:
+            # The first block only for a writer starting big (cp, a download: files of a few
+            # MiB), so small files never do this; their copy is memory anyway (spillfile.py).
+            return offset == 0 and length >= _FILL_FROM_START
         # Mid-block (writes of odd sizes) the block's head must be in the file to be taken along.
         return offset % BLOCK_SIZE == 0 or offset // BLOCK_SIZE in self.dirty
 
@@ -408,38 +437,60 @@ class WorkingCopy:
         async with self._lock:
             if self._closed:
                 return None  # sealed and closed by another task while this one waited
-            await self._settle()
-            self._extend()
-            count = block_count(self.size)
-            blocks = list(self.base[:count]) + [BlockHash("")] * (count - len(self.base))
-            todo = []
-            for i in range(count):
-                if i in self._stored:
-                    blocks[i] = self._stored[i]  # its bytes are in the cache only
-                elif i in self.dirty or i >= len(self.base):
-                    ahead = self._ahead.get(i)
-                    if ahead is not None and ahead[0] == self._gen.get(i):
-                        blocks[i] = ahead[1]  # hashed in the background, untouched since
-                    else:
-                        todo.append(i)
+            # An appending writer's last, partial block is hashed from memory: into the
+            # file and read back, it cost a write and a read of up to 4 MiB a close.
+            tail = self._sealing = self._take_fill()
+            try:
+                return await self._seal(store, tail)
+            except BaseException:
+                if tail is not None and not self._closed and tail[0] not in self.dirty:
+                    self._put_in_file(*tail)  # nothing sealed: the bytes stay in the copy
+                raise
+            finally:
+                self._sealing = None
 
-            def work() -> list[tuple[int, BlockHash]]:
-                out = []
-                for index in todo:
-                    start = index * BLOCK_SIZE
-                    data = self._file.pread(min(BLOCK_SIZE, self.size - start), start)
-                    h = hashlib.sha256(data).hexdigest()
-                    store(h, data)
-                    out.append((index, BlockHash(h)))
-                return out
+    async def _seal(self, store: Store, tail: tuple[int, bytes] | None) -> tuple[int, tuple[BlockHash, ...]]:
+        """`seal`, holding the lock; *tail* is a partial last block taken from memory."""
+        await self._settle()
+        self._extend()
+        count = block_count(self.size)
+        blocks = list(self.base[:count]) + [BlockHash("")] * (count - len(self.base))
+        todo = []
+        for i in range(count):
+            if tail is not None and i == tail[0]:
+                continue  # hashed from memory below
+            if i in self._stored:
+                blocks[i] = self._stored[i]  # its bytes are in the cache only
+            elif i in self.dirty or i >= len(self.base):
+                ahead = self._ahead.get(i)
+                if ahead is not None and ahead[0] == self._gen.get(i):
+                    blocks[i] = ahead[1]  # hashed in the background, untouched since
+                else:
+                    todo.append(i)
 
-            # A copy in memory (64 KiB at most) is hashed and stored on the event loop
-            # (~0.1 ms): the hop to a thread and back cost 0.7 ms a small file (GIL
-            # hand-offs), more than the work, and no thread may read it anyway.
-            for index, h in work() if self.in_memory else await trio.to_thread.run_sync(work):
-                blocks[index] = h
-                self._present.add(index)
-            self.base = blocks
-            self.dirty.clear()
-            self._stored.clear()
-            return self.size, tuple(blocks)
+        def work() -> list[tuple[int, BlockHash]]:
+            out = []
+            if tail is not None:
+                h = hashlib.sha256(tail[1]).hexdigest()
+                store(h, tail[1])
+                out.append((tail[0], BlockHash(h)))
+            for index in todo:
+                start = index * BLOCK_SIZE
+                data = self._file.pread(min(BLOCK_SIZE, self.size - start), start)
+                h = hashlib.sha256(data).hexdigest()
+                store(h, data)
+                out.append((index, BlockHash(h)))
+            return out
+
+        # A copy in memory (64 KiB at most) is hashed and stored on the event loop
+        # (~0.1 ms): the hop to a thread and back cost 0.7 ms a small file (GIL
+        # hand-offs), more than the work, and no thread may read it anyway.
+        on_loop = self.in_memory and (tail is None or len(tail[1]) <= _SEAL_ON_LOOP)
+        for index, h in work() if on_loop else await trio.to_thread.run_sync(work):
+            blocks[index] = h
+            if tail is None or index != tail[0]:
+                self._present.add(index)  # the tail's bytes are in the cache only, as base
+        self.base = blocks
+        self.dirty.clear()
+        self._stored.clear()
+        return self.size, tuple(blocks)

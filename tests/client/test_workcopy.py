@@ -112,17 +112,44 @@ def appending_copy(path: Path, nursery: trio.Nursery, cache: Cache) -> WorkingCo
     return work
 
 
+async def write_by_mib(work: WorkingCopy, data: bytes) -> None:
+    """Write *data* from the start 1 MiB at a time, as cp does (st_blksize)."""
+    for start in range(0, len(data), 1 << 20):
+        await work.write(start, data[start : start + (1 << 20)])
+
+
+async def sealed_by_mib(
+    tmp_path: Path, nursery: trio.Nursery, cache: Cache, data: bytes
+) -> tuple[WorkingCopy, tuple[BlockHash, ...]]:
+    """A new appending copy written by `write_by_mib` and sealed; checked to seal *data*."""
+    work = appending_copy(tmp_path / "w", nursery, cache)
+    await write_by_mib(work, data)
+    size, new = await work.seal(cache.store)
+    assert (size, new) == (len(data), blocks_of(data)[1])
+    return work, new
+
+
+def full_then_fine(cache: Cache) -> tuple[Callable[[str, bytes], None], list[bool]]:
+    """A store into *cache* that fails for a full disk while the list's flag is true."""
+    full = [True]
+
+    def store(h: str, block: bytes) -> None:
+        if full[0]:
+            raise OSError(28, "No space left on device")
+        cache.store(h, block)
+
+    return store, full
+
+
 async def test_appended_blocks_skip_the_file_and_are_stored_and_offered(tmp_path: Path) -> None:
     data = os.urandom(5 * BS + 1234)
     cache = Cache()
     async with trio.open_nursery() as nursery:
-        work = appending_copy(tmp_path / "w", nursery, cache)
-        for start in range(0, len(data), 1 << 20):
-            await work.write(start, data[start : start + (1 << 20)])
-        size, new = await work.seal(cache.store)
-        assert (size, new) == (len(data), blocks_of(data)[1])
-        # Blocks 1-4 went to the cache from memory: the file holds block 0 and the tail only.
-        assert os.stat(tmp_path / "w").st_blocks * 512 <= 2 * BS + 64 * 1024
+        work, new = await sealed_by_mib(tmp_path, nursery, cache, data)
+        # Every block went to the cache from memory, the tail too (at the seal): written
+        # 1 MiB at a time from the start, none of it entered the file.  Reading it back
+        # brings it in.
+        assert os.stat(tmp_path / "w").st_blocks * 512 <= 64 * 1024
         assert set(cache.offered) == set(new[:5])  # every full block, the tail excepted
         assert await work.read(0, len(data)) == data
         work.close()
@@ -172,12 +199,7 @@ async def test_truncate_while_appending_drops_the_blocks_held_elsewhere(tmp_path
 async def test_a_failed_background_store_is_reported_by_seal(tmp_path: Path) -> None:
     data = os.urandom(3 * BS)
     cache = Cache()
-    full = [True]
-
-    def store(h: str, block: bytes) -> None:
-        if full[0]:
-            raise OSError(28, "No space left on device")
-        cache.store(h, block)
+    store, full = full_then_fine(cache)
 
     async with trio.open_nursery() as nursery:
         work = appending_copy(tmp_path / "w", nursery, cache)
@@ -190,6 +212,78 @@ async def test_a_failed_background_store_is_reported_by_seal(tmp_path: Path) -> 
         size, new = await work.seal(store)
         assert (size, new) == (len(data), blocks_of(data)[1])
         assert await work.read(0, size) == data
+        work.close()
+
+
+async def test_a_photo_written_in_big_writes_is_sealed_from_memory_and_reads_back(tmp_path: Path) -> None:
+    """3 MiB written 1 MiB at a time from the start (cp): gathered and sealed from memory, never in the file."""
+    data = os.urandom(3 * (1 << 20) + 17)
+    cache = Cache()
+    async with trio.open_nursery() as nursery:
+        work, new = await sealed_by_mib(tmp_path, nursery, cache, data)
+        size = len(data)
+        assert not (tmp_path / "w").exists() or os.stat(tmp_path / "w").st_blocks == 0
+        assert await work.read(0, size) == data
+        # Going on writing after the seal: the sealed tail comes back from the cache first.
+        await work.write(size, b"more")
+        size, new = await work.seal(cache.store)
+        assert new == blocks_of(data + b"more")[1]
+        work.close()
+
+
+async def test_small_first_writes_keep_a_small_file_in_memory_not_gathering(tmp_path: Path) -> None:
+    cache = Cache()
+    async with trio.open_nursery() as nursery:
+        work = appending_copy(tmp_path / "w", nursery, cache)
+        await work.write(0, b"a" * 4096)
+        await work.write(4096, b"b" * (2 << 20))  # big, but not a first write at 0: the file takes it
+        size, new = await work.seal(cache.store)
+        assert new == blocks_of(b"a" * 4096 + b"b" * (2 << 20))[1]
+        work.close()
+
+
+async def test_a_tail_whose_store_fails_stays_in_the_copy_and_seals_later(tmp_path: Path) -> None:
+    data = os.urandom(2 * (1 << 20) + 5)
+    cache = Cache()
+    store, full = full_then_fine(cache)
+
+    async with trio.open_nursery() as nursery:
+        work = appending_copy(tmp_path / "w", nursery, cache)
+        await write_by_mib(work, data)
+        with pytest.raises(OSError):
+            await work.seal(store)
+        assert await work.read(0, len(data)) == data
+        full[0] = False
+        size, new = await work.seal(store)
+        assert (size, new) == (len(data), blocks_of(data)[1])
+        work.close()
+
+
+async def test_a_read_while_the_seal_stores_the_tail_sees_its_bytes(tmp_path: Path) -> None:
+    data = os.urandom(2 * (1 << 20) + 5)
+    cache = Cache()
+    gate = threading.Event()
+
+    def slow_store(h: str, block: bytes) -> None:
+        gate.wait(10)
+        cache.store(h, block)
+
+    async with trio.open_nursery() as nursery:
+        work = appending_copy(tmp_path / "w", nursery, cache)
+        await write_by_mib(work, data)
+        sealed: list[tuple[int, tuple[BlockHash, ...]] | None] = []
+
+        async def seal() -> None:
+            sealed.append(await work.seal(slow_store))
+
+        nursery.start_soon(seal)
+        await trio.testing.wait_all_tasks_blocked()  # the seal waits in the store
+        assert await work.read(1000, 5000) == data[1000:6000]
+        gate.set()
+        while not sealed:
+            await trio.sleep(0.01)
+        assert sealed[0] == (len(data), blocks_of(data)[1])
+        assert await work.read(0, len(data)) == data
         work.close()
 
 
@@ -212,7 +306,9 @@ async def test_a_read_while_the_writer_waits_for_stores_sees_the_finished_blocks
 
         nursery.start_soon(writer)
         await trio.testing.wait_all_tasks_blocked()  # the writer waits for the stores
-        assert await work.read(3 * BS, BS) == data[3 * BS : 4 * BS]
+        # Blocks 0-2 are finished and in memory (a first write of a whole block starts
+        # gathering at block 0), the writer waits before the fourth.
+        assert await work.read(2 * BS, BS) == data[2 * BS : 3 * BS]
         gate.set()
         size, new = await work.seal(slow_store)
         assert (size, new) == (len(data), blocks_of(data)[1])
