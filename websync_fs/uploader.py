@@ -230,7 +230,8 @@ class Uploader:
             # A batch whose commit got no answer (cut connection, crash) is sent again as it
             # was, under its batch id, before anything else: the server applies an id once.
             # take() reads the whole queue: only when something is ready (an enqueue
-            # wakes us, and thousands of them must not cost a queue scan each).
+            # ends the sleep when its change is due, and thousands of them must not
+            # cost a queue scan each).
             batch = self.queue.inflight()
             if not batch and self.queue.has_ready():
                 await self._gather()
