@@ -252,8 +252,13 @@ class Uploader:
 
     async def _sleep(self) -> None:
         self._wake = trio.Event()
-        ready = self.queue.next_ready_at()
-        timeout = float("inf") if ready is None else max(0.0, ready - time.time())
+        now = time.time()
+        ready = self.queue.next_ready_at(now)
+        if ready is None and self.queue.has_ready(now):
+            # An item became ready between the loop's look and this one (a sleep ends
+            # at the very time an item is due): look again, never sleep without a deadline.
+            ready = now + 0.01
+        timeout = float("inf") if ready is None else max(0.0, ready - now)
         with trio.move_on_after(timeout) as self._sleeping:
             await self._wake.wait()
         self._sleeping = None

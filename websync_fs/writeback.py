@@ -236,21 +236,23 @@ class WriteBackQueue:
         )
         return {p for (p,) in rows}
 
-    def has_ready(self) -> bool:
-        """True if some queued item's time has come (it may still be held back)."""
+    def has_ready(self, now: float | None = None) -> bool:
+        """True if some queued item's time has come by *now* (it may still be held back)."""
         row = self._db.execute(
-            "SELECT 1 FROM items WHERE state='queued' AND ready_at <= ? LIMIT 1", (time.time(),)
+            "SELECT 1 FROM items WHERE state='queued' AND ready_at <= ? LIMIT 1",
+            (time.time() if now is None else now,),
         ).fetchone()
         return row is not None
 
-    def next_ready_at(self) -> float | None:
-        """When the next item waiting for its time becomes ready (None: none waits).
+    def next_ready_at(self, now: float | None = None) -> float | None:
+        """When the next item waiting for its time after *now* becomes ready (None: none waits).
 
         Items that are ready but held back wait for one of these, so an
         uploader sleeping until then does not spin.
         """
         row = self._db.execute(
-            "SELECT min(ready_at) FROM items WHERE state='queued' AND ready_at > ?", (time.time(),)
+            "SELECT min(ready_at) FROM items WHERE state='queued' AND ready_at > ?",
+            (time.time() if now is None else now,),
         ).fetchone()
         return row[0]
 

@@ -90,3 +90,33 @@ def test_a_change_queued_while_the_uploader_sleeps_with_nothing_queued_goes_up(t
         assert list(server.tree()) == ["one.txt"]
     finally:
         server.close()
+
+
+@pytest.mark.timeout(60)
+def test_an_item_ready_as_the_uploader_goes_to_sleep_never_leaves_it_asleep_without_a_deadline(
+    tmp_path: Path,
+) -> None:
+    """The loop saw nothing ready; by the time it chose how long to sleep, the item was due.
+
+    Its sleep had ended at the very time the item was due (an enqueue shortens
+    the sleep to exactly that), so one look said "not ready yet" and the next
+    "not in the future either": the uploader slept with no deadline, and the
+    change waited for the next one to come along.  Now such a sleep is short.
+    """
+    server = Server(tmp_path / "server")
+
+    async def run() -> None:
+        machine = EngineMachine("A", tmp_path / "A", server)
+        try:
+            machine.queue.quiet = 0.0
+            await machine.files.write("due.txt", b"due")
+            assert machine.queue.has_ready() and machine.queue.next_ready_at() is None
+            with trio.fail_after(5):
+                await machine.uploader._sleep()
+        finally:
+            machine.close()
+
+    try:
+        trio.run(run)
+    finally:
+        server.close()
