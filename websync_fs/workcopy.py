@@ -441,7 +441,7 @@ class WorkingCopy:
             # file and read back, it cost a write and a read of up to 4 MiB a close.
             tail = self._sealing = self._take_fill()
             try:
-                return await self._seal(store, tail)
+                return await self._seal(store)
             except BaseException:
                 if tail is not None and not self._closed and tail[0] not in self.dirty:
                     self._put_in_file(*tail)  # nothing sealed: the bytes stay in the copy
@@ -449,8 +449,9 @@ class WorkingCopy:
             finally:
                 self._sealing = None
 
-    async def _seal(self, store: Store, tail: tuple[int, bytes] | None) -> tuple[int, tuple[BlockHash, ...]]:
-        """`seal`, holding the lock; *tail* is a partial last block taken from memory."""
+    async def _seal(self, store: Store) -> tuple[int, tuple[BlockHash, ...]]:
+        """`seal`, holding the lock; `_sealing` is a partial last block taken from memory."""
+        tail = self._sealing
         await self._settle()
         self._extend()
         count = block_count(self.size)
@@ -458,8 +459,8 @@ class WorkingCopy:
         todo = []
         for i in range(count):
             if tail is not None and i == tail[0]:
-                continue  # hashed from memory below
-            if i in self._stored:
+                todo.append(i)  # hashed from memory
+            elif i in self._stored:
                 blocks[i] = self._stored[i]  # its bytes are in the cache only
             elif i in self.dirty or i >= len(self.base):
                 ahead = self._ahead.get(i)
@@ -470,13 +471,12 @@ class WorkingCopy:
 
         def work() -> list[tuple[int, BlockHash]]:
             out = []
-            if tail is not None:
-                h = hashlib.sha256(tail[1]).hexdigest()
-                store(h, tail[1])
-                out.append((tail[0], BlockHash(h)))
             for index in todo:
                 start = index * BLOCK_SIZE
-                data = self._file.pread(min(BLOCK_SIZE, self.size - start), start)
+                if tail is not None and index == tail[0]:
+                    data = tail[1]
+                else:
+                    data = self._file.pread(min(BLOCK_SIZE, self.size - start), start)
                 h = hashlib.sha256(data).hexdigest()
                 store(h, data)
                 out.append((index, BlockHash(h)))
