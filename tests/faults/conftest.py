@@ -136,13 +136,13 @@ def make_machine(tmp_path: Path) -> Iterator[Callable[..., Machine]]:
         machine.cleanup()
     for machine, allow in made:
         bad = [
-            line for line in _log_lines(machine)
+            line for line in log_lines(machine)
             if _BAD.search(line) and not any(re.search(a, line) for a in allow)
         ]
         assert not bad, f"machine {machine.name} logged errors:\n" + "\n".join(bad[:20])
 
 
-def _log_lines(machine: Machine) -> list[str]:
+def log_lines(machine: Machine) -> list[str]:
     """The machine's log, and what its mount process printed (a crash's traceback lands there)."""
     lines: list[str] = []
     state = machine.home / "state"

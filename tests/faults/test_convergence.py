@@ -30,7 +30,7 @@ import pytest
 
 from tests.clients import Machine, eventually
 from tests.faults.chaos import Actor, Event, Tree, difference, protected, read_tree, story
-from tests.faults.conftest import Site, status
+from tests.faults.conftest import Site, log_lines, status
 from tests.proxy import Proxy
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
@@ -88,13 +88,19 @@ def _run(actors: list[Actor], seconds: float, during: Callable[[float], None] = 
 
 def _settled(machine: Machine) -> bool:
     info = status(machine)
-    return info["online"] and info["pending"] == 0 and not info.get("held")
+    # An assertion, not False: a machine that never settles is reported with its status.
+    assert info["online"] and info["pending"] == 0 and not info.get("held"), f"{machine.name}: {info}"
+    return True
 
 
 def _converged(machines: list[Machine], oracle: Machine, events: list[Event], seed: int) -> None:
     """Wait for quiet, then compare every machine with the fresh one and check that no write is lost."""
     for m in machines:
-        eventually(lambda: _settled(m), timeout=120, what=f"{m.name} to send everything")
+        try:
+            eventually(lambda: _settled(m), timeout=120, what=f"{m.name} to send everything")
+        except AssertionError as exc:
+            tail = "\n".join(log_lines(m)[-80:])
+            raise AssertionError(f"seed {seed}: {exc}\nthe end of {m.name}'s log:\n{tail}") from None
     oracle.mount()
     truth: Tree = {}
 
