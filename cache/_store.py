@@ -651,8 +651,9 @@ class WalCheckpointer:
             if self._commits % self._every or self._stop:
                 return
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                thread.start()
+                self._thread = thread  # only once started: close() joins it
         self._due.set()
 
     def _run(self) -> None:
@@ -677,7 +678,9 @@ class WalCheckpointer:
             thread = self._thread
         self._due.set()
         if thread is not None:
-            thread.join(timeout=30)
+            # A checkpoint the disk keeps waiting must not hold up the end (the thread is a daemon,
+            # and a log left behind is copied by the next open).
+            thread.join(timeout=5)
 
 
 #: Database path -> the log file whose name `sync_wal` has made durable.

@@ -7,12 +7,15 @@ there or neither is.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 
 from cache import WalCheckpointer, sync_wal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 #: Commits after which the log is copied into the database, by a thread of its own.
 CHECKPOINT_EVERY = 200
@@ -59,10 +62,18 @@ class StateDb:
         self._depth -= 1
         if self._depth == 0:
             self.conn.execute("COMMIT")
-            self._checkpoints.committed()
             after, self._after = self._after, []
-            for fn in after:
-                fn()
+            failed: Exception | None = None
+            for fn in (self._checkpoints.committed, *after):
+                # Every callback runs: one that fails must not cost the uploader the wake
+                # that follows it (the change would wait for the next one to come along).
+                try:
+                    fn()
+                except Exception as exc:
+                    log.exception("after a commit of %s", self.path)
+                    failed = failed or exc
+            if failed is not None:
+                raise failed
 
     @contextmanager
     def large_cache(self, mib: int = 64) -> Iterator[None]:

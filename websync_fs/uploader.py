@@ -93,6 +93,10 @@ MAX_OPS = 1000
 #: follower fetches back) whatever its size: `tar` of small files sent as they became
 #: ready went up a few files a batch.  A lone change waits for nothing more.
 GATHER = 0.1
+#: However long nothing is due, the uploader looks at the queue this often (one query): a wake
+#: that never came (a commit callback that failed before it) then costs a change seconds, not
+#: the wait for the next change to come along.
+LOOK_EVERY = 5.0
 #: Longest wait between tries of a change the server keeps refusing (400/404).
 REFUSED_CAP = 600.0
 #: Longest wait between tries while the server is unreachable or full.
@@ -258,7 +262,7 @@ class Uploader:
             # An item became ready between the loop's look and this one (a sleep ends
             # at the very time an item is due): look again, never sleep without a deadline.
             ready = now + 0.01
-        timeout = float("inf") if ready is None else max(0.0, ready - now)
+        timeout = LOOK_EVERY if ready is None else min(LOOK_EVERY, max(0.0, ready - now))
         with trio.move_on_after(timeout) as self._sleeping:
             await self._wake.wait()
         self._sleeping = None

@@ -1,4 +1,4 @@
-"""The state database's log is copied into the database by a thread of its own, not by the writer."""
+"""The state database: its log is copied by a thread of its own, and what runs after a commit."""
 
 from __future__ import annotations
 
@@ -62,5 +62,33 @@ def test_a_database_that_commits_little_starts_no_thread(tmp_path: Path) -> None
         db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
         _commit_rows(db, statedb.CHECKPOINT_EVERY - 1)
         assert len(_checkpointers()) == before
+    finally:
+        db.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_callback_after_a_commit_that_fails_costs_no_later_callback_its_turn(tmp_path: Path) -> None:
+    """One callback raises: every other still runs, then the committer hears the error.
+
+    They ran in a plain loop, so one that raised dropped those after it: the
+    uploader's wake among them, and a queued change waited for the next one.
+    """
+    db = StateDb(tmp_path / "state.db")
+    try:
+        ran: list[str] = []
+
+        def broken() -> None:
+            ran.append("broken")
+            raise ValueError("a broken callback")
+
+        with pytest.raises(ValueError, match="a broken callback"):
+            with db.tx():
+                db.after_commit(lambda: ran.append("first"))
+                db.after_commit(broken)
+                db.after_commit(lambda: ran.append("wake"))
+        assert ran == ["first", "broken", "wake"]
+        with db.tx():  # nothing of the failed round is left to run again
+            pass
+        assert ran == ["first", "broken", "wake"]
     finally:
         db.close()

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from tests.client.engine import EngineMachine, Server
+from websync_fs import uploader
 
 
 def _running_uploader(tmp_path: Path, body: Callable[[EngineMachine], Awaitable[None]]) -> Server:
@@ -78,8 +79,12 @@ def test_files_arriving_one_after_another_go_up_in_a_few_batches_and_all_arrive(
 
 
 @pytest.mark.timeout(60)
-def test_a_change_queued_while_the_uploader_sleeps_with_nothing_queued_goes_up(tmp_path: Path) -> None:
+def test_a_change_queued_while_the_uploader_sleeps_with_nothing_queued_goes_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Nothing queued: the uploader sleeps without a deadline.  A change waiting its quiet period gives it one."""
+    monkeypatch.setattr(uploader, "LOOK_EVERY", float("inf"))  # only the change's own wake can end the sleep
+
     async def body(machine: EngineMachine) -> None:
         await trio.sleep(0.05)  # asleep, nothing queued
         await machine.files.write("one.txt", b"one")
@@ -118,5 +123,22 @@ def test_an_item_ready_as_the_uploader_goes_to_sleep_never_leaves_it_asleep_with
 
     try:
         trio.run(run)
+    finally:
+        server.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_change_whose_wake_never_came_still_goes_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """However it came to pass, a queued change is found by the uploader's periodic look (`LOOK_EVERY`)."""
+    monkeypatch.setattr(uploader, "LOOK_EVERY", 0.2)
+
+    async def body(machine: EngineMachine) -> None:
+        await trio.sleep(0.05)  # asleep, nothing queued
+        machine.queue._listeners.clear()  # no wake comes
+        await machine.files.write("one.txt", b"one")
+
+    server = _running_uploader(tmp_path, body)
+    try:
+        assert list(server.tree()) == ["one.txt"]
     finally:
         server.close()

@@ -320,6 +320,7 @@ def test_two_synced_folders_and_a_mount_converge_after_changes_on_all_three(
         for machine in (b, c):
             status = json.loads(machine.cli("status", "--json").stdout)
             assert status["pending"] == 0, f"{machine.name} still holds changes: {status}"
+            assert 0 <= status["status_age"] < 30, status  # the running sync writes its state every second
         return True
 
     eventually(agree, timeout=90, what="the mount and both folders to hold the same tree")

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -314,6 +315,9 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
     }
     held = str(daemon.get("held") or held)
     info["held"] = held
+    if daemon.get("updated"):
+        # The running process writes its state every second: an old one means it is stuck.
+        info["status_age"] = round(max(0.0, time.time() - float(daemon["updated"])), 1)
     info["notices"] = list(daemon.get("notices") or [])[-10:]
     if home.store:
         info["shared"] = home.share() | {"revoked": revoked}
