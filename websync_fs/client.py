@@ -55,7 +55,7 @@ from .replica import Replica
 from .statedb import StateDb
 from .uploader import Uploader
 from .vfs import Vfs
-from .writeback import WriteBackQueue
+from .writeback import WriteBackQueue, clock
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class Engine:
             for item in self.queue.items()[:5]:
                 error = self.queue.first_error(item.node)
                 log.info("waiting to go before the end: %s of %s (%s, due in %.1f s)%s", item.op["op"], item.node,
-                         item.state, item.ready_at - time.time(), f": {error}" if error else "")
+                         item.state, item.ready_at - clock(), f": {error}" if error else "")
         with trio.move_on_after(DRAIN_ON_STOP):
             while len(self.queue) and self.uploader.failures == 0:
                 await trio.sleep(0.1)

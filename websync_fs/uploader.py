@@ -30,7 +30,6 @@ setattr     missing      the node is gone: nothing to do
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -80,7 +79,7 @@ from .follower import Applier, backoff
 from .remote import Remote
 from .replica import NodeRow, Replica
 from .invalidation import Invalidation, Notify
-from .writeback import Item, WriteBackQueue
+from .writeback import Item, WriteBackQueue, clock
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -211,10 +210,10 @@ class Uploader:
         """
         at = self.queue.ready_hint()
         scope = self._sleeping
-        if scope is None or at <= time.time():
+        if scope is None or at <= clock():
             self._wake.set()
             return
-        scope.deadline = min(scope.deadline, trio.current_time() + (at - time.time()))
+        scope.deadline = min(scope.deadline, trio.current_time() + (at - clock()))
 
     def reconnected(self) -> None:
         """The server answers again (the follower reached it): end the backoff, retry now."""
@@ -256,7 +255,7 @@ class Uploader:
 
     async def _sleep(self) -> None:
         self._wake = trio.Event()
-        now = time.time()
+        now = clock()
         ready = self.queue.next_ready_at(now)
         if ready is None and self.queue.has_ready(now):
             # An item became ready between the loop's look and this one (a sleep ends
@@ -271,7 +270,7 @@ class Uploader:
         """Right after a batch, while more changes are on their way, let them join the next one."""
         more = self.queue.next_ready_at()
         start = self._last_start + GATHER
-        if more is None or more - time.time() > GATHER or start <= trio.current_time():
+        if more is None or more - clock() > GATHER or start <= trio.current_time():
             return
         await trio.sleep_until(start)
 

@@ -137,6 +137,22 @@ def _item(r: tuple[Any, ...]) -> Item:
 
 
 _ICOLS = "n, node, op, state, batch, attempts, ready_at"
+#: Longest any change waits for its time (the uploader's refusal backoff is 600 s): a due time
+#: further ahead was set by a clock since set back, and is due now.
+LONGEST_WAIT = 900.0
+
+_ANCHOR = (time.time(), time.monotonic())
+
+
+def clock() -> float:
+    """Wall-clock seconds that do not step while the process runs: the queue's due times.
+
+    Due times are stored as wall time, so they mean the same after a restart.
+    Within a process they advance with the monotonic clock: a wall clock set
+    back (NTP, a machine resumed) would otherwise make every queued change
+    wait as long as the step.
+    """
+    return _ANCHOR[0] + (time.monotonic() - _ANCHOR[1])
 BlocksCallback = Callable[[Iterable[str]], None]
 
 
@@ -153,6 +169,10 @@ class WriteBackQueue:
             with self._tx():
                 for item in self.items():
                     self._store(item.n, item.op)
+        now = clock()
+        if self._db.execute("SELECT 1 FROM items WHERE ready_at>? LIMIT 1", (now + LONGEST_WAIT,)).fetchone():
+            with self._tx():  # set by a clock since set back: due now
+                self._db.execute("UPDATE items SET ready_at=? WHERE ready_at>?", (now, now + LONGEST_WAIT))
         self.quiet = quiet
         self._protect_cb = protect or (lambda h: None)
         self._unprotect_cb = unprotect or (lambda h: None)
@@ -240,7 +260,7 @@ class WriteBackQueue:
         """True if some queued item's time has come by *now* (it may still be held back)."""
         row = self._db.execute(
             "SELECT 1 FROM items WHERE state='queued' AND ready_at <= ? LIMIT 1",
-            (time.time() if now is None else now,),
+            (clock() if now is None else now,),
         ).fetchone()
         return row is not None
 
@@ -252,7 +272,7 @@ class WriteBackQueue:
         """
         row = self._db.execute(
             "SELECT min(ready_at) FROM items WHERE state='queued' AND ready_at > ?",
-            (time.time() if now is None else now,),
+            (clock() if now is None else now,),
         ).fetchone()
         return row[0]
 
@@ -266,7 +286,7 @@ class WriteBackQueue:
         before it: that content becomes a version on the server.
         """
         op = new.to_wire()  # the queue keeps ops in their wire form, which is also its durable record
-        self._ready_at = time.time() + (self.quiet if quiet is None else quiet)
+        self._ready_at = clock() + (self.quiet if quiet is None else quiet)
         self._hint = min(self._hint or self._ready_at, self._ready_at)
         with self.state.tx():
             if not self._coalesce(op, version):
@@ -281,7 +301,7 @@ class WriteBackQueue:
         for the writer and read the file unchanged): a second quiet period only
         delays it.  Longer waits (temporary names, a replaced file) are kept.
         """
-        now = time.time()
+        now = clock()
         with self.state.tx():
             hurried = self._db.execute(
                 "UPDATE items SET ready_at=? WHERE node=? AND state='queued' AND ready_at>? AND ready_at<=?",
@@ -396,7 +416,7 @@ class WriteBackQueue:
         works in (a folder's delete after a file's move out of it).  Unrelated
         items go ahead.
         """
-        now = time.time()
+        now = clock()
         batch_id = uuid.uuid4().hex
         taken: list[Item] = []
         held_own: set[str] = set()  # nodes of held items
@@ -459,7 +479,7 @@ class WriteBackQueue:
             for item in items:
                 self._db.execute(
                     "UPDATE items SET state='queued', batch=NULL, attempts=attempts+1, ready_at=?, error=? WHERE n=?",
-                    (time.time() + delay, error, item.n),
+                    (clock() + delay, error, item.n),
                 )
 
     def replace(self, item: Item, new: Op | dict[str, Any] | None) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from websync_fs.statedb import StateDb
+from websync_fs import writeback
 from websync_fs.writeback import WriteBackQueue
 from websync_server.protocol import (
     BlockHash,
@@ -106,6 +110,28 @@ def test_quiet_period_holds_back_later_items(tmp_path: Path) -> None:
     q.enqueue(create("f", "a"))
     assert q.take() == []
     assert q.next_ready_at() is not None
+
+
+def test_a_wall_clock_set_back_does_not_hold_back_what_is_queued(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The clock goes back ten minutes (NTP, a machine resumed) while a change waits 50 ms: it goes in 50 ms."""
+    q, _, _ = make(tmp_path, quiet=0.05)
+    q.enqueue(create("f", "a"))
+    real = time.time
+    monkeypatch.setattr(writeback.time, "time", lambda: real() - 600)
+    time.sleep(0.1)
+    assert q.has_ready() and [i.node for i in q.take()] == ["f"]
+
+
+def test_a_due_time_set_by_a_clock_since_set_back_is_due_at_the_next_start(tmp_path: Path) -> None:
+    """A process stopped with changes queued; the clock went back an hour before the next start."""
+    q, _, db = make(tmp_path, quiet=3600 + 60)  # as seen by the clock set back: due in an hour and a minute
+    q.enqueue(create("f", "a"))
+    q.enqueue(create("g", "b"))
+    assert not q.has_ready()
+    db.close()
+    q2, _, _ = make(tmp_path)
+    assert q2.has_ready()  # not an hour and a minute more
+    assert [i.node for i in q2.take()] == ["f", "g"]
 
 
 def test_failed_batch_returns_to_queued_with_backoff(tmp_path: Path) -> None:
