@@ -36,10 +36,12 @@ from websync_server.protocol import (
     OP_UPDATE,
     Create,
     NodeId,
+    SetAttr,
     Update,
     new_node_id,
 )
 
+from .owners import chown_fields
 from .replica import NodeRow, Replica
 from .writeback import WriteBackQueue
 
@@ -121,6 +123,14 @@ class SaveDetector:
                 # save it came: git rewrites .git/config twice within milliseconds.
                 version=True,
             )
+            if (current.uid, current.gid) != (old.uid, old.gid):
+                # An update carries no owner: the new file's (another user saved it, a
+                # setgid folder's group) goes as a setattr, or the server kept the old one.
+                uid, gid = chown_fields({
+                    **({"uid": current.uid} if current.uid != old.uid else {}),
+                    **({"gid": current.gid} if current.gid != old.gid else {}),
+                })
+                self._send(SetAttr(id=old.id, uid=uid, gid=gid))
             for where, what in self.replica.entries_of(fresh):
                 # The previous version stays here under another name: a file of its own.
                 self._send(_create(fresh, where, what, old), name=what)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
+import trio
 
+from tests.client.engine import EngineMachine, Server
 from websync_fs import saves
-from websync_fs.replica import NodeRow
+from websync_fs.owners import Caller
+from websync_fs.replica import ROOT_ID, ROOT_INO, NodeRow
 from websync_fs.saves import REMEMBERED, WINDOW, SaveDetector
+from websync_fs.vfs import OpenMode
 from websync_server.protocol import KIND_FILE, NodeId
 
 
@@ -43,3 +48,41 @@ def test_names_older_than_the_window_are_forgotten(monkeypatch: pytest.MonkeyPat
     d.left("p", "new", row(3))
     assert list(d._left) == [("p", "again"), ("p", "new")]
     assert time.monotonic() == now[0]
+
+
+@pytest.mark.timeout(60)
+def test_a_save_by_another_user_gives_the_document_the_new_files_owner_on_every_machine(tmp_path: Path) -> None:
+    """Root's document, deleted, and a new one made at its name by user 1001 of group 3000: one save.
+
+    The save becomes an update of the document, and an update carries no owner:
+    the server kept root's while this machine showed 1001's, until something
+    brought the server's back (a single machine then disagreed with itself).
+    """
+    async def run() -> None:
+        server = Server(tmp_path / "server")
+        a, b = EngineMachine("A", tmp_path / "A", server), EngineMachine("B", tmp_path / "B", server)
+        try:
+            await a.files.write("doc.txt", b"root's")
+            while await a.send_one():
+                pass
+            await a.files.unlink("doc.txt")
+            fh, _ = a.vfs.create(ROOT_INO, "doc.txt", 0o644, OpenMode(read=False, write=True),
+                                 caller=Caller(1001, 3000))
+            await a.vfs.write(fh, 0, b"user 1001's")
+            await a.vfs.release(fh)
+            saved = a.replica.lookup(ROOT_ID, "doc.txt")
+            assert saved is not None and (saved.uid, saved.gid) == (1001, 3000)
+            ops = [i.op["op"] for i in a.queue.items()]
+            assert ops[0] == "update" and "setattr" in ops and "delete" not in ops and "create" not in ops, ops
+            while await a.send_one():
+                pass
+            while await b.apply_one():
+                pass
+            there = b.replica.lookup(ROOT_ID, "doc.txt")
+            assert there is not None and there.id == saved.id and (there.uid, there.gid) == (1001, 3000)
+        finally:
+            a.close()
+            b.close()
+            server.close()
+
+    trio.run(run)
