@@ -157,12 +157,11 @@ class Engine:
         """Give pending uploads a short chance to go out before the engine ends (the front end's shutdown)."""
         if self.revoked:
             return  # the server takes nothing more for this folder
-        if len(self.queue):
-            # Said before the wait: if these never go, the log tells which and why.
-            for item in self.queue.items()[:5]:
-                error = self.queue.first_error(item.node)
-                log.info("waiting to go before the end: %s of %s (%s, due in %.1f s)%s", item.op["op"], item.node,
-                         item.state, item.ready_at - clock(), f": {error}" if error else "")
+        # Said before the wait: if these never go, the log tells which and why.
+        for item in self.queue.items(limit=5):
+            error = self.queue.first_error(item.node)
+            log.info("waiting to go before the end: %s of %s (%s, due in %.1f s)%s", item.op["op"], item.node,
+                     item.state, item.ready_at - clock(), f": {error}" if error else "")
         with trio.move_on_after(DRAIN_ON_STOP):
             while len(self.queue) and self.uploader.failures == 0:
                 await trio.sleep(0.1)

@@ -123,13 +123,11 @@ class SaveDetector:
                 # save it came: git rewrites .git/config twice within milliseconds.
                 version=True,
             )
-            if (current.uid, current.gid) != (old.uid, old.gid):
-                # An update carries no owner: the new file's (another user saved it, a
-                # setgid folder's group) goes as a setattr, or the server kept the old one.
-                uid, gid = chown_fields({
-                    **({"uid": current.uid} if current.uid != old.uid else {}),
-                    **({"gid": current.gid} if current.gid != old.gid else {}),
-                })
+            # An update carries no owner: the new file's (another user saved it, a setgid
+            # folder's group) goes as a setattr, or the server kept the old one.
+            owner = {k: getattr(current, k) for k in ("uid", "gid") if getattr(current, k) != getattr(old, k)}
+            if owner:
+                uid, gid = chown_fields(owner)
                 self._send(SetAttr(id=old.id, uid=uid, gid=gid))
             for where, what in self.replica.entries_of(fresh):
                 # The previous version stays here under another name: a file of its own.

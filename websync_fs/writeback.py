@@ -153,6 +153,8 @@ def clock() -> float:
     wait as long as the step.
     """
     return _ANCHOR[0] + (time.monotonic() - _ANCHOR[1])
+
+
 BlocksCallback = Callable[[Iterable[str]], None]
 
 
@@ -207,11 +209,12 @@ class WriteBackQueue:
             self.state.after_commit(lambda: self._unprotect_cb(hashes))
 
     # -- reading -------------------------------------------------------------
-    def items(self, node: str | None = None) -> list[Item]:
+    def items(self, node: str | None = None, limit: int = -1) -> list[Item]:
+        """Queued items (of *node*, if given) in order; the first *limit* of them (-1: all)."""
         if node is None:
-            rows = self._db.execute(f"SELECT {_ICOLS} FROM items ORDER BY n")
+            rows = self._db.execute(f"SELECT {_ICOLS} FROM items ORDER BY n LIMIT ?", (limit,))
         else:
-            rows = self._db.execute(f"SELECT {_ICOLS} FROM items WHERE node=? ORDER BY n", (node,))
+            rows = self._db.execute(f"SELECT {_ICOLS} FROM items WHERE node=? ORDER BY n LIMIT ?", (node, limit))
         return [_item(r) for r in rows]
 
     def nodes_placed_at(self, parent: str, name: str) -> set[str]:
