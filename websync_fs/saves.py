@@ -102,6 +102,10 @@ class SaveDetector:
             # The document went on from there (moved again, deleted elsewhere): leaving
             # this name was not the last thing that happened to it, so this is no save.
             return False
+        if self.queue.in_exchange(old.id) or self.queue.in_exchange(row.id):
+            # A queued exchange moved the other node of the pair too: undoing it would
+            # leave that node where the server has it, not where this machine shows it.
+            return False
         if self.queue.nodes_placed_at(parent, name) - {row.id, old.id}:
             # Something else stood at this name in between (a folder made there, a file
             # moved there and away again): its queued ops need the old file gone first.

@@ -410,7 +410,9 @@ class Uploader:
         op = dict(item.op)
         before = op.pop("before", [])
         blind = op.pop("blind", False)
-        if op["op"] in (OP_UPDATE, OP_DELETE) or (op["op"] == OP_SETATTR and not blind):
+        # The top folder's own attributes are not followed (follower.py): its mode or
+        # times are set over whatever the server has, never refused as a conflict first.
+        if op["op"] in (OP_UPDATE, OP_DELETE) or (op["op"] == OP_SETATTR and not blind and op["id"] != ROOT_ID):
             row = self.replica.by_id(op["id"])
             if row is not None:
                 op["base"] = row.seq

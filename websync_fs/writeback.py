@@ -39,7 +39,9 @@ Coalescing (only into items still ``queued``, never into one being uploaded):
 * delete of a node created here and never sent -> every item of the node is
   dropped and nothing is sent (a temporary file costs no traffic);
 * rename of a file or symlink created here and never sent -> its create moves
-  to the new name (and to the end of the queue, after whatever made the new parent).
+  to the new name (and to the end of the queue, after whatever made the new parent);
+* neither of the two for a node a queued RENAME_EXCHANGE moves: the exchange
+  needs it on the server where it was made (``in_exchange``).
 
 Items dropped unsent (coalesced away, settled by the uploader) are reported to
 ``on_drop`` listeners: a remote record the follower deferred for them has
@@ -93,6 +95,9 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_node ON items (node);
 CREATE INDEX IF NOT EXISTS items_parent ON items (parent);
 CREATE INDEX IF NOT EXISTS items_new_parent ON items (new_parent);
+-- The other node of a queued RENAME_EXCHANGE: it must reach the server as it was.
+CREATE INDEX IF NOT EXISTS items_exchange ON items (json_extract(op, '$.exchange'))
+    WHERE json_extract(op, '$.exchange') IS NOT NULL;
 """
 
 _BORN = (OP_CREATE, OP_MKDIR, OP_SYMLINK, OP_MKNOD)
@@ -225,6 +230,15 @@ class WriteBackQueue:
             (parent, name, *_BORN, OP_LINK, parent, name),
         )
         return {r[0] for r in rows}
+
+    def in_exchange(self, node: str) -> bool:
+        """Whether a queued RENAME_EXCHANGE moves *node* (its own, or another node's with it)."""
+        row = self._db.execute(
+            "SELECT 1 FROM items WHERE json_extract(op, '$.exchange') = ?1 UNION ALL"
+            " SELECT 1 FROM items WHERE node = ?1 AND json_extract(op, '$.exchange') IS NOT NULL LIMIT 1",
+            (node,),
+        ).fetchone()
+        return row is not None
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM items").fetchone()[0])
@@ -382,15 +396,17 @@ class WriteBackQueue:
             return True
         never_sent = bool(items) and all(i.state == "queued" for i in items) and items[0].op["op"] in _BORN
         linked = any(i.op["op"] == OP_LINK for i in items)  # a delete may remove one of several names
-        if kind == OP_DELETE and never_sent and not linked and not self._is_parent_of_queued(node):
+        # Dropped or moved to the end of the queue, a node an exchange swapped with another
+        # would not be where that exchange needs it (nor would the other node move).
+        if (kind == OP_DELETE and never_sent and not linked and not self.in_exchange(node)
+                and not self._is_parent_of_queued(node)):
             for item in items:
                 self._db.execute("DELETE FROM items WHERE n=?", (item.n,))
                 self._unprotect(item.blocks)
             self._dropped()
             return True
-        if kind == OP_RENAME and never_sent and len(items) == 1 and items[0].op["op"] != OP_MKDIR and not op.get(
-            "exchange"
-        ):
+        if (kind == OP_RENAME and never_sent and len(items) == 1 and items[0].op["op"] != OP_MKDIR
+                and not op.get("exchange") and not self.in_exchange(node)):
             moved = dict(items[0].op, parent=op["new_parent"], name=op["new_name"])
             self._db.execute("DELETE FROM items WHERE n=?", (items[0].n,))
             self._insert(moved, self._ready_at)
@@ -507,7 +523,7 @@ class WriteBackQueue:
             for item in self.items():
                 op = item.op
                 changed = False
-                for key in ("id", "parent", "new_parent", "replace"):
+                for key in ("id", "parent", "new_parent", "replace", "exchange"):
                     if op.get(key) == old:
                         op[key] = new
                         changed = True

@@ -107,3 +107,79 @@ def test_a_conflict_copy_keeps_the_owner_chown_gave_the_file(tmp_path: Path) -> 
             assert all(m.vfs.lookup(ROOT_INO, name).uid == 1234 for name in names)
 
     _two_machines(tmp_path, body)
+
+
+async def _exchange(m: EngineMachine, one: str, two: str) -> None:
+    m.vfs.exchange(ROOT_INO, one, ROOT_INO, two)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("then", ["unlink", "rename"])
+def test_a_file_never_sent_that_was_exchanged_still_reaches_the_server_before_the_exchange(
+    tmp_path: Path, then: str
+) -> None:
+    """A new file swaps names with a synced folder, then goes away or moves, before any of it was sent.
+
+    Dropping (or moving to the end) the file's unsent create would have sent an
+    exchange naming a file the server never had: refused, the server's placement
+    taken, and the folder's delete after it settled as "already gone" -- the
+    folder stayed on the server, and came back.
+    """
+    async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
+        await a.files.mkdir("d")
+        await a.settle()
+        await a.files.write("b", b"new file")
+        await _exchange(a, "d", "b")  # d is the file now, b the folder
+        await a.files.rmdir("b")
+        if then == "unlink":
+            await a.files.unlink("d")
+        else:
+            await a.files.rename("d", "c")
+        await a.settle()
+        await b.settle()
+        expected = {} if then == "unlink" else {"c": ("file", a.tree()["c"][1])}
+        assert a.tree() == server.tree() == b.tree() == expected
+
+    _two_machines(tmp_path, body)
+
+
+@pytest.mark.timeout(60)
+def test_an_exchange_by_a_file_never_sent_goes_even_when_that_file_is_deleted(tmp_path: Path) -> None:
+    """A new file swaps names with a synced one, then is deleted: the synced file keeps its new name everywhere."""
+    async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
+        await a.files.write("b", b"synced")
+        await a.settle()
+        await a.files.write("x", b"new")
+        await _exchange(a, "x", "b")  # x is the synced file now
+        await a.files.unlink("b")
+        await a.settle()
+        await b.settle()
+        assert a.tree() == server.tree() == b.tree()
+        assert list(server.tree()) == ["x"]
+        assert await b.files.read("x") == b"synced"
+
+    _two_machines(tmp_path, body)
+
+
+@pytest.mark.timeout(60)
+def test_a_file_exchanged_then_moved_over_a_deleted_one_is_no_save(tmp_path: Path) -> None:
+    """x and a new y swap names, the old x (now y) is deleted, the new file moves to y.
+
+    Seen as a save (a new file at the name a synced file just left), it undid
+    the move and the delete but not the exchange that put them there: the
+    server kept the synced file at its old name with the new bytes.
+    """
+    async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
+        await a.files.write("x", b"synced")
+        await a.settle()
+        await a.files.write("y", b"new")
+        await _exchange(a, "x", "y")
+        await a.files.unlink("y")
+        await a.files.rename("x", "y")
+        await a.settle()
+        await b.settle()
+        assert a.tree() == server.tree() == b.tree()
+        assert list(server.tree()) == ["y"]
+        assert await b.files.read("y") == b"new"
+
+    _two_machines(tmp_path, body)
