@@ -349,6 +349,17 @@ class Vfs:
             quiet = max(quiet or 0.0, self.replace_quiet)
         self.queue.enqueue(op, quiet=quiet, version=version)
 
+    @staticmethod
+    def _may_be_saved_over(row: NodeRow) -> bool:
+        """Whether a new file arriving where *row* was may become its next version (saves.py).
+
+        Only a file the server has: the change that takes it away waits the replace
+        quiet period for that file.  A file made here and not yet sent (git's
+        ``config.lock``, rsync's temporary name) is no document yet; its move waits
+        only the queue's own quiet period.
+        """
+        return row.kind == KIND_FILE and row.seq != 0
+
     def _local_name(self, kind: str, name: str) -> bool:
         return kind != KIND_DIR and self.names.local_only(name)
 
@@ -365,7 +376,7 @@ class Vfs:
         else:
             self.replica.update_node(row.id)  # ctime: one name less, as ext4
         if not row.local:
-            self._send(Delete(id=row.id, parent=pdir.id, name=name), replaced=row.kind == KIND_FILE)
+            self._send(Delete(id=row.id, parent=pdir.id, name=name), replaced=self._may_be_saved_over(row))
             self.saves.left(pdir.id, name, row)
         self._touch_dir(pdir)
 
@@ -463,7 +474,7 @@ class Vfs:
                 self.replica.update_node(row.id)  # ctime
                 self._send(
                     Rename(id=row.id, parent=src_dir.id, name=old_name, new_parent=dst_dir.id, new_name=new_name),
-                    name=new_name, replaced=row.kind == KIND_FILE,
+                    name=new_name, replaced=self._may_be_saved_over(row),
                 )
                 self.saves.left(src_dir.id, old_name, row)
                 arrived = self.replica.get(row.ino)

@@ -86,3 +86,34 @@ def test_a_save_by_another_user_gives_the_document_the_new_files_owner_on_every_
             server.close()
 
     trio.run(run)
+
+
+@pytest.mark.timeout(60)
+def test_only_a_file_the_server_has_waits_the_replace_quiet_period_when_it_leaves_a_name(tmp_path: Path) -> None:
+    """A document moved away may be saved over (saves.py): its move waits for that.
+
+    A file made here and never sent has no version to keep: git's ``config.lock``
+    renamed over ``config``, rsync's temporary name renamed to the file's, go
+    after the queue's own quiet period, not the replace quiet period.
+    """
+    async def run() -> None:
+        server = Server(tmp_path / "server")
+        a = EngineMachine("A", tmp_path / "A", server)
+        try:
+            a.vfs.replace_quiet = 3600.0
+            await a.files.write("doc.txt", b"on the server")
+            while await a.send_one():
+                pass
+            await a.files.write("config", b"[core]")
+            await a.files.write("config.lock", b"[core]\nbare = false")
+            await a.files.rename("config.lock", "config")
+            await a.files.write(".f.XyZ12", b"rsync's")
+            await a.files.rename(".f.XyZ12", "f")
+            assert {i.op["name"] for i in a.queue.take()} == {"config", "f"}
+            await a.files.rename("doc.txt", "doc.txt.bak")
+            assert not a.queue.take(), "the document's move waits: a save may come"
+        finally:
+            a.close()
+            server.close()
+
+    trio.run(run)
