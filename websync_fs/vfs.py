@@ -351,12 +351,10 @@ class Vfs:
 
     @staticmethod
     def _may_be_saved_over(row: NodeRow) -> bool:
-        """Whether a new file arriving where *row* was may become its next version (saves.py).
+        """Whether a new file arriving where deleted *row* was may become its next version (saves.py).
 
-        Only a file the server has: the change that takes it away waits the replace
-        quiet period for that file.  A file made here and not yet sent (git's
-        ``config.lock``, rsync's temporary name) is no document yet; its move waits
-        only the queue's own quiet period.
+        Only a file the server has: its delete waits the replace quiet period for
+        that file.  A file made here and not yet sent is no document yet.
         """
         return row.kind == KIND_FILE and row.seq != 0
 
@@ -474,7 +472,10 @@ class Vfs:
                 self.replica.update_node(row.id)  # ctime
                 self._send(
                     Rename(id=row.id, parent=src_dir.id, name=old_name, new_parent=dst_dir.id, new_name=new_name),
-                    name=new_name, replaced=self._may_be_saved_over(row),
+                    # No replace quiet period: editors move a document away to a temporary
+                    # name (``~WRL0001.tmp``, ``notes.txt~``), whose own wait is longer.
+                    # git's ``index.lock`` renamed to ``index`` waited a second for nothing.
+                    name=new_name,
                 )
                 self.saves.left(src_dir.id, old_name, row)
                 arrived = self.replica.get(row.ino)

@@ -14,6 +14,7 @@ from websync_fs.owners import Caller
 from websync_fs.replica import ROOT_ID, ROOT_INO, NodeRow
 from websync_fs.saves import REMEMBERED, WINDOW, SaveDetector
 from websync_fs.vfs import OpenMode
+from websync_fs.writeback import clock
 from websync_server.protocol import KIND_FILE, NodeId
 
 
@@ -89,19 +90,20 @@ def test_a_save_by_another_user_gives_the_document_the_new_files_owner_on_every_
 
 
 @pytest.mark.timeout(60)
-def test_only_a_file_the_server_has_waits_the_replace_quiet_period_when_it_leaves_a_name(tmp_path: Path) -> None:
-    """A document moved away may be saved over (saves.py): its move waits for that.
+def test_only_a_deleted_document_or_a_move_to_a_temporary_name_waits_for_a_save(tmp_path: Path) -> None:
+    """A document deleted, or moved to a temporary name, may be saved over (saves.py): that waits.
 
-    A file made here and never sent has no version to keep: git's ``config.lock``
-    renamed over ``config``, rsync's temporary name renamed to the file's, go
-    after the queue's own quiet period, not the replace quiet period.
+    Nothing else does: git's ``config.lock`` renamed over a ``config`` never
+    sent, its ``index.lock`` (sent) renamed to ``index``, rsync's temporary name
+    renamed to the file's, go after the queue's own quiet period.
     """
     async def run() -> None:
         server = Server(tmp_path / "server")
         a = EngineMachine("A", tmp_path / "A", server)
         try:
             a.vfs.replace_quiet = 3600.0
-            await a.files.write("doc.txt", b"on the server")
+            for name in ("doc.txt", "notes.txt", "index.lock"):
+                await a.files.write(name, b"on the server")
             while await a.send_one():
                 pass
             await a.files.write("config", b"[core]")
@@ -109,9 +111,14 @@ def test_only_a_file_the_server_has_waits_the_replace_quiet_period_when_it_leave
             await a.files.rename("config.lock", "config")
             await a.files.write(".f.XyZ12", b"rsync's")
             await a.files.rename(".f.XyZ12", "f")
-            assert {i.op["name"] for i in a.queue.take()} == {"config", "f"}
-            await a.files.rename("doc.txt", "doc.txt.bak")
-            assert not a.queue.take(), "the document's move waits: a save may come"
+            await a.files.rename("index.lock", "index")
+            taken = a.queue.take()
+            assert sorted(i.op.get("new_name", i.op.get("name")) for i in taken) == ["config", "f", "index"]
+            a.vfs.temporary_quiet = 3600.0
+            await a.files.unlink("doc.txt")
+            await a.files.rename("notes.txt", "notes.txt~")
+            waiting = [i for i in a.queue.items() if i.ready_at > clock() + 3000]
+            assert [i.op["op"] for i in waiting] == ["delete", "rename"], "a save may come"
         finally:
             a.close()
             server.close()
