@@ -349,15 +349,6 @@ class Vfs:
             quiet = max(quiet or 0.0, self.replace_quiet)
         self.queue.enqueue(op, quiet=quiet, version=version)
 
-    @staticmethod
-    def _may_be_saved_over(row: NodeRow) -> bool:
-        """Whether a new file arriving where deleted *row* was may become its next version (saves.py).
-
-        Only a file the server has: its delete waits the replace quiet period for
-        that file.  A file made here and not yet sent is no document yet.
-        """
-        return row.kind == KIND_FILE and row.seq != 0
-
     def _local_name(self, kind: str, name: str) -> bool:
         return kind != KIND_DIR and self.names.local_only(name)
 
@@ -374,7 +365,9 @@ class Vfs:
         else:
             self.replica.update_node(row.id)  # ctime: one name less, as ext4
         if not row.local:
-            self._send(Delete(id=row.id, parent=pdir.id, name=name), replaced=self._may_be_saved_over(row))
+            # A save may put a new file in its place (saves.py) -- only a file the server
+            # has: one made here and not yet sent has no version to keep.
+            self._send(Delete(id=row.id, parent=pdir.id, name=name), replaced=row.kind == KIND_FILE and row.seq != 0)
             self.saves.left(pdir.id, name, row)
         self._touch_dir(pdir)
 

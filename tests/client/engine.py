@@ -13,8 +13,11 @@ a minute.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+import trio
 
 from argon2 import PasswordHasher
 
@@ -197,3 +200,18 @@ def _tree(nodes: dict[str, Any], entries: dict[tuple[str, str], str]) -> dict[st
 
 def new_batch() -> str:
     return uuid.uuid4().hex
+
+
+def two_machines(tmp_path: Path, body: Callable[[Server, EngineMachine, EngineMachine], Awaitable[None]]) -> None:
+    """Run *body* with a server and engines A and B on it; all three are closed whatever happens."""
+    async def run() -> None:
+        server = Server(tmp_path / "server")
+        a, b = EngineMachine("A", tmp_path / "A", server), EngineMachine("B", tmp_path / "B", server)
+        try:
+            await body(server, a, b)
+        finally:
+            a.close()
+            b.close()
+            server.close()
+
+    trio.run(run)

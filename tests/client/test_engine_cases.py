@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import errno
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-import trio
 
-from tests.client.engine import EngineMachine, Server
+from tests.client.engine import EngineMachine, Server, two_machines
 from websync_fs.replica import ROOT_INO
-
-
-def _two_machines(tmp_path: Path, body: Callable[[Server, EngineMachine, EngineMachine], Awaitable[None]]) -> None:
-    """Run *body* with a server and engines A and B on it; all three are closed whatever happens."""
-    async def run() -> None:
-        server = Server(tmp_path / "server")
-        a, b = EngineMachine("A", tmp_path / "A", server), EngineMachine("B", tmp_path / "B", server)
-        try:
-            await body(server, a, b)
-        finally:
-            a.close()
-            b.close()
-            server.close()
-
-    trio.run(run)
 
 
 @pytest.mark.timeout(60)
@@ -54,7 +37,7 @@ def test_a_mode_set_over_an_unseen_edit_does_not_let_the_next_edit_replace_it(tm
         assert texts == {b"edited on A", b"edited on B"}
         assert a.tree() == b.tree() == server.tree()
 
-    _two_machines(tmp_path, body)
+    two_machines(tmp_path, body)
 
 
 @pytest.mark.timeout(60)
@@ -84,7 +67,7 @@ def test_a_read_only_core_refuses_every_change_with_erofs_and_queues_nothing(tmp
         assert await b.files.read("Docs/rules.txt") == b"house rules"
         assert len(b.queue) == 0 and b.tree() == server.tree()
 
-    _two_machines(tmp_path, body)
+    two_machines(tmp_path, body)
 
 
 @pytest.mark.timeout(60)
@@ -106,10 +89,10 @@ def test_a_conflict_copy_keeps_the_owner_chown_gave_the_file(tmp_path: Path) -> 
             names = [name for (_, name) in m.replica.all_entries()]
             assert all(m.vfs.lookup(ROOT_INO, name).uid == 1234 for name in names)
 
-    _two_machines(tmp_path, body)
+    two_machines(tmp_path, body)
 
 
-async def _exchange(m: EngineMachine, one: str, two: str) -> None:
+def _exchange(m: EngineMachine, one: str, two: str) -> None:
     m.vfs.exchange(ROOT_INO, one, ROOT_INO, two)
 
 
@@ -129,7 +112,7 @@ def test_a_file_never_sent_that_was_exchanged_still_reaches_the_server_before_th
         await a.files.mkdir("d")
         await a.settle()
         await a.files.write("b", b"new file")
-        await _exchange(a, "d", "b")  # d is the file now, b the folder
+        _exchange(a, "d", "b")  # d is the file now, b the folder
         await a.files.rmdir("b")
         if then == "unlink":
             await a.files.unlink("d")
@@ -140,7 +123,7 @@ def test_a_file_never_sent_that_was_exchanged_still_reaches_the_server_before_th
         expected = {} if then == "unlink" else {"c": ("file", a.tree()["c"][1])}
         assert a.tree() == server.tree() == b.tree() == expected
 
-    _two_machines(tmp_path, body)
+    two_machines(tmp_path, body)
 
 
 @pytest.mark.timeout(60)
@@ -150,7 +133,7 @@ def test_an_exchange_by_a_file_never_sent_goes_even_when_that_file_is_deleted(tm
         await a.files.write("b", b"synced")
         await a.settle()
         await a.files.write("x", b"new")
-        await _exchange(a, "x", "b")  # x is the synced file now
+        _exchange(a, "x", "b")  # x is the synced file now
         await a.files.unlink("b")
         await a.settle()
         await b.settle()
@@ -158,7 +141,7 @@ def test_an_exchange_by_a_file_never_sent_goes_even_when_that_file_is_deleted(tm
         assert list(server.tree()) == ["x"]
         assert await b.files.read("x") == b"synced"
 
-    _two_machines(tmp_path, body)
+    two_machines(tmp_path, body)
 
 
 @pytest.mark.timeout(60)
@@ -173,7 +156,7 @@ def test_a_file_exchanged_then_moved_over_a_deleted_one_is_no_save(tmp_path: Pat
         await a.files.write("x", b"synced")
         await a.settle()
         await a.files.write("y", b"new")
-        await _exchange(a, "x", "y")
+        _exchange(a, "x", "y")
         await a.files.unlink("y")
         await a.files.rename("x", "y")
         await a.settle()
@@ -182,4 +165,4 @@ def test_a_file_exchanged_then_moved_over_a_deleted_one_is_no_save(tmp_path: Pat
         assert list(server.tree()) == ["y"]
         assert await b.files.read("y") == b"new"
 
-    _two_machines(tmp_path, body)
+    two_machines(tmp_path, body)

@@ -6,9 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-import trio
 
-from tests.client.engine import EngineMachine, Server
+from tests.client.engine import EngineMachine, Server, two_machines
 from websync_fs import saves
 from websync_fs.owners import Caller
 from websync_fs.replica import ROOT_ID, ROOT_INO, NodeRow
@@ -59,34 +58,27 @@ def test_a_save_by_another_user_gives_the_document_the_new_files_owner_on_every_
     the server kept root's while this machine showed 1001's, until something
     brought the server's back (a single machine then disagreed with itself).
     """
-    async def run() -> None:
-        server = Server(tmp_path / "server")
-        a, b = EngineMachine("A", tmp_path / "A", server), EngineMachine("B", tmp_path / "B", server)
-        try:
-            await a.files.write("doc.txt", b"root's")
-            while await a.send_one():
-                pass
-            await a.files.unlink("doc.txt")
-            fh, _ = a.vfs.create(ROOT_INO, "doc.txt", 0o644, OpenMode(read=False, write=True),
-                                 caller=Caller(1001, 3000))
-            await a.vfs.write(fh, 0, b"user 1001's")
-            await a.vfs.release(fh)
-            saved = a.replica.lookup(ROOT_ID, "doc.txt")
-            assert saved is not None and (saved.uid, saved.gid) == (1001, 3000)
-            ops = [i.op["op"] for i in a.queue.items()]
-            assert ops[0] == "update" and "setattr" in ops and "delete" not in ops and "create" not in ops, ops
-            while await a.send_one():
-                pass
-            while await b.apply_one():
-                pass
-            there = b.replica.lookup(ROOT_ID, "doc.txt")
-            assert there is not None and there.id == saved.id and (there.uid, there.gid) == (1001, 3000)
-        finally:
-            a.close()
-            b.close()
-            server.close()
+    async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
+        await a.files.write("doc.txt", b"root's")
+        while await a.send_one():
+            pass
+        await a.files.unlink("doc.txt")
+        fh, _ = a.vfs.create(ROOT_INO, "doc.txt", 0o644, OpenMode(read=False, write=True),
+                             caller=Caller(1001, 3000))
+        await a.vfs.write(fh, 0, b"user 1001's")
+        await a.vfs.release(fh)
+        saved = a.replica.lookup(ROOT_ID, "doc.txt")
+        assert saved is not None and (saved.uid, saved.gid) == (1001, 3000)
+        ops = [i.op["op"] for i in a.queue.items()]
+        assert ops[0] == "update" and "setattr" in ops and "delete" not in ops and "create" not in ops, ops
+        while await a.send_one():
+            pass
+        while await b.apply_one():
+            pass
+        there = b.replica.lookup(ROOT_ID, "doc.txt")
+        assert there is not None and there.id == saved.id and (there.uid, there.gid) == (1001, 3000)
 
-    trio.run(run)
+    two_machines(tmp_path, body)
 
 
 @pytest.mark.timeout(60)
@@ -97,30 +89,24 @@ def test_only_a_deleted_document_or_a_move_to_a_temporary_name_waits_for_a_save(
     sent, its ``index.lock`` (sent) renamed to ``index``, rsync's temporary name
     renamed to the file's, go after the queue's own quiet period.
     """
-    async def run() -> None:
-        server = Server(tmp_path / "server")
-        a = EngineMachine("A", tmp_path / "A", server)
-        try:
-            a.vfs.replace_quiet = 3600.0
-            for name in ("doc.txt", "notes.txt", "index.lock"):
-                await a.files.write(name, b"on the server")
-            while await a.send_one():
-                pass
-            await a.files.write("config", b"[core]")
-            await a.files.write("config.lock", b"[core]\nbare = false")
-            await a.files.rename("config.lock", "config")
-            await a.files.write(".f.XyZ12", b"rsync's")
-            await a.files.rename(".f.XyZ12", "f")
-            await a.files.rename("index.lock", "index")
-            taken = a.queue.take()
-            assert sorted(i.op.get("new_name", i.op.get("name")) for i in taken) == ["config", "f", "index"]
-            a.vfs.temporary_quiet = 3600.0
-            await a.files.unlink("doc.txt")
-            await a.files.rename("notes.txt", "notes.txt~")
-            waiting = [i for i in a.queue.items() if i.ready_at > clock() + 3000]
-            assert [i.op["op"] for i in waiting] == ["delete", "rename"], "a save may come"
-        finally:
-            a.close()
-            server.close()
+    async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
+        a.vfs.replace_quiet = 3600.0
+        for name in ("doc.txt", "notes.txt", "index.lock"):
+            await a.files.write(name, b"on the server")
+        while await a.send_one():
+            pass
+        await a.files.write("config", b"[core]")
+        await a.files.write("config.lock", b"[core]\nbare = false")
+        await a.files.rename("config.lock", "config")
+        await a.files.write(".f.XyZ12", b"rsync's")
+        await a.files.rename(".f.XyZ12", "f")
+        await a.files.rename("index.lock", "index")
+        taken = a.queue.take()
+        assert sorted(i.op.get("new_name", i.op.get("name")) for i in taken) == ["config", "f", "index"]
+        a.vfs.temporary_quiet = 3600.0
+        await a.files.unlink("doc.txt")
+        await a.files.rename("notes.txt", "notes.txt~")
+        waiting = [i for i in a.queue.items() if i.ready_at > clock() + 3000]
+        assert [i.op["op"] for i in waiting] == ["delete", "rename"], "a save may come"
 
-    trio.run(run)
+    two_machines(tmp_path, body)
