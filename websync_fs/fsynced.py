@@ -14,14 +14,22 @@ side, as a local file system syncs a file and its journal:
   the cache (workcopy.py, "appending writers");
 * ``in_file``: the indexes whose bytes are in the working-copy file, or in
   ``inline`` -- the whole copy -- while it is memory (spillfile.py);
-* ``size`` and ``mtime_ns`` at the fsync.
+* ``size`` and ``mtime_ns`` at the fsync;
+* ``grows``: the copy's file held all of it, up to its end, and its mtime
+  was a write's (not one set by utimens).  Then the file's own length and
+  mtime count too, and what the copy gains goes into the file
+  (`WorkingCopy.grows_in_file`): an fsync that only added bytes to the file,
+  or rewrote bytes already in it, writes no new record and syncs the file
+  alone -- one fsync, as on a local disk, where it was the record's and the
+  file's side by side (a log or a database file fsync'd after every write).
 
 A record lives in the state database beside the replica and the queue:
 
 ===============================  =============================================
 event                            the record
 ===============================  =============================================
-fsync() of a changed copy        written (replacing the last), then synced
+fsync() of a changed copy        written (replacing the last), then synced;
+                                 kept, when it grows and `follows` holds
 seal (close, a quiet moment)     deleted in the seal's own transaction
 copy closed unsealed             deleted
 start-up                         every record is sealed into a queued update
@@ -30,15 +38,18 @@ start-up                         every record is sealed into a queued update
 
 A crash between the record's commit and the end of its fsync leaves a record
 whose bytes may be partly older: the fsync never returned, so nothing was
-promised.  Bytes appended after the fsync are cut off at ``size``; bytes of a
-copy on disk overwritten in place after the fsync may show (what a local disk
-holds after a crash is the same mix).
+promised.  Bytes written after the fsync may show: a growing record keeps
+what its file gained, other records cut the copy at ``size``, and bytes of a
+copy on disk overwritten in place show (what a local disk holds after a
+crash is the same mix; after a killed writer it holds all of them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +58,7 @@ from websync_server.protocol import BLOCK_SIZE, BlockHash, block_count
 
 from .statedb import StateDb
 
-__all__ = ["Fsynced", "Snapshot"]
+__all__ = ["Fsynced", "Snapshot", "as_left", "reader"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS fsynced (
@@ -58,7 +69,8 @@ CREATE TABLE IF NOT EXISTS fsynced (
     base TEXT NOT NULL,  -- JSON list of hashes
     stored TEXT NOT NULL,  -- JSON {index: hash}
     in_file TEXT NOT NULL,  -- JSON list of indexes
-    inline BLOB
+    inline BLOB,
+    grows INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -74,6 +86,30 @@ class Snapshot:
     inline: bytes | None = None
     path: str = ""
     mtime_ns: int | None = None
+    grows: bool = False
+
+    def follows(self, last: Snapshot) -> bool:
+        """True if the growing record *last* already stands for this later snapshot of the same copy.
+
+        Nothing but the file changed since: the same blocks elsewhere, the same
+        file, at least as long, with every block it gained in the file.
+        """
+        if not (last.grows and self.grows and self.path == last.path and self.size >= last.size):
+            return False
+        if self.base != last.base or self.stored != last.stored:
+            return False
+        gained = set(range(block_count(last.size), block_count(self.size))) - set(self.stored)
+        return set(self.in_file) == set(last.in_file) | gained
+
+    def grown(self, length: int, mtime_ns: int | None) -> Snapshot:
+        """This growing record as its file stands at a start: *length* bytes, last written at *mtime_ns*."""
+        if not self.grows or length <= self.size and (mtime_ns or 0) <= (self.mtime_ns or 0):
+            return self
+        size = max(self.size, length)
+        gained = range(block_count(self.size), block_count(size))
+        mtimes = [m for m in (self.mtime_ns, mtime_ns) if m is not None]
+        return dataclasses.replace(self, size=size, in_file=tuple(sorted({*self.in_file, *gained})),
+                                   mtime_ns=max(mtimes) if mtimes else None)
 
     @property
     def hashes(self) -> list[str]:
@@ -105,36 +141,54 @@ class Fsynced:
     def __init__(self, db: StateDb) -> None:
         self._db = db
         db.conn.executescript(_SCHEMA)
-        #: Inodes that have a record: most seals and closes need no statement.
-        self._has = {ino for (ino,) in db.execute("SELECT ino FROM fsynced")}
+        db.ensure_columns("fsynced", {"grows": "INTEGER NOT NULL DEFAULT 0"})
+        #: Inodes that have a record, with the one this session wrote (None: an earlier session's).
+        self._has: dict[int, Snapshot | None] = {ino: None for (ino,) in db.execute("SELECT ino FROM fsynced")}
 
     def record(self, ino: int, snap: Snapshot) -> None:
         """Write *snap* as *ino*'s fsync'd state; call inside a transaction."""
         self._db.execute(
-            "INSERT OR REPLACE INTO fsynced (ino, path, size, mtime_ns, base, stored, in_file, inline)"
-            " VALUES (?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO fsynced (ino, path, size, mtime_ns, base, stored, in_file, inline, grows)"
+            " VALUES (?,?,?,?,?,?,?,?,?)",
             (ino, snap.path, snap.size, snap.mtime_ns, json.dumps(snap.base),
-             json.dumps({str(i): h for i, h in snap.stored.items()}), json.dumps(snap.in_file), snap.inline),
+             json.dumps({str(i): h for i, h in snap.stored.items()}), json.dumps(snap.in_file), snap.inline,
+             int(snap.grows)),
         )
-        self._has.add(ino)
+        self._has[ino] = snap
 
     def has(self, ino: int) -> bool:
         return ino in self._has
+
+    def last(self, ino: int) -> Snapshot | None:
+        """The record this session last wrote for *ino*, if it still stands."""
+        return self._has.get(ino)
 
     def forget(self, ino: int) -> None:
         """Drop *ino*'s record (its content was sealed, or its copy closed)."""
         if ino in self._has:
             self._db.execute("DELETE FROM fsynced WHERE ino=?", (ino,))
-            self._has.discard(ino)
+            del self._has[ino]
 
     def __iter__(self) -> Iterator[tuple[int, Snapshot]]:
         rows = self._db.execute(
-            "SELECT ino, path, size, mtime_ns, base, stored, in_file, inline FROM fsynced ORDER BY ino").fetchall()
-        for ino, path, size, mtime, base, stored, in_file, inline in rows:
+            "SELECT ino, path, size, mtime_ns, base, stored, in_file, inline, grows FROM fsynced ORDER BY ino",
+        ).fetchall()
+        for ino, path, size, mtime, base, stored, in_file, inline, grows in rows:
             yield ino, Snapshot(
                 size=size, base=tuple(json.loads(base)), stored={int(i): h for i, h in json.loads(stored).items()},
-                in_file=tuple(json.loads(in_file)), inline=inline, path=path, mtime_ns=mtime,
+                in_file=tuple(json.loads(in_file)), inline=inline, path=path, mtime_ns=mtime, grows=bool(grows),
             )
+
+
+def as_left(snap: Snapshot, work_dir: Path) -> Snapshot:
+    """*snap* as its copy's file stands now (`Snapshot.grown`): what a start reseals."""
+    if not snap.grows:
+        return snap
+    try:
+        st = os.stat(work_dir / snap.path)
+    except OSError:
+        return snap
+    return snap.grown(st.st_size, st.st_mtime_ns)
 
 
 def reader(snap: Snapshot, work_dir: Path) -> Callable[[int, int], bytes]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 
+import trio
+
 from cache import WalCheckpointer, sync_wal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +34,7 @@ class StateDb:
         self.conn.execute(f"PRAGMA wal_autocheckpoint={WalCheckpointer.BACKSTOP_PAGES}")
         self._depth = 0
         self._after: list[Callable[[], None]] = []
+        self._synced_mark = -1  # `conn.total_changes` when the last finished `synced` began
         self._checkpoints = WalCheckpointer(self.path, "statedb-checkpoint", CHECKPOINT_EVERY)
 
     def close(self) -> None:
@@ -109,3 +112,16 @@ class StateDb:
     def sync(self) -> None:
         """Make everything committed so far durable against power loss (one fsync of the log)."""
         sync_wal(self.path)
+
+    async def synced(self) -> None:
+        """`sync` in a thread, or nothing if no row changed since the last such sync began.
+
+        An fsync of a folder, or of a file with no unsynced change, most often
+        follows one that synced everything already (SQLite syncs its journal,
+        then the journal's folder): it then costs no thread trip and no fsync.
+        """
+        mark = self.conn.total_changes  # rows changed so far; a rolled-back one counts too
+        if mark == self._synced_mark:
+            return
+        await trio.to_thread.run_sync(self.sync)
+        self._synced_mark = max(self._synced_mark, mark)

@@ -69,6 +69,8 @@ _FILLING: set[int] = set()  # ids of the working copies in append mode
 #: block 0: a photo of a few MiB is then gathered and sealed from memory, never written
 #: into the working-copy file and read back (`cp` writes st_blksize, 1 MiB, at a time).
 _FILL_FROM_START = 1024 * 1024
+#: Most bytes of a block already in the file that a write mid-block reads back to start append mode.
+_APPEND_HEAD_MAX = 64 * 1024
 #: A block sealed from memory up to this size is hashed on the event loop, like a copy
 #: that is memory (spillfile.py); bigger ones in a worker thread.
 _SEAL_ON_LOOP = 64 * 1024
@@ -111,6 +113,11 @@ class WorkingCopy:
         #: Blocks an fsync has already made durable in the cache; whether the file's name is.
         self.synced: set[str] = set()
         self._named = False
+        #: The copy's mtime was set by utimens since its last write: a file's own mtime is not it.
+        self.mtime_set = False
+        #: A growing fsync record stands for the copy (fsynced.py): what it gains goes into the
+        #: file, never into blocks gathered in memory, so that the file stays all of it.
+        self.grows_in_file = False
 
     @property
     def changed(self) -> bool:
@@ -262,7 +269,7 @@ class WorkingCopy:
 
     def _appends(self, offset: int, length: int) -> bool:
         """True if a write of *length* at *offset* continues (or can start) gathering blocks in memory."""
-        if offset != self.size or self.spawn is None or self.store is None:
+        if offset != self.size or self.spawn is None or self.store is None or self.grows_in_file:
             return False
         if self._fill is not None:
             return True
@@ -272,8 +279,12 @@ class WorkingCopy:
             # The first block only for a writer starting big (cp, a download: files of a few
             # MiB), so small files never do this; their copy is memory anyway (spillfile.py).
             return offset == 0 and length >= _FILL_FROM_START
-        # Mid-block (writes of odd sizes) the block's head must be in the file to be taken along.
-        return offset % BLOCK_SIZE == 0 or offset // BLOCK_SIZE in self.dirty
+        # Mid-block (writes of odd sizes) the block's head must be in the file to be taken along,
+        # and small: it is read back here, and a writer that fsyncs as it goes (a log) leaves
+        # append mode at every fsync -- re-entering with a big head cost a read and a write of
+        # up to a whole block an fsync.  Its writes go to the file until the next block.
+        head = offset % BLOCK_SIZE
+        return head == 0 or (head <= _APPEND_HEAD_MAX and offset // BLOCK_SIZE in self.dirty)
 
     async def _append(self, data: bytes) -> None:
         if self._fill is None:
@@ -422,8 +433,13 @@ class WorkingCopy:
             in_file = tuple(i for i in range(count)
                             if i not in self._stored and (i in self.dirty or i >= len(self.base)))
             inline = None if self._file.on_disk else self._file.pread(self.size, 0)
+            # The file holds the copy up to its end (its last block included): what it gains
+            # later is the copy's too (fsynced.py, ``grows``).
+            grows = (inline is None and self._length == self.size
+                     and (self.size % BLOCK_SIZE == 0 or count - 1 in in_file))
             return Snapshot(size=self.size, base=tuple(self.base[:count]), stored=dict(self._stored),
-                            in_file=in_file, inline=inline, path="" if inline is not None else self.path.name)
+                            in_file=in_file, inline=inline, path="" if inline is not None else self.path.name,
+                            grows=grows)
 
     def sync(self) -> None:
         """fsync the working-copy file (and, the first time, its name); blocking."""

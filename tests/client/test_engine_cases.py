@@ -71,6 +71,23 @@ def test_a_read_only_core_refuses_every_change_with_erofs_and_queues_nothing(tmp
 
 
 @pytest.mark.timeout(60)
+def test_a_chown_to_the_owner_a_file_has_moves_its_change_time_and_sends_nothing(tmp_path: Path) -> None:
+    """tar and cp -a as root chown every file to the owner it has: nothing to send, ctime moves."""
+    async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
+        await a.files.write("doc.txt", b"first")
+        ino = a.vfs.lookup(ROOT_INO, "doc.txt").ino
+        await a.vfs.setattr(ino, uid=1234, gid=5678)
+        await a.settle()
+        before = a.vfs.getattr(ino)
+        await a.vfs.setattr(ino, uid=1234, gid=5678)
+        assert len(a.queue) == 0
+        after = a.vfs.getattr(ino)
+        assert after.ctime_ns > before.ctime_ns and (after.uid, after.gid) == (before.uid, before.gid)
+
+    two_machines(tmp_path, body)
+
+
+@pytest.mark.timeout(60)
 def test_a_conflict_copy_keeps_the_owner_chown_gave_the_file(tmp_path: Path) -> None:
     """A file given to uid 1234 is edited on two machines at once: both versions stay 1234's, everywhere."""
     async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:

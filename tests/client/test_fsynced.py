@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,8 @@ import trio.testing
 
 from tests.client.engine import EngineMachine, Server
 from websync_fs.replica import ROOT_INO
-from websync_fs.vfs import SEAL_AFTER_FSYNC, OpenMode
+from websync_server.protocol import BLOCK_SIZE
+from websync_fs.vfs import SEAL_AFTER_FSYNC, OpenMode, Vfs
 from websync_fs.writeback import Item
 
 pytestmark = pytest.mark.timeout(60)
@@ -79,24 +80,98 @@ async def test_a_file_written_after_its_fsync_waits_for_the_next_fsync_or_close(
         nursery.cancel_scope.cancel()
 
 
-async def test_a_start_seals_what_the_fsync_recorded_cut_at_its_length(tmp_path: Path) -> None:
+async def _killed_after(tmp_path: Path, steps: Callable[[Vfs, int], Awaitable[None]]) -> tuple[int, str, int]:
+    """Create a 100 KiB file (a copy on disk), run *steps*, end without close: (inode, node, rows written)."""
     server = Server(tmp_path / "server")
     first = EngineMachine("A", tmp_path / "A", server)
-    big = bytes(range(256)) * 400  # 100 KiB: a working copy on disk
-    fh, attr = first.vfs.create(ROOT_INO, "big.bin", 0o644, WRITE)
-    await first.vfs.write(fh, 0, big)
-    await first.vfs.fsync(fh)
-    await first.vfs.write(fh, len(big), b"appended, never fsync'd")
+    async with trio.open_nursery() as nursery:
+        first.vfs.start(nursery)  # as in a mount: appended blocks may be gathered in memory
+        fh, attr = first.vfs.create(ROOT_INO, "big.bin", 0o644, WRITE)
+        await first.vfs.write(fh, 0, BIG)
+        await steps(first.vfs, fh)
+        writes = first.db.conn.total_changes
+        nursery.cancel_scope.cancel()
     node = first.vfs.node_id(attr.ino)
     first.close()  # the process dies here: no close, no seal
-
-    again = EngineMachine("A", tmp_path / "A", server)
-    async with trio.open_nursery() as nursery:
-        again.vfs.start(nursery)
-        assert _content(again.queue.items(node)) == [_blocks(big)]
-        assert again.vfs.getattr(attr.ino).size == len(big)
-        assert not again.vfs.fsynced.has(attr.ino)
-        assert list((tmp_path / "A" / "work").iterdir()) == []
-        nursery.cancel_scope.cancel()
-    again.close()
     server.close()
+    return attr.ino, node, writes
+
+
+async def _restarted(tmp_path: Path, ino: int, node: str) -> tuple[list[list[str]], int]:
+    """Start machine A again: the content queued for *node* and its size."""
+    server = Server(tmp_path / "server-again")
+    again = EngineMachine("A", tmp_path / "A", server)
+    try:
+        async with trio.open_nursery() as nursery:
+            again.vfs.start(nursery)
+            content, size = _content(again.queue.items(node)), again.vfs.getattr(ino).size
+            assert not again.vfs.fsynced.has(ino)
+            assert list((tmp_path / "A" / "work").iterdir()) == []
+            nursery.cancel_scope.cancel()
+    finally:
+        again.close()
+        server.close()
+    return content, size
+
+
+BIG = bytes(range(256)) * 400  # 100 KiB: a working copy on disk
+MORE = b"appended, never fsync'd"
+
+
+async def test_a_start_seals_an_fsynced_file_with_what_its_file_gained_since(tmp_path: Path) -> None:
+    # As a local disk after its writer was killed: the bytes written after the fsync are there too.
+    async def steps(vfs: Vfs, fh: int) -> None:
+        await vfs.fsync(fh)
+        await vfs.write(fh, len(BIG), MORE)
+
+    ino, node, _ = await _killed_after(tmp_path, steps)
+    assert await _restarted(tmp_path, ino, node) == ([_blocks(BIG + MORE)], len(BIG + MORE))
+
+
+async def test_a_start_seals_a_copy_whose_mtime_was_set_cut_at_its_fsynced_length(tmp_path: Path) -> None:
+    # The file's own mtime is not the copy's (utimens set it): the record alone counts.
+    async def steps(vfs: Vfs, fh: int) -> None:
+        ino = vfs.handles.get(fh).ino
+        await vfs.setattr(ino, mtime_ns=1_000_000_000)
+        await vfs.fsync(fh)
+        await vfs.write(fh, len(BIG), MORE)
+
+    ino, node, _ = await _killed_after(tmp_path, steps)
+    assert await _restarted(tmp_path, ino, node) == ([_blocks(BIG)], len(BIG))
+
+
+async def test_an_fsync_that_only_appended_writes_no_record_and_still_keeps_every_byte(tmp_path: Path) -> None:
+    async def once(vfs: Vfs, fh: int) -> None:
+        await vfs.fsync(fh)
+
+    async def appending(vfs: Vfs, fh: int) -> None:
+        await vfs.fsync(fh)
+        for offset in range(len(BIG), len(BIG) + 10 * len(MORE), len(MORE)):
+            await vfs.write(fh, offset, MORE)
+            await vfs.fsync(fh)
+
+    _, _, writes_once = await _killed_after(tmp_path / "once", once)
+    ino, node, writes = await _killed_after(tmp_path / "appending", appending)
+    assert writes - writes_once == 0  # ten more fsyncs, no row written
+    assert await _restarted(tmp_path / "appending", ino, node) == (
+        [_blocks(BIG + 10 * MORE)], len(BIG + 10 * MORE))
+
+
+async def test_what_a_growing_record_gains_is_all_in_its_file(tmp_path: Path) -> None:
+    # Past a block's end an appending writer's blocks would be gathered in memory and kept in
+    # the cache, never in the file: after a growing record they go into the file, which stays
+    # all of the copy (a read of the last block puts the rest of it there too).
+    head = BIG + bytes(BLOCK_SIZE - len(BIG))
+    more = bytes(range(256)) * (BLOCK_SIZE // 256 + 4096)  # one block and a bit: 5 MiB in all
+
+    async def steps(vfs: Vfs, fh: int) -> None:
+        await vfs.write(fh, len(BIG), head[len(BIG):])
+        await vfs.fsync(fh)
+        for offset in range(0, len(more), 1 << 20):
+            await vfs.write(fh, len(head) + offset, more[offset : offset + (1 << 20)])
+        await vfs.read(fh, len(head) + len(more) - 1, 1)
+
+    ino, node, _ = await _killed_after(tmp_path, steps)
+    whole = head + more
+    blocks = [hashlib.sha256(whole[i : i + BLOCK_SIZE]).hexdigest() for i in range(0, len(whole), BLOCK_SIZE)]
+    assert await _restarted(tmp_path, ino, node) == ([blocks], len(whole))

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 
 from cache import WalCheckpointer
 from websync_fs import statedb
@@ -90,5 +91,26 @@ def test_a_callback_after_a_commit_that_fails_costs_no_later_callback_its_turn(t
         with db.tx():  # nothing of the failed round is left to run again
             pass
         assert ran == ["first", "broken", "wake"]
+    finally:
+        db.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_sync_with_nothing_committed_since_the_last_costs_no_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite fsyncs its journal, then the journal's folder: the second finds nothing new.
+    db = StateDb(tmp_path / "state.db")
+    db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    synced: list[str] = []
+    monkeypatch.setattr(statedb, "sync_wal", synced.append)
+    try:
+        _commit_rows(db, 1)
+        trio.run(db.synced)
+        trio.run(db.synced)
+        assert len(synced) == 1
+        _commit_rows(db, 1, start=1)
+        trio.run(db.synced)
+        assert len(synced) == 2
     finally:
         db.close()

@@ -373,3 +373,24 @@ async def test_a_small_copy_that_cannot_grow_onto_a_full_disk_keeps_its_bytes(
     size, new = await work.seal(lambda h, d: None)
     assert (size, new) == (6, blocks_of(b"small!")[1])
     work.close()
+
+
+async def test_a_writer_that_fsyncs_as_it_appends_reads_nothing_back(tmp_path: Path) -> None:
+    # A log fsync'd after every line: each fsync (a snapshot) ends append mode.  Starting it
+    # again mid-block read the block's head back from the file, up to a block an fsync.
+    data = os.urandom(BS + 200_000)
+    cache = Cache()
+    async with trio.open_nursery() as nursery:
+        work = appending_copy(tmp_path / "w", nursery, cache)
+        await write_by_mib(work, data[: BS + 100_000])
+        await work.snapshot()
+        read = []
+        pread = work._file.pread
+        work._file.pread = lambda length, offset: read.append(length) or pread(length, offset)  # type: ignore[method-assign]
+        for start in range(BS + 100_000, len(data), 4096):
+            await work.write(start, data[start : start + 4096])
+            await work.snapshot()
+        assert sum(read) == 0
+        size, new = await work.seal(cache.store)
+        assert (size, new) == (len(data), blocks_of(data)[1])
+        work.close()

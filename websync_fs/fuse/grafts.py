@@ -169,6 +169,10 @@ class GraftedOperations(pyfuse3.Operations):  # type: ignore[misc]
         ops, local = self._part(fh)
         await ops.readdir(local, start_id, token)
 
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        ops, local = self._part(fh)
+        await ops.fsyncdir(local, datasync)
+
     async def releasedir(self, fh: int) -> None:
         ops, local = self._part(fh)
         await ops.releasedir(local)

@@ -316,6 +316,10 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
         await self.vfs.fsync(fh)
 
     @translate
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await self.vfs.fsyncdir()
+
+    @translate
     async def release(self, fh: int) -> None:
         await self.vfs.release(fh)
 
