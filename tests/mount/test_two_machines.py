@@ -31,6 +31,23 @@ def test_change_reaches_b_without_action_on_b(a: Machine, b: Machine) -> None:
     assert b.path("notes.txt").stat().st_size == len("second, longer version\n")
 
 
+def test_a_name_b_found_missing_shows_once_a_makes_it(a: Machine, b: Machine) -> None:
+    # B's kernel remembers a missing name as missing (a negative entry, as SQLite's journal
+    # look-ups want): A making the name, or moving a file onto it, must end that at once.
+    a.path("sub").mkdir()
+    a.path("draft.txt").write_text("moved in\n")
+    eventually(lambda: b.path("sub").is_dir() and b.path("draft.txt").exists(), what="sub/ on B")
+    for _ in range(3):
+        assert not b.path("later.txt").exists() and not b.path("sub", "later.txt").exists()
+        assert not b.path("sub", "final.txt").exists()
+    a.path("later.txt").write_text("made on A\n")
+    a.path("sub", "later.txt").write_text("made on A too\n")
+    os.rename(a.path("draft.txt"), a.path("sub", "final.txt"))
+    eventually(lambda: b.path("later.txt").exists() and b.path("sub", "later.txt").exists()
+               and b.path("sub", "final.txt").exists(), what="the new names on B")
+    assert b.path("sub", "final.txt").read_text() == "moved in\n"
+
+
 def test_directories_renames_deletes_chmod_and_symlinks_propagate(a: Machine, b: Machine) -> None:
     a.path("docs").mkdir()
     a.path("docs", "sub").mkdir()

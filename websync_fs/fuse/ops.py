@@ -149,7 +149,19 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
     # -- metadata --------------------------------------------------------------
     @translate
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        return self._remembered(self.vfs.lookup(parent_inode, _name(name)))
+        try:
+            return self._remembered(self.vfs.lookup(parent_inode, _name(name)))
+        except FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+        # A name that is not there is remembered by the kernel as such (inode 0): SQLite
+        # looks for its journal and log at every commit, git and Python for files they may
+        # make.  A name that appears behind the kernel's back drops it like any other entry
+        # (`Invalidation.entries`); one made here replaces it in the kernel itself.
+        missing = pyfuse3.EntryAttributes()
+        missing.st_ino = 0
+        missing.entry_timeout = TIMEOUT
+        return missing
 
     @translate
     async def root_entry(self) -> pyfuse3.EntryAttributes:
