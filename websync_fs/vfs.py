@@ -80,6 +80,9 @@ READ_AHEAD_BLOCKS = 4
 #: A file fsync'd and then left alone this long (seconds) is sealed and queued although still
 #: open: a program that fsyncs as it goes (a database, a log) sends a version once it pauses.
 SEAL_AFTER_FSYNC = 1.0
+#: fsyncs a copy in memory gets before it moves into its file: SQLite's journal, made
+#: and fsync'd twice at every commit, stays in memory; its database, a log, move.
+FSYNCS_IN_MEMORY = 3
 _SEQUENTIAL_SLACK = 1024 * 1024  # how far from where the last read ended a read still goes on from it
 _TYPE = {KIND_FILE: stat.S_IFREG, KIND_DIR: stat.S_IFDIR, KIND_SYMLINK: stat.S_IFLNK}
 
@@ -876,6 +879,11 @@ class Vfs:
         thread trip (a thread trip costs about as much as an fsync here).
         """
         changes = work.changes
+        work.fsyncs += 1
+        if work.in_memory and work.fsyncs >= FSYNCS_IN_MEMORY:
+            # fsync'd again and again (a log, a database): a copy in memory is written into its
+            # row whole at every fsync, a file's growing row is written once (fsynced.py).
+            work.to_file()
         snap = await work.snapshot()
         snap = dataclasses.replace(snap, mtime_ns=self._mtime.get(ino), grows=snap.grows and not work.mtime_set)
         work.grows_in_file = snap.grows

@@ -37,6 +37,7 @@ written down by `snapshot()` (fsynced.py) and sealed at start.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -113,6 +114,7 @@ class WorkingCopy:
         #: Blocks an fsync has already made durable in the cache; whether the file's name is.
         self.synced: set[str] = set()
         self._named = False
+        self.fsyncs = 0  # fsync() calls that found the copy changed
         #: The copy's mtime was set by utimens since its last write: a file's own mtime is not it.
         self.mtime_set = False
         #: A growing fsync record stands for the copy (fsynced.py): what it gains goes into the
@@ -440,6 +442,11 @@ class WorkingCopy:
             return Snapshot(size=self.size, base=tuple(self.base[:count]), stored=dict(self._stored),
                             in_file=in_file, inline=inline, path="" if inline is not None else self.path.name,
                             grows=grows)
+
+    def to_file(self) -> None:
+        """Move a copy held in memory into its file for good; on failure (a full disk) it stays."""
+        with contextlib.suppress(OSError):
+            self._file.spill()
 
     def sync(self) -> None:
         """fsync the working-copy file (and, the first time, its name); blocking."""

@@ -175,3 +175,22 @@ async def test_what_a_growing_record_gains_is_all_in_its_file(tmp_path: Path) ->
     whole = head + more
     blocks = [hashlib.sha256(whole[i : i + BLOCK_SIZE]).hexdigest() for i in range(0, len(whole), BLOCK_SIZE)]
     assert await _restarted(tmp_path, ino, node) == ([blocks], len(whole))
+
+
+async def test_a_small_file_fsynced_again_and_again_moves_into_its_file_and_then_writes_no_record(
+    machine: EngineMachine,
+) -> None:
+    # A small database or log fsync'd after every write: in memory, each fsync wrote the
+    # whole copy into its record; in its file, the growing record stays and the file is synced.
+    vfs = machine.vfs
+    async with trio.open_nursery() as nursery:
+        fh, ino, node = await _fsynced(machine, nursery, b"page 1\n")
+        rows = []
+        for page in range(2, 7):
+            await vfs.write(fh, 0, f"page {page}\n".encode())
+            before = machine.db.conn.total_changes
+            await vfs.fsync(fh)
+            rows.append(machine.db.conn.total_changes - before)
+        assert rows == [1, 1, 0, 0, 0]  # the third fsync moved it, and wrote the file's record
+        assert vfs.fsynced.has(ino)
+        nursery.cancel_scope.cancel()
