@@ -64,7 +64,7 @@ def rows(p: Params) -> list[Row]:
         Row("edit_upload", f"bytes uploaded for a 1 MiB edit in the middle of the {size} file", "MiB", False),
         Row("changes_big", f"changes call, 1 change, store of {p.store_files:,} files", "ms", False),
         Row("changes_small", "changes call, 1 change, store of 100 files", "ms", False),
-        Row("sqlite_commit", f"SQLite autocommit inserts ({max(20, p.files // 20):,}, a commit each)", "commits/s"),
+        Row("sqlite_commit", f"SQLite autocommit inserts ({max(200, p.files // 20):,}, a commit each)", "commits/s"),
         Row("small_fsync", "append 4 KiB and fsync, the same number of times", "fsyncs/s"),
         Row("tar_x", f"tar xf of {tree} files of 1–16 KiB", "files/s"),
         Row("tar_x_server", _SERVER, "files/s"),
