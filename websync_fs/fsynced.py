@@ -38,9 +38,10 @@ start-up                         every record is sealed into a queued update
 
 A crash between the record's commit and the end of its fsync leaves a record
 whose bytes may be partly older: the fsync never returned, so nothing was
-promised.  Bytes written after the fsync may show: a growing record keeps
-what its file gained, other records cut the copy at ``size``, and bytes of a
-copy on disk overwritten in place show (what a local disk holds after a
+promised.  Bytes written after the fsync may show: a growing record takes
+its file as it is (longer by what was written, shorter by a truncate), other
+records cut the copy at ``size``, and bytes of a copy on disk overwritten in
+place show (what a local disk holds after a
 crash is the same mix; after a killed writer it holds all of them).
 """
 
@@ -103,9 +104,11 @@ class Snapshot:
 
     def grown(self, length: int, mtime_ns: int | None) -> Snapshot:
         """This growing record as its file stands at a start: *length* bytes, last written at *mtime_ns*."""
-        if not self.grows or length <= self.size and (mtime_ns or 0) <= (self.mtime_ns or 0):
+        if not self.grows or length == self.size and (mtime_ns or 0) <= (self.mtime_ns or 0):
             return self
-        size = max(self.size, length)
+        # The file is the copy: longer by what was written since, shorter by a truncate (at
+        # the record it was exactly as long; only a truncate makes it shorter).
+        size = length
         gained = range(block_count(self.size), block_count(size))
         mtimes = [m for m in (self.mtime_ns, mtime_ns) if m is not None]
         return dataclasses.replace(self, size=size, in_file=tuple(sorted({*self.in_file, *gained})),
@@ -142,7 +145,8 @@ class Fsynced:
         self._db = db
         db.conn.executescript(_SCHEMA)
         db.ensure_columns("fsynced", {"grows": "INTEGER NOT NULL DEFAULT 0"})
-        #: Inodes that have a record, with the one this session wrote (None: an earlier session's).
+        #: Inodes that have a record, with the one this session made durable (None: not yet,
+        #: or an earlier session's): only such a record may stand for a later fsync.
         self._has: dict[int, Snapshot | None] = {ino: None for (ino,) in db.execute("SELECT ino FROM fsynced")}
 
     def record(self, ino: int, snap: Snapshot) -> None:
@@ -154,13 +158,18 @@ class Fsynced:
              json.dumps({str(i): h for i, h in snap.stored.items()}), json.dumps(snap.in_file), snap.inline,
              int(snap.grows)),
         )
-        self._has[ino] = snap
+        self._has[ino] = None
+
+    def durable(self, ino: int, snap: Snapshot) -> None:
+        """*snap*, recorded for *ino*, is synced: a later fsync it `follows` may rely on it."""
+        if ino in self._has:  # not sealed and forgotten meanwhile
+            self._has[ino] = snap
 
     def has(self, ino: int) -> bool:
         return ino in self._has
 
     def last(self, ino: int) -> Snapshot | None:
-        """The record this session last wrote for *ino*, if it still stands."""
+        """The durable record this session wrote for *ino*, if it still stands."""
         return self._has.get(ino)
 
     def forget(self, ino: int) -> None:

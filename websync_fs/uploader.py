@@ -703,6 +703,8 @@ class Uploader:
         ino = self._ino(theirs.id)
         if ino is not None:
             inv.inodes.append(ino)
+            # Their files are in this folder now: names the kernel may hold as missing.
+            inv.entries.extend((ino, name) for name, _ in self.replica.children(theirs.id))
         log.warning("folder %s was made on another machine too: merged", op["name"])
 
     def _already_made(self, item: Item, op: dict[str, Any], node: Node) -> None:

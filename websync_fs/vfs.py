@@ -901,6 +901,9 @@ class Vfs:
                 if unsynced:
                     each.start_soon(trio.to_thread.run_sync, self._sync_blocks, unsynced)
             work.synced.update(unsynced)
+            # Only now may a later fsync rely on the record: one that raced this one, or
+            # came after it failed, must not take an unsynced record for a durable one.
+            self.fsynced.durable(ino, snap)
         work.fsynced_changes = changes
         self._seal_later(ino)
 

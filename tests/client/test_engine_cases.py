@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.client.engine import EngineMachine, Server, two_machines
+from websync_fs.invalidation import Invalidation
 from websync_fs.replica import ROOT_INO
 
 
@@ -66,6 +67,28 @@ def test_a_read_only_core_refuses_every_change_with_erofs_and_queues_nothing(tmp
             assert refused.value.errno == errno.EROFS
         assert await b.files.read("Docs/rules.txt") == b"house rules"
         assert len(b.queue) == 0 and b.tree() == server.tree()
+
+    two_machines(tmp_path, body)
+
+
+@pytest.mark.timeout(60)
+def test_a_folder_made_on_both_machines_tells_the_kernel_of_every_name_it_gains(tmp_path: Path) -> None:
+    """The merge brings the other machine's files into this folder: the kernel may hold them as missing."""
+    async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
+        await a.files.mkdir("d")
+        await a.files.write("d/from-a.txt", b"A")
+        await b.files.mkdir("d")
+        await b.files.write("d/from-b.txt", b"B")
+        await a.settle()
+        while await b.apply_one():
+            pass  # B learns of A's folder and file first, then sends its own folder
+        told: list[Invalidation] = []
+        b.uploader.notify = told.append
+        await b.settle()
+        folder = b.vfs.lookup(ROOT_INO, "d").ino
+        assert {name for name, _ in b.vfs.listdir(folder)} == {"from-a.txt", "from-b.txt"}
+        entries = {entry for inv in told for entry in inv.entries}
+        assert {(folder, "from-a.txt"), (folder, "from-b.txt")} <= entries
 
     two_machines(tmp_path, body)
 

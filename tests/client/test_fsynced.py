@@ -194,3 +194,34 @@ async def test_a_small_file_fsynced_again_and_again_moves_into_its_file_and_then
         assert rows == [1, 1, 0, 0, 0]  # the third fsync moved it, and wrote the file's record
         assert vfs.fsynced.has(ino)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_file_cut_short_after_its_fsync_starts_again_cut_short(tmp_path: Path) -> None:
+    # As a local disk after its writer was killed: the truncate is there, not zeros in its place.
+    async def steps(vfs: Vfs, fh: int) -> None:
+        await vfs.fsync(fh)
+        await vfs.setattr(vfs.handles.get(fh).ino, size=50_000)
+
+    ino, node, _ = await _killed_after(tmp_path, steps)
+    assert await _restarted(tmp_path, ino, node) == ([_blocks(BIG[:50_000])], 50_000)
+
+
+async def test_a_record_whose_sync_failed_stands_for_no_later_fsync(tmp_path: Path) -> None:
+    # The fsync that wrote it failed: the next one writes (and syncs) its own record.
+    async def steps(vfs: Vfs, fh: int) -> None:
+        db = vfs._db
+        real = db.sync
+
+        def failing() -> None:
+            db.sync = real  # type: ignore[method-assign]
+            raise OSError(5, "Input/output error")
+
+        db.sync = failing  # type: ignore[method-assign]
+        with pytest.raises((OSError, BaseExceptionGroup)):
+            await vfs.fsync(fh)
+        await vfs.write(fh, len(BIG), MORE)
+        before = db.conn.total_changes
+        await vfs.fsync(fh)
+        assert db.conn.total_changes - before == 1
+
+    await _killed_after(tmp_path, steps)

@@ -32,6 +32,8 @@ STATE_XATTR = b"user.websync.state"
 #: Attributes and entries stay in the kernel this long; remote changes
 #: invalidate them at once, so the timeout only bounds a missed notification.
 TIMEOUT = 60.0
+#: Seconds the kernel remembers that a name is not there.
+MISSING_TIMEOUT = 1.0
 #: The block size a file shows (st_blksize): programs size their reads and writes by
 #: it (cp, stdio buffers).  At 1 MiB each write request carries 1 MiB, which the
 #: kernel passes whole (FUSE's max_pages), instead of eight of 128 KiB: `cp -a` of
@@ -157,10 +159,12 @@ class FuseOperations(pyfuse3.Operations):  # type: ignore[misc]
         # A name that is not there is remembered by the kernel as such (inode 0): SQLite
         # looks for its journal and log at every commit, git and Python for files they may
         # make.  A name that appears behind the kernel's back drops it like any other entry
-        # (`Invalidation.entries`); one made here replaces it in the kernel itself.
+        # (`Invalidation.entries`); one made here replaces it in the kernel itself.  Briefly:
+        # an invalidation racing this very look-up finds no entry yet to drop, and the
+        # kernel would then keep the stale answer for as long as it was told.
         missing = pyfuse3.EntryAttributes()
         missing.st_ino = 0
-        missing.entry_timeout = TIMEOUT
+        missing.entry_timeout = MISSING_TIMEOUT
         return missing
 
     @translate
