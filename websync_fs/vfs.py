@@ -884,8 +884,7 @@ class Vfs:
             # fsync'd again and again (a log, a database): a copy in memory is written into its
             # row whole at every fsync, a file's growing row is written once (fsynced.py).
             work.to_file()
-        snap = await work.snapshot()
-        snap = dataclasses.replace(snap, mtime_ns=self._mtime.get(ino), grows=snap.grows and not work.mtime_set)
+        snap = dataclasses.replace(await work.snapshot(), mtime_ns=self._mtime.get(ino))
         work.grows_in_file = snap.grows
         last = self.fsynced.last(ino)
         if last is not None and snap.follows(last):

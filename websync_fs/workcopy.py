@@ -435,9 +435,9 @@ class WorkingCopy:
             in_file = tuple(i for i in range(count)
                             if i not in self._stored and (i in self.dirty or i >= len(self.base)))
             inline = None if self._file.on_disk else self._file.pread(self.size, 0)
-            # The file holds the copy up to its end (its last block included): what it gains
-            # later is the copy's too (fsynced.py, ``grows``).
-            grows = (inline is None and self._length == self.size
+            # The file holds the copy up to its end (its last block included) and its mtime is
+            # the copy's: what it gains later is the copy's too (fsynced.py, ``grows``).
+            grows = (inline is None and self._length == self.size and not self.mtime_set
                      and (self.size % BLOCK_SIZE == 0 or count - 1 in in_file))
             return Snapshot(size=self.size, base=tuple(self.base[:count]), stored=dict(self._stored),
                             in_file=in_file, inline=inline, path="" if inline is not None else self.path.name,
