@@ -92,6 +92,11 @@ MAX_OPS = 1000
 #: follower fetches back) whatever its size: `tar` of small files sent as they became
 #: ready went up a few files a batch.  A lone change waits for nothing more.
 GATHER = 0.1
+#: While a writer keeps on, each batch waits twice as long as the one before, up to
+#: this: at 0.1 s a writer of small files paid for ten batches a second in its own
+#: speed (the server's and the follower's work shares the cores).  The wait ends as
+#: soon as the writer stops: the last batch leaves when its last change is due.
+GATHER_MAX = 0.4
 #: However long nothing is due, the uploader looks at the queue this often (one query): a wake
 #: that never came (a commit callback that failed before it) then costs a change seconds, not
 #: the wait for the next change to come along.
@@ -189,6 +194,7 @@ class Uploader:
         self._wake = trio.Event()
         self._sleeping: trio.CancelScope | None = None
         self._last_start = -GATHER  # trio time the last batch was taken
+        self._window = GATHER  # how long the next batch may wait after it (doubles while changes keep coming)
         self.failures = 0
         self.last_error = ""
         self.uploaded_bytes = 0
@@ -267,12 +273,23 @@ class Uploader:
         self._sleeping = None
 
     async def _gather(self) -> None:
-        """Right after a batch, while more changes are on their way, let them join the next one."""
+        """Right after a batch, while more changes are on their way, let them join the next one.
+
+        The wait ends at the window's end, or once no change came since it began
+        and the last one queued is due: a writer that stopped waits for nothing.
+        """
         more = self.queue.next_ready_at()
-        start = self._last_start + GATHER
-        if more is None or more - clock() > GATHER or start <= trio.current_time():
+        if more is None or more - clock() > self._window:
+            self._window = GATHER
             return
-        await trio.sleep_until(start)
+        start = self._last_start + self._window
+        self._window = min(GATHER_MAX, self._window * 2)
+        while True:
+            last = self.queue.last_ready_at()
+            until = start if last is None else min(start, trio.current_time() + (last - clock()))
+            if until <= trio.current_time():
+                return
+            await trio.sleep_until(until)
 
     async def send(self, batch: list[Item]) -> bool:
         """Try to commit *batch*; True when it was committed."""

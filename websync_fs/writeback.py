@@ -293,6 +293,10 @@ class WriteBackQueue:
         ).fetchone()
         return row[0]
 
+    def last_ready_at(self) -> float | None:
+        """When the last queued item becomes ready (None: nothing is queued)."""
+        return self._db.execute("SELECT max(ready_at) FROM items WHERE state='queued'").fetchone()[0]
+
     # -- enqueueing ----------------------------------------------------------
     def enqueue(self, new: Op, quiet: float | None = None, *, version: bool = False) -> None:
         """Add *op* for the server, coalescing it with what is already queued.
