@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from collections.abc import Collection
 from typing import Any
 
-from websync_server.protocol import ROOT_ID, BlockHash, Entry, Node, NodeId
+from websync_server.protocol import KIND_DIR, ROOT_ID, BlockHash, Entry, Node, NodeId
 
 from .statedb import StateDb
 
@@ -107,10 +107,10 @@ _COLS = "ino, id, kind, mode, size, mtime_ns, ctime_ns, blocks, target, seq, orp
 
 
 _NCOLS = ", ".join("n." + c.strip() for c in _COLS.split(","))
-#: A node's link count as `Vfs.attr` computes it (folders: 2 + subfolders; orphans: 0).
+#: A node's link count as `Vfs.attr` computes it (orphans: 0); a folder's (2 + subfolders)
+#: is -1 here and is counted by `Replica.count_subdirs`, which remembers it.
 _LINKS = (
-    "CASE WHEN n.kind = 'dir' THEN 2 + (SELECT count(*) FROM entries s JOIN nodes sn ON sn.id = s.node"
-    " WHERE s.parent = n.id AND sn.kind = 'dir')"
+    "CASE WHEN n.kind = 'dir' THEN -1"
     " WHEN n.orphan THEN 0 ELSE max(1, (SELECT count(*) FROM entries l WHERE l.node = n.id)) END"
 )
 
@@ -143,6 +143,12 @@ class Replica:
             "xattrs": "TEXT NOT NULL DEFAULT '{}'", "uid": "INTEGER", "gid": "INTEGER",
         })
         self._db.executescript(_SCHEMA)
+        #: Subfolders of each folder counted lately (folder id -> count).  Counting reads every
+        #: entry of the folder, and the kernel asks for a folder's attributes after every change
+        #: in it: a file made in a folder of 10,000 cost 10,000 rows.  Every write of entries
+        #: that may change a count forgets it (a file's entry does not); counts are kept only
+        #: outside a transaction, so a rolled-back change is never remembered.
+        self._subdirs: dict[str, int] = {}
         if self.get(ROOT_INO) is None:
             now = time.time_ns()
             self._db.execute(
@@ -216,12 +222,12 @@ class Replica:
             " WHERE e.parent=? ORDER BY e.name",
             (parent,),
         ).fetchall()
-        return [(r[0], _row(r[1:-1]), r[-1]) for r in rows]  # type: ignore[misc]
+        return [(r[0], *self._linked(r[1:])) for r in rows]
 
     def with_links(self, ino: int) -> tuple[NodeRow, int] | None:
         """Node *ino* and its link count in one query (for getattr: `stat` is the commonest call)."""
         r = self._db.execute(f"SELECT {_NCOLS}, {_LINKS} FROM nodes n WHERE n.ino=?", (ino,)).fetchone()
-        return None if r is None else (_row(r[:-1]), r[-1])  # type: ignore[return-value]
+        return None if r is None else self._linked(r)
 
     def lookup_with_links(self, parent: str, name: str) -> tuple[NodeRow, int] | None:
         """The node named ``parent/name`` and its link count in one query (for lookup)."""
@@ -229,17 +235,27 @@ class Replica:
             f"SELECT {_NCOLS}, {_LINKS} FROM entries e JOIN nodes n ON n.id = e.node WHERE e.parent=? AND e.name=?",
             (parent, name),
         ).fetchone()
-        return None if r is None else (_row(r[:-1]), r[-1])  # type: ignore[return-value]
+        return None if r is None else self._linked(r)
+
+    def _linked(self, r: tuple[Any, ...]) -> tuple[NodeRow, int]:
+        row = _row(r[:-1])
+        assert row is not None
+        return row, (2 + self.count_subdirs(row.id) if r[-1] < 0 else r[-1])
 
     def has_children(self, parent: str) -> bool:
         return self._db.execute("SELECT 1 FROM entries WHERE parent=? LIMIT 1", (parent,)).fetchone() is not None
 
     def count_subdirs(self, parent: str) -> int:
-        row = self._db.execute(
+        known = self._subdirs.get(parent)
+        if known is not None:
+            return known
+        (count,) = self._db.execute(
             "SELECT count(*) FROM entries e JOIN nodes n ON n.id=e.node WHERE e.parent=? AND n.kind='dir'",
             (parent,),
         ).fetchone()
-        return int(row[0])
+        if not self._db.in_transaction:
+            self._subdirs[parent] = count
+        return int(count)
 
     def entries_of(self, node: str) -> list[tuple[NodeId, str]]:
         rows = self._db.execute("SELECT parent, name FROM entries WHERE node=?", (node,)).fetchall()
@@ -307,6 +323,8 @@ class Replica:
         rdev: int = 0, xattrs: dict[str, str] | None = None, owner: tuple[int | None, int | None] = (None, None),
     ) -> NodeRow:
         """A new node; *owner* is its stored uid and gid (None: the store's owner)."""
+        if kind == KIND_DIR:
+            self._subdirs.clear()  # an entry may have named it before it came
         now = time.time_ns()
         mtime = now if mtime_ns is None else mtime_ns
         cur = self._db.execute(
@@ -328,7 +346,21 @@ class Replica:
         assigns = ", ".join(f"{k}=?" for k in fields)
         self._db.execute(f"UPDATE nodes SET {assigns} WHERE id=?", (*fields.values(), node))
 
+    def _entry_changes(self, parent: str, name: str, node: str | None = None) -> None:
+        """Forget *parent*'s subfolder count if ``parent/name`` names a folder, or is to name *node*, one."""
+        if parent not in self._subdirs:
+            return
+        (old,) = self._db.execute(
+            "SELECT n.kind FROM entries e JOIN nodes n ON n.id = e.node WHERE e.parent=? AND e.name=?", (parent, name)
+        ).fetchone() or (None,)
+        new = None
+        if node is not None:
+            (new,) = self._db.execute("SELECT kind FROM nodes WHERE id=?", (node,)).fetchone() or (None,)
+        if KIND_DIR in (old, new):
+            del self._subdirs[parent]
+
     def set_entry(self, parent: str, name: str, node: str, seq: int = 0) -> None:
+        self._entry_changes(parent, name, node)
         self._db.execute(
             "INSERT OR REPLACE INTO entries (parent, name, node, seq) VALUES (?,?,?,?)", (parent, name, node, seq)
         )
@@ -339,9 +371,11 @@ class Replica:
         self._db.execute("UPDATE entries SET seq=? WHERE parent=? AND name=?", (seq, parent, name))
 
     def remove_entry(self, parent: str, name: str) -> None:
+        self._entry_changes(parent, name)
         self._db.execute("DELETE FROM entries WHERE parent=? AND name=?", (parent, name))
 
     def drop_node(self, node: str) -> None:
+        self._subdirs.clear()  # a folder some entry still names would count one less
         self._db.execute("DELETE FROM nodes WHERE id=?", (node,))
         self._db.execute("DELETE FROM deferred_nodes WHERE id=?", (node,))
 
@@ -350,12 +384,14 @@ class Replica:
 
     def purge_orphans(self, keep: Collection[str] = ()) -> int:
         """Forget nodes no entry names, except *keep* (queued items still send their content)."""
+        self._subdirs.clear()
         gone = [r[0] for r in self._db.execute("SELECT id FROM nodes WHERE orphan=1") if r[0] not in keep]
         self._db.executemany("DELETE FROM nodes WHERE id=?", [(n,) for n in gone])
         return len(gone)
 
     def remap(self, old: str, new: NodeId, seq: int = 0) -> None:
         """Give node *old* the server id *new*, keeping its inode number."""
+        self._subdirs.clear()
         with self.tx():
             self._db.execute("UPDATE nodes SET id=?, seq=? WHERE id=?", (new, seq, old))
             self._db.execute("UPDATE entries SET node=? WHERE node=?", (new, old))
@@ -428,6 +464,7 @@ class Replica:
                     json.dumps(r[11]) if n > 11 and r[11] else "{}",
                     r[12] if n > 12 else None, r[13] if n > 13 else None,
                 ))
+        self._subdirs.clear()
         self._db.executemany("DELETE FROM nodes WHERE id=?", deleted)
         self._db.executemany(
             "INSERT OR REPLACE INTO nodes (id, kind, mode, size, mtime_ns, ctime_ns, blocks, target, seq, rdev, xattrs,"
@@ -484,6 +521,7 @@ class Replica:
 
     def clear_remote_state(self) -> None:
         """Forget everything that came from the server (a journal reset)."""
+        self._subdirs.clear()
         with self.tx():
             self._db.execute("DELETE FROM deferred_nodes")
             self._db.execute("DELETE FROM deferred_entries")
