@@ -350,13 +350,11 @@ class Replica:
         """Forget *parent*'s subfolder count if ``parent/name`` names a folder, or is to name *node*, one."""
         if parent not in self._subdirs:
             return
-        (old,) = self._db.execute(
-            "SELECT n.kind FROM entries e JOIN nodes n ON n.id = e.node WHERE e.parent=? AND e.name=?", (parent, name)
-        ).fetchone() or (None,)
-        new = None
-        if node is not None:
-            (new,) = self._db.execute("SELECT kind FROM nodes WHERE id=?", (node,)).fetchone() or (None,)
-        if KIND_DIR in (old, new):
+        kinds = self._db.execute(
+            "SELECT (SELECT n.kind FROM entries e JOIN nodes n ON n.id = e.node WHERE e.parent=? AND e.name=?),"
+            " (SELECT kind FROM nodes WHERE id=?)", (parent, name, node),
+        ).fetchone()
+        if KIND_DIR in kinds:
             del self._subdirs[parent]
 
     def set_entry(self, parent: str, name: str, node: str, seq: int = 0) -> None:
@@ -375,8 +373,10 @@ class Replica:
         self._db.execute("DELETE FROM entries WHERE parent=? AND name=?", (parent, name))
 
     def drop_node(self, node: str) -> None:
-        self._subdirs.clear()  # a folder some entry still names would count one less
-        self._db.execute("DELETE FROM nodes WHERE id=?", (node,))
+        # A folder some entry still names would count one less; a file leaves every count as it
+        # was (files are dropped at every forget after a mass delete).
+        if self._db.execute("DELETE FROM nodes WHERE id=? RETURNING kind", (node,)).fetchall() == [(KIND_DIR,)]:
+            self._subdirs.clear()
         self._db.execute("DELETE FROM deferred_nodes WHERE id=?", (node,))
 
     def set_orphan(self, node: str, orphan: bool = True) -> None:
