@@ -10,7 +10,7 @@ import pytest
 
 from tests.client.engine import EngineMachine, Server, two_machines
 from websync_fs.invalidation import Invalidation
-from websync_fs.replica import ROOT_INO
+from websync_fs.replica import ROOT_ID, ROOT_INO
 
 
 @pytest.mark.timeout(60)
@@ -258,5 +258,14 @@ def test_a_folders_link_count_follows_every_change_and_is_counted_once_between_c
         assert len(counts) <= 12, counts  # once after each change, not once a look
         assert sorted(name for name, _attr in a.vfs.listdir(a.vfs.lookup(ROOT_INO, "big").ino)
                       if _attr.nlink > 1) == ["from B", "moved back", "s2", "s3"]
+        # A file's node dropped (as at every forget after a mass delete) leaves the count as it was.
+        big = a.replica.lookup(ROOT_ID, "big")
+        assert big is not None
+        gone = a.replica.lookup(big.id, "f01.txt")
+        assert gone is not None and nlink(a, "big") == 6
+        looked = len(counts)
+        a.replica.remove_entry(big.id, "f01.txt")
+        a.replica.drop_node(gone.id)
+        assert nlink(a, "big") == 6 and len(counts) == looked
 
     two_machines(tmp_path, body)
