@@ -14,9 +14,14 @@ round: a direct write waits for the platter.
 So the writer measures.  Writes of `DIRECT_MIN` bytes or more alternate at
 first, then take whichever way has cost fewer seconds per byte over its last
 `WINDOW` writes (the median: one write that met a stalled disk, 0.4 s against
-the usual 5 ms, must not decide), and go the other way every `PROBE_EVERY`
-writes so a change is noticed: buffered writes here cost 1-3 ms a block while
-freed pages were at hand, then 15-20 ms once they were used up.  Smaller
+the usual 5 ms, must not decide), and go the other way now and then so a change
+is noticed: buffered writes here cost 1-3 ms a block while freed pages were at
+hand, then 15-20 ms once they were used up.  How often follows the gap: every
+`PROBE_EVERY` writes while the two ways cost about the same, and rarer as the
+slower way costs more, so that measuring it costs at most `PROBE_SHARE` of the
+writes' time (up to every `PROBE_EVERY_MAX`).  At a fixed one in eight, a
+buffered write of 37 ms among direct ones of 4 ms (measured here) nearly doubled
+what a block cost on average.  Smaller
 writes are always buffered: a direct write's latency would dominate them, and
 small files are where the page cache pays.
 
@@ -30,6 +35,7 @@ changes what is durable: neither way syncs (BlockStore.sync does).
 from __future__ import annotations
 
 import errno
+import math
 import mmap
 import os
 import statistics
@@ -46,8 +52,12 @@ except ImportError:  # Windows: no O_DIRECT either, so never needed
 
 #: Writes at least this large may go direct: whole blocks, not small files' blocks.
 DIRECT_MIN = 1 << 20
-#: One write in this many goes the way that is not the faster one, to measure it anew.
+#: One write in this many, at most, goes the way that is not the faster one, to measure it anew.
 PROBE_EVERY = 8
+#: ... and at least one in this many, however much slower that way is.
+PROBE_EVERY_MAX = 64
+#: The share of the writes' time that measuring the slower way may cost.
+PROBE_SHARE = 0.1
 #: Writes of each way whose median is its cost.
 WINDOW = 5
 _ALIGN = mmap.PAGESIZE
@@ -114,8 +124,9 @@ class FileWriter:
             buffered, direct = self._samples[False], self._samples[True]
             if len(direct) < 2 or len(buffered) < 2:
                 return len(buffered) > len(direct)  # alternate to measure each way first
-            faster = statistics.median(direct) < statistics.median(buffered)
-            return (not faster) if self._count % PROBE_EVERY == 0 else faster
+            fast, slow = sorted((statistics.median(direct), statistics.median(buffered)))
+            faster = fast == statistics.median(direct)
+            return (not faster) if self._count % _probe_every(fast, slow) == 0 else faster
 
     def _record(self, direct: bool, cost: float) -> None:
         with self._lock:
@@ -155,6 +166,13 @@ class FileWriter:
                 self._buffers.append(buffer)
                 return
         buffer.close()
+
+
+def _probe_every(fast: float, slow: float) -> int:
+    """How many writes apart the slower way is measured, costing *slow* seconds a byte against *fast*."""
+    if fast <= 0:
+        return PROBE_EVERY_MAX
+    return max(PROBE_EVERY, min(PROBE_EVERY_MAX, math.ceil((slow - fast) / (PROBE_SHARE * fast))))
 
 
 def _set_direct(fd: int, on: bool) -> None:

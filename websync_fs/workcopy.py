@@ -77,6 +77,30 @@ _APPEND_HEAD_MAX = 64 * 1024
 _SEAL_ON_LOOP = 64 * 1024
 
 
+def _hash_and_store(data: bytes, store: Store) -> BlockHash:
+    h = hashlib.sha256(data).hexdigest()
+    store(h, data)
+    return BlockHash(h)
+
+
+async def _side_by_side(*jobs: Callable[[], Awaitable[None]]) -> None:
+    """Run *jobs* at once; when all ended, raise the first one's error as it was (a full disk
+    stays an OSError for the caller, not a group of one)."""
+    errors: list[Exception] = []
+
+    async def run(job: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await job()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, unwrapped
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for job in jobs:
+            nursery.start_soon(run, job)
+    if errors:
+        raise errors[0]
+
+
 class WorkingCopy:
     """Bytes of one node while it has writers; not thread-safe (trio task only)."""
 
@@ -327,10 +351,9 @@ class WorkingCopy:
         def work() -> BlockHash | None:
             if self._closed:
                 return None
-            h = hashlib.sha256(block).hexdigest()
-            store(h, block)
+            h = _hash_and_store(block, store)
             self.ahead_stored.append(h)
-            return BlockHash(h)
+            return h
 
         async def run() -> None:
             h = None
@@ -475,14 +498,30 @@ class WorkingCopy:
     async def _seal(self, store: Store) -> tuple[int, tuple[BlockHash, ...]]:
         """`seal`, holding the lock; `_sealing` is a partial last block taken from memory."""
         tail = self._sealing
-        await self._settle()
+        tail_hash: list[BlockHash] = []
+        if tail is not None and len(tail[1]) > _SEAL_ON_LOOP:
+            # A program's close() sends the file's last pages, and then the flush at once:
+            # the last full block is still being hashed and stored in the background.  The
+            # tail goes beside it, on the other core, not after it (cp -a of photos: 4.8 ms
+            # of a flush's 13.6 were that wait).
+            data = tail[1]
+
+            async def store_tail() -> None:
+                tail_hash.append(await trio.to_thread.run_sync(_hash_and_store, data, store))
+
+            await _side_by_side(store_tail, self._settle)
+        else:
+            await self._settle()
         self._extend()
         count = block_count(self.size)
         blocks = list(self.base[:count]) + [BlockHash("")] * (count - len(self.base))
         todo = []
         for i in range(count):
             if tail is not None and i == tail[0]:
-                todo.append(i)  # hashed from memory
+                if tail_hash:
+                    blocks[i] = tail_hash[0]
+                else:
+                    todo.append(i)  # hashed from memory
             elif i in self._stored:
                 blocks[i] = self._stored[i]  # its bytes are in the cache only
             elif i in self.dirty or i >= len(self.base):
@@ -500,16 +539,15 @@ class WorkingCopy:
                     data = tail[1]
                 else:
                     data = self._file.pread(min(BLOCK_SIZE, self.size - start), start)
-                h = hashlib.sha256(data).hexdigest()
-                store(h, data)
-                out.append((index, BlockHash(h)))
+                out.append((index, _hash_and_store(data, store)))
             return out
 
         # A copy in memory (64 KiB at most) is hashed and stored on the event loop
         # (~0.1 ms): the hop to a thread and back cost 0.7 ms a small file (GIL
         # hand-offs), more than the work, and no thread may read it anyway.
         on_loop = self.in_memory and (tail is None or len(tail[1]) <= _SEAL_ON_LOOP)
-        for index, h in work() if on_loop else await trio.to_thread.run_sync(work):
+        done = (work() if on_loop else await trio.to_thread.run_sync(work)) if todo else []
+        for index, h in done:
             blocks[index] = h
             if tail is None or index != tail[0]:
                 self._present.add(index)  # the tail's bytes are in the cache only, as base

@@ -287,6 +287,64 @@ async def test_a_read_while_the_seal_stores_the_tail_sees_its_bytes(tmp_path: Pa
         work.close()
 
 
+async def test_the_seal_stores_the_tail_while_the_last_full_block_is_still_being_stored(tmp_path: Path) -> None:
+    """close() sends a photo's last pages and the flush at once: the tail is not queued behind the block."""
+    data = os.urandom(BS + 2 * (1 << 20) + 5)
+    cache = Cache()
+    gate = threading.Event()
+
+    def store(h: str, block: bytes) -> None:
+        if len(block) == BS:
+            gate.wait(10)  # the full block is still being stored when the seal starts
+        cache.store(h, block)
+
+    async with trio.open_nursery() as nursery:
+        work = appending_copy(tmp_path / "w", nursery, cache)
+        work.store = store
+        sealed: list[tuple[int, tuple[BlockHash, ...]] | None] = []
+
+        async def close() -> None:
+            await write_by_mib(work, data)
+            sealed.append(await work.seal(store))
+
+        nursery.start_soon(close)
+        tail_hash = blocks_of(data)[1][1]
+        with trio.fail_after(10):
+            while tail_hash not in cache.blocks:
+                await trio.sleep(0.01)
+        assert not sealed and blocks_of(data)[1][0] not in cache.blocks
+        gate.set()
+        with trio.fail_after(10):
+            while not sealed:
+                await trio.sleep(0.01)
+        assert sealed[0] == (len(data), blocks_of(data)[1])
+        assert await work.read(0, len(data)) == data
+        work.close()
+
+
+async def test_a_tail_whose_store_fails_beside_a_full_block_raises_the_disk_error_itself(tmp_path: Path) -> None:
+    data = os.urandom(BS + (1 << 20) + 5)
+    cache = Cache()
+    full = [True]
+
+    def store(h: str, block: bytes) -> None:
+        if full[0] and len(block) < BS:
+            raise OSError(28, "No space left on device")
+        cache.store(h, block)
+
+    async with trio.open_nursery() as nursery:
+        work = appending_copy(tmp_path / "w", nursery, cache)
+        work.store = store
+        await write_by_mib(work, data)
+        with pytest.raises(OSError) as refused:  # not a group of one: callers tell ENOSPC by errno
+            await work.seal(store)
+        assert refused.value.errno == errno.ENOSPC
+        assert await work.read(0, len(data)) == data
+        full[0] = False
+        assert await work.seal(store) == (len(data), blocks_of(data)[1])
+        work.close()
+
+
 async def test_a_read_while_the_writer_waits_for_stores_sees_the_finished_blocks(tmp_path: Path) -> None:
     data = os.urandom(5 * BS)
     cache = Cache()
