@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 
-import trio
-
 from cache import WalCheckpointer, sync_wal
+from .quicksync import FSYNCS
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,7 +113,7 @@ class StateDb:
         sync_wal(self.path)
 
     async def synced(self) -> None:
-        """`sync` in a thread, or nothing if no row changed since the last such sync began.
+        """`sync` (on the loop while fsyncs are quick: quicksync.py), or nothing if no row changed since the last such sync began.
 
         An fsync of a folder, or of a file with no unsynced change, most often
         follows one that synced everything already (SQLite syncs its journal,
@@ -123,5 +122,5 @@ class StateDb:
         mark = self.conn.total_changes  # rows changed so far; a rolled-back one counts too
         if mark == self._synced_mark:
             return
-        await trio.to_thread.run_sync(self.sync)
+        await FSYNCS.run(self.sync)
         self._synced_mark = max(self._synced_mark, mark)

@@ -68,6 +68,7 @@ from .invalidation import Notify
 from .names import NamePolicy
 from .owners import Caller, Owners, chown_fields
 from .replica import ROOT_INO, NodeRow, Replica
+from .quicksync import FSYNCS
 from .saves import SaveDetector
 from .statedb import StateDb
 from .workcopy import WorkingCopy
@@ -875,8 +876,8 @@ class Vfs:
         log, the working-copy file (none while the copy is memory) and blocks
         the record names that no fsync synced yet are synced side by side.
         When the last record already stands for the copy (it grows, and only
-        its file changed since), the file alone is synced: one fsync, one
-        thread trip (a thread trip costs about as much as an fsync here).
+        its file changed since), the file alone is synced: one fsync, on the
+        event loop while fsyncs are quick (quicksync.py).
         """
         changes = work.changes
         work.fsyncs += 1
@@ -888,7 +889,7 @@ class Vfs:
         work.grows_in_file = snap.grows
         last = self.fsynced.last(ino)
         if last is not None and snap.follows(last):
-            await trio.to_thread.run_sync(work.sync)
+            await FSYNCS.run(work.sync)
         else:
             with self._db.tx():
                 self.fsynced.record(ino, snap)
