@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import multiprocessing.pool
 import random
 import shlex
 import socket
@@ -267,8 +268,12 @@ def compare(url: str, logins: list[dict[str, str]], devices: int, seconds: float
     Alternating quiet and attacked windows within one run compares them under
     the same load from the rest of the machine, which drifts over minutes.
     """
-    return [(phase(url, logins, devices, seconds, None, attacker, pace),
-             phase(url, logins, devices, seconds, attack, attacker, pace)) for _ in range(rounds)]  # fmt: skip
+    # One pool of device processes for every window: starting its interpreters
+    # anew for each window cost seconds of the machine's CPU each time.
+    with multiprocessing.get_context("spawn").Pool(_DEVICE_PROCESSES) as pool:
+        return [(phase(url, logins, devices, seconds, None, attacker, pace, pool),
+                 phase(url, logins, devices, seconds, attack, attacker, pace, pool))
+                for _ in range(rounds)]  # fmt: skip
 
 
 def pooled(pairs: list[tuple[Samples, Samples]]) -> tuple[Samples, Samples]:
@@ -357,8 +362,8 @@ def _devices(url: str, logins: list[dict[str, str]], devices: int, seconds: floa
 
 def phase(url: str, logins: list[dict[str, str]], devices: int, seconds: float,
           attack: Attack | None, attacker: dict[str, str],
-          pace: float = 1.0) -> Samples:
-    """The household's samples over *seconds*, while *attack* (if any) runs."""
+          pace: float = 1.0, pool: multiprocessing.pool.Pool | None = None) -> Samples:
+    """The household's samples over *seconds*, while *attack* (if any) runs (in *pool*'s processes, or new ones)."""
     # The attacker is a process of its own: its threads must not take this one's GIL.
     context = multiprocessing.get_context("spawn")
     attack_ready, attack_stop = context.Event(), context.Event()
@@ -372,8 +377,12 @@ def phase(url: str, logins: list[dict[str, str]], devices: int, seconds: float,
     # The devices in a few processes of their own, so that the measuring
     # clients' CPU is not what is measured.
     shares = [logins[n :: _DEVICE_PROCESSES] for n in range(_DEVICE_PROCESSES)]
-    with context.Pool(_DEVICE_PROCESSES) as pool:
-        results = pool.starmap(_devices, [(url, share, devices, seconds, pace) for share in shares])
+    jobs = [(url, share, devices, seconds, pace) for share in shares]
+    if pool is None:
+        with context.Pool(_DEVICE_PROCESSES) as own:
+            results = own.starmap(_devices, jobs)
+    else:
+        results = pool.starmap(_devices, jobs)
     attack_stop.set()
     if attacking:
         attacking.join(180)
