@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -67,7 +67,7 @@ from .inodes import InodeTable
 from .invalidation import Notify
 from .names import NamePolicy
 from .owners import Caller, Owners, chown_fields
-from .replica import ROOT_INO, NodeRow, Replica
+from .replica import ROOT_INO, NodeRow, NodeStat, Replica
 from .quicksync import FSYNCS
 from .saves import SaveDetector
 from .statedb import StateDb
@@ -125,6 +125,18 @@ class FileAttr:
     gid: int = 0
 
 
+
+
+_Node = TypeVar("_Node", NodeRow, NodeStat)
+
+
+def _folder(row: _Node) -> _Node:
+    """*row* if it is a folder still named somewhere: else ENOTDIR, or ENOENT for an orphan."""
+    if row.kind != KIND_DIR:
+        raise FsError(errno.ENOTDIR)
+    if row.orphan:
+        raise FsError(errno.ENOENT)
+    return row
 
 
 def check_name(name: str) -> str:
@@ -220,14 +232,16 @@ class Vfs:
         return row
 
     def _dir(self, ino: int) -> NodeRow:
-        row = self._row(ino)
-        if row.kind != KIND_DIR:
-            raise FsError(errno.ENOTDIR)
-        if row.orphan:
-            raise FsError(errno.ENOENT)
-        return row
+        return _folder(self._row(ino))
 
-    def attr(self, row: NodeRow, links: int | None = None) -> FileAttr:
+    def _dir_stat(self, ino: int) -> NodeStat:
+        """`_dir` where the folder's attributes are all that is needed (a listing, a look-up)."""
+        row = self.replica.stat(ino)
+        if row is None:
+            raise FsError(errno.ENOENT)
+        return _folder(row)
+
+    def attr(self, row: NodeRow | NodeStat, links: int | None = None) -> FileAttr:
         size, mtime = row.size, row.mtime_ns
         work = self._work.get(row.ino)
         if work is not None:
@@ -259,7 +273,7 @@ class Vfs:
 
     # -- metadata ------------------------------------------------------------
     def lookup(self, parent: int, name: str) -> FileAttr:
-        pdir = self._dir(parent)
+        pdir = self._dir_stat(parent)
         if name == ".":
             return self.attr(pdir)
         found = self.replica.lookup_with_links(pdir.id, name)
@@ -276,7 +290,7 @@ class Vfs:
         return self.attr(*found)
 
     def listdir(self, ino: int) -> list[tuple[str, FileAttr]]:
-        pdir = self._dir(ino)
+        pdir = self._dir_stat(ino)
         return [(name, self.attr(row, links)) for name, row, links in self.replica.listing(pdir.id)]
 
     def readlink(self, ino: int) -> str:

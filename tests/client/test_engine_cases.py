@@ -10,6 +10,7 @@ import pytest
 
 from tests.client.engine import EngineMachine, Server, two_machines
 from websync_fs.invalidation import Invalidation
+from websync_fs import replica as replica_module
 from websync_fs.replica import ROOT_ID, ROOT_INO
 
 
@@ -205,6 +206,37 @@ def test_a_file_exchanged_then_moved_over_a_deleted_one_is_no_save(tmp_path: Pat
         assert a.tree() == server.tree() == b.tree()
         assert list(server.tree()) == ["y"]
         assert await b.files.read("y") == b"new"
+
+    two_machines(tmp_path, body)
+
+
+@pytest.mark.timeout(60)
+def test_a_listing_a_look_up_and_a_stat_show_each_node_without_reading_its_whole_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """readdir, lookup and getattr read a node's attributes alone: a full row (block list,
+    extended attributes) for each entry was half of what a listing of ten files cost."""
+    full_rows: list[object] = []
+
+    async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
+        await a.files.mkdir("d")
+        await a.files.mkdir("d/sub")
+        for i in range(10):
+            await a.files.write(f"d/f{i}.txt", b"x" * i)
+        await a.files.symlink("f1.txt", "d/link")
+        os_view = {name: attr for name, attr in a.vfs.listdir(a.vfs.lookup(ROOT_INO, "d").ino)}
+        folder = a.vfs.lookup(ROOT_INO, "d").ino
+        counted = replica_module._row
+        monkeypatch.setattr(replica_module, "_row", lambda r: full_rows.append(r) or counted(r))
+        listed = dict(a.vfs.listdir(folder))
+        assert not full_rows  # neither the folder's nor one for each name
+        assert listed == os_view
+        assert listed["f3.txt"].size == 3 and listed["link"].size == len("f1.txt")
+        assert listed["sub"].nlink == 2 and listed["f3.txt"].nlink == 1
+        full_rows.clear()
+        assert a.vfs.getattr(listed["f3.txt"].ino) == listed["f3.txt"]
+        assert a.vfs.lookup(folder, "sub") == listed["sub"]
+        assert not full_rows
 
     two_machines(tmp_path, body)
 
