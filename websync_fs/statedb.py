@@ -113,7 +113,8 @@ class StateDb:
         sync_wal(self.path)
 
     async def synced(self) -> None:
-        """`sync` (on the loop while fsyncs are quick: quicksync.py), or nothing if no row changed since the last such sync began.
+        """`sync` (on the loop while fsyncs are quick: quicksync.py), or nothing if no row
+        changed since the last such sync began.
 
         An fsync of a folder, or of a file with no unsynced change, most often
         follows one that synced everything already (SQLite syncs its journal,
