@@ -124,9 +124,10 @@ class FileWriter:
             buffered, direct = self._samples[False], self._samples[True]
             if len(direct) < 2 or len(buffered) < 2:
                 return len(buffered) > len(direct)  # alternate to measure each way first
-            fast, slow = sorted((statistics.median(direct), statistics.median(buffered)))
-            faster = fast == statistics.median(direct)
-            return (not faster) if self._count % _probe_every(fast, slow) == 0 else faster
+            direct_cost, buffered_cost = statistics.median(direct), statistics.median(buffered)
+            faster = direct_cost < buffered_cost
+            every = _probe_every(min(direct_cost, buffered_cost), max(direct_cost, buffered_cost))
+            return (not faster) if self._count % every == 0 else faster
 
     def _record(self, direct: bool, cost: float) -> None:
         with self._lock:

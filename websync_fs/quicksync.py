@@ -37,11 +37,6 @@ class QuickSync:
         self._clock = clock
         self._threaded = 0
 
-    @property
-    def on_loop(self) -> bool:
-        """Whether the next fsync runs on the event loop."""
-        return self._threaded == 0
-
     async def run(self, sync: Callable[[], None]) -> None:
         """Call *sync* (blocking: one or two fsyncs) and return when it did."""
         if self._threaded:

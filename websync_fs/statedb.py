@@ -11,10 +11,11 @@ import logging
 import sqlite3
 
 from cache import WalCheckpointer, sync_wal
-from .quicksync import FSYNCS
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from .quicksync import FSYNCS
 
 log = logging.getLogger(__name__)
 

@@ -362,8 +362,8 @@ def _devices(url: str, logins: list[dict[str, str]], devices: int, seconds: floa
 
 def phase(url: str, logins: list[dict[str, str]], devices: int, seconds: float,
           attack: Attack | None, attacker: dict[str, str],
-          pace: float = 1.0, pool: multiprocessing.pool.Pool | None = None) -> Samples:
-    """The household's samples over *seconds*, while *attack* (if any) runs (in *pool*'s processes, or new ones)."""
+          pace: float, pool: multiprocessing.pool.Pool) -> Samples:
+    """The household's samples over *seconds*, from devices in *pool*'s processes, while *attack* (if any) runs."""
     # The attacker is a process of its own: its threads must not take this one's GIL.
     context = multiprocessing.get_context("spawn")
     attack_ready, attack_stop = context.Event(), context.Event()
@@ -377,12 +377,7 @@ def phase(url: str, logins: list[dict[str, str]], devices: int, seconds: float,
     # The devices in a few processes of their own, so that the measuring
     # clients' CPU is not what is measured.
     shares = [logins[n :: _DEVICE_PROCESSES] for n in range(_DEVICE_PROCESSES)]
-    jobs = [(url, share, devices, seconds, pace) for share in shares]
-    if pool is None:
-        with context.Pool(_DEVICE_PROCESSES) as own:
-            results = own.starmap(_devices, jobs)
-    else:
-        results = pool.starmap(_devices, jobs)
+    results = pool.starmap(_devices, [(url, share, devices, seconds, pace) for share in shares])
     attack_stop.set()
     if attacking:
         attacking.join(180)
