@@ -57,12 +57,14 @@ def test_files_arriving_one_after_another_go_up_in_a_few_batches_and_all_arrive(
     change's ready time.
     """
     sizes: list[int] = []
+    nodes: set[str] = set()
 
     async def body(machine: EngineMachine) -> None:
         commit = machine.remote.commit
 
         async def counted(batch: str, ops: list[dict[str, Any]]) -> int:
             sizes.append(len(ops))
+            nodes.update(op["id"] for op in ops)
             return await commit(batch, ops)
 
         machine.remote.commit = counted  # type: ignore[method-assign]
@@ -72,7 +74,10 @@ def test_files_arriving_one_after_another_go_up_in_a_few_batches_and_all_arrive(
 
     server = _running_uploader(tmp_path, body)
     try:
-        assert sum(sizes) == 200
+        # Each file once: a file's create may still go up before its content, as a change of
+        # its own, when the machine stalls for longer than the quiet period in the middle of
+        # the write (a full test run on two cores did: 202 ops for 200 files).
+        assert len(nodes) == 200 and sum(sizes) >= 200
         assert len(sizes) <= 40, sizes  # 5 files a batch or more; taken as they became ready, ~1
         assert sorted(server.tree()) == [f"f{i:03}.txt" for i in range(200)]
     finally:
