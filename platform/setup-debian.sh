@@ -11,7 +11,7 @@ if [ "${1:-}" = "--test" ]; then extras="[test]"; fi
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr curl rsync git make sqlite3 systemd openssl nginx-light chromium postgresql haproxy syncthing rclone ntfs-3g >/dev/null
+    apt-get install -y -qq fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr curl rsync git make sqlite3 systemd openssl nginx-light chromium postgresql haproxy syncthing rclone ntfs-3g strace >/dev/null
 fi
 [ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing; FUSE mounts cannot work here" >&2; exit 1; }
 

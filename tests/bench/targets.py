@@ -95,6 +95,10 @@ class Target:
         """Processes worth profiling, by name."""
         return {}
 
+    def keeper_pid(self) -> int | None:
+        """The process that makes A's files durable (a mount's); None: the program's own calls (a local disk)."""
+        return None
+
     def close(self) -> None:
         pass
 
@@ -151,6 +155,9 @@ class CeilingTarget(Target):
 
     def pids(self) -> dict[str, int]:
         return {"ceiling": self.process.pid}
+
+    def keeper_pid(self) -> int | None:
+        return self.process.pid
 
     def close(self) -> None:
         stop_pid(self.process.pid)
@@ -214,6 +221,9 @@ class WebSyncTarget(Target):
         add_user(self.server.data_dir, name, self.PASSWORD)
         answer = login(self.server.url, name, self.PASSWORD, device="bench")
         return answer["token"], answer["store"]
+
+    def keeper_pid(self) -> int | None:
+        return self.machines[0].pid()
 
     def pids(self) -> dict[str, int]:
         found = {"websync-server": self.server.pid}
@@ -306,6 +316,9 @@ class RcloneTarget(Target):
 
     def uploaded(self) -> Upload:
         return Upload(self.mounts[0].bytes_transferred())
+
+    def keeper_pid(self) -> int | None:
+        return self.mounts[0].process.pid
 
     def pids(self) -> dict[str, int]:
         return {"rclone-serve": self.serve.process.pid, **{

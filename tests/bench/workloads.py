@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .server_api import changes_call_cost, fetch_blocks
+from .syncs import count_syncs
 from .targets import MiB, Target, WebSyncTarget, drop_caches
 
 __all__ = ["PHASES", "Params", "Results"]
@@ -40,6 +41,7 @@ PROP_FILE = "prop.txt"
 PROP_START_TIMEOUT = 60.0  # for a new file to reach B at all
 PROP_GIVE_UP = 3  # edits that all missed before the rest are counted as missed without waiting
 SERVER_WAIT_BASE, SERVER_WAIT_FACTOR = 60.0, 10.0  # a program's files must be on the server within 60 s + 10x its run
+SYNC_COUNT = 100  # fsyncs whose disk syncs are counted (under strace: not timed)
 EDIT_OFFSET = 12_345  # past the middle, inside one 4 MiB block: a realistic unaligned edit
 
 
@@ -528,6 +530,11 @@ def _sqlite_and_fsync(t: Target, p: Params, r: Results, work: Path) -> None:
         r.set("small_fsync", t.key, count / (time.perf_counter() - start))
     finally:
         os.close(fd)
+    # Counted apart from the timed loop: strace slows every call it sees.
+    try:
+        r.set("fsync_syncs", t.key, count_syncs(t.keeper_pid(), work / "synced.dat", SYNC_COUNT) / SYNC_COUNT)
+    except FileNotFoundError as exc:
+        r.note(f"{t.label}: disk syncs per fsync not counted: {exc}")
 
 
 def _tar_and_rsync(t: Target, p: Params, r: Results, work: Path) -> None:
