@@ -19,7 +19,9 @@ For one hash, as seen by one process::
 *Protected* is an in-memory reference count kept by this process, separate
 from presence: the owner may protect a hash before putting it (the write path
 protects and then puts, so a fresh dirty block is never evictable, not even for
-a moment), and protecting an absent hash keeps nothing until it is put.  A get
+a moment; `add` does both, counting the reference once the hash it computes
+beside the write is known and before the block is indexed), and protecting an
+absent hash keeps nothing until it is put.  A get
 refreshes a block's LRU position, as does a put of a block already present.
 
 What a crash leaves, state by state:
@@ -30,7 +32,8 @@ State at crash     On disk                                     After restart
 absent             nothing                                     absent
 mid-put            at most a block file that no index row      absent: get misses, usage does not count it;
                    points at (rows are inserted only after     `verify` deletes such orphans once they are
-                   their file is complete)                     an hour old
+                   their file is complete; `add` writes it     an hour old
+                   under ``pending/`` until its hash names it)
 clean              index row + file                            clean, LRU position kept
 protected          the same as clean: protection is not        clean until the owner rebuilds its counts
                    persisted                                   from its own durable records (write-back
@@ -90,13 +93,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
 
 from ._exceptions import CacheError, CorruptBlock, InvalidBlockHash
 from ._stats import CacheStats
-from ._store import BlockStore, Loaded, Stamp
+from ._store import INLINE_MAX, BlockStore, Loaded, Stamp
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +231,46 @@ class BlockCache:
             filename, stamp = self._store.insert(h, data)
             self._remember(h, filename, stamp)
         self._evict(self._limit, spare=h)
+
+    def add(self, data: bytes, *, protect: bool = False) -> str:
+        """Store *data* under its SHA-256 and return the hash; with *protect*, count a reference on it.
+
+        A block that goes into a file is hashed in another thread while it is
+        written (a new 4 MiB block took 2.9 ms so here, against 5.8 ms hashed,
+        then written); a smaller one is hashed first, as for `put`.  The
+        reference is counted before the block can be evicted, and only when
+        this returns: a failure (`CacheFull`) leaves none.
+        """
+        if len(data) <= INLINE_MAX:
+            h = _sha256(data)
+            if protect:
+                self.protect([h])
+            try:
+                self.put(h, data, verified=True)
+            except BaseException:
+                if protect:
+                    self.unprotect([h])
+                raise
+            return h
+        hashing = _hasher().submit(_sha256, data)
+        counted: list[str] = []
+
+        def digest() -> str:
+            h = hashing.result()
+            if protect:
+                self.protect([h])
+                counted.append(h)
+            return h
+
+        try:
+            h, filename, stamp = self._store.insert_hashing(data, digest)
+        except BaseException:
+            self.unprotect(counted)
+            raise
+        if filename is not None:
+            self._remember(h, filename, stamp)
+        self._evict(self._limit, spare=h)
+        return h
 
     def sync(self, hashes: Iterable[str]) -> None:
         """Make blocks *hashes* survive a power loss (the writer's fsync); absent ones are skipped."""
@@ -385,6 +429,19 @@ def _check_size(name: str, value: int) -> None:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+_HASHER: ThreadPoolExecutor | None = None
+_HASHER_LOCK = threading.Lock()
+
+
+def _hasher() -> ThreadPoolExecutor:
+    """The threads that hash blocks while `add` writes them (hashlib lets go of the GIL)."""
+    global _HASHER
+    with _HASHER_LOCK:
+        if _HASHER is None:
+            _HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="block-hash")
+        return _HASHER
 
 
 def _damage(loaded: Loaded) -> str:

@@ -108,6 +108,10 @@ _SETTINGS: dict[str, Any] = {
 INLINE_MAX = 32 * 1024
 """Blocks of at most this many bytes are kept in their index row instead of a file."""
 
+#: Where a block is written before its hash, found meanwhile, names it (`insert_hashing`);
+#: what a killed process left there is an orphan like any unindexed block file.
+_PENDING = "pending"
+
 _SQLITE_FULL = getattr(sqlite3, "SQLITE_FULL", 13)
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 _PAGE = 512  # rows per round trip when scanning the index
@@ -351,6 +355,35 @@ class BlockStore:
             raise
         return name, stamp
 
+    def insert_hashing(self, data: bytes, digest: Callable[[], str]) -> tuple[str, str, Stamp] | tuple[str, None, None]:
+        """Write *data* into a new file while *digest* (hashing it elsewhere) finds its name; index it.
+
+        For blocks bigger than `INLINE_MAX`.  Returns (hash, file, stamp), or
+        (hash, None, None) when the block was there already (only refreshed,
+        the new file gone).  On any failure leave no trace.
+        """
+        pending = os.path.join(self._directory, _PENDING, f"{secrets.token_hex(8)}.val")
+        path = pending
+        try:
+            with _translated("store a block"):
+                _write_new_file(pending, data, self._writer)
+                h = digest()
+                if self.refresh(h):
+                    os.remove(pending)
+                    return h, None, None
+                name = os.path.join(h[:2], f"{h}.{secrets.token_hex(4)}.val")
+                _move_new_file(pending, os.path.join(self._directory, name))
+                path = os.path.join(self._directory, name)
+                stamp = _stamp(os.stat(path))  # after the move: a rename changes the ctime
+                with self._write_lock:
+                    self._db.set(h, _Written(name, len(data)))
+            self._checkpoints.committed()
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+            raise
+        return h, name, stamp
+
     def sync(self, hashes: Iterable[str]) -> None:
         """Make the files of *hashes* and the index rows naming them survive a power loss."""
         folders: set[str] = set()
@@ -593,6 +626,19 @@ def _write_new_file(path: str, data: bytes, writer: FileWriter) -> Stamp:
         with contextlib.suppress(OSError):
             os.remove(path)
         raise
+
+
+def _move_new_file(source: str, path: str) -> None:
+    """Rename *source* to *path*, making *path*'s directory as `_write_new_file` does."""
+    for attempt in range(10):
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.rename(source, path)
+            return
+        except (FileExistsError, FileNotFoundError):
+            # The directory was pruned between the makedirs and the rename (see above).
+            if attempt == 9 or not os.path.exists(source):
+                raise
 
 
 def sync_wal(db_path: str) -> None:

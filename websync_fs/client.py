@@ -111,9 +111,8 @@ class Engine:
         self.remote.on_answer = self.retry.answered
         self.source = BlockSource(self.cache, self.remote)
 
-        def store_block(h: str, data: bytes) -> None:
-            self.cache.protect([h])  # held until the queue item protects it
-            self.cache.put(h, data, verified=True)  # the working copy hashed these bytes
+        def store_block(data: bytes) -> str:
+            return self.cache.add(data, protect=True)  # held until the queue item protects it
 
         self.early = EarlyUploads(self.remote)
         self.vfs = Vfs(

@@ -48,7 +48,6 @@ crash is the same mix; after a killed writer it holds all of them).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -119,8 +118,8 @@ class Snapshot:
         """The blocks this content names in the cache (and on the server)."""
         return [*self.base, *self.stored.values()]
 
-    def blocks(self, read: Callable[[int, int], bytes], store: Callable[[str, bytes], None]) -> tuple[BlockHash, ...]:
-        """The block list of this content; blocks read with *read(offset, length)* go into *store*."""
+    def blocks(self, read: Callable[[int, int], bytes], store: Callable[[bytes], str]) -> tuple[BlockHash, ...]:
+        """The block list of this content; blocks read with *read(offset, length)* go into *store* (which hashes)."""
         out = []
         in_file = set(self.in_file)
         for index in range(block_count(self.size)):
@@ -130,9 +129,7 @@ class Snapshot:
                 start = index * BLOCK_SIZE
                 length = min(BLOCK_SIZE, self.size - start)
                 data = read(start, length).ljust(length, b"\0")  # a hole, or past the file's end: zeros
-                h = hashlib.sha256(data).hexdigest()
-                store(h, data)
-                out.append(BlockHash(h))
+                out.append(BlockHash(store(data)))
             else:
                 out.append(self.base[index])
         return tuple(out)

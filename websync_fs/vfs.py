@@ -151,7 +151,7 @@ def check_name(name: str) -> str:
 class Vfs:
     def __init__(
         self, db: StateDb, replica: Replica, queue: WriteBackQueue, source: BlockSource,
-        store_block: Callable[[str, bytes], None], release_blocks: Callable[[list[str]], None],
+        store_block: Callable[[bytes], str], release_blocks: Callable[[list[str]], None],
         work_dir: Path, *,
         hold_blocks: Callable[[list[str]], None] = lambda hashes: None,
         sync_blocks: Callable[[list[str]], None] = lambda hashes: None,
@@ -204,9 +204,10 @@ class Vfs:
         row = self.replica.get(ino)
         stored: list[str] = []
 
-        def store(h: str, data: bytes) -> None:
+        def store(data: bytes) -> str:
+            h = self._store_block(data)
             stored.append(h)
-            self._store_block(h, data)
+            return h
 
         try:
             with self._db.tx():
@@ -821,9 +822,10 @@ class Vfs:
             return
         stored: list[str] = []
 
-        def store(h: str, data: bytes) -> None:
+        def store(data: bytes) -> str:
+            h = self._store_block(data)
             stored.append(h)
-            self._store_block(h, data)
+            return h
 
         try:
             sealed = await work.seal(store)

@@ -38,7 +38,6 @@ written down by `snapshot()` (fsynced.py) and sealed at start.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -51,7 +50,8 @@ from .fsynced import Snapshot
 from .spillfile import SpillFile
 
 Loader = Callable[[BlockHash], Awaitable[bytes]]
-Store = Callable[[str, bytes], None]
+#: Puts a block into the cache and gives its hash (hashing it while it is written: cache.BlockCache.add).
+Store = Callable[[bytes], str]
 Offer = Callable[[BlockHash, bytes], None]
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
@@ -78,9 +78,7 @@ _SEAL_ON_LOOP = 64 * 1024
 
 
 def _hash_and_store(data: bytes, store: Store) -> BlockHash:
-    h = hashlib.sha256(data).hexdigest()
-    store(h, data)
-    return BlockHash(h)
+    return BlockHash(store(data))
 
 
 async def _side_by_side(*jobs: Callable[[], Awaitable[None]]) -> None:
@@ -399,10 +397,9 @@ class WorkingCopy:
             if self._closed or self._gen.get(index) != gen:
                 return None
             data = self._file.pread(BLOCK_SIZE, index * BLOCK_SIZE)
-            h = hashlib.sha256(data).hexdigest()
-            store(h, data)
+            h = _hash_and_store(data, store)
             self.ahead_stored.append(h)
-            return BlockHash(h), data
+            return h, data
 
         async def run() -> None:
             async with _AHEAD:

@@ -509,13 +509,31 @@ def test_small_blocks_are_evicted_and_protected_like_files(directory: Path) -> N
         assert block_files(directory) == []
 
 
+def test_add_names_a_block_by_the_hash_found_while_it_was_written_and_counts_a_reference(directory: Path) -> None:
+    big, big_data = make_block(1, 4 * MiB)
+    small, small_data = make_block(2, 1000)
+    with BlockCache(directory, limit=1) as bc:  # a limit that keeps only what is protected
+        assert bc.add(big_data, protect=True) == big
+        assert bc.add(small_data, protect=True) == small
+        assert bc.add(big_data, protect=True) == big  # present: refreshed, one copy, one more reference
+
+        assert bc.get(big) == big_data and bc.get(small) == small_data
+        assert [path.name.split(".")[0] for path in directory.rglob("*.val")] == [big]  # nothing left pending
+        bc.unprotect([big, small])
+        assert bc.contains(big) and not bc.contains(small)  # the second reference holds it
+        bc.unprotect([big])
+        assert not bc.contains(big)
+        assert bc.add(small_data) == small  # without protect: evicted at once, as `put` would
+
+
 # -- a full disk ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("size", [64 * KiB, 4 * MiB - 1000], ids=["small block", "whole block"])
 @pytest.mark.parametrize("mode", ["buffered", "direct"])
+@pytest.mark.parametrize("way", ["put", "add"])
 def test_disk_full_while_writing_a_block_raises_cache_full_and_leaves_no_file(
-    tmp_path: Path, tmpfs: Callable[[Path, str], Path], size: int, mode: str
+    tmp_path: Path, tmpfs: Callable[[Path, str], Path], size: int, mode: str, way: str
 ) -> None:
     # A real disk that fills up part way through the block (room for the index only).
     disk = tmpfs(tmp_path / "disk", "1m")
@@ -527,16 +545,22 @@ def test_disk_full_while_writing_a_block_raises_cache_full_and_leaves_no_file(
         filler = disk / "filler"
         filler.write_bytes(b"\0" * (disk_free(disk) - size // 2))
 
+        # add: hashed beside the write, and protected (the writer's way), so no reference may stay.
+        store = (lambda: bc.put(h, data)) if way == "put" else (lambda: bc.add(data, protect=True))
+
         with pytest.raises(CacheFull) as caught:
-            bc.put(h, data)
+            store()
 
         assert caught.value.errno == errno.ENOSPC
-        assert block_files(directory) == []
+        assert list(directory.rglob("*.val")) == []  # also none left under pending/
         assert not bc.contains(h)
         filler.unlink()
         subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)  # room again
-        bc.put(h, data)
+        store()
         assert bc.get(h) == data
+        if way == "add":
+            bc.unprotect([h])  # the one reference the second add counted: the failed one left none
+            assert bc.evict(0) == size
     finally:
         bc.close()
 

@@ -123,9 +123,8 @@ class EngineMachine:
         self.queue = WriteBackQueue(self.db, quiet=0, protect=self.cache.protect, unprotect=self.cache.unprotect)
         self.remote = Remote(server, name)
 
-        def store_block(h: str, data: bytes) -> None:
-            self.cache.protect([h])
-            self.cache.put(h, data, verified=True)
+        def store_block(data: bytes) -> str:
+            return self.cache.add(data, protect=True)
 
         self.vfs = Vfs(self.db, self.replica, self.queue, BlockSource(self.cache, self.remote),  # type: ignore[arg-type]
                        store_block, self.cache.unprotect, root / "work", hold_blocks=self.cache.protect,

@@ -129,7 +129,7 @@ def machine(tmp_path: Path) -> Iterator[OneMachine]:
     queue = WriteBackQueue(db, quiet=0)
     (tmp_path / "work").mkdir()
     vfs = Vfs(
-        db, replica, queue, None, lambda h, d: None, lambda hs: None, tmp_path / "work",  # type: ignore[arg-type]
+        db, replica, queue, None, lambda d: "", lambda hs: None, tmp_path / "work",  # type: ignore[arg-type]
         temporary_quiet=0, replace_quiet=0,
     )
     applier = Applier(replica, queue, vfs.busy, lambda inv: None)

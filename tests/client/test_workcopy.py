@@ -47,7 +47,7 @@ async def test_edit_in_the_middle_fetches_and_rehashes_one_block(tmp_path: Path)
     work = WorkingCopy(tmp_path / "w", len(data), hashes, src.load)
     await work.write(BS + 10, b"x" * 1000)
     sealed: dict[str, bytes] = {}
-    size, new = await work.seal(lambda h, d: sealed.__setitem__(h, d))
+    size, new = await work.seal(Cache.into(sealed))
     assert size == len(data)
     assert src.loaded == [hashes[1]]
     assert len(sealed) == 1
@@ -72,7 +72,7 @@ async def test_truncate_down_and_up(tmp_path: Path) -> None:
     work = WorkingCopy(tmp_path / "w", len(data), hashes, Source(store).load)
     await work.truncate(BS + 3)
     await work.truncate(BS + 10)
-    size, new = await work.seal(lambda h, d: None)
+    size, new = await work.seal(Cache().store)
     expected = data[: BS + 3] + b"\0" * 7
     assert size == len(expected)
     assert new == blocks_of(expected)[1]
@@ -83,7 +83,7 @@ async def test_truncate_down_and_up(tmp_path: Path) -> None:
 async def test_write_past_the_end_leaves_zeros(tmp_path: Path) -> None:
     work = WorkingCopy(tmp_path / "w", 0, (), Source({}).load)
     await work.write(BS + 1, b"z")
-    size, new = await work.seal(lambda h, d: None)
+    size, new = await work.seal(Cache().store)
     expected = b"\0" * (BS + 1) + b"z"
     assert size == len(expected) and new == blocks_of(expected)[1]
     work.close()
@@ -96,9 +96,17 @@ class Cache:
         self.blocks: dict[str, bytes] = {}
         self.offered: list[str] = []
 
-    def store(self, h: str, data: bytes) -> None:
-        assert hashlib.sha256(data).hexdigest() == h
-        self.blocks[h] = bytes(data)
+    def store(self, data: bytes) -> str:
+        return Cache.into(self.blocks)(data)
+
+    @staticmethod
+    def into(blocks: dict[str, bytes]) -> Callable[[bytes], str]:
+        """A store that puts each block into *blocks* under its hash."""
+        def store(data: bytes) -> str:
+            h = hashlib.sha256(data).hexdigest()
+            blocks[h] = bytes(data)
+            return h
+        return store
 
     async def load(self, h: BlockHash) -> bytes:
         return self.blocks[h]
@@ -129,14 +137,14 @@ async def sealed_by_mib(
     return work, new
 
 
-def full_then_fine(cache: Cache) -> tuple[Callable[[str, bytes], None], list[bool]]:
+def full_then_fine(cache: Cache) -> tuple[Callable[[bytes], str], list[bool]]:
     """A store into *cache* that fails for a full disk while the list's flag is true."""
     full = [True]
 
-    def store(h: str, block: bytes) -> None:
+    def store(block: bytes) -> str:
         if full[0]:
             raise OSError(28, "No space left on device")
-        cache.store(h, block)
+        return cache.store(block)
 
     return store, full
 
@@ -264,9 +272,9 @@ async def test_a_read_while_the_seal_stores_the_tail_sees_its_bytes(tmp_path: Pa
     cache = Cache()
     gate = threading.Event()
 
-    def slow_store(h: str, block: bytes) -> None:
+    def slow_store(block: bytes) -> str:
         gate.wait(10)
-        cache.store(h, block)
+        return cache.store(block)
 
     async with trio.open_nursery() as nursery:
         work = appending_copy(tmp_path / "w", nursery, cache)
@@ -293,10 +301,10 @@ async def test_the_seal_stores_the_tail_while_the_last_full_block_is_still_being
     cache = Cache()
     gate = threading.Event()
 
-    def store(h: str, block: bytes) -> None:
+    def store(block: bytes) -> str:
         if len(block) == BS:
             gate.wait(10)  # the full block is still being stored when the seal starts
-        cache.store(h, block)
+        return cache.store(block)
 
     async with trio.open_nursery() as nursery:
         work = appending_copy(tmp_path / "w", nursery, cache)
@@ -327,10 +335,10 @@ async def test_a_tail_whose_store_fails_beside_a_full_block_raises_the_disk_erro
     cache = Cache()
     full = [True]
 
-    def store(h: str, block: bytes) -> None:
+    def store(block: bytes) -> str:
         if full[0] and len(block) < BS:
             raise OSError(28, "No space left on device")
-        cache.store(h, block)
+        return cache.store(block)
 
     async with trio.open_nursery() as nursery:
         work = appending_copy(tmp_path / "w", nursery, cache)
@@ -350,9 +358,9 @@ async def test_a_read_while_the_writer_waits_for_stores_sees_the_finished_blocks
     cache = Cache()
     gate = threading.Event()
 
-    def slow_store(h: str, block: bytes) -> None:
+    def slow_store(block: bytes) -> str:
         gate.wait(10)  # the cache is slow: finished blocks pile up in memory
-        cache.store(h, block)
+        return cache.store(block)
 
     async with trio.open_nursery() as nursery:
         work = appending_copy(tmp_path / "w", nursery, cache)
@@ -407,7 +415,7 @@ async def test_a_write_refused_for_a_full_disk_holds_no_space_and_changes_nothin
     assert os.statvfs(disk).f_bavail == free  # what fitted was given back
     assert work.size == len(old)
     assert await work.write(len(old), b"tail") == 4  # a small write still fits
-    size, new = await work.seal(lambda h, d: None)
+    size, new = await work.seal(Cache().store)
     assert (size, new) == (len(old) + 4, blocks_of(old + b"tail")[1])
     work.close()
 
@@ -428,7 +436,7 @@ async def test_a_small_copy_that_cannot_grow_onto_a_full_disk_keeps_its_bytes(
     assert refused.value.errno == errno.ENOSPC
     assert work.size == 5 and await work.read(0, 100) == b"small"
     assert await work.write(5, b"!") == 1
-    size, new = await work.seal(lambda h, d: None)
+    size, new = await work.seal(Cache().store)
     assert (size, new) == (6, blocks_of(b"small!")[1])
     work.close()
 

@@ -298,9 +298,8 @@ async def core_target(root: Path) -> AsyncIterator[CoreTarget]:
     replica = Replica(db)
     queue = WriteBackQueue(db, quiet=3600, protect=cache.protect, unprotect=cache.unprotect)
 
-    def store_block(h: str, data: bytes) -> None:
-        cache.protect([h])
-        cache.put(h, data, verified=True)
+    def store_block(data: bytes) -> str:
+        return cache.add(data, protect=True)
 
     vfs = Vfs(db, replica, queue, BlockSource(cache, _NoServer()), store_block, cache.unprotect,  # type: ignore[arg-type]
               root / "work", hold_blocks=cache.protect, sync_blocks=cache.sync)
