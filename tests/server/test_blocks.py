@@ -70,6 +70,22 @@ def test_a_body_that_does_not_match_its_hash_is_refused_and_not_stored(stored: B
     assert list(stored.files("alice")) == []
 
 
+def test_a_wrong_whole_block_is_refused_leaving_nothing_and_refused_again_once_the_block_is_there(
+    blocks: BlockStore,
+) -> None:
+    """The hash is found while the bytes are written: a mismatch still stores nothing, not even a temporary file."""
+    data, wrong = os.urandom(BLOCK_SIZE), os.urandom(BLOCK_SIZE)
+    block = digest(data)
+    with pytest.raises(InvalidRequest, match="SHA-256"):
+        blocks.put("alice", block, [wrong[:1000], wrong[1000:]])
+    assert blocks.size("alice", block) is None
+    assert list((blocks.root / ".incoming").iterdir()) == []
+    assert blocks.put("alice", block, data)
+    with pytest.raises(InvalidRequest, match="SHA-256"):
+        blocks.put("alice", block, wrong)
+    assert blocks.path("alice", block).read_bytes() == data
+
+
 def test_a_body_in_pieces_is_checked_and_stored_whole(stored: Blocks) -> None:
     pieces = [os.urandom(65536), os.urandom(1000), os.urandom(262144)]
     data = b"".join(pieces)
