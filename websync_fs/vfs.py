@@ -648,6 +648,11 @@ class Vfs:
         changes: dict[str, Any] = {}
         if mode is not None:
             changes["mode"] = stat.S_IFMT(row.mode) | (mode & 0o7777)  # a special node keeps its type
+            if changes["mode"] == row.mode:
+                # chmod to the mode it has (rsync, right after it made its temporary file with
+                # that mode): as for chown above, the change time moves and nothing is sent.
+                del changes["mode"]
+                touch = True
         if mtime_ns is not None:
             if ino in self._work:
                 self._mtime[ino] = mtime_ns

@@ -97,7 +97,8 @@ def test_a_folder_made_on_both_machines_tells_the_kernel_of_every_name_it_gains(
 
 @pytest.mark.timeout(60)
 def test_a_chown_to_the_owner_a_file_has_moves_its_change_time_and_sends_nothing(tmp_path: Path) -> None:
-    """tar and cp -a as root chown every file to the owner it has: nothing to send, ctime moves."""
+    """tar and cp -a as root chown every file to the owner it has, rsync chmods to the mode it has:
+    nothing to send, ctime moves."""
     async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
         await a.files.write("doc.txt", b"first")
         ino = a.vfs.lookup(ROOT_INO, "doc.txt").ino
@@ -108,6 +109,16 @@ def test_a_chown_to_the_owner_a_file_has_moves_its_change_time_and_sends_nothing
         assert len(a.queue) == 0
         after = a.vfs.getattr(ino)
         assert after.ctime_ns > before.ctime_ns and (after.uid, after.gid) == (before.uid, before.gid)
+        # chmod to the mode it has (rsync's on its temporary file): the same.
+        await a.vfs.setattr(ino, mode=after.mode & 0o7777)
+        assert len(a.queue) == 0
+        again = a.vfs.getattr(ino)
+        assert again.ctime_ns > after.ctime_ns and again.mode == after.mode
+        await a.vfs.setattr(ino, mode=0o600, mtime_ns=1_700_000_000_000_000_000)  # a real change still goes
+        await a.settle()
+        await b.settle()
+        on_b = b.vfs.getattr(b.vfs.lookup(ROOT_INO, "doc.txt").ino)
+        assert on_b.mode & 0o7777 == 0o600 and on_b.mtime_ns == 1_700_000_000_000_000_000
 
     two_machines(tmp_path, body)
 
