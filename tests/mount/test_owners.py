@@ -1,7 +1,7 @@
 """Owners and groups through the kernel: kept, synced, and ruled as on a local disk.
 
-The tests run as root; operations of other users run in a forked child that
-takes that user's ids (setgroups, setresgid, setresuid) before it acts.  The
+The tests run as root; operations of other users run with that user's
+effective ids (setgroups, setresgid, setresuid: `tests.clients.run_as`).  The
 mount is made with --allow-other so that other users may enter at all.  Each
 rule's answer on the mount is compared with the same operation on a directory
 of the local disk (/tmp here is ext4).
