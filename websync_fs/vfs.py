@@ -377,6 +377,12 @@ class Vfs:
         now = time.time_ns()
         self.replica.update_node(pdir.id, mtime_ns=now, ctime_ns=now)
 
+    def _touch_dirs(self, src_dir: NodeRow, dst_dir: NodeRow) -> None:
+        """A rename's folders; one statement when it stays in its folder (rsync's, an editor's save)."""
+        self._touch_dir(src_dir)
+        if dst_dir.id != src_dir.id:
+            self._touch_dir(dst_dir)
+
     def _unlink_entry(self, pdir: NodeRow, name: str, row: NodeRow) -> None:
         """Remove ``pdir/name`` (naming *row*) here and on the server; call inside a transaction."""
         self.replica.remove_entry(pdir.id, name)
@@ -466,8 +472,7 @@ class Vfs:
                 self._unlink_entry(dst_dir, new_name, target)
             self.replica.remove_entry(src_dir.id, old_name)
             self.replica.set_entry(dst_dir.id, new_name, row.id)
-            self._touch_dir(src_dir)
-            self._touch_dir(dst_dir)
+            self._touch_dirs(src_dir, dst_dir)
             if row.local and not to_local:
                 # A local-only file under a name that syncs: the server gets it now.
                 self.replica.update_node(row.id, local=0)
@@ -549,8 +554,7 @@ class Vfs:
         with self._db.tx():
             self.replica.set_entry(src_dir.id, old_name, two.id)
             self.replica.set_entry(dst_dir.id, new_name, one.id)
-            self._touch_dir(src_dir)
-            self._touch_dir(dst_dir)
+            self._touch_dirs(src_dir, dst_dir)
             self._send(Rename(id=one.id, parent=src_dir.id, name=old_name, new_parent=dst_dir.id, new_name=new_name,
                               exchange=two.id))
 
