@@ -19,9 +19,9 @@ For one hash, as seen by one process::
 *Protected* is an in-memory reference count kept by this process, separate
 from presence: the owner may protect a hash before putting it (the write path
 protects and then puts, so a fresh dirty block is never evictable, not even for
-a moment; `add` does both, counting the reference once the hash it computes
-beside the write is known and before the block is indexed), and protecting an
-absent hash keeps nothing until it is put.  A get
+a moment; `add` does both, counting the reference once the hash is known and
+before the block is indexed), and protecting an absent hash keeps nothing until
+it is put.  A get
 refreshes a block's LRU position, as does a put of a block already present.
 
 What a crash leaves, state by state:
@@ -100,7 +100,7 @@ from typing import NamedTuple
 
 from ._exceptions import CacheError, CorruptBlock, InvalidBlockHash
 from ._stats import CacheStats
-from ._store import INLINE_MAX, BlockStore, Loaded, Stamp
+from ._store import BlockStore, Loaded, Stamp
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,9 @@ _HASH = re.compile(r"[0-9a-f]{64}")
 
 ORPHAN_AGE = 3600.0
 """Seconds an unindexed block file must be left alone before `verify` deletes it."""
+
+HASH_BESIDE_MIN = 1 << 20
+"""Blocks of at least this many bytes are hashed beside their write (`add`); smaller ones first."""
 
 REFRESH_EVERY = 30.0
 """Seconds between LRU refreshes of a block served by ranged `read` (each is a SQLite write)."""
@@ -140,6 +143,9 @@ class BlockCache:
         # Block files hashed by this process.  Only single dict operations touch it
         # (atomic under the GIL); a lost update costs one more hash, never a wrong byte.
         self._checked: dict[str, _Checked] = {}
+        self._hashing: ThreadPoolExecutor | None = None  # made by the first `add` that needs it
+        # The last big block `add` stored was there already: hash the next one first.
+        self._present_lately = False
 
     @property
     def directory(self) -> Path:
@@ -235,42 +241,48 @@ class BlockCache:
     def add(self, data: bytes, *, protect: bool = False) -> str:
         """Store *data* under its SHA-256 and return the hash; with *protect*, count a reference on it.
 
-        A block that goes into a file is hashed in another thread while it is
-        written (a new 4 MiB block took 2.9 ms so here, against 5.8 ms hashed,
-        then written); a smaller one is hashed first, as for `put`.  The
-        reference is counted before the block can be evicted, and only when
-        this returns: a failure (`CacheFull`) leaves none.
+        A new block of `HASH_BESIDE_MIN` bytes or more is hashed in another
+        thread while it is written (docs/design.md, "Content"); a smaller one,
+        or any while the blocks added lately were present already (a file
+        saved again, a copy of a copy), is hashed first, so that a present
+        block costs no write.  The reference is counted before the block can
+        be evicted, and kept only when this returns: a failure (`CacheFull`)
+        leaves none.
         """
-        if len(data) <= INLINE_MAX:
-            h = _sha256(data)
-            if protect:
-                self.protect([h])
-            try:
-                self.put(h, data, verified=True)
-            except BaseException:
-                if protect:
-                    self.unprotect([h])
-                raise
-            return h
-        hashing = _hasher().submit(_sha256, data)
         counted: list[str] = []
 
-        def digest() -> str:
-            h = hashing.result()
+        def count(h: str) -> str:
             if protect:
                 self.protect([h])
                 counted.append(h)
             return h
 
         try:
-            h, filename, stamp = self._store.insert_hashing(data, digest)
+            if len(data) < HASH_BESIDE_MIN or self._present_lately:
+                h = count(_sha256(data))
+                present = self._store.refresh(h)
+                if not present:
+                    filename, stamp = self._store.insert(h, data)
+                    self._remember(h, filename, stamp)
+            else:
+                hashing = self._hasher().submit(_sha256, data)
+                h, filename, stamp = self._store.insert_hashing(data, lambda: count(hashing.result()))
+                present = filename is None
+                if not present:
+                    self._remember(h, filename, stamp)
+            self._present_lately = present and len(data) >= HASH_BESIDE_MIN
+            self._evict(self._limit, spare=h)
         except BaseException:
             self.unprotect(counted)
             raise
-        if filename is not None:
-            self._remember(h, filename, stamp)
-        self._evict(self._limit, spare=h)
         return h
+
+    def _hasher(self) -> ThreadPoolExecutor:
+        """The thread that hashes a block while `add` writes it (hashlib lets go of the GIL)."""
+        with self._lock:
+            if self._hashing is None:
+                self._hashing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="block-hash")
+            return self._hashing
 
     def sync(self, hashes: Iterable[str]) -> None:
         """Make blocks *hashes* survive a power loss (the writer's fsync); absent ones are skipped."""
@@ -380,6 +392,10 @@ class BlockCache:
 
     def close(self) -> None:
         """Close the cache; any later call raises `CacheUnavailable`."""
+        with self._lock:
+            hashing, self._hashing = self._hashing, None
+        if hashing is not None:
+            hashing.shutdown()
         self._store.close()
 
     def __enter__(self) -> BlockCache:
@@ -431,17 +447,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-_HASHER: ThreadPoolExecutor | None = None
-_HASHER_LOCK = threading.Lock()
-
-
-def _hasher() -> ThreadPoolExecutor:
-    """The threads that hash blocks while `add` writes them (hashlib lets go of the GIL)."""
-    global _HASHER
-    with _HASHER_LOCK:
-        if _HASHER is None:
-            _HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="block-hash")
-        return _HASHER
 
 
 def _damage(loaded: Loaded) -> str:

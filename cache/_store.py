@@ -18,6 +18,10 @@ Layout of a cache directory::
                                   block made a folder of its own (a mkdir a put).
                                   Files of caches written with two levels are
                                   found through their rows as before.
+    pending/<random>.val          a block being written while its hash is found
+                                  (`insert_hashing`), moved to its name after; one
+                                  left by a killed process is an unindexed file,
+                                  which `remove_orphans` deletes once it is old
 
 Settings (persisted by diskcache in its ``Settings`` table, re-applied on every
 open): ``eviction_policy='least-recently-used'`` so that diskcache's own
@@ -363,7 +367,6 @@ class BlockStore:
         the new file gone).  On any failure leave no trace.
         """
         pending = os.path.join(self._directory, _PENDING, f"{secrets.token_hex(8)}.val")
-        path = pending
         try:
             with _translated("store a block"):
                 _write_new_file(pending, data, self._writer)
@@ -373,14 +376,18 @@ class BlockStore:
                     return h, None, None
                 name = os.path.join(h[:2], f"{h}.{secrets.token_hex(4)}.val")
                 _move_new_file(pending, os.path.join(self._directory, name))
-                path = os.path.join(self._directory, name)
-                stamp = _stamp(os.stat(path))  # after the move: a rename changes the ctime
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(pending)
+            raise
+        try:
+            with _translated(f"store block {h}"):
+                stamp = _stamp(os.stat(os.path.join(self._directory, name)))  # after the move: it moves the ctime
                 with self._write_lock:
                     self._db.set(h, _Written(name, len(data)))
             self._checkpoints.committed()
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(path)
+            self._discard(h, name)  # not a file whose row was committed
             raise
         return h, name, stamp
 

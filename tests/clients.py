@@ -7,7 +7,9 @@ was mounted and ends the mount process by its own pid, even after a failure.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -190,31 +192,48 @@ def block_cached(machine: Machine, h: str) -> bool:
 
 
 def run_as(uid: int, gid: int, groups: tuple[int, ...], cwd: Path, fn: Callable[[], T]) -> T:
-    """*fn*'s result, computed in *cwd* as *uid*/*gid* with *groups*.
+    """*fn*'s result, computed in *cwd* by this thread as *uid*/*gid* with *groups*.
 
-    This process (root) enters *cwd* while still root -- the tests' own folders
-    are root's alone -- takes the user's ids (setgroups, setresgid, setresuid;
-    the kernel drops root's capabilities with the effective uid, and FUSE sees
-    the file-system ids), calls *fn*, and takes root's ids and its
-    own folder back.  A child forked per call did the same, but a fork costs
-    what the forking process holds: 1.2 ms from a fresh interpreter, 17 ms
-    from one holding 1 GiB, as pytest does late in the suite (a model test of
-    thousands of calls took 73 s there, 12 s alone).  *fn* must not raise
-    (the caller turns errors into results) and must leave no thread behind.
+    The thread enters *cwd* while still root -- the tests' own folders are
+    root's alone -- then takes the user's real and effective ids and groups
+    with the raw system calls, which change the calling thread alone (glibc's
+    wrappers change every thread of the process), calls *fn*, and takes back
+    its own ids (the saved ones stay root's, which allows it) and folder.  A
+    child forked per call did the same, but a fork costs what the forking
+    process holds, and pytest holds a lot late in the suite (docs/benchmarks.md,
+    "The requests of one file").  FUSE sees the thread's file-system ids.
     """
-    here, own_groups = os.getcwd(), os.getgroups()
+    here, ruid, rgid, own_groups = os.getcwd(), os.getresuid(), os.getresgid(), os.getgroups()
     os.chdir(cwd)
     try:
-        # Real and effective ids both (programs ask getuid() too); the saved ones stay
-        # root's, which is what lets this process take its own ids back.
-        os.setgroups(list(groups))
-        os.setresgid(gid, gid, 0)
-        os.setresuid(uid, uid, 0)
         try:
+            _thread_ids(groups, (gid, gid, 0), (uid, uid, 0))
             return fn()
         finally:
-            os.setresuid(0, 0, 0)
-            os.setresgid(0, 0, 0)
-            os.setgroups(own_groups)
+            _thread_ids(tuple(own_groups), rgid, ruid, back=True)
+            # Any change of the effective uid made the process undumpable (no /proc/self
+            # for others, no core); it is root's again.
+            _LIBC.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)
     finally:
         os.chdir(here)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_SET_DUMPABLE = 4
+#: setgroups, setresuid, setresgid by architecture (asm/unistd.h).
+_SYSCALLS = {"x86_64": (116, 117, 119), "aarch64": (159, 147, 149)}
+
+
+def _thread_ids(groups: tuple[int, ...], gids: tuple[int, int, int], uids: tuple[int, int, int],
+                back: bool = False) -> None:
+    """Set the calling thread's groups, gids and uids: the uids last, or first when taking root's *back*
+    (setting groups and gids needs root's effective uid)."""
+    setgroups, setresuid, setresgid = _SYSCALLS[platform.machine()]
+    ids = (ctypes.c_uint * max(1, len(groups)))(*groups)
+    calls = [(setgroups, (len(groups), ids)), (setresgid, gids), (setresuid, uids)]
+    for number, args in reversed(calls) if back else calls:
+        if number != setgroups and not all(0 <= i < 0xFFFFFFFF for i in args):
+            raise ValueError(f"not ids: {args}")  # the kernel would take the low 32 bits
+        if _LIBC.syscall(number, *args) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"system call {number}{args[:1]}: {os.strerror(err)}")

@@ -68,7 +68,7 @@ def rows(p: Params) -> list[Row]:
         Row("changes_small", "changes call, 1 change, store of 100 files", "ms", False),
         Row("sqlite_commit", f"SQLite autocommit inserts ({max(200, p.files // 20):,}, a commit each)", "commits/s"),
         Row("small_fsync", "append 4 KiB and fsync, the same number of times", "fsyncs/s"),
-        Row("fsync_syncs", "… disk syncs made for each of those fsyncs (strace of A's mount; local: the program)",
+        Row("fsync_syncs", "… disk syncs made meanwhile, per fsync (strace of A's mount; local: the program)",
             "syncs", compared=False),
         Row("tar_x", f"tar xf of {tree} files of 1–16 KiB", "files/s"),
         Row("tar_x_server", _SERVER, "files/s"),

@@ -4,9 +4,11 @@ A fast fsync is only worth comparing with another if both make the bytes
 durable.  This runs a small program that appends 4 KiB and fsyncs, again and
 again, while `strace -c` counts the fsync-family calls of the process that
 keeps the file: the mount's own process for a FUSE file system, the program
-itself for a local disk (where its fsync is the sync).  Zero means the file
-system answered every fsync without syncing anything: its bytes would not
-survive a power loss.
+itself for a local disk (where its fsync is the sync).  The count takes in
+what the mount syncs meanwhile for other reasons too (its state database's
+log), so it is at least, not exactly, the syncs the fsyncs made.  Zero means
+the file system answered every fsync without syncing anything: its bytes
+would not survive a power loss.
 """
 
 from __future__ import annotations
@@ -91,9 +93,13 @@ def count_syncs(keeper: int | None, path: Path, count: int, timeout: float = 60.
             return parse_summary(Path(out.name).read_text())
         finally:
             for proc in (program, tracer):
-                if proc is not None and proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+                if proc is not None:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+                    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                        if pipe is not None:
+                            pipe.close()
             with contextlib.suppress(OSError):
                 os.unlink(path)
 

@@ -223,7 +223,10 @@ class WebSyncTarget(Target):
         return answer["token"], answer["store"]
 
     def keeper_pid(self) -> int | None:
-        return self.machines[0].pid()
+        pid = self.machines[0].pid()
+        if not pid:
+            raise RuntimeError("machine A's mount has no pid to count its disk syncs")
+        return pid
 
     def pids(self) -> dict[str, int]:
         found = {"websync-server": self.server.pid}

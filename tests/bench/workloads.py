@@ -533,7 +533,7 @@ def _sqlite_and_fsync(t: Target, p: Params, r: Results, work: Path) -> None:
     # Counted apart from the timed loop: strace slows every call it sees.
     try:
         r.set("fsync_syncs", t.key, count_syncs(t.keeper_pid(), work / "synced.dat", SYNC_COUNT) / SYNC_COUNT)
-    except FileNotFoundError as exc:
+    except (OSError, RuntimeError, TimeoutError) as exc:  # no strace, or it may not trace here
         r.note(f"{t.label}: disk syncs per fsync not counted: {exc}")
 
 

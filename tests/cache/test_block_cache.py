@@ -23,6 +23,7 @@ import pytest
 import trio
 
 import cache._blocks
+import cache._store
 from cache import (
     BlockCache,
     CacheError,
@@ -376,15 +377,19 @@ def test_verify_removes_old_orphan_files_but_not_fresh_ones(
     # What a crash between writing a block file and indexing it leaves behind:
     old_orphan = kept.parent / f"{'a' * 64}.deadbeef.val"
     fresh_orphan = kept.parent / f"{'b' * 64}.deadbeef.val"  # a put in flight elsewhere
-    old_orphan.write_bytes(b"x" * 100)
-    fresh_orphan.write_bytes(b"y" * 100)
+    # ... and a kill while `add` wrote a block whose hash had not named it yet:
+    (directory / "pending").mkdir()
+    old_pending, fresh_pending = directory / "pending" / "0123abcd.val", directory / "pending" / "4567ef01.val"
     two_hours_ago = time.time() - 7200
-    os.utime(old_orphan, (two_hours_ago, two_hours_ago))
+    for path in (old_orphan, fresh_orphan, old_pending, fresh_pending):
+        path.write_bytes(b"x" * 100)
+    for path in (old_orphan, old_pending):
+        os.utime(path, (two_hours_ago, two_hours_ago))
 
     assert bc.verify() == []
 
-    assert not old_orphan.exists()
-    assert fresh_orphan.exists()
+    assert not old_orphan.exists() and not old_pending.exists()
+    assert fresh_orphan.exists() and fresh_pending.exists()
     assert bc.get(h) == data
 
 
@@ -524,6 +529,26 @@ def test_add_names_a_block_by_the_hash_found_while_it_was_written_and_counts_a_r
         bc.unprotect([big])
         assert not bc.contains(big)
         assert bc.add(small_data) == small  # without protect: evicted at once, as `put` would
+
+
+def test_add_writes_no_block_again_while_the_blocks_added_lately_were_there(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file saved again, or copied again: its blocks are present, and cost a hash, not a write."""
+    blocks = [make_block(seed, 2 * MiB) for seed in range(4)]
+    written: list[str] = []
+    real = cache._store._write_new_file
+    monkeypatch.setattr(cache._store, "_write_new_file", lambda path, *rest: written.append(path) or real(path, *rest))
+    with BlockCache(directory, limit=64 * MiB) as bc:
+        for _h, data in blocks[:3]:
+            bc.add(data)
+        assert len(written) == 3
+        for h, data in blocks[:3]:  # again: the first one is written and found there, the rest are not written
+            assert bc.add(data) == h
+        assert len(written) == 4
+        assert bc.add(blocks[3][1]) == blocks[3][0]  # new: hashed first this once, then beside the write again
+        assert bc.add(blocks[2][1] + b"x") and len(written) == 6
+        assert list((directory / "pending").iterdir()) == []
 
 
 # -- a full disk ------------------------------------------------------------------
