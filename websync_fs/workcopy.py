@@ -123,6 +123,9 @@ class WorkingCopy:
         self.store: Store | None = None
         #: Told of each block hashed ahead that is still current, bytes and all (earlyupload.py).
         self.offer: Offer | None = None
+        #: An appending writer's first finished block is not offered: it goes up with the commit,
+        #: and a file of one block (a photo) does not compete with the writing of the next one.
+        self._first_appended = True
         self._closed = False
         self._length = size  # of the file; appended blocks held elsewhere do not grow it
         self._fill: list[bytes] | None = None  # chunks of the last block, while appending
@@ -345,6 +348,7 @@ class WorkingCopy:
         store = self.store
         done = trio.Event()
         self._mem[index] = (block, done)  # before any wait: reads meanwhile find it here
+        offer, self._first_appended = not self._first_appended, False
 
         def work() -> BlockHash | None:
             if self._closed:
@@ -367,7 +371,7 @@ class WorkingCopy:
                     if held is not None and held[0] is block:
                         del self._mem[index]
                         self._stored[index] = h
-                    if self.offer is not None:
+                    if offer and self.offer is not None:
                         self.offer(h, block)
                 done.set()
 

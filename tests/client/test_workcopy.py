@@ -158,8 +158,19 @@ async def test_appended_blocks_skip_the_file_and_are_stored_and_offered(tmp_path
         # 1 MiB at a time from the start, none of it entered the file.  Reading it back
         # brings it in.
         assert os.stat(tmp_path / "w").st_blocks * 512 <= 64 * 1024
-        assert set(cache.offered) == set(new[:5])  # every full block, the tail excepted
+        assert set(cache.offered) == set(new[1:5])  # every full block but the first, the tail excepted
         assert await work.read(0, len(data)) == data
+        work.close()
+
+
+@pytest.mark.parametrize("full_blocks", [1, 3])
+async def test_an_appending_writers_first_block_is_not_offered_early(tmp_path: Path, full_blocks: int) -> None:
+    """A photo's one block goes up with its commit; from the second block on, a big file's blocks go early."""
+    data = os.urandom(full_blocks * BS + 5000)
+    cache = Cache()
+    async with trio.open_nursery() as nursery:
+        work, new = await sealed_by_mib(tmp_path, nursery, cache, data)
+        assert set(cache.offered) == set(new[1:full_blocks])
         work.close()
 
 

@@ -187,13 +187,15 @@ def test_finished_blocks_of_a_file_still_open_reach_the_server(a: Machine, serve
     blocks = [os.urandom(BLOCK) for _ in range(4)]
     hashes = [hashlib.sha256(data).hexdigest() for data in blocks]
     with open(a.path("growing.bin"), "wb", buffering=0) as f:
-        for data, h in zip(blocks, hashes):
+        f.write(blocks[0])  # the first block goes with the commit: the file may end here (a photo)
+        for data, h in zip(blocks[1:], hashes[1:]):
             f.write(data)
-            # Still open: nothing is committed, yet each finished block goes up (one
+            # Still open: nothing is committed, yet each further finished block goes up (one
             # at a time here: a block offered while the sender is busy may wait for close).
             eventually(lambda h=h: _on_server(server, h), timeout=60, what="an early block on the server")
         f.write(b"tail")
     assert a.path("growing.bin").read_bytes() == b"".join(blocks) + b"tail"
+    eventually(lambda: _on_server(server, hashes[0]), timeout=60, what="the first block, with the commit")
 
 
 def test_a_local_only_file_never_sends_its_blocks(a: Machine, server: ServerProcess) -> None:
