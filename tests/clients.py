@@ -201,7 +201,7 @@ def run_as(uid: int, gid: int, groups: tuple[int, ...], cwd: Path, fn: Callable[
     its own ids (the saved ones stay root's, which allows it) and folder.  A
     child forked per call did the same, but a fork costs what the forking
     process holds, and pytest holds a lot late in the suite (docs/benchmarks.md,
-    "The requests of one file").  FUSE sees the thread's file-system ids.
+    "A fork per call, late in the suite").  FUSE sees the thread's file-system ids.
     """
     here, ruid, rgid, own_groups = os.getcwd(), os.getresuid(), os.getresgid(), os.getgroups()
     os.chdir(cwd)
