@@ -233,10 +233,16 @@ class BlockCache:
             actual = _sha256(data)
             if actual != h:
                 raise CorruptBlock(h, actual)
-        if not self._store.refresh(h):
+        self._put(h, data)
+
+    def _put(self, h: str, data: bytes) -> bool:
+        """`put` of checked bytes; True if the block was there already (only refreshed)."""
+        present = self._store.refresh(h)
+        if not present:
             filename, stamp = self._store.insert(h, data)
             self._remember(h, filename, stamp)
         self._evict(self._limit, spare=h)
+        return present
 
     def add(self, data: bytes, *, protect: bool = False) -> str:
         """Store *data* under its SHA-256 and return the hash; with *protect*, count a reference on it.
@@ -260,18 +266,15 @@ class BlockCache:
         try:
             if len(data) < HASH_BESIDE_MIN or self._present_lately:
                 h = count(_sha256(data))
-                present = self._store.refresh(h)
-                if not present:
-                    filename, stamp = self._store.insert(h, data)
-                    self._remember(h, filename, stamp)
+                present = self._put(h, data)
             else:
                 hashing = self._hasher().submit(_sha256, data)
                 h, filename, stamp = self._store.insert_hashing(data, lambda: count(hashing.result()))
                 present = filename is None
                 if not present:
                     self._remember(h, filename, stamp)
+                self._evict(self._limit, spare=h)
             self._present_lately = present and len(data) >= HASH_BESIDE_MIN
-            self._evict(self._limit, spare=h)
         except BaseException:
             self.unprotect(counted)
             raise
@@ -445,8 +448,6 @@ def _check_size(name: str, value: int) -> None:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
 
 
 def _damage(loaded: Loaded) -> str:

@@ -203,12 +203,7 @@ class Vfs:
         """Queue what an fsync of a killed session made durable (fsynced.py), as its close would have."""
         row = self.replica.get(ino)
         stored: list[str] = []
-
-        def store(data: bytes) -> str:
-            h = self._store_block(data)
-            stored.append(h)
-            return h
-
+        store = self._storing(stored)
         try:
             with self._db.tx():
                 if row is not None and not row.orphan:
@@ -376,6 +371,15 @@ class Vfs:
         # Directory times are local: the server keeps no directory mtimes.
         now = time.time_ns()
         self.replica.update_node(pdir.id, mtime_ns=now, ctime_ns=now)
+
+    def _storing(self, stored: list[str]) -> Callable[[bytes], str]:
+        """A store into the cache that lists in *stored* each block it holds there for the caller."""
+        def store(data: bytes) -> str:
+            h = self._store_block(data)
+            stored.append(h)
+            return h
+
+        return store
 
     def _touch_dirs(self, src_dir: NodeRow, dst_dir: NodeRow) -> None:
         """A rename's folders; one statement when it stays in its folder (rsync's, an editor's save)."""
@@ -830,12 +834,7 @@ class Vfs:
         if work is None or not (work.changed or ino in self._mtime):
             return
         stored: list[str] = []
-
-        def store(data: bytes) -> str:
-            h = self._store_block(data)
-            stored.append(h)
-            return h
-
+        store = self._storing(stored)
         try:
             sealed = await work.seal(store)
             # Blocks hashed ahead are held like the seal's own until the queue holds them.

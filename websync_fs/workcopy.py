@@ -77,10 +77,6 @@ _APPEND_HEAD_MAX = 64 * 1024
 _SEAL_ON_LOOP = 64 * 1024
 
 
-def _hash_and_store(data: bytes, store: Store) -> BlockHash:
-    return BlockHash(store(data))
-
-
 async def _side_by_side(*jobs: Callable[[], Awaitable[None]]) -> None:
     """Run *jobs* at once; when all ended, raise the first one's error as it was (a full disk
     stays an OSError for the caller, not a group of one)."""
@@ -353,7 +349,7 @@ class WorkingCopy:
         def work() -> BlockHash | None:
             if self._closed:
                 return None
-            h = _hash_and_store(block, store)
+            h = BlockHash(store(block))
             self.ahead_stored.append(h)
             return h
 
@@ -401,7 +397,7 @@ class WorkingCopy:
             if self._closed or self._gen.get(index) != gen:
                 return None
             data = self._file.pread(BLOCK_SIZE, index * BLOCK_SIZE)
-            h = _hash_and_store(data, store)
+            h = BlockHash(store(data))
             self.ahead_stored.append(h)
             return h, data
 
@@ -508,7 +504,7 @@ class WorkingCopy:
             data = tail[1]
 
             async def store_tail() -> None:
-                tail_hash.append(await trio.to_thread.run_sync(_hash_and_store, data, store))
+                tail_hash.append(BlockHash(await trio.to_thread.run_sync(store, data)))
 
             await _side_by_side(store_tail, self._settle)
         else:
@@ -540,7 +536,7 @@ class WorkingCopy:
                     data = tail[1]
                 else:
                     data = self._file.pread(min(BLOCK_SIZE, self.size - start), start)
-                out.append((index, _hash_and_store(data, store)))
+                out.append((index, BlockHash(store(data))))
             return out
 
         # A copy in memory (64 KiB at most) is hashed and stored on the event loop
