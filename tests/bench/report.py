@@ -41,8 +41,13 @@ def _size(n: int) -> str:
     return f"{gib:g} GiB" if gib >= 1 else f"{n / (1 << 20):g} MiB"
 
 
+def _paren(runs: str) -> str:
+    return f" ({runs[2:]})" if runs else ""
+
+
 def rows(p: Params) -> list[Row]:
     size, files, tree = _size(p.size), f"{p.files:,}", f"{max(20, p.files // 2):,}"
+    runs = f"; median of {p.program_runs} runs" if p.program_runs > 1 else ""
     return [
         Row("seq_write", f"sequential write of {size}, until close() returns (median of 3 files)", "MiB/s"),
         Row("seq_write_durable", "… until it is on the server (local: + fsync)", "MiB/s"),
@@ -66,17 +71,17 @@ def rows(p: Params) -> list[Row]:
         Row("edit_upload", f"bytes uploaded for a 1 MiB edit in the middle of the {size} file", "MiB", False),
         Row("changes_big", f"changes call, 1 change, store of {p.store_files:,} files", "ms", False),
         Row("changes_small", "changes call, 1 change, store of 100 files", "ms", False),
-        Row("sqlite_commit", f"SQLite autocommit inserts ({max(200, p.files // 20):,}, a commit each)", "commits/s"),
-        Row("small_fsync", "append 4 KiB and fsync, the same number of times", "fsyncs/s"),
+        Row("sqlite_commit", f"SQLite autocommit inserts ({max(200, p.files // 20):,}, a commit each{runs})", "commits/s"),
+        Row("small_fsync", f"append 4 KiB and fsync, the same number of times{runs}", "fsyncs/s"),
         Row("fsync_syncs", "… disk syncs made meanwhile, per fsync (strace of A's mount; local: the program)",
             "syncs", compared=False),
-        Row("tar_x", f"tar xf of {tree} files of 1–16 KiB", "files/s"),
+        Row("tar_x", f"tar xf of {tree} files of 1–16 KiB{_paren(runs)}", "files/s"),
         Row("tar_x_server", _SERVER, "files/s"),
-        Row("rsync_a", f"rsync -a of a tree of {tree} files of 1–16 KiB", "files/s"),
+        Row("rsync_a", f"rsync -a of a tree of {tree} files of 1–16 KiB{_paren(runs)}", "files/s"),
         Row("rsync_a_server", _SERVER, "files/s"),
-        Row("git_clone", f"git clone (file://) of a repository of {p.git_files:,} files in 5 commits", "s", False),
+        Row("git_clone", f"git clone (file://) of a repository of {p.git_files:,} files in 5 commits{_paren(runs)}", "s", False),
         Row("git_clone_server", _SERVER, "s", False),
-        Row("cp_photos", f"cp -a of a folder of photos of 1–8 MiB, about {size} in all", "MiB/s"),
+        Row("cp_photos", f"cp -a of a folder of photos of 1–8 MiB, about {size} in all{_paren(runs)}", "MiB/s"),
         Row("cp_photos_server", _SERVER, "MiB/s"),
     ]
 

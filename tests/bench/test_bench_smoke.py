@@ -43,7 +43,7 @@ def test_every_workload_runs_on_websync_and_a_local_dir(tmp_path: Path) -> None:
     if not os.path.exists("/dev/fuse"):
         pytest.fail("/dev/fuse is missing: the benchmark mounts WebSync through FUSE")
     params = Params(size=8 * MiB, files=60, folders=6, edits=3, store_files=300, rand_ops=50, warm_repeat=1,
-                    changes_repeat=3, drop_caches=False, git_files=20)
+                    changes_repeat=3, drop_caches=False, git_files=20, program_runs=2)
 
     results = run(params, ("local", "websync"), tuple(PHASES), workdir=tmp_path)
 
@@ -58,6 +58,11 @@ def test_every_workload_runs_on_websync_and_a_local_dir(tmp_path: Path) -> None:
     # Each of the program's fsyncs is a disk sync on a local disk, and reaches the disk through WebSync too.
     assert results.values["fsync_syncs"]["local"] == 1
     assert results.values["fsync_syncs"]["websync"] >= 1
+    # A program row is the median of its runs, each on data of its own, and the note gives every run.
+    for key in ("local", "websync"):
+        runs = [note for note in results.notes if note.startswith(f"{key}: tar_x, each run: ")]
+        assert len(runs) == 1 and runs[0].count(";") == 1, runs
+    assert "until on the server" in next(n for n in results.notes if n.startswith("websync: rsync_a, each run: "))
 
     table = render_table(params, results)
     for line in rows(params):
@@ -75,7 +80,7 @@ def test_every_workload_runs_on_websync_and_a_local_dir(tmp_path: Path) -> None:
 
 def test_the_ceiling_file_system_runs_the_small_file_rows_and_unmounts(tmp_path: Path) -> None:
     """The in-memory pyfuse3 file system (`tests.bench.ceiling`) behind the "vs ceiling" ratios."""
-    params = Params(size=4 * MiB, files=60, folders=6, drop_caches=False, git_files=20)
+    params = Params(size=4 * MiB, files=60, folders=6, drop_caches=False, git_files=20, program_runs=1)
     results = run(params, ("ceiling",), ("small", "programs"), workdir=tmp_path)
     assert results.errors == {}
     assert not mounted_under(tmp_path), "the ceiling file system was left mounted"

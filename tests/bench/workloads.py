@@ -17,6 +17,7 @@ import math
 import os
 import io
 import random
+import shutil
 import sqlite3
 import stat
 import statistics
@@ -59,6 +60,9 @@ class Params:
     seed: int = 7
     edit_timeout: float = 30.0
     git_files: int = 300  # files in the repository that `git clone` copies
+    #: Runs of each program row, each on fresh data; the row is their median.  One run of
+    #: a few hundred files takes under 2 s, and the same code moved 15-20 % between runs.
+    program_runs: int = 3
 
 
 @dataclass
@@ -443,8 +447,10 @@ def _on_server(t: Target, r: Results, row: str, rel: str, started: float, finish
     return time.perf_counter() - started
 
 
-def _program(t: Target, r: Results, row: str, rel: str, argv: list[str], amount: float, tolerate: str = "") -> None:
-    """Run *argv* (it writes into A's *rel*); record *row* (amount/s, or s when *amount* is 0) and *row*_server.
+def _program(t: Target, r: Results, row: str, rel: str, argv: list[str], amount: float,
+             tolerate: str = "") -> tuple[float, float | None]:
+    """Run *argv* (it writes into A's *rel*): its figure (amount/s, or s when *amount* is 0) and, on a
+    target with a server, the same until every file is there.
 
     A failure whose every message starts with *tolerate* is noted, not raised:
     the files are there, only something the target cannot keep is missing.
@@ -458,10 +464,32 @@ def _program(t: Target, r: Results, row: str, rel: str, argv: list[str], amount:
             raise subprocess.CalledProcessError(done.returncode, argv, stderr=done.stderr)
         r.note(f"{t.label}: {row}: {argv[0]} exited {done.returncode} with {len(messages)} messages like "
                f"{messages[0]!r}; counted anyway")
-    r.set(row, t.key, amount / finished if amount else finished)
-    if t.has_server:
-        durable = _on_server(t, r, row, rel, started, finished)
-        r.set(f"{row}_server", t.key, amount / durable if amount else durable)
+    figure = amount / finished if amount else finished
+    if not t.has_server:
+        return figure, None
+    durable = _on_server(t, r, row, rel, started, finished)
+    return figure, amount / durable if amount else durable
+
+
+def _runs(t: Target, p: Params, r: Results, row: str, one: Callable[[int], tuple[float, float | None]]) -> None:
+    """Record *row* (and *row*_server) as the median of `Params.program_runs` runs of *one*(run number).
+
+    Each run brings data of its own: a content-addressed store would find the
+    bytes of an earlier run already there.  The runs' figures go into a note.
+    """
+    runs = [one(run) for run in range(p.program_runs)]
+    r.set(row, t.key, statistics.median(figure for figure, _ in runs))
+    server = [durable for _, durable in runs if durable is not None]
+    if server:
+        r.set(f"{row}_server", t.key, statistics.median(server))
+    if len(runs) > 1:
+        r.note(f"{t.key}: {row}, each run: " + "; ".join(
+            _figure(figure) + ("" if durable is None else f" ({_figure(durable)} until on the server)")
+            for figure, durable in runs))
+
+
+def _figure(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
 
 
 def _git_repository(repo: Path, files: int, seed: int) -> None:
@@ -510,26 +538,33 @@ def _photos(folder: Path, total: int, seed: int) -> int:
 def _sqlite_and_fsync(t: Target, p: Params, r: Results, work: Path) -> None:
     # At least 200: at 50 the local folder's whole row took ~10 ms and moved 2x between runs.
     count = max(200, p.files // 20)
-    db = sqlite3.connect(work / "bench.db", isolation_level=None)  # autocommit: a commit per insert
-    try:
-        db.execute("CREATE TABLE t (x TEXT)")
-        start = time.perf_counter()
-        for _ in range(count):
-            db.execute("INSERT INTO t VALUES (?)", ("x" * 100,))
-        r.set("sqlite_commit", t.key, count / (time.perf_counter() - start))
-    finally:
-        db.close()
+
+    def commits(run: int) -> tuple[float, None]:
+        db = sqlite3.connect(work / f"bench{run}.db", isolation_level=None)  # autocommit: a commit per insert
+        try:
+            db.execute("CREATE TABLE t (x TEXT)")
+            start = time.perf_counter()
+            for _ in range(count):
+                db.execute("INSERT INTO t VALUES (?)", ("x" * 100,))
+            return count / (time.perf_counter() - start), None
+        finally:
+            db.close()
 
     payload = random.Random(p.seed).randbytes(4096)
-    fd = os.open(work / "log.dat", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        start = time.perf_counter()
-        for _ in range(count):
-            os.write(fd, payload)
-            os.fsync(fd)
-        r.set("small_fsync", t.key, count / (time.perf_counter() - start))
-    finally:
-        os.close(fd)
+
+    def fsyncs(run: int) -> tuple[float, None]:
+        fd = os.open(work / f"log{run}.dat", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            start = time.perf_counter()
+            for _ in range(count):
+                os.write(fd, payload)
+                os.fsync(fd)
+            return count / (time.perf_counter() - start), None
+        finally:
+            os.close(fd)
+
+    _runs(t, p, r, "sqlite_commit", commits)
+    _runs(t, p, r, "small_fsync", fsyncs)
     # Counted apart from the timed loop: strace slows every call it sees.
     try:
         r.set("fsync_syncs", t.key, count_syncs(t.keeper_pid(), work / "synced.dat", SYNC_COUNT) / SYNC_COUNT)
@@ -541,29 +576,51 @@ def _tar_and_rsync(t: Target, p: Params, r: Results, work: Path) -> None:
     entries = max(20, p.files // 2)
     with tempfile.TemporaryDirectory(prefix="websync-bench-tree-", dir="/var/tmp") as tmp:
         tarball = Path(tmp) / "tree.tar"
-        _tarball(tarball, entries, p.seed)
-        (work / "tar").mkdir()
-        _program(t, r, "tar_x", "programs/tar", ["tar", "xf", str(tarball), "-C", str(work / "tar")], entries)
-        # Another seed: the same bytes again would be deduplicated by a content-addressed store.
-        _tarball(tarball, entries, p.seed + 1)
-        subprocess.run(["tar", "xf", str(tarball), "-C", tmp], check=True)
-        _program(t, r, "rsync_a", "programs/rsync",
-                 ["rsync", "-a", f"{tmp}/tree/", str(work / "rsync")], entries)
+
+        def tar(run: int) -> tuple[float, float | None]:
+            _tarball(tarball, entries, p.seed + 2 * run)
+            rel = f"programs/tar/{run}"
+            (t.a / rel).mkdir(parents=True)
+            return _program(t, r, "tar_x", rel, ["tar", "xf", str(tarball), "-C", str(t.a / rel)], entries)
+
+        def rsync(run: int) -> tuple[float, float | None]:
+            # Another seed than tar's: the same bytes again would be deduplicated.
+            _tarball(tarball, entries, p.seed + 2 * run + 1)
+            source = Path(tmp) / f"source{run}"
+            source.mkdir()
+            subprocess.run(["tar", "xf", str(tarball), "-C", str(source)], check=True)
+            rel = f"programs/rsync/{run}"
+            (t.a / rel).parent.mkdir(exist_ok=True)
+            return _program(t, r, "rsync_a", rel, ["rsync", "-a", f"{source}/tree/", str(t.a / rel)], entries)
+
+        _runs(t, p, r, "tar_x", tar)
+        _runs(t, p, r, "rsync_a", rsync)
 
 
 def _git_clone(t: Target, p: Params, r: Results, work: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="websync-bench-git-", dir="/var/tmp") as tmp:
-        _git_repository(Path(tmp) / "repo", p.git_files, p.seed)
-        _program(t, r, "git_clone", "programs/clone",
-                 ["git", "clone", "-q", f"file://{tmp}/repo", str(work / "clone")], 0)
+        def clone(run: int) -> tuple[float, float | None]:
+            repo = Path(tmp) / f"repo{run}"
+            _git_repository(repo, p.git_files, p.seed + run)
+            rel = f"programs/clone{run}"
+            return _program(t, r, "git_clone", rel, ["git", "clone", "-q", f"file://{repo}", str(t.a / rel)], 0)
+
+        _runs(t, p, r, "git_clone", clone)
 
 
 def _cp_photos(t: Target, p: Params, r: Results, work: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="websync-bench-photos-", dir="/var/tmp") as tmp:
-        size = _photos(Path(tmp) / "photos", p.size, p.seed * 1000 + 17)
-        # rclone mount answers chmod with EIO: cp -a copies every byte, then fails on the modes.
-        _program(t, r, "cp_photos", "programs/photos", ["cp", "-a", f"{tmp}/photos", str(work / "photos")],
-                 size / MiB, tolerate="cp: preserving permissions for")
+        def copy(run: int) -> tuple[float, float | None]:
+            source = Path(tmp) / f"photos{run}"
+            size = _photos(source, p.size, p.seed * 1000 + 17 + run)
+            rel = f"programs/photos{run}"
+            # rclone mount answers chmod with EIO: cp -a copies every byte, then fails on the modes.
+            argv = ["cp", "-a", str(source), str(t.a / rel)]
+            figure = _program(t, r, "cp_photos", rel, argv, size / MiB, tolerate="cp: preserving permissions for")
+            shutil.rmtree(source)
+            return figure
+
+        _runs(t, p, r, "cp_photos", copy)
 
 
 def phase_programs(t: Target, p: Params, r: Results) -> None:
