@@ -56,6 +56,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -368,8 +369,11 @@ class WriteBackQueue:
             self._db.execute("UPDATE items SET op=?, ready_at=? WHERE n=?", (json.dumps(op), ready_at, item.n))
         else:
             self._store(item.n, op, ready_at)
-        self._protect(op.get("blocks", ()))
-        self._unprotect(item.blocks)
+        # Only what the merge changed: a setattr folded into a create keeps its blocks, and
+        # their protect, unprotect and the cache-size check behind it were three calls a merge.
+        new, old = Counter(op.get("blocks", ())), Counter(item.blocks)
+        self._protect((new - old).elements())
+        self._unprotect((old - new).elements())
 
     def _coalesce(self, op: dict[str, Any], version: bool = False) -> bool:
         kind = op["op"]

@@ -18,6 +18,7 @@ from websync_server.protocol import (
     Mkdir,
     NodeId,
     Rename,
+    SetAttr,
     Update,
 )
 
@@ -64,6 +65,21 @@ def test_updates_coalesce_into_the_create(tmp_path: Path) -> None:
     assert len(items) == 1
     assert items[0].op["op"] == "create" and items[0].op["blocks"] == ["h3"] and items[0].op["mtime_ns"] == 6
     assert prot.held() == {"h3"}
+
+
+def test_a_merge_protects_and_unprotects_only_the_blocks_it_changes(tmp_path: Path) -> None:
+    """Each block of a queued item holds one reference; a merge that keeps a block calls nothing for it."""
+    q, prot, _ = make(tmp_path)
+    calls: list[tuple[str, list[str]]] = []
+    q._protect_cb = lambda hs: (calls.append(("protect", list(hs))), prot.protect(hs))  # type: ignore[method-assign]
+    q._unprotect_cb = lambda hs: (calls.append(("unprotect", list(hs))), prot.unprotect(hs))  # type: ignore[method-assign]
+    q.enqueue(create("f", "a.txt", ["h1", "h2", "h2"]))
+    calls.clear()
+    q.enqueue(SetAttr(id=NodeId("f"), mode=0o600))
+    assert [c for c in calls if c[1]] == [] and prot.count == Counter({"h1": 1, "h2": 2})
+    q.enqueue(Update(id=NodeId("f"), size=3, blocks=(BlockHash("h2"), BlockHash("h3")), mtime_ns=6))
+    assert prot.count == Counter({"h2": 1, "h3": 1, "h1": 0})
+    assert [c for c in calls if c[1]] == [("protect", ["h3"]), ("unprotect", ["h1", "h2"])]
 
 
 def test_temporary_file_costs_nothing(tmp_path: Path) -> None:
