@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("run", help="run the benchmark")
     cmd.add_argument("--quick", action="store_true",
-                     help="small sizes (64 MiB files, 1,000 small files, 50 edits, 20,000-file store): about 11 minutes")
+                     help="small sizes (64 MiB files, 1,000 small files, 50 edits, 20,000-file store): about 16 minutes")
     cmd.add_argument("--size-mib", type=int, help="size of each big file in MiB (default 1024; quick 64)")
     cmd.add_argument("--files", type=int, help="number of small files (default 10,000; quick 1,000)")
     cmd.add_argument("--edits", type=int, help="propagation edits (default 200; quick 50)")
