@@ -41,13 +41,10 @@ def _size(n: int) -> str:
     return f"{gib:g} GiB" if gib >= 1 else f"{n / (1 << 20):g} MiB"
 
 
-def _paren(runs: str) -> str:
-    return f" ({runs[2:]})" if runs else ""
-
-
 def rows(p: Params) -> list[Row]:
     size, files, tree = _size(p.size), f"{p.files:,}", f"{max(20, p.files // 2):,}"
-    runs = f"; median of {p.program_runs} runs" if p.program_runs > 1 else ""
+    median = f"median of {p.program_runs} runs" if p.program_runs > 1 else ""
+    runs, in_parens = (f"; {median}", f" ({median})") if median else ("", "")
     return [
         Row("seq_write", f"sequential write of {size}, until close() returns (median of 3 files)", "MiB/s"),
         Row("seq_write_durable", "… until it is on the server (local: + fsync)", "MiB/s"),
@@ -75,13 +72,13 @@ def rows(p: Params) -> list[Row]:
         Row("small_fsync", f"append 4 KiB and fsync, the same number of times{runs}", "fsyncs/s"),
         Row("fsync_syncs", "… disk syncs made meanwhile, per fsync (strace of A's mount; local: the program)",
             "syncs", compared=False),
-        Row("tar_x", f"tar xf of {tree} files of 1–16 KiB{_paren(runs)}", "files/s"),
+        Row("tar_x", f"tar xf of {tree} files of 1–16 KiB{in_parens}", "files/s"),
         Row("tar_x_server", _SERVER, "files/s"),
-        Row("rsync_a", f"rsync -a of a tree of {tree} files of 1–16 KiB{_paren(runs)}", "files/s"),
+        Row("rsync_a", f"rsync -a of a tree of {tree} files of 1–16 KiB{in_parens}", "files/s"),
         Row("rsync_a_server", _SERVER, "files/s"),
-        Row("git_clone", f"git clone (file://) of a repository of {p.git_files:,} files in 5 commits{_paren(runs)}", "s", False),
+        Row("git_clone", f"git clone (file://) of a repository of {p.git_files:,} files in 5 commits{in_parens}", "s", False),
         Row("git_clone_server", _SERVER, "s", False),
-        Row("cp_photos", f"cp -a of a folder of photos of 1–8 MiB, about {size} in all{_paren(runs)}", "MiB/s"),
+        Row("cp_photos", f"cp -a of a folder of photos of 1–8 MiB, about {size} in all{in_parens}", "MiB/s"),
         Row("cp_photos_server", _SERVER, "MiB/s"),
     ]
 
