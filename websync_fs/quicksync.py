@@ -50,7 +50,8 @@ class QuickSync:
         finally:
             if self._clock() - start > SLOW:
                 self._threaded = THREADED
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        # No schedule point after it: the request's answer goes out first, and the other
+        # tasks run when its handler next waits (pyfuse3 waits for the next request).
 
 
 #: The process's fsyncs: the state database's and the working copies'.

@@ -918,12 +918,15 @@ class Vfs:
             with self._db.tx():
                 self.fsynced.record(ino, snap)
             unsynced = [h for h in snap.hashes if h not in work.synced]
-            async with trio.open_nursery() as each:
-                each.start_soon(self._db.synced)
-                if snap.inline is None:
-                    each.start_soon(trio.to_thread.run_sync, work.sync)
-                if unsynced:
-                    each.start_soon(trio.to_thread.run_sync, self._sync_blocks, unsynced)
+            if snap.inline is None or unsynced:
+                async with trio.open_nursery() as each:
+                    each.start_soon(self._db.synced)
+                    if snap.inline is None:
+                        each.start_soon(trio.to_thread.run_sync, work.sync)
+                    if unsynced:
+                        each.start_soon(trio.to_thread.run_sync, self._sync_blocks, unsynced)
+            else:
+                await self._db.synced()  # the record holds every byte: no task to start beside it
             work.synced.update(unsynced)
             # Only now may a later fsync rely on the record: one that raced this one, or
             # came after it failed, must not take an unsynced record for a durable one.

@@ -371,6 +371,8 @@ class WriteBackQueue:
             self._store(item.n, op, ready_at)
         # Only what the merge changed: a setattr folded into a create keeps its blocks, and
         # their protect, unprotect and the cache-size check behind it were three calls a merge.
+        if list(op.get("blocks", ())) == list(item.blocks):
+            return  # a setattr's merge (chmod, utimens after a write): no block comes or goes
         new, old = Counter(op.get("blocks", ())), Counter(item.blocks)
         self._protect((new - old).elements())
         self._unprotect((old - new).elements())

@@ -223,6 +223,10 @@ class GraftedOperations(pyfuse3.Operations):  # type: ignore[misc]
         return await ops.mknod(parent_inode & _LOCAL, name, mode, rdev, ctx)
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        if not name.startswith(b"user."):
+            # The kernel asks for security.capability before every write (to drop it): answered
+            # here, as the store would (only user.* is kept: vfs.py), without a look-up.
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         ops, local = self._part(inode)
         return await ops.getxattr(local, name, ctx)
 
