@@ -6,8 +6,8 @@ receiving it costs; on 2 cores that, not the network, bounded cold reads
 (docs/benchmarks.md, profile 10).  A block GET is the plainest exchange HTTP
 has -- a request without a body, an answer with a Content-Length -- so this
 module speaks it itself over trio sockets and receives the body with
-``recv_into`` straight into a buffer of the announced size (copied once more
-into the bytes its callers keep).
+``recv_into`` straight into a buffer (one of a few kept for blocks, a fresh one
+for a small answer), copied once more into the bytes its callers keep.
 
 It serves ``http://`` servers reached without a proxy only.  An answer it does
 not fully understand (no Content-Length, a chunked body, a head over 64 KiB)
