@@ -6,8 +6,8 @@ receiving it costs; on 2 cores that, not the network, bounded cold reads
 (docs/benchmarks.md, profile 10).  A block GET is the plainest exchange HTTP
 has -- a request without a body, an answer with a Content-Length -- so this
 module speaks it itself over trio sockets and receives the body with
-``recv_into`` straight into a buffer (one of a few kept for blocks, a fresh one
-for a small answer), copied once more into the bytes its callers keep.
+``recv_into`` straight into a buffer of the announced size (copied once more
+into the bytes its callers keep).
 
 It serves ``http://`` servers reached without a proxy only.  An answer it does
 not fully understand (no Content-Length, a chunked body, a head over 64 KiB)
@@ -39,10 +39,6 @@ __all__ = ["BlockWire", "Unsupported", "usable_for"]
 _HEAD_MAX = 64 * 1024
 _BODY_MAX = BLOCK_SIZE + 64 * 1024  # a block, or an error's JSON
 _KEEP = 8  # idle connections kept
-#: Answers this big are received into a kept buffer (`BlockWire._spares`): a fresh 4 MiB
-#: bytearray is zero-filled (0.15 ms here), and early in a process faulted in page by page.
-_SPARE_MIN = 256 * 1024
-_SPARES = 4  # such buffers kept: as many blocks as a read-ahead has on the way
 _RECV = 1024 * 1024  # the most one recv_into asks for
 #: Seconds one exchange may take in all: a server trickling a byte now and then
 #: never holds a read for good (4 MiB at ~35 KiB/s still arrives).
@@ -89,8 +85,6 @@ class BlockWire:
         self.set_headers(headers)
         self._connect_timeout = connect_timeout
         self._idle: list[trio.SocketStream] = []
-        #: Receive buffers of `_BODY_MAX` bytes not in use.
-        self._spares: list[bytearray] = []
         self._closed = False
 
     def set_headers(self, headers: Mapping[str, str]) -> None:
@@ -101,7 +95,6 @@ class BlockWire:
     async def aclose(self) -> None:
         """Close the kept connections; later answers close theirs instead of keeping them."""
         self._closed = True
-        self._spares.clear()
         idle, self._idle = self._idle, []
         for stream in idle:
             stream.socket.close()  # at once, even if this task is cancelled
@@ -189,12 +182,8 @@ class BlockWire:
             size = int(length)
             if size > _BODY_MAX:
                 raise httpx.RemoteProtocolError(f"GET {path}: an answer of {size} bytes is no block")
-            if size >= _SPARE_MIN:
-                body = self._spares.pop() if self._spares else bytearray(_BODY_MAX)
-                spare = body
-            else:
-                body, spare = bytearray(size), None
-            view = memoryview(body)[:size]
+            body = bytearray(size)
+            view = memoryview(body)
             got = len(head) - end - 4
             if got > size:
                 close = True  # bytes beyond the answer: this connection is done with
@@ -213,14 +202,10 @@ class BlockWire:
         except (ValueError, UnicodeError) as exc:
             raise httpx.RemoteProtocolError(f"GET {path}: a malformed answer: {exc}") from None
         # One copy more (bytes are what the cache and the kernel take), instead of httpx's many.
-        content = bytes(view)
-        view.release()
-        if spare is not None and len(self._spares) < _SPARES:
-            self._spares.append(spare)  # after a whole answer only; a failed answer's buffer is dropped
         response = httpx.Response(
             status,
             headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in fields.items()],
-            content=content,
+            content=bytes(body),
             request=httpx.Request("GET", str(self._url.copy_with(raw_path=f"{self._base}{path}".encode("ascii")))),
         )
         return response, not close

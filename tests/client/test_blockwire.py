@@ -51,36 +51,6 @@ async def test_whole_blocks_and_ranges_come_over_the_wire(server: ServerProcess,
         await remote.aclose()
 
 
-async def test_answers_received_into_kept_buffers_keep_their_own_bytes(
-    server: ServerProcess, account: tuple[str, str]
-) -> None:
-    remote = await _remote(server.url, server, account)
-    try:
-        wire = remote._wire
-        assert wire is not None
-        blocks = [os.urandom(BLOCK - i * 1000) for i in range(6)]  # sizes differ: a buffer is no block's size
-        hashes = [await _upload(remote, data) for data in blocks]
-        got: dict[int, bytes] = {}
-
-        async def fetch(i: int) -> None:
-            got[i] = await remote.get_block(hashes[i])
-
-        for _ in range(2):  # at once (each answer its own buffer), then again with the buffers kept
-            async with trio.open_nursery() as nursery:
-                for i in range(len(blocks)):
-                    nursery.start_soon(fetch, i)
-            kept = got.copy()
-            for i in range(len(blocks)):  # one after another: every answer into the same kept buffer
-                assert await remote.get_block(hashes[i]) == blocks[i]
-            assert kept == dict(enumerate(blocks))  # earlier answers were not written over
-        assert 0 < len(wire._spares) <= blockwire._SPARES
-        small = await _upload(remote, b"s" * 1000)
-        assert await remote.get_block(small) == b"s" * 1000
-    finally:
-        await remote.aclose()
-    assert wire._spares == []
-
-
 async def test_a_wrong_token_is_unauthorized_over_the_wire(server: ServerProcess, account: tuple[str, str]) -> None:
     good = await _remote(server.url, server, account)
     h = await _upload(good, b"x" * 1000)
