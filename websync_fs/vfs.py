@@ -76,6 +76,8 @@ from .writeback import WriteBackQueue
 
 log = logging.getLogger(__name__)
 
+#: The one namespace of extended attributes stored and synced (others: EOPNOTSUPP).
+XATTR_KEPT = "user."
 #: Blocks read ahead of a program reading a file from start to end.
 READ_AHEAD_BLOCKS = 4
 #: A file fsync'd and then left alone this long (seconds) is sealed and queued although still
@@ -565,7 +567,7 @@ class Vfs:
     # -- extended attributes -------------------------------------------------
     @staticmethod
     def _xattr_name(name: str) -> str:
-        if not name.startswith("user."):
+        if not name.startswith(XATTR_KEPT):
             # Only the user namespace is stored and synced; security.* and
             # trusted.* mean nothing on another machine.
             raise FsError(errno.EOPNOTSUPP)

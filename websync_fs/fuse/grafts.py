@@ -40,7 +40,10 @@ from ..errors import ConfigError, WebSyncError
 from ..home import Home
 from ..invalidation import Invalidation
 from ..sharedfolders import SharedFolders, top_names
+from ..vfs import XATTR_KEPT
 from .ops import FuseOperations, Listed
+
+_XATTR_KEPT = XATTR_KEPT.encode()
 
 log = logging.getLogger(__name__)
 
@@ -223,9 +226,9 @@ class GraftedOperations(pyfuse3.Operations):  # type: ignore[misc]
         return await ops.mknod(parent_inode & _LOCAL, name, mode, rdev, ctx)
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        if not name.startswith(b"user."):
+        if not name.startswith(_XATTR_KEPT):
             # The kernel asks for security.capability before every write (to drop it): answered
-            # here, as the store would (only user.* is kept: vfs.py), without a look-up.
+            # here, as the store would, without a look-up.
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         ops, local = self._part(inode)
         return await ops.getxattr(local, name, ctx)
