@@ -219,7 +219,7 @@ class BlockCache:
             return None
         return got[0]
 
-    def put(self, h: str, data: bytes, *, verified: bool = False) -> None:
+    def put(self, h: str, data: bytes | bytearray, *, verified: bool = False) -> None:
         """Store *data* as block *h*, then evict to the limit (sparing this block).
 
         Raises `CorruptBlock` if *data* does not hash to *h*, and `CacheFull` if
@@ -235,7 +235,7 @@ class BlockCache:
                 raise CorruptBlock(h, actual)
         self._put(h, data)
 
-    def _put(self, h: str, data: bytes) -> bool:
+    def _put(self, h: str, data: bytes | bytearray) -> bool:
         """`put` of checked bytes; True if the block was there already (only refreshed)."""
         present = self._store.refresh(h)
         if not present:
@@ -446,7 +446,7 @@ def _check_size(name: str, value: int) -> None:
         raise ValueError(f"{name} must be a whole number of bytes >= 0, not {value!r}")
 
 
-def _sha256(data: bytes) -> str:
+def _sha256(data: bytes | bytearray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 

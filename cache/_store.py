@@ -336,7 +336,7 @@ class BlockStore:
                 )
         return bool(cursor.rowcount > 0)
 
-    def insert(self, h: str, data: bytes) -> tuple[str | None, Stamp | None]:
+    def insert(self, h: str, data: bytes | bytearray) -> tuple[str | None, Stamp | None]:
         """Index *data* as *h*: in its row if small, else in a new file; return the file and its stamp.
 
         A block kept in its row has neither (None, None).  On any failure leave no trace.
@@ -344,7 +344,7 @@ class BlockStore:
         if len(data) <= INLINE_MAX:
             with _translated(f"store block {h}"):
                 with self._write_lock:
-                    self._db.set(h, _Inline(data))
+                    self._db.set(h, _Inline(bytes(data)))
             self._checkpoints.committed()
             return None, None
         name = os.path.join(h[:2], f"{h}.{secrets.token_hex(4)}.val")
@@ -604,7 +604,7 @@ def _stamp(st: os.stat_result) -> Stamp:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _write_new_file(path: str, data: bytes, writer: FileWriter) -> Stamp:
+def _write_new_file(path: str, data: bytes | bytearray, writer: FileWriter) -> Stamp:
     """Create *path* exclusively, write *data* and return its stamp; remove what was written if that fails."""
     directory = os.path.dirname(path)
     for attempt in range(10):

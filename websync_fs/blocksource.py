@@ -54,16 +54,20 @@ _TOUCHED_MAX = 4096
 _STORING_MAX = 8  # downloaded blocks held in memory while they wait for the disk
 
 
+#: A block's bytes: bytes, or the buffer a download arrived in (never changed after).
+Content = bytes | bytearray
+
+
 class Cache(Protocol):
     def get(self, h: str) -> bytes | None: ...
     def read(self, h: str, offset: int, length: int) -> bytes | None: ...
-    def put(self, h: str, data: bytes, *, verified: bool = False) -> None: ...
+    def put(self, h: str, data: Content, *, verified: bool = False) -> None: ...
     def contains(self, h: str) -> bool: ...
 
 
 class Fetch(Protocol):
-    async def get_block(self, h: BlockHash) -> bytes: ...
-    async def get_block_range(self, h: BlockHash, offset: int, length: int) -> tuple[bytes, bool]: ...
+    async def get_block(self, h: BlockHash) -> Content: ...
+    async def get_block_range(self, h: BlockHash, offset: int, length: int) -> tuple[Content, bool]: ...
 
 
 class _Fetch:
@@ -78,7 +82,7 @@ class BlockSource:
     def __init__(self, cache: Cache, remote: Fetch, memory_blocks: int = 16) -> None:
         self.cache = cache
         self.remote = remote
-        self._memory: OrderedDict[str, bytes] = OrderedDict()
+        self._memory: OrderedDict[str, Content] = OrderedDict()
         self._memory_blocks = memory_blocks
         self._inflight: dict[str, _Fetch] = {}
         self._failed: dict[str, tuple[float, Offline]] = {}  # block -> (when, why), see get()
@@ -86,7 +90,7 @@ class BlockSource:
         self._ahead = trio.CapacityLimiter(AHEAD_AT_ONCE)
         self._filling: set[str] = set()  # blocks fetched whole after scattered reads
         # Downloaded blocks on their way to the disk cache; readers find them here.
-        self._storing: dict[str, bytes] = {}
+        self._storing: dict[str, Content] = {}
         self._writer = trio.CapacityLimiter(1)
         self._nursery: trio.Nursery | None = None
         #: Blocks answered by range, not on disk nor fetched since: how many times (see read()).
@@ -96,13 +100,13 @@ class BlockSource:
         """Run background work (cache writes) in *nursery*; without it, writes happen inline."""
         self._nursery = nursery
 
-    def _remember(self, h: str, data: bytes) -> None:
+    def _remember(self, h: str, data: Content) -> None:
         self._memory[h] = data
         self._memory.move_to_end(h)
         while len(self._memory) > self._memory_blocks:
             self._memory.popitem(last=False)
 
-    def _held(self, h: str) -> bytes | None:
+    def _held(self, h: str) -> Content | None:
         data = self._memory.get(h)
         if data is not None:
             self._memory.move_to_end(h)
@@ -118,7 +122,7 @@ class BlockSource:
 
     async def read(
         self, h: BlockHash, offset: int, length: int, *, streaming: bool = False, size: int | None = None
-    ) -> bytes:
+    ) -> Content | memoryview:
         """Up to *length* bytes of block *h* from *offset*; raises `Offline` like `get`.
 
         A block that is nowhere here is answered with a ranged GET of just
@@ -131,11 +135,10 @@ class BlockSource:
         100 microseconds, more than the read: half of a small file's read).
         """
         data = self._held(h)
-        if data is not None:
-            return data[offset : offset + length]
-        if h in self._inflight and (streaming or self._nursery is None):
+        if data is None and h in self._inflight and (streaming or self._nursery is None):
             data = await self.get(h)
-            return data[offset : offset + length]
+        if data is not None:
+            return memoryview(data)[offset : offset + length]  # no copy: the kernel copies the reply
         if h not in self._touched:  # a touched block was not on disk, nor fetched since
             if size is not None and size <= INLINE_MAX:
                 part = self.cache.read(h, offset, length)
@@ -145,10 +148,10 @@ class BlockSource:
                 return part
         if streaming or self._nursery is None:
             data = await self.get(h, look_on_disk=False)  # just missed on disk
-            return data[offset : offset + length]
+            return memoryview(data)[offset : offset + length]
         # Even while the whole block downloads: a few KiB now beat waiting for 4 MiB.
         self._raise_if_failed(h)
-        part = await self._fetch_range(h, offset, length)
+        fetched = await self._fetch_range(h, offset, length)
         reads = self._touched.get(h, 0) + 1
         self._touched[h] = reads
         self._touched.move_to_end(h)
@@ -163,9 +166,9 @@ class BlockSource:
             if len(self._filling) < FILLS_AT_ONCE and h not in self._inflight and h not in self._filling:
                 self._filling.add(h)  # before the task starts: no await in between
                 self._nursery.start_soon(self._fill, h)
-        return part
+        return fetched
 
-    async def _fetch_range(self, h: BlockHash, offset: int, length: int) -> bytes:
+    async def _fetch_range(self, h: BlockHash, offset: int, length: int) -> Content | memoryview:
         try:
             data, whole = await self.remote.get_block_range(h, offset, length)
         except Offline as exc:
@@ -178,7 +181,7 @@ class BlockSource:
         if digest != h:
             raise RemoteError(f"the server sent block {h} with the wrong content")
         self._remember(h, data)
-        return data[offset : offset + length]
+        return memoryview(data)[offset : offset + length]
 
     def _raise_if_failed(self, h: str) -> None:
         failed = self._failed.get(h)
@@ -192,7 +195,7 @@ class BlockSource:
             self._failed.clear()
         self._failed[h] = (trio.current_time(), exc)
 
-    async def get(self, h: BlockHash, *, look_on_disk: bool = True) -> bytes:
+    async def get(self, h: BlockHash, *, look_on_disk: bool = True) -> Content:
         """The bytes of block *h*; raises `Offline` when it must be fetched and cannot be."""
         while True:
             data = self._held(h)
@@ -223,12 +226,12 @@ class BlockSource:
             del self._inflight[h]
             fetch.done.set()
 
-    async def _load(self, h: BlockHash, look_on_disk: bool) -> bytes:
+    async def _load(self, h: BlockHash, look_on_disk: bool) -> Content:
         async with self._limiter:
             if look_on_disk:
-                data = await trio.to_thread.run_sync(self.cache.get, h)
-                if data is not None:
-                    return data
+                kept = await trio.to_thread.run_sync(self.cache.get, h)
+                if kept is not None:
+                    return kept
             try:
                 data = await self.remote.get_block(h)
             except Offline:
@@ -245,7 +248,7 @@ class BlockSource:
             self._nursery.start_soon(self._store, h, data)
         return data
 
-    async def _store(self, h: str, data: bytes) -> None:
+    async def _store(self, h: str, data: Content) -> None:
         try:
             # Shielded: a block read just before unmount is still on disk after it
             # (at most _STORING_MAX writes of a few ms each).

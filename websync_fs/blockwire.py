@@ -6,14 +6,14 @@ receiving it costs; on 2 cores that, not the network, bounded cold reads
 (docs/benchmarks.md, profile 10).  A block GET is the plainest exchange HTTP
 has -- a request without a body, an answer with a Content-Length -- so this
 module speaks it itself over trio sockets and receives the body with
-``recv_into`` straight into a buffer of the announced size (copied once more
-into the bytes its callers keep).
+``recv_into`` straight into a buffer of the announced size, which its callers
+keep as the block (no copy after the kernel's).
 
 It serves ``http://`` servers reached without a proxy only.  An answer it does
 not fully understand (no Content-Length, a chunked body, a head over 64 KiB)
 is `Unsupported`, and the caller asks httpx instead, from then on.  Every
-answer is handed back as an `httpx.Response`, so remote.py reads statuses and
-translates errors the one way it does for every call.
+answer is handed back as an `httpx.Response` beside its body, so remote.py
+reads statuses and translates errors the one way it does for every call.
 
 Connections are kept alive and reused.  A kept connection with anything
 waiting on it (the server's FIN: uvicorn drops idle ones after 5 s; stray
@@ -99,10 +99,15 @@ class BlockWire:
         for stream in idle:
             stream.socket.close()  # at once, even if this task is cancelled
 
-    async def get(self, path: str, *, headers: Mapping[str, str] | None = None, timeout: float) -> httpx.Response:
-        """GET *path* (below the server URL); *timeout* bounds each wait for a byte.
+    async def get(
+        self, path: str, *, headers: Mapping[str, str] | None = None, timeout: float
+    ) -> tuple[httpx.Response, bytearray]:
+        """GET *path* (below the server URL): the answer and its body; *timeout* bounds each wait for a byte.
 
-        The whole exchange takes at most `TOTAL_S`.  Failures are raised as
+        The body is the buffer it was received into, handed on without a copy;
+        the answer's own content is empty unless it is an error (a JSON
+        message, read the one way remote.py reads errors).  The whole exchange
+        takes at most `TOTAL_S`.  Failures are raised as
         `httpx.HTTPError` (the caller treats them as any unreachable server)
         and answers this module does not read as `Unsupported`.
         """
@@ -136,7 +141,9 @@ class BlockWire:
             stream.socket.close()
         return None
 
-    async def _exchange(self, request: bytes, path: str, timeout: float, *, fresh: bool = False) -> httpx.Response:
+    async def _exchange(
+        self, request: bytes, path: str, timeout: float, *, fresh: bool = False
+    ) -> tuple[httpx.Response, bytearray]:
         # No await between taking a kept connection and using it: no other task can have it.
         stream = None if fresh else self._kept()
         reused = stream is not None
@@ -148,8 +155,8 @@ class BlockWire:
                 raise httpx.ConnectError(f"cannot connect to {self._host}:{self._port}: {exc}") from None
         keep = False
         try:
-            response, keep = await self._answer(stream, request, path, timeout)
-            return response
+            response, body, keep = await self._answer(stream, request, path, timeout)
+            return response, body
         except _Broken as exc:
             exc.reused = reused
             raise
@@ -161,7 +168,7 @@ class BlockWire:
 
     async def _answer(
         self, stream: trio.SocketStream, request: bytes, path: str, timeout: float
-    ) -> tuple[httpx.Response, bool]:
+    ) -> tuple[httpx.Response, bytearray, bool]:
         sock = stream.socket
         head = bytearray()
         try:
@@ -201,14 +208,15 @@ class BlockWire:
             raise httpx.ReadTimeout(f"GET {path}: no byte for {timeout:g} s") from None
         except (ValueError, UnicodeError) as exc:
             raise httpx.RemoteProtocolError(f"GET {path}: a malformed answer: {exc}") from None
-        # One copy more (bytes are what the cache and the kernel take), instead of httpx's many.
+        # A block's 4 MiB stay in the buffer they arrived in: a copy into bytes cost a
+        # memcpy and 4 MiB of fresh memory per block (docs/benchmarks.md).
         response = httpx.Response(
             status,
             headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in fields.items()],
-            content=bytes(body),
+            content=b"" if 200 <= status < 300 else bytes(body),
             request=httpx.Request("GET", str(self._url.copy_with(raw_path=f"{self._base}{path}".encode("ascii")))),
         )
-        return response, not close
+        return response, body, not close
 
 
 def _parse_head(head: bytes) -> tuple[int, dict[str, str], bool]:

@@ -45,7 +45,7 @@ class CacheControl:
 
     def __init__(
         self, *, cache: BlockCache, replica: Replica, queue: WriteBackQueue, pinner: Pinner, states: FileStates,
-        download: Callable[[BlockHash], Awaitable[bytes]] | None = None, mountpoint: str | None = None,
+        download: Callable[[BlockHash], Awaitable[bytes | bytearray]] | None = None, mountpoint: str | None = None,
     ) -> None:
         self.cache = cache
         self.replica = replica

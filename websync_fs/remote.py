@@ -284,13 +284,16 @@ class Remote:
         body = b"".join(h.encode() + len(d).to_bytes(4, "big") + d for h, d in frames)
         await self._request("POST", f"{API}/blocks{self._block_query}", content=body)
 
-    async def _get_block(self, h: BlockHash, headers: dict[str, str] | None = None) -> httpx.Response:
+    async def _get_block(
+        self, h: BlockHash, headers: dict[str, str] | None = None
+    ) -> tuple[httpx.Response, bytes | bytearray]:
+        """The answer to a block GET and its body."""
         # A program is waiting in read(): a server that stops sending for this long is
         # treated as gone (the bytes of a live one flow at once), not waited on for 30 s.
         url = f"{API}/blocks/{h}{self._block_query}"
         if self._wire is not None:
             try:
-                resp = await self._wire.get(url, headers=headers, timeout=_BLOCK_READ_TIMEOUT)
+                resp, body = await self._wire.get(url, headers=headers, timeout=_BLOCK_READ_TIMEOUT)
             except blockwire.Unsupported as exc:
                 log.info("block downloads go through httpx from now on: %s", exc)
                 wire, self._wire = self._wire, None
@@ -299,26 +302,27 @@ class Remote:
                 raise _unreachable(self.server, exc) from exc
             else:
                 self._check(resp)
-                return resp
+                return resp, body
         timeout = httpx.Timeout(_BLOCK_READ_TIMEOUT, connect=5.0)
-        return await self._request("GET", url, timeout=timeout, headers=headers)
+        resp = await self._request("GET", url, timeout=timeout, headers=headers)
+        return resp, resp.content
 
-    async def get_block(self, h: BlockHash) -> bytes:
-        return (await self._get_block(h)).content
+    async def get_block(self, h: BlockHash) -> bytes | bytearray:
+        return (await self._get_block(h))[1]
 
-    async def get_block_range(self, h: BlockHash, offset: int, length: int) -> tuple[bytes, bool]:
+    async def get_block_range(self, h: BlockHash, offset: int, length: int) -> tuple[bytes | bytearray, bool]:
         """Bytes *offset* to *offset* + *length* of block *h* (fewer at its end), and False.
 
         The server vouches for a range it serves (docs/protocol.md); one whose
         block does not match its hash comes whole instead, with True, for the
         caller to check.
         """
-        resp = await self._get_block(h, {"Range": f"bytes={offset}-{offset + length - 1}"})
+        resp, body = await self._get_block(h, {"Range": f"bytes={offset}-{offset + length - 1}"})
         if resp.status_code == 200:
-            return resp.content, True
+            return body, True
         if resp.status_code != 206 or not resp.headers.get("content-range", "").startswith(f"bytes {offset}-"):
             raise _not_ours(resp, f"asked for bytes {offset}- and got {resp.headers.get('content-range')!r}")
-        return resp.content, False
+        return body, False
 
     async def versions(self, node: NodeId) -> list[dict[str, Any]]:
         resp = await self._request("GET", f"{API}/stores/{self.store}/nodes/{node}/versions")

@@ -733,7 +733,7 @@ class Vfs:
             work.ahead_stored.clear()
             self.on_settled()
 
-    async def _load(self, h: Any) -> bytes:
+    async def _load(self, h: Any) -> bytes | bytearray:
         with _fetch_errors(h):
             return await self.source.get(h)
 
@@ -786,7 +786,12 @@ class Vfs:
             self._mtime[ino] = time.time_ns()
         return handle.fh, keep
 
-    async def read(self, fh: int, offset: int, length: int) -> bytes:
+    async def read(self, fh: int, offset: int, length: int) -> bytes | bytearray | memoryview:
+        """Up to *length* bytes at *offset*: a view of a block held in memory where one can be.
+
+        The kernel copies a reply out at once, so a 1 MiB read of a downloaded
+        block costs no copy here (docs/benchmarks.md).
+        """
         handle = self.handles.get(fh)
         if not handle.readable:
             raise FsError(errno.EBADF)
@@ -813,9 +818,11 @@ class Vfs:
             # Read-ahead once the asked-for bytes are here, and only for a program
             # reading on: the next blocks load while it works through this one.
             self.source.prefetch(self._nursery, list(handle.blocks[last + 1 : last + 1 + READ_AHEAD_BLOCKS]))
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def _read_block(self, h: Any, offset: int, length: int, streaming: bool, size: int | None = None) -> bytes:
+    async def _read_block(
+        self, h: Any, offset: int, length: int, streaming: bool, size: int | None = None
+    ) -> bytes | bytearray | memoryview:
         with _fetch_errors(h):
             return await self.source.read(h, offset, length, streaming=streaming, size=size)
 

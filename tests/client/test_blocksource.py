@@ -97,6 +97,21 @@ async def test_a_streaming_read_waits_for_the_whole_block_and_caches_it(cache: B
         nursery.cancel_scope.cancel()
 
 
+async def test_a_read_of_a_block_in_memory_is_a_view_of_it_not_a_copy(cache: BlockCache) -> None:
+    server = Server()
+    data = os.urandom(1 << 20)
+    h = server.add(data)
+    async with trio.open_nursery() as nursery:
+        source = BlockSource(cache, server)
+        source.start(nursery)
+        first = await source.read(h, 0, 256 * 1024, streaming=True)
+        second = await source.read(h, 256 * 1024, 256 * 1024, streaming=True)
+        assert isinstance(first, memoryview) and isinstance(second, memoryview)
+        assert first.obj is second.obj  # both views of the one block held
+        assert (first, second) == (data[: 256 * 1024], data[256 * 1024 : 512 * 1024])
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_damaged_block_is_refused_whether_asked_whole_or_in_part(cache: BlockCache) -> None:
     server = Server()
     h = server.add(os.urandom(100_000))

@@ -176,8 +176,8 @@ async def test_the_request_names_the_host_as_http_wants_it() -> None:
         listeners = await nursery.start(functools.partial(trio.serve_tcp, record, 0, host="127.0.0.1"))
         port = listeners[0].socket.getsockname()[1]
         wire = blockwire.BlockWire(f"http://127.0.0.1:{port}/base/", {"Authorization": "Bearer t"})
-        answer = await wire.get("/v1/blocks/x", headers={"Range": "bytes=0-1"}, timeout=5)
-        assert (answer.status_code, answer.content) == (200, b"ok")
+        answer, body = await wire.get("/v1/blocks/x", headers={"Range": "bytes=0-1"}, timeout=5)
+        assert (answer.status_code, body) == (200, b"ok")
         await wire.aclose()
         nursery.cancel_scope.cancel()
     head = seen[0].decode()
@@ -188,7 +188,7 @@ async def test_the_request_names_the_host_as_http_wants_it() -> None:
     assert "Host: [::1]:8080\r\n" in blockwire.BlockWire("http://[::1]:8080", {})._fixed
 
 
-async def _answer_of(answer: bytes) -> httpx.Response:
+async def _answer_of(answer: bytes) -> tuple[httpx.Response, bytearray]:
     """What the wire makes of *answer*, given by a server on loopback."""
     async with trio.open_nursery() as nursery:
         url = await _serve_once(nursery, answer)
@@ -215,8 +215,8 @@ async def test_a_malformed_or_hostile_answer_is_an_http_error(answer: bytes) -> 
 
 
 async def test_header_bytes_beyond_ascii_are_kept_not_fatal() -> None:
-    answer = await _answer_of(b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok")
-    assert answer.content == b"ok" and answer.headers["x-name"] == "caf\xe9"
+    answer, body = await _answer_of(b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok")
+    assert body == b"ok" and answer.headers["x-name"] == "caf\xe9"
 
 
 async def test_stray_bytes_after_an_answer_never_pass_for_the_next_one() -> None:
@@ -242,12 +242,12 @@ async def test_stray_bytes_after_an_answer_never_pass_for_the_next_one() -> None
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(functools.partial(trio.serve_tcp, sloppy, 0, host="127.0.0.1"))
         wire = blockwire.BlockWire(f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}", {})
-        first = await wire.get("/a", timeout=5)
+        first, _ = await wire.get("/a", timeout=5)
         await trio.sleep(0.1)  # the stray bytes arrive
-        second = await wire.get("/b", timeout=5)
+        second, _ = await wire.get("/b", timeout=5)
         await trio.sleep(0.1)
-        third = await wire.get("/c", timeout=5)
-        fourth = await wire.get("/d", timeout=5)  # on the kept connection: nothing stray came
+        third, _ = await wire.get("/c", timeout=5)
+        fourth, _ = await wire.get("/d", timeout=5)  # on the kept connection: nothing stray came
         assert [r.status_code for r in (first, second, third, fourth)] == [200] * 4 and served == 4
         assert str(second.request.url).endswith("/b")
         await wire.aclose()

@@ -259,7 +259,7 @@ class GraftedOperations(pyfuse3.Operations):  # type: ignore[misc]
         info.fh += ops.base
         return info
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | bytearray | memoryview:  # type: ignore[override]
         ops, local = self._part(fh)
         return await ops.read(local, off, size)
 

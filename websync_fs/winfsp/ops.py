@@ -325,7 +325,7 @@ class WinFspOperations(BaseFileSystemOperations):  # type: ignore[misc]
         data = await self.vfs.read(file_context.fh, offset, length)
         if not data and length:
             raise _fail(nt.STATUS_END_OF_FILE)
-        return data
+        return bytes(data)
 
     @operation
     async def write(self, file_context: OpenObject, buffer: Any, offset: int, write_to_end_of_file: bool,
