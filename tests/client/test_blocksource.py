@@ -112,6 +112,33 @@ async def test_a_read_of_a_block_in_memory_is_a_view_of_it_not_a_copy(cache: Blo
         nursery.cancel_scope.cancel()
 
 
+async def test_a_downloaded_block_goes_to_disk_once_downloads_pause(cache: BlockCache) -> None:
+    server = Server()
+    first, second = os.urandom(1 << 20), os.urandom(1 << 20)
+    h1, h2 = server.add(first), server.add(second)
+    gate = trio.Event()
+    plain = server.get_block
+
+    async def held_back(h: BlockHash) -> bytes:
+        if h == h2:
+            await gate.wait()
+        return await plain(h)
+
+    server.get_block = held_back  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        source = BlockSource(cache, server)
+        source.start(nursery)
+        assert await source.read(h1, 0, 4096, streaming=True) == first[:4096]
+        nursery.start_soon(source.get, h2)  # the next block, still on its way
+        await _settle()
+        # The write would take the cores and the disk from the download: it waits.
+        assert not cache.contains(h1) and source.cached(h1)
+        gate.set()
+        await _settle()
+        assert cache.get(h1) == first and cache.get(h2) == second
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_damaged_block_is_refused_whether_asked_whole_or_in_part(cache: BlockCache) -> None:
     server = Server()
     h = server.add(os.urandom(100_000))
