@@ -27,6 +27,7 @@ from websync_server.protocol import ROOT_ID, BlockHash
 
 from cache import BlockCache, CacheError
 
+from .blocksource import Content
 from .errors import RemoteError, WebSyncError
 from .filestate import FileStates
 from .home import Home
@@ -45,7 +46,7 @@ class CacheControl:
 
     def __init__(
         self, *, cache: BlockCache, replica: Replica, queue: WriteBackQueue, pinner: Pinner, states: FileStates,
-        download: Callable[[BlockHash], Awaitable[bytes | bytearray]] | None = None, mountpoint: str | None = None,
+        download: Callable[[BlockHash], Awaitable[Content]] | None = None, mountpoint: str | None = None,
     ) -> None:
         self.cache = cache
         self.replica = replica

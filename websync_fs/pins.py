@@ -68,6 +68,7 @@ from websync_server.protocol import BLOCK_SIZE, BlockHash
 
 from cache import CacheError, CorruptBlock
 
+from .blocksource import Content
 from .errors import Offline, RemoteError
 from .follower import backoff
 from .replica import NodeRow, Replica
@@ -138,10 +139,10 @@ class PinCache(Protocol):
     def unprotect(self, hashes: Iterable[str]) -> None: ...
     def present(self, hashes: Iterable[str]) -> dict[str, int]: ...
     def contains(self, h: str) -> bool: ...
-    def put(self, h: str, data: bytes | bytearray) -> None: ...
+    def put(self, h: str, data: Content) -> None: ...
 
 
-Download = Callable[[BlockHash], Awaitable[bytes | bytearray]]
+Download = Callable[[BlockHash], Awaitable[Content]]
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ from websync_server.protocol import (
     validate_name,
 )
 
-from .blocksource import BlockSource
+from .blocksource import BlockSource, Content
 from .errors import FsError, Offline, RemoteError
 from .fsynced import Fsynced, Snapshot, as_left, reader
 from .handles import Handle, HandleTable
@@ -733,7 +733,7 @@ class Vfs:
             work.ahead_stored.clear()
             self.on_settled()
 
-    async def _load(self, h: Any) -> bytes | bytearray:
+    async def _load(self, h: Any) -> Content:
         with _fetch_errors(h):
             return await self.source.get(h)
 
@@ -786,7 +786,7 @@ class Vfs:
             self._mtime[ino] = time.time_ns()
         return handle.fh, keep
 
-    async def read(self, fh: int, offset: int, length: int) -> bytes | bytearray | memoryview:
+    async def read(self, fh: int, offset: int, length: int) -> Content | memoryview:
         """Up to *length* bytes at *offset*: a view of a block held in memory where one can be.
 
         The kernel copies a reply out at once, so a 1 MiB read of a downloaded
@@ -822,7 +822,7 @@ class Vfs:
 
     async def _read_block(
         self, h: Any, offset: int, length: int, streaming: bool, size: int | None = None
-    ) -> bytes | bytearray | memoryview:
+    ) -> Content | memoryview:
         with _fetch_errors(h):
             return await self.source.read(h, offset, length, streaming=streaming, size=size)
 

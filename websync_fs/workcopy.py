@@ -46,10 +46,11 @@ import trio
 from websync_server.protocol import BLOCK_SIZE, BlockHash, block_count
 
 from . import portable
+from .blocksource import Content
 from .fsynced import Snapshot
 from .spillfile import SpillFile
 
-Loader = Callable[[BlockHash], Awaitable[bytes | bytearray]]
+Loader = Callable[[BlockHash], Awaitable[Content]]
 #: Puts a block into the cache and gives its hash (hashing it while it is written: cache.BlockCache.add).
 Store = Callable[[bytes], str]
 Offer = Callable[[BlockHash, bytes], None]
@@ -191,12 +192,12 @@ class WorkingCopy:
         self._pwrite(data[:keep], start)
         self._present.add(index)
 
-    def _put_in_file(self, index: int, data: bytes | bytearray) -> None:
+    def _put_in_file(self, index: int, data: Content) -> None:
         """Write a changed block held in memory or the cache into the file; its hash stays known."""
         self._pwrite(data, index * BLOCK_SIZE)
         self.dirty.add(index)
 
-    def _pwrite(self, data: bytes | bytearray, offset: int) -> None:
+    def _pwrite(self, data: Content, offset: int) -> None:
         """Write all of *data* at *offset*, or none of what grew the file.
 
         A nearly full disk takes part of a write and refuses the rest (tmpfs and
