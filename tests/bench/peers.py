@@ -194,6 +194,10 @@ class System:
     def check(self) -> None:
         """Raise if the system has given up (the rows would otherwise wait for their whole bound)."""
 
+    def diagnose(self) -> str:
+        """What the system says of itself, for the note of a row that timed out."""
+        return ""
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -249,6 +253,24 @@ class WebSync(System):
             if cli.returncode:
                 raise RuntimeError(f"websync sync exited {cli.returncode}: {err.decode(errors='replace')}")
         self.clis = []
+
+    def check(self) -> None:
+        for cli in self.clis:
+            if cli.poll():  # the CLI gave up: no side will start
+                _, err = cli.communicate()
+                raise RuntimeError(f"websync sync exited {cli.returncode}: {err.decode(errors='replace')[-500:]}")
+
+    def diagnose(self) -> str:
+        said = []
+        for name, m in self.machines.items():
+            status = m.cli("status", "--json", check=False, timeout=30)
+            try:
+                state = json.loads(status.stdout)
+                brief = {k: state.get(k) for k in ("online", "error", "pending", "cursor", "problems")}
+            except json.JSONDecodeError:
+                brief = {"status": (status.stdout + status.stderr).strip()[-200:]}
+            said.append(f"{name}: {brief}; log: {' | '.join(m.log().splitlines()[-4:])[-600:]}")
+        return "; ".join(said)
 
     def idle_a(self, a: Path, files: int, timeout: float) -> None:
         self.started()
@@ -653,7 +675,8 @@ def run(p: Params, systems: tuple[str, ...], rows: tuple[str, ...], workdir: Pat
                             r.notes.append(f"rclone ({row}): {len(system.failures)} of {system.runs} bisync runs "
                                            f"failed, first: {system.failures[0]}")
                 except Exception as exc:  # a row that fails leaves the others to run
-                    r.notes.append(f"{name} ({row}) failed: {type(exc).__name__}: {exc}")
+                    said = system.diagnose() if isinstance(exc, TimeoutError) else ""
+                    r.notes.append(f"{name} ({row}) failed: {type(exc).__name__}: {exc}" + (f" ({said})" if said else ""))
                     print(f"  failed: {exc}", flush=True)
                 finally:
                     system.close()
