@@ -159,12 +159,14 @@ def main() -> None:
               help="Open connections beyond which requests get 503 (long polls count; kept below the file limit).")
 @click.option("--device-idle-days", type=click.FloatRange(0), default=90.0, show_default=True,
               help="Days a device may go unseen before its token stops working (0: never).")
+@click.option("--access-log", is_flag=True,
+              help="Log a line for every request (caller, method, path, status) beside the server's own records.")
 @_verbose_option
 @_friendly_errors
 def serve(
     data: Path, host: str, port: int, gc_hours: float, tls_cert: Path | None, tls_key: Path | None,
     allowed_hosts: tuple[str, ...], header_timeout: float, body_timeout: float, max_connections: int,
-    device_idle_days: float, verbose: int,
+    device_idle_days: float, access_log: bool, verbose: int,
 ) -> None:  # fmt: skip
     """Run the server until SIGTERM or Ctrl-C.
 
@@ -202,7 +204,8 @@ def serve(
 
     limits = runner.Limits(header_timeout=header_timeout, connections=max_connections)
     started = runner.serve(
-        app, sock, on_listening=listening, on_exit_signal=app.state.services.notifier.close, limits=limits, tls=tls
+        app, sock, on_listening=listening, on_exit_signal=app.state.services.notifier.close, limits=limits, tls=tls,
+        access_log=access_log,
     )
     if not started:
         raise click.ClickException(f"the server failed to start; see {data_dir / LOG_FILENAME}")

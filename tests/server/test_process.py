@@ -146,3 +146,17 @@ def test_user_passwd_sets_a_new_password_that_must_be_strong(tmp_path: Path) -> 
         refused = httpx.post(f"{server.url}/v1/login", json={"user": "alice", "password": "alice-password", "device": "d"})
         assert refused.status_code == 401
     assert "password of user alice changed from the command line" in (data / "server.log").read_text()
+
+
+def test_requests_reach_the_log_only_with_access_log(tmp_path: Path) -> None:
+    for extra, logged in (((), False), (("--access-log",), True)):
+        data = tmp_path / ("on" if logged else "off")
+        add_user(data, "alice", "alice-password")
+        with ServerProcess.start(data, extra_args=extra) as server:
+            assert httpx.get(f"{server.url}/v1/health").status_code == 200
+            assert httpx.get(f"{server.url}/v1/no-such-call").status_code == 404
+            assert server.stop() == 0
+        log = server.log()
+        assert "listening on" in log  # the server's own records are there either way
+        assert ('"GET /v1/health HTTP/1.1" 200' in log) is logged, log
+        assert ('"GET /v1/no-such-call HTTP/1.1" 404' in log) is logged, log
