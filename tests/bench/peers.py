@@ -202,6 +202,10 @@ class System:
         raise NotImplementedError
 
 
+#: Modules whose tasks a stuck synced folder is waiting in (see `WebSync.diagnose`).
+_CONTENT_PATH = ("merger.py", "corepaths.py", "blocksource.py", "vfs.py", "_sync_loop")
+
+
 class WebSync(System):
     name = "websync"
 
@@ -262,6 +266,12 @@ class WebSync(System):
 
     def diagnose(self) -> str:
         said = []
+        for m in self.machines.values():  # each writes what its tasks await to its log (taskdump.py)
+            pid = m.pid()
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR2)
+        time.sleep(1)
         for name, m in self.machines.items():
             status = m.cli("status", "--json", check=False, timeout=30)
             try:
@@ -269,7 +279,12 @@ class WebSync(System):
                 brief = {k: state.get(k) for k in ("online", "error", "pending", "cursor", "problems")}
             except json.JSONDecodeError:
                 brief = {"status": (status.stdout + status.stderr).strip()[-200:]}
-            said.append(f"{name}: {brief}; log: {' | '.join(m.log().splitlines()[-4:])[-600:]}")
+            lines = m.log().splitlines()
+            # The tasks on a download's path: where a batch that stopped short waits.
+            tasks = [line.split(" WARNING websync_fs.taskdump: ", 1)[-1].strip() for line in lines
+                     if "websync_fs.taskdump" in line and any(k in line for k in _CONTENT_PATH)]
+            own = [line for line in lines if "websync_fs.taskdump" not in line]
+            said.append(f"{name}: {brief}; log: {' | '.join(own[-4:])[-600:]}; waiting: {' | '.join(tasks)[-1500:]}")
         return "; ".join(said)
 
     def idle_a(self, a: Path, files: int, timeout: float) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 import trio
 
 
+from .. import taskdump
 from ..client import Engine
 from ..control import ControlServer
 from ..errors import ConfigError, Offline
@@ -331,6 +332,7 @@ class FolderClient(Engine):
                 with self._front as front:  # made at start: a stop asked before this point still counts
                     if self.part_of is None:  # trio gives a signal to the receiver opened last only
                         nursery.start_soon(self._signals, front)
+                        nursery.start_soon(taskdump.serve)
                     await self._stopping_if_gone(self._sync_loop, ready)
                 await self._drain_all()
                 # Blocks uploaded since the last batch (or while draining) are in the folder too.

@@ -18,6 +18,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from .. import taskdump
 from ..client import Client
 from ..errors import WebSyncError
 from ..home import Home
@@ -67,6 +68,7 @@ class FuseMount:
                 nursery.start_soon(self.ops.invalidator)
                 nursery.start_soon(self._widen_readahead)
                 nursery.start_soon(self._signals)
+                nursery.start_soon(taskdump.serve)
                 await client.start(nursery)
                 if self.grafts is not None:
                     await nursery.start(self.grafts.folders.run)  # the folders shown before are there at once
