@@ -97,6 +97,8 @@ class BlockSource:
         # Downloaded blocks on their way to the disk cache; readers find them here.
         self._storing: dict[str, Content] = {}
         self._writer = trio.CapacityLimiter(1)
+        #: Writes a download waits for (the disk fell behind): a deferred write holding the writer must not wait on.
+        self._pressing = 0
         self._quieter = trio.lowlevel.ParkingLot()  # a deferred disk write may go on: see _store()
         self._nursery: trio.Nursery | None = None
         #: Blocks answered by range, not on disk nor fetched since: how many times (see read()).
@@ -249,8 +251,15 @@ class BlockSource:
             if digest != h:
                 raise RemoteError(f"the server sent block {h} with the wrong content")
         if self._nursery is None or len(self._storing) >= _STORING_MAX:
-            self._quieter.unpark_all()  # a deferred write goes first (it holds the writer)
-            await self._store(h, data)  # the disk falls behind: readers wait for it
+            # The disk falls behind: readers wait for it.  This download is in flight until
+            # its write is done, so a deferred write holding the writer must stop waiting
+            # for the downloads to end: each would otherwise wait out _DEFER_S in turn.
+            self._pressing += 1
+            self._quieter.unpark_all()
+            try:
+                await self._store(h, data)
+            finally:
+                self._pressing -= 1
         else:
             # The reader has its bytes now; the disk write (4 MiB) need not delay it.
             self._storing[h] = data
@@ -265,8 +274,9 @@ class BlockSource:
         in; a 4 MiB write beside them takes the same two cores and disk, and a
         cold read of 64 MiB ran about 15 % faster with no cache writes at all
         (docs/benchmarks.md).  So a write waits until no download is under
-        way, `_DEFER_MAX` blocks wait, or `_DEFER_S` have passed.  The blocks
-        are the ones just read, held in the memory cache meanwhile anyway.
+        way, `_DEFER_MAX` blocks wait, a download waits for the disk (`_load`),
+        or `_DEFER_S` have passed.  The blocks are the ones just read, held in
+        the memory cache meanwhile anyway.
         """
         try:
             # Shielded: a block read just before unmount is still on disk after it
@@ -286,7 +296,7 @@ class BlockSource:
 
     async def _until_quiet(self) -> None:
         with trio.move_on_after(_DEFER_S):
-            while self._inflight and len(self._storing) <= _DEFER_MAX:
+            while self._inflight and len(self._storing) <= _DEFER_MAX and not self._pressing:
                 await self._quieter.park()
 
     async def _fill(self, h: BlockHash) -> None:

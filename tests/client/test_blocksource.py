@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import trio
 
 from cache import BlockCache
+from websync_fs import blocksource
 from websync_fs.blocksource import FILL_AFTER, BlockSource
 from websync_fs.errors import Offline, RemoteError
 from websync_server.protocol import BlockHash
@@ -136,6 +138,30 @@ async def test_a_downloaded_block_goes_to_disk_once_downloads_pause(cache: Block
         gate.set()
         await _settle()
         assert cache.get(h1) == first and cache.get(h2) == second
+        nursery.cancel_scope.cancel()
+
+
+async def test_downloads_that_outrun_the_disk_never_wait_on_the_writes_they_hold_back(
+    cache: BlockCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Many small files come down at once (a synced folder's first sync): past _STORING_MAX
+    # held blocks a download waits for its own write, and stays in flight meanwhile.  A
+    # deferred write holding the writer waited for the downloads to end: each waited out
+    # _DEFER_S in turn, a folder's batch stood still for minutes.  Without that bound the
+    # wait would be forever: the test hangs unless no write waits on a waiting download.
+    monkeypatch.setattr(blocksource, "_DEFER_S", math.inf)
+    server = Server()
+    hashes = [server.add(os.urandom(4096)) for _ in range(3 * blocksource._STORING_MAX)]
+    async with trio.open_nursery() as nursery:
+        source = BlockSource(cache, server)
+        source.start(nursery)
+        with trio.fail_after(120):  # a hang detector, far past the second or so this takes
+            async with trio.open_nursery() as downloads:
+                for h in hashes:
+                    downloads.start_soon(source.get, h)
+            while source._storing:
+                await trio.sleep(0.01)
+        assert all(cache.contains(h) for h in hashes)
         nursery.cancel_scope.cancel()
 
 
