@@ -11,6 +11,7 @@ signal to the receiver opened last only.  Nothing on Windows (no SIGUSR2).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 
 import trio
@@ -36,10 +37,11 @@ async def serve() -> None:
 
 def lines(task: trio.lowlevel.Task, depth: int = 0) -> list[str]:
     """One line for *task* and each task under it: its name and the awaits it is parked in."""
-    frames = [f"{code.co_filename.rsplit('/', 2)[-1] if '/' in code.co_filename else code.co_filename}:{lineno}"
-              f" {code.co_name}"
-              for frame, lineno in task.iter_await_frames()
-              if not any(part in (code := frame.f_code).co_filename for part in _TRIO)]
+    frames = []
+    for frame, lineno in task.iter_await_frames():
+        code = frame.f_code
+        if not any(part in code.co_filename for part in _TRIO):
+            frames.append(f"{os.path.basename(code.co_filename)}:{lineno} {code.co_name}")
     out = [f"{'  ' * depth}{task.name}: {' > '.join(frames) or '-'}"]
     for nursery in task.child_nurseries:
         for child in nursery.child_tasks:
