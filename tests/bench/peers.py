@@ -276,7 +276,7 @@ class WebSync(System):
             status = m.cli("status", "--json", check=False, timeout=30)
             try:
                 state = json.loads(status.stdout)
-                brief = {k: state.get(k) for k in ("online", "error", "pending", "cursor", "problems")}
+                brief = {k: state.get(k) for k in ("online", "error", "pending", "status_age", "problems")}
             except json.JSONDecodeError:
                 brief = {"status": (status.stdout + status.stderr).strip()[-200:]}
             lines = m.log().splitlines()
