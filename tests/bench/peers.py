@@ -251,18 +251,22 @@ class WebSync(System):
                  "--format", "raw", "--rate", "50", "--output", str(self.profile / f"{name}.collapsed.txt")],
                 stdout=subprocess.DEVNULL, stderr=errors))
 
+    @staticmethod
+    def _returned(cli: subprocess.Popen[bytes]) -> None:
+        """Wait for a `websync sync` CLI to return; raise with what it said if it failed."""
+        _, err = cli.communicate(timeout=3600)
+        if cli.returncode:
+            raise RuntimeError(f"websync sync exited {cli.returncode}: {err.decode(errors='replace')[-500:]}")
+
     def started(self) -> None:
         for cli in self.clis:
-            _, err = cli.communicate(timeout=3600)
-            if cli.returncode:
-                raise RuntimeError(f"websync sync exited {cli.returncode}: {err.decode(errors='replace')}")
+            self._returned(cli)
         self.clis = []
 
     def check(self) -> None:
         for cli in self.clis:
             if cli.poll():  # the CLI gave up: no side will start
-                _, err = cli.communicate()
-                raise RuntimeError(f"websync sync exited {cli.returncode}: {err.decode(errors='replace')[-500:]}")
+                self._returned(cli)
 
     def diagnose(self) -> str:
         said = []
