@@ -136,16 +136,18 @@ class CeilingTarget(Target):
     def __init__(self, root: Path) -> None:
         mnt = root / "mnt"
         mnt.mkdir(parents=True, exist_ok=True)
+        super().__init__(mnt, mnt)  # before anything can fail: close() unmounts self.a
         with open(root / "ceiling.log", "ab") as out:
+            # From the project's folder: `-m tests...` must resolve wherever the bench was started.
             self.process = subprocess.Popen([sys.executable, "-m", "tests.bench.ceiling", str(mnt)],
-                                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            cwd=Path(__file__).resolve().parents[2])
         deadline = time.monotonic() + 30
         while not os.path.ismount(mnt):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.close()
                 raise RuntimeError(f"the ceiling file system did not mount: {(root / 'ceiling.log').read_text()}")
             time.sleep(0.05)
-        super().__init__(mnt, mnt)
 
     def wait_uploaded(self, rel: str, size: int, since: int = 0, timeout: float = 1800.0) -> None:
         pass  # in memory: nowhere further to go
