@@ -5,8 +5,9 @@ read in place, only the asked range (`BlockCache.read`).  A read of a block
 that is not here is answered with a ranged GET of just its bytes (the server
 vouches for a range, docs/protocol.md); once a block has been read by range
 `FILL_AFTER` times, it downloads whole in the background, `FILLS_AT_ONCE`
-blocks at a time.  A program
-streaming through a file waits for the whole block instead.  A downloaded
+blocks at a time.  For a program streaming through a file the whole block
+starts downloading at its first read, which still takes its own bytes by
+range; its later reads wait for the download.  A downloaded
 block is checked against its hash, kept in a small in-memory LRU and answered
 from there, and written to the disk cache in the background, off the read's
 path.  Concurrent readers of one missing block share a single download -- and
@@ -135,8 +136,9 @@ class BlockSource:
 
         A block that is nowhere here is answered with a ranged GET of just
         these bytes (and downloaded whole in the background once it has been
-        read `FILL_AFTER` times) -- unless the reader is *streaming* through
-        the file and will want all of it now anyway.  *size*, the block's
+        read `FILL_AFTER` times); a reader *streaming* through the file starts
+        that download at once, and a streaming read of the whole block (a small
+        file) waits for it rather than asking twice.  *size*, the block's
         length where the caller knows it: a small block is a row of the
         cache's index, read on the event loop (tens of microseconds) rather
         than through a worker thread (the hop there and back cost about
@@ -154,9 +156,16 @@ class BlockSource:
                 part = await trio.to_thread.run_sync(self.cache.read, h, offset, length)
             if part is not None:
                 return part
-        if streaming or self._nursery is None:
+        whole = offset == 0 and size is not None and length >= size
+        if self._nursery is None or (streaming and whole):
             data = await self.get(h, look_on_disk=False)  # just missed on disk
             return memoryview(data)[offset : offset + length]
+        if streaming and h not in self._filling:
+            # Reading on: the whole block comes next, in the background.  This read takes
+            # its own bytes by range meanwhile: it need not wait for 4 MiB (a random
+            # reader's read that happens to land near its last one waited ~12 ms).
+            self._filling.add(h)
+            self._nursery.start_soon(self._fill, h)
         # Even while the whole block downloads: a few KiB now beat waiting for 4 MiB.
         self._raise_if_failed(h)
         fetched = await self._fetch_range(h, offset, length)

@@ -85,17 +85,34 @@ async def test_ranged_reads_until_the_block_is_in_use_then_the_whole_block(cache
         nursery.cancel_scope.cancel()
 
 
-async def test_a_streaming_read_waits_for_the_whole_block_and_caches_it(cache: BlockCache) -> None:
+async def test_a_streaming_read_takes_its_bytes_by_range_while_the_whole_block_comes(cache: BlockCache) -> None:
     server = Server()
     data = os.urandom(100_000)
     h = server.add(data)
     async with trio.open_nursery() as nursery:
         source = BlockSource(cache, server)
         source.start(nursery)
-        assert await source.read(h, 0, 50_000, streaming=True) == data[:50_000]
-        assert server.calls == [("whole", h)]
+        assert await source.read(h, 0, 50_000, streaming=True, size=len(data)) == data[:50_000]
         await _settle()
+        # Its own bytes at once; the rest of the block is what a reader going on wants next.
+        assert sorted(server.calls) == [("range", h), ("whole", h)]
+        assert await source.read(h, 50_000, 50_000, streaming=True, size=len(data)) == data[50_000:]
+        assert len(server.calls) == 2  # the block came whole behind the first read
         assert cache.get(h) == data
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_streaming_read_of_a_whole_block_fetches_it_once(cache: BlockCache) -> None:
+    server = Server()
+    data = os.urandom(100_000)
+    h = server.add(data)
+    async with trio.open_nursery() as nursery:
+        source = BlockSource(cache, server)
+        source.start(nursery)
+        # A small file read whole: its one GET, not a range beside it.
+        assert await source.read(h, 0, len(data), streaming=True, size=len(data)) == data
+        await _settle()
+        assert server.calls == [("whole", h)]
         nursery.cancel_scope.cancel()
 
 
@@ -106,6 +123,7 @@ async def test_a_read_of_a_block_in_memory_is_a_view_of_it_not_a_copy(cache: Blo
     async with trio.open_nursery() as nursery:
         source = BlockSource(cache, server)
         source.start(nursery)
+        await source.get(h)
         first = await source.read(h, 0, 256 * 1024, streaming=True)
         second = await source.read(h, 256 * 1024, 256 * 1024, streaming=True)
         assert isinstance(first, memoryview) and isinstance(second, memoryview)
