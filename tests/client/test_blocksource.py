@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -85,13 +87,21 @@ async def test_ranged_reads_until_the_block_is_in_use_then_the_whole_block(cache
         nursery.cancel_scope.cancel()
 
 
-async def test_a_streaming_read_takes_its_bytes_by_range_while_the_whole_block_comes(cache: BlockCache) -> None:
+@asynccontextmanager
+async def _source_of(cache: BlockCache, data: bytes) -> AsyncIterator[tuple[BlockSource, Server, BlockHash]]:
+    """A running `BlockSource` over a server holding block *data*: the source, the server, the hash."""
     server = Server()
-    data = os.urandom(100_000)
     h = server.add(data)
     async with trio.open_nursery() as nursery:
         source = BlockSource(cache, server)
         source.start(nursery)
+        yield source, server, h
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_streaming_read_takes_its_bytes_by_range_while_the_whole_block_comes(cache: BlockCache) -> None:
+    data = os.urandom(100_000)
+    async with _source_of(cache, data) as (source, server, h):
         assert await source.read(h, 0, 50_000, streaming=True, size=len(data)) == data[:50_000]
         await _settle()
         # Its own bytes at once; the rest of the block is what a reader going on wants next.
@@ -99,21 +109,15 @@ async def test_a_streaming_read_takes_its_bytes_by_range_while_the_whole_block_c
         assert await source.read(h, 50_000, 50_000, streaming=True, size=len(data)) == data[50_000:]
         assert len(server.calls) == 2  # the block came whole behind the first read
         assert cache.get(h) == data
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_streaming_read_of_a_whole_block_fetches_it_once(cache: BlockCache) -> None:
-    server = Server()
     data = os.urandom(100_000)
-    h = server.add(data)
-    async with trio.open_nursery() as nursery:
-        source = BlockSource(cache, server)
-        source.start(nursery)
+    async with _source_of(cache, data) as (source, server, h):
         # A small file read whole: its one GET, not a range beside it.
         assert await source.read(h, 0, len(data), streaming=True, size=len(data)) == data
         await _settle()
         assert server.calls == [("whole", h)]
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_read_of_a_block_in_memory_is_a_view_of_it_not_a_copy(cache: BlockCache) -> None:
