@@ -5,14 +5,21 @@ mount whose calls hang) shows little in a thread dump: its work is trio tasks
 parked at an ``await``.  ``kill -USR2 PID`` writes one line a task to the log,
 its chain of awaits innermost last, indented by nursery -- what a stuck task
 waits for.  One receiver per process (the front end's own), as trio gives a
-signal to the receiver opened last only.  Nothing on Windows (no SIGUSR2).
+signal to the receiver opened last only.
+
+The task dump needs the event loop to run.  For a process whose loop itself
+is held up (a call that blocks it, a loop that never yields), ``kill -USR1
+PID`` writes every thread's Python stack into the log (`faulthandler`, from
+the signal handler itself).  Nothing on Windows (no SIGUSR1 or SIGUSR2).
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
+from typing import TextIO
 
 import trio
 
@@ -22,8 +29,29 @@ log = logging.getLogger(__name__)
 _TRIO = ("/trio/", "/outcome/")
 
 
+def log_stream() -> TextIO | None:
+    """The open log file of this process (the root logger's file handler), or None."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and handler.stream is not None:
+            return handler.stream
+    return None
+
+
+def threads_on_signal(stream: TextIO | None) -> bool:
+    """On SIGUSR1, write every thread's stack into *stream*; False where that cannot be (no file, Windows)."""
+    usr1 = getattr(signal, "SIGUSR1", None)
+    if usr1 is None or stream is None:
+        return False
+    faulthandler.register(usr1, file=stream, all_threads=True)
+    return True
+
+
 async def serve() -> None:
-    """Until cancelled: on each SIGUSR2, log every task of this process and what it awaits."""
+    """Until cancelled: on each SIGUSR2, log every task of this process and what it awaits.
+
+    It also arms SIGUSR1 for the threads' stacks (`threads_on_signal`) into the log.
+    """
+    threads_on_signal(log_stream())
     usr2 = getattr(signal, "SIGUSR2", None)
     if usr2 is None:
         return

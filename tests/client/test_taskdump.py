@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import trio
@@ -50,3 +52,22 @@ async def test_sigusr2_logs_the_dump(caplog: pytest.LogCaptureFixture) -> None:
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
     assert caplog.records[0].getMessage().startswith("tasks and what they wait for")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on Windows: the dump is POSIX only")
+def test_sigusr1_writes_every_threads_stack_even_while_the_loop_is_held(tmp_path: Path) -> None:
+    out = tmp_path / "stacks.txt"
+    with open(out, "w") as stream:
+        assert taskdump.threads_on_signal(stream)
+        try:
+            # Sent from here, on the thread a blocked event loop would be on: the handler
+            # writes from the signal itself, with no loop or task to run it.
+            os.kill(os.getpid(), signal.SIGUSR1)
+        finally:
+            faulthandler.unregister(signal.SIGUSR1)
+    text = out.read_text()
+    assert "most recent call first" in text and "test_sigusr1_writes_every_threads_stack" in text
+
+
+def test_no_log_file_arms_nothing() -> None:
+    assert not taskdump.threads_on_signal(None)

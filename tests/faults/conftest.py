@@ -17,6 +17,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -160,6 +161,26 @@ def resize(path: Path, size: str) -> None:
 # -- asking a machine ------------------------------------------------------------------
 def status(machine: Machine) -> dict[str, Any]:
     return json.loads(machine.cli("status", "--json").stdout)  # type: ignore[no-any-return]
+
+
+def dump_stacks(machine: Machine) -> None:
+    """Have the machine's running process log its threads' stacks and its tasks (taskdump.py).
+
+    For a failure's report: a process whose status has gone stale is stuck,
+    and the log then says where.  Nothing if no process runs.
+    """
+    try:
+        pid = status(machine).get("pid")
+    except Exception:  # noqa: BLE001 - a report must not fail for want of a status
+        return
+    if not pid:
+        return
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+    time.sleep(1.0)  # the task dump needs the loop to come round
 
 
 def drained(machine: Machine, timeout: float = 60.0) -> dict[str, Any]:

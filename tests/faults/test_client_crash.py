@@ -15,12 +15,13 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from tests.clients import Machine, eventually
 from tests.faults import serverstate
-from tests.faults.conftest import Site, drained, run_until_killed, status, timed_mount
+from tests.faults.conftest import Site, drained, dump_stacks, log_lines, run_until_killed, status, timed_mount
 from tests.faults.workload import Workload
 from tests.proxy import Proxy
 
@@ -203,3 +204,19 @@ def _hash(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.timeout(120)
+def test_a_stuck_process_can_be_made_to_say_where_it_is(make_machine: Callable[..., Machine], site: Site,
+                                                         tmp_path: Path) -> None:
+    """A failure's report asks the running mount and synced folder for their stacks (`dump_stacks`)."""
+    a = make_machine("A", site)
+    b = make_machine("B", site, mount=False)
+    b.sync(tmp_path / "folder")
+    for machine in (a, b):
+        dump_stacks(machine)
+        text = "\n".join(log_lines(machine))
+        # SIGUSR1: every thread's stack, written from the signal handler (faulthandler) --
+        # what a process whose event loop is held up can still say; SIGUSR2: its tasks.
+        assert "most recent call first" in text, text[-2000:]
+        assert "tasks and what they wait for" in text, text[-2000:]

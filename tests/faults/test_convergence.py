@@ -30,7 +30,7 @@ import pytest
 
 from tests.clients import Machine, eventually
 from tests.faults.chaos import Actor, Event, Tree, difference, protected, read_tree, story
-from tests.faults.conftest import Site, log_lines, status
+from tests.faults.conftest import Site, dump_stacks, log_lines, status
 from tests.proxy import Proxy
 
 pytestmark = [pytest.mark.mount, pytest.mark.slow]
@@ -99,7 +99,8 @@ def _converged(machines: list[Machine], oracle: Machine, events: list[Event], se
         try:
             eventually(lambda: _settled(m), timeout=120, what=f"{m.name} to send everything")
         except AssertionError as exc:
-            tail = "\n".join(log_lines(m)[-80:])
+            dump_stacks(m)
+            tail = "\n".join(log_lines(m)[-200:])
             raise AssertionError(f"seed {seed}: {exc}\nthe end of {m.name}'s log:\n{tail}") from None
     oracle.mount()
     truth: Tree = {}
