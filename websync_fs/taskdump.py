@@ -29,20 +29,31 @@ log = logging.getLogger(__name__)
 _TRIO = ("/trio/", "/outcome/")
 
 
-def log_stream() -> TextIO | None:
-    """The open log file of this process (the root logger's file handler), or None."""
+def log_file() -> str | None:
+    """The path of this process's log file (the root logger's file handler), or None."""
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler) and handler.stream is not None:
-            return handler.stream
+        if isinstance(handler, logging.FileHandler):
+            return handler.baseFilename
     return None
 
 
-def threads_on_signal(stream: TextIO | None) -> bool:
-    """On SIGUSR1, write every thread's stack into *stream*; False where that cannot be (no file, Windows)."""
+#: The file the threads' stacks go to, open for as long as the process runs: faulthandler
+#: writes to its descriptor number, which must never be closed and handed to another file
+#: (the log handler's own stream is closed at each rotation).
+_stacks: TextIO | None = None
+
+
+def threads_on_signal(path: str | None) -> bool:
+    """On SIGUSR1, write every thread's stack to the end of file *path*; False where that cannot be."""
+    global _stacks
     usr1 = getattr(signal, "SIGUSR1", None)
-    if usr1 is None or stream is None:
+    if usr1 is None or path is None:
         return False
+    stream = open(path, "a")  # noqa: SIM115 - kept open on purpose, see _stacks
     faulthandler.register(usr1, file=stream, all_threads=True)
+    if _stacks is not None:
+        _stacks.close()  # registered again: the old file is no longer used
+    _stacks = stream
     return True
 
 
@@ -51,7 +62,7 @@ async def serve() -> None:
 
     It also arms SIGUSR1 for the threads' stacks (`threads_on_signal`) into the log.
     """
-    threads_on_signal(log_stream())
+    threads_on_signal(log_file())
     usr2 = getattr(signal, "SIGUSR2", None)
     if usr2 is None:
         return

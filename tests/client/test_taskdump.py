@@ -57,14 +57,13 @@ async def test_sigusr2_logs_the_dump(caplog: pytest.LogCaptureFixture) -> None:
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on Windows: the dump is POSIX only")
 def test_sigusr1_writes_every_threads_stack_even_while_the_loop_is_held(tmp_path: Path) -> None:
     out = tmp_path / "stacks.txt"
-    with open(out, "w") as stream:
-        assert taskdump.threads_on_signal(stream)
-        try:
-            # Sent from here, on the thread a blocked event loop would be on: the handler
-            # writes from the signal itself, with no loop or task to run it.
-            os.kill(os.getpid(), signal.SIGUSR1)
-        finally:
-            faulthandler.unregister(signal.SIGUSR1)
+    assert taskdump.threads_on_signal(str(out))
+    try:
+        # Sent from here, on the thread a blocked event loop would be on: the handler
+        # writes from the signal itself, with no loop or task to run it.
+        os.kill(os.getpid(), signal.SIGUSR1)
+    finally:
+        faulthandler.unregister(signal.SIGUSR1)
     text = out.read_text()
     assert "most recent call first" in text and "test_sigusr1_writes_every_threads_stack" in text
 
