@@ -19,6 +19,7 @@ import faulthandler
 import logging
 import os
 import signal
+import sys
 from typing import TextIO
 
 import trio
@@ -46,9 +47,9 @@ _stacks: TextIO | None = None
 def threads_on_signal(path: str | None) -> bool:
     """On SIGUSR1, write every thread's stack to the end of file *path*; False where that cannot be."""
     global _stacks
-    usr1 = getattr(signal, "SIGUSR1", None)
-    if usr1 is None or path is None:
-        return False
+    if sys.platform == "win32" or path is None:
+        return False  # neither SIGUSR1 nor faulthandler.register there
+    usr1 = signal.SIGUSR1
     stream = open(path, "a")  # noqa: SIM115 - kept open on purpose, see _stacks
     faulthandler.register(usr1, file=stream, all_threads=True)
     if _stacks is not None:
