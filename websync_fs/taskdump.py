@@ -49,9 +49,8 @@ def threads_on_signal(path: str | None) -> bool:
     global _stacks
     if sys.platform == "win32" or path is None:
         return False  # neither SIGUSR1 nor faulthandler.register there
-    usr1 = signal.SIGUSR1
     stream = open(path, "a")  # noqa: SIM115 - kept open on purpose, see _stacks
-    faulthandler.register(usr1, file=stream, all_threads=True)
+    faulthandler.register(signal.SIGUSR1, file=stream, all_threads=True)
     if _stacks is not None:
         _stacks.close()  # registered again: the old file is no longer used
     _stacks = stream
