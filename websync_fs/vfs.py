@@ -4,7 +4,10 @@ Every mount adapter (pyfuse3, winfspy) decodes its arguments and calls one metho
 here.  Metadata comes from the replica and never waits on the network; file
 content comes from working copies (open for writing) or the block source.
 Every change is applied to the replica and queued for the server in one
-transaction of the state database.
+transaction of the state database.  The one exception: attributes set on a file
+open for writing (tar's utimens, chown and chmod before its close) are held in
+memory and go into the row and the queue with the file's content at close, in
+its transaction, or at most `ATTRS_DUE` later (`_put_attrs`).
 
 Errors leave as `FsError` carrying the errno a local filesystem would give.
 
@@ -86,6 +89,9 @@ SEAL_AFTER_FSYNC = 1.0
 #: fsyncs a copy in memory gets before it moves into its file: SQLite's journal, made
 #: and fsync'd twice at every commit, stays in memory; its database, a log, move.
 FSYNCS_IN_MEMORY = 3
+#: Attributes set on a file open for writing reach its row and the queue with its close, or
+#: this long (seconds) after they were set while it stays open (a log another program chmods).
+ATTRS_DUE = 1.0
 _SEQUENTIAL_SLACK = 1024 * 1024  # how far from where the last read ended a read still goes on from it
 _TYPE = {KIND_FILE: stat.S_IFREG, KIND_DIR: stat.S_IFDIR, KIND_SYMLINK: stat.S_IFLNK}
 
@@ -183,6 +189,11 @@ class Vfs:
         self._copies = 0
         self.fsynced = Fsynced(db)
         self._seal_due: dict[int, float] = {}  # inode -> when to seal it after its last fsync
+        #: Attributes set on files open for writing, not yet in their rows (`_hold_attrs`),
+        #: and when each inode's are due to be written anyway.
+        self._attrs: dict[int, dict[str, Any]] = {}
+        self._attrs_due: dict[int, float] = {}
+        self._attrs_waiting = trio.Event()
         self.notify: Notify = lambda inv: None
         self.on_settled: Callable[[], None] = lambda: None
         self._nursery: trio.Nursery | None = None
@@ -191,6 +202,7 @@ class Vfs:
 
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+        nursery.start_soon(self._attrs_when_due)
         for ino, snap in list(self.fsynced):
             self._reseal(ino, snap)
         for leftover in self._work_dir.glob("*"):
@@ -224,10 +236,12 @@ class Vfs:
             raise FsError(errno.EROFS, "this shared folder is read-only for you")
 
     def _row(self, ino: int) -> NodeRow:
+        """*ino*'s row as this machine shows it: with the attributes held for it (`_hold_attrs`)."""
         row = self.replica.get(ino)
         if row is None:
             raise FsError(errno.ENOENT)
-        return row
+        held = self._attrs.get(ino)
+        return row if held is None else dataclasses.replace(row, **held)
 
     def _dir(self, ino: int) -> NodeRow:
         return _folder(self._row(ino))
@@ -245,6 +259,9 @@ class Vfs:
         if work is not None:
             size = work.size
             mtime = self._mtime.get(row.ino, mtime)
+            held = self._attrs.get(row.ino)
+            if held is not None:
+                row = row._replace(**held) if isinstance(row, tuple) else dataclasses.replace(row, **held)
         if links is not None:
             nlink = links
         elif row.kind == KIND_DIR:
@@ -419,6 +436,7 @@ class Vfs:
             raise FsError(errno.ENOENT)
         if row.kind == KIND_DIR:
             raise FsError(errno.EISDIR)
+        self._settle_attrs(row.ino)
         with self._db.tx():
             self._unlink_entry(pdir, name, row)
         self._maybe_drop(row.ino)
@@ -472,6 +490,9 @@ class Vfs:
                 raise FsError(errno.EISDIR)
             if target.kind == KIND_DIR and self.replica.has_children(target.id):
                 raise FsError(errno.ENOTEMPTY)
+            self._settle_attrs(target.ino)
+        if self._settle_attrs(row.ino):
+            row = self._row(row.ino)  # a local-only file that starts to sync is born with them
         to_local = self._local_name(row.kind, new_name)
         with self._db.tx():
             if target is not None:
@@ -517,6 +538,7 @@ class Vfs:
         if row.orphan:
             raise FsError(errno.ENOENT)
         pdir = self._new_entry_checks(new_parent, new_name)
+        self._settle_attrs(ino)
         with self._db.tx():
             self.replica.set_entry(pdir.id, new_name, row.id)
             self._touch_dir(pdir)
@@ -557,6 +579,8 @@ class Vfs:
             raise FsError(errno.EINVAL)
         if one.local or two.local:
             raise FsError(errno.EXDEV, "cannot exchange a local-only file")
+        self._settle_attrs(one.ino)
+        self._settle_attrs(two.ino)
         with self._db.tx():
             self.replica.set_entry(src_dir.id, old_name, two.id)
             self.replica.set_entry(dst_dir.id, new_name, one.id)
@@ -668,7 +692,9 @@ class Vfs:
                 self._mtime[ino] = mtime_ns
                 self._work[ino].mtime_set = True
             changes["mtime_ns"] = mtime_ns
-        if changes or owner:
+        if (changes or owner or touch) and row.kind == KIND_FILE and ino in self._work and self._nursery is not None:
+            self._hold_attrs(ino, {**changes, **owner})
+        elif changes or owner:
             with self._db.tx():
                 self.replica.update_node(row.id, **changes, **owner)
                 if row.kind != KIND_DIR or "mode" in changes or owner:
@@ -682,6 +708,58 @@ class Vfs:
             with self._db.tx():
                 self.replica.update_node(row.id)  # ctime, which stays on this machine
         return self.getattr(ino)
+
+    def _hold_attrs(self, ino: int, changes: dict[str, Any]) -> None:
+        """Keep *changes* to a file open for writing in memory until its close (`_put_attrs`).
+
+        tar sets a file's times, owner and mode before it closes it: three
+        transactions and three rewrites of the queued create, where the close's
+        own transaction can carry them (9 % of `tar xf`'s files a second).  What
+        is held shows at once (`_row`, `attr`).  A crash loses it as it loses the
+        bytes written since the last fsync; an fsync writes it first.
+        """
+        held = self._attrs.setdefault(ino, {})
+        held.update(changes, ctime_ns=time.time_ns())
+        if ino not in self._attrs_due:
+            self._attrs_due[ino] = trio.current_time() + ATTRS_DUE
+            self._attrs_waiting.set()
+
+    def _put_attrs(self, ino: int) -> None:
+        """Write the attributes held for *ino* into its row and the queue; call inside a transaction."""
+        held = self._attrs.pop(ino, None)
+        self._attrs_due.pop(ino, None)
+        row = self.replica.get(ino) if held else None
+        if row is None or held is None:
+            return
+        self.replica.update_node(row.id, **held)
+        sent = {k: held[k] for k in ("mode", "mtime_ns") if k in held}
+        owner: dict[str, int | None] = {k: held[k] for k in ("uid", "gid") if k in held}
+        if (sent or owner) and not row.orphan and not row.local:
+            uid, gid = chown_fields(owner)
+            self._send(SetAttr(id=row.id, mode=sent.get("mode"), mtime_ns=sent.get("mtime_ns"), uid=uid, gid=gid))
+
+    def _settle_attrs(self, ino: int) -> bool:
+        """Write what is held for *ino* now (before an fsync, before its names change); True if anything was."""
+        if ino not in self._attrs:
+            return False
+        with self._db.tx():
+            self._put_attrs(ino)
+        return True
+
+    async def _attrs_when_due(self) -> None:
+        """Write held attributes `ATTRS_DUE` after they were set, for files that stay open."""
+        while True:
+            while not self._attrs_due:  # a close may take them all before this task runs
+                self._attrs_waiting = trio.Event()
+                await self._attrs_waiting.wait()
+            await trio.sleep_until(min(self._attrs_due.values()))
+            now = trio.current_time()
+            for ino in [ino for ino, due in self._attrs_due.items() if due <= now]:
+                try:
+                    self._settle_attrs(ino)
+                except Exception:  # the row gone, the database failing: the close tries again
+                    self._attrs_due.pop(ino, None)
+                    log.exception("could not write the attributes of inode %d", ino)
 
     def _owner_changes(self, row: NodeRow, uid: int | None, gid: int | None,
                        caller: Caller | None) -> dict[str, int | None]:
@@ -719,6 +797,7 @@ class Vfs:
     def _close_working_copy(self, ino: int) -> None:
         work = self._work.get(ino)
         if work is not None and work.handles == 0:
+            self._settle_attrs(ino)  # the seal failed or found its node gone
             if self._nursery is not None and not work.in_memory:
                 # Removing a big file takes a while: not on the request path.
                 self._nursery.start_soon(trio.to_thread.run_sync, work.close)
@@ -841,6 +920,7 @@ class Vfs:
         """Turn a working copy's changes into a queued update of its node."""
         work = self._work.get(ino)
         if work is None or not (work.changed or ino in self._mtime):
+            self._settle_attrs(ino)  # opened for writing, not written: a chmod alone
             return
         stored: list[str] = []
         store = self._storing(stored)
@@ -856,22 +936,30 @@ class Vfs:
             mtime = self._mtime.pop(ino, row.mtime_ns)
             self._seen[ino] = blocks  # the kernel's pages are what was just written
             with self._db.tx():
-                self._sealed(row, size, blocks, mtime)
+                self._attrs_due.pop(ino, None)
+                self._sealed(row, size, blocks, mtime, self._attrs.pop(ino, {}))
                 self.fsynced.forget(ino)  # the queue holds this content, and what it fsync'd
             work.grows_in_file = False
         finally:
             # The queue item protects the blocks now; drop the seal's own hold.
             self._release_blocks(stored)
 
-    def _sealed(self, row: NodeRow, size: int, blocks: tuple[BlockHash, ...], mtime: int) -> None:
-        """Give *row* its new content and queue it; call inside a transaction."""
-        self.replica.update_node(row.id, size=size, blocks=blocks, mtime_ns=mtime)
+    def _sealed(self, row: NodeRow, size: int, blocks: tuple[BlockHash, ...], mtime: int,
+                held: dict[str, Any] | None = None) -> None:
+        """Give *row* its new content, and the attributes *held* for it, and queue them; call inside a transaction."""
+        # The content's own mtime (a write after a utimens moves it) and change time win.
+        attrs = {k: v for k, v in (held or {}).items() if k in ("mode", "uid", "gid")}
+        self.replica.update_node(row.id, size=size, blocks=blocks, mtime_ns=mtime, **attrs)
         if row.local:
             # Local-only files live only in the cache: hold the new version, free the old.
             self._hold_blocks(list(blocks))
             self._release_blocks(list(row.blocks))
         elif not row.orphan:
-            self._send(Update(id=row.id, size=size, blocks=tuple(blocks), mtime_ns=mtime))
+            self._send(Update(id=row.id, size=size, blocks=tuple(blocks), mtime_ns=mtime, mode=attrs.get("mode")))
+            owner: dict[str, int | None] = {k: attrs[k] for k in ("uid", "gid") if k in attrs}
+            if owner:
+                uid, gid = chown_fields(owner)  # an update carries no owner
+                self._send(SetAttr(id=row.id, uid=uid, gid=gid))
 
     async def flush(self, fh: int) -> None:
         handle = self.handles.get(fh)
@@ -880,6 +968,7 @@ class Vfs:
 
     async def fsync(self, fh: int) -> None:
         handle = self.handles.get(fh)
+        self._settle_attrs(handle.ino)  # attributes are part of what an fsync makes durable
         work = self._work.get(handle.ino) if handle.writable else None
         if work is not None and (work.changed or handle.ino in self._mtime):
             await self._keep(handle.ino, work)
