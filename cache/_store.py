@@ -72,6 +72,7 @@ import logging
 import os
 import secrets
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -721,6 +722,7 @@ class WalCheckpointer:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.Error as exc:
                     log.warning("checkpoint of %s failed (the next one tries again): %s", self._path, exc)
+                _read_ahead(self._path + "-wal")
         finally:
             conn.close()
 
@@ -734,6 +736,31 @@ class WalCheckpointer:
             # A checkpoint the disk keeps waiting must not hold up the end (the thread is a daemon,
             # and a log left behind is copied by the next open).
             thread.join(timeout=5)
+
+
+def _read_ahead(path: str) -> None:
+    """Ask the kernel to bring *path* into its page cache, in the background (a no-op where it cannot).
+
+    After a checkpoint the next commit writes the log over from its start.  A
+    log frame is a page and a 24-byte header, so every write covers parts of
+    two file pages, and a file page the kernel no longer holds (memory grew
+    short, or a benchmark dropped the caches) is read from the disk first,
+    inside the commit, on the event loop: the commits of a mass delete after
+    such a drop took 0.5 ms each instead of 30 µs.  Read ahead here, beside
+    the writer, they do not wait; pages already held cost nothing.
+    """
+    if sys.platform == "win32" or not hasattr(os, "posix_fadvise"):  # Windows, macOS
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # no log (yet): nothing to read
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 #: Database path -> the log file whose name `sync_wal` has made durable.

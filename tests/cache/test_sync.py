@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,30 @@ def test_the_index_log_is_copied_by_a_thread_of_its_own_and_every_block_is_kept(
         assert all(again.get(h) == data for h, data in blocks.items())
     finally:
         again.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="posix_fadvise: Linux and the BSDs only")
+def test_after_each_checkpoint_the_log_is_read_ahead_for_the_commits_that_write_it_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit after a checkpoint writes the log over from its start, a frame across two file pages:
+    a page the kernel dropped would be read inside the commit.  The checkpoint thread asks for them
+    first (`os.posix_fadvise`, watched, not replaced)."""
+    asked: list[tuple[str, int]] = []
+    real = os.posix_fadvise
+
+    def watched(fd: int, offset: int, length: int, advice: int) -> None:
+        asked.append((os.readlink(f"/proc/self/fd/{fd}"), advice))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(cache._store.os, "posix_fadvise", watched)
+    store = BlockCache(tmp_path, limit=64 * 1024 * 1024)
+    try:
+        for data in (os.urandom(3000) for _ in range(450)):  # past two checkpoints (one every 200 commits)
+            store.put(hashlib.sha256(data).hexdigest(), data)
+        deadline = time.monotonic() + 10
+        while not asked and time.monotonic() < deadline:  # the thread runs beside this one
+            time.sleep(0.01)
+    finally:
+        store.close()
+    assert (str(tmp_path / "cache.db-wal"), os.POSIX_FADV_WILLNEED) in asked
