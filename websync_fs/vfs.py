@@ -714,7 +714,7 @@ class Vfs:
 
         tar sets a file's times, owner and mode before it closes it: three
         transactions and three rewrites of the queued create, where the close's
-        own transaction can carry them (9 % of `tar xf`'s files a second).  What
+        own transaction can carry them (5–13 % more of `tar xf`'s files a second).  What
         is held shows at once (`_row`, `attr`).  A crash loses it as it loses the
         bytes written since the last fsync; an fsync writes it first.
         """
