@@ -7,7 +7,7 @@ Every change is applied to the replica and queued for the server in one
 transaction of the state database.  The one exception: attributes set on a file
 open for writing (tar's utimens, chown and chmod before its close) are held in
 memory and go into the row and the queue with the file's content at close, in
-its transaction, or at most `ATTRS_DUE` later (`_put_attrs`).
+its transaction, or at most `ATTRS_DUE` later (`_settle_attrs`).
 
 Errors leave as `FsError` carrying the errno a local filesystem would give.
 
@@ -710,7 +710,7 @@ class Vfs:
         return self.getattr(ino)
 
     def _hold_attrs(self, ino: int, changes: dict[str, Any]) -> None:
-        """Keep *changes* to a file open for writing in memory until its close (`_put_attrs`).
+        """Keep *changes* to a file open for writing in memory until its close (`_seal`, `_settle_attrs`).
 
         tar sets a file's times, owner and mode before it closes it: three
         transactions and three rewrites of the queued create, where the close's
@@ -724,27 +724,30 @@ class Vfs:
             self._attrs_due[ino] = trio.current_time() + ATTRS_DUE
             self._attrs_waiting.set()
 
-    def _put_attrs(self, ino: int) -> None:
-        """Write the attributes held for *ino* into its row and the queue; call inside a transaction."""
-        held = self._attrs.pop(ino, None)
-        self._attrs_due.pop(ino, None)
-        row = self.replica.get(ino) if held else None
-        if row is None or held is None:
-            return
-        self.replica.update_node(row.id, **held)
-        sent = {k: held[k] for k in ("mode", "mtime_ns") if k in held}
-        owner: dict[str, int | None] = {k: held[k] for k in ("uid", "gid") if k in held}
-        if (sent or owner) and not row.orphan and not row.local:
-            uid, gid = chown_fields(owner)
-            self._send(SetAttr(id=row.id, mode=sent.get("mode"), mtime_ns=sent.get("mtime_ns"), uid=uid, gid=gid))
-
     def _settle_attrs(self, ino: int) -> bool:
-        """Write what is held for *ino* now (before an fsync, before its names change); True if anything was."""
-        if ino not in self._attrs:
+        """Write what is held for *ino* into its row and the queue now (before an fsync, before its names
+        change); True if anything was.  Dropped only once committed: a failed transaction keeps it for the close.
+        """
+        held = self._attrs.get(ino)
+        if held is None:
             return False
-        with self._db.tx():
-            self._put_attrs(ino)
+        row = self.replica.get(ino)
+        if row is not None:
+            with self._db.tx():
+                self.replica.update_node(row.id, **held)
+                sent = {k: held[k] for k in ("mode", "mtime_ns") if k in held}
+                owner: dict[str, int | None] = {k: held[k] for k in ("uid", "gid") if k in held}
+                if (sent or owner) and not row.orphan and not row.local:
+                    uid, gid = chown_fields(owner)
+                    self._send(SetAttr(id=row.id, mode=sent.get("mode"), mtime_ns=sent.get("mtime_ns"),
+                                       uid=uid, gid=gid))
+        self._drop_attrs(ino)
         return True
+
+    def _drop_attrs(self, ino: int) -> None:
+        """What was held for *ino* is in its row now (or its file is gone)."""
+        self._attrs.pop(ino, None)
+        self._attrs_due.pop(ino, None)
 
     async def _attrs_when_due(self) -> None:
         """Write held attributes `ATTRS_DUE` after they were set, for files that stay open."""
@@ -757,7 +760,7 @@ class Vfs:
             for ino in [ino for ino, due in self._attrs_due.items() if due <= now]:
                 try:
                     self._settle_attrs(ino)
-                except Exception:  # the row gone, the database failing: the close tries again
+                except Exception:  # the database failing: still held, the close tries again
                     self._attrs_due.pop(ino, None)
                     log.exception("could not write the attributes of inode %d", ino)
 
@@ -936,9 +939,9 @@ class Vfs:
             mtime = self._mtime.pop(ino, row.mtime_ns)
             self._seen[ino] = blocks  # the kernel's pages are what was just written
             with self._db.tx():
-                self._attrs_due.pop(ino, None)
-                self._sealed(row, size, blocks, mtime, self._attrs.pop(ino, {}))
+                self._sealed(row, size, blocks, mtime, self._attrs.get(ino))
                 self.fsynced.forget(ino)  # the queue holds this content, and what it fsync'd
+            self._drop_attrs(ino)
             work.grows_in_file = False
         finally:
             # The queue item protects the blocks now; drop the seal's own hold.
