@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+from collections import OrderedDict
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from collections.abc import Collection
@@ -44,6 +45,9 @@ from websync_server.protocol import KIND_DIR, ROOT_ID, BlockHash, Entry, Node, N
 from .statedb import StateDb
 
 ROOT_INO = 1
+#: Listings remembered (`Replica.folder_listing`): at most this many folders and entries in all.
+LISTINGS_MAX = 1000
+LISTED_MAX = 50_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -170,6 +174,13 @@ class Replica:
         #: that may change a count forgets it (a file's entry does not); counts are kept only
         #: outside a transaction, so a rolled-back change is never remembered.
         self._subdirs: dict[str, int] = {}
+        #: Folders listed lately (folder inode -> the database's mark, the folder, its listing).
+        #: find, file managers and shells list the same folders again and again; any write to the
+        #: database, here or by another connection, changes the mark (`_mark`) and with it every
+        #: listing, so none is ever shown stale.
+        self._listings: OrderedDict[int, tuple[tuple[int, int], NodeStat, list[tuple[str, NodeStat, int]]]]
+        self._listings = OrderedDict()
+        self._listed = 0  # entries in `_listings`
         if self.get(ROOT_INO) is None:
             now = time.time_ns()
             self._db.execute(
@@ -244,6 +255,39 @@ class Replica:
             (parent,),
         ).fetchall()
         return [(r[0], *self._linked(r[1:])) for r in rows]
+
+    def folder_listing(self, ino: int) -> tuple[NodeStat, list[tuple[str, NodeStat, int]]] | None:
+        """Node *ino*'s attributes and, if it is a folder, its `listing` (None: no such node).
+
+        Remembered until the database changes: a second listing of an unchanged folder
+        reads nothing (find -ls right after ls -lR read every folder twice).
+        """
+        mark = self._mark()
+        known = self._listings.get(ino)
+        if known is not None and known[0] == mark:
+            self._listings.move_to_end(ino)
+            return known[1], known[2]
+        node = self.stat(ino)
+        if node is None:
+            return None
+        entries = self.listing(node.id) if node.kind == KIND_DIR else []
+        if mark is not None and len(entries) <= LISTED_MAX:
+            if known is not None:
+                self._listed -= len(known[2])
+            self._listings[ino] = (mark, node, entries)
+            self._listings.move_to_end(ino)
+            self._listed += len(entries)
+            while self._listed > LISTED_MAX or len(self._listings) > LISTINGS_MAX:
+                self._listed -= len(self._listings.popitem(last=False)[1][2])
+        return node, entries
+
+    def _mark(self) -> tuple[int, int] | None:
+        """What every write moves: this connection's changed rows and others' commits (None in a
+        transaction, which may yet roll back: what it reads is not remembered)."""
+        if self._db.in_transaction:
+            return None
+        (version,) = self._db.execute("PRAGMA data_version").fetchone()
+        return self._db.total_changes, int(version)
 
     def stat(self, ino: int) -> NodeStat | None:
         """Node *ino*'s attributes alone: cheaper than `get` where they are all that is asked."""

@@ -305,8 +305,11 @@ class Vfs:
         return self.attr(*found)
 
     def listdir(self, ino: int) -> list[tuple[str, FileAttr]]:
-        pdir = self._dir_stat(ino)
-        return [(name, self.attr(row, links)) for name, row, links in self.replica.listing(pdir.id)]
+        found = self.replica.folder_listing(ino)
+        if found is None:
+            raise FsError(errno.ENOENT)
+        _folder(found[0])
+        return [(name, self.attr(row, links)) for name, row, links in found[1]]
 
     def readlink(self, ino: int) -> str:
         row = self._row(ino)
