@@ -47,7 +47,7 @@ from .statedb import StateDb
 ROOT_INO = 1
 #: Listings remembered (`Replica.folder_listing`): at most this many folders and entries in all.
 LISTINGS_MAX = 1000
-LISTED_MAX = 50_000
+LISTED_MAX = 20_000  # about 10 MB (500 bytes an entry)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -174,12 +174,12 @@ class Replica:
         #: that may change a count forgets it (a file's entry does not); counts are kept only
         #: outside a transaction, so a rolled-back change is never remembered.
         self._subdirs: dict[str, int] = {}
-        #: Folders listed lately (folder inode -> the database's mark, the folder, its listing).
-        #: find, file managers and shells list the same folders again and again; any write to the
-        #: database, here or by another connection, changes the mark (`_mark`) and with it every
-        #: listing, so none is ever shown stale.
-        self._listings: OrderedDict[int, tuple[tuple[int, int], NodeStat, list[tuple[str, NodeStat, int]]]]
-        self._listings = OrderedDict()
+        #: Folders listed lately (folder inode -> the folder, its listing), all read under
+        #: `_listings_mark`.  find, file managers and shells list the same folders again and
+        #: again; any write to the database, here or by another connection, moves the mark
+        #: (`_mark`) and the next listing forgets them all, so none is ever shown stale.
+        self._listings: OrderedDict[int, tuple[NodeStat, list[tuple[str, NodeStat, int]]]] = OrderedDict()
+        self._listings_mark: tuple[int, int] | None = None
         self._listed = 0  # entries in `_listings`
         if self.get(ROOT_INO) is None:
             now = time.time_ns()
@@ -263,22 +263,25 @@ class Replica:
         reads nothing (find -ls right after ls -lR read every folder twice).
         """
         mark = self._mark()
-        known = self._listings.get(ino)
-        if known is not None and known[0] == mark:
+        if mark is None:
+            known = None
+        elif mark != self._listings_mark:
+            self._listings.clear()
+            self._listings_mark, self._listed, known = mark, 0, None
+        else:
+            known = self._listings.get(ino)
+        if known is not None:
             self._listings.move_to_end(ino)
-            return known[1], known[2]
+            return known
         node = self.stat(ino)
         if node is None:
             return None
         entries = self.listing(node.id) if node.kind == KIND_DIR else []
         if mark is not None and len(entries) <= LISTED_MAX:
-            if known is not None:
-                self._listed -= len(known[2])
-            self._listings[ino] = (mark, node, entries)
-            self._listings.move_to_end(ino)
+            self._listings[ino] = (node, entries)
             self._listed += len(entries)
             while self._listed > LISTED_MAX or len(self._listings) > LISTINGS_MAX:
-                self._listed -= len(self._listings.popitem(last=False)[1][2])
+                self._listed -= len(self._listings.popitem(last=False)[1][1])
         return node, entries
 
     def _mark(self) -> tuple[int, int] | None:

@@ -100,3 +100,6 @@ def test_listings_are_bounded_and_the_oldest_go_first(rep: Replica, monkeypatch:
     assert reads  # read again
     assert list(rep._listings) == inos[2:] + inos[:1]
     assert rep.folder_listing(10_000) is None
+    _add(rep, folders[0], "f2")  # any write: the next listing forgets every other
+    assert _names(rep, inos[1]) == ["f0", "f1"]
+    assert list(rep._listings) == inos[1:2] and rep._listed == 2
