@@ -263,13 +263,10 @@ class Replica:
         reads nothing (find -ls right after ls -lR read every folder twice).
         """
         mark = self._mark()
-        if mark is None:
-            known = None
-        elif mark != self._listings_mark:
+        if mark is None or mark != self._listings_mark:
             self._listings.clear()
-            self._listings_mark, self._listed, known = mark, 0, None
-        else:
-            known = self._listings.get(ino)
+            self._listings_mark, self._listed = mark, 0
+        known = self._listings.get(ino)
         if known is not None:
             self._listings.move_to_end(ino)
             return known
