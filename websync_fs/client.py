@@ -100,7 +100,8 @@ class Engine:
         self.replica = Replica(self.db)
         self.cache = BlockCache(home.blocks_dir, settings.cache_limit)
         self.queue = WriteBackQueue(
-            self.db, quiet=settings.quiet_period, protect=self.cache.protect, unprotect=self.cache.unprotect
+            self.db, quiet=settings.quiet_period, first_quiet=settings.first_quiet_period,
+            protect=self.cache.protect, unprotect=self.cache.unprotect,
         )
         # Protection lives in memory: rebuild it from what is durable.
         self.cache.protect(self.queue.all_blocks())

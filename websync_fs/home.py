@@ -41,7 +41,11 @@ class Settings:
     #: The user chose plain http:// to a server beyond this machine.
     insecure_http: bool = False
     cache_limit: int = DEFAULT_CACHE_LIMIT
-    #: Seconds a change waits for more changes before it is uploaded.
+    #: Seconds a change waits for the program's next changes (a chmod, a rename
+    #: after the close) before it is uploaded.
+    first_quiet_period: float = 0.05
+    #: Seconds a change waits for more changes when its file was uploaded less than
+    #: 2 s ago: a file that keeps changing goes up once its writer pauses.
     quiet_period: float = 0.2
     #: Seconds a file with a temporary-looking name waits (see names.py).
     temporary_quiet_period: float = 3.0

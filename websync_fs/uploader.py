@@ -285,7 +285,10 @@ class Uploader:
         start = self._last_start + self._window
         self._window = min(GATHER_MAX, self._window * 2)
         while True:
-            last = self.queue.last_ready_at()
+            # A change waiting longer than a quiet period past the window (a temporary name's
+            # 3 s) is not on its way to this batch: it held the batch to the window's end.
+            by = clock() + (start - trio.current_time()) + max(self.queue.quiet, self.queue.first_quiet)
+            last = self.queue.last_ready_at(by=by)
             until = start if last is None else min(start, trio.current_time() + (last - clock()))
             if until <= trio.current_time():
                 return

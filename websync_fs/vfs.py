@@ -412,14 +412,18 @@ class Vfs:
     def _unlink_entry(self, pdir: NodeRow, name: str, row: NodeRow) -> None:
         """Remove ``pdir/name`` (naming *row*) here and on the server; call inside a transaction."""
         self.replica.remove_entry(pdir.id, name)
-        if not self.replica.entries_of(row.id):
+        gone = not self.replica.entries_of(row.id)
+        if gone:
             self.replica.set_orphan(row.id)
         else:
             self.replica.update_node(row.id)  # ctime: one name less, as ext4
         if not row.local:
             # A save may put a new file in its place (saves.py) -- only a file the server
-            # has: one made here and not yet sent has no version to keep.
-            self._send(Delete(id=row.id, parent=pdir.id, name=name), replaced=row.kind == KIND_FILE and row.seq != 0)
+            # has: one made here and not yet sent has no version to keep.  A file that
+            # keeps another name (git links its packs into place, then unlinks the
+            # temporary name) is not going away: its name goes at once.
+            replaced = gone and row.kind == KIND_FILE and row.seq != 0
+            self._send(Delete(id=row.id, parent=pdir.id, name=name), replaced=replaced)
             self.saves.left(pdir.id, name, row)
         self._touch_dir(pdir)
 

@@ -54,6 +54,7 @@ its queue item commit in one transaction.
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections import Counter
@@ -146,6 +147,11 @@ _ICOLS = "n, node, op, state, batch, attempts, ready_at"
 #: Longest any change waits for its time (the uploader's refusal backoff is 600 s): a due time
 #: further ahead was set by a clock since set back, and is due now.
 LONGEST_WAIT = 900.0
+#: A file whose content was taken for upload this recently is still being changed when
+#: it changes again: its next change waits the full quiet period (WriteBackQueue.enqueue).
+RECENT = 2.0
+#: Nodes remembered as lately taken before the old ones are swept out.
+RECENT_MAX = 4096
 
 _ANCHOR = (time.time(), time.monotonic())
 
@@ -166,7 +172,7 @@ BlocksCallback = Callable[[Iterable[str]], None]
 
 class WriteBackQueue:
     def __init__(
-        self, db: StateDb, quiet: float = 0.2, *,
+        self, db: StateDb, quiet: float = 0.2, *, first_quiet: float | None = None,
         protect: BlocksCallback | None = None, unprotect: BlocksCallback | None = None,
     ) -> None:
         self.state = db
@@ -182,6 +188,8 @@ class WriteBackQueue:
             with self._tx():  # set by a clock since set back: due now
                 self._db.execute("UPDATE items SET ready_at=? WHERE ready_at>?", (now, now + LONGEST_WAIT))
         self.quiet = quiet
+        self.first_quiet = quiet if first_quiet is None else first_quiet
+        self._taken_at: dict[str, float] = {}  # node -> when an item of it was last taken (RECENT)
         self._protect_cb = protect or (lambda h: None)
         self._unprotect_cb = unprotect or (lambda h: None)
         self._listeners: list[Callable[[], None]] = []
@@ -294,21 +302,30 @@ class WriteBackQueue:
         ).fetchone()
         return row[0]
 
-    def last_ready_at(self) -> float | None:
-        """When the last queued item becomes ready (None: nothing is queued)."""
-        return self._db.execute("SELECT max(ready_at) FROM items WHERE state='queued'").fetchone()[0]
+    def last_ready_at(self, by: float) -> float | None:
+        """When the last queued item due by *by* becomes ready (None: none is)."""
+        return self._db.execute(
+            "SELECT max(ready_at) FROM items WHERE state='queued' AND ready_at <= ?", (by,)
+        ).fetchone()[0]
 
     # -- enqueueing ----------------------------------------------------------
     def enqueue(self, new: Op, quiet: float | None = None, *, version: bool = False) -> None:
         """Add *op* for the server, coalescing it with what is already queued.
 
-        *quiet* overrides the queue's quiet period for this change (temporary
-        files wait longer, see names.py); a merged item keeps the later time.
-        An update with *version* is never folded into the content queued
-        before it: that content becomes a version on the server.
+        A change waits *first_quiet* for the changes a program makes with it
+        (a write, a chmod, a rename); one to a file whose content was taken for
+        upload within RECENT seconds waits the longer *quiet*, so a file that
+        keeps changing (a log, a database) goes up once its writer pauses, not
+        at every change.  *quiet* overrides both (temporary files wait longer, see
+        names.py); a merged item keeps the later time.  An update with
+        *version* is never folded into the content queued before it: that
+        content becomes a version on the server.
         """
         op = new.to_wire()  # the queue keeps ops in their wire form, which is also its durable record
-        self._ready_at = clock() + (self.quiet if quiet is None else quiet)
+        now = clock()
+        if quiet is None:
+            quiet = self.quiet if now - self._taken_at.get(op["id"], -math.inf) < RECENT else self.first_quiet
+        self._ready_at = now + quiet
         self._hint = min(self._hint or self._ready_at, self._ready_at)
         with self.state.tx():
             if not self._coalesce(op, version):
@@ -327,7 +344,7 @@ class WriteBackQueue:
         with self.state.tx():
             hurried = self._db.execute(
                 "UPDATE items SET ready_at=? WHERE node=? AND state='queued' AND ready_at>? AND ready_at<=?",
-                (now, node, now, now + self.quiet),
+                (now, node, now, now + max(self.quiet, self.first_quiet)),
             ).rowcount
             if hurried:
                 self._hint = now
@@ -488,7 +505,18 @@ class WriteBackQueue:
                 for item in taken:
                     self._db.execute("UPDATE items SET state='uploading', batch=? WHERE n=?", (batch_id, item.n))
                     item.state, item.batch = "uploading", batch_id
+            self._note_taken(taken, now)
         return taken
+
+    def _note_taken(self, taken: list[Item], now: float) -> None:
+        """Remember which files' content went up: their next change waits the full quiet period."""
+        if len(self._taken_at) > RECENT_MAX:
+            self._taken_at = {node: t for node, t in self._taken_at.items() if now - t < RECENT}
+        for item in taken:
+            # Only content: the create of a file still being written (empty, sent while
+            # its writer goes on) says nothing about how often its content changes.
+            if item.op["op"] in _CONTENT and item.op.get("blocks"):
+                self._taken_at[item.node] = now
 
     def done(self, items: list[Item]) -> None:
         with self._tx():

@@ -87,11 +87,13 @@ def test_only_a_deleted_document_or_a_move_to_a_temporary_name_waits_for_a_save(
 
     Nothing else does: git's ``config.lock`` renamed over a ``config`` never
     sent, its ``index.lock`` (sent) renamed to ``index``, rsync's temporary name
-    renamed to the file's, go after the queue's own quiet period.
+    renamed to the file's, go after the queue's own quiet period; nor does the
+    delete of a name of a file that keeps another (git links a pack into place
+    and unlinks its temporary name).
     """
     async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
         a.vfs.replace_quiet = 3600.0
-        for name in ("doc.txt", "notes.txt", "index.lock"):
+        for name in ("doc.txt", "notes.txt", "index.lock", "tmp_pack_1"):
             await a.files.write(name, b"on the server")
         while await a.send_one():
             pass
@@ -101,8 +103,13 @@ def test_only_a_deleted_document_or_a_move_to_a_temporary_name_waits_for_a_save(
         await a.files.write(".f.XyZ12", b"rsync's")
         await a.files.rename(".f.XyZ12", "f")
         await a.files.rename("index.lock", "index")
+        pack = a.replica.lookup(ROOT_ID, "tmp_pack_1")
+        assert pack is not None
+        a.vfs.link(pack.ino, 1, "pack-1.pack")
+        await a.files.unlink("tmp_pack_1")
         taken = a.queue.take()
-        assert sorted(i.op.get("new_name", i.op.get("name")) for i in taken) == ["config", "f", "index"]
+        assert sorted(i.op.get("new_name", i.op.get("name")) for i in taken) == [
+            "config", "f", "index", "pack-1.pack", "tmp_pack_1"]
         a.vfs.temporary_quiet = 3600.0
         await a.files.unlink("doc.txt")
         await a.files.rename("notes.txt", "notes.txt~")

@@ -128,6 +128,26 @@ def test_quiet_period_holds_back_later_items(tmp_path: Path) -> None:
     assert q.next_ready_at() is not None
 
 
+def test_a_first_change_waits_the_short_quiet_period_and_a_file_that_keeps_changing_the_long_one(
+    tmp_path: Path,
+) -> None:
+    db = StateDb(tmp_path / "state.db")
+    q = WriteBackQueue(db, quiet=60, first_quiet=0.0)
+    q.enqueue(create("e", "empty"))  # a file still being written goes up empty...
+    q.done(sent := q.take())
+    assert [i.node for i in sent] == ["e"]
+    q.enqueue(Update(id=NodeId("e"), size=1, blocks=(BlockHash("h0"),), mtime_ns=2))
+    assert [i.node for i in q.take()] == ["e"]  # ...and its content, at its close, waits no longer for it
+    q.enqueue(create("f", "a", ["h1"]))
+    q.enqueue(SetAttr(id=NodeId("f"), mode=0o600))  # the program's chmod after its close: same item, no longer wait
+    assert [(i.node, i.op["mode"]) for i in q.take()] == [("f", 0o600)]
+    q.enqueue(create("g", "b"))  # another file's first change is not held by f's
+    q.enqueue(Update(id=NodeId("f"), size=1, blocks=(BlockHash("h2"),), mtime_ns=2))
+    assert [i.node for i in q.take()] == ["g"]  # f's content was just sent: its next waits for the writer to pause
+    assert q.next_ready_at() is not None
+    assert q.first_quiet == 0.0 and WriteBackQueue(db, quiet=5.0).first_quiet == 5.0  # by default one period
+
+
 def test_a_wall_clock_set_back_does_not_hold_back_what_is_queued(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The clock goes back ten minutes (NTP, a machine resumed) while a change waits 50 ms: it goes in 50 ms."""
     q, _, _ = make(tmp_path, quiet=0.05)

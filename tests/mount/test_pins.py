@@ -178,7 +178,7 @@ def test_data_waiting_for_upload_survives_cache_clean_and_a_one_byte_limit(
 ) -> None:
     # A longer quiet period makes the three writes one failing attempt, not three: the
     # uploader doubles its retry delay with every failed attempt, however close together.
-    a = machines("A", quiet_period=1.0)
+    a = machines("A", quiet_period=1.0, first_quiet_period=1.0)
     own_server.stop()
     eventually(lambda: not cli_json(a, "status")["online"], what="A notices the server is gone")
     waiting = {f"w{i}.bin": os.urandom(3 * MiB + i) for i in range(3)}
