@@ -258,9 +258,11 @@ def test_kill_9_mid_download_shows_no_half_file_and_a_restart_finishes_it(
 ) -> None:
     a, b = _mount_and_folder(new_machine, folder)
     big = os.urandom(24 * 1024 * 1024)
-    # Written beside and renamed: the store only ever holds the whole file under this name.
-    a.path("staging").write_bytes(big)
-    os.rename(a.path("staging"), a.path("video.bin"))
+    # Written beside under a temporary name and renamed: the store only ever holds the whole
+    # file, under this name (a file under a name of its own goes up empty when its writing
+    # takes longer than the quiet period, and B would show that empty version first).
+    a.path("staging.tmp").write_bytes(big)
+    os.rename(a.path("staging.tmp"), a.path("video.bin"))
     eventually(lambda: any(n.startswith(".websync-tmp-") for n in os.listdir(folder))
                or (folder / "video.bin").exists(), what="the download to start")
     b.kill()
