@@ -126,6 +126,9 @@ class SaveDetector:
                 # What this save replaced stays a version, however soon after the previous
                 # save it came: git rewrites .git/config twice within milliseconds.
                 version=True,
+                # The new file may still be being written (vim writes it at the name):
+                # the longer wait keeps its empty start from becoming a version.
+                quiet=self.queue.quiet,
             )
             # An update carries no owner: the new file's (another user saved it, a setgid
             # folder's group) goes as a setattr, or the server kept the old one.

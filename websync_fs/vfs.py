@@ -375,12 +375,12 @@ class Vfs:
         return self.attr(row)
 
     def _send(
-        self, op: Op, *, name: str | None = None, replaced: bool = False, version: bool = False
+        self, op: Op, *, name: str | None = None, replaced: bool = False, version: bool = False,
+        quiet: float | None = None,
     ) -> None:
         """Queue *op* for the server with the quiet period its names call for (*version*: see enqueue)."""
-        quiet = None
         if name is not None and self.names.temporary(name):
-            quiet = self.temporary_quiet
+            quiet = max(quiet or 0.0, self.temporary_quiet)
         if replaced:
             # A save may put a new file here at once: give it time (saves.py).
             quiet = max(quiet or 0.0, self.replace_quiet)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.client.engine import EngineMachine, Server, two_machines
-from websync_fs import saves
+from websync_fs import saves, writeback
 from websync_fs.owners import Caller
 from websync_fs.replica import ROOT_ID, ROOT_INO, NodeRow
 from websync_fs.saves import REMEMBERED, WINDOW, SaveDetector
@@ -115,5 +115,31 @@ def test_only_a_deleted_document_or_a_move_to_a_temporary_name_waits_for_a_save(
         await a.files.rename("notes.txt", "notes.txt~")
         waiting = [i for i in a.queue.items() if i.ready_at > clock() + 3000]
         assert [i.op["op"] for i in waiting] == ["delete", "rename"], "a save may come"
+
+    two_machines(tmp_path, body)
+
+
+@pytest.mark.timeout(60)
+def test_a_save_written_at_the_documents_name_waits_the_longer_quiet_period(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vim moves the document to a backup name and writes the new one at its name.
+
+    The new version waits the queue's longer quiet period, not the first
+    change's short one: the new file may still be being written, and its empty
+    start must not become a version of the document.
+    """
+    async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
+        await a.files.write("doc.txt", b"version one")
+        while await a.send_one():
+            pass
+        a.queue.quiet, a.queue.first_quiet = 3600.0, 0.0
+        monkeypatch.setattr(writeback, "RECENT", 0.0)  # saved long after version one went up
+        await a.files.rename("doc.txt", "doc.txt~")
+        await a.files.write("doc.txt", b"version two")
+        doc = a.replica.lookup(ROOT_ID, "doc.txt")
+        assert doc is not None
+        (item,) = a.queue.items(doc.id)
+        assert item.op["op"] == "update" and item.ready_at > clock() + 3000
 
     two_machines(tmp_path, body)
