@@ -44,8 +44,8 @@ class Settings:
     #: Seconds a change waits for the program's next changes (a chmod, a rename
     #: after the close) before it is uploaded.
     first_quiet_period: float = 0.05
-    #: Seconds a change waits for more changes when its file was uploaded less than
-    #: 2 s ago: a file that keeps changing goes up once its writer pauses.
+    #: Seconds a change waits for more changes when its file's content went up less
+    #: than 2 s ago: a file that keeps changing goes up once its writer pauses.
     quiet_period: float = 0.2
     #: Seconds a file with a temporary-looking name waits (see names.py).
     temporary_quiet_period: float = 3.0

@@ -189,7 +189,7 @@ class WriteBackQueue:
                 self._db.execute("UPDATE items SET ready_at=? WHERE ready_at>?", (now, now + LONGEST_WAIT))
         self.quiet = quiet
         self.first_quiet = quiet if first_quiet is None else first_quiet
-        self._taken_at: dict[str, float] = {}  # node -> when an item of it was last taken (RECENT)
+        self._taken_at: dict[str, float] = {}  # node -> when its content was last taken (RECENT)
         self._protect_cb = protect or (lambda h: None)
         self._unprotect_cb = unprotect or (lambda h: None)
         self._listeners: list[Callable[[], None]] = []
