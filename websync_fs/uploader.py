@@ -285,10 +285,9 @@ class Uploader:
         start = self._last_start + self._window
         self._window = min(GATHER_MAX, self._window * 2)
         while True:
-            # A change waiting longer than a quiet period past the window (a temporary name's
-            # 3 s) is not on its way to this batch: it held the batch to the window's end.
-            by = clock() + (start - trio.current_time()) + max(self.queue.quiet, self.queue.first_quiet)
-            last = self.queue.last_ready_at(by=by)
+            # Only changes on their way to this batch: a temporary name's 3 s wait held it
+            # to the window's end.
+            last = self.queue.last_ready_at(after=clock() + (start - trio.current_time()))
             until = start if last is None else min(start, trio.current_time() + (last - clock()))
             if until <= trio.current_time():
                 return

@@ -302,11 +302,19 @@ class WriteBackQueue:
         ).fetchone()
         return row[0]
 
-    def last_ready_at(self, by: float) -> float | None:
-        """When the last queued item due by *by* becomes ready (None: none is)."""
+    def last_ready_at(self, after: float) -> float | None:
+        """When the last queued item becomes ready, of those due within a quiet period *after* (None: none is).
+
+        For the uploader's gathering: what waits longer (a temporary name's 3 s)
+        is not on its way to a batch leaving at *after*.
+        """
         return self._db.execute(
-            "SELECT max(ready_at) FROM items WHERE state='queued' AND ready_at <= ?", (by,)
+            "SELECT max(ready_at) FROM items WHERE state='queued' AND ready_at <= ?", (after + self._longest_quiet,)
         ).fetchone()[0]
+
+    @property
+    def _longest_quiet(self) -> float:
+        return max(self.quiet, self.first_quiet)
 
     # -- enqueueing ----------------------------------------------------------
     def enqueue(self, new: Op, quiet: float | None = None, *, version: bool = False) -> None:
@@ -344,7 +352,7 @@ class WriteBackQueue:
         with self.state.tx():
             hurried = self._db.execute(
                 "UPDATE items SET ready_at=? WHERE node=? AND state='queued' AND ready_at>? AND ready_at<=?",
-                (now, node, now, now + max(self.quiet, self.first_quiet)),
+                (now, node, now, now + self._longest_quiet),
             ).rowcount
             if hurried:
                 self._hint = now
