@@ -31,12 +31,13 @@ from collections.abc import Awaitable, Callable, Collection
 
 import trio
 
-from websync_server.protocol import ROOT_ID, ChangeRows, Changes, Entry, Node
+from websync_server.protocol import KIND_DIR, ROOT_ID, ChangeRows, Changes, Entry, Node
 
 from .backoff import Backoff
 from .errors import Forbidden, Offline, ReadOnly, RemoteError, Unauthorized
 from .remote import Remote
 from .replica import Replica
+from .storepaths import ancestors
 from .invalidation import Invalidation, Notify
 from .writeback import WriteBackQueue
 
@@ -138,11 +139,20 @@ class Applier:
         about to give it on the server: the machine would not show what the
         server keeps there, and could put something else at a name it believes
         free.
+
+        A new place of a node that a queued rename moves waits too (the server
+        refuses that rename, and the uploader then takes the server's
+        placement), and so does a folder's new place inside itself here (the
+        other machine moved ``a`` into ``b`` while this one moved ``b`` into
+        ``a``).  Applied, either gave a folder two names or none, and a folder
+        under itself is a tree without end to anything that walks it.  Such a
+        node keeps its place here, old name and all, until the queue is done.
         """
         if moved is None:
             moved = {e.node for e in entries if e.node is not None}
+        moving = self.queue.moving_nodes() if entries else set()
         waiting: set[tuple[str, str]] = set()
-        staying: set[str] = set()  # moved nodes whose old entry waits
+        staying: set[str] = set()  # moved nodes that keep their place here for now
         for entry in entries:
             key = (entry.parent, entry.name)
             local = self._local_node(entry) if entry.node is None else None
@@ -150,10 +160,20 @@ class Applier:
                 if key in pending_entries:
                     waiting.add(key)
                     staying.add(local)
+            elif entry.node is not None and (entry.node in moving or self._inside_itself(entry)):
+                waiting.add(key)
+                staying.add(entry.node)
             elif self._entry_busy(entry, pending_nodes, pending_entries):
                 waiting.add(key)
-        waiting |= {(e.parent, e.name) for e in entries if e.node is not None and e.node in staying}
+        if staying:
+            # Its new names, and whatever would take its place here from it.
+            waiting |= {(e.parent, e.name) for e in entries if e.node in staying or self._local_node(e) in staying}
         return waiting
+
+    def _inside_itself(self, entry: Entry) -> bool:
+        """True if *entry* puts a folder under itself in this machine's tree."""
+        row = self.replica.by_id(entry.node) if entry.node is not None else None
+        return row is not None and row.kind == KIND_DIR and entry.node in ancestors(self.replica, entry.parent)
 
     def _entry_busy(self, entry: Entry, pending_nodes: set[str], pending_entries: set[tuple[str, str]]) -> bool:
         """True if applying *entry* would hide or replace something not yet uploaded."""

@@ -261,7 +261,8 @@ class Reconciler:
         pending_nodes, pending_entries = self.queue.pending_nodes(), self.queue.pending_entries()
         found.local_only = {k: n for k, n in found.local_only.items()
                             if n not in pending_nodes and k not in pending_entries}
-        found.server_only = {k: n for k, n in found.server_only.items() if k not in pending_entries}
+        moving = self.queue.moving_nodes()
+        found.server_only = {k: n for k, n in found.server_only.items() if k not in pending_entries and n not in moving}
         found.changed = [(r, n) for r, n in found.changed if r.id not in pending_nodes and not self._busy(r.id)]
         self._known_content.clear()
         asked = await self._ask(found, listing)

@@ -275,6 +275,14 @@ class WriteBackQueue:
         )
         return {(p, n) for p, n in rows}
 
+    def moving_nodes(self) -> set[str]:
+        """Nodes a queued rename moves (either node of an exchange): where they are is this machine's to say."""
+        rows = self._db.execute(
+            "SELECT node FROM items WHERE new_name IS NOT NULL"
+            " UNION SELECT json_extract(op, '$.exchange') FROM items WHERE json_extract(op, '$.exchange') IS NOT NULL"
+        )
+        return {n for (n,) in rows}
+
     def pending_parents(self) -> set[str]:
         """Folders that queued items create things in or move things into."""
         rows = self._db.execute(

@@ -257,6 +257,61 @@ def test_a_folder_moved_on_another_machine_while_moved_back_here_has_one_name(ma
     assert machine.local_tree() == machine.server_tree() == {"y": "dir"}
 
 
+@pytest.mark.parametrize("kind", ["dir", "file"])
+def test_a_node_moved_on_another_machine_while_moved_here_has_one_name(machine: OneMachine, kind: str) -> None:
+    """Another machine moves d to y while this one moves d to z: d never has two names here.
+
+    The answer says "d is gone, it is at y".  Here d is gone already, at z,
+    and the queued move names it: the new name waits with that move.  Applied,
+    it gave the node a second name until the move was refused; a folder at two
+    places is a folder inside itself when one place is under the other, and a
+    synced folder listing that tree never came back from it.
+    """
+    vfs = machine.vfs
+    if kind == "dir":
+        vfs.mkdir(ROOT_INO, "d", 0o755)
+    else:
+        fh, _ = vfs.create(ROOT_INO, "d", 0o644, OpenMode(read=False, write=True))
+        trio.run(vfs.release, fh)
+    machine.upload()
+    machine.catch_up()
+    node = machine.replica.lookup(ROOT_ID, "d")
+    assert node is not None
+    machine.remote.store.commit(machine.remote.store_id, "B", new_node_id(), [
+        {"op": "rename", "id": node.id, "parent": ROOT_ID, "name": "d", "new_parent": ROOT_ID, "new_name": "y"},
+    ])
+    vfs.rename(ROOT_INO, "d", ROOT_INO, "z")
+    machine.catch_up()
+    assert machine.local_tree() == {"z": kind}
+    while batch := machine.queue.take():
+        trio.run(machine.uploader.send, batch)
+    machine.catch_up()
+    assert len(machine.queue) == 0
+    assert machine.local_tree() == machine.server_tree() == {"y": kind}
+
+
+def test_folders_moved_into_each_other_on_two_machines_end_as_the_server_has_them(machine: OneMachine) -> None:
+    """Another machine moves a into b while this one moves b into a: never a folder inside itself here."""
+    vfs = machine.vfs
+    vfs.mkdir(ROOT_INO, "a", 0o755)
+    vfs.mkdir(ROOT_INO, "b", 0o755)
+    machine.upload()
+    machine.catch_up()
+    a, b = machine.replica.lookup(ROOT_ID, "a"), machine.replica.lookup(ROOT_ID, "b")
+    assert a is not None and b is not None
+    machine.remote.store.commit(machine.remote.store_id, "B", new_node_id(), [
+        {"op": "rename", "id": a.id, "parent": ROOT_ID, "name": "a", "new_parent": b.id, "new_name": "a"},
+    ])
+    vfs.rename(ROOT_INO, "b", a.ino, "b")
+    machine.catch_up()
+    assert machine.local_tree() == {"a": "dir", "a/b": "dir"}
+    while batch := machine.queue.take():
+        trio.run(machine.uploader.send, batch)
+    machine.catch_up()
+    assert len(machine.queue) == 0
+    assert machine.local_tree() == machine.server_tree() == {"b": "dir", "b/a": "dir"}
+
+
 class ListingRemote:
     """The journal calls of `Remote`, answered by the machine's in-process store in pages of *limit*."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import stat
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from ..replica import NodeRow, Replica
 from .corepaths import join, kind_of
 from .ignore import IgnoreRules
 from .known import LocalSig
+
+log = logging.getLogger(__name__)
 
 
 def local_sig(root: Path, rel: str) -> LocalSig | None:
@@ -110,8 +113,13 @@ def remote_tree(replica: Replica, rules: IgnoreRules, aliases: Aliases | None = 
         children.setdefault(parent, []).append((name, node))
     tree: dict[str, NodeRow] = {}
     stack: list[tuple[str, str]] = [("", ROOT_ID)]
+    seen: set[str] = set()
     while stack:
         rel, node = stack.pop()
+        if node in seen:
+            log.error("the replica's tree holds folder %s twice (again at %r): shown once", node, rel)
+            continue
+        seen.add(node)
         kept: list[tuple[str, NodeRow]] = []
         for name, child in children.get(node, []):
             row = nodes.get(child)
