@@ -19,6 +19,9 @@ create ...  missing,     the folder was deleted elsewhere: ours goes to the
 delete      changed      edited elsewhere: the edit wins, the file comes back
 delete      not_empty    files were added elsewhere: the folder comes back
 delete      missing      already gone: nothing to do
+link        exists       the name was taken elsewhere: a conflict name
+link        missing      the file was deleted elsewhere: it comes back (restore)
+                         at the new name; a folder deleted elsewhere: as create
 rename      exists       the new name was taken elsewhere: a conflict name
 rename      other        the source moved or vanished elsewhere: the server's
                          placement is taken; a file deleted elsewhere comes back
@@ -167,7 +170,8 @@ def _first_remote_error(group: BaseExceptionGroup[BaseException]) -> RemoteError
     return leaf
 
 
-_MADE = (OP_CREATE, OP_MKDIR, OP_SYMLINK, OP_MKNOD)
+#: Ops that give a node a name of its own: one taken elsewhere makes it a conflict name.
+_NAMED = (OP_CREATE, OP_MKDIR, OP_SYMLINK, OP_MKNOD, OP_LINK)
 _NODE_OPS = (OP_CREATE, OP_MKDIR, OP_SYMLINK, OP_MKNOD, OP_UPDATE, OP_SETATTR)
 
 
@@ -572,9 +576,14 @@ class Uploader:
             self._update_conflict(item, op, conflict, inv)
         elif kind == OP_MKDIR and reason == CONFLICT_EXISTS and conflict.node and conflict.node.kind == KIND_DIR:
             self._merge_folders(item, op, conflict.node, inv)
-        elif kind in _MADE and reason == CONFLICT_EXISTS and conflict.node and conflict.node.id == op["id"]:
+        elif kind == OP_LINK and reason == CONFLICT_MISSING and (conflict.node is None or conflict.node.deleted):
+            # The file was deleted elsewhere while it got a new name here: that name says the
+            # file is wanted, so it comes back there (content and history).
+            self.queue.replace(item, Restore(id=NodeId(op["id"]), parent=op["parent"], name=op["name"]))
+            log.warning("%s was deleted on another machine while linked here: restored", op["name"])
+        elif kind in _NAMED and reason == CONFLICT_EXISTS and conflict.node and conflict.node.id == op["id"]:
             self._already_made(item, op, conflict.node)
-        elif kind in _MADE:
+        elif kind in _NAMED:
             self._create_conflict(item, op, reason, inv)
         elif kind == OP_DELETE:
             with self.replica.tx():
@@ -621,7 +630,7 @@ class Uploader:
                     op = _as_create(op, fresh, parent, name, row).to_wire()
                     self.queue.replace(item, op)
                 kind, where = OP_CREATE, name
-        if kind in _MADE:
+        if kind in _NAMED:
             self._create_conflict(item, op, "refused", inv)
             note = f"{where!r} was refused {SETTLE_AFTER} times ({conflict.reason}): kept in the top folder"
         else:
@@ -657,10 +666,13 @@ class Uploader:
                 log.warning("%s was changed on another machine too: this machine's version is now %r",
                             name, copy_name)
             else:
-                # Deleted elsewhere while edited here: the edit wins under a new id.
+                # Deleted elsewhere while edited here: the edit wins under a new id.  The
+                # changes before this one went through as they are (the server refuses the
+                # first that fails): they keep the old id, or a create of it ahead in this
+                # batch would make the new id twice.
                 fresh = new_node_id()
                 self.replica.remap(op["id"], fresh)
-                self.queue.remap(op["id"], fresh)
+                self.queue.remap(op["id"], fresh, since=item.n)
                 self.queue.replace(item, _as_create(op, fresh, parent, name, row))
                 log.warning("%s was deleted on another machine while edited here: keeping the edit", name)
 

@@ -571,10 +571,12 @@ class WriteBackQueue:
                 self._protect(op.get("blocks", ()))
             self._unprotect(item.blocks)
 
-    def remap(self, old: str, new: str) -> None:
-        """Rewrite every queued reference to node *old* as *new*."""
+    def remap(self, old: str, new: str, since: int = 0) -> None:
+        """Rewrite every queued reference to node *old* as *new* (in items *since* and after)."""
         with self._tx():
             for item in self.items():
+                if item.n < since:
+                    continue
                 op = item.op
                 changed = False
                 for key in ("id", "parent", "new_parent", "replace", "exchange"):

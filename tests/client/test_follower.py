@@ -312,6 +312,68 @@ def test_folders_moved_into_each_other_on_two_machines_end_as_the_server_has_the
     assert machine.local_tree() == machine.server_tree() == {"b": "dir", "b/a": "dir"}
 
 
+def _send_all(machine: OneMachine) -> None:
+    """Send the queue as the uploader's loop would, refusals settled; a settlement that never ends fails."""
+    for _ in range(50):
+        batch = machine.queue.take()
+        if not batch:
+            return
+        trio.run(machine.uploader.send, batch)
+    raise AssertionError(f"the queue never empties: {machine.uploader.held}")
+
+
+def _theirs(machine: OneMachine, *ops: dict[str, Any]) -> None:
+    """Another machine's commit."""
+    machine.remote.store.commit(machine.remote.store_id, "B", new_node_id(), list(ops))
+
+
+def test_a_hard_link_to_a_name_taken_elsewhere_keeps_the_file_under_a_conflict_name(machine: OneMachine) -> None:
+    """ln b/f0.txt f0.txt; rm b/f0.txt -- while another machine made its own f0.txt at the top.
+
+    The link was refused (the name is taken) and dropped: this machine kept
+    the file at f0.txt, the server deleted it with its only other name, and
+    every later change of it was refused and settled again, without end.
+    """
+    vfs = machine.vfs
+    vfs.mkdir(ROOT_INO, "b", 0o755)
+    machine.upload()
+    machine.catch_up()
+    b = machine.replica.lookup(ROOT_ID, "b")
+    assert b is not None
+    _theirs(machine, {"op": "create", "id": new_node_id(), "parent": ROOT_ID, "name": "f0.txt", "mode": 0o644,
+                      "mtime_ns": 1, "size": 0, "blocks": []})
+    fh, attr = vfs.create(b.ino, "f0.txt", 0o600, OpenMode(read=False, write=True))
+    trio.run(vfs.release, fh)
+    vfs.link(attr.ino, ROOT_INO, "f0.txt")
+    vfs.unlink(b.ino, "f0.txt")
+    _send_all(machine)
+    machine.catch_up()
+    assert len(machine.queue) == 0
+    tree = machine.local_tree()
+    assert tree == machine.server_tree()
+    copies = [name for name in tree if name.startswith("f0 (conflict from A")]
+    assert sorted(tree) == ["b", *copies, "f0.txt"] and len(copies) == 1
+    mine = machine.replica.lookup(ROOT_ID, copies[0])
+    assert mine is not None and mine.id == machine.replica.by_id(mine.id).id and mine.mode & 0o777 == 0o600
+
+
+def test_a_hard_link_to_a_file_deleted_elsewhere_brings_the_file_back_at_the_new_name(machine: OneMachine) -> None:
+    """Another machine deletes f while this one links it as g: g says the file is wanted."""
+    vfs = machine.vfs
+    fh, attr = vfs.create(ROOT_INO, "f", 0o644, OpenMode(read=False, write=True))
+    trio.run(vfs.release, fh)
+    machine.upload()
+    machine.catch_up()
+    node = machine.replica.lookup(ROOT_ID, "f")
+    assert node is not None
+    _theirs(machine, {"op": "delete", "id": node.id, "parent": ROOT_ID, "name": "f"})
+    vfs.link(attr.ino, ROOT_INO, "g")
+    _send_all(machine)
+    machine.catch_up()
+    assert len(machine.queue) == 0
+    assert machine.local_tree() == machine.server_tree() == {"g": "file"}
+
+
 class ListingRemote:
     """The journal calls of `Remote`, answered by the machine's in-process store in pages of *limit*."""
 
