@@ -782,6 +782,11 @@ class Uploader:
         assert node is not None
         self.replica.apply_node(node)
         self.replica.set_orphan(node.id, False)
+        if self.replica.entries_of(node.id):
+            # Back at a place here already (the journal put it there, or this machine did):
+            # a second name would show a folder twice, or inside itself.
+            log.warning("%s was changed on another machine after it was deleted here: kept", op["name"])
+            return
         name = op["name"]
         if self.replica.lookup(op["parent"], name) is not None:
             name = self._free_name(op["parent"], name)

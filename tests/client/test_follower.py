@@ -374,6 +374,33 @@ def test_a_hard_link_to_a_file_deleted_elsewhere_brings_the_file_back_at_the_new
     assert machine.local_tree() == machine.server_tree() == {"g": "file"}
 
 
+def test_a_folder_restored_after_a_refused_delete_keeps_the_one_place_it_has_here(machine: OneMachine) -> None:
+    """rmdir d here while another machine puts a file in d; d is back at d here before the refusal is settled.
+
+    The refused delete restores d (a file is in it now).  It took a conflict
+    name when d's own name was taken, also when d itself held it: the folder
+    then had two names here and was listed twice by a synced folder.  How d
+    came back does not matter to the rule (the journal, a move of this
+    machine's); here its entry is put back directly.
+    """
+    vfs = machine.vfs
+    vfs.mkdir(ROOT_INO, "d", 0o755)
+    machine.upload()
+    machine.catch_up()
+    d = machine.replica.lookup(ROOT_ID, "d")
+    assert d is not None
+    _theirs(machine, {"op": "create", "id": new_node_id(), "parent": d.id, "name": "x", "mode": 0o644,
+                      "mtime_ns": 1, "size": 0, "blocks": []})
+    vfs.rmdir(ROOT_INO, "d")
+    with machine.replica.tx():
+        machine.replica.set_entry(ROOT_ID, "d", d.id)
+    _send_all(machine)
+    assert machine.replica.entries_of(d.id) == [(ROOT_ID, "d")]
+    machine.catch_up()
+    assert len(machine.queue) == 0
+    assert machine.local_tree() == machine.server_tree() == {"d": "dir", "d/x": "file"}
+
+
 class ListingRemote:
     """The journal calls of `Remote`, answered by the machine's in-process store in pages of *limit*."""
 
