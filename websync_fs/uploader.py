@@ -724,8 +724,14 @@ class Uploader:
                     free = self._free_name(theirs.id, name)
                     self._move_entry(ours, name, free, _row.id, inv)
                     self.queue.remap_entry(ours, name, ours, free, _row.id)
+            if self.replica.entries_of(theirs.id):
+                # The journal has put their folder elsewhere since (moved on the other machine):
+                # the one folder is where the server has it, not at a second place here.
+                for parent, name in self.replica.entries_of(ours):
+                    self.replica.remove_entry(parent, name)
+                    self._entry_changed(parent, name, inv)
             if self.replica.by_id(theirs.id) is not None:
-                # Known here only through the journal (its name was ours): ours takes its place.
+                # Known here through the journal (at our name, or where it went since): ours takes its place.
                 self.replica.drop_node(theirs.id)
             self.replica.remap(ours, theirs.id, seq=theirs.seq)
             self.queue.replace(item, None)

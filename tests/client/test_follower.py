@@ -401,6 +401,45 @@ def test_a_folder_restored_after_a_refused_delete_keeps_the_one_place_it_has_her
     assert machine.local_tree() == machine.server_tree() == {"d": "dir", "d/x": "file"}
 
 
+def test_a_folder_made_on_both_machines_and_then_moved_there_is_one_folder_at_its_new_place(
+    machine: OneMachine,
+) -> None:
+    """mkdir a on both machines; the other then moves its a into b while this one's mkdir is being refused.
+
+    The journal's move arrives before the refusal is settled.  The merge gave
+    the one folder both places here: a at the top (this machine's) and b/a
+    (the journal's).
+    """
+    vfs = machine.vfs
+    vfs.mkdir(ROOT_INO, "b", 0o755)
+    machine.upload()
+    machine.catch_up()
+    b = machine.replica.lookup(ROOT_ID, "b")
+    assert b is not None
+    theirs = new_node_id()
+    _theirs(machine, {"op": "mkdir", "id": theirs, "parent": ROOT_ID, "name": "a", "mode": 0o755, "mtime_ns": 1})
+    vfs.mkdir(ROOT_INO, "a", 0o755)
+    commit = machine.remote.commit
+
+    async def refused_then_moved(batch: str, ops: list[dict[str, Any]]) -> int:
+        try:
+            return await commit(batch, ops)
+        except CommitConflict:
+            # While the refusal comes back, the other machine moves its folder and the journal says so.
+            _theirs(machine, {"op": "rename", "id": theirs, "parent": ROOT_ID, "name": "a",
+                              "new_parent": b.id, "new_name": "a"})
+            machine.catch_up()
+            raise
+
+    machine.remote.commit = refused_then_moved  # type: ignore[method-assign]
+    _send_all(machine)
+    assert machine.replica.entries_of(theirs) == [(b.id, "a")]
+    machine.remote.commit = commit  # type: ignore[method-assign]
+    machine.catch_up()
+    assert len(machine.queue) == 0
+    assert machine.local_tree() == machine.server_tree() == {"b": "dir", "b/a": "dir"}
+
+
 class ListingRemote:
     """The journal calls of `Remote`, answered by the machine's in-process store in pages of *limit*."""
 
