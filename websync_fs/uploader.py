@@ -56,6 +56,7 @@ from websync_server.protocol import (
     OP_UPDATE,
     ROOT_ID,
     Create,
+    Rename,
     Restore,
     Update,
     BlockHash,
@@ -795,7 +796,12 @@ class Uploader:
             return
         name = op["name"]
         if self.replica.lookup(op["parent"], name) is not None:
+            # Something new here took its name.  The server keeps the node at that name, so
+            # it moves there too: a name of this machine's own would leave the two apart (and
+            # the journal's next move of it would give it a second name here).
             name = self._free_name(op["parent"], name)
+            self.queue.enqueue(Rename(id=node.id, parent=op["parent"], name=op["name"],
+                                      new_parent=op["parent"], new_name=name))
         self.replica.set_entry(op["parent"], name, node.id, node.seq)
         self._entry_changed(op["parent"], name, inv)
         log.warning("%s was changed on another machine after it was deleted here: restored", name)

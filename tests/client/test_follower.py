@@ -440,6 +440,56 @@ def test_a_folder_made_on_both_machines_and_then_moved_there_is_one_folder_at_it
     assert machine.local_tree() == machine.server_tree() == {"b": "dir", "b/a": "dir"}
 
 
+@pytest.mark.parametrize("moved", [False, True])
+def test_a_folder_restored_beside_a_new_one_of_its_name_is_there_on_the_server_too(
+    machine: OneMachine, moved: bool,
+) -> None:
+    """rmdir d; mkdir d here while another machine puts a file in d (and, *moved*, then moves d to dm).
+
+    The refused delete restores d, whose name the new d holds here: the old
+    one took a conflict name this machine alone knew, and the journal's later
+    move of it gave it a second name here.  The rename to that name now goes
+    to the server too (or, moved meanwhile, takes the server's placement).
+    """
+    vfs = machine.vfs
+    vfs.mkdir(ROOT_INO, "d", 0o755)
+    machine.upload()
+    machine.catch_up()
+    old = machine.replica.lookup(ROOT_ID, "d")
+    assert old is not None
+    _theirs(machine, {"op": "create", "id": new_node_id(), "parent": old.id, "name": "x", "mode": 0o644,
+                      "mtime_ns": 1, "size": 0, "blocks": []})
+    vfs.rmdir(ROOT_INO, "d")
+    vfs.mkdir(ROOT_INO, "d", 0o755)
+    commit = machine.remote.commit
+
+    async def then_moved(batch: str, ops: list[dict[str, Any]]) -> int:
+        try:
+            return await commit(batch, ops)
+        except CommitConflict:
+            if moved and ops[0]["op"] == "delete":
+                _theirs(machine, {"op": "rename", "id": old.id, "parent": ROOT_ID, "name": "d",
+                                  "new_parent": ROOT_ID, "new_name": "dm"})
+            raise
+        finally:
+            machine.catch_up()
+            assert all(len(machine.replica.entries_of(n)) <= 1 for n in (old.id,)), "a folder with two names"
+
+    machine.remote.commit = then_moved  # type: ignore[method-assign]
+    _send_all(machine)
+    machine.remote.commit = commit  # type: ignore[method-assign]
+    machine.catch_up()
+    assert len(machine.queue) == 0
+    tree = machine.local_tree()
+    assert tree == machine.server_tree()
+    if moved:
+        assert tree == {"dm": "dir", "dm/x": "file", "d": "dir"}
+    else:
+        # The new d was merged into the old one, which keeps the conflict name on both sides.
+        (folder,) = [name for name in tree if "/" not in name]
+        assert folder.startswith("d (conflict from A ") and tree == {folder: "dir", f"{folder}/x": "file"}
+
+
 class ListingRemote:
     """The journal calls of `Remote`, answered by the machine's in-process store in pages of *limit*."""
 

@@ -117,7 +117,8 @@ def remote_tree(replica: Replica, rules: IgnoreRules, aliases: Aliases | None = 
     while stack:
         rel, node = stack.pop()
         if node in seen:
-            log.error("the replica's tree holds folder %s twice (again at %r): shown once", node, rel)
+            # A state settling a conflict can leave for a moment, and the walk must end.
+            log.warning("the replica's tree holds folder %s twice (again at %r): shown once", node, rel)
             continue
         seen.add(node)
         kept: list[tuple[str, NodeRow]] = []
