@@ -168,7 +168,27 @@ class Applier:
         if staying:
             # Its new names, and whatever would take its place here from it.
             waiting |= {(e.parent, e.name) for e in entries if e.node in staying or self._local_node(e) in staying}
-        return waiting
+        return waiting | self._kept_apart(entries, waiting)
+
+    def _kept_apart(self, entries: Collection[Entry], waiting: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        """New places of folders whose place here stays meanwhile: they wait with it.
+
+        A folder has one place.  While the record that frees its old one waits
+        (the other machine made a new folder at the old name, and this one has
+        a file not yet sent in the old folder), or no record here frees it,
+        its new place waits too.
+        """
+        folders = {e.node: self.replica.entries_of(e.node) for e in entries
+                   if e.node is not None and (row := self.replica.by_id(e.node)) is not None and row.kind == KIND_DIR}
+        held: set[tuple[str, str]] = set()
+        while True:  # a held place may be another folder's old one
+            freed = {(e.parent, e.name) for e in entries} - waiting - held
+            more = {(e.parent, e.name) for e in entries
+                    if e.node in folders and (e.parent, e.name) in freed
+                    and any(place != (e.parent, e.name) and place not in freed for place in folders[e.node])}
+            if not more:
+                return held
+            held |= more
 
     def _inside_itself(self, entry: Entry) -> bool:
         """True if *entry* puts a folder under itself in this machine's tree."""

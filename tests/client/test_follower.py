@@ -490,6 +490,32 @@ def test_a_folder_restored_beside_a_new_one_of_its_name_is_there_on_the_server_t
         assert folder.startswith("d (conflict from A ") and tree == {folder: "dir", f"{folder}/x": "file"}
 
 
+def test_a_folder_renamed_elsewhere_whose_old_name_waits_here_has_one_name(machine: OneMachine) -> None:
+    """Another machine: mv a a2; mkdir a.  This one: a new file in a, not yet sent.
+
+    The answer says "a is the new folder, the old one is at a2".  The new a
+    waits (the old folder holds a file not yet sent); the old folder's new
+    name a2 applied at once gave it two names here, a and a2.
+    """
+    vfs = machine.vfs
+    vfs.mkdir(ROOT_INO, "a", 0o755)
+    machine.upload()
+    machine.catch_up()
+    a = machine.replica.lookup(ROOT_ID, "a")
+    assert a is not None
+    _theirs(machine,
+            {"op": "rename", "id": a.id, "parent": ROOT_ID, "name": "a", "new_parent": ROOT_ID, "new_name": "a2"},
+            {"op": "mkdir", "id": new_node_id(), "parent": ROOT_ID, "name": "a", "mode": 0o755, "mtime_ns": 1})
+    fh, _ = vfs.create(a.ino, "f", 0o644, OpenMode(read=False, write=True))
+    trio.run(vfs.release, fh)
+    machine.catch_up()
+    assert machine.replica.entries_of(a.id) == [(ROOT_ID, "a")]
+    _send_all(machine)
+    machine.catch_up()
+    assert len(machine.queue) == 0
+    assert machine.local_tree() == machine.server_tree() == {"a": "dir", "a2": "dir", "a2/f": "file"}
+
+
 class ListingRemote:
     """The journal calls of `Remote`, answered by the machine's in-process store in pages of *limit*."""
 
