@@ -8,8 +8,9 @@ machine to happen through the kernel happens here every time.
 
 from __future__ import annotations
 
+import contextlib
 import errno
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,59 +258,51 @@ def test_a_folder_moved_on_another_machine_while_moved_back_here_has_one_name(ma
     assert machine.local_tree() == machine.server_tree() == {"y": "dir"}
 
 
-@pytest.mark.parametrize("kind", ["dir", "file"])
-def test_a_node_moved_on_another_machine_while_moved_here_has_one_name(machine: OneMachine, kind: str) -> None:
-    """Another machine moves d to y while this one moves d to z: d never has two names here.
-
-    The answer says "d is gone, it is at y".  Here d is gone already, at z,
-    and the queued move names it: the new name waits with that move.  Applied,
-    it gave the node a second name until the move was refused; a folder at two
-    places is a folder inside itself when one place is under the other, and a
-    synced folder listing that tree never came back from it.
-    """
-    vfs = machine.vfs
+def _synced(machine: OneMachine, name: str, kind: str = "dir", parent_ino: int = ROOT_INO) -> Any:
+    """A folder or an empty file *name* made here, sent and heard back: its replica row."""
     if kind == "dir":
-        vfs.mkdir(ROOT_INO, "d", 0o755)
+        machine.vfs.mkdir(parent_ino, name, 0o755)
     else:
-        fh, _ = vfs.create(ROOT_INO, "d", 0o644, OpenMode(read=False, write=True))
-        trio.run(vfs.release, fh)
+        fh, _ = machine.vfs.create(parent_ino, name, 0o644, OpenMode(read=False, write=True))
+        trio.run(machine.vfs.release, fh)
     machine.upload()
     machine.catch_up()
-    node = machine.replica.lookup(ROOT_ID, "d")
-    assert node is not None
-    machine.remote.store.commit(machine.remote.store_id, "B", new_node_id(), [
-        {"op": "rename", "id": node.id, "parent": ROOT_ID, "name": "d", "new_parent": ROOT_ID, "new_name": "y"},
-    ])
-    vfs.rename(ROOT_INO, "d", ROOT_INO, "z")
-    machine.catch_up()
-    assert machine.local_tree() == {"z": kind}
-    while batch := machine.queue.take():
-        trio.run(machine.uploader.send, batch)
-    machine.catch_up()
-    assert len(machine.queue) == 0
-    assert machine.local_tree() == machine.server_tree() == {"y": kind}
+    parent = machine.replica.get(parent_ino)
+    assert parent is not None
+    row = machine.replica.lookup(parent.id, name)
+    assert row is not None
+    return row
 
 
-def test_folders_moved_into_each_other_on_two_machines_end_as_the_server_has_them(machine: OneMachine) -> None:
-    """Another machine moves a into b while this one moves b into a: never a folder inside itself here."""
-    vfs = machine.vfs
-    vfs.mkdir(ROOT_INO, "a", 0o755)
-    vfs.mkdir(ROOT_INO, "b", 0o755)
-    machine.upload()
-    machine.catch_up()
-    a, b = machine.replica.lookup(ROOT_ID, "a"), machine.replica.lookup(ROOT_ID, "b")
-    assert a is not None and b is not None
-    machine.remote.store.commit(machine.remote.store_id, "B", new_node_id(), [
-        {"op": "rename", "id": a.id, "parent": ROOT_ID, "name": "a", "new_parent": b.id, "new_name": "a"},
-    ])
-    vfs.rename(ROOT_INO, "b", a.ino, "b")
-    machine.catch_up()
-    assert machine.local_tree() == {"a": "dir", "a/b": "dir"}
-    while batch := machine.queue.take():
-        trio.run(machine.uploader.send, batch)
-    machine.catch_up()
-    assert len(machine.queue) == 0
-    assert machine.local_tree() == machine.server_tree() == {"b": "dir", "b/a": "dir"}
+def _their_file(parent: str, name: str) -> dict[str, Any]:
+    return {"op": "create", "id": new_node_id(), "parent": parent, "name": name, "mode": 0o644,
+            "mtime_ns": 1, "size": 0, "blocks": []}
+
+
+@contextlib.contextmanager
+def _refusals_meet(machine: OneMachine, meanwhile: Callable[[list[dict[str, Any]]], None],
+                   check: Callable[[], bool] = lambda: True) -> Iterator[None]:
+    """While inside, a refused commit's ops meet *meanwhile* (another machine's work) and the journal's answer.
+
+    *check* must hold after every commit, refused or not.
+    """
+    commit = machine.remote.commit
+
+    async def answered(batch: str, ops: list[dict[str, Any]]) -> int:
+        try:
+            return await commit(batch, ops)
+        except CommitConflict:
+            meanwhile(ops)
+            raise
+        finally:
+            machine.catch_up()
+            assert check()
+
+    machine.remote.commit = answered  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        machine.remote.commit = commit  # type: ignore[method-assign]
 
 
 def _send_all(machine: OneMachine) -> None:
@@ -327,6 +320,42 @@ def _theirs(machine: OneMachine, *ops: dict[str, Any]) -> None:
     machine.remote.store.commit(machine.remote.store_id, "B", new_node_id(), list(ops))
 
 
+@pytest.mark.parametrize("kind", ["dir", "file"])
+def test_a_node_moved_on_another_machine_while_moved_here_has_one_name(machine: OneMachine, kind: str) -> None:
+    """Another machine moves d to y while this one moves d to z: d never has two names here.
+
+    The answer says "d is gone, it is at y".  Here d is gone already, at z,
+    and the queued move names it: the new name waits with that move.  Applied,
+    it gave the node a second name until the move was refused; a folder at two
+    places is a folder inside itself when one place is under the other, and a
+    synced folder listing that tree never came back from it.
+    """
+    node = _synced(machine, "d", kind)
+    _theirs(machine, {"op": "rename", "id": node.id, "parent": ROOT_ID, "name": "d", "new_parent": ROOT_ID,
+                      "new_name": "y"})
+    machine.vfs.rename(ROOT_INO, "d", ROOT_INO, "z")
+    machine.catch_up()
+    assert machine.local_tree() == {"z": kind}
+    _send_all(machine)
+    machine.catch_up()
+    assert len(machine.queue) == 0
+    assert machine.local_tree() == machine.server_tree() == {"y": kind}
+
+
+def test_folders_moved_into_each_other_on_two_machines_end_as_the_server_has_them(machine: OneMachine) -> None:
+    """Another machine moves a into b while this one moves b into a: never a folder inside itself here."""
+    a, b = _synced(machine, "a"), _synced(machine, "b")
+    _theirs(machine, {"op": "rename", "id": a.id, "parent": ROOT_ID, "name": "a", "new_parent": b.id,
+                      "new_name": "a"})
+    machine.vfs.rename(ROOT_INO, "b", a.ino, "b")
+    machine.catch_up()
+    assert machine.local_tree() == {"a": "dir", "a/b": "dir"}
+    _send_all(machine)
+    machine.catch_up()
+    assert len(machine.queue) == 0
+    assert machine.local_tree() == machine.server_tree() == {"b": "dir", "b/a": "dir"}
+
+
 def test_a_hard_link_to_a_name_taken_elsewhere_keeps_the_file_under_a_conflict_name(machine: OneMachine) -> None:
     """ln b/f0.txt f0.txt; rm b/f0.txt -- while another machine made its own f0.txt at the top.
 
@@ -335,13 +364,8 @@ def test_a_hard_link_to_a_name_taken_elsewhere_keeps_the_file_under_a_conflict_n
     every later change of it was refused and settled again, without end.
     """
     vfs = machine.vfs
-    vfs.mkdir(ROOT_INO, "b", 0o755)
-    machine.upload()
-    machine.catch_up()
-    b = machine.replica.lookup(ROOT_ID, "b")
-    assert b is not None
-    _theirs(machine, {"op": "create", "id": new_node_id(), "parent": ROOT_ID, "name": "f0.txt", "mode": 0o644,
-                      "mtime_ns": 1, "size": 0, "blocks": []})
+    b = _synced(machine, "b")
+    _theirs(machine, _their_file(ROOT_ID, "f0.txt"))
     fh, attr = vfs.create(b.ino, "f0.txt", 0o600, OpenMode(read=False, write=True))
     trio.run(vfs.release, fh)
     vfs.link(attr.ino, ROOT_INO, "f0.txt")
@@ -359,15 +383,9 @@ def test_a_hard_link_to_a_name_taken_elsewhere_keeps_the_file_under_a_conflict_n
 
 def test_a_hard_link_to_a_file_deleted_elsewhere_brings_the_file_back_at_the_new_name(machine: OneMachine) -> None:
     """Another machine deletes f while this one links it as g: g says the file is wanted."""
-    vfs = machine.vfs
-    fh, attr = vfs.create(ROOT_INO, "f", 0o644, OpenMode(read=False, write=True))
-    trio.run(vfs.release, fh)
-    machine.upload()
-    machine.catch_up()
-    node = machine.replica.lookup(ROOT_ID, "f")
-    assert node is not None
+    node = _synced(machine, "f", "file")
     _theirs(machine, {"op": "delete", "id": node.id, "parent": ROOT_ID, "name": "f"})
-    vfs.link(attr.ino, ROOT_INO, "g")
+    machine.vfs.link(node.ino, ROOT_INO, "g")
     _send_all(machine)
     machine.catch_up()
     assert len(machine.queue) == 0
@@ -383,15 +401,9 @@ def test_a_folder_restored_after_a_refused_delete_keeps_the_one_place_it_has_her
     came back does not matter to the rule (the journal, a move of this
     machine's); here its entry is put back directly.
     """
-    vfs = machine.vfs
-    vfs.mkdir(ROOT_INO, "d", 0o755)
-    machine.upload()
-    machine.catch_up()
-    d = machine.replica.lookup(ROOT_ID, "d")
-    assert d is not None
-    _theirs(machine, {"op": "create", "id": new_node_id(), "parent": d.id, "name": "x", "mode": 0o644,
-                      "mtime_ns": 1, "size": 0, "blocks": []})
-    vfs.rmdir(ROOT_INO, "d")
+    d = _synced(machine, "d")
+    _theirs(machine, _their_file(d.id, "x"))
+    machine.vfs.rmdir(ROOT_INO, "d")
     with machine.replica.tx():
         machine.replica.set_entry(ROOT_ID, "d", d.id)
     _send_all(machine)
@@ -410,31 +422,19 @@ def test_a_folder_made_on_both_machines_and_then_moved_there_is_one_folder_at_it
     the one folder both places here: a at the top (this machine's) and b/a
     (the journal's).
     """
-    vfs = machine.vfs
-    vfs.mkdir(ROOT_INO, "b", 0o755)
-    machine.upload()
-    machine.catch_up()
-    b = machine.replica.lookup(ROOT_ID, "b")
-    assert b is not None
+    b = _synced(machine, "b")
     theirs = new_node_id()
     _theirs(machine, {"op": "mkdir", "id": theirs, "parent": ROOT_ID, "name": "a", "mode": 0o755, "mtime_ns": 1})
-    vfs.mkdir(ROOT_INO, "a", 0o755)
-    commit = machine.remote.commit
+    machine.vfs.mkdir(ROOT_INO, "a", 0o755)
 
-    async def refused_then_moved(batch: str, ops: list[dict[str, Any]]) -> int:
-        try:
-            return await commit(batch, ops)
-        except CommitConflict:
-            # While the refusal comes back, the other machine moves its folder and the journal says so.
-            _theirs(machine, {"op": "rename", "id": theirs, "parent": ROOT_ID, "name": "a",
-                              "new_parent": b.id, "new_name": "a"})
-            machine.catch_up()
-            raise
+    def moved(ops: list[dict[str, Any]]) -> None:
+        # While the refusal comes back, the other machine moves its folder and the journal says so.
+        _theirs(machine, {"op": "rename", "id": theirs, "parent": ROOT_ID, "name": "a",
+                          "new_parent": b.id, "new_name": "a"})
 
-    machine.remote.commit = refused_then_moved  # type: ignore[method-assign]
-    _send_all(machine)
+    with _refusals_meet(machine, moved):
+        _send_all(machine)
     assert machine.replica.entries_of(theirs) == [(b.id, "a")]
-    machine.remote.commit = commit  # type: ignore[method-assign]
     machine.catch_up()
     assert len(machine.queue) == 0
     assert machine.local_tree() == machine.server_tree() == {"b": "dir", "b/a": "dir"}
@@ -451,33 +451,18 @@ def test_a_folder_restored_beside_a_new_one_of_its_name_is_there_on_the_server_t
     move of it gave it a second name here.  The rename to that name now goes
     to the server too (or, moved meanwhile, takes the server's placement).
     """
-    vfs = machine.vfs
-    vfs.mkdir(ROOT_INO, "d", 0o755)
-    machine.upload()
-    machine.catch_up()
-    old = machine.replica.lookup(ROOT_ID, "d")
-    assert old is not None
-    _theirs(machine, {"op": "create", "id": new_node_id(), "parent": old.id, "name": "x", "mode": 0o644,
-                      "mtime_ns": 1, "size": 0, "blocks": []})
-    vfs.rmdir(ROOT_INO, "d")
-    vfs.mkdir(ROOT_INO, "d", 0o755)
-    commit = machine.remote.commit
+    old = _synced(machine, "d")
+    _theirs(machine, _their_file(old.id, "x"))
+    machine.vfs.rmdir(ROOT_INO, "d")
+    machine.vfs.mkdir(ROOT_INO, "d", 0o755)
 
-    async def then_moved(batch: str, ops: list[dict[str, Any]]) -> int:
-        try:
-            return await commit(batch, ops)
-        except CommitConflict:
-            if moved and ops[0]["op"] == "delete":
-                _theirs(machine, {"op": "rename", "id": old.id, "parent": ROOT_ID, "name": "d",
-                                  "new_parent": ROOT_ID, "new_name": "dm"})
-            raise
-        finally:
-            machine.catch_up()
-            assert all(len(machine.replica.entries_of(n)) <= 1 for n in (old.id,)), "a folder with two names"
+    def meanwhile(ops: list[dict[str, Any]]) -> None:
+        if moved and ops[0]["op"] == "delete":
+            _theirs(machine, {"op": "rename", "id": old.id, "parent": ROOT_ID, "name": "d",
+                              "new_parent": ROOT_ID, "new_name": "dm"})
 
-    machine.remote.commit = then_moved  # type: ignore[method-assign]
-    _send_all(machine)
-    machine.remote.commit = commit  # type: ignore[method-assign]
+    with _refusals_meet(machine, meanwhile, check=lambda: len(machine.replica.entries_of(old.id)) <= 1):
+        _send_all(machine)
     machine.catch_up()
     assert len(machine.queue) == 0
     tree = machine.local_tree()
@@ -498,11 +483,7 @@ def test_a_folder_renamed_elsewhere_whose_old_name_waits_here_has_one_name(machi
     name a2 applied at once gave it two names here, a and a2.
     """
     vfs = machine.vfs
-    vfs.mkdir(ROOT_INO, "a", 0o755)
-    machine.upload()
-    machine.catch_up()
-    a = machine.replica.lookup(ROOT_ID, "a")
-    assert a is not None
+    a = _synced(machine, "a")
     _theirs(machine,
             {"op": "rename", "id": a.id, "parent": ROOT_ID, "name": "a", "new_parent": ROOT_ID, "new_name": "a2"},
             {"op": "mkdir", "id": new_node_id(), "parent": ROOT_ID, "name": "a", "mode": 0o755, "mtime_ns": 1})
