@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Collection
 
 import trio
 
-from websync_server.protocol import KIND_DIR, ROOT_ID, ChangeRows, Changes, Entry, Node
+from websync_server.protocol import KIND_DIR, ROOT_ID, ChangeRows, Changes, Entry, Node, NodeId
 
 from .backoff import Backoff
 from .errors import Forbidden, Offline, ReadOnly, RemoteError, Unauthorized
@@ -151,6 +151,9 @@ class Applier:
         if moved is None:
             moved = {e.node for e in entries if e.node is not None}
         moving = self.queue.moving_nodes() if entries else set()
+        # The folders these records name, with their places here: one look each, for both checks below.
+        folders = {e.node: self.replica.entries_of(e.node) for e in entries
+                   if e.node is not None and (row := self.replica.by_id(e.node)) is not None and row.kind == KIND_DIR}
         waiting: set[tuple[str, str]] = set()
         staying: set[str] = set()  # moved nodes that keep their place here for now
         for entry in entries:
@@ -160,7 +163,7 @@ class Applier:
                 if key in pending_entries:
                     waiting.add(key)
                     staying.add(local)
-            elif entry.node is not None and (entry.node in moving or self._inside_itself(entry)):
+            elif entry.node is not None and (entry.node in moving or self._inside_itself(entry, folders)):
                 waiting.add(key)
                 staying.add(entry.node)
             elif self._entry_busy(entry, pending_nodes, pending_entries):
@@ -168,9 +171,11 @@ class Applier:
         if staying:
             # Its new names, and whatever would take its place here from it.
             waiting |= {(e.parent, e.name) for e in entries if e.node in staying or self._local_node(e) in staying}
-        return waiting | self._kept_apart(entries, waiting)
+        return waiting | self._kept_apart(entries, waiting, folders)
 
-    def _kept_apart(self, entries: Collection[Entry], waiting: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    @staticmethod
+    def _kept_apart(entries: Collection[Entry], waiting: set[tuple[str, str]],
+                    folders: dict[NodeId, list[tuple[NodeId, str]]]) -> set[tuple[str, str]]:
         """New places of folders whose place here stays meanwhile: they wait with it.
 
         A folder has one place.  While the record that frees its old one waits
@@ -178,8 +183,6 @@ class Applier:
         a file not yet sent in the old folder), or no record here frees it,
         its new place waits too.
         """
-        folders = {e.node: self.replica.entries_of(e.node) for e in entries
-                   if e.node is not None and (row := self.replica.by_id(e.node)) is not None and row.kind == KIND_DIR}
         held: set[tuple[str, str]] = set()
         while True:  # a held place may be another folder's old one
             freed = {(e.parent, e.name) for e in entries} - waiting - held
@@ -190,10 +193,9 @@ class Applier:
                 return held
             held |= more
 
-    def _inside_itself(self, entry: Entry) -> bool:
-        """True if *entry* puts a folder under itself in this machine's tree."""
-        row = self.replica.by_id(entry.node) if entry.node is not None else None
-        return row is not None and row.kind == KIND_DIR and entry.node in ancestors(self.replica, entry.parent)
+    def _inside_itself(self, entry: Entry, folders: Collection[str]) -> bool:
+        """True if *entry* puts a folder (one of *folders*) under itself in this machine's tree."""
+        return entry.node in folders and entry.node in ancestors(self.replica, entry.parent)
 
     def _entry_busy(self, entry: Entry, pending_nodes: set[str], pending_entries: set[tuple[str, str]]) -> bool:
         """True if applying *entry* would hide or replace something not yet uploaded."""
