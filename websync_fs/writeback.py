@@ -410,18 +410,30 @@ class WriteBackQueue:
         self._protect((new - old).elements())
         self._unprotect((old - new).elements())
 
+    def _last(self, node: str) -> Item | None:
+        row = self._db.execute(f"SELECT {_ICOLS} FROM items WHERE node=? ORDER BY n DESC LIMIT 1", (node,)).fetchone()
+        return None if row is None else _item(row)
+
     def _coalesce(self, op: dict[str, Any], version: bool = False) -> bool:
         kind = op["op"]
         node = op["id"]
-        items = self.items(node)
-        last = items[-1] if items else None
-        mergeable = last is not None and last.state == "queued"
-        if kind == OP_UPDATE and mergeable and last and last.op["op"] in _CONTENT and not version:
+        if kind in (OP_UPDATE, OP_SETATTR):
+            return self._merge(op, self._last(node), version)
+        if kind not in (OP_DELETE, OP_RENAME):
+            return False  # a new node, a link: nothing queued is folded into it
+        return self._fold_away(op, self.items(node))
+
+    def _merge(self, op: dict[str, Any], last: Item | None, version: bool) -> bool:
+        """Fold an update or setattr into *last*, the node's last queued item, where it can go."""
+        if last is None or last.state != "queued":
+            return False
+        kind = op["op"]
+        if kind == OP_UPDATE and last.op["op"] in _CONTENT and not version:
             merged = dict(last.op)
             merged.update({k: op[k] for k in ("size", "blocks", "mtime_ns", "mode") if k in op})
             self._rewrite(last, merged)
             return True
-        if kind == OP_SETATTR and mergeable and last and last.op["op"] in (*_BORN, OP_UPDATE, OP_SETATTR):
+        if kind == OP_SETATTR and last.op["op"] in (*_BORN, OP_UPDATE, OP_SETATTR):
             if last.op["op"] == OP_UPDATE and ("uid" in op or "gid" in op):
                 return False  # an update carries no owner: keep the setattr apart
             merged = dict(last.op)
@@ -437,6 +449,12 @@ class WriteBackQueue:
                     merged["xattrs"] = born
             self._rewrite(last, merged)
             return True
+        return False
+
+    def _fold_away(self, op: dict[str, Any], items: list[Item]) -> bool:
+        """Drop a never-sent node's items for its delete, or move its lone birth for its rename."""
+        kind = op["op"]
+        node = op["id"]
         never_sent = bool(items) and all(i.state == "queued" for i in items) and items[0].op["op"] in _BORN
         linked = any(i.op["op"] == OP_LINK for i in items)  # a delete may remove one of several names
         # Dropped or moved to the end of the queue, a node an exchange swapped with another

@@ -379,14 +379,25 @@ class _Op:
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"op": self.KIND}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None or (f.name == "xattrs" and value == {}):
+        for name in _field_names(type(self)):
+            value = getattr(self, name)
+            if value is None or (name == "xattrs" and value == {}):
                 continue
-            if f.name in ("uid", "gid") and value == OWNER:
+            if name in ("uid", "gid") and value == OWNER:
                 value = "owner"
-            wire[f.name] = list(value) if isinstance(value, tuple) else value
+            wire[name] = list(value) if isinstance(value, tuple) else value
         return wire
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    # Every local change is made into its wire form: `fields` builds its answer on each call.
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
 
 
 @dataclass(frozen=True, kw_only=True)
