@@ -38,6 +38,7 @@ class _Node:
     gid: int = 0
     mtime_ns: int = field(default_factory=time.time_ns)
     ctime_ns: int = field(default_factory=time.time_ns)
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
 
 
 class CeilingOps(pyfuse3.Operations):
@@ -190,6 +191,34 @@ class CeilingOps(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         pass
+
+    # Extended attributes of the user namespace, as WebSync keeps them.  Without them the
+    # kernel is told ENOSYS once and stops asking; a file system that has them is asked for
+    # security.capability before every write (file_remove_privs), a request per write that
+    # WebSync pays and the ceiling must pay too (docs/benchmarks.md).
+    @staticmethod
+    def _kept(name: bytes) -> None:
+        if not name.startswith(b"user."):
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        self._kept(name)
+        try:
+            return self._node(inode).xattrs[name]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENODATA) from None
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        self._kept(name)
+        self._node(inode).xattrs[name] = value
+
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        return list(self._node(inode).xattrs)
+
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        self._kept(name)
+        if self._node(inode).xattrs.pop(name, None) is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
 
     async def opendir(self, inode: int, ctx: Any) -> int:
         self.next_fh += 1
