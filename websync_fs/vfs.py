@@ -323,11 +323,15 @@ class Vfs:
             self._maybe_drop(ino)
 
     def _maybe_drop(self, ino: int) -> None:
+        if self.inodes.known(ino):
+            # Asked first: the kernel still holds the inode at every unlink and release,
+            # so this answers most calls without reading the database.
+            return
         if not self.replica.is_orphan(ino):
             return
         row = self.replica.get(ino)
         if (
-            row and row.orphan and not self.inodes.known(ino) and not self.handles.open_on(ino)
+            row and row.orphan and not self.handles.open_on(ino)
             and not self.queue.items(row.id)  # the queue still needs its seq
         ):
             with self._db.tx():
