@@ -6,7 +6,8 @@ none beyond keeping the tree (and `user.*` extended attributes) in
 dictionaries, with the mount options, entry and attribute timeouts and
 page-cache answers of WebSync's front end (`websync_fs/fuse`), so the kernel
 sends it the requests it sends WebSync and a small-file row's "vs ceiling"
-ratio says how much of WebSync's time is its own work.  Tests and benchmarks only.  Run::
+ratio says how much of WebSync's time is its own work.  Tests and benchmarks
+only.  Run::
 
     .venv/bin/python -m tests.bench.ceiling MOUNTPOINT     # until SIGINT/SIGTERM
 """
