@@ -27,6 +27,9 @@ import pyfuse3
 import trio
 
 from websync_fs.fuse.ops import BLKSIZE, TIMEOUT
+from websync_fs.vfs import XATTR_KEPT
+
+_XATTR_KEPT = XATTR_KEPT.encode()
 
 
 @dataclass
@@ -200,7 +203,7 @@ class CeilingOps(pyfuse3.Operations):
     # WebSync pays and the ceiling must pay too (docs/benchmarks.md).
     @staticmethod
     def _kept(name: bytes) -> None:
-        if not name.startswith(b"user."):
+        if not name.startswith(_XATTR_KEPT):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
