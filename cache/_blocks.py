@@ -296,6 +296,13 @@ class BlockCache:
         _check_hash(h)
         return self._store.contains(h)
 
+    def find(self, h: str) -> bool:
+        """`contains`, for a read: a block that is absent counts as a miss."""
+        if self.contains(h):
+            return True
+        self._store.missed()
+        return False
+
     def present(self, hashes: Iterable[str]) -> dict[str, int]:
         """The size of each of *hashes* that is present, in a few queries for any number.
 

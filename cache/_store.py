@@ -29,7 +29,12 @@ open): ``eviction_policy='least-recently-used'`` so that diskcache's own
 counts the hit -- an LRU refresh costs no extra SQLite write;
 ``cull_limit=0`` switches off diskcache's automatic culling, which cannot know
 which blocks are protected (we evict ourselves, below); ``statistics=1`` keeps
-hit and miss counters in the database, shared by every process;
+hit and miss counters in the database, shared by every process.  diskcache
+counts a miss in a write transaction of its own; a miss is this store's
+first read of every block it does not have (a cold read waited ~0.5 ms on
+that commit), so `load` looks first and a miss is counted in memory, written
+with the next block's row (a miss is most often followed by the block it
+missed) or at `close`;
 ``disk_min_file_size=0`` stops diskcache from choosing where a value goes: we
 hand it either a file already written (`_Written`) or the bytes to keep in the
 row (`_Inline`), and give the row the block's size either way (diskcache's own
@@ -208,6 +213,8 @@ class BlockStore:
     def __init__(self, directory: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         self._directory = directory
         self._write_lock = threading.Lock()
+        self._misses = 0  # counted since the last write of the index (see the module's docstring)
+        self._misses_lock = threading.Lock()  # never held over I/O: the event loop takes it
         self._writer = FileWriter()
         self._checkpoints = WalCheckpointer(os.path.join(directory, "cache.db"), "cache-checkpoint")
         with _translated("open the cache"):
@@ -229,6 +236,8 @@ class BlockStore:
 
     def close(self) -> None:
         """Close the database, including the connections other threads opened."""
+        with contextlib.suppress(CacheError):  # only counters are lost
+            self._write_misses()
         with self._write_lock:
             cache, self._cache = self._cache, None
         if cache is None:
@@ -254,6 +263,9 @@ class BlockStore:
         """
         try:
             with _translated(f"read block {h}"):
+                if not self._db._sql("SELECT 1 FROM Cache WHERE key = ? AND raw = 1", (h,)).fetchone():
+                    self.missed()  # no write transaction for a miss
+                    return None
                 with self._write_lock:
                     found = self._db.get(h, read=True)
         except CacheFull:
@@ -344,16 +356,14 @@ class BlockStore:
         """
         if len(data) <= INLINE_MAX:
             with _translated(f"store block {h}"):
-                with self._write_lock:
-                    self._db.set(h, _Inline(bytes(data)))
+                self._set(h, _Inline(bytes(data)))
             self._checkpoints.committed()
             return None, None
         name = os.path.join(h[:2], f"{h}.{secrets.token_hex(4)}.val")
         try:
             with _translated(f"store block {h}"):
                 stamp = _write_new_file(os.path.join(self._directory, name), data, self._writer)
-                with self._write_lock:
-                    self._db.set(h, _Written(name, len(data)))
+                self._set(h, _Written(name, len(data)))
             self._checkpoints.committed()
         except BaseException:
             self._discard(h, name)
@@ -384,8 +394,7 @@ class BlockStore:
         try:
             with _translated(f"store block {h}"):
                 stamp = _stamp(os.stat(os.path.join(self._directory, name)))  # after the move: it moves the ctime
-                with self._write_lock:
-                    self._db.set(h, _Written(name, len(data)))
+                self._set(h, _Written(name, len(data)))
             self._checkpoints.committed()
         except BaseException:
             self._discard(h, name)  # not a file whose row was committed
@@ -439,6 +448,42 @@ class BlockStore:
                 db.disk.remove(filename)
         return dropped
 
+    def _set(self, h: str, value: object) -> None:
+        """Index *h* as *value*, writing the misses counted meanwhile in the same transaction."""
+        with self._write_lock:
+            misses = self._take_misses()
+            try:
+                db = self._db
+                with db.transact():
+                    db.set(h, value)
+                    if misses:
+                        db._sql("UPDATE Settings SET value = value + ? WHERE key = 'misses'", (misses,))
+            except BaseException:
+                self.missed(misses)
+                raise
+
+    def missed(self, count: int = 1) -> None:
+        """Count *count* reads that found no block; written to the index with its next write."""
+        with self._misses_lock:
+            self._misses += count
+
+    def _take_misses(self) -> int:
+        with self._misses_lock:
+            misses, self._misses = self._misses, 0
+        return misses
+
+    def _write_misses(self) -> None:
+        misses = self._take_misses()
+        if not misses:
+            return
+        try:
+            with _translated("count cache misses"):
+                with self._write_lock:
+                    self._db._sql("UPDATE Settings SET value = value + ? WHERE key = 'misses'", (misses,))
+        except BaseException:
+            self.missed(misses)
+            raise
+
     def _discard(self, h: str, filename: str) -> None:
         """Remove a file a failed insert wrote, unless its row was committed after all."""
         cache = self._cache
@@ -466,7 +511,9 @@ class BlockStore:
                     "SELECT key, value FROM Settings WHERE key IN ('size', 'count', 'hits', 'misses')"
                 ).fetchall()
             )
-        return Totals(int(rows["size"]), int(rows["count"]), int(rows["hits"]), int(rows["misses"]))
+        with self._misses_lock:
+            misses = int(rows["misses"]) + self._misses
+        return Totals(int(rows["size"]), int(rows["count"]), int(rows["hits"]), misses)
 
     def size_of(self, hashes: Iterable[str]) -> int:
         """Total bytes of those of *hashes* that are present."""

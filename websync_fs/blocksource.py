@@ -69,6 +69,7 @@ class Cache(Protocol):
     def read(self, h: str, offset: int, length: int) -> bytes | None: ...
     def put(self, h: str, data: Content, *, verified: bool = False) -> None: ...
     def contains(self, h: str) -> bool: ...
+    def find(self, h: str) -> bool: ...
 
 
 class Fetch(Protocol):
@@ -152,8 +153,12 @@ class BlockSource:
         if h not in self._touched:  # a touched block was not on disk, nor fetched since
             if size is not None and size <= INLINE_MAX:
                 part = self.cache.read(h, offset, length)
-            else:
+            elif self.cache.find(h):
+                # Looked up here first: a block that is not on disk (every cold read)
+                # need not make the trip to a worker thread and back for it.
                 part = await trio.to_thread.run_sync(self.cache.read, h, offset, length)
+            else:
+                part = None
             if part is not None:
                 return part
         whole = offset == 0 and size is not None and length >= size

@@ -12,6 +12,7 @@ import hashlib
 import multiprocessing
 import os
 import random
+import sqlite3
 import subprocess
 import threading
 import time
@@ -91,6 +92,30 @@ def test_put_then_get_returns_the_same_bytes_from_one_file(directory: Path) -> N
         assert bc.stats() == CacheStats(
             used=4 * MiB, limit=8 * MiB, protected_bytes=0, count=1, hits=1, misses=1
         )
+
+
+def test_a_miss_is_counted_without_a_write_of_its_own_and_kept_with_the_next_row(directory: Path) -> None:
+    # A cold read's first look at the cache must not wait on a commit; the count still
+    # reaches the shared database, with the next block's row or at close.
+    h, data = make_block(1)
+    absent = [make_block(seed)[0] for seed in (2, 3, 4)]
+    with BlockCache(directory, limit=8 * MiB) as bc:
+        other = sqlite3.connect(directory / "cache.db")
+        try:
+            (before,) = other.execute("PRAGMA data_version").fetchone()
+            assert bc.get(absent[0]) is None
+            assert bc.read(absent[1], 0, 10) is None
+            assert not bc.find(absent[2])
+            assert other.execute("PRAGMA data_version").fetchone() == (before,)  # nothing committed
+            assert bc.stats().misses == 3
+
+            bc.put(h, data)
+            assert other.execute("SELECT value FROM Settings WHERE key = 'misses'").fetchone() == (3,)
+            assert bc.get(absent[0]) is None
+        finally:
+            other.close()
+    with BlockCache(directory, limit=8 * MiB) as bc:
+        assert (bc.stats().hits, bc.stats().misses) == (0, 4)
 
 
 def test_put_of_a_present_block_keeps_one_copy(bc: BlockCache, directory: Path) -> None:
