@@ -137,6 +137,21 @@ async def test_an_answer_the_wire_does_not_read_goes_to_httpx_from_then_on() -> 
         nursery.cancel_scope.cancel()
 
 
+async def test_a_block_answer_from_someone_else_names_the_request_in_its_error() -> None:
+    # The answer's request is made only when an error names it (making it costs a URL parse).
+    redirect = b"HTTP/1.1 302 Found\r\nLocation: http://portal.example/\r\nContent-Length: 0\r\n\r\n"
+    async with trio.open_nursery() as nursery:
+        url = await _serve_once(nursery, redirect)
+        remote = Remote(url, "token", "store")
+        try:
+            assert remote._wire is not None
+            with pytest.raises(Offline, match=f"GET {API}/blocks/{'a' * 64} .*captive portal"):
+                await remote.get_block(BlockHash("a" * 64))
+        finally:
+            await remote.aclose()
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_server_that_says_nothing_fails_in_bounded_time() -> None:
     async def silent(stream: trio.SocketStream) -> None:
         async with stream:
