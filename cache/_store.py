@@ -125,6 +125,7 @@ _PENDING = "pending"
 _SQLITE_FULL = getattr(sqlite3, "SQLITE_FULL", 13)
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 _PAGE = 512  # rows per round trip when scanning the index
+_ADD_MISSES = "UPDATE Settings SET value = value + ? WHERE key = 'misses'"
 
 
 class Totals(NamedTuple):
@@ -441,7 +442,7 @@ class BlockStore:
                     dropped = bool(cursor.rowcount > 0)
                     if counted_as_hit:
                         db._sql("UPDATE Settings SET value = value - 1 WHERE key = 'hits'")
-                        db._sql("UPDATE Settings SET value = value + 1 WHERE key = 'misses'")
+                        db._sql(_ADD_MISSES, (1,))
             if filename is not None:
                 # If the row had already moved on (re-put or evicted elsewhere), whoever
                 # moved it removed this file or will; removing twice is harmless.
@@ -450,39 +451,33 @@ class BlockStore:
 
     def _set(self, h: str, value: object) -> None:
         """Index *h* as *value*, writing the misses counted meanwhile in the same transaction."""
-        with self._write_lock:
-            misses = self._take_misses()
-            try:
-                db = self._db
-                with db.transact():
-                    db.set(h, value)
-                    if misses:
-                        db._sql("UPDATE Settings SET value = value + ? WHERE key = 'misses'", (misses,))
-            except BaseException:
-                self.missed(misses)
-                raise
+        with self._write_lock, self._misses_taken() as misses:
+            db = self._db
+            with db.transact():
+                db.set(h, value)
+                if misses:
+                    db._sql(_ADD_MISSES, (misses,))
 
     def missed(self, count: int = 1) -> None:
         """Count *count* reads that found no block; written to the index with its next write."""
         with self._misses_lock:
             self._misses += count
 
-    def _take_misses(self) -> int:
+    @contextlib.contextmanager
+    def _misses_taken(self) -> Iterator[int]:
+        """The misses counted so far, for a write that adds them; counted again if it fails."""
         with self._misses_lock:
             misses, self._misses = self._misses, 0
-        return misses
-
-    def _write_misses(self) -> None:
-        misses = self._take_misses()
-        if not misses:
-            return
         try:
-            with _translated("count cache misses"):
-                with self._write_lock:
-                    self._db._sql("UPDATE Settings SET value = value + ? WHERE key = 'misses'", (misses,))
+            yield misses
         except BaseException:
             self.missed(misses)
             raise
+
+    def _write_misses(self) -> None:
+        with _translated("count cache misses"), self._write_lock, self._misses_taken() as misses:
+            if misses:
+                self._db._sql(_ADD_MISSES, (misses,))
 
     def _discard(self, h: str, filename: str) -> None:
         """Remove a file a failed insert wrote, unless its row was committed after all."""
