@@ -440,7 +440,7 @@ class Reconciler:
                     and self._has_blocks(list(row.blocks)))
         places = self.replica.entries_of(row.id)
         if new_here and newer_here:
-            self.replica.update_node(row.id, seq=node.seq)  # the base the update goes on
+            self.replica.set_seqs([(node.seq, row.id)])  # the base the update goes on
             self.queue.enqueue(Update(id=row.id, size=row.size, blocks=row.blocks, mtime_ns=row.mtime_ns), quiet=0)
             notices.append(f"{places[0][1] if places else row.id!r}: a version the server had lost, sent again")
             return
@@ -454,7 +454,7 @@ class Reconciler:
             self._touched(parent, copy_name, inv)
             self.queue.enqueue(self._making(self.replica.by_id(copy) or row, copy, parent, copy_name), quiet=0)
             notices.append(f"{name!r} here differed from the server's: kept as {copy_name!r}")
-        self.replica.update_node(row.id, seq=0)  # let the server's version in
+        self.replica.set_seqs([(0, row.id)])  # let the server's version in
         self.replica.apply_node(node)
         inv.inodes.append(row.ino)
 

@@ -37,7 +37,7 @@ import time
 from collections import OrderedDict
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import Any, NamedTuple
 
 from websync_server.protocol import KIND_DIR, ROOT_ID, BlockHash, Entry, Node, NodeId
@@ -405,6 +405,15 @@ class Replica:
         row = self.get(int(cur.lastrowid or 0))
         assert row is not None
         return row
+
+    def set_seqs(self, seqs: Iterable[tuple[int, str]]) -> None:
+        """Record the server's version (seq, node) of each node: bookkeeping, so no ctime moves.
+
+        ext4 moves a file's ctime when the file changes, never when a copy of it
+        lands elsewhere: git's index compares ctimes, and an upload that moved
+        them made the next ``git status`` read every file sent since.
+        """
+        self._db.executemany("UPDATE nodes SET seq=? WHERE id=?", seqs)
 
     def update_node(self, node: str, **fields: Any) -> None:
         if "blocks" in fields:

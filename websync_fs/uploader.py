@@ -474,9 +474,8 @@ class Uploader:
         blind = [op for op in ops if op["op"] == OP_SETATTR and "base" not in op]
         unseen = {op["id"] for op in blind} - {op["id"] for op in ops if op["op"] in _NODE_OPS and op not in blind}
         with self.replica.tx():
+            self.replica.set_seqs((seq, op["id"]) for op in ops if op["op"] in _NODE_OPS and op["id"] not in unseen)
             for op in ops:
-                if op["op"] in _NODE_OPS and op["id"] not in unseen:
-                    self.replica.update_node(op["id"], seq=seq)
                 if op["op"] in (OP_CREATE, OP_MKDIR, OP_SYMLINK, OP_MKNOD, OP_RESTORE, OP_LINK):
                     self.replica.set_entry_seq(op["parent"], op["name"], seq)
                 elif op["op"] == OP_RENAME:
@@ -750,7 +749,7 @@ class Uploader:
         log.info("%s was made before: its create is not sent again", op["name"])
         with self.replica.tx():
             if op["op"] == OP_CREATE and (list(node.blocks), node.size) != (list(op.get("blocks", [])), op.get("size", 0)):
-                self.replica.update_node(node.id, seq=node.seq)  # the base of the update that follows
+                self.replica.set_seqs([(node.seq, node.id)])  # the base of the update that follows
                 self.queue.replace(item, Update(id=node.id, size=op.get("size", 0),
                                                 blocks=tuple(op.get("blocks", [])), mtime_ns=op.get("mtime_ns", 0)))
             else:

@@ -363,3 +363,16 @@ def test_ctime_moves_where_a_local_disk_moves_it(a: Machine, local_dirs: Callabl
         if answers[0] != answers[1]:
             differences[name] = {"local disk": answers[0], "mount": answers[1]}
     assert not differences, differences
+
+
+def test_ctime_stays_when_a_file_reaches_the_server(a: Machine) -> None:
+    # git's index compares ctimes: one that moved at upload made the next `git status`
+    # read every file sent since.  The kernel must forget the attributes it holds
+    # (60 s) for the mount to be asked again.
+    made = a.path("ct")
+    made.mkdir()
+    (made / "f").write_bytes(b"data")
+    before = {p: os.lstat(made / p).st_ctime_ns for p in ("", "f")}
+    eventually(lambda: json.loads(a.cli("status", "--json").stdout)["pending"] == 0, what="the upload")
+    Path("/proc/sys/vm/drop_caches").write_text("2\n")  # dentries and inodes: the next stat asks the mount
+    assert {p: os.lstat(made / p).st_ctime_ns for p in ("", "f")} == before
