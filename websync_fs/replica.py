@@ -410,8 +410,8 @@ class Replica:
         """Record the server's version (seq, node) of each node: bookkeeping, so no ctime moves.
 
         ext4 moves a file's ctime when the file changes, never when a copy of it
-        lands elsewhere: git's index compares ctimes, and an upload that moved
-        them made the next ``git status`` read every file sent since.
+        lands elsewhere.  git's index compares ctimes: an upload that moved them
+        made the next ``git status`` read again every file that had gone up.
         """
         self._db.executemany("UPDATE nodes SET seq=? WHERE id=?", seqs)
 
