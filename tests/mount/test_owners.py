@@ -367,8 +367,8 @@ def test_ctime_moves_where_a_local_disk_moves_it(a: Machine, local_dirs: Callabl
 
 def test_ctime_stays_when_a_file_reaches_the_server(a: Machine) -> None:
     # git's index compares ctimes: one that moved at upload made the next `git status`
-    # read every file sent since.  The kernel must forget the attributes it holds
-    # (60 s) for the mount to be asked again.
+    # read again every file that had gone up.  The kernel must forget the attributes
+    # it holds (60 s) for the mount to be asked again.
     made = a.path("ct")
     made.mkdir()
     (made / "f").write_bytes(b"data")
