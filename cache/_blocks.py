@@ -298,10 +298,8 @@ class BlockCache:
 
     def find(self, h: str) -> bool:
         """`contains`, for a read: a block that is absent counts as a miss."""
-        if self.contains(h):
-            return True
-        self._store.missed()
-        return False
+        _check_hash(h)
+        return self._store.find(h)
 
     def present(self, hashes: Iterable[str]) -> dict[str, int]:
         """The size of each of *hashes* that is present, in a few queries for any number.

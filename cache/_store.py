@@ -263,10 +263,9 @@ class BlockStore:
         grow), the block is still read, without refreshing or counting it.
         """
         try:
+            if not self.find(h):
+                return None  # no write transaction for a miss
             with _translated(f"read block {h}"):
-                if not self._db._sql("SELECT 1 FROM Cache WHERE key = ? AND raw = 1", (h,)).fetchone():
-                    self.missed()  # no write transaction for a miss
-                    return None
                 with self._write_lock:
                     found = self._db.get(h, read=True)
         except CacheFull:
@@ -340,6 +339,13 @@ class BlockStore:
         """True if an entry for *h* exists (its bytes are not checked)."""
         with _translated(f"look up block {h}"):
             return bool(h in self._db)
+
+    def find(self, h: str) -> bool:
+        """`contains`, for a read: an absent block counts as a miss (see the module's docstring)."""
+        if self.contains(h):
+            return True
+        self.missed()
+        return False
 
     def refresh(self, h: str) -> bool:
         """Stamp *h* as just used; False if it is absent."""
