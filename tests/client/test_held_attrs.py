@@ -20,6 +20,7 @@ import trio
 
 from tests.client.engine import EngineMachine, Server
 from websync_fs import vfs as vfs_module
+from websync_fs.errors import FsError
 from websync_fs.replica import ROOT_INO, Replica
 from websync_fs.statedb import StateDb
 from websync_fs.vfs import OpenMode, Vfs
@@ -166,5 +167,63 @@ def test_a_file_deleted_while_open_drops_what_was_held_for_it(tmp_path: Path) ->
         await m.settle()
         assert len(m.queue) == 0 and server.tree() == {}
         assert not vfs._attrs and not vfs._attrs_due
+
+    _one_machine(tmp_path, body)
+
+
+@pytest.mark.timeout(60)
+def test_a_file_as_rsync_makes_it_commits_once_per_change_a_kill_must_not_lose(tmp_path: Path) -> None:
+    """`rsync -a`'s calls for one file, and the commits of the state database each one makes.
+
+    Each commit is one that the promise needs (docs/durability.md): the new
+    name, the closed content, and a time, a mode and a rename, each set after
+    the close.  A chmod while the file is open for writing is held until the
+    close (`Vfs._hold_attrs`).  Reads, look-ups and writes commit nothing.
+    Commits were a third of the core's work for such a file
+    (docs/benchmarks.md), so one more is a regression to explain.
+    """
+    async def body(server: Server, m: EngineMachine) -> None:
+        vfs = m.vfs
+        commits: list[str] = []
+        m.db.conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+        counted: dict[str, int] = {}
+
+        def step(name: str) -> None:
+            counted[name] = counted.get(name, 0) + len(commits)
+            commits.clear()
+
+        for name in ("f.txt", ".f.txt.AbCdEf"):
+            with pytest.raises(FsError):
+                vfs.lookup(ROOT_INO, name)
+        step("look-ups that miss")
+        fh, attr = vfs.create(ROOT_INO, ".f.txt.AbCdEf", 0o600, WRITE)
+        step("create")
+        await vfs.setattr(attr.ino, mode=0o600, fh=fh)
+        step("chmod while open")
+        await vfs.write(fh, 0, b"x" * 5000)
+        step("write")
+        await vfs.flush(fh)
+        await vfs.release(fh)
+        step("close")
+        await vfs.setattr(attr.ino, mtime_ns=MTIME)
+        step("utimens")
+        reading, _ = await vfs.open(attr.ino, OpenMode(read=True))
+        await vfs.setattr(attr.ino, mode=0o644, fh=reading)
+        step("chmod")
+        await vfs.flush(reading)
+        await vfs.release(reading)
+        step("close after reading")
+        vfs.rename(ROOT_INO, ".f.txt.AbCdEf", ROOT_INO, "f.txt")
+        step("rename")
+        m.db.conn.set_trace_callback(None)
+        assert counted == {
+            "look-ups that miss": 0, "create": 1, "chmod while open": 0, "write": 0, "close": 1,
+            "utimens": 1, "chmod": 1, "close after reading": 0, "rename": 1,
+        }
+        await m.settle()
+        row = m.replica.get(attr.ino)
+        assert row is not None
+        node = _server_node(server, row.id)
+        assert (node.mode, node.size, node.mtime_ns) == (0o644, 5000, MTIME)
 
     _one_machine(tmp_path, body)
