@@ -100,6 +100,10 @@ CREATE INDEX IF NOT EXISTS items_new_parent ON items (new_parent);
 -- The other node of a queued RENAME_EXCHANGE: it must reach the server as it was.
 CREATE INDEX IF NOT EXISTS items_exchange ON items (json_extract(op, '$.exchange'))
     WHERE json_extract(op, '$.exchange') IS NOT NULL;
+-- The few items that failed, and those of the batch on its way: the status and the
+-- uploader ask for them often, and a scan of a big queue took 15 ms each time.
+CREATE INDEX IF NOT EXISTS items_failed ON items (n) WHERE error != '';
+CREATE INDEX IF NOT EXISTS items_uploading ON items (n) WHERE state = 'uploading';
 """
 
 _BORN = (OP_CREATE, OP_MKDIR, OP_SYMLINK, OP_MKNOD)
@@ -153,6 +157,10 @@ RECENT = 2.0
 #: Nodes remembered as lately taken before the old ones are swept out.
 RECENT_MAX = 4096
 
+#: A sum of the queued bytes is reused for this many times as long as it took to make:
+#: the status, written every 2 s, must not stall the event loop for a big queue.
+BYTES_REUSE = 20
+
 _ANCHOR = (time.time(), time.monotonic())
 
 
@@ -196,6 +204,7 @@ class WriteBackQueue:
         self._drop_listeners: list[Callable[[], None]] = []
         self._ready_at = 0.0
         self._hint: float | None = None
+        self._bytes = (0, -math.inf)  # the last sum of pending_bytes, and until when it may serve
 
     def on_enqueue(self, fn: Callable[[], None]) -> None:
         self._listeners.append(fn)
@@ -253,10 +262,23 @@ class WriteBackQueue:
         return int(self._db.execute("SELECT count(*) FROM items").fetchone()[0])
 
     def pending_bytes(self) -> int:
-        total = 0
-        for (op,) in self._db.execute("SELECT op FROM items"):
-            total += int(json.loads(op).get("size", 0))
-        return total
+        """Bytes of content the queued changes carry, as the status shows them.
+
+        SQLite sums them: decoding every op here took 0.25 s of the event loop
+        for 100,000 queued changes (an afternoon offline), at every status write.
+        Even its sum takes 60 ms at that size, so a sum serves for BYTES_REUSE
+        times as long as it took; an empty queue is 0 at once.
+        """
+        if self._db.execute("SELECT 1 FROM items LIMIT 1").fetchone() is None:
+            return 0
+        total, until = self._bytes
+        start = clock()
+        if start < until:
+            return total
+        (total,) = self._db.execute("SELECT coalesce(sum(json_extract(op, '$.size')), 0) FROM items").fetchone()
+        end = clock()
+        self._bytes = (int(total), end + BYTES_REUSE * (end - start))
+        return int(total)
 
     def all_blocks(self) -> list[str]:
         """Every block a queued item needs: to protect in the cache after a restart."""
@@ -269,9 +291,11 @@ class WriteBackQueue:
         return {r[0] for r in self._db.execute("SELECT DISTINCT node FROM items")}
 
     def pending_entries(self) -> set[tuple[str, str]]:
+        # UNION ALL: the set drops the twins.  SQLite's UNION sorted them out in a
+        # temporary tree first, 2.5x the time for a big queue (0.27 s for 100,000).
         rows = self._db.execute(
             "SELECT parent, name FROM items WHERE name IS NOT NULL"
-            " UNION SELECT new_parent, new_name FROM items WHERE new_name IS NOT NULL"
+            " UNION ALL SELECT new_parent, new_name FROM items WHERE new_name IS NOT NULL"
         )
         return {(p, n) for p, n in rows}
 
@@ -279,14 +303,15 @@ class WriteBackQueue:
         """Nodes a queued rename moves (either node of an exchange): where they are is this machine's to say."""
         rows = self._db.execute(
             "SELECT node FROM items WHERE new_name IS NOT NULL"
-            " UNION SELECT json_extract(op, '$.exchange') FROM items WHERE json_extract(op, '$.exchange') IS NOT NULL"
+            " UNION ALL SELECT json_extract(op, '$.exchange') FROM items WHERE json_extract(op, '$.exchange') IS NOT NULL"
         )
         return {n for (n,) in rows}
 
     def pending_parents(self) -> set[str]:
         """Folders that queued items create things in or move things into."""
         rows = self._db.execute(
-            "SELECT parent FROM items WHERE name IS NOT NULL UNION SELECT new_parent FROM items WHERE new_parent IS NOT NULL"
+            "SELECT parent FROM items WHERE name IS NOT NULL"
+            " UNION ALL SELECT new_parent FROM items WHERE new_parent IS NOT NULL"
         )
         return {p for (p,) in rows}
 
@@ -512,7 +537,9 @@ class WriteBackQueue:
         ).fetchone()
         if last is None:
             return []
-        rows = self._db.execute(f"SELECT {_ICOLS} FROM items WHERE n <= ? ORDER BY n", (last,)).fetchall()
+        # Read only as far as the batch goes: fetching all of a big queue (100,000 changes
+        # after a day offline) took 0.16 s of the event loop for every batch of 1,000.
+        rows = self._db.execute(f"SELECT {_ICOLS} FROM items WHERE n <= ? ORDER BY n", (last,))
         for item in map(_item, rows):
             parents, keys = _refs(item.op)
             node = item.op["id"]
@@ -534,6 +561,7 @@ class WriteBackQueue:
                 continue
             taken.append(item)
             size += item_size
+        rows.close()
         if taken:
             with self._tx():
                 for item in taken:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -248,6 +250,77 @@ def test_take_leaves_items_behind_the_last_ready_one_unread(tmp_path: Path, monk
     assert q.take() == []  # nothing ready: nothing read
     assert len(decoded) == 2
     assert len(q) == 52  # the two taken stay, "uploading", until done()
+
+
+class _RowsRead:
+    """The queue's connection, counting the rows its queries hand back."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self.rows = 0
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        return _Counted(self, self._conn.execute(sql, params))
+
+
+class _Counted:
+    def __init__(self, owner: _RowsRead, cursor: Any) -> None:
+        self._owner, self._cursor = owner, cursor
+
+    def __iter__(self) -> Iterator[Any]:
+        for row in self._cursor:
+            self._owner.rows += 1
+            yield row
+
+    def fetchone(self) -> Any:
+        row = self._cursor.fetchone()
+        self._owner.rows += row is not None
+        return row
+
+    def fetchall(self) -> list[Any]:
+        rows = self._cursor.fetchall()
+        self._owner.rows += len(rows)
+        return rows
+
+    def close(self) -> None:
+        self._cursor.close()
+
+
+def test_a_big_queue_is_read_only_as_far_as_the_batch_goes(tmp_path: Path) -> None:
+    """After a day offline 100,000 changes wait: every batch of 1,000 had fetched all of them (0.16 s)."""
+    q, _, _ = make(tmp_path)
+    with q.state.tx():
+        for i in range(2000):
+            q.enqueue(create(f"f{i}", f"file-{i}"))
+    counted = _RowsRead(q._db)
+    q._db = counted  # type: ignore[assignment]
+    batch = q.take(max_ops=100)
+    assert [i.node for i in batch] == [f"f{i}" for i in range(100)]
+    assert counted.rows <= 102, counted.rows  # the last ready item's number, the batch, the one that ended it
+
+
+def test_pending_bytes_are_summed_by_sqlite_and_a_big_queue_s_sum_serves_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The status asks every 2 s; a sum that took long is reused for BYTES_REUSE times as long."""
+    q, _, _ = make(tmp_path)
+    now = [1000.0]
+
+    def ticking() -> float:
+        now[0] += 1.0  # every look at the clock takes a second: each sum "takes" one
+        return now[0]
+
+    monkeypatch.setattr(writeback, "clock", ticking)
+    assert q.pending_bytes() == 0
+    for node, size in (("a", 1000), ("b", 234)):
+        q.enqueue(Create(id=NodeId(node), parent=NodeId("root"), name=node, mode=0o644, mtime_ns=1, size=size, blocks=()))
+    assert q.pending_bytes() == 1234
+    q.enqueue(Update(id=NodeId("a"), size=5000, blocks=(), mtime_ns=2))
+    assert q.pending_bytes() == 1234  # within 20 s of a sum that took 1 s: the same sum
+    now[0] += writeback.BYTES_REUSE
+    assert q.pending_bytes() == 5234
+    q.done(q.take())
+    assert q.pending_bytes() == 0  # an empty queue at once, whatever sum was made before
 
 
 def test_hurry_readies_a_node_waiting_the_quiet_period_and_keeps_longer_waits(tmp_path: Path) -> None:
