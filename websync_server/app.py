@@ -25,7 +25,7 @@ from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -53,6 +53,7 @@ from .protocol import (
 )
 from .services import Services
 from .shares import Access
+from .bodies import parse_json_object
 from .web import install as install_web_page
 
 __all__ = ["PROTOCOL_VERSION", "create_app"]
@@ -191,7 +192,7 @@ class _Api:
         address = _address(request)
         async with login_gate(self._s, address):
             # Before anyone is known: a small body, parsed on the loop (4 KiB parse in microseconds).
-            body = _parse_json(await _read_json_body(request, LOGIN_BODY_MAX, self._body_timeout))
+            body = parse_json_object(await _read_json_body(request, LOGIN_BODY_MAX, self._body_timeout))
             user = body.get("user")
             if not isinstance(user, str) or not isinstance(body.get("password"), str):
                 raise InvalidRequest("user and password must be strings")
@@ -455,8 +456,8 @@ class _Api:
         """An authenticated call's JSON body; a big one is parsed off the event loop."""
         body = await _read_json_body(request, JSON_BODY_MAX, self._body_timeout)
         if len(body) <= _PARSE_ON_LOOP_MAX:
-            return _parse_json(body)
-        return await self._s.admission.run(identity.user, _parse_json, body)
+            return parse_json_object(body)
+        return await self._s.admission.run(identity.user, parse_json_object, body)
 
     async def _identity(self, request: Request) -> Identity:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -573,6 +574,9 @@ async def _read_pieces(request: Request, limit: int, timeout: float) -> list[byt
             break
         except asyncio.TimeoutError:
             raise RequestTimeout(f"nothing of the body arrived for {timeout:g} s") from None
+        except ClientDisconnect:
+            # The caller's doing, not a fault here: answered (to no one) and logged as a 400.
+            raise InvalidRequest("the connection closed before the whole body arrived") from None
         size += len(chunk)
         if size > limit:
             raise TooLarge(f"the body is over {limit} bytes, this call takes at most {limit}")
@@ -592,18 +596,6 @@ async def _read_json_body(request: Request, limit: int, timeout: float) -> bytes
     if media_type != "application/json":
         raise UnsupportedMediaType("this call takes a JSON body: send Content-Type: application/json")
     return await _read_body(request, limit, timeout)
-
-
-def _parse_json(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
-        raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidRequest("the body's JSON is nested too deep") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    return data
 
 
 def _address(request: Request) -> str:

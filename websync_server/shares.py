@@ -63,6 +63,9 @@ audit = logging.getLogger("websync_server.audit")
 MEMBERS_MAX = 64
 SHARES_MAX = 256
 _NAMED_CACHE_MAX = 1024  # shared folders whose block sets are kept in memory
+#: Hashes asked about in one statement: SQLite takes at most 32,766 values in one, and a
+#: member's "which blocks are missing" may name 250,000.
+_IN_MAX = 1000
 #: Held by every transaction that moves shares stamps (`Database.lock`).
 SHARES_LOCK = "websync.shares"
 
@@ -269,10 +272,7 @@ class Shares:
         rest = wanted - found
         if rest:
             with self._db.read() as conn:
-                sent = conn.execute(
-                    select(share_blocks.c.hash).where(share_blocks.c.store == store, share_blocks.c.hash.in_(rest))
-                ).scalars().all()  # fmt: skip
-            found.update(BlockHash(h) for h in sent)
+                found.update(BlockHash(h) for h in self._sent(conn, store, rest))
         return found
 
     def check_usable(self, store: str, blocks: Iterable[BlockHash]) -> None:
@@ -284,11 +284,21 @@ class Shares:
     def record_upload(self, store: str, blocks: Iterable[BlockHash]) -> None:
         """Remember that a member sent *blocks* for *store*."""
         with self._db.write() as conn:
-            known = set(conn.execute(select(share_blocks.c.hash).where(
-                share_blocks.c.store == store, share_blocks.c.hash.in_(set(blocks)))).scalars())  # fmt: skip
+            known = self._sent(conn, store, set(blocks))
             new = [{"store": store, "hash": b} for b in set(blocks) - known]
             if new:
                 conn.execute(insert(share_blocks), new)
+
+    @staticmethod
+    def _sent(conn: Connection, store: str, blocks: set[BlockHash]) -> set[str]:
+        """Those of *blocks* members sent for *store*, asked _IN_MAX at a time."""
+        wanted = sorted(blocks)
+        sent: set[str] = set()
+        for start in range(0, len(wanted), _IN_MAX):
+            part = wanted[start:start + _IN_MAX]
+            sent.update(conn.execute(select(share_blocks.c.hash).where(
+                share_blocks.c.store == store, share_blocks.c.hash.in_(part))).scalars())  # fmt: skip
+        return sent
 
     def _named_blocks(self, store: str, *, refresh: bool) -> frozenset[str]:
         with self._lock:

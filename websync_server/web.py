@@ -36,7 +36,7 @@ from urllib.parse import quote
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -44,6 +44,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._exceptions import Forbidden, InvalidRequest, NotFound, RangeNotSatisfiable, Unauthorized
 from .accounts import Identity
+from .bodies import parse_json_object
 from .protocol import API, BLOCK_SIZE, KIND_FILE, BlockHash, is_node_id
 from .logins import guarded_login, login_gate
 from .services import Services
@@ -56,7 +57,9 @@ CSRF_HEADER = "x-websync-csrf"
 STATIC_DIR = Path(__file__).with_name("static")
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _LOGIN_BODY_MAX = 64 * 1024
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# At most 19 digits a position (as the block API's ranges): a longer one is past any file,
+# and Python refuses to turn more than 4,300 digits into a number at all.
+_RANGE_RE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
 # The page and its scripts come from this origin only; nothing may frame it.
 _PAGE_HEADERS = {
     "Content-Security-Policy": (
@@ -278,12 +281,10 @@ async def _json_object(request: Request) -> dict[str, Any]:
     if not declared.isdigit() or int(declared) > _LOGIN_BODY_MAX:
         raise InvalidRequest(f"a login is a JSON object of at most {_LOGIN_BODY_MAX} bytes")
     try:
-        data = await request.json()
-    except ValueError:
-        raise InvalidRequest("the body must be a JSON object") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    return data
+        body = await request.body()
+    except ClientDisconnect:
+        raise InvalidRequest("the connection closed before the whole body arrived") from None
+    return parse_json_object(body)
 
 
 def _error(exc: Unauthorized | Forbidden) -> JSONResponse:

@@ -65,7 +65,9 @@ def test_upload_browse_and_download_give_back_the_same_bytes(
     open_page: OpenPage, server: ServerProcess, account: tuple[str, str], tmp_path: Path
 ) -> None:
     page = open_page(*account)
-    page.wait_for_function("document.querySelector('#usage').textContent.includes(' stored')")  # GET /v1/usage
+    # GET /v1/usage answered.  A selector, not wait_for_function: the page's CSP forbids the
+    # eval that the function's polling needs when its first look finds the text not there yet.
+    page.wait_for_selector("#usage:has-text('stored')")
     big = os.urandom(2 * BLOCK_SIZE + 1000)  # three blocks, the last one short
     page.set_input_files("#pick-files", files=[
         {"name": "big.bin", "mimeType": "application/octet-stream", "buffer": big},
