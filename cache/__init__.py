@@ -10,7 +10,7 @@ evicted.  It is thread-safe and may be shared by several processes; see
 
 from __future__ import annotations
 
-from ._blocks import BlockCache
+from ._blocks import BlockCache, zeros
 from ._exceptions import CacheError, CacheFull, CacheUnavailable, CorruptBlock, InvalidBlockHash
 from ._filewriter import FileWriter
 from ._stats import CacheStats
@@ -28,4 +28,5 @@ __all__ = [
     "InvalidBlockHash",
     "WalCheckpointer",
     "sync_wal",
+    "zeros",
 ]

@@ -89,6 +89,19 @@ class SpillFile:
             raise OSError(errno.EBADF, "working copy closed")
         return self._fd
 
+    def is_hole(self, offset: int, length: int) -> bool:
+        """Whether the *length* bytes at *offset* are a hole of the file on disk (they read as zeros).
+
+        Asked with SEEK_DATA, so a sparse file's holes are never read; False where
+        the system cannot tell (no SEEK_DATA) or the bytes are in memory.
+        """
+        if self._fd is None or not hasattr(os, "SEEK_DATA"):
+            return False
+        try:
+            return os.lseek(self._fd, offset, os.SEEK_DATA) >= offset + length
+        except OSError as exc:
+            return exc.errno == errno.ENXIO  # no data from *offset* to the end
+
     def pwrite(self, data: bytes | memoryview, offset: int) -> int:
         end = offset + len(data)
         if self._buf is not None and end > SMALL:

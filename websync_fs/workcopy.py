@@ -43,6 +43,7 @@ from pathlib import Path
 
 import trio
 
+from cache import zeros
 from websync_server.protocol import BLOCK_SIZE, BlockHash, block_count
 
 from . import portable
@@ -533,10 +534,13 @@ class WorkingCopy:
             out = []
             for index in todo:
                 start = index * BLOCK_SIZE
+                length = min(BLOCK_SIZE, self.size - start)
                 if tail is not None and index == tail[0]:
                     data = tail[1]
+                elif self._file.is_hole(start, length):
+                    data = zeros(length)  # a sparse file's hole: not read, its hash known
                 else:
-                    data = self._file.pread(min(BLOCK_SIZE, self.size - start), start)
+                    data = self._file.pread(length, start)
                 out.append((index, BlockHash(store(data))))
             return out
 

@@ -33,6 +33,7 @@ from cache import (
     CacheUnavailable,
     CorruptBlock,
     InvalidBlockHash,
+    zeros,
 )
 
 from cache._filewriter import FileWriter
@@ -92,6 +93,23 @@ def test_put_then_get_returns_the_same_bytes_from_one_file(directory: Path) -> N
         assert bc.stats() == CacheStats(
             used=4 * MiB, limit=8 * MiB, protected_bytes=0, count=1, hits=1, misses=1
         )
+
+
+def test_a_block_of_zeros_is_stored_under_its_hash_which_is_made_once(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sparse file's holes come as `zeros` objects: hashed once, stored once, read back as zeros."""
+    made: list[int] = []
+    real = cache._blocks.hashlib.sha256
+    monkeypatch.setattr(cache._blocks.hashlib, "sha256", lambda data=b"": made.append(len(data)) or real(data))
+    with BlockCache(directory, limit=8 * MiB) as bc:
+        first = bc.add(zeros(4 * MiB), protect=True)
+        second = bc.add(zeros(4 * MiB), protect=True)
+        other = bc.add(bytes(4 * MiB), protect=True)  # zeros, but not the object: hashed as any block
+        assert first == second == other == real(bytes(4 * MiB)).hexdigest()
+        assert made.count(4 * MiB) <= 2  # once for `zeros`, once for the other object
+        assert bc.get(first) == bytes(4 * MiB)
+        assert len(block_files(directory, first)) == 1
 
 
 def test_a_miss_is_counted_without_a_write_of_its_own_and_kept_with_the_next_row(directory: Path) -> None:

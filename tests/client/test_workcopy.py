@@ -13,6 +13,8 @@ import pytest
 import trio
 import trio.testing
 
+from cache import zeros
+from websync_fs.spillfile import SpillFile
 from websync_fs.workcopy import WorkingCopy
 from websync_server.protocol import BLOCK_SIZE, BlockHash
 
@@ -471,3 +473,26 @@ async def test_a_writer_that_fsyncs_as_it_appends_reads_nothing_back(tmp_path: P
         size, new = await work.seal(cache.store)
         assert (size, new) == (len(data), blocks_of(data)[1])
         work.close()
+
+
+async def test_a_sparse_file_s_holes_are_neither_read_nor_hashed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``truncate -s 16G``, or a byte written far out, had read and hashed every block of zeros (38 s)."""
+    work = WorkingCopy(tmp_path / "w", 0, (), Cache().load)
+    await work.truncate(4 * BS + 10)
+    await work.write(4 * BS + 9, b"x")
+    reads: list[int] = []
+    real = SpillFile.pread
+    monkeypatch.setattr(SpillFile, "pread", lambda self, length, offset: reads.append(offset) or real(self, length, offset))
+    handed: list[bytes] = []
+
+    def store(data: bytes) -> str:
+        handed.append(data)
+        return hashlib.sha256(data).hexdigest()
+
+    size, blocks = await work.seal(store)
+    assert size == 4 * BS + 10
+    assert reads == [4 * BS]  # only the block that holds a byte
+    assert [data is zeros(BS) for data in handed] == [True, True, True, True, False]  # hashes known (cache)
+    assert blocks == (hashlib.sha256(bytes(BS)).hexdigest(),) * 4 + (hashlib.sha256(bytes(9) + b"x").hexdigest(),)
+    assert await work.read(0, 16) == bytes(16) and await work.read(4 * BS + 8, 2) == b"\0x"
+    work.close()
