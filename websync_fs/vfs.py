@@ -891,6 +891,8 @@ class Vfs:
         work = self._work.get(handle.ino)
         if work is not None:
             return await work.read(offset, length)
+        if offset + length > handle.size:
+            await self._follow_append(handle)
         end = min(offset + length, handle.size)
         if offset >= end:
             return b""
@@ -912,6 +914,34 @@ class Vfs:
             # reading on: the next blocks load while it works through this one.
             self.source.prefetch(self._nursery, list(handle.blocks[last + 1 : last + 1 + READ_AHEAD_BLOCKS]))
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _follow_append(self, handle: Handle) -> None:
+        """Let a reader asking past the version it opened go on into a newer one that only appends.
+
+        Another machine appended to a file open here (a log, ``tail -f``): the
+        kernel took the new size, and reads past the old end found nothing.
+        The reader keeps one whole version otherwise (close-to-open): only a
+        version whose first bytes are all of the opened one may follow it.
+        """
+        row = self.replica.get(handle.ino)
+        if row is None or row.size <= handle.size or row.blocks == handle.blocks:
+            return
+        full = handle.size // BLOCK_SIZE
+        if row.blocks[:full] != handle.blocks[:full]:
+            return
+        tail = handle.size - full * BLOCK_SIZE
+        if tail:
+            # Blocks are named by their bytes: the old last block must begin the new one.
+            try:
+                old = await self._read_block(handle.blocks[full], 0, tail, True, tail)
+                new = await self._read_block(
+                    row.blocks[full], 0, tail, True, min(row.size - full * BLOCK_SIZE, BLOCK_SIZE)
+                )
+            except FsError:
+                return  # not to be had now: the reader keeps its version
+            if bytes(old) != bytes(new):
+                return
+        handle.size, handle.blocks = row.size, row.blocks
 
     async def _read_block(
         self, h: Any, offset: int, length: int, streaming: bool, size: int | None = None

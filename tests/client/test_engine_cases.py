@@ -12,6 +12,8 @@ from tests.client.engine import EngineMachine, Server, two_machines
 from websync_fs.invalidation import Invalidation
 from websync_fs import replica as replica_module
 from websync_fs.replica import ROOT_ID, ROOT_INO
+from websync_fs.vfs import OpenMode
+from websync_server.protocol import BLOCK_SIZE
 
 
 @pytest.mark.timeout(60)
@@ -310,5 +312,37 @@ def test_a_folders_link_count_follows_every_change_and_is_counted_once_between_c
         a.replica.remove_entry(big.id, "f01.txt")
         a.replica.drop_node(gone.id)
         assert nlink(a, "big") == 6 and len(counts) == looked
+
+    two_machines(tmp_path, body)
+
+
+@pytest.mark.timeout(60)
+def test_a_reader_open_on_b_goes_on_into_an_append_made_on_a_and_keeps_its_version_of_a_rewrite(
+    tmp_path: Path,
+) -> None:
+    """``tail -f`` on B of a log A appends to: the appended bytes can be read through the open file.
+
+    The kernel had taken the new size, and reads past the old end found
+    nothing.  A version that does not begin with all of the opened one (a
+    rewrite) is not followed: the reader keeps its whole version.
+    """
+    async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
+        first = b"a" * BLOCK_SIZE + b"L0\n"  # a full block, and a tail the append grows
+        await a.files.write("log.txt", first)
+        await a.settle()
+        await b.settle()
+        fh, _ = await b.vfs.open(b.vfs.lookup(ROOT_INO, "log.txt").ino, OpenMode(read=True))
+        assert await b.vfs.read(fh, BLOCK_SIZE, 100) == b"L0\n"
+        await a.files.append("log.txt", b"L1\n")
+        await a.settle()
+        await b.settle()
+        assert await b.vfs.read(fh, BLOCK_SIZE + 3, 100) == b"L1\n"
+        assert await b.vfs.read(fh, BLOCK_SIZE - 2, 100) == b"aaL0\nL1\n"
+        await a.files.write("log.txt", b"rotated")  # rewritten: not an append of what B reads
+        await a.settle()
+        await b.settle()
+        assert await b.vfs.read(fh, BLOCK_SIZE, 100) == b"L0\nL1\n"  # its own version, whole
+        await b.vfs.release(fh)
+        assert await b.files.read("log.txt") == b"rotated"  # a new open sees the new version
 
     two_machines(tmp_path, body)
