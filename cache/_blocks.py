@@ -264,7 +264,7 @@ class BlockCache:
             return h
 
         try:
-            if len(data) < HASH_BESIDE_MIN or self._present_lately or _ZEROS.get(len(data), (None,))[0] is data:
+            if len(data) < HASH_BESIDE_MIN or self._present_lately or _zeros_hash(data) is not None:
                 h = count(_sha256(data))
                 present = self._put(h, data)
             else:
@@ -470,11 +470,14 @@ def zeros(length: int) -> bytes:
     return found[0]
 
 
-def _sha256(data: bytes | bytearray) -> str:
+def _zeros_hash(data: bytes | bytearray) -> str | None:
+    """The hash of *data* if it is an object `zeros` made (None: it must be hashed)."""
     known = _ZEROS.get(len(data))
-    if known is not None and data is known[0]:
-        return known[1]
-    return hashlib.sha256(data).hexdigest()
+    return known[1] if known is not None and data is known[0] else None
+
+
+def _sha256(data: bytes | bytearray) -> str:
+    return _zeros_hash(data) or hashlib.sha256(data).hexdigest()
 
 
 def _damage(loaded: Loaded) -> str:

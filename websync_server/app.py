@@ -44,6 +44,7 @@ from ._exceptions import (
     UnsupportedMediaType,
 )
 from .accounts import Identity, Login
+from .bodies import parse_json_object
 from .hostcheck import HostCheck
 from .journal import DEFAULT_LIMIT
 from .logins import guarded_check, guarded_login, login_gate
@@ -53,7 +54,6 @@ from .protocol import (
 )
 from .services import Services
 from .shares import Access
-from .bodies import parse_json_object
 from .web import install as install_web_page
 
 __all__ = ["PROTOCOL_VERSION", "create_app"]
