@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -50,3 +51,22 @@ def test_deleted_files_go_to_the_trash_and_come_back(a: Machine, b: Machine) -> 
         eventually(lambda m=m: read_bytes(m.path("Notes", "plan.txt")) == b"the plan", what=f"back on {m.name}")
     result = b.cli("restore", "Notes/never-existed.txt", check=False)
     assert result.returncode != 0 and "not in the trash" in result.stderr
+
+
+def test_a_folder_comes_back_with_what_was_deleted_inside_it(a: Machine, b: Machine) -> None:
+    """``rm -rf Trip``, then ``websync restore Trip``: the folder and all it held, not an empty folder."""
+    a.path("Trip", "days").mkdir(parents=True)
+    a.path("Trip", "plan.txt").write_bytes(b"the plan")
+    a.path("Trip", "days", "one.txt").write_bytes(b"day one")
+    eventually(lambda: read_bytes(b.path("Trip", "days", "one.txt")) == b"day one", what="the folder on B")
+    shutil.rmtree(a.path("Trip"))
+    wanted = {"Trip", "Trip/plan.txt", "Trip/days", "Trip/days/one.txt"}
+
+    def in_trash() -> bool:
+        return wanted <= {i["path"] for i in json.loads(b.cli("trash", "--json").stdout)["trash"]}
+
+    eventually(in_trash, what="the folder and its contents in the trash")
+    assert "with the 3 item(s) deleted inside it" in b.cli("restore", "Trip").stdout
+    for m in (a, b):
+        eventually(lambda m=m: read_bytes(m.path("Trip", "days", "one.txt")) == b"day one"
+                   and read_bytes(m.path("Trip", "plan.txt")) == b"the plan", what=f"back on {m.name}")  # fmt: skip

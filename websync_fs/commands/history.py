@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import click
+
+from websync_server.protocol import Restore
 
 from ..errors import ConfigError, WebSyncError
 from ..home import Home
@@ -124,8 +127,47 @@ def restore(ctx: Context, path: str, version: int | None, new_name: str | None) 
             raise ConfigError(f"{taken} exists too; give another --as NAME")
         raise ConfigError(f"{taken} exists (something took the deleted file's name); give --as NEW_NAME to bring"
                           " the deleted one back beside it, or --version N for an earlier version of the file there now")
-    with_remote(home, lambda r: r.undelete(trashed[(parent, name)]["node"], parent, target))
-    click.echo(f"restored {where}" + (f" as {target}" if new_name else ""))
+    item = trashed[(parent, name)]
+    with_remote(home, lambda r: r.undelete(item["node"], parent, target))
+    inside = _deleted_with(item, items) if item["kind"] == "dir" else []
+    for start in range(0, len(inside), _RESTORE_BATCH):
+        ops = [Restore(id=i["node"], parent=i["parent"], name=i["name"]).to_wire()
+               for i in inside[start:start + _RESTORE_BATCH]]  # fmt: skip
+
+        async def send(remote: Any, ops: list[dict[str, Any]] = ops) -> int:
+            return int(await remote.commit(uuid.uuid4().hex, ops))
+
+        with_remote(home, send)
+    brought = f" with the {len(inside)} item(s) deleted inside it" if inside else ""
+    click.echo(f"restored {where}" + (f" as {target}" if new_name else "") + brought)
+
+
+#: Items deleted inside a folder this long before the folder itself went with it (an
+#: ``rm -rf`` removes the contents first, a big one over minutes); older ones stay in the trash.
+WITH_FOLDER_S = 600.0
+#: Restores sent in one commit (the server takes at most 1,000 ops a batch).
+_RESTORE_BATCH = 500
+
+
+def _deleted_with(folder: dict[str, Any], items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The trash's items that were inside *folder* when it was deleted, folders before what they held.
+
+    A folder comes back empty (its entries were all removed before it was);
+    what was in it comes back with it, as in the trash of a desktop.  Of two
+    items once at one name, the newest.
+    """
+    since = float(folder["time"]) - WITH_FOLDER_S
+    children: dict[str, dict[str, dict[str, Any]]] = {}
+    for i in items:  # newest first: the first at a name is the one that comes back
+        if float(i["time"]) >= since:
+            children.setdefault(i["parent"], {}).setdefault(i["name"], i)
+    out: list[dict[str, Any]] = []
+    level = [folder["node"]]
+    while level and len(out) < 1_000_000:
+        found = [i for parent in level for i in children.get(parent, {}).values()]
+        out.extend(found)
+        level = [i["node"] for i in found if i["kind"] == "dir"]
+    return out
 
 
 @click.command()
