@@ -41,10 +41,9 @@ from ._exceptions import (
     TooLarge,
     TooManyRequests,
     Unauthorized,
-    UnsupportedMediaType,
 )
 from .accounts import Identity, Login
-from .bodies import parse_json_object
+from .bodies import parse_json_object, require_json_type
 from .hostcheck import HostCheck
 from .journal import DEFAULT_LIMIT
 from .logins import guarded_check, guarded_login, login_gate
@@ -586,15 +585,8 @@ async def _read_pieces(request: Request, limit: int, timeout: float) -> list[byt
 
 
 async def _read_json_body(request: Request, limit: int, timeout: float) -> bytes:
-    """A JSON call's body, refusing any that does not say it is JSON.
-
-    A browser sends a cross-site form post as ``text/plain`` or a form type
-    without asking the server first; requiring ``application/json`` makes it
-    ask (CORS preflight), which this server never grants.
-    """
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type != "application/json":
-        raise UnsupportedMediaType("this call takes a JSON body: send Content-Type: application/json")
+    """A JSON call's body, refusing any that does not say it is JSON (`require_json_type`)."""
+    require_json_type(request.headers.get("content-type", ""))
     return await _read_body(request, limit, timeout)
 
 

@@ -12,11 +12,22 @@ import json
 import re
 from typing import Any
 
-from ._exceptions import InvalidRequest
+from ._exceptions import InvalidRequest, UnsupportedMediaType
 
 #: ``\\uD800``-``\\uDFFF`` written out in the JSON text: the only way a lone surrogate gets in
 #: (raw bytes that are not UTF-8 fail the parse itself).  Pairs are fine: the parser joins them.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def require_json_type(content_type: str) -> None:
+    """Refuse a body that does not say it is JSON.
+
+    A browser sends a cross-site form post as ``text/plain`` or a form type
+    without asking the server first; requiring ``application/json`` makes it
+    ask (CORS preflight), which this server never grants.
+    """
+    if content_type.partition(";")[0].strip().lower() != "application/json":
+        raise UnsupportedMediaType("this call takes a JSON body: send Content-Type: application/json")
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:

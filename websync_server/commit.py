@@ -254,6 +254,10 @@ class Batch:
             if op.replace is None or target.node != op.replace:
                 self._refuse(index, CONFLICT_EXISTS, f"{op.new_name!r} already exists", replaced)
             assert replaced is not None
+            if (replaced.kind == KIND_DIR) != (moved.kind == KIND_DIR):
+                # rename(2) refuses this (EISDIR, ENOTDIR) and so does every client.
+                kinds = "a folder over a file" if moved.kind == KIND_DIR else "a file over a folder"
+                raise InvalidRequest(f"op {index}: a rename can't put {kinds}")
             if replaced.kind == KIND_DIR and self._has_entries(replaced.id):
                 self._refuse(index, CONFLICT_NOT_EMPTY, f"directory {replaced.id} is not empty", moved)
             self._remove_entry(op.new_parent, op.new_name, replaced.id)

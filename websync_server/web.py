@@ -44,7 +44,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._exceptions import Forbidden, InvalidRequest, NotFound, RangeNotSatisfiable, Unauthorized
 from .accounts import Identity
-from .bodies import parse_json_object
+from .bodies import parse_json_object, require_json_type
 from .protocol import API, BLOCK_SIZE, KIND_FILE, BlockHash, is_node_id
 from .logins import guarded_login, login_gate
 from .services import Services
@@ -277,6 +277,7 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int, bool]:
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
+    require_json_type(request.headers.get("content-type", ""))
     declared = request.headers.get("content-length", "")
     if not declared.isdigit() or int(declared) > _LOGIN_BODY_MAX:
         raise InvalidRequest(f"a login is a JSON object of at most {_LOGIN_BODY_MAX} bytes")

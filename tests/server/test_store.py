@@ -307,6 +307,18 @@ def test_rename_replacing_a_non_empty_dir_is_not_empty(components: Components) -
     assert refused(c, rename(a["id"], "a", "b", replace=b["id"])).conflict.reason == "not_empty"
 
 
+def test_rename_of_a_folder_over_a_file_or_back_is_invalid(components: Components) -> None:
+    """rename(2) refuses both (ENOTDIR, EISDIR); the server must not put a folder where a file was."""
+    c = components
+    d, f = mkdir("d"), create("f")
+    c.commit(d, f)
+    with pytest.raises(InvalidRequest, match="a folder over a file"):
+        c.commit(rename(d["id"], "d", "f", replace=f["id"]))
+    with pytest.raises(InvalidRequest, match="a file over a folder"):
+        c.commit(rename(f["id"], "f", "d", replace=d["id"]))
+    assert names(c, d["id"]) == {(ROOT_ID, "d")} and names(c, f["id"]) == {(ROOT_ID, "f")}
+
+
 def test_delete_conflicts(components: Components) -> None:
     c = components
     d = mkdir("d")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from collections.abc import Callable
@@ -56,6 +57,15 @@ def test_a_wrong_password_sets_no_cookie(server: ServerProcess) -> None:
 def test_a_malformed_login_is_a_400(server: ServerProcess, body: bytes) -> None:
     answer = httpx.post(f"{server.url}/web/login", content=body, headers={"Content-Type": "application/json"})
     assert answer.status_code == 400 and answer.json()["error"] == "invalid"
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", ""])
+def test_a_login_that_a_form_could_send_is_refused(server: ServerProcess, content_type: str) -> None:
+    """An old browser sends no Origin: a form post from another site (a body of
+    ``text/plain``, say) must still not log its visitor in as someone else."""
+    body = json.dumps({"user": "alice", "password": USERS["alice"]})
+    answer = httpx.post(f"{server.url}/web/login", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == 415 and "set-cookie" not in answer.headers
 
 
 def test_a_login_from_another_site_is_refused(server: ServerProcess) -> None:
