@@ -65,6 +65,7 @@ from .conflicts import conflict_name
 from .errors import NotFound, Offline, RemoteError
 from .remote import Remote
 from .replica import NodeRow, Replica
+from .storepaths import free_conflict_name, path_of
 from .invalidation import Invalidation, Notify
 from .writeback import WriteBackQueue
 
@@ -393,7 +394,8 @@ class Reconciler:
             new_name = name
             if listing.entries.get((parent, name)) not in (None, node):
                 new_name = conflict_name(name, self.device, taken=lambda n: (
-                    (parent, n) in listing.entries or self.replica.lookup(parent, n) is not None))
+                    (parent, n) in listing.entries or self.replica.lookup(parent, n) is not None),
+                    folder=path_of(self.replica, parent))
                 self._remove_entry(parent, name, inv)
             fresh[node] = new_node_id()
             self.replica.remap(node, fresh[node])
@@ -447,7 +449,7 @@ class Reconciler:
         if new_here and places:
             parent, name = places[0]
             copy = new_node_id()
-            copy_name = conflict_name(name, self.device, taken=lambda n: self.replica.has_entry(parent, n))
+            copy_name = free_conflict_name(self.replica, parent, name, self.device)
             self.replica.add_node(copy, row.kind, row.mode, size=row.size, mtime_ns=row.mtime_ns, blocks=row.blocks,
                                   owner=(row.uid, row.gid))
             self.replica.set_entry(parent, copy_name, copy)

@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from websync_server.protocol import ROOT_ID
 
+from .conflicts import conflict_name
 from .errors import WebSyncError
 from .replica import NodeRow, Replica
 
@@ -92,6 +93,11 @@ def path_of(replica: Replica, node: str) -> str | None:
         names.append(name)
         current = parent
     return None
+
+
+def free_conflict_name(replica: Replica, parent: str, name: str, device: str) -> str:
+    """The name of *device*'s conflict copy of *name*, free in folder *parent* (`conflict_name`)."""
+    return conflict_name(name, device, taken=lambda n: replica.has_entry(parent, n), folder=path_of(replica, parent))
 
 
 def ancestors(replica: Replica, node: str) -> list[str]:

@@ -66,7 +66,6 @@ from websync_server.protocol import (
     new_node_id,
 )
 
-from .conflicts import conflict_name
 from .errors import (
     BadRequest,
     CommitConflict,
@@ -82,6 +81,7 @@ from .errors import (
 from .follower import Applier, backoff
 from .remote import Remote
 from .replica import NodeRow, Replica
+from .storepaths import free_conflict_name
 from .invalidation import Invalidation, Notify
 from .writeback import Item, WriteBackQueue, clock
 
@@ -533,7 +533,7 @@ class Uploader:
 
     # -- conflicts -------------------------------------------------------------
     def _free_name(self, parent: str, name: str) -> str:
-        return conflict_name(name, self.device, taken=lambda n: self.replica.has_entry(parent, n))
+        return free_conflict_name(self.replica, parent, name, self.device)
 
     def _ino(self, node: str) -> int | None:
         row = self.replica.by_id(node)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -214,3 +215,69 @@ def test_a_save_right_after_a_move_keeps_the_move(
     assert serverstate.tree(site.data_dir, site.user) == expected
     eventually(lambda: serverstate.read_tree(b.mnt) == expected, what="the moved, saved document on B")
     assert serverstate.read_tree(a.mnt) == expected
+
+
+def _git(repo: os.PathLike[str], *args: str) -> str:
+    command = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org", *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"git {args[0]}: {done.stderr}"
+    return done.stdout
+
+
+def test_a_git_repository_committed_to_offline_on_two_machines_still_works(
+    site: Site, make_machine: Callable[..., Machine], seed: int
+) -> None:
+    """Both machines commit to one repository while A is offline: A's ``main`` is a conflict.
+
+    A copy named ``main (conflict from A ...)`` in ``.git/refs/heads`` is a
+    ref name git refuses: ``git log --all``, ``fsck`` and ``gc`` failed on
+    every machine.  The copy is a branch git accepts, so A's commit is there
+    to merge and the repository keeps working everywhere.
+    """
+    proxy = Proxy(site.port, seed=seed)
+    try:
+        a = make_machine("A", site, url=proxy.url)
+        b = make_machine("B", site)
+        subprocess.run(["git", "init", "-q", "-b", "main", str(a.path("repo"))], check=True, timeout=60)
+        a.path("repo", "readme.txt").write_text("one\n")
+        _git(a.path("repo"), "add", ".")
+        _git(a.path("repo"), "commit", "-qm", "one")
+        drained(a)
+        first = _git(a.path("repo"), "rev-parse", "main").strip()
+        eventually(lambda: _ref(b, "main") == first, what="the repository on B")
+
+        proxy.online = False
+        for m, name in ((a, "from-a.txt"), (b, "from-b.txt")):
+            m.path("repo", name).write_text(f"{m.name}\n")
+            _git(m.path("repo"), "add", name)
+            _git(m.path("repo"), "commit", "-qm", f"on {m.name}")
+        on_a = _git(a.path("repo"), "rev-parse", "main").strip()
+        drained(b)
+        proxy.online = True
+        drained(a, timeout=90)
+        drained(b)
+
+        heads = b.path("repo", ".git", "refs", "heads")
+        eventually(lambda: len(os.listdir(heads)) == 2, what="A's main beside B's on B")
+        (copy,) = [n for n in os.listdir(heads) if n != "main"]
+        assert copy.startswith("main.conflict-from-A-"), copy
+        for m in (a, b):
+            eventually(lambda m=m: _ref(m, copy) == on_a, what=f"A's commit as a branch on {m.name}")
+            eventually(lambda m=m: _fsck(m), what=f"git fsck passing on {m.name}")
+            assert {"one", "on A", "on B"} <= set(_git(m.path("repo"), "log", "--all", "--format=%s").split("\n"))
+        assert _git(b.path("repo"), "show", f"{copy}:from-a.txt") == "A\n"
+        _git(b.path("repo"), "gc", "-q")
+        assert _fsck(b)
+    finally:
+        proxy.close()
+
+
+def _ref(m: Machine, name: str) -> str | None:
+    path = m.path("repo", ".git", "refs", "heads", name)
+    return path.read_text().strip() if path.exists() else None
+
+
+def _fsck(m: Machine) -> bool:
+    """Whether git finds the repository whole (the other machine's objects may still be coming)."""
+    return subprocess.run(["git", "-C", str(m.path("repo")), "fsck", "--no-progress"],
+                          capture_output=True, timeout=60).returncode == 0

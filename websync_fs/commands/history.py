@@ -176,13 +176,13 @@ def _deleted_with(folder: dict[str, Any], items: list[dict[str, Any]]) -> list[d
 @friendly
 def conflicts(ctx: Context, as_json: bool) -> None:
     """List conflict copies: files two machines changed at the same time."""
-    from ..conflicts import MARK
+    from ..conflicts import MARK, REF_MARK
     from ..storepaths import path_of
 
     replica = _replica(ctx.home)
     found = [
         {"path": path_of(replica, row.id) or name, "size": row.size, "mtime": _when(row.mtime_ns)}
-        for name, row in replica.named_with(MARK)
+        for name, row in (*replica.named_with(MARK), *replica.named_with(REF_MARK))
     ]
     if as_json:
         click.echo(json.dumps({"conflicts": found}, indent=2))

@@ -354,9 +354,9 @@ class Merger:
     def _keep_aside(self, path: str) -> str:
         """Move the local file at *path* to its conflict name (uploaded later as a new file)."""
         target = join(self.root, path)
-        name = conflict_name(target.name, self.device, taken=lambda n: os.path.lexists(target.parent / n))
-        os.rename(target, target.parent / name)
         head = path.rpartition("/")[0]
+        name = conflict_name(target.name, self.device, taken=lambda n: os.path.lexists(target.parent / n), folder=head)
+        os.rename(target, target.parent / name)
         aside = f"{head}/{name}" if head else name
         self.again.add(aside)
         self.conflicts += 1
