@@ -126,7 +126,7 @@ class Engine:
         self.applier = Applier(self.replica, self.queue, self.vfs.busy, self.notify)
         self.follower = Follower(self.remote, self.applier, self._on_state, self.retry)
         self.uploader = Uploader(
-            self.queue, self.replica, self.remote, self.cache.get, self.applier, self.notify,
+            self.queue, self.replica, self.remote, self.cache.peek, self.applier, self.notify,
             settings.device, self._on_state, settle=self.early.settle,
         )
         self.reconciler = Reconciler(

@@ -224,6 +224,36 @@ def test_read_returns_the_asked_range_without_rehashing_a_checked_block(
     assert bc.read(absent, 0, 10) is None
 
 
+@pytest.mark.parametrize("size", [INLINE_MAX // 2, 256 * KiB])
+def test_peek_reads_a_block_this_process_stored_without_a_write(directory: Path, size: int) -> None:
+    """The uploader's read: a row or a file stored here a moment ago, no LRU write, no hit counted."""
+    h, data = make_block(1, size)
+    with BlockCache(directory, limit=8 * MiB) as bc:
+        bc.put(h, data)
+        other = sqlite3.connect(directory / "cache.db")
+        try:
+            (before,) = other.execute("PRAGMA data_version").fetchone()
+            assert bc.peek(h) == data
+            assert other.execute("PRAGMA data_version").fetchone() == (before,)  # nothing committed
+        finally:
+            other.close()
+        assert bc.stats().hits == 0
+
+
+@pytest.mark.parametrize("damage", [_flip_a_byte, Path.unlink])
+def test_peek_of_a_block_damaged_since_it_was_stored_is_none(
+    bc: BlockCache, directory: Path, damage: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    h, data = make_block(1)
+    bc.put(h, data)
+    (path,) = block_files(directory, h)
+    damage(path)
+    assert bc.peek(h) is None  # then a `get`: hashed, dropped, a warning naming it
+    assert any(h in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    caplog.clear()
+    assert bc.peek(make_block(2)[0]) is None  # never stored
+
+
 def test_a_block_checked_once_per_process_is_checked_again_by_a_new_one(
     directory: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
