@@ -34,6 +34,7 @@ from typing import Any
 import trio
 
 from cache import BlockCache
+from websync_server.protocol import KIND_FILE, OP_CREATE, OP_UPDATE
 
 from .backoff import Backoff
 from .blocksource import BlockSource
@@ -52,6 +53,7 @@ from .pins import Pinner, PinTable
 from .reconcile import Reconciler
 from .remote import Remote
 from .replica import Replica
+from .storepaths import path_of
 from .statedb import StateDb
 from .uploader import Uploader
 from .vfs import Vfs
@@ -177,6 +179,55 @@ class Engine:
         self.revoked = f"{name} is no longer shared with you; this machine keeps nothing of it"
         log.warning("%s (%s)", self.revoked, why)
         self.end()
+
+    async def _keep_unsent(self) -> None:
+        """Copy out the files this machine changed in a folder no longer shared with it that never went up.
+
+        The folder's place is deleted next; until now a member's unsent work
+        went with it (a file saved a moment before the owner's unshare, one
+        held back by the owner's full quota, one still open for writing).
+        Each such file is written, at its path in the folder, under the own
+        home's ``kept`` folder, and the status says where.
+        """
+        await self.vfs.seal_all()
+        unsent: dict[str, None] = {}
+        for item in self.queue.items():
+            if item.op["op"] in (OP_CREATE, OP_UPDATE):
+                unsent[item.node] = None
+        if not unsent:
+            return
+        name = str(self.home.share().get("name", self.home.store))
+        dest = self.home.kept_dir / f"{name} {time.strftime('%Y-%m-%d %H%M%S')}"
+        kept = await trio.to_thread.run_sync(self._write_kept, list(unsent), dest)
+        if kept:
+            self.revoked = (f"{name} is no longer shared with you; this machine keeps only the {kept} file(s)"
+                            f" changed here that never reached the server, in {dest}")
+            log.warning("kept %d unsent file(s) of %s in %s", kept, name, dest)
+
+    def _write_kept(self, nodes: list[str], dest: Path) -> int:
+        """Write each of *nodes* (files) under *dest* at its path; the number written."""
+        kept = 0
+        for node in nodes:
+            row = self.replica.by_id(node)
+            path = path_of(self.replica, node) if row is not None and row.kind == KIND_FILE else None
+            if row is None or path is None or row.local:
+                continue
+            datas = [self.cache.get(h) for h in row.blocks]
+            if any(data is None for data in datas):
+                log.warning("could not keep %s: a block of it is missing from the cache", path)
+                continue
+            target = dest.joinpath(*path.split("/"))
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with open(target, "xb") as out:
+                    for data in datas:
+                        out.write(data)  # type: ignore[arg-type]  # none is None (checked above)
+                os.utime(target, ns=(row.mtime_ns, row.mtime_ns))
+            except OSError as exc:
+                log.warning("could not keep %s in %s: %s", path, dest, exc)
+                continue
+            kept += 1
+        return kept
 
     def _forget_place(self) -> None:
         """Delete everything this machine held of a folder no longer shared with it; keep the status saying so."""
@@ -383,6 +434,9 @@ class Client(Engine):
         if self.closed:
             return
         self.closed = True
+        if self.revoked:
+            await self._keep_unsent()
+            self.write_status_final()  # with where the unsent files are
         await self.remote.aclose()
         self.cache.close()
         self.db.close()

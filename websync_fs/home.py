@@ -144,6 +144,11 @@ class Home:
         return self.state_dir / "websync.log"
 
     @property
+    def kept_dir(self) -> Path:
+        """Where the files changed in a folder no longer shared, and never sent, are kept: the own home's."""
+        return (self.state_dir.parent.parent if self.store else self.state_dir) / "kept"
+
+    @property
     def work_dir(self) -> Path:
         """Working copies of files open for writing."""
         return self.cache_dir / "work"

@@ -1005,6 +1005,14 @@ class Vfs:
                 uid, gid = chown_fields(owner)  # an update carries no owner
                 self._send(SetAttr(id=row.id, uid=uid, gid=gid))
 
+    async def seal_all(self) -> None:
+        """Seal every file still open for writing: the front end ended under its writers."""
+        for ino in list(self._work):
+            try:
+                await self._seal(ino)
+            except (FsError, OSError) as exc:
+                log.warning("could not seal inode %d, open for writing when the front end ended: %s", ino, exc)
+
     async def flush(self, fh: int) -> None:
         handle = self.handles.get(fh)
         if handle.writable:

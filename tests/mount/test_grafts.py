@@ -12,13 +12,15 @@ import os
 import shutil
 import statistics
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.clients import Machine, arrival, eventually, read_bytes
-from tests.servers import ServerProcess, add_user
+from tests.servers import ServerProcess, add_user, server_command
+from websync_server.quotas import LIMITS_TTL_S
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(240)]
 
@@ -155,6 +157,44 @@ def test_a_folder_shared_while_mounted_appears_and_one_unshared_goes_with_nothin
     assert not (carol.home / "cache" / "shared" / place.name).exists()
     assert "Family is no longer shared with you" in carol.cli("--shared", "Family", "status").stdout
     assert carol.path("Photos", "beach.jpg").exists() and carol.pid() is not None  # the rest goes on
+
+
+def test_what_a_member_changed_and_never_sent_is_kept_on_their_machine_when_the_folder_is_unshared(
+    household: tuple[Machine, Machine, Machine], server: ServerProcess, account: tuple[str, str]
+) -> None:
+    """Unshared (or its owner removed) while Bob's work had not gone up: that work stays on Bob's machine.
+
+    One file waits for room in Alice's full quota; another is still open for
+    writing.  Before, the folder's place was deleted with both in it.
+    """
+    alice, bob, _ = household
+    _family_everywhere((alice, bob))
+    bob.path("Family", "sent.txt").write_bytes(b"this one went up")
+    eventually(lambda: alice.path("Family", "sent.txt").exists(), what="sent.txt on alice")
+    subprocess.run(server_command("user", "set", account[0], "--quota", "1M", "--data", str(server.data_dir)),
+                   check=True, capture_output=True, timeout=60)
+    time.sleep(LIMITS_TTL_S + 1)  # until the running server reads the new bound
+    held = os.urandom(2 * 1024 * 1024)
+    os.mkdir(bob.path("Family", "trip"))
+    bob.path("Family", "trip", "held.bin").write_bytes(held)
+    eventually(lambda: "over their quota" in bob.cli("--shared", "Family", "status").stdout,
+               what="bob's file held back by alice's quota")
+    writing = os.urandom(2 * 1024 * 1024)
+    writer = os.open(bob.path("Family", "open.bin"), os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(writer, writing)
+        alice.cli("unshare", "Family", f"{account[0]}-bob")
+        eventually(lambda: not bob.path("Family").exists(), what="Family left bob's mount")
+    finally:
+        assert _errno(lambda: os.close(writer)) in (0, errno.ESTALE)  # its folder is gone
+    kept_root = bob.home / "state" / "kept"
+    (kept,) = kept_root.iterdir()
+    assert kept.name.startswith("Family ")
+    assert read_bytes(kept / "trip" / "held.bin") == held
+    assert read_bytes(kept / "open.bin") == writing
+    assert not (kept / "sent.txt").exists()  # on the server: alice has it
+    said = bob.cli("--shared", "Family", "status").stdout
+    assert "Family is no longer shared with you" in said and str(kept) in said, said
 
 
 def test_a_mount_started_offline_shows_the_shared_folders_it_had_and_sends_what_was_done_there_later(

@@ -58,7 +58,7 @@ def shares(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 @friendly
 def unshare(ctx: Context, path: str, user: str) -> None:
-    """Stop sharing the folder PATH with USER; USER's machines keep nothing of it.
+    """Stop sharing the folder PATH with USER; USER's machines keep only their work never sent.
 
     A member may name themself as USER to leave a folder shared with them.
     """
