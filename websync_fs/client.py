@@ -244,6 +244,8 @@ class Client(Engine):
     def __init__(self, home: Home, place: Path) -> None:
         self.home = home
         self.place = place
+        #: Where the user sees it now: a shared folder's name in the own mount can change (fuse/grafts.py).
+        self.shown_place: Callable[[], Path] = lambda: self.place
         settings, token = self._take_home(
             home, "this home is already mounted by process {pid}; run 'websync unmount' first")
         self.settings = settings
@@ -308,7 +310,7 @@ class Client(Engine):
     def status(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
-            "mountpoint": str(self.place),
+            "mountpoint": str(self.shown_place()),
             "server": self.settings.server,
             "user": self.settings.user,
             "device": self.settings.device,

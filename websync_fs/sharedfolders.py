@@ -23,7 +23,8 @@ decides which are shown and when one starts or stops:
 
 Every front end names them alike (`top_names`): as the folder is named, or
 ``NAME (OWNER)`` (as `websync shares` lists it) when the own tree has an entry
-of that name or two folders share it.
+of that name or two folders share it, numbered (``NAME (OWNER 2)``) when even
+that is taken: no folder is ever hidden behind another.
 """
 
 from __future__ import annotations
@@ -63,10 +64,20 @@ def top_names(shown: Iterable[Shown], share: Callable[[Shown], Mapping[str, Any]
     for folder in shown:
         by_name.setdefault(str(share(folder)["name"]), []).append(folder)
     names: dict[str, Shown] = {}
-    for name, folders in by_name.items():
-        clash = len(folders) > 1 or own_has(name)
-        for folder in folders:
-            names[f"{name} ({share(folder)['owner']})" if clash else name] = folder
+    decorated: list[tuple[str, Shown]] = []
+    for name, folders in sorted(by_name.items()):
+        if len(folders) > 1 or own_has(name):
+            for folder in sorted(folders, key=lambda f: str(share(f).get("store", ""))):
+                decorated.append((f"{name} ({share(folder)['owner']}", folder))
+        else:
+            names[name] = folders[0]
+    # A decorated name may meet a folder named just so ("Fam (alice)"), the own tree,
+    # or another of one owner's: it takes a number then, and no folder is ever hidden.
+    for stem, folder in decorated:
+        n = 1
+        while (name := f"{stem}{'' if n == 1 else f' {n}'})") in names or own_has(name):
+            n += 1
+        names[name] = folder
     return names
 
 

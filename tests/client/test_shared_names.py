@@ -29,6 +29,29 @@ def test_a_shared_folder_takes_its_name_unless_the_own_tree_or_another_folder_ha
     assert _names([family, {"name": "Photos", "owner": "alice"}], {"Photos"}) == ["Family", "Photos (alice)"]
 
 
+def test_no_shared_folder_is_ever_hidden_behind_another_s_name() -> None:
+    """Alice's Fam meets Bob's Fam (so it shows as "Fam (alice)"), and a folder she named "Fam (alice)"."""
+    shares = [{"name": "Fam", "owner": "alice", "store": "1"}, {"name": "Fam", "owner": "bob", "store": "2"},
+              {"name": "Fam (alice)", "owner": "alice", "store": "3"}]
+    assert _names(shares, set()) == ["Fam (alice 2)", "Fam (alice)", "Fam (bob)"]
+    assert _names(shares, {"Fam (alice 2)"}) == ["Fam (alice 3)", "Fam (alice)", "Fam (bob)"]
+
+
+def test_a_name_as_the_mount_shows_it_means_that_folder_in_every_command() -> None:
+    from websync_fs.commands._common import choose_share
+    from websync_fs.errors import ConfigError
+
+    shares = [{"name": "Fam", "owner": "alice", "store": "1"}, {"name": "Fam", "owner": "bob", "store": "2"},
+              {"name": "Fam (alice)", "owner": "alice", "store": "3"}, {"name": "Trip", "owner": "carol", "store": "4"}]
+    named = top_names(range(len(shares)), lambda i: shares[i], lambda name: name == "Trip")
+    for shown, index in named.items():
+        assert choose_share(shares, shown, "alice") is shares[index], shown
+    assert choose_share(shares, "Fam", "alice") is shares[0]  # of two named so, the user's own
+    assert choose_share(shares, "Trip", "alice") is shares[3] and choose_share(shares, "Nothing", "alice") is None
+    with pytest.raises(ConfigError, match="give it as 'Fam [(]OWNER[)]'"):
+        choose_share(shares, "Fam", "dave")
+
+
 def test_a_synced_folder_leaves_every_other_synced_folder_at_its_top_alone(tmp_path: Path) -> None:
     root = tmp_path / "sync"
     for sub in ("Family", "Mine", "Shown"):

@@ -159,6 +159,52 @@ def test_a_folder_shared_while_mounted_appears_and_one_unshared_goes_with_nothin
     assert carol.path("Photos", "beach.jpg").exists() and carol.pid() is not None  # the rest goes on
 
 
+def test_a_folder_shown_as_name_owner_is_that_folder_to_every_command_and_is_never_hidden(
+    household: tuple[Machine, Machine, Machine], server: ServerProcess, account: tuple[str, str],
+    new_machine: Callable[..., Machine],
+) -> None:
+    """Dave shares a Family of his own with Alice: her mount shows "Family (alice)" and "Family (dave)".
+
+    Commands given "Family (alice)" (a path or a name) went to a folder of
+    that literal name: history found nothing, and share made a new empty
+    folder "Family (alice)" that took the shown name and hid the real one.
+    """
+    alice, bob, carol = household
+    owner, kin = account[0], f"{account[0]}-dave"
+    add_user(server.data_dir, kin, "pw-dave-long-enough")
+    dave = new_machine("D", mount=False)
+    dave.login(kin, "pw-dave-long-enough")
+    _family_everywhere(household)
+    alice.path("Family", "plan.txt").write_bytes(b"v1")
+    eventually(lambda: read_bytes(bob.path("Family", "plan.txt")) == b"v1", what="v1 on bob")
+    alice.path("Family", "plan.txt").write_bytes(b"v2")
+    dave.cli("share", "Family", owner)
+    # In Bob's mount "Family" is Alice's: he shares no namesake of it.
+    namesake = bob.cli("share", "Family", owner, check=False)
+    assert namesake.returncode != 0 and "only its owner can share it" in namesake.stderr, namesake.stderr
+    mine = alice.path(f"Family ({owner})")
+    eventually(lambda: sorted(os.listdir(alice.mnt)) == [f"Family ({owner})", f"Family ({kin})"],
+               what="both Family folders in alice's mount")
+    eventually(lambda: str(mine) in alice.cli("--shared", f"Family ({owner})", "status").stdout,
+               what="the shown name in the folder's status")
+    versions = json.loads(alice.cli("history", "--json", str(mine / "plan.txt")).stdout)["versions"]
+    assert len(versions) == 2
+    # Shared again by the path the mount shows: the same folder, and no new one.
+    alice.cli("share", str(mine), f"{owner}-carol", "--read-only")
+    stores = [s["store"] for s in json.loads(alice.cli("shares", "--json").stdout)]
+    assert len(stores) == len(set(stores)) == 2
+    assert read_bytes(mine / "plan.txt") == b"v2"
+    # A folder of one's own is not shared as an empty namesake.
+    alice.path("Photos").mkdir()
+    alice.path("Photos", "a.jpg").write_bytes(b"jpeg")
+    refused = alice.cli("share", "Photos", f"{owner}-bob", check=False)
+    assert refused.returncode != 0 and "a shared folder starts empty" in refused.stderr, refused.stderr
+    assert len(json.loads(alice.cli("shares", "--json").stdout)) == 2
+    # Bob's folder is Bob's to share.
+    theirs = alice.cli("share", f"Family ({kin})", f"{owner}-carol", check=False)
+    assert theirs.returncode != 0 and "only its owner can share it" in theirs.stderr, theirs.stderr
+
+
 def test_what_a_member_changed_and_never_sent_is_kept_on_their_machine_when_the_folder_is_unshared(
     household: tuple[Machine, Machine, Machine], server: ServerProcess, account: tuple[str, str]
 ) -> None:

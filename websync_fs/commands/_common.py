@@ -7,6 +7,7 @@ import functools
 import logging
 import logging.handlers
 import os
+import re
 import subprocess
 import sys
 import time
@@ -71,7 +72,25 @@ class Context:
 
 
 def _named(share: dict[str, Any], name: str) -> bool:
-    return name in (share.get("name"), f"{share.get('name')} ({share.get('owner')})")
+    """Whether *share* is named *name*: as it is, or as a mount shows it (``NAME (OWNER)``, ``NAME (OWNER 2)``)."""
+    return name == share.get("name") or re.fullmatch(
+        re.escape(f"{share.get('name')} ({share.get('owner')}") + r"( [2-9]| [1-9][0-9]+)?\)", name) is not None
+
+
+def choose_share(listed: list[dict[str, Any]], name: str, user: str) -> dict[str, Any] | None:
+    """The folder of *listed* that *name* means to *user* (None: none); `ConfigError` if that is unclear.
+
+    A folder named just so comes before one shown so (``Fam (alice)``), as in
+    the mount (`sharedfolders.top_names`); of several, the user's own.
+    """
+    from ..errors import ConfigError
+
+    found = [s for s in listed if s.get("name") == name] or [s for s in listed if _named(s, name)]
+    if len(found) > 1:
+        found = [s for s in found if s.get("owner") == user] or found
+    if len(found) > 1:
+        raise ConfigError(f"{len(found)} shared folders are named {name!r}; give it as '{name} (OWNER)'")
+    return found[0] if found else None
 
 
 def shared_place(base: Home, name: str, *, refresh: bool) -> Home:
@@ -93,12 +112,9 @@ def shared_place(base: Home, name: str, *, refresh: bool) -> Home:
                 raise
     if listed is not None:
         _forget_unlisted(base, {str(s["store"]) for s in listed})
-    found = [s for s in (known if listed is None else listed) if _named(s, name)]
-    if not found:
+    share = choose_share(known if listed is None else listed, name, base.load_settings().user)
+    if share is None:
         raise ConfigError(f"no shared folder is named {name!r}; see 'websync shares'")
-    if len(found) > 1:
-        raise ConfigError(f"{len(found)} shared folders are named {name!r}; give it as '{name} (OWNER)'")
-    share = found[0]
     place = base.place(str(share["store"]))
     if listed is not None:
         if place.revoked():

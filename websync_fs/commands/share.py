@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..errors import ConfigError
-from ._common import Context, friendly, pass_ctx, with_remote
+from ._common import Context, choose_share, friendly, pass_ctx, with_remote
 
 COMMANDS = ["share", "shares", "unshare"]
 
@@ -26,7 +26,21 @@ def share(ctx: Context, path: str, user: str, read_only: bool) -> None:
     it is shared; move files into it. Sharing it again changes USER's mode.
     """
     name = _top_name(ctx, path)
-    made = with_remote(ctx.home, lambda remote: remote.share(name, user, read_only))
+    settings, _ = ctx.home.logged_in()
+
+    async def run(remote: Any) -> dict[str, Any]:
+        chosen = choose_share(await remote.shares(), name, settings.user)
+        if chosen is not None and chosen["owner"] != settings.user:
+            raise ConfigError(f"{name} is {chosen['owner']}'s shared folder: only its owner can share it")
+        if chosen is None and _own_has(ctx, name):
+            # The server would make a new, empty folder, shown beside this one as NAME (OWNER).
+            raise ConfigError(
+                f"{name} is a folder of your own; a shared folder starts empty. Share a new name and move the "
+                f"files in: websync share '{name} shared' {user}, then mv {name}/* '{name} shared'/")
+        result: dict[str, Any] = await remote.share(chosen["name"] if chosen else name, user, read_only)
+        return result
+
+    made = with_remote(ctx.home, run)
     mode = "read-only" if read_only else "read-write"
     click.echo(f"shared {made['name']} with {user} ({mode}); members: {_members(made)}")
 
@@ -66,15 +80,11 @@ def unshare(ctx: Context, path: str, user: str) -> None:
     settings, _ = ctx.home.logged_in()
 
     async def remove(remote: Any) -> str:
-        listed = await remote.shares()
-        chosen = [s for s in listed if s["name"] == name and s["owner"] == settings.user]
-        chosen = chosen or [s for s in listed if s["name"] == name]
-        if not chosen:
+        chosen = choose_share(await remote.shares(), name, settings.user)
+        if chosen is None:
             raise ConfigError(f"no shared folder is named {name!r}; see 'websync shares'")
-        if len(chosen) > 1:
-            raise ConfigError(f"{len(chosen)} folders shared with you are named {name!r}; ask their owners")
-        await remote.unshare(chosen[0]["store"], user)
-        return str(chosen[0]["name"])
+        await remote.unshare(chosen["store"], user)
+        return str(chosen["name"])
 
     removed = with_remote(ctx.home, remove)
     click.echo(f"{removed} is no longer shared with {user}")
@@ -91,6 +101,20 @@ def _top_name(ctx: Context, path: str) -> str:
     if not where or "/" in where:
         raise ConfigError(f"{path}: a shared folder lies at the top of the tree; give a name such as 'Family'")
     return where
+
+
+def _own_has(ctx: Context, name: str) -> bool:
+    """Whether the top of the user's own tree, as this machine has it, holds *name*."""
+    from ..replica import ROOT_ID, Replica
+    from ..statedb import StateDb
+
+    if ctx.home.store or not ctx.home.replica_db.exists():
+        return False
+    db = StateDb(ctx.home.replica_db)
+    try:
+        return Replica(db).lookup(ROOT_ID, name) is not None
+    finally:
+        db.close()
 
 
 def _members(share: dict[str, Any]) -> str:

@@ -92,6 +92,10 @@ class GraftedOperations(pyfuse3.Operations):  # type: ignore[misc]
         """The grafts by the name each has at the top of the mount now."""
         return top_names(self.grafts.values(), lambda graft: graft.share, self._own_has)
 
+    def name_of(self, graft: Graft, otherwise: str) -> str:
+        """The name *graft* has at the top of the mount now (*otherwise* while it is not shown)."""
+        return next((name for name, shown in self.top_names().items() if shown is graft), otherwise)
+
     def _own_has(self, name: str) -> bool:
         try:
             self.own.vfs.lookup(ROOT, name)
@@ -295,6 +299,7 @@ class Grafts:
         self._slots += 1
         graft = Graft(share, self._slots, client)
         client.stop = self._refuse_stop
+        client.shown_place = lambda: self.mountpoint / self.router.name_of(graft, str(share["name"]))
         try:
             with graft.scope:
                 await client.first_sync(lambda records: None)
@@ -306,8 +311,7 @@ class Grafts:
                     log.info("showing shared folder %s of %s", share["name"], share["owner"])
                     await trio.sleep_forever()
         finally:
-            names = [n for n, g in self.router.top_names().items() if g is graft]
-            self.router.hide(graft, names)
+            self.router.hide(graft, [self.router.name_of(graft, str(share["name"]))])
             with trio.CancelScope(shield=True):
                 client.write_status_final()
                 await client.close()
