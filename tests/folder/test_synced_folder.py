@@ -173,6 +173,27 @@ def test_a_websyncignore_keeps_matching_files_here(new_machine: Callable[..., Ma
     assert sorted(os.listdir(a.mnt)) == [".websyncignore", "kept.txt"]
 
 
+def test_a_name_that_is_not_utf8_stays_here_and_the_sync_goes_on(
+    new_machine: Callable[..., Machine], folder: Path
+) -> None:
+    """Linux takes any bytes as a name; the server's names are text.  Such a file had ended the sync,
+    which then failed at every start until the file was renamed by hand."""
+    a, b = _mount_and_folder(new_machine, folder)
+    bad = os.fsdecode(b"bad\xff\xfename.txt")
+    (folder / bad).write_bytes(b"kept here")
+    (folder / "after.txt").write_bytes(b"after")
+    eventually(_holds(a.path("after.txt"), b"after"), what="a file made after it")
+    b.cli("sync", "--stop", str(folder))
+    b.sync(folder)  # starts again
+    (folder / "later.txt").write_bytes(b"later")
+    eventually(_holds(a.path("later.txt"), b"later"), what="a file made after a restart")
+    assert sorted(os.listdir(a.mnt)) == ["after.txt", "later.txt"]
+    assert read_bytes(folder / bad) == b"kept here"
+    assert "is not valid UTF-8" in b.log()
+    os.rename(folder / bad, folder / "renamed.txt")
+    eventually(_holds(a.path("renamed.txt"), b"kept here"), what="the file, renamed")
+
+
 def test_kill_9_of_the_sync_and_a_restart_lose_nothing(new_machine: Callable[..., Machine], folder: Path) -> None:
     a, b = _mount_and_folder(new_machine, folder)
     (folder / "kept.txt").write_bytes(b"before")

@@ -13,6 +13,11 @@ Three sources, matched against the path relative to the folder:
 
 A path outside the ``--only`` folders is out of scope: neither sent nor fetched.
 
+A name that is not valid UTF-8 (bytes a Linux file system takes, which Python
+carries as lone surrogates) has no spelling on the server, whose names are
+text: it stays on this machine, said once in the log.  It had stopped the sync
+for good.
+
 A folder at the top that is another synced folder -- a shared folder shown
 here (folder/grafts.py), or any folder holding a marker of its own
 (guards.py) -- is left alone entirely: its own engine syncs it with its own
@@ -53,6 +58,7 @@ class IgnoreRules:
         #: Names at the top of folders that hold a marker of their own, as last looked (`reload`).
         self._nested: frozenset[str] = frozenset()
         self._top_stamp: int | None = None  # the top's mtime when _nested was listed
+        self._unspellable: set[str] = set()  # said in the log already
         self.reload()
 
     def reload(self) -> None:
@@ -105,6 +111,12 @@ class IgnoreRules:
         parts = rel.split("/")
         if any(part.startswith(OWN_PREFIX) for part in parts) or self.elsewhere(rel):
             return True
+        if not _spellable(rel):
+            if rel not in self._unspellable:
+                self._unspellable.add(rel)
+                log.warning("%r stays on this machine: its name is not valid UTF-8, as every name on the "
+                            "server is; rename it to sync it", rel)
+            return True
         if not is_dir and self.names.local_only(parts[-1]):
             return True
         if not self.in_scope(rel):
@@ -116,6 +128,14 @@ class IgnoreRules:
                 if self._spec.match_file(sub + ("/" if i < len(parts) or is_dir else "")):
                     return True
         return False
+
+
+def _spellable(rel: str) -> bool:
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _nested(root: Path) -> list[str]:
