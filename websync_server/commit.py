@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from sqlalchemy import Connection, bindparam, insert, select, text, update
+from sqlalchemy import Connection, bindparam, func, insert, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.sql.elements import BindParameter
 
@@ -101,6 +101,8 @@ _UP = text(
     " WHERE up.id <> 'root' AND up.depth < :b_limit"
     ") SELECT id, name, depth FROM up ORDER BY depth"
 )
+# The commit at a time: the one that wrote a node's content, by its ``written_ns``.
+_WROTE = select(func.max(batches.c.seq)).where(batches.c.store == _S, batches.c.time_ns == bindparam("b_time"))
 _COMMIT_TIME = select(batches.c.time_ns).where(batches.c.store == _S, batches.c.seq == bindparam("b_seq")).limit(1)
 
 
@@ -197,7 +199,8 @@ class Batch:
             raise InvalidRequest(f"op {index}: update needs a file, node {op.id} is a {row.kind}")
         if op.base is None:  # parse_ops requires it; an op built in-process may not have it
             raise InvalidRequest(f"op {index}: update needs base")
-        self._check_base(index, row, op.base)
+        if not self._content_as_of(row, op.base):
+            self._check_base(index, row, op.base)
         self._conn.execute(
             insert(versions),
             {
@@ -355,6 +358,21 @@ class Batch:
         elif row.seq == base:
             return
         self._refuse(index, CONFLICT_CHANGED, f"node {row.id} changed since seq {base}", row)
+
+    def _content_as_of(self, row: Row[Any], base: int) -> bool:
+        """Whether *row*'s content is what it was at seq *base*, whatever else changed since.
+
+        A mode or time set since (a ``touch``, a ``chmod`` on another machine)
+        moves the node's seq but not its content: a new version made from the
+        content at *base* replaces nothing unseen then, and refusing it made
+        the other machine's real edit the conflict copy.  The content's own
+        commit is found by its time (``written_ns`` is its batch's); one the
+        journal no longer holds is taken as unknown.
+        """
+        if row.seq == base or row.id in self._seq_before:
+            return False  # the plain check decides
+        wrote = self._conn.execute(_WROTE, {"b_store": self._store, "b_time": row.written_ns}).scalar()
+        return wrote is not None and int(wrote) <= base
 
     def _has_entries(self, dir_id: str) -> bool:
         return self._conn.execute(_FIRST_CHILD, {"b_store": self._store, "b_parent": dir_id}).first() is not None

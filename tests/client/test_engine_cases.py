@@ -46,6 +46,29 @@ def test_a_mode_set_over_an_unseen_edit_does_not_let_the_next_edit_replace_it(tm
 
 
 @pytest.mark.timeout(60)
+def test_a_touch_on_b_does_not_make_a_s_edit_a_conflict_copy(tmp_path: Path) -> None:
+    """B only sets the time (``touch``) while A edits: A's edit is the file, and no copy is made.
+
+    The touch moved the node's seq first, so A's update (based on the seq before)
+    was refused as ``changed`` and A's real edit went to a conflict copy.
+    """
+    async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
+        await a.files.write("doc.txt", b"first")
+        await a.settle()
+        await b.settle()
+        await b.vfs.setattr(b.vfs.lookup(ROOT_INO, "doc.txt").ino, mtime_ns=1_600_000_000_000_000_000)
+        while await b.send_one():
+            pass  # the touch is on the server first
+        await a.files.write("doc.txt", b"edited on A")
+        for m in (a, b, a, b):
+            await m.settle()
+        assert sorted(server.tree()) == ["doc.txt"]
+        assert await a.files.read("doc.txt") == await b.files.read("doc.txt") == b"edited on A"
+
+    two_machines(tmp_path, body)
+
+
+@pytest.mark.timeout(60)
 def test_a_read_only_core_refuses_every_change_with_erofs_and_queues_nothing(tmp_path: Path) -> None:
     """A shared folder this user may only read: the core itself refuses, whatever front end is in front of it.
 

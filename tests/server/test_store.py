@@ -242,9 +242,22 @@ def test_update_with_stale_base_is_changed_with_current_node(components: Compone
     c = components
     f = create("f")
     first = c.commit(f)
-    second = c.commit(setattr_(f["id"], mode=0o600))
+    second = c.commit(update(f["id"], base=first, size=3, blocks=[c.put_block(b"abc")]))
+    c.commit(setattr_(f["id"], mode=0o600))
     conflict = refused(c, update(f["id"], base=first)).conflict
-    assert conflict.reason == "changed" and conflict.node is not None and conflict.node.seq == second
+    assert conflict.reason == "changed" and conflict.node is not None and conflict.node.seq == second + 1
+
+
+def test_update_over_only_a_mode_or_time_set_since_its_base_is_taken(components: Components) -> None:
+    """A touch or chmod elsewhere moved the seq, not the content: the new version replaces nothing unseen."""
+    c = components
+    f = create("f")
+    first = c.commit(f)
+    c.commit(setattr_(f["id"], mode=0o600, mtime_ns=7))
+    edited = [c.put_block(b"edited")]
+    seq = c.commit(update(f["id"], base=first, size=6, blocks=edited))
+    now = node(c, f["id"])
+    assert (now.seq, now.blocks, now.size, now.mode & 0o777) == (seq, tuple(edited), 6, 0o600)
 
 
 def test_update_and_setattr_of_deleted_node_are_missing(components: Components) -> None:
