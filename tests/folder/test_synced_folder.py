@@ -194,6 +194,23 @@ def test_a_name_that_is_not_utf8_stays_here_and_the_sync_goes_on(
     eventually(_holds(a.path("renamed.txt"), b"kept here"), what="the file, renamed")
 
 
+def test_a_time_set_elsewhere_reaches_the_folder_and_one_set_here_goes_up(
+    new_machine: Callable[..., Machine], folder: Path
+) -> None:
+    """``touch -d`` on one side changes no content: the time alone must reach the other (it never did)."""
+    a, b = _mount_and_folder(new_machine, folder)
+    a.path("old.txt").write_bytes(b"from the mount")
+    (folder / "mine.txt").write_bytes(b"from the folder")
+    eventually(_holds(folder / "old.txt", b"from the mount"), what="old.txt in the folder")
+    eventually(_holds(a.path("mine.txt"), b"from the folder"), what="mine.txt in the mount")
+    then = 1_620_191_105_000_000_000  # 2021-05-05
+    os.utime(a.path("old.txt"), ns=(then, then))
+    eventually(lambda: (folder / "old.txt").stat().st_mtime_ns == then, what="the mount's touch in the folder")
+    os.utime(folder / "mine.txt", ns=(then + 10**9, then + 10**9))
+    eventually(lambda: a.path("mine.txt").stat().st_mtime_ns == then + 10**9, what="the folder's touch in the mount")
+    assert read_bytes(folder / "old.txt") == b"from the mount" and _settled(b)
+
+
 def test_kill_9_of_the_sync_and_a_restart_lose_nothing(new_machine: Callable[..., Machine], folder: Path) -> None:
     a, b = _mount_and_folder(new_machine, folder)
     (folder / "kept.txt").write_bytes(b"before")

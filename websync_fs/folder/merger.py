@@ -83,6 +83,16 @@ async def _hashed(path: Path, size: int = -1) -> tuple[LocalSig, list[str], Loca
     return await trio.to_thread.run_sync(block_hashes, path)
 
 
+#: Times closer than this are the same time: FAT keeps 2 s, HFS+ 1 s, NTFS 100 ns, so the time a
+#: download set reads back rounded there, and would differ from the node's at every look.
+_TIME_SLACK_NS = 2_000_000_000
+
+
+def _time_differs(local: LocalSig, row: NodeRow) -> bool:
+    """A file whose time here is not the node's: set elsewhere (``touch``) since it was synced."""
+    return local.kind == row.kind == "file" and abs(local.mtime_ns - row.mtime_ns) >= _TIME_SLACK_NS
+
+
 def _depth(path: str) -> tuple[int, str]:
     return path.count("/"), path
 
@@ -250,7 +260,8 @@ class Merger:
                 same = local is None and row is None
             else:
                 same = (local is not None and local.same(k.sig) and row is not None and row.id == k.node
-                        and version(row) == k.version and not self._owner_changed(local, row))
+                        and version(row) == k.version and not self._owner_changed(local, row)
+                        and not _time_differs(k.sig, row))
             if not same:
                 changed.add(path)
         return changed
@@ -266,7 +277,7 @@ class Merger:
         if snapshot is not None:
             for path, row in tree.items():
                 k = snapshot.get(path)
-                if k is None or k.node != row.id or k.version != version(row):
+                if k is None or k.node != row.id or k.version != version(row) or _time_differs(k.sig, row):
                     found.add(path)
             found.update(p for p in snapshot if p not in tree)
         for path in dirty:
@@ -301,6 +312,8 @@ class Merger:
         if local_same and remote_same:
             if local is not None and row is not None and self._owner_changed(local, row):
                 await self._send_owner(path, local, row)
+            if local is not None and row is not None and _time_differs(local, row):
+                self._take_time(path, local, row)
             return
         if local_same:
             await self._take_remote(path, local, known, row, removals)
@@ -346,6 +359,21 @@ class Merger:
         else:
             self._keep_aside(path)
             await self._apply(path, row, None)
+
+    def _take_time(self, path: str, local: LocalSig, row: NodeRow) -> None:
+        """A time set elsewhere (``touch``) on a file unchanged here: set it here too.
+
+        The version leaves times out (a download would be a change otherwise), so
+        such a change used to reach no synced folder, ever.
+        """
+        full = join(self.root, path)
+        if self._local(path) != local:
+            self.again.add(path)  # written meanwhile: looked at again
+            return
+        os.utime(full, ns=(row.mtime_ns, row.mtime_ns))
+        now = self._local(path)
+        if now is not None:
+            self.known.put(path, row.id, version(row), now)
 
     async def _same_content(self, path: str, row: NodeRow) -> bool:
         before, hashes, after = await _hashed(join(self.root, path))
