@@ -69,14 +69,14 @@ def locate(replica: Replica, path: str) -> tuple[str, str, NodeRow | None]:
 
 
 def mountpoint_of(status_file: Path) -> str | None:
-    """Where a running mount of this home is (its status file says), if any."""
+    """Where this home's tree is while it runs (its status file says): a mount point or a synced folder."""
     import json
 
     try:
         status = json.loads(status_file.read_text())
     except (OSError, ValueError):
         return None
-    return status.get("mountpoint") or None if status.get("pid") else None
+    return status.get("mountpoint") or status.get("folder") or None if status.get("pid") else None
 
 
 def path_of(replica: Replica, node: str) -> str | None:

@@ -211,6 +211,37 @@ def test_a_time_set_elsewhere_reaches_the_folder_and_one_set_here_goes_up(
     assert read_bytes(folder / "old.txt") == b"from the mount" and _settled(b)
 
 
+def test_new_files_and_folders_on_deleted_ones_inodes_are_not_moves(
+    new_machine: Callable[..., Machine], folder: Path
+) -> None:
+    """ext4 gives a new file the inode of one just deleted: taken for a move, the deleted files never
+    reached the trash, and a folder made after an ``rm -rf`` took over the removed tree's place."""
+    a, b = _mount_and_folder(new_machine, folder)
+    (folder / "d").mkdir()
+    for i in range(20):
+        (folder / "d" / f"old{i}.txt").write_bytes(b"old %d" % i)
+    (folder / "big" / "sub").mkdir(parents=True)
+    (folder / "big" / "sub" / "f.txt").write_bytes(b"in big")
+    eventually(_holds(a.path("big", "sub", "f.txt"), b"in big"), what="the tree in the mount")
+    eventually(lambda: len(os.listdir(a.path("d"))) == 20 and _settled(b), what="the old files in the mount")
+    before = {(folder / "d" / f"old{i}.txt").stat().st_ino for i in range(20)} | {(folder / "big").stat().st_ino}
+    for i in range(20):
+        (folder / "d" / f"old{i}.txt").unlink()
+    os.sync()  # the frees committed: ext4 then hands their inodes out again, the lowest free first
+    for i in range(60):
+        (folder / "d" / f"new{i}.txt").write_bytes(b"new %d" % i)
+    shutil.rmtree(folder / "big")
+    (folder / "other").mkdir()
+    after = {(folder / "d" / f"new{i}.txt").stat().st_ino for i in range(60)} | {(folder / "other").stat().st_ino}
+    print(f"{len(before & after)} of 21 inodes taken again")
+    eventually(lambda: sorted(os.listdir(a.path("d"))) == sorted(f"new{i}.txt" for i in range(60)),
+               what="the new files in the mount")
+    eventually(lambda: sorted(os.listdir(a.mnt)) == ["d", "other"] and _settled(b), what="big gone, other made")
+    trash = b.cli("trash", "--all").stdout
+    assert all(f"old{i}.txt" in trash for i in range(20)), trash
+    assert _versions(b, folder / "d" / "new3.txt") == 1  # a path in the synced folder names its file
+
+
 def test_kill_9_of_the_sync_and_a_restart_lose_nothing(new_machine: Callable[..., Machine], folder: Path) -> None:
     a, b = _mount_and_folder(new_machine, folder)
     (folder / "kept.txt").write_bytes(b"before")

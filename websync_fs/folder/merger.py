@@ -474,6 +474,8 @@ class Merger:
             then = self._local(old.path)
             if then is not None and then.ino == local.ino:
                 continue  # still there too (a hard link): not a move
+            if not self._same_thing(old, local, path):
+                continue  # a new file or folder that took a deleted one's inode: not a move
             there = await self._row(old.path)
             if there is None or there.id != old.node or version(there) != old.version:
                 continue
@@ -486,6 +488,30 @@ class Merger:
             await self._settle_one(path, [])  # an edit made with the move
             return True
         return False
+
+    def _same_thing(self, old: Known, local: LocalSig, path: str) -> bool:
+        """Whether *local* at *path* is what *old* knew, moved: not a new one on a reused inode.
+
+        ext4 gives a new file the inode of one deleted a moment before; taken
+        for a move, a delete went nowhere near the trash, and another machine's
+        edit of the deleted file landed in the new one.  A move keeps a file's
+        size and time, and a folder's entries.
+        """
+        if local.kind == "file":
+            return (local.size, local.mtime_ns) == (old.sig.size, old.sig.mtime_ns)
+        if local.kind != "dir":
+            return True  # a symlink's inode says enough: a new one is rarely made over a deleted one
+        held = False
+        for below in self.known.under(old.path):
+            name = below[len(old.path) + 1:]
+            k = self.known.get(below) if "/" not in name else None
+            if k is None:
+                continue
+            held = True
+            now = self._local(f"{path}/{name}")
+            if now is not None and now.ino == k.sig.ino:
+                return True  # one of its entries came along
+        return not held  # it held nothing: a move and a new empty folder come to the same
 
     async def _moved_remotely(self, path: str, row: NodeRow) -> bool:
         """A new remote path whose node is here, unchanged, under another path: one local rename."""
