@@ -137,8 +137,11 @@ class SharedFolders:
             if shown is None:
                 self._start(share)
             elif shown.home.share() != share:
+                writable = shown.vfs.read_only and not share["read_only"]
                 shown.home.save_share(share)
                 shown.vfs.read_only = bool(share["read_only"])  # from the next request on
+                if writable:
+                    shown.queue.retry_refused()  # held back as read-only, maybe for minutes: they go now
 
     def _start(self, share: dict[str, Any]) -> trio.Event:
         """Show *share*'s folder unless it is shown or starting; the event is set once it is (or will not be)."""

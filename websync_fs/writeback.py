@@ -392,6 +392,18 @@ class WriteBackQueue:
                 for fn in self._listeners:
                     self.state.after_commit(fn)
 
+    def retry_refused(self) -> None:
+        """Make every change waiting out a refusal ready now: what refused it changed (a folder made writable)."""
+        now = clock()
+        with self.state.tx():
+            again = self._db.execute(
+                "UPDATE items SET ready_at=? WHERE error != '' AND state='queued' AND ready_at>?", (now, now),
+            ).rowcount
+            if again:
+                self._hint = now
+                for fn in self._listeners:
+                    self.state.after_commit(fn)
+
     def ready_hint(self) -> float:
         """The soonest ready time of the changes queued since the last call (0: none known).
 

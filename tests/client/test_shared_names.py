@@ -47,6 +47,8 @@ def test_a_name_as_the_mount_shows_it_means_that_folder_in_every_command() -> No
     for shown, index in named.items():
         assert choose_share(shares, shown, "alice") is shares[index], shown
     assert choose_share(shares, "Fam", "alice") is shares[0]  # of two named so, the user's own
+    with pytest.raises(ConfigError, match="2 shared folders"):
+        choose_share(shares, "Fam", None)  # --shared NAME: no one's own comes first
     assert choose_share(shares, "Trip", "alice") is shares[3] and choose_share(shares, "Nothing", "alice") is None
     with pytest.raises(ConfigError, match="give it as 'Fam [(]OWNER[)]'"):
         choose_share(shares, "Fam", "dave")

@@ -335,3 +335,18 @@ def test_hurry_readies_a_node_waiting_the_quiet_period_and_keeps_longer_waits(tm
     q.hurry("t")
     assert woken == [True]
     assert [i.op["id"] for i in q.take()] == ["a"]
+
+
+def test_retry_refused_readies_changes_waiting_out_a_refusal_and_leaves_others_waiting(tmp_path: Path) -> None:
+    """A member made read-write again: what the read-only mode refused goes now, not after its backoff."""
+    q, _, _ = make(tmp_path, quiet=0.0)
+    q.enqueue(create("a", "a.txt"))
+    q.enqueue(create("t", "a.tmp"), quiet=600.0)  # waits its quiet period, refused by nothing
+    (refused,) = q.take()
+    q.fail([refused], 600.0, "the shared folder is read-only for this user")
+    assert q.take() == []
+    woken: list[bool] = []
+    q.on_enqueue(lambda: woken.append(True))
+    q.retry_refused()
+    assert woken == [True]
+    assert [i.op["id"] for i in q.take()] == ["a"]

@@ -77,16 +77,17 @@ def _named(share: dict[str, Any], name: str) -> bool:
         re.escape(f"{share.get('name')} ({share.get('owner')}") + r"( [2-9]| [1-9][0-9]+)?\)", name) is not None
 
 
-def choose_share(listed: list[dict[str, Any]], name: str, user: str) -> dict[str, Any] | None:
-    """The folder of *listed* that *name* means to *user* (None: none); `ConfigError` if that is unclear.
+def choose_share(listed: list[dict[str, Any]], name: str, user: str | None) -> dict[str, Any] | None:
+    """The folder of *listed* that *name* means (None: none); `ConfigError` if that is unclear.
 
     A folder named just so comes before one shown so (``Fam (alice)``), as in
-    the mount (`sharedfolders.top_names`); of several, the user's own.
+    the mount (`sharedfolders.top_names`); of several, *user*'s own (share and
+    unshare: a user shares their own folders), if *user* is given.
     """
     from ..errors import ConfigError
 
     found = [s for s in listed if s.get("name") == name] or [s for s in listed if _named(s, name)]
-    if len(found) > 1:
+    if len(found) > 1 and user is not None:
         found = [s for s in found if s.get("owner") == user] or found
     if len(found) > 1:
         raise ConfigError(f"{len(found)} shared folders are named {name!r}; give it as '{name} (OWNER)'")
@@ -112,7 +113,7 @@ def shared_place(base: Home, name: str, *, refresh: bool) -> Home:
                 raise
     if listed is not None:
         _forget_unlisted(base, {str(s["store"]) for s in listed})
-    share = choose_share(known if listed is None else listed, name, base.load_settings().user)
+    share = choose_share(known if listed is None else listed, name, None)
     if share is None:
         raise ConfigError(f"no shared folder is named {name!r}; see 'websync shares'")
     place = base.place(str(share["store"]))

@@ -179,11 +179,18 @@ def conflicts(ctx: Context, as_json: bool) -> None:
     from ..conflicts import MARK, REF_MARK
     from ..storepaths import path_of
 
-    replica = _replica(ctx.home)
-    found = [
-        {"path": path_of(replica, row.id) or name, "size": row.size, "mtime": _when(row.mtime_ns)}
-        for name, row in (*replica.named_with(MARK), *replica.named_with(REF_MARK))
-    ]
+    def listed(home: Home, top: str) -> list[dict[str, Any]]:
+        replica = _replica(home)
+        return [
+            {"path": top + (path_of(replica, row.id) or name), "size": row.size, "mtime": _when(row.mtime_ns)}
+            for name, row in (*replica.named_with(MARK), *replica.named_with(REF_MARK))
+        ]
+
+    found = listed(ctx.home, "")
+    # The shared folders shown in the own tree, under the name they are shown by.
+    for place in ctx.home.places() if not ctx.home.store else []:
+        if place.replica_db.exists() and not place.revoked():
+            found += listed(place, f"{place.share().get('name')}/")
     if as_json:
         click.echo(json.dumps({"conflicts": found}, indent=2))
     elif not found:

@@ -206,6 +206,12 @@ def unmount(ctx: Context, mountpoint: Path) -> None:
         # Offline, or the server too slow to take them all before the mount ended.
         click.echo(f"{pending} change(s), {human(pending_bytes)}, stay queued on this machine;"
                    " they go up the next time the store is mounted")
+    for place in home.places() if not home.store else []:
+        # The shared folders the mount showed ended with it; what waits in them waits too.
+        waiting, waiting_bytes, _ = _queue_size(place) if not place.revoked() else (0, 0, "")
+        if waiting:
+            click.echo(f"{waiting} change(s), {human(waiting_bytes)}, in shared folder {place.share().get('name')}"
+                       " stay queued on this machine; they go up the next time the store is mounted")
 
 
 def _home_mounted_at(ctx: Context, target: str) -> Home:
@@ -347,13 +353,18 @@ def status(ctx: Context, paths: tuple[str, ...], as_json: bool, check: bool) -> 
             where = f"mounted at {place['mountpoint']}" if place["mountpoint"] else f"synced with {place['folder']}"
             if place["read_only"] and not place["mountpoint"]:
                 where += " (read-only: synced down only)"
-            click.echo(f"shared:     {place['name']} of {place['owner']} {where} (process {place['pid']};"
-                       f" 'websync --shared \"{place['name']}\" status')")
+            # As the mount shows it (Family (alice)): every command takes that name.
+            shown = os.path.basename(place["mountpoint"]) or place["name"]
+            waiting = f"; {place['pending']} change(s) waiting" if place["pending"] else ""
+            click.echo(f"shared:     {place['name']} of {place['owner']} {where} (process {place['pid']}{waiting};"
+                       f" 'websync --shared \"{shown}\" status')")
         for path, reason in info["problems"].items():
             click.echo(f"not synced: {path}: {reason} (retried)")
         for local, original in info["aliased"].items():
             click.echo(f"shown as:   {local} (on the server: {original})")
-        click.echo(f"pending:    {pending} change(s), {human(pending_bytes)} waiting for upload")
+        elsewhere = sum(place["pending"] for place in info.get("places", []))
+        click.echo(f"pending:    {pending} change(s), {human(pending_bytes)} waiting for upload"
+                   + (f" (and {elsewhere} in shared folders)" if elsewhere else ""))
         if held:
             click.echo(f"held back:  {held}")
         for line in info["notices"]:
@@ -384,7 +395,8 @@ def _running_places(home: Home) -> list[dict[str, Any]]:
             running = {}
         share = place.share()
         found.append({"name": share.get("name"), "owner": share.get("owner"), "read_only": share.get("read_only"),
-                      "pid": pid, "mountpoint": running.get("mountpoint", ""), "folder": running.get("folder", "")})
+                      "pid": pid, "mountpoint": running.get("mountpoint", ""), "folder": running.get("folder", ""),
+                      "pending": int(running.get("pending") or 0)})
     return found
 
 

@@ -31,7 +31,9 @@ def share(ctx: Context, path: str, user: str, read_only: bool) -> None:
     async def run(remote: Any) -> dict[str, Any]:
         chosen = choose_share(await remote.shares(), name, settings.user)
         if chosen is not None and chosen["owner"] != settings.user:
-            raise ConfigError(f"{name} is {chosen['owner']}'s shared folder: only its owner can share it")
+            if chosen["name"] != name:
+                raise ConfigError(f"{name} is {chosen['owner']}'s shared folder: only its owner can share it")
+            chosen = None  # a folder of one's own of that name: both show as NAME (OWNER) from now on
         if chosen is None and _own_has(ctx, name):
             # The server would make a new, empty folder, shown beside this one as NAME (OWNER).
             raise ConfigError(
