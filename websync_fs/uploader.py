@@ -44,6 +44,7 @@ from websync_server.protocol import (
     CONFLICT_EXISTS,
     CONFLICT_MISSING,
     KIND_DIR,
+    KIND_FILE,
     OP_CREATE,
     OP_DELETE,
     OP_LINK,
@@ -157,6 +158,12 @@ def _by_size(missing: list[BlockHash], ops: list[dict[str, Any]]) -> tuple[list[
         groups[-1].append(h)
         room -= size + 68
     return big, groups
+
+
+def _same_file(op: dict[str, Any], node: Node) -> bool:
+    """Whether the file *op* creates is *node* already: the same bytes and mode."""
+    return (node.kind == KIND_FILE and not node.deleted and node.size == op.get("size", 0)
+            and tuple(node.blocks) == tuple(op.get("blocks", ())) and node.mode & 0o7777 == op.get("mode", 0) & 0o7777)
 
 
 def _first_remote_error(group: BaseExceptionGroup[BaseException]) -> RemoteError:
@@ -583,6 +590,8 @@ class Uploader:
             log.warning("%s was deleted on another machine while linked here: restored", op["name"])
         elif kind in _NAMED and reason == CONFLICT_EXISTS and conflict.node and conflict.node.id == op["id"]:
             self._already_made(item, op, conflict.node)
+        elif kind == OP_CREATE and reason == CONFLICT_EXISTS and conflict.node and _same_file(op, conflict.node):
+            self._made_alike(item, op, conflict.node, inv)
         elif kind in _NAMED:
             self._create_conflict(item, op, reason, inv)
         elif kind == OP_DELETE:
@@ -754,6 +763,22 @@ class Uploader:
                                                 blocks=tuple(op.get("blocks", [])), mtime_ns=op.get("mtime_ns", 0)))
             else:
                 self.queue.replace(item, None)
+
+    def _made_alike(self, item: Item, op: dict[str, Any], node: Node, inv: Invalidation) -> None:
+        """Another machine made the same file at the same name (one archive unpacked on both): one file.
+
+        A conflict copy of the very same bytes only had the user compare two
+        files; this machine's file becomes the server's node, as Syncthing and
+        Dropbox make it.
+        """
+        log.info("%s was made alike on another machine: one file, no copy", op["name"])
+        with self.replica.tx():
+            self.replica.remap(op["id"], node.id)
+            self.queue.remap(op["id"], node.id, since=item.n)  # later changes of it are the node's
+            row, _ = self.replica.apply_node(node)
+            self.queue.replace(item, None)
+        if row is not None:
+            inv.inodes.append(row.ino)
 
     def _create_conflict(self, item: Item, op: dict[str, Any], reason: str, inv: Invalidation) -> None:
         parent = op["parent"]

@@ -69,6 +69,28 @@ def test_a_touch_on_b_does_not_make_a_s_edit_a_conflict_copy(tmp_path: Path) -> 
 
 
 @pytest.mark.timeout(60)
+def test_the_same_file_made_on_both_machines_is_one_file_and_a_different_one_a_copy(tmp_path: Path) -> None:
+    """One archive unpacked on two machines at once: no conflict copy of the very same bytes."""
+    async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
+        await a.files.write("same.txt", b"alike")
+        await a.files.write("other.txt", b"from A")
+        await b.files.write("same.txt", b"alike")
+        await b.files.write("other.txt", b"from B")
+        await a.settle()
+        await b.settle()
+        await b.files.write("same.txt", b"edited on B after")  # goes to the one node now
+        for m in (b, a, b, a):
+            await m.settle()
+        names = sorted(server.tree())
+        assert len(names) == 3 and names[0].startswith("other (conflict from B ") and names[1:] == [
+            "other.txt", "same.txt"], names
+        assert await a.files.read("same.txt") == await b.files.read("same.txt") == b"edited on B after"
+        assert a.tree() == b.tree() == server.tree()
+
+    two_machines(tmp_path, body)
+
+
+@pytest.mark.timeout(60)
 def test_a_read_only_core_refuses_every_change_with_erofs_and_queues_nothing(tmp_path: Path) -> None:
     """A shared folder this user may only read: the core itself refuses, whatever front end is in front of it.
 
