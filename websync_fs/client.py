@@ -437,8 +437,11 @@ class Client(Engine):
             return
         self.closed = True
         if self.revoked:
-            await self._keep_unsent()
-            self.write_status_final()  # with where the unsent files are
+            try:
+                await self._keep_unsent()
+                self.write_status_final()  # with where the unsent files are
+            except Exception:  # the close must go on: the locks are released below
+                log.exception("could not keep the unsent files of %s", self.home.store)
         await self.remote.aclose()
         self.cache.close()
         self.db.close()
