@@ -369,7 +369,7 @@ class _Api:
     async def commit(self, request: Request) -> Response:
         identity, store, access = await self._store_access(request)
         if access.read_only:
-            raise ReadOnly(f"the shared folder {store} is read-only for user {identity.user}")
+            raise ReadOnly(f"the shared folder {access.folder!r} of {access.owner} is read-only for user {identity.user}")
         body = await self._json_object(request, identity)
         # The store announces the commit itself (MetadataStore.on_commit), from its thread.
         seq = await self._s.admission.write(identity.user, self._commit, identity, store, access, body)
@@ -508,7 +508,7 @@ class _Api:
         if not access.member:
             return identity.user, None
         if write and access.read_only:
-            raise ReadOnly(f"the shared folder {store} is read-only for user {identity.user}")
+            raise ReadOnly(f"the shared folder {access.folder!r} of {access.owner} is read-only for user {identity.user}")
         return access.owner, store
 
 

@@ -158,8 +158,8 @@ class Quotas:
         if used + size > quota:
             raise QuotaExceeded(
                 f"user {user} is over their quota: {format_size(used)} of {format_size(quota)} stored, "
-                "this change needs more; delete files (the trash and old versions count until they "
-                "expire) or ask the server's owner for more room"
+                f"this change needs {format_size(size)} more; delete files (the trash and old versions count "
+                "until they expire) or ask the server's owner for more room"
             )
 
     def stored_bytes(self, user: str) -> int:

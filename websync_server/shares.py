@@ -78,6 +78,7 @@ class Access:
     owner: str
     member: bool  # not the owner
     read_only: bool
+    folder: str = ""  # the shared folder's name (a member's messages name it)
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,7 @@ class Shares:
         """How *user_id* may use *store*: `NotFound` for no such store, `Forbidden` for one not theirs."""
         with self._db.read() as conn:
             row = conn.execute(
-                select(stores.c.owner, users.c.name, shares.c.read_only)
+                select(stores.c.owner, users.c.name, shares.c.read_only, stores.c.name.label("folder"))
                 .join(users, users.c.id == stores.c.owner)
                 .outerjoin(shares, (shares.c.store == stores.c.id) & (shares.c.user_id == user_id))
                 .where(stores.c.id == store)
@@ -212,7 +213,7 @@ class Shares:
             return Access(row.owner, row.name, member=False, read_only=False)
         if row.read_only is None:
             raise Forbidden(f"store {store} belongs to another user")
-        return Access(row.owner, row.name, member=True, read_only=bool(row.read_only))
+        return Access(row.owner, row.name, member=True, read_only=bool(row.read_only), folder=str(row.folder or store))
 
     def check_reachable(self, user_id: int, wanted: Iterable[str]) -> None:
         """Refuse (`Forbidden`) unless *user_id* owns or is a member of every store in *wanted*."""

@@ -125,6 +125,7 @@ def test_members_read_and_write_a_shared_folder_and_read_only_members_are_refuse
     # The read-only member is refused every change, with a reason the client can name.
     refused = _create(c["carol"], share, "mine.txt", b"")
     assert refused.status_code == 403 and refused.json()["error"] == "read_only", refused.text
+    assert "the shared folder 'Family' of alice is read-only for user carol" in refused.json()["message"]
     assert _put(c["carol"], b"carol's", share).json()["error"] == "read_only"
     # History and trash work in the folder as anywhere: bob updates and deletes, alice restores.
     newer = os.urandom(4000)
