@@ -279,6 +279,10 @@ def ready_pipe(message: str) -> Iterator[Ready]:
             except OSError:
                 pass
         raise
+    except Exception:
+        # A bug: into the log the user is pointed to, not only the detached process's stderr.
+        log.critical("%s: ended by an unexpected error", message, exc_info=True)
+        raise
 
 
 def start_in_background(ctx: Context, home: Home, command: list[str], what: str) -> int:
