@@ -138,6 +138,7 @@ def test_a_folder_shared_while_mounted_appears_and_one_unshared_goes_with_nothin
     bob.path("Photos", "mine.jpg").write_bytes(b"bob's own photo")
     # A second folder, shared while everyone is mounted, appears on its own.
     alice.cli("share", "Photos", f"{account[0]}-carol")
+    assert alice.path("Photos").is_dir()  # share returns once the owner's own mount shows it
     eventually(lambda: carol.path("Photos").is_dir(), what="Photos appeared in carol's mount")
     # Bob had a Photos of his own: the shared one shows beside it as NAME (OWNER).
     alice.cli("share", "Photos", f"{account[0]}-bob")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import click
@@ -11,6 +12,9 @@ from ..errors import ConfigError
 from ._common import Context, choose_share, friendly, pass_ctx, with_remote
 
 COMMANDS = ["share", "shares", "unshare"]
+
+#: Seconds `share` waits for the folder to show in this machine's running mount or sync.
+SHOWN_WAIT = 10.0
 
 
 @click.command()
@@ -43,6 +47,7 @@ def share(ctx: Context, path: str, user: str, read_only: bool) -> None:
         return result
 
     made = with_remote(ctx.home, run)
+    _wait_shown(ctx, str(made["store"]))
     mode = "read-only" if read_only else "read-write"
     click.echo(f"shared {made['name']} with {user} ({mode}); members: {_members(made)}")
 
@@ -103,6 +108,28 @@ def _top_name(ctx: Context, path: str) -> str:
     if not where or "/" in where:
         raise ConfigError(f"{path}: a shared folder lies at the top of the tree; give a name such as 'Family'")
     return where
+
+
+def _wait_shown(ctx: Context, store: str) -> None:
+    """Return once a running mount or sync of the own store shows the folder (at most `SHOWN_WAIT` s).
+
+    It hears of the share within a moment; a program that writes into the
+    folder right after ``share`` must find it there.
+    """
+    import time
+
+    from ..storepaths import mountpoint_of
+    from ._common import running_pid
+
+    if ctx.home.store or running_pid(ctx.home) is None:
+        return
+    place = ctx.home.place(store)
+    deadline = time.monotonic() + SHOWN_WAIT
+    while time.monotonic() < deadline:
+        where = mountpoint_of(place.status_file)
+        if where and running_pid(place) is not None and os.path.isdir(where):
+            return
+        time.sleep(0.1)
 
 
 def _own_has(ctx: Context, name: str) -> bool:
