@@ -590,7 +590,8 @@ class Uploader:
             log.warning("%s was deleted on another machine while linked here: restored", op["name"])
         elif kind in _NAMED and reason == CONFLICT_EXISTS and conflict.node and conflict.node.id == op["id"]:
             self._already_made(item, op, conflict.node)
-        elif kind == OP_CREATE and reason == CONFLICT_EXISTS and conflict.node and _same_file(op, conflict.node):
+        elif (kind == OP_CREATE and reason == CONFLICT_EXISTS and conflict.node and _same_file(op, conflict.node)
+              and not self.replica.entries_of(conflict.node.id)):
             self._made_alike(item, op, conflict.node, inv)
         elif kind in _NAMED:
             self._create_conflict(item, op, reason, inv)
@@ -773,6 +774,10 @@ class Uploader:
         """
         log.info("%s was made alike on another machine: one file, no copy", op["name"])
         with self.replica.tx():
+            if self.replica.by_id(node.id) is not None:
+                # The journal brought the other machine's node already, with no name here (its
+                # entry waits while ours holds the name): no inode of it was ever given out.
+                self.replica.drop_node(node.id)
             self.replica.remap(op["id"], node.id)
             self.queue.remap(op["id"], node.id, since=item.n)  # later changes of it are the node's
             row, _ = self.replica.apply_node(node)

@@ -91,6 +91,24 @@ def test_the_same_file_made_on_both_machines_is_one_file_and_a_different_one_a_c
 
 
 @pytest.mark.timeout(60)
+def test_the_same_file_is_one_file_also_when_the_journal_brought_the_other_first(tmp_path: Path) -> None:
+    """B hears of A's file before its own create goes: the node is in B's replica with no name yet."""
+    async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
+        await a.files.write("same.txt", b"alike")
+        await b.files.write("same.txt", b"alike")
+        while await a.send_one():
+            pass
+        while await b.apply_one():
+            pass  # A's node is in B's replica now; its entry waits, B's own holds the name
+        for m in (b, a, b, a):
+            await m.settle()
+        assert sorted(server.tree()) == ["same.txt"]
+        assert a.tree() == b.tree() == server.tree()
+
+    two_machines(tmp_path, body)
+
+
+@pytest.mark.timeout(60)
 def test_a_read_only_core_refuses_every_change_with_erofs_and_queues_nothing(tmp_path: Path) -> None:
     """A shared folder this user may only read: the core itself refuses, whatever front end is in front of it.
 
