@@ -10,12 +10,14 @@ import os
 import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trio
 
 from tests.client.engine import EngineMachine, Server
 from websync_fs.folder import merger as merger_module
+from websync_fs.folder.client import FolderClient
 from websync_fs.folder.corepaths import CorePaths
 from websync_fs.folder.ignore import IgnoreRules
 from websync_fs.folder.known import KnownTree
@@ -243,3 +245,38 @@ def test_a_program_acting_between_the_mergers_steps_never_keeps_the_machines_apa
         assert await _store_tree(b) == there
 
     _a_and_bs_folder(tmp_path, folder, body)
+
+
+class _Ticking(trio.abc.Clock):
+    """A clock that moves on a millisecond at every reading, as a loaded machine's does between two."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def start_clock(self) -> None:
+        pass
+
+    def current_time(self) -> float:
+        self.now += 0.001
+        return self.now
+
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        self.now = max(self.now, deadline)  # no real waiting: straight to the next deadline
+        return 0.0
+
+
+@pytest.mark.timeout(30)
+def test_the_wait_for_quiet_survives_the_clock_passing_the_moment_between_two_readings() -> None:
+    """A writer's quiet moment due between two readings of the clock once ended the sync (a negative sleep)."""
+    clock = _Ticking()
+    asked: list[float] = []
+
+    class Dirty:
+        def settled_at(self, settle: float) -> float:
+            asked.append(clock.now)
+            # Due half a tick after the next reading: past due by the one after it.
+            return clock.now + 0.0015 if len(asked) == 1 else 0.0
+
+    waiter = SimpleNamespace(dirty=Dirty())
+    trio.run(lambda: FolderClient._settled(waiter), clock=clock)  # type: ignore[arg-type]
+    assert len(asked) >= 2

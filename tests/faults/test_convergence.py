@@ -93,6 +93,10 @@ def _settled(machine: Machine) -> bool:
     return True
 
 
+#: Log lines that say how a machine settled what two machines did at once, or what went wrong.
+_SETTLING = ("conflict", "kept", "merged", "restored", "refused", "ERROR", "Traceback")
+
+
 def _converged(machines: list[Machine], oracle: Machine, events: list[Event], seed: int) -> None:
     """Wait for quiet, then compare every machine with the fresh one and check that no write is lost."""
     for m in machines:
@@ -118,6 +122,10 @@ def _converged(machines: list[Machine], oracle: Machine, events: list[Event], se
             diff = difference(truth, read_tree(m.mnt))
             paths |= {line.split(":", 1)[0] for line in diff}
             lines += [f"{m.name} against a fresh machine:", *("  " + d for d in diff)]
+            if diff:
+                # A rare disagreement explains itself: how this machine's conflicts were settled.
+                told = [line for line in log_lines(m) if any(w in line for w in _SETTLING)]
+                lines += [f"{m.name}'s log on conflicts and errors:", *("  " + t for t in told[-60:])]
         raise AssertionError(
             f"seed {seed}: the machines disagree\n" + "\n".join(lines)
             + "\noperations on those paths:\n" + story(events, paths)

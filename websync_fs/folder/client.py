@@ -275,8 +275,9 @@ class FolderClient(Engine):
     async def _settled(self) -> None:
         """Wait until every file written was closed and events paused, or a writer was quiet, or MAX_WAIT."""
         give_up = trio.current_time() + MAX_WAIT
-        while (due := min(self.dirty.settled_at(SETTLE), give_up)) > trio.current_time():
-            await trio.sleep(min(due - trio.current_time(), SETTLE))
+        # One reading of the clock: read twice, the wait could come out below zero (trio refuses it).
+        while (left := min(self.dirty.settled_at(SETTLE), give_up) - trio.current_time()) > 0:
+            await trio.sleep(min(left, SETTLE))
 
     async def _watch_folder(self) -> None:
         while True:
