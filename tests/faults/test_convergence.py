@@ -88,7 +88,9 @@ def _run(actors: list[Actor], seconds: float, during: Callable[[float], None] = 
 
 def _settled(machine: Machine) -> bool:
     info = status(machine)
-    # An assertion, not False: a machine that never settles is reported with its status.
+    # An assertion, not False: a machine that never settles is reported with its status.  One whose
+    # mount or sync ended has an empty queue too, and would pass for settled without the pid.
+    assert info["pid"], f"{machine.name} is not running any more: {info}"
     assert info["online"] and info["pending"] == 0 and not info.get("held"), f"{machine.name}: {info}"
     return True
 
