@@ -824,7 +824,17 @@ class Uploader:
             log.warning("%s was changed on another machine after it was deleted here: kept", op["name"])
             return
         name = op["name"]
-        if self.replica.lookup(op["parent"], name) is not None:
+        here = self.replica.lookup(op["parent"], name)
+        made = self._unsent_mkdir(here.id) if here is not None and node.kind == here.kind == KIND_DIR else None
+        if made is not None:
+            # ``rm -rf a; mkdir a`` here while another machine added to ``a``: the folder made
+            # here never reached the server, so it is the one folder, as when two machines
+            # make it (a conflict name would have taken the folder's name from everyone).
+            self._merge_folders(made, dict(made.op), node, inv)
+            log.warning("%s was changed on another machine after it was deleted here: one folder with the "
+                        "one made here", name)
+            return
+        if here is not None:
             # Something new here took its name.  The server keeps the node at that name, so
             # it moves there too: a name of this machine's own would leave the two apart (and
             # the journal's next move of it would give it a second name here).
@@ -834,6 +844,11 @@ class Uploader:
         self.replica.set_entry(op["parent"], name, node.id, node.seq)
         self._entry_changed(op["parent"], name, inv)
         log.warning("%s was changed on another machine after it was deleted here: restored", name)
+
+    def _unsent_mkdir(self, node: str) -> Item | None:
+        """The queued making of folder *node*, if the server has not had it (queued, or in the refused batch)."""
+        items = self.queue.items(node, limit=1)
+        return items[0] if items and items[0].op["op"] == OP_MKDIR else None
 
     def _move_entry(self, parent: str, old: str, new: str, node: str, inv: Invalidation) -> None:
         here = self.replica.lookup(parent, old)

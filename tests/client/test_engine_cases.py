@@ -409,3 +409,38 @@ def test_a_reader_open_on_b_goes_on_into_an_append_made_on_a_and_keeps_its_versi
         assert await b.files.read("log.txt") == b"rotated"  # a new open sees the new version
 
     two_machines(tmp_path, body)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("a_sent_first", [False, True])
+@pytest.mark.parametrize("b_heard_first", [False, True])
+def test_a_folder_removed_and_made_again_while_the_other_machine_adds_to_it_is_one_folder(
+        tmp_path: Path, a_sent_first: bool, b_heard_first: bool) -> None:
+    """``rm -rf a; mkdir a`` on B while A adds a file to ``a``: one ``a`` with both files.
+
+    The server refuses B's delete (``a`` is not empty there) and brings the old
+    folder back; B's new ``a`` never reached the server.  The restored folder
+    was renamed to a conflict name to make room, and B's ``mkdir a`` then merged
+    into it there: the folder ``a`` was gone from every machine.
+    """
+    async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
+        await a.files.mkdir("a")
+        await a.files.write("a/x.txt", b"x")
+        await a.settle()
+        await b.settle()
+        await a.files.write("a/new.txt", b"new on A")
+        while a_sent_first and await a.send_one():
+            pass
+        await b.files.unlink("a/x.txt")
+        await b.files.rmdir("a")
+        await b.files.mkdir("a")
+        await b.files.write("a/y.txt", b"y on B")
+        while b_heard_first and await b.apply_one():
+            pass
+        for m in (a, b, a, b, a, b):
+            await m.settle()
+        assert sorted(server.tree()) == ["a", "a/new.txt", "a/y.txt"]
+        assert await a.files.read("a/y.txt") == b"y on B" and await b.files.read("a/new.txt") == b"new on A"
+        assert a.tree() == b.tree() == server.tree()
+
+    two_machines(tmp_path, body)

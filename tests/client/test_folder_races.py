@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -106,9 +107,13 @@ class _Program:
                 place = self.rng.choice(self.PLACES[1:])
                 os.mkdir(self.root / place)
                 self.dirty.add(place)
-            elif action < 0.15:
+            elif action < 0.13:
                 place = self.rng.choice(self.PLACES[1:])
                 os.rmdir(self.root / place)
+                self.dirty.add(place)
+            elif action < 0.15:
+                place = self.rng.choice(self.PLACES[1:])
+                shutil.rmtree(self.root / place)  # rm -rf: a folder and what is in it, the other machine's too
                 self.dirty.add(place)
             elif action < 0.2:
                 src, dst = self.rng.sample(self.PLACES[1:], 2)
