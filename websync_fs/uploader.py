@@ -84,7 +84,7 @@ from .remote import Remote
 from .replica import NodeRow, Replica
 from .storepaths import free_conflict_name
 from .invalidation import Invalidation, Notify
-from .writeback import Item, WriteBackQueue, clock
+from .writeback import NODE_REFS, Item, WriteBackQueue, clock
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -720,6 +720,19 @@ class Uploader:
                 before.insert(place, outer)
             else:
                 del before[place]
+        elif (conflict.reason == CONFLICT_EXISTS and failed["op"] == OP_RESTORE and conflict.node is not None
+              and conflict.node.kind == KIND_DIR and conflict.node.id != failed["id"]):
+            # The folder was deleted elsewhere and a folder of its name made there again
+            # (``rm -rf a; mkdir a``): what was made in it here goes into that one, where
+            # the other machine's user looks for it, not to a conflict name at the top.
+            del before[place]
+            inv = Invalidation()
+            ours = failed["id"]
+            self._fold_folder(ours, conflict.node, inv)
+            op = {k: (conflict.node.id if k in NODE_REFS and v == ours else v) for k, v in op.items()}
+            self.notify(inv)
+            log.warning("%s was made again on another machine after it was deleted there: what was made in it "
+                        "here goes into the new one", failed["name"])
         else:
             del before[place]  # already back (exists), or not restorable: go without
         op["before"] = before
@@ -727,7 +740,14 @@ class Uploader:
 
     def _merge_folders(self, item: Item, op: dict[str, Any], theirs: Any, inv: Invalidation) -> None:
         """Both machines made a folder with this name: one folder holds both machines' files."""
-        ours = op["id"]
+        with self.replica.tx():
+            self._fold_folder(op["id"], theirs, inv)
+            self.queue.replace(item, None)
+            self.replica.forget_deferred_entry(op["parent"], op["name"])
+        log.warning("folder %s was made on another machine too: merged", op["name"])
+
+    def _fold_folder(self, ours: str, theirs: Any, inv: Invalidation) -> None:
+        """Make folder *ours* the server's folder *theirs*: their files and ours in one, ours renamed on a clash."""
         with self.replica.tx():
             for name, _row in self.replica.children(ours):
                 if self.replica.has_entry(theirs.id, name):
@@ -744,15 +764,12 @@ class Uploader:
                 # Known here through the journal (at our name, or where it went since): ours takes its place.
                 self.replica.drop_node(theirs.id)
             self.replica.remap(ours, theirs.id, seq=theirs.seq)
-            self.queue.replace(item, None)
             self.queue.remap(ours, theirs.id)
-            self.replica.forget_deferred_entry(op["parent"], op["name"])
         ino = self._ino(theirs.id)
         if ino is not None:
             inv.inodes.append(ino)
             # Their files are in this folder now: names the kernel may hold as missing.
             inv.entries.extend((ino, name) for name, _ in self.replica.children(theirs.id))
-        log.warning("folder %s was made on another machine too: merged", op["name"])
 
     def _already_made(self, item: Item, op: dict[str, Any], node: Node) -> None:
         """Our own create was applied before (its answer was lost): send only what it adds."""

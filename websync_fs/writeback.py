@@ -125,6 +125,10 @@ class Item:
         return list(self.op.get("blocks", ()))
 
 
+#: The fields of an op that name a node.
+NODE_REFS = ("id", "parent", "new_parent", "replace", "exchange")
+
+
 def _entry_fields(op: dict[str, Any]) -> tuple[str | None, str | None, str | None, str | None]:
     return op.get("parent"), op.get("name"), op.get("new_parent"), op.get("new_name")
 
@@ -637,7 +641,7 @@ class WriteBackQueue:
                     continue
                 op = item.op
                 changed = False
-                for key in ("id", "parent", "new_parent", "replace", "exchange"):
+                for key in NODE_REFS:
                     if op.get(key) == old:
                         op[key] = new
                         changed = True
