@@ -749,11 +749,7 @@ class Uploader:
     def _fold_folder(self, ours: str, theirs: Any, inv: Invalidation) -> None:
         """Make folder *ours* the server's folder *theirs*: their files and ours in one, ours renamed on a clash."""
         with self.replica.tx():
-            for name, _row in self.replica.children(ours):
-                if self.replica.has_entry(theirs.id, name):
-                    free = self._free_name(theirs.id, name)
-                    self._move_entry(ours, name, free, _row.id, inv)
-                    self.queue.remap_entry(ours, name, ours, free, _row.id)
+            self._fold_children(ours, theirs.id, inv)
             if self.replica.entries_of(theirs.id):
                 # The journal has put their folder elsewhere since (moved on the other machine):
                 # the one folder is where the server has it, not at a second place here.
@@ -842,7 +838,7 @@ class Uploader:
             return
         name = op["name"]
         here = self.replica.lookup(op["parent"], name)
-        made = self._unsent_mkdir(here.id) if here is not None and node.kind == here.kind == KIND_DIR else None
+        made = self._unsent_making(here.id) if here is not None and node.kind == here.kind == KIND_DIR else None
         if made is not None:
             # ``rm -rf a; mkdir a`` here while another machine added to ``a``: the folder made
             # here never reached the server, so it is the one folder, as when two machines
@@ -862,10 +858,41 @@ class Uploader:
         self._entry_changed(op["parent"], name, inv)
         log.warning("%s was changed on another machine after it was deleted here: restored", name)
 
-    def _unsent_mkdir(self, node: str) -> Item | None:
-        """The queued making of folder *node*, if the server has not had it (queued, or in the refused batch)."""
+    def _fold_children(self, ours: str, theirs: str, inv: Invalidation) -> None:
+        """Before folder *ours* becomes *theirs*: each of our entries whose name theirs has too.
+
+        One archive unpacked on two machines makes the same folders and files
+        on both: a folder of ours never sent is one with theirs, a file of ours
+        never sent with their bytes and mode is their file (`_made_alike`),
+        all the way down.  Anything else of that name is ours under a conflict name.
+        """
+        for name, row in self.replica.children(ours):
+            other = self.replica.lookup(theirs, name)
+            if other is None:
+                continue
+            making = self._unsent_making(row.id)
+            alike = making is not None and self.replica.entries_of(other.id) == [(theirs, name)] and (
+                row.kind == other.kind == KIND_DIR
+                or (row.kind == other.kind == KIND_FILE and (row.size, row.blocks, row.mode & 0o7777)
+                    == (other.size, other.blocks, other.mode & 0o7777)))
+            if making is None or not alike:
+                free = self._free_name(theirs, name)
+                self._move_entry(ours, name, free, row.id, inv)
+                self.queue.remap_entry(ours, name, ours, free, row.id)
+                continue
+            if row.kind == KIND_DIR:
+                self._fold_children(row.id, other.id, inv)
+            # Ours takes their id (and keeps the inode the kernel may hold); their row goes.
+            self.replica.remove_entry(theirs, name)
+            self.replica.drop_node(other.id)
+            self.replica.remap(row.id, other.id, seq=other.seq)
+            self.queue.replace(making, None)
+            self.queue.remap(row.id, other.id)
+
+    def _unsent_making(self, node: str) -> Item | None:
+        """The queued making of *node* (a folder or file the server has not had), if it is its first item."""
         items = self.queue.items(node, limit=1)
-        return items[0] if items and items[0].op["op"] == OP_MKDIR else None
+        return items[0] if items and items[0].op["op"] in (OP_MKDIR, OP_CREATE) else None
 
     def _move_entry(self, parent: str, old: str, new: str, node: str, inv: Invalidation) -> None:
         here = self.replica.lookup(parent, old)

@@ -6,6 +6,7 @@ the program's action is made to happen at the exact moment (see engine.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -285,3 +286,57 @@ def test_the_wait_for_quiet_survives_the_clock_passing_the_moment_between_two_re
     waiter = SimpleNamespace(dirty=Dirty())
     trio.run(lambda: FolderClient._settled(waiter), clock=clock)  # type: ignore[arg-type]
     assert len(asked) >= 2
+
+
+_ARCHIVE = [f"t/d{i}/s{j}/f{k}.txt" for i in range(3) for j in range(2) for k in range(3)]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("seed", range(8))
+def test_one_archive_unpacked_on_a_mount_and_in_a_synced_folder_at_once_is_one_tree_with_no_copies(
+        tmp_path: Path, seed: int) -> None:
+    """The same folders and files made on both machines, interleaved with sending and hearing at random.
+
+    When two machines' folders of one name were merged, every entry of the
+    later one whose name the other had too became a conflict copy: whole
+    folders of them, and files of the very same bytes.
+    """
+    rng = random.Random(seed)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+
+    async def body(a: EngineMachine, b: EngineMachine, merger: Merger) -> None:
+        on_a, on_b = list(_ARCHIVE), list(_ARCHIVE)
+        dirty: set[str] = set()
+
+        async def a_unpacks() -> None:
+            path = on_a.pop(0)
+            parts = path.split("/")
+            for depth in range(1, len(parts)):
+                with contextlib.suppress(FileExistsError):
+                    await a.files.mkdir("/".join(parts[:depth]))
+            await a.files.write(path, path.encode())
+
+        async def b_unpacks() -> None:
+            path = on_b.pop(0)
+            (folder / path).parent.mkdir(parents=True, exist_ok=True)
+            (folder / path).write_bytes(path.encode())
+            dirty.update((path.split("/")[0], path))
+
+        async def b_settles() -> None:
+            await merger.settle(set(dirty), remote=True)
+            dirty.clear()
+
+        while on_a or on_b:
+            steps = [a.send_one, a.apply_one, b.send_one, b.apply_one, b_settles]
+            steps += [a_unpacks] * 3 * bool(on_a) + [b_unpacks] * 3 * bool(on_b)
+            await rng.choice(steps)()
+        for _ in range(10):
+            for settle in (a.settle, b.settle, b_settles):
+                await settle()
+        here, there = _folder_tree(folder), await _store_tree(a)
+        assert here == there
+        assert sorted(there) == sorted({"/".join(p.split("/")[:d]) for p in _ARCHIVE for d in range(1, 5)})
+        assert await _store_tree(b) == there
+
+    _a_and_bs_folder(tmp_path, folder, body)
