@@ -483,10 +483,10 @@ class Replica:
             # An answer computed before our own newer commit: ours is newer.
             return old, False
         if node.deleted:
-            if old is not None:
-                if self.entries_of(node.id):
-                    # Entries still naming it are removed by their own records.
-                    pass
+            if old is not None and not self.entries_of(node.id):
+                # Entries still naming it are removed by their own records, which orphan it
+                # then: until they come, it is a file here, and an edit of it goes up (and
+                # meets the delete as a conflict: the edit is kept) instead of nowhere.
                 self.set_orphan(node.id)
             return old, old is not None
         if old is None:

@@ -909,6 +909,24 @@ class Uploader:
             inv.entries.append((ino, name))
             inv.attrs.append(ino)
 
+    def _make_room(self, parent: str, name: str, node: str, inv: Invalidation) -> None:
+        """Before *node* takes ``parent/name`` here: what holds that name with changes not yet sent stays, renamed.
+
+        Set over it, a file edited here and replaced elsewhere lost its last
+        name, and its queued edit was then dropped as deleted here too.  Under
+        a conflict name the edit goes up as a file of its own.
+        """
+        here = self.replica.lookup(parent, name)
+        if here is None or here.id == node or len(self.replica.entries_of(here.id)) > 1:
+            return
+        if not self.queue.items(here.id, limit=1):
+            return
+        free = self._free_name(parent, name)
+        self._move_entry(parent, name, free, here.id, inv)
+        self.queue.remap_entry(parent, name, parent, free, here.id)
+        log.warning("%s was replaced on another machine while changed here: this machine's version is now %r",
+                    name, free)
+
     async def _take_server_placement(self, item: Item, op: dict[str, Any], inv: Invalidation) -> None:
         node = op["id"]
         try:
@@ -931,6 +949,7 @@ class Uploader:
             else:
                 kind = row.kind if row else KIND_DIR
                 for entry in state.entries:
+                    self._make_room(entry.parent, entry.name, node, inv)
                     self.replica.set_entry(entry.parent, entry.name, node, entry.seq)
                     self._entry_changed(entry.parent, entry.name, inv)
                 log.info("kept the server's placement of %s (%s)", node, kind)

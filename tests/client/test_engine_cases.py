@@ -457,3 +457,35 @@ def test_a_folder_removed_and_made_again_while_the_other_machine_adds_to_it_is_o
         assert a.tree() == b.tree() == server.tree()
 
     two_machines(tmp_path, body)
+
+
+@pytest.mark.timeout(60)
+def test_an_edit_of_a_file_replaced_elsewhere_while_a_move_here_holds_the_news_back_is_kept(tmp_path: Path) -> None:
+    """B moves ``b/doc.txt`` over ``f.txt``; A has moved ``b/doc.txt`` to ``a/`` (queued) and then edits ``f.txt``.
+
+    A's move holds B's new ``f.txt`` back, so A still shows its old ``f.txt``,
+    whose node the journal already said was deleted.  That orphaned it while
+    named: A's edit of it was never queued.  And once A took the server's
+    placement of the moved file, it took ``f.txt`` from under the edit, which
+    was then dropped as "deleted here too".  The edit is a conflict copy now.
+    """
+    async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
+        for folder in ("a", "b"):
+            await a.files.mkdir(folder)
+        await a.files.write("b/doc.txt", b"doc")
+        await a.files.write("f.txt", b"f")
+        await a.settle()
+        await b.settle()
+        await a.files.rename("b/doc.txt", "a/doc.txt")  # queued on A
+        await b.files.rename("b/doc.txt", "f.txt")
+        await _sent(b)
+        await _heard(a)
+        await a.files.write("f.txt", b"edited on A")
+        for m in (a, b, a, b):
+            await m.settle()
+        contents = {path: await a.files.read(path) for path, (kind, _) in server.tree().items() if kind == "file"}
+        assert contents.pop("f.txt") == b"doc"
+        assert list(contents.values()) == [b"edited on A"], contents
+        assert a.tree() == b.tree() == server.tree()
+
+    two_machines(tmp_path, body)
