@@ -583,6 +583,7 @@ class Uploader:
             self._update_conflict(item, op, conflict, inv)
         elif kind == OP_MKDIR and reason == CONFLICT_EXISTS and conflict.node and conflict.node.kind == KIND_DIR:
             self._merge_folders(item, op, conflict.node, inv)
+            log.warning("folder %s was made on another machine too: merged", op["name"])
         elif kind == OP_LINK and reason == CONFLICT_MISSING and (conflict.node is None or conflict.node.deleted):
             # The file was deleted elsewhere while it got a new name here: that name says the
             # file is wanted, so it comes back there (content and history).
@@ -739,12 +740,11 @@ class Uploader:
         self.queue.replace(item, op)
 
     def _merge_folders(self, item: Item, op: dict[str, Any], theirs: Any, inv: Invalidation) -> None:
-        """Both machines made a folder with this name: one folder holds both machines' files."""
+        """The folder *item* makes, never sent, is folder *theirs*: one folder holds both machines' files."""
         with self.replica.tx():
             self._fold_folder(op["id"], theirs, inv)
             self.queue.replace(item, None)
             self.replica.forget_deferred_entry(op["parent"], op["name"])
-        log.warning("folder %s was made on another machine too: merged", op["name"])
 
     def _fold_folder(self, ours: str, theirs: Any, inv: Invalidation) -> None:
         """Make folder *ours* the server's folder *theirs*: their files and ours in one, ours renamed on a clash."""
@@ -845,7 +845,7 @@ class Uploader:
             # make it (a conflict name would have taken the folder's name from everyone).
             self._merge_folders(made, dict(made.op), node, inv)
             log.warning("%s was changed on another machine after it was deleted here: one folder with the "
-                        "one made here", name)
+                        "one made here since", name)
             return
         if here is not None:
             # Something new here took its name.  The server keeps the node at that name, so
