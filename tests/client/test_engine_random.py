@@ -1,4 +1,4 @@
-"""Random interleavings of two machines' engines in one process: they always end in one tree.
+"""Random interleavings of two or three machines' engines in one process: they always end in one tree.
 
 The in-process twin of `tests/faults/test_convergence.py`: the same kinds of
 operations on a few shared names, but every step is chosen by the seed --
@@ -52,8 +52,8 @@ async def _step(rng: random.Random, m: EngineMachine, serial: int) -> tuple[tupl
         return f"{folder}/{rng.choice(FILES)}".lstrip("/")
 
     data = f"{m.name}-{serial}\n".encode() + rng.randbytes(rng.choice([0, 50, 3000]))
-    kind = rng.choices(["write", "append", "mkdir", "move", "delete", "rmtree", "save", "movedir", "chmod"],
-                       weights=[25, 6, 8, 12, 10, 3, 12, 4, 5])[0]
+    kind = rng.choices(["write", "append", "mkdir", "move", "delete", "rmtree", "save", "movedir", "chmod", "link"],
+                       weights=[25, 6, 8, 12, 10, 3, 12, 4, 5, 3])[0]
     f = m.files
     if kind == "write":
         path = file()
@@ -72,6 +72,10 @@ async def _step(rng: random.Random, m: EngineMachine, serial: int) -> tuple[tupl
         dst = f"{folder}/{src.rsplit('/', 1)[-1]}".lstrip("/")
         dst = dst if dst != src else dst[:-4] + "m.txt"
         await f.rename(src, dst)
+        return (src, dst), None
+    if kind == "link":
+        src, dst = file(), file()
+        await f.link(src, dst)
         return (src, dst), None
     if kind == "chmod":
         path = file()
@@ -118,9 +122,13 @@ async def _rmtree(m: EngineMachine, path: str) -> None:
 
 
 async def _run(seed: int, root: Path, steps: int) -> str:
-    """Run case *seed* for *steps* steps; '' when it holds, else what went wrong."""
+    """Run case *seed* for *steps* steps; '' when it holds, else what went wrong.
+
+    Every third case has three machines: a change can then be refused on behalf of
+    one machine while a third one's news of it is on its way.
+    """
     server = Server(root / "server")
-    machines = [EngineMachine(name, root / name, server) for name in ("A", "B")]
+    machines = [EngineMachine(name, root / name, server) for name in "ABC"[:3 if seed % 3 == 0 else 2]]
     rng = random.Random(seed)
     log: list[tuple[int, tuple[str, ...], bytes | None, str]] = []
     try:

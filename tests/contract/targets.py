@@ -271,6 +271,11 @@ class CoreTarget:
     async def readlink(self, path: str) -> str:
         return await self._call(self.vfs.readlink, await self._ino(path))
 
+    async def link(self, src: str, dst: str) -> None:
+        """A hard link *dst* to the file *src*."""
+        parent, name = await self._parent(dst)
+        await self._call(self.vfs.link, await self._ino(src), parent, name)
+
     async def chmod(self, path: str, mode: int) -> None:
         await self._call(self.vfs.setattr, await self._ino(path), mode=mode)
 

@@ -136,11 +136,25 @@ def make_machine(tmp_path: Path) -> Iterator[Callable[..., Machine]]:
     for machine, _ in made:
         machine.cleanup()
     for machine, allow in made:
-        bad = [
-            line for line in log_lines(machine)
-            if _BAD.search(line) and not any(re.search(a, line) for a in allow)
-        ]
-        assert not bad, f"machine {machine.name} logged errors:\n" + "\n".join(bad[:20])
+        bad = _unexpected(log_lines(machine), allow)
+        assert not bad, f"machine {machine.name} logged errors:\n" + "\n".join(bad[:80])
+
+
+def _unexpected(lines: list[str], allow: list[str]) -> list[str]:
+    """The bad lines of a log, each with the traceback that follows it (its cause, for a rare one)."""
+    bad: list[str] = []
+    record: list[str] = []
+    for line in [*lines, "0000-00-00 00:00:00 end"]:
+        if _LOG_LINE.match(line):
+            if any(_BAD.search(r) for r in record) and not any(re.search(a, record[0]) for a in allow):
+                bad += record
+            record = []
+        record.append(line)
+    return bad
+
+
+#: The start of a log record (what is not one belongs to the record before it).
+_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
 
 def log_lines(machine: Machine) -> list[str]:
