@@ -95,9 +95,11 @@ def path_of(replica: Replica, node: str) -> str | None:
     return None
 
 
-def free_conflict_name(replica: Replica, parent: str, name: str, device: str) -> str:
-    """The name of *device*'s conflict copy of *name*, free in folder *parent* (`conflict_name`)."""
-    return conflict_name(name, device, taken=lambda n: replica.has_entry(parent, n), folder=path_of(replica, parent))
+def free_conflict_name(replica: Replica, parent: str, name: str, device: str, also: str | None = None) -> str:
+    """The name of *device*'s conflict copy of *name*, free in folder *parent* and in folder *also* if given."""
+    folders = (parent,) if also is None else (parent, also)
+    return conflict_name(name, device, taken=lambda n: any(replica.has_entry(f, n) for f in folders),
+                         folder=path_of(replica, parent))
 
 
 def ancestors(replica: Replica, node: str) -> list[str]:

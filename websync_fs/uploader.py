@@ -876,7 +876,8 @@ class Uploader:
                 or (row.kind == other.kind == KIND_FILE and (row.size, row.blocks, row.mode & 0o7777)
                     == (other.size, other.blocks, other.mode & 0o7777)))
             if making is None or not alike:
-                free = self._free_name(theirs, name)
+                # Free in both: renamed within ours, it must not replace a conflict copy already there.
+                free = free_conflict_name(self.replica, theirs, name, self.device, also=ours)
                 self._move_entry(ours, name, free, row.id, inv)
                 self.queue.remap_entry(ours, name, ours, free, row.id)
                 continue

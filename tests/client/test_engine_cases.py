@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import errno
 import re
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from tests.client.engine import EngineMachine, Server, two_machines
+from websync_fs import conflicts
 from websync_fs.invalidation import Invalidation
 from websync_fs import replica as replica_module
 from websync_fs.replica import ROOT_ID, ROOT_INO
@@ -486,6 +489,37 @@ def test_an_edit_of_a_file_replaced_elsewhere_while_a_move_here_holds_the_news_b
         contents = {path: await a.files.read(path) for path, (kind, _) in server.tree().items() if kind == "file"}
         assert contents.pop("f.txt") == b"doc"
         assert list(contents.values()) == [b"edited on A"], contents
+        assert a.tree() == b.tree() == server.tree()
+
+    two_machines(tmp_path, body)
+
+
+@pytest.mark.timeout(60)
+def test_two_folders_merged_keep_a_conflict_copy_that_was_already_in_one_of_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A's unsent folder holds ``x.txt`` and a conflict copy of it made in the same second.
+
+    Merged with B's folder, A's ``x.txt`` needs a conflict name.  The name was
+    chosen free in B's folder only, and A's own copy of that name was replaced.
+    """
+    monkeypatch.setattr(conflicts, "time", SimpleNamespace(
+        time=lambda: 1_800_000_000.0, localtime=time.localtime, strftime=time.strftime))
+    copy = conflicts.conflict_name("x.txt", "A")
+
+    async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
+        await a.files.mkdir("d")
+        await a.files.write("d/x.txt", b"x on A")
+        await a.files.write(f"d/{copy}", b"an older copy on A")
+        await b.files.mkdir("d")
+        await b.files.write("d/x.txt", b"x on B")
+        await b.settle()
+        while await a.apply_one():
+            pass  # A knows B's folder and its file before its own folder goes
+        for m in (a, b, a, b):
+            await m.settle()
+        texts = {path: await a.files.read(path) for path, (kind, _) in server.tree().items() if kind == "file"}
+        assert sorted(texts.values()) == [b"an older copy on A", b"x on A", b"x on B"], texts
+        assert texts["d/x.txt"] == b"x on B" and texts[f"d/{copy}"] == b"an older copy on A"
         assert a.tree() == b.tree() == server.tree()
 
     two_machines(tmp_path, body)
