@@ -71,6 +71,13 @@ class Remote:
         self.server = server
         self.device = device
         self.store = server.store_id
+        #: Run while a request is on its way (before the server acts, and before the answer is
+        #: back): what the machine does meanwhile, as the front end and the journal do in a mount.
+        self.meanwhile: Callable[[], Awaitable[None]] | None = None
+
+    async def _meanwhile(self) -> None:
+        if self.meanwhile is not None:
+            await self.meanwhile()
 
     async def missing(self, hashes: list[BlockHash]) -> list[BlockHash]:
         return self.server.blocks.missing(USER, hashes)
@@ -83,15 +90,20 @@ class Remote:
             self.server.blocks.put(USER, h, data)
 
     async def commit(self, batch: str, ops: list[dict[str, Any]]) -> int:
+        await self._meanwhile()
         try:
-            return self.server.store.commit(self.store, self.device, batch, ops)
+            seq = self.server.store.commit(self.store, self.device, batch, ops)
         except server_errors.CommitConflict as exc:
+            await self._meanwhile()
             raise CommitConflict(exc.conflict) from exc
+        await self._meanwhile()
+        return seq
 
     async def changes(self, cursor: int, wait: float = 0, limit: int = 10000) -> Changes:
         return self.server.store.changes(self.store, cursor, limit)
 
     async def node_state(self, node: NodeId) -> NodeState:
+        await self._meanwhile()
         try:
             return self.server.store.node_state(self.store, node)
         except server_errors.NotFound as exc:

@@ -4,7 +4,9 @@ The in-process twin of `tests/faults/test_convergence.py`: the same kinds of
 operations on a few shared names, but every step is chosen by the seed --
 which machine changes a file, which one sends a batch, which one applies a
 journal page -- so a case replays exactly (``WEBSYNC_ENGINE_SEED=N``) and a
-failure is shrunk to the shortest prefix of steps that still fails.  After
+failure is shrunk to the shortest prefix of steps that still fails.  While a
+commit or a question to the server is on its way, the seed may have the
+machine's user act or its journal applied, as a mount does meanwhile.  After
 the steps both machines send and apply until quiet (with the self-check),
 and then:
 
@@ -20,6 +22,7 @@ import errno
 import hashlib
 import os
 import random
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -45,8 +48,12 @@ def _touches(paths: tuple[str, ...], path: str) -> bool:
     return any(p == path or path.startswith(p + "/") or p.startswith(path + "/") for p in paths)
 
 
-async def _step(rng: random.Random, m: EngineMachine, serial: int) -> tuple[tuple[str, ...], bytes | None]:
-    """One random file operation on *m*: the paths it names and the bytes a whole write left."""
+async def _step(rng: random.Random, m: EngineMachine, serial: int,
+                links: list[tuple[str, str]]) -> tuple[tuple[str, ...], bytes | None]:
+    """One random file operation on *m*: the paths it names and the bytes a whole write left.
+
+    A hard link made is added to *links*: a write at either name shows at the other.
+    """
     def file() -> str:
         folder = rng.choice(["", *FOLDERS])
         return f"{folder}/{rng.choice(FILES)}".lstrip("/")
@@ -76,6 +83,7 @@ async def _step(rng: random.Random, m: EngineMachine, serial: int) -> tuple[tupl
     if kind == "link":
         src, dst = file(), file()
         await f.link(src, dst)
+        links.append((src, dst))
         return (src, dst), None
     if kind == "chmod":
         path = file()
@@ -131,23 +139,42 @@ async def _run(seed: int, root: Path, steps: int) -> str:
     machines = [EngineMachine(name, root / name, server) for name in "ABC"[:3 if seed % 3 == 0 else 2]]
     rng = random.Random(seed)
     log: list[tuple[int, tuple[str, ...], bytes | None, str]] = []
+    links: list[tuple[str, str]] = []
+    now = 0
+
+    async def op(m: EngineMachine) -> None:
+        try:
+            paths, data = await _step(rng, m, now, links)
+            log.append((now, paths, data, m.name))
+        except OSError as exc:
+            if exc.errno not in EXPECTED:
+                raise
+            if hasattr(exc, "removed"):
+                log.append((now, exc.removed, None, m.name))
+
+    def meanwhile(m: EngineMachine) -> Callable[[], Awaitable[None]]:
+        async def act() -> None:
+            # While a commit or a question is on its way, the user goes on and news comes in.
+            what = rng.choices(["op", "apply", "none"], weights=[1, 1, 6])[0]
+            if what == "op":
+                await op(m)
+            elif what == "apply":
+                await m.apply_one()
+        return act
+
     try:
-        for i in range(steps):
+        for now in range(steps):
             m = rng.choice(machines)
+            m.remote.meanwhile = meanwhile(m)
             what = rng.choices(["op", "send", "apply"], weights=[6, 2, 2])[0]
             if what == "send":
                 await m.send_one()
             elif what == "apply":
                 await m.apply_one()
             else:
-                try:
-                    paths, data = await _step(rng, m, i)
-                    log.append((i, paths, data, m.name))
-                except OSError as exc:
-                    if exc.errno not in EXPECTED:
-                        raise
-                    if hasattr(exc, "removed"):
-                        log.append((i, exc.removed, None, m.name))
+                await op(m)
+        for m in machines:
+            m.remote.meanwhile = None
         for _ in range(2):
             for m in machines:
                 await m.settle()
@@ -159,7 +186,7 @@ async def _run(seed: int, root: Path, steps: int) -> str:
             if len(m.queue):
                 return f"{m.name} still has {len(m.queue)} change(s) queued"
         held = {blocks for _, blocks in truth.values()}
-        moves = [(p[0], p[1]) for _, p, _, _ in log if len(p) == 2]
+        moves = [(p[0], p[1]) for _, p, _, _ in log if len(p) == 2] + [(dst, src) for src, dst in links]
         for i, paths, data, name in log:
             if not data:
                 continue

@@ -220,19 +220,31 @@ def places(path: str, moves: Iterable[tuple[str, str]], most: int = 2000) -> set
     moves = list(moves)
     folders = {part for pair in moves for p in pair for part in p.split("/")}
     deepest = len(folders) + 1
-    found = {path}
+    by_source: dict[str, set[str]] = {}
+    for src, dst in moves:
+        by_source.setdefault(src, set()).add(dst)
+    # Rounds of every move applied to the places the last round found (each move
+    # looked up by the path and the folders above it, not tried on every place).
+    found, fresh = {path}, {path}
     for _ in range(16):
-        grown = set(found)
-        for src, dst in moves:
-            for p in found:
-                if p == src or p.startswith(src + "/"):
+        grown: set[str] = set()
+        for p in fresh:
+            for src in _self_and_folders(p):
+                for dst in by_source.get(src, ()):
                     moved = dst + p[len(src):]
-                    if moved.count("/") < deepest:
+                    if moved.count("/") < deepest and moved not in found:
                         grown.add(moved)
-        if grown == found or len(grown) > most:
-            return grown
-        found = grown
+        found |= grown
+        if not grown or len(found) > most:
+            return found
+        fresh = grown
     return found
+
+
+def _self_and_folders(path: str) -> list[str]:
+    """*path* and every folder above it (``a/b/c``: ``a/b/c``, ``a/b``, ``a``)."""
+    parts = path.split("/")
+    return ["/".join(parts[:k]) for k in range(len(parts), 0, -1)]
 
 
 def protected(events: Iterable[Event]) -> list[Event]:
@@ -243,6 +255,8 @@ def protected(events: Iterable[Event]) -> list[Event]:
     """
     ordered = sorted(events, key=lambda e: e.start)
     moves = [(e.paths[0], e.paths[1]) for e in ordered if len(e.paths) == 2]
+    # A hard link: a write at either name shows at the other.
+    moves += [(e.paths[1], e.paths[0]) for e in ordered if e.op == "link"]
     kept = []
     for i, write in enumerate(ordered):
         if write.data is None or not write.ok:
@@ -251,8 +265,10 @@ def protected(events: Iterable[Event]) -> list[Event]:
         if len(targets) > 2000:
             continue  # moved about too much to tell where it is: not counted
         # Later (started after it ended) or overlapping it: every other event that ended after it began.
-        others = [e for e in ordered if e is not write and e.end >= write.start]
-        if not any(_touches(e, target) for e in others for target in targets):
+        named = {p for e in ordered if e is not write and e.end >= write.start for p in e.paths}
+        inside = {folder for p in named for folder in _self_and_folders(p)}
+        # Touched: a place named, or a folder above it, or something inside it (`_touches`).
+        if not any(t in inside or any(f in named for f in _self_and_folders(t)) for t in targets):
             kept.append(write)
     return kept
 
