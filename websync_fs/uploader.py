@@ -864,14 +864,16 @@ class Uploader:
         One archive unpacked on two machines makes the same folders and files
         on both: a folder of ours never sent is one with theirs, a file of ours
         never sent with their bytes and mode is their file (`_made_alike`),
-        all the way down.  Anything else of that name is ours under a conflict name.
+        all the way down.  Anything else of that name is ours under a conflict name,
+        a file of ours with a second name too (a hard link is not their two files).
         """
-        for name, row in self.replica.children(ours):
-            other = self.replica.lookup(theirs, name)
-            if other is None:
+        for name in self.replica.names(ours):
+            row, other = self.replica.lookup(ours, name), self.replica.lookup(theirs, name)
+            if row is None or other is None:
                 continue
             making = self._unsent_making(row.id)
             alike = making is not None and self.replica.entries_of(other.id) == [(theirs, name)] and (
+                self.replica.entries_of(row.id) == [(ours, name)]) and (
                 row.kind == other.kind == KIND_DIR
                 or (row.kind == other.kind == KIND_FILE and (row.size, row.blocks, row.mode & 0o7777)
                     == (other.size, other.blocks, other.mode & 0o7777)))

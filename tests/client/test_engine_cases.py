@@ -523,3 +523,36 @@ def test_two_folders_merged_keep_a_conflict_copy_that_was_already_in_one_of_them
         assert a.tree() == b.tree() == server.tree()
 
     two_machines(tmp_path, body)
+
+
+@pytest.mark.timeout(60)
+def test_two_folders_merged_where_ours_holds_a_hard_link_keep_both_names(tmp_path: Path) -> None:
+    """A's unsent folder holds one file at two names; B's folder of that name has both names.
+
+    The first name was taken as B's file (the same bytes), which gave the
+    node B's id; the second then no longer named the node looked at, was not
+    moved out of the way, and the merge failed on the name both folders held
+    (an error in the uploader, the batch tried again later).
+    """
+    async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
+        await a.files.mkdir("d")
+        await a.files.write("d/x.txt", b"same")
+        await a.files.link("d/x.txt", "d/y.txt")
+        await b.files.mkdir("d")
+        await b.files.write("d/x.txt", b"same")
+        await b.files.write("d/y.txt", b"other")
+        await b.settle()
+        while await a.apply_one():
+            pass  # A knows B's folder and its files before its own folder goes
+        while await a.send_one():
+            pass
+        for m in (b, a, b):
+            await m.settle()
+        tree = server.tree()
+        copies = sorted(path for path in tree if " (conflict from A " in path)
+        assert [c.split(" (")[0] for c in copies] == ["d/x", "d/y"], sorted(tree)
+        assert tree[copies[0]] == tree[copies[1]] and await a.files.read(copies[1]) == b"same"
+        assert await b.files.read("d/x.txt") == b"same" and await b.files.read("d/y.txt") == b"other"
+        assert a.tree() == b.tree() == tree
+
+    two_machines(tmp_path, body)
