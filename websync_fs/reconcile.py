@@ -323,7 +323,8 @@ class Reconciler:
         if theirs is not None and tuple(theirs.blocks) == tuple(row.blocks):
             return False
         if not self._has_blocks(list(row.blocks)):
-            log.error("self-check: the content of %s is no longer in the cache: it cannot be sent", row.id)
+            log.error("self-check: the content of %s (%s) is no longer in the cache: it cannot be sent",
+                      path_of(self.replica, row.id) or "no name", row.id)
             return False
         return True
 
