@@ -51,6 +51,7 @@ from websync_server.protocol import (
     KIND_SYMLINK,
     ROOT_ID,
     Create,
+    Link,
     Mkdir,
     Mknod,
     Node,
@@ -384,12 +385,10 @@ class Reconciler:
 
     def _send_kept(self, keep: set[str], found: Comparison, listing: Listing, nodes: dict[str, NodeRow],
                    children: dict[str, list[tuple[str, str]]], inv: Invalidation, notices: list[str]) -> None:
-        """Queue the making of each kept node, folders first, under a fresh id."""
+        """Queue the making of each kept node, folders first, under a fresh id (a second name: a link)."""
         placed = [(parent, name, node) for (parent, name), node in found.local_only.items() if node in keep]
         fresh: dict[str, NodeId] = {}
         for parent, name, node in sorted(placed, key=lambda p: self._depth(p[0])):
-            if node in fresh:
-                continue  # a second name of a kept node (a hard link): the first one goes up
             row = nodes[node]
             parent = fresh.get(parent, parent)
             new_name = name
@@ -398,6 +397,11 @@ class Reconciler:
                     (parent, n) in listing.entries or self.replica.lookup(parent, n) is not None),
                     folder=path_of(self.replica, parent))
                 self._remove_entry(parent, name, inv)
+            if node in fresh:
+                # A second name of a kept file (a hard link): it goes up as that, not as a second file.
+                self._set_entry(parent, new_name, fresh[node], inv)
+                self.queue.enqueue(Link(id=fresh[node], parent=NodeId(parent), name=new_name), quiet=0)
+                continue
             fresh[node] = new_node_id()
             self.replica.remap(node, fresh[node])
             self._set_entry(parent, new_name, fresh[node], inv)
