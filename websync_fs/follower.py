@@ -147,6 +147,10 @@ class Applier:
         ``a``).  Applied, either gave a folder two names or none, and a folder
         under itself is a tree without end to anything that walks it.  Such a
         node keeps its place here, old name and all, until the queue is done.
+        So does a file whose new place waits because work here holds that name
+        (its mode set here while the other machine moved a file over it): with
+        no name here meanwhile, an edit of it waiting to go was dropped as
+        deleted here too.
         """
         if moved is None:
             moved = {e.node for e in entries if e.node is not None}
@@ -168,6 +172,8 @@ class Applier:
                 staying.add(entry.node)
             elif self._entry_busy(entry, pending_nodes, pending_entries):
                 waiting.add(key)
+                if entry.node is not None:
+                    staying.add(entry.node)  # its old name stays with it meanwhile
         if staying:
             # Its new names, and whatever would take its place here from it.
             waiting |= {(e.parent, e.name) for e in entries if e.node in staying or self._local_node(e) in staying}

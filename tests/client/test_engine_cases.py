@@ -586,3 +586,34 @@ def test_the_self_check_sends_a_file_only_here_with_both_its_names(tmp_path: Pat
         assert a.tree() == b.tree() == tree
 
     two_machines(tmp_path, body)
+
+
+@pytest.mark.timeout(60)
+def test_an_edit_of_a_file_moved_elsewhere_over_a_file_changed_here_is_kept(tmp_path: Path) -> None:
+    """A moves ``f.txt`` over ``b/f.txt`` and edits it, while B edits ``f.txt`` and sets the mode of ``b/f.txt``.
+
+    B's change of ``b/f.txt`` holds the file's new place back; its old name
+    was removed all the same.  With no name here, B's edit was dropped as
+    "deleted here too" when the server refused it.
+    """
+    async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
+        await a.files.write("f.txt", b"one")
+        await a.files.mkdir("b")
+        await a.files.write("b/f.txt", b"other")
+        await a.settle()
+        await b.settle()
+        await a.files.rename("f.txt", "b/f.txt")
+        await a.files.write("b/f.txt", b"edited on A")
+        while await a.send_one():
+            pass
+        await b.files.write("f.txt", b"edited on B")
+        await b.files.chmod("b/f.txt", 0o600)
+        while await b.apply_one():
+            pass
+        for m in (b, a, b, a):
+            await m.settle()
+        texts = {await a.files.read(path) for path, (kind, _) in server.tree().items() if kind == "file"}
+        assert {b"edited on A", b"edited on B"} <= texts, texts
+        assert a.tree() == b.tree() == server.tree()
+
+    two_machines(tmp_path, body)
