@@ -474,6 +474,12 @@ class Replica:
             self._db.execute("UPDATE nodes SET id=?, seq=? WHERE id=?", (new, seq, old))
             self._db.execute("UPDATE entries SET node=? WHERE node=?", (new, old))
             self._db.execute("UPDATE entries SET parent=? WHERE parent=?", (new, old))
+            # A node that an entry names is no orphan, whatever *old* was (a folder deleted here,
+            # folded into the one made again elsewhere, kept its flag: named, it listed as gone).
+            self._db.execute(
+                "UPDATE nodes SET orphan=0 WHERE id=?1 AND orphan=1 AND EXISTS (SELECT 1 FROM entries WHERE node=?1)",
+                (new,),
+            )
 
     # -- remote state ------------------------------------------------------------
     def apply_node(self, node: Node) -> tuple[NodeRow | None, bool]:

@@ -185,6 +185,12 @@ async def _run(seed: int, root: Path, steps: int) -> str:
                 return f"{m.name} differs from the server: {diff[:6]}"
             if len(m.queue):
                 return f"{m.name} still has {len(m.queue)} change(s) queued"
+            named_orphans = m.replica._db.execute(
+                "SELECT id FROM nodes n WHERE orphan=1 AND EXISTS (SELECT 1 FROM entries e WHERE e.node=n.id)"
+            ).fetchall()
+            if named_orphans:
+                # A name shows it, yet the front ends take it for gone (a folder lists as missing).
+                return f"{m.name} holds nodes a name shows as orphans: {named_orphans}"
         held = {blocks for _, blocks in truth.values()}
         moves = [(p[0], p[1]) for _, p, _, _ in log if len(p) == 2] + [(dst, src) for src, dst in links]
         for i, paths, data, name in log:

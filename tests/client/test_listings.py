@@ -103,3 +103,23 @@ def test_listings_are_bounded_and_the_oldest_go_first(rep: Replica, monkeypatch:
     _add(rep, folders[0], "f2")  # any write: the next listing forgets every other
     assert _names(rep, inos[1]) == ["f0", "f1"]
     assert list(rep._listings) == inos[1:2] and rep._listed == 2
+
+
+@pytest.mark.timeout(30)
+def test_a_folder_given_the_id_a_name_shows_is_no_orphan_and_lists_its_files(rep: Replica) -> None:
+    """A folder deleted here (an orphan) folded into the one made again elsewhere, which a name shows.
+
+    Renamed to that folder's id it kept its orphan flag: the name showed it,
+    and every listing of it said it was gone (a whole folder missing here).
+    """
+    old = _add(rep, ROOT_ID, "old", KIND_DIR)
+    _add(rep, old, "mine.txt")
+    theirs = _add(rep, ROOT_ID, "a", KIND_DIR)
+    with rep.tx():
+        rep.remove_entry(ROOT_ID, "old")
+        rep.set_orphan(old)
+        rep.drop_node(theirs)
+        rep.remap(old, theirs)
+    row = rep.lookup(ROOT_ID, "a")
+    assert row is not None and row.id == theirs and not row.orphan
+    assert _names(rep, row.ino) == ["mine.txt"]
