@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import random
 from collections.abc import Awaitable, Callable
@@ -140,17 +141,18 @@ async def _run(seed: int, root: Path, steps: int) -> str:
     rng = random.Random(seed)
     log: list[tuple[int, tuple[str, ...], bytes | None, str]] = []
     links: list[tuple[str, str]] = []
-    now = 0
+    serials = itertools.count()  # one per operation, in the order they ran (several may run in one step)
 
     async def op(m: EngineMachine) -> None:
+        serial = next(serials)
         try:
-            paths, data = await _step(rng, m, now, links)
-            log.append((now, paths, data, m.name))
+            paths, data = await _step(rng, m, serial, links)
+            log.append((serial, paths, data, m.name))
         except OSError as exc:
             if exc.errno not in EXPECTED:
                 raise
             if hasattr(exc, "removed"):
-                log.append((now, exc.removed, None, m.name))
+                log.append((serial, exc.removed, None, m.name))
 
     def meanwhile(m: EngineMachine) -> Callable[[], Awaitable[None]]:
         async def act() -> None:
@@ -163,7 +165,7 @@ async def _run(seed: int, root: Path, steps: int) -> str:
         return act
 
     try:
-        for now in range(steps):
+        for _ in range(steps):
             m = rng.choice(machines)
             m.remote.meanwhile = meanwhile(m)
             what = rng.choices(["op", "send", "apply"], weights=[6, 2, 2])[0]
@@ -200,7 +202,7 @@ async def _run(seed: int, root: Path, steps: int) -> str:
             if any(_touches(p2, t) for j, p2, _, _ in log if j > i for t in targets):
                 continue
             if (hashlib.sha256(data).hexdigest(),) not in held:
-                return f"the write of step {i} on {name} to {paths[-1]} is lost"
+                return f"write {i} (on {name} to {paths[-1]}) is lost"
         return ""
     finally:
         for m in machines:
