@@ -397,15 +397,14 @@ class Reconciler:
                     (parent, n) in listing.entries or self.replica.lookup(parent, n) is not None),
                     folder=path_of(self.replica, parent))
                 self._remove_entry(parent, name, inv)
-            if node in fresh:
-                # A second name of a kept file (a hard link): it goes up as that, not as a second file.
-                self._set_entry(parent, new_name, fresh[node], inv)
-                self.queue.enqueue(Link(id=fresh[node], parent=NodeId(parent), name=new_name), quiet=0)
-                continue
-            fresh[node] = new_node_id()
-            self.replica.remap(node, fresh[node])
+            second = node in fresh  # a second name of a kept file (a hard link): a link, not a second file
+            if not second:
+                fresh[node] = new_node_id()
+                self.replica.remap(node, fresh[node])
             self._set_entry(parent, new_name, fresh[node], inv)
-            self.queue.enqueue(self._making(row, fresh[node], NodeId(parent), new_name), quiet=0)
+            op = Link(id=fresh[node], parent=NodeId(parent), name=new_name) if second else self._making(
+                row, fresh[node], NodeId(parent), new_name)
+            self.queue.enqueue(op, quiet=0)
             notices.append(f"{new_name!r} was only on this machine: sent to the server"
                            + (f" (its name {name!r} is taken there)" if new_name != name else ""))
 
