@@ -16,7 +16,8 @@ elsewhere                                          entry here is stale)
 an entry here names a node the server never had,   the node goes up again under a fresh id:
 or whose content the server never had              at its name, or under a conflict name if
                                                    the server holds another node there; its
-                                                   folders come back with it
+                                                   folders come back with it (content not in
+                                                   the cache goes if the server holds it)
 an entry here names a node the server deleted,     the deletion is taken (its bytes are in
 with content the server has                        the server's history and trash)
 an entry on the server is missing here             the server's entry is taken
@@ -50,6 +51,7 @@ from websync_server.protocol import (
     KIND_SPECIAL,
     KIND_SYMLINK,
     ROOT_ID,
+    BlockHash,
     Create,
     Link,
     Mkdir,
@@ -82,6 +84,8 @@ QUIET_CAP = 30.0
 NOTICES = 50
 #: Nodes the check asks the server about one by one at most (the rest are kept, to be safe).
 ASK_MOST = 200
+#: Block hashes in one question to the server about which it lacks.
+ASK_BLOCKS = 1000
 
 
 @dataclass
@@ -172,6 +176,8 @@ class Reconciler:
         self._due = trio.Event()
         #: Nodes whose content here is one of the server's versions (found by `_ask`).
         self._known_content: set[str] = set()
+        #: Files whose content is not in the cache but on the server (found by `_ask_blocks`).
+        self._server_holds: set[str] = set()
         #: Called when a notice is added (the mount rewrites its status file).
         self.on_notice: Callable[[], None] = lambda: None
         self.last_check = 0.0
@@ -235,6 +241,7 @@ class Reconciler:
         described = self.describe(found, listing)
         if repair and found and self.quiet() and listing.cursor == self.replica.cursor:
             self._known_content.clear()
+            self._server_holds.clear()
             asked = await self._ask(found, listing)
             if self.quiet() and listing.cursor == self.replica.cursor:  # still: no await since
                 self._repair(found, listing, asked)
@@ -267,6 +274,7 @@ class Reconciler:
         found.server_only = {k: n for k, n in found.server_only.items() if k not in pending_entries and n not in moving}
         found.changed = [(r, n) for r, n in found.changed if r.id not in pending_nodes and not self._busy(r.id)]
         self._known_content.clear()
+        self._server_holds.clear()
         asked = await self._ask(found, listing)
         log.warning("journal reset: listing the whole tree again (%d difference(s) with this machine)",
                     len(found.local_only) + len(found.server_only) + len(found.changed))
@@ -300,7 +308,22 @@ class Reconciler:
                 kept = await self.remote.versions(theirs.id)
                 if any(tuple(v.get("blocks", ())) == tuple(row.blocks) for v in kept):
                     self._known_content.add(row.id)
+        await self._ask_blocks([nodes[n] for n in asked if n in nodes])
         return asked
+
+    async def _ask_blocks(self, rows: list[NodeRow]) -> None:
+        """Note the files whose content is not in the cache but all on the server (`_server_holds`).
+
+        Such a file can still go up: the uploader sends only the blocks the
+        server lacks.  A node never sent may hold bytes this machine never
+        read, another machine's file moved over one edited here, say.
+        """
+        lacking = [row for row in rows if row.kind == "file" and row.blocks and not self._has_blocks(list(row.blocks))]
+        hashes = sorted({h for row in lacking for h in row.blocks})
+        gone: set[str] = set()
+        for start in range(0, len(hashes), ASK_BLOCKS):
+            gone.update(await self.remote.missing([BlockHash(h) for h in hashes[start:start + ASK_BLOCKS]]))
+        self._server_holds.update(row.id for row in lacking if not gone.intersection(row.blocks))
 
     def describe(self, found: Comparison, listing: Listing) -> list[str]:
         """Each difference as a sentence naming the path."""
@@ -323,7 +346,7 @@ class Reconciler:
             return theirs is None
         if theirs is not None and tuple(theirs.blocks) == tuple(row.blocks):
             return False
-        if not self._has_blocks(list(row.blocks)):
+        if not self._has_blocks(list(row.blocks)) and row.id not in self._server_holds:
             log.error("self-check: the content of %s (%s) is no longer in the cache: it cannot be sent",
                       path_of(self.replica, row.id) or "no name", row.id)
             return False

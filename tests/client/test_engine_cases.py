@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import hashlib
+import logging
 import re
 import time
 from pathlib import Path
@@ -586,6 +588,39 @@ def test_the_self_check_sends_a_file_only_here_with_both_its_names(tmp_path: Pat
         assert a.tree() == b.tree() == tree
 
     two_machines(tmp_path, body)
+
+
+@pytest.mark.timeout(60)
+def test_the_self_check_sends_a_file_only_here_whose_content_only_the_server_holds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A name here for a node never sent, with bytes this machine never read, that the server holds elsewhere.
+
+    A file moved here over an edited one (a save) whose node is then kept as
+    new: the content is another machine's, on the server, never in this
+    cache.  The self-check called it unsendable and took the name away,
+    with an error.
+    """
+    async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
+        await b.files.write("b.txt", b"written on B")
+        await b.settle()
+        await a.settle()
+        h = hashlib.sha256(b"written on B").hexdigest()
+        assert not a.cache.present([h])
+        lonely = new_node_id()
+        a.replica.add_node(lonely, "file", 0o644, size=12, blocks=(h,))
+        a.replica.set_entry(ROOT_ID, "kept.txt", lonely)
+        for m in (a, b, a, b):
+            await m.settle()
+        tree = server.tree()
+        assert sorted(tree) == ["b.txt", "kept.txt"], sorted(tree)
+        assert await b.files.read("kept.txt") == b"written on B"
+        assert await a.files.read("kept.txt") == b"written on B"
+        assert a.tree() == b.tree() == tree
+
+    with caplog.at_level(logging.WARNING):
+        two_machines(tmp_path, body)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 @pytest.mark.timeout(60)
