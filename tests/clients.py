@@ -101,15 +101,32 @@ def _kill(pid: int, sig: int, wait: float = 5) -> None:
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        try:
             # Reap it if it is our child (the CLI's background mount is not).
             os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             pass
+        if ended(pid):
+            return
         time.sleep(0.02)
+
+
+def ended(pid: int) -> bool:
+    """True once *pid* has exited, also while it waits to be reaped.
+
+    The CLI's background mount is reaped by the system's first process, which
+    here can take over a second; a zombie has let go of everything already.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except FileNotFoundError:
+        return os.path.isdir("/proc")  # gone meanwhile; without /proc, alive as far as kill() tells
+    except (OSError, IndexError):
+        return False
 
 
 def eventually(probe: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.clients import Machine
+from tests.clients import Machine, ended
 from tests.servers import ServerProcess, add_user, login
 
 from .rclone import DEFAULT_FLAGS, MOUNT_FLAGS, RcloneMount, RcloneServe
@@ -380,9 +380,7 @@ def stop_pid(pid: int, sig: int = signal.SIGINT, timeout: float = 20.0) -> None:
             if done:
                 return
         except ChildProcessError:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if ended(pid):
                 return
         time.sleep(0.05)
     try:

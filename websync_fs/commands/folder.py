@@ -63,7 +63,7 @@ def sync(ctx: Context, folder: Path, foreground: bool, only: tuple[str, ...], st
     if foreground:
         import trio
 
-        from ..folder import run_folder
+        from ..folder.client import run_folder
 
         setup_logging(home, ctx.verbose)
         with ready_pipe(f"syncing {target}") as ready:

@@ -8,11 +8,7 @@ which names the folder's file system takes (the rest are shown under
 aliases, `websync_fs.namepolicy`), `ignore` says what never leaves the
 machine, `guards` what keeps the folder from harming the store, and
 `client` wires it all to the engine.
+
+The package imports nothing itself: a command that only asks `guards` (is
+this place inside a synced folder?) must not pay for the engine's imports.
 """
-
-from __future__ import annotations
-
-from .client import FolderClient, run_folder
-from .guards import FolderGone
-
-__all__ = ["FolderClient", "FolderGone", "run_folder"]

@@ -17,10 +17,12 @@ leaves the database as it was.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 __all__ = ["revision_of", "stamp", "upgrade"]
 
@@ -34,6 +36,8 @@ def revision_of(schema_version: int) -> str:
 
 def upgrade(conn: Connection, found: int, target: int) -> None:
     """Migrate the schema on *conn* from version *found* to *target*."""
+    from alembic import command  # only here: Alembic takes a quarter second to import, every start
+
     config = _config(conn)
     command.stamp(config, revision_of(found), purge=True)
     command.upgrade(config, revision_of(target))
@@ -41,10 +45,14 @@ def upgrade(conn: Connection, found: int, target: int) -> None:
 
 def stamp(conn: Connection, version: int) -> None:
     """Record that the schema on *conn* is at *version* (a database created at the head)."""
+    from alembic import command
+
     command.stamp(_config(conn), revision_of(version), purge=True)
 
 
 def _config(conn: Connection) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(_HERE))
     config.attributes["connection"] = conn
