@@ -176,8 +176,8 @@ class Reconciler:
         self._due = trio.Event()
         #: Nodes whose content here is one of the server's versions (found by `_ask`).
         self._known_content: set[str] = set()
-        #: Files whose content is not in the cache but on the server (found by `_ask_blocks`).
-        self._server_holds: set[str] = set()
+        #: Files whose content neither the cache nor the server holds (found by `_ask_blocks`).
+        self._unsendable: set[str] = set()
         #: Called when a notice is added (the mount rewrites its status file).
         self.on_notice: Callable[[], None] = lambda: None
         self.last_check = 0.0
@@ -241,7 +241,6 @@ class Reconciler:
         described = self.describe(found, listing)
         if repair and found and self.quiet() and listing.cursor == self.replica.cursor:
             self._known_content.clear()
-            self._server_holds.clear()
             asked = await self._ask(found, listing)
             if self.quiet() and listing.cursor == self.replica.cursor:  # still: no await since
                 self._repair(found, listing, asked)
@@ -274,7 +273,6 @@ class Reconciler:
         found.server_only = {k: n for k, n in found.server_only.items() if k not in pending_entries and n not in moving}
         found.changed = [(r, n) for r, n in found.changed if r.id not in pending_nodes and not self._busy(r.id)]
         self._known_content.clear()
-        self._server_holds.clear()
         asked = await self._ask(found, listing)
         log.warning("journal reset: listing the whole tree again (%d difference(s) with this machine)",
                     len(found.local_only) + len(found.server_only) + len(found.changed))
@@ -312,18 +310,19 @@ class Reconciler:
         return asked
 
     async def _ask_blocks(self, rows: list[NodeRow]) -> None:
-        """Note the files whose content is not in the cache but all on the server (`_server_holds`).
+        """Note the files whose content is in neither the cache nor the server (`_unsendable`).
 
-        Such a file can still go up: the uploader sends only the blocks the
-        server lacks.  A node never sent may hold bytes this machine never
-        read, another machine's file moved over one edited here, say.
+        A file whose blocks the server holds can still go up, as the uploader
+        sends only the blocks the server lacks: a node never sent may hold
+        bytes this machine never read (another machine's file moved over one
+        edited here, say).
         """
         lacking = [row for row in rows if row.kind == "file" and row.blocks and not self._has_blocks(list(row.blocks))]
         hashes = sorted({h for row in lacking for h in row.blocks})
         gone: set[str] = set()
         for start in range(0, len(hashes), ASK_BLOCKS):
             gone.update(await self.remote.missing([BlockHash(h) for h in hashes[start:start + ASK_BLOCKS]]))
-        self._server_holds.update(row.id for row in lacking if not gone.intersection(row.blocks))
+        self._unsendable = {row.id for row in lacking if gone.intersection(row.blocks)}
 
     def describe(self, found: Comparison, listing: Listing) -> list[str]:
         """Each difference as a sentence naming the path."""
@@ -346,8 +345,8 @@ class Reconciler:
             return theirs is None
         if theirs is not None and tuple(theirs.blocks) == tuple(row.blocks):
             return False
-        if not self._has_blocks(list(row.blocks)) and row.id not in self._server_holds:
-            log.error("self-check: the content of %s (%s) is no longer in the cache: it cannot be sent",
+        if row.id in self._unsendable:
+            log.error("self-check: the content of %s (%s) is neither in the cache nor on the server: it cannot be sent",
                       path_of(self.replica, row.id) or "no name", row.id)
             return False
         return True
