@@ -34,7 +34,6 @@ from typing import Any
 import trio
 
 from cache import BlockCache
-from websync_server.protocol import KIND_FILE, OP_CREATE, OP_UPDATE
 
 from .backoff import Backoff
 from .blocksource import BlockSource
@@ -46,6 +45,7 @@ from .filestate import FileStates
 from .follower import Applier, Follower
 from .home import Home
 from .invalidation import Invalidation
+from .kept import Content, cached, destination, revoked_sentence, unsent_nodes, write_kept
 from .mountlock import MountLock, holder
 from .names import NamePolicy
 from .owners import Owners
@@ -53,7 +53,6 @@ from .pins import Pinner, PinTable
 from .reconcile import Reconciler
 from .remote import Remote
 from .replica import Replica
-from .storepaths import path_of
 from .statedb import StateDb
 from .uploader import Uploader
 from .vfs import Vfs
@@ -175,8 +174,7 @@ class Engine:
         if not self.home.store:
             log.error("the server refuses this machine's own store: %s", why)
             return
-        name = self.home.share().get("name", self.home.store)
-        self.revoked = f"{name} is no longer shared with you; this machine keeps nothing of it"
+        self.revoked = revoked_sentence(self.home, 0, None)
         log.warning("%s (%s)", self.revoked, why)
         self.end()
 
@@ -190,44 +188,22 @@ class Engine:
         home's ``kept`` folder, and the status says where.
         """
         await self.vfs.seal_all()
-        unsent: dict[str, None] = {}
-        for item in self.queue.items():
-            if item.op["op"] in (OP_CREATE, OP_UPDATE):
-                unsent[item.node] = None
-        if not unsent:
+        files = {node: None for node in unsent_nodes(self.queue)}
+        if not files:
             return
-        name = str(self.home.share().get("name", self.home.store))
-        dest = self.home.kept_dir / f"{name} {time.strftime('%Y-%m-%d %H%M%S')}"
-        kept = await trio.to_thread.run_sync(self._write_kept, list(unsent), dest)
+        dest = destination(self.home)
+        kept, _failed = await trio.to_thread.run_sync(self._write_kept, list(files), dest)
         if kept:
-            self.revoked = (f"{name} is no longer shared with you; this machine keeps only the {kept} file(s)"
-                            f" changed here that never reached the server, in {dest}")
-            log.warning("kept %d unsent file(s) of %s in %s", kept, name, dest)
+            self.revoked = revoked_sentence(self.home, kept, dest)
+            log.warning("kept %d unsent file(s) of %s in %s", kept, self.home.store, dest)
 
-    def _write_kept(self, nodes: list[str], dest: Path) -> int:
-        """Write each of *nodes* (files) under *dest* at its path; the number written."""
-        kept = 0
+    def _write_kept(self, nodes: list[str], dest: Path) -> tuple[int, int]:
+        files = {}
         for node in nodes:
             row = self.replica.by_id(node)
-            path = path_of(self.replica, node) if row is not None and row.kind == KIND_FILE else None
-            if row is None or path is None or row.local:
-                continue
-            datas = [self.cache.get(h) for h in row.blocks]
-            if any(data is None for data in datas):
-                log.warning("could not keep %s: a block of it is missing from the cache", path)
-                continue
-            target = dest.joinpath(*path.split("/"))
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with open(target, "xb") as out:
-                    for data in datas:
-                        out.write(data)  # type: ignore[arg-type]  # none is None (checked above)
-                os.utime(target, ns=(row.mtime_ns, row.mtime_ns))
-            except OSError as exc:
-                log.warning("could not keep %s in %s: %s", path, dest, exc)
-                continue
-            kept += 1
-        return kept
+            if row is not None:
+                files[node] = Content(cached(self.cache, row.blocks), row.mtime_ns)
+        return write_kept(self.replica, files, dest)
 
     def _forget_place(self) -> None:
         """Delete everything this machine held of a folder no longer shared with it; keep the status saying so."""

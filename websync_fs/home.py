@@ -180,12 +180,6 @@ class Home:
         except (OSError, ValueError, AttributeError):
             return ""
 
-    def forget_unshared(self) -> None:
-        """`forget` a folder no longer shared with this user while nothing of it ran; the status says so."""
-        self.forget()
-        why = f"{self.share().get('name')} is no longer shared with you; this machine keeps nothing of it"
-        self.status_file.write_text(json.dumps({"revoked": why}))
-
     def ensure(self) -> None:
         for path in (self.config_dir, self.state_dir, self.cache_dir, self.work_dir):
             path.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -37,6 +37,7 @@ import trio
 
 from .errors import WebSyncError
 from .home import Home
+from .kept import forget_unshared
 from .mountlock import holder
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ class SharedFolders:
         for place in self.home.places():
             if (place.store not in stores and place.store not in self.running and place.store not in self._starting
                     and not place.revoked() and holder(place.pid_file) is None):  # running on its own: it hears
-                place.forget_unshared()
+                await trio.to_thread.run_sync(forget_unshared, place)  # keeps its unsent files first
         for store, share in stores.items():
             shown = self.running.get(store)
             if shown is None:

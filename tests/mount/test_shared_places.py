@@ -7,6 +7,7 @@ own stores are not mounted: a place does not need them).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -211,6 +212,52 @@ def test_a_removed_member_stops_keeps_nothing_and_status_says_why(family: tuple[
     assert not (bob.home / "replica.db").exists() and not (bob.machine.home / "cache" / "shared").joinpath(
         bob.home.name).exists()
     assert "Family is no longer shared with you" in bob.cli("status").stdout
+
+
+@pytest.mark.timeout(120)
+def test_a_member_removed_while_nothing_of_the_folder_ran_keeps_what_never_went_up(
+    server: ServerProcess, account: tuple[str, str], new_machine: Callable[..., Machine]
+) -> None:
+    """Bob's mount of the folder dies (kill -9) with a saved file still waiting to go and a file open,
+    fsync'd; Alice removes him meanwhile. His next look at the list forgets the place, as before, but
+    first writes both files under ``kept/``, as a running mount would have."""
+    a, b, bob = _alice_and_bob(server, account, new_machine)
+    config = b.home / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "quiet_period": 600, "first_quiet_period": 600}))
+    a.cli("share", "Family", bob[0])
+    alice, mine = Place(a), Place(b)
+    try:
+        alice.mount()
+        mine.mount()
+        alice.path("theirs.txt").write_bytes(b"on the server")
+        eventually(lambda: read_bytes(mine.path("theirs.txt")) == b"on the server", what="theirs.txt on bob")
+        os.mkdir(mine.path("trip"))
+        saved = os.urandom(300_000)
+        mine.path("trip", "saved.bin").write_bytes(saved)
+        writer = os.open(mine.path("open.log"), os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(writer, b"line 1\n")
+        os.fsync(writer)
+        pid = mine.pid()
+        assert pid
+        _kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):  # its file system is gone: ECONNABORTED
+            os.close(writer)
+        subprocess.run(["fusermount3", "-u", "-z", str(mine.mnt)], capture_output=True, timeout=30)
+        assert not alice.path("trip").exists()  # nothing of it went up
+        alice.machine.cli("unshare", "Family", bob[0])
+        again = b.cli("mount", str(mine.mnt), "--shared", "Family", check=False)
+        assert again.returncode == 2 and "no shared folder is named 'Family'" in again.stderr
+        assert not (mine.home / "replica.db").exists()
+        (kept,) = (b.home / "state" / "kept").iterdir()
+        assert kept.name.startswith("Family ")
+        assert read_bytes(kept / "trip" / "saved.bin") == saved
+        assert read_bytes(kept / "open.log") == b"line 1\n"
+        assert not (kept / "theirs.txt").exists()  # on the server: alice has it
+        said = mine.cli("status").stdout
+        assert "Family is no longer shared with you" in said and "2 file(s)" in said and str(kept) in said, said
+    finally:
+        alice.cleanup()
+        mine.cleanup()
 
 
 def _alice_and_bob(

@@ -128,7 +128,9 @@ def _forget_unlisted(base: Home, listed: set[str]) -> None:
     """Delete what this machine holds of folders no longer shared with it that no client had running to see it."""
     for place in base.places():
         if place.store not in listed and not place.revoked() and running_pid(place) is None:
-            place.forget_unshared()
+            from ..kept import forget_unshared  # the engine's modules: only when a folder left the list
+
+            forget_unshared(place)
 
 
 def friendly(fn: F) -> F:

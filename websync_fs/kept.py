@@ -1,0 +1,191 @@
+"""A member's unsent work in a folder no longer shared with them, written out under ``kept/``.
+
+Removed from a shared folder, a member's machine deletes the folder's place
+(replica, queue, working copies, cached blocks).  The files they changed there
+that the server never took are still their work: before the place goes, each
+is written at its path in the folder under the own home's ``kept/NAME DATE``.
+
+A running engine does it on its close (`client.Engine._keep_unsent`, which
+seals open files first).  A place found unshared while nothing of it ran is
+kept here from its durable state alone (`forget_unshared`): queued creates and
+updates, and what a killed session fsync'd of files it left open
+(fsynced.py), whose bytes are in the working copies and the cache.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
+
+from cache import BlockCache
+from websync_server.protocol import BLOCK_SIZE, KIND_FILE, OP_CREATE, OP_UPDATE, block_count
+
+from .control import CacheLock
+from .fsynced import Fsynced, Snapshot, as_left, reader
+from .home import Home
+from .mountlock import MountLock
+from .replica import Replica
+from .statedb import StateDb
+from .storepaths import path_of
+from .writeback import WriteBackQueue
+
+log = logging.getLogger(__name__)
+
+#: One piece of a kept file, in order: its bytes, or None when they are nowhere on this machine.
+Part = Callable[[], bytes | None]
+
+
+class Content(NamedTuple):
+    parts: Sequence[Part]
+    mtime_ns: int
+
+
+def destination(home: Home) -> Path:
+    """Where this place's unsent files go: ``kept/NAME DATE`` in the own home."""
+    return home.kept_dir / f"{home.share().get('name', home.store)} {time.strftime('%Y-%m-%d %H%M%S')}"
+
+
+def revoked_sentence(home: Home, kept: int, dest: Path | None) -> str:
+    """What the status says of a folder no longer shared: and where its unsent files went, if any."""
+    name = home.share().get("name", home.store)
+    if kept and dest is not None:
+        return (f"{name} is no longer shared with you; this machine keeps only the {kept} file(s)"
+                f" changed here that never reached the server, in {dest}")
+    return f"{name} is no longer shared with you; this machine keeps nothing of it"
+
+
+def cached(cache: BlockCache, hashes: Iterable[str]) -> list[Part]:
+    return [functools.partial(cache.get, h) for h in hashes]
+
+
+def unsent_nodes(queue: WriteBackQueue) -> list[str]:
+    """The nodes whose content waits in the queue (created or changed here), in queue order, once each."""
+    return list(dict.fromkeys(item.node for item in queue.items() if item.op["op"] in (OP_CREATE, OP_UPDATE)))
+
+
+def write_kept(replica: Replica, files: dict[str, Content], dest: Path) -> tuple[int, int]:
+    """Write each file of *files* (node -> content) under *dest* at its path; (written, not written for an OSError).
+
+    A file whose bytes are nowhere on this machine any more is skipped with a
+    warning; one that could not be written (a full disk) counts as failed.
+    """
+    kept = failed = 0
+    for node, content in files.items():
+        row = replica.by_id(node)
+        path = path_of(replica, node) if row is not None and row.kind == KIND_FILE else None
+        if row is None or path is None or row.local:
+            continue  # gone since, or a file never sent by design (an Office lock file)
+        target = dest.joinpath(*path.split("/"))
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "xb") as out:
+                whole = _copy(content.parts, out)
+            if not whole:
+                target.unlink()
+                log.warning("could not keep %s: a block of it is missing from the cache", path)
+                continue
+            os.utime(target, ns=(content.mtime_ns, content.mtime_ns))
+        except OSError as exc:
+            log.warning("could not keep %s in %s: %s", path, dest, exc)
+            failed += 1
+            continue
+        kept += 1
+    return kept, failed
+
+
+def _copy(parts: Sequence[Part], out: BinaryIO) -> bool:
+    """Write *parts* to *out* in order; False if one of them is missing."""
+    for part in parts:
+        data = part()
+        if data is None:
+            return False
+        out.write(data)
+    return True
+
+
+def _snapshot_parts(snap: Snapshot, work_dir: Path, cache: BlockCache) -> list[Part]:
+    """The pieces of what a killed session fsync'd: blocks from the cache, the rest from its working copy."""
+    read, in_file, parts = reader(snap, work_dir), set(snap.in_file), []
+    for index in range(block_count(snap.size)):
+        if index in snap.stored or index not in in_file:
+            parts.extend(cached(cache, [snap.stored.get(index) or snap.base[index]]))
+        else:
+            start = index * BLOCK_SIZE
+            length = min(BLOCK_SIZE, snap.size - start)
+            parts.append(functools.partial(_padded, read, start, length))
+    return parts
+
+
+def _padded(read: Callable[[int, int], bytes], start: int, length: int) -> bytes:
+    return read(start, length).ljust(length, b"\0")  # a hole, or past the file's end: zeros
+
+
+def _keep_from_state(home: Home) -> tuple[int, int, Path | None]:
+    """Write out the place's unsent files from its state database and cache alone; (kept, failed, where)."""
+    db = StateDb(home.replica_db)
+    try:
+        replica, queue, fsynced = Replica(db), WriteBackQueue(db), Fsynced(db)
+        cache = BlockCache(home.blocks_dir, home.load_settings().cache_limit)
+        try:
+            files: dict[str, Content] = {}
+            for node in unsent_nodes(queue):
+                row = replica.by_id(node)
+                if row is not None:
+                    files[node] = Content(cached(cache, row.blocks), row.mtime_ns)
+            for ino, snap in fsynced:  # newer than anything queued for the same file
+                row = replica.get(ino)
+                if row is not None and not row.orphan:
+                    snap = as_left(snap, home.work_dir)
+                    files[row.id] = Content(_snapshot_parts(snap, home.work_dir, cache), snap.mtime_ns or row.mtime_ns)
+            if not files:
+                return 0, 0, None
+            dest = destination(home)
+            return (*write_kept(replica, files, dest), dest)
+        finally:
+            cache.close()
+    finally:
+        db.close()
+
+
+def forget_unshared(home: Home) -> None:
+    """Forget a place whose folder is no longer shared with this user, found while nothing of it ran.
+
+    Its unsent files are kept first, as a running engine keeps them.  A synced
+    folder's unsent files are the folder's own files and stay there.  A client
+    of the place starting meanwhile holds its locks: it then hears the refusal
+    itself, and nothing is done here.
+    """
+    lock = MountLock.acquire(home.pid_file)
+    if lock is None:
+        return
+    try:
+        cache_lock = CacheLock.try_acquire(home.state_dir)
+        if cache_lock is None:
+            return
+        try:
+            kept, dest = 0, None
+            if home.replica_db.exists() and not home.known_db.exists():
+                try:
+                    kept, failed, dest = _keep_from_state(home)
+                except Exception:  # noqa: BLE001  # the place stays for the next look: nothing is lost
+                    log.exception("could not keep the unsent files of %s; its place stays for now", home.store)
+                    return
+                if failed:  # a full disk, say: the place stays, and the next look tries again
+                    log.error("could not keep %d unsent file(s) of %s in %s; its place stays for now",
+                              failed, home.store, dest)
+                    return
+            if kept:
+                log.warning("kept %d unsent file(s) of %s in %s", kept, home.store, dest)
+            sentence = revoked_sentence(home, kept, dest)
+            home.forget()
+            home.status_file.write_text(json.dumps({"revoked": sentence}))
+        finally:
+            cache_lock.release()
+    finally:
+        lock.release()
