@@ -79,6 +79,18 @@ def test_changes_in_a_synced_folder_reach_a_mount_and_come_back(
     eventually(lambda: os.path.islink(a.path("docs", "link")) and os.readlink(a.path("docs", "link")) == "run.sh",
                what="a symlink")
     eventually(lambda: os.stat(a.path("docs", "run.sh")).st_mode & 0o111 == 0o111, what="the executable bit")
+    # A symlink's own modification time goes both ways (tar, rsync -a, touch -h set it).
+    made = folder.parent / "made-aside"
+    os.symlink("run.sh", made)
+    os.utime(made, ns=(1_500_000_000_000_000_000,) * 2, follow_symlinks=False)
+    os.rename(made, folder / "docs" / "old-link")
+    eventually(lambda: os.path.islink(a.path("docs", "old-link"))
+               and os.lstat(a.path("docs", "old-link")).st_mtime_ns == 1_500_000_000_000_000_000,
+               what="a symlink's mtime to reach the mount")
+    os.utime(a.path("docs", "old-link"), ns=(1_400_000_000_000_000_000,) * 2, follow_symlinks=False)
+    eventually(lambda: os.lstat(folder / "docs" / "old-link").st_mtime_ns == 1_400_000_000_000_000_000,
+               what="a symlink's mtime set on the mount to reach the folder")
+    assert os.readlink(folder / "docs" / "old-link") == "run.sh"
     os.rename(folder / "notes.txt", folder / "docs" / "moved.txt")
     eventually(_holds(a.path("docs", "moved.txt"), b"two, longer"), what="a rename")
     assert not a.path("notes.txt").exists()

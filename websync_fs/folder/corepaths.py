@@ -122,6 +122,10 @@ class CorePaths:
     async def set_attrs(self, path: str, mode: int, mtime_ns: int | None) -> None:
         await self.call(self.vfs.setattr, await self.ino(path), mode=mode & 0o7777, mtime_ns=mtime_ns)
 
+    async def set_mtime(self, path: str, mtime_ns: int) -> None:
+        """The modification time alone: a symlink's (it has no mode of its own)."""
+        await self.call(self.vfs.setattr, await self.ino(path), mtime_ns=mtime_ns)
+
     async def chown(self, path: str, uid: int | None, gid: int | None) -> None:
         """Give *path* owner *uid* and group *gid* as shown here (None: unchanged), as root's chown would."""
         await self.call(self.vfs.setattr, await self.ino(path), uid=uid, gid=gid)

@@ -553,6 +553,8 @@ class Merger:
                 row = None
             if row is None:
                 await self.core.symlink(path, target)
+            if row is None or row.mtime_ns != local.mtime_ns:
+                await self.core.set_mtime(path, local.mtime_ns)  # a link's own time: tar, rsync -a, touch -h
         elif local.kind == "file":
             if not await self._upload(path, local, row):
                 return
@@ -647,6 +649,8 @@ class Merger:
         if row.kind == "symlink":
             os.symlink(row.target, tmp)
             self._take_owner(tmp, row)
+            if os.utime in os.supports_follow_symlinks:  # the link's own time, where it can be set (not Windows)
+                os.utime(tmp, ns=(row.mtime_ns, row.mtime_ns), follow_symlinks=False)
         else:
             with open(tmp, "wb") as f:
                 await self.core.read_file(row.ino, f)
