@@ -652,3 +652,63 @@ def test_an_edit_of_a_file_moved_elsewhere_over_a_file_changed_here_is_kept(tmp_
         assert a.tree() == b.tree() == server.tree()
 
     two_machines(tmp_path, body)
+
+
+@pytest.mark.timeout(60)
+def test_a_synced_folder_s_upload_settled_as_a_conflict_meanwhile_is_not_recorded_as_synced(tmp_path: Path) -> None:
+    """B's synced folder sends its edit of doc.txt; before the folder looks at the path again, B's
+    uploader meets A's edit on the server and settles: A's version at doc.txt, B's beside it.
+
+    Recorded as synced with what doc.txt now holds, the folder would keep B's bytes there and the
+    server A's, for good (seen once in a chaos run, seed 301). The path takes A's version instead;
+    B's is the conflict copy, in the folder too.
+    """
+    from websync_fs.folder.corepaths import CorePaths
+    from websync_fs.folder.ignore import IgnoreRules
+    from websync_fs.folder.known import KnownTree
+    from websync_fs.folder.merger import Merger
+    from websync_fs.folder.tree import local_sig
+    from websync_fs.names import NamePolicy
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+
+    async def body(server: Server, a: EngineMachine, b: EngineMachine) -> None:
+        known = KnownTree(tmp_path / "folder.db")
+        merger = Merger(folder, CorePaths(b.vfs), b.replica, known, IgnoreRules(folder, NamePolicy()), "B")
+        try:
+            await a.files.write("doc.txt", b"first")
+            await a.settle()
+            await b.settle()
+            await merger._settle_one("doc.txt", [])
+            assert (folder / "doc.txt").read_bytes() == b"first"
+            await a.files.write("doc.txt", b"edited on A")
+            await a.send_one()
+            (folder / "doc.txt").write_bytes(b"edited on B")
+            write_file = merger.core.write_file
+
+            async def then_the_uploader(*args: object) -> object:
+                written = await write_file(*args)  # type: ignore[arg-type]
+                while await b.send_one():
+                    pass  # refused: A's edit came first; B's goes beside it
+                return written
+
+            merger.core.write_file = then_the_uploader  # type: ignore[method-assign]
+            await merger._settle_one("doc.txt", [])
+            merger.core.write_file = write_file  # type: ignore[method-assign]
+            await b.settle()
+            for path in ["doc.txt", *(p for p in b.tree() if "conflict" in p)]:
+                await merger._settle_one(path, [])
+            names = sorted(p.name for p in folder.iterdir())
+            assert (folder / "doc.txt").read_bytes() == b"edited on A", names
+            (copy,) = [n for n in names if "conflict" in n]
+            assert (folder / copy).read_bytes() == b"edited on B"
+            k = known.get("doc.txt")
+            assert k is not None and k.sig == local_sig(folder, "doc.txt")
+            await b.settle()
+            await a.settle()
+            assert a.tree() == b.tree() and sorted(a.tree()) == sorted(["doc.txt", copy])
+        finally:
+            known.close()
+
+    two_machines(tmp_path, body)

@@ -7,6 +7,7 @@ other to show it through the change notification.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -19,6 +20,7 @@ import pytest
 
 from tests.clients import Machine, eventually, read_bytes
 from tests.proxy import Proxy
+from websync_fs.folder.known import KnownTree, content_of
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(180)]
 
@@ -278,6 +280,36 @@ def test_kill_9_of_the_sync_and_a_restart_lose_nothing(new_machine: Callable[...
                what="the file that was being uploaded", timeout=60)
     assert read_bytes(a.path("big.bin")) == big
     assert not [n for n in os.listdir(folder) if "conflict" in n or n.startswith(".websync-tmp")]
+
+
+def test_a_file_written_on_after_a_kill_9_mid_upload_goes_up_as_its_next_version(
+    new_machine: Callable[..., Machine], folder: Path
+) -> None:
+    """The sync was killed after the core took a file's upload and before the folder's own row said so
+    (known.py, "Crash safety"); the program went on writing the file (the rest of a `tar xf`). Made here
+    as that moment leaves the folder's state, the rest goes up as the file's next version: no conflict
+    copy, and the name does not go back to the part that was sent."""
+    a, b = _mount_and_folder(new_machine, folder)
+    first = b"the first part"
+    (folder / "part.bin").write_bytes(first)
+    eventually(_holds(a.path("part.bin"), first), what="the first part on A")
+    eventually(lambda: _settled(b), what="B's uploads")
+    b.kill()
+    known = KnownTree(b.home / "state" / "folder.db")
+    try:
+        row = known.get("part.bin")
+        assert row is not None
+        known.drop("part.bin")
+        known.sending("part.bin", content_of(len(first), [hashlib.sha256(first).hexdigest()]), row.sig)
+    finally:
+        known.close()
+    with open(folder / "part.bin", "ab") as f:
+        f.write(b" and the rest")
+    b.sync(folder)
+    eventually(_holds(a.path("part.bin"), first + b" and the rest"), what="the rest on A")
+    eventually(lambda: _settled(b), what="B's uploads")
+    assert read_bytes(folder / "part.bin") == first + b" and the rest"
+    assert not [n for n in os.listdir(folder) + os.listdir(a.mnt) if "conflict" in n]
 
 
 def test_the_folder_keeps_no_second_copy_in_the_cache(new_machine: Callable[..., Machine], folder: Path) -> None:

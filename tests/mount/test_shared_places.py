@@ -57,8 +57,8 @@ class Place:
 
     def cleanup(self) -> None:
         pid = self.pid() if (self.machine.home / "state" / "shared").is_dir() else None
-        if os.path.ismount(self.mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
+        # Also a mount whose process died (ENOTCONN: not a mount point to os.path.ismount).
+        subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True, timeout=30)
         if pid:
             _kill(pid, signal.SIGTERM, wait=10)
             _kill(pid, signal.SIGKILL)

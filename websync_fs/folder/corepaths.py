@@ -74,8 +74,11 @@ class CorePaths:
         head, _, name = self.to_core(path).rpartition("/")
         return await self._ino(head), name
 
-    async def write_file(self, path: str, src: BinaryIO, mode: int, mtime_ns: int, seen: NodeRow | None) -> None:
+    async def write_file(self, path: str, src: BinaryIO, mode: int, mtime_ns: int, seen: NodeRow | None) -> NodeRow:
         """Make *path* hold what *src* reads, then its mode and mtime: one version on the server.
+
+        Returns the node as the close left it: the uploader may settle a conflict
+        before the caller looks again, and put another machine's version there.
 
         *seen* is the node the caller decided on.  A remote change applied since
         (the follower runs meanwhile) would otherwise become the base of this
@@ -104,8 +107,12 @@ class CorePaths:
                 offset += len(chunk)
             await self.call(self.vfs.setattr, ino, mode=mode & 0o7777, mtime_ns=mtime_ns)
             await self.call(self.vfs.flush, fh)
+            written = self.vfs.replica.get(ino)  # no checkpoint since the seal
         finally:
             await self.call(self.vfs.release, fh)
+        if written is None:
+            raise OSError(errno.ENOENT, f"{path} went while it was written")
+        return written
 
     async def read_file(self, ino: int, dst: BinaryIO) -> int:
         """Copy the content of file *ino* into *dst*; returns the bytes copied."""

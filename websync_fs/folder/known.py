@@ -12,18 +12,26 @@ the engine's)::
     known(path PRIMARY KEY, node, version, kind, size, mtime_ns, ino, mode)
     meta(key PRIMARY KEY, value)       folder path and marker id; a case-only rename
                                        under way (``respelling``, see `Merger.recover`)
+    sending(path PRIMARY KEY, content, kind, size, mtime_ns, ino, mode)
+                                       a file's upload under way: its content
+                                       (`content_of`) and what the path held
 
 Crash safety: a row is written only after the change it records is done (the
 file renamed into place, the core holding the upload in its durable queue).
-A kill -9 between the two leaves a path whose row is stale; the start-up scan
+A kill -9 between the two leaves a path whose row is stale.  For an upload,
+``sending`` says what was sent from what: the next look at the path takes the
+node as the merge base if it holds exactly that content (`Merger._sent_before_a_crash`),
+so a file written on meanwhile (tar, a program's next save) goes up as its next
+version instead of beside it as a conflict copy.  Otherwise the start-up scan
 sees both sides changed and settles it by content (equal: row fixed; not: a
 conflict copy, nothing lost).
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +43,16 @@ CREATE TABLE IF NOT EXISTS known (
 CREATE INDEX IF NOT EXISTS known_node ON known (node);
 CREATE INDEX IF NOT EXISTS known_ino ON known (ino);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sending (
+    path TEXT PRIMARY KEY, content TEXT NOT NULL, kind TEXT NOT NULL,
+    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ino INTEGER NOT NULL, mode INTEGER NOT NULL
+);
 """
+
+
+def content_of(size: int, blocks: Iterable[str]) -> str:
+    """A file's content as one string: its size and its block hashes, hashed."""
+    return f"{size}:{hashlib.sha1(','.join(blocks).encode()).hexdigest()}"
 
 
 @dataclass(frozen=True)
@@ -77,6 +94,8 @@ class KnownTree:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        #: Paths with a row in ``sending`` (few: the uploads of this moment, or of a killed run).
+        self._sending = {path for (path,) in self._db.execute("SELECT path FROM sending")}
 
     def close(self) -> None:
         self._db.close()
@@ -116,10 +135,38 @@ class KnownTree:
         return int(self._db.execute("SELECT count(*) FROM known").fetchone()[0])
 
     def put(self, path: str, node: str, version: str, sig: LocalSig) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO known VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (path, node, version, sig.kind, sig.size, sig.mtime_ns, sig.ino, sig.mode),
-        )
+        """*path* is synced: *node* at *version*, *sig* on disk (an upload under way there is done)."""
+        row = (path, node, version, sig.kind, sig.size, sig.mtime_ns, sig.ino, sig.mode)
+        if path not in self._sending:
+            self._db.execute("INSERT OR REPLACE INTO known VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+            return
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("INSERT OR REPLACE INTO known VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+            self._db.execute("DELETE FROM sending WHERE path = ?", (path,))
+        self._sending.discard(path)
+
+    def sending(self, path: str, content: str, sig: LocalSig) -> None:
+        """The file at *path*, as *sig* says, goes to the core now with *content* (`content_of`)."""
+        self._db.execute("INSERT OR REPLACE INTO sending VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (path, content, sig.kind, sig.size, sig.mtime_ns, sig.ino, sig.mode))
+        self._sending.add(path)
+
+    def sent(self, path: str) -> tuple[str, LocalSig] | None:
+        """The upload at *path* whose `put` never came (a kill -9 between them): its content and sig."""
+        if path not in self._sending:
+            return None
+        r = self._db.execute("SELECT content, kind, size, mtime_ns, ino, mode FROM sending WHERE path = ?",
+                             (path,)).fetchone()
+        if r is None:
+            return None
+        content, kind, size, mtime, ino, mode = r
+        return str(content), LocalSig(str(kind), int(size), int(mtime), int(ino), int(mode))
+
+    def not_sending(self, path: str) -> None:
+        if path in self._sending:
+            self._db.execute("DELETE FROM sending WHERE path = ?", (path,))
+            self._sending.discard(path)
 
     def drop(self, path: str) -> None:
         self._db.execute("DELETE FROM known WHERE path = ?", (path,))
@@ -136,6 +183,8 @@ class KnownTree:
 
     def clear(self) -> None:
         self._db.execute("DELETE FROM known")
+        self._db.execute("DELETE FROM sending")
+        self._sending.clear()
 
     def meta(self, key: str, default: str = "") -> str:
         r = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

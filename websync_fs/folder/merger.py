@@ -59,7 +59,7 @@ from ..namepolicy import LINUX, Aliases, Rules, canonical, fold
 from ..replica import NodeRow, Replica
 from .corepaths import ChangedMeanwhile, CorePaths, join
 from .ignore import IgnoreRules
-from .known import Known, KnownTree, LocalSig
+from .known import Known, KnownTree, LocalSig, content_of
 from .tree import block_hashes, clear_leftovers, local_paths, local_sig, remote_tree, sig_of, version
 
 log = logging.getLogger(__name__)
@@ -300,6 +300,8 @@ class Merger:
         row = await self._row(path)
         if row is not None and row.local:
             row = None
+        if self.known.sent(path) is not None:
+            known = self._sent_before_a_crash(path, known, row)
         if known is None and row is not None and self.aliases.folds and self._moved_in_case(path, row):
             local, known = self._local(path), self.known.get(path)
         if local is not None and known is None and row is None and not canonical(path.rpartition("/")[2], self.names):
@@ -359,6 +361,24 @@ class Merger:
         else:
             self._keep_aside(path)
             await self._apply(path, row, None)
+
+    def _sent_before_a_crash(self, path: str, known: Known | None, row: NodeRow | None) -> Known | None:
+        """The merge base of a file whose upload was under way when the sync was killed.
+
+        The core took the upload, but the row saying so was never written
+        (known.py, "Crash safety"). If the node at *path* holds exactly what was
+        sent, it is the file as it was then: what was written on since (the rest
+        of a `tar xf`) is a change here, not a conflict with this folder's own
+        upload. Otherwise the upload never happened and the row stands.
+        """
+        sent = self.known.sent(path)
+        assert sent is not None
+        content, sig = sent
+        if row is not None and row.kind == "file" and content_of(row.size, row.blocks) == content:
+            self.known.put(path, row.id, version(row), sig)
+            return self.known.get(path)
+        self.known.not_sending(path)
+        return known
 
     def _take_time(self, path: str, local: LocalSig, row: NodeRow) -> None:
         """A time set elsewhere (``touch``) on a file unchanged here: set it here too.
@@ -543,6 +563,7 @@ class Merger:
         if row is not None and row.kind != local.kind:
             await self.core.remove(path, row.kind == "dir")
             row = None
+        written: NodeRow | None = None
         if local.kind == "dir":
             if row is None:
                 await self.core.mkdir(path, os.lstat(full).st_mode)
@@ -556,17 +577,38 @@ class Merger:
             if row is None or row.mtime_ns != local.mtime_ns:
                 await self.core.set_mtime(path, local.mtime_ns)  # a link's own time: tar, rsync -a, touch -h
         elif local.kind == "file":
-            if not await self._upload(path, local, row):
+            written = await self._upload(path, local, row)
+            if written is None:
                 return
         else:
             return  # sockets, FIFOs and devices in a synced folder stay local
         new = await self._row(path)
+        if written is not None and new is not None and (new.ino, new.blocks) != (written.ino, written.blocks):
+            self._settled_elsewhere(path, local, new)
+            return
         if new is not None and self._owner_changed(local, new):
             new = await self._send_owner(path, local, new)
         if new is not None:
             self.known.put(path, new.id, version(new), local)
             if path not in self.again:
                 self.hurry(new.id)
+
+    def _settled_elsewhere(self, path: str, local: LocalSig, now: NodeRow) -> None:
+        """The uploader settled a conflict while this upload was on its way: *now* is at *path*.
+
+        What was written is a conflict copy of its own (an update another machine
+        beat) or went to a conflict name (a new file where one had come): kept
+        either way.  Recorded as synced with *now*, the folder would keep this
+        machine's bytes at the path and the server the other's, for good.  If the
+        file is still what was sent, the path takes *now* (a download); if it
+        changed since, both sides changed: a conflict copy.
+        """
+        log.info("%s: another machine's version came first; this one is kept beside it", path)
+        if self._local(path) == local:
+            self.known.put(path, now.id, "", local)  # no version is "": the other side changed
+        else:
+            self.known.not_sending(path)
+        self.again.add(path)
 
     def _owner_changed(self, local: LocalSig, row: NodeRow) -> bool:
         """True if the file's owner or group here is not the node's: a chown made here (looked at as root only).
@@ -585,29 +627,32 @@ class Merger:
             self.known.put(path, new.id, version(new), local)  # the owner is part of the version
         return new
 
-    async def _upload(self, path: str, local: LocalSig, row: NodeRow | None) -> bool:
-        """Send the file's content unless the replica has it already; False if it is still changing."""
+    async def _upload(self, path: str, local: LocalSig, row: NodeRow | None) -> NodeRow | None:
+        """Send the file's content unless the replica has it already; the node as written, or None if
+        it is still changing."""
         full = join(self.root, path)
         if self.busy(path):
             self.again.add(path)  # written to just now and not closed: after the next quiet moment
-            return False
+            return None
         before, hashes, after = await _hashed(full, local.size)
         if before != after or before != local:
             self.again.add(path)  # still being written: after the next quiet moment
-            return False
+            return None
         if row is not None and row.kind == "file" and tuple(hashes) == row.blocks:
             if row.mode & 0o7777 != local.mode or row.mtime_ns != local.mtime_ns:
                 await self.core.set_attrs(path, local.mode, local.mtime_ns)
-            return True
+            return row
+        self.known.sending(path, content_of(local.size, hashes), local)  # until `put` says it is done
         with open(full, "rb") as f:
             try:
-                await self.core.write_file(path, f, local.mode, local.mtime_ns, row)
+                written = await self.core.write_file(path, f, local.mode, local.mtime_ns, row)
             except ChangedMeanwhile:
+                self.known.not_sending(path)
                 self.again.add(path)  # a remote change arrived since: decided again, as a conflict
-                return False
+                return None
             if self._local(path) != local:
                 self.again.add(path)  # changed while read: the next batch sends the rest
-        return True
+        return written
 
     # -- core -> local -----------------------------------------------------------
     async def _apply(self, path: str, row: NodeRow, expected: LocalSig | None) -> None:
