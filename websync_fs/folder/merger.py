@@ -564,6 +564,7 @@ class Merger:
             await self.core.remove(path, row.kind == "dir")
             row = None
         written: NodeRow | None = None
+        target = ""
         if local.kind == "dir":
             if row is None:
                 await self.core.mkdir(path, os.lstat(full).st_mode)
@@ -583,7 +584,9 @@ class Merger:
         else:
             return  # sockets, FIFOs and devices in a synced folder stay local
         new = await self._row(path)
-        if written is not None and new is not None and (new.ino, new.blocks) != (written.ino, written.blocks):
+        if new is not None and (new.kind != local.kind or (
+                (new.ino, new.blocks) != (written.ino, written.blocks) if written is not None
+                else local.kind == "symlink" and new.target != target)):
             self._settled_elsewhere(path, local, new)
             return
         if new is not None and self._owner_changed(local, new):
@@ -597,8 +600,8 @@ class Merger:
         """The uploader settled a conflict while this upload was on its way: *now* is at *path*.
 
         What was written is a conflict copy of its own (an update another machine
-        beat) or went to a conflict name (a new file where one had come): kept
-        either way.  Recorded as synced with *now*, the folder would keep this
+        beat) or went to a conflict name (a new file, link or folder where another
+        had come): kept either way.  Recorded as synced with *now*, the folder would keep this
         machine's bytes at the path and the server the other's, for good.  If the
         file is still what was sent, the path takes *now* (a download); if it
         changed since, both sides changed: a conflict copy.
