@@ -17,8 +17,9 @@ A shared folder's place (home.py) runs the same engine on the folder's store.
 Read-only for this user, its core refuses every change (``Vfs.read_only``:
 EROFS, nothing queued).  Refused by the server (403: the folder is no longer
 shared with this user), the engine ends its front end, skips the drain and, on
-close, deletes the place's replica, queue, working copies and cached blocks,
-keeping only a status that says why.
+close, once the member's unsent files are written out (kept.py), deletes the
+place's replica, queue, working copies and cached blocks, keeping only a status
+that says why.
 """
 
 from __future__ import annotations
@@ -178,24 +179,30 @@ class Engine:
         log.warning("%s (%s)", self.revoked, why)
         self.end()
 
-    async def _keep_unsent(self) -> None:
+    async def _keep_unsent(self) -> bool:
         """Copy out the files this machine changed in a folder no longer shared with it that never went up.
 
         The folder's place is deleted next; until now a member's unsent work
         went with it (a file saved a moment before the owner's unshare, one
         held back by the owner's full quota, one still open for writing).
         Each such file is written, at its path in the folder, under the own
-        home's ``kept`` folder, and the status says where.
+        home's ``kept`` folder, and the status says where.  False if one could
+        not be written (a full disk): then the place stays, and the next look at
+        the list of shared folders tries again (`kept.forget_unshared`).
         """
         await self.vfs.seal_all()
         files = {node: None for node in unsent_nodes(self.queue)}
         if not files:
-            return
+            return True
         dest = destination(self.home)
-        kept, _failed = await trio.to_thread.run_sync(self._write_kept, list(files), dest)
+        kept, failed = await trio.to_thread.run_sync(self._write_kept, list(files), dest)
         if kept:
             self.revoked = revoked_sentence(self.home, kept, dest)
             log.warning("kept %d unsent file(s) of %s in %s", kept, self.home.store, dest)
+        if failed:
+            log.error("could not keep %d unsent file(s) of %s in %s; its place stays until they can be",
+                      failed, self.home.store, dest)
+        return not failed
 
     def _write_kept(self, nodes: list[str], dest: Path) -> tuple[int, int]:
         files = {}
@@ -412,16 +419,18 @@ class Client(Engine):
         if self.closed:
             return
         self.closed = True
+        all_kept = True
         if self.revoked:
             try:
-                await self._keep_unsent()
+                all_kept = await self._keep_unsent()
                 self.write_status_final()  # with where the unsent files are
             except Exception:  # the close must go on: the locks are released below
                 log.exception("could not keep the unsent files of %s", self.home.store)
+                all_kept = False
         await self.remote.aclose()
         self.cache.close()
         self.db.close()
-        if self.revoked:
+        if self.revoked and all_kept:
             self._forget_place()
         self.cache_lock.release()
         self.mount_lock.release()

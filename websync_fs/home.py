@@ -180,6 +180,14 @@ class Home:
         except (OSError, ValueError, AttributeError):
             return ""
 
+    def forgotten(self) -> bool:
+        """True once this place of a folder no longer shared is gone, its unsent files kept.
+
+        A revoked place that still has its replica could not keep them all yet
+        (a full disk): the next look at the list of shared folders tries again.
+        """
+        return bool(self.revoked()) and not self.replica_db.exists()
+
     def ensure(self) -> None:
         for path in (self.config_dir, self.state_dir, self.cache_dir, self.work_dir):
             path.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -131,7 +131,7 @@ class SharedFolders:
                 engine.refused("the server no longer lists this folder")
         for place in self.home.places():
             if (place.store not in stores and place.store not in self.running and place.store not in self._starting
-                    and not place.revoked() and holder(place.pid_file) is None):  # running on its own: it hears
+                    and not place.forgotten() and holder(place.pid_file) is None):  # running on its own: it hears
                 await trio.to_thread.run_sync(forget_unshared, place)  # keeps its unsent files first
         for store, share in stores.items():
             shown = self.running.get(store)

@@ -220,7 +220,8 @@ def test_a_member_removed_while_nothing_of_the_folder_ran_keeps_what_never_went_
 ) -> None:
     """Bob's mount of the folder dies (kill -9) with a saved file still waiting to go and a file open,
     fsync'd; Alice removes him meanwhile. His next look at the list forgets the place, as before, but
-    first writes both files under ``kept/``, as a running mount would have."""
+    first writes both files under ``kept/``, as a running mount would have; while they cannot be
+    written, the place stays and the next look tries again."""
     a, b, bob = _alice_and_bob(server, account, new_machine)
     config = b.home / "config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "quiet_period": 600, "first_quiet_period": 600}))
@@ -245,6 +246,13 @@ def test_a_member_removed_while_nothing_of_the_folder_ran_keeps_what_never_went_
         subprocess.run(["fusermount3", "-u", "-z", str(mine.mnt)], capture_output=True, timeout=30)
         assert not alice.path("trip").exists()  # nothing of it went up
         alice.machine.cli("unshare", "Family", bob[0])
+        # Where the kept files go cannot be written (a full disk, here a file in the way): the place stays.
+        blocked = b.home / "state" / "kept"
+        blocked.write_bytes(b"in the way")
+        again = b.cli("mount", str(mine.mnt), "--shared", "Family", check=False)
+        assert again.returncode == 2 and "no shared folder is named 'Family'" in again.stderr
+        assert (mine.home / "replica.db").exists() and "no longer shared" not in mine.cli("status").stdout
+        blocked.unlink()
         again = b.cli("mount", str(mine.mnt), "--shared", "Family", check=False)
         assert again.returncode == 2 and "no shared folder is named 'Family'" in again.stderr
         assert not (mine.home / "replica.db").exists()

@@ -127,7 +127,7 @@ def shared_place(base: Home, name: str, *, refresh: bool) -> Home:
 def _forget_unlisted(base: Home, listed: set[str]) -> None:
     """Delete what this machine holds of folders no longer shared with it that no client had running to see it."""
     for place in base.places():
-        if place.store not in listed and not place.revoked() and running_pid(place) is None:
+        if place.store not in listed and not place.forgotten() and running_pid(place) is None:
             from ..kept import forget_unshared  # the engine's modules: only when a folder left the list
 
             forget_unshared(place)
