@@ -46,7 +46,7 @@ from .filestate import FileStates
 from .follower import Applier, Follower
 from .home import Home
 from .invalidation import Invalidation
-from .kept import Content, cached, destination, revoked_sentence, unsent_nodes, write_kept
+from .kept import destination, revoked_sentence, unsent_files, write_kept
 from .mountlock import MountLock, holder
 from .names import NamePolicy
 from .owners import Owners
@@ -191,11 +191,12 @@ class Engine:
         the list of shared folders tries again (`kept.forget_unshared`).
         """
         await self.vfs.seal_all()
-        files = {node: None for node in unsent_nodes(self.queue)}
+        # Also what a seal that failed (a full disk) left in fsync records: those bytes are here only.
+        files = unsent_files(self.replica, self.queue, self.vfs.fsynced, self.cache, self.home.work_dir)
         if not files:
             return True
         dest = destination(self.home)
-        kept, failed = await trio.to_thread.run_sync(self._write_kept, list(files), dest)
+        kept, failed = await trio.to_thread.run_sync(write_kept, self.replica, files, dest)
         if kept:
             self.revoked = revoked_sentence(self.home, kept, dest)
             log.warning("kept %d unsent file(s) of %s in %s", kept, self.home.store, dest)
@@ -203,14 +204,6 @@ class Engine:
             log.error("could not keep %d unsent file(s) of %s in %s; its place stays until they can be",
                       failed, self.home.store, dest)
         return not failed
-
-    def _write_kept(self, nodes: list[str], dest: Path) -> tuple[int, int]:
-        files = {}
-        for node in nodes:
-            row = self.replica.by_id(node)
-            if row is not None:
-                files[node] = Content(cached(self.cache, row.blocks), row.mtime_ns)
-        return write_kept(self.replica, files, dest)
 
     def _forget_place(self) -> None:
         """Delete everything this machine held of a folder no longer shared with it; keep the status saying so."""

@@ -9,17 +9,20 @@ A running engine does it on its close (`client.Engine._keep_unsent`, which
 seals open files first).  A place found unshared while nothing of it ran is
 kept here from its durable state alone (`forget_unshared`): queued creates and
 updates, and what a killed session fsync'd of files it left open
-(fsynced.py), whose bytes are in the working copies and the cache.
+(fsynced.py), whose bytes are in the working copies and the cache (bytes
+that were only on the server, such as the unchanged blocks of a big file
+appended to here, are written as zeros, and the file's name says so).
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -37,8 +40,14 @@ from .writeback import WriteBackQueue
 
 log = logging.getLogger(__name__)
 
-#: One piece of a kept file, in order: its bytes, or None when they are nowhere on this machine.
-Part = Callable[[], bytes | None]
+#: One piece of a kept file, in order: its length, and how to read its bytes (None: nowhere on this
+#: machine, such as the unchanged blocks of a big file only appended to here, which are on the server).
+Part = tuple[int, Callable[[], bytes | None]]
+
+#: Errors that may pass (a full disk): the place stays and the next look tries again.  Any other
+#: error of a file's path (a name too long under ``kept/``, one the disk refuses) will not pass:
+#: the file is written under its node id instead.
+_PASSING = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM}
 
 
 class Content(NamedTuple):
@@ -60,20 +69,29 @@ def revoked_sentence(home: Home, kept: int, dest: Path | None) -> str:
     return f"{name} is no longer shared with you; this machine keeps nothing of it"
 
 
-def cached(cache: BlockCache, hashes: Iterable[str]) -> list[Part]:
-    return [functools.partial(cache.get, h) for h in hashes]
-
-
-def unsent_nodes(queue: WriteBackQueue) -> list[str]:
-    """The nodes whose content waits in the queue (created or changed here), in queue order, once each."""
-    return list(dict.fromkeys(item.node for item in queue.items() if item.op["op"] in (OP_CREATE, OP_UPDATE)))
+def unsent_files(replica: Replica, queue: WriteBackQueue, fsynced: Fsynced, cache: BlockCache,
+                 work_dir: Path) -> dict[str, Content]:
+    """The files changed here that never went up (node -> content): queued creates and updates, and
+    what was fsync'd of files still open or left open by a killed session (newer than their queue)."""
+    files: dict[str, Content] = {}
+    for node in dict.fromkeys(item.node for item in queue.items() if item.op["op"] in (OP_CREATE, OP_UPDATE)):
+        row = replica.by_id(node)
+        if row is not None:
+            files[node] = Content(_cached(cache, row.size, row.blocks), row.mtime_ns)
+    for ino, snap in fsynced:
+        row = replica.get(ino)
+        if row is not None and not row.orphan:
+            snap = as_left(snap, work_dir)
+            files[row.id] = Content(_snapshot_parts(snap, work_dir, cache), snap.mtime_ns or row.mtime_ns)
+    return files
 
 
 def write_kept(replica: Replica, files: dict[str, Content], dest: Path) -> tuple[int, int]:
-    """Write each file of *files* (node -> content) under *dest* at its path; (written, not written for an OSError).
+    """Write each file of *files* (node -> content) under *dest* at its path; (written, failed).
 
-    A file whose bytes are nowhere on this machine any more is skipped with a
-    warning; one that could not be written (a full disk) counts as failed.
+    Bytes that are nowhere on this machine are written as zeros, and the file's
+    name says "(incomplete)".  A file that could not be written for an error
+    that may pass (a full disk) counts as failed; nothing of it is left.
     """
     kept = failed = 0
     for node, content in files.items():
@@ -81,16 +99,14 @@ def write_kept(replica: Replica, files: dict[str, Content], dest: Path) -> tuple
         path = path_of(replica, node) if row is not None and row.kind == KIND_FILE else None
         if row is None or path is None or row.local:
             continue  # gone since, or a file never sent by design (an Office lock file)
-        target = dest.joinpath(*path.split("/"))
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(target, "xb") as out:
-                whole = _copy(content.parts, out)
-            if not whole:
-                target.unlink()
-                log.warning("could not keep %s: a block of it is missing from the cache", path)
-                continue
-            os.utime(target, ns=(content.mtime_ns, content.mtime_ns))
+            try:
+                _write_one(dest.joinpath(*path.split("/")), content)
+            except OSError as exc:
+                if exc.errno in _PASSING:
+                    raise
+                log.warning("could not keep %s under its name (%s): kept as %s", path, exc, node)
+                _write_one(dest / node, content)
         except OSError as exc:
             log.warning("could not keep %s in %s: %s", path, dest, exc)
             failed += 1
@@ -99,26 +115,52 @@ def write_kept(replica: Replica, files: dict[str, Content], dest: Path) -> tuple
     return kept, failed
 
 
+def _write_one(target: Path, content: Content) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    out = open(target, "xb")  # never over a file of the same name (a case-folding disk)
+    try:
+        with out:
+            whole = _copy(content.parts, out)
+        os.utime(target, ns=(content.mtime_ns, content.mtime_ns))
+        if not whole:
+            stem, dot, suffix = target.name.rpartition(".")
+            name = f"{stem} (incomplete).{suffix}" if dot and stem else f"{target.name} (incomplete)"
+            os.rename(target, target.with_name(name))
+            log.warning("kept %s with zeros where its bytes were only on the server", target.with_name(name))
+    except BaseException:
+        target.unlink(missing_ok=True)  # made here: nothing half-written stays
+        raise
+
+
 def _copy(parts: Sequence[Part], out: BinaryIO) -> bool:
-    """Write *parts* to *out* in order; False if one of them is missing."""
-    for part in parts:
-        data = part()
+    """Write *parts* to *out* in order; False if one of them was missing (zeros in its place)."""
+    whole = True
+    for length, read in parts:
+        data = read()
         if data is None:
-            return False
+            data, whole = bytes(length), False
         out.write(data)
-    return True
+    return whole
+
+
+def _lengths(size: int) -> list[int]:
+    return [min(BLOCK_SIZE, size - i * BLOCK_SIZE) for i in range(block_count(size))]
+
+
+def _cached(cache: BlockCache, size: int, hashes: Sequence[str]) -> list[Part]:
+    return [(length, functools.partial(cache.get, h)) for length, h in zip(_lengths(size), hashes)]
 
 
 def _snapshot_parts(snap: Snapshot, work_dir: Path, cache: BlockCache) -> list[Part]:
-    """The pieces of what a killed session fsync'd: blocks from the cache, the rest from its working copy."""
-    read, in_file, parts = reader(snap, work_dir), set(snap.in_file), []
-    for index in range(block_count(snap.size)):
+    """The pieces of fsync'd content: blocks from the cache, the rest from its working copy."""
+    read, in_file = reader(snap, work_dir), set(snap.in_file)
+    parts: list[Part] = []
+    for index, length in enumerate(_lengths(snap.size)):
         if index in snap.stored or index not in in_file:
-            parts.extend(cached(cache, [snap.stored.get(index) or snap.base[index]]))
+            h = snap.stored.get(index) or snap.base[index]
+            parts.append((length, functools.partial(cache.get, h)))
         else:
-            start = index * BLOCK_SIZE
-            length = min(BLOCK_SIZE, snap.size - start)
-            parts.append(functools.partial(_padded, read, start, length))
+            parts.append((length, functools.partial(_padded, read, index * BLOCK_SIZE, length)))
     return parts
 
 
@@ -130,19 +172,10 @@ def _keep_from_state(home: Home) -> tuple[int, int, Path | None]:
     """Write out the place's unsent files from its state database and cache alone; (kept, failed, where)."""
     db = StateDb(home.replica_db)
     try:
-        replica, queue, fsynced = Replica(db), WriteBackQueue(db), Fsynced(db)
+        replica = Replica(db)
         cache = BlockCache(home.blocks_dir, home.load_settings().cache_limit)
         try:
-            files: dict[str, Content] = {}
-            for node in unsent_nodes(queue):
-                row = replica.by_id(node)
-                if row is not None:
-                    files[node] = Content(cached(cache, row.blocks), row.mtime_ns)
-            for ino, snap in fsynced:  # newer than anything queued for the same file
-                row = replica.get(ino)
-                if row is not None and not row.orphan:
-                    snap = as_left(snap, home.work_dir)
-                    files[row.id] = Content(_snapshot_parts(snap, home.work_dir, cache), snap.mtime_ns or row.mtime_ns)
+            files = unsent_files(replica, WriteBackQueue(db), Fsynced(db), cache, home.work_dir)
             if not files:
                 return 0, 0, None
             dest = destination(home)
@@ -182,9 +215,10 @@ def forget_unshared(home: Home) -> None:
                     return
             if kept:
                 log.warning("kept %d unsent file(s) of %s in %s", kept, home.store, dest)
-            sentence = revoked_sentence(home, kept, dest)
+            # The status first: killed while forgetting, the place reads as forgotten once its replica
+            # is gone, and the status still says where the kept files are.
+            home.status_file.write_text(json.dumps({"revoked": revoked_sentence(home, kept, dest)}))
             home.forget()
-            home.status_file.write_text(json.dumps({"revoked": sentence}))
         finally:
             cache_lock.release()
     finally:

@@ -88,9 +88,14 @@ async def _hashed(path: Path, size: int = -1) -> tuple[LocalSig, list[str], Loca
 _TIME_SLACK_NS = 2_000_000_000
 
 
+#: A symlink's own time can be set here (not on Windows: there a link's time is left as it comes).
+_LINK_TIMES = os.utime in os.supports_follow_symlinks
+
+
 def _time_differs(local: LocalSig, row: NodeRow) -> bool:
-    """A file whose time here is not the node's: set elsewhere (``touch``) since it was synced."""
-    return local.kind == row.kind == "file" and abs(local.mtime_ns - row.mtime_ns) >= _TIME_SLACK_NS
+    """A file or symlink whose time here is not the node's: set elsewhere (``touch``) since it was synced."""
+    timed = local.kind == "file" or local.kind == "symlink" and _LINK_TIMES
+    return local.kind == row.kind and timed and abs(local.mtime_ns - row.mtime_ns) >= _TIME_SLACK_NS
 
 
 def _depth(path: str) -> tuple[int, str]:
@@ -381,7 +386,7 @@ class Merger:
         return known
 
     def _take_time(self, path: str, local: LocalSig, row: NodeRow) -> None:
-        """A time set elsewhere (``touch``) on a file unchanged here: set it here too.
+        """A time set elsewhere (``touch``, ``touch -h``) on a file or symlink unchanged here: set it here too.
 
         The version leaves times out (a download would be a change otherwise), so
         such a change used to reach no synced folder, ever.
@@ -390,7 +395,10 @@ class Merger:
         if self._local(path) != local:
             self.again.add(path)  # written meanwhile: looked at again
             return
-        os.utime(full, ns=(row.mtime_ns, row.mtime_ns))
+        if local.kind == "symlink":
+            os.utime(full, ns=(row.mtime_ns, row.mtime_ns), follow_symlinks=False)  # the link's own
+        else:
+            os.utime(full, ns=(row.mtime_ns, row.mtime_ns))
         now = self._local(path)
         if now is not None:
             self.known.put(path, row.id, version(row), now)
@@ -697,7 +705,7 @@ class Merger:
         if row.kind == "symlink":
             os.symlink(row.target, tmp)
             self._take_owner(tmp, row)
-            if os.utime in os.supports_follow_symlinks:  # the link's own time, where it can be set (not Windows)
+            if _LINK_TIMES:
                 os.utime(tmp, ns=(row.mtime_ns, row.mtime_ns), follow_symlinks=False)
         else:
             with open(tmp, "wb") as f:

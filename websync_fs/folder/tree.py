@@ -45,7 +45,7 @@ def version(row: NodeRow) -> str:
     if row.kind == "dir":
         return "dir" + owner
     if row.kind == "symlink":
-        return f"symlink:{row.target}:{row.mtime_ns}{owner}"
+        return f"symlink:{row.target}{owner}"
     digest = hashlib.sha1(",".join(row.blocks).encode()).hexdigest()
     return f"{row.kind}:{row.mode & 0o7777:o}:{row.size}:{digest}{owner}"
 
