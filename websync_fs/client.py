@@ -46,7 +46,7 @@ from .filestate import FileStates
 from .follower import Applier, Follower
 from .home import Home
 from .invalidation import Invalidation
-from .kept import destination, revoked_sentence, unsent_files, write_kept
+from .kept import keep_unsent, revoked_sentence
 from .mountlock import MountLock, holder
 from .names import NamePolicy
 from .owners import Owners
@@ -192,17 +192,10 @@ class Engine:
         """
         await self.vfs.seal_all()
         # Also what a seal that failed (a full disk) left in fsync records: those bytes are here only.
-        files = unsent_files(self.replica, self.queue, self.vfs.fsynced, self.cache, self.home.work_dir)
-        if not files:
-            return True
-        dest = destination(self.home)
-        kept, failed = await trio.to_thread.run_sync(write_kept, self.replica, files, dest)
+        kept, failed, dest = await trio.to_thread.run_sync(
+            keep_unsent, self.home, self.replica, self.queue, self.vfs.fsynced, self.cache)
         if kept:
             self.revoked = revoked_sentence(self.home, kept, dest)
-            log.warning("kept %d unsent file(s) of %s in %s", kept, self.home.store, dest)
-        if failed:
-            log.error("could not keep %d unsent file(s) of %s in %s; its place stays until they can be",
-                      failed, self.home.store, dest)
         return not failed
 
     def _forget_place(self) -> None:

@@ -168,18 +168,29 @@ def _padded(read: Callable[[int, int], bytes], start: int, length: int) -> bytes
     return read(start, length).ljust(length, b"\0")  # a hole, or past the file's end: zeros
 
 
+def keep_unsent(home: Home, replica: Replica, queue: WriteBackQueue, fsynced: Fsynced,
+                cache: BlockCache) -> tuple[int, int, Path | None]:
+    """Write out *home*'s unsent files under ``kept/`` (`unsent_files`, `write_kept`); (kept, failed, where)."""
+    files = unsent_files(replica, queue, fsynced, cache, home.work_dir)
+    if not files:
+        return 0, 0, None
+    dest = destination(home)
+    kept, failed = write_kept(replica, files, dest)
+    if kept:
+        log.warning("kept %d unsent file(s) of %s in %s", kept, home.store, dest)
+    if failed:  # a full disk, say: the place stays, and the next look tries again
+        log.error("could not keep %d unsent file(s) of %s in %s; its place stays until they can be",
+                  failed, home.store, dest)
+    return kept, failed, dest
+
+
 def _keep_from_state(home: Home) -> tuple[int, int, Path | None]:
-    """Write out the place's unsent files from its state database and cache alone; (kept, failed, where)."""
+    """`keep_unsent` from the place's state database and cache alone (nothing of it runs)."""
     db = StateDb(home.replica_db)
     try:
-        replica = Replica(db)
         cache = BlockCache(home.blocks_dir, home.load_settings().cache_limit)
         try:
-            files = unsent_files(replica, WriteBackQueue(db), Fsynced(db), cache, home.work_dir)
-            if not files:
-                return 0, 0, None
-            dest = destination(home)
-            return (*write_kept(replica, files, dest), dest)
+            return keep_unsent(home, Replica(db), WriteBackQueue(db), Fsynced(db), cache)
         finally:
             cache.close()
     finally:
@@ -209,12 +220,8 @@ def forget_unshared(home: Home) -> None:
                 except Exception:  # noqa: BLE001  # the place stays for the next look: nothing is lost
                     log.exception("could not keep the unsent files of %s; its place stays for now", home.store)
                     return
-                if failed:  # a full disk, say: the place stays, and the next look tries again
-                    log.error("could not keep %d unsent file(s) of %s in %s; its place stays for now",
-                              failed, home.store, dest)
+                if failed:
                     return
-            if kept:
-                log.warning("kept %d unsent file(s) of %s in %s", kept, home.store, dest)
             # The status first: killed while forgetting, the place reads as forgotten once its replica
             # is gone, and the status still says where the kept files are.
             home.status_file.write_text(json.dumps({"revoked": revoked_sentence(home, kept, dest)}))

@@ -305,8 +305,9 @@ class Merger:
         row = await self._row(path)
         if row is not None and row.local:
             row = None
-        if self.known.sent(path) is not None:
-            known = self._sent_before_a_crash(path, known, row)
+        sent = self.known.sent(path)
+        if sent is not None:
+            known = self._sent_before_a_crash(path, sent, known, row)
         if known is None and row is not None and self.aliases.folds and self._moved_in_case(path, row):
             local, known = self._local(path), self.known.get(path)
         if local is not None and known is None and row is None and not canonical(path.rpartition("/")[2], self.names):
@@ -367,7 +368,8 @@ class Merger:
             self._keep_aside(path)
             await self._apply(path, row, None)
 
-    def _sent_before_a_crash(self, path: str, known: Known | None, row: NodeRow | None) -> Known | None:
+    def _sent_before_a_crash(self, path: str, sent: tuple[str, LocalSig], known: Known | None,
+                             row: NodeRow | None) -> Known | None:
         """The merge base of a file whose upload was under way when the sync was killed.
 
         The core took the upload, but the row saying so was never written
@@ -376,8 +378,6 @@ class Merger:
         of a `tar xf`) is a change here, not a conflict with this folder's own
         upload. Otherwise the upload never happened and the row stands.
         """
-        sent = self.known.sent(path)
-        assert sent is not None
         content, sig = sent
         if row is not None and row.kind == "file" and content_of(row.size, row.blocks) == content:
             self.known.put(path, row.id, version(row), sig)
